@@ -1,0 +1,1 @@
+"""Comity crypto package."""

@@ -1,0 +1,1 @@
+"""Comity gateway package."""

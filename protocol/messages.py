@@ -1,0 +1,229 @@
+"""Message payloads that travel inside the signed inner layer of an envelope.
+
+The signed payload names its own routing (``id``, ``from``, ``to``, ``kind``, ``iat``, ``in_reply_to``), its
+marking and its attachment manifest, so that a signed document cannot be forwarded to a third party as if it were
+addressed to it (DESIGN.md, "Envelopes"). Payload bytes are RFC 8785 canonical JSON; a payload whose bytes are not
+canonical is refused, so two implementations always sign and hash the same bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import uuid
+from typing import Any, Self
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from protocol.errors import InvalidMessage, StaleMessage
+
+__all__ = [
+    "AUTHORITY_ID_RE",
+    "PROTOCOL_VERSION",
+    "AttachmentRef",
+    "StrictModel",
+    "Marking",
+    "MessageKind",
+    "MessagePayload",
+    "canonical_json",
+    "check_freshness",
+    "new_message_id",
+    "parse_strict_json",
+    "validate_authority_id",
+    "validate_message_id",
+]
+
+PROTOCOL_VERSION = 1
+AUTHORITY_ID_RE = re.compile(r"^[a-z]{2}\.[a-z0-9][a-z0-9-]{0,30}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+class MessageKind(enum.StrEnum):
+    REQUEST = "request"
+    RESPONSE = "response"
+    ACKNOWLEDGEMENT = "acknowledgement"
+    STATUS_QUERY = "status_query"
+    STATUS_REPORT = "status_report"
+    CONSULTATION = "consultation"
+    WITHDRAWAL = "withdrawal"
+
+
+def validate_authority_id(value: str) -> str:
+    """Return ``value`` if it is an authority id (``ar.mj``: ISO 3166-1 alpha-2, dot, short name)."""
+    if not isinstance(value, str) or not AUTHORITY_ID_RE.fullmatch(value):
+        raise InvalidMessage("authority id must look like 'ar.mj' (country code, dot, short lowercase name)")
+    return value
+
+
+def validate_message_id(value: str) -> str:
+    """Return ``value`` if it is a lowercase canonical random (version 4) UUID."""
+    if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
+        raise InvalidMessage("message id must be a lowercase version-4 UUID")
+    return value
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) canonical bytes of a JSON value."""
+    return bytes(rfc8785.dumps(value))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidMessage(f"duplicate member {key!r} in JSON object")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise InvalidMessage(f"JSON constant {name} is not allowed")
+
+
+def parse_strict_json(data: bytes) -> Any:
+    """Parse JSON, refusing duplicate object members, NaN/Infinity and invalid UTF-8."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except InvalidMessage:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidMessage(f"not valid JSON ({type(exc).__name__})") from None
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    @classmethod
+    def parse(cls, data: Any) -> Self:
+        """Validate a parsed JSON value; errors name fields, never echo values."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "payload"
+            raise InvalidMessage(f"{cls.__name__}: {where}: {first['msg']}") from None
+
+
+class Marking(StrictModel):
+    """A confidentiality marking: a level of the deployment's ordered scheme plus caveats.
+
+    Caveats are short identifiers; a parameter follows a colon (``embargo:2027-03-01``). They are kept sorted and
+    unique so that the same marking always has the same bytes.
+    """
+
+    level: str = Field(min_length=1, max_length=64)
+    caveats: list[str] = Field(default_factory=list)
+
+    @field_validator("caveats")
+    @classmethod
+    def _sorted_unique(cls, value: list[str]) -> list[str]:
+        if value != sorted(set(value)):
+            raise ValueError("caveats must be sorted and unique")
+        for caveat in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,47}(:[0-9A-Za-z.-]{1,32})?", caveat):
+                raise ValueError("caveat must be a short lowercase identifier, optionally ':parameter'")
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"level": self.level, "caveats": list(self.caveats)}
+
+
+class AttachmentRef(StrictModel):
+    """One entry of the signed attachment manifest (see crypto/attachments.py for the framing)."""
+
+    name: str = Field(min_length=1, max_length=255)
+    media_type: str = Field(min_length=1, max_length=127)
+    size: int = Field(ge=0)
+    sha256: str
+    ct_size: int = Field(ge=0)
+    ct_sha256: str
+    key: str = Field(min_length=43, max_length=43)  # base64url, no padding, of the 32-byte secretstream key
+
+    @field_validator("sha256", "ct_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _HEX64.fullmatch(value):
+            raise ValueError("must be 64 lowercase hex digits")
+        return value
+
+
+class MessagePayload(StrictModel):
+    """The signed payload of an envelope (the JWS payload of the inner layer)."""
+
+    v: int = PROTOCOL_VERSION
+    id: str
+    from_: str = Field(alias="from")
+    to: str
+    kind: MessageKind
+    iat: int = Field(ge=0)
+    in_reply_to: str | None = None
+    marking: Marking
+    attachments: list[AttachmentRef] = Field(default_factory=list)
+    content: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("v")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != PROTOCOL_VERSION:
+            raise ValueError(f"unsupported protocol version, expected {PROTOCOL_VERSION}")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_message_id(value)
+
+    @field_validator("in_reply_to")
+    @classmethod
+    def _reply(cls, value: str | None) -> str | None:
+        return None if value is None else validate_message_id(value)
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        return validate_authority_id(value)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value: Any) -> Any:
+        # strict mode would refuse the plain string a JSON document carries
+        return MessageKind(value) if isinstance(value, str) and value in MessageKind._value2member_map_ else value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "id": self.id,
+            "from": self.from_,
+            "to": self.to,
+            "kind": self.kind.value,
+            "iat": self.iat,
+            "in_reply_to": self.in_reply_to,
+            "marking": self.marking.to_json(),
+            "attachments": [a.model_dump() for a in self.attachments],
+            "content": self.content,
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MessagePayload:
+        """Parse signed payload bytes, refusing duplicates and non-canonical encodings."""
+        payload = cls.parse(parse_strict_json(data))
+        if payload.to_bytes() != data:
+            raise InvalidMessage("payload is not RFC 8785 canonical JSON")
+        return payload
+
+
+def check_freshness(iat: int, now: int, max_skew_seconds: int) -> None:
+    """Refuse a message issued more than ``max_skew_seconds`` away from ``now`` (replay window bound)."""
+    if abs(now - iat) > max_skew_seconds:
+        raise StaleMessage(f"message time is {now - iat:+d} s from ours; allowed skew is {max_skew_seconds} s")

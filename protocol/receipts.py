@@ -1,0 +1,83 @@
+"""Receipts and refusals: what a receiving gateway signs about an envelope it accepted or refused.
+
+A receipt names the message id, the SHA-256 of the envelope bytes as received, the receiver's own receive time,
+the ledger index of the "received" event and the receiver's latest signed checkpoint (DESIGN.md, "Receipts").
+A duplicate delivery is answered with the byte-identical receipt. A refusal is signed too and says why, with the
+same stable ``code`` the problem document carries.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from protocol.messages import PROTOCOL_VERSION, StrictModel, canonical_json, validate_authority_id, validate_message_id
+
+__all__ = ["Receipt", "Refusal", "rfc3339_utc"]
+
+
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
+def rfc3339_utc(value: str) -> str:
+    """Check a time string: RFC 3339, UTC, microseconds, always this shape so that the bytes are stable."""
+    if not _TIME_RE.fullmatch(value):
+        raise ValueError("time must be RFC 3339 UTC with microseconds, e.g. 2026-11-28T07:40:00.123456Z")
+    return value
+
+
+class Receipt(StrictModel):
+    v: int = PROTOCOL_VERSION
+    type: Literal["receipt"] = "receipt"
+    message_id: str
+    from_: str = Field(alias="from")  # the receiver, who signs
+    to: str  # the sender
+    envelope_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    received_at: str
+    ledger_index: int = Field(ge=0)
+    checkpoint: str = Field(min_length=1, max_length=8192)
+
+    @field_validator("received_at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        return rfc3339_utc(value)
+
+    @field_validator("message_id")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        return validate_message_id(value)
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        return validate_authority_id(value)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(by_alias=True))
+
+
+class Refusal(StrictModel):
+    v: int = PROTOCOL_VERSION
+    type: Literal["refusal"] = "refusal"
+    message_id: str | None
+    from_: str = Field(alias="from")  # the refusing gateway, who signs
+    to: str | None  # the claimed sender, when it could be read
+    envelope_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    refused_at: str
+    code: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
+    reason: str = Field(max_length=500)
+
+    @field_validator("refused_at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        return rfc3339_utc(value)
+
+    @field_validator("from_")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        return validate_authority_id(value)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(by_alias=True))
