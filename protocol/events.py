@@ -1,0 +1,81 @@
+"""Ledger events: what the tracking ledger records, and nothing more.
+
+An event holds ids, kinds, parties, actors, times, digests, markings and states; there is deliberately no free-form
+member, so content or a confidential subject line has nowhere to go (DESIGN.md, "The ledger"). The entry bytes are
+RFC 8785 canonical JSON of :meth:`LedgerEvent.to_json` with absent members omitted.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from protocol.messages import Marking, MessageKind, StrictModel, canonical_json, validate_authority_id
+from protocol.receipts import rfc3339_utc
+
+__all__ = ["EventType", "LedgerEvent"]
+
+
+class EventType(enum.StrEnum):
+    SUBMITTED = "message.submitted"  # an officer handed a message to our outbox
+    SENT = "message.sent"  # our gateway delivered it to the peer gateway
+    RECEIPT_RECORDED = "message.receipt_recorded"  # we hold the peer's signed receipt (peer_time = its receive time)
+    RECEIVED = "message.received"  # we accepted an envelope from a peer
+    REFUSED = "message.refused"  # we refused an envelope (reason = problem code)
+    ACKNOWLEDGED = "message.acknowledged"  # an officer (ours, or the peer's through its acknowledgement) acknowledged
+    OPENED = "message.opened"  # a user decrypted the content (actor, purpose)
+    ANSWERED = "message.answered"  # a response to the message was sent or received (related_id = the response)
+    CLOSED = "message.closed"
+    DELIVERY_FAILED = "message.delivery_failed"  # an attempt failed; the outbox retries (reason = problem code)
+    USER_CHANGED = "user.changed"
+    DIRECTORY_INSTALLED = "directory.installed"
+
+
+class LedgerEvent(StrictModel):
+    v: int = 1
+    type: EventType
+    time: str
+    actor: str = Field(pattern=r"^(system|user:[a-z0-9._-]{1,64}|peer:[a-z]{2}\.[a-z0-9-]{1,31})$")
+    message_id: str | None = None
+    kind: MessageKind | None = None
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    in_reply_to: str | None = None
+    related_id: str | None = None
+    envelope_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    marking: Marking | None = None
+    peer_time: str | None = None
+    peer_ledger_index: int | None = Field(default=None, ge=0)
+    reason: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,64}$")
+    purpose: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,64}$")
+    state: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,32}$")
+    subject: str | None = Field(default=None, pattern=r"^[a-z0-9._:-]{1,80}$")  # a user name, directory serial, ...
+
+    @field_validator("time", "peer_time")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        return None if value is None else rfc3339_utc(value)
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        return None if value is None else validate_authority_id(value)
+
+    @field_validator("kind", "type", mode="before")
+    @classmethod
+    def _enum(cls, value: Any) -> Any:
+        for enum_type in (EventType, MessageKind):
+            if isinstance(value, str) and value in enum_type._value2member_map_:
+                return enum_type(value)
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if self.marking is not None:
+            data["marking"] = self.marking.to_json()
+        return data
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())

@@ -1,0 +1,161 @@
+"""Repository of messages (both directions) and their attachment ciphertexts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol.messages import Marking
+from store.errors import NotFound
+from store.tables import attachments, messages
+
+__all__ = ["AttachmentRow", "MessageRow", "Messages"]
+
+
+@dataclass(frozen=True)
+class AttachmentRow:
+    position: int
+    ct_size: int
+    ct_sha256: str
+    path: str
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: str
+    direction: str
+    peer: str
+    kind: str
+    in_reply_to: str | None
+    marking: Marking
+    state: str
+    sealed: bytes
+    archive: bytes | None
+    envelope_sha256: str
+    created_by: int | None
+    created_at: datetime
+    received_at: datetime | None
+    receipt: str | None
+    ledger_index: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> MessageRow:
+        marking = Marking(level=row.marking_level, caveats=json.loads(row.marking_caveats))
+        return cls(
+            id=row.id,
+            direction=row.direction,
+            peer=row.peer,
+            kind=row.kind,
+            in_reply_to=row.in_reply_to,
+            marking=marking,
+            state=row.state,
+            sealed=bytes(row.sealed),
+            archive=None if row.archive is None else bytes(row.archive),
+            envelope_sha256=row.envelope_sha256,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            received_at=row.received_at,
+            receipt=row.receipt,
+            ledger_index=row.ledger_index,
+        )
+
+
+class Messages:
+    @staticmethod
+    async def insert(
+        conn: AsyncConnection,
+        *,
+        id: str,
+        direction: str,
+        peer: str,
+        kind: str,
+        in_reply_to: str | None,
+        marking: Marking,
+        state: str,
+        sealed: bytes,
+        envelope_sha256: str,
+        created_at: datetime,
+        archive: bytes | None = None,
+        created_by: int | None = None,
+        received_at: datetime | None = None,
+        receipt: str | None = None,
+        ledger_index: int | None = None,
+        attachment_rows: Sequence[AttachmentRow] = (),
+    ) -> None:
+        await conn.execute(
+            insert(messages).values(
+                id=id,
+                direction=direction,
+                peer=peer,
+                kind=kind,
+                in_reply_to=in_reply_to,
+                marking_level=marking.level,
+                marking_caveats=json.dumps(marking.caveats),
+                state=state,
+                sealed=sealed,
+                archive=archive,
+                envelope_sha256=envelope_sha256,
+                created_by=created_by,
+                created_at=created_at,
+                received_at=received_at,
+                receipt=receipt,
+                ledger_index=ledger_index,
+            )
+        )
+        if attachment_rows:
+            await conn.execute(
+                insert(attachments),
+                [
+                    {
+                        "message_id": id,
+                        "position": a.position,
+                        "ct_size": a.ct_size,
+                        "ct_sha256": a.ct_sha256,
+                        "path": a.path,
+                    }
+                    for a in attachment_rows
+                ],
+            )
+
+    @staticmethod
+    async def find(conn: AsyncConnection, message_id: str) -> MessageRow | None:
+        row = (await conn.execute(select(messages).where(messages.c.id == message_id))).one_or_none()
+        return None if row is None else MessageRow.from_row(row)
+
+    @staticmethod
+    async def get(conn: AsyncConnection, message_id: str) -> MessageRow:
+        found = await Messages.find(conn, message_id)
+        if found is None:
+            raise NotFound(f"no message {message_id}")
+        return found
+
+    @staticmethod
+    async def in_box(conn: AsyncConnection, direction: str, *, limit: int = 100, offset: int = 0) -> list[MessageRow]:
+        query = (
+            select(messages)
+            .where(messages.c.direction == direction)
+            .order_by(messages.c.created_at.desc(), messages.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [MessageRow.from_row(row) for row in await conn.execute(query)]
+
+    @staticmethod
+    async def replies(conn: AsyncConnection, message_id: str) -> list[MessageRow]:
+        query = select(messages).where(messages.c.in_reply_to == message_id).order_by(messages.c.created_at)
+        return [MessageRow.from_row(row) for row in await conn.execute(query)]
+
+    @staticmethod
+    async def update(conn: AsyncConnection, message_id: str, **values: Any) -> None:
+        await conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
+
+    @staticmethod
+    async def attachments(conn: AsyncConnection, message_id: str) -> list[AttachmentRow]:
+        query = select(attachments).where(attachments.c.message_id == message_id).order_by(attachments.c.position)
+        return [AttachmentRow(r.position, r.ct_size, r.ct_sha256, r.path) for r in await conn.execute(query)]

@@ -1,0 +1,76 @@
+"""The outbox: messages persisted before sending, retried with backoff until a receipt arrives.
+
+A row is claimed with a lease (``claimed_until``) so that several gateway replicas sharing one PostgreSQL never
+send the same message concurrently; a replica that crashes mid-send loses its lease and another one takes over.
+A delivery that happens twice is harmless: the receiver answers a duplicate with the same receipt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.tables import outbox
+
+__all__ = ["Outbox", "OutboxItem"]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    message_id: str
+    peer: str
+    attempts: int
+
+
+class Outbox:
+    def __init__(self, *, skip_locked: bool) -> None:
+        self._skip_locked = skip_locked
+
+    async def enqueue(self, conn: AsyncConnection, message_id: str, peer: str, now: datetime) -> None:
+        await conn.execute(insert(outbox).values(message_id=message_id, peer=peer, attempts=0, next_attempt_at=now))
+
+    async def claim_due(
+        self, conn: AsyncConnection, now: datetime, *, limit: int, lease: timedelta
+    ) -> list[OutboxItem]:
+        """Claim up to ``limit`` due items for ``lease``; the caller commits to make the claim visible."""
+        query = (
+            select(outbox.c.message_id, outbox.c.peer, outbox.c.attempts)
+            .where(
+                and_(
+                    outbox.c.next_attempt_at <= now,
+                    or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                )
+            )
+            .order_by(outbox.c.next_attempt_at)
+            .limit(limit)
+        )
+        if self._skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        rows = (await conn.execute(query)).all()
+        if rows:
+            ids = [row.message_id for row in rows]
+            await conn.execute(update(outbox).where(outbox.c.message_id.in_(ids)).values(claimed_until=now + lease))
+        return [OutboxItem(row.message_id, row.peer, row.attempts) for row in rows]
+
+    async def reschedule(
+        self, conn: AsyncConnection, message_id: str, *, attempts: int, next_attempt_at: datetime, error: str
+    ) -> None:
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.message_id == message_id)
+            .values(attempts=attempts, next_attempt_at=next_attempt_at, claimed_until=None, last_error=error[:200])
+        )
+
+    async def remove(self, conn: AsyncConnection, message_id: str) -> bool:
+        result = await conn.execute(delete(outbox).where(outbox.c.message_id == message_id))
+        return bool(result.rowcount)
+
+    async def pending(self, conn: AsyncConnection) -> int:
+        return len((await conn.execute(select(outbox.c.message_id))).all())
+
+    async def next_due(self, conn: AsyncConnection) -> datetime | None:
+        query = select(outbox.c.next_attempt_at).order_by(outbox.c.next_attempt_at).limit(1)
+        return (await conn.execute(query)).scalar_one_or_none()

@@ -1,0 +1,194 @@
+"""SQLAlchemy Core tables: the schema of one gateway, and the metadata Alembic migrates.
+
+Content never lies here in plaintext: envelopes are stored as they travel (JWE, encrypted to the recipient) or as
+the sender's archive copy (JWE to its own archive key); attachment ciphertexts live in files named by digest.
+The ledger tables hold canonical JSON entries with ids, kinds, parties, actors, times, digests and markings only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "attachments",
+    "checkpoints",
+    "ledger_entries",
+    "ledger_head",
+    "ledger_nodes",
+    "messages",
+    "metadata",
+    "outbox",
+    "settings_state",
+    "tokens",
+    "users",
+]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both stores (SQLite would otherwise hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+TZ = UTCDateTime()
+
+# one row per message this gateway sent or received
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("direction", String(3), nullable=False),  # "out" | "in"
+    Column("peer", String(40), nullable=False),  # the counterpart authority
+    Column("kind", String(20), nullable=False),
+    Column("in_reply_to", String(36), nullable=True),
+    Column("marking_level", String(64), nullable=False),
+    Column("marking_caveats", Text, nullable=False),  # canonical JSON list
+    Column("state", String(20), nullable=False),
+    Column("sealed", LargeBinary, nullable=False),  # the envelope bytes exactly as they travel
+    Column("archive", LargeBinary, nullable=True),  # out: the sender's copy sealed to its archive key
+    Column("envelope_sha256", String(64), nullable=False),
+    Column("created_by", Integer, ForeignKey("users.id"), nullable=True),
+    Column("created_at", TZ, nullable=False),
+    Column("received_at", TZ, nullable=True),  # in: our receive time; out: the peer's signed receive time
+    Column("receipt", Text, nullable=True),  # in: the receipt we issued; out: the receipt we hold
+    Column("ledger_index", BigInteger, nullable=True),  # in: index of our "received" event
+    Index("ix_messages_direction_created", "direction", "created_at"),
+    Index("ix_messages_in_reply_to", "in_reply_to"),
+)
+
+# attachment ciphertexts beside a message; name, size and key are only in the signed, encrypted manifest
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("ct_size", BigInteger, nullable=False),
+    Column("ct_sha256", String(64), nullable=False),
+    Column("path", String(255), nullable=False),  # relative to the attachments directory
+    PrimaryKeyConstraint("message_id", "position"),
+)
+
+# messages waiting for a receipt; a row is deleted in the transaction that records the receipt
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.id"), primary_key=True),
+    Column("peer", String(40), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", TZ, nullable=False),
+    Column("claimed_until", TZ, nullable=True),
+    Column("last_error", String(200), nullable=True),
+    Index("ix_outbox_next_attempt", "next_attempt_at"),
+)
+
+# the tracking ledger (RFC 9162 leaves); index is the leaf index, entry the RFC 8785 canonical JSON
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry", LargeBinary, nullable=False),
+    Column("message_id", String(36), nullable=True),
+    Column("type", String(40), nullable=False),
+    Column("time", TZ, nullable=False),
+    Index("ix_ledger_entries_message", "message_id"),
+)
+
+# hash of every perfect subtree (level, index) so that proofs read O(log n) rows and never rehash the log
+ledger_nodes = Table(
+    "ledger_nodes",
+    metadata,
+    Column("level", Integer, nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    PrimaryKeyConstraint("level", "idx"),
+)
+
+# a single row (id = 1): the tree size and its frontier; its row lock serialises appends across replicas
+ledger_head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False),
+    Column("frontier", LargeBinary, nullable=False),  # concatenated 32-byte hashes of root_needs(size)
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", TZ, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+
+# bearer tokens, stored as SHA-256 of the token (tokens are 256-bit random, so a fast hash suffices)
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("label", String(64), nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("expires_at", TZ, nullable=True),
+    Column("revoked_at", TZ, nullable=True),
+)
+
+# small durable facts: highest directory serial seen, ...
+settings_state = Table(
+    "settings_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
