@@ -1,0 +1,259 @@
+"""Gateway settings: a TOML file, overridden by ``COMITY_*`` environment variables, overridden by keyword arguments.
+
+The settings file is flat: each top-level key is a field name (see ``config/samples/comity.toml`` and
+``docs/configuration.md``). Each field ``name`` can also be set with the environment variable ``COMITY_NAME``.
+Relative file names resolve against ``data_dir``. The passphrase that opens the private keys is never a setting:
+it comes from ``COMITY_PASSPHRASE`` or an interactive prompt (see ``gateway/cli/common.py``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from config.errors import ConfigError
+from protocol.errors import InvalidMessage
+from protocol.messages import validate_authority_id
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "PASSPHRASE_ENV",
+    "Settings",
+    "is_loopback_host",
+    "load_settings",
+    "settings_toml",
+]
+
+ENV_PREFIX: Final = "COMITY_"
+CONFIG_ENV: Final = "COMITY_CONFIG"
+PASSPHRASE_ENV: Final = "COMITY_PASSPHRASE"  # noqa: S105 (a variable name) read by the CLI only; never a field
+
+# The TOML file of the load in progress; None means "no file" (plain ``Settings(...)``: keywords and environment).
+_toml_file: ContextVar[Path | None] = ContextVar("comity_settings_toml_file", default=None)
+
+# Fields naming a file or directory under data_dir.
+_PATH_FIELDS: Final = (
+    "keys_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "directory_file",
+    "directory_key_file",
+    "attachments_dir",
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything a gateway reads at start-up. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    authority_id: str
+    data_dir: Path
+    database_url: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    federation_host: str = "127.0.0.1"
+    federation_port: int = Field(default=8443, ge=1, le=65535)
+    keys_file: Path = Path("keys.sealed")
+    tls_cert_file: Path = Path("tls/cert.pem")
+    tls_key_file: Path = Path("tls/key.pem")
+    directory_file: Path = Path("directory.jws")
+    directory_key_file: Path = Path("directory-key.jwk")
+    attachments_dir: Path = Path("attachments")
+    dev_plain_http: bool = False
+    max_clock_skew_seconds: int = Field(default=300, ge=0, le=86400)
+    max_envelope_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_attachment_bytes: int = Field(default=8 * 1024**3, ge=0)
+    outbox_initial_backoff: float = Field(default=0.5, gt=0)
+    outbox_max_backoff: float = Field(default=300.0, gt=0)
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: keyword overrides, then COMITY_* variables, then the TOML file. No .env, no secrets dir.
+        toml_file = _toml_file.get()
+        if toml_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @field_validator("authority_id")
+    @classmethod
+    def _authority_id(cls, value: str) -> str:
+        try:
+            return validate_authority_id(value)
+        except InvalidMessage as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # A relative data_dir resolves against the current directory once, at load time.
+        return value.expanduser().absolute()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return value
+
+    @field_validator("api_host", "federation_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value or any(ch.isspace() for ch in value) or "/" in value:
+            raise ValueError("must be a host name or IP address")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.outbox_max_backoff < self.outbox_initial_backoff:
+            raise ValueError("outbox_max_backoff must be at least outbox_initial_backoff")
+        if self.dev_plain_http:
+            exposed = [h for h in (self.api_host, self.federation_host) if not is_loopback_host(h)]
+            if exposed:
+                raise ValueError(
+                    f"dev_plain_http is only allowed on loopback hosts, not {', '.join(exposed)}; "
+                    "use TLS or bind to 127.0.0.1"
+                )
+        return self
+
+    # --- derived values ---------------------------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        """The absolute path of the file setting ``name`` (e.g. ``"keys_file"``), resolved against ``data_dir``."""
+        if name not in _PATH_FIELDS:
+            raise KeyError(f"{name!r} is not a file setting; one of {', '.join(_PATH_FIELDS)}")
+        value: Path = getattr(self, name)
+        return value if value.is_absolute() else self.data_dir / value
+
+    @property
+    def database_dsn(self) -> str:
+        """``database_url``, or a SQLite file ``comity.db`` in ``data_dir`` when it is not set."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'comity.db'}"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.path("keys_file")
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.path("tls_cert_file")
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.path("tls_key_file")
+
+    @property
+    def directory_path(self) -> Path:
+        return self.path("directory_file")
+
+    @property
+    def directory_key_path(self) -> Path:
+        return self.path("directory_key_file")
+
+    @property
+    def attachments_path(self) -> Path:
+        return self.path("attachments_dir")
+
+
+@contextmanager
+def _reading(toml_file: Path | None) -> Iterator[None]:
+    token = _toml_file.set(toml_file)
+    try:
+        yield
+    finally:
+        _toml_file.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "settings"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (or the file named by ``COMITY_CONFIG``; or none), the environment and
+    ``overrides``, in increasing order of precedence. Raises :class:`ConfigError` naming the first bad setting."""
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = Path(os.environ[CONFIG_ENV])
+    source = "settings"
+    if config_file is not None:
+        config_file = config_file.expanduser()
+        source = str(config_file)
+        if not config_file.is_file():
+            raise ConfigError(f"settings file {config_file} does not exist; run 'comity init' or set {CONFIG_ENV}")
+    try:
+        with _reading(config_file):
+            return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    except ValueError as exc:  # TOML syntax errors (tomllib.TOMLDecodeError) and environment values that are not JSON
+        raise ConfigError(f"{source}: cannot be read ({exc}); fix the file or the {ENV_PREFIX}* variables") from None
+
+
+# --- a tiny TOML writer for `comity init` ---------------------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        # A JSON string with ASCII escapes is a valid TOML basic string.
+        return json.dumps(value, ensure_ascii=True)
+    raise TypeError(f"cannot write {type(value).__name__} as a TOML setting")
+
+
+def settings_toml(values: Mapping[str, object], *, header: str = "") -> str:
+    """A flat TOML document for ``values`` (field name -> str, Path, int, float or bool; None values are skipped)."""
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"not settings: {unknown}")
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += [f"{name} = {_toml_value(value)}" for name, value in values.items() if value is not None]
+    return "\n".join(lines) + "\n"
