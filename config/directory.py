@@ -355,6 +355,16 @@ class Directory(StrictModel):
         entries = sorted([*(e for e in self.authorities if e.id != entry.id), entry], key=_id)
         return _parse(Directory, {**self.to_json(), "authorities": [e.to_json() for e in entries]})
 
+    def reissued(self, when: datetime) -> Directory:
+        """A copy issued at ``when`` (the moment of signing); refused if it would already have expired."""
+        stamp = format_time(_aware(when))
+        if self.expires_at <= stamp:
+            raise DirectoryExpired(
+                f"the draft expires at {self.expires_at}, before it would be issued; "
+                "make a new draft with a later expiry ('comity directory new')"
+            )
+        return _parse(Directory, {**self.to_json(), "issued_at": stamp})
+
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

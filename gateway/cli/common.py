@@ -1,0 +1,100 @@
+"""Helpers shared by the ``comity`` commands: passphrases, one-line errors, files that must not be clobbered."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final, ParamSpec, TypeVar
+
+import click
+
+from crypto.keys import KdfParams
+from protocol.errors import ComityError
+
+__all__ = [
+    "FAST_KDF",
+    "CommandError",
+    "ensure_private_dir",
+    "one_line",
+    "read_passphrase",
+    "replace_file",
+    "reports_errors",
+    "write_new_file",
+]
+
+# Cheap argon2id parameters behind the hidden --kdf-fast flag: for tests and the demo only, never for real keys.
+FAST_KDF: Final = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class CommandError(click.ClickException):
+    """A failure the operator can act on: printed as one line ``comity: <message>`` on stderr, exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"comity: {self.format_message()}", err=True, file=file)
+
+
+def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn Comity errors and file system errors raised by ``command`` into :class:`CommandError` (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return command(*args, **kwargs)
+        except ComityError as exc:
+            raise CommandError(exc.message) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CommandError(f"{where}{exc.strerror or exc}") from None
+
+    return wrapper
+
+
+def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") -> bytes:
+    """The passphrase from ``env_var`` if set, else a hidden prompt (typed twice when ``confirm``)."""
+    value = os.environ.get(env_var)
+    if value is None:
+        value = click.prompt(f"{what.capitalize()}", hide_input=True, confirmation_prompt=confirm, err=True)
+    if not value:
+        raise CommandError(f"the {what} must not be empty; set {env_var} or type one at the prompt")
+    return value.encode("utf-8")
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) readable by the owner only, if it does not exist."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
+    """Write a file that must not exist yet; ``private`` files (key material) get mode 0600, others 0644."""
+    mode = 0o600 if private else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (a reader sees the old or the new contents, never a mix)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    write_new_file(temporary, data, private=False)
+    os.replace(temporary, path)

@@ -1,0 +1,270 @@
+"""``comity init`` and ``comity directory``: the operator workflow end to end, and its refusals."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, load_pem_private_key
+from joserfc.jwk import OKPKey
+
+from config.directory import load_directory_draft, verify_directory
+from config.settings import load_settings
+from crypto.keys import AuthorityKeys, key_id, unseal_keys
+from gateway.cli import main
+
+PASSPHRASE = "correct horse battery staple"
+DIRECTORY_PASSPHRASE = "directory operator passphrase"
+ENV: dict[str, str | None] = {"COMITY_PASSPHRASE": PASSPHRASE, "COMITY_DIRECTORY_PASSPHRASE": DIRECTORY_PASSPHRASE}
+
+
+def run(*args: str | Path, env: dict[str, str | None] | None = None, input: str | None = None) -> Result:
+    runner = CliRunner()
+    return runner.invoke(main, [str(arg) for arg in args], env=ENV if env is None else env, input=input)
+
+
+def ok(*args: str | Path) -> Result:
+    result = run(*args)
+    assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    return result
+
+
+def fails(*args: str | Path, env: dict[str, str | None] | None = None) -> str:
+    """Run a command that must fail: exit code 1, one line on stderr, no traceback. Returns that line."""
+    result = run(*args, env=env)
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not an exception escaping the command
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("comity: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def init(data_dir: Path, authority_id: str, country: str, port: int, *extra: str) -> Result:
+    return ok(
+        "init", "--id", authority_id, "--name", f"Central authority of {country}", "--country", country,
+        "--endpoint", f"https://127.0.0.1:{port}", "--data-dir", data_dir, "--kdf-fast", *extra,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two authorities initialised, a directory key, a signed directory with both."""
+    root = tmp_path_factory.mktemp("cli")
+    init(root / "ar", "ar.mj", "AR", 8443, "--language", "es", "--role", "asset-recovery-focal-point",
+         "--role", "mla-central-authority", "--caveat", "uncac-46-20", "--api-port", "8080")  # fmt: skip
+    init(root / "es", "es.mj", "ES", 9443, "--language", "es", "--max-level", "CONFIDENTIAL")
+    ok("directory", "keygen", "--out", root / "dirkey.sealed", "--kdf-fast")
+    ok("directory", "new", "--out", root / "draft.json", "--expires-in-days", "30")
+    ok("directory", "add", root / "draft.json", root / "ar" / "entry.json")
+    ok("directory", "add", root / "draft.json", root / "es" / "entry.json")
+    ok("directory", "sign", root / "draft.json", "--key", root / "dirkey.sealed", "--out", root / "directory.jws")
+    return root
+
+
+def test_init_writes_settings_that_load_back(workspace: Path) -> None:
+    settings = load_settings(workspace / "ar" / "comity.toml")
+    assert settings.authority_id == "ar.mj"
+    assert settings.data_dir == workspace / "ar"
+    assert (settings.api_port, settings.federation_port, settings.dev_plain_http) == (8080, 8443, False)
+    assert load_settings(workspace / "es" / "comity.toml").federation_port == 9443  # from the endpoint
+    assert settings.keys_path.is_file()
+    assert settings.tls_cert_path.is_file()
+    assert settings.tls_key_path.is_file()
+
+
+def test_init_entry_is_public_and_matches_the_keys(workspace: Path) -> None:
+    entry = json.loads((workspace / "ar" / "entry.json").read_text())
+    assert entry["roles"] == ["asset-recovery-focal-point", "mla-central-authority"]
+    assert entry["languages"] == ["es"]
+    assert entry["accreditation"] == {"max_level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    keys = AuthorityKeys.unseal((workspace / "ar" / "keys.sealed").read_bytes(), PASSPHRASE.encode())
+    assert [k["jwk"]["kid"] for k in entry["keys"]] == [keys.signing.kid, keys.encryption.kid]
+    assert key_id(keys.archive) not in json.dumps(entry)
+    assert all("d" not in k["jwk"] for k in entry["keys"])
+
+
+def raw_private_bytes(keys: list[OKPKey]) -> list[bytes]:
+    raws = []
+    for key in keys:
+        private = key.private_key
+        assert isinstance(private, Ed25519PrivateKey | X25519PrivateKey)
+        raws.append(private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+    return raws
+
+
+def encodings(raw: bytes) -> list[bytes]:
+    return [raw, raw.hex().encode(), base64.b64encode(raw), base64.urlsafe_b64encode(raw).rstrip(b"=")]
+
+
+def test_private_files_hold_no_raw_key_bytes_and_are_mode_0600(workspace: Path) -> None:
+    sealed = (workspace / "ar" / "keys.sealed").read_bytes()
+    keys = AuthorityKeys.unseal(sealed, PASSPHRASE.encode())
+    for raw in raw_private_bytes([keys.signing, keys.encryption, keys.archive]):
+        assert not any(form in sealed for form in encodings(raw))
+
+    tls_key_pem = (workspace / "ar" / "tls" / "key.pem").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in tls_key_pem
+    with pytest.raises(TypeError):
+        load_pem_private_key(tls_key_pem, password=None)
+    tls_key = load_pem_private_key(tls_key_pem, password=PASSPHRASE.encode())
+    assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+    scalar = tls_key.private_numbers().private_value.to_bytes(32, "big")
+    body = base64.b64decode(b"".join(line for line in tls_key_pem.splitlines() if not line.startswith(b"-----")))
+    assert not any(form in tls_key_pem or form in body for form in encodings(scalar))
+
+    directory_key_file = (workspace / "dirkey.sealed").read_bytes()
+    directory_key = unseal_keys(directory_key_file, DIRECTORY_PASSPHRASE.encode())["directory"]
+    assert not any(form in directory_key_file for form in encodings(raw_private_bytes([directory_key])[0]))
+
+    for path in (workspace / "ar" / "keys.sealed", workspace / "ar" / "tls" / "key.pem", workspace / "dirkey.sealed"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    public = json.loads((workspace / "dirkey.sealed.pub.jwk").read_text())
+    assert set(public) == {"kty", "crv", "x", "kid", "use", "alg"}
+
+
+def test_verify_ok(workspace: Path) -> None:
+    result = ok("directory", "verify", workspace / "directory.jws", "--key", workspace / "dirkey.sealed.pub.jwk")
+    assert result.output.startswith("directory serial 1, issued ")
+    assert "2 authorities" in result.output
+    assert "ar.mj  AR  Central authority of AR  https://127.0.0.1:8443" in result.output
+    assert "es.mj  ES" in result.output
+    assert "accredited to CONFIDENTIAL" in result.output
+
+
+def test_show_prints_the_verified_json(workspace: Path) -> None:
+    result = ok("directory", "show", workspace / "directory.jws", "--key", workspace / "dirkey.sealed.pub.jwk")
+    document = json.loads(result.output)
+    assert [a["id"] for a in document["authorities"]] == ["ar.mj", "es.mj"]
+    assert document["serial"] == 1
+
+
+def test_verify_with_the_wrong_pinned_key_fails(workspace: Path, tmp_path: Path) -> None:
+    run("directory", "keygen", "--out", tmp_path / "other.sealed", "--kdf-fast")
+    line = fails("directory", "verify", workspace / "directory.jws", "--key", tmp_path / "other.sealed.pub.jwk")
+    assert "not the pinned directory key" in line
+
+
+def test_verify_refuses_a_rollback_and_plain_json(workspace: Path) -> None:
+    key = workspace / "dirkey.sealed.pub.jwk"
+    line = fails("directory", "verify", workspace / "directory.jws", "--key", key, "--min-serial", "4")
+    assert line == "comity: directory serial 1 is lower than 4 already seen; install the current signed directory"
+    line = fails("directory", "verify", workspace / "draft.json", "--key", key)
+    assert "not a signed JWS" in line
+
+
+def test_extend_gives_serial_2(workspace: Path, tmp_path: Path) -> None:
+    key = workspace / "dirkey.sealed.pub.jwk"
+    draft = tmp_path / "next.json"
+    ok("directory", "new", "--out", draft, "--from", workspace / "directory.jws", "--key", key)
+    extended = load_directory_draft(draft.read_bytes())
+    assert extended.serial == 2
+    assert [a.id for a in extended.authorities] == ["ar.mj", "es.mj"]
+    # replacing an entry needs --replace
+    line = fails("directory", "add", draft, workspace / "es" / "entry.json")
+    assert "es.mj is already in the directory; use --replace" in line
+    assert "replaced es.mj" in ok("directory", "add", draft, workspace / "es" / "entry.json", "--replace").output
+    signed = tmp_path / "directory.jws"
+    ok("directory", "sign", draft, "--key", workspace / "dirkey.sealed", "--out", signed)
+    result = ok("directory", "verify", signed, "--key", key, "--min-serial", "1")
+    assert result.output.startswith("directory serial 2,")
+
+
+def test_init_into_an_existing_directory_is_refused(workspace: Path) -> None:
+    before = (workspace / "ar" / "keys.sealed").read_bytes()
+    line = fails(
+        "init", "--id", "ar.mj", "--name", "Again", "--country", "AR", "--endpoint", "https://127.0.0.1:8443",
+        "--data-dir", workspace / "ar", "--kdf-fast",
+    )  # fmt: skip
+    assert "already holds an authority (keys.sealed" in line
+    assert (workspace / "ar" / "keys.sealed").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--id", "AR.MJ", "--country", "AR"], "authority_id: authority id must look like 'ar.mj'"),
+        (["--id", "ar.mj", "--country", "ES"], "country must be 'AR', the prefix of the authority id"),
+        (["--id", "ar.mj", "--country", "AR", "--language", "Spanish"], "BCP 47"),
+    ],
+)
+def test_init_refusals_leave_nothing_behind(tmp_path: Path, args: list[str], message: str) -> None:
+    target = tmp_path / "new"
+    line = fails(
+        "init", "--name", "X", "--endpoint", "https://127.0.0.1:8443", "--data-dir", target, "--kdf-fast", *args
+    )
+    assert message in line
+    assert not target.exists()
+
+
+def test_init_with_a_prompted_passphrase(tmp_path: Path) -> None:
+    args = ["init", "--id", "uy.mec", "--name", "MEC", "--country", "UY", "--endpoint", "https://gw.mec.example.uy",
+            "--data-dir", str(tmp_path / "uy"), "--kdf-fast", "--host", "gw.mec.example.uy",
+            "--host", "192.0.2.7"]  # fmt: skip
+    result = run(*args, env={"COMITY_PASSPHRASE": None}, input="typed passphrase\ntyped passphrase\n")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert "typed passphrase" not in result.output
+    AuthorityKeys.unseal((tmp_path / "uy" / "keys.sealed").read_bytes(), b"typed passphrase")
+    assert load_settings(tmp_path / "uy" / "comity.toml").federation_port == 8443
+
+
+def test_empty_passphrase_is_refused(tmp_path: Path) -> None:
+    line = fails("directory", "keygen", "--out", tmp_path / "k", env={"COMITY_DIRECTORY_PASSPHRASE": ""})
+    assert "passphrase must not be empty" in line
+    assert not (tmp_path / "k").exists()
+
+
+def test_sign_with_the_wrong_passphrase(workspace: Path, tmp_path: Path) -> None:
+    env = {**ENV, "COMITY_DIRECTORY_PASSPHRASE": "wrong"}
+    line = fails(
+        "directory", "sign", workspace / "draft.json", "--key", workspace / "dirkey.sealed", "--out",
+        tmp_path / "d.jws", env=env,
+    )  # fmt: skip
+    assert line == "comity: wrong passphrase or corrupt key file"
+    assert not (tmp_path / "d.jws").exists()
+
+
+def test_sign_with_an_authority_key_file_is_refused(workspace: Path, tmp_path: Path) -> None:
+    env = {**ENV, "COMITY_DIRECTORY_PASSPHRASE": PASSPHRASE}
+    line = fails(
+        "directory", "sign", workspace / "draft.json", "--key", workspace / "ar" / "keys.sealed", "--out",
+        tmp_path / "d.jws", env=env,
+    )  # fmt: skip
+    assert "is not a directory key file" in line
+
+
+def test_add_an_invalid_entry(workspace: Path, tmp_path: Path) -> None:
+    entry = json.loads((workspace / "ar" / "entry.json").read_text())
+    entry["tls_pin"] = "sha256:" + "0" * 64
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(entry))
+    draft = tmp_path / "draft.json"
+    ok("directory", "new", "--out", draft)
+    assert "tls_pin does not match tls_cert" in fails("directory", "add", draft, bad)
+    assert load_directory_draft(draft.read_bytes()).authorities == []
+
+
+def test_new_refuses_to_overwrite_and_needs_both_from_and_key(workspace: Path) -> None:
+    assert "already exists" in fails("directory", "new", "--out", workspace / "draft.json")
+    line = fails("directory", "new", "--out", workspace / "x.json", "--from", workspace / "directory.jws")
+    assert "--from and --key go together" in line
+
+
+def test_signed_directory_verifies_in_the_library(workspace: Path) -> None:
+    from datetime import UTC, datetime
+
+    from config.directory import load_directory_key
+
+    pinned = load_directory_key((workspace / "dirkey.sealed.pub.jwk").read_bytes())
+    signed = verify_directory((workspace / "directory.jws").read_bytes(), pinned, now=datetime.now(UTC))
+    assert signed.authority("es.mj").accreditation.max_level == "CONFIDENTIAL"
+    assert os.path.getsize(workspace / "directory.jws") > 0
