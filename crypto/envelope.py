@@ -124,7 +124,7 @@ def seal_envelope(payload: MessagePayload, signing_key: OKPKey, recipient_key: O
 
 def _check_size(sealed: bytes | str, max_bytes: int) -> bytes:
     # len(str) <= len(its encoding), so a long str is refused before it is encoded.
-    if len(sealed) > max_bytes or len(sealed_bytes := wire_bytes(sealed, "envelope")) > max_bytes:
+    if len(sealed) > max_bytes or len(sealed_bytes := wire_bytes(sealed)) > max_bytes:
         raise OversizedEnvelope(f"envelope is larger than the limit of {max_bytes} bytes")
     return sealed_bytes
 

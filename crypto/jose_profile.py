@@ -162,14 +162,9 @@ def jws_header_checks(typ: str) -> Mapping[str, HeaderCheck]:
 # -- strict parsing ---------------------------------------------------------------------------------------------
 
 
-def wire_bytes(token: bytes | str, what: str) -> bytes:
-    """The bytes of a compact token; a ``str`` must be ASCII (base64url and dots are)."""
-    if isinstance(token, bytes):
-        return token
-    try:
-        return token.encode("ascii")
-    except UnicodeEncodeError:
-        raise ProfileViolation(f"{what} contains non-ASCII characters; a compact serialisation is ASCII") from None
+def wire_bytes(token: bytes | str) -> bytes:
+    """The bytes of a token as it travels. Anything outside ASCII is refused later, by the base64url checks."""
+    return token if isinstance(token, bytes) else token.encode("utf-8", "surrogatepass")
 
 
 def b64url_encode(data: bytes) -> bytes:
@@ -217,16 +212,24 @@ def check_header(header: Mapping[str, Any], checks: Mapping[str, HeaderCheck], w
         raise ProfileViolation(f"{what} header: 'crit' is refused; this profile has no extensions")
     if header.get("alg") == "none":
         raise ProfileViolation(f"{what} header: alg 'none' is refused")
+    # Algorithms first: a header for another algorithm also lacks or adds members, and the algorithm is the cause.
+    for name in ("alg", "enc"):
+        if name in checks and name in header:
+            _check_member(header, name, checks[name], what)
     if extra := sorted(set(header) - set(checks)):
         names = ", ".join(_shown(name) for name in extra)
         raise ProfileViolation(f"{what} header: members outside the profile: {names}")
     if missing := sorted(set(checks) - set(header)):
         raise ProfileViolation(f"{what} header: missing members: {', '.join(missing)}")
     for name, check in checks.items():
-        try:
-            check(header[name])
-        except ValueError as exc:
-            raise ProfileViolation(f"{what} header: {name!r} {exc}") from None
+        _check_member(header, name, check, what)
+
+
+def _check_member(header: Mapping[str, Any], name: str, check: HeaderCheck, what: str) -> None:
+    try:
+        check(header[name])
+    except ValueError as exc:
+        raise ProfileViolation(f"{what} header: {name!r} {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ def sign_refusal(refusal: Refusal, signing_key: OKPKey) -> str:
 
 def _verified_payload(token: str | bytes, signer_keys: Mapping[str, OKPKey], typ: str, what: str) -> bytes:
     # 1. Size, before anything is parsed.
-    if len(token) > MAX_RECEIPT_BYTES:
+    if len(token) > MAX_RECEIPT_BYTES or len(token_bytes := wire_bytes(token)) > MAX_RECEIPT_BYTES:
         raise ProfileViolation(f"{what} is larger than {MAX_RECEIPT_BYTES} bytes")
 
     # 2. Compact shape and protected header within the profile (alg, kid, typ; nothing else).
-    parsed = parse_jws(wire_bytes(token, what), typ, what)
+    parsed = parse_jws(token_bytes, typ, what)
 
     # 3. The key is one the directory lists for the claimed signer.
     key = signer_keys.get(parsed.kid)
