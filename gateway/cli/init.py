@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import click
 from pydantic import ValidationError
 
-from config.directory import ROLES, directory_entry_for
+from config.directory import ROLES, AuthorityEntry, directory_entry_for
 from config.settings import PASSPHRASE_ENV, Settings, settings_toml
-from crypto.keys import DEFAULT_KDF, generate_authority_keys, key_id
-from crypto.tls import certificate_pin, generate_tls_identity
+from crypto.keys import DEFAULT_KDF, AuthorityKeys, generate_authority_keys, key_id
+from crypto.tls import TlsIdentity, certificate_pin, generate_tls_identity
 from gateway.cli.common import (
     FAST_KDF,
     CommandError,
@@ -121,25 +121,30 @@ def init(
         )
     tls_hosts = list(hosts) or [urlsplit(endpoint).hostname or ""]
 
-    # Everything is built and validated in memory first, so that a refusal leaves nothing behind.
-    passphrase = read_passphrase(PASSPHRASE_ENV, confirm=True)
+    def build(keys: AuthorityKeys, tls: TlsIdentity) -> AuthorityEntry:
+        return directory_entry_for(
+            authority_id=authority_id,
+            name=name,
+            country=country,
+            endpoint=endpoint,
+            keys=keys,
+            tls_cert_pem=tls.cert_pem,
+            roles=roles,
+            languages=languages,
+            max_level=max_level,
+            caveats=caveats,
+            not_before=now,
+        )
+
+    # Validate the entry with throwaway keys before asking for the passphrase (cheap: no KDF, no key encryption),
+    # then build everything in memory before writing, so that a refusal leaves nothing behind.
     now = datetime.now(UTC)
+    build(generate_authority_keys(), generate_tls_identity(authority_id, tls_hosts, None, now=now))
+    passphrase = read_passphrase(PASSPHRASE_ENV, confirm=True)
     keys = generate_authority_keys()
     sealed = keys.seal(passphrase, FAST_KDF if kdf_fast else DEFAULT_KDF)
     tls = generate_tls_identity(authority_id, tls_hosts, passphrase, now=now)
-    entry = directory_entry_for(
-        authority_id=authority_id,
-        name=name,
-        country=country,
-        endpoint=endpoint,
-        keys=keys,
-        tls_cert_pem=tls.cert_pem,
-        roles=roles,
-        languages=languages,
-        max_level=max_level,
-        caveats=caveats,
-        not_before=now,
-    )
+    entry = build(keys, tls)
     header = (
         f"Comity settings for {authority_id}, written by 'comity init'. Every setting and its default:\n"
         "config/samples/comity.toml and docs/configuration.md. COMITY_* environment variables override this file."

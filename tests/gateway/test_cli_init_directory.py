@@ -206,6 +206,15 @@ def test_init_refusals_leave_nothing_behind(tmp_path: Path, args: list[str], mes
     assert not target.exists()
 
 
+def test_init_refuses_a_bad_entry_before_asking_for_the_passphrase(tmp_path: Path) -> None:
+    args = ["init", "--id", "ar.mj", "--name", "X", "--country", "ES", "--endpoint", "https://127.0.0.1",
+            "--data-dir", str(tmp_path / "ar")]  # fmt: skip
+    result = run(*args, env={"COMITY_PASSPHRASE": None}, input="")
+    assert result.exit_code == 1
+    assert "Passphrase" not in result.output + result.stderr
+    assert result.stderr.strip() == "comity: AuthorityEntry: country must be 'AR', the prefix of the authority id"
+
+
 def test_init_with_a_prompted_passphrase(tmp_path: Path) -> None:
     args = ["init", "--id", "uy.mec", "--name", "MEC", "--country", "UY", "--endpoint", "https://gw.mec.example.uy",
             "--data-dir", str(tmp_path / "uy"), "--kdf-fast", "--host", "gw.mec.example.uy",
