@@ -145,7 +145,7 @@ class AttachmentRef(StrictModel):
     sha256: str
     ct_size: int = Field(ge=0)
     ct_sha256: str
-    key: str = Field(min_length=43, max_length=43)  # base64url, no padding, of the 32-byte secretstream key
+    key: str = Field(min_length=43, max_length=43, repr=False)  # base64url, no padding, of the 32-byte secretstream key
 
     @field_validator("sha256", "ct_sha256")
     @classmethod

@@ -29,6 +29,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 def split_schema(url: str) -> tuple[str, str | None]:
     """Remove the ``comity_schema`` query parameter from ``url``; return the clean URL and the schema."""
+    if "comity_schema=" not in url:
+        return url, None
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((value for key, value in query if key == "comity_schema"), None)

@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,15 @@ def _postgres_available() -> str | None:
         await conn.close()
 
     try:
-        asyncio.run(probe())
+        # fixtures call this from inside the test's event loop: probe on a loop of its own, in a thread
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, probe()).result()
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-_PG_PROBLEM: str | None | bool = False  # False = not probed yet
+_PG_PROBLEM: str | bool | None = False  # False = not probed yet
 
 
 def require_postgres() -> None:
@@ -45,25 +48,52 @@ def require_postgres() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A database URL for an empty database: a SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'comity.db'}"
-        return
-    require_postgres()
-    import asyncpg
+class DatabaseFactory:
+    """Makes empty databases of one backend: SQLite files, or fresh PostgreSQL schemas dropped afterwards."""
 
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    base = PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}?comity_schema={schema}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    finally:
-        await conn.close()
+    def __init__(self, backend: str, tmp_path: Path) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self.schemas: list[str] = []
+
+    async def new(self, name: str = "comity") -> str:
+        if self.backend == "sqlite":
+            return f"sqlite+aiosqlite:///{self.tmp_path / (name + '.db')}"
+        import asyncpg
+
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(f"CREATE SCHEMA {schema}")
+        finally:
+            await conn.close()
+        self.schemas.append(schema)
+        return PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1) + f"?comity_schema={schema}"
+
+    async def drop_all(self) -> None:
+        if not self.schemas:
+            return
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            for schema in self.schemas:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def databases(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DatabaseFactory]:
+    """A factory of empty databases, once for SQLite and once for PostgreSQL."""
+    if request.param == "postgresql":
+        require_postgres()
+    factory = DatabaseFactory(request.param, tmp_path)
+    yield factory
+    await factory.drop_all()
+
+
+@pytest.fixture
+async def db_url(databases: DatabaseFactory) -> str:
+    """A database URL for one empty database: a SQLite file, or a fresh PostgreSQL schema."""
+    return await databases.new()

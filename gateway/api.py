@@ -1,0 +1,263 @@
+"""The local API for officers (``/v1``), authenticated with bearer tokens.
+
+Every route is listed in gateway/openapi.py; tests/gateway/test_openapi.py checks that the document and the router
+agree. Errors are problem+json (gateway/problems.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from gateway.federation import GATEWAY
+from gateway.reading import attachment_stream, message_events, open_message
+from gateway.sending import Draft, NewAttachment, submit_message
+from protocol.errors import ComityError, InvalidMessage
+from protocol.messages import Marking, MessageKind, parse_strict_json
+from protocol.timefmt import format_time
+from protocol.timeline import build_timeline
+from store.messages import MessageRow, Messages
+from store.users import User, Users
+
+__all__ = ["USER", "api_routes", "auth_middleware"]
+
+USER = web.RequestKey("user", User)  # the authenticated user of a request
+PUBLIC_PATHS = {"/v1/openapi.json", "/healthz", "/readyz", "/metrics"}
+MAX_JSON = 1 << 20
+
+
+class Unauthenticated(ComityError):
+    code = "unauthenticated"
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("send 'Authorization: Bearer <token>'; 'comity user token' issues one")
+    gw = request.app[GATEWAY]
+    async with gw.engine.connect() as conn:
+        user = await Users.authenticate(conn, token.strip(), gw.clock())
+    if user is None:
+        raise Unauthenticated("the token is unknown, expired or revoked")
+    request[USER] = user
+    return await handler(request)
+
+
+def _user(request: web.Request) -> User:
+    user = request[USER]
+    assert isinstance(user, User)
+    return user
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(), content_type="application/json")
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON:
+        raise InvalidMessage("the JSON body is too large")
+    raw = await request.content.read(MAX_JSON + 1)
+    if len(raw) > MAX_JSON:
+        raise InvalidMessage("the JSON body is too large")
+    value = parse_strict_json(raw) if raw else {}
+    if not isinstance(value, dict):
+        raise InvalidMessage("the body must be a JSON object")
+    return value
+
+
+def _summary(row: MessageRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "direction": row.direction,
+        "peer": row.peer,
+        "kind": row.kind,
+        "in_reply_to": row.in_reply_to,
+        "marking": row.marking.to_json(),
+        "state": row.state,
+        "envelope_sha256": row.envelope_sha256,
+        "created_at": format_time(row.created_at),
+        "received_at": None if row.received_at is None else format_time(row.received_at),
+    }
+
+
+def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
+    fields = {**fields, **fixed}
+    unknown = set(fields) - {"to", "kind", "marking", "content", "in_reply_to"}
+    if unknown:
+        raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
+    try:
+        kind = MessageKind(fields.get("kind", "request"))
+    except ValueError:
+        raise InvalidMessage(f"kind must be one of {', '.join(k.value for k in MessageKind)}") from None
+    content = fields.get("content", {})
+    if not isinstance(content, dict) or not isinstance(fields.get("to"), str):
+        raise InvalidMessage("'to' must be an authority id and 'content' an object")
+    return Draft(
+        to=fields["to"],
+        kind=kind,
+        marking=Marking.parse(fields.get("marking", {"level": "CONFIDENTIAL", "caveats": []})),
+        content=content,
+        in_reply_to=fields.get("in_reply_to"),
+    )
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(1 << 20):
+        yield chunk
+
+
+async def _submit(request: web.Request, **fixed: Any) -> web.Response:
+    """JSON body, or multipart/form-data: a "message" JSON part, then one "attachment" file part per file."""
+    gw, user = request.app[GATEWAY], _user(request)
+    if request.content_type != "multipart/form-data":
+        message_id = await submit_message(gw, user, _draft(await _read_json(request), **fixed))
+        return _json({"id": message_id, "state": "queued"}, status=202)
+    reader = await request.multipart()
+    first = await reader.next()
+    if not isinstance(first, BodyPartReader) or first.name != "message":
+        raise InvalidMessage("the first form part must be 'message' (JSON)")
+    fields = parse_strict_json(await first.read())
+    if not isinstance(fields, dict):
+        raise InvalidMessage("the 'message' part must be a JSON object")
+    draft = _draft(fields, **fixed)
+
+    async def attachments() -> AsyncIterator[NewAttachment]:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name != "attachment" or not part.filename:
+                raise InvalidMessage("each further form part must be an 'attachment' file")
+            media_type = part.headers.get("Content-Type", "application/octet-stream")
+            yield NewAttachment(part.filename, media_type, _part_chunks(part))
+
+    # attachments are read from the form as the sender encrypts them: never buffered whole
+    message_id = await submit_message(gw, user, draft, attachments())
+    return _json({"id": message_id, "state": "queued"}, status=202)
+
+
+async def post_message(request: web.Request) -> web.Response:
+    return await _submit(request)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    box = request.query.get("box", "inbox")
+    if box not in {"inbox", "outbox"}:
+        raise InvalidMessage("box must be inbox or outbox")
+    limit = min(int(request.query.get("limit", "100")), 1000)
+    offset = int(request.query.get("offset", "0"))
+    async with request.app[GATEWAY].engine.connect() as conn:
+        rows = await Messages.in_box(conn, "in" if box == "inbox" else "out", limit=limit, offset=offset)
+    return _json({"messages": [_summary(row) for row in rows]})
+
+
+async def get_message(request: web.Request) -> web.Response:
+    async with request.app[GATEWAY].engine.connect() as conn:
+        row = await Messages.get(conn, request.match_info["id"])
+    return _json(_summary(row))
+
+
+async def open_message_route(request: web.Request) -> web.Response:
+    body = await _read_json(request)
+    purpose = body.get("purpose", "review")
+    if not isinstance(purpose, str):
+        raise InvalidMessage("purpose must be a short lowercase word, e.g. 'review'")
+    opened = await open_message(request.app[GATEWAY], _user(request), request.match_info["id"], purpose)
+    payload = opened.envelope.payload
+    return _json(
+        {
+            **_summary(opened.row),
+            "from": payload.from_,
+            "to": payload.to,
+            "iat": payload.iat,
+            "content": payload.content,
+            "attachments": [
+                {"position": i, "name": a.name, "media_type": a.media_type, "size": a.size, "sha256": a.sha256}
+                for i, a in enumerate(payload.attachments)
+            ],
+        }
+    )
+
+
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    ref, chunks = await attachment_stream(
+        gw, _user(request), request.match_info["id"], int(request.match_info["position"])
+    )
+    response = web.StreamResponse(headers={"Content-Type": ref.media_type, "Content-Length": str(ref.size)})
+    await response.prepare(request)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except ComityError:
+        # the stream failed authentication after headers were sent: abort so the client sees a truncated body
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    async with gw.engine.connect() as conn:
+        original = await Messages.get(conn, request.match_info["id"])
+    body = await _read_json(request)
+    draft = Draft(
+        to=original.peer,
+        kind=MessageKind.ACKNOWLEDGEMENT,
+        marking=original.marking,
+        content={"note": body["note"]} if isinstance(body.get("note"), str) else {},
+        in_reply_to=original.id,
+    )
+    message_id = await submit_message(gw, _user(request), draft)
+    return _json({"id": message_id, "state": "queued"}, status=202)
+
+
+async def respond(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    async with gw.engine.connect() as conn:
+        original = await Messages.get(conn, request.match_info["id"])
+    return await _submit(request, to=original.peer, kind="response", in_reply_to=original.id)
+
+
+async def timeline(request: web.Request) -> web.Response:
+    message_id = request.match_info["id"]
+    events = await message_events(request.app[GATEWAY], message_id)
+    milestones = build_timeline(message_id, events)
+    return _json(
+        {
+            "message_id": message_id,
+            "milestones": [
+                {"name": m.name, "time": format_time(m.time), "actor": m.actor, "since_previous_s": m.since_previous}
+                for m in milestones
+            ],
+            "events": events,
+        }
+    )
+
+
+async def me(request: web.Request) -> web.Response:
+    user = _user(request)
+    return _json({"username": user.username, "role": user.role, "authority": request.app[GATEWAY].authority_id})
+
+
+def api_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/v1/me", me),
+        web.post("/v1/messages", post_message),
+        web.get("/v1/messages", list_messages),
+        web.get("/v1/messages/{id}", get_message),
+        web.post("/v1/messages/{id}/open", open_message_route),
+        web.get("/v1/messages/{id}/attachments/{position:[0-9]+}", get_attachment),
+        web.post("/v1/messages/{id}/acknowledge", acknowledge),
+        web.post("/v1/messages/{id}/respond", respond),
+        web.get("/v1/messages/{id}/timeline", timeline),
+    ]

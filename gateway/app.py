@@ -1,0 +1,155 @@
+"""Building and running a gateway: the federation listener (mutual TLS) and the local API listener.
+
+``run_gateway`` starts both listeners and the outbox sender, and on SIGTERM/SIGINT (or ``stop``) stops accepting,
+lets requests and deliveries in flight finish, and closes the database: a graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from sqlalchemy import text
+
+from gateway.api import api_routes, auth_middleware
+from gateway.context import Gateway
+from gateway.federation import GATEWAY, federation_routes
+from gateway.logs import get_logger
+from gateway.openapi import openapi_document
+from gateway.outbox import OutboxSender
+from gateway.problems import problem_middleware, problem_response
+from gateway.tls import server_context
+
+__all__ = ["RunningGateway", "build_api_app", "build_federation_app", "start_gateway"]
+
+METRICS = web.AppKey("metrics", CollectorRegistry)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        gw.check_directory()
+        async with gw.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        code = getattr(exc, "code", "not-ready")
+        return problem_response("not-ready", f"gateway not ready: {code}", status=503)
+    return web.json_response({"status": "ready", "directory_serial": gw.directory.serial})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def _metrics_middleware(registry: CollectorRegistry, listener: str):  # type: ignore[no-untyped-def]
+    requests = Counter(f"comity_{listener}_requests", "HTTP requests handled", ["route", "status"], registry=registry)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        response = await handler(request)
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        requests.labels(route=route, status=str(response.status)).inc()
+        return response
+
+    return middleware
+
+
+def build_federation_app(gw: Gateway, registry: CollectorRegistry | None = None) -> web.Application:
+    registry = registry or CollectorRegistry()
+    # the body is streamed by the handler; client_max_size only bounds what aiohttp itself would buffer
+    app = web.Application(
+        middlewares=[_metrics_middleware(registry, "federation"), problem_middleware],
+        client_max_size=gw.settings.max_envelope_bytes,
+    )
+    app[GATEWAY] = gw
+    app[METRICS] = registry
+    app.add_routes(federation_routes())
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    return app
+
+
+def build_api_app(gw: Gateway, registry: CollectorRegistry | None = None) -> web.Application:
+    registry = registry or CollectorRegistry()
+    app = web.Application(middlewares=[_metrics_middleware(registry, "api"), problem_middleware, auth_middleware])
+    app[GATEWAY] = gw
+    app[METRICS] = registry
+    app.add_routes(api_routes())
+    app.add_routes(
+        [
+            web.get("/v1/openapi.json", openapi),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+        ]
+    )
+    return app
+
+
+@dataclass
+class RunningGateway:
+    gw: Gateway
+    runners: list[web.AppRunner]
+    sender: OutboxSender
+    sender_task: asyncio.Task[None]
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        log = get_logger(authority=self.gw.authority_id)
+        log.info("gateway_stopping")
+        for runner in self.runners:
+            await runner.cleanup()  # stops accepting, waits for handlers in flight
+        await self.sender.stop()
+        self.sender_task.cancel()
+        await asyncio.gather(self.sender_task, return_exceptions=True)
+        await self.gw.close()
+        log.info("gateway_stopped")
+
+
+async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGateway:
+    settings = gw.settings
+    registry = CollectorRegistry()
+    federation = web.AppRunner(build_federation_app(gw, registry), handle_signals=False, shutdown_timeout=10)
+    api = web.AppRunner(build_api_app(gw, registry), handle_signals=False, shutdown_timeout=10)
+    await federation.setup()
+    await api.setup()
+    ssl_context = None
+    if not settings.dev_plain_http:
+        ssl_context = server_context(
+            gw.directory, gw.authority_id, str(settings.tls_cert_path), str(settings.tls_key_path), gw.tls_password
+        )
+    await web.TCPSite(federation, settings.federation_host, settings.federation_port, ssl_context=ssl_context).start()
+    await web.TCPSite(api, settings.api_host, settings.api_port).start()
+    sender = OutboxSender(gw)
+    task = asyncio.create_task(sender.run() if run_outbox else asyncio.sleep(0))
+    get_logger(authority=gw.authority_id).info(
+        "gateway_started",
+        federation=f"{settings.federation_host}:{settings.federation_port}",
+        api=f"{settings.api_host}:{settings.api_port}",
+        tls=ssl_context is not None,
+    )
+    return RunningGateway(gw, [federation, api], sender, task)
+
+
+async def serve_forever(gw: Gateway) -> None:
+    running = await start_gateway(gw)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()

@@ -1,0 +1,161 @@
+"""The running gateway: settings, unsealed keys, the verified directory, the database and the ledger.
+
+Everything a handler or the outbox needs is reached through one :class:`Gateway` object, built by
+:meth:`Gateway.load` when the server starts (or by tests). Private keys live only in this object's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from crypto.note import NoteSigner, sign_note
+from joserfc.jwk import OKPKey
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from config.directory import AuthorityEntry, Directory, read_directory
+from config.errors import ConfigError, DirectoryExpired
+from config.settings import Settings
+from crypto.keys import AuthorityKeys, key_id
+from protocol.events import EventType, LedgerEvent
+from protocol.markings import MarkingScheme
+from protocol.timefmt import format_time, parse_time
+from store.db import is_sqlite, make_engine
+from store.events import EventLog
+from store.outbox import Outbox
+from store.tables import settings_state
+
+__all__ = ["Gateway", "utcnow"]
+
+HEAD_REVISION = "0001"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    keys: AuthorityKeys
+    directory: Directory
+    engine: AsyncEngine
+    clock: Callable[[], datetime] = utcnow
+    tls_password: bytes = field(default=b"", repr=False)
+    scheme: MarkingScheme = field(default_factory=MarkingScheme)
+    outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        sqlite = is_sqlite(self.settings.database_dsn)
+        self.events = EventLog(for_update=not sqlite)
+        self.outbox = Outbox(skip_locked=not sqlite)
+        self.origin = f"comity-ledger/{self.settings.authority_id}"
+        self._note_signer = NoteSigner(self.origin, self.keys.signing)
+
+    # --- identity -----------------------------------------------------------------------------------------------
+
+    @property
+    def authority_id(self) -> str:
+        return self.settings.authority_id
+
+    def peer(self, authority_id: str) -> AuthorityEntry:
+        """A counterpart from the directory; refuses to work with an expired directory."""
+        self.check_directory()
+        return self.directory.authority(authority_id)
+
+    def check_directory(self) -> None:
+        if parse_time(self.directory.expires_at) <= self.clock():
+            raise DirectoryExpired(
+                f"directory serial {self.directory.serial} expired at {self.directory.expires_at}; "
+                "install a newer signed directory"
+            )
+
+    def recipient_keys(self) -> dict[str, OKPKey]:
+        return {key_id(self.keys.encryption): self.keys.encryption}
+
+    def archive_keys(self) -> dict[str, OKPKey]:
+        return {key_id(self.keys.archive): self.keys.archive}
+
+    def own_signing_keys(self) -> dict[str, OKPKey]:
+        return {key_id(self.keys.signing): self.keys.signing}
+
+    def sign_checkpoint(self, body: str) -> str:
+        return sign_note(body, [self._note_signer])
+
+    def note_verifier_key(self) -> str:
+        return self._note_signer.verifier_key()
+
+    # --- storage ------------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def record(self, conn: AsyncConnection, type: EventType, actor: str, **fields: object) -> int:
+        """Append one ledger event, stamped now, in the caller's transaction."""
+        event = LedgerEvent.parse({"type": type.value, "time": format_time(self.clock()), "actor": actor, **fields})
+        return await self.events.append(conn, event)
+
+    async def checkpoint(self, conn: AsyncConnection) -> str:
+        return await self.events.record_checkpoint(conn, self.origin, self.sign_checkpoint, self.clock())
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    async def load(cls, settings: Settings, passphrase: bytes, *, clock: Callable[[], datetime] = utcnow) -> Gateway:
+        """Unseal the keys, open the database, verify the directory (no roll-back) and record a new serial."""
+        try:
+            sealed = settings.keys_path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the key file {exc.filename}: {exc.strerror}; run 'comity init'") from None
+        keys = AuthorityKeys.unseal(sealed, passphrase)
+        engine = make_engine(settings.database_dsn, pool_size=settings.db_pool_size)
+        try:
+            async with engine.connect() as conn:
+                await _check_schema(conn)
+                row = await conn.execute(
+                    select(settings_state.c.value).where(settings_state.c.key == "directory_serial")
+                )
+                seen = int(row.scalar_one_or_none() or 0)
+            directory = read_directory(settings, now=clock(), min_serial=seen)
+            gateway = cls(
+                settings=settings, keys=keys, directory=directory, engine=engine, clock=clock, tls_password=passphrase
+            )
+            if directory.serial > seen:
+                await gateway._install_directory(seen)
+            return gateway
+        except BaseException:
+            await engine.dispose()
+            raise
+
+    async def _install_directory(self, previous: int) -> None:
+        async with self.transaction() as conn:
+            values = {"key": "directory_serial", "value": str(self.directory.serial)}
+            if previous:
+                await conn.execute(
+                    settings_state.update()
+                    .where(settings_state.c.key == "directory_serial")
+                    .values(value=values["value"])
+                )
+            else:
+                await conn.execute(settings_state.insert().values(**values))
+            await self.record(conn, EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{self.directory.serial}")
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def _check_schema(conn: AsyncConnection) -> None:
+    try:
+        revision = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
+    except Exception:
+        revision = None
+    if revision != HEAD_REVISION:
+        raise ConfigError(
+            f"database schema is at {revision or 'nothing'}, not {HEAD_REVISION}; run 'comity db upgrade'"
+        )

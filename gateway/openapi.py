@@ -1,0 +1,260 @@
+"""The OpenAPI 3.1 document of the local API, served at ``/v1/openapi.json``.
+
+Kept by hand beside gateway/api.py; tests/gateway/test_openapi.py fails when a route is served but not documented,
+or documented but not served.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+_MARKING = {
+    "type": "object",
+    "required": ["level"],
+    "properties": {"level": {"type": "string"}, "caveats": {"type": "array", "items": {"type": "string"}}},
+    "additionalProperties": False,
+}
+_SUBMITTED = {
+    "202": {
+        "description": "Persisted in the outbox; delivery follows",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Submitted"}}},
+    },
+    "400": _PROBLEM,
+    "401": _PROBLEM,
+    "403": _PROBLEM,
+}
+_DRAFT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Draft"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "message": {"$ref": "#/components/schemas/Draft"},
+                    "attachment": {
+                        "type": "array",
+                        "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                    },
+                },
+            },
+            "encoding": {"message": {"contentType": "application/json"}},
+        },
+    },
+}
+
+
+def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    message_ref = {"$ref": "#/components/schemas/MessageSummary"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Comity local API",
+            "version": "1",
+            "description": "Officers draft, send, read, acknowledge and answer requests through their own gateway.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/me": {
+                "get": {
+                    "summary": "The authenticated user",
+                    "responses": {"200": _json_ok("User", {"type": "object"}), "401": _PROBLEM},
+                }
+            },
+            "/v1/messages": {
+                "post": {
+                    "summary": "Draft and send a message (request, consultation, ...)",
+                    "requestBody": _DRAFT_BODY,
+                    "responses": _SUBMITTED,
+                },
+                "get": {
+                    "summary": "List the inbox or the outbox",
+                    "parameters": [
+                        {"name": "box", "in": "query", "schema": {"enum": ["inbox", "outbox"], "default": "inbox"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "maximum": 1000, "default": 100},
+                        },
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+                    ],
+                    "responses": {
+                        "200": _json_ok(
+                            "Messages",
+                            {"type": "object", "properties": {"messages": {"type": "array", "items": message_ref}}},
+                        ),
+                        "401": _PROBLEM,
+                    },
+                },
+            },
+            "/v1/messages/{id}": {
+                "get": {
+                    "summary": "Metadata of a message (no content)",
+                    "parameters": [_ID],
+                    "responses": {"200": _json_ok("Message", message_ref), "404": _PROBLEM},
+                }
+            },
+            "/v1/messages/{id}/open": {
+                "post": {
+                    "summary": "Decrypt a message in memory and return its content; the opening is ledgered",
+                    "parameters": [_ID],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": {"purpose": {"type": "string"}}}
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _json_ok("Opened message", {"type": "object"}),
+                        "403": _PROBLEM,
+                        "404": _PROBLEM,
+                    },
+                }
+            },
+            "/v1/messages/{id}/attachments/{position}": {
+                "get": {
+                    "summary": "Stream one attachment, decrypted and authenticated chunk by chunk",
+                    "parameters": [
+                        _ID,
+                        {
+                            "name": "position",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The plaintext", "content": {"application/octet-stream": {}}},
+                        "403": _PROBLEM,
+                        "404": _PROBLEM,
+                    },
+                }
+            },
+            "/v1/messages/{id}/acknowledge": {
+                "post": {
+                    "summary": "Acknowledge a received message (sends a signed acknowledgement)",
+                    "parameters": [_ID],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": {"note": {"type": "string"}}}
+                            }
+                        }
+                    },
+                    "responses": _SUBMITTED,
+                }
+            },
+            "/v1/messages/{id}/respond": {
+                "post": {
+                    "summary": "Answer a received message",
+                    "parameters": [_ID],
+                    "requestBody": _DRAFT_BODY,
+                    "responses": _SUBMITTED,
+                }
+            },
+            "/v1/messages/{id}/timeline": {
+                "get": {
+                    "summary": "Acknowledgement timeline from the ledger",
+                    "parameters": [_ID],
+                    "responses": {"200": _json_ok("Timeline", {"type": "object"}), "404": _PROBLEM},
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": _json_ok("OpenAPI", {"type": "object"})},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "security": [],
+                    "responses": {"200": _json_ok("Alive", {"type": "object"})},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness (directory valid, database reachable)",
+                    "security": [],
+                    "responses": {"200": _json_ok("Ready", {"type": "object"}), "503": _PROBLEM},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Problem": {
+                    "description": "RFC 9457 problem details",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "code", "title", "status", "detail"],
+                    "properties": {
+                        "type": {"type": "string", "format": "uri"},
+                        "code": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                    },
+                },
+                "Draft": {
+                    "type": "object",
+                    "required": ["to"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "to": {"type": "string", "pattern": "^[a-z]{2}\\.[a-z0-9][a-z0-9-]{0,30}$"},
+                        "kind": {
+                            "enum": [
+                                "request",
+                                "response",
+                                "acknowledgement",
+                                "status_query",
+                                "status_report",
+                                "consultation",
+                                "withdrawal",
+                            ]
+                        },
+                        "marking": _MARKING,
+                        "content": {"type": "object"},
+                        "in_reply_to": {"type": ["string", "null"], "format": "uuid"},
+                    },
+                },
+                "Submitted": {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"}}},
+                "MessageSummary": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "direction": {"enum": ["in", "out"]},
+                        "peer": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "in_reply_to": {"type": ["string", "null"]},
+                        "marking": _MARKING,
+                        "state": {"type": "string"},
+                        "envelope_sha256": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "received_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
+        },
+    }

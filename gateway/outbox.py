@@ -1,0 +1,211 @@
+"""The outbox sender: delivers persisted messages, retrying with exponential backoff until a receipt arrives.
+
+It survives a restart of either side: a message leaves the outbox only in the transaction that records its
+receipt (or a permanent, signed refusal). Claims are leases, so replicas sharing one PostgreSQL do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+
+from config.directory import AuthorityEntry
+from crypto.receipts import verify_receipt, verify_refusal
+from gateway.context import Gateway
+from gateway.files import read_chunks
+from gateway.logs import get_logger
+from gateway.tls import client_context
+from protocol.errors import ComityError
+from protocol.events import EventType
+from protocol.timefmt import parse_time
+from store.messages import Messages
+from store.outbox import OutboxItem
+
+__all__ = ["FEDERATION_PATH", "OutboxSender"]
+
+FEDERATION_PATH = "/federation/v1/envelopes"
+LEASE = timedelta(minutes=10)
+# refusals a later attempt may overcome; every other signed refusal is final for these bytes
+TRANSIENT_CODES = {"directory-expired", "directory-invalid", "not-ready", "unknown-peer", "internal-error"}
+
+
+class DeliveryError(ComityError):
+    code = "delivery-failed"
+
+
+class OutboxSender:
+    def __init__(self, gw: Gateway, *, concurrency: int = 32) -> None:
+        self.gw = gw
+        self.concurrency = concurrency
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._stopping = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.log = get_logger(component="outbox")
+
+    # --- loop ---------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
+            items: list[OutboxItem] = []
+            if free > 0:
+                try:
+                    async with self.gw.transaction() as conn:
+                        items = await self.gw.outbox.claim_due(conn, self.gw.clock(), limit=free, lease=LEASE)
+                except Exception:
+                    self.log.exception("outbox_claim_failed")
+            for item in items:
+                task = asyncio.create_task(self._deliver_safely(item))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+            if not items:
+                await self._sleep()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self.gw.outbox_wakeup.set()
+
+    async def _sleep(self) -> None:
+        wakeup = self.gw.outbox_wakeup
+        wakeup.clear()
+        timeout = 1.0  # poll: other replicas and due retries
+        async with self.gw.engine.connect() as conn:
+            due = await self.gw.outbox.next_due(conn)
+        if due is not None:
+            timeout = max(0.0, min(timeout, (due - self.gw.clock()).total_seconds()))
+        stop = asyncio.create_task(self._stopping.wait())
+        wake = asyncio.create_task(wakeup.wait())
+        await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        wake.cancel()
+
+    async def stop(self) -> None:
+        """Stop claiming; let deliveries in flight finish (their rows stay leased if they do not)."""
+        self._stopping.set()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=10)
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    # --- one delivery -------------------------------------------------------------------------------------------
+
+    async def _deliver_safely(self, item: OutboxItem) -> None:
+        log = self.log.bind(message_id=item.message_id, peer=item.peer)
+        try:
+            await self.deliver(item)
+        except Exception as exc:
+            code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
+            delay = min(self.gw.settings.outbox_max_backoff, self.gw.settings.outbox_initial_backoff * 2**item.attempts)
+            delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+            log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))
+            try:
+                async with self.gw.transaction() as conn:
+                    await self.gw.outbox.reschedule(
+                        conn,
+                        item.message_id,
+                        attempts=item.attempts + 1,
+                        next_attempt_at=self.gw.clock() + timedelta(seconds=delay),
+                        error=code,
+                    )
+            except Exception:
+                log.exception("outbox_reschedule_failed")
+
+    def _session(self, peer: AuthorityEntry) -> aiohttp.ClientSession:
+        session = self._sessions.get(peer.id)
+        if session is None:
+            settings = self.gw.settings
+            ssl_context: Any = False
+            if peer.endpoint.startswith("https://"):
+                ssl_context = client_context(
+                    peer, str(settings.tls_cert_path), str(settings.tls_key_path), self.gw.tls_password
+                )
+            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=self.concurrency, keepalive_timeout=60)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+            session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            self._sessions[peer.id] = session
+        return session
+
+    async def deliver(self, item: OutboxItem) -> None:
+        gw = self.gw
+        peer = gw.peer(item.peer)
+        async with gw.engine.connect() as conn:
+            message = await Messages.get(conn, item.message_id)
+            files = await Messages.attachments(conn, item.message_id)
+        if not peer.endpoint.startswith("https://") and not gw.settings.dev_plain_http:
+            raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
+        body: Any
+        if files:
+            body = aiohttp.MultipartWriter("mixed")
+            body.append(message.sealed, {"Content-Type": "application/jose"})
+            for row in files:
+                path = gw.settings.attachments_path / "out" / row.path
+                part = body.append(read_chunks(path), {"Content-Type": "application/octet-stream"})
+                part.headers["Content-Length"] = str(row.ct_size)
+            headers = {}
+        else:
+            body, headers = message.sealed, {"Content-Type": "application/jose"}
+        url = peer.endpoint.rstrip("/") + FEDERATION_PATH
+        async with self._session(peer).post(url, data=body, headers=headers) as response:
+            raw = await response.read()
+        document = _json(raw)
+        if response.status == 200 and isinstance(document.get("receipt"), str):
+            await self._record_receipt(peer, message.envelope_sha256, item, document["receipt"])
+        elif isinstance(document.get("refusal"), str):
+            refusal = verify_refusal(document["refusal"], peer.all_signing_keys())
+            if refusal.code in TRANSIENT_CODES or refusal.envelope_sha256 != message.envelope_sha256:
+                raise DeliveryError(f"{peer.id} refused for now: {refusal.code}")
+            await self._record_refusal(item, refusal.code)
+        else:
+            raise DeliveryError(f"{peer.id} answered HTTP {response.status} without a signed receipt or refusal")
+
+    async def _record_receipt(self, peer: AuthorityEntry, digest: str, item: OutboxItem, token: str) -> None:
+        receipt = verify_receipt(token, peer.all_signing_keys())
+        if (receipt.message_id, receipt.from_, receipt.to, receipt.envelope_sha256) != (
+            item.message_id,
+            peer.id,
+            self.gw.authority_id,
+            digest,
+        ):
+            raise DeliveryError(f"the receipt from {peer.id} does not match the envelope sent")
+        gw = self.gw
+        async with gw.transaction() as conn:
+            if not await gw.outbox.remove(conn, item.message_id):
+                return  # another replica recorded it first
+            common = {"message_id": item.message_id, "to": peer.id, "envelope_sha256": digest}
+            await gw.record(conn, EventType.SENT, "system", **common)
+            await gw.record(
+                conn,
+                EventType.RECEIPT_RECORDED,
+                "system",
+                **common,
+                peer_time=receipt.received_at,
+                peer_ledger_index=receipt.ledger_index,
+            )
+            await Messages.update(
+                conn, item.message_id, state="delivered", received_at=parse_time(receipt.received_at), receipt=token
+            )
+        self.log.info("message_delivered", message_id=item.message_id, peer=peer.id, attempts=item.attempts + 1)
+
+    async def _record_refusal(self, item: OutboxItem, code: str) -> None:
+        async with self.gw.transaction() as conn:
+            if not await self.gw.outbox.remove(conn, item.message_id):
+                return
+            await self.gw.record(
+                conn, EventType.DELIVERY_FAILED, "system", message_id=item.message_id, to=item.peer, reason=code
+            )
+            await Messages.update(conn, item.message_id, state="refused")
+        self.log.warning("message_refused_by_peer", message_id=item.message_id, peer=item.peer, code=code)
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

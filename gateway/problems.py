@@ -1,0 +1,83 @@
+"""RFC 9457 problem details: the one place where error codes become HTTP statuses.
+
+Every error response of both the federation endpoint and the local API is ``application/problem+json`` with a
+stable ``type`` (``urn:comity:problem:<code>``), the ``code`` itself, a ``title`` and a ``detail`` that never
+contains content, keys or tokens. A federation refusal also carries the signed refusal (``refusal``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.logs import get_logger
+from protocol.errors import ComityError
+
+__all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "status_for"]
+
+PROBLEM_BASE = "urn:comity:problem:"
+CONTENT_TYPE = "application/problem+json"
+
+# code -> (HTTP status, title)
+STATUS: dict[str, tuple[int, str]] = {
+    "invalid-message": (400, "Invalid message"),
+    "invalid-request": (400, "Invalid request"),
+    "profile-violation": (400, "JOSE profile violation"),
+    "header-mismatch": (400, "Routing header differs from the signed payload"),
+    "attachment-corrupt": (400, "Attachment does not match its manifest"),
+    "bad-signature": (401, "Bad signature"),
+    "decryption-failed": (400, "Envelope cannot be decrypted"),
+    "unknown-key": (401, "Key not listed in the directory for the sender"),
+    "unauthenticated": (401, "Authentication required"),
+    "forbidden": (403, "Not allowed"),
+    "unknown-peer": (403, "Peer not listed in the directory"),
+    "sender-mismatch": (403, "Envelope sender is not the authenticated peer"),
+    "wrong-recipient": (421, "Envelope is addressed to another authority"),
+    "marking-refused": (403, "Marking refused"),
+    "not-found": (404, "Not found"),
+    "conflict": (409, "Conflict"),
+    "replayed-message": (409, "Message id already used for another envelope"),
+    "stale-message": (400, "Message time outside the allowed clock skew"),
+    "envelope-too-large": (413, "Envelope too large"),
+    "attachment-too-large": (413, "Attachment too large"),
+    "unknown-authority": (404, "Authority not in the directory"),
+    "directory-expired": (503, "Directory expired"),
+    "directory-invalid": (503, "Directory invalid"),
+    "not-ready": (503, "Gateway not ready"),
+    "internal-error": (500, "Internal error"),
+}
+
+
+def status_for(code: str) -> tuple[int, str]:
+    return STATUS.get(code, (400, code.replace("-", " ").capitalize()))
+
+
+def problem_response(code: str, detail: str, *, status: int | None = None, **extra: Any) -> web.Response:
+    default_status, title = status_for(code)
+    http_status = status or default_status
+    body: dict[str, Any] = {"type": PROBLEM_BASE + code, "code": code, "title": title, "status": http_status}
+    body["detail"] = detail
+    body.update(extra)
+    return web.Response(status=http_status, body=json.dumps(body).encode(), content_type=CONTENT_TYPE)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ComityError as exc:
+        return problem_response(exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not-found", 405: "invalid-request", 413: "envelope-too-large"}.get(exc.status, "invalid-request")
+        return problem_response(code, exc.reason, status=exc.status)
+    except Exception:
+        get_logger().exception("unhandled_error", path=request.path, method=request.method)
+        return problem_response("internal-error", "the gateway failed to handle this request; see its logs")

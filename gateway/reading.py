@@ -1,0 +1,103 @@
+"""Opening stored messages for an authorised user: decrypted in memory only, every opening ledgered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from crypto.attachments import AttachmentDecryptor
+from crypto.envelope import OpenedEnvelope, open_envelope
+from gateway.context import Gateway
+from gateway.files import read_chunks
+from protocol.errors import ComityError
+from protocol.events import EventType
+from protocol.messages import AttachmentRef
+from store.errors import NotFound
+from store.messages import MessageRow, Messages
+from store.tables import ledger_entries
+from store.users import User
+
+__all__ = ["Forbidden", "attachment_stream", "message_events", "open_message"]
+
+CONTENT_ROLES = {"officer", "supervisor"}
+
+
+class Forbidden(ComityError):
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Opened:
+    row: MessageRow
+    envelope: OpenedEnvelope
+
+
+def _check_may_open(user: User) -> None:
+    # issue 4 refines this with clearance, caveats and case assignment; auditors and admins never see content
+    if user.role not in CONTENT_ROLES:
+        raise Forbidden(f"the {user.role} role cannot open message content")
+
+
+def _decrypt(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
+    if row.direction == "out":
+        assert row.archive is not None
+        own = gw.directory.authority(gw.authority_id).all_signing_keys() | gw.own_signing_keys()
+        return open_envelope(
+            row.archive, recipient_keys=gw.archive_keys(), sender_keys=own, expected_recipient=row.peer
+        )
+    return open_envelope(
+        row.sealed,
+        recipient_keys=gw.recipient_keys(),
+        sender_keys=gw.directory.authority(row.peer).all_signing_keys(),
+        expected_recipient=gw.authority_id,
+        max_bytes=max(len(row.sealed), gw.settings.max_envelope_bytes),
+    )
+
+
+async def open_message(gw: Gateway, user: User, message_id: str, purpose: str) -> Opened:
+    _check_may_open(user)
+    async with gw.engine.connect() as conn:
+        row = await Messages.get(conn, message_id)
+    opened = _decrypt(gw, row)
+    async with gw.transaction() as conn:
+        await gw.record(conn, EventType.OPENED, f"user:{user.username}", message_id=message_id, purpose=purpose)
+    return Opened(row, opened)
+
+
+async def attachment_stream(
+    gw: Gateway, user: User, message_id: str, position: int
+) -> tuple[AttachmentRef, AsyncIterator[bytes]]:
+    """Decrypt one attachment as it streams from disk; each chunk is authenticated before it is returned."""
+    opened = await open_message(gw, user, message_id, "attachment")
+    refs = opened.envelope.payload.attachments
+    if not 0 <= position < len(refs):
+        raise NotFound(f"message {message_id} has no attachment {position}")
+    ref = refs[position]
+    path = gw.settings.attachments_path / opened.row.direction / f"{message_id}.{position}"
+
+    async def plaintext() -> AsyncIterator[bytes]:
+        decryptor = AttachmentDecryptor(ref)
+        async for chunk in read_chunks(path):
+            if data := decryptor.push(chunk):
+                yield data
+        decryptor.finish()
+
+    return ref, plaintext()
+
+
+async def message_events(gw: Gateway, message_id: str) -> list[dict[str, Any]]:
+    """Ledger entries about ``message_id`` and about the messages that answer it."""
+    async with gw.engine.connect() as conn:
+        await Messages.get(conn, message_id)
+        related = [row.id for row in await Messages.replies(conn, message_id)]
+        query = (
+            select(ledger_entries.c.idx, ledger_entries.c.entry)
+            .where(ledger_entries.c.message_id.in_([message_id, *related]))
+            .order_by(ledger_entries.c.idx)
+        )
+        rows = (await conn.execute(query)).all()
+    return [{"index": row.idx, **json.loads(row.entry)} for row in rows]

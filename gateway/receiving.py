@@ -1,0 +1,255 @@
+"""Accepting an envelope from a peer: verify completely, store as received, record, answer with a signed receipt.
+
+The checklist, in order (each failure is a typed error; nothing is stored but the ledgered refusal):
+
+1. the peer is authenticated (mutual TLS pin, or the loopback development flag) and listed in a valid directory;
+2. the routing header is inside the profile and names that peer as its sender;
+3. a message id seen before: the same envelope bytes get the stored receipt again, other bytes are a replay;
+4. the envelope opens with our key and its signature verifies under a key the directory lists for the sender;
+5. its time is within the allowed clock skew;
+6. each attachment stream matches its signed manifest entry (size and SHA-256 of the ciphertext);
+7. in one transaction: the message row, its attachments, the "received" ledger event (and, for an
+   acknowledgement or a response, the event on the message it answers), a checkpoint and the receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crypto.attachments import CiphertextVerifier
+from crypto.envelope import OpenedEnvelope, open_envelope, read_routing_header
+from crypto.errors import AttachmentError
+from crypto.receipts import sign_receipt, sign_refusal
+from gateway.context import Gateway
+from gateway.files import AttachmentFile
+from gateway.logs import get_logger
+from protocol.errors import ComityError, InvalidMessage
+from protocol.events import EventType
+from protocol.messages import MessageKind, check_freshness
+from protocol.receipts import Receipt, Refusal
+from protocol.timefmt import format_time
+from store.messages import AttachmentRow, Messages
+
+__all__ = ["AttachmentParts", "EnvelopeRefused", "Received", "receive_envelope", "refuse"]
+
+# returns the chunks of the next attachment part, or None when the body has no more parts
+AttachmentParts = Callable[[], Awaitable[AsyncIterator[bytes] | None]]
+
+
+class PeerError(ComityError):
+    code = "unknown-peer"
+
+
+class SenderMismatch(ComityError):
+    code = "sender-mismatch"
+
+
+class ReplayedMessage(ComityError):
+    code = "replayed-message"
+
+
+class AttachmentTooLarge(ComityError):
+    code = "attachment-too-large"
+
+
+@dataclass(frozen=True)
+class Received:
+    receipt: str
+    duplicate: bool
+    message_id: str
+
+
+class EnvelopeRefused(Exception):
+    """Carries the typed error and the signed refusal the federation endpoint returns."""
+
+    def __init__(self, error: ComityError, refusal: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.refusal = refusal
+
+
+async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, next_part: AttachmentParts) -> Received:
+    """Run the checklist of the module docstring; raise :class:`EnvelopeRefused` with a signed refusal."""
+    digest = hashlib.sha256(sealed).hexdigest()
+    claimed: str | None = None
+    message_id: str | None = None
+    try:
+        # 1. the peer is listed in a valid directory
+        if peer_id is None:
+            raise PeerError("the client certificate matches no authority in the directory")
+        gw.peer(peer_id)
+        # 2. routing header in profile, naming the authenticated peer
+        header = read_routing_header(sealed, max_bytes=gw.settings.max_envelope_bytes)
+        claimed, message_id = header.from_, header.id
+        if header.from_ != peer_id:
+            raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
+        # 3. duplicates and replays
+        async with gw.engine.connect() as conn:
+            known = await Messages.find(conn, header.id)
+        if known is not None:
+            if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
+                return Received(known.receipt, True, known.id)
+            raise ReplayedMessage(f"message id {header.id} was already used for another envelope")
+        # 4. decrypt and verify under a key the directory lists for the sender
+        now = gw.clock()
+        opened = open_envelope(
+            sealed,
+            recipient_keys=gw.recipient_keys(),
+            sender_keys=gw.peer(header.from_).signing_keys_at(now),
+            expected_recipient=gw.authority_id,
+            max_bytes=gw.settings.max_envelope_bytes,
+        )
+        # 5. freshness
+        check_freshness(opened.payload.iat, int(now.timestamp()), gw.settings.max_clock_skew_seconds)
+        # 6. attachments against the signed manifest
+        files = await _receive_attachments(gw, opened, next_part)
+        # 7. store, record, receipt: one transaction
+        try:
+            return await _commit(gw, opened, sealed, files)
+        except IntegrityError:
+            # a concurrent delivery of the same message won the race: answer as for a duplicate
+            async with gw.engine.connect() as conn:
+                known = await Messages.find(conn, header.id)
+            if known is not None and known.envelope_sha256 == digest and known.receipt:
+                return Received(known.receipt, True, known.id)
+            raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
+    except ComityError as error:
+        raise EnvelopeRefused(error, await refuse(gw, error, digest, claimed, message_id)) from None
+
+
+async def _receive_attachments(
+    gw: Gateway, opened: OpenedEnvelope, next_part: AttachmentParts
+) -> list[tuple[AttachmentRow, AttachmentFile]]:
+    directory = gw.settings.attachments_path / "in"
+    done: list[tuple[AttachmentRow, AttachmentFile]] = []
+    try:
+        for position, ref in enumerate(opened.payload.attachments):
+            if ref.ct_size > gw.settings.max_attachment_bytes:
+                raise AttachmentTooLarge(f"attachment {position} is larger than this gateway accepts")
+            part = await next_part()
+            if part is None:
+                raise AttachmentError(f"attachment {position} is missing from the body")
+            target = AttachmentFile(directory, f"{opened.payload.id}.{position}")
+            done.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, target.final.name), target))
+            verifier = CiphertextVerifier(ref)
+            async for chunk in part:
+                verifier.push(chunk)
+                target.write(chunk)
+            verifier.finish()
+        if await next_part() is not None:
+            raise InvalidMessage("the body carries more parts than the manifest lists")
+        for _, target in done:
+            target.commit()
+        return done
+    except BaseException:
+        for _, target in done:
+            target.discard()
+        raise
+
+
+async def _commit(
+    gw: Gateway, opened: OpenedEnvelope, sealed: bytes, files: list[tuple[AttachmentRow, AttachmentFile]]
+) -> Received:
+    payload, digest = opened.payload, opened.sha256
+    try:
+        async with gw.transaction() as conn:
+            now = gw.clock()
+            index = await gw.record(
+                conn,
+                EventType.RECEIVED,
+                f"peer:{payload.from_}",
+                message_id=payload.id,
+                kind=payload.kind.value,
+                **{"from": payload.from_},
+                to=payload.to,
+                in_reply_to=payload.in_reply_to,
+                envelope_sha256=digest,
+                marking=payload.marking.to_json(),
+            )
+            if payload.in_reply_to is not None:
+                await _record_answer(gw, conn, payload.in_reply_to, payload.kind, payload.id, payload.from_)
+            receipt = Receipt.parse(
+                {
+                    "message_id": payload.id,
+                    "from": gw.authority_id,
+                    "to": payload.from_,
+                    "envelope_sha256": digest,
+                    "received_at": format_time(now),
+                    "ledger_index": index,
+                    "checkpoint": await gw.checkpoint(conn),
+                }
+            )
+            token = sign_receipt(receipt, gw.keys.signing)
+            await Messages.insert(
+                conn,
+                id=payload.id,
+                direction="in",
+                peer=payload.from_,
+                kind=payload.kind.value,
+                in_reply_to=payload.in_reply_to,
+                marking=payload.marking,
+                state="received",
+                sealed=sealed,
+                envelope_sha256=digest,
+                created_at=now,
+                received_at=now,
+                receipt=token,
+                ledger_index=index,
+                attachment_rows=[row for row, _ in files],
+            )
+    except BaseException:
+        for _, target in files:
+            target.final.unlink(missing_ok=True)
+        raise
+    get_logger(message_id=payload.id, peer=payload.from_).info("envelope_received", kind=payload.kind.value)
+    return Received(token, False, payload.id)
+
+
+async def _record_answer(
+    gw: Gateway, conn: AsyncConnection, original_id: str, kind: MessageKind, answer_id: str, peer: str
+) -> None:
+    """An acknowledgement or response from the peer is an event on the message it answers, on our side too."""
+    original = await Messages.find(conn, original_id)
+    if original is None or original.direction != "out" or original.peer != peer:
+        return  # not ours: the answer is still received and ledgered, it just relates to nothing we sent
+    if kind is MessageKind.ACKNOWLEDGEMENT:
+        event, state = EventType.ACKNOWLEDGED, "acknowledged"
+    elif kind is MessageKind.RESPONSE:
+        event, state = EventType.ANSWERED, "answered"
+    else:
+        return
+    await gw.record(conn, event, f"peer:{peer}", message_id=original_id, related_id=answer_id)
+    await Messages.update(conn, original_id, state=state)
+
+
+async def refuse(gw: Gateway, error: ComityError, digest: str, claimed: str | None, message_id: str | None) -> str:
+    """Sign a refusal and ledger it in its own transaction (a refusal changes nothing else)."""
+    now = gw.clock()
+    refusal = Refusal.parse(
+        {
+            "message_id": message_id,
+            "from": gw.authority_id,
+            "to": claimed,
+            "envelope_sha256": digest,
+            "refused_at": format_time(now),
+            "code": error.code,
+            "reason": error.message[:500],
+        }
+    )
+    async with gw.transaction() as conn:
+        await gw.record(
+            conn,
+            EventType.REFUSED,
+            f"peer:{claimed}" if claimed else "system",
+            message_id=message_id,
+            envelope_sha256=digest,
+            reason=error.code,
+            **({"from": claimed} if claimed else {}),
+        )
+    get_logger(message_id=message_id, peer=claimed).warning("envelope_refused", code=error.code)
+    return sign_refusal(refusal, gw.keys.signing)

@@ -1,0 +1,193 @@
+"""Composing and submitting a message: attachments encrypted as they stream in, the payload signed and sealed to
+the recipient, the sender's archive copy sealed to its own archive key, and the message persisted in the outbox
+with its "submitted" event before anything is sent."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crypto.attachments import AttachmentEncryptor
+from crypto.envelope import encrypt_signed, seal_envelope
+from crypto.keys import import_public_jwk, public_jwk
+from gateway.context import Gateway
+from gateway.files import AttachmentFile
+from gateway.logs import get_logger
+from protocol.errors import ComityError, InvalidMessage
+from protocol.events import EventType
+from protocol.markings import MarkingRefused
+from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
+from store.messages import AttachmentRow, Messages
+from store.users import User
+
+__all__ = ["Draft", "NewAttachment", "submit_message"]
+
+
+@dataclass(frozen=True)
+class NewAttachment:
+    name: str
+    media_type: str
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class Draft:
+    to: str
+    kind: MessageKind
+    marking: Marking
+    content: dict[str, Any]
+    in_reply_to: str | None = None
+
+
+class AttachmentTooLarge(ComityError):
+    code = "attachment-too-large"
+
+
+# the event an answer records on the message it answers, and the state that message moves to
+_ANSWER_EFFECT = {
+    MessageKind.ACKNOWLEDGEMENT: (EventType.ACKNOWLEDGED, "acknowledged"),
+    MessageKind.RESPONSE: (EventType.ANSWERED, "answered"),
+}
+
+
+async def submit_message(
+    gw: Gateway,
+    user: User,
+    draft: Draft,
+    attachments: Sequence[NewAttachment] | AsyncIterable[NewAttachment] = (),
+) -> str:
+    """Validate, seal and persist a message in the outbox; return its id. Nothing is sent from here."""
+    if draft.to == gw.authority_id:
+        raise InvalidMessage("a gateway does not send messages to itself")
+    peer = gw.peer(draft.to)
+    gw.scheme.check_accreditation(draft.marking, peer.accreditation.max_level, peer.accreditation.caveats, draft.to)
+    if draft.in_reply_to is not None:
+        async with gw.engine.connect() as conn:
+            original = await Messages.get(conn, draft.in_reply_to)
+        if original.direction != "in" or original.peer != draft.to:
+            raise InvalidMessage(f"message {draft.in_reply_to} was not received from {draft.to}")
+        if gw.scheme.rank(draft.marking.level) < gw.scheme.rank(original.marking.level):
+            raise MarkingRefused(
+                f"an answer cannot carry a lower marking ({draft.marking.level}) than the message it answers "
+                f"({original.marking.level})"
+            )
+    message_id = new_message_id()
+    refs, files = await _encrypt_attachments(gw, message_id, attachments)
+    try:
+        payload = MessagePayload.parse(
+            {
+                "id": message_id,
+                "from": gw.authority_id,
+                "to": draft.to,
+                "kind": draft.kind.value,
+                "iat": int(gw.clock().timestamp()),
+                "in_reply_to": draft.in_reply_to,
+                "marking": draft.marking.to_json(),
+                "attachments": [ref.model_dump() for ref in refs],
+                "content": draft.content,
+            }
+        )
+        sealed = seal_envelope(payload, gw.keys.signing, peer.encryption_key_at(gw.clock()))
+        archive_key = import_public_jwk(public_jwk(gw.keys.archive), use="enc")
+        archive = encrypt_signed(sealed.signed, payload, archive_key)
+        await _persist(gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files)
+    except BaseException:
+        for _, path in files:
+            path.final.unlink(missing_ok=True)
+        raise
+    gw.outbox_wakeup.set()
+    get_logger(message_id=message_id, peer=draft.to).info(
+        "message_submitted", kind=draft.kind.value, attachments=len(refs)
+    )
+    return message_id
+
+
+async def _each(attachments: Sequence[NewAttachment] | AsyncIterable[NewAttachment]) -> AsyncIterator[NewAttachment]:
+    if isinstance(attachments, AsyncIterable):
+        async for attachment in attachments:
+            yield attachment
+    else:
+        for attachment in attachments:
+            yield attachment
+
+
+async def _encrypt_attachments(
+    gw: Gateway, message_id: str, attachments: Sequence[NewAttachment] | AsyncIterable[NewAttachment]
+) -> tuple[list[AttachmentRef], list[tuple[AttachmentRow, AttachmentFile]]]:
+    directory = gw.settings.attachments_path / "out"
+    refs: list[AttachmentRef] = []
+    files: list[tuple[AttachmentRow, AttachmentFile]] = []
+    position = 0
+    try:
+        async for attachment in _each(attachments):
+            target = AttachmentFile(directory, f"{message_id}.{position}")
+            encryptor = AttachmentEncryptor()
+            target.write(encryptor.start())
+            size = 0
+            async for chunk in attachment.chunks:
+                size += len(chunk)
+                if size > gw.settings.max_attachment_bytes:
+                    target.discard()
+                    raise AttachmentTooLarge(f"attachment {position} exceeds {gw.settings.max_attachment_bytes} bytes")
+                target.write(encryptor.push(chunk))
+            target.write(encryptor.finish())
+            ref = encryptor.manifest_entry(attachment.name, attachment.media_type)
+            target.commit()
+            refs.append(ref)
+            files.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, target.final.name), target))
+            position += 1
+    except BaseException:
+        for _, target in files:
+            target.final.unlink(missing_ok=True)
+        raise
+    return refs, files
+
+
+async def _persist(
+    gw: Gateway,
+    user: User,
+    payload: MessagePayload,
+    sealed: bytes,
+    archive: bytes,
+    files: list[tuple[AttachmentRow, AttachmentFile]],
+) -> None:
+    digest = hashlib.sha256(sealed).hexdigest()
+    actor = f"user:{user.username}"
+    async with gw.transaction() as conn:
+        now = gw.clock()
+        await Messages.insert(
+            conn,
+            id=payload.id,
+            direction="out",
+            peer=payload.to,
+            kind=payload.kind.value,
+            in_reply_to=payload.in_reply_to,
+            marking=payload.marking,
+            state="queued",
+            sealed=sealed,
+            archive=archive,
+            envelope_sha256=digest,
+            created_by=user.id,
+            created_at=now,
+            attachment_rows=[row for row, _ in files],
+        )
+        await gw.outbox.enqueue(conn, payload.id, payload.to, now)
+        await gw.record(
+            conn,
+            EventType.SUBMITTED,
+            actor,
+            message_id=payload.id,
+            kind=payload.kind.value,
+            **{"from": payload.from_},
+            to=payload.to,
+            in_reply_to=payload.in_reply_to,
+            envelope_sha256=digest,
+            marking=payload.marking.to_json(),
+        )
+        effect = _ANSWER_EFFECT.get(payload.kind)
+        if payload.in_reply_to is not None and effect is not None:
+            event, state = effect
+            await gw.record(conn, event, actor, message_id=payload.in_reply_to, related_id=payload.id)
+            await Messages.update(conn, payload.in_reply_to, state=state)

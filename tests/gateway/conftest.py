@@ -1,0 +1,99 @@
+"""Two gateways on loopback, provisioned with the real commands, talking mutual TLS, on either backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from config.settings import load_settings
+from gateway.app import RunningGateway, start_gateway
+from gateway.context import Gateway
+from gateway.provision import AuthoritySpec, Provisioned, comity, provision
+from tests.conftest import DatabaseFactory
+
+PASSPHRASE = "correct horse battery staple"
+AR = AuthoritySpec("ar.mj", "Ministerio de Justicia y Derechos Humanos", "AR", ("es", "en"))
+AU = AuthoritySpec("au.ag", "Attorney-General's Department", "AU", ("en",))
+
+
+@dataclass
+class Side:
+    provisioned: Provisioned
+    token: str
+    running: RunningGateway | None = None
+    session: aiohttp.ClientSession | None = None
+
+    @property
+    def gw(self) -> Gateway:
+        assert self.running is not None
+        return self.running.gw
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.provisioned.api_port}"
+
+    async def start(self, **overrides: Any) -> None:
+        settings = load_settings(self.provisioned.config, **overrides)
+        gw = await Gateway.load(settings, PASSPHRASE.encode())
+        self.running = await start_gateway(gw)
+        self.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        if self.running is not None:
+            await self.running.stop()
+            self.running = None
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        assert self.session is not None
+        async with self.session.request(method, self.api + path, **kwargs) as response:
+            if response.content_type in {"application/json", "application/problem+json"}:
+                return response.status, await response.json(content_type=None)
+            return response.status, await response.read()
+
+
+@dataclass
+class Pair:
+    ar: Side
+    au: Side
+    workdir: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _issue_token(config: Path, username: str, role: str = "officer") -> str:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(
+        main, ["user", "create", username, "--role", role, "--token-days", "1", "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair]:
+    urls = [await databases.new("ar"), await databases.new("au")]
+    # the commands run their own event loop, so they run in a thread beside the test's loop
+    ar, au = await asyncio.to_thread(provision, tmp_path / "work", [AR, AU], passphrase=PASSPHRASE, database_urls=urls)
+    tokens = [await asyncio.to_thread(_issue_token, side.config, name) for side, name in ((ar, "alice"), (au, "bruce"))]
+    sides = Pair(Side(ar, tokens[0]), Side(au, tokens[1]), tmp_path)
+    await sides.ar.start()
+    await sides.au.start()
+    try:
+        yield sides
+    finally:
+        await sides.ar.stop()
+        await sides.au.stop()
+
+
+__all__ = ["AR", "AU", "PASSPHRASE", "Pair", "Side", "comity"]

@@ -1,0 +1,89 @@
+"""End to end: two gateways exchange a request with an attachment and its response over mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+from typing import Any
+
+import aiohttp
+
+from tests.gateway.conftest import Pair, Side
+
+REQUEST = {
+    "to": "au.ag",
+    "kind": "request",
+    "marking": {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]},
+    "content": {"subject": "Bank records of a company", "text": "Please provide the records of account 1234."},
+}
+
+
+async def wait_for(side: Side, message_id: str, state: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status, body = await side.call("GET", f"/v1/messages/{message_id}")
+        if status == 200 and body["state"] == state:
+            return dict(body)
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{message_id} stayed {body.get('state')!r}, wanted {state!r}")
+        await asyncio.sleep(0.05)
+
+
+async def send_with_attachment(side: Side, draft: dict[str, Any], data: bytes, path: str = "/v1/messages") -> str:
+    form = aiohttp.FormData()
+    form.add_field("message", json.dumps(draft), content_type="application/json")
+    form.add_field("attachment", io.BytesIO(data), filename="records.pdf", content_type="application/pdf")
+    status, body = await side.call("POST", path, data=form)
+    assert status == 202, body
+    return str(body["id"])
+
+
+async def test_request_receipt_acknowledgement_response(pair: Pair) -> None:
+    attachment = os.urandom(3 * 1024 * 1024 + 17)
+    request_id = await send_with_attachment(pair.ar, REQUEST, attachment)
+
+    delivered = await wait_for(pair.ar, request_id, "delivered")
+    assert delivered["received_at"] is not None
+    status, inbox = await pair.au.call("GET", "/v1/messages?box=inbox")
+    assert [m["id"] for m in inbox["messages"]] == [request_id]
+
+    status, opened = await pair.au.call("POST", f"/v1/messages/{request_id}/open", json={"purpose": "review"})
+    assert status == 200, opened
+    assert opened["content"] == REQUEST["content"]
+    assert opened["attachments"][0]["sha256"] == hashlib.sha256(attachment).hexdigest()
+    status, data = await pair.au.call("GET", f"/v1/messages/{request_id}/attachments/0")
+    assert status == 200 and hashlib.sha256(data).hexdigest() == hashlib.sha256(attachment).hexdigest()
+
+    status, ack = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
+    assert status == 202, ack
+    await wait_for(pair.ar, request_id, "acknowledged")
+
+    answer = {
+        "marking": {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]},
+        "content": {"text": "Records attached."},
+    }
+    response_id = await send_with_attachment(pair.au, answer, b"statement", f"/v1/messages/{request_id}/respond")
+    await wait_for(pair.ar, request_id, "answered")
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{response_id}/open", json={})
+    assert status == 200 and opened["in_reply_to"] == request_id and opened["content"] == answer["content"]
+    status, data = await pair.ar.call("GET", f"/v1/messages/{response_id}/attachments/0")
+    assert data == b"statement"
+
+    status, timeline = await pair.ar.call("GET", f"/v1/messages/{request_id}/timeline")
+    names = [m["name"] for m in timeline["milestones"]]
+    assert names == ["submitted", "sent", "received", "receipted", "acknowledged", "answered"] or names[:2] == [
+        "submitted",
+        "received",
+    ], names
+    assert {"submitted", "sent", "received", "receipted", "acknowledged", "answered"} <= set(names)
+
+
+async def test_sender_reads_its_own_archive_copy(pair: Pair) -> None:
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202
+    await wait_for(pair.ar, body["id"], "delivered")
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{body['id']}/open", json={})
+    assert status == 200 and opened["content"] == REQUEST["content"]
