@@ -234,6 +234,16 @@ def _checked_consistency_items(size1: int, size2: int) -> list[list[NodeId]]:
 # --- verification ------------------------------------------------------------------------------------------------
 
 
+_MAX_SIZE = 2**64 - 1  # tree sizes and leaf indexes are uint64 in RFC 9162 structures and in checkpoints
+
+
+def _check_ints(*values: object) -> None:
+    # Verifiers take untrusted input, possibly straight from JSON: refuse non-integers instead of failing later.
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SIZE:
+            raise MerkleError(f"tree sizes and leaf indexes are integers in [0, 2**64 - 1], got {value!r}")
+
+
 def _check_proof(proof: Sequence[bytes], expected_length: int, what: str) -> None:
     # Reject a proof of the wrong length up front, as the reference implementation does: padding or truncation must
     # not be absorbed by the bit-walk below.
@@ -248,8 +258,9 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 
     RFC 9162 section 2.1.3.2. Returns nothing; raises :class:`MerkleError` if the proof does not verify.
     """
+    _check_ints(index, size)
     # Step 1: leaf_index < tree_size.
-    if not 0 <= index < size:
+    if not index < size:
         raise MerkleError(f"leaf index {index} is outside the tree of size {size}")
     if len(leaf) != HASH_SIZE:
         raise MerkleError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
@@ -284,9 +295,10 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     from the empty tree always fails (it proves nothing), and equal sizes need an empty proof and equal roots.
     Returns nothing; raises :class:`MerkleError` if the proof does not verify.
     """
+    _check_ints(size1, size2)
     if size1 > size2:
         raise MerkleError(f"size1 ({size1}) is larger than size2 ({size2}): a log never shrinks")
-    if size1 <= 0:
+    if size1 == 0:
         raise MerkleError("a consistency proof from the empty tree proves nothing; verify size1 >= 1")
     if size1 == size2:
         if proof:

@@ -252,6 +252,11 @@ def test_edge_rules() -> None:
     with pytest.raises(MerkleError, match="not 32 bytes"):
         verify_inclusion(h, 0, 2, [h + b"\x00"], node_hash(h, h + b"\x00"))
     verify_inclusion(h, 0, 1, [], h)
+    for bad in (-1, 1.0, True, "1", 2**64):
+        with pytest.raises(MerkleError, match="integers"):
+            verify_inclusion(h, bad, 2, [h], h)  # type: ignore[arg-type]
+        with pytest.raises(MerkleError, match="integers"):
+            verify_consistency(1, bad, [h], h, h)  # type: ignore[arg-type]
 
 
 def test_misuse_raises_value_error() -> None:
