@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from joserfc.jwk import OKPKey
 
 from crypto.envelope import OpenedEnvelope, open_envelope, read_routing_header, seal_envelope
-from crypto.jose_profile import ENVELOPE_TYP, JWE_ALG, JWE_ENC, MESSAGE_TYP, encrypt_jwe
+from crypto.jose_profile import encrypt_jwe
 from crypto.receipts import sign_receipt, verify_receipt, verify_refusal
 from protocol.errors import ComityError
 from tests.crypto.test_envelope import Authority, make_payload
+from tests.crypto.test_envelope_refusals import jwe_header
 from tests.crypto.test_receipts import make_receipt
 
 SENDER = Authority("ar.mjdh")
@@ -50,18 +51,7 @@ def refused(call: Any, *args: Any) -> None:
 
 def seal_inner(inner: bytes) -> str:
     """Seal arbitrary inner bytes under a correct routing header, to fuzz the inner layer behind a valid JWE."""
-    header = {
-        "alg": JWE_ALG,
-        "enc": JWE_ENC,
-        "kid": RECIPIENT.encryption.thumbprint(),
-        "typ": ENVELOPE_TYP,
-        "cty": MESSAGE_TYP,
-        "id": PAYLOAD.id,
-        "from": PAYLOAD.from_,
-        "to": PAYLOAD.to,
-        "kind": PAYLOAD.kind.value,
-        "marking": PAYLOAD.marking.to_json(),
-    }
+    header = jwe_header(PAYLOAD, RECIPIENT.encryption)
     return encrypt_jwe(header, inner, RECIPIENT.encryption_public, 1 << 22)
 
 

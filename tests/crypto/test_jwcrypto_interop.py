@@ -17,6 +17,7 @@ from crypto.errors import ProfileViolation
 from crypto.receipts import sign_receipt, sign_refusal, verify_receipt, verify_refusal
 from protocol.messages import MessagePayload
 from tests.crypto.test_envelope import Authority, make_payload, open_as
+from tests.crypto.test_envelope_refusals import jwe_header
 from tests.crypto.test_receipts import listed, make_receipt, make_refusal
 
 
@@ -51,21 +52,6 @@ def jc_encrypt(plaintext: bytes, key: OKPKey, header: dict[str, Any], **kwargs: 
     token.allowed_algs = [header["alg"], header["enc"]]
     token.add_recipient(jc_key(key, private=False))
     return str(token.serialize(compact=True))
-
-
-def profile_header(payload: MessagePayload, key: OKPKey, **changes: Any) -> dict[str, Any]:
-    return {
-        "alg": "ECDH-ES+A256KW",
-        "enc": "A256GCM",
-        "kid": key.thumbprint(),
-        "typ": "comity-envelope+jwe",
-        "cty": "comity-message+jws",
-        "id": payload.id,
-        "from": payload.from_,
-        "to": payload.to,
-        "kind": payload.kind.value,
-        "marking": payload.marking.to_json(),
-    } | changes
 
 
 @pytest.fixture
@@ -119,7 +105,7 @@ def test_comity_opens_what_jwcrypto_seals_within_the_profile(
 ) -> None:
     header = {"alg": "Ed25519", "kid": sender.signing.thumbprint(), "typ": "comity-message+jws"}
     signed = jc_sign(payload.to_bytes(), sender.signing, header)
-    sealed = jc_encrypt(signed.encode(), recipient.encryption_public, profile_header(payload, recipient.encryption))
+    sealed = jc_encrypt(signed.encode(), recipient.encryption_public, jwe_header(payload, recipient.encryption))
     opened = open_as(recipient, sealed, sender)
     assert opened.payload == payload
     assert opened.signed == signed
@@ -178,7 +164,7 @@ def test_jwcrypto_envelopes_outside_the_profile_are_refused(
     sender: Authority, recipient: Authority, payload: MessagePayload, changes: dict[str, Any], match: str
 ) -> None:
     signed = seal_envelope(payload, sender.signing, recipient.encryption_public).signed
-    header = profile_header(payload, recipient.encryption, **changes)
+    header = jwe_header(payload, recipient.encryption, **changes)
     sealed = jc_encrypt(signed.encode(), recipient.encryption_public, header)
     with pytest.raises(ProfileViolation, match=match):
         open_as(recipient, sealed, sender)
@@ -188,7 +174,7 @@ def test_jwcrypto_envelope_with_unprotected_routing_is_refused(
     sender: Authority, recipient: Authority, payload: MessagePayload
 ) -> None:
     signed = seal_envelope(payload, sender.signing, recipient.encryption_public).signed
-    protected = profile_header(payload, recipient.encryption)
+    protected = jwe_header(payload, recipient.encryption)
     routing = {k: protected.pop(k) for k in ("id", "from", "to", "kind", "marking")}
     token = jc_jwe.JWE(signed.encode(), protected=json.dumps(protected), unprotected=json.dumps(routing))
     token.add_recipient(jc_key(recipient.encryption_public, private=False))
