@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from crypto.note import NoteSigner, sign_note
 from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,6 +21,7 @@ from config.directory import AuthorityEntry, Directory, read_directory
 from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
 from crypto.keys import AuthorityKeys, key_id
+from crypto.note import NoteSigner, sign_note
 from protocol.events import EventType, LedgerEvent
 from protocol.markings import MarkingScheme
 from protocol.timefmt import format_time, parse_time
@@ -96,9 +97,12 @@ class Gateway:
         async with self.engine.begin() as conn:
             yield conn
 
-    async def record(self, conn: AsyncConnection, type: EventType, actor: str, **fields: object) -> int:
-        """Append one ledger event, stamped now, in the caller's transaction."""
-        event = LedgerEvent.parse({"type": type.value, "time": format_time(self.clock()), "actor": actor, **fields})
+    async def record(
+        self, conn: AsyncConnection, type: EventType, actor: str, *, at: datetime | None = None, **fields: Any
+    ) -> int:
+        """Append one ledger event in the caller's transaction; its time is ``at`` (when it happened) or now."""
+        when = format_time(at or self.clock())
+        event = LedgerEvent.parse({"type": type.value, "time": when, "actor": actor, **fields})
         return await self.events.append(conn, event)
 
     async def checkpoint(self, conn: AsyncConnection) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -151,11 +151,12 @@ class OutboxSender:
         else:
             body, headers = message.sealed, {"Content-Type": "application/jose"}
         url = peer.endpoint.rstrip("/") + FEDERATION_PATH
+        started = gw.clock()
         async with self._session(peer).post(url, data=body, headers=headers) as response:
             raw = await response.read()
         document = _json(raw)
         if response.status == 200 and isinstance(document.get("receipt"), str):
-            await self._record_receipt(peer, message.envelope_sha256, item, document["receipt"])
+            await self._record_receipt(peer, message.envelope_sha256, item, document["receipt"], started)
         elif isinstance(document.get("refusal"), str):
             refusal = verify_refusal(document["refusal"], peer.all_signing_keys())
             if refusal.code in TRANSIENT_CODES or refusal.envelope_sha256 != message.envelope_sha256:
@@ -164,7 +165,9 @@ class OutboxSender:
         else:
             raise DeliveryError(f"{peer.id} answered HTTP {response.status} without a signed receipt or refusal")
 
-    async def _record_receipt(self, peer: AuthorityEntry, digest: str, item: OutboxItem, token: str) -> None:
+    async def _record_receipt(
+        self, peer: AuthorityEntry, digest: str, item: OutboxItem, token: str, sent_at: datetime
+    ) -> None:
         receipt = verify_receipt(token, peer.all_signing_keys())
         if (receipt.message_id, receipt.from_, receipt.to, receipt.envelope_sha256) != (
             item.message_id,
@@ -177,8 +180,9 @@ class OutboxSender:
         async with gw.transaction() as conn:
             if not await gw.outbox.remove(conn, item.message_id):
                 return  # another replica recorded it first
-            common = {"message_id": item.message_id, "to": peer.id, "envelope_sha256": digest}
-            await gw.record(conn, EventType.SENT, "system", **common)
+            common: dict[str, Any] = {"message_id": item.message_id, "to": peer.id, "envelope_sha256": digest}
+            # "sent" is when the successful transmission began; "receipt recorded" is now
+            await gw.record(conn, EventType.SENT, "system", at=sent_at, **common)
             await gw.record(
                 conn,
                 EventType.RECEIPT_RECORDED,

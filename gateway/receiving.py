@@ -165,7 +165,7 @@ async def _commit(
                 f"peer:{payload.from_}",
                 message_id=payload.id,
                 kind=payload.kind.value,
-                **{"from": payload.from_},
+                from_=payload.from_,
                 to=payload.to,
                 in_reply_to=payload.in_reply_to,
                 envelope_sha256=digest,
@@ -249,7 +249,7 @@ async def refuse(gw: Gateway, error: ComityError, digest: str, claimed: str | No
             message_id=message_id,
             envelope_sha256=digest,
             reason=error.code,
-            **({"from": claimed} if claimed else {}),
+            from_=claimed,
         )
     get_logger(message_id=message_id, peer=claimed).warning("envelope_refused", code=error.code)
     return sign_refusal(refusal, gw.keys.signing)

@@ -180,7 +180,7 @@ async def _persist(
             actor,
             message_id=payload.id,
             kind=payload.kind.value,
-            **{"from": payload.from_},
+            from_=payload.from_,
             to=payload.to,
             in_reply_to=payload.in_reply_to,
             envelope_sha256=digest,
