@@ -120,7 +120,7 @@ class Marking(StrictModel):
     """
 
     level: str = Field(min_length=1, max_length=64)
-    caveats: list[str] = Field(default_factory=list)
+    caveats: list[str] = Field(default_factory=list, max_length=64)
 
     @field_validator("caveats")
     @classmethod

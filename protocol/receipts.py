@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from protocol.messages import PROTOCOL_VERSION, StrictModel, canonical_json, validate_authority_id, validate_message_id
+from protocol.messages import StrictModel, canonical_json, validate_authority_id, validate_message_id
 
 __all__ = ["Receipt", "Refusal", "rfc3339_utc"]
 
@@ -29,7 +29,7 @@ def rfc3339_utc(value: str) -> str:
 
 
 class Receipt(StrictModel):
-    v: int = PROTOCOL_VERSION
+    v: Literal[1] = 1
     type: Literal["receipt"] = "receipt"
     message_id: str
     from_: str = Field(alias="from")  # the receiver, who signs
@@ -59,7 +59,7 @@ class Receipt(StrictModel):
 
 
 class Refusal(StrictModel):
-    v: int = PROTOCOL_VERSION
+    v: Literal[1] = 1
     type: Literal["refusal"] = "refusal"
     message_id: str | None
     from_: str = Field(alias="from")  # the refusing gateway, who signs
@@ -78,6 +78,16 @@ class Refusal(StrictModel):
     @classmethod
     def _authority(cls, value: str) -> str:
         return validate_authority_id(value)
+
+    @field_validator("to")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        return None if value is None else validate_authority_id(value)
+
+    @field_validator("message_id")
+    @classmethod
+    def _message(cls, value: str | None) -> str | None:
+        return None if value is None else validate_message_id(value)
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.model_dump(by_alias=True))

@@ -1,0 +1,76 @@
+"""The outbox persists before sending and retries with backoff until a receipt arrives, across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.outbox import OutboxSender
+from store.tables import ledger_entries, messages, outbox
+from tests.gateway.conftest import Pair, Side
+from tests.gateway.test_exchange import REQUEST, wait_for
+
+FAST = {"outbox_initial_backoff": 0.05, "outbox_max_backoff": 0.2}
+
+
+async def count(side: Side, table: Any, *where: Any) -> int:
+    async with side.gw.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one())
+
+
+async def restart(side: Side, **overrides: Any) -> None:
+    await side.stop()
+    await side.start(**overrides)
+
+
+async def test_retries_until_the_receiver_is_back_across_a_sender_restart(pair: Pair) -> None:
+    await pair.au.stop()
+    await restart(pair.ar, **FAST)
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202
+    message_id = body["id"]
+
+    # the receiver is down: attempts fail and are rescheduled, the message stays queued
+    for _ in range(100):
+        async with pair.ar.gw.engine.connect() as conn:
+            attempts = (await conn.execute(select(outbox.c.attempts))).scalar_one()
+        if attempts >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert attempts >= 2
+    assert (await wait_for(pair.ar, message_id, "queued"))["received_at"] is None
+
+    # the sender restarts (the outbox row survives), then the receiver comes back
+    await restart(pair.ar, **FAST)
+    await pair.au.start()
+    await wait_for(pair.ar, message_id, "delivered")
+    assert await count(pair.ar, outbox) == 0
+    assert await count(pair.au, messages, messages.c.id == message_id) == 1
+    assert await count(pair.au, ledger_entries, ledger_entries.c.type == "message.received") == 1
+    assert await count(pair.ar, ledger_entries, ledger_entries.c.type == "message.receipt_recorded") == 1
+
+
+async def test_a_crash_after_delivery_redelivers_and_gets_the_same_receipt(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await restart(pair.ar, **FAST)
+    receipts: list[str] = []
+    original = OutboxSender._record_receipt
+
+    async def crash_once(self: OutboxSender, peer: Any, digest: str, item: Any, token: str, sent_at: Any) -> None:
+        receipts.append(token)
+        if len(receipts) == 1:
+            raise ConnectionResetError("simulated crash before the receipt was committed")
+        await original(self, peer, digest, item, token, sent_at)
+
+    monkeypatch.setattr(OutboxSender, "_record_receipt", crash_once)
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202
+    await wait_for(pair.ar, body["id"], "delivered")
+    assert len(receipts) == 2 and receipts[0] == receipts[1]
+    assert await count(pair.au, messages) == 1
+    assert await count(pair.au, ledger_entries, ledger_entries.c.type == "message.received") == 1
+    assert await count(pair.ar, ledger_entries, ledger_entries.c.type == "message.receipt_recorded") == 1
