@@ -68,7 +68,7 @@ class Pair:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _issue_token(config: Path, username: str, role: str = "officer") -> str:
+def issue_token(config: Path, username: str, role: str = "officer") -> str:
     from click.testing import CliRunner
 
     from gateway.cli import main
@@ -85,7 +85,7 @@ async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair
     urls = [await databases.new("ar"), await databases.new("au")]
     # the commands run their own event loop, so they run in a thread beside the test's loop
     ar, au = await asyncio.to_thread(provision, tmp_path / "work", [AR, AU], passphrase=PASSPHRASE, database_urls=urls)
-    tokens = [await asyncio.to_thread(_issue_token, side.config, name) for side, name in ((ar, "alice"), (au, "bruce"))]
+    tokens = [await asyncio.to_thread(issue_token, side.config, name) for side, name in ((ar, "alice"), (au, "bruce"))]
     sides = Pair(Side(ar, tokens[0]), Side(au, tokens[1]), tmp_path)
     await sides.ar.start()
     await sides.au.start()
@@ -96,4 +96,4 @@ async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair
         await sides.au.stop()
 
 
-__all__ = ["AR", "AU", "PASSPHRASE", "Pair", "Side", "comity"]
+__all__ = ["AR", "AU", "PASSPHRASE", "Pair", "Side", "comity", "issue_token"]

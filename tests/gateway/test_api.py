@@ -1,0 +1,107 @@
+"""The officer API: bearer tokens, roles, problem+json errors, and the OpenAPI document matching the router."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+from sqlalchemy import select
+
+from gateway.api import api_routes
+from gateway.openapi import openapi_document
+from store.tables import tokens
+from tests.gateway.conftest import Pair, issue_token
+from tests.gateway.test_exchange import REQUEST, wait_for
+
+
+def _served_paths() -> set[tuple[str, str]]:
+    served = set()
+    for route in api_routes():
+        assert isinstance(route, aiohttp.web.RouteDef)
+        path = re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", route.path)
+        served.add((route.method.lower(), path))
+    return served | {("get", p) for p in ("/v1/openapi.json", "/healthz", "/readyz", "/metrics")}
+
+
+def test_openapi_documents_exactly_what_is_served() -> None:
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert documented == _served_paths()
+
+
+async def test_openapi_is_served_without_a_token(pair: Pair) -> None:
+    async with aiohttp.ClientSession() as session, session.get(pair.ar.api + "/v1/openapi.json") as response:
+        assert response.status == 200
+        assert (await response.json())["info"]["title"] == "Comity local API"
+
+
+async def _anonymous(pair: Pair, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.request(method, pair.ar.api + path, **kwargs) as response:
+        assert response.content_type == "application/problem+json"
+        return response.status, await response.json(content_type=None)
+
+
+async def test_requests_without_a_valid_token_get_problem_json(pair: Pair) -> None:
+    status, problem = await _anonymous(pair, "GET", "/v1/messages")
+    assert status == 401
+    assert problem["type"] == "urn:comity:problem:unauthenticated"
+    assert problem["code"] == "unauthenticated" and problem["status"] == 401
+    status, problem = await _anonymous(pair, "GET", "/v1/messages", headers={"Authorization": "Bearer cmt_nope"})
+    assert status == 401 and "unknown, expired or revoked" in problem["detail"]
+
+
+async def test_tokens_are_stored_hashed(pair: Pair) -> None:
+    async with pair.ar.gw.engine.connect() as conn:
+        stored = [row.token_hash for row in await conn.execute(select(tokens.c.token_hash))]
+    assert stored and pair.ar.token not in stored
+    assert all(re.fullmatch(r"[0-9a-f]{64}", value) for value in stored)
+
+
+async def test_bad_input_is_a_typed_problem_and_changes_nothing(pair: Pair) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**REQUEST, "to": "zz.nobody"}, "unknown-authority"),
+        ({**REQUEST, "kind": "gossip"}, "invalid-message"),
+        ({**REQUEST, "marking": {"level": "TOP SECRET", "caveats": []}}, "marking-refused"),
+        ({**REQUEST, "to": "ar.mj"}, "invalid-message"),
+        ({**REQUEST, "surprise": 1}, "invalid-message"),
+    ]
+    for body, code in cases:
+        status, problem = await pair.ar.call("POST", "/v1/messages", json=body)
+        assert problem["code"] == code, (body, problem)
+        assert 400 <= status < 500
+    status, problem = await pair.ar.call("POST", "/v1/messages", data=b'{"to": "au.ag", "to": "au.ag"}')
+    assert problem["code"] == "invalid-message" and "duplicate" in problem["detail"]
+    status, listing = await pair.ar.call("GET", "/v1/messages?box=outbox")
+    assert listing["messages"] == []
+
+
+async def test_an_auditor_cannot_open_content(pair: Pair) -> None:
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    await wait_for(pair.ar, body["id"], "delivered")
+    auditor = await asyncio.to_thread(issue_token, pair.ar.provisioned.config, "audrey", "auditor")
+    headers = {"Authorization": f"Bearer {auditor}"}
+    status, problem = await pair.ar.call("POST", f"/v1/messages/{body['id']}/open", json={}, headers=headers)
+    assert status == 403 and problem["code"] == "forbidden"
+    status, _ = await pair.ar.call("GET", f"/v1/messages/{body['id']}/attachments/0", headers=headers)
+    assert status == 403
+
+
+async def test_unknown_message_is_404(pair: Pair) -> None:
+    status, problem = await pair.ar.call("GET", "/v1/messages/3a6111c6-c6a6-4c2d-9686-353aee01f1d0")
+    assert status == 404 and problem["code"] == "not-found"
+    status, problem = await pair.ar.call("GET", "/v1/nothing-here")
+    assert status == 404 and problem["type"] == "urn:comity:problem:not-found"
+
+
+async def test_health_readiness_and_metrics(pair: Pair) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(pair.ar.api + "/healthz") as response:
+            assert response.status == 200
+        async with session.get(pair.ar.api + "/readyz") as response:
+            assert (await response.json())["directory_serial"] == 1
+        async with session.get(pair.ar.api + "/metrics") as response:
+            text = await response.text()
+    assert "comity_api_requests_total" in text

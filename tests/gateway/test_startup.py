@@ -1,0 +1,97 @@
+"""A gateway refuses to start with a bad key passphrase, an unmigrated database, or an expired, badly signed or
+rolled-back directory, and the message names what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError, DirectoryBadSignature, DirectoryExpired, DirectoryRolledBack
+from config.settings import load_settings
+from crypto.errors import KeyStoreError
+from gateway.context import Gateway
+from gateway.provision import Provisioned, comity, provision
+from tests.conftest import DatabaseFactory
+from tests.gateway.conftest import AR, AU, PASSPHRASE
+
+
+@pytest.fixture
+async def provisioned(databases: DatabaseFactory, tmp_path: Path) -> list[Provisioned]:
+    urls = [await databases.new("ar"), await databases.new("au")]
+    return await asyncio.to_thread(provision, tmp_path, [AR, AU], passphrase=PASSPHRASE, database_urls=urls)
+
+
+async def load(side: Provisioned, passphrase: str = PASSPHRASE, **kwargs: object) -> Gateway:
+    return await Gateway.load(load_settings(side.config), passphrase.encode(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_starts_and_records_the_directory_serial(provisioned: list[Provisioned]) -> None:
+    gw = await load(provisioned[0])
+    await gw.close()
+
+
+async def test_wrong_passphrase(provisioned: list[Provisioned]) -> None:
+    with pytest.raises(KeyStoreError, match="wrong passphrase"):
+        await load(provisioned[0], "not the passphrase")
+
+
+async def test_expired_directory(provisioned: list[Provisioned]) -> None:
+    later = datetime.now(UTC) + timedelta(days=365)
+    with pytest.raises(DirectoryExpired, match="expired"):
+        await load(provisioned[0], clock=lambda: later)
+
+
+async def test_badly_signed_directory(provisioned: list[Provisioned]) -> None:
+    path = provisioned[0].data_dir / "directory.jws"
+    header, payload, signature = path.read_text().strip().split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    path.write_text(f"{header}.{payload}.{flipped}")
+    with pytest.raises(DirectoryBadSignature):
+        await load(provisioned[0])
+
+
+def _reissue(workdir: Path) -> Path:
+    """The directory operator extends the signed directory: serial + 1."""
+    operator = workdir / "directory-operator"
+    draft, signed = operator / "draft2.json", operator / "directory2.jws"
+    os.environ["COMITY_DIRECTORY_PASSPHRASE"] = PASSPHRASE
+    try:
+        comity(
+            "directory",
+            "new",
+            "--out",
+            str(draft),
+            "--from",
+            str(operator / "directory.jws"),
+            "--key",
+            str(operator / "directory-key.sealed.pub.jwk"),
+        )
+        comity("directory", "sign", str(draft), "--key", str(operator / "directory-key.sealed"), "--out", str(signed))
+    finally:
+        del os.environ["COMITY_DIRECTORY_PASSPHRASE"]
+    return signed
+
+
+async def test_rolled_back_directory(provisioned: list[Provisioned], tmp_path: Path) -> None:
+    side = provisioned[0]
+    first = side.data_dir / "directory.jws"
+    original = first.read_bytes()
+    shutil.copyfile(await asyncio.to_thread(_reissue, tmp_path), first)
+    gw = await load(side)
+    assert gw.directory.serial == 2
+    await gw.close()
+    first.write_bytes(original)  # someone reinstalls the older directory
+    with pytest.raises(DirectoryRolledBack, match="serial 1 is lower than 2"):
+        await load(side)
+
+
+async def test_unmigrated_database(tmp_path: Path) -> None:
+    (side,) = await asyncio.to_thread(provision, tmp_path / "p", [AR], passphrase=PASSPHRASE)
+    settings = load_settings(side.config, database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(ConfigError, match="comity db upgrade"):
+        await Gateway.load(settings, PASSPHRASE.encode())
