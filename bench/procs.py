@@ -1,0 +1,85 @@
+"""What /proc says about a process: peak and current resident memory, CPU time; and PostgreSQL's CPU time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CpuMeter", "cpu_seconds", "memory", "postgres_cpu_seconds", "reset_peak"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Memory:
+    peak_mib: float  # VmHWM: the high-water mark of the resident set since start (or the last reset_peak)
+    current_mib: float  # VmRSS
+
+
+def memory(pid: int) -> Memory:
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in {"VmHWM", "VmRSS"}:
+            values[name] = int(rest.split()[0]) / 1024  # kB
+    return Memory(values.get("VmHWM", 0.0), values.get("VmRSS", 0.0))
+
+
+def reset_peak(pid: int) -> None:
+    """Reset VmHWM to the current resident set (proc(5), /proc/pid/clear_refs, value 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _stat_fields(pid: int | str) -> tuple[str, list[str]]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    return comm, raw[raw.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` (all its threads)."""
+    _, fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every ``postgres`` process this machine shows us (the local server's backends and helpers).
+
+    Backends that exit between two readings take their time with them; the bench keeps its connections open, so the
+    gateways' pooled backends are counted. Other clients of the same server would be counted too.
+    """
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, fields = _stat_fields(entry.name)
+        except (OSError, ValueError):
+            continue
+        if comm == "postgres":
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by a few processes (and PostgreSQL, and this process) between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int], *, postgres: bool) -> None:
+        self.pids = pids
+        self.postgres = postgres
+        self._start: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        values = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        values["bench"] = cpu_seconds(os.getpid())
+        if self.postgres:
+            values["postgres"] = postgres_cpu_seconds()
+        return values
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        return {name: round(end[name] - self._start[name], 3) for name in end}
