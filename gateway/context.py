@@ -32,7 +32,7 @@ from store.tables import settings_state
 
 __all__ = ["Gateway", "utcnow"]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def utcnow() -> datetime:

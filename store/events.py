@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from protocol.checkpoint import Checkpoint
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
+from protocol.checkpoint import Checkpoint
 from protocol.events import LedgerEvent
 from protocol.timefmt import parse_time
 from store.tables import checkpoints, ledger_entries, ledger_head, ledger_nodes

@@ -31,12 +31,15 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "attachments",
     "checkpoints",
+    "cosignatures",
     "ledger_entries",
     "ledger_head",
     "ledger_nodes",
     "messages",
     "metadata",
     "outbox",
+    "peer_alarms",
+    "peer_checkpoints",
     "settings_state",
     "tokens",
     "users",
@@ -161,6 +164,43 @@ checkpoints = Table(
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("note", Text, nullable=False),
     Column("created_at", TZ, nullable=False),
+)
+
+# C2SP tlog-cosignatures that counterparts returned for our checkpoints, kept beside them
+cosignatures = Table(
+    "cosignatures",
+    metadata,
+    Column("size", BigInteger, nullable=False),
+    Column("witness", String(80), nullable=False),  # the cosigner's key name, "comity-witness/<authority id>"
+    Column("line", Text, nullable=False),  # the signature line, ready to append to the checkpoint note
+    Column("received_at", TZ, nullable=False),
+    PrimaryKeyConstraint("size", "witness"),
+)
+
+# checkpoints of counterparts' ledgers that we verified consistent, newest last; the witness state per peer
+peer_checkpoints = Table(
+    "peer_checkpoints",
+    metadata,
+    Column("peer", String(40), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("verified_at", TZ, nullable=False),
+    PrimaryKeyConstraint("peer", "size"),
+)
+
+# a counterpart whose ledger forked or was rewritten: we stop exchanging with it until an operator clears the alarm
+peer_alarms = Table(
+    "peer_alarms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("peer", String(40), nullable=False),
+    Column("raised_at", TZ, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("detail", String(500), nullable=False),
+    Column("cleared_at", TZ, nullable=True),
+    Column("cleared_by", String(64), nullable=True),
+    Index("ix_peer_alarms_peer", "peer"),
 )
 
 users = Table(
