@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     attachments_dir: Path = Path("attachments")
     dev_plain_http: bool = False
     max_clock_skew_seconds: int = Field(default=300, ge=0, le=86400)
+    max_message_age_seconds: int = Field(default=30 * 86400, ge=60)
     max_envelope_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=8 * 1024**3, ge=0)
     outbox_initial_backoff: float = Field(default=0.5, gt=0)

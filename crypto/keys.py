@@ -53,6 +53,7 @@ __all__ = [
     "import_public_jwk",
     "key_id",
     "public_jwk",
+    "tls_key_password",
     "seal_keys",
     "unseal_keys",
 ]
@@ -405,3 +406,15 @@ def generate_authority_keys() -> AuthorityKeys:
     return AuthorityKeys(
         signing=generate_signing_key(), encryption=generate_encryption_key(), archive=generate_encryption_key()
     )
+
+
+def tls_key_password(keys: AuthorityKeys) -> bytes:
+    """The password that encrypts the gateway's TLS private key PEM, derived from the sealed signing key.
+
+    The PEM encryption that TLS libraries read (PKCS#8 with PBKDF2) is far cheaper to attack than argon2id; keyed
+    with 256 bits derived from the signing key instead of the passphrase, it cannot be used to guess the passphrase,
+    and it opens only after keys.sealed has been unsealed.
+    """
+    seed = base64.urlsafe_b64decode(str(keys.signing.as_dict(private=True)["d"]) + "==")
+    digest = hashlib.sha256(b"comity tls key password v1\x00" + seed).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")

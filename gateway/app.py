@@ -11,12 +11,13 @@ import signal
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from gateway.api import api_routes, auth_middleware
 from gateway.context import Gateway
 from gateway.federation import GATEWAY, federation_routes
+from gateway.ledger_api import ledger_routes
 from gateway.logs import get_logger
 from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
@@ -24,8 +25,6 @@ from gateway.problems import problem_middleware, problem_response
 from gateway.tls import server_context
 
 __all__ = ["RunningGateway", "build_api_app", "build_federation_app", "start_gateway"]
-
-METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -45,7 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS])
+    body = generate_latest(request.app[GATEWAY].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -53,39 +52,23 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def _metrics_middleware(registry: CollectorRegistry, listener: str):  # type: ignore[no-untyped-def]
-    requests = Counter(f"comity_{listener}_requests", "HTTP requests handled", ["route", "status"], registry=registry)
-
-    @web.middleware
-    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        response = await handler(request)
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        requests.labels(route=route, status=str(response.status)).inc()
-        return response
-
-    return middleware
-
-
-def build_federation_app(gw: Gateway, registry: CollectorRegistry | None = None) -> web.Application:
-    registry = registry or CollectorRegistry()
+def build_federation_app(gw: Gateway) -> web.Application:
     # the body is streamed by the handler; client_max_size only bounds what aiohttp itself would buffer
     app = web.Application(
-        middlewares=[_metrics_middleware(registry, "federation"), problem_middleware],
+        middlewares=[gw.metrics.middleware("federation"), problem_middleware],
         client_max_size=gw.settings.max_envelope_bytes,
     )
     app[GATEWAY] = gw
-    app[METRICS] = registry
     app.add_routes(federation_routes())
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
     return app
 
 
-def build_api_app(gw: Gateway, registry: CollectorRegistry | None = None) -> web.Application:
-    registry = registry or CollectorRegistry()
-    app = web.Application(middlewares=[_metrics_middleware(registry, "api"), problem_middleware, auth_middleware])
+def build_api_app(gw: Gateway) -> web.Application:
+    app = web.Application(middlewares=[gw.metrics.middleware("api"), problem_middleware, auth_middleware])
     app[GATEWAY] = gw
-    app[METRICS] = registry
     app.add_routes(api_routes())
+    app.add_routes(ledger_routes())
     app.add_routes(
         [
             web.get("/v1/openapi.json", openapi),
@@ -103,6 +86,7 @@ class RunningGateway:
     runners: list[web.AppRunner]
     sender: OutboxSender
     sender_task: asyncio.Task[None]
+    checkpointer_task: asyncio.Task[None]
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -115,16 +99,16 @@ class RunningGateway:
             await runner.cleanup()  # stops accepting, waits for handlers in flight
         await self.sender.stop()
         self.sender_task.cancel()
-        await asyncio.gather(self.sender_task, return_exceptions=True)
+        self.checkpointer_task.cancel()
+        await asyncio.gather(self.sender_task, self.checkpointer_task, return_exceptions=True)
         await self.gw.close()
         log.info("gateway_stopped")
 
 
 async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGateway:
     settings = gw.settings
-    registry = CollectorRegistry()
-    federation = web.AppRunner(build_federation_app(gw, registry), handle_signals=False, shutdown_timeout=10)
-    api = web.AppRunner(build_api_app(gw, registry), handle_signals=False, shutdown_timeout=10)
+    federation = web.AppRunner(build_federation_app(gw), handle_signals=False, shutdown_timeout=10)
+    api = web.AppRunner(build_api_app(gw), handle_signals=False, shutdown_timeout=10)
     await federation.setup()
     await api.setup()
     ssl_context = None
@@ -142,7 +126,22 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
         api=f"{settings.api_host}:{settings.api_port}",
         tls=ssl_context is not None,
     )
-    return RunningGateway(gw, [federation, api], sender, task)
+    checkpointer = asyncio.create_task(run_checkpointer(gw))
+    return RunningGateway(gw, [federation, api], sender, task, checkpointer)
+
+
+async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
+    """Sign a checkpoint at least every ``interval`` seconds while the ledger grows (receipts sign their own)."""
+    log = get_logger(component="checkpointer")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with gw.transaction() as conn:
+                head = await gw.events.head(conn)
+                await gw.checkpoint(conn)
+            gw.metrics.ledger_size.set(head.size)
+        except Exception:
+            log.exception("checkpoint_failed")
 
 
 async def serve_forever(gw: Gateway) -> None:

@@ -20,19 +20,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from config.directory import AuthorityEntry, Directory, read_directory
 from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
-from crypto.keys import AuthorityKeys, key_id
-from crypto.note import NoteSigner, sign_note
+from crypto.keys import AuthorityKeys, key_id, tls_key_password
+from crypto.note import CosignatureSigner, NoteSigner, sign_note
+from gateway.metrics import Metrics
+from protocol.errors import ComityError
 from protocol.events import EventType, LedgerEvent
 from protocol.markings import MarkingScheme
 from protocol.timefmt import format_time, parse_time
 from store.db import is_sqlite, make_engine
 from store.events import EventLog
+from store.ledger import WitnessState
 from store.outbox import Outbox
 from store.tables import settings_state
 
-__all__ = ["Gateway", "utcnow"]
+__all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
 HEAD_REVISION = "0002"
+
+
+class PeerBlocked(ComityError):
+    code = "peer-blocked"
 
 
 def utcnow() -> datetime:
@@ -49,13 +56,18 @@ class Gateway:
     tls_password: bytes = field(default=b"", repr=False)
     scheme: MarkingScheme = field(default_factory=MarkingScheme)
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics = field(default_factory=Metrics)
+    # counterparts whose ledger forked or was rewritten: no exchange until an operator clears the alarm
+    blocked_peers: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         sqlite = is_sqlite(self.settings.database_dsn)
         self.events = EventLog(for_update=not sqlite)
         self.outbox = Outbox(skip_locked=not sqlite)
         self.origin = f"comity-ledger/{self.settings.authority_id}"
+        self.witness_name = f"comity-witness/{self.settings.authority_id}"
         self._note_signer = NoteSigner(self.origin, self.keys.signing)
+        self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
 
     # --- identity -----------------------------------------------------------------------------------------------
 
@@ -64,9 +76,15 @@ class Gateway:
         return self.settings.authority_id
 
     def peer(self, authority_id: str) -> AuthorityEntry:
-        """A counterpart from the directory; refuses to work with an expired directory."""
+        """A counterpart from the directory; refuses an expired directory and a peer under a ledger alarm."""
         self.check_directory()
-        return self.directory.authority(authority_id)
+        entry = self.directory.authority(authority_id)
+        if authority_id in self.blocked_peers:
+            raise PeerBlocked(
+                f"{authority_id} is blocked: its ledger was found forked or rewritten; "
+                f"an operator must investigate and run 'comity peer clear {authority_id}'"
+            )
+        return entry
 
     def check_directory(self) -> None:
         if parse_time(self.directory.expires_at) <= self.clock():
@@ -128,10 +146,17 @@ class Gateway:
                 seen = int(row.scalar_one_or_none() or 0)
             directory = read_directory(settings, now=clock(), min_serial=seen)
             gateway = cls(
-                settings=settings, keys=keys, directory=directory, engine=engine, clock=clock, tls_password=passphrase
+                settings=settings,
+                keys=keys,
+                directory=directory,
+                engine=engine,
+                clock=clock,
+                tls_password=tls_key_password(keys),
             )
             if directory.serial > seen:
                 await gateway._install_directory(seen)
+            async with engine.connect() as conn:
+                gateway.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
             return gateway
         except BaseException:
             await engine.dispose()

@@ -7,6 +7,7 @@ part is the envelope and whose following parts are the attachment ciphertexts in
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -14,11 +15,16 @@ from collections.abc import AsyncIterator
 from aiohttp import BodyPartReader, MultipartReader, web
 
 from crypto.errors import OversizedEnvelope
+from crypto.note import add_signatures, open_note
 from gateway.context import Gateway
 from gateway.problems import problem_response
-from gateway.receiving import EnvelopeRefused, receive_envelope, refuse
+from gateway.receiving import EnvelopeRefused, PeerError, receive_envelope, refuse
 from gateway.tls import peer_pin
+from gateway.witness import cosignature_verifiers
 from protocol.errors import ComityError, InvalidMessage
+from protocol.messages import parse_strict_json
+from store.errors import NotFound
+from store.ledger import LedgerReader
 
 __all__ = ["GATEWAY", "federation_routes"]
 
@@ -43,6 +49,10 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 async def _stream_chunks(request: web.Request) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_chunked(READ_SIZE):
         yield chunk
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
 
 
 async def _no_more_parts() -> AsyncIterator[bytes] | None:
@@ -71,7 +81,10 @@ async def post_envelope(request: web.Request) -> web.Response:
             elif request.content_type == "multipart/mixed":
                 reader = await request.multipart()
                 first = await reader.next()
-                if not isinstance(first, BodyPartReader) or first.headers.get("Content-Type") != "application/jose":
+                if (
+                    not isinstance(first, BodyPartReader)
+                    or _media_type(first.headers.get("Content-Type")) != "application/jose"
+                ):
                     raise InvalidMessage("the first part must be the envelope, of type application/jose")
                 sealed = await _read_limited(_part_chunks(first), limit)
                 next_part = _parts(reader)
@@ -79,7 +92,8 @@ async def post_envelope(request: web.Request) -> web.Response:
                 raise InvalidMessage("send application/jose, or multipart/mixed with attachments")
         except ComityError as error:
             digest = hashlib.sha256(sealed).hexdigest()
-            raise EnvelopeRefused(error, await refuse(gw, error, digest, None, None)) from None
+            refusal = await refuse(gw, error, digest, None, None, ledger=peer_id is not None)
+            raise EnvelopeRefused(error, refusal) from None
         received = await receive_envelope(gw, peer_id=peer_id, sealed=sealed, next_part=next_part)
     except EnvelopeRefused as refused:
         return problem_response(refused.error.code, refused.error.message, refusal=refused.refusal)
@@ -98,6 +112,59 @@ def _parts(reader: MultipartReader):  # type: ignore[no-untyped-def]
     return next_part
 
 
+def _authenticated_peer(request: web.Request) -> str:
+    gw = request.app[GATEWAY]
+    peer_id = _identify_peer(gw, request)
+    if peer_id is None:
+        raise PeerError("the client certificate matches no authority in the directory")
+    gw.peer(peer_id)  # refuses an expired directory and a blocked peer
+    return peer_id
+
+
+def _int_param(request: web.Request, name: str) -> int:
+    try:
+        value = int(request.query[name])
+    except (KeyError, ValueError):
+        raise InvalidMessage(f"query parameter {name!r} must be a non-negative integer") from None
+    if value < 0:
+        raise InvalidMessage(f"query parameter {name!r} must be a non-negative integer")
+    return value
+
+
+async def get_consistency(request: web.Request) -> web.Response:
+    """A consistency proof between two sizes of our ledger, for a witnessing peer."""
+    _authenticated_peer(request)
+    gw = request.app[GATEWAY]
+    size1, size2 = _int_param(request, "from"), _int_param(request, "to")
+    async with gw.engine.connect() as conn:
+        head = await gw.events.head(conn)
+        if not 0 < size1 <= size2 <= head.size:
+            raise InvalidMessage(f"sizes must satisfy 0 < from <= to <= {head.size}")
+        proof = await LedgerReader.consistency(conn, size1, size2)
+    body = {"from": size1, "to": size2, "proof": [base64.b64encode(node).decode() for node in proof]}
+    return web.json_response(body)
+
+
+async def post_cosignature(request: web.Request) -> web.Response:
+    """A peer's tlog-cosignature of one of our checkpoints; kept beside the checkpoint."""
+    peer_id = _authenticated_peer(request)
+    gw = request.app[GATEWAY]
+    body = parse_strict_json(await request.content.read(8192))
+    if not isinstance(body, dict) or not isinstance(body.get("size"), int) or not isinstance(body.get("line"), str):
+        raise InvalidMessage('send {"size": <checkpoint size>, "line": "<cosignature line>"}')
+    async with gw.engine.connect() as conn:
+        text = await LedgerReader.checkpoint_text(conn, body["size"])
+    if text is None:
+        raise NotFound(f"no checkpoint of size {body['size']}")
+    note = add_signatures(text, [body["line"]])
+    verified = open_note(note, cosignature_verifiers(gw, peer_id))  # NoteError unless the peer's key signed it
+    if not any(sig.timestamp is not None for sig in verified.verified):
+        raise InvalidMessage("the line is not a cosignature")
+    async with gw.transaction() as conn:
+        await LedgerReader.add_cosignature(conn, body["size"], f"comity-witness/{peer_id}", body["line"], gw.clock())
+    return web.Response(status=204)
+
+
 async def get_checkpoint(request: web.Request) -> web.Response:
     """The latest signed checkpoint of this gateway's ledger (a C2SP signed note)."""
     gw = request.app[GATEWAY]
@@ -112,4 +179,6 @@ def federation_routes() -> list[web.RouteDef]:
     return [
         web.post("/federation/v1/envelopes", post_envelope),
         web.get("/federation/v1/checkpoint", get_checkpoint),
+        web.get("/federation/v1/consistency", get_consistency),
+        web.post("/federation/v1/cosignatures", post_cosignature),
     ]

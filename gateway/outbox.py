@@ -20,6 +20,7 @@ from gateway.context import Gateway
 from gateway.files import read_chunks
 from gateway.logs import get_logger
 from gateway.tls import client_context
+from gateway.witness import Witness
 from protocol.errors import ComityError
 from protocol.events import EventType
 from protocol.timefmt import parse_time
@@ -31,7 +32,14 @@ __all__ = ["FEDERATION_PATH", "OutboxSender"]
 FEDERATION_PATH = "/federation/v1/envelopes"
 LEASE = timedelta(minutes=10)
 # refusals a later attempt may overcome; every other signed refusal is final for these bytes
-TRANSIENT_CODES = {"directory-expired", "directory-invalid", "not-ready", "unknown-peer", "internal-error"}
+TRANSIENT_CODES = {
+    "directory-expired",
+    "directory-invalid",
+    "not-ready",
+    "unknown-peer",
+    "peer-blocked",
+    "internal-error",
+}
 
 
 class DeliveryError(ComityError):
@@ -46,6 +54,7 @@ class OutboxSender:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.log = get_logger(component="outbox")
+        self.witness = Witness(gw, self._session)
 
     # --- loop ---------------------------------------------------------------------------------------------------
 
@@ -89,6 +98,7 @@ class OutboxSender:
         self._stopping.set()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=10)
+        await asyncio.wait_for(self.witness.idle(), timeout=10)
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
@@ -104,6 +114,7 @@ class OutboxSender:
             delay = min(self.gw.settings.outbox_max_backoff, self.gw.settings.outbox_initial_backoff * 2**item.attempts)
             delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
             log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))
+            self.gw.metrics.delivery_failures.labels(peer=item.peer).inc()
             try:
                 async with self.gw.transaction() as conn:
                     await self.gw.outbox.reschedule(
@@ -147,9 +158,11 @@ class OutboxSender:
                 path = gw.settings.attachments_path / "out" / row.path
                 part = body.append(read_chunks(path), {"Content-Type": "application/octet-stream"})
                 part.headers["Content-Length"] = str(row.ct_size)
-            headers = {}
+            headers: dict[str, str] = {}
         else:
             body, headers = message.sealed, {"Content-Type": "application/jose"}
+        if gw.settings.dev_plain_http and not peer.endpoint.startswith("https://"):
+            headers["Comity-Dev-Peer"] = gw.authority_id  # plain HTTP has no certificate to name us
         url = peer.endpoint.rstrip("/") + FEDERATION_PATH
         started = gw.clock()
         async with self._session(peer).post(url, data=body, headers=headers) as response:
@@ -194,7 +207,9 @@ class OutboxSender:
             await Messages.update(
                 conn, item.message_id, state="delivered", received_at=parse_time(receipt.received_at), receipt=token
             )
+        self.gw.metrics.delivered.inc()
         self.log.info("message_delivered", message_id=item.message_id, peer=peer.id, attempts=item.attempts + 1)
+        self.witness.observe(peer.id, receipt.checkpoint)
 
     async def _record_refusal(self, item: OutboxItem, code: str) -> None:
         async with self.gw.transaction() as conn:

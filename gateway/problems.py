@@ -34,6 +34,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "unauthenticated": (401, "Authentication required"),
     "forbidden": (403, "Not allowed"),
     "unknown-peer": (403, "Peer not listed in the directory"),
+    "peer-blocked": (403, "Peer blocked after a ledger alarm"),
     "sender-mismatch": (403, "Envelope sender is not the authenticated peer"),
     "wrong-recipient": (421, "Envelope is addressed to another authority"),
     "marking-refused": (403, "Marking refused"),
@@ -48,6 +49,10 @@ STATUS: dict[str, tuple[int, str]] = {
     "directory-invalid": (503, "Directory invalid"),
     "not-ready": (503, "Gateway not ready"),
     "internal-error": (500, "Internal error"),
+    "store-error": (500, "Storage error"),
+    "config-error": (503, "Gateway misconfigured"),
+    "keystore-error": (503, "Key store unavailable"),
+    "directory-error": (503, "Directory unusable"),
 }
 
 

@@ -88,6 +88,9 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         claimed, message_id = header.from_, header.id
         if header.from_ != peer_id:
             raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
+        # the receiving gateway enforces its own accreditation too, whatever the sender checked (DESIGN.md)
+        own = gw.directory.authority(gw.authority_id).accreditation
+        gw.scheme.check_accreditation(header.marking, own.max_level, own.caveats, gw.authority_id)
         # 3. duplicates and replays
         async with gw.engine.connect() as conn:
             known = await Messages.find(conn, header.id)
@@ -105,7 +108,12 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             max_bytes=gw.settings.max_envelope_bytes,
         )
         # 5. freshness
-        check_freshness(opened.payload.iat, int(now.timestamp()), gw.settings.max_clock_skew_seconds)
+        check_freshness(
+            opened.payload.iat,
+            int(now.timestamp()),
+            gw.settings.max_clock_skew_seconds,
+            gw.settings.max_message_age_seconds,
+        )
         # 6. attachments against the signed manifest
         files = await _receive_attachments(gw, opened, next_part)
         # 7. store, record, receipt: one transaction
@@ -119,7 +127,9 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
                 return Received(known.receipt, True, known.id)
             raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
     except ComityError as error:
-        raise EnvelopeRefused(error, await refuse(gw, error, digest, claimed, message_id)) from None
+        # an unauthenticated client gets a signed refusal but no ledger entry: it must not grow our ledger
+        refusal = await refuse(gw, error, digest, claimed, message_id, ledger=peer_id is not None)
+        raise EnvelopeRefused(error, refusal) from None
 
 
 async def _receive_attachments(
@@ -206,6 +216,7 @@ async def _commit(
         for _, target in files:
             target.final.unlink(missing_ok=True)
         raise
+    gw.metrics.received.inc()
     get_logger(message_id=payload.id, peer=payload.from_).info("envelope_received", kind=payload.kind.value)
     return Received(token, False, payload.id)
 
@@ -227,8 +238,10 @@ async def _record_answer(
     await Messages.update(conn, original_id, state=state)
 
 
-async def refuse(gw: Gateway, error: ComityError, digest: str, claimed: str | None, message_id: str | None) -> str:
-    """Sign a refusal and ledger it in its own transaction (a refusal changes nothing else)."""
+async def refuse(
+    gw: Gateway, error: ComityError, digest: str, claimed: str | None, message_id: str | None, *, ledger: bool
+) -> str:
+    """Sign a refusal and, for an authenticated peer, ledger it in its own transaction (it changes nothing else)."""
     now = gw.clock()
     refusal = Refusal.parse(
         {
@@ -241,6 +254,10 @@ async def refuse(gw: Gateway, error: ComityError, digest: str, claimed: str | No
             "reason": error.message[:500],
         }
     )
+    gw.metrics.refused.labels(code=error.code).inc()
+    if not ledger:
+        get_logger(peer=None).warning("unauthenticated_envelope_refused", code=error.code)
+        return sign_refusal(refusal, gw.keys.signing)
     async with gw.transaction() as conn:
         await gw.record(
             conn,

@@ -23,8 +23,9 @@ def _pem(entry: AuthorityEntry) -> str:
     return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
 
 
-def _base(purpose: ssl.Purpose, cert_file: str, key_file: str, password: bytes) -> ssl.SSLContext:
-    context = ssl.create_default_context(purpose)
+def _base(protocol: int, cert_file: str, key_file: str, password: bytes) -> ssl.SSLContext:
+    # a bare context: no system trust store, only the certificates the directory pins are ever trusted
+    context = ssl.SSLContext(protocol)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(cert_file, key_file, password=password)
     context.verify_mode = ssl.CERT_REQUIRED
@@ -32,7 +33,7 @@ def _base(purpose: ssl.Purpose, cert_file: str, key_file: str, password: bytes) 
 
 
 def server_context(directory: Directory, own_id: str, cert_file: str, key_file: str, password: bytes) -> ssl.SSLContext:
-    context = _base(ssl.Purpose.CLIENT_AUTH, cert_file, key_file, password)
+    context = _base(ssl.PROTOCOL_TLS_SERVER, cert_file, key_file, password)
     peers = [entry for entry in directory.authorities if entry.id != own_id]
     if peers:
         context.load_verify_locations(cadata="".join(_pem(entry) for entry in peers))
@@ -40,7 +41,7 @@ def server_context(directory: Directory, own_id: str, cert_file: str, key_file: 
 
 
 def client_context(peer: AuthorityEntry, cert_file: str, key_file: str, password: bytes) -> ssl.SSLContext:
-    context = _base(ssl.Purpose.SERVER_AUTH, cert_file, key_file, password)
+    context = _base(ssl.PROTOCOL_TLS_CLIENT, cert_file, key_file, password)
     context.check_hostname = False  # identity is the pinned certificate, not a name
     context.load_verify_locations(cadata=_pem(peer))
     return context

@@ -29,6 +29,8 @@ class EventType(enum.StrEnum):
     ANSWERED = "message.answered"  # a response to the message was sent or received (related_id = the response)
     CLOSED = "message.closed"
     DELIVERY_FAILED = "message.delivery_failed"  # an attempt failed; the outbox retries (reason = problem code)
+    PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
+    PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)
     USER_CHANGED = "user.changed"
     DIRECTORY_INSTALLED = "directory.installed"
 

@@ -70,8 +70,12 @@ def new_message_id() -> str:
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) canonical bytes of a JSON value."""
-    return bytes(rfc8785.dumps(value))
+    """RFC 8785 (JCS) canonical bytes of a JSON value; values JCS cannot encode are an InvalidMessage."""
+    try:
+        return bytes(rfc8785.dumps(value))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError, OverflowError) as exc:
+        # never echo the value: it may be content (integers beyond 2**53, lone surrogates, ...)
+        raise InvalidMessage(f"value cannot be encoded as RFC 8785 canonical JSON ({type(exc).__name__})") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -223,7 +227,15 @@ class MessagePayload(StrictModel):
         return payload
 
 
-def check_freshness(iat: int, now: int, max_skew_seconds: int) -> None:
-    """Refuse a message issued more than ``max_skew_seconds`` away from ``now`` (replay window bound)."""
-    if abs(now - iat) > max_skew_seconds:
-        raise StaleMessage(f"message time is {now - iat:+d} s from ours; allowed skew is {max_skew_seconds} s")
+def check_freshness(iat: int, now: int, max_skew_seconds: int, max_age_seconds: int) -> None:
+    """Refuse a message dated more than ``max_skew_seconds`` in our future, or older than ``max_age_seconds``.
+
+    The signed ``iat`` is fixed when the message is sealed and an outbox resends the same bytes until a receipt
+    arrives, so a message may legitimately arrive long after it was issued (the receiver was down). Replays are
+    caught by the message id, which a gateway keeps forever; the age bound only limits how long ago a captured
+    envelope may have been issued, and the future bound catches a sender's clock running ahead.
+    """
+    if iat - now > max_skew_seconds:
+        raise StaleMessage(f"message time is {iat - now} s ahead of ours; allowed clock skew is {max_skew_seconds} s")
+    if now - iat > max_age_seconds:
+        raise StaleMessage(f"message was issued {now - iat} s ago; this gateway accepts at most {max_age_seconds} s")

@@ -9,6 +9,7 @@ same stable ``code`` the problem document carries.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -18,14 +19,22 @@ from protocol.messages import StrictModel, canonical_json, validate_authority_id
 __all__ = ["Receipt", "Refusal", "rfc3339_utc"]
 
 
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 
 def rfc3339_utc(value: str) -> str:
     """Check a time string: RFC 3339, UTC, microseconds, always this shape so that the bytes are stable."""
-    if not _TIME_RE.fullmatch(value):
+    if not _TIME_RE.fullmatch(value) or not _is_date(value):
         raise ValueError("time must be RFC 3339 UTC with microseconds, e.g. 2026-11-28T07:40:00.123456Z")
     return value
+
+
+def _is_date(value: str) -> bool:
+    try:
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return False
+    return True
 
 
 class Receipt(StrictModel):

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from config.directory import ROLES, AuthorityEntry, directory_entry_for
 from config.settings import PASSPHRASE_ENV, Settings, settings_toml
-from crypto.keys import DEFAULT_KDF, AuthorityKeys, generate_authority_keys, key_id
+from crypto.keys import DEFAULT_KDF, AuthorityKeys, generate_authority_keys, key_id, tls_key_password
 from crypto.tls import TlsIdentity, certificate_pin, generate_tls_identity
 from gateway.cli.common import (
     FAST_KDF,
@@ -101,7 +101,8 @@ def init(
 ) -> None:
     """Create keys, a TLS identity, comity.toml and the public entry.json for one authority.
 
-    The passphrase comes from COMITY_PASSPHRASE or a prompt; it encrypts the private keys and the TLS key.
+    The passphrase comes from COMITY_PASSPHRASE or a prompt; it seals the private keys (argon2id), and the TLS key
+    is encrypted under a password derived from those sealed keys.
     Send entry.json to the directory operator; install the signed directory.jws and directory-key.jwk they return.
     """
     data_dir = data_dir.expanduser().absolute()
@@ -143,7 +144,7 @@ def init(
     passphrase = read_passphrase(PASSPHRASE_ENV, confirm=True)
     keys = generate_authority_keys()
     sealed = keys.seal(passphrase, FAST_KDF if kdf_fast else DEFAULT_KDF)
-    tls = generate_tls_identity(authority_id, tls_hosts, passphrase, now=now)
+    tls = generate_tls_identity(authority_id, tls_hosts, tls_key_password(keys), now=now)
     entry = build(keys, tls)
     header = (
         f"Comity settings for {authority_id}, written by 'comity init'. Every setting and its default:\n"
@@ -163,7 +164,7 @@ def init(
     created = [
         (str(settings.keys_file), "signing, encryption and archive keys, sealed with the passphrase"),
         (str(settings.tls_cert_file), f"TLS certificate, pin {certificate_pin(tls.cert_pem)}"),
-        (str(settings.tls_key_file), "TLS private key, encrypted with the passphrase"),
+        (str(settings.tls_key_file), "TLS private key, encrypted with a password derived from the sealed keys"),
         (SETTINGS_FILE, "settings"),
         (ENTRY_FILE, "public directory entry: send it to the directory operator"),
     ]

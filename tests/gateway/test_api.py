@@ -104,4 +104,4 @@ async def test_health_readiness_and_metrics(pair: Pair) -> None:
             assert (await response.json())["directory_serial"] == 1
         async with session.get(pair.ar.api + "/metrics") as response:
             text = await response.text()
-    assert "comity_api_requests_total" in text
+    assert 'comity_http_requests_total{listener="api"' in text

@@ -18,7 +18,7 @@ from joserfc.jwk import OKPKey
 
 from config.directory import load_directory_draft, verify_directory
 from config.settings import load_settings
-from crypto.keys import AuthorityKeys, key_id, unseal_keys
+from crypto.keys import AuthorityKeys, key_id, tls_key_password, unseal_keys
 from gateway.cli import main
 
 PASSPHRASE = "correct horse battery staple"
@@ -116,7 +116,10 @@ def test_private_files_hold_no_raw_key_bytes_and_are_mode_0600(workspace: Path) 
     assert b"ENCRYPTED PRIVATE KEY" in tls_key_pem
     with pytest.raises(TypeError):
         load_pem_private_key(tls_key_pem, password=None)
-    tls_key = load_pem_private_key(tls_key_pem, password=PASSPHRASE.encode())
+    # the TLS key opens with the password derived from the sealed keys, not with the passphrase itself
+    with pytest.raises(ValueError, match="Incorrect password"):
+        load_pem_private_key(tls_key_pem, password=PASSPHRASE.encode())
+    tls_key = load_pem_private_key(tls_key_pem, password=tls_key_password(keys))
     assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
     scalar = tls_key.private_numbers().private_value.to_bytes(32, "big")
     body = base64.b64decode(b"".join(line for line in tls_key_pem.splitlines() if not line.startswith(b"-----")))

@@ -1,0 +1,150 @@
+"""The read-only auditor API over this gateway's ledger (``/v1/ledger/...``): checkpoints with cosignatures,
+entries as they are hashed, and inclusion and consistency proofs read from stored subtree hashes.
+
+Auditors see ledger metadata, never content: nothing here touches a message body (docs/ledger.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from aiohttp import web
+
+from gateway.api import USER
+from gateway.federation import GATEWAY
+from gateway.reading import Forbidden
+from protocol.errors import InvalidMessage
+from store.errors import NotFound
+from store.ledger import LedgerReader
+
+__all__ = ["LEDGER_ROLES", "ledger_routes"]
+
+LEDGER_ROLES = {"auditor", "supervisor", "admin"}
+MAX_ENTRIES = 100_000
+MAX_CHECKPOINTS = 1000
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _check_role(request: web.Request) -> None:
+    user = request[USER]
+    if user.role not in LEDGER_ROLES:
+        raise Forbidden(f"the {user.role} role cannot read the ledger; auditors, supervisors and admins can")
+
+
+def _int(request: web.Request, name: str, default: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = int(raw) if raw is not None else -1
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidMessage(f"query parameter {name!r} must be a non-negative integer")
+    return value
+
+
+async def _size(request: web.Request) -> int:
+    gw = request.app[GATEWAY]
+    async with gw.engine.connect() as conn:
+        head = (await gw.events.head(conn)).size
+    size = _int(request, "size", head)
+    if size > head:
+        raise InvalidMessage(f"size {size} is beyond the ledger's {head} entries")
+    return size
+
+
+async def latest_checkpoint(request: web.Request) -> web.Response:
+    _check_role(request)
+    gw = request.app[GATEWAY]
+    async with gw.engine.connect() as conn:
+        latest = await LedgerReader.latest_checkpoint_note(conn)
+        if latest is None:
+            raise NotFound("no checkpoint has been signed yet")
+        size, note = latest
+        root = await LedgerReader.root(conn, size)
+    return web.json_response({"size": size, "root": _b64(root), "note": note})
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    _check_role(request)
+    after, limit = _int(request, "after", 0), min(_int(request, "limit", MAX_CHECKPOINTS), MAX_CHECKPOINTS)
+    async with request.app[GATEWAY].engine.connect() as conn:
+        notes = await LedgerReader.checkpoint_notes(conn, after, limit)
+    return web.json_response({"checkpoints": [{"size": size, "note": note} for size, note in notes]})
+
+
+async def entries(request: web.Request) -> web.StreamResponse:
+    """NDJSON: line k is exactly the entry bytes of index start + k (canonical JSON holds no raw newline)."""
+    _check_role(request)
+    gw = request.app[GATEWAY]
+    start, end = _int(request, "start", 0), _int(request, "end")
+    if end < start or end - start > MAX_ENTRIES:
+        raise InvalidMessage(f"ask for start <= end, at most {MAX_ENTRIES} entries per call")
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    buffer = bytearray()
+    async with gw.engine.connect() as conn:
+        async for entry in LedgerReader.entries(conn, start, end):
+            buffer += entry + b"\n"
+            if len(buffer) >= 1 << 16:
+                await response.write(bytes(buffer))
+                buffer.clear()
+    await response.write(bytes(buffer))
+    await response.write_eof()
+    return response
+
+
+async def inclusion_proof(request: web.Request) -> web.Response:
+    _check_role(request)
+    gw = request.app[GATEWAY]
+    size = await _size(request)
+    async with gw.engine.connect() as conn:
+        if "message_id" in request.query:
+            found = await LedgerReader.index_of_message(conn, request.query["message_id"])
+            if found is None:
+                raise NotFound("no ledger entry names that message")
+            index = found
+        else:
+            index = _int(request, "index")
+        if index >= size:
+            raise InvalidMessage(f"index {index} is not in a tree of size {size}")
+        leaf, proof, root = await LedgerReader.inclusion(conn, index, size)
+    body = {
+        "index": index,
+        "size": size,
+        "leaf_hash": _b64(leaf),
+        "proof": [_b64(p) for p in proof],
+        "root": _b64(root),
+    }
+    return web.json_response(body)
+
+
+async def consistency_proof(request: web.Request) -> web.Response:
+    _check_role(request)
+    gw = request.app[GATEWAY]
+    size1 = _int(request, "from")
+    size2 = _int(request, "to")
+    async with gw.engine.connect() as conn:
+        head = (await gw.events.head(conn)).size
+        if not 0 < size1 <= size2 <= head:
+            raise InvalidMessage(f"sizes must satisfy 0 < from <= to <= {head}")
+        proof = await LedgerReader.consistency(conn, size1, size2)
+    return web.Response(
+        body=json.dumps({"from": size1, "to": size2, "proof": [_b64(p) for p in proof]}).encode(),
+        content_type="application/json",
+    )
+
+
+def ledger_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/v1/ledger/checkpoint", latest_checkpoint),
+        web.get("/v1/ledger/checkpoints", list_checkpoints),
+        web.get("/v1/ledger/entries", entries),
+        web.get("/v1/ledger/proofs/inclusion", inclusion_proof),
+        web.get("/v1/ledger/proofs/consistency", consistency_proof),
+    ]

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one gateway. Labels carry routes, codes and authority ids only: never content."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["Metrics"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "comity_http_requests", "HTTP requests handled", ["listener", "route", "status"], registry=self.registry
+        )
+        self.received = Counter("comity_envelopes_received", "Envelopes accepted", registry=self.registry)
+        self.refused = Counter("comity_envelopes_refused", "Envelopes refused", ["code"], registry=self.registry)
+        self.delivered = Counter("comity_envelopes_delivered", "Envelopes receipted by peers", registry=self.registry)
+        self.delivery_failures = Counter(
+            "comity_delivery_failures", "Failed delivery attempts", ["peer"], registry=self.registry
+        )
+        self.peer_alarms = Counter(
+            "comity_peer_alarms", "Counterpart ledgers found forked or rewritten", ["peer"], registry=self.registry
+        )
+        self.ledger_size = Gauge("comity_ledger_size", "Entries in this gateway's ledger", registry=self.registry)
+
+    def middleware(self, listener: str) -> Middleware:
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            response = await handler(request)
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            self.requests.labels(listener=listener, route=route, status=str(response.status)).inc()
+            return response
+
+        return count

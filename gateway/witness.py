@@ -1,0 +1,154 @@
+"""Cross-witnessing: every receipt carries the counterpart's latest signed checkpoint; we check it against the last
+one we hold from that counterpart, with a consistency proof fetched from it, remember it, and return a C2SP
+tlog-cosignature that the counterpart keeps beside its checkpoint. An operator who rewrites or forks its ledger is
+caught by any counterpart it exchanges with.
+
+Witnessing runs beside the message flow, never in it: each peer has at most one check in flight, and checkpoints
+that arrive meanwhile coalesce into the newest one. An inconsistency raises an alarm: a ledger event, an error log
+line, a metric, and a block on the peer (no sending, no receiving) until an operator clears it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from joserfc.jwk import OKPKey
+
+from crypto.note import CosignatureVerifier, NoteVerifier, open_checkpoint
+from gateway.context import Gateway
+from gateway.logs import get_logger
+from protocol.checkpoint import Checkpoint
+from protocol.errors import ComityError
+from protocol.events import EventType
+from protocol.merkle import MerkleError, verify_consistency
+from store.ledger import PeerCheckpoint, WitnessState
+
+__all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
+
+CONSISTENCY_PATH = "/federation/v1/consistency"
+COSIGNATURE_PATH = "/federation/v1/cosignatures"
+
+
+class WitnessError(ComityError):
+    code = "witness-failed"
+
+
+def _raw(key: OKPKey) -> bytes:
+    return base64.urlsafe_b64decode(str(key.as_dict()["x"]) + "==")
+
+
+def note_verifiers(gw: Gateway, authority_id: str) -> list[NoteVerifier]:
+    """Verifiers of ``authority_id``'s checkpoints: its directory signing keys under its ledger origin."""
+    keys = gw.directory.authority(authority_id).all_signing_keys().values()
+    return [NoteVerifier(f"comity-ledger/{authority_id}", _raw(key)) for key in keys]
+
+
+def cosignature_verifiers(gw: Gateway, authority_id: str) -> list[CosignatureVerifier]:
+    keys = gw.directory.authority(authority_id).all_signing_keys().values()
+    return [CosignatureVerifier(f"comity-witness/{authority_id}", _raw(key)) for key in keys]
+
+
+class Witness:
+    def __init__(self, gw: Gateway, session_for: Any) -> None:
+        self.gw = gw
+        self._session_for = session_for  # peer entry -> aiohttp.ClientSession (mutual TLS)
+        self._pending: dict[str, str] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self.log = get_logger(component="witness")
+
+    def observe(self, peer: str, checkpoint_note: str) -> None:
+        """Queue ``checkpoint_note`` (from a verified receipt of ``peer``) for checking; never blocks."""
+        self._pending[peer] = _newer(self._pending.get(peer), checkpoint_note)
+        if peer not in self._running:
+            task = asyncio.create_task(self._drain(peer))
+            self._running[peer] = task
+            task.add_done_callback(lambda _: self._running.pop(peer, None))
+
+    async def idle(self) -> None:
+        """Wait until every queued checkpoint has been checked (tests, shutdown)."""
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    async def _drain(self, peer: str) -> None:
+        while (note := self._pending.pop(peer, None)) is not None:
+            try:
+                await self.check(peer, note)
+            except Exception as exc:
+                code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
+                self.log.warning("witness_check_failed", peer=peer, error=code)
+
+    async def check(self, peer: str, note: str) -> None:
+        gw = self.gw
+        checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer))
+        async with gw.engine.connect() as conn:
+            held = await WitnessState.latest(conn, peer)
+        if held is not None and checkpoint.size == held.size:
+            if checkpoint.root_hash != held.root:
+                await self._alarm(peer, "ledger-fork", f"two different roots signed for size {held.size}")
+            return
+        if held is not None:
+            older, newer = (held, checkpoint) if held.size < checkpoint.size else (checkpoint, held)
+            older_root = older.root if isinstance(older, PeerCheckpoint) else older.root_hash
+            newer_root = newer.root if isinstance(newer, PeerCheckpoint) else newer.root_hash
+            proof = await self._fetch_consistency(peer, older.size, newer.size)
+            try:
+                verify_consistency(older.size, newer.size, proof, older_root, newer_root)
+            except MerkleError:
+                await self._alarm(
+                    peer,
+                    "ledger-rewritten",
+                    f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold",
+                )
+                return
+            if checkpoint.size < held.size:
+                return  # an older checkpoint, consistent: nothing new to keep or cosign
+        async with gw.transaction() as conn:
+            await WitnessState.remember(
+                conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
+            )
+        await self._cosign(peer, checkpoint)
+
+    async def _fetch_consistency(self, peer: str, size1: int, size2: int) -> list[bytes]:
+        if size1 == 0:
+            return []
+        entry = self.gw.directory.authority(peer)
+        url = f"{entry.endpoint.rstrip('/')}{CONSISTENCY_PATH}?from={size1}&to={size2}"
+        async with self._session_for(entry).get(url) as response:
+            if response.status != 200:
+                raise WitnessError(f"{peer} answered HTTP {response.status} to a consistency proof request")
+            body = await response.json()
+        return [base64.b64decode(item) for item in body["proof"]]
+
+    async def _cosign(self, peer: str, checkpoint: Checkpoint) -> None:
+        timestamp = int(self.gw.clock().timestamp())
+        line = self.gw.cosigner.sign(checkpoint.to_text(), timestamp)
+        entry = self.gw.directory.authority(peer)
+        url = f"{entry.endpoint.rstrip('/')}{COSIGNATURE_PATH}"
+        async with self._session_for(entry).post(url, json={"size": checkpoint.size, "line": line}) as response:
+            if response.status not in (200, 204):
+                raise WitnessError(f"{peer} answered HTTP {response.status} to our cosignature")
+
+    async def _alarm(self, peer: str, reason: str, detail: str) -> None:
+        gw = self.gw
+        async with gw.transaction() as conn:
+            await WitnessState.raise_alarm(conn, peer, reason, detail, gw.clock())
+            await gw.record(conn, EventType.PEER_ALARM, "system", from_=peer, reason=reason)
+        gw.blocked_peers.add(peer)
+        gw.metrics.peer_alarms.labels(peer=peer).inc()
+        self.log.error("peer_ledger_alarm", peer=peer, reason=reason, detail=detail)
+
+
+def _newer(current: str | None, candidate: str) -> str:
+    """Of two checkpoint notes from one peer, the one with the larger tree (compared before verification)."""
+    if current is None:
+        return candidate
+    try:
+        return candidate if _size(candidate) >= _size(current) else current
+    except (ValueError, IndexError):
+        return candidate
+
+
+def _size(note: str) -> int:
+    return int(note.split("\n", 2)[1])

@@ -1,0 +1,170 @@
+"""Reading the ledger: entries, stored subtree nodes for proofs, checkpoints with their cosignatures, and the
+witness state kept about counterparts' ledgers (verified checkpoints, alarms)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol import merkle
+from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
+
+__all__ = ["Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
+
+# rows per query when a plan needs many nodes (keeps the statement small on both stores)
+_CHUNK = 200
+
+
+class LedgerReader:
+    @staticmethod
+    async def nodes(conn: AsyncConnection, needed: Sequence[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+        """The stored hashes of the perfect subtrees ``needed``, in one query per 200 nodes."""
+        found: dict[merkle.NodeId, bytes] = {}
+        wanted = list(dict.fromkeys(needed))
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            condition = or_(*(and_(ledger_nodes.c.level == level, ledger_nodes.c.idx == idx) for level, idx in chunk))
+            query = select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(condition)
+            for row in await conn.execute(query):
+                found[(row.level, row.idx)] = bytes(row.hash)
+        return found
+
+    @staticmethod
+    async def root(conn: AsyncConnection, size: int) -> bytes:
+        return merkle.root_hash(size, await LedgerReader.nodes(conn, merkle.root_needs(size)))
+
+    @staticmethod
+    async def inclusion(conn: AsyncConnection, index: int, size: int) -> tuple[bytes, list[bytes], bytes]:
+        """(leaf hash, proof, root) for ``index`` in the tree of ``size``: O(log n) stored nodes."""
+        needed = merkle.inclusion_needs(index, size) + merkle.root_needs(size) + [(0, index)]
+        nodes = await LedgerReader.nodes(conn, needed)
+        return nodes[(0, index)], merkle.inclusion_proof(index, size, nodes), merkle.root_hash(size, nodes)
+
+    @staticmethod
+    async def consistency(conn: AsyncConnection, size1: int, size2: int) -> list[bytes]:
+        nodes = await LedgerReader.nodes(conn, merkle.consistency_needs(size1, size2))
+        return merkle.consistency_proof(size1, size2, nodes)
+
+    @staticmethod
+    async def index_of_message(conn: AsyncConnection, message_id: str) -> int | None:
+        """The first entry about ``message_id`` (its submission or reception)."""
+        query = (
+            select(ledger_entries.c.idx)
+            .where(ledger_entries.c.message_id == message_id)
+            .order_by(ledger_entries.c.idx)
+            .limit(1)
+        )
+        return (await conn.execute(query)).scalar_one_or_none()
+
+    @staticmethod
+    async def entries(conn: AsyncConnection, start: int, end: int) -> AsyncIterator[bytes]:
+        query = (
+            select(ledger_entries.c.entry)
+            .where(ledger_entries.c.idx >= start, ledger_entries.c.idx < end)
+            .order_by(ledger_entries.c.idx)
+            .execution_options(yield_per=2000)
+        )
+        result = await conn.stream(query)
+        async for row in result:
+            yield bytes(row.entry)
+
+    @staticmethod
+    async def checkpoint_notes(conn: AsyncConnection, after: int, limit: int) -> list[tuple[int, str]]:
+        """Checkpoints larger than ``after``, ascending, each with the cosignature lines received for it."""
+        query = select(checkpoints.c.size, checkpoints.c.note).where(checkpoints.c.size > after)
+        rows = (await conn.execute(query.order_by(checkpoints.c.size).limit(limit))).all()
+        if not rows:
+            return []
+        sizes = [row.size for row in rows]
+        lines: dict[int, list[str]] = {}
+        cosigned = select(cosignatures.c.size, cosignatures.c.line).where(cosignatures.c.size.in_(sizes))
+        for row in await conn.execute(cosigned.order_by(cosignatures.c.size, cosignatures.c.witness)):
+            lines.setdefault(row.size, []).append(row.line)
+        return [(row.size, _with_lines(row.note, lines.get(row.size, []))) for row in rows]
+
+    @staticmethod
+    async def latest_checkpoint_note(conn: AsyncConnection) -> tuple[int, str] | None:
+        query = select(checkpoints.c.size).order_by(checkpoints.c.size.desc()).limit(1)
+        size = (await conn.execute(query)).scalar_one_or_none()
+        if size is None:
+            return None
+        notes = await LedgerReader.checkpoint_notes(conn, size - 1, 1)
+        return notes[0] if notes else None
+
+    @staticmethod
+    async def checkpoint_text(conn: AsyncConnection, size: int) -> str | None:
+        query = select(checkpoints.c.note).where(checkpoints.c.size == size)
+        return (await conn.execute(query)).scalar_one_or_none()
+
+    @staticmethod
+    async def add_cosignature(conn: AsyncConnection, size: int, witness: str, line: str, now: datetime) -> bool:
+        existing = select(cosignatures.c.line).where(cosignatures.c.size == size, cosignatures.c.witness == witness)
+        if (await conn.execute(existing)).first() is not None:
+            return False
+        await conn.execute(insert(cosignatures).values(size=size, witness=witness, line=line, received_at=now))
+        return True
+
+
+def _with_lines(note: str, lines: list[str]) -> str:
+    # a signed note ends with its signature lines, each ending in a newline: cosignatures follow the same way
+    return note + "".join(line + "\n" for line in lines)
+
+
+@dataclass(frozen=True)
+class PeerCheckpoint:
+    peer: str
+    size: int
+    root: bytes
+    note: str
+
+
+@dataclass(frozen=True)
+class Alarm:
+    id: int
+    peer: str
+    reason: str
+    detail: str
+    raised_at: datetime
+
+
+class WitnessState:
+    @staticmethod
+    async def latest(conn: AsyncConnection, peer: str) -> PeerCheckpoint | None:
+        query = (
+            select(peer_checkpoints)
+            .where(peer_checkpoints.c.peer == peer)
+            .order_by(peer_checkpoints.c.size.desc())
+            .limit(1)
+        )
+        row = (await conn.execute(query)).one_or_none()
+        return None if row is None else PeerCheckpoint(row.peer, row.size, bytes(row.root), row.note)
+
+    @staticmethod
+    async def remember(conn: AsyncConnection, checkpoint: PeerCheckpoint, now: datetime) -> None:
+        await conn.execute(
+            insert(peer_checkpoints).values(
+                peer=checkpoint.peer, size=checkpoint.size, root=checkpoint.root, note=checkpoint.note, verified_at=now
+            )
+        )
+
+    @staticmethod
+    async def raise_alarm(conn: AsyncConnection, peer: str, reason: str, detail: str, now: datetime) -> None:
+        await conn.execute(insert(peer_alarms).values(peer=peer, reason=reason, detail=detail[:500], raised_at=now))
+
+    @staticmethod
+    async def open_alarms(conn: AsyncConnection) -> list[Alarm]:
+        query = select(peer_alarms).where(peer_alarms.c.cleared_at.is_(None)).order_by(peer_alarms.c.id)
+        return [Alarm(r.id, r.peer, r.reason, r.detail, r.raised_at) for r in await conn.execute(query)]
+
+    @staticmethod
+    async def clear(conn: AsyncConnection, peer: str, by: str, now: datetime) -> int:
+        result = await conn.execute(
+            update(peer_alarms)
+            .where(peer_alarms.c.peer == peer, peer_alarms.c.cleared_at.is_(None))
+            .values(cleared_at=now, cleared_by=by)
+        )
+        return int(result.rowcount)
