@@ -23,6 +23,7 @@ from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
 from gateway.tls import server_context
+from store.ledger import WitnessState
 
 __all__ = ["RunningGateway", "build_api_app", "build_federation_app", "start_gateway"]
 
@@ -139,6 +140,8 @@ async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
             async with gw.transaction() as conn:
                 head = await gw.events.head(conn)
                 await gw.checkpoint(conn)
+                # alarms are raised here or cleared by an operator's 'comity peer clear': follow the database
+                gw.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
             gw.metrics.ledger_size.set(head.size)
         except Exception:
             log.exception("checkpoint_failed")

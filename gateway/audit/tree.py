@@ -27,7 +27,8 @@ class BatchTree:
         if not leaves:
             return
         frontier = self._frontier
-        level_nodes = leaves
+        count = len(leaves)
+        level_nodes = list(leaves)
         start = self.size  # index, at the current level, of level_nodes[0]
         pending: list[bytes] = []  # right-edge nodes left unpaired, one per level, lowest level first
         while level_nodes:
@@ -44,7 +45,7 @@ class BatchTree:
             start >>= 1
         # the frontier of the new size: what remains (higher levels) then the unpaired nodes, highest level first
         frontier.extend(node for node in reversed(pending) if node)
-        self.size += len(leaves)
+        self.size += count
 
     def root(self) -> bytes:
         if not self._frontier:

@@ -14,6 +14,7 @@ _COMMANDS = {
     "init": "gateway.cli.init:init",
     "directory": "gateway.cli.directory:directory",
     "user": "gateway.cli.user:user",
+    "peer": "gateway.cli.peer:peer",
     "db": "gateway.cli.db:db",
     "serve": "gateway.cli.serve:serve",
     "demo": "gateway.cli.demo:demo",

@@ -1,0 +1,152 @@
+"""Cross-witnessing: peers check each other's checkpoints with consistency proofs, cosign them, and block a peer
+that rewrites its history. Also the auditor API's proofs against the signed checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from crypto.note import open_checkpoint, open_note
+from gateway.witness import cosignature_verifiers, note_verifiers
+from protocol import merkle
+from protocol.events import LedgerEvent
+from store.ledger import WitnessState
+from store.tables import checkpoints, cosignatures, ledger_entries, ledger_head, ledger_nodes, peer_checkpoints
+from tests.gateway.conftest import Pair, Side, comity, issue_token
+from tests.gateway.test_exchange import REQUEST, wait_for
+
+
+async def exchange(pair: Pair) -> str:
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    assert pair.ar.running is not None
+    await pair.ar.running.sender.witness.idle()
+    return str(body["id"])
+
+
+async def rows(side: Side, query: Any) -> list[Any]:
+    async with side.gw.engine.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+async def test_sender_verifies_and_cosigns_the_receivers_checkpoint(pair: Pair) -> None:
+    await exchange(pair)
+    held = await rows(pair.ar, select(peer_checkpoints))
+    assert [row.peer for row in held] == ["au.ag"]
+    checkpoint, _ = open_checkpoint(held[0].note, note_verifiers(pair.ar.gw, "au.ag"))
+    assert checkpoint.origin == "comity-ledger/au.ag" and checkpoint.root_hash == bytes(held[0].root)
+
+    # au.ag keeps ar.mj's cosignature beside its checkpoint, and it verifies under ar.mj's directory key
+    lines = await rows(pair.au, select(cosignatures))
+    assert [(row.size, row.witness) for row in lines] == [(checkpoint.size, "comity-witness/ar.mj")]
+    await exchange(pair)  # the second checkpoint is checked against the first with a consistency proof
+    held = await rows(pair.ar, select(peer_checkpoints).order_by(peer_checkpoints.c.size))
+    assert len(held) == 2 and held[0].size < held[1].size
+    assert not pair.ar.gw.blocked_peers
+
+
+async def test_auditor_api_serves_checkpoints_entries_and_proofs(pair: Pair) -> None:
+    message_id = await exchange(pair)
+    auditor = await asyncio.to_thread(issue_token, pair.au.provisioned.config, "audrey", "auditor")
+    headers = {"Authorization": f"Bearer {auditor}"}
+    status, latest = await pair.au.call("GET", "/v1/ledger/checkpoint", headers=headers)
+    assert status == 200
+    verified = open_note(
+        latest["note"], [*note_verifiers(pair.au.gw, "au.ag"), *cosignature_verifiers(pair.au.gw, "ar.mj")]
+    )
+    assert {sig.name for sig in verified.verified} >= {"comity-ledger/au.ag"}
+    size, root = latest["size"], base64.b64decode(latest["root"])
+
+    status, raw = await pair.au.call("GET", f"/v1/ledger/entries?start=0&end={size}", headers=headers)
+    lines = raw.split(b"\n")[:-1]
+    builder = merkle.TreeBuilder()
+    for line in lines:
+        LedgerEvent.parse(json.loads(line))
+        builder.append_leaf_hash(merkle.leaf_hash(line))
+    assert len(lines) == size and builder.root() == root
+
+    status, proof = await pair.au.call(
+        "GET", f"/v1/ledger/proofs/inclusion?message_id={message_id}&size={size}", headers=headers
+    )
+    assert status == 200
+    leaf = merkle.leaf_hash(lines[proof["index"]])
+    assert json.loads(lines[proof["index"]])["message_id"] == message_id
+    merkle.verify_inclusion(leaf, proof["index"], size, [base64.b64decode(p) for p in proof["proof"]], root)
+
+    await exchange(pair)
+    status, newer = await pair.au.call("GET", "/v1/ledger/checkpoint", headers=headers)
+    status, consistency = await pair.au.call(
+        "GET", f"/v1/ledger/proofs/consistency?from={size}&to={newer['size']}", headers=headers
+    )
+    merkle.verify_consistency(
+        size, newer["size"], [base64.b64decode(p) for p in consistency["proof"]], root, base64.b64decode(newer["root"])
+    )
+    # officers do not read the ledger API
+    status, problem = await pair.au.call("GET", "/v1/ledger/checkpoint")
+    assert status == 403 and problem["code"] == "forbidden"
+
+
+async def rewrite_history(side: Side) -> None:
+    """A careful operator rewrites its first entry and rebuilds the whole tree so that it is self-consistent."""
+    gw = side.gw
+    async with gw.transaction() as conn:
+        entries = [
+            bytes(r.entry) for r in await conn.execute(select(ledger_entries.c.entry).order_by(ledger_entries.c.idx))
+        ]
+        first = json.loads(entries[0])
+        first["time"] = "2020-01-01T00:00:00.000000Z"
+        events = [LedgerEvent.parse(first), *(LedgerEvent.parse(json.loads(e)) for e in entries[1:])]
+        for table in (ledger_entries, ledger_nodes, checkpoints):
+            await conn.execute(delete(table))
+        await conn.execute(update(ledger_head).values(size=0, frontier=b""))
+        await gw.events.append_many(conn, events)
+
+
+async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair) -> None:
+    await exchange(pair)
+    await rewrite_history(pair.au)
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    await wait_for(pair.ar, body["id"], "delivered")
+    assert pair.ar.running is not None
+    await pair.ar.running.sender.witness.idle()
+
+    assert pair.ar.gw.blocked_peers == {"au.ag"}
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
+    alarm_entries = await rows(pair.ar, select(ledger_entries.c.entry).where(ledger_entries.c.type == "peer.alarm"))
+    assert json.loads(alarm_entries[0].entry)["from"] == "au.ag"
+    async with pair.ar.session.get(pair.ar.api + "/metrics") as response:  # type: ignore[union-attr]
+        assert 'comity_peer_alarms_total{peer="au.ag"} 1.0' in await response.text()
+    # no further exchange with the blocked peer, in either direction
+    status, problem = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 403 and problem["code"] == "peer-blocked"
+
+    # the blocked peer's envelopes are refused too (its outbox keeps them: peer-blocked is transient)
+    status, inbox = await pair.ar.call("GET", "/v1/messages?box=outbox")
+    request_id = inbox["messages"][-1]["id"]
+    status, ack = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
+    assert status == 202
+    for _ in range(50):
+        refused = await rows(pair.ar, select(ledger_entries.c.entry).where(ledger_entries.c.type == "message.refused"))
+        if refused:
+            break
+        await asyncio.sleep(0.05)
+    assert json.loads(refused[0].entry)["reason"] == "peer-blocked"
+
+    # an operator investigates and clears the alarm; exchanges resume within about a second
+    await asyncio.to_thread(
+        comity, "peer", "clear", "au.ag", "--operator", "oscar", "--config", str(pair.ar.provisioned.config)
+    )
+    for _ in range(60):
+        if not pair.ar.gw.blocked_peers:
+            break
+        await asyncio.sleep(0.05)
+    assert not pair.ar.gw.blocked_peers
+    cleared = await rows(pair.ar, select(ledger_entries.c.entry).where(ledger_entries.c.type == "peer.alarm_cleared"))
+    assert json.loads(cleared[0].entry)["actor"] == "user:oscar"
