@@ -130,7 +130,7 @@ async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair
     # the blocked peer's envelopes are refused too (its outbox keeps them: peer-blocked is transient)
     status, inbox = await pair.ar.call("GET", "/v1/messages?box=outbox")
     request_id = inbox["messages"][-1]["id"]
-    status, ack = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
+    status, _ = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
     assert status == 202
     for _ in range(50):
         refused = await rows(pair.ar, select(ledger_entries.c.entry).where(ledger_entries.c.type == "message.refused"))
