@@ -128,7 +128,9 @@ async def _result(
         ledger_ms=percentiles(ledger),
         submit_ms=percentiles([(s.answered - s.started) * 1000 for s in sent]),
         cpu_s=cpu,
-        cpu_ms_per_message={name: round(seconds * 1000 / len(sent), 2) for name, seconds in cpu.items()},
+        cpu_ms_per_message={
+            name: round(seconds * 1000 / len(sent), 2) for name, seconds in cpu.items() if name != "wall"
+        },
         retried=await pair.sender.db.outbox_errors(),
         target_rate=target,
     )

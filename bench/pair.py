@@ -137,7 +137,7 @@ class GatewayProcess:
             while True:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} gateway exited with {self.proc.returncode}; see {self.log_path}")
+                    raise RuntimeError(f"{self.name} gateway exited with {self.proc.returncode}: {self.log_tail(3)}")
                 try:
                     async with probe.get(self.api + "/readyz") as response:
                         if response.status == 200:
@@ -153,6 +153,12 @@ class GatewayProcess:
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
         )
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     async def stop(self) -> int | None:
         if self.session is not None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "cpu_seconds", "memory", "postgres_cpu_seconds", "reset_peak"]
+__all__ = ["CpuMeter", "cpu_seconds", "machine_busy_seconds", "memory", "postgres_cpu_seconds", "reset_peak"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -62,6 +63,13 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle (all CPUs), from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
 class CpuMeter:
     """CPU seconds spent by a few processes (and PostgreSQL, and this process) between start() and stop()."""
 
@@ -75,6 +83,8 @@ class CpuMeter:
         values["bench"] = cpu_seconds(os.getpid())
         if self.postgres:
             values["postgres"] = postgres_cpu_seconds()
+        values["machine"] = machine_busy_seconds()
+        values["wall"] = time.monotonic()
         return values
 
     def start(self) -> None:
@@ -82,4 +92,8 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         end = self._read()
-        return {name: round(end[name] - self._start[name], 3) for name in end}
+        spent = {name: round(end[name] - self._start[name], 3) for name in end}
+        # what other processes (concurrent tests, the system) took from the same cores meanwhile
+        ours = sum(value for name, value in spent.items() if name not in {"machine", "wall"})
+        spent["others"] = round(max(0.0, spent["machine"] - ours), 3)
+        return spent

@@ -26,8 +26,14 @@ def _pcts(values: dict[str, float]) -> str:
 
 
 def _cpu(values: dict[str, float]) -> str:
-    names = [n for n in ("sender", "receiver", "postgres", "bench") if n in values]
+    names = [n for n in ("sender", "receiver", "postgres", "bench", "others") if n in values]
     return " ".join(f"{n[:4]} {values[n]:.2f}" for n in names)
+
+
+def _busy(cpu: dict[str, float], cpus: int) -> str:
+    if not cpu.get("wall"):
+        return ""
+    return f"  (machine {100 * cpu['machine'] / (cpu['wall'] * cpus):.0f}% busy)"
 
 
 def verdicts(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
@@ -98,8 +104,11 @@ def render(report: dict[str, Any]) -> str:
             lines.append(
                 f"{backend['backend']:<11}{mode:<12}{r['messages']:>6}{r['rate']:>9,.1f}"
                 f"{r['rate'] / raw['rate']:>8.3f}  {_pcts(r['e2e_ms']):<22}{_pcts(r['ledger_ms']):<22}"
-                f"{submit:<16}{_cpu(r['cpu_ms_per_message'])}"
+                f"{submit:<16}{_cpu(r['cpu_ms_per_message'])}{_busy(r['cpu_s'], machine['cpus'])}"
             )
+    for backend in report["backends"]:
+        if backend.get("error"):
+            lines.append(f"{backend['backend']:<11}FAILED: {backend['error']}")
     bigs = [(b["backend"], b["attachment"]) for b in report["backends"] if b.get("attachment")]
     if bigs:
         lines += ["", "large attachment (MB = 10^6 bytes; peak RSS = VmHWM, MiB)"]
@@ -114,7 +123,14 @@ def render(report: dict[str, Any]) -> str:
                 f" (transfer {big['peak_rss_transfer_mib']}, download {big['peak_rss_download_mib']}, "
                 f"RSS before {big['rss_before_mib']})"
             )
-    lines += ["", "targets"]
+    lines += [
+        "",
+        "env/s: envelopes per second, first submit to last receipt; e2e: POST start to the sender's ledger time of",
+        "the receipt; ledger: ledger time of message.submitted to message.receipt_recorded; CPU per envelope by",
+        "process over the phase (others: the rest of the machine meanwhile).",
+        "",
+        "targets",
+    ]
     for what, measured, target, met in verdicts(report):
         mark = "n/a" if met is None else ("MET" if met else "NOT MET")
         lines.append(f"  {what:<48}{measured:<40}{target:<36}{mark}")

@@ -108,8 +108,13 @@ def _machine() -> dict[str, Any]:
 async def _backend_run(backend: str, args: argparse.Namespace, base: Path, text: str) -> dict[str, Any]:
     workdir = base / backend
     say(f"{backend}: provisioning two authorities in {workdir}")
-    pair = await start_pair(backend, workdir, log_level=args.log_level)
     results: dict[str, Any] = {"backend": backend}
+    try:
+        pair = await start_pair(backend, workdir, log_level=args.log_level)
+    except Exception as exc:  # a backend that cannot start is reported, the other one still runs
+        say(f"{backend}: could not start: {exc}")
+        results["error"] = f"start: {exc}"
+        return results
     try:
         say(f"{backend}: gateways up (sender pid {pair.sender.pid}, receiver pid {pair.receiver.pid}); warm-up")
         await warm_up(pair, text, args.warmup)
@@ -139,6 +144,11 @@ async def _backend_run(backend: str, args: argparse.Namespace, base: Path, text:
                 f"{backend}: attachment {big.end_to_end_mb_s} MB/s end to end, download {big.download_mb_s} MB/s, "
                 f"peak RSS {big.peak_rss_mib} MiB, sha256 ok: {big.sha256_ok}"
             )
+    except Exception as exc:  # keep what was measured; say what broke, with the gateways' last log lines
+        say(f"{backend}: failed: {type(exc).__name__}: {exc}")
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        results["sender_log_tail"] = pair.sender.log_tail()
+        results["receiver_log_tail"] = pair.receiver.log_tail()
     finally:
         say(f"{backend}: stopping the gateways")
         await pair.close()
