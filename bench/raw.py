@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from bench.procs import cpu_seconds
+from bench.procs import cpu_seconds, machine_busy_seconds
 
 __all__ = ["RawResult", "raw_round_trips"]
 
@@ -29,6 +29,7 @@ class RawResult:
     rate: float
     server_cpu_s: float
     client_cpu_s: float
+    others_cpu_s: float  # the rest of the machine meanwhile (concurrent jobs skew the baseline)
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -81,7 +82,7 @@ async def raw_round_trips(body: bytes, port: int, *, seconds: float, concurrency
             for _ in range(concurrency):  # warm the connections
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
-            server_cpu, client_cpu = cpu_seconds(proc.pid), cpu_seconds_self()
+            server_cpu, client_cpu, machine = cpu_seconds(proc.pid), cpu_seconds_self(), machine_busy_seconds()
             started = time.monotonic()
             stop_at = started + seconds
 
@@ -98,8 +99,14 @@ async def raw_round_trips(body: bytes, port: int, *, seconds: float, concurrency
             elapsed = time.monotonic() - started
             server_cpu = cpu_seconds(proc.pid) - server_cpu
             client_cpu = cpu_seconds_self() - client_cpu
+            others = max(0.0, machine_busy_seconds() - machine - server_cpu - client_cpu)
         return RawResult(
-            count, round(elapsed, 3), round(count / elapsed, 1), round(server_cpu, 2), round(client_cpu, 2)
+            count,
+            round(elapsed, 3),
+            round(count / elapsed, 1),
+            round(server_cpu, 2),
+            round(client_cpu, 2),
+            round(others, 2),
         )
     finally:
         proc.terminate()

@@ -4,7 +4,8 @@ For each backend (SQLite, PostgreSQL) the bench provisions two authorities in a 
 gateway in its own ``comity serve`` process and drives the sender's officer API:
 
 1. warm-up (pools, TLS session, statement caches);
-2. fixed rate: 100 envelopes/s for 10 s (open loop), p50/p95/p99 of the end-to-end latency;
+2. fixed rate: 100 envelopes/s for 10 s (open loop), p50/p95/p99 of the end-to-end latency; first a light
+   probe (10/s for 5 s) that shows the latency of one envelope when nothing queues;
 3. flat out: N envelopes from 32 concurrent clients, rate = N / (last receipt - first submit);
 4. a 1 GiB attachment end to end, then downloaded on the receiver; MB/s and VmHWM of each gateway.
 
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -53,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32, help="concurrent submitting clients in flat-out mode")
     parser.add_argument("--rate", type=float, default=100.0, help="fixed-rate envelopes per second")
     parser.add_argument("--seconds", type=float, default=None, help="fixed-rate duration (default 10; --quick 3)")
+    parser.add_argument("--probe-rate", type=float, default=10.0, help="light fixed rate measured first (0: skip)")
+    parser.add_argument("--probe-seconds", type=float, default=5.0, help="duration of the light probe")
     parser.add_argument("--raw-seconds", type=float, default=None, help="raw baseline duration (default 5; --quick 2)")
     parser.add_argument("--warmup", type=int, default=100, help="envelopes sent before measuring")
     parser.add_argument("--skip-gib", action="store_true", help="skip the large attachment")
@@ -105,7 +109,9 @@ def _machine() -> dict[str, Any]:
     }
 
 
-async def _backend_run(backend: str, args: argparse.Namespace, base: Path, text: str) -> dict[str, Any]:
+async def _backend_run(
+    backend: str, args: argparse.Namespace, base: Path, text: str, raw_body: bytes
+) -> dict[str, Any]:
     workdir = base / backend
     say(f"{backend}: provisioning two authorities in {workdir}")
     results: dict[str, Any] = {"backend": backend}
@@ -119,6 +125,16 @@ async def _backend_run(backend: str, args: argparse.Namespace, base: Path, text:
         say(f"{backend}: gateways up (sender pid {pair.sender.pid}, receiver pid {pair.receiver.pid}); warm-up")
         await warm_up(pair, text, args.warmup)
         postgres = backend == "postgresql"
+        if args.probe_rate > 0:
+            say(f"{backend}: light probe {args.probe_rate:g}/s for {args.probe_seconds:g} s")
+            probe: LoadResult = await fixed_rate(
+                pair,
+                text,
+                rate=args.probe_rate,
+                seconds=args.probe_seconds,
+                meter=CpuMeter(pair.pids, postgres=postgres),
+            )
+            results["probe"] = asdict(probe)
         say(f"{backend}: fixed rate {args.rate:g}/s for {args.seconds:g} s")
         fixed: LoadResult = await fixed_rate(
             pair, text, rate=args.rate, seconds=args.seconds, meter=CpuMeter(pair.pids, postgres=postgres)
@@ -128,6 +144,10 @@ async def _backend_run(backend: str, args: argparse.Namespace, base: Path, text:
             f"{backend}: fixed rate p50/p95/p99 {fixed.e2e_ms.get('p50')}/{fixed.e2e_ms.get('p95')}/"
             f"{fixed.e2e_ms.get('p99')} ms"
         )
+        # the baseline again, right beside the flat-out phase (the gateways idle), so that both see the same machine
+        raw: RawResult = await raw_round_trips(raw_body, free_port(), seconds=args.raw_seconds)
+        results["raw"] = asdict(raw)
+        say(f"{backend}: raw baseline beside flat out: {raw.rate} requests/s")
         say(f"{backend}: flat out, {args.n} envelopes from {args.clients} clients")
         flat: LoadResult = await flat_out(
             pair, text, messages=args.n, clients=args.clients, meter=CpuMeter(pair.pids, postgres=postgres)
@@ -181,7 +201,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="comity-bench-", dir=args.workdir))
     try:
         for backend in backends:
-            report["backends"].append(await _backend_run(backend, args, base, text))
+            report["backends"].append(await _backend_run(backend, args, base, text, body))
     finally:
         if args.keep:
             say(f"kept {base}")
@@ -194,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     async def bounded() -> dict[str, Any]:
+        # SIGTERM/SIGINT cancel the run, so that the finally clauses stop the gateways and drop the schemas
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         async with asyncio.timeout(args.time_limit):
             return await _run(args)
 
