@@ -1,14 +1,17 @@
 """Two gateways on loopback, each in its own ``comity serve`` process, on SQLite or on fresh PostgreSQL schemas.
 
 Provisioning goes through :func:`gateway.provision.provision` (the real ``comity`` commands, fast KDF); officer
-tokens come from ``comity user create``. The bench reads each gateway's database directly (read only) to follow
-the outbox and to take the authoritative ledger times, which costs the gateways nothing.
+tokens come from ``comity user create``. Every product process (provisioning, the commands, the gateways) runs
+the code of a :class:`CodeSource`: by default a snapshot of git HEAD (``git archive``), so that the figures belong
+to one commit even while others edit the working tree; ``--code worktree`` runs the working tree as it is.
+
+The bench reads each gateway's database directly (read only) to follow the outbox and to take the authoritative
+ledger times, which costs the gateways nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -26,15 +29,84 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from gateway.provision import AuthoritySpec, Provisioned, provision
+from gateway.provision import AuthoritySpec
 
-__all__ = ["PASSPHRASE", "PG_ADMIN_DSN", "Database", "GatewayProcess", "Pair", "start_pair"]
+__all__ = [
+    "PASSPHRASE",
+    "PG_ADMIN_DSN",
+    "CodeSource",
+    "Database",
+    "GatewayProcess",
+    "Pair",
+    "code_source",
+    "start_pair",
+]
 
 PASSPHRASE = "bench passphrase, not a secret"  # noqa: S105 - fast-KDF keys in a temporary directory
 PG_ADMIN_DSN = os.environ.get("COMITY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SENDER = AuthoritySpec("ar.mj", "Ministerio de Justicia y Derechos Humanos", "AR", ("es", "en"))
 RECEIVER = AuthoritySpec("au.ag", "Attorney-General's Department", "AU", ("en",))
-COMITY = str(Path(sys.executable).with_name("comity"))
+
+# runs in a subprocess with the code source on PYTHONPATH: provision(), then one JSON line per authority
+_PROVISION = """
+import contextlib, json, sys
+from gateway.provision import AuthoritySpec, provision
+workdir, passphrase, specs, urls = json.loads(sys.argv[1])
+with open(workdir + "/provision.log", "w") as log, contextlib.redirect_stdout(log):
+    done = provision(__import__("pathlib").Path(workdir), [AuthoritySpec(s[0], s[1], s[2], tuple(s[3])) for s in specs],
+                     passphrase=passphrase, database_urls=urls)
+print(json.dumps([[str(p.data_dir), str(p.config), p.api_port] for p in done]))
+"""
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    """Where the product code comes from: ``pythonpath`` (a snapshot directory) or None for the working tree."""
+
+    pythonpath: str | None
+    commit: str
+    dirty_files: int  # modified or untracked product files in the working tree when the run started
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {**os.environ, **extra}
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
+        return env
+
+    @property
+    def cwd(self) -> str | None:
+        """Run from the snapshot: ``python -c`` puts the current directory first on sys.path."""
+        return self.pythonpath
+
+    def comity(self, *args: str) -> list[str]:
+        """The argv of ``comity ARGS`` run from this source."""
+        return [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())", *args]
+
+
+def code_source(kind: str, workdir: Path) -> CodeSource:
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    commit = git("rev-parse", "HEAD").strip()
+    product = ("gateway", "store", "crypto", "protocol", "config")
+    dirty = len(git("status", "--porcelain", "--", *product).splitlines())
+    if kind == "worktree":
+        return CodeSource(None, commit, dirty)
+    snapshot = workdir / "code"
+    snapshot.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD", *product], cwd=root, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(snapshot)], input=archive, check=True)
+    return CodeSource(str(snapshot), commit, dirty)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    authority_id: str
+    data_dir: Path
+    config: Path
+    api_port: int
 
 
 def ledger_time(entry: bytes) -> float:
@@ -113,19 +185,20 @@ class GatewayProcess:
 
     @property
     def authority_id(self) -> str:
-        return self.provisioned.spec.id
+        return self.provisioned.authority_id
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, log_level: str) -> None:
-        env = {**os.environ, "COMITY_PASSPHRASE": PASSPHRASE, "COMITY_LOG_LEVEL": log_level}
+    def start(self, code: CodeSource, log_level: str) -> None:
+        env = code.env(COMITY_PASSPHRASE=PASSPHRASE, COMITY_LOG_LEVEL=log_level)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [COMITY, "serve", "--config", str(self.provisioned.config)],
+                code.comity("serve", "--config", str(self.provisioned.config)),
                 env=env,
+                cwd=code.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -219,25 +292,41 @@ async def drop_schemas(schemas: Sequence[str]) -> None:
         await conn.close()
 
 
-def _provision(workdir: Path, urls: list[str | None]) -> list[Provisioned]:
+def _provision(code: CodeSource, workdir: Path, urls: list[str | None]) -> list[Provisioned]:
     workdir.mkdir(parents=True, exist_ok=True)
-    with (workdir / "provision.log").open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return provision(workdir, [SENDER, RECEIVER], passphrase=PASSPHRASE, database_urls=urls)
-
-
-def _create_officer(config: Path, username: str) -> str:
+    specs = [[s.id, s.name, s.country, list(s.languages)] for s in (SENDER, RECEIVER)]
     result = subprocess.run(
-        [COMITY, "user", "create", username, "--role", "officer", "--token-days", "1", "--config", str(config)],
-        env={**os.environ, "COMITY_PASSPHRASE": PASSPHRASE},
+        [sys.executable, "-c", _PROVISION, json.dumps([str(workdir), PASSPHRASE, specs, urls])],
+        env=code.env(),
+        cwd=code.cwd or workdir,
         capture_output=True,
         text=True,
-        check=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"provisioning failed: {' | '.join(result.stderr.strip().splitlines()[-3:])}")
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    return [
+        Provisioned(spec.id, Path(data_dir), Path(config), int(port))
+        for spec, (data_dir, config, port) in zip((SENDER, RECEIVER), rows, strict=True)
+    ]
+
+
+def _create_officer(code: CodeSource, config: Path, username: str) -> str:
+    result = subprocess.run(
+        code.comity("user", "create", username, "--role", "officer", "--token-days", "1", "--config", str(config)),
+        env=code.env(COMITY_PASSPHRASE=PASSPHRASE),
+        cwd=code.cwd,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"comity user create failed: {' | '.join(result.stderr.strip().splitlines()[-3:])}")
     return result.stdout.strip().splitlines()[-1]
 
 
-async def start_pair(backend: str, workdir: Path, *, log_level: str) -> Pair:
+async def start_pair(backend: str, workdir: Path, *, code: CodeSource, log_level: str) -> Pair:
     """Provision two authorities, issue an officer token on each and start both gateways (own processes)."""
     schemas: list[str] = []
     try:
@@ -246,11 +335,10 @@ async def start_pair(backend: str, workdir: Path, *, log_level: str) -> Pair:
             schemas = [await create_schema(), await create_schema()]
             base = PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
             urls = [f"{base}?comity_schema={schema}" for schema in schemas]
-        # the comity commands run their own event loop: run them in a thread
-        sender_p, receiver_p = await asyncio.to_thread(_provision, workdir, urls)
+        sender_p, receiver_p = await asyncio.to_thread(_provision, code, workdir, urls)
         sides = []
         for index, (provisioned, user) in enumerate(((sender_p, "alice"), (receiver_p, "bruce"))):
-            token = await asyncio.to_thread(_create_officer, provisioned.config, user)
+            token = await asyncio.to_thread(_create_officer, code, provisioned.config, user)
             if backend == "postgresql":
                 db = Database(backend, schema=schemas[index])
             else:
@@ -264,7 +352,7 @@ async def start_pair(backend: str, workdir: Path, *, log_level: str) -> Pair:
         raise
     try:
         for side in (pair.sender, pair.receiver):
-            side.start(log_level)
+            side.start(code, log_level)
         for side in (pair.sender, pair.receiver):
             await side.wait_ready()
     except BaseException:

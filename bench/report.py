@@ -60,7 +60,7 @@ def verdicts(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 (
                     f"{name}: p99 at {probe['target_rate']:g}/s (light probe)",
                     f"{probe['e2e_ms']['p99']:,.1f} ms (achieved {probe['rate']:,.1f}/s)",
-                    "(no target; shows latency without queueing)",
+                    "(no target: latency without queueing)",
                     None,
                 )
             )
@@ -97,6 +97,10 @@ def render(report: dict[str, Any]) -> str:
         f"Comity bench {report['date']}  ({machine['cpus']} CPUs, {machine['cpu_model']}, Python {machine['python']}, "
         f"aiohttp {machine['aiohttp']}, PostgreSQL {machine.get('postgresql') or '-'})",
         f"command: {report['command']}",
+        f"code: {report['code']['source']} at commit {report['code']['commit'][:12]} "
+        f"({report['code']['dirty_product_files']} product files modified in the working tree at the time)"
+        if report.get("code")
+        else "",
         "",
         f"raw aiohttp round trip, {report['body_bytes']} B JSON POST, 32 keep-alive tasks: {raw['rate']:,.0f} req/s "
         f"(server CPU {raw['server_cpu_s']} s, client CPU {raw['client_cpu_s']} s, others {raw.get('others_cpu_s')} s "
@@ -152,5 +156,5 @@ def render(report: dict[str, Any]) -> str:
     ]
     for what, measured, target, met in verdicts(report):
         mark = "n/a" if met is None else ("MET" if met else "NOT MET")
-        lines.append(f"  {what:<48}{measured:<40}{target:<36}{mark}")
+        lines.append(f"  {what:<50}{measured:<40}{target:<46}{mark}")
     return "\n".join(lines)

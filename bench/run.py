@@ -36,7 +36,7 @@ import asyncpg
 
 from bench.gib import BigResult, big_attachment
 from bench.load import LoadResult, content_text, fixed_rate, flat_out, request_body, warm_up
-from bench.pair import PG_ADMIN_DSN, start_pair
+from bench.pair import PG_ADMIN_DSN, CodeSource, code_source, start_pair
 from bench.procs import CpuMeter, memory
 from bench.raw import RawResult, raw_round_trips
 from bench.report import render
@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the provisioned directories and logs")
+    parser.add_argument(
+        "--code",
+        choices=["head", "worktree"],
+        default="head",
+        help="run a snapshot of git HEAD (default) or the working tree as it is",
+    )
     parser.add_argument("--time-limit", type=float, default=1800.0, help="abort the whole run after this many s")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory for the JSON results")
     args = parser.parse_args(argv)
@@ -110,13 +116,13 @@ def _machine() -> dict[str, Any]:
 
 
 async def _backend_run(
-    backend: str, args: argparse.Namespace, base: Path, text: str, raw_body: bytes
+    backend: str, args: argparse.Namespace, base: Path, text: str, raw_body: bytes, code: CodeSource
 ) -> dict[str, Any]:
     workdir = base / backend
     say(f"{backend}: provisioning two authorities in {workdir}")
     results: dict[str, Any] = {"backend": backend}
     try:
-        pair = await start_pair(backend, workdir, log_level=args.log_level)
+        pair = await start_pair(backend, workdir, code=code, log_level=args.log_level)
     except Exception as exc:  # a backend that cannot start is reported, the other one still runs
         say(f"{backend}: could not start: {exc}")
         results["error"] = f"start: {exc}"
@@ -200,8 +206,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     say(f"raw: {raw.rate} requests/s")
     base = Path(tempfile.mkdtemp(prefix="comity-bench-", dir=args.workdir))
     try:
+        code = code_source(args.code, base)
+        report["code"] = {"source": args.code, "commit": code.commit, "dirty_product_files": code.dirty_files}
+        say(f"code: {args.code} at {code.commit[:12]} ({code.dirty_files} product files differ in the working tree)")
         for backend in backends:
-            report["backends"].append(await _backend_run(backend, args, base, text, body))
+            report["backends"].append(await _backend_run(backend, args, base, text, body, code))
     finally:
         if args.keep:
             say(f"kept {base}")
