@@ -14,39 +14,65 @@ agree on valid events and on mutations of them.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from datetime import date
+from typing import Protocol
 
 from protocol.errors import InvalidMessage
 from protocol.events import LedgerEvent
 from protocol.messages import parse_strict_json
 
-__all__ = ["EntryError", "Fields", "check_entry", "check_entry_slow"]
+__all__ = [
+    "G_ACTOR",
+    "G_IN_REPLY_TO",
+    "G_KIND",
+    "G_MESSAGE_ID",
+    "G_PEER_TIME",
+    "G_TIME",
+    "G_TYPE",
+    "EntryError",
+    "Fields",
+    "SlowFields",
+    "check_entry",
+    "check_entry_slow",
+]
 
 
 class EntryError(Exception):
     """The entry is not the canonical encoding of a valid ledger event; the message says why."""
 
 
-class Fields(NamedTuple):
-    """The members the invariants read, as bytes (``None`` when absent)."""
+class Fields(Protocol):
+    """What :func:`check_entry` returns: a ``re.Match`` on the fast path, :class:`SlowFields` otherwise.
 
-    actor: bytes
-    in_reply_to: bytes | None
-    kind: bytes | None
-    message_id: bytes | None
-    peer_time: bytes | None
-    time: bytes
-    type: bytes
+    ``group(n)`` gives a member as bytes, or ``None`` when absent; the group numbers are the ``G_*`` constants.
+    Reading a member only when an invariant needs it keeps the common case cheap.
+    """
+
+    def group(self, index: int, /) -> bytes | None: ...
+
+
+G_ACTOR, G_IN_REPLY_TO, G_KIND, G_CAVEATS, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE = range(1, 9)
+
+
+class SlowFields:
+    __slots__ = ("_values",)
+
+    def __init__(self, values: tuple[bytes | None, ...]) -> None:
+        self._values = values
+
+    def group(self, index: int, /) -> bytes | None:
+        return self._values[index - 1]
 
 
 _FREE = rb'[^"\\\x00-\x1f\x80-\xff]'  # a plain printable ASCII character of a JSON string: no escape needed
-_TIME = rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+# the calendar date is checked apart (cached per day), hours, minutes and seconds here
+_TIME = rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
 _AUTHORITY = rb"[a-z]{2}\.[a-z0-9][a-z0-9-]{0,30}"
 _UINT = rb"(?:0|[1-9][0-9]{0,14})"  # below 2**53: RFC 8785 writes these as plain integers
 _KINDS = rb"request|response|acknowledgement|status_query|status_report|consultation|withdrawal"
 _TYPES = (
     rb"message\.(?:submitted|sent|receipt_recorded|received|refused|acknowledged|opened|answered|closed"
-    rb"|delivery_failed)|user\.changed|directory\.installed"
+    rb"|delivery_failed)|peer\.(?:alarm|alarm_cleared)|user\.changed|directory\.installed"
 )
 _CAVEAT = rb'"[a-z0-9][a-z0-9.-]{0,47}(?::[0-9A-Za-z.-]{1,32})?"'
 # members in RFC 8785 order (UTF-16 code units; all ASCII here, so plain byte order)
@@ -82,14 +108,36 @@ _MAX_CAVEATS = 64
 
 
 def check_entry(entry: bytes) -> Fields:
-    """The invariant fields of a valid entry; raises :class:`EntryError` otherwise."""
+    """The members of a valid entry; raises :class:`EntryError` otherwise."""
     match = _FAST(entry)
     if match is not None:
-        actor, in_reply_to, kind, caveats, message_id, peer_time, time, type_ = match.groups()
-        # the one rule a regular expression cannot say: caveats sorted, unique, at most 64
-        if not caveats or b"," not in caveats or _caveats_ok(caveats):
-            return Fields(actor, in_reply_to, kind, message_id, peer_time, time, type_)
+        # what a regular expression does not say: caveats sorted, unique, at most 64; dates on the calendar
+        begin, end = match.span(G_CAVEATS)
+        peer_time = match.group(G_PEER_TIME)
+        if (
+            (entry.find(b",", begin, end) < 0 or _caveats_ok(entry[begin:end]))
+            and _date_ok(entry[match.start(G_TIME) : match.start(G_TIME) + 10])
+            and (peer_time is None or _date_ok(peer_time[:10]))
+        ):
+            return match
     return check_entry_slow(entry)
+
+
+_DATES: dict[bytes, bool] = {}
+
+
+def _date_ok(day: bytes) -> bool:
+    known = _DATES.get(day)
+    if known is None:
+        try:
+            date.fromisoformat(day.decode("ascii"))
+            known = day[:4] != b"0000"
+        except ValueError:
+            known = False
+        if len(_DATES) > 100_000:
+            _DATES.clear()
+        _DATES[day] = known
+    return known
 
 
 def _caveats_ok(caveats: bytes) -> bool:
@@ -97,7 +145,7 @@ def _caveats_ok(caveats: bytes) -> bool:
     return len(items) <= _MAX_CAVEATS and items == sorted(set(items))
 
 
-def check_entry_slow(entry: bytes) -> Fields:
+def check_entry_slow(entry: bytes) -> SlowFields:
     """The definitive check (strict JSON, LedgerEvent, canonical bytes); raises :class:`EntryError`."""
     try:
         document = parse_strict_json(entry)
@@ -119,12 +167,16 @@ def check_entry_slow(entry: bytes) -> Fields:
     def enc(value: object) -> bytes | None:
         return None if value is None else str(value).encode("utf-8")
 
-    return Fields(
-        event.actor.encode("utf-8"),
-        enc(event.in_reply_to),
-        enc(event.kind.value if event.kind is not None else None),
-        enc(event.message_id),
-        enc(event.peer_time),
-        event.time.encode("ascii"),
-        event.type.value.encode("ascii"),
+    caveats = None if event.marking is None else ",".join(f'"{c}"' for c in event.marking.caveats).encode()
+    return SlowFields(
+        (
+            event.actor.encode("utf-8"),
+            enc(event.in_reply_to),
+            enc(event.kind.value if event.kind is not None else None),
+            caveats,
+            enc(event.message_id),
+            enc(event.peer_time),
+            event.time.encode("ascii"),
+            event.type.value.encode("ascii"),
+        )
     )

@@ -1,0 +1,163 @@
+"""Timeline invariants of one gateway's ledger, checked in one pass with state for open messages only.
+
+Per message id the checker remembers when it was submitted, sent and received here (and at which entries), nothing
+else, and forgets a message once it is closed; memory grows with the number of messages not yet closed, never with
+the number of entries. Times are compared as strings: every ledger time has the one fixed shape
+``2026-11-28T07:40:00.123456Z`` (UTC, microseconds), whose byte order is time order.
+
+The rules (``docs/ledger.md``, "Invariants"):
+
+1. a message id is submitted at most once and received at most once;
+2. ``message.sent`` follows a ``message.submitted`` of the same message, not earlier in time;
+3. ``message.receipt_recorded`` follows its ``message.sent``, not earlier in time, and the receiver's signed receive
+   time (``peer_time``) is not earlier than the sending time minus the allowed clock skew (300 s);
+4. a user of this gateway acknowledges or answers only a message received here, not before it was received; a user
+   opens only a message received or submitted here, not before that;
+5. a peer's acknowledgement or answer (actor ``peer:...``) concerns a message submitted here, not before it was
+   submitted;
+6. a message received in reply to one submitted here is not received before that submission.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from gateway.audit.entries import G_ACTOR, G_IN_REPLY_TO, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE, Fields
+
+__all__ = ["CLOCK_SKEW", "InvariantError", "TimelineChecker"]
+
+CLOCK_SKEW = timedelta(seconds=300)
+
+_SUBMITTED, _SENT, _RECEIPT, _RECEIVED, _ACK, _OPENED, _ANSWERED, _CLOSED = range(8)
+_CODES = {
+    b"message.submitted": _SUBMITTED,
+    b"message.sent": _SENT,
+    b"message.receipt_recorded": _RECEIPT,
+    b"message.received": _RECEIVED,
+    b"message.acknowledged": _ACK,
+    b"message.opened": _OPENED,
+    b"message.answered": _ANSWERED,
+    b"message.closed": _CLOSED,
+}
+
+
+class _Message:
+    """What the checker remembers of an open message: times (ledger time strings) and entry indexes."""
+
+    __slots__ = ("received", "received_at", "sent", "submitted", "submitted_at")
+
+    def __init__(self) -> None:
+        self.submitted: bytes | None = None
+        self.submitted_at = -1
+        self.sent: bytes | None = None
+        self.received: bytes | None = None
+        self.received_at = -1
+
+
+class InvariantError(Exception):
+    """An entry breaks a timeline invariant; the message names the message id and the entries involved."""
+
+
+def _text(value: bytes | None) -> str:
+    return "?" if value is None else value.decode("utf-8", "replace")
+
+
+def _seconds(value: bytes) -> datetime:
+    return datetime.fromisoformat(value.decode("ascii").replace("Z", "+00:00"))
+
+
+class TimelineChecker:
+    def __init__(self) -> None:
+        self._open: dict[bytes, _Message] = {}
+
+    @property
+    def open_messages(self) -> int:
+        return len(self._open)
+
+    def feed(self, index: int, fields: Fields) -> None:
+        """Check the entry at ``index``; raises :class:`InvariantError`."""
+        code = _CODES.get(fields.group(G_TYPE) or b"")
+        if code is None:
+            return
+        message = fields.group(G_MESSAGE_ID)
+        if message is None:
+            return
+        time = fields.group(G_TIME) or b""
+        state = self._open.get(message)
+        if code == _SUBMITTED:
+            if state is None:
+                self._open[message] = state = _Message()
+            elif state.submitted is not None:
+                raise _error(index, message, f"submitted a second time (first at entry {state.submitted_at})")
+            state.submitted, state.submitted_at = time, index
+        elif code == _RECEIVED:
+            if state is None:
+                self._open[message] = state = _Message()
+            elif state.received is not None:
+                raise _error(index, message, f"received a second time (first at entry {state.received_at})")
+            state.received, state.received_at = time, index
+            request = fields.group(G_IN_REPLY_TO)
+            original = None if request is None else self._open.get(request)
+            if original is not None and original.submitted is not None and time < original.submitted:
+                raise _error(
+                    index,
+                    message,
+                    f"received at {_text(time)}, before the message it answers ({_text(request)}) was submitted "
+                    f"at {_text(original.submitted)} (entry {original.submitted_at})",
+                )
+        elif code == _SENT:
+            if state is None or state.submitted is None:
+                raise _error(index, message, "sent, but never submitted before in this ledger")
+            if time < state.submitted:
+                raise _error(
+                    index, message, f"sent at {_text(time)}, before its submission at {_text(state.submitted)}"
+                )
+            state.sent = time
+        elif code == _RECEIPT:
+            if state is None or state.sent is None:
+                raise _error(index, message, "receipt recorded, but never sent before in this ledger")
+            sent = state.sent
+            if time < sent:
+                raise _error(index, message, f"receipt recorded at {_text(time)}, before it was sent at {_text(sent)}")
+            peer_time = fields.group(G_PEER_TIME)
+            if peer_time is None:
+                raise _error(index, message, "receipt recorded without the receiver's signed time (peer_time)")
+            if _seconds(peer_time) < _seconds(sent) - CLOCK_SKEW:
+                raise _error(
+                    index,
+                    message,
+                    f"the receiver signed a receive time {_text(peer_time)} more than "
+                    f"{int(CLOCK_SKEW.total_seconds())} s before it was sent at {_text(sent)}",
+                )
+        elif code == _CLOSED:
+            self._open.pop(message, None)
+        else:  # acknowledged, opened, answered
+            self._answered(index, message, code, time, fields.group(G_ACTOR) or b"", state)
+
+    @staticmethod
+    def _answered(index: int, message: bytes, code: int, time: bytes, actor: bytes, state: _Message | None) -> None:
+        what = {_ACK: "acknowledged", _OPENED: "opened", _ANSWERED: "answered"}[code]
+        if actor.startswith(b"user:"):
+            arrived = None if state is None else state.received
+            if arrived is None and code == _OPENED and state is not None:
+                arrived = state.submitted  # a sender reads its own archive copy
+            if arrived is None:
+                raise _error(index, message, f"{what} by {_text(actor)}, but never received before in this ledger")
+            if time < arrived:
+                raise _error(
+                    index, message, f"{what} by {_text(actor)} at {_text(time)}, before it arrived at {_text(arrived)}"
+                )
+        elif actor.startswith(b"peer:") and code != _OPENED:
+            submitted = None if state is None else state.submitted
+            if submitted is None:
+                raise _error(index, message, f"{what} by {_text(actor)}, but never submitted before in this ledger")
+            if time < submitted:
+                raise _error(
+                    index,
+                    message,
+                    f"{what} by {_text(actor)} at {_text(time)}, before its submission at {_text(submitted)}",
+                )
+
+
+def _error(index: int, message: bytes, what: str) -> InvariantError:
+    return InvariantError(f"entry {index}: message {_text(message)} {what}")

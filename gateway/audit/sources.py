@@ -1,0 +1,360 @@
+"""Where an audit reads a ledger from: the gateway's database directly, or the gateway's auditor API.
+
+Both give the same things, all of them untrusted: the entries in index order, in batches; the signed checkpoints in
+size order, each with the cosignatures it collected appended as signature lines. The database source also gives
+the stored tree (level-0 nodes and the head), which an auditor uses only to name exactly which entry changed.
+
+The database source reads through the drivers themselves (sqlite3, asyncpg), in one read-only snapshot (a
+deferred SQLite read transaction, a PostgreSQL ``REPEATABLE READ READ ONLY`` transaction), in index ranges of
+:data:`BATCH` rows, so memory stays flat whatever the size of the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from crypto.note import NoteError, add_signatures
+from protocol import merkle
+from store.db import is_sqlite, split_schema
+
+__all__ = [
+    "BATCH",
+    "CheckpointRecord",
+    "DatabaseSource",
+    "HttpSource",
+    "Snapshot",
+    "Source",
+    "SourceError",
+    "open_source",
+]
+
+BATCH = 20_000  # entries per query: ~7 MB of rows
+CHECKPOINT_PAGE = 1_000
+
+
+class SourceError(Exception):
+    """The source cannot be read, or what it returns is malformed (the message says where)."""
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    size: int
+    note: str  # the signed note with every cosignature line appended
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    total: int  # entries to verify: [0, total)
+    head: tuple[int, bytes] | None  # the stored tree head (size, root), database only
+    extra_rows: str | None = None  # rows outside [0, total), described, if any
+
+
+class Source(Protocol):
+    name: str
+    has_stored_tree: bool
+
+    async def snapshot(self) -> Snapshot: ...
+
+    def checkpoints(self) -> AsyncIterator[CheckpointRecord]: ...
+
+    def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]: ...
+
+    def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]: ...
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes] | None: ...
+
+    def entries_of(self, message_id: str) -> AsyncIterator[tuple[int, bytes]]: ...
+
+    async def close(self) -> None: ...
+
+
+# --- database ----------------------------------------------------------------------------------------------------
+
+
+class DatabaseSource:
+    has_stored_tree = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        clean, self._schema = split_schema(url)
+        self._sqlite = is_sqlite(clean)
+        self._clean = clean
+        self._lite: sqlite3.Connection | None = None
+        self._pg: Any = None
+        self._pg_tx: Any = None
+        parts = urlsplit(clean)
+        self.name = f"{parts.scheme.split('+')[0]}:{parts.path.rsplit('/', 1)[-1]}" + (
+            f"/{self._schema}" if self._schema else ""
+        )
+
+    async def open(self) -> None:
+        if self._sqlite:
+            path = self._clean.split(":///", 1)[1].split("?", 1)[0] if ":///" in self._clean else ""
+            if not path:
+                raise SourceError("a SQLite URL looks like sqlite+aiosqlite:///path/to/comity.db")
+            try:
+                self._lite = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None)
+                self._lite.execute("BEGIN")  # one snapshot for the whole audit
+                self._lite.execute("SELECT 1 FROM ledger_entries LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                raise SourceError(f"cannot read the SQLite database {path}: {exc}") from None
+            return
+        import asyncpg
+
+        dsn = self._clean.replace("postgresql+asyncpg://", "postgresql://", 1)
+        settings = {"application_name": "comity-audit"}
+        if self._schema:
+            settings["search_path"] = self._schema
+        try:
+            self._pg = await asyncpg.connect(dsn, server_settings=settings)
+            self._pg_tx = self._pg.transaction(isolation="repeatable_read", readonly=True)
+            await self._pg_tx.start()
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise SourceError(f"cannot read the PostgreSQL database: {exc}") from None
+
+    async def close(self) -> None:
+        if self._lite is not None:
+            self._lite.close()
+            self._lite = None
+        if self._pg is not None:
+            try:
+                await self._pg_tx.rollback()
+            finally:
+                await self._pg.close()
+                self._pg = None
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """Run ``sql`` written with ``$1, $2, ...`` placeholders."""
+        if self._lite is not None:
+            for number in range(len(args), 0, -1):
+                sql = sql.replace(f"${number}", f"?{number}")
+            return self._lite.execute(sql, args).fetchall()
+        rows: list[Sequence[Any]] = await self._pg.fetch(sql, *args)
+        return rows
+
+    async def snapshot(self) -> Snapshot:
+        low, high, count = (await self._fetch("SELECT min(idx), max(idx), count(*) FROM ledger_entries"))[0]
+        head_rows = await self._fetch("SELECT size, frontier FROM ledger_head WHERE id = 1")
+        head = None
+        if head_rows:
+            size, blob = int(head_rows[0][0]), bytes(head_rows[0][1])
+            needs = merkle.root_needs(size)
+            if len(blob) != merkle.HASH_SIZE * len(needs):
+                raise SourceError(f"ledger_head: the stored frontier does not have the length of size {size}")
+            nodes = {node: blob[i * merkle.HASH_SIZE : (i + 1) * merkle.HASH_SIZE] for i, node in enumerate(needs)}
+            head = (size, merkle.root_hash(size, nodes))
+        total = max(0 if high is None else int(high) + 1, head[0] if head else 0)
+        extra = None
+        if low is not None and int(low) < 0:
+            extra = f"a row with negative idx {int(low)}"
+        del count
+        return Snapshot(total, head, extra)
+
+    async def checkpoints(self) -> AsyncIterator[CheckpointRecord]:
+        after = -1
+        while True:
+            rows = await self._fetch(
+                "SELECT size, note FROM checkpoints WHERE size > $1 ORDER BY size LIMIT $2", after, CHECKPOINT_PAGE
+            )
+            if not rows:
+                return
+            low, high = int(rows[0][0]), int(rows[-1][0])
+            lines: dict[int, list[str]] = {}
+            for size, line in await self._fetch(
+                "SELECT size, line FROM cosignatures WHERE size >= $1 AND size <= $2 ORDER BY size, witness", low, high
+            ):
+                lines.setdefault(int(size), []).append(str(line))
+            for size, note in rows:
+                text = str(note)
+                if int(size) in lines:
+                    try:
+                        text = add_signatures(text, lines[int(size)])
+                    except NoteError as exc:
+                        raise SourceError(f"checkpoint at size {size}: a stored cosignature: {exc.message}") from None
+                yield CheckpointRecord(int(size), text)
+            after = high
+
+    async def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]:
+        position = start
+        while position < end:
+            stop = min(position + BATCH, end)
+            rows = await self._fetch(
+                "SELECT idx, entry FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", position, stop
+            )
+            if len(rows) != stop - position or (rows and int(rows[-1][0]) != stop - 1):
+                expected = position
+                for row in rows:
+                    if int(row[0]) != expected:
+                        break
+                    expected += 1
+                raise MissingEntry(expected)
+            yield position, [bytes(row[1]) for row in rows]
+            position = stop
+
+    async def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]:
+        position = start
+        while position < end:
+            stop = min(position + BATCH, end)
+            rows = await self._fetch(
+                "SELECT idx, hash FROM ledger_nodes WHERE level = 0 AND idx >= $1 AND idx < $2 ORDER BY idx",
+                position,
+                stop,
+            )
+            found = {int(row[0]): bytes(row[1]) for row in rows}
+            yield position, [found.get(index) for index in range(position, stop)]
+            position = stop
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes] | None:
+        return None  # the auditor recomputes every root itself; the stored nodes add nothing here
+
+    async def entries_of(self, message_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        # the message_id column is the operator's, but this is only for display (timeline), never for verification
+        rows = await self._fetch("SELECT idx, entry FROM ledger_entries WHERE message_id = $1 ORDER BY idx", message_id)
+        for index, entry in rows:
+            yield int(index), bytes(entry)
+
+
+class MissingEntry(SourceError):
+    def __init__(self, index: int) -> None:
+        super().__init__(f"entry {index}: missing (the source has no entry at this index)")
+        self.index = index
+
+
+# --- auditor API -------------------------------------------------------------------------------------------------
+
+HTTP_BATCH = 20_000  # the API serves at most 100,000 per call
+
+
+class HttpSource:
+    """The gateway's auditor API (``docs/ledger.md``, "Auditor API"), with a bearer token."""
+
+    has_stored_tree = False
+
+    def __init__(self, url: str, token: str, *, timeout: float = 120) -> None:
+        self.base = url.rstrip("/")
+        self.name = self.base
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._latest: CheckpointRecord | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self._token}"}, timeout=self._timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _get(self, path: str, params: dict[str, Any]) -> aiohttp.ClientResponse:
+        assert self._session is not None
+        try:
+            response = await self._session.get(self.base + path, params={k: str(v) for k, v in params.items()})
+        except aiohttp.ClientError as exc:
+            raise SourceError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+        if response.status != 200:
+            detail = ""
+            try:
+                body = await response.json(content_type=None)
+                detail = f": {body.get('title', '')} {body.get('detail', '')}".rstrip()
+            except (aiohttp.ClientError, ValueError, AttributeError):
+                pass
+            response.release()
+            raise SourceError(f"GET {path} answered HTTP {response.status}{detail}")
+        return response
+
+    async def _json(self, path: str, params: dict[str, Any]) -> Any:
+        response = await self._get(path, params)
+        try:
+            return await response.json(content_type=None)
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise SourceError(f"GET {path} did not return JSON ({exc})") from None
+        finally:
+            response.release()
+
+    async def snapshot(self) -> Snapshot:
+        body = await self._json("/v1/ledger/checkpoint", {})
+        try:
+            size, note = int(body["size"]), str(body["note"])
+        except (KeyError, TypeError, ValueError):
+            raise SourceError("GET /v1/ledger/checkpoint: expected {size, root, note}") from None
+        self._latest = CheckpointRecord(size, note)
+        return Snapshot(size, None)
+
+    async def checkpoints(self) -> AsyncIterator[CheckpointRecord]:
+        latest = self._latest
+        after = 0
+        seen_latest = False
+        while True:
+            body = await self._json("/v1/ledger/checkpoints", {"after": after, "limit": CHECKPOINT_PAGE})
+            try:
+                page = [CheckpointRecord(int(item["size"]), str(item["note"])) for item in body["checkpoints"]]
+            except (KeyError, TypeError, ValueError):
+                raise SourceError("GET /v1/ledger/checkpoints: expected {checkpoints: [{size, note}]}") from None
+            for record in page:
+                if record.size <= after:
+                    raise SourceError("GET /v1/ledger/checkpoints: sizes are not ascending")
+                after = record.size
+                if latest is not None and record.size > latest.size:
+                    continue  # signed after the audit began
+                seen_latest = seen_latest or (latest is not None and record.size == latest.size)
+                yield record
+            if len(page) < CHECKPOINT_PAGE or (latest is not None and after >= latest.size):
+                break
+        if latest is not None and not seen_latest and latest.size > 0:
+            yield latest
+
+    async def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]:
+        position = start
+        while position < end:
+            stop = min(position + HTTP_BATCH, end)
+            response = await self._get("/v1/ledger/entries", {"start": position, "end": stop})
+            try:
+                body = await response.read()
+            finally:
+                response.release()
+            lines = body.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            if len(lines) != stop - position:
+                raise MissingEntry(position + min(len(lines), stop - position))
+            yield position, lines
+            position = stop
+
+    async def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]:
+        return
+        yield  # pragma: no cover
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes] | None:
+        body = await self._json("/v1/ledger/proofs/consistency", {"from": size1, "to": size2})
+        try:
+            return [base64.b64decode(item, validate=True) for item in body["proof"]]
+        except (KeyError, TypeError, ValueError):
+            raise SourceError("GET /v1/ledger/proofs/consistency: expected {proof: [base64...]}") from None
+
+    async def entries_of(self, message_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        snap = await self.snapshot()
+        needle = f'"message_id":"{message_id}"'.encode()
+        async for start, batch in self.entries(0, snap.total):
+            for offset, entry in enumerate(batch):
+                if needle in entry:
+                    yield start + offset, entry
+
+
+async def open_source(*, database: str | None = None, url: str | None = None, token: str | None = None) -> Source:
+    source: DatabaseSource | HttpSource
+    if database is not None:
+        source = DatabaseSource(database)
+    elif url is not None and token is not None:
+        source = HttpSource(url, token)
+    else:
+        raise SourceError("give --database URL, or --url URL with --token TOKEN")
+    await source.open()
+    return source

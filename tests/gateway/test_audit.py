@@ -1,0 +1,302 @@
+"""The auditor: its fast paths agree with the definitions, the invariants, timeline and export, and the whole
+``comity audit`` against two live gateways through the auditor API and through their databases."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from bench.ledger_workload import events, raw_events
+from gateway.audit import AuditFailure, AuditState, DatabaseSource, HttpSource, load_trust, verify_ledger
+from gateway.audit.entries import EntryError, check_entry, check_entry_slow
+from gateway.audit.invariants import InvariantError, TimelineChecker
+from gateway.audit.tree import BatchTree
+from protocol.events import LedgerEvent
+from protocol.merkle import TreeBuilder, leaf_hash
+from store.tables import checkpoints, ledger_head
+from tests.conftest import DatabaseFactory
+from tests.gateway.conftest import Pair, Side, issue_token
+from tests.gateway.test_exchange import REQUEST, wait_for
+from tests.store.test_tamper import build
+
+# --- the batch tree is the RFC 9162 tree ---------------------------------------------------------------------------
+
+
+def test_batch_tree_matches_tree_builder() -> None:
+    rng = random.Random(3)
+    for _ in range(60):
+        leaves = [leaf_hash(rng.randbytes(8)) for _ in range(rng.randrange(0, 300))]
+        reference, batch, done = TreeBuilder(), BatchTree(), 0
+        assert batch.root() == reference.root()
+        while done < len(leaves):
+            chunk = leaves[done : done + rng.randrange(1, 70)]
+            for leaf in chunk:
+                reference.append_leaf_hash(leaf)
+            batch.extend(chunk)
+            done += len(chunk)
+            assert batch.size == reference.size
+            assert batch.root() == reference.root() and batch.frontier() == reference.frontier()
+
+
+# --- the fast entry check agrees with the slow one ------------------------------------------------------------------
+
+
+def _verdict(check: Any, entry: bytes) -> tuple[bytes | None, ...] | str:
+    try:
+        fields = check(entry)
+    except EntryError:
+        return "refused"
+    return tuple(fields.group(i) for i in range(1, 9))
+
+
+EXTRA_EVENTS = [
+    {"type": "peer.alarm", "time": "2026-11-28T07:40:00.000000Z", "actor": "system", "from": "au.ag", "reason": "fork"},
+    {"type": "user.changed", "time": "2026-11-28T07:40:00.000000Z", "actor": "user:root", "subject": "user:bob"},
+    {"type": "directory.installed", "time": "2026-11-28T07:40:00.000000Z", "actor": "system", "subject": "serial:3"},
+    {  # outside the fast path (non-ASCII, escapes), still valid
+        "type": "message.received",
+        "time": "2026-11-28T07:40:00.000000Z",
+        "actor": "peer:au.ag",
+        "message_id": 'odd "id"\\',
+        "marking": {"level": "CONFIDENCIAL — reservado", "caveats": ["a", "b:X"]},
+    },
+    {
+        "type": "message.refused",
+        "time": "2026-11-28T07:40:00.000000Z",
+        "actor": "system",
+        "reason": "bad-signature",
+        "peer_ledger_index": 123456789,
+        "v": 1,
+    },
+]
+
+
+def _mutations(entry: bytes, rng: random.Random) -> list[bytes]:
+    out = [
+        entry.replace(b",", b", ", 1),
+        entry.replace(b'"v":1', b'"v":01'),
+        entry.replace(b'"v":1', b'"v":1.0'),
+        entry.replace(b'"actor"', b'"actor","actor"', 1),
+        entry[:-1] + b',"zzz":1}',
+        entry.upper(),
+        entry.replace(b"Z", b"+00:00", 1),
+        entry.replace(b'"caveats":["', b'"caveats":["zzz","', 1),
+        entry.replace(b'"caveats":[', b'"caveats":["a","a",', 1),
+        entry + b"\n",
+        b" " + entry,
+        entry.replace(b"message.", b"message.x", 1),
+        entry.replace(b"e", b"\\u0065", 1),
+        entry.replace(b'"time"', b'"time":"x","time"', 1),
+    ]
+    for _ in range(6):
+        position = rng.randrange(len(entry))
+        out.append(entry[:position] + bytes([rng.randrange(32, 127)]) + entry[position + 1 :])
+        out.append(entry[:position] + entry[position + 1 :])
+    return out
+
+
+def test_fast_path_agrees_with_the_definition() -> None:
+    rng = random.Random(5)
+    valid = [event.to_bytes() for event in events(400)]
+    valid += [LedgerEvent.parse(document).to_bytes() for document in EXTRA_EVENTS]
+    accepted = 0
+    for entry in valid:
+        assert _verdict(check_entry, entry) == _verdict(check_entry_slow, entry) != "refused"
+        for mutated in _mutations(entry, rng):
+            fast, slow = _verdict(check_entry, mutated), _verdict(check_entry_slow, mutated)
+            assert fast == slow, mutated
+            accepted += fast != "refused"
+    assert accepted > 0  # some mutations are valid events too (another digit in a time, ...)
+
+
+def test_slow_path_reasons() -> None:
+    with pytest.raises(EntryError, match="not strict UTF-8 JSON"):
+        check_entry(b"\xff")
+    with pytest.raises(EntryError, match="not a valid ledger event"):
+        check_entry(b'{"actor":"system","time":"2026-11-28T07:40:00.000000Z","type":"nope","v":1}')
+    with pytest.raises(EntryError, match="not the RFC 8785 canonical JSON"):
+        check_entry(b'{"time":"2026-11-28T07:40:00.000000Z","actor":"system","type":"user.changed","v":1}')
+
+
+# --- invariants ------------------------------------------------------------------------------------------------
+
+
+def _feed(documents: list[dict[str, Any]]) -> None:
+    checker = TimelineChecker()
+    for index, document in enumerate(documents):
+        checker.feed(index, check_entry(LedgerEvent.parse(document).to_bytes()))
+
+
+M, R = "0b0d8a3e-6c35-4c5d-9a4b-4f1c2b7d3e01", "9f3c1d2e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
+
+
+def _event(type_: str, second: int, actor: str = "system", **fields: Any) -> dict[str, Any]:
+    return {"type": type_, "time": f"2026-11-28T07:40:{second:02d}.000000Z", "actor": actor, "message_id": M, **fields}
+
+
+@pytest.mark.parametrize(
+    ("documents", "message"),
+    [
+        ([_event("message.sent", 1)], "entry 0: message .* sent, but never submitted"),
+        ([_event("message.submitted", 5), _event("message.sent", 4)], "entry 1: .* sent at .*, before its submission"),
+        (
+            [_event("message.submitted", 1), _event("message.sent", 2), _event("message.receipt_recorded", 1)],
+            "entry 2: .* receipt recorded at .* before it was sent",
+        ),
+        (
+            [
+                _event("message.submitted", 1),
+                _event("message.sent", 2),
+                _event("message.receipt_recorded", 3, peer_time="2026-11-28T07:30:00.000000Z"),
+            ],
+            "entry 2: .* more than 300 s before it was sent",
+        ),
+        ([_event("message.received", 1), _event("message.received", 2)], "entry 1: .* received a second time"),
+        ([_event("message.submitted", 1), _event("message.submitted", 2)], "entry 1: .* submitted a second time"),
+        ([_event("message.acknowledged", 1, "user:bob")], "entry 0: .* acknowledged by user:bob, but never received"),
+        (
+            [_event("message.received", 5), _event("message.opened", 4, "user:bob")],
+            "entry 1: .* opened by user:bob at .*, before it arrived",
+        ),
+        ([_event("message.answered", 1, "peer:au.ag")], "entry 0: .* answered by peer:au.ag, but never submitted"),
+        (
+            [
+                _event("message.submitted", 5),
+                {**_event("message.received", 4, "peer:au.ag", in_reply_to=M, kind="response"), "message_id": R},
+            ],
+            "entry 1: message 9f3c.* received at .*, before the message it answers .* was submitted",
+        ),
+    ],
+)
+def test_invariant_violations(documents: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(InvariantError, match=message):
+        _feed(documents)
+
+
+def test_workload_holds_and_closed_messages_are_forgotten() -> None:
+    checker = TimelineChecker()
+    for index, document in enumerate(raw_events(5000)):
+        checker.feed(index, check_entry(LedgerEvent.parse(document).to_bytes()))
+    assert 0 < checker.open_messages < 400  # 50 lives in flight, a few messages each
+
+
+# --- export and timeline on a database ---------------------------------------------------------------------------
+
+
+def _cli(args: list[str]) -> Any:
+    from gateway.cli import main
+
+    return CliRunner().invoke(main, ["audit", *args])
+
+
+async def test_export_and_timeline(databases: DatabaseFactory, tmp_path: Path) -> None:
+    url = await databases.new()
+    await (await build(url))[0].dispose()
+    out = tmp_path / "events.csv"
+    result = await asyncio.to_thread(_cli, ["export", "--database", url, "--format", "csv", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert (len(rows) == 230 and rows[0]["index"] == "0" and rows[0]["type"] == "message.submitted") or rows
+    received = [row for row in rows if row["type"] == "message.received"]
+    assert received and received[0]["marking_level"] == "CONFIDENTIAL" and received[0]["from"] == "au.ag"
+    result = await asyncio.to_thread(
+        _cli, ["export", "--database", url, "--format", "jsonl", "--kind", "response", "--counterpart", "au.ag"]
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines and all(line["kind"] == "response" for line in lines)
+    assert {"index", "type", "time", "actor"} <= set(lines[0])
+    none = await asyncio.to_thread(_cli, ["export", "--database", url, "--since", "2030-01-01", "--format", "jsonl"])
+    assert none.exit_code == 0 and none.stdout == ""
+    day = await asyncio.to_thread(_cli, ["export", "--database", url, "--until", "2026-11-28", "--format", "jsonl"])
+    assert len(day.stdout.splitlines()) == 230
+    cased = await asyncio.to_thread(_cli, ["export", "--database", url, "--case", "C-1", "--format", "jsonl"])
+    assert cased.stdout == ""  # no entry has a case member yet
+    message = received[0]["message_id"]
+    shown = await asyncio.to_thread(_cli, ["timeline", message, "--database", url])
+    assert shown.exit_code == 0, shown.output
+    assert f"message {message}" in shown.stdout and "received" in shown.stdout
+
+
+# --- two live gateways: the auditor API and the databases --------------------------------------------------------
+
+
+async def _signed_up_to_head(side: Side, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with side.gw.engine.connect() as conn:
+            head = (await conn.execute(select(ledger_head.c.size))).scalar_one()
+            signed = (await conn.execute(select(func.max(checkpoints.c.size)))).scalar_one_or_none()
+        if signed == head:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"no checkpoint at size {head} (newest {signed})"
+        await asyncio.sleep(0.1)
+
+
+async def test_audit_two_live_gateways(pair: Pair, tmp_path: Path) -> None:
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    message = body["id"]
+    await wait_for(pair.ar, message, "delivered")
+    status, _ = await pair.au.call("POST", f"/v1/messages/{message}/acknowledge", json={})
+    assert status == 202
+    await wait_for(pair.ar, message, "acknowledged")
+    for side in (pair.ar, pair.au):  # gateways sign a checkpoint every second: wait for one covering everything
+        await _signed_up_to_head(side)
+
+    data = pair.ar.provisioned.data_dir
+    directory, key = data / "directory.jws", data / "directory-key.jwk"
+    state = AuditState(tmp_path / "state.json")
+    summaries = {}
+    for name, side in (("ar.mj", pair.ar), ("au.ag", pair.au)):
+        token = await asyncio.to_thread(issue_token, side.provisioned.config, f"aud-{name[:2]}", "auditor")
+        trust = load_trust(directory, key, name)
+        http = HttpSource(side.api, token)
+        await http.open()
+        try:
+            summaries[name] = await verify_ledger(http, trust, state)
+            # a second run checks the served consistency proof and the earlier root
+            again = await verify_ledger(http, trust, state)
+            assert again.previous_size == summaries[name].newest_size
+        finally:
+            await http.close()
+        db = DatabaseSource(side.gw.settings.database_dsn)
+        await db.open()
+        try:
+            await verify_ledger(db, trust, state)
+        finally:
+            await db.close()
+        # the other authority's keys do not sign this log
+        wrong = load_trust(directory, key, "au.ag" if name == "ar.mj" else "ar.mj")
+        http = HttpSource(side.api, token)
+        await http.open()
+        try:
+            with pytest.raises(AuditFailure, match="checkpoint at size"):
+                await verify_ledger(http, wrong, AuditState(None))
+        finally:
+            await http.close()
+    assert summaries["ar.mj"].entries >= 4 and summaries["au.ag"].entries >= 3
+    assert sum(summaries["ar.mj"].cosignatures.values()) + sum(summaries["au.ag"].cosignatures.values()) >= 1
+
+    # the timeline from both databases, through the command line
+    urls = [pair.ar.gw.settings.database_dsn, pair.au.gw.settings.database_dsn]
+    shown = await asyncio.to_thread(_cli, ["timeline", message, "--database", urls[0], "--database", urls[1]])
+    assert shown.exit_code == 0, shown.output
+    text = shown.stdout
+    assert "comity-ledger/ar.mj" in text and "comity-ledger/au.ag" in text and "both sides, in time order" in text
+    for milestone in ("submitted", "sent", "received", "receipted", "acknowledged"):
+        assert milestone in text
+    # the command line through the API, exit code 0
+    token = await asyncio.to_thread(issue_token, pair.ar.provisioned.config, "aud-cli", "auditor")
+    args = ["verify", "--url", pair.ar.api, "--token", token, "--directory", str(directory)]
+    args += ["--directory-key", str(key), "--authority", "ar.mj", "--no-state", "--no-progress"]
+    ok = await asyncio.to_thread(_cli, args)
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.startswith(f"ok: comity-ledger/ar.mj from {pair.ar.api}")
