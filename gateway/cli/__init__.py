@@ -18,7 +18,6 @@ _COMMANDS = {
     "db": "gateway.cli.db:db",
     "serve": "gateway.cli.serve:serve",
     "demo": "gateway.cli.demo:demo",
-    "request": "gateway.cli.request:request",
     "audit": "gateway.cli.audit:audit",
 }
 
