@@ -18,6 +18,7 @@ _COMMANDS = {
     "db": "gateway.cli.db:db",
     "serve": "gateway.cli.serve:serve",
     "demo": "gateway.cli.demo:demo",
+    "request": "gateway.cli.request:request",
     "audit": "gateway.cli.audit:audit",
 }
 
