@@ -234,9 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        report = asyncio.run(bounded())
+        runner = asyncio.run
     else:
-        report = uvloop.run(bounded())
+        runner = uvloop.run
+    try:
+        report = runner(bounded())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        say("interrupted: gateways stopped, schemas dropped, nothing recorded")
+        return 130
+    except TimeoutError:
+        say(f"stopped after --time-limit {args.time_limit:g} s: gateways stopped, schemas dropped, nothing recorded")
+        return 124
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = args.out / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
