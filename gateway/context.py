@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
@@ -22,6 +22,7 @@ from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
 from crypto.keys import AuthorityKeys, key_id, tls_key_password
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
+from gateway.committer import Committer, Unit
 from gateway.metrics import Metrics
 from protocol.errors import ComityError
 from protocol.events import EventType, LedgerEvent
@@ -36,6 +37,7 @@ from store.tables import settings_state
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
 HEAD_REVISION = "0002"
+T = TypeVar("T")
 
 
 class PeerBlocked(ComityError):
@@ -68,6 +70,7 @@ class Gateway:
         self.witness_name = f"comity-witness/{self.settings.authority_id}"
         self._note_signer = NoteSigner(self.origin, self.keys.signing)
         self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
+        self.committer = Committer(self)
 
     # --- identity -----------------------------------------------------------------------------------------------
 
@@ -123,8 +126,9 @@ class Gateway:
         event = LedgerEvent.parse({"type": type.value, "time": when, "actor": actor, **fields})
         return await self.events.append(conn, event)
 
-    async def checkpoint(self, conn: AsyncConnection) -> str:
-        return await self.events.record_checkpoint(conn, self.origin, self.sign_checkpoint, self.clock())
+    async def commit(self, unit: Unit[T]) -> T:
+        """Run ``unit`` in the next group commit (gateway/committer.py): its rows and events commit together."""
+        return await self.committer.run(unit)
 
     # --- life cycle ---------------------------------------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class Gateway:
             await self.record(conn, EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{self.directory.serial}")
 
     async def close(self) -> None:
+        await self.committer.close()
         await self.engine.dispose()
 
 

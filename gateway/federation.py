@@ -12,7 +12,8 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from crypto.errors import OversizedEnvelope
 from crypto.note import add_signatures, open_note
@@ -41,8 +42,23 @@ async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     return bytes(data)
 
 
+# what aiohttp's multipart reader raises on a broken body
+_BODY_ERRORS = (ValueError, ClientPayloadError, HttpProcessingError)
+
+
+def _malformed(exc: Exception) -> InvalidMessage:
+    # aiohttp's multipart reader raises ValueError / ClientPayloadError on a broken body: a typed refusal instead
+    return InvalidMessage(f"the multipart body is malformed ({type(exc).__name__})")
+
+
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(READ_SIZE):
+    while True:
+        try:
+            chunk = await part.read_chunk(READ_SIZE)
+        except _BODY_ERRORS as exc:
+            raise _malformed(exc) from None
+        if not chunk:
+            return
         yield chunk
 
 
@@ -79,8 +95,11 @@ async def post_envelope(request: web.Request) -> web.Response:
                 sealed = await _read_limited(_stream_chunks(request), limit)
                 next_part = _no_more_parts
             elif request.content_type == "multipart/mixed":
-                reader = await request.multipart()
-                first = await reader.next()
+                try:
+                    reader = await request.multipart()
+                    first = await reader.next()
+                except _BODY_ERRORS as exc:
+                    raise _malformed(exc) from None
                 if (
                     not isinstance(first, BodyPartReader)
                     or _media_type(first.headers.get("Content-Type")) != "application/jose"
@@ -92,7 +111,7 @@ async def post_envelope(request: web.Request) -> web.Response:
                 raise InvalidMessage("send application/jose, or multipart/mixed with attachments")
         except ComityError as error:
             digest = hashlib.sha256(sealed).hexdigest()
-            refusal = await refuse(gw, error, digest, None, None, ledger=peer_id is not None)
+            refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=None, message_id=None)
             raise EnvelopeRefused(error, refusal) from None
         received = await receive_envelope(gw, peer_id=peer_id, sealed=sealed, next_part=next_part)
     except EnvelopeRefused as refused:
@@ -102,7 +121,10 @@ async def post_envelope(request: web.Request) -> web.Response:
 
 def _parts(reader: MultipartReader):  # type: ignore[no-untyped-def]
     async def next_part() -> AsyncIterator[bytes] | None:
-        part = await reader.next()
+        try:
+            part = await reader.next()
+        except _BODY_ERRORS as exc:
+            raise _malformed(exc) from None
         if part is None:
             return None
         if not isinstance(part, BodyPartReader):

@@ -16,6 +16,7 @@ import aiohttp
 
 from config.directory import AuthorityEntry
 from crypto.receipts import verify_receipt, verify_refusal
+from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
 from gateway.logs import get_logger
@@ -30,6 +31,7 @@ from store.outbox import OutboxItem
 __all__ = ["FEDERATION_PATH", "OutboxSender"]
 
 FEDERATION_PATH = "/federation/v1/envelopes"
+SIZE_CODES = {"envelope-too-large", "attachment-too-large"}
 LEASE = timedelta(minutes=10)
 # refusals a later attempt may overcome; every other signed refusal is final for these bytes
 TRANSIENT_CODES = {
@@ -172,7 +174,9 @@ class OutboxSender:
             await self._record_receipt(peer, message.envelope_sha256, item, document["receipt"], started)
         elif isinstance(document.get("refusal"), str):
             refusal = verify_refusal(document["refusal"], peer.all_signing_keys())
-            if refusal.code in TRANSIENT_CODES or refusal.envelope_sha256 != message.envelope_sha256:
+            # a size refusal names the digest of what was read before the limit; any other must name our bytes
+            about_ours = refusal.envelope_sha256 == message.envelope_sha256 or refusal.code in SIZE_CODES
+            if refusal.code in TRANSIENT_CODES or not about_ours:
                 raise DeliveryError(f"{peer.id} refused for now: {refusal.code}")
             await self._record_refusal(item, refusal.code)
         else:
@@ -190,14 +194,14 @@ class OutboxSender:
         ):
             raise DeliveryError(f"the receipt from {peer.id} does not match the envelope sent")
         gw = self.gw
-        async with gw.transaction() as conn:
-            if not await gw.outbox.remove(conn, item.message_id):
-                return  # another replica recorded it first
+
+        async def unit(tx: Tx) -> Finish[bool]:
+            if not await gw.outbox.remove(tx.conn, item.message_id):
+                return await done(False)  # another replica recorded it first
             common: dict[str, Any] = {"message_id": item.message_id, "to": peer.id, "envelope_sha256": digest}
             # "sent" is when the successful transmission began; "receipt recorded" is now
-            await gw.record(conn, EventType.SENT, "system", at=sent_at, **common)
-            await gw.record(
-                conn,
+            tx.record(EventType.SENT, "system", at=sent_at, **common)
+            tx.record(
                 EventType.RECEIPT_RECORDED,
                 "system",
                 **common,
@@ -205,20 +209,26 @@ class OutboxSender:
                 peer_ledger_index=receipt.ledger_index,
             )
             await Messages.update(
-                conn, item.message_id, state="delivered", received_at=parse_time(receipt.received_at), receipt=token
+                tx.conn, item.message_id, state="delivered", received_at=parse_time(receipt.received_at), receipt=token
             )
+            return await done(True)
+
+        if not await gw.commit(unit):
+            return
         self.gw.metrics.delivered.inc()
         self.log.info("message_delivered", message_id=item.message_id, peer=peer.id, attempts=item.attempts + 1)
         self.witness.observe(peer.id, receipt.checkpoint)
 
     async def _record_refusal(self, item: OutboxItem, code: str) -> None:
-        async with self.gw.transaction() as conn:
-            if not await self.gw.outbox.remove(conn, item.message_id):
-                return
-            await self.gw.record(
-                conn, EventType.DELIVERY_FAILED, "system", message_id=item.message_id, to=item.peer, reason=code
-            )
-            await Messages.update(conn, item.message_id, state="refused")
+        async def unit(tx: Tx) -> Finish[bool]:
+            if not await self.gw.outbox.remove(tx.conn, item.message_id):
+                return await done(False)
+            tx.record(EventType.DELIVERY_FAILED, "system", message_id=item.message_id, to=item.peer, reason=code)
+            await Messages.update(tx.conn, item.message_id, state="refused")
+            return await done(True)
+
+        if not await self.gw.commit(unit):
+            return
         self.log.warning("message_refused_by_peer", message_id=item.message_id, peer=item.peer, code=code)
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from crypto.attachments import AttachmentDecryptor
 from crypto.envelope import OpenedEnvelope, open_envelope
+from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
 from protocol.errors import ComityError
@@ -63,8 +64,12 @@ async def open_message(gw: Gateway, user: User, message_id: str, purpose: str) -
     async with gw.engine.connect() as conn:
         row = await Messages.get(conn, message_id)
     opened = _decrypt(gw, row)
-    async with gw.transaction() as conn:
-        await gw.record(conn, EventType.OPENED, f"user:{user.username}", message_id=message_id, purpose=purpose)
+
+    async def unit(tx: Tx) -> Finish[None]:
+        tx.record(EventType.OPENED, f"user:{user.username}", message_id=message_id, purpose=purpose)
+        return await done(None)
+
+    await gw.commit(unit)
     return Opened(row, opened)
 
 
@@ -77,7 +82,11 @@ async def attachment_stream(
     if not 0 <= position < len(refs):
         raise NotFound(f"message {message_id} has no attachment {position}")
     ref = refs[position]
-    path = gw.settings.attachments_path / opened.row.direction / f"{message_id}.{position}"
+    async with gw.engine.connect() as conn:
+        rows = {row.position: row for row in await Messages.attachments(conn, message_id)}
+    if position not in rows:
+        raise NotFound(f"message {message_id} has no stored attachment {position}")
+    path = gw.settings.attachments_path / opened.row.direction / rows[position].path
 
     async def plaintext() -> AsyncIterator[bytes]:
         decryptor = AttachmentDecryptor(ref)

@@ -15,21 +15,22 @@ The checklist, in order (each failure is a typed error; nothing is stored but th
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.attachments import CiphertextVerifier
 from crypto.envelope import OpenedEnvelope, open_envelope, read_routing_header
 from crypto.errors import AttachmentError
 from crypto.receipts import sign_receipt, sign_refusal
+from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
 from protocol.errors import ComityError, InvalidMessage
-from protocol.events import EventType
+from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
 from protocol.timefmt import format_time
@@ -128,7 +129,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
     except ComityError as error:
         # an unauthenticated client gets a signed refusal but no ledger entry: it must not grow our ledger
-        refusal = await refuse(gw, error, digest, claimed, message_id, ledger=peer_id is not None)
+        refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=claimed, message_id=message_id)
         raise EnvelopeRefused(error, refusal) from None
 
 
@@ -144,7 +145,8 @@ async def _receive_attachments(
             part = await next_part()
             if part is None:
                 raise AttachmentError(f"attachment {position} is missing from the body")
-            target = AttachmentFile(directory, f"{opened.payload.id}.{position}")
+            # a name of its own per delivery: concurrent deliveries of one message never share or delete a file
+            target = AttachmentFile(directory, f"{opened.payload.id}.{position}.{secrets.token_hex(8)}")
             done.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, target.final.name), target))
             verifier = CiphertextVerifier(ref)
             async for chunk in part:
@@ -166,23 +168,24 @@ async def _commit(
     gw: Gateway, opened: OpenedEnvelope, sealed: bytes, files: list[tuple[AttachmentRow, AttachmentFile]]
 ) -> Received:
     payload, digest = opened.payload, opened.sha256
-    try:
-        async with gw.transaction() as conn:
-            now = gw.clock()
-            index = await gw.record(
-                conn,
-                EventType.RECEIVED,
-                f"peer:{payload.from_}",
-                message_id=payload.id,
-                kind=payload.kind.value,
-                from_=payload.from_,
-                to=payload.to,
-                in_reply_to=payload.in_reply_to,
-                envelope_sha256=digest,
-                marking=payload.marking.to_json(),
-            )
-            if payload.in_reply_to is not None:
-                await _record_answer(gw, conn, payload.in_reply_to, payload.kind, payload.id, payload.from_)
+
+    async def unit(tx: Tx) -> Finish[Received]:
+        now = tx.clock()
+        index = tx.record(
+            EventType.RECEIVED,
+            f"peer:{payload.from_}",
+            message_id=payload.id,
+            kind=payload.kind.value,
+            from_=payload.from_,
+            to=payload.to,
+            in_reply_to=payload.in_reply_to,
+            envelope_sha256=digest,
+            marking=payload.marking.to_json(),
+        )
+        if payload.in_reply_to is not None:
+            await _record_answer(tx, payload.in_reply_to, payload.kind, payload.id, payload.from_)
+
+        async def finish(checkpoint: str) -> Received:
             receipt = Receipt.parse(
                 {
                     "message_id": payload.id,
@@ -191,12 +194,12 @@ async def _commit(
                     "envelope_sha256": digest,
                     "received_at": format_time(now),
                     "ledger_index": index,
-                    "checkpoint": await gw.checkpoint(conn),
+                    "checkpoint": checkpoint,
                 }
             )
             token = sign_receipt(receipt, gw.keys.signing)
             await Messages.insert(
-                conn,
+                tx.conn,
                 id=payload.id,
                 direction="in",
                 peer=payload.from_,
@@ -212,61 +215,76 @@ async def _commit(
                 ledger_index=index,
                 attachment_rows=[row for row, _ in files],
             )
+            return Received(token, False, payload.id)
+
+        return finish
+
+    try:
+        received = await gw.commit(unit)
     except BaseException:
         for _, target in files:
             target.final.unlink(missing_ok=True)
         raise
     gw.metrics.received.inc()
     get_logger(message_id=payload.id, peer=payload.from_).info("envelope_received", kind=payload.kind.value)
-    return Received(token, False, payload.id)
+    return received
 
 
-async def _record_answer(
-    gw: Gateway, conn: AsyncConnection, original_id: str, kind: MessageKind, answer_id: str, peer: str
-) -> None:
+async def _record_answer(tx: Tx, original_id: str, kind: MessageKind, answer_id: str, peer: str) -> None:
     """An acknowledgement or response from the peer is an event on the message it answers, on our side too."""
-    original = await Messages.find(conn, original_id)
-    if original is None or original.direction != "out" or original.peer != peer:
+    original = await Messages.find(tx.conn, original_id)
+    effect = ANSWER_EFFECTS.get(kind)
+    if original is None or original.direction != "out" or original.peer != peer or effect is None:
         return  # not ours: the answer is still received and ledgered, it just relates to nothing we sent
-    if kind is MessageKind.ACKNOWLEDGEMENT:
-        event, state = EventType.ACKNOWLEDGED, "acknowledged"
-    elif kind is MessageKind.RESPONSE:
-        event, state = EventType.ANSWERED, "answered"
-    else:
-        return
-    await gw.record(conn, event, f"peer:{peer}", message_id=original_id, related_id=answer_id)
-    await Messages.update(conn, original_id, state=state)
+    event, state = effect
+    tx.record(event, f"peer:{peer}", message_id=original_id, related_id=answer_id)
+    await Messages.update(tx.conn, original_id, state=state)
 
 
 async def refuse(
-    gw: Gateway, error: ComityError, digest: str, claimed: str | None, message_id: str | None, *, ledger: bool
+    gw: Gateway,
+    error: ComityError,
+    digest: str,
+    *,
+    peer_id: str | None,
+    claimed: str | None,
+    message_id: str | None,
 ) -> str:
-    """Sign a refusal and, for an authenticated peer, ledger it in its own transaction (it changes nothing else)."""
-    now = gw.clock()
+    """Sign a refusal and, for an authenticated peer, ledger it in its own transaction (it changes nothing else).
+
+    The refusal is addressed to, and ledgered under, the authenticated peer; a different sender claimed inside the
+    envelope is kept as the entry's subject.
+    """
+    counterpart = peer_id or claimed
     refusal = Refusal.parse(
         {
             "message_id": message_id,
             "from": gw.authority_id,
-            "to": claimed,
+            "to": counterpart,
             "envelope_sha256": digest,
-            "refused_at": format_time(now),
+            "refused_at": format_time(gw.clock()),
             "code": error.code,
             "reason": error.message[:500],
         }
     )
     gw.metrics.refused.labels(code=error.code).inc()
-    if not ledger:
-        get_logger(peer=None).warning("unauthenticated_envelope_refused", code=error.code)
+    log = get_logger(message_id=message_id, peer=counterpart)
+    if peer_id is None:
+        log.warning("unauthenticated_envelope_refused", code=error.code)
         return sign_refusal(refusal, gw.keys.signing)
-    async with gw.transaction() as conn:
-        await gw.record(
-            conn,
+
+    async def unit(tx: Tx) -> Finish[None]:
+        tx.record(
             EventType.REFUSED,
-            f"peer:{claimed}" if claimed else "system",
+            f"peer:{peer_id}",
             message_id=message_id,
             envelope_sha256=digest,
             reason=error.code,
-            from_=claimed,
+            from_=peer_id,
+            subject=f"claimed:{claimed}" if claimed and claimed != peer_id else None,
         )
-    get_logger(message_id=message_id, peer=claimed).warning("envelope_refused", code=error.code)
+        return await done(None)
+
+    await gw.commit(unit)
+    log.warning("envelope_refused", code=error.code)
     return sign_refusal(refusal, gw.keys.signing)

@@ -12,11 +12,12 @@ from typing import Any
 from crypto.attachments import AttachmentEncryptor
 from crypto.envelope import encrypt_signed, seal_envelope
 from crypto.keys import import_public_jwk, public_jwk
+from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
 from protocol.errors import ComityError, InvalidMessage
-from protocol.events import EventType
+from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
 from store.messages import AttachmentRow, Messages
@@ -43,13 +44,6 @@ class Draft:
 
 class AttachmentTooLarge(ComityError):
     code = "attachment-too-large"
-
-
-# the event an answer records on the message it answers, and the state that message moves to
-_ANSWER_EFFECT = {
-    MessageKind.ACKNOWLEDGEMENT: (EventType.ACKNOWLEDGED, "acknowledged"),
-    MessageKind.RESPONSE: (EventType.ANSWERED, "answered"),
-}
 
 
 async def submit_message(
@@ -155,10 +149,11 @@ async def _persist(
 ) -> None:
     digest = hashlib.sha256(sealed).hexdigest()
     actor = f"user:{user.username}"
-    async with gw.transaction() as conn:
-        now = gw.clock()
+
+    async def unit(tx: Tx) -> Finish[None]:
+        now = tx.clock()
         await Messages.insert(
-            conn,
+            tx.conn,
             id=payload.id,
             direction="out",
             peer=payload.to,
@@ -173,9 +168,8 @@ async def _persist(
             created_at=now,
             attachment_rows=[row for row, _ in files],
         )
-        await gw.outbox.enqueue(conn, payload.id, payload.to, now)
-        await gw.record(
-            conn,
+        await gw.outbox.enqueue(tx.conn, payload.id, payload.to, now)
+        tx.record(
             EventType.SUBMITTED,
             actor,
             message_id=payload.id,
@@ -186,8 +180,11 @@ async def _persist(
             envelope_sha256=digest,
             marking=payload.marking.to_json(),
         )
-        effect = _ANSWER_EFFECT.get(payload.kind)
+        effect = ANSWER_EFFECTS.get(payload.kind)
         if payload.in_reply_to is not None and effect is not None:
             event, state = effect
-            await gw.record(conn, event, actor, message_id=payload.in_reply_to, related_id=payload.id)
-            await Messages.update(conn, payload.in_reply_to, state=state)
+            tx.record(event, actor, message_id=payload.in_reply_to, related_id=payload.id)
+            await Messages.update(tx.conn, payload.in_reply_to, state=state)
+        return await done(None)
+
+    await gw.commit(unit)

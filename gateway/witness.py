@@ -17,6 +17,7 @@ from typing import Any
 from joserfc.jwk import OKPKey
 
 from crypto.note import CosignatureVerifier, NoteVerifier, open_checkpoint
+from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.logs import get_logger
 from protocol.checkpoint import Checkpoint
@@ -132,9 +133,13 @@ class Witness:
 
     async def _alarm(self, peer: str, reason: str, detail: str) -> None:
         gw = self.gw
-        async with gw.transaction() as conn:
-            await WitnessState.raise_alarm(conn, peer, reason, detail, gw.clock())
-            await gw.record(conn, EventType.PEER_ALARM, "system", from_=peer, reason=reason)
+
+        async def unit(tx: Tx) -> Finish[None]:
+            await WitnessState.raise_alarm(tx.conn, peer, reason, detail, tx.clock())
+            tx.record(EventType.PEER_ALARM, "system", from_=peer, reason=reason)
+            return await done(None)
+
+        await gw.commit(unit)
         gw.blocked_peers.add(peer)
         gw.metrics.peer_alarms.labels(peer=peer).inc()
         self.log.error("peer_ledger_alarm", peer=peer, reason=reason, detail=detail)

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from protocol.messages import Marking, MessageKind, StrictModel, canonical_json, validate_authority_id
 from protocol.receipts import rfc3339_utc
 
-__all__ = ["EventType", "LedgerEvent"]
+__all__ = ["ANSWER_EFFECTS", "EventType", "LedgerEvent"]
 
 
 class EventType(enum.StrEnum):
@@ -81,3 +81,10 @@ class LedgerEvent(StrictModel):
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
+
+
+# an answer to a message records this event on the message it answers, which moves to this state (both sides)
+ANSWER_EFFECTS: dict[MessageKind, tuple[EventType, str]] = {
+    MessageKind.ACKNOWLEDGEMENT: (EventType.ACKNOWLEDGED, "acknowledged"),
+    MessageKind.RESPONSE: (EventType.ANSWERED, "answered"),
+}

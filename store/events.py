@@ -22,7 +22,7 @@ from protocol.events import LedgerEvent
 from protocol.timefmt import parse_time
 from store.tables import checkpoints, ledger_entries, ledger_head, ledger_nodes
 
-__all__ = ["CheckpointSigner", "EventLog", "TreeHead"]
+__all__ = ["CheckpointSigner", "EventLog", "LedgerBatch", "TreeHead"]
 
 # checkpoint body text in, signed note out (crypto.note.sign_note with the gateway's signer)
 CheckpointSigner = Callable[[str], str]
@@ -49,6 +49,57 @@ def _unpack(size: int, blob: bytes) -> dict[merkle.NodeId, bytes]:
     return {node: blob[i * merkle.HASH_SIZE : (i + 1) * merkle.HASH_SIZE] for i, node in enumerate(needed)}
 
 
+class LedgerBatch:
+    """Appends computed in memory under the head lock, written with one statement per table on flush.
+
+    Indexes are assigned as events are appended, so a caller can name an entry's index (a receipt does) before the
+    rows are written; they are written, with the O(log n) subtree nodes each append completes, by :meth:`flush`.
+    """
+
+    def __init__(self, head: TreeHead) -> None:
+        self.start = head.size
+        self.size = head.size
+        self._nodes = dict(head.frontier)
+        self._entries: list[dict[str, object]] = []
+        self._node_rows: list[dict[str, object]] = []
+
+    def append(self, event: LedgerEvent) -> int:
+        entry = event.to_bytes()
+        for node, digest in merkle.nodes_created_by_append(self.size, merkle.leaf_hash(entry), self._nodes):
+            self._nodes[node] = digest
+            self._node_rows.append({"level": node[0], "idx": node[1], "hash": digest})
+        self._entries.append(
+            {
+                "idx": self.size,
+                "entry": entry,
+                "message_id": event.message_id,
+                "type": event.type.value,
+                "time": parse_time(event.time),
+            }
+        )
+        self.size += 1
+        return self.size - 1
+
+    def head(self) -> TreeHead:
+        return TreeHead(self.size, {node: self._nodes[node] for node in merkle.root_needs(self.size)})
+
+    async def flush(self, conn: AsyncConnection) -> TreeHead:
+        """Write what was appended since the last flush; return the new head."""
+        if self._entries:
+            await conn.execute(insert(ledger_entries), self._entries)
+            await conn.execute(insert(ledger_nodes), self._node_rows)
+            head = self.head()
+            await conn.execute(
+                update(ledger_head)
+                .where(ledger_head.c.id == 1)
+                .values(size=head.size, frontier=_pack(head.size, head.frontier))
+            )
+            self._entries, self._node_rows = [], []
+            # keep only the frontier: older nodes are never read by later appends
+            self._nodes = dict(head.frontier)
+        return self.head()
+
+
 class EventLog:
     """Appends events to this gateway's ledger and reads its head."""
 
@@ -63,42 +114,26 @@ class EventLog:
         row = (await conn.execute(query)).one()
         return TreeHead(row.size, _unpack(row.size, row.frontier))
 
+    async def begin_batch(self, conn: AsyncConnection) -> LedgerBatch:
+        """Lock the head for the caller's transaction and start a batch of appends."""
+        return LedgerBatch(await self.head(conn, lock=True))
+
     async def append(self, conn: AsyncConnection, event: LedgerEvent) -> int:
         """Record ``event`` in the caller's transaction; return its leaf index."""
         return (await self.append_many(conn, [event]))[0]
 
     async def append_many(self, conn: AsyncConnection, events: Sequence[LedgerEvent]) -> list[int]:
         """Record several events in order, in the caller's transaction (one head update for the batch)."""
-        head = await self.head(conn, lock=True)
-        size, nodes = head.size, dict(head.frontier)
-        entry_rows, node_rows, indexes = [], [], []
-        for event in events:
-            entry = event.to_bytes()
-            created = merkle.nodes_created_by_append(size, merkle.leaf_hash(entry), nodes)
-            for node, digest in created:
-                nodes[node] = digest
-                node_rows.append({"level": node[0], "idx": node[1], "hash": digest})
-            entry_rows.append(
-                {
-                    "idx": size,
-                    "entry": entry,
-                    "message_id": event.message_id,
-                    "type": event.type.value,
-                    "time": parse_time(event.time),
-                }
-            )
-            indexes.append(size)
-            size += 1
-        await conn.execute(insert(ledger_entries), entry_rows)
-        await conn.execute(insert(ledger_nodes), node_rows)
-        await conn.execute(
-            update(ledger_head).where(ledger_head.c.id == 1).values(size=size, frontier=_pack(size, nodes))
-        )
+        batch = await self.begin_batch(conn)
+        indexes = [batch.append(event) for event in events]
+        await batch.flush(conn)
         return indexes
 
-    async def record_checkpoint(self, conn: AsyncConnection, origin: str, sign: CheckpointSigner, now: datetime) -> str:
-        """Sign a checkpoint of the current head (once per size) and return the signed note."""
-        head = await self.head(conn)
+    async def record_checkpoint(
+        self, conn: AsyncConnection, origin: str, sign: CheckpointSigner, now: datetime, head: TreeHead | None = None
+    ) -> str:
+        """Sign a checkpoint of ``head`` (default: the stored head), once per size, and return the signed note."""
+        head = head or await self.head(conn)
         existing = (
             await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == head.size))
         ).scalar_one_or_none()

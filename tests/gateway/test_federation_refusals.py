@@ -8,7 +8,8 @@ that nothing was stored (messages and attachment rows unchanged, no file under t
 that exactly one ``message.refused`` ledger entry was added, with that code as its reason. Problem documents must
 not echo the random canary planted in each hostile payload's content.
 
-Two bugs are pinned with strict xfails (MULTIPART_BUG, CONCURRENT_DUPLICATE_BUG below).
+Two regressions are covered: a broken multipart body once escaped as a 500 without a signed refusal, and
+concurrent deliveries of one envelope once shared (and deleted) one attachment file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -126,7 +128,8 @@ async def assert_refused(
     assert isinstance(problem.get("refusal"), str), problem
     refusal = verify_refusal(problem["refusal"], hostile.target.all_signing_keys())
     assert refusal.code == code and refusal.from_ == "au.ag"
-    assert refusal.to == claimed and refusal.message_id == message_id
+    # addressed to the authenticated peer (hostile always presents ar.mj's certificate), whatever it claimed
+    assert refusal.to == "ar.mj" and refusal.message_id == message_id
     if sent is not None:
         assert refusal.envelope_sha256 == sha256_hex(sent)
 
@@ -142,6 +145,11 @@ async def assert_refused(
     assert entry["type"] == "message.refused" and entry["reason"] == code, entry
     assert entry["envelope_sha256"] == refusal.envelope_sha256
     assert entry.get("message_id") == message_id
+    assert entry["actor"] == "peer:ar.mj" and entry["from"] == "ar.mj"
+    if claimed is not None and claimed != "ar.mj":
+        assert entry["subject"] == f"claimed:{claimed}"
+    else:
+        assert "subject" not in entry
     return refusal
 
 
@@ -503,8 +511,10 @@ async def test_receipt_of_a_valid_delivery(pair: Pair, hostile: HostilePeer) -> 
 
     after = await stored(pair.au.gw)
     assert after.messages == before.messages + 1 and after.attachments == before.attachments + 1
-    assert after.files == (f"in/{payload.id}.0",)
-    assert (pair.au.gw.settings.attachments_path / "in" / f"{payload.id}.0").read_bytes() == attachment.ciphertext
+    # each delivery writes a file of its own name: <message id>.<position>.<random>
+    (name,) = after.files
+    assert re.fullmatch(rf"in/{payload.id}\.0\.[0-9a-f]{{16}}", name), name
+    assert (pair.au.gw.settings.attachments_path / name).read_bytes() == attachment.ciphertext
 
 
 # --- (10) oversized body ----------------------------------------------------------------------------------------
@@ -610,7 +620,8 @@ async def test_corrupt_attachments_are_refused_and_leave_no_file(pair: Pair, hos
     payload = hostile.payload(attachments=[big.ref.model_dump(), small.ref.model_dump()])
     answer = await hostile.post_multipart(hostile.seal(payload), [big.ciphertext, small.ciphertext])
     assert answer.status == 200, answer.raw
-    assert _files(pair.au.gw) == (f"in/{payload.id}.0", f"in/{payload.id}.1")
+    names = _files(pair.au.gw)
+    assert [re.sub(r"\.[0-9a-f]{16}$", "", name) for name in names] == [f"in/{payload.id}.0", f"in/{payload.id}.1"]
 
 
 async def test_attachments_sent_without_multipart_are_refused(pair: Pair, hostile: HostilePeer) -> None:
@@ -745,7 +756,7 @@ def _malformed_multipart(hostile: HostilePeer) -> dict[str, tuple[bytes, str, st
             BOUNDARY,
             "profile-violation",
         ),
-        # 500 internal-error today (aiohttp's ValueError escapes the handler): see MULTIPART_BUG
+        # aiohttp's multipart reader raises on these; the endpoint turns that into a typed, signed refusal
         "no boundary parameter": (valid, "multipart/mixed", "invalid-message"),
         "boundary never appears": (b"garbage without any boundary", BOUNDARY, "invalid-message"),
         "empty body": (b"", BOUNDARY, "invalid-message"),
@@ -768,11 +779,6 @@ CLEAN_MULTIPART = [
     "envelope part header never ends",
     "garbage instead of the next part",
 ]
-MULTIPART_BUG = (
-    "gateway/federation.py post_envelope: request.multipart() and MultipartReader.next() (and, inside "
-    "receive_envelope, the attachment part reads) raise ValueError on a malformed multipart body; it is not a "
-    "ComityError, so the problem middleware answers 500 internal-error without a signed refusal or a ledger entry"
-)
 BROKEN_MULTIPART = [
     "no boundary parameter",
     "boundary never appears",
@@ -804,7 +810,6 @@ async def test_malformed_multipart_bodies_store_nothing(pair: Pair, hostile: Hos
         assert (after.messages, after.attachments, after.files) == (before.messages, before.attachments, ()), name
 
 
-@pytest.mark.xfail(strict=True, reason=MULTIPART_BUG)
 async def test_malformed_multipart_bodies_get_a_signed_refusal(pair: Pair, hostile: HostilePeer) -> None:
     """Every case of BROKEN_MULTIPART; the failure lists each case that is not refused cleanly."""
     cases = _malformed_multipart(hostile)
@@ -836,16 +841,6 @@ async def test_malformed_multipart_bodies_get_a_signed_refusal(pair: Pair, hosti
 # --- concurrent duplicates --------------------------------------------------------------------------------------
 
 
-CONCURRENT_DUPLICATE_BUG = (
-    "gateway/receiving.py _receive_attachments names the temporary and final attachment files after the message id "
-    "only (AttachmentFile(directory, f'{id}.{position}')), so concurrent deliveries of the same envelope share "
-    "{id}.{n}.part and {id}.{n}: a loser's rename fails (gateway/files.py AttachmentFile.commit, FileNotFoundError "
-    "-> 500 internal-error) or, after losing the insert race, _commit's cleanup (target.final.unlink) deletes the "
-    "winner's committed file, so a receipted message has no attachment"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CONCURRENT_DUPLICATE_BUG)
 async def test_concurrent_duplicate_deliveries_store_one_message_and_keep_its_file(
     pair: Pair, hostile: HostilePeer
 ) -> None:
@@ -860,5 +855,7 @@ async def test_concurrent_duplicate_deliveries_store_one_message_and_keep_its_fi
     assert len({answer.document["receipt"] for answer in answers}) == 1
     after = await stored(pair.au.gw)
     assert after.messages == before.messages + 1 and after.attachments == before.attachments + 1
-    assert after.files == (f"in/{payload.id}.0",)
-    assert (pair.au.gw.settings.attachments_path / "in" / f"{payload.id}.0").read_bytes() == attachment.ciphertext
+    # each delivery writes a file of its own name: <message id>.<position>.<random>
+    (name,) = after.files
+    assert re.fullmatch(rf"in/{payload.id}\.0\.[0-9a-f]{{16}}", name), name
+    assert (pair.au.gw.settings.attachments_path / name).read_bytes() == attachment.ciphertext

@@ -1,0 +1,134 @@
+"""Group commit: the changes that append ledger events, run together in few, larger transactions.
+
+One transaction per step per message cannot reach a thousand envelopes a second (DESIGN.md, "What the machine
+allows"): every commit waits for the disk and every append takes the ledger head lock. Here a single worker per
+gateway takes every unit of work queued meanwhile (up to ``max_batch``), runs them in order in one transaction
+under one head lock, writes their ledger entries with one statement per table, signs one checkpoint for the batch,
+lets each unit finish with that checkpoint (a receipt carries it), and commits once.
+
+A unit is ``async def unit(tx) -> finish`` and ``async def finish(checkpoint_note) -> result``: the first phase
+changes rows and records events (their indexes are known at once); the second runs after the entries are written.
+If a batch fails, it is rolled back and its units are run again one by one, so one unit's failure (a duplicate
+message id, say) is that unit's alone. Every unit still commits with its events or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.logs import get_logger
+from protocol.events import EventType, LedgerEvent
+from protocol.timefmt import format_time
+from store.events import LedgerBatch
+
+__all__ = ["Committer", "Finish", "Tx", "Unit"]
+
+T = TypeVar("T")
+Finish = Callable[[str], Awaitable[T]]
+Unit = Callable[["Tx"], Awaitable[Finish[T]]]
+
+
+@dataclass
+class Tx:
+    """What a unit sees: the transaction's connection and the ledger batch it appends to."""
+
+    conn: AsyncConnection
+    batch: LedgerBatch
+    clock: Callable[[], datetime]
+
+    def record(self, type: EventType, actor: str, *, at: datetime | None = None, **fields: Any) -> int:
+        """Append one ledger event to this transaction; its time is ``at`` (when it happened) or now."""
+        event = LedgerEvent.parse(
+            {"type": type.value, "time": format_time(at or self.clock()), "actor": actor, **fields}
+        )
+        return self.batch.append(event)
+
+
+async def done(result: T) -> Finish[T]:
+    """A finish step that only returns ``result`` (for units that do not need the checkpoint)."""
+
+    async def finish(_checkpoint: str) -> T:
+        return result
+
+    return finish
+
+
+@dataclass
+class _Job(Generic[T]):
+    unit: Unit[T]
+    future: asyncio.Future[T]
+
+
+class Committer:
+    def __init__(self, gateway: Any, *, max_batch: int = 128) -> None:
+        self.gw = gateway
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Job[Any]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.log = get_logger(component="committer")
+
+    async def run(self, unit: Unit[T]) -> T:
+        """Run ``unit`` in the next batch; return its result or raise its error."""
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(unit, future))
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def _work(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self.max_batch and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            jobs = [job for job in jobs if not job.future.done()]
+            if not jobs:
+                continue
+            try:
+                results = await self._transaction(jobs)
+            except Exception as exc:
+                if len(jobs) == 1:
+                    _settle(jobs[0].future, exc)
+                    continue
+                # isolate the failing unit: run each alone
+                for job in jobs:
+                    try:
+                        result = (await self._transaction([job]))[0]
+                    except Exception as single:
+                        _settle(job.future, single)
+                    else:
+                        _resolve(job.future, result)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                _resolve(job.future, result)
+
+    async def _transaction(self, jobs: list[_Job[Any]]) -> list[Any]:
+        gw = self.gw
+        async with gw.engine.begin() as conn:
+            batch = await gw.events.begin_batch(conn)
+            tx = Tx(conn, batch, gw.clock)
+            finishers = [await job.unit(tx) for job in jobs]
+            head = await batch.flush(conn)
+            note = await gw.events.record_checkpoint(conn, gw.origin, gw.sign_checkpoint, gw.clock(), head)
+            return [await finish(note) for finish in finishers]
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
