@@ -59,7 +59,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     return create_async_engine(
         clean,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=min(5, pool_size),
         pool_pre_ping=False,
         pool_recycle=3600,
         connect_args=connect_args,
