@@ -35,6 +35,7 @@ __all__ = [
     "ledger_entries",
     "ledger_head",
     "ledger_nodes",
+    "login_attempts",
     "messages",
     "metadata",
     "outbox",
@@ -203,6 +204,7 @@ peer_alarms = Table(
     Index("ix_peer_alarms_peer", "peer"),
 )
 
+# local users: role, clearance (a level of the marking scheme), caveat authorisations, unit (store/users.py)
 users = Table(
     "users",
     metadata,
@@ -211,6 +213,10 @@ users = Table(
     Column("role", String(20), nullable=False),
     Column("created_at", TZ, nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
+    Column("clearance", String(64), nullable=False, server_default="UNCLASSIFIED"),
+    Column("caveats", Text, nullable=False, server_default="[]"),  # canonical JSON list of caveat ids
+    Column("unit", String(64), nullable=False, server_default=""),
+    Column("password_hash", String(255), nullable=True),  # argon2id PHC string; NULL: token-only account
 )
 
 # bearer tokens, stored as SHA-256 of the token (tokens are 256-bit random, so a fast hash suffices)
@@ -223,6 +229,23 @@ tokens = Table(
     Column("created_at", TZ, nullable=False),
     Column("expires_at", TZ, nullable=True),
     Column("revoked_at", TZ, nullable=True),
+    Column("token_id", String(32), nullable=False, server_default=""),  # public id (not derived from the token)
+    Column("scopes", Text, nullable=False, server_default=""),  # space-separated
+    Index("ix_tokens_token_id", "token_id", unique=True),
+    Index("ix_tokens_user_id", "user_id"),
+)
+
+# password logins under way or failed, for throttling; the attempted name is kept only as its SHA-256
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username_sha256", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("attempted_at", TZ, nullable=False),
+    Index("ix_login_attempts_username", "username_sha256", "attempted_at"),
+    Index("ix_login_attempts_source", "source", "attempted_at"),
+    Index("ix_login_attempts_time", "attempted_at"),
 )
 
 # small durable facts: highest directory serial seen, ...
