@@ -233,6 +233,14 @@ class GatewayProcess:
         except OSError:
             return ""
 
+    def log_errors(self, lines: int = 3) -> list[str]:
+        """The last error lines of the gateway's log (structlog JSON, level error, with the traceback)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line[-4000:] for line in text.splitlines() if '"level": "error"' in line][-lines:]
+
     async def stop(self) -> int | None:
         if self.session is not None:
             await self.session.close()

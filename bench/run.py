@@ -173,8 +173,8 @@ async def _backend_run(
     except Exception as exc:  # keep what was measured; say what broke, with the gateways' last log lines
         say(f"{backend}: failed: {type(exc).__name__}: {exc}")
         results["error"] = f"{type(exc).__name__}: {exc}"
-        results["sender_log_tail"] = pair.sender.log_tail()
-        results["receiver_log_tail"] = pair.receiver.log_tail()
+        results["sender_log_errors"] = pair.sender.log_errors()
+        results["receiver_log_errors"] = pair.receiver.log_errors()
     finally:
         say(f"{backend}: stopping the gateways")
         await pair.close()
