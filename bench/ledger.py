@@ -240,6 +240,8 @@ async def run_backend(backend: str, args: argparse.Namespace, deadline: float) -
             await run_migrations(url)
             print(f"{backend}: appending {args.entries:,} events", file=sys.stderr, flush=True)
             append = await _append(url, args, ar, au, deadline)
+            if args.append_only:
+                return {"backend": backend, "append": append}
             print(f"{backend}: proofs", file=sys.stderr, flush=True)
             proofs = await _proofs(url, append["entries"], args.proofs)
             print(f"{backend}: comity audit verify --database", file=sys.stderr, flush=True)
@@ -247,6 +249,38 @@ async def run_backend(backend: str, args: argparse.Namespace, deadline: float) -
             return {"backend": backend, "append": append, "proofs": proofs, "audit": audit}
         finally:
             await _drop(schema)
+
+
+def _prototype_fast_append() -> None:
+    """The two changes proposed for the product (docs/performance.md, "Ledger"), patched in for comparison:
+    ``parse_time`` through ``datetime.fromisoformat`` (after the same shape check) instead of ``strptime``, and
+    ``LedgerEvent.to_bytes`` through ``json.dumps(sort_keys=True)``, which is RFC 8785 for these events (ASCII member
+    names, strings and small integers only), falling back to rfc8785 for anything else."""
+    import json as _json
+    import re
+
+    import store.events as store_events
+    from protocol.messages import canonical_json
+
+    shape = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+    def parse_time(value: str) -> datetime:
+        if not shape.fullmatch(value):
+            raise ValueError("time must be RFC 3339 UTC with microseconds")
+        return datetime.fromisoformat(value)
+
+    def to_bytes(self: LedgerEvent) -> bytes:
+        data = self.to_json()
+        index = data.get("peer_ledger_index", 0)
+        if isinstance(index, int) and index < 2**53 and data.get("v") == 1:
+            try:
+                return _json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: let rfc8785 refuse it
+                pass
+        return canonical_json(data)
+
+    setattr(store_events, "parse_time", parse_time)  # noqa: B010
+    LedgerEvent.to_bytes = to_bytes  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -257,16 +291,24 @@ def main() -> None:
     parser.add_argument("--proofs", type=int, default=1_000)
     parser.add_argument("--backend", choices=["postgresql", "sqlite", "both"], default="both")
     parser.add_argument("--time-limit", type=float, default=1800, help="seconds for the whole run")
+    parser.add_argument("--prototype", action="store_true", help="patch in the proposed faster append path")
+    parser.add_argument("--append-only", action="store_true", help="skip proofs and the audit")
     args = parser.parse_args()
+    if args.prototype:
+        _prototype_fast_append()
     deadline = time.monotonic() + args.time_limit
     backends = ["postgresql", "sqlite"] if args.backend == "both" else [args.backend]
     results = []
     for backend in backends:
         results.append(asyncio.run(run_backend(backend, args, deadline)))
     for result in results:
-        append, proofs, audit = result["append"], result["proofs"], result["audit"]
+        append = result["append"]
         print(f"\n== {result['backend']}: {append['entries']:,} entries, {append['checkpoints']} checkpoints")
         print(f"append (batches of {args.batch:,}):  {append['entries_per_s']:>10,.0f} entries/s   (target >= 20,000)")
+        if "audit" not in result:
+            print("where one append batch spends its time:\n" + append["profile_one_batch"])
+            continue
+        proofs, audit = result["proofs"], result["audit"]
         for kind in ("inclusion", "consistency"):
             p = proofs[kind]
             print(

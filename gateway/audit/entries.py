@@ -51,22 +51,17 @@ class Fields(Protocol):
     def group(self, index: int, /) -> bytes | None: ...
 
 
-G_ACTOR, G_IN_REPLY_TO, G_KIND, G_CAVEATS, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE = range(1, 9)
-
-
-class SlowFields:
-    __slots__ = ("_values",)
-
-    def __init__(self, values: tuple[bytes | None, ...]) -> None:
-        self._values = values
-
-    def group(self, index: int, /) -> bytes | None:
-        return self._values[index - 1]
-
-
 _FREE = rb'[^"\\\x00-\x1f\x80-\xff]'  # a plain printable ASCII character of a JSON string: no escape needed
-# the calendar date is checked apart (cached per day), hours, minutes and seconds here
-_TIME = rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
+
+
+def _time(late_day: bytes) -> bytes:
+    # days 29 to 31 exist in some months only: the group named late_day sends those to the calendar check
+    return (
+        rb"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8]|(?P<" + late_day + rb">29|30|31))"
+        rb"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
+    )
+
+
 _AUTHORITY = rb"[a-z]{2}\.[a-z0-9][a-z0-9-]{0,30}"
 _UINT = rb"(?:0|[1-9][0-9]{0,14})"  # below 2**53: RFC 8785 writes these as plain integers
 _KINDS = rb"request|response|acknowledgement|status_query|status_report|consultation|withdrawal"
@@ -76,73 +71,76 @@ _TYPES = (
 )
 _CAVEAT = rb'"[a-z0-9][a-z0-9.-]{0,47}(?::[0-9A-Za-z.-]{1,32})?"'
 # members in RFC 8785 order (UTF-16 code units; all ASCII here, so plain byte order)
-_FAST = re.compile(
-    rb'\{"actor":"(system|user:[a-z0-9._-]{1,64}|peer:[a-z]{2}\.[a-z0-9-]{1,31})"'
+_PATTERN = re.compile(
+    rb'\{"actor":"(?P<actor>system|user:[a-z0-9._-]{1,64}|peer:[a-z]{2}\.[a-z0-9-]{1,31})"'
     rb'(?:,"envelope_sha256":"[0-9a-f]{64}")?'
     rb'(?:,"from":"' + _AUTHORITY + rb'")?'
-    rb'(?:,"in_reply_to":"(' + _FREE + rb'*)")?'
-    rb'(?:,"kind":"(' + _KINDS + rb')")?'
-    rb'(?:,"marking":\{"caveats":\[((?:'
-    + _CAVEAT
-    + rb"(?:,"
-    + _CAVEAT
-    + rb")*)?)"
-    + rb'\],"level":"'
-    + _FREE
-    + rb'{1,64}"\})?'
-    rb'(?:,"message_id":"(' + _FREE + rb'*)")?'
+    rb'(?:,"in_reply_to":"(?P<in_reply_to>' + _FREE + rb'*)")?'
+    rb'(?:,"kind":"(?P<kind>' + _KINDS + rb')")?'
+    rb'(?:,"marking":\{"caveats":\[(?:' + _CAVEAT + rb"(?P<more_caveats>(?:," + _CAVEAT + rb")+)?)?"
+    rb'\],"level":"' + _FREE + rb'{1,64}"\})?'
+    rb'(?:,"message_id":"(?P<message_id>' + _FREE + rb'*)")?'
     rb'(?:,"peer_ledger_index":' + _UINT + rb")?"
-    rb'(?:,"peer_time":"(' + _TIME + rb')")?'
+    rb'(?:,"peer_time":"(?P<peer_time>' + _time(b"late_peer_day") + rb')")?'
     rb'(?:,"purpose":"[a-z0-9-]{1,64}")?'
     rb'(?:,"reason":"[a-z0-9-]{1,64}")?'
     rb'(?:,"related_id":"' + _FREE + rb'*")?'
     rb'(?:,"state":"[a-z0-9_-]{1,32}")?'
     rb'(?:,"subject":"[a-z0-9._:-]{1,80}")?'
-    rb',"time":"(' + _TIME + rb')"'
+    rb',"time":"(?P<time>' + _time(b"late_day") + rb')"'
     rb'(?:,"to":"' + _AUTHORITY + rb'")?'
-    rb',"type":"(' + _TYPES + rb')"'
+    rb',"type":"(?P<type>' + _TYPES + rb')"'
     rb',"v":-?' + _UINT + rb"\}"
-).fullmatch
+)
+_FAST = _PATTERN.fullmatch
+_GROUPS = _PATTERN.groupindex
+G_ACTOR, G_IN_REPLY_TO, G_KIND, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE = (
+    _GROUPS[name] for name in ("actor", "in_reply_to", "kind", "message_id", "peer_time", "time", "type")
+)
+_MORE_CAVEATS, _LATE_DAY, _LATE_PEER_DAY = (_GROUPS[name] for name in ("more_caveats", "late_day", "late_peer_day"))
 
 _MAX_CAVEATS = 64
+
+
+class SlowFields:
+    """The same members as a match gives, from a parsed event."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[int, bytes | None]) -> None:
+        self._values = values
+
+    def group(self, index: int, /) -> bytes | None:
+        return self._values.get(index)
 
 
 def check_entry(entry: bytes) -> Fields:
     """The members of a valid entry; raises :class:`EntryError` otherwise."""
     match = _FAST(entry)
     if match is not None:
-        # what a regular expression does not say: caveats sorted, unique, at most 64; dates on the calendar
-        begin, end = match.span(G_CAVEATS)
-        peer_time = match.group(G_PEER_TIME)
-        if (
-            (entry.find(b",", begin, end) < 0 or _caveats_ok(entry[begin:end]))
-            and _date_ok(entry[match.start(G_TIME) : match.start(G_TIME) + 10])
-            and (peer_time is None or _date_ok(peer_time[:10]))
-        ):
+        # what the expression leaves to code: several caveats (sorted, unique, at most 64), days 29 to 31
+        if match.start(_MORE_CAVEATS) < 0 and match.start(_LATE_DAY) < 0 and match.start(_LATE_PEER_DAY) < 0:
+            return match
+        if _rest_ok(entry, match):
             return match
     return check_entry_slow(entry)
 
 
-_DATES: dict[bytes, bool] = {}
-
-
-def _date_ok(day: bytes) -> bool:
-    known = _DATES.get(day)
-    if known is None:
-        try:
-            date.fromisoformat(day.decode("ascii"))
-            known = day[:4] != b"0000"
-        except ValueError:
-            known = False
-        if len(_DATES) > 100_000:
-            _DATES.clear()
-        _DATES[day] = known
-    return known
-
-
-def _caveats_ok(caveats: bytes) -> bool:
-    items = caveats.split(b",")
-    return len(items) <= _MAX_CAVEATS and items == sorted(set(items))
+def _rest_ok(entry: bytes, match: re.Match[bytes]) -> bool:
+    more = match.group(_MORE_CAVEATS)
+    if more is not None:
+        begin = entry.index(b'"caveats":[') + len(b'"caveats":[')
+        items = entry[begin : match.end(_MORE_CAVEATS)].split(b",")
+        if len(items) > _MAX_CAVEATS or items != sorted(set(items)):
+            return False
+    for group in (G_TIME, G_PEER_TIME):
+        value = match.group(group)
+        if value is not None:
+            try:
+                date.fromisoformat(value[:10].decode("ascii"))
+            except ValueError:
+                return False
+    return True
 
 
 def check_entry_slow(entry: bytes) -> SlowFields:
@@ -167,16 +165,14 @@ def check_entry_slow(entry: bytes) -> SlowFields:
     def enc(value: object) -> bytes | None:
         return None if value is None else str(value).encode("utf-8")
 
-    caveats = None if event.marking is None else ",".join(f'"{c}"' for c in event.marking.caveats).encode()
     return SlowFields(
-        (
-            event.actor.encode("utf-8"),
-            enc(event.in_reply_to),
-            enc(event.kind.value if event.kind is not None else None),
-            caveats,
-            enc(event.message_id),
-            enc(event.peer_time),
-            event.time.encode("ascii"),
-            event.type.value.encode("ascii"),
-        )
+        {
+            G_ACTOR: event.actor.encode("utf-8"),
+            G_IN_REPLY_TO: enc(event.in_reply_to),
+            G_KIND: enc(event.kind.value if event.kind is not None else None),
+            G_MESSAGE_ID: enc(event.message_id),
+            G_PEER_TIME: enc(event.peer_time),
+            G_TIME: event.time.encode("ascii"),
+            G_TYPE: event.type.value.encode("ascii"),
+        }
     )

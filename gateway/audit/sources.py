@@ -195,7 +195,10 @@ class DatabaseSource:
                         break
                     expected += 1
                 raise MissingEntry(expected)
-            yield position, [bytes(row[1]) for row in rows]
+            batch = [row[1] for row in rows]
+            if not all(type(entry) is bytes for entry in batch):  # memoryview, or TEXT in a SQLite BLOB column
+                batch = [entry.encode("utf-8") if isinstance(entry, str) else bytes(entry) for entry in batch]
+            yield position, batch
             position = stop
 
     async def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]:
