@@ -45,7 +45,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send 'Authorization: Bearer <token>'; 'comity user token' issues one")
     gw = request.app[GATEWAY]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         user = await Users.authenticate(conn, token.strip(), gw.clock())
     if user is None:
         raise Unauthenticated("the token is unknown, expired or revoked")
@@ -153,13 +153,13 @@ async def list_messages(request: web.Request) -> web.Response:
         raise InvalidMessage("box must be inbox or outbox")
     limit = min(int(request.query.get("limit", "100")), 1000)
     offset = int(request.query.get("offset", "0"))
-    async with request.app[GATEWAY].engine.connect() as conn:
+    async with request.app[GATEWAY].reader.connect() as conn:
         rows = await Messages.in_box(conn, "in" if box == "inbox" else "out", limit=limit, offset=offset)
     return _json({"messages": [_summary(row) for row in rows]})
 
 
 async def get_message(request: web.Request) -> web.Response:
-    async with request.app[GATEWAY].engine.connect() as conn:
+    async with request.app[GATEWAY].reader.connect() as conn:
         row = await Messages.get(conn, request.match_info["id"])
     return _json(_summary(row))
 
@@ -207,7 +207,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
 
 async def acknowledge(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         original = await Messages.get(conn, request.match_info["id"])
     body = await _read_json(request)
     draft = Draft(
@@ -223,7 +223,7 @@ async def acknowledge(request: web.Request) -> web.Response:
 
 async def respond(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         original = await Messages.get(conn, request.match_info["id"])
     return await _submit(request, to=original.peer, kind="response", in_reply_to=original.id)
 

@@ -37,7 +37,7 @@ async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
         gw.check_directory()
-        async with gw.engine.connect() as conn:
+        async with gw.reader.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
         code = getattr(exc, "code", "not-ready")
@@ -140,7 +140,7 @@ async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
         try:
             # an empty unit: the group commit signs a checkpoint when the ledger grew since the last one
             await gw.commit(lambda tx: done(None))
-            async with gw.engine.connect() as conn:
+            async with gw.reader.connect() as conn:
                 gw.metrics.ledger_size.set((await gw.events.head(conn)).size)
                 # alarms are raised by the witness or cleared by an operator's 'comity peer clear': follow the database
                 gw.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}

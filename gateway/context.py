@@ -28,7 +28,7 @@ from protocol.errors import ComityError
 from protocol.events import EventType, LedgerEvent
 from protocol.markings import MarkingScheme
 from protocol.timefmt import format_time, parse_time
-from store.db import is_sqlite, make_engine
+from store.db import is_sqlite, make_engine, make_reader
 from store.events import EventLog
 from store.ledger import WitnessState
 from store.outbox import Outbox
@@ -71,6 +71,8 @@ class Gateway:
         self._note_signer = NoteSigner(self.origin, self.keys.signing)
         self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
         self.committer = Committer(self)
+        # reads that need no transaction (store/db.py)
+        self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
 
     # --- identity -----------------------------------------------------------------------------------------------
 
@@ -181,6 +183,8 @@ class Gateway:
 
     async def close(self) -> None:
         await self.committer.close()
+        if self.reader.sync_engine is not self.engine.sync_engine:
+            await self.reader.dispose()
         await self.engine.dispose()
 
 

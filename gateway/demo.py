@@ -141,7 +141,7 @@ async def _exchange(alice: Officer, bruce: Officer, ar_gw: Gateway, au_gw: Gatew
     )
     say(f"   request {request_id} sealed (Ed25519 JWS inside ECDH-ES+A256KW/A256GCM JWE) and queued")
     delivered = await alice.wait_state(request_id, "delivered")
-    async with ar_gw.engine.connect() as conn:
+    async with ar_gw.reader.connect() as conn:
         row = await Messages.get(conn, request_id)
     assert row.receipt is not None
     receipt = verify_receipt(row.receipt, au_gw.directory.authority("au.ag").all_signing_keys())

@@ -158,7 +158,7 @@ async def get_consistency(request: web.Request) -> web.Response:
     _authenticated_peer(request)
     gw = request.app[GATEWAY]
     size1, size2 = _int_param(request, "from"), _int_param(request, "to")
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         head = await gw.events.head(conn)
         if not 0 < size1 <= size2 <= head.size:
             raise InvalidMessage(f"sizes must satisfy 0 < from <= to <= {head.size}")
@@ -174,7 +174,7 @@ async def post_cosignature(request: web.Request) -> web.Response:
     body = parse_strict_json(await request.content.read(8192))
     if not isinstance(body, dict) or not isinstance(body.get("size"), int) or not isinstance(body.get("line"), str):
         raise InvalidMessage('send {"size": <checkpoint size>, "line": "<cosignature line>"}')
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         text = await LedgerReader.checkpoint_text(conn, body["size"])
     if text is None:
         raise NotFound(f"no checkpoint of size {body['size']}")
@@ -190,7 +190,7 @@ async def post_cosignature(request: web.Request) -> web.Response:
 async def get_checkpoint(request: web.Request) -> web.Response:
     """The latest signed checkpoint of this gateway's ledger (a C2SP signed note)."""
     gw = request.app[GATEWAY]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         note = await gw.events.latest_checkpoint(conn)
     if note is None:
         return problem_response("not-found", "no checkpoint has been signed yet")

@@ -50,7 +50,7 @@ def _int(request: web.Request, name: str, default: int | None = None) -> int:
 
 async def _size(request: web.Request) -> int:
     gw = request.app[GATEWAY]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         head = (await gw.events.head(conn)).size
     size = _int(request, "size", head)
     if size > head:
@@ -61,7 +61,7 @@ async def _size(request: web.Request) -> int:
 async def latest_checkpoint(request: web.Request) -> web.Response:
     _check_role(request)
     gw = request.app[GATEWAY]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         latest = await LedgerReader.latest_checkpoint_note(conn)
         if latest is None:
             raise NotFound("no checkpoint has been signed yet")
@@ -73,7 +73,7 @@ async def latest_checkpoint(request: web.Request) -> web.Response:
 async def list_checkpoints(request: web.Request) -> web.Response:
     _check_role(request)
     after, limit = _int(request, "after", 0), min(_int(request, "limit", MAX_CHECKPOINTS), MAX_CHECKPOINTS)
-    async with request.app[GATEWAY].engine.connect() as conn:
+    async with request.app[GATEWAY].reader.connect() as conn:
         notes = await LedgerReader.checkpoint_notes(conn, after, limit)
     return web.json_response({"checkpoints": [{"size": size, "note": note} for size, note in notes]})
 
@@ -88,7 +88,7 @@ async def entries(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     buffer = bytearray()
-    async with gw.engine.connect() as conn:
+    async with gw.engine.connect() as conn:  # a transaction: server-side cursors need one on PostgreSQL
         async for entry in LedgerReader.entries(conn, start, end):
             buffer += entry + b"\n"
             if len(buffer) >= 1 << 16:
@@ -103,7 +103,7 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     _check_role(request)
     gw = request.app[GATEWAY]
     size = await _size(request)
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         if "message_id" in request.query:
             found = await LedgerReader.index_of_message(conn, request.query["message_id"])
             if found is None:
@@ -129,7 +129,7 @@ async def consistency_proof(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     size1 = _int(request, "from")
     size2 = _int(request, "to")
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         head = (await gw.events.head(conn)).size
         if not 0 < size1 <= size2 <= head:
             raise InvalidMessage(f"sizes must satisfy 0 < from <= to <= {head}")

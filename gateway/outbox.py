@@ -85,7 +85,7 @@ class OutboxSender:
         wakeup = self.gw.outbox_wakeup
         wakeup.clear()
         timeout = 1.0  # poll: other replicas and due retries
-        async with self.gw.engine.connect() as conn:
+        async with self.gw.reader.connect() as conn:
             due = await self.gw.outbox.next_due(conn)
         if due is not None:
             timeout = max(0.0, min(timeout, (due - self.gw.clock()).total_seconds()))
@@ -147,7 +147,7 @@ class OutboxSender:
     async def deliver(self, item: OutboxItem) -> None:
         gw = self.gw
         peer = gw.peer(item.peer)
-        async with gw.engine.connect() as conn:
+        async with gw.reader.connect() as conn:
             message = await Messages.get(conn, item.message_id)
             files = await Messages.attachments(conn, item.message_id)
         if not peer.endpoint.startswith("https://") and not gw.settings.dev_plain_http:

@@ -61,7 +61,7 @@ def _decrypt(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
 
 async def open_message(gw: Gateway, user: User, message_id: str, purpose: str) -> Opened:
     _check_may_open(user)
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         row = await Messages.get(conn, message_id)
     opened = _decrypt(gw, row)
 
@@ -82,7 +82,7 @@ async def attachment_stream(
     if not 0 <= position < len(refs):
         raise NotFound(f"message {message_id} has no attachment {position}")
     ref = refs[position]
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         rows = {row.position: row for row in await Messages.attachments(conn, message_id)}
     if position not in rows:
         raise NotFound(f"message {message_id} has no stored attachment {position}")
@@ -100,7 +100,7 @@ async def attachment_stream(
 
 async def message_events(gw: Gateway, message_id: str) -> list[dict[str, Any]]:
     """Ledger entries about ``message_id`` and about the messages that answer it."""
-    async with gw.engine.connect() as conn:
+    async with gw.reader.connect() as conn:
         await Messages.get(conn, message_id)
         related = [row.id for row in await Messages.replies(conn, message_id)]
         query = (

@@ -93,7 +93,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         own = gw.directory.authority(gw.authority_id).accreditation
         gw.scheme.check_accreditation(header.marking, own.max_level, own.caveats, gw.authority_id)
         # 3. duplicates and replays
-        async with gw.engine.connect() as conn:
+        async with gw.reader.connect() as conn:
             known = await Messages.find(conn, header.id)
         if known is not None:
             if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
@@ -122,7 +122,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             return await _commit(gw, opened, sealed, files)
         except IntegrityError:
             # a concurrent delivery of the same message won the race: answer as for a duplicate
-            async with gw.engine.connect() as conn:
+            async with gw.reader.connect() as conn:
                 known = await Messages.find(conn, header.id)
             if known is not None and known.envelope_sha256 == digest and known.receipt:
                 return Received(known.receipt, True, known.id)

@@ -58,7 +58,7 @@ async def submit_message(
     peer = gw.peer(draft.to)
     gw.scheme.check_accreditation(draft.marking, peer.accreditation.max_level, peer.accreditation.caveats, draft.to)
     if draft.in_reply_to is not None:
-        async with gw.engine.connect() as conn:
+        async with gw.reader.connect() as conn:
             original = await Messages.get(conn, draft.in_reply_to)
         if original.direction != "in" or original.peer != draft.to:
             raise InvalidMessage(f"message {draft.in_reply_to} was not received from {draft.to}")

@@ -83,7 +83,7 @@ class Witness:
     async def check(self, peer: str, note: str) -> None:
         gw = self.gw
         checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer))
-        async with gw.engine.connect() as conn:
+        async with gw.reader.connect() as conn:
             held = await WitnessState.latest(conn, peer)
         if held is not None and checkpoint.size == held.size:
             if checkpoint.root_hash != held.root:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from store.errors import StoreError
 
-__all__ = ["is_sqlite", "make_engine", "run_migrations", "split_schema"]
+__all__ = ["is_sqlite", "make_engine", "make_reader", "run_migrations", "split_schema"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -81,6 +81,28 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_reader(url: str, engine: AsyncEngine, *, pool_size: int = 20) -> AsyncEngine:
+    """An engine for reads that need no transaction: no BEGIN/ROLLBACK round trips and, on SQLite, no write lock.
+
+    PostgreSQL: the same pool in autocommit mode. SQLite: a pool of its own whose connections never begin a
+    transaction (each statement reads a consistent WAL snapshot) and refuse writes (``query_only``).
+    """
+    clean, _ = split_schema(url)
+    if not is_sqlite(clean):
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    readers = create_async_engine(clean, connect_args={"timeout": 30}, pool_size=pool_size)
+
+    @event.listens_for(readers.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return readers
 
 
 def _alembic_config(url: str) -> Config:
