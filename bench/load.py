@@ -12,6 +12,7 @@ ledgered by the sender. Two latencies per message:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import string
 import time
@@ -70,7 +71,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values)
 
     def rank(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]  # nearest rank
 
     return {
         "p50": round(rank(50), 2),
