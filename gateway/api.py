@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.federation import GATEWAY
 from gateway.reading import attachment_stream, message_events, open_message
 from gateway.sending import Draft, NewAttachment, submit_message
@@ -38,7 +39,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or request.path in PUBLIC_AUTH_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -49,6 +50,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         user = await Users.authenticate(conn, token.strip(), gw.clock())
     if user is None:
         raise Unauthenticated("the token is unknown, expired or revoked")
+    check_scope(user, required_scope(request))  # every route names its scope (gateway/auth.py)
     request[USER] = user
     return await handler(request)
 

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from gateway.api import api_routes, auth_middleware
+from gateway.auth import auth_routes
 from gateway.committer import done
 from gateway.context import Gateway
 from gateway.federation import GATEWAY, federation_routes
@@ -71,6 +72,7 @@ def build_api_app(gw: Gateway) -> web.Application:
     app[GATEWAY] = gw
     app.add_routes(api_routes())
     app.add_routes(ledger_routes())
+    app.add_routes(auth_routes())
     app.add_routes(
         [
             web.get("/v1/openapi.json", openapi),

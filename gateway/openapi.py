@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.auth import AUTH_OPENAPI_PATHS
+
 __all__ = ["openapi_document"]
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -46,6 +48,65 @@ _DRAFT_BODY = {
         },
     },
 }
+
+
+def _ledger_paths() -> dict[str, Any]:
+    """The read-only auditor API (gateway/ledger_api.py; formats in docs/ledger.md)."""
+    size = {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+    proof = {
+        "type": "object",
+        "properties": {"proof": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}}},
+    }
+    denied = {"401": _PROBLEM, "403": _PROBLEM}
+    return {
+        "/v1/ledger/checkpoint": {
+            "get": {
+                "summary": "Latest signed checkpoint, with the cosignatures counterparts returned",
+                "responses": {"200": _json_ok("Checkpoint", {"type": "object"}), "404": _PROBLEM, **denied},
+            }
+        },
+        "/v1/ledger/checkpoints": {
+            "get": {
+                "summary": "Signed checkpoints after a size, ascending",
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
+                ],
+                "responses": {"200": _json_ok("Checkpoints", {"type": "object"}), **denied},
+            }
+        },
+        "/v1/ledger/entries": {
+            "get": {
+                "summary": "Entries start..end-1, one canonical JSON entry per line, exactly the hashed bytes",
+                "parameters": [
+                    {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "end", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {"200": {"description": "NDJSON", "content": {"application/x-ndjson": {}}}, **denied},
+            }
+        },
+        "/v1/ledger/proofs/inclusion": {
+            "get": {
+                "summary": "RFC 9162 inclusion proof of an entry (by index or by message id)",
+                "parameters": [
+                    {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "message_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                    size,
+                ],
+                "responses": {"200": _json_ok("Inclusion proof", proof), "400": _PROBLEM, "404": _PROBLEM, **denied},
+            }
+        },
+        "/v1/ledger/proofs/consistency": {
+            "get": {
+                "summary": "RFC 9162 consistency proof between two tree sizes",
+                "parameters": [
+                    {"name": "from", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "to", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {"200": _json_ok("Consistency proof", proof), "400": _PROBLEM, **denied},
+            }
+        },
+    }
 
 
 def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +229,8 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json_ok("Timeline", {"type": "object"}), "404": _PROBLEM},
                 }
             },
+            **_ledger_paths(),
+            **AUTH_OPENAPI_PATHS,
             "/v1/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -8,6 +8,7 @@ RFC 8785 canonical JSON of :meth:`LedgerEvent.to_json` with absent members omitt
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -16,6 +17,8 @@ from protocol.messages import Marking, MessageKind, StrictModel, canonical_json,
 from protocol.receipts import rfc3339_utc
 
 __all__ = ["ANSWER_EFFECTS", "EventType", "LedgerEvent"]
+
+_MAX_SAFE_INTEGER = 2**53  # RFC 8785 section 3.2.2.3: integers beyond are not exactly representable
 
 
 class EventType(enum.StrEnum):
@@ -80,7 +83,16 @@ class LedgerEvent(StrictModel):
         return data
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.to_json())
+        data = self.to_json()
+        if self.peer_ledger_index is None or self.peer_ledger_index < _MAX_SAFE_INTEGER:
+            # For these objects (ASCII member names, strings and integers below 2**53, no floats) RFC 8785 and
+            # sorted, compact json.dumps give the same bytes, three times faster (the ledger append hot path);
+            # tests/protocol/test_events.py checks the two agree.
+            try:
+                return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: let the canonical encoder refuse it with a typed error
+        return canonical_json(data)
 
 
 # an answer to a message records this event on the message it answers, which moves to this state (both sides)
