@@ -29,10 +29,7 @@ from gateway.app import RunningGateway, start_gateway
 from gateway.context import Gateway
 from gateway.logs import configure_logging
 from gateway.provision import AuthoritySpec, Provisioned, comity, provision
-from gateway.reading import message_events
 from protocol.checkpoint import Checkpoint
-from protocol.timefmt import format_time
-from protocol.timeline import build_timeline, format_duration
 from store.messages import Messages
 
 __all__ = ["run_demo"]
@@ -88,23 +85,42 @@ class Officer:
             await asyncio.sleep(0.02)
 
 
-def _token(config: Path, username: str) -> str:
+def _token(config: Path, username: str, role: str = "officer") -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        comity("user", "create", username, "--role", "officer", "--token-days", "1", "--config", str(config))
+        comity("user", "create", username, "--role", role, "--token-days", "1", "--config", str(config))
     return out.getvalue().strip().splitlines()[-1]
 
 
-async def _timeline(gw: Gateway, message_id: str, say: Callable[[str], None]) -> None:
-    milestones = build_timeline(message_id, await message_events(gw, message_id))
-    say(f"  as {gw.authority_id} recorded it:")
-    first = milestones[0].time if milestones else None
-    for milestone in milestones:
-        total = "" if first is None else f"(t+{(milestone.time - first).total_seconds() * 1000:.0f} ms)"
-        say(
-            f"    {milestone.name:<13} {format_time(milestone.time)}  {format_duration(milestone.since_previous):>10}"
-            f"  {total:<14} by {milestone.actor}"
-        )
+def _comity_out(say: Callable[[str], None], *args: str) -> None:
+    """Run a comity command and show what it prints, indented."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        comity(*args)
+    for line in out.getvalue().rstrip().splitlines():
+        say("   " + line)
+
+
+def _audit(workdir: Path, side: Provisioned, token: str, say: Callable[[str], None]) -> None:
+    say(f"   $ comity audit verify --url http://127.0.0.1:{side.api_port} --authority {side.spec.id} ...")
+    _comity_out(
+        say,
+        "audit",
+        "verify",
+        "--url",
+        f"http://127.0.0.1:{side.api_port}",
+        "--token",
+        token,
+        "--directory",
+        str(side.data_dir / "directory.jws"),
+        "--directory-key",
+        str(side.data_dir / "directory-key.jwk"),
+        "--authority",
+        side.spec.id,
+        "--state",
+        str(workdir / "auditor-state.json"),
+        "--no-progress",
+    )
 
 
 async def _run(workdir: Path, say: Callable[[str], None]) -> None:
@@ -125,15 +141,25 @@ async def _run(workdir: Path, say: Callable[[str], None]) -> None:
         async with aiohttp.ClientSession() as session:
             alice = Officer("alice", ar, tokens[0], session)
             bruce = Officer("bruce", au, tokens[1], session)
-            await _exchange(alice, bruce, running[0].gw, running[1].gw, say)
+            request_id = await _exchange(alice, bruce, running[0].gw, running[1].gw, say)
+            await asyncio.sleep(1.2)  # let each gateway sign a checkpoint covering its last events
+            say("7. An auditor verifies both ledgers through the auditor API (trusting only the signed directory)")
+            for side in (ar, au):
+                auditor = await asyncio.to_thread(_token, side.config, "audrey", "auditor")
+                await asyncio.to_thread(_audit, workdir, side, auditor, say)
     finally:
-        say("7. Stopping both gateways")
+        say("8. Stopping both gateways")
         for item in running:
             await item.stop()
     say("   stopped cleanly")
+    say(f"9. The acknowledgement timeline of request {request_id}, as each side recorded it")
+    urls = [f"sqlite+aiosqlite:///{side.data_dir / 'comity.db'}" for side in (ar, au)]
+    await asyncio.to_thread(
+        _comity_out, say, "audit", "timeline", request_id, "--database", urls[0], "--database", urls[1]
+    )
 
 
-async def _exchange(alice: Officer, bruce: Officer, ar_gw: Gateway, au_gw: Gateway, say: Callable[[str], None]) -> None:
+async def _exchange(alice: Officer, bruce: Officer, ar_gw: Gateway, au_gw: Gateway, say: Callable[[str], None]) -> str:
     evidence = os.urandom(5 * 1024 * 1024)
     say("3. alice (ar.mj) drafts and sends an MLA request with a 5 MB attachment")
     request_id = await alice.submit(
@@ -172,9 +198,7 @@ async def _exchange(alice: Officer, bruce: Officer, ar_gw: Gateway, au_gw: Gatew
     data = await alice.call("GET", f"/v1/messages/{response_id}/attachments/0")
     say(f"6. alice (ar.mj) opens the response: {reply['content']['text']!r} + {len(data):,} bytes attached")
 
-    say(f"   Acknowledgement timeline of request {request_id}:")
-    await _timeline(ar_gw, request_id, say)
-    await _timeline(au_gw, request_id, say)
+    return request_id
 
 
 def run_demo(workdir: Path, say: Callable[[str], None] = print) -> None:
