@@ -13,13 +13,16 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
+from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
-from gateway.reading import attachment_stream, message_events, open_message
+from gateway.reading import Forbidden, attachment_stream, message_events, open_message
 from gateway.sending import Draft, NewAttachment, submit_message
 from protocol.errors import ComityError, InvalidMessage
-from protocol.messages import Marking, MessageKind, parse_strict_json
+from protocol.events import EventType
+from protocol.messages import Marking, MessageKind, parse_strict_json, validate_authority_id, validate_message_id
 from protocol.timefmt import format_time
 from protocol.timeline import build_timeline
+from store.cases import Cases
 from store.messages import MessageRow, Messages
 from store.users import User, Users
 
@@ -89,12 +92,14 @@ def _summary(row: MessageRow) -> dict[str, Any]:
         "envelope_sha256": row.envelope_sha256,
         "created_at": format_time(row.created_at),
         "received_at": None if row.received_at is None else format_time(row.received_at),
+        "case_id": row.case_id,
+        "confidentiality_answer": row.confidentiality_answer,
     }
 
 
 def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     fields = {**fields, **fixed}
-    unknown = set(fields) - {"to", "kind", "marking", "content", "in_reply_to"}
+    unknown = set(fields) - {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason"}
     if unknown:
         raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
     try:
@@ -104,12 +109,20 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     content = fields.get("content", {})
     if not isinstance(content, dict) or not isinstance(fields.get("to"), str):
         raise InvalidMessage("'to' must be an authority id and 'content' an object")
+    forwards = fields.get("forwards", [])
+    if not isinstance(forwards, list) or not all(isinstance(item, str) for item in forwards):
+        raise InvalidMessage("'forwards' must be a list of message ids")
+    reason = fields.get("downgrade_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidMessage("'downgrade_reason' must be a string")
     return Draft(
         to=fields["to"],
         kind=kind,
         marking=Marking.parse(fields.get("marking", {"level": "CONFIDENTIAL", "caveats": []})),
         content=content,
         in_reply_to=fields.get("in_reply_to"),
+        forwards=tuple(validate_message_id(item) for item in forwards),
+        downgrade_reason=reason,
     )
 
 
@@ -212,11 +225,14 @@ async def acknowledge(request: web.Request) -> web.Response:
     async with gw.reader.connect() as conn:
         original = await Messages.get(conn, request.match_info["id"])
     body = await _read_json(request)
+    content: dict[str, Any] = {"note": body["note"]} if isinstance(body.get("note"), str) else {}
+    if "confidentiality" in body:  # art. 46(20): whether we can keep the request confidential
+        content["confidentiality"] = body["confidentiality"]
     draft = Draft(
         to=original.peer,
         kind=MessageKind.ACKNOWLEDGEMENT,
         marking=original.marking,
-        content={"note": body["note"]} if isinstance(body.get("note"), str) else {},
+        content=content,
         in_reply_to=original.id,
     )
     message_id = await submit_message(gw, _user(request), draft)
@@ -246,9 +262,69 @@ async def timeline(request: web.Request) -> web.Response:
     )
 
 
+async def consent(request: web.Request) -> web.Response:
+    """As originator, consent to the content of a message we sent travelling on to a third authority."""
+    gw = request.app[GATEWAY]
+    async with gw.reader.connect() as conn:
+        original = await Messages.get(conn, request.match_info["id"])
+    if original.direction != "out":
+        raise InvalidMessage("only the originator of a message consents to its onward use")
+    recipient = (await _read_json(request)).get("recipient")
+    if not isinstance(recipient, str):
+        raise InvalidMessage("send {'recipient': '<authority id>'}: the authority the content may go to")
+    draft = Draft(
+        to=original.peer,
+        kind=MessageKind.CONSENT,
+        marking=original.marking,
+        content={"consent": {"message_id": original.id, "recipient": validate_authority_id(recipient)}},
+    )
+    message_id = await submit_message(gw, _user(request), draft)
+    return _json({"id": message_id, "state": "queued"}, status=202)
+
+
+async def assign_case(request: web.Request) -> web.Response:
+    """A supervisor assigns (or reassigns, with "replace") an officer to a case; ledgered."""
+    gw, supervisor = request.app[GATEWAY], _user(request)
+    case_id = request.match_info["id"]
+    body = await _read_json(request)
+    username, replace = body.get("username"), bool(body.get("replace", False))
+    if not isinstance(username, str):
+        raise InvalidMessage("send {'username': '<officer>', 'replace': false}")
+    async with gw.reader.connect() as conn:
+        case = await Cases.get(conn, case_id)
+        officer = await Users.by_name(conn, username)
+    if case.unit not in (None, supervisor.unit):
+        raise Forbidden(f"case {case_id} belongs to another unit")
+    if officer.role not in ("officer", "supervisor"):
+        raise InvalidMessage(f"{username} is not an officer")
+
+    async def unit(tx: Tx) -> Finish[None]:
+        now = tx.clock()
+        await Cases.assign(
+            tx.conn, case_id, officer.id, supervisor.username, now, unit=supervisor.unit or None, replace=replace
+        )
+        tx.record(
+            EventType.CASE_ASSIGNED, f"user:{supervisor.username}", message_id=case_id, subject=f"user:{username}"
+        )
+        return await done(None)
+
+    await gw.commit(unit)
+    return _json({"case_id": case_id, "assigned": username, "replaced": replace})
+
+
 async def me(request: web.Request) -> web.Response:
     user = _user(request)
-    return _json({"username": user.username, "role": user.role, "authority": request.app[GATEWAY].authority_id})
+    return _json(
+        {
+            "username": user.username,
+            "role": user.role,
+            "authority": request.app[GATEWAY].authority_id,
+            "clearance": user.clearance,
+            "caveats": list(user.caveats),
+            "unit": user.unit,
+            "scopes": sorted(user.scopes),
+        }
+    )
 
 
 def api_routes() -> list[web.RouteDef]:
@@ -262,4 +338,6 @@ def api_routes() -> list[web.RouteDef]:
         web.post("/v1/messages/{id}/acknowledge", acknowledge),
         web.post("/v1/messages/{id}/respond", respond),
         web.get("/v1/messages/{id}/timeline", timeline),
+        web.post("/v1/messages/{id}/consent", consent),
+        web.post("/v1/cases/{id}/assign", assign_case),
     ]

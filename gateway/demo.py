@@ -86,9 +86,13 @@ class Officer:
 
 
 def _token(config: Path, username: str, role: str = "officer") -> str:
+    """A user cleared for the demo's markings, in the MLA unit, with a one-day token."""
+    args = ["user", "create", username, "--role", role, "--unit", "mla", "--token-days", "1", "--config", str(config)]
+    if role in ("officer", "supervisor"):
+        args += ["--clearance", "STRICTLY CONFIDENTIAL", "--caveat", "uncac-46-19", "--caveat", "uncac-46-20"]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        comity("user", "create", username, "--role", role, "--token-days", "1", "--config", str(config))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        comity(*args)
     return out.getvalue().strip().splitlines()[-1]
 
 
@@ -129,7 +133,8 @@ async def _run(workdir: Path, say: Callable[[str], None]) -> None:
         provision, workdir, AUTHORITIES, passphrase=PASSPHRASE, say=lambda s: say("   " + s)
     )
     tokens = [await asyncio.to_thread(_token, p.config, name) for p, name in ((ar, "alice"), (au, "bruce"))]
-    say("   officers: alice at ar.mj, bruce at au.ag (bearer tokens stored hashed)")
+    supervisor = await asyncio.to_thread(_token, au.config, "sam", "supervisor")
+    say("   officers alice (ar.mj) and bruce (au.ag), supervisor sam (au.ag): cleared, tokens stored hashed")
 
     say("2. Starting both gateways on 127.0.0.1 (federation over mutual TLS, pinned certificates)")
     running: list[RunningGateway] = []
@@ -141,7 +146,8 @@ async def _run(workdir: Path, say: Callable[[str], None]) -> None:
         async with aiohttp.ClientSession() as session:
             alice = Officer("alice", ar, tokens[0], session)
             bruce = Officer("bruce", au, tokens[1], session)
-            request_id = await _exchange(alice, bruce, running[0].gw, running[1].gw, say)
+            sam = Officer("sam", au, supervisor, session)
+            request_id = await _exchange(alice, bruce, sam, running[0].gw, running[1].gw, say)
             await asyncio.sleep(1.2)  # let each gateway sign a checkpoint covering its last events
             say("7. An auditor verifies both ledgers through the auditor API (trusting only the signed directory)")
             for side in (ar, au):
@@ -159,7 +165,9 @@ async def _run(workdir: Path, say: Callable[[str], None]) -> None:
     )
 
 
-async def _exchange(alice: Officer, bruce: Officer, ar_gw: Gateway, au_gw: Gateway, say: Callable[[str], None]) -> str:
+async def _exchange(
+    alice: Officer, bruce: Officer, sam: Officer, ar_gw: Gateway, au_gw: Gateway, say: Callable[[str], None]
+) -> str:
     evidence = os.urandom(5 * 1024 * 1024)
     say("3. alice (ar.mj) drafts and sends an MLA request with a 5 MB attachment")
     request_id = await alice.submit(
@@ -175,14 +183,18 @@ async def _exchange(alice: Officer, bruce: Officer, ar_gw: Gateway, au_gw: Gatew
     say(f"4. au.ag verified it and answered with a signed receipt: received at {delivered['received_at']},")
     say(f"   ledger index {receipt.ledger_index}, checkpoint of {checkpoint.size} entries, origin {checkpoint.origin}")
 
+    case_id = (await sam.call("GET", f"/v1/messages/{request_id}"))["case_id"]
+    await sam.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "bruce"})
+    say("5. supervisor sam (au.ag) assigns the new case to bruce, who is cleared for CONFIDENTIAL and its caveats")
     opened = await bruce.call("POST", f"/v1/messages/{request_id}/open", json={"purpose": "review"})
     attachment = await bruce.call("GET", f"/v1/messages/{request_id}/attachments/0")
     same = hashlib.sha256(attachment).digest() == hashlib.sha256(evidence).digest()
-    say(f"5. bruce (au.ag) opens it: subject {opened['content']['subject']!r}")
+    say(f"   bruce opens it (ledgered with his name and purpose): subject {opened['content']['subject']!r}")
     say(f"   attachment {opened['attachments'][0]['name']} ({len(attachment):,} bytes, SHA-256 matches: {same})")
-    await bruce.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
+    await bruce.call("POST", f"/v1/messages/{request_id}/acknowledge", json={"confidentiality": "can-comply"})
     await alice.wait_state(request_id, "acknowledged")
-    say("   bruce acknowledges; ar.mj records the signed acknowledgement")
+    say("   bruce acknowledges, answering that au.ag can keep the request confidential (UNCAC art. 46(20));")
+    say("   ar.mj records the signed acknowledgement")
     answer = {
         "marking": REQUEST["marking"],
         "content": {"subject": "Execution of the request", "text": "The bank records are attached."},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.auth import AUTH_OPENAPI_PATHS
+from protocol.messages import MessageKind
 
 __all__ = ["openapi_document"]
 
@@ -222,6 +223,42 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _SUBMITTED,
                 }
             },
+            "/v1/messages/{id}/consent": {
+                "post": {
+                    "summary": "As originator, consent to a message's content travelling on to a third authority",
+                    "parameters": [_ID],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["recipient"],
+                                    "properties": {"recipient": {"type": "string"}},
+                                }
+                            }
+                        }
+                    },
+                    "responses": _SUBMITTED,
+                }
+            },
+            "/v1/cases/{id}/assign": {
+                "post": {
+                    "summary": "A supervisor assigns or reassigns an officer to a case (ledgered)",
+                    "parameters": [_ID],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["username"],
+                                    "properties": {"username": {"type": "string"}, "replace": {"type": "boolean"}},
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"200": _json_ok("Assigned", {"type": "object"}), "403": _PROBLEM, "404": _PROBLEM},
+                }
+            },
             "/v1/messages/{id}/timeline": {
                 "get": {
                     "summary": "Acknowledgement timeline from the ledger",
@@ -286,20 +323,12 @@ def openapi_document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "to": {"type": "string", "pattern": "^[a-z]{2}\\.[a-z0-9][a-z0-9-]{0,30}$"},
-                        "kind": {
-                            "enum": [
-                                "request",
-                                "response",
-                                "acknowledgement",
-                                "status_query",
-                                "status_report",
-                                "consultation",
-                                "withdrawal",
-                            ]
-                        },
+                        "kind": {"enum": [kind.value for kind in MessageKind]},
                         "marking": _MARKING,
                         "content": {"type": "object"},
                         "in_reply_to": {"type": ["string", "null"], "format": "uuid"},
+                        "forwards": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                        "downgrade_reason": {"type": "string"},
                     },
                 },
                 "Submitted": {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"}}},

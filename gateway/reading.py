@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,8 @@ from crypto.envelope import OpenedEnvelope, open_envelope
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
-from protocol.errors import ComityError
+from gateway.policy import check_opening, ledger_refusal
+from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
 from protocol.messages import AttachmentRef
 from store.errors import NotFound
@@ -22,9 +24,7 @@ from store.messages import MessageRow, Messages
 from store.tables import ledger_entries
 from store.users import User
 
-__all__ = ["Forbidden", "attachment_stream", "message_events", "open_message"]
-
-CONTENT_ROLES = {"officer", "supervisor"}
+__all__ = ["Forbidden", "attachment_stream", "decrypt_row", "message_events", "open_message"]
 
 
 class Forbidden(ComityError):
@@ -37,13 +37,8 @@ class Opened:
     envelope: OpenedEnvelope
 
 
-def _check_may_open(user: User) -> None:
-    # issue 4 refines this with clearance, caveats and case assignment; auditors and admins never see content
-    if user.role not in CONTENT_ROLES:
-        raise Forbidden(f"the {user.role} role cannot open message content")
-
-
-def _decrypt(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
+def decrypt_row(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
+    """Decrypt and re-verify a stored envelope in memory (the sender opens its archive copy)."""
     if row.direction == "out":
         assert row.archive is not None
         own = gw.directory.authority(gw.authority_id).all_signing_keys() | gw.own_signing_keys()
@@ -60,10 +55,18 @@ def _decrypt(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
 
 
 async def open_message(gw: Gateway, user: User, message_id: str, purpose: str) -> Opened:
-    _check_may_open(user)
+    """Check the user may see the content now (gateway/policy.py), decrypt it, and ledger the opening."""
+    actor = f"user:{user.username}"
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", purpose):
+        raise InvalidMessage("purpose must be a short lowercase word, e.g. 'review' or 'execution'")
     async with gw.reader.connect() as conn:
         row = await Messages.get(conn, message_id)
-    opened = _decrypt(gw, row)
+        try:
+            await check_opening(gw, user, row, conn)
+        except ComityError as error:
+            await ledger_refusal(gw, EventType.OPEN_REFUSED, actor, error, message_id=message_id, purpose=purpose)
+            raise
+    opened = decrypt_row(gw, row)
 
     async def unit(tx: Tx) -> Finish[None]:
         tx.record(EventType.OPENED, f"user:{user.username}", message_id=message_id, purpose=purpose)

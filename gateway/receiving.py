@@ -29,12 +29,15 @@ from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
+from gateway.policy import check_answer_received
+from protocol.content import Consent, confidentiality_answer, consent_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
 from protocol.timefmt import format_time
-from store.messages import AttachmentRow, Messages
+from store.cases import Cases, Consents
+from store.messages import AttachmentRow, MessageRow, Messages
 
 __all__ = ["AttachmentParts", "EnvelopeRefused", "Received", "receive_envelope", "refuse"]
 
@@ -115,11 +118,13 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             gw.settings.max_clock_skew_seconds,
             gw.settings.max_message_age_seconds,
         )
-        # 6. attachments against the signed manifest
+        # 6. what the content asks of us: no silent downgrade of an answer, a consent about a message it sent us
+        context = await _answer_context(gw, opened)
+        # 7. attachments against the signed manifest
         files = await _receive_attachments(gw, opened, next_part)
-        # 7. store, record, receipt: one transaction
+        # 8. store, record, receipt: one transaction
         try:
-            return await _commit(gw, opened, sealed, files)
+            return await _commit(gw, opened, sealed, files, context)
         except IntegrityError:
             # a concurrent delivery of the same message won the race: answer as for a duplicate
             async with gw.reader.connect() as conn:
@@ -131,6 +136,32 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         # an unauthenticated client gets a signed refusal but no ledger entry: it must not grow our ledger
         refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=claimed, message_id=message_id)
         raise EnvelopeRefused(error, refusal) from None
+
+
+@dataclass(frozen=True)
+class _Context:
+    original: MessageRow | None  # the message of ours this one answers, if any
+    downgraded_from: str | None
+    consent: Consent | None
+    confidentiality: str | None
+
+
+async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
+    payload = opened.payload
+    original = None
+    async with gw.reader.connect() as conn:
+        if payload.in_reply_to is not None:
+            found = await Messages.find(conn, payload.in_reply_to)
+            original = found if found is not None and found.direction == "out" and found.peer == payload.from_ else None
+        downgraded = await check_answer_received(gw, conn, original, payload.marking, payload.content)
+        consent = None
+        if payload.kind is MessageKind.CONSENT:
+            consent = consent_of(payload.content)
+            about = await Messages.find(conn, consent.message_id)
+            if about is None or about.direction != "in" or about.peer != payload.from_:
+                raise InvalidMessage(f"{payload.from_} can only consent about a message it sent us")
+    answer = confidentiality_answer(payload.content) if payload.kind is MessageKind.ACKNOWLEDGEMENT else None
+    return _Context(original, downgraded, consent, answer)
 
 
 async def _receive_attachments(
@@ -165,12 +196,21 @@ async def _receive_attachments(
 
 
 async def _commit(
-    gw: Gateway, opened: OpenedEnvelope, sealed: bytes, files: list[tuple[AttachmentRow, AttachmentFile]]
+    gw: Gateway,
+    opened: OpenedEnvelope,
+    sealed: bytes,
+    files: list[tuple[AttachmentRow, AttachmentFile]],
+    context: _Context,
 ) -> Received:
     payload, digest = opened.payload, opened.sha256
+    actor = f"peer:{payload.from_}"
+    # an answer joins the case of what it answers; anything else opens a case of its own, for a supervisor to assign
+    case_id = context.original.case_id if context.original is not None and context.original.case_id else payload.id
 
     async def unit(tx: Tx) -> Finish[Received]:
         now = tx.clock()
+        if case_id == payload.id:
+            await Cases.create(tx.conn, case_id, None, now)
         index = tx.record(
             EventType.RECEIVED,
             f"peer:{payload.from_}",
@@ -182,8 +222,28 @@ async def _commit(
             envelope_sha256=digest,
             marking=payload.marking.to_json(),
         )
-        if payload.in_reply_to is not None:
-            await _record_answer(tx, payload.in_reply_to, payload.kind, payload.id, payload.from_)
+        if context.original is not None:
+            await _record_answer(tx, context, payload.kind, payload.id, payload.from_)
+        if context.downgraded_from is not None:
+            tx.record(
+                EventType.MARKING_DOWNGRADED,
+                actor,
+                message_id=payload.id,
+                related_id=payload.in_reply_to,
+                marking=payload.marking.to_json(),
+                state="downgraded",
+            )
+        if context.consent is not None:
+            await Consents.record(
+                tx.conn, context.consent.message_id, context.consent.recipient, payload.from_, payload.id, now
+            )
+            tx.record(
+                EventType.CONSENT_RECEIVED,
+                actor,
+                message_id=context.consent.message_id,
+                related_id=payload.id,
+                to=context.consent.recipient,
+            )
 
         async def finish(checkpoint: str) -> Received:
             receipt = Receipt.parse(
@@ -213,6 +273,7 @@ async def _commit(
                 received_at=now,
                 receipt=token,
                 ledger_index=index,
+                case_id=case_id,
                 attachment_rows=[row for row, _ in files],
             )
             return Received(token, False, payload.id)
@@ -230,15 +291,19 @@ async def _commit(
     return received
 
 
-async def _record_answer(tx: Tx, original_id: str, kind: MessageKind, answer_id: str, peer: str) -> None:
+async def _record_answer(tx: Tx, context: _Context, kind: MessageKind, answer_id: str, peer: str) -> None:
     """An acknowledgement or response from the peer is an event on the message it answers, on our side too."""
-    original = await Messages.find(tx.conn, original_id)
     effect = ANSWER_EFFECTS.get(kind)
-    if original is None or original.direction != "out" or original.peer != peer or effect is None:
-        return  # not ours: the answer is still received and ledgered, it just relates to nothing we sent
+    if context.original is None or effect is None:
+        return
     event, state = effect
-    tx.record(event, f"peer:{peer}", message_id=original_id, related_id=answer_id)
-    await Messages.update(tx.conn, original_id, state=state)
+    original_id = context.original.id
+    # an acknowledgement says whether the requested State can keep the request confidential (art. 46(20))
+    tx.record(event, f"peer:{peer}", message_id=original_id, related_id=answer_id, state=context.confidentiality)
+    changes: dict[str, str] = {"state": state}
+    if context.confidentiality is not None:
+        changes["confidentiality_answer"] = context.confidentiality
+    await Messages.update(tx.conn, original_id, **changes)
 
 
 async def refuse(

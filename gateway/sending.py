@@ -16,10 +16,12 @@ from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
+from gateway.policy import AccessRefused, ConsentRequired, Embargoed, Outgoing, check_outgoing, ledger_refusal
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
+from store.cases import Cases
 from store.messages import AttachmentRow, Messages
 from store.users import User
 
@@ -40,6 +42,8 @@ class Draft:
     marking: Marking
     content: dict[str, Any]
     in_reply_to: str | None = None
+    forwards: tuple[str, ...] = ()  # ids of earlier messages whose content this one passes on
+    downgrade_reason: str | None = None  # a supervisor's reason for answering below the original marking
 
 
 class AttachmentTooLarge(ComityError):
@@ -56,17 +60,31 @@ async def submit_message(
     if draft.to == gw.authority_id:
         raise InvalidMessage("a gateway does not send messages to itself")
     peer = gw.peer(draft.to)
-    gw.scheme.check_accreditation(draft.marking, peer.accreditation.max_level, peer.accreditation.caveats, draft.to)
-    if draft.in_reply_to is not None:
-        async with gw.reader.connect() as conn:
-            original = await Messages.get(conn, draft.in_reply_to)
-        if original.direction != "in" or original.peer != draft.to:
-            raise InvalidMessage(f"message {draft.in_reply_to} was not received from {draft.to}")
-        if gw.scheme.rank(draft.marking.level) < gw.scheme.rank(original.marking.level):
-            raise MarkingRefused(
-                f"an answer cannot carry a lower marking ({draft.marking.level}) than the message it answers "
-                f"({original.marking.level})"
-            )
+    try:
+        outgoing = await check_outgoing(
+            gw,
+            user,
+            to=draft.to,
+            kind=draft.kind,
+            marking=draft.marking,
+            content=draft.content,
+            in_reply_to=draft.in_reply_to,
+            forwards=draft.forwards,
+            downgrade_reason=draft.downgrade_reason,
+        )
+    except (MarkingRefused, ConsentRequired, AccessRefused, Embargoed) as refused:
+        # the sending gateway's refusals are evidence too: ledgered, and nothing is sealed or sent
+        await ledger_refusal(
+            gw,
+            EventType.SUBMIT_REFUSED,
+            f"user:{user.username}",
+            refused,
+            message_id=None,
+            to=draft.to,
+            kind=draft.kind.value,
+            marking=draft.marking.to_json(),
+        )
+        raise
     message_id = new_message_id()
     refs, files = await _encrypt_attachments(gw, message_id, attachments)
     try:
@@ -80,13 +98,13 @@ async def submit_message(
                 "in_reply_to": draft.in_reply_to,
                 "marking": draft.marking.to_json(),
                 "attachments": [ref.model_dump() for ref in refs],
-                "content": draft.content,
+                "content": {**draft.content, **outgoing.content},
             }
         )
         sealed = seal_envelope(payload, gw.keys.signing, peer.encryption_key_at(gw.clock()))
         archive_key = import_public_jwk(public_jwk(gw.keys.archive), use="enc")
         archive = encrypt_signed(sealed.signed, payload, archive_key)
-        await _persist(gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files)
+        await _persist(gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files, outgoing)
     except BaseException:
         for _, path in files:
             path.final.unlink(missing_ok=True)
@@ -146,12 +164,17 @@ async def _persist(
     sealed: bytes,
     archive: bytes,
     files: list[tuple[AttachmentRow, AttachmentFile]],
+    outgoing: Outgoing,
 ) -> None:
     digest = hashlib.sha256(sealed).hexdigest()
+    case_id = outgoing.case_id or payload.id  # a new request opens a case of its own
     actor = f"user:{user.username}"
 
     async def unit(tx: Tx) -> Finish[None]:
         now = tx.clock()
+        if outgoing.case_id is None:
+            await Cases.create(tx.conn, case_id, user.unit or None, now)
+            await Cases.assign(tx.conn, case_id, user.id, actor, now, unit=None, replace=False)
         await Messages.insert(
             tx.conn,
             id=payload.id,
@@ -166,6 +189,7 @@ async def _persist(
             envelope_sha256=digest,
             created_by=user.id,
             created_at=now,
+            case_id=case_id,
             attachment_rows=[row for row, _ in files],
         )
         await gw.outbox.enqueue(tx.conn, payload.id, payload.to, now)
@@ -180,6 +204,15 @@ async def _persist(
             envelope_sha256=digest,
             marking=payload.marking.to_json(),
         )
+        if outgoing.downgraded_from is not None:
+            tx.record(
+                EventType.MARKING_DOWNGRADED,
+                actor,
+                message_id=payload.id,
+                related_id=payload.in_reply_to,
+                marking=payload.marking.to_json(),
+                state="downgraded",
+            )
         effect = ANSWER_EFFECTS.get(payload.kind)
         if payload.in_reply_to is not None and effect is not None:
             event, state = effect

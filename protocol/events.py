@@ -31,7 +31,12 @@ class EventType(enum.StrEnum):
     OPENED = "message.opened"  # a user decrypted the content (actor, purpose)
     ANSWERED = "message.answered"  # a response to the message was sent or received (related_id = the response)
     CLOSED = "message.closed"
-    DELIVERY_FAILED = "message.delivery_failed"  # an attempt failed; the outbox retries (reason = problem code)
+    DELIVERY_FAILED = "message.delivery_failed"  # the peer refused it for good (reason = problem code)
+    SUBMIT_REFUSED = "message.submit_refused"  # our gateway refused to send it (reason = problem code)
+    OPEN_REFUSED = "message.open_refused"  # a user was refused the content (reason = problem code)
+    MARKING_DOWNGRADED = "marking.downgraded"  # an answer carries a lower marking, recorded by a supervisor
+    CONSENT_RECEIVED = "consent.received"  # the originator consented to onward use (related_id = consent message)
+    CASE_ASSIGNED = "case.assigned"  # an officer was assigned to a case (subject = user, message_id = case)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
     PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)
     USER_CHANGED = "user.changed"

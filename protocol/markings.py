@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 
 from protocol.errors import ProtocolError
 from protocol.messages import Marking
 
-__all__ = ["DEFAULT_CAVEATS", "DEFAULT_LEVELS", "MarkingRefused", "MarkingScheme"]
+__all__ = [
+    "CONFIDENTIALITY_CAVEAT",
+    "DEFAULT_CAVEATS",
+    "DEFAULT_LEVELS",
+    "ONWARD_CAVEATS",
+    "MarkingRefused",
+    "MarkingScheme",
+    "embargo_until",
+]
+
+CONFIDENTIALITY_CAVEAT = "uncac-46-20"  # keep the fact and substance of the request confidential
+ONWARD_CAVEATS = ("uncac-46-19", "no-onward")  # content may not travel on without the originator's consent
 
 DEFAULT_LEVELS = ("UNCLASSIFIED", "CONFIDENTIAL", "STRICTLY CONFIDENTIAL")
 DEFAULT_CAVEATS = ("uncac-46-20", "uncac-46-19", "no-onward", "embargo")
@@ -55,3 +67,15 @@ class MarkingScheme:
         for caveat in marking.caveats:
             if caveat.split(":", 1)[0] not in honoured:
                 raise MarkingRefused(f"{recipient} does not honour the caveat {caveat.split(':', 1)[0]!r}")
+
+
+def embargo_until(marking: Marking) -> date | None:
+    """The date of an ``embargo:YYYY-MM-DD`` caveat: content stays closed to the receiver's users until then."""
+    for caveat in marking.caveats:
+        name, _, parameter = caveat.partition(":")
+        if name == "embargo":
+            try:
+                return date.fromisoformat(parameter)
+            except ValueError:
+                raise MarkingRefused("an embargo caveat must carry a date: embargo:YYYY-MM-DD") from None
+    return None

@@ -49,6 +49,7 @@ class MessageKind(enum.StrEnum):
     STATUS_REPORT = "status_report"
     CONSULTATION = "consultation"
     WITHDRAWAL = "withdrawal"
+    CONSENT = "consent"  # the originator consents to onward use of a message's content (art. 46(19))
 
 
 def validate_authority_id(value: str) -> str:

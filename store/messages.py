@@ -43,6 +43,8 @@ class MessageRow:
     received_at: datetime | None
     receipt: str | None
     ledger_index: int | None
+    case_id: str | None = None
+    confidentiality_answer: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> MessageRow:
@@ -63,6 +65,8 @@ class MessageRow:
             received_at=row.received_at,
             receipt=row.receipt,
             ledger_index=row.ledger_index,
+            case_id=row.case_id,
+            confidentiality_answer=row.confidentiality_answer,
         )
 
 
@@ -86,6 +90,7 @@ class Messages:
         received_at: datetime | None = None,
         receipt: str | None = None,
         ledger_index: int | None = None,
+        case_id: str | None = None,
         attachment_rows: Sequence[AttachmentRow] = (),
     ) -> None:
         await conn.execute(
@@ -106,6 +111,7 @@ class Messages:
                 received_at=received_at,
                 receipt=receipt,
                 ledger_index=ledger_index,
+                case_id=case_id,
             )
         )
         if attachment_rows:

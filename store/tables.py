@@ -30,7 +30,10 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "attachments",
+    "case_assignments",
+    "cases",
     "checkpoints",
+    "consents",
     "cosignatures",
     "ledger_entries",
     "ledger_head",
@@ -99,8 +102,41 @@ messages = Table(
     Column("received_at", TZ, nullable=True),  # in: our receive time; out: the peer's signed receive time
     Column("receipt", Text, nullable=True),  # in: the receipt we issued; out: the receipt we hold
     Column("ledger_index", BigInteger, nullable=True),  # in: index of our "received" event
+    Column("case_id", String(36), nullable=True),  # the request that opened the case (its own id for a request)
+    Column("confidentiality_answer", String(16), nullable=True),  # art. 46(20): can-comply | cannot-comply
     Index("ix_messages_direction_created", "direction", "created_at"),
     Index("ix_messages_in_reply_to", "in_reply_to"),
+)
+
+# a case is the thread of messages opened by one request; it belongs to a unit and has assigned officers
+cases = Table(
+    "cases",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("unit", String(64), nullable=True),  # None until a supervisor assigns an incoming case
+    Column("created_at", TZ, nullable=False),
+)
+
+case_assignments = Table(
+    "case_assignments",
+    metadata,
+    Column("case_id", String(36), ForeignKey("cases.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("assigned_by", String(64), nullable=False),
+    Column("assigned_at", TZ, nullable=False),
+    PrimaryKeyConstraint("case_id", "user_id"),
+)
+
+# an originator's signed consent to pass a message's content on to a third authority (use limitation, no-onward)
+consents = Table(
+    "consents",
+    metadata,
+    Column("message_id", String(36), nullable=False),  # the message whose content may travel on
+    Column("recipient", String(40), nullable=False),  # the third authority it may go to
+    Column("granted_by", String(40), nullable=False),  # the originator who signed the consent
+    Column("consent_message_id", String(36), nullable=False),
+    Column("received_at", TZ, nullable=False),
+    PrimaryKeyConstraint("message_id", "recipient"),
 )
 
 # attachment ciphertexts beside a message; name, size and key are only in the signed, encrypted manifest

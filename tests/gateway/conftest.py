@@ -68,14 +68,27 @@ class Pair:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def issue_token(config: Path, username: str, role: str = "officer") -> str:
+ALL_CAVEATS = ("embargo", "no-onward", "uncac-46-19", "uncac-46-20")
+
+
+def issue_token(
+    config: Path,
+    username: str,
+    role: str = "officer",
+    *,
+    clearance: str = "STRICTLY CONFIDENTIAL",
+    caveats: tuple[str, ...] = ALL_CAVEATS,
+    unit: str = "mla",
+) -> str:
+    """Create a user (fully cleared by default) with the real command and return a one-day token."""
     from click.testing import CliRunner
 
     from gateway.cli import main
 
-    result = CliRunner().invoke(
-        main, ["user", "create", username, "--role", role, "--token-days", "1", "--config", str(config)]
-    )
+    args = ["user", "create", username, "--role", role, "--clearance", clearance, "--unit", unit]
+    for caveat in caveats:
+        args += ["--caveat", caveat]
+    result = CliRunner().invoke(main, [*args, "--token-days", "1", "--config", str(config)])
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1]
 
@@ -85,7 +98,11 @@ async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair
     urls = [await databases.new("ar"), await databases.new("au")]
     # the commands run their own event loop, so they run in a thread beside the test's loop
     ar, au = await asyncio.to_thread(provision, tmp_path / "work", [AR, AU], passphrase=PASSPHRASE, database_urls=urls)
-    tokens = [await asyncio.to_thread(issue_token, side.config, name) for side, name in ((ar, "alice"), (au, "bruce"))]
+    # alice, an officer, opens the cases she starts; bruce supervises au.ag's unit, so he may open incoming cases
+    tokens = [
+        await asyncio.to_thread(issue_token, ar.config, "alice"),
+        await asyncio.to_thread(issue_token, au.config, "bruce", "supervisor"),
+    ]
     sides = Pair(Side(ar, tokens[0]), Side(au, tokens[1]), tmp_path)
     await sides.ar.start()
     await sides.au.start()
@@ -96,4 +113,4 @@ async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair
         await sides.au.stop()
 
 
-__all__ = ["AR", "AU", "PASSPHRASE", "Pair", "Side", "comity", "issue_token"]
+__all__ = ["ALL_CAVEATS", "AR", "AU", "PASSPHRASE", "Pair", "Side", "comity", "issue_token"]

@@ -262,7 +262,9 @@ async def test_audit_two_live_gateways(pair: Pair, tmp_path: Path) -> None:
     assert status == 202, body
     message = body["id"]
     await wait_for(pair.ar, message, "delivered")
-    status, _ = await pair.au.call("POST", f"/v1/messages/{message}/acknowledge", json={})
+    status, _ = await pair.au.call(
+        "POST", f"/v1/messages/{message}/acknowledge", json={"confidentiality": "can-comply"}
+    )
     assert status == 202
     await wait_for(pair.ar, message, "acknowledged")
     for side in (pair.ar, pair.au):  # gateways sign a checkpoint every second: wait for one covering everything

@@ -57,7 +57,9 @@ async def test_request_receipt_acknowledgement_response(pair: Pair) -> None:
     status, data = await pair.au.call("GET", f"/v1/messages/{request_id}/attachments/0")
     assert status == 200 and hashlib.sha256(data).hexdigest() == hashlib.sha256(attachment).hexdigest()
 
-    status, ack = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
+    status, ack = await pair.au.call(
+        "POST", f"/v1/messages/{request_id}/acknowledge", json={"confidentiality": "can-comply"}
+    )
     assert status == 202, ack
     await wait_for(pair.ar, request_id, "acknowledged")
 

@@ -130,7 +130,9 @@ async def test_logs_and_problems_carry_no_secrets(log_buffer: io.StringIO, pair:
     assert status == 200 and opened["content"] == request["content"], opened
     status, got = await pair.au.call("GET", f"/v1/messages/{request_id}/attachments/0")
     assert status == 200 and got == data
-    status, body = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
+    status, body = await pair.au.call(
+        "POST", f"/v1/messages/{request_id}/acknowledge", json={"confidentiality": "can-comply"}
+    )
     assert status == 202, body
     await wait_for(pair.ar, request_id, "acknowledged")
     answer = {"marking": request["marking"], "content": {"text": f"Attached {marks['answer']}"}}

@@ -1,0 +1,177 @@
+"""The enforcement points of confidentiality markings (docs/markings.md lists each with the test that proves it).
+
+* sending: the recipient's accreditation (level and honoured caveats); an answer's marking not below the message it
+  answers unless a supervisor records a downgrade with a reason; content under a use limitation or no-onward caveat
+  forwarded to a third authority only with the originator's signed consent; a request asking for confidentiality
+  (art. 46(20)) acknowledged with an answer on whether the requested State can comply;
+* opening: clearance at or above the level, authorisation for every caveat, an assignment to the case (or
+  supervision of its unit), and no embargo still running;
+* receiving: our own accreditation (gateway/receiving.py) and no silent downgrade of an answer.
+
+Every refusal is a typed error and a ledger event in a transaction of its own; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.committer import Finish, Tx, done
+from gateway.context import Gateway
+from protocol.content import confidentiality_answer, downgrade_of
+from protocol.errors import ComityError, InvalidMessage
+from protocol.events import EventType
+from protocol.markings import CONFIDENTIALITY_CAVEAT, ONWARD_CAVEATS, MarkingRefused, embargo_until
+from protocol.messages import Marking, MessageKind
+from store.cases import Cases, Consents
+from store.messages import MessageRow, Messages
+from store.users import User
+
+__all__ = [
+    "AccessRefused",
+    "ConsentRequired",
+    "Embargoed",
+    "Outgoing",
+    "check_answer_received",
+    "check_opening",
+    "check_outgoing",
+    "ledger_refusal",
+]
+
+
+class AccessRefused(ComityError):
+    code = "forbidden"
+
+
+class Embargoed(ComityError):
+    code = "embargoed"
+
+
+class ConsentRequired(ComityError):
+    code = "consent-required"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What the checks decided about a draft: extra signed content and the case it belongs to."""
+
+    content: dict[str, Any]
+    case_id: str | None
+    downgraded_from: str | None
+
+
+async def ledger_refusal(
+    gw: Gateway, type: EventType, actor: str, error: ComityError, *, message_id: str | None, **fields: Any
+) -> None:
+    """Record a policy refusal; the refused change itself never happens."""
+
+    async def unit(tx: Tx) -> Finish[None]:
+        tx.record(type, actor, message_id=message_id, reason=error.code, **fields)
+        return await done(None)
+
+    await gw.commit(unit)
+
+
+async def check_outgoing(
+    gw: Gateway,
+    user: User,
+    *,
+    to: str,
+    kind: MessageKind,
+    marking: Marking,
+    content: dict[str, Any],
+    in_reply_to: str | None,
+    forwards: tuple[str, ...],
+    downgrade_reason: str | None,
+) -> Outgoing:
+    peer = gw.peer(to)
+    gw.scheme.check_accreditation(marking, peer.accreditation.max_level, peer.accreditation.caveats, to)
+    extra: dict[str, Any] = {}
+    case_id: str | None = None
+    downgraded_from: str | None = None
+    async with gw.reader.connect() as conn:
+        if in_reply_to is not None:
+            original = await Messages.get(conn, in_reply_to)
+            if original.direction != "in" or original.peer != to:
+                raise InvalidMessage(f"message {in_reply_to} was not received from {to}")
+            case_id = original.case_id
+            if gw.scheme.rank(marking.level) < gw.scheme.rank(original.marking.level):
+                if downgrade_reason is None or user.role != "supervisor":
+                    raise MarkingRefused(
+                        f"an answer cannot carry a lower marking ({marking.level}) than the message it answers "
+                        f"({original.marking.level}) unless a supervisor records a downgrade with a reason"
+                    )
+                extra["marking_downgrade"] = {"from": original.marking.level, "reason": downgrade_reason}
+                downgraded_from = original.marking.level
+            if (
+                kind is MessageKind.ACKNOWLEDGEMENT
+                and CONFIDENTIALITY_CAVEAT in original.marking.caveats
+                and confidentiality_answer(content) is None
+            ):
+                raise InvalidMessage(
+                    "the request asks for confidentiality (UNCAC art. 46(20)): acknowledge it with "
+                    "'confidentiality': 'can-comply' or 'cannot-comply'"
+                )
+        if forwards:
+            extra["forwarded"] = await _forwarded(gw, conn, user, to, marking, forwards)
+    return Outgoing(extra, case_id, downgraded_from)
+
+
+async def _forwarded(
+    gw: Gateway, conn: AsyncConnection, user: User, to: str, marking: Marking, forwards: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    from gateway.reading import decrypt_row  # reading imports this module
+
+    items = []
+    for message_id in forwards:
+        row = await Messages.get(conn, message_id)
+        await check_opening(gw, user, row, conn)
+        if gw.scheme.rank(marking.level) < gw.scheme.rank(row.marking.level):
+            raise MarkingRefused(
+                f"forwarded content is marked {row.marking.level}: the message must carry at least that"
+            )
+        originator = row.peer if row.direction == "in" else gw.authority_id
+        limited = any(caveat in ONWARD_CAVEATS for caveat in row.marking.caveats)
+        if limited and originator not in (to, gw.authority_id) and not await Consents.granted(conn, message_id, to):
+            raise ConsentRequired(
+                f"message {message_id} is under a use limitation or no-onward caveat: {originator} must consent "
+                f"before its content goes to {to}"
+            )
+        payload = decrypt_row(gw, row).payload
+        items.append({"message_id": message_id, "from": payload.from_, "content": payload.content})
+    return items
+
+
+async def check_opening(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection) -> None:
+    """Raise unless ``user`` may see the content of ``row`` now (clearance, caveats, case, embargo)."""
+    if user.role not in ("officer", "supervisor"):
+        raise AccessRefused(f"the {user.role} role never opens message content")
+    if not user.cleared_for(row.marking, gw.scheme):
+        raise AccessRefused(
+            f"opening needs clearance {row.marking.level} and authorisation for caveats "
+            f"{', '.join(row.marking.caveats) or 'none'}"
+        )
+    case = await Cases.find(conn, row.case_id) if row.case_id else None
+    supervises = user.role == "supervisor" and (case is None or case.unit in (None, user.unit))
+    if not supervises and (case is None or user.id not in case.assignees):
+        raise AccessRefused("only officers assigned to the case, or supervisors of its unit, open its content")
+    embargo = embargo_until(row.marking)
+    if row.direction == "in" and embargo is not None and gw.clock().date() < embargo:
+        raise Embargoed(f"the content is under embargo until {embargo.isoformat()}")
+
+
+async def check_answer_received(
+    gw: Gateway, conn: AsyncConnection, original: MessageRow | None, marking: Marking, content: dict[str, Any]
+) -> str | None:
+    """Refuse an answer whose marking is lower than what it answers without a declared downgrade; return the
+    level it was downgraded from, if any."""
+    if original is None or gw.scheme.rank(marking.level) >= gw.scheme.rank(original.marking.level):
+        return None
+    downgrade = downgrade_of(content)
+    if downgrade is None or downgrade.from_level != original.marking.level:
+        raise MarkingRefused(
+            f"the answer is marked {marking.level}, below {original.marking.level}, without a recorded downgrade"
+        )
+    return downgrade.from_level

@@ -1,0 +1,89 @@
+"""Cases (the thread a request opens), their unit and assigned officers; consents to onward use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.errors import NotFound
+from store.tables import case_assignments, cases, consents
+
+__all__ = ["Case", "Cases", "Consents"]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    unit: str | None
+    assignees: frozenset[int]
+
+
+class Cases:
+    @staticmethod
+    async def create(conn: AsyncConnection, case_id: str, unit: str | None, now: datetime) -> None:
+        await conn.execute(insert(cases).values(id=case_id, unit=unit, created_at=now))
+
+    @staticmethod
+    async def find(conn: AsyncConnection, case_id: str) -> Case | None:
+        row = (await conn.execute(select(cases).where(cases.c.id == case_id))).one_or_none()
+        if row is None:
+            return None
+        query = select(case_assignments.c.user_id).where(case_assignments.c.case_id == case_id)
+        assignees = frozenset(r.user_id for r in await conn.execute(query))
+        return Case(row.id, row.unit, assignees)
+
+    @staticmethod
+    async def get(conn: AsyncConnection, case_id: str) -> Case:
+        found = await Cases.find(conn, case_id)
+        if found is None:
+            raise NotFound(f"no case {case_id}")
+        return found
+
+    @staticmethod
+    async def assign(
+        conn: AsyncConnection, case_id: str, user_id: int, by: str, now: datetime, *, unit: str | None, replace: bool
+    ) -> None:
+        """Assign ``user_id`` (replacing the current officers when ``replace``); the case takes ``unit`` if unset."""
+        if replace:
+            await conn.execute(delete(case_assignments).where(case_assignments.c.case_id == case_id))
+        else:
+            await conn.execute(
+                delete(case_assignments).where(
+                    case_assignments.c.case_id == case_id, case_assignments.c.user_id == user_id
+                )
+            )
+        await conn.execute(
+            insert(case_assignments).values(case_id=case_id, user_id=user_id, assigned_by=by, assigned_at=now)
+        )
+        if unit is not None:
+            await conn.execute(cases.update().where(cases.c.id == case_id, cases.c.unit.is_(None)).values(unit=unit))
+
+
+class Consents:
+    @staticmethod
+    async def record(
+        conn: AsyncConnection, message_id: str, recipient: str, granted_by: str, consent_id: str, now: datetime
+    ) -> None:
+        existing = select(consents.c.message_id).where(
+            consents.c.message_id == message_id, consents.c.recipient == recipient
+        )
+        if (await conn.execute(existing)).first() is None:
+            await conn.execute(
+                insert(consents).values(
+                    message_id=message_id,
+                    recipient=recipient,
+                    granted_by=granted_by,
+                    consent_message_id=consent_id,
+                    received_at=now,
+                )
+            )
+
+    @staticmethod
+    async def granted(conn: AsyncConnection, message_id: str, recipient: str) -> bool:
+        query = select(consents.c.message_id).where(
+            consents.c.message_id == message_id, consents.c.recipient == recipient
+        )
+        return (await conn.execute(query)).first() is not None
