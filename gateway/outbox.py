@@ -86,7 +86,7 @@ class OutboxSender:
         wakeup.clear()
         timeout = 1.0  # poll: other replicas and due retries
         async with self.gw.reader.connect() as conn:
-            due = await self.gw.outbox.next_due(conn)
+            due = await self.gw.outbox.next_due(conn, self.gw.clock())
         if due is not None:
             timeout = max(0.0, min(timeout, (due - self.gw.clock()).total_seconds()))
         stop = asyncio.create_task(self._stopping.wait())

@@ -48,7 +48,8 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """Create the async engine for ``url`` with the settings described in the module docstring."""
     clean, schema = split_schema(url)
     if is_sqlite(clean):
-        engine = create_async_engine(clean, connect_args={"timeout": 30})
+        # one writer at a time holds the file lock anyway: a small fixed pool, never reopened under load
+        engine = create_async_engine(clean, connect_args={"timeout": 30}, pool_size=4, max_overflow=0)
         _configure_sqlite(engine)
         return engine
     if not clean.startswith("postgresql+asyncpg://"):

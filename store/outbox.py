@@ -71,6 +71,17 @@ class Outbox:
     async def pending(self, conn: AsyncConnection) -> int:
         return len((await conn.execute(select(outbox.c.message_id))).all())
 
-    async def next_due(self, conn: AsyncConnection) -> datetime | None:
-        query = select(outbox.c.next_attempt_at).order_by(outbox.c.next_attempt_at).limit(1)
-        return (await conn.execute(query)).scalar_one_or_none()
+    async def next_due(self, conn: AsyncConnection, now: datetime) -> datetime | None:
+        """When the next claim can succeed: the earliest due retry among unclaimed rows, or the earliest lease
+        expiry of a claimed one (a row in flight is not due again until its lease runs out)."""
+        unclaimed = (
+            select(outbox.c.next_attempt_at)
+            .where(or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now))
+            .order_by(outbox.c.next_attempt_at)
+            .limit(1)
+        )
+        due = (await conn.execute(unclaimed)).scalar_one_or_none()
+        leased = select(outbox.c.claimed_until).where(outbox.c.claimed_until >= now).order_by(outbox.c.claimed_until)
+        expiry = (await conn.execute(leased.limit(1))).scalar_one_or_none()
+        candidates = [when for when in (due, expiry) if when is not None]
+        return min(candidates) if candidates else None
