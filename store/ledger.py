@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
@@ -27,7 +27,12 @@ class LedgerReader:
         wanted = list(dict.fromkeys(needed))
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
-            condition = or_(*(and_(ledger_nodes.c.level == level, ledger_nodes.c.idx == idx) for level, idx in chunk))
+            if conn.dialect.name == "sqlite":
+                # SQLite's planner uses the primary key for OR-ed equalities, not for a row-value IN
+                condition = or_(*(and_(ledger_nodes.c.level == lv, ledger_nodes.c.idx == ix) for lv, ix in chunk))
+            else:
+                # a row-value IN with one expanding parameter: the statement compiles once and stays cached
+                condition = tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(chunk)
             query = select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(condition)
             for row in await conn.execute(query):
                 found[(row.level, row.idx)] = bytes(row.hash)

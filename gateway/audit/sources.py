@@ -11,6 +11,7 @@ deferred SQLite read transaction, a PostgreSQL ``REPEATABLE READ READ ONLY`` tra
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -182,24 +183,35 @@ class DatabaseSource:
             after = high
 
     async def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]:
+        # the next batch is fetched while the caller checks this one (it yields to the loop between segments)
         position = start
-        while position < end:
-            stop = min(position + BATCH, end)
-            rows = await self._fetch(
-                "SELECT idx, entry FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", position, stop
-            )
-            if len(rows) != stop - position or (rows and int(rows[-1][0]) != stop - 1):
-                expected = position
-                for row in rows:
-                    if int(row[0]) != expected:
-                        break
-                    expected += 1
-                raise MissingEntry(expected)
-            batch = [row[1] for row in rows]
-            if not all(type(entry) is bytes for entry in batch):  # memoryview, or TEXT in a SQLite BLOB column
-                batch = [entry.encode("utf-8") if isinstance(entry, str) else bytes(entry) for entry in batch]
-            yield position, batch
-            position = stop
+        upcoming = asyncio.ensure_future(self._batch(position, min(position + BATCH, end))) if start < end else None
+        try:
+            while upcoming is not None:
+                batch = await upcoming
+                stop = position + len(batch)
+                upcoming = asyncio.ensure_future(self._batch(stop, min(stop + BATCH, end))) if stop < end else None
+                yield position, batch
+                position = stop
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+
+    async def _batch(self, position: int, stop: int) -> list[bytes]:
+        rows = await self._fetch(
+            "SELECT idx, entry FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", position, stop
+        )
+        if len(rows) != stop - position or (rows and int(rows[-1][0]) != stop - 1):
+            expected = position
+            for row in rows:
+                if int(row[0]) != expected:
+                    break
+                expected += 1
+            raise MissingEntry(expected)
+        batch = [row[1] for row in rows]
+        if not all(type(entry) is bytes for entry in batch):  # memoryview, or TEXT in a SQLite BLOB column
+            batch = [entry.encode("utf-8") if isinstance(entry, str) else bytes(entry) for entry in batch]
+        return batch
 
     async def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]:
         position = start

@@ -19,6 +19,7 @@ nodes, which names the changed entry exactly unless the operator rewrote those a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
@@ -37,6 +38,8 @@ from gateway.audit.trust import Trust
 from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.merkle import MerkleError, verify_consistency
 from protocol.timefmt import format_time
+
+SEGMENT = 2048  # entries checked between two chances for the prefetch to run
 
 __all__ = ["AuditFailure", "Progress", "Summary", "verify_ledger"]
 
@@ -171,7 +174,8 @@ class _Audit:
                 offset = 0
                 while offset < len(batch):
                     await boundaries()
-                    stops = [start + len(batch)]
+                    # segments of at most SEGMENT entries, yielding to the loop between them (the source prefetches)
+                    stops = [start + len(batch), tree.size + SEGMENT]
                     if pending is not None:
                         stops.append(pending.size)
                     if previous_pending and previous is not None:
@@ -191,6 +195,7 @@ class _Audit:
                         await self._fail(str(exc), index)
                     tree.extend([_sha256(b"\x00" + entry).digest() for entry in segment])
                     offset += len(segment)
+                    await asyncio.sleep(0)
                 now = time.perf_counter()
                 if self.progress is not None and now - last_report >= 1.0:
                     last_report = now
