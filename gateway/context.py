@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from config.directory import AuthorityEntry, Directory, read_directory
 from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
-from crypto.keys import AuthorityKeys, key_id, tls_key_password
+from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_password
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from gateway.committer import Committer, Unit
 from gateway.metrics import Metrics
@@ -71,6 +71,7 @@ class Gateway:
         self._note_signer = NoteSigner(self.origin, self.keys.signing)
         self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
         self.committer = Committer(self)
+        self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
 

@@ -149,6 +149,9 @@ class _Context:
 async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
     payload = opened.payload
     original = None
+    answer = confidentiality_answer(payload.content) if payload.kind is MessageKind.ACKNOWLEDGEMENT else None
+    if payload.in_reply_to is None and payload.kind is not MessageKind.CONSENT:
+        return _Context(None, None, None, answer)  # nothing to look up: the common case costs no query
     async with gw.reader.connect() as conn:
         if payload.in_reply_to is not None:
             found = await Messages.find(conn, payload.in_reply_to)
@@ -160,7 +163,6 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             about = await Messages.find(conn, consent.message_id)
             if about is None or about.direction != "in" or about.peer != payload.from_:
                 raise InvalidMessage(f"{payload.from_} can only consent about a message it sent us")
-    answer = confidentiality_answer(payload.content) if payload.kind is MessageKind.ACKNOWLEDGEMENT else None
     return _Context(original, downgraded, consent, answer)
 
 

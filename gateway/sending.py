@@ -11,7 +11,6 @@ from typing import Any
 
 from crypto.attachments import AttachmentEncryptor
 from crypto.envelope import encrypt_signed, seal_envelope
-from crypto.keys import import_public_jwk, public_jwk
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
@@ -102,8 +101,7 @@ async def submit_message(
             }
         )
         sealed = seal_envelope(payload, gw.keys.signing, peer.encryption_key_at(gw.clock()))
-        archive_key = import_public_jwk(public_jwk(gw.keys.archive), use="enc")
-        archive = encrypt_signed(sealed.signed, payload, archive_key)
+        archive = encrypt_signed(sealed.signed, payload, gw.archive_public)
         await _persist(gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files, outgoing)
     except BaseException:
         for _, path in files:
