@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.logs import get_logger
 from protocol.events import EventType, LedgerEvent
+from protocol.messages import MessagePayload
 from protocol.timefmt import format_time
 from store.events import LedgerBatch
 
@@ -41,6 +42,20 @@ class Tx:
     conn: AsyncConnection
     batch: LedgerBatch
     clock: Callable[[], datetime]
+
+    def record_message(self, type: EventType, actor: str, payload: MessagePayload, envelope_sha256: str) -> int:
+        """Record an event about a whole message: its id, kind, parties, reply link, digest and marking."""
+        return self.record(
+            type,
+            actor,
+            message_id=payload.id,
+            kind=payload.kind.value,
+            from_=payload.from_,
+            to=payload.to,
+            in_reply_to=payload.in_reply_to,
+            envelope_sha256=envelope_sha256,
+            marking=payload.marking.to_json(),
+        )
 
     def record(self, type: EventType, actor: str, *, at: datetime | None = None, **fields: Any) -> int:
         """Append one ledger event to this transaction; its time is ``at`` (when it happened) or now."""

@@ -213,17 +213,7 @@ async def _commit(
         now = tx.clock()
         if case_id == payload.id:
             await Cases.create(tx.conn, case_id, None, now)
-        index = tx.record(
-            EventType.RECEIVED,
-            f"peer:{payload.from_}",
-            message_id=payload.id,
-            kind=payload.kind.value,
-            from_=payload.from_,
-            to=payload.to,
-            in_reply_to=payload.in_reply_to,
-            envelope_sha256=digest,
-            marking=payload.marking.to_json(),
-        )
+        index = tx.record_message(EventType.RECEIVED, actor, payload, digest)
         if context.original is not None:
             await _record_answer(tx, context, payload.kind, payload.id, payload.from_)
         if context.downgraded_from is not None:

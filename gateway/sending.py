@@ -191,17 +191,7 @@ async def _persist(
             attachment_rows=[row for row, _ in files],
         )
         await gw.outbox.enqueue(tx.conn, payload.id, payload.to, now)
-        tx.record(
-            EventType.SUBMITTED,
-            actor,
-            message_id=payload.id,
-            kind=payload.kind.value,
-            from_=payload.from_,
-            to=payload.to,
-            in_reply_to=payload.in_reply_to,
-            envelope_sha256=digest,
-            marking=payload.marking.to_json(),
-        )
+        tx.record_message(EventType.SUBMITTED, actor, payload, digest)
         if outgoing.downgraded_from is not None:
             tx.record(
                 EventType.MARKING_DOWNGRADED,
