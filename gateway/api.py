@@ -1,7 +1,7 @@
 """The local API for officers (``/v1``), authenticated with bearer tokens.
 
-Every route is listed in gateway/openapi.py; tests/gateway/test_openapi.py checks that the document and the router
-agree. Errors are problem+json (gateway/problems.py).
+Every route is listed in gateway/openapi.py; tests/gateway/test_api.py (test_openapi_documents_exactly_what_is_served)
+checks that the document and the router agree. Errors are problem+json (gateway/problems.py).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from gateway.receiving import EnvelopeRefused, PeerError, receive_envelope, refu
 from gateway.tls import peer_pin
 from gateway.witness import cosignature_verifiers
 from protocol.errors import ComityError, InvalidMessage
-from protocol.messages import parse_strict_json
+from protocol.messages import AUTHORITY_ID_RE, parse_strict_json
 from store.errors import NotFound
 from store.ledger import LedgerReader
 
@@ -79,7 +79,8 @@ def _identify_peer(gw: Gateway, request: web.Request) -> str | None:
     pin = peer_pin(request.transport)
     if pin is None:
         # plain HTTP exists only behind the development flag, on loopback (config/settings.py refuses otherwise)
-        return request.headers.get("Comity-Dev-Peer") if gw.settings.dev_plain_http else None
+        claimed = request.headers.get("Comity-Dev-Peer", "")
+        return claimed if gw.settings.dev_plain_http and AUTHORITY_ID_RE.fullmatch(claimed) else None
     entry = gw.directory.by_tls_pin(pin)
     return None if entry is None else entry.id
 
@@ -171,9 +172,15 @@ async def post_cosignature(request: web.Request) -> web.Response:
     """A peer's tlog-cosignature of one of our checkpoints; kept beside the checkpoint."""
     peer_id = _authenticated_peer(request)
     gw = request.app[GATEWAY]
-    body = parse_strict_json(await request.content.read(8192))
-    if not isinstance(body, dict) or not isinstance(body.get("size"), int) or not isinstance(body.get("line"), str):
-        raise InvalidMessage('send {"size": <checkpoint size>, "line": "<cosignature line>"}')
+    raw = await request.content.read(8193)
+    body = parse_strict_json(raw) if len(raw) <= 8192 else None
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"size", "line"}
+        or type(body["size"]) is not int
+        or not isinstance(body["line"], str)
+    ):
+        raise InvalidMessage('send exactly {"size": <checkpoint size>, "line": "<cosignature line>"}, at most 8 KiB')
     async with gw.reader.connect() as conn:
         text = await LedgerReader.checkpoint_text(conn, body["size"])
     if text is None:
@@ -190,11 +197,12 @@ async def post_cosignature(request: web.Request) -> web.Response:
 async def get_checkpoint(request: web.Request) -> web.Response:
     """The latest signed checkpoint of this gateway's ledger (a C2SP signed note)."""
     gw = request.app[GATEWAY]
+    _authenticated_peer(request)
     async with gw.reader.connect() as conn:
-        note = await gw.events.latest_checkpoint(conn)
-    if note is None:
+        latest = await LedgerReader.latest_checkpoint_note(conn)
+    if latest is None:
         return problem_response("not-found", "no checkpoint has been signed yet")
-    return web.Response(text=note, content_type="text/plain")
+    return web.Response(text=latest[1], content_type="text/plain")  # with the cosignatures peers returned
 
 
 def federation_routes() -> list[web.RouteDef]:

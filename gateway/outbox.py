@@ -148,21 +148,20 @@ class OutboxSender:
         gw = self.gw
         peer = gw.peer(item.peer)
         async with gw.reader.connect() as conn:
-            message = await Messages.get(conn, item.message_id)
-            files = await Messages.attachments(conn, item.message_id)
+            sealed, digest, files = await Messages.for_delivery(conn, item.message_id)
         if not peer.endpoint.startswith("https://") and not gw.settings.dev_plain_http:
             raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
         body: Any
         if files:
             body = aiohttp.MultipartWriter("mixed")
-            body.append(message.sealed, {"Content-Type": "application/jose"})
+            body.append(sealed, {"Content-Type": "application/jose"})
             for row in files:
                 path = gw.settings.attachments_path / "out" / row.path
                 part = body.append(read_chunks(path), {"Content-Type": "application/octet-stream"})
                 part.headers["Content-Length"] = str(row.ct_size)
             headers: dict[str, str] = {}
         else:
-            body, headers = message.sealed, {"Content-Type": "application/jose"}
+            body, headers = sealed, {"Content-Type": "application/jose"}
         if gw.settings.dev_plain_http and not peer.endpoint.startswith("https://"):
             headers["Comity-Dev-Peer"] = gw.authority_id  # plain HTTP has no certificate to name us
         url = peer.endpoint.rstrip("/") + FEDERATION_PATH
@@ -171,11 +170,11 @@ class OutboxSender:
             raw = await response.read()
         document = _json(raw)
         if response.status == 200 and isinstance(document.get("receipt"), str):
-            await self._record_receipt(peer, message.envelope_sha256, item, document["receipt"], started)
+            await self._record_receipt(peer, digest, item, document["receipt"], started)
         elif isinstance(document.get("refusal"), str):
             refusal = verify_refusal(document["refusal"], peer.all_signing_keys())
             # a size refusal names the digest of what was read before the limit; any other must name our bytes
-            about_ours = refusal.envelope_sha256 == message.envelope_sha256 or refusal.code in SIZE_CODES
+            about_ours = refusal.envelope_sha256 == digest or refusal.code in SIZE_CODES
             if refusal.code in TRANSIENT_CODES or not about_ours:
                 raise DeliveryError(f"{peer.id} refused for now: {refusal.code}")
             await self._record_refusal(item, refusal.code)

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
-from protocol.content import confidentiality_answer, downgrade_of
+from protocol.content import confidentiality_answer, consent_of, downgrade_of
 from protocol.errors import ComityError, InvalidMessage
-from protocol.events import EventType
+from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import CONFIDENTIALITY_CAVEAT, ONWARD_CAVEATS, MarkingRefused, embargo_until
 from protocol.messages import Marking, MessageKind
 from store.cases import Cases, Consents
@@ -60,6 +60,7 @@ class Outgoing:
     content: dict[str, Any]
     case_id: str | None
     downgraded_from: str | None
+    answers: bool = False  # it answers a message we received (acknowledgement, response): that one moves on
 
 
 async def ledger_refusal(
@@ -91,12 +92,16 @@ async def check_outgoing(
     extra: dict[str, Any] = {}
     case_id: str | None = None
     downgraded_from: str | None = None
+    answers = False
     async with gw.reader.connect() as conn:
         if in_reply_to is not None:
             original = await Messages.get(conn, in_reply_to)
-            if original.direction != "in" or original.peer != to:
-                raise InvalidMessage(f"message {in_reply_to} was not received from {to}")
-            case_id = original.case_id
+            if original.peer != to:
+                raise InvalidMessage(f"message {in_reply_to} was not exchanged with {to}")
+            if kind in ANSWER_EFFECTS and original.direction != "in":
+                raise InvalidMessage(f"an {kind.value} answers a message received from {to}, not one we sent")
+            case_id = original.case_id  # a follow-up joins the case, whichever side opened it
+            answers = original.direction == "in"
             if gw.scheme.rank(marking.level) < gw.scheme.rank(original.marking.level):
                 if downgrade_reason is None or user.role != "supervisor":
                     raise MarkingRefused(
@@ -114,9 +119,12 @@ async def check_outgoing(
                     "the request asks for confidentiality (UNCAC art. 46(20)): acknowledge it with "
                     "'confidentiality': 'can-comply' or 'cannot-comply'"
                 )
+        if kind is MessageKind.CONSENT:
+            about = await Messages.get(conn, consent_of(content).message_id)
+            case_id = about.case_id
         if forwards:
             extra["forwarded"] = await _forwarded(gw, conn, user, to, marking, forwards)
-    return Outgoing(extra, case_id, downgraded_from)
+    return Outgoing(extra, case_id, downgraded_from, answers)
 
 
 async def _forwarded(

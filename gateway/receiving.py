@@ -2,14 +2,18 @@
 
 The checklist, in order (each failure is a typed error; nothing is stored but the ledgered refusal):
 
-1. the peer is authenticated (mutual TLS pin, or the loopback development flag) and listed in a valid directory;
+1. the peer is authenticated (mutual TLS pin, or the loopback development flag) and listed in a valid directory,
+   and not blocked by a ledger alarm;
 2. the routing header is inside the profile and names that peer as its sender;
 3. a message id seen before: the same envelope bytes get the stored receipt again, other bytes are a replay;
-4. the envelope opens with our key and its signature verifies under a key the directory lists for the sender;
-5. its time is within the allowed clock skew;
-6. each attachment stream matches its signed manifest entry (size and SHA-256 of the ciphertext);
-7. in one transaction: the message row, its attachments, the "received" ledger event (and, for an
-   acknowledgement or a response, the event on the message it answers), a checkpoint and the receipt.
+4. the marking is within our own accreditation in the directory (whatever the sender checked);
+5. the envelope opens with our key and its signature verifies under a key the directory lists for the sender;
+6. its time is neither too far ahead nor too old;
+7. what the content asks of us: an answer no lower than what it answers unless a downgrade is declared, a consent
+   only about a message the peer sent us, a valid confidentiality answer (gateway/policy.py);
+8. each attachment stream matches its signed manifest entry (size and SHA-256 of the ciphertext);
+9. in one group commit: the message row, its attachments, the case, the "received" ledger event (and, for an
+   answer, the event on the message it answers; downgrades and consents), a checkpoint and the receipt.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
 from gateway.policy import check_answer_received
-from protocol.content import Consent, confidentiality_answer, consent_of
+from protocol.content import Consent, Forwarded, confidentiality_answer, consent_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.messages import MessageKind, check_freshness
@@ -92,17 +96,17 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         claimed, message_id = header.from_, header.id
         if header.from_ != peer_id:
             raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
-        # the receiving gateway enforces its own accreditation too, whatever the sender checked (DESIGN.md)
-        own = gw.directory.authority(gw.authority_id).accreditation
-        gw.scheme.check_accreditation(header.marking, own.max_level, own.caveats, gw.authority_id)
-        # 3. duplicates and replays
+        # 3. duplicates and replays (before the marking check: a receipted message keeps its receipt)
         async with gw.reader.connect() as conn:
             known = await Messages.find(conn, header.id)
         if known is not None:
             if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
                 return Received(known.receipt, True, known.id)
             raise ReplayedMessage(f"message id {header.id} was already used for another envelope")
-        # 4. decrypt and verify under a key the directory lists for the sender
+        # the receiving gateway enforces its own accreditation too, whatever the sender checked (DESIGN.md)
+        own = gw.directory.authority(gw.authority_id).accreditation
+        gw.scheme.check_accreditation(header.marking, own.max_level, own.caveats, gw.authority_id)
+        # 5. decrypt and verify under a key the directory lists for the sender
         now = gw.clock()
         opened = open_envelope(
             sealed,
@@ -111,18 +115,18 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             expected_recipient=gw.authority_id,
             max_bytes=gw.settings.max_envelope_bytes,
         )
-        # 5. freshness
+        # 6. freshness
         check_freshness(
             opened.payload.iat,
             int(now.timestamp()),
             gw.settings.max_clock_skew_seconds,
             gw.settings.max_message_age_seconds,
         )
-        # 6. what the content asks of us: no silent downgrade of an answer, a consent about a message it sent us
+        # 7. what the content asks of us: no silent downgrade of an answer, a consent about a message it sent us
         context = await _answer_context(gw, opened)
-        # 7. attachments against the signed manifest
+        # 8. attachments against the signed manifest
         files = await _receive_attachments(gw, opened, next_part)
-        # 8. store, record, receipt: one transaction
+        # 9. store, record, receipt: one group commit
         try:
             return await _commit(gw, opened, sealed, files, context)
         except IntegrityError:
@@ -141,6 +145,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
 @dataclass(frozen=True)
 class _Context:
     original: MessageRow | None  # the message of ours this one answers, if any
+    case_id: str | None  # the case of the message it follows up or consents about, if we hold it
     downgraded_from: str | None
     consent: Consent | None
     confidentiality: str | None
@@ -150,12 +155,20 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
     payload = opened.payload
     original = None
     answer = confidentiality_answer(payload.content) if payload.kind is MessageKind.ACKNOWLEDGEMENT else None
+    forwarded = payload.content.get("forwarded", [])
+    if not isinstance(forwarded, list):
+        raise InvalidMessage("content.forwarded must be a list of forwarded messages")
+    for item in forwarded:
+        Forwarded.parse(item)  # a malformed forwarded member is refused, not stored
     if payload.in_reply_to is None and payload.kind is not MessageKind.CONSENT:
-        return _Context(None, None, None, answer)  # nothing to look up: the common case costs no query
+        return _Context(None, None, None, None, answer)  # nothing to look up: the common case costs no query
+    case_id = None
     async with gw.reader.connect() as conn:
         if payload.in_reply_to is not None:
             found = await Messages.find(conn, payload.in_reply_to)
-            original = found if found is not None and found.direction == "out" and found.peer == payload.from_ else None
+            if found is not None and found.peer == payload.from_:
+                case_id = found.case_id  # a follow-up joins the case, whichever side opened it
+                original = found if found.direction == "out" else None
         downgraded = await check_answer_received(gw, conn, original, payload.marking, payload.content)
         consent = None
         if payload.kind is MessageKind.CONSENT:
@@ -163,7 +176,8 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             about = await Messages.find(conn, consent.message_id)
             if about is None or about.direction != "in" or about.peer != payload.from_:
                 raise InvalidMessage(f"{payload.from_} can only consent about a message it sent us")
-    return _Context(original, downgraded, consent, answer)
+            case_id = about.case_id
+    return _Context(original, case_id, downgraded, consent, answer)
 
 
 async def _receive_attachments(
@@ -206,8 +220,8 @@ async def _commit(
 ) -> Received:
     payload, digest = opened.payload, opened.sha256
     actor = f"peer:{payload.from_}"
-    # an answer joins the case of what it answers; anything else opens a case of its own, for a supervisor to assign
-    case_id = context.original.case_id if context.original is not None and context.original.case_id else payload.id
+    # a follow-up joins the case of what it follows; anything else opens a case of its own, for a supervisor to assign
+    case_id = context.case_id or payload.id
 
     async def unit(tx: Tx) -> Finish[Received]:
         now = tx.clock()

@@ -171,8 +171,7 @@ async def _persist(
     async def unit(tx: Tx) -> Finish[None]:
         now = tx.clock()
         if outgoing.case_id is None:
-            await Cases.create(tx.conn, case_id, user.unit or None, now)
-            await Cases.assign(tx.conn, case_id, user.id, actor, now, unit=None, replace=False)
+            await Cases.open(tx.conn, case_id, user.unit or None, user.id, actor, now)
         await Messages.insert(
             tx.conn,
             id=payload.id,
@@ -202,7 +201,7 @@ async def _persist(
                 state="downgraded",
             )
         effect = ANSWER_EFFECTS.get(payload.kind)
-        if payload.in_reply_to is not None and effect is not None:
+        if outgoing.answers and payload.in_reply_to is not None and effect is not None:
             event, state = effect
             tx.record(event, actor, message_id=payload.in_reply_to, related_id=payload.id)
             await Messages.update(tx.conn, payload.in_reply_to, state=state)

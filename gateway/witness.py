@@ -116,7 +116,7 @@ class Witness:
             return []
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{CONSISTENCY_PATH}?from={size1}&to={size2}"
-        async with self._session_for(entry).get(url) as response:
+        async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
             if response.status != 200:
                 raise WitnessError(f"{peer} answered HTTP {response.status} to a consistency proof request")
             body = await response.json()
@@ -127,9 +127,15 @@ class Witness:
         line = self.gw.cosigner.sign(checkpoint.to_text(), timestamp)
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{COSIGNATURE_PATH}"
-        async with self._session_for(entry).post(url, json={"size": checkpoint.size, "line": line}) as response:
+        body = {"size": checkpoint.size, "line": line}
+        async with self._session_for(entry).post(url, json=body, headers=self._headers(entry)) as response:
             if response.status not in (200, 204):
                 raise WitnessError(f"{peer} answered HTTP {response.status} to our cosignature")
+
+    def _headers(self, entry: Any) -> dict[str, str]:
+        # plain HTTP (development only) has no certificate to name us
+        plain = self.gw.settings.dev_plain_http and not entry.endpoint.startswith("https://")
+        return {"Comity-Dev-Peer": self.gw.authority_id} if plain else {}
 
     async def _alarm(self, peer: str, reason: str, detail: str) -> None:
         gw = self.gw

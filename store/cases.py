@@ -27,6 +27,16 @@ class Cases:
         await conn.execute(insert(cases).values(id=case_id, unit=unit, created_at=now))
 
     @staticmethod
+    async def open(
+        conn: AsyncConnection, case_id: str, unit: str | None, officer_id: int, by: str, now: datetime
+    ) -> None:
+        """A new case of ``unit`` with its first officer assigned (two statements: the submit hot path)."""
+        await conn.execute(insert(cases).values(id=case_id, unit=unit, created_at=now))
+        await conn.execute(
+            insert(case_assignments).values(case_id=case_id, user_id=officer_id, assigned_by=by, assigned_at=now)
+        )
+
+    @staticmethod
     async def find(conn: AsyncConnection, case_id: str) -> Case | None:
         row = (await conn.execute(select(cases).where(cases.c.id == case_id))).one_or_none()
         if row is None:

@@ -142,7 +142,3 @@ class EventLog:
         note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
         await conn.execute(insert(checkpoints).values(size=head.size, note=note, created_at=now))
         return note
-
-    async def latest_checkpoint(self, conn: AsyncConnection) -> str | None:
-        query = select(checkpoints.c.note).order_by(checkpoints.c.size.desc()).limit(1)
-        return (await conn.execute(query)).scalar_one_or_none()

@@ -162,6 +162,28 @@ class Messages:
         await conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
 
     @staticmethod
+    async def for_delivery(conn: AsyncConnection, message_id: str) -> tuple[bytes, str, list[AttachmentRow]]:
+        """What the outbox sends, in one query: the envelope bytes, their digest and the attachment files."""
+        query = (
+            select(
+                messages.c.sealed,
+                messages.c.envelope_sha256,
+                attachments.c.position,
+                attachments.c.ct_size,
+                attachments.c.ct_sha256,
+                attachments.c.path,
+            )
+            .select_from(messages.outerjoin(attachments, attachments.c.message_id == messages.c.id))
+            .where(messages.c.id == message_id)
+            .order_by(attachments.c.position)
+        )
+        rows = (await conn.execute(query)).all()
+        if not rows:
+            raise NotFound(f"no message {message_id}")
+        files = [AttachmentRow(r.position, r.ct_size, r.ct_sha256, r.path) for r in rows if r.position is not None]
+        return bytes(rows[0].sealed), rows[0].envelope_sha256, files
+
+    @staticmethod
     async def attachments(conn: AsyncConnection, message_id: str) -> list[AttachmentRow]:
         query = select(attachments).where(attachments.c.message_id == message_id).order_by(attachments.c.position)
         return [AttachmentRow(r.position, r.ct_size, r.ct_sha256, r.path) for r in await conn.execute(query)]
