@@ -7,6 +7,7 @@ checks that the document and the router agree. Errors are problem+json (gateway/
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,9 @@ from aiohttp import BodyPartReader, web
 from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
+from gateway.policy import ledger_refusal
 from gateway.reading import Forbidden, attachment_stream, message_events, open_message
+from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -31,6 +34,7 @@ __all__ = ["USER", "api_routes", "auth_middleware"]
 USER = web.RequestKey("user", User)  # the authenticated user of a request
 PUBLIC_PATHS = {"/v1/openapi.json", "/healthz", "/readyz", "/metrics"}
 MAX_JSON = 1 << 20
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 class Unauthenticated(ComityError):
@@ -53,7 +57,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         user = await Users.authenticate(conn, token.strip(), gw.clock())
     if user is None:
         raise Unauthenticated("the token is unknown, expired or revoked")
-    check_scope(user, required_scope(request))  # every route names its scope (gateway/auth.py)
+    try:
+        check_scope(user, required_scope(request))  # every route names its scope (gateway/auth.py)
+    except ComityError as refused:
+        target = request.match_info.get("id", "")
+        if required_scope(request) == "content:open" and _UUID.fullmatch(target):
+            # an attempt to open content without the right is evidence too
+            await ledger_refusal(gw, EventType.OPEN_REFUSED, f"user:{user.username}", refused, message_id=target)
+        raise
     request[USER] = user
     return await handler(request)
 
@@ -99,7 +110,8 @@ def _summary(row: MessageRow) -> dict[str, Any]:
 
 def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     fields = {**fields, **fixed}
-    unknown = set(fields) - {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason"}
+    allowed = {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason", "override_reason"}
+    unknown = set(fields) - allowed
     if unknown:
         raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
     try:
@@ -112,9 +124,11 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     forwards = fields.get("forwards", [])
     if not isinstance(forwards, list) or not all(isinstance(item, str) for item in forwards):
         raise InvalidMessage("'forwards' must be a list of message ids")
-    reason = fields.get("downgrade_reason")
+    reason, override = fields.get("downgrade_reason"), fields.get("override_reason")
     if reason is not None and not isinstance(reason, str):
         raise InvalidMessage("'downgrade_reason' must be a string")
+    if override is not None and not isinstance(override, str):
+        raise InvalidMessage("'override_reason' must be a string")
     return Draft(
         to=fields["to"],
         kind=kind,
@@ -123,6 +137,7 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
         in_reply_to=fields.get("in_reply_to"),
         forwards=tuple(validate_message_id(item) for item in forwards),
         downgrade_reason=reason,
+        override_reason=override,
     )
 
 
@@ -312,6 +327,33 @@ async def assign_case(request: web.Request) -> web.Response:
     return _json({"case_id": case_id, "assigned": username, "replaced": replace})
 
 
+async def case_event(request: web.Request) -> web.Response:
+    """An officer moves a case through its life cycle; the move is ledgered and reported to the counterpart."""
+    gw, user = request.app[GATEWAY], _user(request)
+    moved = await apply_case_event(gw, user, request.match_info["id"], await _read_json(request))
+    return _json(moved)
+
+
+async def status_query(request: web.Request) -> web.Response:
+    """The requesting officer asks the requested gateway where the case stands (art. 46(24)); it answers by itself."""
+    gw = request.app[GATEWAY]
+    case_id = request.match_info["id"]
+    async with gw.reader.connect() as conn:
+        await Cases.get(conn, case_id)
+        opening = await Messages.get(conn, case_id)
+    if opening.direction != "out" or opening.kind != MessageKind.REQUEST.value:
+        raise InvalidMessage("a status query is about a request we sent")
+    draft = Draft(
+        to=opening.peer,
+        kind=MessageKind.STATUS_QUERY,
+        marking=opening.marking,
+        content={"status_query": {"case_id": case_id}},
+        in_reply_to=case_id,
+    )
+    message_id = await submit_message(gw, _user(request), draft)
+    return _json({"id": message_id, "state": "queued"}, status=202)
+
+
 async def me(request: web.Request) -> web.Response:
     user = _user(request)
     return _json(
@@ -340,4 +382,6 @@ def api_routes() -> list[web.RouteDef]:
         web.get("/v1/messages/{id}/timeline", timeline),
         web.post("/v1/messages/{id}/consent", consent),
         web.post("/v1/cases/{id}/assign", assign_case),
+        web.post("/v1/cases/{id}/events", case_event),
+        web.post("/v1/cases/{id}/status-query", status_query),
     ]

@@ -31,6 +31,7 @@ from store.users import User
 
 __all__ = [
     "AccessRefused",
+    "ConfidentialityAnswerRequired",
     "ConsentRequired",
     "Embargoed",
     "Outgoing",
@@ -51,6 +52,12 @@ class Embargoed(ComityError):
 
 class ConsentRequired(ComityError):
     code = "consent-required"
+
+
+class ConfidentialityAnswerRequired(ComityError):
+    """An acknowledgement of a request asking for confidentiality must say whether it can be kept (art. 46(20))."""
+
+    code = "confidentiality-answer-required"
 
 
 @dataclass(frozen=True)
@@ -102,20 +109,20 @@ async def check_outgoing(
                 raise InvalidMessage(f"an {kind.value} answers a message received from {to}, not one we sent")
             case_id = original.case_id  # a follow-up joins the case, whichever side opened it
             answers = original.direction == "in"
-            if gw.scheme.rank(marking.level) < gw.scheme.rank(original.marking.level):
-                if downgrade_reason is None or user.role != "supervisor":
-                    raise MarkingRefused(
-                        f"an answer cannot carry a lower marking ({marking.level}) than the message it answers "
-                        f"({original.marking.level}) unless a supervisor records a downgrade with a reason"
-                    )
-                extra["marking_downgrade"] = {"from": original.marking.level, "reason": downgrade_reason}
+            if gw.scheme.lowers(marking, original.marking):
+                await _check_downgrade(gw, conn, user, original, marking, downgrade_reason)
+                extra["marking_downgrade"] = {
+                    "from": original.marking.level,
+                    "from_caveats": list(original.marking.caveats),
+                    "reason": downgrade_reason,
+                }
                 downgraded_from = original.marking.level
             if (
                 kind is MessageKind.ACKNOWLEDGEMENT
                 and CONFIDENTIALITY_CAVEAT in original.marking.caveats
                 and confidentiality_answer(content) is None
             ):
-                raise InvalidMessage(
+                raise ConfidentialityAnswerRequired(
                     "the request asks for confidentiality (UNCAC art. 46(20)): acknowledge it with "
                     "'confidentiality': 'can-comply' or 'cannot-comply'"
                 )
@@ -125,6 +132,24 @@ async def check_outgoing(
         if forwards:
             extra["forwarded"] = await _forwarded(gw, conn, user, to, marking, forwards)
     return Outgoing(extra, case_id, downgraded_from, answers)
+
+
+async def _check_downgrade(
+    gw: Gateway, conn: AsyncConnection, user: User, original: MessageRow, marking: Marking, reason: str | None
+) -> None:
+    """Only a supervisor of the case's unit, cleared for the original marking, records a downgrade, with a reason."""
+    case = await Cases.find(conn, original.case_id) if original.case_id else None
+    supervises = user.role == "supervisor" and (case is None or case.unit in (None, user.unit))
+    if reason is None or not supervises or not user.cleared_for(original.marking, gw.scheme):
+        lower, upper = _shown(marking), _shown(original.marking)
+        raise MarkingRefused(
+            f"an answer cannot carry a lower marking ({lower}) than the message it answers ({upper}) unless a "
+            "supervisor of the case's unit, cleared for it, records a downgrade with a reason"
+        )
+
+
+def _shown(marking: Marking) -> str:
+    return f"{marking.level}, caveats {', '.join(marking.caveats) or 'none'}"
 
 
 async def _forwarded(
@@ -173,13 +198,18 @@ async def check_opening(gw: Gateway, user: User, row: MessageRow, conn: AsyncCon
 async def check_answer_received(
     gw: Gateway, conn: AsyncConnection, original: MessageRow | None, marking: Marking, content: dict[str, Any]
 ) -> str | None:
-    """Refuse an answer whose marking is lower than what it answers without a declared downgrade; return the
-    level it was downgraded from, if any."""
-    if original is None or gw.scheme.rank(marking.level) >= gw.scheme.rank(original.marking.level):
+    """Refuse an answer whose marking is lower than what it answers (level, or a dropped caveat) without a declared
+    downgrade naming the original marking; return the level it was downgraded from, if any."""
+    if original is None or not gw.scheme.lowers(marking, original.marking):
         return None
     downgrade = downgrade_of(content)
-    if downgrade is None or downgrade.from_level != original.marking.level:
+    dropped = not set(original.marking.caveats) <= set(marking.caveats)
+    if (
+        downgrade is None
+        or downgrade.from_level != original.marking.level
+        or (dropped and set(downgrade.from_caveats) != set(original.marking.caveats))
+    ):
         raise MarkingRefused(
-            f"the answer is marked {marking.level}, below {original.marking.level}, without a recorded downgrade"
+            f"the answer is marked below what it answers ({original.marking.level}) without a recorded downgrade"
         )
     return downgrade.from_level

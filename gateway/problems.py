@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.logs import get_logger
+from protocol.checklist import IncompleteRequest
 from protocol.errors import ComityError
 
 __all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "status_for"]
@@ -59,6 +60,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "login-throttled": (429, "Too many failed logins"),
     "embargoed": (403, "Content under embargo"),
     "consent-required": (403, "The originator's consent is required"),
+    "confidentiality-answer-required": (422, "Say whether the request can be kept confidential (art. 46(20))"),
     "delivery-failed": (502, "Delivery to the peer failed"),
     "transition-refused": (409, "Case transition refused"),
     "note-invalid": (400, "Invalid signed note"),
@@ -96,6 +98,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except IncompleteRequest as exc:  # the checklist says what to add (it never quotes the request's content)
+        return problem_response(exc.code, exc.message, checklist=exc.checklist.to_json())
     except ComityError as exc:
         return problem_response(exc.code, exc.message)
     except web.HTTPException as exc:

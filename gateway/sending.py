@@ -15,7 +15,15 @@ from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
-from gateway.policy import AccessRefused, ConsentRequired, Embargoed, Outgoing, check_outgoing, ledger_refusal
+from gateway.policy import (
+    AccessRefused,
+    ConfidentialityAnswerRequired,
+    ConsentRequired,
+    Embargoed,
+    Outgoing,
+    check_outgoing,
+    ledger_refusal,
+)
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
@@ -71,7 +79,7 @@ async def submit_message(
             forwards=draft.forwards,
             downgrade_reason=draft.downgrade_reason,
         )
-    except (MarkingRefused, ConsentRequired, AccessRefused, Embargoed) as refused:
+    except (MarkingRefused, ConsentRequired, AccessRefused, Embargoed, ConfidentialityAnswerRequired) as refused:
         # the sending gateway's refusals are evidence too: ledgered, and nothing is sealed or sent
         await ledger_refusal(
             gw,

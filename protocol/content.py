@@ -25,6 +25,7 @@ __all__ = ["Consent", "Forwarded", "MarkingDowngrade", "confidentiality_answer",
 
 class MarkingDowngrade(StrictModel):
     from_level: str = Field(alias="from", min_length=1, max_length=64)
+    from_caveats: list[str] = Field(default_factory=list, max_length=64)  # the caveats of the original marking
     reason: str = Field(min_length=3, max_length=2000)
 
 

@@ -59,6 +59,10 @@ class MarkingScheme:
             if caveat.split(":", 1)[0] not in self.caveats:
                 raise MarkingRefused(f"unknown caveat {caveat!r}")
 
+    def lowers(self, marking: Marking, original: Marking) -> bool:
+        """Whether ``marking`` is below ``original``: a lower level, or a caveat of the original dropped."""
+        return self.rank(marking.level) < self.rank(original.level) or not set(original.caveats) <= set(marking.caveats)
+
     def check_accreditation(self, marking: Marking, max_level: str, honoured: Sequence[str], recipient: str) -> None:
         """Refuse a marking above the recipient's accreditation or with a caveat it does not honour."""
         self.check(marking)

@@ -53,7 +53,7 @@ async def test_an_answer_below_the_original_marking_needs_a_supervisors_recorded
         for _, side, body in attempts:
             status, problem = await side.call("POST", respond, json=body)
             problem = assert_problem(status, problem, http=403, code="marking-refused", secrets=[mark])
-            assert "unless a supervisor records a downgrade with a reason" in problem["detail"], problem
+            assert "records a downgrade with a reason" in problem["detail"], problem
         # onward: forwarding the request's content in a message marked lower is refused the same way
         onward = {"to": "ar.mj", "marking": LOWER, "content": {"text": "fwd"}, "forwards": [request_id]}
         status, problem = await pair.au.call("POST", "/v1/messages", json=onward)
@@ -97,7 +97,12 @@ async def test_an_answer_below_the_original_marking_needs_a_supervisors_recorded
         # both sides see the downgrade and its reason in the signed content; the ledger holds no free text
         status, opened = await side.call("POST", f"/v1/messages/{response_id}/open", json={"purpose": "review"})
         assert status == 200, opened
-        assert opened["content"]["marking_downgrade"] == {"from": "STRICTLY CONFIDENTIAL", "reason": reason}
+        downgrade = opened["content"]["marking_downgrade"]
+        assert downgrade == {
+            "from": "STRICTLY CONFIDENTIAL",
+            "from_caveats": downgrade["from_caveats"],
+            "reason": reason,
+        }
         await assert_ledger_clean(side.gw, [mark, reason])
 
 
@@ -146,9 +151,13 @@ async def test_confidentiality_of_a_request_is_answered_and_the_requesting_offic
         await wait_for(pair.ar, message_id, "delivered")
     first = requests["cannot-comply"]
     before_au, before_ar = await stored(pair.au.gw), await stored(pair.ar.gw)
-    for body in ({}, {"note": mark}, {"confidentiality": "maybe"}):
+    for body, http, code in (
+        ({}, 422, "confidentiality-answer-required"),
+        ({"note": mark}, 422, "confidentiality-answer-required"),
+        ({"confidentiality": "maybe"}, 400, "invalid-message"),
+    ):
         status, problem = await pair.au.call("POST", f"/v1/messages/{first}/acknowledge", json=body)
-        assert_problem(status, problem, http=400, code="invalid-message", secrets=[mark])
+        assert_problem(status, problem, http=http, code=code, secrets=[mark])
         assert "confidentiality" in problem["detail"], problem
     after_au = await stored(pair.au.gw)
     assert (after_au.messages, after_au.outbox) == (before_au.messages, 0)
@@ -178,29 +187,17 @@ async def test_confidentiality_of_a_request_is_answered_and_the_requesting_offic
         await assert_ledger_clean(side.gw, [mark])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/sending.py submit_message ledgers only MarkingRefused, ConsentRequired, AccessRefused and "
-    "Embargoed; the art. 46(20) refusal in gateway/policy.py check_outgoing is an InvalidMessage, so it is "
-    "refused but never ledgered (policy.py: 'every refusal is a typed error and a ledger event')",
-)
 async def test_an_acknowledgement_without_the_confidentiality_answer_is_ledgered(pair: Pair) -> None:
     request_id = await send(
         pair.ar, {"to": "au.ag", "marking": CONF_4620, "content": {"text": "q"}}, delivered_to=pair.au
     )
     before = (await stored(pair.au.gw)).ledger
     status, problem = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
-    assert status == 400, problem
+    assert status == 422 and problem["code"] == "confidentiality-answer-required", problem
     added = await ledger(pair.au.gw, before)
     assert [(e["type"], e["actor"]) for e in added] == [("message.submit_refused", "user:bruce")], added
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/policy.py check_outgoing and check_answer_received compare only levels: an answer at the same "
-    "level that drops a caveat of what it answers (here art. 46(20) confidentiality) is a lower marking sent "
-    "silently, without a supervisor's recorded downgrade",
-)
 async def test_an_answer_cannot_silently_drop_a_caveat_of_what_it_answers(pair: Pair) -> None:
     request_id = await send(
         pair.ar, {"to": "au.ag", "marking": CONF_4620, "content": {"text": "q"}}, delivered_to=pair.au
@@ -210,11 +207,6 @@ async def test_an_answer_cannot_silently_drop_a_caveat_of_what_it_answers(pair: 
     assert_problem(status, problem, http=403, code="marking-refused")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/policy.py check_outgoing accepts a downgrade from any user whose role is supervisor: neither "
-    "supervision of the case's unit nor clearance for the original marking is checked",
-)
 async def test_only_a_supervisor_of_the_cases_unit_records_a_downgrade(pair: Pair) -> None:
     request_id = await send(pair.ar, {"to": "au.ag", "marking": STRICT, "content": {"text": "q"}}, delivered_to=pair.au)
     status, summary = await pair.au.call("GET", f"/v1/messages/{request_id}")

@@ -131,12 +131,6 @@ async def test_auditors_and_admins_never_open_content(pair: Pair, role: str) -> 
         await close_sessions(side)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an auditor's attempt to open content is refused by the scope check in gateway/api.py auth_middleware "
-    "(check_scope, before the handler) and so never reaches gateway/reading.py open_message, which would ledger "
-    "message.open_refused; policy.check_opening's role check is unreachable through the API",
-)
 async def test_an_auditors_attempt_to_open_content_is_ledgered(pair: Pair) -> None:
     message_id = await _deliver(pair, {"level": "CONFIDENTIAL", "caveats": []}, canary())
     side = await _user(pair, "audrey", "auditor")
