@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     outbox_max_backoff: float = Field(default=300.0, gt=0)
     db_pool_size: int = Field(default=20, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    status_reveal: Literal["state_and_date", "date_only", "nothing"] = "state_and_date"  # art. 46(24) answers
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
 from gateway.policy import ledger_refusal
 from gateway.reading import Forbidden, attachment_stream, message_events, open_message
+from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -109,7 +110,8 @@ def _summary(row: MessageRow) -> dict[str, Any]:
 
 def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     fields = {**fields, **fixed}
-    unknown = set(fields) - {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason"}
+    allowed = {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason", "override_reason"}
+    unknown = set(fields) - allowed
     if unknown:
         raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
     try:
@@ -122,9 +124,11 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     forwards = fields.get("forwards", [])
     if not isinstance(forwards, list) or not all(isinstance(item, str) for item in forwards):
         raise InvalidMessage("'forwards' must be a list of message ids")
-    reason = fields.get("downgrade_reason")
+    reason, override = fields.get("downgrade_reason"), fields.get("override_reason")
     if reason is not None and not isinstance(reason, str):
         raise InvalidMessage("'downgrade_reason' must be a string")
+    if override is not None and not isinstance(override, str):
+        raise InvalidMessage("'override_reason' must be a string")
     return Draft(
         to=fields["to"],
         kind=kind,
@@ -133,6 +137,7 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
         in_reply_to=fields.get("in_reply_to"),
         forwards=tuple(validate_message_id(item) for item in forwards),
         downgrade_reason=reason,
+        override_reason=override,
     )
 
 
@@ -322,6 +327,33 @@ async def assign_case(request: web.Request) -> web.Response:
     return _json({"case_id": case_id, "assigned": username, "replaced": replace})
 
 
+async def case_event(request: web.Request) -> web.Response:
+    """An officer moves a case through its life cycle; the move is ledgered and reported to the counterpart."""
+    gw, user = request.app[GATEWAY], _user(request)
+    moved = await apply_case_event(gw, user, request.match_info["id"], await _read_json(request))
+    return _json(moved)
+
+
+async def status_query(request: web.Request) -> web.Response:
+    """The requesting officer asks the requested gateway where the case stands (art. 46(24)); it answers by itself."""
+    gw = request.app[GATEWAY]
+    case_id = request.match_info["id"]
+    async with gw.reader.connect() as conn:
+        await Cases.get(conn, case_id)
+        opening = await Messages.get(conn, case_id)
+    if opening.direction != "out" or opening.kind != MessageKind.REQUEST.value:
+        raise InvalidMessage("a status query is about a request we sent")
+    draft = Draft(
+        to=opening.peer,
+        kind=MessageKind.STATUS_QUERY,
+        marking=opening.marking,
+        content={"status_query": {"case_id": case_id}},
+        in_reply_to=case_id,
+    )
+    message_id = await submit_message(gw, _user(request), draft)
+    return _json({"id": message_id, "state": "queued"}, status=202)
+
+
 async def me(request: web.Request) -> web.Response:
     user = _user(request)
     return _json(
@@ -350,4 +382,6 @@ def api_routes() -> list[web.RouteDef]:
         web.get("/v1/messages/{id}/timeline", timeline),
         web.post("/v1/messages/{id}/consent", consent),
         web.post("/v1/cases/{id}/assign", assign_case),
+        web.post("/v1/cases/{id}/events", case_event),
+        web.post("/v1/cases/{id}/status-query", status_query),
     ]

@@ -65,6 +65,8 @@ ROUTE_SCOPES: Mapping[tuple[str, str], str | None] = MappingProxyType(
         ("POST", "/v1/messages/{id}/open"): "content:open",
         ("POST", "/v1/messages/{id}/consent"): "messages:write",
         ("POST", "/v1/cases/{id}/assign"): "cases:assign",
+        ("POST", "/v1/cases/{id}/events"): "messages:write",
+        ("POST", "/v1/cases/{id}/status-query"): "messages:write",
         ("GET", "/v1/messages/{id}/attachments/{position}"): "content:open",
         ("GET", "/v1/ledger/checkpoint"): "ledger:read",
         ("GET", "/v1/ledger/checkpoints"): "ledger:read",

@@ -36,7 +36,7 @@ from store.tables import settings_state
 
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 T = TypeVar("T")
 
 

@@ -259,6 +259,42 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json_ok("Assigned", {"type": "object"}), "403": _PROBLEM, "404": _PROBLEM},
                 }
             },
+            "/v1/cases/{id}/events": {
+                "post": {
+                    "summary": "Apply a life-cycle event to a case; ledgered and reported to the counterpart",
+                    "parameters": [_ID],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["event"],
+                                    "properties": {
+                                        "event": {"type": "string"},
+                                        "refusal": {"type": "object"},
+                                        "postponement": {"type": "object"},
+                                        "consultation_id": {"type": "string"},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _json_ok("Moved", {"type": "object"}),
+                        "403": _PROBLEM,
+                        "404": _PROBLEM,
+                        "409": _PROBLEM,
+                        "422": _PROBLEM,
+                    },
+                }
+            },
+            "/v1/cases/{id}/status-query": {
+                "post": {
+                    "summary": "Ask the requested gateway where a request stands (art. 46(24)); it answers by itself",
+                    "parameters": [_ID],
+                    "responses": _SUBMITTED,
+                }
+            },
             "/v1/messages/{id}/timeline": {
                 "get": {
                     "summary": "Acknowledgement timeline from the ledger",

@@ -34,9 +34,11 @@ from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
 from gateway.policy import ConfidentialityAnswerRequired, check_answer_received
+from gateway.requests import StatusReport, record_peer_status, request_type_of, schedule_status_answer, status_report_of
 from protocol.content import Consent, Forwarded, confidentiality_answer, consent_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
+from protocol.lifecycle import Side
 from protocol.markings import CONFIDENTIALITY_CAVEAT
 from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
@@ -150,6 +152,8 @@ class _Context:
     downgraded_from: str | None
     consent: Consent | None
     confidentiality: str | None
+    status: StatusReport | None = None  # a status report's validated state and event
+    requested: bool = False  # we are the requested side of the case (a status query is ours to answer)
 
 
 async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
@@ -161,8 +165,9 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
         raise InvalidMessage("content.forwarded must be a list of forwarded messages")
     for item in forwarded:
         Forwarded.parse(item)  # a malformed forwarded member is refused, not stored
+    status = status_report_of(payload.content, None) if payload.kind is MessageKind.STATUS_REPORT else None
     if payload.in_reply_to is None and payload.kind is not MessageKind.CONSENT:
-        return _Context(None, None, None, None, answer)  # nothing to look up: the common case costs no query
+        return _Context(None, None, None, None, answer, status)  # nothing to look up: the common case costs no query
     case_id = None
     async with gw.reader.connect() as conn:
         if payload.in_reply_to is not None:
@@ -185,7 +190,13 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             if about is None or about.direction != "in" or about.peer != payload.from_:
                 raise InvalidMessage(f"{payload.from_} can only consent about a message it sent us")
             case_id = about.case_id
-    return _Context(original, case_id, downgraded, consent, answer)
+        requested = False
+        if case_id is not None and payload.kind in (MessageKind.STATUS_REPORT, MessageKind.STATUS_QUERY):
+            opening = await Messages.find(conn, case_id)
+            requested = opening is not None and opening.direction == "in"
+            if status is not None:  # the peer's side may cause the event it reports (protocol/lifecycle.py)
+                status = status_report_of(payload.content, Side.REQUESTING if requested else Side.REQUESTED)
+    return _Context(original, case_id, downgraded, consent, answer, status, requested)
 
 
 async def _receive_attachments(
@@ -234,7 +245,15 @@ async def _commit(
     async def unit(tx: Tx) -> Finish[Received]:
         now = tx.clock()
         if case_id == payload.id:
-            await Cases.create(tx.conn, case_id, None, now)
+            request = payload.kind is MessageKind.REQUEST  # a request's case starts its life cycle as received
+            await Cases.create(
+                tx.conn,
+                case_id,
+                None,
+                now,
+                state="received" if request else None,
+                request_type=request_type_of(payload.content) if request else None,
+            )
         index = tx.record_message(EventType.RECEIVED, actor, payload, digest)
         if context.original is not None:
             await _record_answer(tx, context, payload.kind, payload.id, payload.from_)
@@ -247,6 +266,8 @@ async def _commit(
                 marking=payload.marking.to_json(),
                 state="downgraded",
             )
+        if context.status is not None and context.case_id is not None:
+            await record_peer_status(tx, context.case_id, context.status, payload.from_)
         if context.consent is not None:
             await Consents.record(
                 tx.conn, context.consent.message_id, context.consent.recipient, payload.from_, payload.id, now
@@ -302,6 +323,9 @@ async def _commit(
         raise
     gw.metrics.received.inc()
     get_logger(message_id=payload.id, peer=payload.from_).info("envelope_received", kind=payload.kind.value)
+    if payload.kind is MessageKind.STATUS_QUERY and context.requested and context.case_id is not None:
+        # art. 46(24): the gateway answers by itself, through the outbox, after the receive commit
+        schedule_status_answer(gw, payload.id, context.case_id, payload.from_)
     return received
 
 

@@ -24,6 +24,8 @@ from gateway.policy import (
     check_outgoing,
     ledger_refusal,
 )
+from gateway.requests import SYSTEM_USER, Completeness, check_completeness
+from protocol.checklist import IncompleteRequest
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
@@ -51,6 +53,7 @@ class Draft:
     in_reply_to: str | None = None
     forwards: tuple[str, ...] = ()  # ids of earlier messages whose content this one passes on
     downgrade_reason: str | None = None  # a supervisor's reason for answering below the original marking
+    override_reason: str | None = None  # a supervisor's reason for sending a request the checklist finds incomplete
 
 
 class AttachmentTooLarge(ComityError):
@@ -67,7 +70,12 @@ async def submit_message(
     if draft.to == gw.authority_id:
         raise InvalidMessage("a gateway does not send messages to itself")
     peer = gw.peer(draft.to)
+    actor = _actor(user)
     try:
+        # complete the first time (docs/requests.md): a formal request lacking blocking elements is refused
+        completeness = check_completeness(
+            gw, user, to=draft.to, kind=draft.kind, content=draft.content, override_reason=draft.override_reason
+        )
         outgoing = await check_outgoing(
             gw,
             user,
@@ -79,12 +87,19 @@ async def submit_message(
             forwards=draft.forwards,
             downgrade_reason=draft.downgrade_reason,
         )
-    except (MarkingRefused, ConsentRequired, AccessRefused, Embargoed, ConfidentialityAnswerRequired) as refused:
+    except (
+        MarkingRefused,
+        ConsentRequired,
+        AccessRefused,
+        Embargoed,
+        ConfidentialityAnswerRequired,
+        IncompleteRequest,
+    ) as refused:
         # the sending gateway's refusals are evidence too: ledgered, and nothing is sealed or sent
         await ledger_refusal(
             gw,
             EventType.SUBMIT_REFUSED,
-            f"user:{user.username}",
+            actor,
             refused,
             message_id=None,
             to=draft.to,
@@ -105,12 +120,14 @@ async def submit_message(
                 "in_reply_to": draft.in_reply_to,
                 "marking": draft.marking.to_json(),
                 "attachments": [ref.model_dump() for ref in refs],
-                "content": {**draft.content, **outgoing.content},
+                "content": {**draft.content, **outgoing.content, **completeness.content},
             }
         )
         sealed = seal_envelope(payload, gw.keys.signing, peer.encryption_key_at(gw.clock()))
         archive = encrypt_signed(sealed.signed, payload, gw.archive_public)
-        await _persist(gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files, outgoing)
+        await _persist(
+            gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files, outgoing, completeness
+        )
     except BaseException:
         for _, path in files:
             path.final.unlink(missing_ok=True)
@@ -120,6 +137,10 @@ async def submit_message(
         "message_submitted", kind=draft.kind.value, attachments=len(refs)
     )
     return message_id
+
+
+def _actor(user: User) -> str:
+    return "system" if user.id == SYSTEM_USER.id else f"user:{user.username}"
 
 
 async def _each(attachments: Sequence[NewAttachment] | AsyncIterable[NewAttachment]) -> AsyncIterator[NewAttachment]:
@@ -171,15 +192,27 @@ async def _persist(
     archive: bytes,
     files: list[tuple[AttachmentRow, AttachmentFile]],
     outgoing: Outgoing,
+    completeness: Completeness,
 ) -> None:
     digest = hashlib.sha256(sealed).hexdigest()
     case_id = outgoing.case_id or payload.id  # a new request opens a case of its own
-    actor = f"user:{user.username}"
+    actor = _actor(user)
+    # a request's case starts its life cycle as sent (protocol/lifecycle.py); other messages' cases have none
+    case_state = "sent" if payload.kind is MessageKind.REQUEST else None
 
     async def unit(tx: Tx) -> Finish[None]:
         now = tx.clock()
         if outgoing.case_id is None:
-            await Cases.open(tx.conn, case_id, user.unit or None, user.id, actor, now)
+            await Cases.open(
+                tx.conn,
+                case_id,
+                user.unit or None,
+                user.id,
+                actor,
+                now,
+                state=case_state,
+                request_type=completeness.request_type,
+            )
         await Messages.insert(
             tx.conn,
             id=payload.id,
@@ -192,13 +225,15 @@ async def _persist(
             sealed=sealed,
             archive=archive,
             envelope_sha256=digest,
-            created_by=user.id,
+            created_by=None if user.id == SYSTEM_USER.id else user.id,
             created_at=now,
             case_id=case_id,
             attachment_rows=[row for row, _ in files],
         )
         await gw.outbox.enqueue(tx.conn, payload.id, payload.to, now)
         tx.record_message(EventType.SUBMITTED, actor, payload, digest)
+        if completeness.overridden:  # the reason travels in the signed content (check_override), not the ledger
+            tx.record(EventType.REQUEST_CHECK_OVERRIDDEN, actor, message_id=payload.id, to=payload.to)
         if outgoing.downgraded_from is not None:
             tx.record(
                 EventType.MARKING_DOWNGRADED,

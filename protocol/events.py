@@ -37,6 +37,8 @@ class EventType(enum.StrEnum):
     MARKING_DOWNGRADED = "marking.downgraded"  # an answer carries a lower marking, recorded by a supervisor
     CONSENT_RECEIVED = "consent.received"  # the originator consented to onward use (related_id = consent message)
     CASE_ASSIGNED = "case.assigned"  # an officer was assigned to a case (subject = user, message_id = case)
+    CASE_STATE = "case.state_changed"  # a case moved (state = new state, message_id = case; actor ours or peer:)
+    REQUEST_CHECK_OVERRIDDEN = "request.check_overridden"  # a supervisor sent an incomplete request (reason signed)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
     PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)
     USER_CHANGED = "user.changed"

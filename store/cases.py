@@ -19,19 +19,57 @@ class Case:
     id: str
     unit: str | None
     assignees: frozenset[int]
+    state: str | None = None  # protocol.lifecycle.State value, kept by each side
+    peer_state: str | None = None  # the counterpart's state, from its last status report
+    request_type: str | None = None
+    last_action_at: datetime | None = None
 
 
 class Cases:
     @staticmethod
-    async def create(conn: AsyncConnection, case_id: str, unit: str | None, now: datetime) -> None:
-        await conn.execute(insert(cases).values(id=case_id, unit=unit, created_at=now))
+    async def create(
+        conn: AsyncConnection,
+        case_id: str,
+        unit: str | None,
+        now: datetime,
+        *,
+        state: str | None = None,
+        request_type: str | None = None,
+    ) -> None:
+        await conn.execute(
+            insert(cases).values(
+                id=case_id,
+                unit=unit,
+                created_at=now,
+                state=state,
+                request_type=request_type,
+                last_action_at=now if state else None,
+            )
+        )
 
     @staticmethod
     async def open(
-        conn: AsyncConnection, case_id: str, unit: str | None, officer_id: int, by: str, now: datetime
+        conn: AsyncConnection,
+        case_id: str,
+        unit: str | None,
+        officer_id: int,
+        by: str,
+        now: datetime,
+        *,
+        state: str | None = None,
+        request_type: str | None = None,
     ) -> None:
         """A new case of ``unit`` with its first officer assigned (two statements: the submit hot path)."""
-        await conn.execute(insert(cases).values(id=case_id, unit=unit, created_at=now))
+        await conn.execute(
+            insert(cases).values(
+                id=case_id,
+                unit=unit,
+                created_at=now,
+                state=state,
+                request_type=request_type,
+                last_action_at=now if state else None,
+            )
+        )
         await conn.execute(
             insert(case_assignments).values(case_id=case_id, user_id=officer_id, assigned_by=by, assigned_at=now)
         )
@@ -43,7 +81,24 @@ class Cases:
             return None
         query = select(case_assignments.c.user_id).where(case_assignments.c.case_id == case_id)
         assignees = frozenset(r.user_id for r in await conn.execute(query))
-        return Case(row.id, row.unit, assignees)
+        return Case(row.id, row.unit, assignees, row.state, row.peer_state, row.request_type, row.last_action_at)
+
+    @staticmethod
+    async def move(conn: AsyncConnection, case_id: str, previous: str, state: str, now: datetime) -> bool:
+        """Our transition from ``previous`` to ``state``; False when the case is no longer in ``previous``."""
+        result = await conn.execute(
+            cases.update()
+            .where(cases.c.id == case_id, cases.c.state == previous)
+            .values(state=state, last_action_at=now)
+        )
+        return bool(result.rowcount == 1)
+
+    @staticmethod
+    async def set_peer_state(conn: AsyncConnection, case_id: str, state: str, *, adopt: bool) -> None:
+        """The counterpart's state as its status report says; ``adopt`` moves our view of the case there too (the
+        report names a transition of the counterpart's)."""
+        values = {"peer_state": state, "state": state} if adopt else {"peer_state": state}
+        await conn.execute(cases.update().where(cases.c.id == case_id, cases.c.state.is_not(None)).values(**values))
 
     @staticmethod
     async def get(conn: AsyncConnection, case_id: str) -> Case:

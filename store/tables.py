@@ -115,6 +115,10 @@ cases = Table(
     Column("id", String(36), primary_key=True),
     Column("unit", String(64), nullable=True),  # None until a supervisor assigns an incoming case
     Column("created_at", TZ, nullable=False),
+    Column("state", String(40), nullable=True),  # our life-cycle state (protocol.lifecycle.State)
+    Column("peer_state", String(40), nullable=True),  # the counterpart's state, as its last status report said
+    Column("request_type", String(40), nullable=True),  # protocol.requests.RequestType, when the request carried one
+    Column("last_action_at", TZ, nullable=True),  # the time of our last transition (art. 46(24) status)
 )
 
 case_assignments = Table(

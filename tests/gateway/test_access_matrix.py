@@ -115,6 +115,7 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
     outgoing = await send(pair.au, {"to": "ar.mj", "content": {"text": "ours"}}, delivered_to=pair.ar)
     status, summary = await pair.au.call("GET", f"/v1/messages/{incoming}")
     case_id = summary["case_id"]
+    outgoing_case = (await pair.au.call("GET", f"/v1/messages/{outgoing}"))[1]["case_id"]
 
     users: dict[str, Side] = {
         "officer": await as_user(pair.au, ("olga", "officer")),
@@ -147,6 +148,13 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
         ("POST", "/v1/messages/{id}/open"): Call(f"/v1/messages/{incoming}/open", {"json": {"purpose": "audit"}}, ok),
         ("GET", "/v1/messages/{id}/attachments/{position}"): Call(f"/v1/messages/{incoming}/attachments/0", {}, ok),
         ("POST", "/v1/cases/{id}/assign"): Call(f"/v1/cases/{case_id}/assign", {"json": {"username": "olga"}}, ok),
+        # the first caller moves the case; a second gets the illegal transition: both reach the route
+        ("POST", "/v1/cases/{id}/events"): Call(
+            f"/v1/cases/{case_id}/events", {"json": {"event": "acknowledge"}}, frozenset({200, 409})
+        ),
+        ("POST", "/v1/cases/{id}/status-query"): Call(
+            f"/v1/cases/{outgoing_case}/status-query", {"json": {}}, accepted
+        ),
         ("GET", "/v1/ledger/checkpoint"): Call("/v1/ledger/checkpoint", {}, ok),
         ("GET", "/v1/ledger/checkpoints"): Call("/v1/ledger/checkpoints", {}, ok),
         ("GET", "/v1/ledger/entries"): Call("/v1/ledger/entries?start=0&end=3", {}, ok),

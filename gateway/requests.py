@@ -1,0 +1,269 @@
+"""Requests complete the first time and tracked to the end (docs/requests.md).
+
+* sending: a formal request (``content["request"]``) is checked against the checklist with the recipient's
+  directory entry; one lacking blocking elements is refused with the checklist, unless a supervisor overrides the
+  check with a reason, which travels in the signed content (``check_override``) and is ledgered
+  (``request.check_overridden``, no reason text in the ledger);
+* the life cycle: an officer applies an event to a case (:func:`apply_case_event`), which runs
+  :func:`protocol.lifecycle.apply`, stores the new state, ledgers ``case.state_changed`` and reports the move to the
+  counterpart as a signed ``status_report``; the counterpart validates the report and ledgers it too
+  (:func:`status_report_of`);
+* status on demand (art. 46(24)): a ``status_query`` is answered by the requested gateway by itself with what the
+  ``status_reveal`` setting allows (:func:`answer_status_query`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.cli.request import recipient_requirements
+from gateway.committer import Finish, Tx, done
+from gateway.context import Gateway
+from gateway.logs import get_logger
+from protocol.checklist import IncompleteRequest, check_request
+from protocol.errors import ComityError, InvalidMessage
+from protocol.events import EventType
+from protocol.lifecycle import (
+    EVENT_SIDE,
+    TRANSITIONS,
+    Event,
+    Postponement,
+    Refusal,
+    RefusalGround,
+    Side,
+    State,
+    TransitionContext,
+    apply,
+    parse_event,
+    parse_state,
+)
+from protocol.messages import Marking, MessageKind
+from protocol.requests import Request, RequestType
+from protocol.timefmt import format_time
+from store.cases import Case, Cases
+from store.errors import Conflict
+from store.messages import Messages
+from store.users import User
+
+__all__ = [
+    "SYSTEM_USER",
+    "Completeness",
+    "StatusReport",
+    "answer_status_query",
+    "apply_case_event",
+    "check_completeness",
+    "schedule_status_answer",
+    "status_report_of",
+]
+
+# the gateway itself, for automatic answers (status on demand): no row, no token, ledgered as actor "system"
+SYSTEM_USER = User(id=0, username="system", role="officer")
+
+_background: set[asyncio.Task[None]] = set()
+
+
+class CaseForbidden(ComityError):
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """What the completeness check decided: extra signed content, whether a supervisor overrode it, the type."""
+
+    content: dict[str, Any]
+    overridden: bool = False
+    request_type: str | None = None
+
+
+def check_completeness(
+    gw: Gateway, user: User, *, to: str, kind: MessageKind, content: dict[str, Any], override_reason: str | None
+) -> Completeness:
+    """Refuse a formal request lacking blocking elements (:class:`IncompleteRequest`) unless a supervisor
+    overrides the check with a reason."""
+    if kind is not MessageKind.REQUEST or "request" not in content:
+        return Completeness({})
+    request = Request.parse(content["request"])
+    checklist = check_request(request, recipient_requirements(gw.directory.authority(to)))
+    if checklist.complete:
+        return Completeness({}, request_type=request.type.value)
+    reason = (override_reason or "").strip()
+    if not reason or user.role != "supervisor":
+        raise IncompleteRequest(checklist)
+    override = {"by": user.username, "reason": reason, "blocking": [item.element for item in checklist.blocking]}
+    return Completeness({"check_override": override}, overridden=True, request_type=request.type.value)
+
+
+def request_type_of(content: dict[str, Any]) -> str | None:
+    """The request type a received request declares, if it carries a valid one (nothing else is trusted)."""
+    request = content.get("request")
+    if isinstance(request, dict):
+        value = request.get("type")
+        if isinstance(value, str) and value in RequestType._value2member_map_:
+            return value
+    return None
+
+
+# --- the life cycle -------------------------------------------------------------------------------------------------
+
+
+async def _case_and_side(gw: Gateway, user: User, case_id: str) -> tuple[Case, Side, str, Marking]:
+    """The case, our side in it, the counterpart and the marking of the message that opened it."""
+    async with gw.reader.connect() as conn:
+        case = await Cases.get(conn, case_id)
+        opening = await Messages.get(conn, case_id)
+    if user.id != SYSTEM_USER.id:
+        if user.role not in ("officer", "supervisor"):
+            raise CaseForbidden(f"the {user.role} role does not act on cases")
+        supervises = user.role == "supervisor" and case.unit in (None, user.unit)
+        if not supervises and user.id not in case.assignees:
+            raise CaseForbidden("only officers assigned to the case, or supervisors of its unit, act on it")
+    if case.state is None:
+        raise InvalidMessage(f"case {case_id} was not opened by a request: it has no life cycle")
+    side = Side.REQUESTING if opening.direction == "out" else Side.REQUESTED
+    return case, side, opening.peer, opening.marking
+
+
+def _refusal(value: object) -> Refusal | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"grounds", "reasons"}:
+        raise InvalidMessage("'refusal' must be {'grounds': [...], 'reasons': '...'}")
+    grounds, reasons = value.get("grounds", []), value.get("reasons", "")
+    if not isinstance(grounds, list) or not isinstance(reasons, str):
+        raise InvalidMessage("'refusal.grounds' must be a list and 'refusal.reasons' a string")
+    known = RefusalGround._value2member_map_
+    if not all(isinstance(g, str) and g in known for g in grounds):
+        raise InvalidMessage(f"unknown refusal ground; known grounds: {', '.join(RefusalGround)}")
+    return Refusal(frozenset(RefusalGround(g) for g in grounds), reasons)
+
+
+def _postponement(value: object) -> Postponement | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"interfered_proceeding", "reasons"}:
+        raise InvalidMessage("'postponement' must be {'interfered_proceeding': '...', 'reasons': '...'}")
+    proceeding, reasons = value.get("interfered_proceeding", ""), value.get("reasons", "")
+    if not isinstance(proceeding, str) or not isinstance(reasons, str):
+        raise InvalidMessage("'postponement' members must be strings")
+    return Postponement(proceeding, reasons)
+
+
+async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Apply an event to a case, ledger the move and report it to the counterpart as a signed status report."""
+    from gateway.sending import Draft, submit_message  # sending imports this module
+
+    unknown = set(body) - {"event", "refusal", "postponement", "consultation_id"}
+    if unknown:
+        raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
+    event = parse_event(body.get("event"))
+    consultation = body.get("consultation_id")
+    if consultation is not None and not isinstance(consultation, str):
+        raise InvalidMessage("'consultation_id' must be a string")
+    refusal, postponement = _refusal(body.get("refusal")), _postponement(body.get("postponement"))
+    case, side, peer, marking = await _case_and_side(gw, user, case_id)
+    previous = parse_state(case.state)
+    request_type = RequestType(case.request_type) if case.request_type else RequestType.MLA_CRIMINAL
+    context = TransitionContext(request_type, side, consultation, refusal, postponement)
+    new = apply(previous, event, context)  # typed errors name the state and the event
+    actor = f"user:{user.username}"
+
+    async def unit(tx: Tx) -> Finish[str]:
+        now = tx.clock()
+        if not await Cases.move(tx.conn, case_id, previous.value, new.value, now):
+            raise Conflict(f"case {case_id} moved on meanwhile: it is no longer {previous.value}")
+        tx.record(EventType.CASE_STATE, actor, message_id=case_id, state=new.value)
+        return await done(format_time(now))
+
+    at = await gw.commit(unit)
+    status: dict[str, Any] = {"state": new.value, "event": event.value, "at": at}
+    content: dict[str, Any] = {"status": status}
+    if refusal is not None and event is Event.REFUSE:  # art. 46(23): the reasons go to the requesting state
+        content["refusal"] = {"grounds": sorted(g.value for g in refusal.grounds), "reasons": refusal.reasons}
+    if postponement is not None and event is Event.POSTPONE:
+        content["postponement"] = {
+            "interfered_proceeding": postponement.interfered_proceeding,
+            "reasons": postponement.reasons,
+        }
+    if consultation is not None:
+        content["consultation_id"] = consultation
+    draft = Draft(to=peer, kind=MessageKind.STATUS_REPORT, marking=marking, content=content, in_reply_to=case_id)
+    report_id = await submit_message(gw, user, draft)
+    return {
+        "case_id": case_id,
+        "previous": previous.value,
+        "event": event.value,
+        "state": new.value,
+        "report": report_id,
+    }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    state: State | None
+    event: Event | None
+
+
+def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusReport:
+    """Validate a received status report: a known state, a known event that the peer's side may cause and that
+    can lead to that state. Raises :class:`InvalidMessage` (the envelope is refused)."""
+    status = content.get("status")
+    if not isinstance(status, dict):
+        raise InvalidMessage("a status report carries content.status")
+    state = parse_state(status["state"]) if "state" in status else None
+    event = parse_event(status["event"]) if "event" in status else None
+    if event is not None:
+        if state is None:
+            raise InvalidMessage("a status report naming an event names the state it led to")
+        if not any(e is event and target is state for (_, e), target in TRANSITIONS.items()):
+            raise InvalidMessage(f"event {event.value} never leads to state {state.value}")
+        expected = EVENT_SIDE[event]
+        if peer_side is not None and expected not in (Side.EITHER, peer_side):
+            raise InvalidMessage(f"only the {expected.value} side may {event.value} a case")
+    return StatusReport(state, event)
+
+
+async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: str) -> None:
+    """A counterpart's transition, inside the receive commit: both views of the case move, and it is ledgered."""
+    if report.state is None:
+        return
+    await Cases.set_peer_state(tx.conn, case_id, report.state.value, adopt=report.event is not None)
+    if report.event is not None:
+        tx.record(EventType.CASE_STATE, f"peer:{peer}", message_id=case_id, state=report.state.value)
+
+
+# --- status on demand (art. 46(24)) ----------------------------------------------------------------------------------
+
+
+async def answer_status_query(gw: Gateway, query_id: str, case_id: str, peer: str) -> str:
+    """Answer a status query by ourselves with what ``status_reveal`` allows; return the report's id."""
+    from gateway.sending import Draft, submit_message  # sending imports this module
+
+    async with gw.reader.connect() as conn:
+        case = await Cases.get(conn, case_id)
+        query = await Messages.get(conn, query_id)
+    reveal = gw.settings.status_reveal
+    status: dict[str, Any] = {}
+    if reveal == "state_and_date" and case.state is not None:
+        status["state"] = case.state
+    if reveal in ("state_and_date", "date_only") and case.last_action_at is not None:
+        status["last_action_at"] = format_time(case.last_action_at)
+    draft = Draft(
+        to=peer, kind=MessageKind.STATUS_REPORT, marking=query.marking, content={"status": status}, in_reply_to=query_id
+    )
+    return await submit_message(gw, SYSTEM_USER, draft)
+
+
+def schedule_status_answer(gw: Gateway, query_id: str, case_id: str, peer: str) -> None:
+    """Queue the automatic answer after the receive commit (never from inside it)."""
+
+    async def run() -> None:
+        try:
+            await answer_status_query(gw, query_id, case_id, peer)
+        except Exception:
+            get_logger(message_id=query_id, peer=peer).exception("status_query_answer_failed")
+
+    task = asyncio.create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

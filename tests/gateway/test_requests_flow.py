@@ -1,0 +1,190 @@
+"""Requests complete the first time and tracked to the end: the checklist on sending (with a supervisor's override),
+the life cycle reported to the counterpart as signed status reports, and status on demand (art. 46(24))."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.cli.request import example_request
+from protocol.requests import RequestType, blank_request
+from tests.gateway.conftest import Pair, Side
+from tests.gateway.test_exchange import wait_for
+from tests.gateway.test_markings import as_user, ledger
+
+MARKING = {"level": "CONFIDENTIAL", "caveats": []}
+
+
+def formal(request: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"to": "au.ag", "kind": "request", "marking": MARKING, "content": {"request": request}, **extra}
+
+
+async def send_complete(pair: Pair) -> str:
+    status, body = await pair.ar.call(
+        "POST", "/v1/messages", json=formal(example_request(RequestType.MLA_CRIMINAL).to_json())
+    )
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    return str(body["id"])
+
+
+async def case_state(side: Side, case_id: str) -> tuple[str | None, str | None]:
+    from store.cases import Cases
+
+    async with side.gw.reader.connect() as conn:
+        case = await Cases.get(conn, case_id)
+    return case.state, case.peer_state
+
+
+async def until(condition: Any, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_incomplete_request_is_refused_with_the_checklist_and_ledgered(pair: Pair) -> None:
+    before = len(await ledger(pair.ar.gw))
+    status, body = await pair.ar.call(
+        "POST", "/v1/messages", json=formal(blank_request(RequestType.MLA_CRIMINAL).to_json())
+    )
+    assert status == 422 and body["code"] == "incomplete-request", body
+    missing = [item["element"] for item in body["checklist"]["items"] if item["status"] == "missing"]
+    assert missing, body
+    entries = (await ledger(pair.ar.gw))[before:]
+    assert [(e["type"], e.get("reason")) for e in entries] == [("message.submit_refused", "incomplete-request")]
+    _, outbox = await pair.ar.call("GET", "/v1/messages?box=outbox")
+    assert outbox["messages"] == []
+    # an officer's override reason changes nothing: only a supervisor overrides
+    status, body = await pair.ar.call(
+        "POST", "/v1/messages", json=formal(blank_request(RequestType.MLA_CRIMINAL).to_json(), override_reason="urgent")
+    )
+    assert status == 422 and body["code"] == "incomplete-request", body
+
+
+async def test_a_supervisor_overrides_the_checklist_with_a_reason(pair: Pair) -> None:
+    sam = await as_user(pair.ar, ("sam", "supervisor"))
+    try:
+        request = blank_request(RequestType.MLA_CRIMINAL).to_json()
+        reason = "the deadline is tomorrow; details follow"
+        status, body = await sam.call("POST", "/v1/messages", json=formal(request, override_reason=reason))
+        assert status == 202, body
+        message_id = body["id"]
+        await wait_for(pair.ar, message_id, "delivered")
+        overrides = [e for e in await ledger(pair.ar.gw) if e["type"] == "request.check_overridden"]
+        assert [(e["actor"], e["message_id"]) for e in overrides] == [("user:sam", message_id)]
+        assert reason not in str(await ledger(pair.ar.gw))
+        status, opened = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
+        assert status == 200, opened
+        override = opened["content"]["check_override"]
+        assert override["by"] == "sam" and override["reason"] == reason and override["blocking"]
+    finally:
+        assert sam.session is not None
+        await sam.session.close()
+
+
+async def move(side: Side, case_id: str, event: str, **extra: Any) -> tuple[int, Any]:
+    return await side.call("POST", f"/v1/cases/{case_id}/events", json={"event": event, **extra})
+
+
+async def test_a_full_life_cycle_is_reported_and_ledgered_on_both_sides(pair: Pair) -> None:
+    case_id = await send_complete(pair)
+    assert await case_state(pair.ar, case_id) == ("sent", None)
+    assert await case_state(pair.au, case_id) == ("received", None)
+    for event, state in [
+        ("acknowledge", "acknowledged"),
+        ("begin_review", "under_review"),
+        ("begin_execution", "in_execution"),
+        ("complete_execution", "executed"),
+        ("close", "closed"),
+    ]:
+        status, body = await move(pair.au, case_id, event)
+        assert status == 200 and body["state"] == state, body
+
+        async def reported(state: str = state) -> bool:
+            return await case_state(pair.ar, case_id) == (state, state)
+
+        await until(reported)
+    for side, actor in [(pair.au, "user:bruce"), (pair.ar, "peer:au.ag")]:
+        changes = [e for e in await ledger(side.gw) if e["type"] == "case.state_changed"]
+        assert [(e["state"], e["actor"], e["message_id"]) for e in changes] == [
+            (state, actor, case_id) for state in ("acknowledged", "under_review", "in_execution", "executed", "closed")
+        ]
+    # the requesting side withdraws nothing once closed: the error names the state and the event
+    status, body = await move(pair.ar, case_id, "withdraw")
+    assert status == 409 and body["code"] == "illegal-transition", body
+    assert "withdraw" in body["detail"] and "closed" in body["detail"]
+
+
+async def test_illegal_moves_and_refusals_without_a_valid_ground_are_refused(pair: Pair) -> None:
+    case_id = await send_complete(pair)
+    status, body = await move(pair.au, case_id, "complete_execution")
+    assert status == 409 and body["code"] == "illegal-transition", body
+    assert "complete_execution" in body["detail"] and "received" in body["detail"]
+    status, body = await move(pair.au, case_id, "withdraw")  # the requesting side's event
+    assert status == 409 and body["code"] == "transition-wrong-side", body
+    for event in ("acknowledge", "begin_review"):
+        assert (await move(pair.au, case_id, event))[0] == 200
+    status, body = await move(pair.au, case_id, "refuse", refusal={"grounds": [], "reasons": "no"})
+    assert status == 422 and body["code"] == "refusal-ground-required", body
+    status, body = await move(
+        pair.au,
+        case_id,
+        "refuse",
+        refusal={"grounds": ["bank-secrecy", "46(21)(b)"], "reasons": "banking law"},
+        consultation_id="c-1",
+    )
+    assert status == 422 and body["code"] == "invalid-refusal-ground", body
+    assert await case_state(pair.au, case_id) == ("under_review", None)
+    refusal = {"grounds": ["46(21)(b)"], "reasons": "essential interests"}
+    status, body = await move(pair.au, case_id, "refuse", refusal=refusal, consultation_id="c-1")
+    assert status == 200 and body["state"] == "refused", body
+
+    async def refused() -> bool:
+        return await case_state(pair.ar, case_id) == ("refused", "refused")
+
+    await until(refused)
+    report = body["report"]
+    await wait_for(pair.au, report, "delivered")
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{report}/open", json={"purpose": "review"})
+    assert status == 200, opened
+    assert opened["content"]["refusal"] == refusal and opened["content"]["status"]["event"] == "refuse"
+
+
+async def status_answer(pair: Pair, case_id: str) -> dict[str, Any]:
+    status, body = await pair.ar.call("POST", f"/v1/cases/{case_id}/status-query", json={})
+    assert status == 202, body
+    query_id = body["id"]
+    found: dict[str, Any] = {}
+
+    async def answered() -> bool:
+        _, inbox = await pair.ar.call("GET", "/v1/messages?box=inbox")
+        for message in inbox["messages"]:
+            if message["kind"] == "status_report" and message["in_reply_to"] == query_id:
+                found.update(message)
+                return True
+        return False
+
+    await until(answered)
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{found['id']}/open", json={"purpose": "review"})
+    assert status == 200, opened
+    submitted = [
+        e for e in await ledger(pair.au.gw) if e["type"] == "message.submitted" and e["message_id"] == found["id"]
+    ]
+    assert [e["actor"] for e in submitted] == ["system"]
+    return dict(opened["content"]["status"])
+
+
+async def test_a_status_query_is_answered_by_the_gateway_itself(pair: Pair) -> None:
+    case_id = await send_complete(pair)
+    assert (await move(pair.au, case_id, "acknowledge"))[0] == 200
+    answer = await status_answer(pair, case_id)
+    assert answer["state"] == "acknowledged" and answer["last_action_at"], answer
+
+    await pair.au.stop()
+    await pair.au.start(status_reveal="nothing")
+    assert await status_answer(pair, case_id) == {}
+
+    await pair.au.stop()
+    await pair.au.start(status_reveal="date_only")
+    assert set(await status_answer(pair, case_id)) == {"last_action_at"}
