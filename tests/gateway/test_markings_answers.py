@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.gateway.conftest import Pair
 from tests.gateway.test_exchange import wait_for
 from tests.gateway.test_markings import (
