@@ -321,8 +321,11 @@ def _provision(code: CodeSource, workdir: Path, urls: list[str | None]) -> list[
 
 
 def _create_officer(code: CodeSource, config: Path, username: str) -> str:
+    # a supervisor of the unit, cleared for every marking the bench uses: it opens incoming cases unassigned
+    args = ["user", "create", username, "--role", "supervisor", "--clearance", "STRICTLY CONFIDENTIAL"]
+    args += ["--caveat", "uncac-46-19", "--caveat", "uncac-46-20", "--unit", "mla"]
     result = subprocess.run(
-        code.comity("user", "create", username, "--role", "officer", "--token-days", "1", "--config", str(config)),
+        code.comity(*args, "--token-days", "1", "--config", str(config)),
         env=code.env(COMITY_PASSPHRASE=PASSPHRASE),
         cwd=code.cwd,
         capture_output=True,

@@ -100,6 +100,8 @@ async def check_outgoing(
     case_id: str | None = None
     downgraded_from: str | None = None
     answers = False
+    if in_reply_to is None and not forwards and kind is not MessageKind.CONSENT:
+        return Outgoing(extra, case_id, downgraded_from, answers)  # a new message: nothing to look up
     async with gw.reader.connect() as conn:
         if in_reply_to is not None:
             original = await Messages.get(conn, in_reply_to)

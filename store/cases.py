@@ -60,16 +60,7 @@ class Cases:
         request_type: str | None = None,
     ) -> None:
         """A new case of ``unit`` with its first officer assigned (two statements: the submit hot path)."""
-        await conn.execute(
-            insert(cases).values(
-                id=case_id,
-                unit=unit,
-                created_at=now,
-                state=state,
-                request_type=request_type,
-                last_action_at=now if state else None,
-            )
-        )
+        await Cases.create(conn, case_id, unit, now, state=state, request_type=request_type)
         await conn.execute(
             insert(case_assignments).values(case_id=case_id, user_id=officer_id, assigned_by=by, assigned_at=now)
         )
