@@ -113,8 +113,10 @@ class OutboxSender:
             await self.deliver(item)
         except Exception as exc:
             code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
-            delay = min(self.gw.settings.outbox_max_backoff, self.gw.settings.outbox_initial_backoff * 2**item.attempts)
-            delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+            settings = self.gw.settings
+            backoff = settings.outbox_initial_backoff * 2 ** min(item.attempts, 32)
+            jittered = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+            delay = min(settings.outbox_max_backoff, jittered)
             log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))
             self.gw.metrics.delivery_failures.labels(peer=item.peer).inc()
             try:

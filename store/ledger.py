@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
@@ -166,10 +166,14 @@ class WitnessState:
         return [Alarm(r.id, r.peer, r.reason, r.detail, r.raised_at) for r in await conn.execute(query)]
 
     @staticmethod
-    async def clear(conn: AsyncConnection, peer: str, by: str, now: datetime) -> int:
+    async def clear(conn: AsyncConnection, peer: str, by: str, now: datetime, *, forget_history: bool = False) -> int:
+        """Close the open alarms about ``peer``; with ``forget_history``, also drop the checkpoints we held from it,
+        so that its next checkpoint becomes the new starting point (after the operator accepted a changed history)."""
         result = await conn.execute(
             update(peer_alarms)
             .where(peer_alarms.c.peer == peer, peer_alarms.c.cleared_at.is_(None))
             .values(cleared_at=now, cleared_by=by)
         )
+        if forget_history and result.rowcount:
+            await conn.execute(delete(peer_checkpoints).where(peer_checkpoints.c.peer == peer))
         return int(result.rowcount)

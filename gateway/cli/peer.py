@@ -45,13 +45,13 @@ def alarms(config_file: Path | None) -> None:
         click.echo("no open alarms")
 
 
-async def _clear(config_file: Path | None, authority_id: str, operator: str) -> int:
+async def _clear(config_file: Path | None, authority_id: str, operator: str, forget_history: bool) -> int:
     settings = settings_from(config_file)
     engine = make_engine(settings.database_dsn, pool_size=1)
     try:
         async with engine.begin() as conn:
             now = datetime.now(UTC)
-            cleared = await WitnessState.clear(conn, authority_id, operator, now)
+            cleared = await WitnessState.clear(conn, authority_id, operator, now, forget_history=forget_history)
             if cleared:
                 event = LedgerEvent.parse(
                     {
@@ -71,11 +71,16 @@ async def _clear(config_file: Path | None, authority_id: str, operator: str) -> 
 @config_option
 @click.argument("authority_id")
 @click.option("--operator", required=True, help="Who investigated and clears the alarm (ledgered).")
+@click.option(
+    "--forget-history",
+    is_flag=True,
+    help="Also drop the checkpoints held from the peer: its next checkpoint is trusted as the new starting point.",
+)
 @reports_errors
-def clear(config_file: Path | None, authority_id: str, operator: str) -> None:
+def clear(config_file: Path | None, authority_id: str, operator: str, forget_history: bool) -> None:
     """Clear the open alarms about AUTHORITY_ID; exchanges with it resume within a second."""
     validate_authority_id(authority_id)
-    cleared = run(_clear(config_file, authority_id, operator))
+    cleared = run(_clear(config_file, authority_id, operator, forget_history))
     if not cleared:
         raise CommandError(f"no open alarm about {authority_id}")
     click.echo(f"cleared {cleared} alarm(s) about {authority_id}")

@@ -141,9 +141,18 @@ async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair
         await asyncio.sleep(0.05)
     assert json.loads(refused[0].entry)["reason"] == "peer-blocked"
 
-    # an operator investigates and clears the alarm; exchanges resume within about a second
+    # an operator investigates, accepts au.ag's rewritten history and clears the alarm: exchanges resume within
+    # about a second, and the next checkpoint from au.ag is the new starting point (no second alarm)
     await asyncio.to_thread(
-        comity, "peer", "clear", "au.ag", "--operator", "oscar", "--config", str(pair.ar.provisioned.config)
+        comity,
+        "peer",
+        "clear",
+        "au.ag",
+        "--operator",
+        "oscar",
+        "--forget-history",
+        "--config",
+        str(pair.ar.provisioned.config),
     )
     for _ in range(60):
         if not pair.ar.gw.blocked_peers:
@@ -152,3 +161,7 @@ async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair
     assert not pair.ar.gw.blocked_peers
     cleared = await rows(pair.ar, select(ledger_entries.c.entry).where(ledger_entries.c.type == "peer.alarm_cleared"))
     assert json.loads(cleared[0].entry)["actor"] == "user:oscar"
+    assert await rows(pair.ar, select(peer_checkpoints)) == []
+    await exchange(pair)
+    assert not pair.ar.gw.blocked_peers
+    assert len(await rows(pair.ar, select(peer_checkpoints))) == 1
