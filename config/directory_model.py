@@ -1,0 +1,353 @@
+"""The directory's data model: authorities, their keys, accreditation and languages, and the directory that lists
+them, validated on construction; and the directory's time format. Signing and verification are in
+:mod:`config.directory`, which re-exports everything here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any, Final, Literal, Self, TypeVar, get_args
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from joserfc.jwk import OKPKey
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from config.errors import (
+    DirectoryExpired,
+    DirectoryInvalid,
+    UnknownAuthority,
+)
+from config.settings import is_loopback_host
+from crypto.errors import CryptoError, UnknownKey
+from crypto.keys import import_public_jwk, key_id
+from crypto.tls import certificate_pin
+from protocol.errors import InvalidMessage
+from protocol.messages import StrictModel, canonical_json, validate_authority_id
+from protocol.receipts import rfc3339_utc
+
+__all__ = [
+    "DIRECTORY_TYP",
+    "DIRECTORY_VERSION",
+    "ROLES",
+    "Accreditation",
+    "AuthorityEntry",
+    "Directory",
+    "DirectoryKey",
+    "Role",
+    "format_time",
+    "parse_time",
+]
+
+DIRECTORY_VERSION: Final = 1
+DIRECTORY_TYP: Final = "comity-directory+jws"
+
+Role = Literal[
+    "mla-central-authority",
+    "extradition-central-authority",
+    "asset-recovery-focal-point",
+    "prevention-authority",
+    "civil-administrative-focal-point",
+]
+ROLES: Final[tuple[str, ...]] = get_args(Role)
+
+_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
+_PIN_RE: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
+# BCP 47 (RFC 5646), the common shapes: language, optional script, region and variants ("es", "pt-BR", "zh-Hant").
+_LANGUAGE_RE: Final = re.compile(
+    r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-([A-Z]{2}|[0-9]{3}))?(-([a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*$"
+)
+_M = TypeVar("_M", bound=StrictModel)
+_CAVEAT_RE: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{0,47}(:[0-9A-Za-z.-]{1,32})?$")  # as protocol.messages.Marking
+
+
+# --- times --------------------------------------------------------------------------------------------------------
+
+
+def format_time(when: datetime) -> str:
+    """``when`` (timezone-aware) as the directory writes times: ``2026-11-28T07:40:00.123456Z``."""
+    if when.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> datetime:
+    """The aware UTC datetime of a directory time string."""
+    return datetime.strptime(rfc3339_utc(value), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _aware(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return when
+
+
+# --- model ----------------------------------------------------------------------------------------------------------
+
+
+class DirectoryKey(StrictModel):
+    """A published public key with its validity period ``[not_before, not_after)``; rotation periods overlap."""
+
+    use: Literal["sig", "enc"]
+    jwk: dict[str, str]
+    not_before: str
+    not_after: str | None = None
+
+    @field_validator("not_before", "not_after")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        return None if value is None else rfc3339_utc(value)
+
+    @model_validator(mode="after")
+    def _key(self) -> Self:
+        if "d" in self.jwk:
+            raise ValueError("JWK carries a private key member ('d'); publish only the public key")
+        if "kid" not in self.jwk:
+            raise ValueError("JWK must carry its kid (the RFC 7638 thumbprint)")
+        try:
+            key = import_public_jwk(self.jwk, use=self.use)
+        except CryptoError as exc:
+            raise ValueError(exc.message) from None
+        if key_id(key) != self.jwk["kid"]:  # import_public_jwk checks it too; a directory must never get it wrong
+            raise ValueError("JWK kid is not its RFC 7638 thumbprint")
+        if self.not_after is not None and self.not_after <= self.not_before:  # same-shape strings compare as times
+            raise ValueError("not_after must be later than not_before")
+        return self
+
+    @property
+    def kid(self) -> str:
+        return self.jwk["kid"]
+
+    @cached_property
+    def key(self) -> OKPKey:
+        """The imported public key (``kid``, ``use`` and ``alg`` set as the profile fixes them)."""
+        return import_public_jwk(self.jwk, use=self.use)
+
+    def valid_at(self, when: datetime) -> bool:
+        stamp = format_time(_aware(when))
+        return self.not_before <= stamp and (self.not_after is None or stamp < self.not_after)
+
+
+class Accreditation(StrictModel):
+    """The highest marking level the authority may receive and the caveats it undertakes to honour."""
+
+    max_level: str = Field(min_length=1, max_length=64)
+    caveats: list[str] = Field(default_factory=list)
+
+    @field_validator("caveats")
+    @classmethod
+    def _sorted_unique(cls, value: list[str]) -> list[str]:
+        if value != sorted(set(value)):
+            raise ValueError("caveats must be sorted and unique")
+        for caveat in value:
+            if not _CAVEAT_RE.fullmatch(caveat):
+                raise ValueError("caveat must be a short lowercase identifier, optionally ':parameter'")
+        return value
+
+
+class AuthorityEntry(StrictModel):
+    """One authority as the directory publishes it. Only public material: never the archive key, never a ``d``."""
+
+    id: str
+    name: str = Field(min_length=1, max_length=200)
+    country: str
+    roles: list[Role] = Field(min_length=1)
+    endpoint: str = Field(max_length=2048)
+    tls_cert: str = Field(min_length=1, max_length=65536)
+    tls_pin: str
+    keys: list[DirectoryKey] = Field(min_length=2, max_length=64)
+    accreditation: Accreditation
+    languages: list[str] = Field(min_length=1, max_length=32)
+    notes: str = Field(default="", max_length=2000)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        try:
+            return validate_authority_id(value)
+        except InvalidMessage as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        if not _COUNTRY_RE.fullmatch(value):
+            raise ValueError("country must be an ISO 3166-1 alpha-2 code in upper case, e.g. 'AR'")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[str]) -> list[str]:
+        if value != sorted(set(value)):
+            raise ValueError("roles must be sorted and unique")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            raise ValueError("endpoint must be a URL like https://gateway.example.org:8443") from None
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("endpoint must be a URL like https://gateway.example.org:8443, without query")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("endpoint must not carry credentials")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("endpoint must use https (plain http only on a loopback host, for development)")
+        return value
+
+    @field_validator("tls_pin")
+    @classmethod
+    def _pin(cls, value: str) -> str:
+        if not _PIN_RE.fullmatch(value):
+            raise ValueError("tls_pin must be 'sha256:' and 64 lowercase hex digits")
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("languages must be unique")
+        for tag in value:
+            if not _LANGUAGE_RE.fullmatch(tag):
+                raise ValueError("languages must be BCP 47 tags such as 'es', 'en' or 'pt-BR'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.country != self.id[:2].upper():
+            raise ValueError(f"country must be {self.id[:2].upper()!r}, the prefix of the authority id")
+        try:
+            der = base64.b64decode(self.tls_cert, validate=True)
+            x509.load_der_x509_certificate(der)
+        except (binascii.Error, ValueError):
+            raise ValueError("tls_cert must be a DER X.509 certificate in standard base64") from None
+        if certificate_pin(der) != self.tls_pin:
+            raise ValueError("tls_pin does not match tls_cert; recompute it from the certificate")
+        kids = [key.kid for key in self.keys]
+        if len(set(kids)) != len(kids):
+            raise ValueError("keys must not list the same kid twice")
+        uses = {key.use for key in self.keys}
+        if uses != {"sig", "enc"}:
+            raise ValueError("keys must include at least one signing ('sig') and one encryption ('enc') key")
+        return self
+
+    def signing_keys_at(self, when: datetime) -> dict[str, OKPKey]:
+        """Every signing key valid at ``when``, by kid (during a rotation both the old and the new key)."""
+        return {key.kid: key.key for key in self.keys if key.use == "sig" and key.valid_at(when)}
+
+    def all_signing_keys(self) -> dict[str, OKPKey]:
+        """Every signing key listed, valid now or not (for checking old signatures, e.g. archived receipts)."""
+        return {key.kid: key.key for key in self.keys if key.use == "sig"}
+
+    def encryption_key_at(self, when: datetime) -> OKPKey:
+        """The encryption key to seal to at ``when``: the valid one with the latest ``not_before``."""
+        valid = [key for key in self.keys if key.use == "enc" and key.valid_at(when)]
+        if not valid:
+            raise UnknownKey(
+                f"the directory lists no encryption key of {self.id} valid at {format_time(when)}; "
+                "install a newer signed directory"
+            )
+        return max(valid, key=lambda key: key.not_before).key
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Directory(StrictModel):
+    """The directory payload."""
+
+    v: int
+    serial: int = Field(ge=1)
+    issued_at: str
+    expires_at: str
+    authorities: list[AuthorityEntry] = Field(default_factory=list, max_length=10000)
+
+    @field_validator("v")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != DIRECTORY_VERSION:
+            raise ValueError(f"unsupported directory version, expected {DIRECTORY_VERSION}")
+        return value
+
+    @field_validator("issued_at", "expires_at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        return rfc3339_utc(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be later than issued_at")
+        ids = [entry.id for entry in self.authorities]
+        if ids != sorted(set(ids)):
+            raise ValueError("authorities must be sorted by id, each id once")
+        pins = [entry.tls_pin for entry in self.authorities]
+        if len(set(pins)) != len(pins):
+            raise ValueError("two authorities share a TLS certificate; each gateway needs its own")
+        return self
+
+    @cached_property
+    def _by_id(self) -> dict[str, AuthorityEntry]:
+        return {entry.id: entry for entry in self.authorities}
+
+    @cached_property
+    def _by_pin(self) -> dict[str, AuthorityEntry]:
+        return {entry.tls_pin: entry for entry in self.authorities}
+
+    def authority(self, authority_id: str) -> AuthorityEntry:
+        """The entry of ``authority_id``; ``UnknownAuthority`` if the directory does not list it."""
+        entry = self._by_id.get(authority_id)
+        if entry is None:
+            raise UnknownAuthority(
+                f"the directory (serial {self.serial}) lists no authority {authority_id!r}; "
+                "check the id or install a newer signed directory"
+            )
+        return entry
+
+    def by_tls_pin(self, pin: str) -> AuthorityEntry | None:
+        """The authority whose gateway presents the TLS certificate with ``pin``, if any."""
+        return self._by_pin.get(pin)
+
+    def with_entry(self, entry: AuthorityEntry, *, replace: bool = False) -> Directory:
+        """A copy with ``entry`` added (or replacing the entry of the same id when ``replace``)."""
+        if entry.id in self._by_id and not replace:
+            raise DirectoryInvalid(f"{entry.id} is already in the directory; use --replace to update its entry")
+        entries = sorted([*(e for e in self.authorities if e.id != entry.id), entry], key=_id)
+        return _parse(Directory, {**self.to_json(), "authorities": [e.to_json() for e in entries]})
+
+    def reissued(self, when: datetime) -> Directory:
+        """A copy issued at ``when`` (the moment of signing); refused if it would already have expired."""
+        stamp = format_time(_aware(when))
+        if self.expires_at <= stamp:
+            raise DirectoryExpired(
+                f"the draft expires at {self.expires_at}, before it would be issued; "
+                "make a new draft with a later expiry ('comity directory new')"
+            )
+        return _parse(Directory, {**self.to_json(), "issued_at": stamp})
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_json())
+
+
+def _id(entry: AuthorityEntry) -> str:
+    return entry.id
+
+
+def _parse(model: type[_M], data: Any) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        location = ".".join(str(part) for part in first["loc"])
+        where = f"{location}: " if location else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise DirectoryInvalid(f"{model.__name__}: {where}{message}") from None
