@@ -29,6 +29,7 @@ from store.ledger import PeerCheckpoint, WitnessState
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
+MIN_INTERVAL = 1.0  # seconds between two checks of one peer's checkpoints while more keep arriving
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
 
 
@@ -79,6 +80,10 @@ class Witness:
             except Exception as exc:
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code)
+            if peer in self._pending:
+                # receipts bring a new checkpoint with every batch: check at most about once per MIN_INTERVAL per
+                # peer (the newest one waiting meanwhile); a fork is caught all the same, a moment later
+                await asyncio.sleep(MIN_INTERVAL)
 
     async def check(self, peer: str, note: str) -> None:
         gw = self.gw
