@@ -129,6 +129,11 @@ class Gateway:
         event = LedgerEvent.parse({"type": type.value, "time": when, "actor": actor, **fields})
         return await self.events.append(conn, event)
 
+    def stream_reader(self) -> AsyncEngine:
+        """For long reads (an auditor streaming the ledger): never blocks a writer. PostgreSQL needs a transaction
+        for a server-side cursor, and its snapshot blocks no one; SQLite's reader pool takes no lock at all."""
+        return self.reader if is_sqlite(self.settings.database_dsn) else self.engine
+
     async def commit(self, unit: Unit[T]) -> T:
         """Run ``unit`` in the next group commit (gateway/committer.py): its rows and events commit together."""
         return await self.committer.run(unit)

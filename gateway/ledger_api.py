@@ -88,7 +88,7 @@ async def entries(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     buffer = bytearray()
-    async with gw.engine.connect() as conn:  # a transaction: server-side cursors need one on PostgreSQL
+    async with gw.stream_reader().connect() as conn:
         async for entry in LedgerReader.entries(conn, start, end):
             buffer += entry + b"\n"
             if len(buffer) >= 1 << 16:

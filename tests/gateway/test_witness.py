@@ -165,3 +165,27 @@ async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair
     await exchange(pair)
     assert not pair.ar.gw.blocked_peers
     assert len(await rows(pair.ar, select(peer_checkpoints))) == 1
+
+
+async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(pair: Pair) -> None:
+    """A slow auditor holds a ledger stream open mid-way; deliveries and their ledger entries carry on."""
+    from store.ledger import LedgerReader
+
+    await exchange(pair)
+    gw = pair.au.gw
+    async with gw.stream_reader().connect() as conn:
+        stream = LedgerReader.entries(conn, 0, 10_000)
+        first = await anext(stream)  # the auditor has started and pauses here
+        assert json.loads(first)["type"]
+        # meanwhile a delivery is received, committed, ledgered and receipted on au.ag
+        message_id = await asyncio.wait_for(exchange(pair), timeout=20)
+        async with gw.reader.connect() as other:
+            types = [
+                r.type
+                for r in await other.execute(
+                    select(ledger_entries.c.type).where(ledger_entries.c.message_id == message_id)
+                )
+            ]
+        assert "message.received" in types
+        async for _ in stream:  # the auditor resumes and finishes
+            pass
