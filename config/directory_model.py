@@ -25,6 +25,7 @@ from config.settings import is_loopback_host
 from crypto.errors import CryptoError, UnknownKey
 from crypto.keys import import_public_jwk, key_id
 from crypto.tls import certificate_pin
+from protocol.checklist_rules import RecipientRequirements
 from protocol.errors import InvalidMessage
 from protocol.messages import StrictModel, canonical_json, validate_authority_id
 from protocol.receipts import rfc3339_utc
@@ -240,6 +241,10 @@ class AuthorityEntry(StrictModel):
     def signing_keys_at(self, when: datetime) -> dict[str, OKPKey]:
         """Every signing key valid at ``when``, by kid (during a rotation both the old and the new key)."""
         return {key.kid: key.key for key in self.keys if key.use == "sig" and key.valid_at(when)}
+
+    def request_requirements(self) -> RecipientRequirements:
+        """What the request checklist needs to know of this authority as a recipient (languages, notes, roles)."""
+        return RecipientRequirements(languages=tuple(self.languages), notes=self.notes, roles=tuple(self.roles))
 
     def all_signing_keys(self) -> dict[str, OKPKey]:
         """Every signing key listed, valid now or not (for checking old signatures, e.g. archived receipts)."""

@@ -18,7 +18,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.cli.request import recipient_requirements
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.logs import get_logger
@@ -85,7 +84,7 @@ def check_completeness(
     if kind is not MessageKind.REQUEST or "request" not in content:
         return Completeness({})
     request = Request.parse(content["request"])
-    checklist = check_request(request, recipient_requirements(gw.directory.authority(to)))
+    checklist = check_request(request, gw.directory.authority(to).request_requirements())
     if checklist.complete:
         return Completeness({}, request_type=request.type.value)
     reason = (override_reason or "").strip()

@@ -43,7 +43,7 @@ _TYPES = click.Choice([t.value for t in RequestType])
 
 def recipient_requirements(entry: AuthorityEntry) -> RecipientRequirements:
     """What the checker needs from a directory entry, as plain values (protocol/ does not import config/)."""
-    return RecipientRequirements(languages=tuple(entry.languages), notes=entry.notes, roles=tuple(entry.roles))
+    return entry.request_requirements()
 
 
 # --- a fictitious, complete request per type (documentation and tests) ---------------------------------------------
