@@ -156,7 +156,12 @@ async def _submit(request: web.Request, **fixed: Any) -> web.Response:
     first = await reader.next()
     if not isinstance(first, BodyPartReader) or first.name != "message":
         raise InvalidMessage("the first form part must be 'message' (JSON)")
-    fields = parse_strict_json(await first.read())
+    raw = bytearray()
+    while chunk := await first.read_chunk(1 << 16):
+        raw += chunk
+        if len(raw) > MAX_JSON:
+            raise InvalidMessage("the 'message' part is too large")
+    fields = parse_strict_json(bytes(raw))
     if not isinstance(fields, dict):
         raise InvalidMessage("the 'message' part must be a JSON object")
     draft = _draft(fields, **fixed)
@@ -177,12 +182,18 @@ async def post_message(request: web.Request) -> web.Response:
     return await _submit(request)
 
 
+def _bounded(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidMessage(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
 async def list_messages(request: web.Request) -> web.Response:
     box = request.query.get("box", "inbox")
     if box not in {"inbox", "outbox"}:
         raise InvalidMessage("box must be inbox or outbox")
-    limit = min(int(request.query.get("limit", "100")), 1000)
-    offset = int(request.query.get("offset", "0"))
+    limit, offset = _bounded(request, "limit", 100, 1, 1000), _bounded(request, "offset", 0, 0, 10**9)
     async with request.app[GATEWAY].reader.connect() as conn:
         rows = await Messages.in_box(conn, "in" if box == "inbox" else "out", limit=limit, offset=offset)
     return _json({"messages": [_summary(row) for row in rows]})

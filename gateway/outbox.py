@@ -31,6 +31,7 @@ from store.outbox import OutboxItem
 __all__ = ["FEDERATION_PATH", "OutboxSender"]
 
 FEDERATION_PATH = "/federation/v1/envelopes"
+MAX_ANSWER_BYTES = 1 << 16
 SIZE_CODES = {"envelope-too-large", "attachment-too-large"}
 LEASE = timedelta(minutes=10)
 # refusals a later attempt may overcome; every other signed refusal is final for these bytes
@@ -169,7 +170,7 @@ class OutboxSender:
         url = peer.endpoint.rstrip("/") + FEDERATION_PATH
         started = gw.clock()
         async with self._session(peer).post(url, data=body, headers=headers) as response:
-            raw = await response.read()
+            raw = await response.content.read(MAX_ANSWER_BYTES)  # a receipt or a problem: small
         document = _json(raw)
         if response.status == 200 and isinstance(document.get("receipt"), str):
             await self._record_receipt(peer, digest, item, document["receipt"], started)

@@ -109,6 +109,7 @@ async def check_outgoing(
                 raise InvalidMessage(f"message {in_reply_to} was not exchanged with {to}")
             if kind in ANSWER_EFFECTS and original.direction != "in":
                 raise InvalidMessage(f"an {kind.value} answers a message received from {to}, not one we sent")
+            await check_case_access(gw, user, original, conn, "answering")
             case_id = original.case_id  # a follow-up joins the case, whichever side opened it
             answers = original.direction == "in"
             if gw.scheme.lowers(marking, original.marking):
@@ -130,6 +131,7 @@ async def check_outgoing(
                 )
         if kind is MessageKind.CONSENT:
             about = await Messages.get(conn, consent_of(content).message_id)
+            await check_case_access(gw, user, about, conn, "consenting about")
             case_id = about.case_id
         if forwards:
             extra["forwarded"] = await _forwarded(gw, conn, user, to, marking, forwards)
@@ -163,9 +165,12 @@ async def _forwarded(
     for message_id in forwards:
         row = await Messages.get(conn, message_id)
         await check_opening(gw, user, row, conn)
-        if gw.scheme.rank(marking.level) < gw.scheme.rank(row.marking.level):
+        # the forwarded content keeps its level and caveats; only the onward caveats that a consent (or going back
+        # to the originator) lifts for this recipient may be left off
+        kept = Marking(level=row.marking.level, caveats=[c for c in row.marking.caveats if c not in ONWARD_CAVEATS])
+        if gw.scheme.lowers(marking, kept):
             raise MarkingRefused(
-                f"forwarded content is marked {row.marking.level}: the message must carry at least that"
+                f"forwarded content is marked {_shown(row.marking)}: the message must carry at least that"
             )
         originator = row.peer if row.direction == "in" else gw.authority_id
         limited = any(caveat in ONWARD_CAVEATS for caveat in row.marking.caveats)
@@ -179,19 +184,27 @@ async def _forwarded(
     return items
 
 
-async def check_opening(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection) -> None:
-    """Raise unless ``user`` may see the content of ``row`` now (clearance, caveats, case, embargo)."""
+async def check_case_access(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection, doing: str) -> None:
+    """Raise unless ``user`` may act on ``row``: an officer or supervisor cleared for its marking and caveats, and
+    assigned to its case or supervising the case's unit. Opening, answering and consenting all need this."""
+    if user.id == 0:  # the gateway itself (automatic status answers, gateway/requests.py)
+        return
     if user.role not in ("officer", "supervisor"):
-        raise AccessRefused(f"the {user.role} role never opens message content")
+        raise AccessRefused(f"the {user.role} role never {doing} message content")
     if not user.cleared_for(row.marking, gw.scheme):
         raise AccessRefused(
-            f"opening needs clearance {row.marking.level} and authorisation for caveats "
+            f"{doing} needs clearance {row.marking.level} and authorisation for caveats "
             f"{', '.join(row.marking.caveats) or 'none'}"
         )
     case = await Cases.find(conn, row.case_id) if row.case_id else None
     supervises = user.role == "supervisor" and (case is None or case.unit in (None, user.unit))
     if not supervises and (case is None or user.id not in case.assignees):
-        raise AccessRefused("only officers assigned to the case, or supervisors of its unit, open its content")
+        raise AccessRefused(f"only officers assigned to the case, or supervisors of its unit, are {doing} it")
+
+
+async def check_opening(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection) -> None:
+    """Raise unless ``user`` may see the content of ``row`` now (clearance, caveats, case, embargo)."""
+    await check_case_access(gw, user, row, conn, "opening")
     embargo = embargo_until(row.marking)
     if row.direction == "in" and embargo is not None and gw.clock().date() < embargo:
         raise Embargoed(f"the content is under embargo until {embargo.isoformat()}")

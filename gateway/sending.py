@@ -159,25 +159,28 @@ async def _encrypt_attachments(
     refs: list[AttachmentRef] = []
     files: list[tuple[AttachmentRow, AttachmentFile]] = []
     position = 0
+    writing: AttachmentFile | None = None  # the file being written, until it is committed
     try:
         async for attachment in _each(attachments):
-            target = AttachmentFile(directory, f"{message_id}.{position}")
+            writing = AttachmentFile(directory, f"{message_id}.{position}")
             encryptor = AttachmentEncryptor()
-            target.write(encryptor.start())
+            writing.write(encryptor.start())
             size = 0
             async for chunk in attachment.chunks:
                 size += len(chunk)
                 if size > gw.settings.max_attachment_bytes:
-                    target.discard()
                     raise AttachmentTooLarge(f"attachment {position} exceeds {gw.settings.max_attachment_bytes} bytes")
-                target.write(encryptor.push(chunk))
-            target.write(encryptor.finish())
+                writing.write(encryptor.push(chunk))
+            writing.write(encryptor.finish())
             ref = encryptor.manifest_entry(attachment.name, attachment.media_type)
-            target.commit()
+            writing.commit()
             refs.append(ref)
-            files.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, target.final.name), target))
+            files.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, writing.final.name), writing))
+            writing = None
             position += 1
     except BaseException:
+        if writing is not None:
+            writing.discard()  # an aborted upload leaves neither a partial file nor an open handle
         for _, target in files:
             target.final.unlink(missing_ok=True)
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 from joserfc.jwk import OKPKey
@@ -124,8 +125,13 @@ class Witness:
         async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
             if response.status != 200:
                 raise WitnessError(f"{peer} answered HTTP {response.status} to a consistency proof request")
-            body = await response.json()
-        return [base64.b64decode(item) for item in body["proof"]]
+            raw = await response.content.read(1 << 16)  # O(log n) hashes: a few KiB at most
+        try:
+            body = json.loads(raw)
+            proof = [base64.b64decode(item, validate=True) for item in body["proof"]]
+        except (ValueError, KeyError, TypeError):
+            raise WitnessError(f"{peer} answered a malformed consistency proof") from None
+        return proof
 
     async def _cosign(self, peer: str, checkpoint: Checkpoint) -> None:
         timestamp = int(self.gw.clock().timestamp())
