@@ -94,7 +94,9 @@ class Committer:
             self._worker = asyncio.create_task(self._work())
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(unit, future))
-        return await future
+        # shielded: a caller cancelled mid-way (a shutdown timeout) does not stop its unit, which still commits or
+        # fails whole; callers therefore clean up only on an error, never on cancellation
+        return await asyncio.shield(future)
 
     async def close(self) -> None:
         if self._worker is not None:

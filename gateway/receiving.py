@@ -317,7 +317,7 @@ async def _commit(
 
     try:
         received = await gw.commit(unit)
-    except BaseException:
+    except Exception:  # not on cancellation: the shielded unit may still commit with these files
         for _, target in files:
             target.final.unlink(missing_ok=True)
         raise

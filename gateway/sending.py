@@ -128,7 +128,7 @@ async def submit_message(
         await _persist(
             gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files, outgoing, completeness
         )
-    except BaseException:
+    except Exception:  # not on cancellation: the shielded commit may still keep these files
         for _, path in files:
             path.final.unlink(missing_ok=True)
         raise

@@ -30,6 +30,7 @@ from store.ledger import PeerCheckpoint, WitnessState
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
+MAX_PROOF_FAILURES = 5  # consecutive failed proof requests from one peer before an alarm
 MIN_INTERVAL = 1.0  # seconds between two checks of one peer's checkpoints while more keep arriving
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
 
@@ -59,6 +60,7 @@ class Witness:
         self._session_for = session_for  # peer entry -> aiohttp.ClientSession (mutual TLS)
         self._pending: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
         self.log = get_logger(component="witness")
 
     def observe(self, peer: str, checkpoint_note: str) -> None:
@@ -78,6 +80,15 @@ class Witness:
         while (note := self._pending.pop(peer, None)) is not None:
             try:
                 await self.check(peer, note)
+                self._failures.pop(peer, None)
+            except WitnessError as exc:
+                # a peer that keeps failing to prove its checkpoints consistent is treated like one that forked:
+                # refusing proofs must not be a way to hide a rewrite
+                failures = self._failures[peer] = self._failures.get(peer, 0) + 1
+                self.log.warning("witness_check_failed", peer=peer, error=exc.code, failures=failures)
+                if failures >= MAX_PROOF_FAILURES:
+                    self._failures.pop(peer, None)
+                    await self._alarm(peer, "proof-unavailable", f"{failures} consistency proofs failed in a row")
             except Exception as exc:
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code)
@@ -115,7 +126,10 @@ class Witness:
             await WitnessState.remember(
                 conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
             )
-        await self._cosign(peer, checkpoint)
+        try:
+            await self._cosign(peer, checkpoint)
+        except WitnessError as exc:  # the check itself held: a refused cosignature is only logged
+            self.log.warning("cosignature_not_accepted", peer=peer, error=exc.code)
 
     async def _fetch_consistency(self, peer: str, size1: int, size2: int) -> list[bytes]:
         if size1 == 0:

@@ -8,6 +8,7 @@ import base64
 import json
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, select, update
 
 from crypto.note import open_checkpoint, open_note
@@ -189,3 +190,23 @@ async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(pair: Pai
         assert "message.received" in types
         async for _ in stream:  # the auditor resumes and finishes
             pass
+
+
+async def test_a_peer_that_keeps_refusing_consistency_proofs_is_blocked(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusing proofs must not hide a rewrite: after MAX_PROOF_FAILURES failed checks in a row, an alarm."""
+    from gateway import witness
+
+    await exchange(pair)  # the first checkpoint is held without a proof
+
+    async def refused(self: witness.Witness, peer: str, size1: int, size2: int) -> list[bytes]:
+        raise witness.WitnessError(f"{peer} answered HTTP 500 to a consistency proof request")
+
+    monkeypatch.setattr(witness.Witness, "_fetch_consistency", refused)
+    for _ in range(witness.MAX_PROOF_FAILURES):
+        await exchange(pair)
+    assert pair.ar.gw.blocked_peers == {"au.ag"}
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "proof-unavailable")]
