@@ -22,7 +22,7 @@ from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import and_, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from protocol.errors import ComityError
@@ -156,6 +156,10 @@ async def login(
     key = hashlib.sha256(b"comity-login\0" + name.encode("utf-8")).hexdigest()
     source = (source or "unknown")[:64]
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # one attempt per name at a time: parallel guesses are counted one after the other, not all below the
+            # limit at once (SQLite's BEGIN IMMEDIATE already serialises writers)
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
         await conn.execute(delete(login_attempts).where(login_attempts.c.attempted_at < now - throttle.window))
         wait = max(
             await _throttle_wait(conn, login_attempts.c.username_sha256 == key, throttle.per_username, throttle, now),

@@ -467,3 +467,26 @@ async def test_migration_0003_keeps_existing_tokens_with_their_role_scopes(db_ur
         assert (alice.clearance, alice.caveats, alice.unit, alice.password_hash) == ("UNCLASSIFIED", (), "", None)
     finally:
         await engine.dispose()
+
+
+async def test_a_burst_of_parallel_guesses_is_throttled_like_a_sequence(
+    engine: AsyncEngine, cheap: PasswordHasher
+) -> None:
+    """Twelve wrong passwords at once: five are checked, the rest are throttled (the count is serialised)."""
+    import asyncio
+
+    async with engine.begin() as conn:
+        await Users.create(conn, "alice", "officer", T0, password=PASSWORD)
+
+    async def guess(i: int) -> str:
+        try:
+            await Users.login(engine, "alice", f"wrong password {i:04d}", f"10.0.0.{i}", T0)
+        except LoginThrottled:
+            return "throttled"
+        except LoginFailed:
+            return "failed"
+        return "ok"
+
+    outcomes = await asyncio.gather(*(guess(i) for i in range(12)))
+    assert sorted(outcomes).count("failed") == 5, outcomes
+    assert outcomes.count("throttled") == 7, outcomes
