@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
@@ -22,12 +22,12 @@ from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
 from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_password
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
-from gateway.committer import Committer, Unit
+from gateway.committer import Committer, Finish, Tx, Unit, done
 from gateway.metrics import Metrics
 from protocol.errors import ComityError
-from protocol.events import EventType, LedgerEvent
+from protocol.events import EventType
 from protocol.markings import MarkingScheme
-from protocol.timefmt import format_time, parse_time
+from protocol.timefmt import parse_time
 from store.db import is_sqlite, make_engine, make_reader
 from store.events import EventLog
 from store.ledger import WitnessState
@@ -121,14 +121,6 @@ class Gateway:
         async with self.engine.begin() as conn:
             yield conn
 
-    async def record(
-        self, conn: AsyncConnection, type: EventType, actor: str, *, at: datetime | None = None, **fields: Any
-    ) -> int:
-        """Append one ledger event in the caller's transaction; its time is ``at`` (when it happened) or now."""
-        when = format_time(at or self.clock())
-        event = LedgerEvent.parse({"type": type.value, "time": when, "actor": actor, **fields})
-        return await self.events.append(conn, event)
-
     def stream_reader(self) -> AsyncEngine:
         """For long reads (an auditor streaming the ledger): never blocks a writer. PostgreSQL needs a transaction
         for a server-side cursor, and its snapshot blocks no one; SQLite's reader pool takes no lock at all."""
@@ -175,17 +167,18 @@ class Gateway:
             raise
 
     async def _install_directory(self, previous: int) -> None:
-        async with self.transaction() as conn:
-            values = {"key": "directory_serial", "value": str(self.directory.serial)}
+        serial = str(self.directory.serial)
+
+        async def unit(tx: Tx) -> Finish[None]:
             if previous:
-                await conn.execute(
-                    settings_state.update()
-                    .where(settings_state.c.key == "directory_serial")
-                    .values(value=values["value"])
-                )
+                stored = settings_state.c.key == "directory_serial"
+                await tx.conn.execute(settings_state.update().where(stored).values(value=serial))
             else:
-                await conn.execute(settings_state.insert().values(**values))
-            await self.record(conn, EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{self.directory.serial}")
+                await tx.conn.execute(settings_state.insert().values(key="directory_serial", value=serial))
+            tx.record(EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{serial}")
+            return await done(None)
+
+        await self.commit(unit)
 
     async def close(self) -> None:
         await self.committer.close()
