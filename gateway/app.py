@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from gateway.api import api_routes, auth_middleware
 from gateway.auth import auth_routes
-from gateway.committer import done
+from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.federation import GATEWAY, federation_routes
 from gateway.ledger_api import ledger_routes
@@ -111,6 +111,8 @@ class RunningGateway:
 
 async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGateway:
     settings = gw.settings
+    # a checkpoint of the ledger as it starts: peers and auditors always find one (then the checkpointer's ticks)
+    await gw.commit(_checkpoint_tick)
     federation = web.AppRunner(build_federation_app(gw), handle_signals=False, shutdown_timeout=10)
     api = web.AppRunner(build_api_app(gw), handle_signals=False, shutdown_timeout=10)
     await federation.setup()
@@ -134,6 +136,11 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
     return RunningGateway(gw, [federation, api], sender, task, checkpointer)
 
 
+async def _checkpoint_tick(tx: Tx) -> Finish[None]:
+    tx.wants_checkpoint = True
+    return await done(None)
+
+
 async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
     """Sign a checkpoint at least every ``interval`` seconds while the ledger grows (receipts sign their own)."""
     log = get_logger(component="checkpointer")
@@ -141,7 +148,7 @@ async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
         try:
             # an empty unit: the group commit signs a checkpoint when the ledger grew since the last one
-            await gw.commit(lambda tx: done(None))
+            await gw.commit(_checkpoint_tick)
             async with gw.reader.connect() as conn:
                 gw.metrics.ledger_size.set((await gw.events.head(conn)).size)
                 # alarms are raised by the witness or cleared by an operator's 'comity peer clear': follow the database

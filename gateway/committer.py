@@ -4,7 +4,8 @@ One transaction per step per message cannot reach a thousand envelopes a second 
 allows"): every commit waits for the disk and every append takes the ledger head lock. Here a single worker per
 gateway takes every unit of work queued meanwhile (up to ``max_batch``), runs them in order in one transaction
 under one head lock, writes their ledger entries with one statement per table, signs one checkpoint for the batch,
-lets each unit finish with that checkpoint (a receipt carries it), and commits once.
+lets each unit finish with that checkpoint (a receipt carries it), and commits once. A batch signs that checkpoint
+only when one of its units asks for it (``tx.wants_checkpoint``); the checkpointer asks every second.
 
 A unit is ``async def unit(tx) -> finish`` and ``async def finish(checkpoint_note) -> result``: the first phase
 changes rows and records events (their indexes are known at once); the second runs after the entries are written.
@@ -42,6 +43,9 @@ class Tx:
     conn: AsyncConnection
     batch: LedgerBatch
     clock: Callable[[], datetime]
+    # a unit whose finish needs a checkpoint covering its events (a receipt carries one) sets this; other batches
+    # leave checkpoints to the checkpointer's tick (at least every second while the ledger grows)
+    wants_checkpoint: bool = False
 
     def record_message(self, type: EventType, actor: str, payload: MessagePayload, envelope_sha256: str) -> int:
         """Record an event about a whole message: its id, kind, parties, reply link, digest and marking."""
@@ -137,7 +141,11 @@ class Committer:
             tx = Tx(conn, batch, gw.clock)
             finishers = [await job.unit(tx) for job in jobs]
             head = await batch.flush(conn)
-            note = await gw.events.record_checkpoint(conn, gw.origin, gw.sign_checkpoint, gw.clock(), head)
+            note = ""
+            if tx.wants_checkpoint:
+                note = await gw.events.record_checkpoint(
+                    conn, gw.origin, gw.sign_checkpoint, gw.clock(), head, grew=head.size > batch.start
+                )
             return [await finish(note) for finish in finishers]
 
 

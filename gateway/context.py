@@ -48,6 +48,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# (message id, peer, sealed envelope, its SHA-256): a message committed to the outbox under a direct lease
+DirectDelivery = Callable[[str, str, bytes, str], None]
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -58,6 +62,8 @@ class Gateway:
     tls_password: bytes = field(default=b"", repr=False)
     scheme: MarkingScheme = field(default_factory=MarkingScheme)
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # set by a running outbox sender: hand it a message just committed, to send at once (gateway/outbox.py)
+    direct_delivery: DirectDelivery | None = None
     metrics: Metrics = field(default_factory=Metrics)
     # counterparts whose ledger forked or was rewritten: no exchange until an operator clears the alarm
     blocked_peers: set[str] = field(default_factory=set)

@@ -25,7 +25,7 @@ from gateway.witness import Witness
 from protocol.errors import ComityError
 from protocol.events import EventType
 from protocol.timefmt import parse_time
-from store.messages import Messages
+from store.messages import AttachmentRow, Messages
 from store.outbox import OutboxItem
 
 __all__ = ["FEDERATION_PATH", "OutboxSender"]
@@ -62,6 +62,26 @@ class OutboxSender:
     # --- loop ---------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.gw.direct_delivery = self.deliver_now
+        try:
+            await self._run()
+        finally:
+            if self.gw.direct_delivery == self.deliver_now:
+                self.gw.direct_delivery = None
+
+    def deliver_now(self, message_id: str, peer: str, sealed: bytes, digest: str) -> None:
+        """Send a message just committed to the outbox under :data:`DIRECT_LEASE` (no attachments), at once.
+
+        If this process stops before a receipt, the lease runs out and the claim loop (here or on another replica)
+        sends it; if the attempt fails, it is rescheduled with backoff like any other.
+        """
+        if self._stopping.is_set():
+            return  # the lease runs out and the next run sends it
+        task = asyncio.create_task(self._deliver_safely(OutboxItem(message_id, peer, 0), (sealed, digest)))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)  # nothing new to claim: no wake-up of the claim loop
+
+    async def _run(self) -> None:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
             items: list[OutboxItem] = []
@@ -108,10 +128,10 @@ class OutboxSender:
 
     # --- one delivery -------------------------------------------------------------------------------------------
 
-    async def _deliver_safely(self, item: OutboxItem) -> None:
+    async def _deliver_safely(self, item: OutboxItem, prefetched: tuple[bytes, str] | None = None) -> None:
         log = self.log.bind(message_id=item.message_id, peer=item.peer)
         try:
-            await self.deliver(item)
+            await self.deliver(item, prefetched)
         except Exception as exc:
             code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
             settings = self.gw.settings
@@ -147,11 +167,16 @@ class OutboxSender:
             self._sessions[peer.id] = session
         return session
 
-    async def deliver(self, item: OutboxItem) -> None:
+    async def deliver(self, item: OutboxItem, prefetched: tuple[bytes, str] | None = None) -> None:
+        """One attempt; ``prefetched`` is the envelope and its digest when the caller holds them (no attachments)."""
         gw = self.gw
         peer = gw.peer(item.peer)
-        async with gw.reader.connect() as conn:
-            sealed, digest, files = await Messages.for_delivery(conn, item.message_id)
+        files: list[AttachmentRow]
+        if prefetched is not None:
+            (sealed, digest), files = prefetched, []
+        else:
+            async with gw.reader.connect() as conn:
+                sealed, digest, files = await Messages.for_delivery(conn, item.message_id)
         if not peer.endpoint.startswith("https://") and not gw.settings.dev_plain_http:
             raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
         body: Any

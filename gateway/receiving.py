@@ -243,6 +243,7 @@ async def _commit(
     case_id = context.case_id or payload.id
 
     async def unit(tx: Tx) -> Finish[Received]:
+        tx.wants_checkpoint = True  # the receipt carries a checkpoint that covers its own event
         now = tx.clock()
         if case_id == payload.id:
             request = payload.kind is MessageKind.REQUEST  # a request's case starts its life cycle as received

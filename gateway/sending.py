@@ -32,6 +32,7 @@ from protocol.markings import MarkingRefused
 from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
 from store.cases import Cases
 from store.messages import AttachmentRow, Messages
+from store.outbox import DIRECT_LEASE
 from store.users import User
 
 __all__ = ["Draft", "NewAttachment", "submit_message"]
@@ -125,14 +126,22 @@ async def submit_message(
         )
         sealed = seal_envelope(payload, gw.keys.signing, peer.encryption_key_at(gw.clock()))
         archive = encrypt_signed(sealed.signed, payload, gw.archive_public)
-        await _persist(
-            gw, user, payload, sealed.compact.encode("ascii"), archive.encode("ascii"), files, outgoing, completeness
+        envelope = sealed.compact.encode("ascii")
+        # a running sender takes a message without attachments straight from here, already claimed: no claim
+        # transaction, no re-read; attachments stream from their files through the outbox's claim loop
+        direct = gw.direct_delivery if not files else None
+        archived = archive.encode("ascii")
+        digest = await _persist(
+            gw, user, payload, envelope, archived, files, outgoing, completeness, direct=direct is not None
         )
     except Exception:  # not on cancellation: the shielded commit may still keep these files
         for _, path in files:
             path.final.unlink(missing_ok=True)
         raise
-    gw.outbox_wakeup.set()
+    if direct is not None:
+        direct(message_id, draft.to, envelope, digest)
+    else:
+        gw.outbox_wakeup.set()
     get_logger(message_id=message_id, peer=draft.to).info(
         "message_submitted", kind=draft.kind.value, attachments=len(refs)
     )
@@ -196,7 +205,10 @@ async def _persist(
     files: list[tuple[AttachmentRow, AttachmentFile]],
     outgoing: Outgoing,
     completeness: Completeness,
-) -> None:
+    *,
+    direct: bool,
+) -> str:
+    """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256."""
     digest = hashlib.sha256(sealed).hexdigest()
     case_id = outgoing.case_id or payload.id  # a new request opens a case of its own
     actor = _actor(user)
@@ -233,7 +245,9 @@ async def _persist(
             case_id=case_id,
             attachment_rows=[row for row, _ in files],
         )
-        await gw.outbox.enqueue(tx.conn, payload.id, payload.to, now)
+        await gw.outbox.enqueue(
+            tx.conn, payload.id, payload.to, now, leased_until=now + DIRECT_LEASE if direct else None
+        )
         tx.record_message(EventType.SUBMITTED, actor, payload, digest)
         if completeness.overridden:  # the reason travels in the signed content (check_override), not the ledger
             tx.record(EventType.REQUEST_CHECK_OVERRIDDEN, actor, message_id=payload.id, to=payload.to)
@@ -254,3 +268,4 @@ async def _persist(
         return await done(None)
 
     await gw.commit(unit)
+    return digest

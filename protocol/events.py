@@ -10,15 +10,12 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-import orjson
 from pydantic import Field, field_validator
 
 from protocol.messages import Marking, MessageKind, StrictModel, canonical_json, validate_authority_id
 from protocol.receipts import rfc3339_utc
 
 __all__ = ["ANSWER_EFFECTS", "EventType", "LedgerEvent"]
-
-_MAX_SAFE_INTEGER = 2**53  # RFC 8785 section 3.2.2.3: integers beyond are not exactly representable
 
 
 class EventType(enum.StrEnum):
@@ -90,16 +87,7 @@ class LedgerEvent(StrictModel):
         return data
 
     def to_bytes(self) -> bytes:
-        data = self.to_json()
-        if self.peer_ledger_index is None or self.peer_ledger_index < _MAX_SAFE_INTEGER:
-            # For these objects (ASCII member names, strings and integers below 2**53, no floats) RFC 8785 and
-            # orjson's sorted compact output are the same bytes, twenty times faster (the ledger append hot path);
-            # tests/protocol/test_events.py checks the two agree.
-            try:
-                return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
-            except orjson.JSONEncodeError:
-                pass  # a lone surrogate: let the canonical encoder refuse it with a typed error
-        return canonical_json(data)
+        return canonical_json(self.to_json())
 
 
 # an answer to a message records this event on the message it answers, which moves to this state (both sides)

@@ -14,6 +14,7 @@ import re
 import uuid
 from typing import Any, Self
 
+import orjson
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -72,11 +73,47 @@ def new_message_id() -> str:
 
 def canonical_json(value: Any) -> bytes:
     """RFC 8785 (JCS) canonical bytes of a JSON value; values JCS cannot encode are an InvalidMessage."""
+    if _orjson_is_canonical(value):
+        # ASCII member names (so UTF-16 and byte order agree), strings, booleans, null and integers below 2**53, no
+        # floats: RFC 8785 and orjson's sorted compact output are the same bytes, many times faster (every envelope,
+        # receipt and ledger entry goes through here); tests/protocol/test_canonical.py checks they agree
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # a lone surrogate: the canonical encoder refuses it with a typed error below
     try:
         return bytes(rfc8785.dumps(value))
     except (rfc8785.CanonicalizationError, ValueError, TypeError, OverflowError) as exc:
         # never echo the value: it may be content (integers beyond 2**53, lone surrogates, ...)
         raise InvalidMessage(f"value cannot be encoded as RFC 8785 canonical JSON ({type(exc).__name__})") from None
+
+
+_MAX_SAFE_INTEGER = 2**53  # RFC 8785 section 3.2.2.3: integers beyond are not exactly representable
+
+
+def _orjson_is_canonical(value: Any) -> bool:
+    """Whether orjson's sorted output of ``value`` is its RFC 8785 form (see :func:`canonical_json`)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if -_MAX_SAFE_INTEGER < item < _MAX_SAFE_INTEGER:
+                continue
+            return False
+        if kind is dict:
+            for key, member in item.items():
+                if type(key) is not str or not key.isascii():
+                    return False
+                stack.append(member)
+            continue
+        if kind is list:
+            stack.extend(item)
+            continue
+        return False  # floats, tuples and anything else: the canonical encoder decides
+    return True
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

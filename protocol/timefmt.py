@@ -9,13 +9,12 @@ from datetime import UTC, datetime
 
 __all__ = ["format_time", "parse_time"]
 
-_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
 
 def format_time(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("time must be timezone-aware")
-    return value.astimezone(UTC).strftime(_FORMAT)
+    # isoformat is the same bytes as strftime(_FORMAT) for years 1000-9999, several times faster
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(value: str) -> datetime:

@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import NotFound
 from store.tables import case_assignments, cases, consents
 
 __all__ = ["Case", "Cases", "Consents"]
+
+# hot-path statements (every new message opens a case), built once
+_INSERT_CASE = insert(cases)
+_INSERT_ASSIGNMENT = insert(case_assignments)
+_FIND = select(cases).where(cases.c.id == bindparam("b_id"))
+_ASSIGNEES = select(case_assignments.c.user_id).where(case_assignments.c.case_id == bindparam("b_id"))
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,15 @@ class Cases:
         request_type: str | None = None,
     ) -> None:
         await conn.execute(
-            insert(cases).values(
-                id=case_id,
-                unit=unit,
-                created_at=now,
-                state=state,
-                request_type=request_type,
-                last_action_at=now if state else None,
-            )
+            _INSERT_CASE,
+            {
+                "id": case_id,
+                "unit": unit,
+                "created_at": now,
+                "state": state,
+                "request_type": request_type,
+                "last_action_at": now if state else None,
+            },
         )
 
     @staticmethod
@@ -62,16 +69,15 @@ class Cases:
         """A new case of ``unit`` with its first officer assigned (two statements: the submit hot path)."""
         await Cases.create(conn, case_id, unit, now, state=state, request_type=request_type)
         await conn.execute(
-            insert(case_assignments).values(case_id=case_id, user_id=officer_id, assigned_by=by, assigned_at=now)
+            _INSERT_ASSIGNMENT, {"case_id": case_id, "user_id": officer_id, "assigned_by": by, "assigned_at": now}
         )
 
     @staticmethod
     async def find(conn: AsyncConnection, case_id: str) -> Case | None:
-        row = (await conn.execute(select(cases).where(cases.c.id == case_id))).one_or_none()
+        row = (await conn.execute(_FIND, {"b_id": case_id})).one_or_none()
         if row is None:
             return None
-        query = select(case_assignments.c.user_id).where(case_assignments.c.case_id == case_id)
-        assignees = frozenset(r.user_id for r in await conn.execute(query))
+        assignees = frozenset(r.user_id for r in await conn.execute(_ASSIGNEES, {"b_id": case_id}))
         return Case(row.id, row.unit, assignees, row.state, row.peer_state, row.request_type, row.last_action_at)
 
     @staticmethod

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
@@ -23,6 +23,16 @@ from protocol.timefmt import parse_time
 from store.tables import checkpoints, ledger_entries, ledger_head, ledger_nodes
 
 __all__ = ["CheckpointSigner", "EventLog", "LedgerBatch", "TreeHead"]
+
+# built once: every group commit runs these
+_INSERT_ENTRIES = insert(ledger_entries)
+_INSERT_NODES = insert(ledger_nodes)
+_UPDATE_HEAD = (
+    update(ledger_head).where(ledger_head.c.id == 1).values(size=bindparam("b_size"), frontier=bindparam("b_frontier"))
+)
+_HEAD = select(ledger_head.c.size, ledger_head.c.frontier).where(ledger_head.c.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_INSERT_CHECKPOINT = insert(checkpoints)
 
 # checkpoint body text in, signed note out (crypto.note.sign_note with the gateway's signer)
 CheckpointSigner = Callable[[str], str]
@@ -86,14 +96,10 @@ class LedgerBatch:
     async def flush(self, conn: AsyncConnection) -> TreeHead:
         """Write what was appended since the last flush; return the new head."""
         if self._entries:
-            await conn.execute(insert(ledger_entries), self._entries)
-            await conn.execute(insert(ledger_nodes), self._node_rows)
+            await conn.execute(_INSERT_ENTRIES, self._entries)
+            await conn.execute(_INSERT_NODES, self._node_rows)
             head = self.head()
-            await conn.execute(
-                update(ledger_head)
-                .where(ledger_head.c.id == 1)
-                .values(size=head.size, frontier=_pack(head.size, head.frontier))
-            )
+            await conn.execute(_UPDATE_HEAD, {"b_size": head.size, "b_frontier": _pack(head.size, head.frontier)})
             self._entries, self._node_rows = [], []
             # keep only the frontier: older nodes are never read by later appends
             self._nodes = dict(head.frontier)
@@ -108,10 +114,7 @@ class EventLog:
         self._for_update = for_update
 
     async def head(self, conn: AsyncConnection, *, lock: bool = False) -> TreeHead:
-        query = select(ledger_head.c.size, ledger_head.c.frontier).where(ledger_head.c.id == 1)
-        if lock and self._for_update:
-            query = query.with_for_update()
-        row = (await conn.execute(query)).one()
+        row = (await conn.execute(_HEAD_FOR_UPDATE if lock and self._for_update else _HEAD)).one()
         return TreeHead(row.size, _unpack(row.size, row.frontier))
 
     async def begin_batch(self, conn: AsyncConnection) -> LedgerBatch:
@@ -130,15 +133,26 @@ class EventLog:
         return indexes
 
     async def record_checkpoint(
-        self, conn: AsyncConnection, origin: str, sign: CheckpointSigner, now: datetime, head: TreeHead | None = None
+        self,
+        conn: AsyncConnection,
+        origin: str,
+        sign: CheckpointSigner,
+        now: datetime,
+        head: TreeHead | None = None,
+        *,
+        grew: bool = False,
     ) -> str:
-        """Sign a checkpoint of ``head`` (default: the stored head), once per size, and return the signed note."""
+        """Sign a checkpoint of ``head`` (default: the stored head), once per size, and return the signed note.
+
+        ``grew``: the caller's transaction appended up to ``head`` under the head lock, so no checkpoint of this
+        size can exist yet (sizes only grow) and the lookup is skipped."""
         head = head or await self.head(conn)
-        existing = (
-            await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == head.size))
-        ).scalar_one_or_none()
-        if existing is not None:
-            return str(existing)
+        if not grew:
+            existing = (
+                await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == head.size))
+            ).scalar_one_or_none()
+            if existing is not None:
+                return str(existing)
         note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
-        await conn.execute(insert(checkpoints).values(size=head.size, note=note, created_at=now))
+        await conn.execute(_INSERT_CHECKPOINT, {"size": head.size, "note": note, "created_at": now})
         return note

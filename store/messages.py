@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.messages import Marking
@@ -16,6 +16,12 @@ from store.errors import NotFound
 from store.tables import attachments, messages
 
 __all__ = ["AttachmentRow", "MessageRow", "Messages"]
+
+# hot-path statements built once: building one per call (``insert(...).values(**row)``) costs more CPU than running
+# it (docs/performance.md); each is compiled once per set of parameter names and cached by SQLAlchemy
+_INSERT = insert(messages)
+_FIND = select(messages).where(messages.c.id == bindparam("b_id"))
+_UPDATE = update(messages).where(messages.c.id == bindparam("b_id"))
 
 
 @dataclass(frozen=True)
@@ -94,25 +100,26 @@ class Messages:
         attachment_rows: Sequence[AttachmentRow] = (),
     ) -> None:
         await conn.execute(
-            insert(messages).values(
-                id=id,
-                direction=direction,
-                peer=peer,
-                kind=kind,
-                in_reply_to=in_reply_to,
-                marking_level=marking.level,
-                marking_caveats=json.dumps(marking.caveats),
-                state=state,
-                sealed=sealed,
-                archive=archive,
-                envelope_sha256=envelope_sha256,
-                created_by=created_by,
-                created_at=created_at,
-                received_at=received_at,
-                receipt=receipt,
-                ledger_index=ledger_index,
-                case_id=case_id,
-            )
+            _INSERT,
+            {
+                "id": id,
+                "direction": direction,
+                "peer": peer,
+                "kind": kind,
+                "in_reply_to": in_reply_to,
+                "marking_level": marking.level,
+                "marking_caveats": json.dumps(marking.caveats),
+                "state": state,
+                "sealed": sealed,
+                "archive": archive,
+                "envelope_sha256": envelope_sha256,
+                "created_by": created_by,
+                "created_at": created_at,
+                "received_at": received_at,
+                "receipt": receipt,
+                "ledger_index": ledger_index,
+                "case_id": case_id,
+            },
         )
         if attachment_rows:
             await conn.execute(
@@ -131,7 +138,7 @@ class Messages:
 
     @staticmethod
     async def find(conn: AsyncConnection, message_id: str) -> MessageRow | None:
-        row = (await conn.execute(select(messages).where(messages.c.id == message_id))).one_or_none()
+        row = (await conn.execute(_FIND, {"b_id": message_id})).one_or_none()
         return None if row is None else MessageRow.from_row(row)
 
     @staticmethod
@@ -159,7 +166,7 @@ class Messages:
 
     @staticmethod
     async def update(conn: AsyncConnection, message_id: str, **values: Any) -> None:
-        await conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
+        await conn.execute(_UPDATE, {"b_id": message_id, **values})
 
     @staticmethod
     async def for_delivery(conn: AsyncConnection, message_id: str) -> tuple[bytes, str, list[AttachmentRow]]:

@@ -10,12 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import outbox
 
-__all__ = ["Outbox", "OutboxItem"]
+__all__ = ["DIRECT_LEASE", "Outbox", "OutboxItem"]
+
+# a message handed straight to the sender that committed it is enqueued claimed for this long: longer than one
+# delivery attempt can take (10 s to connect, 120 s to read), so no other replica sends it meanwhile, and short
+# enough that if this process dies first, another replica (or this one restarted) sends it within minutes
+DIRECT_LEASE = timedelta(seconds=150)
+
+# built once: the hot path pays neither statement construction nor cache-key generation per call
+_ENQUEUE = insert(outbox)
+_REMOVE = delete(outbox).where(outbox.c.message_id == bindparam("b_message_id"))
 
 
 @dataclass(frozen=True)
@@ -29,8 +38,12 @@ class Outbox:
     def __init__(self, *, skip_locked: bool) -> None:
         self._skip_locked = skip_locked
 
-    async def enqueue(self, conn: AsyncConnection, message_id: str, peer: str, now: datetime) -> None:
-        await conn.execute(insert(outbox).values(message_id=message_id, peer=peer, attempts=0, next_attempt_at=now))
+    async def enqueue(
+        self, conn: AsyncConnection, message_id: str, peer: str, now: datetime, *, leased_until: datetime | None = None
+    ) -> None:
+        """Queue a message; ``leased_until`` enqueues it already claimed, by a sender that will deliver it at once."""
+        row = {"message_id": message_id, "peer": peer, "attempts": 0, "next_attempt_at": now}
+        await conn.execute(_ENQUEUE, {**row, "claimed_until": leased_until})
 
     async def claim_due(
         self, conn: AsyncConnection, now: datetime, *, limit: int, lease: timedelta
@@ -65,7 +78,7 @@ class Outbox:
         )
 
     async def remove(self, conn: AsyncConnection, message_id: str) -> bool:
-        result = await conn.execute(delete(outbox).where(outbox.c.message_id == message_id))
+        result = await conn.execute(_REMOVE, {"b_message_id": message_id})
         return bool(result.rowcount)
 
     async def pending(self, conn: AsyncConnection) -> int:

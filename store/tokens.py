@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.accounts import (
@@ -43,6 +43,12 @@ TOKEN_PREFIX = "cmt_"  # noqa: S105 - a prefix, not a secret
 LOGIN_TOKEN_TTL = timedelta(hours=12)
 MAX_TOKEN_TTL = timedelta(days=366)
 
+# every API call runs it: built once
+_AUTHENTICATE = (
+    select(*_USER_COLUMNS, tokens.c.expires_at, tokens.c.revoked_at, tokens.c.token_id, tokens.c.scopes)
+    .join(tokens, tokens.c.user_id == users.c.id)
+    .where(tokens.c.token_hash == bindparam("b_hash"), users.c.disabled.is_(False))
+)
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -148,18 +154,7 @@ class Tokens:
         """The user of a valid token (with the token's scopes, cut to what the role allows now), else None."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
-        query = (
-            select(
-                *_USER_COLUMNS,
-                tokens.c.expires_at,
-                tokens.c.revoked_at,
-                tokens.c.token_id,
-                tokens.c.scopes,
-            )
-            .join(tokens, tokens.c.user_id == users.c.id)
-            .where(tokens.c.token_hash == hash_token(token), users.c.disabled.is_(False))
-        )
-        row = (await conn.execute(query)).one_or_none()
+        row = (await conn.execute(_AUTHENTICATE, {"b_hash": hash_token(token)})).one_or_none()
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             return None
         scopes = frozenset(row.scopes.split()) & ROLE_SCOPES.get(row.role, frozenset())
