@@ -47,7 +47,16 @@ def test_vocabulary_is_parsed_strictly() -> None:
 
 def test_days_are_plain_calendar_dates() -> None:
     assert parse_day("2026-02-28") == date(2026, 2, 28)
-    for bad in ("2026-02-30", "2026-2-3", "2026-02-28T00:00:00Z", "28/02/2026", "", None, 20260228, "２０２６-02-28"):
+    for bad in (
+        "2026-02-30",
+        "2026-2-3",
+        "2026-02-28T00:00:00Z",
+        "28/02/2026",
+        "",
+        None,
+        20260228,
+        "\uff12\uff10\uff12\uff16-02-28",
+    ):
         with pytest.raises(InvalidWorkDate):
             parse_day(bad)
 
