@@ -117,7 +117,6 @@ class Cases:
         if unit is not None:
             await conn.execute(cases.update().where(cases.c.id == case_id, cases.c.unit.is_(None)).values(unit=unit))
 
-
     @staticmethod
     async def assignee_names(conn: AsyncConnection, case_id: str) -> list[str]:
         """The user names of the officers assigned to a case, sorted."""
