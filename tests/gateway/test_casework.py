@@ -42,7 +42,10 @@ async def officer(pair: Pair, name: str, case_id: str | None = None, **options: 
     return side
 
 
-async def test_an_officer_works_a_case_and_sees_only_its_own_lists(pair: Pair, log_buffer: io.StringIO) -> None:
+async def test_an_officer_works_a_case_and_sees_only_its_own_lists(
+    pair: Pair,
+    log_buffer: io.StringIO,  # noqa: F811 (the fixture imported above)
+) -> None:
     _, case_id = await incoming_case(pair)
     olga = await officer(pair, "olga", case_id)
     otto = await officer(pair, "otto")  # not assigned
