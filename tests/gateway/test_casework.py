@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -308,3 +309,41 @@ async def test_reassignment_names_the_officer_taken_off(pair: Pair) -> None:
         ("case.unassigned", "user:otto"),
     ]
     assert all(e["actor"] == "user:bruce" for e in entries)
+
+
+def _cli(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+async def test_the_operator_lists_due_items_from_the_database(pair: Pair) -> None:
+    _, case_id = await incoming_case(pair)
+    mark = canary()
+    added = {}
+    for kind, due in (("deadline", day(-1)), ("hearing", day(2))):
+        status, body = await pair.au.call(
+            "POST", f"/v1/cases/{case_id}/dates", json={"kind": kind, "due": due, "note": mark}
+        )
+        assert status == 201, body
+        added[kind] = body["id"]
+    config = str(pair.au.provisioned.config)
+    result = await asyncio.to_thread(_cli, "case", "due", "--overdue", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"{day(-1)}\toverdue\tdeadline\t{case_id}\t{added['deadline']}"]
+    result = await asyncio.to_thread(_cli, "case", "due", "--upcoming", "7", "--json", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert [i["id"] for i in json.loads(result.output)["items"]] == [added["hearing"]]
+    result = await asyncio.to_thread(_cli, "case", "due", "--upcoming", "0", "--config", config)
+    assert result.output.strip() == "nothing due within 0 days"
+    result = await asyncio.to_thread(_cli, "case", "work", case_id, "--config", config)
+    assert result.exit_code == 0, result.output
+    assert [d["kind"] for d in json.loads(result.output)["dates"]] == ["deadline", "hearing"]
+    assert mark not in result.output
+    # one-line errors
+    result = await asyncio.to_thread(_cli, "case", "work", "no-such-case", "--config", config)
+    assert result.exit_code == 1 and result.stderr.strip() == "comity: no case no-such-case", result.stderr
+    result = await asyncio.to_thread(_cli, "case", "due", "--overdue", "--upcoming", "3", "--config", config)
+    assert result.exit_code == 1 and result.stderr.startswith("comity: choose --overdue"), result.stderr
