@@ -10,7 +10,9 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from gateway.audit import AuditState, DatabaseSource, load_trust, verify_ledger
 from tests.gateway.conftest import Pair, Side, issue_token
+from tests.gateway.test_audit import _signed_up_to_head
 from tests.gateway.test_logs_no_secrets import log_buffer  # noqa: F401 (a fixture)
 from tests.gateway.test_markings import as_user, assert_problem, canary, close_sessions, ledger, send
 
@@ -33,6 +35,20 @@ async def incoming_case(pair: Pair, **draft: Any) -> tuple[str, str]:
     status, summary = await pair.au.call("GET", f"/v1/messages/{message}")
     assert status == 200, summary
     return message, str(summary["case_id"])
+
+
+async def audit_accepts(side: Side) -> None:
+    """The independent auditor (comity audit verify) accepts every entry, case-work ones included."""
+    await _signed_up_to_head(side)
+    data = side.provisioned.data_dir
+    trust = load_trust(data / "directory.jws", data / "directory-key.jwk", side.gw.authority_id)
+    source = DatabaseSource(side.gw.settings.database_dsn)
+    await source.open()
+    try:
+        summary = await verify_ledger(source, trust, AuditState(None))
+    finally:
+        await source.close()
+    assert summary.entries == len(await ledger(side.gw))
 
 
 async def officer(pair: Pair, name: str, case_id: str | None = None, **options: Any) -> Side:
@@ -130,6 +146,7 @@ async def test_an_officer_works_a_case_and_sees_only_its_own_lists(
         assert mark not in str(await ledger(pair.au.gw))
         assert mark not in log_buffer.getvalue()
         assert case_id in log_buffer.getvalue()  # the buffer did catch the gateway's logs
+        await audit_accepts(pair.au)
     finally:
         await close_sessions(olga, otto)
 
@@ -282,6 +299,7 @@ async def test_an_oral_urgent_request_opens_a_task_closed_by_linking_the_written
         assert_problem(status, body, code="invalid-message")  # made to ar.mj: the written one goes out, not in
         status, body = await olga.call("POST", f"/v1/cases/{oral['case_id']}/dates/{oral['task']['id']}/done", json={})
         assert status == 200, body
+        await audit_accepts(pair.au)
     finally:
         await close_sessions(olga)
 
@@ -309,6 +327,7 @@ async def test_reassignment_names_the_officer_taken_off(pair: Pair) -> None:
         ("case.unassigned", "user:otto"),
     ]
     assert all(e["actor"] == "user:bruce" for e in entries)
+    await audit_accepts(pair.au)
 
 
 def _cli(*args: str) -> Any:
