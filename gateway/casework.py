@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
-from gateway.policy import check_case_access, refuse_case_access
+from gateway.policy import AccessRefused, check_case_access, refuse_case_access
 from protocol.casework import (
     MAX_WINDOW_DAYS,
     DateKind,
@@ -140,7 +140,7 @@ async def due_list(gw: Gateway, user: User, *, days: int | None) -> list[dict[st
     for case_id, (case, marking) in facts.items():
         try:
             refuse_case_access(gw, user, marking, case, DOING)
-        except Exception:  # noqa: S112 (a case this user may not act on is simply not listed)
+        except AccessRefused:  # a case this user may not act on is simply not listed
             continue
         allowed.add(case_id)
     by_id = {item.id: item for item in found if item.case_id in allowed}
@@ -284,6 +284,7 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
     if oral_on > today:
         raise InvalidWorkDate("'on' is the day the oral request was made: it cannot be in the future")
     marking = Marking.parse(body.get("marking", {"level": "CONFIDENTIAL", "caveats": []}))
+    gw.scheme.check(marking)  # a level or caveat the scheme does not know: marking-refused
     note = parse_note(body.get("note"))
     case_id = str(uuid.uuid4())
     # the officer becomes the assignee: only clearance and role remain to check

@@ -213,6 +213,13 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
                 "invalid-work-date",
             ),
             (
+                olga,
+                "POST",
+                "/v1/work/oral-requests",
+                {"peer": "ar.mj", "direction": "made", "marking": {"level": "COSMIC", "caveats": []}},
+                "marking-refused",
+            ),
+            (
                 uma,
                 "POST",
                 "/v1/work/oral-requests",
