@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_reveal: Literal["state_and_date", "date_only", "nothing"] = "state_and_date"  # art. 46(24) answers
+    # case work (docs/requests.md, "Case work"): the written confirmation of an oral urgent request is due this many
+    # days after it (art. 46(14) says "forthwith"); items are notified this many days ahead, then once overdue
+    confirm_in_writing_days: int = Field(default=3, ge=0, le=30)
+    notify_days_ahead: int = Field(default=3, ge=0, le=60)
+    notify: Literal["none", "log", "webhook"] = "log"
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None  # HMAC-SHA256 key for the Comity-Signature header
+    notify_interval_seconds: float = Field(default=60.0, ge=0.05, le=86400)
 
     @classmethod
     def settings_customise_sources(
@@ -148,6 +156,10 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.outbox_max_backoff < self.outbox_initial_backoff:
             raise ValueError("outbox_max_backoff must be at least outbox_initial_backoff")
+        if self.notify == "webhook":
+            url = self.notify_webhook_url or ""
+            if not url.startswith(("https://", "http://")) or any(ch.isspace() for ch in url):
+                raise ValueError("notify = 'webhook' needs notify_webhook_url, an http:// or https:// URL")
         if self.dev_plain_http:
             exposed = [h for h in (self.api_host, self.federation_host) if not is_loopback_host(h)]
             if exposed:

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
+from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
 from gateway.policy import ledger_refusal
@@ -324,18 +325,21 @@ async def assign_case(request: web.Request) -> web.Response:
     if officer.role not in ("officer", "supervisor"):
         raise InvalidMessage(f"{username} is not an officer")
 
-    async def unit(tx: Tx) -> Finish[None]:
+    async def unit(tx: Tx) -> Finish[list[str]]:
         now = tx.clock()
+        previous = await Cases.assignee_names(tx.conn, case_id) if replace else []
         await Cases.assign(
             tx.conn, case_id, officer.id, supervisor.username, now, unit=supervisor.unit or None, replace=replace
         )
-        tx.record(
-            EventType.CASE_ASSIGNED, f"user:{supervisor.username}", message_id=case_id, subject=f"user:{username}"
-        )
-        return await done(None)
+        actor = f"user:{supervisor.username}"
+        for name in previous:  # a reassignment names the officers it took off the case
+            if name != username:
+                tx.record(EventType.CASE_UNASSIGNED, actor, message_id=case_id, subject=f"user:{name}")
+        tx.record(EventType.CASE_ASSIGNED, actor, message_id=case_id, subject=f"user:{username}")
+        return await done([name for name in previous if name != username])
 
-    await gw.commit(unit)
-    return _json({"case_id": case_id, "assigned": username, "replaced": replace})
+    previous = await gw.commit(unit)
+    return _json({"case_id": case_id, "assigned": username, "replaced": replace, "previous": previous})
 
 
 async def case_event(request: web.Request) -> web.Response:
@@ -395,4 +399,5 @@ def api_routes() -> list[web.RouteDef]:
         web.post("/v1/cases/{id}/assign", assign_case),
         web.post("/v1/cases/{id}/events", case_event),
         web.post("/v1/cases/{id}/status-query", status_query),
+        *casework_routes(),
     ]

@@ -1,7 +1,7 @@
 """Building and running a gateway: the federation listener (mutual TLS) and the local API listener.
 
-``run_gateway`` starts both listeners and the outbox sender, and on SIGTERM/SIGINT (or ``stop``) stops accepting,
-lets requests and deliveries in flight finish, and closes the database: a graceful shutdown.
+``run_gateway`` starts both listeners, the outbox sender and the case-work notifier, and on SIGTERM/SIGINT (or
+``stop``) stops accepting, lets requests and deliveries in flight finish, and closes the database: a graceful shutdown.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway.context import Gateway
 from gateway.federation import GATEWAY, federation_routes
 from gateway.ledger_api import ledger_routes
 from gateway.logs import get_logger
+from gateway.notify import Notifier
 from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
@@ -91,6 +92,7 @@ class RunningGateway:
     sender: OutboxSender
     sender_task: asyncio.Task[None]
     checkpointer_task: asyncio.Task[None]
+    notifier_task: asyncio.Task[None] | None = None  # case-work notifications (gateway/notify.py)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -104,7 +106,11 @@ class RunningGateway:
         await self.sender.stop()
         self.sender_task.cancel()
         self.checkpointer_task.cancel()
-        await asyncio.gather(self.sender_task, self.checkpointer_task, return_exceptions=True)
+        tasks = [self.sender_task, self.checkpointer_task]
+        if self.notifier_task is not None:
+            self.notifier_task.cancel()
+            tasks.append(self.notifier_task)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.gw.close()
         log.info("gateway_stopped")
 
@@ -133,7 +139,8 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
         tls=ssl_context is not None,
     )
     checkpointer = asyncio.create_task(run_checkpointer(gw))
-    return RunningGateway(gw, [federation, api], sender, task, checkpointer)
+    notifier = asyncio.create_task(Notifier(gw).run()) if settings.notify != "none" else None
+    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier)
 
 
 async def _checkpoint_tick(tx: Tx) -> Finish[None]:

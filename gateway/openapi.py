@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.auth import AUTH_OPENAPI_PATHS
+from gateway.casework_api import CASEWORK_OPENAPI_PATHS
 from protocol.messages import MessageKind
 
 __all__ = ["openapi_document"]
@@ -304,6 +305,7 @@ def openapi_document() -> dict[str, Any]:
             },
             **_ledger_paths(),
             **AUTH_OPENAPI_PATHS,
+            **CASEWORK_OPENAPI_PATHS,
             "/v1/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -25,7 +25,7 @@ from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import CONFIDENTIALITY_CAVEAT, ONWARD_CAVEATS, MarkingRefused, embargo_until
 from protocol.messages import Marking, MessageKind
-from store.cases import Cases, Consents
+from store.cases import Case, Cases, Consents
 from store.messages import MessageRow, Messages
 from store.users import User
 
@@ -39,6 +39,7 @@ __all__ = [
     "check_opening",
     "check_outgoing",
     "ledger_refusal",
+    "refuse_case_access",
 ]
 
 
@@ -189,14 +190,22 @@ async def check_case_access(gw: Gateway, user: User, row: MessageRow, conn: Asyn
     assigned to its case or supervising the case's unit. Opening, answering and consenting all need this."""
     if user.id == 0:  # the gateway itself (automatic status answers, gateway/requests.py)
         return
+    case = await Cases.find(conn, row.case_id) if row.case_id else None
+    refuse_case_access(gw, user, row.marking, case, doing)
+
+
+def refuse_case_access(gw: Gateway, user: User, marking: Marking, case: Case | None, doing: str) -> None:
+    """The rule of :func:`check_case_access` for a case held under ``marking`` (case work applies it to many cases
+    at once)."""
+    if user.id == 0:
+        return
     if user.role not in ("officer", "supervisor"):
         raise AccessRefused(f"the {user.role} role never {doing} message content")
-    if not user.cleared_for(row.marking, gw.scheme):
+    if not user.cleared_for(marking, gw.scheme):
         raise AccessRefused(
-            f"{doing} needs clearance {row.marking.level} and authorisation for caveats "
-            f"{', '.join(row.marking.caveats) or 'none'}"
+            f"{doing} needs clearance {marking.level} and authorisation for caveats "
+            f"{', '.join(marking.caveats) or 'none'}"
         )
-    case = await Cases.find(conn, row.case_id) if row.case_id else None
     supervises = user.role == "supervisor" and (case is None or case.unit in (None, user.unit))
     if not supervises and (case is None or user.id not in case.assignees):
         raise AccessRefused(f"only officers assigned to the case, or supervisors of its unit, are {doing} it")

@@ -58,6 +58,8 @@ STATUS: dict[str, tuple[int, str]] = {
     "consultation-required": (409, "Consult before refusing or postponing (UNCAC art. 46(26))"),
     "postponement-reason-required": (422, "A postponement needs the proceeding it would interfere with (art. 46(25))"),
     "login-throttled": (429, "Too many failed logins"),
+    "unknown-work-kind": (400, "Unknown kind of case-work date or flag"),
+    "invalid-work-date": (400, "Invalid case-work date"),
     "embargoed": (403, "Content under embargo"),
     "consent-required": (403, "The originator's consent is required"),
     "confidentiality-answer-required": (422, "Say whether the request can be kept confidential (art. 46(20))"),

@@ -35,6 +35,15 @@ class EventType(enum.StrEnum):
     CONSENT_RECEIVED = "consent.received"  # the originator consented to onward use (related_id = consent message)
     CASE_ASSIGNED = "case.assigned"  # an officer was assigned to a case (subject = user, message_id = case)
     CASE_STATE = "case.state_changed"  # a case moved (state = new state, message_id = case; actor ours or peer:)
+    CASE_UNASSIGNED = "case.unassigned"  # an officer was taken off a case (subject = user, message_id = case)
+    CASE_NEXT_ACTION = "case.next_action"  # the next action was set or cleared (state = set | cleared; no text)
+    CASE_FLAG = "case.flag"  # a flag was set or cleared (reason = the flag, state = set | cleared)
+    # a critical date or task was added or done (reason = its kind, subject = due:<date>, related_id = date:<n>,
+    # state = added | done); its note is never ledgered
+    CASE_DATE = "case.date"
+    # an urgent request made (to) or received (from) orally, art. 46(14) (state = made | received, subject =
+    # due:<date> of its written confirmation), or confirmed in writing (state = confirmed, related_id = the request)
+    CASE_ORAL_REQUEST = "case.oral_request"
     REQUEST_CHECK_OVERRIDDEN = "request.check_overridden"  # a supervisor sent an incomplete request (reason signed)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
     PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import NotFound
-from store.tables import case_assignments, cases, consents
+from store.tables import case_assignments, cases, consents, users
 
 __all__ = ["Case", "Cases", "Consents"]
 
@@ -122,6 +122,25 @@ class Cases:
         )
         if unit is not None:
             await conn.execute(cases.update().where(cases.c.id == case_id, cases.c.unit.is_(None)).values(unit=unit))
+
+    @staticmethod
+    async def assignee_names(conn: AsyncConnection, case_id: str) -> list[str]:
+        """The user names of the officers assigned to a case, sorted."""
+        query = (
+            select(users.c.username)
+            .join(case_assignments, case_assignments.c.user_id == users.c.id)
+            .where(case_assignments.c.case_id == case_id)
+            .order_by(users.c.username)
+        )
+        return [row.username for row in await conn.execute(query)]
+
+    @staticmethod
+    async def unassign(conn: AsyncConnection, case_id: str, user_id: int) -> bool:
+        """Take ``user_id`` off the case; False when it was not assigned."""
+        result = await conn.execute(
+            delete(case_assignments).where(case_assignments.c.case_id == case_id, case_assignments.c.user_id == user_id)
+        )
+        return bool(result.rowcount == 1)
 
 
 class Consents:

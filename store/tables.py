@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -31,6 +32,9 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "attachments",
     "case_assignments",
+    "case_dates",
+    "case_flags",
+    "case_work",
     "cases",
     "checkpoints",
     "consents",
@@ -41,6 +45,7 @@ __all__ = [
     "login_attempts",
     "messages",
     "metadata",
+    "oral_requests",
     "outbox",
     "peer_alarms",
     "peer_checkpoints",
@@ -129,6 +134,59 @@ case_assignments = Table(
     Column("assigned_by", String(64), nullable=False),
     Column("assigned_at", TZ, nullable=False),
     PrimaryKeyConstraint("case_id", "user_id"),
+)
+
+# case work (store/casework.py): notes and next actions are free text that never reaches the ledger or the logs
+case_work = Table(
+    "case_work",
+    metadata,
+    Column("case_id", String(36), ForeignKey("cases.id"), primary_key=True),
+    Column("next_action", Text, nullable=True),
+    Column("updated_by", String(64), nullable=False),
+    Column("updated_at", TZ, nullable=False),
+)
+
+case_flags = Table(
+    "case_flags",
+    metadata,
+    Column("case_id", String(36), ForeignKey("cases.id"), nullable=False),
+    Column("flag", String(40), nullable=False),  # protocol.casework.Flag
+    Column("set_by", String(64), nullable=False),
+    Column("set_at", TZ, nullable=False),
+    PrimaryKeyConstraint("case_id", "flag"),
+)
+
+# critical dates and tasks; due is a UTC calendar date, the last day on time
+case_dates = Table(
+    "case_dates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("case_id", String(36), ForeignKey("cases.id"), nullable=False),
+    Column("kind", String(40), nullable=False),  # protocol.casework.DateKind
+    Column("due", Date, nullable=False),
+    Column("note", Text, nullable=True),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("done_at", TZ, nullable=True),
+    Column("done_by", String(64), nullable=True),
+    Column("notified_soon_at", TZ, nullable=True),  # the due-soon notification went out
+    Column("notified_overdue_at", TZ, nullable=True),  # the overdue notification went out
+    Index("ix_case_dates_open_due", "done_at", "due"),
+    Index("ix_case_dates_case_id", "case_id"),
+)
+
+# an urgent request made or received orally (art. 46(14)); the case it opened, until confirmed in writing
+oral_requests = Table(
+    "oral_requests",
+    metadata,
+    Column("case_id", String(36), ForeignKey("cases.id"), primary_key=True),
+    Column("peer", String(40), nullable=False),
+    Column("direction", String(3), nullable=False),  # "in": received from the peer | "out": made to it
+    Column("oral_on", Date, nullable=False),
+    Column("marking_level", String(64), nullable=False),
+    Column("marking_caveats", Text, nullable=False),  # canonical JSON list
+    Column("task_id", Integer, ForeignKey("case_dates.id"), nullable=False),  # the confirm-in-writing task
+    Column("confirmed_by", String(36), nullable=True),  # the written request's message id, once linked
 )
 
 # an originator's signed consent to pass a message's content on to a third authority (use limitation, no-onward)

@@ -9,6 +9,7 @@ planted in the subject, text and attachment of the message they are pointed at.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from gateway.api import PUBLIC_PATHS
 from gateway.auth import PUBLIC_AUTH_PATHS, ROUTE_SCOPES
 from gateway.ledger_api import LEDGER_ROLES
 from store.users import ROLE_SCOPES
-from tests.gateway.conftest import Pair, Side
+from tests.gateway.conftest import Pair, Side, issue_token
 from tests.gateway.test_exchange import wait_for
 from tests.gateway.test_markings import as_user, canary, close_sessions, post_form, secret_content, send
 
@@ -128,6 +129,15 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
     for assigned in (case_id, outgoing_case):
         status, body = await pair.au.call("POST", f"/v1/cases/{assigned}/assign", json={"username": "olga"})
         assert status == 200, body
+    # case work: a date to mark done, and a second officer to take off the case
+    status, body = await pair.au.call(
+        "POST", f"/v1/cases/{case_id}/dates", json={"kind": "hearing", "due": "2027-01-15"}
+    )
+    assert status == 201, body
+    item = body["id"]
+    await asyncio.to_thread(issue_token, pair.au.provisioned.config, "uma")
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "uma"})
+    assert status == 200, body
 
     ok, accepted = frozenset({200}), frozenset({202})
     calls: dict[Route, Call] = {
@@ -157,6 +167,25 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
         ("POST", "/v1/cases/{id}/status-query"): Call(
             f"/v1/cases/{outgoing_case}/status-query", {"json": {}}, accepted
         ),
+        ("GET", "/v1/cases/{id}/work"): Call(f"/v1/cases/{case_id}/work", {}, ok),
+        ("PUT", "/v1/cases/{id}/next-action"): Call(f"/v1/cases/{case_id}/next-action", {"json": {"text": "t"}}, ok),
+        ("POST", "/v1/cases/{id}/flags"): Call(f"/v1/cases/{case_id}/flags", {"json": {"flag": "urgent"}}, ok),
+        ("DELETE", "/v1/cases/{id}/flags/{flag}"): Call(f"/v1/cases/{case_id}/flags/urgent", {}, ok),
+        ("POST", "/v1/cases/{id}/dates"): Call(
+            f"/v1/cases/{case_id}/dates", {"json": {"kind": "deadline", "due": "2027-02-01"}}, frozenset({201})
+        ),
+        # the first caller marks it done; a second gets the conflict: both reach the route
+        ("POST", "/v1/cases/{id}/dates/{item}/done"): Call(
+            f"/v1/cases/{case_id}/dates/{item}/done", {"json": {}}, frozenset({200, 409})
+        ),
+        ("POST", "/v1/cases/{id}/unassign"): Call(
+            f"/v1/cases/{case_id}/unassign", {"json": {"username": "uma"}}, frozenset({200, 404})
+        ),
+        ("POST", "/v1/work/oral-requests"): Call(
+            "/v1/work/oral-requests", {"json": {"peer": "ar.mj", "direction": "received"}}, frozenset({201})
+        ),
+        ("GET", "/v1/work/overdue"): Call("/v1/work/overdue", {}, ok),
+        ("GET", "/v1/work/upcoming"): Call("/v1/work/upcoming?days=30", {}, ok),
         ("GET", "/v1/ledger/checkpoint"): Call("/v1/ledger/checkpoint", {}, ok),
         ("GET", "/v1/ledger/checkpoints"): Call("/v1/ledger/checkpoints", {}, ok),
         ("GET", "/v1/ledger/entries"): Call("/v1/ledger/entries?start=0&end=3", {}, ok),

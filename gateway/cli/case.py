@@ -1,0 +1,115 @@
+"""``comity case``: case work for the operator, read from the database directly (docs/requests.md, "Case work").
+
+``comity case due --overdue`` lists open critical dates and tasks past due; ``comity case due --upcoming DAYS`` those
+due from today up to DAYS days ahead; ``comity case work CASE_ID`` shows a case's assignees, flags, dates and tasks
+and its oral request. Ids, kinds, dates and user names only: notes and next actions are for cleared officers through
+the API, never printed here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.cli.common import CommandError, reports_errors
+from gateway.cli.runtime import config_option, run, settings_from
+from protocol.casework import MAX_WINDOW_DAYS
+from store.cases import Cases
+from store.casework import CaseDate, CaseWork
+from store.db import make_engine
+
+__all__ = ["case"]
+
+
+@click.group()
+def case() -> None:
+    """Case work: critical dates and tasks that are overdue or coming up, and a case's work."""
+
+
+def _item(item: CaseDate, today: date) -> dict[str, Any]:
+    state = "done" if item.done_at is not None else ("overdue" if item.due < today else "open")
+    return {
+        "id": item.id,
+        "case_id": item.case_id,
+        "kind": item.kind.value,
+        "due": item.due.isoformat(),
+        "state": state,
+    }
+
+
+async def _due(config_file: Path | None, upcoming: int | None, today: date) -> list[CaseDate]:
+    engine = make_engine(settings_from(config_file).database_dsn, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            if upcoming is None:
+                return await CaseWork.open_between(conn, None, today - timedelta(days=1))
+            return await CaseWork.open_between(conn, today, today + timedelta(days=upcoming))
+    finally:
+        await engine.dispose()
+
+
+@case.command()
+@config_option
+@click.option("--overdue", "overdue", is_flag=True, help="Open items past their due date (the default).")
+@click.option(
+    "--upcoming",
+    type=click.IntRange(0, MAX_WINDOW_DAYS),
+    metavar="DAYS",
+    help="Open items due from today up to DAYS days ahead.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tab-separated lines.")
+@reports_errors
+def due(config_file: Path | None, overdue: bool, upcoming: int | None, as_json: bool) -> None:
+    """List open critical dates and tasks, overdue or coming up (dates in UTC)."""
+    if overdue and upcoming is not None:
+        raise CommandError("choose --overdue or --upcoming DAYS, not both")
+    today = datetime.now(UTC).date()
+    items = [_item(item, today) for item in run(_due(config_file, upcoming, today))]
+    if as_json:
+        click.echo(json.dumps({"items": items}, indent=2))
+        return
+    for item in items:
+        click.echo(f"{item['due']}\t{item['state']}\t{item['kind']}\t{item['case_id']}\t{item['id']}")
+    if not items:
+        click.echo("nothing overdue" if upcoming is None else f"nothing due within {upcoming} days")
+
+
+async def _work(config_file: Path | None, case_id: str, today: date) -> dict[str, Any]:
+    engine = make_engine(settings_from(config_file).database_dsn, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            found = await Cases.get(conn, case_id)
+            action = await CaseWork.next_action(conn, case_id)
+            oral = await CaseWork.oral(conn, case_id)
+            return {
+                "case_id": case_id,
+                "unit": found.unit,
+                "state": found.state,
+                "assignees": await Cases.assignee_names(conn, case_id),
+                "next_action_set": action is not None and action.text is not None,
+                "flags": [flag.flag for flag in await CaseWork.flags(conn, case_id)],
+                "dates": [_item(item, today) for item in await CaseWork.dates(conn, case_id)],
+                "oral_request": None
+                if oral is None
+                else {
+                    "peer": oral.peer,
+                    "direction": "received" if oral.direction == "in" else "made",
+                    "on": oral.oral_on.isoformat(),
+                    "confirmed_by": oral.confirmed_by,
+                },
+            }
+    finally:
+        await engine.dispose()
+
+
+@case.command()
+@config_option
+@click.argument("case_id")
+@reports_errors
+def work(config_file: Path | None, case_id: str) -> None:
+    """Show a case's work (JSON): assignees, flags, dates and tasks, oral request; never notes."""
+    click.echo(json.dumps(run(_work(config_file, case_id, datetime.now(UTC).date())), indent=2))

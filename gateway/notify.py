@@ -1,0 +1,123 @@
+"""Case-work notifications: a background task that tells someone when a critical date or task comes due.
+
+Every ``notify_interval_seconds`` it looks for open items that entered a stage not yet notified: *due-soon* (due
+today or within ``notify_days_ahead`` days) and *overdue* (past the due date), and notifies each stage of each item
+once, through the ``notify`` hook: ``log`` (a structured log line), ``webhook`` (an HTTP POST of a JSON body, signed
+with HMAC-SHA256 when ``notify_webhook_secret`` is set) or ``none``. The stage is marked as notified in the database
+only after the hook succeeded, so a restart does not notify again and a failing webhook loses nothing: it is retried
+with a growing delay (at least once; receivers deduplicate on ``id``).
+
+A notification carries ids, the kind, the due date and the stage, never a note or any content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import aiohttp
+
+from gateway.context import Gateway
+from gateway.logs import get_logger
+from protocol.casework import Stage
+from protocol.errors import ComityError
+from protocol.timefmt import format_time
+from store.casework import CaseDate, CaseWork
+
+__all__ = ["SIGNATURE_HEADER", "NotifyFailed", "Notifier", "notification", "sign"]
+
+SIGNATURE_HEADER = "Comity-Signature"
+MAX_DELAY = 300.0
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class NotifyFailed(ComityError):
+    code = "notify-failed"
+
+
+def notification(gw: Gateway, item: CaseDate, stage: Stage) -> dict[str, Any]:
+    """What a hook receives: ids, the kind, the due date, the stage; never the note."""
+    return {
+        "id": f"{gw.authority_id}/{item.id}/{stage.value}",
+        "authority": gw.authority_id,
+        "case_id": item.case_id,
+        "item_id": item.id,
+        "kind": item.kind.value,
+        "due": item.due.isoformat(),
+        "stage": stage.value,
+        "time": format_time(gw.clock()),
+    }
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The ``Comity-Signature`` header value: ``sha256=`` and the hex HMAC-SHA256 of the body under ``secret``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class Notifier:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.log = get_logger(component="notify")
+        self.failures = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def deliver(self, note: dict[str, Any]) -> None:
+        settings = self.gw.settings
+        if settings.notify == "log":
+            self.log.info("case_work_due", **note)
+            return
+        body = json.dumps(note, sort_keys=True, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        if settings.notify_webhook_secret is not None:
+            headers[SIGNATURE_HEADER] = sign(settings.notify_webhook_secret.get_secret_value().encode(), body)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        assert settings.notify_webhook_url is not None  # the settings refuse a webhook without a URL
+        try:
+            async with self._session.post(settings.notify_webhook_url, data=body, headers=headers) as response:
+                if not 200 <= response.status < 300:
+                    raise NotifyFailed(f"the webhook answered HTTP {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NotifyFailed(f"the webhook is unreachable ({type(exc).__name__})") from None
+
+    async def scan_once(self) -> int:
+        """Notify what is due; return how many notifications went out. Raises :class:`NotifyFailed` after marking
+        those that did."""
+        if self.gw.settings.notify == "none":
+            return 0
+        gw = self.gw
+        async with gw.reader.connect() as conn:
+            pending = await CaseWork.to_notify(conn, gw.clock().date(), gw.settings.notify_days_ahead)
+        sent = 0
+        for item, stage in pending:
+            await self.deliver(notification(gw, item, stage))
+            async with gw.engine.begin() as conn:
+                await CaseWork.mark_notified(conn, item.id, stage, gw.clock())
+            sent += 1
+        return sent
+
+    def delay(self) -> float:
+        interval = float(self.gw.settings.notify_interval_seconds)
+        if not self.failures:
+            return interval
+        return float(min(interval * 2**self.failures, max(interval, MAX_DELAY)))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.scan_once()
+                    self.failures = 0
+                except NotifyFailed as exc:
+                    self.failures = min(self.failures + 1, 20)
+                    self.log.warning("case_work_notify_failed", error=exc.message, attempts=self.failures)
+                except Exception:
+                    self.failures = min(self.failures + 1, 20)
+                    self.log.exception("case_work_scan_failed")
+                await asyncio.sleep(self.delay())
+        finally:
+            if self._session is not None:
+                await self._session.close()

@@ -1,0 +1,165 @@
+"""Case-work notifications on both backends: each stage of each item notified once, through a signed webhook (a local
+aiohttp server) or a log line; a failing webhook is retried and loses nothing; a restart does not notify again; no
+note reaches the hook or the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.notify import SIGNATURE_HEADER, Notifier
+from tests.gateway.conftest import Pair
+from tests.gateway.test_casework import MARKING, day, incoming_case, officer
+from tests.gateway.test_logs_no_secrets import log_buffer  # noqa: F401 (a fixture)
+from tests.gateway.test_markings import canary, close_sessions
+from tests.gateway.test_requests_flow import until
+
+SECRET = "webhook secret for the tests"
+
+
+@dataclass
+class Receiver:
+    url: str
+    failures_left: int = 0  # answer 503 to this many requests first
+    received: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    refused: int = 0
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    state = Receiver("")
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        if state.failures_left > 0:
+            state.failures_left -= 1
+            state.refused += 1
+            return web.Response(status=503)
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
+            return web.Response(status=401)
+        state.raw.append(body)
+        state.received.append(json.loads(body))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def _restart_with_webhook(pair: Pair, url: str) -> None:
+    await pair.au.stop()
+    await pair.au.start(
+        notify="webhook", notify_webhook_url=url, notify_webhook_secret=SECRET, notify_interval_seconds=0.05
+    )
+
+
+async def test_a_signed_webhook_gets_each_stage_once_even_after_failures_and_a_restart(
+    pair: Pair, receiver: Receiver
+) -> None:
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    mark = canary()
+    try:
+        items = {}
+        for kind, due in (("deadline", day(-1)), ("hearing", day(2)), ("custom", day(30))):
+            status, body = await olga.call(
+                "POST", f"/v1/cases/{case_id}/dates", json={"kind": kind, "due": due, "note": f"{kind} {mark}"}
+            )
+            assert status == 201, body
+            items[kind] = body["id"]
+    finally:
+        await close_sessions(olga)
+    receiver.failures_left = 3  # the hook is down for a while: nothing may be lost
+    await _restart_with_webhook(pair, receiver.url)
+
+    async def both_arrived() -> bool:
+        return len(receiver.received) >= 2
+
+    await until(both_arrived)
+    assert receiver.refused == 3
+    got = sorted((n["item_id"], n["stage"]) for n in receiver.received)
+    assert got == sorted([(items["deadline"], "overdue"), (items["hearing"], "due-soon")])
+    for note in receiver.received:
+        assert set(note) == {"id", "authority", "case_id", "item_id", "kind", "due", "stage", "time"}
+        assert note["case_id"] == case_id and note["authority"] == "au.ag"
+    assert all(mark not in raw.decode() for raw in receiver.raw)
+
+    # a restart notifies nothing again; a new overdue item is notified once
+    await _restart_with_webhook(pair, receiver.url)
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "hearing", "due": day(-3)})
+    assert status == 201, body
+
+    async def third_arrived() -> bool:
+        return len(receiver.received) >= 3
+
+    await until(third_arrived)
+    await asyncio.sleep(0.3)  # several more scans
+    assert [(n["item_id"], n["stage"]) for n in receiver.received[2:]] == [(body["id"], "overdue")]
+
+
+async def test_an_unreachable_webhook_keeps_the_notification_for_later(pair: Pair, receiver: Receiver) -> None:
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    try:
+        status, body = await olga.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(0)})
+        assert status == 201, body
+    finally:
+        await close_sessions(olga)
+    await pair.au.stop()
+    await pair.au.start(notify="webhook", notify_webhook_url="http://127.0.0.1:9/nowhere", notify_interval_seconds=30)
+    notifier = Notifier(pair.au.gw)
+    with pytest.raises(Exception, match="unreachable"):
+        await notifier.scan_once()
+    # once the webhook is back, the same item goes out, once
+    await _restart_with_webhook(pair, receiver.url)
+
+    async def arrived() -> bool:
+        return len(receiver.received) == 1
+
+    await until(arrived)
+    assert (receiver.received[0]["item_id"], receiver.received[0]["stage"]) == (body["id"], "due-soon")
+
+
+async def test_the_log_hook_writes_one_line_without_the_note(
+    pair: Pair,
+    log_buffer: io.StringIO,  # noqa: F811 (the fixture imported above)
+) -> None:
+    olga = await officer(pair, "olga")
+    mark = canary()
+    try:
+        status, oral = await olga.call(
+            "POST",
+            "/v1/work/oral-requests",
+            json={"peer": "ar.mj", "direction": "made", "on": day(-5), "marking": MARKING, "note": mark},
+        )
+        assert status == 201, oral
+    finally:
+        await close_sessions(olga)
+    notifier = Notifier(pair.au.gw)  # the default hook is "log"
+    assert await notifier.scan_once() == 1
+    assert await notifier.scan_once() == 0
+    lines = [json.loads(line) for line in log_buffer.getvalue().splitlines() if "case_work_due" in line]
+    assert len(lines) == 1, lines
+    assert lines[0]["case_id"] == oral["case_id"] and lines[0]["kind"] == "confirm-in-writing"
+    assert lines[0]["stage"] == "overdue" and lines[0]["due"] == day(-2)
+    assert mark not in log_buffer.getvalue()
