@@ -235,9 +235,7 @@ class OutboxSender:
                 peer_time=receipt.received_at,
                 peer_ledger_index=receipt.ledger_index,
             )
-            await Messages.update(
-                tx.conn, item.message_id, state="delivered", received_at=parse_time(receipt.received_at), receipt=token
-            )
+            await Messages.delivered(tx.conn, item.message_id, parse_time(receipt.received_at), token)
             return await done(True)
 
         if not await gw.commit(unit):

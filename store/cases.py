@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store import fast
 from store.errors import NotFound
 from store.tables import case_assignments, cases, consents, users
 
@@ -42,8 +43,9 @@ class Cases:
         state: str | None = None,
         request_type: str | None = None,
     ) -> None:
-        await conn.execute(
-            _INSERT_CASE,
+        await fast.insert(
+            conn,
+            cases,
             {
                 "id": case_id,
                 "unit": unit,
@@ -52,6 +54,7 @@ class Cases:
                 "request_type": request_type,
                 "last_action_at": now if state else None,
             },
+            _INSERT_CASE,
         )
 
     @staticmethod
@@ -68,9 +71,8 @@ class Cases:
     ) -> None:
         """A new case of ``unit`` with its first officer assigned (two statements: the submit hot path)."""
         await Cases.create(conn, case_id, unit, now, state=state, request_type=request_type)
-        await conn.execute(
-            _INSERT_ASSIGNMENT, {"case_id": case_id, "user_id": officer_id, "assigned_by": by, "assigned_at": now}
-        )
+        row = {"case_id": case_id, "user_id": officer_id, "assigned_by": by, "assigned_at": now}
+        await fast.insert(conn, case_assignments, row, _INSERT_ASSIGNMENT)
 
     @staticmethod
     async def find(conn: AsyncConnection, case_id: str) -> Case | None:

@@ -20,6 +20,7 @@ from protocol import merkle
 from protocol.checkpoint import Checkpoint
 from protocol.events import LedgerEvent
 from protocol.timefmt import parse_time
+from store import fast
 from store.tables import checkpoints, ledger_entries, ledger_head, ledger_nodes
 
 __all__ = ["CheckpointSigner", "EventLog", "LedgerBatch", "TreeHead"]
@@ -96,10 +97,17 @@ class LedgerBatch:
     async def flush(self, conn: AsyncConnection) -> TreeHead:
         """Write what was appended since the last flush; return the new head."""
         if self._entries:
-            await conn.execute(_INSERT_ENTRIES, self._entries)
-            await conn.execute(_INSERT_NODES, self._node_rows)
+            await fast.insert_many(conn, ledger_entries, self._entries, _INSERT_ENTRIES)
+            await fast.insert_many(conn, ledger_nodes, self._node_rows, _INSERT_NODES)
             head = self.head()
-            await conn.execute(_UPDATE_HEAD, {"b_size": head.size, "b_frontier": _pack(head.size, head.frontier)})
+            frontier = _pack(head.size, head.frontier)
+            await fast.execute(
+                conn,
+                "UPDATE ledger_head SET size = $1, frontier = $2 WHERE id = 1",
+                (head.size, frontier),
+                _UPDATE_HEAD,
+                {"b_size": head.size, "b_frontier": frontier},
+            )
             self._entries, self._node_rows = [], []
             # keep only the frontier: older nodes are never read by later appends
             self._nodes = dict(head.frontier)
@@ -154,5 +162,5 @@ class EventLog:
             if existing is not None:
                 return str(existing)
         note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
-        await conn.execute(_INSERT_CHECKPOINT, {"size": head.size, "note": note, "created_at": now})
+        await fast.insert(conn, checkpoints, {"size": head.size, "note": note, "created_at": now}, _INSERT_CHECKPOINT)
         return note

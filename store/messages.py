@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.messages import Marking
+from store import fast
 from store.errors import NotFound
 from store.tables import attachments, messages
 
@@ -99,8 +100,9 @@ class Messages:
         case_id: str | None = None,
         attachment_rows: Sequence[AttachmentRow] = (),
     ) -> None:
-        await conn.execute(
-            _INSERT,
+        await fast.insert(
+            conn,
+            messages,
             {
                 "id": id,
                 "direction": direction,
@@ -120,6 +122,7 @@ class Messages:
                 "ledger_index": ledger_index,
                 "case_id": case_id,
             },
+            _INSERT,
         )
         if attachment_rows:
             await conn.execute(
@@ -163,6 +166,17 @@ class Messages:
     async def replies(conn: AsyncConnection, message_id: str) -> list[MessageRow]:
         query = select(messages).where(messages.c.in_reply_to == message_id).order_by(messages.c.created_at)
         return [MessageRow.from_row(row) for row in await conn.execute(query)]
+
+    @staticmethod
+    async def delivered(conn: AsyncConnection, message_id: str, received_at: datetime, receipt: str) -> None:
+        """The peer's signed receipt arrived: the message is delivered (every envelope: the hot path)."""
+        await fast.execute(
+            conn,
+            "UPDATE messages SET state = 'delivered', received_at = $1, receipt = $2 WHERE id = $3",
+            (received_at, receipt, message_id),
+            _UPDATE,
+            {"b_id": message_id, "state": "delivered", "received_at": received_at, "receipt": receipt},
+        )
 
     @staticmethod
     async def update(conn: AsyncConnection, message_id: str, **values: Any) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store import fast
 from store.tables import outbox
 
 __all__ = ["DIRECT_LEASE", "Outbox", "OutboxItem"]
@@ -43,7 +44,7 @@ class Outbox:
     ) -> None:
         """Queue a message; ``leased_until`` enqueues it already claimed, by a sender that will deliver it at once."""
         row = {"message_id": message_id, "peer": peer, "attempts": 0, "next_attempt_at": now}
-        await conn.execute(_ENQUEUE, {**row, "claimed_until": leased_until})
+        await fast.insert(conn, outbox, {**row, "claimed_until": leased_until}, _ENQUEUE)
 
     async def claim_due(
         self, conn: AsyncConnection, now: datetime, *, limit: int, lease: timedelta
@@ -78,8 +79,8 @@ class Outbox:
         )
 
     async def remove(self, conn: AsyncConnection, message_id: str) -> bool:
-        result = await conn.execute(_REMOVE, {"b_message_id": message_id})
-        return bool(result.rowcount)
+        sql = "DELETE FROM outbox WHERE message_id = $1"
+        return bool(await fast.execute(conn, sql, (message_id,), _REMOVE, {"b_message_id": message_id}))
 
     async def pending(self, conn: AsyncConnection) -> int:
         return len((await conn.execute(select(outbox.c.message_id))).all())

@@ -1,0 +1,105 @@
+"""store.fast: the hot path writes the same rows as SQLAlchemy would, inside the caller's transaction, or not at all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store import fast
+from store.db import is_sqlite, make_engine, make_reader, run_migrations
+from store.tables import checkpoints
+
+NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+INSERT = insert(checkpoints)
+
+
+def row(size: int) -> dict[str, object]:
+    return {"size": size, "note": f"note {size}", "created_at": NOW}
+
+
+async def stored(engine: AsyncEngine) -> dict[int, tuple[str, datetime]]:
+    async with engine.connect() as conn:
+        return {r.size: (r.note, r.created_at) for r in await conn.execute(select(checkpoints))}
+
+
+async def insert_in_transaction(engine: AsyncEngine, values: dict[str, object], *, fail: bool = False) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT 1"))  # SQLAlchemy has begun the transaction on the driver
+        await fast.insert(conn, checkpoints, values, INSERT)
+        if fail:
+            raise RuntimeError("abort")
+
+
+async def test_rows_land_inside_the_callers_transaction(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            await fast.insert_many(conn, checkpoints, [row(2), row(3)], INSERT)
+            changed = await fast.execute(
+                conn,
+                "UPDATE checkpoints SET note = $1 WHERE size = $2",
+                ("changed", 2),
+                checkpoints.update().where(checkpoints.c.size == 2).values(note="changed"),
+                {},
+            )
+            assert changed == 1
+        assert await stored(engine) == {1: ("note 1", NOW), 2: ("changed", NOW), 3: ("note 3", NOW)}
+
+        # a rollback takes the hot path's rows with it: they were in the transaction
+        with pytest.raises(RuntimeError):
+            await insert_in_transaction(engine, row(4), fail=True)
+        assert set(await stored(engine)) == {1, 2, 3}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_duplicate_is_sqlalchemys_integrity_error(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        await insert_in_transaction(engine, row(1))
+        with pytest.raises(IntegrityError):
+            await insert_in_transaction(engine, row(1))
+    finally:
+        await engine.dispose()
+
+
+async def test_a_naive_datetime_is_refused(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        naive = {**row(1), "created_at": NOW.replace(tzinfo=None)}
+        with pytest.raises(Exception, match="naive datetime"):  # ValueError, or SQLAlchemy's StatementError
+            await insert_in_transaction(engine, naive)
+        assert await stored(engine) == {}
+    finally:
+        await engine.dispose()
+
+
+async def test_outside_a_transaction_the_sqlalchemy_statement_runs(db_url: str) -> None:
+    """Before SQLAlchemy's first statement (or in autocommit) the driver is not in a transaction: the fallback runs,
+    so a write never commits on its own behind the caller's back."""
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    postgresql = not is_sqlite(db_url)
+    try:
+        async with engine.begin() as conn:
+            if postgresql:
+                assert await fast._driver(conn) is None  # nothing sent yet: no transaction on the driver
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            if postgresql:
+                assert await fast._driver(conn) is not None  # the fallback began it
+            await conn.rollback()
+        assert await stored(engine) == {}
+        if postgresql:
+            async with make_reader(db_url, engine).connect() as conn:
+                assert await fast._driver(conn) is None  # the autocommit reader never takes the hot path
+    finally:
+        await engine.dispose()
