@@ -38,6 +38,7 @@ class EventType(enum.StrEnum):
     CONSENT_RECEIVED = "consent.received"  # the originator consented to onward use (related_id = consent message)
     CASE_ASSIGNED = "case.assigned"  # an officer was assigned to a case (subject = user, message_id = case)
     CASE_STATE = "case.state_changed"  # a case moved (state = new state, message_id = case; actor ours or peer:)
+    CONSULTATION_CONVERTED = "consultation.converted"  # a thread became a formal request (related_id = the request)
     REQUEST_CHECK_OVERRIDDEN = "request.check_overridden"  # a supervisor sent an incomplete request (reason signed)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
     PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)
