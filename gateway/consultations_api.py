@@ -20,7 +20,7 @@ from gateway.reading import open_message
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
-from protocol.messages import Marking, MessageKind, new_message_id
+from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
 from protocol.timefmt import format_time
 from store.consultations import Consultations, DraftChecks, Thread
 from store.messages import Messages
@@ -60,6 +60,12 @@ def _string(body: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidMessage(f"'{name}' must be a string")
     return value
+
+
+def _message_id(body: dict[str, Any], name: str) -> str | None:
+    """A message id member, validated before any error could repeat it."""
+    value = _string(body, name)
+    return None if value is None else validate_message_id(value)
 
 
 def _thread_json(thread: Thread) -> dict[str, Any]:
@@ -107,7 +113,7 @@ async def reply(request: web.Request) -> web.Response:
     async with gw.reader.connect() as conn:
         thread = await Consultations.get(conn, request.match_info["id"])
         rows = await Consultations.thread_messages(conn, thread.id)
-    wanted = _string(body, "in_reply_to") or rows[-1].id
+    wanted = _message_id(body, "in_reply_to") or rows[-1].id
     answered = next((row for row in rows if row.id == wanted), None)
     if answered is None:
         raise InvalidMessage(f"message {wanted} is not part of consultation {thread.id}")
@@ -137,7 +143,7 @@ async def convert(request: web.Request) -> web.Response:
         raise ConsultationConverted(
             f"consultation {thread.id} was already converted into {thread.converted_request_id}"
         )
-    source = _string(body, "from_draft")
+    source = _message_id(body, "from_draft")
     if (source is None) == (body.get("request") is None):
         raise InvalidMessage("send either 'request' (the formal request) or 'from_draft' (a message of the thread)")
     if source is not None:

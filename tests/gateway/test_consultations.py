@@ -118,7 +118,7 @@ async def test_a_thread_shares_a_draft_and_becomes_a_formal_request_linked_on_bo
     for side in (pair.ar, pair.au):
 
         async def converted(side: Side = side) -> bool:
-            return (await thread(side, thread_id))["state"] == "converted"
+            return bool((await thread(side, thread_id))["state"] == "converted")
 
         await until(converted)
         assert (await thread(side, thread_id))["converted_request_id"] == request_id
