@@ -160,7 +160,7 @@ async def convert(request: web.Request) -> web.Response:
             raise InvalidMessage("'request' must be a request object (comity request template TYPE)")
     if formal.get("consultation_id") not in (None, thread.id):
         raise InvalidMessage(f"the request names another consultation than {thread.id}")
-    marking = Marking.parse(body["marking"]) if "marking" in body else rows[0].marking
+    marking = Marking.parse(body["marking"]) if "marking" in body else (thread.marking or rows[0].marking)
     draft = Draft(
         to=thread.peer,
         kind=MessageKind.REQUEST,

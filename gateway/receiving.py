@@ -168,10 +168,9 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
     for item in forwarded:
         Forwarded.parse(item)  # a malformed forwarded member is refused, not stored
     status = status_report_of(payload.content, None) if payload.kind is MessageKind.STATUS_REPORT else None
-    link = await incoming_link(gw, payload)
     if payload.in_reply_to is None and payload.kind is not MessageKind.CONSENT:
-        # nothing to look up: the common case costs no query
-        return _Context(None, None, None, None, answer, status, consultation=link)
+        # nothing to look up (but a new thread or a request out of one): the common case costs no query
+        return _Context(None, None, None, None, answer, status, consultation=await incoming_link(gw, payload))
     case_id = None
     async with gw.reader.connect() as conn:
         if payload.in_reply_to is not None:
@@ -200,6 +199,7 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             requested = opening is not None and opening.direction == "in"
             if status is not None:  # the peer's side may cause the event it reports (protocol/lifecycle.py)
                 status = status_report_of(payload.content, Side.REQUESTING if requested else Side.REQUESTED)
+    link = await incoming_link(gw, payload)  # the thread a consultation belongs to, or a request converts
     return _Context(original, case_id, downgraded, consent, answer, status, requested, link)
 
 
