@@ -13,7 +13,8 @@ sealed or stored, and applied in the same group commit as the message (:meth:`Li
   on receiving) and only the element ids of the result are kept;
 * a formal request naming a thread (``request.consultation_id``) converts it, once: the thread must be ours with
   that peer and open, the request at least as protected as the thread's first message, and the converting officer
-  allowed to act on the thread; both sides mark their copy converted and ledger ``consultation.converted``;
+  allowed to act on the thread; both sides mark their copy converted and ledger ``consultation.converted`` (if both
+  sides convert at once, each keeps its own conversion and still accepts the other's request);
 * art. 46(26): a refusal or postponement counts a thread with the counterpart about the case as the consultation on
   record (:func:`consultation_on_record`).
 """
@@ -76,6 +77,8 @@ class Link:
         now = tx.clock()
         if self.converting:
             if not await Consultations.convert(tx.conn, self.thread_id, message_id, now):
+                if self.direction == "in":
+                    return  # both sides converted at once: the first conversion stands, the request is accepted
                 raise ConsultationConverted(f"consultation {self.thread_id} was already converted")
             tx.record(EventType.CONSULTATION_CONVERTED, actor, message_id=self.thread_id, related_id=message_id)
             return
@@ -193,9 +196,8 @@ async def incoming_link(gw: Gateway, payload: MessagePayload) -> Link | None:
     async with gw.reader.connect() as conn:
         if linked is not None:
             thread = await _thread_with(conn, linked, peer)
-            if thread.state != "open":
-                raise InvalidMessage(f"consultation {thread.id} was already converted")
-            return Link(thread.id, peer, "in", converting=True)
+            # a thread both sides converted at once keeps its first conversion; the formal request is not lost
+            return Link(thread.id, peer, "in", converting=True) if thread.state == "open" else None
         assert member is not None
         draft = member.draft()
         requirements = gw.directory.authority(gw.authority_id).request_requirements()

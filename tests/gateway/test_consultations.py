@@ -294,3 +294,26 @@ async def test_bad_input_changes_nothing(pair: Pair) -> None:
     after = await stored(pair.ar.gw)
     assert (after.messages, after.outbox, after.ledger) == (before.messages, before.outbox, before.ledger)
     assert await counts(pair.ar.gw) == threads
+
+
+async def test_a_request_out_of_a_thread_the_receiver_converted_meanwhile_is_accepted(pair: Pair) -> None:
+    """Both sides convert at once: each keeps its first conversion and the other's formal request still arrives."""
+    thread_id = await start_thread(pair.ar, content={"text": "Shall we?"})
+    formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+    status, body = await pair.au.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+    assert status == 202, body
+    ours = body["id"]
+    await wait_for(pair.au, ours, "delivered")
+    # ar.mj's own conversion, crossing ours on the way (sent as its gateway would, before it received ours)
+    hostile = hostile_towards(pair.ar, pair.au)
+    crossing = hostile.payload(
+        kind="request", marking=MARKING, content={"request": {**formal, "consultation_id": thread_id}}
+    )
+    answer = await hostile.post(hostile.seal(crossing))
+    assert answer.status == 200, answer.raw
+    assert await case_state(pair.au, crossing.id) == ("received", None)
+    for side in (pair.ar, pair.au):
+        body = await thread(side, thread_id)
+        assert (body["state"], body["converted_request_id"]) == ("converted", ours), body
+    converted = [e for e in await ledger(pair.au.gw) if e["type"] == "consultation.converted"]
+    assert [(e["actor"], e["related_id"]) for e in converted] == [("user:bruce", ours)]
