@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import _bounded, _json, _read_json, _summary, _user
+from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
 from gateway.federation import GATEWAY
 from gateway.policy import check_case_access
@@ -84,9 +84,10 @@ def _thread_json(thread: Thread) -> dict[str, Any]:
 
 
 async def start(request: web.Request) -> web.Response:
-    """Start a thread with a peer authority, optionally about a case we share with it, optionally with a draft."""
+    """Start a thread with a peer authority, optionally about a case we share with it, optionally with a draft and
+    attachments (multipart/form-data, as for ``POST /v1/messages``)."""
     gw, user = request.app[GATEWAY], _user(request)
-    body = await _read_json(request)
+    body, attachments = await read_submission(request)
     _only(body, {"to", "marking", "content", "about", "draft_request"})
     to = _string(body, "to")
     if to is None:
@@ -100,7 +101,7 @@ async def start(request: web.Request) -> web.Response:
         content=content,
         message_id=thread_id,
     )
-    await submit_message(gw, user, draft)
+    await submit_message(gw, user, draft, attachments)
     return _json({"id": thread_id, "thread_id": thread_id, "state": "queued"}, status=202)
 
 
@@ -108,7 +109,7 @@ async def reply(request: web.Request) -> web.Response:
     """Reply in a thread: to its latest message unless ``in_reply_to`` names another, at that message's marking
     unless ``marking`` says otherwise (never lower without a supervisor's recorded downgrade)."""
     gw, user = request.app[GATEWAY], _user(request)
-    body = await _read_json(request)
+    body, attachments = await read_submission(request)
     _only(body, {"in_reply_to", "marking", "content", "draft_request", "downgrade_reason"})
     async with gw.reader.connect() as conn:
         thread = await Consultations.get(conn, request.match_info["id"])
@@ -126,7 +127,7 @@ async def reply(request: web.Request) -> web.Response:
         in_reply_to=answered.id,
         downgrade_reason=_string(body, "downgrade_reason"),
     )
-    message_id = await submit_message(gw, user, draft)
+    message_id = await submit_message(gw, user, draft, attachments)
     return _json({"id": message_id, "thread_id": thread.id, "state": "queued"}, status=202)
 
 

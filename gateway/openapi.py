@@ -116,9 +116,16 @@ def _consultation_paths() -> dict[str, Any]:
     thread = {"$ref": "#/components/schemas/Consultation"}
     submitted = {**_SUBMITTED, "404": _PROBLEM, "409": _PROBLEM, "422": _PROBLEM}
 
-    def body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    def body(required: list[str], properties: dict[str, Any], *, files: bool = False) -> dict[str, Any]:
         schema = {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
+        content: dict[str, Any] = {"application/json": {"schema": schema}}
+        if files:  # as for POST /v1/messages: a "message" JSON part, then "attachment" file parts
+            form = _DRAFT_BODY["content"]["multipart/form-data"]  # type: ignore[index]
+            content["multipart/form-data"] = {
+                "schema": {**form["schema"], "properties": {**form["schema"]["properties"], "message": schema}},
+                "encoding": form["encoding"],
+            }
+        return {"required": True, "content": content}
 
     return {
         "/v1/consultations": {
@@ -133,6 +140,7 @@ def _consultation_paths() -> dict[str, Any]:
                         "about": {"type": ["string", "null"], "format": "uuid"},
                         "draft_request": obj,
                     },
+                    files=True,
                 ),
                 "responses": submitted,
             },
@@ -171,6 +179,7 @@ def _consultation_paths() -> dict[str, Any]:
                         "draft_request": obj,
                         "downgrade_reason": {"type": "string"},
                     },
+                    files=True,
                 ),
                 "responses": submitted,
             }

@@ -25,6 +25,7 @@ from tests.gateway.test_markings import (
     hostile_towards,
     ledger,
     one_entry,
+    post_form,
     secret_content,
     stored,
     trio,  # noqa: F401 (the fixture)
@@ -317,3 +318,21 @@ async def test_a_request_out_of_a_thread_the_receiver_converted_meanwhile_is_acc
         assert (body["state"], body["converted_request_id"]) == ("converted", ours), body
     converted = [e for e in await ledger(pair.au.gw) if e["type"] == "consultation.converted"]
     assert [(e["actor"], e["related_id"]) for e in converted] == [("user:bruce", ours)]
+
+
+async def test_a_thread_carries_attachments_like_any_message(pair: Pair) -> None:
+    data = b"%PDF draft translation " * 4000
+    thread = {"to": "au.ag", "marking": MARKING, "content": {"text": "The draft and its translation"}}
+    status, body = await post_form(pair.ar, "/v1/consultations", thread, data, "translation.pdf")
+    assert status == 202, body
+    thread_id = body["id"]
+    await wait_for(pair.ar, thread_id, "delivered")
+    status, got = await pair.au.call("GET", f"/v1/messages/{thread_id}/attachments/0")
+    assert status == 200 and got == data
+    status, body = await post_form(
+        pair.au, f"/v1/consultations/{thread_id}/messages", {"content": {"text": "annotated"}}, data[::-1], "a.pdf"
+    )
+    assert status == 202, body
+    await wait_for(pair.au, body["id"], "delivered")
+    status, got = await pair.ar.call("GET", f"/v1/messages/{body['id']}/attachments/0")
+    assert status == 200 and got == data[::-1]
