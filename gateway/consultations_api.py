@@ -174,10 +174,18 @@ async def convert(request: web.Request) -> web.Response:
 
 
 async def list_threads(request: web.Request) -> web.Response:
-    """The threads of the caller (assigned, or of the unit a supervisor supervises); all of them for auditors."""
+    """The threads of the caller (assigned, or of the unit a supervisor supervises); all of them for auditors;
+    ``?about=<case id>`` and ``?state=open|converted`` narrow the list."""
     limit, offset = _bounded(request, "limit", 100, 1, 1000), _bounded(request, "offset", 0, 0, 10**9)
+    about, state = request.query.get("about"), request.query.get("state")
+    if about is not None:
+        validate_message_id(about)
+    if state not in (None, "open", "converted"):
+        raise InvalidMessage("state must be open or converted")
     async with request.app[GATEWAY].reader.connect() as conn:
-        threads = await Consultations.visible_to(conn, _user(request), limit=limit, offset=offset)
+        threads = await Consultations.visible_to(
+            conn, _user(request), limit=limit, offset=offset, about=about, state=state
+        )
     return _json({"consultations": [_thread_json(thread) for thread in threads]})
 
 

@@ -147,6 +147,8 @@ def _consultation_paths() -> dict[str, Any]:
             "get": {
                 "summary": "The caller's consultation threads (metadata)",
                 "parameters": [
+                    {"name": "about", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "state", "in": "query", "schema": {"enum": ["open", "converted"]}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000, "default": 100}},
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
                 ],

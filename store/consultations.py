@@ -109,9 +109,17 @@ class Consultations:
         return bool(result.rowcount == 1)
 
     @staticmethod
-    async def visible_to(conn: AsyncConnection, user: User, *, limit: int, offset: int) -> list[Thread]:
+    async def visible_to(
+        conn: AsyncConnection,
+        user: User,
+        *,
+        limit: int,
+        offset: int,
+        about: str | None = None,
+        state: str | None = None,
+    ) -> list[Thread]:
         """Threads an officer is assigned to, or that a supervisor's unit holds (or nobody was assigned yet);
-        auditors and admins see every thread's metadata."""
+        auditors and admins see every thread's metadata. Optionally only those about a case, or in a state."""
         assigned = consultations.c.id.in_(
             select(case_assignments.c.case_id).where(case_assignments.c.user_id == user.id)
         )
@@ -123,9 +131,14 @@ class Consultations:
             condition = true()
         else:
             condition = false()
+        filters = [condition]
+        if about is not None:
+            filters.append(consultations.c.about_case_id == about)
+        if state is not None:
+            filters.append(consultations.c.state == state)
         query = (
             _threads()
-            .where(and_(condition))
+            .where(and_(*filters))
             .order_by(consultations.c.last_message_at.desc(), consultations.c.id)
             .limit(limit)
             .offset(offset)

@@ -168,6 +168,10 @@ async def test_a_thread_about_a_case_is_the_consultation_on_record_before_a_refu
     status, listed = await pair.ar.call("GET", "/v1/consultations")
     assert [(t["id"], t["about"], t["unit"]) for t in listed["consultations"]] == [(thread_id, case_id, "mla")]
     one_entry(await ledger(pair.ar.gw), "case.assigned", actor="system", message_id=thread_id, related_id=case_id)
+    status, narrowed = await pair.ar.call("GET", f"/v1/consultations?about={case_id}&state=open")
+    assert status == 200 and [t["id"] for t in narrowed["consultations"]] == [thread_id], narrowed
+    status, body = await pair.ar.call("GET", "/v1/consultations?state=closed-ish")
+    assert_problem(status, body, code="invalid-message")
     await reply(pair.ar, thread_id, content={"text": "We cannot narrow it"})
 
     status, body = await move(pair.au, case_id, "refuse", refusal=refusal)

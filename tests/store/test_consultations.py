@@ -100,6 +100,10 @@ async def test_a_thread_converts_once_and_is_listed_by_assignment_and_unit(engin
         assert await listed("sam") == {assigned, unassigned}
         assert await listed("sue") == {unassigned}
         assert await listed("audrey") == {assigned, unassigned}
+        narrowed = await Consultations.visible_to(conn, people["sam"], limit=10, offset=0, about=case_id)
+        assert [t.id for t in narrowed] == [assigned]
+        opened = await Consultations.visible_to(conn, people["sam"], limit=10, offset=0, state="open")
+        assert [t.id for t in opened] == [unassigned]
         # on record for the case it is about, and for the request it became; with that peer only
         assert [t.id for t in await Consultations.about_case(conn, case_id, "au.ag")] == [assigned]
         assert [t.id for t in await Consultations.about_case(conn, request_id, "au.ag")] == [assigned]
