@@ -147,12 +147,13 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _submit(request: web.Request, **fixed: Any) -> web.Response:
-    """JSON body, or multipart/form-data: a "message" JSON part, then one "attachment" file part per file."""
-    gw, user = request.app[GATEWAY], _user(request)
+async def read_submission(
+    request: web.Request,
+) -> tuple[dict[str, Any], tuple[NewAttachment, ...] | AsyncIterator[NewAttachment]]:
+    """A draft's fields and its attachments: a JSON body, or multipart/form-data with a "message" JSON part, then
+    one "attachment" file part per file, read as the sender encrypts them (never buffered whole)."""
     if request.content_type != "multipart/form-data":
-        message_id = await submit_message(gw, user, _draft(await _read_json(request), **fixed))
-        return _json({"id": message_id, "state": "queued"}, status=202)
+        return await _read_json(request), ()
     reader = await request.multipart()
     first = await reader.next()
     if not isinstance(first, BodyPartReader) or first.name != "message":
@@ -165,7 +166,6 @@ async def _submit(request: web.Request, **fixed: Any) -> web.Response:
     fields = parse_strict_json(bytes(raw))
     if not isinstance(fields, dict):
         raise InvalidMessage("the 'message' part must be a JSON object")
-    draft = _draft(fields, **fixed)
 
     async def attachments() -> AsyncIterator[NewAttachment]:
         while (part := await reader.next()) is not None:
@@ -174,8 +174,14 @@ async def _submit(request: web.Request, **fixed: Any) -> web.Response:
             media_type = part.headers.get("Content-Type", "application/octet-stream")
             yield NewAttachment(part.filename, media_type, _part_chunks(part))
 
-    # attachments are read from the form as the sender encrypts them: never buffered whole
-    message_id = await submit_message(gw, user, draft, attachments())
+    return fields, attachments()
+
+
+async def _submit(request: web.Request, **fixed: Any) -> web.Response:
+    """JSON body, or multipart/form-data with attachments (:func:`read_submission`)."""
+    gw, user = request.app[GATEWAY], _user(request)
+    fields, attachments = await read_submission(request)
+    message_id = await submit_message(gw, user, _draft(fields, **fixed), attachments)
     return _json({"id": message_id, "state": "queued"}, status=202)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from gateway.api import api_routes, auth_middleware
 from gateway.auth import auth_routes
 from gateway.committer import Finish, Tx, done
+from gateway.consultations_api import consultation_routes
 from gateway.context import Gateway
 from gateway.federation import GATEWAY, federation_routes
 from gateway.ledger_api import ledger_routes
@@ -72,6 +73,7 @@ def build_api_app(gw: Gateway) -> web.Application:
     app = web.Application(middlewares=[gw.metrics.middleware("api"), problem_middleware, auth_middleware])
     app[GATEWAY] = gw
     app.add_routes(api_routes())
+    app.add_routes(consultation_routes())
     app.add_routes(ledger_routes())
     app.add_routes(auth_routes())
     app.add_routes(

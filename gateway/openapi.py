@@ -111,6 +111,101 @@ def _ledger_paths() -> dict[str, Any]:
     }
 
 
+def _consultation_paths() -> dict[str, Any]:
+    """Informal consultations (gateway/consultations_api.py; docs/requests.md, "Consultations")."""
+    obj = {"type": "object"}
+    thread = {"$ref": "#/components/schemas/Consultation"}
+    submitted = {**_SUBMITTED, "404": _PROBLEM, "409": _PROBLEM, "422": _PROBLEM}
+
+    def body(required: list[str], properties: dict[str, Any], *, files: bool = False) -> dict[str, Any]:
+        schema = {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+        content: dict[str, Any] = {"application/json": {"schema": schema}}
+        if files:  # as for POST /v1/messages: a "message" JSON part, then "attachment" file parts
+            form = _DRAFT_BODY["content"]["multipart/form-data"]  # type: ignore[index]
+            content["multipart/form-data"] = {
+                "schema": {**form["schema"], "properties": {**form["schema"]["properties"], "message": schema}},
+                "encoding": form["encoding"],
+            }
+        return {"required": True, "content": content}
+
+    return {
+        "/v1/consultations": {
+            "post": {
+                "summary": "Start an informal consultation thread with a peer authority (sealed, ledgered)",
+                "requestBody": body(
+                    ["to"],
+                    {
+                        "to": {"type": "string"},
+                        "marking": _MARKING,
+                        "content": obj,
+                        "about": {"type": ["string", "null"], "format": "uuid"},
+                        "draft_request": obj,
+                    },
+                    files=True,
+                ),
+                "responses": submitted,
+            },
+            "get": {
+                "summary": "The caller's consultation threads (metadata)",
+                "parameters": [
+                    {"name": "about", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "state", "in": "query", "schema": {"enum": ["open", "converted"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000, "default": 100}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+                ],
+                "responses": {
+                    "200": _json_ok(
+                        "Threads",
+                        {"type": "object", "properties": {"consultations": {"type": "array", "items": thread}}},
+                    ),
+                    "401": _PROBLEM,
+                },
+            },
+        },
+        "/v1/consultations/{id}": {
+            "get": {
+                "summary": "A thread and its messages' metadata, with the checklist of each shared draft",
+                "parameters": [_ID],
+                "responses": {"200": _json_ok("Thread", thread), "403": _PROBLEM, "404": _PROBLEM},
+            }
+        },
+        "/v1/consultations/{id}/messages": {
+            "post": {
+                "summary": "Reply in a thread (optionally sharing a draft request for review)",
+                "parameters": [_ID],
+                "requestBody": body(
+                    [],
+                    {
+                        "in_reply_to": {"type": "string", "format": "uuid"},
+                        "marking": _MARKING,
+                        "content": obj,
+                        "draft_request": obj,
+                        "downgrade_reason": {"type": "string"},
+                    },
+                    files=True,
+                ),
+                "responses": submitted,
+            }
+        },
+        "/v1/consultations/{id}/convert": {
+            "post": {
+                "summary": "Turn a thread into a formal request that keeps the link (request.consultation_id)",
+                "parameters": [_ID],
+                "requestBody": body(
+                    [],
+                    {
+                        "request": obj,
+                        "from_draft": {"type": "string", "format": "uuid"},
+                        "marking": _MARKING,
+                        "override_reason": {"type": "string"},
+                    },
+                ),
+                "responses": submitted,
+            }
+        },
+    }
+
+
 def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -303,6 +398,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json_ok("Timeline", {"type": "object"}), "404": _PROBLEM},
                 }
             },
+            **_consultation_paths(),
             **_ledger_paths(),
             **AUTH_OPENAPI_PATHS,
             **CASEWORK_OPENAPI_PATHS,
@@ -367,6 +463,22 @@ def openapi_document() -> dict[str, Any]:
                         "in_reply_to": {"type": ["string", "null"], "format": "uuid"},
                         "forwards": {"type": "array", "items": {"type": "string", "format": "uuid"}},
                         "downgrade_reason": {"type": "string"},
+                    },
+                },
+                "Consultation": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "peer": {"type": "string"},
+                        "direction": {"enum": ["in", "out"]},
+                        "about": {"type": ["string", "null"]},
+                        "state": {"enum": ["open", "converted"]},
+                        "converted_request_id": {"type": ["string", "null"]},
+                        "marking": _MARKING,
+                        "unit": {"type": ["string", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "last_message_at": {"type": "string", "format": "date-time"},
+                        "messages": {"type": "array", "items": {"$ref": "#/components/schemas/MessageSummary"}},
                     },
                 },
                 "Submitted": {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"}}},

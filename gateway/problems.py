@@ -56,6 +56,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "invalid-refusal-ground": (422, "Not a ground for refusal (UNCAC art. 46(8), 46(22))"),
     "refusal-reasons-required": (422, "A refusal needs reasons (UNCAC art. 46(23))"),
     "consultation-required": (409, "Consult before refusing or postponing (UNCAC art. 46(26))"),
+    "consultation-converted": (409, "Consultation already converted into a formal request"),
     "postponement-reason-required": (422, "A postponement needs the proceeding it would interfere with (art. 46(25))"),
     "login-throttled": (429, "Too many failed logins"),
     "unknown-work-kind": (400, "Unknown kind of case-work date or flag"),

@@ -30,6 +30,7 @@ from crypto.envelope import OpenedEnvelope, open_envelope, read_routing_header
 from crypto.errors import AttachmentError
 from crypto.receipts import sign_receipt, sign_refusal
 from gateway.committer import Finish, Tx, done
+from gateway.consultations import Link, incoming_link
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
@@ -154,6 +155,7 @@ class _Context:
     confidentiality: str | None
     status: StatusReport | None = None  # a status report's validated state and event
     requested: bool = False  # we are the requested side of the case (a status query is ours to answer)
+    consultation: Link | None = None  # the thread it belongs to or, for a formal request, converts
 
 
 async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
@@ -167,7 +169,8 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
         Forwarded.parse(item)  # a malformed forwarded member is refused, not stored
     status = status_report_of(payload.content, None) if payload.kind is MessageKind.STATUS_REPORT else None
     if payload.in_reply_to is None and payload.kind is not MessageKind.CONSENT:
-        return _Context(None, None, None, None, answer, status)  # nothing to look up: the common case costs no query
+        # nothing to look up (but a new thread or a request out of one): the common case costs no query
+        return _Context(None, None, None, None, answer, status, consultation=await incoming_link(gw, payload))
     case_id = None
     async with gw.reader.connect() as conn:
         if payload.in_reply_to is not None:
@@ -196,7 +199,8 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             requested = opening is not None and opening.direction == "in"
             if status is not None:  # the peer's side may cause the event it reports (protocol/lifecycle.py)
                 status = status_report_of(payload.content, Side.REQUESTING if requested else Side.REQUESTED)
-    return _Context(original, case_id, downgraded, consent, answer, status, requested)
+    link = await incoming_link(gw, payload)  # the thread a consultation belongs to, or a request converts
+    return _Context(original, case_id, downgraded, consent, answer, status, requested, link)
 
 
 async def _receive_attachments(
@@ -256,6 +260,8 @@ async def _commit(
                 request_type=request_type_of(payload.content) if request else None,
             )
         index = tx.record_message(EventType.RECEIVED, actor, payload, digest)
+        if context.consultation is not None:
+            await context.consultation.apply(tx, payload.id, actor)
         if context.original is not None:
             await _record_answer(tx, context, payload.kind, payload.id, payload.from_)
         if context.downgraded_from is not None:

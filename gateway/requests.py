@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.committer import Finish, Tx, done
+from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
 from protocol.checklist import IncompleteRequest, check_request
@@ -162,6 +163,9 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
         raise InvalidMessage("'consultation_id' must be a string")
     refusal, postponement = _refusal(body.get("refusal")), _postponement(body.get("postponement"))
     case, side, peer, marking = await _case_and_side(gw, user, case_id)
+    if consultation is not None or event in (Event.REFUSE, Event.POSTPONE):
+        # art. 46(26): a thread with the counterpart about the case is the consultation on record
+        consultation = await consultation_on_record(gw, case_id, peer, consultation)
     previous = parse_state(case.state)
     request_type = RequestType(case.request_type) if case.request_type else RequestType.MLA_CRIMINAL
     context = TransitionContext(request_type, side, consultation, refusal, postponement)

@@ -12,6 +12,7 @@ from typing import Any
 from crypto.attachments import AttachmentEncryptor
 from crypto.envelope import encrypt_signed, seal_envelope
 from gateway.committer import Finish, Tx, done
+from gateway.consultations import Link, outgoing_link
 from gateway.context import Gateway
 from gateway.files import AttachmentFile
 from gateway.logs import get_logger
@@ -55,6 +56,7 @@ class Draft:
     forwards: tuple[str, ...] = ()  # ids of earlier messages whose content this one passes on
     downgrade_reason: str | None = None  # a supervisor's reason for answering below the original marking
     override_reason: str | None = None  # a supervisor's reason for sending a request the checklist finds incomplete
+    message_id: str | None = None  # chosen beforehand when the content names the message itself (a new thread)
 
 
 class AttachmentTooLarge(ComityError):
@@ -72,6 +74,7 @@ async def submit_message(
         raise InvalidMessage("a gateway does not send messages to itself")
     peer = gw.peer(draft.to)
     actor = _actor(user)
+    message_id = draft.message_id or new_message_id()
     try:
         # complete the first time (docs/requests.md): a formal request lacking blocking elements is refused
         completeness = check_completeness(
@@ -87,6 +90,17 @@ async def submit_message(
             in_reply_to=draft.in_reply_to,
             forwards=draft.forwards,
             downgrade_reason=draft.downgrade_reason,
+        )
+        # informal consultations: the thread a message belongs to, or the one a formal request comes out of
+        link = await outgoing_link(
+            gw,
+            user,
+            message_id=message_id,
+            to=draft.to,
+            kind=draft.kind,
+            marking=draft.marking,
+            content=draft.content,
+            in_reply_to=draft.in_reply_to,
         )
     except (
         MarkingRefused,
@@ -108,7 +122,6 @@ async def submit_message(
             marking=draft.marking.to_json(),
         )
         raise
-    message_id = new_message_id()
     refs, files = await _encrypt_attachments(gw, message_id, attachments)
     try:
         payload = MessagePayload.parse(
@@ -132,7 +145,7 @@ async def submit_message(
         direct = gw.direct_delivery if not files else None
         archived = archive.encode("ascii")
         digest = await _persist(
-            gw, user, payload, envelope, archived, files, outgoing, completeness, direct=direct is not None
+            gw, user, payload, envelope, archived, files, outgoing, completeness, link, direct=direct is not None
         )
     except Exception:  # not on cancellation: the shielded commit may still keep these files
         for _, path in files:
@@ -205,8 +218,9 @@ async def _persist(
     files: list[tuple[AttachmentRow, AttachmentFile]],
     outgoing: Outgoing,
     completeness: Completeness,
+    link: Link | None = None,
     *,
-    direct: bool,
+    direct: bool = False,
 ) -> str:
     """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256."""
     digest = hashlib.sha256(sealed).hexdigest()
@@ -249,6 +263,8 @@ async def _persist(
             tx.conn, payload.id, payload.to, now, leased_until=now + DIRECT_LEASE if direct else None
         )
         tx.record_message(EventType.SUBMITTED, actor, payload, digest)
+        if link is not None:
+            await link.apply(tx, payload.id, actor)
         if completeness.overridden:  # the reason travels in the signed content (check_override), not the ledger
             tx.record(EventType.REQUEST_CHECK_OVERRIDDEN, actor, message_id=payload.id, to=payload.to)
         if outgoing.downgraded_from is not None:

@@ -44,6 +44,7 @@ class EventType(enum.StrEnum):
     # an urgent request made (to) or received (from) orally, art. 46(14) (state = made | received, subject =
     # due:<date> of its written confirmation), or confirmed in writing (state = confirmed, related_id = the request)
     CASE_ORAL_REQUEST = "case.oral_request"
+    CONSULTATION_CONVERTED = "consultation.converted"  # a thread became a formal request (related_id = the request)
     REQUEST_CHECK_OVERRIDDEN = "request.check_overridden"  # a supervisor sent an incomplete request (reason signed)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
     PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)

@@ -36,6 +36,8 @@ __all__ = [
     "case_flags",
     "case_work",
     "cases",
+    "consultation_drafts",
+    "consultations",
     "checkpoints",
     "consents",
     "cosignatures",
@@ -199,6 +201,36 @@ consents = Table(
     Column("consent_message_id", String(36), nullable=False),
     Column("received_at", TZ, nullable=False),
     PrimaryKeyConstraint("message_id", "recipient"),
+)
+
+# an informal consultation thread (docs/requests.md, "Consultations"): its id is the id of its first message and of
+# its case; only ids, parties, states and times here, never a subject or text (those travel encrypted)
+consultations = Table(
+    "consultations",
+    metadata,
+    Column("id", String(36), ForeignKey("cases.id"), primary_key=True),
+    Column("peer", String(40), nullable=False),
+    Column("direction", String(3), nullable=False),  # "out": we started it; "in": the peer did
+    Column("about_case_id", String(36), nullable=True),  # the case (request id) it is about, if any
+    Column("state", String(16), nullable=False),  # open | converted
+    Column("converted_request_id", String(36), nullable=True),  # the formal request it became
+    Column("created_at", TZ, nullable=False),
+    Column("created_by", Integer, ForeignKey("users.id"), nullable=True),  # None for a thread the peer started
+    Column("last_message_at", TZ, nullable=False),
+    Index("ix_consultations_about", "about_case_id"),
+    Index("ix_consultations_converted", "converted_request_id"),
+)
+
+# the checklist of a draft request shared in a consultation: element ids only (protocol/consultations.py DraftCheck)
+consultation_drafts = Table(
+    "consultation_drafts",
+    metadata,
+    Column("message_id", String(36), primary_key=True),  # the message that shared the draft
+    Column("thread_id", String(36), ForeignKey("consultations.id"), nullable=False),
+    Column("request_type", String(40), nullable=False),
+    Column("blocking", Text, nullable=False),  # canonical JSON list of checklist element ids
+    Column("warnings", Text, nullable=False),  # canonical JSON list of checklist element ids
+    Index("ix_consultation_drafts_thread", "thread_id"),
 )
 
 # attachment ciphertexts beside a message; name, size and key are only in the signed, encrypted manifest

@@ -21,7 +21,9 @@ import aiohttp
 
 from gateway.api import PUBLIC_PATHS
 from gateway.auth import PUBLIC_AUTH_PATHS, ROUTE_SCOPES
+from gateway.cli.request import example_request
 from gateway.ledger_api import LEDGER_ROLES
+from protocol.requests import RequestType
 from store.users import ROLE_SCOPES
 from tests.gateway.conftest import Pair, Side, issue_token
 from tests.gateway.test_exchange import wait_for
@@ -126,7 +128,15 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
     }
     anonymous = Side(pair.au.provisioned, "", pair.au.running, aiohttp.ClientSession())
     # the matrix is about roles: the officer is assigned to both cases (case assignment is tested on its own)
-    for assigned in (case_id, outgoing_case):
+    # a consultation thread ar.mj started with au.ag (a case of its own on au.ag), and a complete formal request
+    status, body = await pair.ar.call(
+        "POST", "/v1/consultations", json={"to": "au.ag", "marking": marking, "content": secret_content(mark)}
+    )
+    assert status == 202, body
+    thread_id = body["id"]
+    await wait_for(pair.ar, thread_id, "delivered")
+    formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+    for assigned in (case_id, outgoing_case, thread_id):
         status, body = await pair.au.call("POST", f"/v1/cases/{assigned}/assign", json={"username": "olga"})
         assert status == 200, body
     # case work: a date to mark done, and a second officer to take off the case
@@ -186,6 +196,18 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
         ),
         ("GET", "/v1/work/overdue"): Call("/v1/work/overdue", {}, ok),
         ("GET", "/v1/work/upcoming"): Call("/v1/work/upcoming?days=30", {}, ok),
+        ("GET", "/v1/consultations"): Call("/v1/consultations", {}, ok),
+        ("GET", "/v1/consultations/{id}"): Call(f"/v1/consultations/{thread_id}", {}, ok),
+        ("POST", "/v1/consultations"): Call(
+            "/v1/consultations", {"json": {"to": "ar.mj", "marking": marking, "content": {"text": "x"}}}, accepted
+        ),
+        ("POST", "/v1/consultations/{id}/messages"): Call(
+            f"/v1/consultations/{thread_id}/messages", {"json": {"content": {"text": "r"}}}, accepted
+        ),
+        # the first caller converts the thread; a second is told it was converted: both reach the route
+        ("POST", "/v1/consultations/{id}/convert"): Call(
+            f"/v1/consultations/{thread_id}/convert", {"json": {"request": formal}}, frozenset({202, 409})
+        ),
         ("GET", "/v1/ledger/checkpoint"): Call("/v1/ledger/checkpoint", {}, ok),
         ("GET", "/v1/ledger/checkpoints"): Call("/v1/ledger/checkpoints", {}, ok),
         ("GET", "/v1/ledger/entries"): Call("/v1/ledger/entries?start=0&end=3", {}, ok),

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from gateway.api import api_routes
 from gateway.auth import auth_routes
+from gateway.consultations_api import consultation_routes
 from gateway.ledger_api import ledger_routes
 from gateway.openapi import openapi_document
 from store.tables import tokens
@@ -20,7 +21,7 @@ from tests.gateway.test_exchange import REQUEST, wait_for
 
 def _served_paths() -> set[tuple[str, str]]:
     served = set()
-    for route in [*api_routes(), *ledger_routes(), *auth_routes()]:
+    for route in [*api_routes(), *consultation_routes(), *ledger_routes(), *auth_routes()]:
         assert isinstance(route, aiohttp.web.RouteDef)
         path = re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", route.path)
         served.add((route.method.lower(), path))

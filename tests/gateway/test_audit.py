@@ -72,6 +72,14 @@ EXTRA_EVENTS = [
     {"type": "peer.alarm", "time": "2026-11-28T07:40:00.000000Z", "actor": "system", "from": "au.ag", "reason": "fork"},
     {"type": "user.changed", "time": "2026-11-28T07:40:00.000000Z", "actor": "user:root", "subject": "user:bob"},
     {"type": "directory.installed", "time": "2026-11-28T07:40:00.000000Z", "actor": "system", "subject": "serial:3"},
+    {  # informal consultations: a thread converted into a formal request, a thread joining its case's officers
+        "type": "consultation.converted",
+        "time": "2026-11-28T07:40:00.000000Z",
+        "actor": "peer:ar.mj",
+        "message_id": "6f1c1f7e-8d4a-4b4e-9c1a-2f5d3e7a9b10",
+        "related_id": "0b9e4c1d-2a3f-4e5d-8c7b-6a5f4e3d2c1b",
+    },
+    {"type": "case.assigned", "time": "2026-11-28T07:40:00.000000Z", "actor": "system", "related_id": "x"},
     {  # outside the fast path (non-ASCII, escapes), still valid
         "type": "message.received",
         "time": "2026-11-28T07:40:00.000000Z",

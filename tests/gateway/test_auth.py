@@ -27,6 +27,7 @@ from gateway.auth import (
     scope_middleware,
 )
 from gateway.cli import main
+from gateway.consultations_api import consultation_routes
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.ledger_api import ledger_routes
@@ -187,7 +188,7 @@ async def test_scopes_are_enforced_after_the_api_auth_middleware(pair: Pair) -> 
 
 def test_every_served_route_has_a_scope() -> None:
     app = web.Application()
-    app.add_routes([*api_routes(), *ledger_routes(), *auth_routes()])
+    app.add_routes([*api_routes(), *consultation_routes(), *ledger_routes(), *auth_routes()])
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

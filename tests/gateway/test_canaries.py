@@ -27,8 +27,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from gateway.cli.request import example_request
 from gateway.context import Gateway
 from gateway.logs import configure_logging
+from protocol.requests import RequestType, blank_request
 from store.tables import messages
 from tests.gateway.conftest import Pair, Side
 from tests.gateway.test_exchange import wait_for
@@ -212,3 +214,65 @@ async def test_no_canary_reaches_logs_problems_metrics_or_ledgers(
     for side in (pair.ar, pair.au):
         for blob_at_rest in await _stored_bytes(side.gw):
             assert not any(mark.encode() in blob_at_rest for mark in marks.values()), side.gw.authority_id
+
+
+async def test_no_consultation_subject_or_text_reaches_logs_problems_or_ledgers(pair: Pair, logs: Logs) -> None:
+    """A thread, a reply, a shared draft and its conversion carry canaries in every free-form place; bad calls on
+    the consultation routes carry them too. None reaches the logs, the problem documents or either ledger."""
+    marks = {part: uuid.uuid4().hex for part in ("subject", "text", "reply", "draft", "formal", "bad")}
+    draft = blank_request(RequestType.MLA_CRIMINAL).to_json()
+    draft["summary_of_facts"] = f"facts {marks['draft']}"
+    status, body = await pair.ar.call(
+        "POST",
+        "/v1/consultations",
+        json={
+            "to": "au.ag",
+            "marking": MARKING,
+            "content": {"subject": f"Subject {marks['subject']}", "text": f"Text {marks['text']}"},
+            "draft_request": draft,
+        },
+    )
+    assert status == 202, body
+    thread_id = body["id"]
+    await wait_for(pair.ar, thread_id, "delivered")
+    status, body = await pair.au.call(
+        "POST", f"/v1/consultations/{thread_id}/messages", json={"content": {"text": f"Reply {marks['reply']}"}}
+    )
+    assert status == 202, body
+    await wait_for(pair.au, body["id"], "delivered")
+    formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+    formal["summary_of_facts"] = f"facts {marks['formal']}"
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    for side in (pair.ar, pair.au):
+        status, listed = await side.call("GET", f"/v1/consultations/{thread_id}")
+        assert status == 200 and not any(mark in json.dumps(listed) for mark in marks.values()), listed
+
+    bad = marks["bad"]
+    calls: list[tuple[Side, str, dict[str, object]]] = [
+        (pair.ar, "/v1/consultations", {"to": "au.ag", "content": {"consultation": bad}}),
+        (pair.ar, "/v1/consultations", {"to": "au.ag", "content": {"text": bad}, "about": bad}),
+        (pair.ar, "/v1/consultations", {"to": "au.ag", "content": {"text": bad}, "draft_request": {"type": bad}}),
+        (pair.ar, "/v1/consultations", {"to": "zz.nowhere", "content": {"text": bad}}),
+        (pair.ar, f"/v1/consultations/{thread_id}/messages", {"in_reply_to": bad, "content": {"text": bad}}),
+        (pair.ar, f"/v1/consultations/{thread_id}/convert", {"request": {**formal, "purpose": bad}}),
+        (pair.au, f"/v1/consultations/{thread_id}/convert", {"from_draft": bad}),
+    ]
+    problems = []
+    for side, path, payload in calls:
+        status, body = await side.call("POST", path, json=payload)
+        assert 400 <= status < 500, (path, status, body)
+        problems.append(json.dumps(body, ensure_ascii=False))
+        assert bad not in problems[-1], (path, body)
+    outputs = {
+        "logs": logs.text(),
+        "problem documents": "\n".join(problems),
+        "ar.mj ledger": await ledger_text(pair.ar.gw),
+        "au.ag ledger": await ledger_text(pair.au.gw),
+        "ar.mj metrics": await _metrics(pair.ar),
+        "au.ag metrics": await _metrics(pair.au),
+    }
+    assert "message_submitted" in outputs["logs"]
+    leaks = [f"{part} in {where}" for where, text in outputs.items() for part, mark in marks.items() if mark in text]
+    assert not leaks, leaks

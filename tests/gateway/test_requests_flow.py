@@ -116,6 +116,15 @@ async def test_a_full_life_cycle_is_reported_and_ledgered_on_both_sides(pair: Pa
     assert "withdraw" in body["detail"] and "closed" in body["detail"]
 
 
+async def consult_about(pair: Pair, case_id: str) -> str:
+    """The requested side consults the requesting side in a thread about the case (art. 46(26))."""
+    thread = {"to": "ar.mj", "marking": MARKING, "about": case_id, "content": {"text": "Can you narrow it?"}}
+    status, body = await pair.au.call("POST", "/v1/consultations", json=thread)
+    assert status == 202, body
+    await wait_for(pair.au, body["id"], "delivered")
+    return str(body["id"])
+
+
 async def test_illegal_moves_and_refusals_without_a_valid_ground_are_refused(pair: Pair) -> None:
     case_id = await send_complete(pair)
     status, body = await move(pair.au, case_id, "complete_execution")
@@ -125,6 +134,7 @@ async def test_illegal_moves_and_refusals_without_a_valid_ground_are_refused(pai
     assert status == 409 and body["code"] == "transition-wrong-side", body
     for event in ("acknowledge", "begin_review"):
         assert (await move(pair.au, case_id, event))[0] == 200
+    consulted = await consult_about(pair, case_id)
     status, body = await move(pair.au, case_id, "refuse", refusal={"grounds": [], "reasons": "no"})
     assert status == 422 and body["code"] == "refusal-ground-required", body
     status, body = await move(
@@ -132,12 +142,12 @@ async def test_illegal_moves_and_refusals_without_a_valid_ground_are_refused(pai
         case_id,
         "refuse",
         refusal={"grounds": ["bank-secrecy", "46(21)(b)"], "reasons": "banking law"},
-        consultation_id="c-1",
+        consultation_id=consulted,
     )
     assert status == 422 and body["code"] == "invalid-refusal-ground", body
     assert await case_state(pair.au, case_id) == ("under_review", None)
     refusal = {"grounds": ["46(21)(b)"], "reasons": "essential interests"}
-    status, body = await move(pair.au, case_id, "refuse", refusal=refusal, consultation_id="c-1")
+    status, body = await move(pair.au, case_id, "refuse", refusal=refusal, consultation_id=consulted)
     assert status == 200 and body["state"] == "refused", body
 
     async def refused() -> bool:

@@ -1,0 +1,225 @@
+"""The officer API of informal consultations (``/v1/consultations``; docs/requests.md, "Consultations").
+
+Starting a thread, replying in it and converting it are ordinary submissions (gateway/sending.py): the same marking,
+case and completeness checks, the same sealing and ledger events; gateway/consultations.py adds what a thread needs.
+Listing and reading a thread return metadata only (ids, parties, kinds, markings, states, times and the element ids
+of a shared draft's checklist); content is read through ``POST /v1/messages/{id}/open`` with its usual checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
+from gateway.consultations import ConsultationConverted
+from gateway.federation import GATEWAY
+from gateway.policy import check_case_access
+from gateway.reading import open_message
+from gateway.sending import Draft, submit_message
+from protocol.consultations import CONSULTATION_MEMBER
+from protocol.errors import InvalidMessage
+from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
+from protocol.timefmt import format_time
+from store.consultations import Consultations, DraftChecks, Thread
+from store.messages import Messages
+
+__all__ = ["consultation_routes"]
+
+_DEFAULT_MARKING = {"level": "CONFIDENTIAL", "caveats": []}
+_RESERVED = {CONSULTATION_MEMBER, "request"}  # set by the gateway, never by the officer's free-form content
+
+
+def _only(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    content = body.get("content", {})
+    if not isinstance(content, dict):
+        raise InvalidMessage("'content' must be an object (e.g. {'subject': ..., 'text': ...})")
+    if _RESERVED & set(content):
+        raise InvalidMessage(
+            "content.consultation and content.request are set by the gateway: share a draft as 'draft_request'"
+        )
+    return content
+
+
+def _member(thread_id: str, about: object, body: dict[str, Any]) -> dict[str, Any]:
+    member: dict[str, Any] = {"thread_id": thread_id, "informal": True, "about": about}
+    if body.get("draft_request") is not None:
+        member["draft_request"] = body["draft_request"]
+    return member
+
+
+def _string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidMessage(f"'{name}' must be a string")
+    return value
+
+
+def _message_id(body: dict[str, Any], name: str) -> str | None:
+    """A message id member, validated before any error could repeat it."""
+    value = _string(body, name)
+    return None if value is None else validate_message_id(value)
+
+
+def _thread_json(thread: Thread) -> dict[str, Any]:
+    return {
+        "id": thread.id,
+        "peer": thread.peer,
+        "direction": thread.direction,
+        "about": thread.about_case_id,
+        "state": thread.state,
+        "converted_request_id": thread.converted_request_id,
+        "marking": None if thread.marking is None else thread.marking.to_json(),
+        "unit": thread.unit,
+        "created_at": format_time(thread.created_at),
+        "last_message_at": format_time(thread.last_message_at),
+    }
+
+
+async def start(request: web.Request) -> web.Response:
+    """Start a thread with a peer authority, optionally about a case we share with it, optionally with a draft and
+    attachments (multipart/form-data, as for ``POST /v1/messages``)."""
+    gw, user = request.app[GATEWAY], _user(request)
+    body, attachments = await read_submission(request)
+    _only(body, {"to", "marking", "content", "about", "draft_request"})
+    to = _string(body, "to")
+    if to is None:
+        raise InvalidMessage("'to' must be the authority id of the peer to consult")
+    thread_id = new_message_id()  # the thread is named after its first message
+    content = {**_content(body), CONSULTATION_MEMBER: _member(thread_id, body.get("about"), body)}
+    draft = Draft(
+        to=to,
+        kind=MessageKind.CONSULTATION,
+        marking=Marking.parse(body.get("marking", _DEFAULT_MARKING)),
+        content=content,
+        message_id=thread_id,
+    )
+    await submit_message(gw, user, draft, attachments)
+    return _json({"id": thread_id, "thread_id": thread_id, "state": "queued"}, status=202)
+
+
+async def reply(request: web.Request) -> web.Response:
+    """Reply in a thread: to its latest message unless ``in_reply_to`` names another, at that message's marking
+    unless ``marking`` says otherwise (never lower without a supervisor's recorded downgrade)."""
+    gw, user = request.app[GATEWAY], _user(request)
+    body, attachments = await read_submission(request)
+    _only(body, {"in_reply_to", "marking", "content", "draft_request", "downgrade_reason"})
+    async with gw.reader.connect() as conn:
+        thread = await Consultations.get(conn, request.match_info["id"])
+        rows = await Consultations.thread_messages(conn, thread.id)
+    wanted = _message_id(body, "in_reply_to") or rows[-1].id
+    answered = next((row for row in rows if row.id == wanted), None)
+    if answered is None:
+        raise InvalidMessage(f"message {wanted} is not part of consultation {thread.id}")
+    marking = Marking.parse(body["marking"]) if "marking" in body else answered.marking
+    draft = Draft(
+        to=thread.peer,
+        kind=MessageKind.CONSULTATION,
+        marking=marking,
+        content={**_content(body), CONSULTATION_MEMBER: _member(thread.id, thread.about_case_id, body)},
+        in_reply_to=answered.id,
+        downgrade_reason=_string(body, "downgrade_reason"),
+    )
+    message_id = await submit_message(gw, user, draft, attachments)
+    return _json({"id": message_id, "thread_id": thread.id, "state": "queued"}, status=202)
+
+
+async def convert(request: web.Request) -> web.Response:
+    """Turn a thread into a formal request to the same peer that keeps the link (``request.consultation_id``):
+    the request given, or the draft shared in one of the thread's messages (opened, and ledgered, for it)."""
+    gw, user = request.app[GATEWAY], _user(request)
+    body = await _read_json(request)
+    _only(body, {"request", "from_draft", "marking", "override_reason"})
+    async with gw.reader.connect() as conn:
+        thread = await Consultations.get(conn, request.match_info["id"])
+        rows = await Consultations.thread_messages(conn, thread.id)
+    if thread.state != "open":
+        raise ConsultationConverted(
+            f"consultation {thread.id} was already converted into {thread.converted_request_id}"
+        )
+    source = _message_id(body, "from_draft")
+    if (source is None) == (body.get("request") is None):
+        raise InvalidMessage("send either 'request' (the formal request) or 'from_draft' (a message of the thread)")
+    if source is not None:
+        if source not in {row.id for row in rows}:
+            raise InvalidMessage(f"message {source} is not part of consultation {thread.id}")
+        opened = await open_message(gw, user, source, "conversion")
+        member = opened.envelope.payload.content.get(CONSULTATION_MEMBER)
+        formal = member.get("draft_request") if isinstance(member, dict) else None
+        if not isinstance(formal, dict):
+            raise InvalidMessage(f"message {source} shares no draft request")
+    else:
+        formal = body["request"]
+        if not isinstance(formal, dict):
+            raise InvalidMessage("'request' must be a request object (comity request template TYPE)")
+    if formal.get("consultation_id") not in (None, thread.id):
+        raise InvalidMessage(f"the request names another consultation than {thread.id}")
+    marking = Marking.parse(body["marking"]) if "marking" in body else (thread.marking or rows[0].marking)
+    draft = Draft(
+        to=thread.peer,
+        kind=MessageKind.REQUEST,
+        marking=marking,
+        content={"request": {**formal, "consultation_id": thread.id}},
+        override_reason=_string(body, "override_reason"),
+    )
+    message_id = await submit_message(gw, user, draft)
+    return _json({"id": message_id, "consultation_id": thread.id, "state": "queued"}, status=202)
+
+
+async def list_threads(request: web.Request) -> web.Response:
+    """The threads of the caller (assigned, or of the unit a supervisor supervises); all of them for auditors;
+    ``?about=<case id>`` and ``?state=open|converted`` narrow the list."""
+    limit, offset = _bounded(request, "limit", 100, 1, 1000), _bounded(request, "offset", 0, 0, 10**9)
+    about, state = request.query.get("about"), request.query.get("state")
+    if about is not None:
+        validate_message_id(about)
+    if state not in (None, "open", "converted"):
+        raise InvalidMessage("state must be open or converted")
+    async with request.app[GATEWAY].reader.connect() as conn:
+        threads = await Consultations.visible_to(
+            conn, _user(request), limit=limit, offset=offset, about=about, state=state
+        )
+    return _json({"consultations": [_thread_json(thread) for thread in threads]})
+
+
+async def get_thread(request: web.Request) -> web.Response:
+    """A thread and its messages' metadata; an officer or supervisor needs what acting on the thread needs, and
+    then also sees the checklist of each shared draft (auditors and admins see metadata only)."""
+    gw, user = request.app[GATEWAY], _user(request)
+    async with gw.reader.connect() as conn:
+        thread = await Consultations.get(conn, request.match_info["id"])
+        rows = await Consultations.thread_messages(conn, thread.id)
+        reviewer = user.role in ("officer", "supervisor")
+        if reviewer:
+            await check_case_access(gw, user, await Messages.get(conn, thread.id), conn, "reading")
+        checks = await DraftChecks.for_thread(conn, thread.id) if reviewer else {}
+    messages = []
+    for row in rows:
+        summary = _summary(row)
+        check = checks.get(row.id)
+        if check is not None:
+            summary["draft_check"] = {
+                "request_type": check.request_type,
+                "complete": not check.blocking,
+                "blocking": list(check.blocking),
+                "warnings": list(check.warnings),
+            }
+        messages.append(summary)
+    return _json({**_thread_json(thread), "messages": messages})
+
+
+def consultation_routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/consultations", start),
+        web.get("/v1/consultations", list_threads),
+        web.get("/v1/consultations/{id}", get_thread),
+        web.post("/v1/consultations/{id}/messages", reply),
+        web.post("/v1/consultations/{id}/convert", convert),
+    ]

@@ -1,0 +1,342 @@
+"""Informal consultations (docs/requests.md, "Consultations"), end to end between real gateways on both backends:
+a thread started, answered, a draft request shared and checked, the thread converted into a formal request that
+keeps the link on both sides; the refusals (wrong peer, no clearance, someone else's thread, converting twice, bad
+input); and a thread about a case as the consultation on record before a refusal (art. 46(26))."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from gateway.cli.request import example_request
+from gateway.context import Gateway
+from protocol.requests import RequestType, blank_request
+from store.tables import consultation_drafts, consultations
+from tests.gateway.conftest import Pair, Side
+from tests.gateway.test_exchange import wait_for
+from tests.gateway.test_markings import (
+    Trio,
+    as_user,
+    assert_envelope_refused,
+    assert_problem,
+    canary,
+    close_sessions,
+    hostile_towards,
+    ledger,
+    one_entry,
+    post_form,
+    secret_content,
+    stored,
+    trio,  # noqa: F401 (the fixture)
+)
+from tests.gateway.test_requests_flow import case_state, move, send_complete, until
+
+MARKING = {"level": "CONFIDENTIAL", "caveats": []}
+
+
+async def start_thread(side: Side, **body: Any) -> str:
+    status, answer = await side.call("POST", "/v1/consultations", json={"to": "au.ag", "marking": MARKING, **body})
+    assert status == 202, answer
+    assert answer["id"] == answer["thread_id"]
+    await wait_for(side, answer["id"], "delivered")
+    return str(answer["id"])
+
+
+async def reply(side: Side, thread_id: str, **body: Any) -> str:
+    status, answer = await side.call("POST", f"/v1/consultations/{thread_id}/messages", json=body)
+    assert status == 202, answer
+    assert answer["thread_id"] == thread_id
+    await wait_for(side, answer["id"], "delivered")
+    return str(answer["id"])
+
+
+async def thread(side: Side, thread_id: str) -> dict[str, Any]:
+    status, body = await side.call("GET", f"/v1/consultations/{thread_id}")
+    assert status == 200, body
+    return dict(body)
+
+
+async def counts(gw: Gateway) -> tuple[int, int]:
+    async with gw.engine.connect() as conn:
+        threads = (await conn.execute(select(func.count()).select_from(consultations))).scalar_one()
+        drafts = (await conn.execute(select(func.count()).select_from(consultation_drafts))).scalar_one()
+    return int(threads), int(drafts)
+
+
+async def test_a_thread_shares_a_draft_and_becomes_a_formal_request_linked_on_both_sides(pair: Pair) -> None:
+    thread_id = await start_thread(pair.ar, content={"subject": "Before we ask", "text": "Would you need X?"})
+    # au.ag: an incoming thread is a case for a supervisor of the unit to assign, like an incoming request
+    status, listed = await pair.au.call("GET", "/v1/consultations")
+    assert status == 200 and [t["id"] for t in listed["consultations"]] == [thread_id], listed
+    first = listed["consultations"][0]
+    assert (first["peer"], first["direction"], first["state"], first["unit"]) == ("ar.mj", "in", "open", None)
+    assert first["marking"] == MARKING and "subject" not in str(listed)
+    status, opened = await pair.au.call("POST", f"/v1/messages/{thread_id}/open", json={"purpose": "review"})
+    assert status == 200, opened
+    assert opened["kind"] == "consultation"
+    assert opened["content"]["consultation"] == {"thread_id": thread_id, "informal": True, "about": None}
+    assert opened["content"]["subject"] == "Before we ask"
+
+    answer = await reply(pair.au, thread_id, content={"text": "Yes, and the bank records"})
+    # the requesting officer shares a draft for review: incomplete, but a draft is never refused as incomplete
+    draft = blank_request(RequestType.MLA_CRIMINAL).to_json()
+    shared = await reply(pair.ar, thread_id, content={"text": "Draft attached"}, draft_request=draft)
+    for side, direction in ((pair.ar, ["out", "in", "out"]), (pair.au, ["in", "out", "in"])):
+
+        async def arrived(side: Side = side) -> bool:
+            return len((await thread(side, thread_id))["messages"]) == 3
+
+        await until(arrived)
+        body = await thread(side, thread_id)
+        assert [m["id"] for m in body["messages"]] == [thread_id, answer, shared]
+        assert [m["direction"] for m in body["messages"]] == direction
+        assert all(m["kind"] == "consultation" and m["case_id"] == thread_id for m in body["messages"])
+        check = body["messages"][2]["draft_check"]
+        assert check["request_type"] == "mla-criminal" and not check["complete"] and check["blocking"], check
+        assert "draft_check" not in body["messages"][1]
+    # a draft opens no formal case state on either side
+    for side in (pair.ar, pair.au):
+        assert await case_state(side, thread_id) == (None, None)
+
+    # converting the shared (incomplete) draft is refused with the checklist; nothing changes
+    before = len(await ledger(pair.ar.gw))
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"from_draft": shared})
+    assert_problem(status, body, code="incomplete-request")
+    entries = (await ledger(pair.ar.gw))[before:]
+    assert [(e["type"], e.get("purpose") or e.get("reason")) for e in entries] == [
+        ("message.opened", "conversion"),
+        ("message.submit_refused", "incomplete-request"),
+    ]
+    assert (await thread(pair.ar, thread_id))["state"] == "open"
+
+    formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+    assert status == 202 and body["consultation_id"] == thread_id, body
+    request_id = body["id"]
+    await wait_for(pair.ar, request_id, "delivered")
+    assert await case_state(pair.au, request_id) == ("received", None)  # a formal case, its own life cycle
+    for side in (pair.ar, pair.au):
+
+        async def converted(side: Side = side) -> bool:
+            return bool((await thread(side, thread_id))["state"] == "converted")
+
+        await until(converted)
+        assert (await thread(side, thread_id))["converted_request_id"] == request_id
+    status, opened = await pair.au.call("POST", f"/v1/messages/{request_id}/open", json={"purpose": "review"})
+    assert status == 200 and opened["content"]["request"]["consultation_id"] == thread_id, opened
+    for side, actor in ((pair.ar, "user:alice"), (pair.au, "peer:ar.mj")):
+        entries = await ledger(side.gw)
+        one_entry(entries, "consultation.converted", actor=actor, message_id=thread_id, related_id=request_id)
+        kinds = {
+            e["message_id"]: e.get("kind") for e in entries if e["type"] in ("message.submitted", "message.received")
+        }
+        assert [kinds[m] for m in (thread_id, answer, shared)] == ["consultation"] * 3
+
+    # converting twice is refused, whoever asks and however
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+    assert_problem(status, body, code="consultation-converted")
+    linked = {**formal, "consultation_id": thread_id}
+    draft_again = {"to": "au.ag", "kind": "request", "marking": MARKING, "content": {"request": linked}}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=draft_again)
+    assert_problem(status, body, code="consultation-converted")
+    # the discussion may go on in a converted thread
+    await reply(pair.au, thread_id, content={"text": "Received, thank you"})
+
+
+async def test_a_thread_about_a_case_is_the_consultation_on_record_before_a_refusal(pair: Pair) -> None:
+    case_id = await send_complete(pair)
+    for event in ("acknowledge", "begin_review"):
+        assert (await move(pair.au, case_id, event))[0] == 200
+    refusal = {"grounds": ["46(21)(b)"], "reasons": "essential interests"}
+    status, body = await move(pair.au, case_id, "refuse", refusal=refusal)
+    assert_problem(status, body, code="consultation-required")
+    # an id that is no thread about this case is not a consultation on record
+    status, body = await move(pair.au, case_id, "refuse", refusal=refusal, consultation_id=case_id)
+    assert_problem(status, body, code="consultation-required")
+    assert await case_state(pair.au, case_id) == ("under_review", None)
+
+    status, answer = await pair.au.call(
+        "POST",
+        "/v1/consultations",
+        json={"to": "ar.mj", "marking": MARKING, "about": case_id, "content": {"text": "Could you narrow it?"}},
+    )
+    assert status == 202, answer
+    thread_id = answer["id"]
+    await wait_for(pair.au, thread_id, "delivered")
+    # ar.mj: the thread joins the unit and the officers of the case it is about (alice sent the request)
+    status, listed = await pair.ar.call("GET", "/v1/consultations")
+    assert [(t["id"], t["about"], t["unit"]) for t in listed["consultations"]] == [(thread_id, case_id, "mla")]
+    one_entry(await ledger(pair.ar.gw), "case.assigned", actor="system", message_id=thread_id, related_id=case_id)
+    status, narrowed = await pair.ar.call("GET", f"/v1/consultations?about={case_id}&state=open")
+    assert status == 200 and [t["id"] for t in narrowed["consultations"]] == [thread_id], narrowed
+    status, body = await pair.ar.call("GET", "/v1/consultations?state=closed-ish")
+    assert_problem(status, body, code="invalid-message")
+    await reply(pair.ar, thread_id, content={"text": "We cannot narrow it"})
+
+    status, body = await move(pair.au, case_id, "refuse", refusal=refusal)
+    assert status == 200 and body["state"] == "refused", body
+    await wait_for(pair.au, body["report"], "delivered")
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{body['report']}/open", json={"purpose": "review"})
+    assert status == 200 and opened["content"]["consultation_id"] == thread_id, opened
+
+
+async def test_threads_are_refused_to_the_wrong_peer_and_to_officers_without_the_right(trio: Trio) -> None:  # noqa: F811
+    ar, au, br = trio.ar, trio.au, trio.br
+    mark = canary()
+    marking = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    thread_id = await start_thread(ar, marking=marking, content=secret_content(mark))
+
+    # wrong peer: a reply or a formal request naming the ar-au thread cannot go to br.mjsp
+    confidential = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    consultation = {"thread_id": thread_id, "informal": True, "about": None}
+    before = await stored(ar.gw)
+    formal = {**example_request(RequestType.MLA_CRIMINAL).to_json(), "consultation_id": thread_id}
+    for draft in (
+        {"to": "br.mjsp", "kind": "request", "marking": confidential, "content": {"request": formal}},
+        {"to": "br.mjsp", "kind": "consultation", "marking": confidential, "content": {"consultation": consultation}},
+        {
+            "to": "br.mjsp",
+            "kind": "consultation",
+            "in_reply_to": thread_id,
+            "marking": confidential,
+            "content": {"consultation": consultation},
+        },
+    ):
+        status, body = await ar.call("POST", "/v1/messages", json=draft)
+        assert_problem(status, body, code="invalid-message")
+    after = await stored(ar.gw)
+    assert (after.messages, after.outbox, after.ledger) == (before.messages, before.outbox, before.ledger)
+    # ... nor can br.mjsp, skipping its own gateway's checks, write into it at au.ag
+    hostile = hostile_towards(br, au)
+    before = await stored(au.gw)
+    payload = hostile.payload(
+        kind="consultation",
+        in_reply_to=thread_id,
+        marking=confidential,
+        content={"consultation": consultation, "text": mark},
+    )
+    answer = await hostile.post(hostile.seal(payload))
+    await assert_envelope_refused(au, hostile, answer, before, http=400, code="invalid-message", secrets=[mark])
+
+    # au.ag: an officer assigned to the thread but not cleared for it reads nothing and cannot answer
+    olga = await as_user(au, ("olga", "officer"), clearance="CONFIDENTIAL")
+    # ar.mj: another officer of the same unit, not assigned, cannot act on alice's thread
+    bob = await as_user(ar, ("bob", "officer"))
+    try:
+        status, body = await au.call("POST", f"/v1/cases/{thread_id}/assign", json={"username": "olga"})
+        assert status == 200, body
+        status, body = await olga.call("GET", f"/v1/consultations/{thread_id}")
+        assert_problem(status, body, code="forbidden", secrets=[mark])
+        status, body = await olga.call("POST", f"/v1/messages/{thread_id}/open", json={"purpose": "review"})
+        assert_problem(status, body, code="forbidden", secrets=[mark])
+        before_au = len(await ledger(au.gw))
+        status, body = await olga.call(
+            "POST", f"/v1/consultations/{thread_id}/messages", json={"marking": marking, "content": {"text": mark}}
+        )
+        assert_problem(status, body, code="forbidden", secrets=[mark])
+        refused = (await ledger(au.gw))[before_au:]
+        assert [(e["type"], e["actor"], e["reason"]) for e in refused] == [
+            ("message.submit_refused", "user:olga", "forbidden")
+        ]
+
+        status, body = await bob.call("GET", "/v1/consultations")
+        assert status == 200 and body["consultations"] == [], body
+        before_ar = len(await ledger(ar.gw))
+        status, body = await bob.call(
+            "POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal, "marking": marking}
+        )
+        assert_problem(status, body, code="forbidden", secrets=[mark])
+        refused = (await ledger(ar.gw))[before_ar:]
+        assert [(e["type"], e["actor"], e["reason"]) for e in refused] == [
+            ("message.submit_refused", "user:bob", "forbidden")
+        ]
+        assert (await thread(ar, thread_id))["state"] == "open"
+        # a formal request coming out of the thread is not less protected than the thread
+        status, body = await ar.call(
+            "POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal, "marking": confidential}
+        )
+        assert_problem(status, body, code="marking-refused", secrets=[mark])
+        assert (await thread(ar, thread_id))["state"] == "open"
+    finally:
+        await close_sessions(olga, bob)
+
+
+async def test_bad_input_changes_nothing(pair: Pair) -> None:
+    mark = canary()
+    case_id = await send_complete(pair)
+    before, threads = await stored(pair.ar.gw), await counts(pair.ar.gw)
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        ("/v1/consultations", {"to": "au.ag", "content": {"consultation": mark}}, "invalid-message"),
+        ("/v1/consultations", {"to": "au.ag", "content": {"request": mark}}, "invalid-message"),
+        ("/v1/consultations", {"to": "au.ag", "content": {"text": mark}, "about": "x" + mark}, "invalid-message"),
+        (
+            "/v1/consultations",
+            {"to": "au.ag", "content": {"text": mark}, "draft_request": {"type": mark}},
+            "invalid-message",
+        ),
+        ("/v1/consultations", {"to": "au.ag", "content": {"text": mark}, "extra": mark}, "invalid-message"),
+        ("/v1/consultations", {"content": {"text": mark}}, "invalid-message"),
+        # about a case that is not a case shared with that peer (a message id that is no case)
+        (
+            "/v1/consultations",
+            {"to": "au.ag", "content": {"text": mark}, "about": case_id.replace(case_id[-4:], "aaaa")},
+            "invalid-message",
+        ),
+        # a consultation through the message route must name its thread
+        ("/v1/messages", {"to": "au.ag", "kind": "consultation", "content": {"text": mark}}, "invalid-message"),
+        (
+            "/v1/messages",
+            {"to": "au.ag", "kind": "request", "content": {"consultation": {"x": mark}}},
+            "invalid-message",
+        ),
+    ]
+    for path, body, code in bad:
+        status, answer = await pair.ar.call("POST", path, json=body)
+        assert_problem(status, answer, code=code, secrets=[mark])
+    status, answer = await pair.ar.call("POST", f"/v1/consultations/{case_id}/convert", json={"request": {}})
+    assert_problem(status, answer, code="not-found", secrets=[mark])
+    after = await stored(pair.ar.gw)
+    assert (after.messages, after.outbox, after.ledger) == (before.messages, before.outbox, before.ledger)
+    assert await counts(pair.ar.gw) == threads
+
+
+async def test_a_request_out_of_a_thread_the_receiver_converted_meanwhile_is_accepted(pair: Pair) -> None:
+    """Both sides convert at once: each keeps its first conversion and the other's formal request still arrives."""
+    thread_id = await start_thread(pair.ar, content={"text": "Shall we?"})
+    formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+    status, body = await pair.au.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+    assert status == 202, body
+    ours = body["id"]
+    await wait_for(pair.au, ours, "delivered")
+    # ar.mj's own conversion, crossing ours on the way (sent as its gateway would, before it received ours)
+    hostile = hostile_towards(pair.ar, pair.au)
+    crossing = hostile.payload(
+        kind="request", marking=MARKING, content={"request": {**formal, "consultation_id": thread_id}}
+    )
+    answer = await hostile.post(hostile.seal(crossing))
+    assert answer.status == 200, answer.raw
+    assert await case_state(pair.au, crossing.id) == ("received", None)
+    for side in (pair.ar, pair.au):
+        body = await thread(side, thread_id)
+        assert (body["state"], body["converted_request_id"]) == ("converted", ours), body
+    converted = [e for e in await ledger(pair.au.gw) if e["type"] == "consultation.converted"]
+    assert [(e["actor"], e["related_id"]) for e in converted] == [("user:bruce", ours)]
+
+
+async def test_a_thread_carries_attachments_like_any_message(pair: Pair) -> None:
+    data = b"%PDF draft translation " * 4000
+    thread = {"to": "au.ag", "marking": MARKING, "content": {"text": "The draft and its translation"}}
+    status, body = await post_form(pair.ar, "/v1/consultations", thread, data, "translation.pdf")
+    assert status == 202, body
+    thread_id = body["id"]
+    await wait_for(pair.ar, thread_id, "delivered")
+    status, got = await pair.au.call("GET", f"/v1/messages/{thread_id}/attachments/0")
+    assert status == 200 and got == data
+    status, body = await post_form(
+        pair.au, f"/v1/consultations/{thread_id}/messages", {"content": {"text": "annotated"}}, data[::-1], "a.pdf"
+    )
+    assert status == 202, body
+    await wait_for(pair.au, body["id"], "delivered")
+    status, got = await pair.ar.call("GET", f"/v1/messages/{body['id']}/attachments/0")
+    assert status == 200 and got == data[::-1]
