@@ -30,6 +30,7 @@ from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
+from store.case_stats import ANSWER_MILESTONES, CaseStats
 from store.cases import Cases
 from store.messages import AttachmentRow, Messages
 from store.users import User
@@ -216,6 +217,17 @@ async def _persist(
                 state=case_state,
                 request_type=completeness.request_type,
             )
+            if case_state is not None:  # statistics: the request's coded facets, never its content
+                await CaseStats.open(
+                    tx.conn,
+                    case_id,
+                    direction="out",
+                    counterpart=payload.to,
+                    country=gw.directory.authority(payload.to).country,
+                    at=now,
+                    state=case_state,
+                    facets=completeness.facets,
+                )
         await Messages.insert(
             tx.conn,
             id=payload.id,
@@ -234,7 +246,7 @@ async def _persist(
             attachment_rows=[row for row, _ in files],
         )
         await gw.outbox.enqueue(tx.conn, payload.id, payload.to, now)
-        tx.record_message(EventType.SUBMITTED, actor, payload, digest)
+        tx.record_message(EventType.SUBMITTED, actor, payload, digest, at=now)
         if completeness.overridden:  # the reason travels in the signed content (check_override), not the ledger
             tx.record(EventType.REQUEST_CHECK_OVERRIDDEN, actor, message_id=payload.id, to=payload.to)
         if outgoing.downgraded_from is not None:
@@ -249,8 +261,9 @@ async def _persist(
         effect = ANSWER_EFFECTS.get(payload.kind)
         if outgoing.answers and payload.in_reply_to is not None and effect is not None:
             event, state = effect
-            tx.record(event, actor, message_id=payload.in_reply_to, related_id=payload.id)
+            tx.record(event, actor, at=now, message_id=payload.in_reply_to, related_id=payload.id)
             await Messages.update(tx.conn, payload.in_reply_to, state=state)
+            await CaseStats.milestone(tx.conn, payload.in_reply_to, ANSWER_MILESTONES[event], now)
         return await done(None)
 
     await gw.commit(unit)

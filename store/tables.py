@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -31,6 +32,8 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "attachments",
     "case_assignments",
+    "case_stats",
+    "case_stats_codes",
     "cases",
     "checkpoints",
     "consents",
@@ -129,6 +132,50 @@ case_assignments = Table(
     Column("assigned_by", String(64), nullable=False),
     Column("assigned_at", TZ, nullable=False),
     PrimaryKeyConstraint("case_id", "user_id"),
+)
+
+# statistics (store/stats.py): one row per case a request opened, with the request's coded facets only (no content,
+# docs/requests.md "Statistics") and its milestone times, each equal to the time of the ledger entry that marks it
+case_stats = Table(
+    "case_stats",
+    metadata,
+    Column("case_id", String(36), primary_key=True),  # the request's message id
+    Column("direction", String(3), nullable=False),  # "out": we asked; "in": we were asked
+    Column("counterpart", String(40), nullable=False),  # the other authority's directory id
+    Column("country", String(2), nullable=False),  # its ISO 3166-1 alpha-2 country, from the directory
+    Column("opened_at", TZ, nullable=False),  # message.submitted (out) or message.received (in)
+    Column("year", Integer, nullable=False),  # of opened_at, UTC
+    Column("request_type", String(40), nullable=True),
+    Column("legal_basis", String(12), nullable=True),  # uncac | treaty | reciprocity
+    Column("uncac_article", Integer, nullable=True),
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("deadline", Date, nullable=True),  # the suggested deadline date (art. 46(24))
+    Column("state", String(40), nullable=False),  # as cases.state
+    Column("outcome", String(20), nullable=True),  # executed | refused | withdrawn, once reached
+    Column("start_at", TZ, nullable=True),  # in: received; out: message.sent (transmission began)
+    Column("acknowledged_at", TZ, nullable=True),
+    Column("first_answer_at", TZ, nullable=True),
+    Column("executed_at", TZ, nullable=True),
+    Column("outcome_at", TZ, nullable=True),
+    Column("closed_at", TZ, nullable=True),
+    Index("ix_case_stats_direction_year", "direction", "year"),
+    Index("ix_case_stats_direction_opened", "direction", "opened_at"),
+    Index("ix_case_stats_counterpart", "counterpart"),
+    Index("ix_case_stats_country", "country"),
+    Index("ix_case_stats_type", "request_type"),
+    Index("ix_case_stats_state", "state"),
+    Index("ix_case_stats_deadline", "deadline"),
+)
+
+# the multi-valued facets of a case: offence articles, assistance-sought codes, refusal grounds (codes only)
+case_stats_codes = Table(
+    "case_stats_codes",
+    metadata,
+    Column("case_id", String(36), ForeignKey("case_stats.case_id"), nullable=False),
+    Column("facet", String(16), nullable=False),  # offence | assistance | refusal_ground
+    Column("code", String(40), nullable=False),
+    PrimaryKeyConstraint("case_id", "facet", "code"),
+    Index("ix_case_stats_codes_facet_code", "facet", "code", "case_id"),
 )
 
 # an originator's signed consent to pass a message's content on to a third authority (use limitation, no-onward)

@@ -20,6 +20,7 @@ _COMMANDS = {
     "demo": "gateway.cli.demo:demo",
     "request": "gateway.cli.request:request",
     "audit": "gateway.cli.audit:audit",
+    "stats": "gateway.cli.stats:stats",
 }
 
 

@@ -1,0 +1,103 @@
+"""The write side of statistics: a case's coded facets when its request is sent or received, and its milestones.
+
+Every call runs in the caller's transaction, the one that records the ledger event marking the same step, and is
+given that event's time: a milestone time here always equals the time of its ledger entry. Only the first
+acknowledgement, answer, execution, outcome and closure count (a later one changes nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol.events import EventType
+from protocol.stats import OUTCOME_STATES, Facets
+from store.tables import case_stats, case_stats_codes
+
+__all__ = ["ANSWER_MILESTONES", "CaseStats"]
+
+_MILESTONES: Final = frozenset({"start_at", "acknowledged_at", "first_answer_at"})
+# an answer's ledger event on the request it answers -> the milestone it marks (the first one counts)
+ANSWER_MILESTONES: Final = {EventType.ACKNOWLEDGED: "acknowledged_at", EventType.ANSWERED: "first_answer_at"}
+
+
+class CaseStats:
+    @staticmethod
+    async def open(
+        conn: AsyncConnection,
+        case_id: str,
+        *,
+        direction: str,
+        counterpart: str,
+        country: str,
+        at: datetime,
+        state: str,
+        facets: Facets,
+    ) -> None:
+        """The row of a case a request opened (``at``: the time of message.submitted or message.received)."""
+        await conn.execute(
+            insert(case_stats).values(
+                case_id=case_id,
+                direction=direction,
+                counterpart=counterpart,
+                country=country,
+                opened_at=at,
+                year=at.year,
+                request_type=facets.request_type,
+                legal_basis=facets.legal_basis,
+                uncac_article=facets.uncac_article,
+                urgent=facets.urgent,
+                deadline=facets.deadline,
+                state=state,
+                start_at=at if direction == "in" else None,
+            )
+        )
+        codes = [("offence", code) for code in facets.offences] + [("assistance", code) for code in facets.assistance]
+        await CaseStats._codes(conn, case_id, codes)
+
+    @staticmethod
+    async def _codes(conn: AsyncConnection, case_id: str, codes: Iterable[tuple[str, str]]) -> None:
+        rows = [{"case_id": case_id, "facet": facet, "code": code} for facet, code in codes]
+        if rows:
+            await conn.execute(insert(case_stats_codes), rows)
+
+    @staticmethod
+    async def milestone(conn: AsyncConnection, case_id: str, column: str, at: datetime) -> None:
+        """``start_at`` (sent), ``acknowledged_at`` or ``first_answer_at``, the first time only; a message that is
+        not a request's case changes nothing."""
+        if column not in _MILESTONES:
+            raise ValueError(f"not a milestone: {column}")
+        target = case_stats.c[column]
+        await conn.execute(
+            update(case_stats).where(case_stats.c.case_id == case_id, target.is_(None)).values({target: at})
+        )
+
+    @staticmethod
+    async def moved(
+        conn: AsyncConnection, case_id: str, state: str, at: datetime, *, refusal_grounds: Iterable[str] = ()
+    ) -> None:
+        """The case moved to ``state`` (ours or the counterpart's transition, as cases.state); ``at`` is the time of
+        its ``case.state_changed`` entry."""
+        await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(state=state))
+        first = {
+            "acknowledged": case_stats.c.acknowledged_at,
+            "executed": case_stats.c.executed_at,
+            "closed": case_stats.c.closed_at,
+        }
+        if state in first:
+            column = first[state]
+            await conn.execute(
+                update(case_stats).where(case_stats.c.case_id == case_id, column.is_(None)).values({column: at})
+            )
+        if state in OUTCOME_STATES:
+            reached = await conn.execute(
+                update(case_stats)
+                .where(case_stats.c.case_id == case_id, case_stats.c.outcome.is_(None))
+                .values(outcome=state, outcome_at=at)
+            )
+            if state == "refused" and reached.rowcount == 1:  # the grounds of the (one) refusal, codes only
+                await CaseStats._codes(conn, case_id, [("refusal_ground", g) for g in sorted(set(refusal_grounds))])

@@ -1,0 +1,138 @@
+"""statistics: coded facets and milestone times of each request's case (case_stats, case_stats_codes)
+
+Cases opened before this revision get a row with what the database knows without decrypting anything: direction,
+counterpart, country, opening time, type and state (no facets, no milestones: their requests are encrypted).
+
+Revision ID: 0008
+Revises: 0005
+Create Date: 2026-11-28 10:30:00.000000
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "case_stats",
+        sa.Column("case_id", sa.String(length=36), nullable=False),
+        sa.Column("direction", sa.String(length=3), nullable=False),
+        sa.Column("counterpart", sa.String(length=40), nullable=False),
+        sa.Column("country", sa.String(length=2), nullable=False),
+        sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("year", sa.Integer(), nullable=False),
+        sa.Column("request_type", sa.String(length=40), nullable=True),
+        sa.Column("legal_basis", sa.String(length=12), nullable=True),
+        sa.Column("uncac_article", sa.Integer(), nullable=True),
+        sa.Column("urgent", sa.Boolean(), nullable=False),
+        sa.Column("deadline", sa.Date(), nullable=True),
+        sa.Column("state", sa.String(length=40), nullable=False),
+        sa.Column("outcome", sa.String(length=20), nullable=True),
+        sa.Column("start_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("first_answer_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("executed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("outcome_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("case_id", name=op.f("pk_case_stats")),
+    )
+    with op.batch_alter_table("case_stats", schema=None) as batch_op:
+        batch_op.create_index("ix_case_stats_direction_year", ["direction", "year"], unique=False)
+        batch_op.create_index("ix_case_stats_direction_opened", ["direction", "opened_at"], unique=False)
+        batch_op.create_index("ix_case_stats_counterpart", ["counterpart"], unique=False)
+        batch_op.create_index("ix_case_stats_country", ["country"], unique=False)
+        batch_op.create_index("ix_case_stats_type", ["request_type"], unique=False)
+        batch_op.create_index("ix_case_stats_state", ["state"], unique=False)
+        batch_op.create_index("ix_case_stats_deadline", ["deadline"], unique=False)
+    op.create_table(
+        "case_stats_codes",
+        sa.Column("case_id", sa.String(length=36), nullable=False),
+        sa.Column("facet", sa.String(length=16), nullable=False),
+        sa.Column("code", sa.String(length=40), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["case_id"], ["case_stats.case_id"], name=op.f("fk_case_stats_codes_case_id_case_stats")
+        ),
+        sa.PrimaryKeyConstraint("case_id", "facet", "code", name=op.f("pk_case_stats_codes")),
+    )
+    with op.batch_alter_table("case_stats_codes", schema=None) as batch_op:
+        batch_op.create_index("ix_case_stats_codes_facet_code", ["facet", "code", "case_id"], unique=False)
+    _backfill()
+
+
+def _backfill() -> None:
+    """A row for every existing request case, from the cases and messages tables (nothing is decrypted)."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text(
+            "SELECT c.id, c.created_at, c.state, c.request_type, m.direction, m.peer"
+            " FROM cases c JOIN messages m ON m.id = c.id WHERE c.state IS NOT NULL"
+        )
+    ).fetchall()
+    table = sa.table(
+        "case_stats",
+        sa.column("case_id"),
+        sa.column("direction"),
+        sa.column("counterpart"),
+        sa.column("country"),
+        sa.column("opened_at", sa.DateTime(timezone=True)),
+        sa.column("year"),
+        sa.column("request_type"),
+        sa.column("urgent"),
+        sa.column("state"),
+        sa.column("start_at", sa.DateTime(timezone=True)),
+    )
+    values = []
+    naive = bind.dialect.name == "sqlite"  # the store keeps naive UTC there (store/tables.py UTCDateTime)
+    for row in rows:
+        opened = _utc(row.created_at)
+        stored = opened.replace(tzinfo=None) if naive else opened
+        values.append(
+            {
+                "case_id": row.id,
+                "direction": row.direction,
+                "counterpart": row.peer,
+                "country": row.peer[:2].upper(),
+                "opened_at": stored,
+                "year": opened.year,
+                "request_type": row.request_type,
+                "urgent": False,
+                "state": row.state,
+                "start_at": stored if row.direction == "in" else None,
+            }
+        )
+    if values:
+        op.bulk_insert(table, values)
+
+
+def _utc(value: object) -> datetime:
+    if isinstance(value, str):  # SQLite hands back text through a bare text() query
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("case_stats_codes", schema=None) as batch_op:
+        batch_op.drop_index("ix_case_stats_codes_facet_code")
+    op.drop_table("case_stats_codes")
+    with op.batch_alter_table("case_stats", schema=None) as batch_op:
+        for name in (
+            "ix_case_stats_deadline",
+            "ix_case_stats_state",
+            "ix_case_stats_type",
+            "ix_case_stats_country",
+            "ix_case_stats_counterpart",
+            "ix_case_stats_direction_opened",
+            "ix_case_stats_direction_year",
+        ):
+            batch_op.drop_index(name)
+    op.drop_table("case_stats")
