@@ -54,7 +54,8 @@ def _closed() -> ColumnElement[bool]:
 
 
 def _has_code(facet: str, code: str) -> ColumnElement[bool]:
-    return exists().where(codes.c.case_id == cs.c.case_id, codes.c.facet == facet, codes.c.code == code)
+    other = codes.alias()  # the statistic itself may join the codes table: correlate on the case only
+    return exists().where(other.c.case_id == cs.c.case_id, other.c.facet == facet, other.c.code == code)
 
 
 def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
@@ -81,10 +82,11 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
     if f.status is not None:
         where.append(_closed() if f.status == "closed" else not_(_closed()))
     if f.officer is not None:
+        assigned, officer = case_assignments.alias(), users.alias()  # by-officer joins the tables themselves
         where.append(
             exists()
-            .where(case_assignments.c.case_id == cs.c.case_id, users.c.id == case_assignments.c.user_id)
-            .where(users.c.username == f.officer)
+            .where(assigned.c.case_id == cs.c.case_id, officer.c.id == assigned.c.user_id)
+            .where(officer.c.username == f.officer)
         )
     return where
 

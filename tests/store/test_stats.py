@@ -224,6 +224,13 @@ async def test_every_statistic_matches_the_hand_computed_figures(engine: AsyncEn
         ),
         ({"state": "open"}, Statistic.BY_YEAR, [("incoming", 2026, 1), ("outgoing", 2025, 1), ("outgoing", 2026, 1)]),
         ({"state": "closed", "direction": "out"}, Statistic.BY_YEAR, []),
+        # a filter on the table the statistic itself joins
+        (
+            {"offence": "23"},
+            Statistic.BY_OFFENCE,
+            [("incoming", "15", 1), ("incoming", "23", 2), ("outgoing", "23", 1)],
+        ),
+        ({"officer": "pete"}, Statistic.BY_OFFICER, [("incoming", "olga", 1), ("incoming", "pete", 1)]),
         ({"officer": "olga"}, Statistic.BY_TYPE, [("incoming", "extradition", 1), ("incoming", "mla-criminal", 1)]),
         ({"legal_basis": "uncac", "to": "2025"}, Statistic.BY_COUNTERPART, [("incoming", "ar.mj", 1)]),
         (

@@ -2,6 +2,7 @@
 
 Cases opened before this revision get a row with what the database knows without decrypting anything: direction,
 counterpart, country, opening time, type and state (no facets, no milestones: their requests are encrypted).
+Supervisors' and auditors' tokens that carry ``ledger:read`` gain the new ``stats:read`` scope.
 
 Revision ID: 0008
 Revises: 0005
@@ -66,6 +67,25 @@ def upgrade() -> None:
     with op.batch_alter_table("case_stats_codes", schema=None) as batch_op:
         batch_op.create_index("ix_case_stats_codes_facet_code", ["facet", "code", "case_id"], unique=False)
     _backfill()
+    _grant_stats_scope()
+
+
+def _grant_stats_scope() -> None:
+    """Supervisors' and auditors' tokens that read the ledger gain the new ``stats:read`` scope (aggregates of
+    the same metadata); a token issued without ``ledger:read`` keeps exactly what it had."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text(
+            "SELECT t.token_hash, t.scopes, u.role FROM tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE u.role IN ('supervisor', 'auditor')"
+        )
+    ).fetchall()
+    for row in rows:
+        if "ledger:read" in row.scopes.split():
+            bind.execute(
+                sa.text("UPDATE tokens SET scopes = :scopes WHERE token_hash = :hash"),
+                {"scopes": " ".join(sorted({*row.scopes.split(), "stats:read"})), "hash": row.token_hash},
+            )
 
 
 def _backfill() -> None:
