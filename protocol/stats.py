@@ -30,18 +30,23 @@ from protocol.messages import AUTHORITY_ID_RE
 from protocol.requests import AssistanceSought, OffenceArticle, Request, RequestType
 
 __all__ = [
+    "ASSISTANCE_BITS",
     "CLOSED_STATES",
     "FILTER_NAMES",
     "LEGAL_BASIS_KINDS",
     "MILESTONES",
+    "OFFENCE_BITS",
     "OUTCOME_STATES",
+    "REFUSAL_GROUND_BITS",
     "Facets",
     "Filters",
     "InvalidFilter",
     "Statistic",
     "StatTable",
     "facets_of",
+    "codes_of",
     "facets_of_content",
+    "mask_of",
     "parse_filters",
     "parse_statistic",
     "percentile",
@@ -53,6 +58,47 @@ LEGAL_BASIS_KINDS: Final = ("uncac", "treaty", "reciprocity")
 # the decision a case reached; a case with one of these states (or closed) is closed for statistics
 OUTCOME_STATES: Final = frozenset({State.EXECUTED.value, State.REFUSED.value, State.WITHDRAWN.value})
 CLOSED_STATES: Final = OUTCOME_STATES | {State.CLOSED.value}
+
+
+# Multi-valued facets are stored as bit masks (one integer column each): bit i is set when the case has the code at
+# position i. APPEND ONLY: a stored mask means what these tuples said when it was written
+# (tests/protocol/test_stats.py checks that every enum value has a bit).
+OFFENCE_BITS: Final = ("15", "16(1)", "16(2)", "17", "18", "19", "20", "21", "22", "23", "24", "25")
+ASSISTANCE_BITS: Final = (
+    "taking-evidence",
+    "service-of-documents",
+    "search-seizure-freezing",
+    "examining-objects-sites",
+    "information-evidence-experts",
+    "documents-records",
+    "tracing-proceeds",
+    "voluntary-appearance",
+    "other",
+    "chapter-v-identify-freeze-trace",
+    "chapter-v-recovery",
+)
+REFUSAL_GROUND_BITS: Final = (
+    "46(21)(a)",
+    "46(21)(b)",
+    "46(21)(c)",
+    "46(21)(d)",
+    "no-dual-criminality",
+    "de-minimis",
+    "44(11)",
+    "44(15)",
+    "44(8)",
+    "bank-secrecy",
+    "fiscal-matters",
+)
+
+
+def mask_of(codes: Sequence[str] | frozenset[str] | set[str], bits: Sequence[str]) -> int:
+    """The bit mask of ``codes`` (codes without a bit are ignored: only known codes are counted)."""
+    return sum(1 << bits.index(code) for code in set(codes) if code in bits)
+
+
+def codes_of(mask: int, bits: Sequence[str]) -> tuple[str, ...]:
+    return tuple(code for i, code in enumerate(bits) if mask & (1 << i))
 
 
 class InvalidFilter(InvalidMessage):

@@ -15,8 +15,8 @@ from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.events import EventType
-from protocol.stats import OUTCOME_STATES, Facets
-from store.tables import case_stats, case_stats_codes
+from protocol.stats import ASSISTANCE_BITS, OFFENCE_BITS, OUTCOME_STATES, REFUSAL_GROUND_BITS, Facets, mask_of
+from store.tables import case_stats
 
 __all__ = ["ANSWER_MILESTONES", "CaseStats"]
 
@@ -51,19 +51,13 @@ class CaseStats:
                 legal_basis=facets.legal_basis,
                 uncac_article=facets.uncac_article,
                 urgent=facets.urgent,
+                offences=mask_of(facets.offences, OFFENCE_BITS),
+                assistance=mask_of(facets.assistance, ASSISTANCE_BITS),
                 deadline=facets.deadline,
                 state=state,
                 start_at=at if direction == "in" else None,
             )
         )
-        codes = [("offence", code) for code in facets.offences] + [("assistance", code) for code in facets.assistance]
-        await CaseStats._codes(conn, case_id, codes)
-
-    @staticmethod
-    async def _codes(conn: AsyncConnection, case_id: str, codes: Iterable[tuple[str, str]]) -> None:
-        rows = [{"case_id": case_id, "facet": facet, "code": code} for facet, code in codes]
-        if rows:
-            await conn.execute(insert(case_stats_codes), rows)
 
     @staticmethod
     async def milestone(conn: AsyncConnection, case_id: str, column: str, at: datetime) -> None:
@@ -94,10 +88,10 @@ class CaseStats:
                 update(case_stats).where(case_stats.c.case_id == case_id, column.is_(None)).values({column: at})
             )
         if state in OUTCOME_STATES:
-            reached = await conn.execute(
+            # the first outcome only; a refusal with its grounds (codes only)
+            grounds = mask_of(set(refusal_grounds), REFUSAL_GROUND_BITS) if state == "refused" else 0
+            await conn.execute(
                 update(case_stats)
                 .where(case_stats.c.case_id == case_id, case_stats.c.outcome.is_(None))
-                .values(outcome=state, outcome_at=at)
+                .values(outcome=state, outcome_at=at, refusal_grounds=grounds)
             )
-            if state == "refused" and reached.rowcount == 1:  # the grounds of the (one) refusal, codes only
-                await CaseStats._codes(conn, case_id, [("refusal_ground", g) for g in sorted(set(refusal_grounds))])

@@ -17,13 +17,23 @@ from sqlalchemy import ColumnElement, and_, case, exists, extract, func, not_, s
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
-from protocol.stats import CLOSED_STATES, MILESTONES, Filters, Statistic, StatTable, percentile, seconds
-from store.tables import case_assignments, case_stats, case_stats_codes, users
+from protocol.stats import (
+    ASSISTANCE_BITS,
+    CLOSED_STATES,
+    MILESTONES,
+    OFFENCE_BITS,
+    REFUSAL_GROUND_BITS,
+    Filters,
+    Statistic,
+    StatTable,
+    percentile,
+    seconds,
+)
+from store.tables import case_assignments, case_stats, users
 
 __all__ = ["compute", "overdue_condition"]
 
 cs = case_stats
-codes = case_stats_codes
 _DIRECTION: Final = {"in": "incoming", "out": "outgoing"}
 _UNKNOWN: Final = "unknown"
 
@@ -37,11 +47,11 @@ _COLUMN_KEYS: Final = {
     Statistic.BY_OUTCOME: cs.c.outcome,
     Statistic.BY_STATE: cs.c.state,
 }
-# statistic -> the multi-valued facet it groups by (a case counts once under each of its codes)
+# statistic -> the bit-mask column of a multi-valued facet and its codes (a case counts under each of its codes)
 _CODE_KEYS: Final = {
-    Statistic.BY_OFFENCE: "offence",
-    Statistic.BY_ASSISTANCE: "assistance",
-    Statistic.BY_REFUSAL_GROUND: "refusal_ground",
+    Statistic.BY_OFFENCE: (cs.c.offences, OFFENCE_BITS),
+    Statistic.BY_ASSISTANCE: (cs.c.assistance, ASSISTANCE_BITS),
+    Statistic.BY_REFUSAL_GROUND: (cs.c.refusal_grounds, REFUSAL_GROUND_BITS),
 }
 # milestone -> the column whose time ends the wait (it starts at start_at)
 _MILESTONE_COLUMNS: Final = dict(
@@ -53,9 +63,8 @@ def _closed() -> ColumnElement[bool]:
     return cs.c.state.in_(sorted(CLOSED_STATES))
 
 
-def _has_code(facet: str, code: str) -> ColumnElement[bool]:
-    other = codes.alias()  # the statistic itself may join the codes table: correlate on the case only
-    return exists().where(other.c.case_id == cs.c.case_id, other.c.facet == facet, other.c.code == code)
+def _has_code(column: Any, bits: Sequence[str], code: str) -> ColumnElement[bool]:
+    return column.op("&")(1 << bits.index(code)) != 0  # type: ignore[no-any-return]
 
 
 def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
@@ -76,9 +85,9 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
         if value is not None:
             where.append(column == value)
     if f.offence is not None:
-        where.append(_has_code("offence", f.offence))
+        where.append(_has_code(cs.c.offences, OFFENCE_BITS, f.offence))
     if f.assistance is not None:
-        where.append(_has_code("assistance", f.assistance))
+        where.append(_has_code(cs.c.assistance, ASSISTANCE_BITS, f.assistance))
     if f.status is not None:
         where.append(_closed() if f.status == "closed" else not_(_closed()))
     if f.officer is not None:
@@ -118,10 +127,17 @@ async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters,
         none = "pending" if statistic is Statistic.BY_OUTCOME else _UNKNOWN
         return StatTable(statistic, _counted((await conn.execute(query)).all(), none=none))
     if statistic in _CODE_KEYS:
-        joined = cs.join(codes, and_(codes.c.case_id == cs.c.case_id, codes.c.facet == _CODE_KEYS[statistic]))
-        query = select(direction, codes.c.code, func.count()).select_from(joined).where(*where)
-        query = query.group_by(direction, codes.c.code)
-        return StatTable(statistic, _counted((await conn.execute(query)).all()))
+        column, bits = _CODE_KEYS[statistic]
+        # one scan: a sum per code of whether its bit is set
+        sums = [func.sum(case((_has_code(column, bits, code), 1), else_=0)) for code in bits]
+        query = select(direction, *sums).where(*where, column != 0).group_by(direction)
+        counted = [
+            (row[0], code, int(row[1 + i] or 0))
+            for row in await conn.execute(query)
+            for i, code in enumerate(bits)
+            if row[1 + i]
+        ]
+        return StatTable(statistic, _counted(counted))
     if statistic is Statistic.BY_OFFICER:
         joined = cs.outerjoin(case_assignments, case_assignments.c.case_id == cs.c.case_id).outerjoin(
             users, users.c.id == case_assignments.c.user_id

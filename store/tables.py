@@ -33,7 +33,6 @@ __all__ = [
     "attachments",
     "case_assignments",
     "case_stats",
-    "case_stats_codes",
     "cases",
     "checkpoints",
     "consents",
@@ -149,6 +148,10 @@ case_stats = Table(
     Column("legal_basis", String(12), nullable=True),  # uncac | treaty | reciprocity
     Column("uncac_article", Integer, nullable=True),
     Column("urgent", Boolean, nullable=False, default=False),
+    # multi-valued facets as bit masks (protocol/stats.py OFFENCE_BITS, ASSISTANCE_BITS, REFUSAL_GROUND_BITS)
+    Column("offences", Integer, nullable=False, default=0),
+    Column("assistance", Integer, nullable=False, default=0),
+    Column("refusal_grounds", Integer, nullable=False, default=0),
     Column("deadline", Date, nullable=True),  # the suggested deadline date (art. 46(24))
     Column("state", String(40), nullable=False),  # as cases.state
     Column("outcome", String(20), nullable=True),  # executed | refused | withdrawn, once reached
@@ -165,17 +168,6 @@ case_stats = Table(
     Index("ix_case_stats_type", "request_type"),
     Index("ix_case_stats_state", "state"),
     Index("ix_case_stats_deadline", "deadline"),
-)
-
-# the multi-valued facets of a case: offence articles, assistance-sought codes, refusal grounds (codes only)
-case_stats_codes = Table(
-    "case_stats_codes",
-    metadata,
-    Column("case_id", String(36), ForeignKey("case_stats.case_id"), nullable=False),
-    Column("facet", String(16), nullable=False),  # offence | assistance | refusal_ground
-    Column("code", String(40), nullable=False),
-    PrimaryKeyConstraint("case_id", "facet", "code"),
-    Index("ix_case_stats_codes_facet_code", "facet", "code", "case_id"),
 )
 
 # an originator's signed consent to pass a message's content on to a third authority (use limitation, no-onward)

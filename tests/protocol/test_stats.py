@@ -10,14 +10,20 @@ from datetime import date
 import pytest
 
 from gateway.cli.request import example_request
-from protocol.requests import Request, RequestType
+from protocol.lifecycle import RefusalGround
+from protocol.requests import AssistanceSought, OffenceArticle, Request, RequestType
 from protocol.stats import (
+    ASSISTANCE_BITS,
+    OFFENCE_BITS,
+    REFUSAL_GROUND_BITS,
     Filters,
     InvalidFilter,
     Statistic,
     StatTable,
+    codes_of,
     facets_of,
     facets_of_content,
+    mask_of,
     parse_filters,
     parse_statistic,
     percentile,
@@ -118,3 +124,18 @@ def test_csv_escapes_separators_quotes_and_formulas() -> None:
         ["x", "", "0"],
     ]
     assert '"a,""b"""' in text
+
+
+def test_every_code_has_a_bit_and_masks_round_trip() -> None:
+    for enum_type, bits in (
+        (OffenceArticle, OFFENCE_BITS),
+        (AssistanceSought, ASSISTANCE_BITS),
+        (RefusalGround, REFUSAL_GROUND_BITS),
+    ):
+        assert set(bits) == {member.value for member in enum_type}, enum_type
+        assert len(bits) == len(set(bits)) <= 31  # a signed 32-bit column on both backends
+        assert codes_of(mask_of(set(bits), bits), bits) == bits
+    # positions are frozen: a stored mask keeps its meaning (append new codes at the end)
+    assert OFFENCE_BITS[:3] == ("15", "16(1)", "16(2)") and OFFENCE_BITS[9] == "23"
+    assert mask_of({"23", "15", "not-a-code"}, OFFENCE_BITS) == (1 << 0) | (1 << 9)
+    assert REFUSAL_GROUND_BITS[1] == "46(21)(b)" and ASSISTANCE_BITS[6] == "tracing-proceeds"

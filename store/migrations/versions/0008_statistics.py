@@ -1,4 +1,4 @@
-"""statistics: coded facets and milestone times of each request's case (case_stats, case_stats_codes)
+"""statistics: coded facets and milestone times of each request's case (case_stats)
 
 Cases opened before this revision get a row with what the database knows without decrypting anything: direction,
 counterpart, country, opening time, type and state (no facets, no milestones: their requests are encrypted).
@@ -35,6 +35,9 @@ def upgrade() -> None:
         sa.Column("legal_basis", sa.String(length=12), nullable=True),
         sa.Column("uncac_article", sa.Integer(), nullable=True),
         sa.Column("urgent", sa.Boolean(), nullable=False),
+        sa.Column("offences", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("assistance", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("refusal_grounds", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("deadline", sa.Date(), nullable=True),
         sa.Column("state", sa.String(length=40), nullable=False),
         sa.Column("outcome", sa.String(length=20), nullable=True),
@@ -54,18 +57,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_case_stats_type", ["request_type"], unique=False)
         batch_op.create_index("ix_case_stats_state", ["state"], unique=False)
         batch_op.create_index("ix_case_stats_deadline", ["deadline"], unique=False)
-    op.create_table(
-        "case_stats_codes",
-        sa.Column("case_id", sa.String(length=36), nullable=False),
-        sa.Column("facet", sa.String(length=16), nullable=False),
-        sa.Column("code", sa.String(length=40), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["case_id"], ["case_stats.case_id"], name=op.f("fk_case_stats_codes_case_id_case_stats")
-        ),
-        sa.PrimaryKeyConstraint("case_id", "facet", "code", name=op.f("pk_case_stats_codes")),
-    )
-    with op.batch_alter_table("case_stats_codes", schema=None) as batch_op:
-        batch_op.create_index("ix_case_stats_codes_facet_code", ["facet", "code", "case_id"], unique=False)
     _backfill()
     _grant_stats_scope()
 
@@ -141,9 +132,6 @@ def _utc(value: object) -> datetime:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("case_stats_codes", schema=None) as batch_op:
-        batch_op.drop_index("ix_case_stats_codes_facet_code")
-    op.drop_table("case_stats_codes")
     with op.batch_alter_table("case_stats", schema=None) as batch_op:
         for name in (
             "ix_case_stats_deadline",
