@@ -192,6 +192,13 @@ def generate(n: int, *, seed: int = 7, now: datetime = NOW) -> Generated:
         row["offences"] = mask_of(set(offences), OFFENCE_BITS)
         row["assistance"] = mask_of(set(rng.sample(assistance, k=rng.choice((1, 1, 2, 3)))), ASSISTANCE_BITS)
         _milestones(rng, row, start_at, age, grounds)
+        for wait, milestone in (
+            ("wait_acknowledge_ms", "acknowledged_at"),
+            ("wait_first_answer_ms", "first_answer_at"),
+            ("wait_execution_ms", "executed_at"),
+        ):  # as store/case_stats.py keeps them
+            reached = row[milestone]
+            row[wait] = None if reached is None else (reached - start_at) // timedelta(milliseconds=1)
         out.stats.append(row)
         out.cases.append(
             {
@@ -203,11 +210,13 @@ def generate(n: int, *, seed: int = 7, now: datetime = NOW) -> Generated:
                 "last_action_at": opened,
             }
         )
+        row["officer_id"] = None
         if direction == "out" or rng.random() < 0.85:
             for officer in rng.sample(range(1, officers + 1), k=1 if rng.random() < 0.9 else 2):
                 out.assignments.append(
                     {"case_id": case_id, "user_id": officer, "assigned_by": "user:sam", "assigned_at": opened}
                 )
+                row["officer_id"] = officer  # the latest assigned, as store/cases.py keeps it
     return out
 
 

@@ -227,6 +227,7 @@ async def _persist(
                     at=now,
                     state=case_state,
                     facets=completeness.facets,
+                    officer_id=None if user.id == SYSTEM_USER.id else user.id,
                 )
         await Messages.insert(
             tx.conn,

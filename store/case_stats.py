@@ -8,10 +8,10 @@ acknowledgement, answer, execution, outcome and closure count (a later one chang
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.events import EventType
@@ -37,6 +37,7 @@ class CaseStats:
         at: datetime,
         state: str,
         facets: Facets,
+        officer_id: int | None = None,
     ) -> None:
         """The row of a case a request opened (``at``: the time of message.submitted or message.received)."""
         await conn.execute(
@@ -55,6 +56,7 @@ class CaseStats:
                 assistance=mask_of(facets.assistance, ASSISTANCE_BITS),
                 deadline=facets.deadline,
                 state=state,
+                officer_id=officer_id,
                 start_at=at if direction == "in" else None,
             )
         )
@@ -66,9 +68,39 @@ class CaseStats:
         if column not in _MILESTONES:
             raise ValueError(f"not a milestone: {column}")
         target = case_stats.c[column]
-        await conn.execute(
+        result = await conn.execute(
             update(case_stats).where(case_stats.c.case_id == case_id, target.is_(None)).values({target: at})
         )
+        if result.rowcount == 1:
+            await CaseStats._waits(conn, case_id)
+
+    @staticmethod
+    async def assigned(conn: AsyncConnection, case_id: str, user_id: int) -> None:
+        """The officer most recently assigned to the case is the one statistics count it under."""
+        await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(officer_id=user_id))
+
+    @staticmethod
+    async def _waits(conn: AsyncConnection, case_id: str) -> None:
+        """The waits from ``start_at`` to each milestone reached, in whole milliseconds (whichever came first)."""
+        c = case_stats.c
+        row = (
+            await conn.execute(
+                select(c.start_at, c.acknowledged_at, c.first_answer_at, c.executed_at).where(c.case_id == case_id)
+            )
+        ).one()
+        if row.start_at is None:
+            return
+        waits = {
+            wait: (end - row.start_at) // timedelta(milliseconds=1)
+            for wait, end in (
+                ("wait_acknowledge_ms", row.acknowledged_at),
+                ("wait_first_answer_ms", row.first_answer_at),
+                ("wait_execution_ms", row.executed_at),
+            )
+            if end is not None
+        }
+        if waits:
+            await conn.execute(update(case_stats).where(c.case_id == case_id).values(**waits))
 
     @staticmethod
     async def moved(
@@ -84,9 +116,11 @@ class CaseStats:
         }
         if state in first:
             column = first[state]
-            await conn.execute(
+            result = await conn.execute(
                 update(case_stats).where(case_stats.c.case_id == case_id, column.is_(None)).values({column: at})
             )
+            if result.rowcount == 1 and state != "closed":
+                await CaseStats._waits(conn, case_id)
         if state in OUTCOME_STATES:
             # the first outcome only; a refusal with its grounds (codes only)
             grounds = mask_of(set(refusal_grounds), REFUSAL_GROUND_BITS) if state == "refused" else 0

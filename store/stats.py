@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, case, exists, extract, func, not_, select
+from sqlalchemy import ColumnElement, and_, case, func, not_, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
@@ -29,7 +30,7 @@ from protocol.stats import (
     percentile,
     seconds,
 )
-from store.tables import case_assignments, case_stats, users
+from store.tables import case_stats, users
 
 __all__ = ["compute", "overdue_condition"]
 
@@ -53,9 +54,9 @@ _CODE_KEYS: Final = {
     Statistic.BY_ASSISTANCE: (cs.c.assistance, ASSISTANCE_BITS),
     Statistic.BY_REFUSAL_GROUND: (cs.c.refusal_grounds, REFUSAL_GROUND_BITS),
 }
-# milestone -> the column whose time ends the wait (it starts at start_at)
-_MILESTONE_COLUMNS: Final = dict(
-    zip(MILESTONES, (cs.c.acknowledged_at, cs.c.first_answer_at, cs.c.executed_at), strict=True)
+# milestone -> the column holding the wait from start_at to it, in milliseconds
+_WAIT_COLUMNS: Final = dict(
+    zip(MILESTONES, (cs.c.wait_acknowledge_ms, cs.c.wait_first_answer_ms, cs.c.wait_execution_ms), strict=True)
 )
 
 
@@ -91,12 +92,8 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
     if f.status is not None:
         where.append(_closed() if f.status == "closed" else not_(_closed()))
     if f.officer is not None:
-        assigned, officer = case_assignments.alias(), users.alias()  # by-officer joins the tables themselves
-        where.append(
-            exists()
-            .where(assigned.c.case_id == cs.c.case_id, officer.c.id == assigned.c.user_id)
-            .where(officer.c.username == f.officer)
-        )
+        officer = users.alias()  # by-officer joins the users table itself
+        where.append(cs.c.officer_id == select(officer.c.id).where(officer.c.username == f.officer).scalar_subquery())
     return where
 
 
@@ -139,11 +136,12 @@ async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters,
         ]
         return StatTable(statistic, _counted(counted))
     if statistic is Statistic.BY_OFFICER:
-        joined = cs.outerjoin(case_assignments, case_assignments.c.case_id == cs.c.case_id).outerjoin(
-            users, users.c.id == case_assignments.c.user_id
+        # grouped on the row's officer id first; the few users are joined to the groups
+        grouped = select(direction, cs.c.officer_id, func.count().label("n")).where(*where)
+        groups = grouped.group_by(direction, cs.c.officer_id).subquery()
+        query = select(groups.c.direction, users.c.username, groups.c.n).select_from(
+            groups.outerjoin(users, users.c.id == groups.c.officer_id)
         )
-        query = select(direction, users.c.username, func.count()).select_from(joined).where(*where)
-        query = query.group_by(direction, users.c.username)
         return StatTable(statistic, _counted((await conn.execute(query)).all(), none="unassigned"))
     if statistic is Statistic.BY_LEGAL_BASIS:
         query = select(direction, cs.c.legal_basis, func.count()).where(*where).group_by(direction, cs.c.legal_basis)
@@ -171,35 +169,44 @@ async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters,
 
 
 async def _durations(conn: AsyncConnection, where: list[ColumnElement[bool]]) -> list[tuple[Any, ...]]:
-    """Median and 90th percentile of the waits from start_at to each milestone, per direction."""
+    """Median and 90th percentile of the waits from start_at to each milestone (kept in whole milliseconds with
+    the milestone, store/case_stats.py), per direction; a direction appears when one of its cases has started."""
     figures: dict[tuple[str, str], tuple[int, float | None, float | None]] = {}
     started = [*where, cs.c.start_at.is_not(None)]
     if conn.dialect.name == "postgresql":
-        columns: list[Any] = [cs.c.direction]
-        for column in _MILESTONE_COLUMNS.values():
-            wait = extract("epoch", column - cs.c.start_at)
-            columns += [
-                func.count(column),
-                func.percentile_cont(0.5).within_group(wait),
-                func.percentile_cont(0.9).within_group(wait),
-            ]
-        for row in await conn.execute(select(*columns).where(*started).group_by(cs.c.direction)):
+        # one scan: per direction (FILTER) and milestone, the count and both percentiles in one sort
+        columns: list[Any] = []
+        for d in _DIRECTION:
+            mine = cs.c.direction == d
+            columns.append(func.count().filter(mine))
+            for column in _WAIT_COLUMNS.values():
+                fractions = postgresql.array([0.5, 0.9])
+                columns += [
+                    func.count(column).filter(mine),
+                    func.percentile_cont(fractions).within_group(column).filter(mine),
+                ]
+        row = (await conn.execute(select(*columns).where(*started))).one()
+        for k, d in enumerate(_DIRECTION):
+            base = k * (1 + 2 * len(MILESTONES))
+            if not row[base]:
+                continue
             for i, milestone in enumerate(MILESTONES):
-                count, median, p90 = row[1 + 3 * i : 4 + 3 * i]
-                figures[(row[0], milestone)] = (int(count), _float(median), _float(p90))
+                count, both = row[base + 1 + 2 * i], row[base + 2 + 2 * i]
+                median, p90 = both if both is not None else (None, None)
+                figures[(d, milestone)] = (int(count), _ms(median), _ms(p90))
     else:
         waits: dict[tuple[str, str], list[float]] = defaultdict(list)
-        query = select(cs.c.direction, cs.c.start_at, *_MILESTONE_COLUMNS.values()).where(*started)
+        query = select(cs.c.direction, *_WAIT_COLUMNS.values()).where(*started)
         directions: set[str] = set()
         for row in await conn.execute(query):
             directions.add(row[0])
-            for milestone, end in zip(MILESTONES, row[2:], strict=True):
-                if end is not None:
-                    waits[(row[0], milestone)].append((end - row[1]).total_seconds())
+            for milestone, wait in zip(MILESTONES, row[1:], strict=True):
+                if wait is not None:
+                    waits[(row[0], milestone)].append(float(wait))
         for d in directions:
             for milestone in MILESTONES:
                 values = waits.get((d, milestone), [])
-                figures[(d, milestone)] = (len(values), percentile(values, 0.5), percentile(values, 0.9))
+                figures[(d, milestone)] = (len(values), _ms(percentile(values, 0.5)), _ms(percentile(values, 0.9)))
     rows = []
     for (d, milestone), (count, median, p90) in figures.items():
         rows.append((_DIRECTION[d], milestone, count, seconds(median), seconds(p90)))
@@ -207,5 +214,6 @@ async def _durations(conn: AsyncConnection, where: list[ColumnElement[bool]]) ->
     return sorted(rows, key=lambda row: (row[0], order[row[1]]))
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _ms(value: Any) -> float | None:
+    """Milliseconds (a percentile of whole milliseconds) to seconds."""
+    return None if value is None else float(value) / 1000

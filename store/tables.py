@@ -154,6 +154,7 @@ case_stats = Table(
     Column("refusal_grounds", Integer, nullable=False, default=0),
     Column("deadline", Date, nullable=True),  # the suggested deadline date (art. 46(24))
     Column("state", String(40), nullable=False),  # as cases.state
+    Column("officer_id", Integer, nullable=True),  # the officer most recently assigned (users.id), for by-officer
     Column("outcome", String(20), nullable=True),  # executed | refused | withdrawn, once reached
     Column("start_at", TZ, nullable=True),  # in: received; out: message.sent (transmission began)
     Column("acknowledged_at", TZ, nullable=True),
@@ -161,6 +162,10 @@ case_stats = Table(
     Column("executed_at", TZ, nullable=True),
     Column("outcome_at", TZ, nullable=True),
     Column("closed_at", TZ, nullable=True),
+    # waits from start_at to each milestone in milliseconds, kept with the milestone (what the percentiles sort)
+    Column("wait_acknowledge_ms", BigInteger, nullable=True),
+    Column("wait_first_answer_ms", BigInteger, nullable=True),
+    Column("wait_execution_ms", BigInteger, nullable=True),
     Index("ix_case_stats_direction_year", "direction", "year"),
     Index("ix_case_stats_direction_opened", "direction", "opened_at"),
     Index("ix_case_stats_counterpart", "counterpart"),

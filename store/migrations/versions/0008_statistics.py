@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("refusal_grounds", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("deadline", sa.Date(), nullable=True),
         sa.Column("state", sa.String(length=40), nullable=False),
+        sa.Column("officer_id", sa.Integer(), nullable=True),
         sa.Column("outcome", sa.String(length=20), nullable=True),
         sa.Column("start_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
@@ -47,6 +48,9 @@ def upgrade() -> None:
         sa.Column("executed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("outcome_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("wait_acknowledge_ms", sa.BigInteger(), nullable=True),
+        sa.Column("wait_first_answer_ms", sa.BigInteger(), nullable=True),
+        sa.Column("wait_execution_ms", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("case_id", name=op.f("pk_case_stats")),
     )
     with op.batch_alter_table("case_stats", schema=None) as batch_op:
@@ -122,6 +126,17 @@ def _backfill() -> None:
         )
     if values:
         op.bulk_insert(table, values)
+    # the officer most recently assigned to each case
+    latest: dict[str, int] = {}
+    for row in bind.execute(
+        sa.text("SELECT case_id, user_id FROM case_assignments ORDER BY assigned_at, user_id")
+    ).fetchall():
+        latest[row.case_id] = row.user_id
+    for case_id, user_id in latest.items():
+        bind.execute(
+            sa.text("UPDATE case_stats SET officer_id = :user_id WHERE case_id = :case_id"),
+            {"user_id": user_id, "case_id": case_id},
+        )
 
 
 def _utc(value: object) -> datetime:
