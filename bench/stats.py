@@ -1,7 +1,7 @@
 """``python -m bench.stats``: every statistic over 100,000 generated cases, on PostgreSQL (and SQLite).
 
 1. In a fresh PostgreSQL schema (or a SQLite file), migrated to head and dropped at the end, generate ``--cases``
-   realistic cases (:func:`generate`: eight years of growing volume, 60 counterparts in 45 countries with a long
+   realistic cases (:func:`generate`: eight years of growing volume, 60 counterparts in 30 countries with a long
    tail, the request types, legal bases, offences and assistance in the proportions a central authority sees,
    waiting times drawn from log-normal distributions, older cases more often decided and closed, 40 officers) and
    bulk insert them straight into ``users``, ``cases``, ``case_assignments`` and ``case_stats``; then

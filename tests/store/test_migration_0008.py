@@ -73,7 +73,7 @@ async def test_0008_backfills_request_cases_and_grants_stats_read(db_url: str) -
         await run_migrations(db_url)
         async with engine.connect() as conn:
             rows = {row.case_id: row for row in await conn.execute(select(case_stats))}
-            scopes = {row.token_id: set(row.scopes.split()) for row in await conn.execute(select(tokens))}
+            granted = {row.token_id: set(row.scopes.split()) for row in await conn.execute(select(tokens))}
     finally:
         await engine.dispose()
     assert set(rows) == {"r-in", "r-out"}  # a case without a life cycle was not opened by a request
@@ -83,5 +83,5 @@ async def test_0008_backfills_request_cases_and_grants_stats_read(db_url: str) -
     assert incoming.opened_at == incoming.start_at == T0
     assert (outgoing.direction, outgoing.country, outgoing.start_at, outgoing.officer_id) == ("out", "BR", None, None)
     assert (incoming.offences, incoming.legal_basis, incoming.acknowledged_at) == (0, None, None)
-    assert "stats:read" in scopes["sam"] and "stats:read" in scopes["audrey"]
-    assert scopes["narrow"] == {"messages:read"} and "stats:read" not in scopes["olga"]
+    assert "stats:read" in granted["sam"] and "stats:read" in granted["audrey"]
+    assert granted["narrow"] == {"messages:read"} and "stats:read" not in granted["olga"]
