@@ -30,6 +30,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.ledger
+	$(BIN)/python -m bench.stats --cases 100000 --backend postgresql
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ from gateway.notify import Notifier
 from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
+from gateway.stats_api import stats_routes
 from gateway.tls import server_context
 from store.ledger import WitnessState
 
@@ -76,6 +77,7 @@ def build_api_app(gw: Gateway) -> web.Application:
     app.add_routes(consultation_routes())
     app.add_routes(ledger_routes())
     app.add_routes(auth_routes())
+    app.add_routes(stats_routes())
     app.add_routes(
         [
             web.get("/v1/openapi.json", openapi),

@@ -89,6 +89,8 @@ ROUTE_SCOPES: Mapping[tuple[str, str], str | None] = MappingProxyType(
         ("GET", "/v1/ledger/entries"): "ledger:read",
         ("GET", "/v1/ledger/proofs/inclusion"): "ledger:read",
         ("GET", "/v1/ledger/proofs/consistency"): "ledger:read",
+        ("GET", "/v1/stats"): "stats:read",
+        ("GET", "/v1/stats/{name}"): "stats:read",
     }
 )
 

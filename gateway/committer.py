@@ -47,11 +47,14 @@ class Tx:
     # leave checkpoints to the checkpointer's tick (at least every second while the ledger grows)
     wants_checkpoint: bool = False
 
-    def record_message(self, type: EventType, actor: str, payload: MessagePayload, envelope_sha256: str) -> int:
+    def record_message(
+        self, type: EventType, actor: str, payload: MessagePayload, envelope_sha256: str, *, at: datetime | None = None
+    ) -> int:
         """Record an event about a whole message: its id, kind, parties, reply link, digest and marking."""
         return self.record(
             type,
             actor,
+            at=at,
             message_id=payload.id,
             kind=payload.kind.value,
             from_=payload.from_,

@@ -11,6 +11,7 @@ from typing import Any
 from gateway.auth import AUTH_OPENAPI_PATHS
 from gateway.casework_api import CASEWORK_OPENAPI_PATHS
 from protocol.messages import MessageKind
+from protocol.stats import FILTER_NAMES, Statistic
 
 __all__ = ["openapi_document"]
 
@@ -50,6 +51,47 @@ _DRAFT_BODY = {
         },
     },
 }
+
+
+def _stats_paths() -> dict[str, Any]:
+    """Statistics (gateway/stats_api.py; docs/requests.md "Statistics"): aggregates of codes, never content."""
+    filters = [{"name": name, "in": "query", "schema": {"type": "string"}} for name in FILTER_NAMES]
+    table = {
+        "type": "object",
+        "properties": {
+            "statistic": {"type": "string"},
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "filters": {"type": "object"},
+        },
+    }
+    denied = {"400": _PROBLEM, "401": _PROBLEM, "403": _PROBLEM}
+    return {
+        "/v1/stats": {
+            "get": {
+                "summary": "Every statistic under the filters (by-officer only with cases:assign)",
+                "parameters": filters,
+                "responses": {"200": _json_ok("Statistics", {"type": "object"}), **denied},
+            }
+        },
+        "/v1/stats/{name}": {
+            "get": {
+                "summary": "One statistic under the filters, as JSON or CSV",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"enum": [s.value for s in Statistic]}},
+                    {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
+                    *filters,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The statistic's table",
+                        "content": {"application/json": {"schema": table}, "text/csv": {}},
+                    },
+                    **denied,
+                },
+            }
+        },
+    }
 
 
 def _ledger_paths() -> dict[str, Any]:
@@ -400,6 +442,7 @@ def openapi_document() -> dict[str, Any]:
             },
             **_consultation_paths(),
             **_ledger_paths(),
+            **_stats_paths(),
             **AUTH_OPENAPI_PATHS,
             **CASEWORK_OPENAPI_PATHS,
             "/v1/openapi.json": {

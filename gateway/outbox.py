@@ -25,6 +25,7 @@ from gateway.witness import Witness
 from protocol.errors import ComityError
 from protocol.events import EventType
 from protocol.timefmt import parse_time
+from store.case_stats import CaseStats
 from store.messages import AttachmentRow, Messages
 from store.outbox import OutboxItem
 
@@ -228,6 +229,8 @@ class OutboxSender:
             common: dict[str, Any] = {"message_id": item.message_id, "to": peer.id, "envelope_sha256": digest}
             # "sent" is when the successful transmission began; "receipt recorded" is now
             tx.record(EventType.SENT, "system", at=sent_at, **common)
+            # statistics: a request's wait starts when its transmission began (a no-op for any other message)
+            await CaseStats.milestone(tx.conn, item.message_id, "start_at", sent_at)
             tx.record(
                 EventType.RECEIPT_RECORDED,
                 "system",

@@ -43,7 +43,9 @@ from protocol.lifecycle import Side
 from protocol.markings import CONFIDENTIALITY_CAVEAT
 from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
+from protocol.stats import facets_of_content
 from protocol.timefmt import format_time
+from store.case_stats import ANSWER_MILESTONES, CaseStats
 from store.cases import Cases, Consents
 from store.messages import AttachmentRow, MessageRow, Messages
 
@@ -259,7 +261,18 @@ async def _commit(
                 state="received" if request else None,
                 request_type=request_type_of(payload.content) if request else None,
             )
-        index = tx.record_message(EventType.RECEIVED, actor, payload, digest)
+            if request:  # statistics: the request's coded facets, extracted here where the plaintext is
+                await CaseStats.open(
+                    tx.conn,
+                    case_id,
+                    direction="in",
+                    counterpart=payload.from_,
+                    country=gw.directory.authority(payload.from_).country,
+                    at=now,
+                    state="received",
+                    facets=facets_of_content(payload.content),
+                )
+        index = tx.record_message(EventType.RECEIVED, actor, payload, digest, at=now)
         if context.consultation is not None:
             await context.consultation.apply(tx, payload.id, actor)
         if context.original is not None:
@@ -343,8 +356,12 @@ async def _record_answer(tx: Tx, context: _Context, kind: MessageKind, answer_id
         return
     event, state = effect
     original_id = context.original.id
+    now = tx.clock()
     # an acknowledgement says whether the requested State can keep the request confidential (art. 46(20))
-    tx.record(event, f"peer:{peer}", message_id=original_id, related_id=answer_id, state=context.confidentiality)
+    tx.record(
+        event, f"peer:{peer}", at=now, message_id=original_id, related_id=answer_id, state=context.confidentiality
+    )
+    await CaseStats.milestone(tx.conn, original_id, ANSWER_MILESTONES[event], now)
     changes: dict[str, str] = {"state": state}
     if context.confidentiality is not None:
         changes["confidentiality_answer"] = context.confidentiality

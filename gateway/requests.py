@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.committer import Finish, Tx, done
@@ -41,7 +41,9 @@ from protocol.lifecycle import (
 )
 from protocol.messages import Marking, MessageKind
 from protocol.requests import Request, RequestType
+from protocol.stats import Facets, facets_of
 from protocol.timefmt import format_time
+from store.case_stats import CaseStats
 from store.cases import Case, Cases
 from store.errors import Conflict
 from store.messages import Messages
@@ -75,6 +77,7 @@ class Completeness:
     content: dict[str, Any]
     overridden: bool = False
     request_type: str | None = None
+    facets: Facets = field(default_factory=Facets)  # the request's coded facets, for statistics (protocol/stats.py)
 
 
 def check_completeness(
@@ -86,13 +89,14 @@ def check_completeness(
         return Completeness({})
     request = Request.parse(content["request"])
     checklist = check_request(request, gw.directory.authority(to).request_requirements())
+    facets = facets_of(request)
     if checklist.complete:
-        return Completeness({}, request_type=request.type.value)
+        return Completeness({}, request_type=request.type.value, facets=facets)
     reason = (override_reason or "").strip()
     if not reason or user.role != "supervisor":
         raise IncompleteRequest(checklist)
     override = {"by": user.username, "reason": reason, "blocking": [item.element for item in checklist.blocking]}
-    return Completeness({"check_override": override}, overridden=True, request_type=request.type.value)
+    return Completeness({"check_override": override}, overridden=True, request_type=request.type.value, facets=facets)
 
 
 def request_type_of(content: dict[str, Any]) -> str | None:
@@ -176,7 +180,9 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
         now = tx.clock()
         if not await Cases.move(tx.conn, case_id, previous.value, new.value, now):
             raise Conflict(f"case {case_id} moved on meanwhile: it is no longer {previous.value}")
-        tx.record(EventType.CASE_STATE, actor, message_id=case_id, state=new.value)
+        tx.record(EventType.CASE_STATE, actor, at=now, message_id=case_id, state=new.value)
+        grounds = [ground.value for ground in refusal.grounds] if refusal is not None else []
+        await CaseStats.moved(tx.conn, case_id, new.value, now, refusal_grounds=grounds)
         return await done(format_time(now))
 
     at = await gw.commit(unit)
@@ -206,6 +212,7 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
 class StatusReport:
     state: State | None
     event: Event | None
+    refusal_grounds: tuple[str, ...] = ()  # the known ground codes a refusal names (statistics; codes only)
 
 
 def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusReport:
@@ -224,7 +231,12 @@ def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusR
         expected = EVENT_SIDE[event]
         if peer_side is not None and expected not in (Side.EITHER, peer_side):
             raise InvalidMessage(f"only the {expected.value} side may {event.value} a case")
-    return StatusReport(state, event)
+    refusal = content.get("refusal")
+    grounds: tuple[str, ...] = ()
+    if event is Event.REFUSE and isinstance(refusal, dict) and isinstance(refusal.get("grounds"), list):
+        known = RefusalGround._value2member_map_
+        grounds = tuple(sorted({g for g in refusal["grounds"] if isinstance(g, str) and g in known}))
+    return StatusReport(state, event, grounds)
 
 
 async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: str) -> None:
@@ -233,7 +245,9 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
         return
     await Cases.set_peer_state(tx.conn, case_id, report.state.value, adopt=report.event is not None)
     if report.event is not None:
-        tx.record(EventType.CASE_STATE, f"peer:{peer}", message_id=case_id, state=report.state.value)
+        now = tx.clock()
+        tx.record(EventType.CASE_STATE, f"peer:{peer}", at=now, message_id=case_id, state=report.state.value)
+        await CaseStats.moved(tx.conn, case_id, report.state.value, now, refusal_grounds=report.refusal_grounds)
 
 
 # --- status on demand (art. 46(24)) ----------------------------------------------------------------------------------

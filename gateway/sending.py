@@ -31,6 +31,7 @@ from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
+from store.case_stats import ANSWER_MILESTONES, CaseStats
 from store.cases import Cases
 from store.messages import AttachmentRow, Messages
 from store.outbox import DIRECT_LEASE
@@ -242,6 +243,18 @@ async def _persist(
                 state=case_state,
                 request_type=completeness.request_type,
             )
+            if case_state is not None:  # statistics: the request's coded facets, never its content
+                await CaseStats.open(
+                    tx.conn,
+                    case_id,
+                    direction="out",
+                    counterpart=payload.to,
+                    country=gw.directory.authority(payload.to).country,
+                    at=now,
+                    state=case_state,
+                    facets=completeness.facets,
+                    officer_id=None if user.id == SYSTEM_USER.id else user.id,
+                )
         await Messages.insert(
             tx.conn,
             id=payload.id,
@@ -262,7 +275,7 @@ async def _persist(
         await gw.outbox.enqueue(
             tx.conn, payload.id, payload.to, now, leased_until=now + DIRECT_LEASE if direct else None
         )
-        tx.record_message(EventType.SUBMITTED, actor, payload, digest)
+        tx.record_message(EventType.SUBMITTED, actor, payload, digest, at=now)
         if link is not None:
             await link.apply(tx, payload.id, actor)
         if completeness.overridden:  # the reason travels in the signed content (check_override), not the ledger
@@ -279,8 +292,9 @@ async def _persist(
         effect = ANSWER_EFFECTS.get(payload.kind)
         if outgoing.answers and payload.in_reply_to is not None and effect is not None:
             event, state = effect
-            tx.record(event, actor, message_id=payload.in_reply_to, related_id=payload.id)
+            tx.record(event, actor, at=now, message_id=payload.in_reply_to, related_id=payload.id)
             await Messages.update(tx.conn, payload.in_reply_to, state=state)
+            await CaseStats.milestone(tx.conn, payload.in_reply_to, ANSWER_MILESTONES[event], now)
         return await done(None)
 
     await gw.commit(unit)

@@ -40,13 +40,16 @@ __all__ = [
 ]
 
 ROLES = ("officer", "supervisor", "auditor", "admin")
-SCOPES = ("messages:read", "messages:write", "content:open", "cases:assign", "ledger:read", "admin")
+SCOPES = ("messages:read", "messages:write", "content:open", "cases:assign", "ledger:read", "stats:read", "admin")
 # what a role may hold; a token's scopes are a subset, intersected again with the role's on every request
 ROLE_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "officer": frozenset({"messages:read", "messages:write", "content:open"}),
-        "supervisor": frozenset({"messages:read", "messages:write", "content:open", "cases:assign", "ledger:read"}),
-        "auditor": frozenset({"messages:read", "ledger:read"}),  # metadata only: never content:open
+        "supervisor": frozenset(
+            {"messages:read", "messages:write", "content:open", "cases:assign", "ledger:read", "stats:read"}
+        ),
+        # metadata only: never content:open; statistics are aggregates of codes, not content
+        "auditor": frozenset({"messages:read", "ledger:read", "stats:read"}),
         "admin": frozenset({"admin", "messages:read", "ledger:read"}),  # manages accounts, never sees content
     }
 )

@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast
+from store.case_stats import CaseStats
 from store.errors import NotFound
 from store.tables import case_assignments, cases, consents, users
 
@@ -122,6 +123,7 @@ class Cases:
         await conn.execute(
             insert(case_assignments).values(case_id=case_id, user_id=user_id, assigned_by=by, assigned_at=now)
         )
+        await CaseStats.assigned(conn, case_id, user_id)  # statistics count a case under its latest officer
         if unit is not None:
             await conn.execute(cases.update().where(cases.c.id == case_id, cases.c.unit.is_(None)).values(unit=unit))
 

@@ -35,6 +35,7 @@ __all__ = [
     "case_dates",
     "case_flags",
     "case_work",
+    "case_stats",
     "cases",
     "consultation_drafts",
     "consultations",
@@ -189,6 +190,48 @@ oral_requests = Table(
     Column("marking_caveats", Text, nullable=False),  # canonical JSON list
     Column("task_id", Integer, ForeignKey("case_dates.id"), nullable=False),  # the confirm-in-writing task
     Column("confirmed_by", String(36), nullable=True),  # the written request's message id, once linked
+)
+
+# statistics (store/stats.py): one row per case a request opened, with the request's coded facets only (no content,
+# docs/requests.md "Statistics") and its milestone times, each equal to the time of the ledger entry that marks it
+case_stats = Table(
+    "case_stats",
+    metadata,
+    Column("case_id", String(36), primary_key=True),  # the request's message id
+    Column("direction", String(3), nullable=False),  # "out": we asked; "in": we were asked
+    Column("counterpart", String(40), nullable=False),  # the other authority's directory id
+    Column("country", String(2), nullable=False),  # its ISO 3166-1 alpha-2 country, from the directory
+    Column("opened_at", TZ, nullable=False),  # message.submitted (out) or message.received (in)
+    Column("year", Integer, nullable=False),  # of opened_at, UTC
+    Column("request_type", String(40), nullable=True),
+    Column("legal_basis", String(12), nullable=True),  # uncac | treaty | reciprocity
+    Column("uncac_article", Integer, nullable=True),
+    Column("urgent", Boolean, nullable=False, default=False),
+    # multi-valued facets as bit masks (protocol/stats.py OFFENCE_BITS, ASSISTANCE_BITS, REFUSAL_GROUND_BITS)
+    Column("offences", Integer, nullable=False, default=0),
+    Column("assistance", Integer, nullable=False, default=0),
+    Column("refusal_grounds", Integer, nullable=False, default=0),
+    Column("deadline", Date, nullable=True),  # the suggested deadline date (art. 46(24))
+    Column("state", String(40), nullable=False),  # as cases.state
+    Column("officer_id", Integer, nullable=True),  # the officer most recently assigned (users.id), for by-officer
+    Column("outcome", String(20), nullable=True),  # executed | refused | withdrawn, once reached
+    Column("start_at", TZ, nullable=True),  # in: received; out: message.sent (transmission began)
+    Column("acknowledged_at", TZ, nullable=True),
+    Column("first_answer_at", TZ, nullable=True),
+    Column("executed_at", TZ, nullable=True),
+    Column("outcome_at", TZ, nullable=True),
+    Column("closed_at", TZ, nullable=True),
+    # waits from start_at to each milestone in milliseconds, kept with the milestone (what the percentiles sort)
+    Column("wait_acknowledge_ms", BigInteger, nullable=True),
+    Column("wait_first_answer_ms", BigInteger, nullable=True),
+    Column("wait_execution_ms", BigInteger, nullable=True),
+    Index("ix_case_stats_direction_year", "direction", "year"),
+    Index("ix_case_stats_direction_opened", "direction", "opened_at"),
+    Index("ix_case_stats_counterpart", "counterpart"),
+    Index("ix_case_stats_country", "country"),
+    Index("ix_case_stats_type", "request_type"),
+    Index("ix_case_stats_state", "state"),
+    Index("ix_case_stats_deadline", "deadline"),
 )
 
 # an originator's signed consent to pass a message's content on to a third authority (use limitation, no-onward)

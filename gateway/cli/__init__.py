@@ -21,6 +21,7 @@ _COMMANDS = {
     "request": "gateway.cli.request:request",
     "audit": "gateway.cli.audit:audit",
     "case": "gateway.cli.case:case",
+    "stats": "gateway.cli.stats:stats",
 }
 
 

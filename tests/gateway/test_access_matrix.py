@@ -213,6 +213,8 @@ async def test_every_route_with_every_role_answers_as_the_matrix_says(pair: Pair
         ("GET", "/v1/ledger/entries"): Call("/v1/ledger/entries?start=0&end=3", {}, ok),
         ("GET", "/v1/ledger/proofs/inclusion"): Call("/v1/ledger/proofs/inclusion?index=0", {}, ok),
         ("GET", "/v1/ledger/proofs/consistency"): Call("/v1/ledger/proofs/consistency?from=1&to=2", {}, ok),
+        ("GET", "/v1/stats"): Call("/v1/stats?direction=incoming", {}, ok),
+        ("GET", "/v1/stats/{name}"): Call("/v1/stats/by-type?format=csv", {}, ok),
         ("POST", "/v1/auth/login"): Call(
             "/v1/auth/login", {"json": {"username": "nobody", "password": "not the password"}}, frozenset({401})
         ),

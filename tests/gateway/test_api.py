@@ -14,6 +14,7 @@ from gateway.auth import auth_routes
 from gateway.consultations_api import consultation_routes
 from gateway.ledger_api import ledger_routes
 from gateway.openapi import openapi_document
+from gateway.stats_api import stats_routes
 from store.tables import tokens
 from tests.gateway.conftest import Pair, issue_token
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -21,7 +22,7 @@ from tests.gateway.test_exchange import REQUEST, wait_for
 
 def _served_paths() -> set[tuple[str, str]]:
     served = set()
-    for route in [*api_routes(), *consultation_routes(), *ledger_routes(), *auth_routes()]:
+    for route in [*api_routes(), *consultation_routes(), *ledger_routes(), *auth_routes(), *stats_routes()]:
         assert isinstance(route, aiohttp.web.RouteDef)
         path = re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", route.path)
         served.add((route.method.lower(), path))

@@ -32,6 +32,7 @@ from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.ledger_api import ledger_routes
 from gateway.problems import problem_middleware
+from gateway.stats_api import stats_routes
 from protocol.timefmt import format_time
 from store.users import ROLE_SCOPES, Users
 from tests.gateway.conftest import Pair
@@ -188,7 +189,7 @@ async def test_scopes_are_enforced_after_the_api_auth_middleware(pair: Pair) -> 
 
 def test_every_served_route_has_a_scope() -> None:
     app = web.Application()
-    app.add_routes([*api_routes(), *consultation_routes(), *ledger_routes(), *auth_routes()])
+    app.add_routes([*api_routes(), *consultation_routes(), *ledger_routes(), *auth_routes(), *stats_routes()])
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

@@ -1,0 +1,80 @@
+"""The statistics API (``/v1/stats``): aggregates over the coded facets and milestone times of cases, never content.
+
+``GET /v1/stats`` answers every statistic at once (JSON); ``GET /v1/stats/{name}`` one, as JSON or, with
+``format=csv``, as CSV. Both take the filters of :func:`protocol.stats.parse_filters`. The route scope is
+``stats:read`` (supervisors and auditors, gateway/auth.py); the per-officer breakdown and the ``officer`` filter name
+staff, so they also need ``cases:assign`` (supervisors: who assigns officers sees their figures).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api import USER
+from gateway.auth import check_scope
+from gateway.context import Gateway
+from gateway.federation import GATEWAY
+from protocol.stats import Filters, InvalidFilter, Statistic, parse_filters, parse_statistic, to_csv
+from store.stats import compute
+from store.users import User
+
+__all__ = ["OFFICER_SCOPE", "stats_routes"]
+
+OFFICER_SCOPE = "cases:assign"
+_FORMATS = ("json", "csv")
+
+
+def _format(request: web.Request) -> str:
+    value = request.query.get("format", "json")
+    if value not in _FORMATS:
+        raise InvalidFilter("'format' must be json or csv")
+    return value
+
+
+def _officer_check(user: User, statistic: Statistic | None, filters: Filters) -> None:
+    if statistic is Statistic.BY_OFFICER or filters.officer is not None:
+        check_scope(user, OFFICER_SCOPE)
+
+
+async def _table(gw: Gateway, statistic: Statistic, filters: Filters) -> Any:
+    async with gw.reader.connect() as conn:
+        return await compute(conn, statistic, filters, today=gw.clock().astimezone(UTC).date())
+
+
+async def one_statistic(request: web.Request) -> web.Response:
+    gw, user = request.app[GATEWAY], request[USER]
+    statistic = parse_statistic(request.match_info["name"])
+    output = _format(request)
+    filters = parse_filters(request.query, ignore=("format",))
+    _officer_check(user, statistic, filters)
+    table = await _table(gw, statistic, filters)
+    if output == "csv":
+        return web.Response(
+            text=to_csv(table),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": f'attachment; filename="comity-{statistic.value}.csv"'},
+        )
+    body = {**table.to_json(), "columns": list(table.columns), "filters": filters.to_json()}
+    return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+
+async def all_statistics(request: web.Request) -> web.Response:
+    gw, user = request.app[GATEWAY], request[USER]
+    filters = parse_filters(request.query)
+    _officer_check(user, None, filters)
+    statistics = [s for s in Statistic if s is not Statistic.BY_OFFICER or OFFICER_SCOPE in user.scopes]
+    tables = {}
+    for statistic in statistics:
+        table = await _table(gw, statistic, filters)
+        tables[statistic.value] = {"columns": list(table.columns), "rows": table.to_json()["rows"]}
+    body = {"filters": filters.to_json(), "statistics": tables}
+    return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+
+def stats_routes() -> list[web.RouteDef]:
+    return [web.get("/v1/stats", all_statistics), web.get("/v1/stats/{name}", one_statistic)]

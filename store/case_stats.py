@@ -1,0 +1,131 @@
+"""The write side of statistics: a case's coded facets when its request is sent or received, and its milestones.
+
+Every call runs in the caller's transaction, the one that records the ledger event marking the same step, and is
+given that event's time: a milestone time here always equals the time of its ledger entry. Only the first
+acknowledgement, answer, execution, outcome and closure count (a later one changes nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol.events import EventType
+from protocol.stats import ASSISTANCE_BITS, OFFENCE_BITS, OUTCOME_STATES, REFUSAL_GROUND_BITS, Facets, mask_of
+from store.tables import case_stats
+
+__all__ = ["ANSWER_MILESTONES", "CaseStats"]
+
+_MILESTONES: Final = frozenset({"start_at", "acknowledged_at", "first_answer_at"})
+# an answer's ledger event on the request it answers -> the milestone it marks (the first one counts)
+ANSWER_MILESTONES: Final = {EventType.ACKNOWLEDGED: "acknowledged_at", EventType.ANSWERED: "first_answer_at"}
+
+
+class CaseStats:
+    @staticmethod
+    async def open(
+        conn: AsyncConnection,
+        case_id: str,
+        *,
+        direction: str,
+        counterpart: str,
+        country: str,
+        at: datetime,
+        state: str,
+        facets: Facets,
+        officer_id: int | None = None,
+    ) -> None:
+        """The row of a case a request opened (``at``: the time of message.submitted or message.received)."""
+        await conn.execute(
+            insert(case_stats).values(
+                case_id=case_id,
+                direction=direction,
+                counterpart=counterpart,
+                country=country,
+                opened_at=at,
+                year=at.year,
+                request_type=facets.request_type,
+                legal_basis=facets.legal_basis,
+                uncac_article=facets.uncac_article,
+                urgent=facets.urgent,
+                offences=mask_of(facets.offences, OFFENCE_BITS),
+                assistance=mask_of(facets.assistance, ASSISTANCE_BITS),
+                deadline=facets.deadline,
+                state=state,
+                officer_id=officer_id,
+                start_at=at if direction == "in" else None,
+            )
+        )
+
+    @staticmethod
+    async def milestone(conn: AsyncConnection, case_id: str, column: str, at: datetime) -> None:
+        """``start_at`` (sent), ``acknowledged_at`` or ``first_answer_at``, the first time only; a message that is
+        not a request's case changes nothing."""
+        if column not in _MILESTONES:
+            raise ValueError(f"not a milestone: {column}")
+        target = case_stats.c[column]
+        result = await conn.execute(
+            update(case_stats).where(case_stats.c.case_id == case_id, target.is_(None)).values({target: at})
+        )
+        if result.rowcount == 1:
+            await CaseStats._waits(conn, case_id)
+
+    @staticmethod
+    async def assigned(conn: AsyncConnection, case_id: str, user_id: int) -> None:
+        """The officer most recently assigned to the case is the one statistics count it under."""
+        await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(officer_id=user_id))
+
+    @staticmethod
+    async def _waits(conn: AsyncConnection, case_id: str) -> None:
+        """The waits from ``start_at`` to each milestone reached, in whole milliseconds (whichever came first)."""
+        c = case_stats.c
+        row = (
+            await conn.execute(
+                select(c.start_at, c.acknowledged_at, c.first_answer_at, c.executed_at).where(c.case_id == case_id)
+            )
+        ).one()
+        if row.start_at is None:
+            return
+        waits = {
+            wait: (end - row.start_at) // timedelta(milliseconds=1)
+            for wait, end in (
+                ("wait_acknowledge_ms", row.acknowledged_at),
+                ("wait_first_answer_ms", row.first_answer_at),
+                ("wait_execution_ms", row.executed_at),
+            )
+            if end is not None
+        }
+        if waits:
+            await conn.execute(update(case_stats).where(c.case_id == case_id).values(**waits))
+
+    @staticmethod
+    async def moved(
+        conn: AsyncConnection, case_id: str, state: str, at: datetime, *, refusal_grounds: Iterable[str] = ()
+    ) -> None:
+        """The case moved to ``state`` (ours or the counterpart's transition, as cases.state); ``at`` is the time of
+        its ``case.state_changed`` entry."""
+        await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(state=state))
+        first = {
+            "acknowledged": case_stats.c.acknowledged_at,
+            "executed": case_stats.c.executed_at,
+            "closed": case_stats.c.closed_at,
+        }
+        if state in first:
+            column = first[state]
+            result = await conn.execute(
+                update(case_stats).where(case_stats.c.case_id == case_id, column.is_(None)).values({column: at})
+            )
+            if result.rowcount == 1 and state != "closed":
+                await CaseStats._waits(conn, case_id)
+        if state in OUTCOME_STATES:
+            # the first outcome only; a refusal with its grounds (codes only)
+            grounds = mask_of(set(refusal_grounds), REFUSAL_GROUND_BITS) if state == "refused" else 0
+            await conn.execute(
+                update(case_stats)
+                .where(case_stats.c.case_id == case_id, case_stats.c.outcome.is_(None))
+                .values(outcome=state, outcome_at=at, refusal_grounds=grounds)
+            )
