@@ -36,7 +36,7 @@ from store.tables import settings_state
 
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 T = TypeVar("T")
 
 

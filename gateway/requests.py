@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from gateway.committer import Finish, Tx, done
@@ -42,7 +43,7 @@ from protocol.lifecycle import (
 from protocol.messages import Marking, MessageKind
 from protocol.requests import Request, RequestType
 from protocol.stats import Facets, facets_of
-from protocol.timefmt import format_time
+from protocol.timefmt import format_time, parse_time
 from store.case_stats import CaseStats
 from store.cases import Case, Cases
 from store.errors import Conflict
@@ -213,6 +214,7 @@ class StatusReport:
     state: State | None
     event: Event | None
     refusal_grounds: tuple[str, ...] = ()  # the known ground codes a refusal names (statistics; codes only)
+    at: datetime | None = None  # when the transition was made (``at``), or the last action (``last_action_at``)
 
 
 def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusReport:
@@ -236,14 +238,33 @@ def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusR
     if event is Event.REFUSE and isinstance(refusal, dict) and isinstance(refusal.get("grounds"), list):
         known = RefusalGround._value2member_map_
         grounds = tuple(sorted({g for g in refusal["grounds"] if isinstance(g, str) and g in known}))
-    return StatusReport(state, event, grounds)
+    return StatusReport(state, event, grounds, _report_time(status, "at" if event is not None else "last_action_at"))
+
+
+def _report_time(status: dict[str, Any], member: str) -> datetime | None:
+    value = status.get(member)
+    if value is None:
+        return None
+    try:
+        return parse_time(value) if isinstance(value, str) else _bad_time(member)
+    except ValueError:
+        return _bad_time(member)
+
+
+def _bad_time(member: str) -> datetime:
+    raise InvalidMessage(f"status.{member} must be an RFC 3339 UTC time with microseconds")
 
 
 async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: str) -> None:
     """A counterpart's transition, inside the receive commit: both views of the case move, and it is ledgered."""
     if report.state is None:
         return
-    await Cases.set_peer_state(tx.conn, case_id, report.state.value, adopt=report.event is not None)
+    applied = await Cases.set_peer_state(
+        tx.conn, case_id, report.state.value, adopt=report.event is not None, at=report.at
+    )
+    if not applied:  # an older report overtaken by a newer one: the message stays on record, the case stays put
+        get_logger(message_id=case_id, peer=peer).info("status_report_stale", state=report.state.value)
+        return
     if report.event is not None:
         now = tx.clock()
         tx.record(EventType.CASE_STATE, f"peer:{peer}", at=now, message_id=case_id, state=report.state.value)

@@ -175,7 +175,7 @@ class Statistic(enum.StrEnum):
         if self is Statistic.DURATIONS:
             return ("direction", "milestone", "count", "median_seconds", "p90_seconds")
         if self is Statistic.OVERDUE:
-            return ("direction", "overdue", "open_with_deadline")
+            return ("direction", "overdue", "open_with_dates")
         if self is Statistic.BY_LEGAL_BASIS:
             return ("direction", "legal_basis", "count", "share")
         return ("direction", _KEY_COLUMN[self], "count")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast
@@ -94,11 +95,24 @@ class Cases:
         return bool(result.rowcount == 1)
 
     @staticmethod
-    async def set_peer_state(conn: AsyncConnection, case_id: str, state: str, *, adopt: bool) -> None:
+    async def set_peer_state(
+        conn: AsyncConnection, case_id: str, state: str, *, adopt: bool, at: datetime | None = None
+    ) -> bool:
         """The counterpart's state as its status report says; ``adopt`` moves our view of the case there too (the
-        report names a transition of the counterpart's)."""
-        values = {"peer_state": state, "state": state} if adopt else {"peer_state": state}
-        await conn.execute(cases.update().where(cases.c.id == case_id, cases.c.state.is_not(None)).values(**values))
+        report names a transition of the counterpart's, made at ``at``). Reports travel concurrently and may arrive
+        out of order, so one older than the transition last adopted changes nothing; a report that names no
+        transition (an answer to a status query, ``at`` = the counterpart's last action) applies only if it is not
+        older than that transition. Return whether it was applied."""
+        values: dict[str, Any] = {"peer_state": state, "state": state} if adopt else {"peer_state": state}
+        query = cases.update().where(cases.c.id == case_id, cases.c.state.is_not(None))
+        if adopt and at is not None:
+            values["peer_state_at"] = at
+            query = query.where(or_(cases.c.peer_state_at.is_(None), cases.c.peer_state_at < at))
+        elif not adopt:
+            newer = cases.c.peer_state_at.is_(None)
+            query = query.where(newer if at is None else or_(newer, cases.c.peer_state_at <= at))
+        result = await conn.execute(query.values(**values))
+        return bool(result.rowcount)
 
     @staticmethod
     async def get(conn: AsyncConnection, case_id: str) -> Case:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, case, func, not_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, not_, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
@@ -30,7 +30,7 @@ from protocol.stats import (
     percentile,
     seconds,
 )
-from store.tables import case_stats, users
+from store.tables import case_dates, case_stats, users
 
 __all__ = ["compute", "overdue_condition"]
 
@@ -97,10 +97,22 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
     return where
 
 
+def _open_items(*, before: date | None = None) -> ColumnElement[bool]:
+    """The case has a case-work critical date or task not done (due before ``before``, if given)."""
+    items = exists().where(case_dates.c.case_id == cs.c.case_id, case_dates.c.done_at.is_(None))
+    return items.where(case_dates.c.due < before) if before is not None else items
+
+
 def overdue_condition(today: date) -> ColumnElement[bool]:
-    """An open case past its date: for now the request's suggested deadline (art. 46(24)). The one place to add
-    other critical dates (the case-work dates) when they exist."""
-    return and_(not_(_closed()), cs.c.deadline.is_not(None), cs.c.deadline < today)
+    """An open case past a date: the request's suggested deadline (art. 46(24)), or a case-work critical date or task
+    not done by its due date (docs/requests.md, "Case work")."""
+    late = or_(and_(cs.c.deadline.is_not(None), cs.c.deadline < today), _open_items(before=today))
+    return and_(not_(_closed()), late)
+
+
+def dated_condition() -> ColumnElement[bool]:
+    """An open case with a date to keep: a suggested deadline or an open critical date or task."""
+    return and_(not_(_closed()), or_(cs.c.deadline.is_not(None), _open_items()))
 
 
 def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -156,7 +168,7 @@ async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters,
         return StatTable(statistic, _counted((await conn.execute(query)).all()))
     if statistic is Statistic.OVERDUE:
         late = func.sum(case((overdue_condition(today), 1), else_=0))
-        waiting = func.sum(case((and_(not_(_closed()), cs.c.deadline.is_not(None)), 1), else_=0))
+        waiting = func.sum(case((dated_condition(), 1), else_=0))
         query = select(direction, late, waiting).where(*where).group_by(direction)
         found: dict[str, tuple[int, int]] = {
             str(row[0]): (int(row[1] or 0), int(row[2] or 0)) for row in await conn.execute(query)

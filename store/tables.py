@@ -125,6 +125,9 @@ cases = Table(
     Column("created_at", TZ, nullable=False),
     Column("state", String(40), nullable=True),  # our life-cycle state (protocol.lifecycle.State)
     Column("peer_state", String(40), nullable=True),  # the counterpart's state, as its last status report said
+    # when the counterpart made the transition that report names (its signed "at"): an older report arriving later
+    # (reports travel concurrently) does not move the case back
+    Column("peer_state_at", TZ, nullable=True),
     Column("request_type", String(40), nullable=True),  # protocol.requests.RequestType, when the request carried one
     Column("last_action_at", TZ, nullable=True),  # the time of our last transition (art. 46(24) status)
 )

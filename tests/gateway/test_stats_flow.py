@@ -91,7 +91,7 @@ async def test_facets_and_milestones_on_both_sides_equal_the_ledger(pair: Pair) 
     assert au["opened_at"] == au["start_at"] == await entry_time(pair.au, "message.received", case_id)
     # the suggested deadline (2020-01-31) has passed and the case is open: overdue
     status, body = await pair.au.call("GET", "/v1/stats/overdue?direction=incoming")
-    assert status == 200 and body["rows"] == [{"direction": "incoming", "overdue": 1, "open_with_deadline": 1}]
+    assert status == 200 and body["rows"] == [{"direction": "incoming", "overdue": 1, "open_with_dates": 1}]
 
     assert (await move(pair.au, case_id, "acknowledge"))[0] == 200
 
@@ -135,8 +135,8 @@ async def test_facets_and_milestones_on_both_sides_equal_the_ledger(pair: Pair) 
     durations = {row["milestone"]: row for row in tables["durations"]["rows"]}
     assert {m: row["count"] for m, row in durations.items()} == {"acknowledge": 1, "first-answer": 1, "execution": 1}
     assert tables["overdue"]["rows"] == [
-        {"direction": "incoming", "overdue": 0, "open_with_deadline": 0},
-        {"direction": "outgoing", "overdue": 0, "open_with_deadline": 0},
+        {"direction": "incoming", "overdue": 0, "open_with_dates": 0},
+        {"direction": "outgoing", "overdue": 0, "open_with_dates": 0},
     ]
     status, text = await pair.au.call("GET", "/v1/stats/by-offence?format=csv&direction=incoming")
     assert status == 200
@@ -203,7 +203,7 @@ async def test_a_refusal_counts_its_grounds_on_both_sides_and_officer_figures_ar
             {"direction": "incoming", "refusal_ground": "fiscal-matters", "count": 1},
         ]
         status, body = await auditor.call("GET", "/v1/stats/overdue?direction=incoming")
-        assert status == 200 and body["rows"] == [{"direction": "incoming", "overdue": 0, "open_with_deadline": 0}]
+        assert status == 200 and body["rows"] == [{"direction": "incoming", "overdue": 0, "open_with_dates": 0}]
         status, body = await auditor.call("GET", "/v1/stats")
         assert status == 200 and "by-officer" not in body["statistics"] and mark not in json.dumps(body)
     finally:

@@ -15,7 +15,7 @@ from store.case_stats import CaseStats
 from store.cases import Cases
 from store.db import make_engine, run_migrations
 from store.stats import compute
-from store.tables import users
+from store.tables import case_dates, users
 
 T25 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
 T26 = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
@@ -266,3 +266,30 @@ async def test_filters(
     engine: AsyncEngine, query: dict[str, str], statistic: Statistic, expected: list[tuple[Any, ...]]
 ) -> None:
     assert await rows(engine, statistic, parse_filters(query)) == expected
+
+
+async def test_case_work_dates_count_as_overdue(engine: AsyncEngine) -> None:
+    """An open case is overdue when a critical date or task of its case work is past due and not done."""
+    baseline = [("incoming", 1, 1), ("outgoing", 0, 1)]
+    assert await rows(engine, Statistic.OVERDUE) == baseline
+
+    async def add(due: date, *, done: bool) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(case_dates).values(
+                    case_id="c5",
+                    kind="deadline",
+                    due=due,
+                    created_by="user:olga",
+                    created_at=T26,
+                    done_at=T26 if done else None,
+                    done_by="user:olga" if done else None,
+                )
+            )
+
+    await add(TODAY - timedelta(days=3), done=True)  # done on time or late: nothing to chase
+    assert await rows(engine, Statistic.OVERDUE) == baseline
+    await add(TODAY + timedelta(days=3), done=False)  # coming up: a date to keep, not yet overdue
+    assert await rows(engine, Statistic.OVERDUE) == [("incoming", 1, 1), ("outgoing", 0, 2)]
+    await add(TODAY - timedelta(days=1), done=False)  # yesterday, not done: overdue
+    assert await rows(engine, Statistic.OVERDUE) == [("incoming", 1, 1), ("outgoing", 1, 2)]
