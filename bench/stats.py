@@ -4,7 +4,8 @@
    realistic cases (:func:`generate`: eight years of growing volume, 60 counterparts in 30 countries with a long
    tail, the request types, legal bases, offences and assistance in the proportions a central authority sees,
    waiting times drawn from log-normal distributions, older cases more often decided and closed, 40 officers) and
-   bulk insert them straight into ``users``, ``cases``, ``case_assignments`` and ``case_stats``; then
+   bulk insert them straight into ``users``, ``cases``, ``case_assignments``, ``case_stats`` and ``case_dates``
+   (critical dates and tasks for four cases in ten, a backlog of them past due); then
    ``VACUUM ANALYZE`` (what autovacuum does to a table that grew).
 2. Time every statistic (store/stats.py ``compute``, the API's and the command's code) ``--runs`` times, without
    filters and with a typical filter set (incoming, from a year, one offence), after one warm-up run each; report
@@ -47,7 +48,7 @@ from protocol.stats import (
 )
 from store.db import make_engine, run_migrations
 from store.stats import compute
-from store.tables import case_assignments, case_stats, cases, users
+from store.tables import case_assignments, case_dates, case_stats, cases, users
 
 PG_ADMIN_DSN = os.environ.get("COMITY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -129,6 +130,7 @@ class Generated:
     cases: list[dict[str, Any]] = field(default_factory=list)
     stats: list[dict[str, Any]] = field(default_factory=list)
     assignments: list[dict[str, Any]] = field(default_factory=list)
+    dates: list[dict[str, Any]] = field(default_factory=list)  # case-work critical dates and tasks
 
 
 def _pick(rng: random.Random, weights: dict[Any, int]) -> Any:
@@ -142,6 +144,7 @@ def _hours(rng: random.Random, median_hours: float, sigma: float = 1.0) -> timed
 def generate(n: int, *, seed: int = 7, now: datetime = NOW) -> Generated:
     """``n`` cases over the eight years up to ``now``, deterministic for a seed."""
     rng = random.Random(seed)
+    dates_rng = random.Random(seed + 1)  # its own stream: the cases are the same with or without case work
     out = Generated()
     officers = 40
     for i in range(officers):
@@ -217,7 +220,34 @@ def generate(n: int, *, seed: int = 7, now: datetime = NOW) -> Generated:
                     {"case_id": case_id, "user_id": officer, "assigned_by": "user:sam", "assigned_at": opened}
                 )
                 row["officer_id"] = officer  # the latest assigned, as store/cases.py keeps it
+        _dates(dates_rng, out.dates, row, now)
     return out
+
+
+_DATE_KINDS = {"deadline": 5, "hearing": 3, "statute-of-limitations": 2, "surrender-date": 1, "custom": 2}
+
+
+def _dates(rng: random.Random, dates: list[dict[str, Any]], row: dict[str, Any], now: datetime) -> None:
+    """Case work for four cases in ten: one to three critical dates or tasks; those of decided cases are done, and
+    of the rest most of those already due (a backlog remains: the overdue statistic has something to find)."""
+    if rng.random() >= 0.4:
+        return
+    opened: datetime = row["opened_at"]
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        due = (opened + timedelta(days=rng.randint(10, 400))).date()
+        done = row["outcome"] is not None or (due < now.date() and rng.random() < 0.9)
+        dates.append(
+            {
+                "case_id": row["case_id"],
+                "kind": _pick(rng, _DATE_KINDS),
+                "due": due,
+                "note": None,
+                "created_by": "user:sam",
+                "created_at": opened,
+                "done_at": now if done else None,
+                "done_by": "user:sam" if done else None,
+            }
+        )
 
 
 def _milestones(
@@ -258,6 +288,7 @@ async def load(engine: AsyncEngine, data: Generated, *, chunk: int = 5000) -> No
         (cases, data.cases),
         (case_assignments, data.assignments),
         (case_stats, data.stats),
+        (case_dates, data.dates),
     ):
         for i in range(0, len(rows), chunk):
             async with engine.begin() as conn:
@@ -349,6 +380,7 @@ async def run_backend(backend: str, n: int, runs: int, seed: int) -> dict[str, A
         "backend": backend,
         "cases": n,
         "assignments": len(data.assignments),
+        "dates": len(data.dates),
         "generate_s": round(generated, 1),
         "load_s": round(loaded, 1),
         "runs": runs,
@@ -359,7 +391,8 @@ async def run_backend(backend: str, n: int, runs: int, seed: int) -> dict[str, A
 
 def _report(result: dict[str, Any], target_ms: float) -> bool:
     print(
-        f"\n{result['backend']}: {result['cases']} cases, {result['assignments']} assignments;"
+        f"\n{result['backend']}: {result['cases']} cases, {result['assignments']} assignments,"
+        f" {result.get('dates', 0)} case-work dates;"
         f" generated in {result['generate_s']} s, loaded in {result['load_s']} s; {result['runs']} runs each"
     )
     print(f"{'statistic':<20} {'filters':<9} {'rows':>5} {'p50 ms':>8} {'max ms':>8}")
