@@ -30,6 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.load import content_text, request_body
+from bench.procs import postgres_cpu_by_pid
 
 PASSPHRASE = "bench passphrase"  # noqa: S105 - a throwaway key store
 PG_ADMIN_DSN = os.environ.get("COMITY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -141,6 +142,7 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(1.5)
             for c in counts.values():
                 c.reset()
+            pg0 = postgres_cpu_by_pid()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             if args.rate:
                 n = args.n
@@ -154,8 +156,11 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.gather(*(post(args.n // args.clients) for _ in range(args.clients)))
             await drained()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            pg1 = postgres_cpu_by_pid()
+            pg = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
         print(f"{args.backend}: {n} envelopes, {args.clients} clients, {wall:.2f} s wall, {n / wall:.1f} env/s")
         print(f"process CPU (both gateways + driver): {1000 * cpu / n:.2f} ms per envelope")
+        print(f"PostgreSQL CPU (a lower bound: backends that exit take theirs): {1000 * pg / n:.2f} ms per envelope")
         for side, c in counts.items():
             figures = ", ".join(f"{key} {value / n:.2f}" for key, value in sorted(c.counter.items()))
             print(f"  {side}: per envelope {figures}")

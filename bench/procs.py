@@ -45,12 +45,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def postgres_cpu_seconds() -> float:
-    """CPU time of every ``postgres`` process this machine shows us (the local server's backends and helpers).
+    """CPU time of every ``postgres`` process this machine shows us (the local server's backends and helpers)."""
+    return sum(postgres_cpu_by_pid().values())
 
-    Backends that exit between two readings take their time with them; the bench keeps its connections open, so the
-    gateways' pooled backends are counted. Other clients of the same server would be counted too.
+
+def postgres_cpu_by_pid() -> dict[int, float]:
+    """CPU time of each ``postgres`` process, by pid.
+
+    Compare two readings pid by pid (:class:`CpuMeter`): a backend that exits between them takes its time with it,
+    and with totals alone one exit could hide everything the others spent. Other clients of the same server would
+    be counted too.
     """
-    total = 0.0
+    found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -59,8 +65,8 @@ def postgres_cpu_seconds() -> float:
         except (OSError, ValueError):
             continue
         if comm == "postgres":
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICK
+    return found
 
 
 def machine_busy_seconds() -> float:
@@ -77,24 +83,28 @@ class CpuMeter:
         self.pids = pids
         self.postgres = postgres
         self._start: dict[str, float] = {}
+        self._postgres: list[dict[int, float]] = []
 
     def _read(self) -> dict[str, float]:
         values = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         values["bench"] = cpu_seconds(os.getpid())
         if self.postgres:
-            values["postgres"] = postgres_cpu_seconds()
+            self._postgres.append(postgres_cpu_by_pid())
+            values["postgres"] = 0.0  # computed pid by pid in stop()
         values["machine"] = machine_busy_seconds()
         values["wall"] = time.monotonic()
         return values
 
     def start(self) -> None:
+        self._postgres = []
         self._start = self._read()
 
     def stop(self) -> dict[str, float]:
         end = self._read()
         spent = {name: round(end[name] - self._start[name], 3) for name in end}
-        if "postgres" in spent:  # backends that exit meanwhile take their time with them: a lower bound, >= 0
-            spent["postgres"] = max(0.0, spent["postgres"])
+        if self.postgres:  # pid by pid; backends that exit meanwhile take their time with them: a lower bound
+            before, after = self._postgres[0], self._postgres[-1]
+            spent["postgres"] = round(sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items()), 3)
         # what other processes (concurrent tests, the system) took from the same cores meanwhile
         ours = sum(value for name, value in spent.items() if name not in {"machine", "wall"})
         spent["others"] = round(max(0.0, spent["machine"] - ours), 3)
