@@ -169,7 +169,8 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
         raise InvalidMessage("content.forwarded must be a list of forwarded messages")
     for item in forwarded:
         Forwarded.parse(item)  # a malformed forwarded member is refused, not stored
-    status = status_report_of(payload.content, None) if payload.kind is MessageKind.STATUS_REPORT else None
+    report = payload.kind is MessageKind.STATUS_REPORT
+    status = status_report_of(payload.content, None, payload.iat) if report else None
     if payload.in_reply_to is None and payload.kind is not MessageKind.CONSENT:
         # nothing to look up (but a new thread or a request out of one): the common case costs no query
         return _Context(None, None, None, None, answer, status, consultation=await incoming_link(gw, payload))
@@ -200,7 +201,8 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             opening = await Messages.find(conn, case_id)
             requested = opening is not None and opening.direction == "in"
             if status is not None:  # the peer's side may cause the event it reports (protocol/lifecycle.py)
-                status = status_report_of(payload.content, Side.REQUESTING if requested else Side.REQUESTED)
+                side = Side.REQUESTING if requested else Side.REQUESTED
+                status = status_report_of(payload.content, side, payload.iat)
     link = await incoming_link(gw, payload)  # the thread a consultation belongs to, or a request converts
     return _Context(original, case_id, downgraded, consent, answer, status, requested, link)
 

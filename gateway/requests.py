@@ -217,9 +217,10 @@ class StatusReport:
     at: datetime | None = None  # when the transition was made (``at``), or the last action (``last_action_at``)
 
 
-def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusReport:
+def status_report_of(content: dict[str, Any], peer_side: Side | None, made_at: int | None = None) -> StatusReport:
     """Validate a received status report: a known state, a known event that the peer's side may cause and that
-    can lead to that state. Raises :class:`InvalidMessage` (the envelope is refused)."""
+    can lead to that state, and a time no later than the report was made (``made_at``, the envelope's ``iat``).
+    Raises :class:`InvalidMessage` (the envelope is refused)."""
     status = content.get("status")
     if not isinstance(status, dict):
         raise InvalidMessage("a status report carries content.status")
@@ -238,7 +239,13 @@ def status_report_of(content: dict[str, Any], peer_side: Side | None) -> StatusR
     if event is Event.REFUSE and isinstance(refusal, dict) and isinstance(refusal.get("grounds"), list):
         known = RefusalGround._value2member_map_
         grounds = tuple(sorted({g for g in refusal["grounds"] if isinstance(g, str) and g in known}))
-    return StatusReport(state, event, grounds, _report_time(status, "at" if event is not None else "last_action_at"))
+    member = "at" if event is not None else "last_action_at"
+    at = _report_time(status, member)
+    # a time from the future would make every later report look older (cases.peer_state_at): the transition came
+    # before the report was sealed (``iat`` has whole seconds, hence the second of slack)
+    if at is not None and made_at is not None and at.timestamp() > made_at + 1:
+        raise InvalidMessage(f"status.{member} is later than the report was made")
+    return StatusReport(state, event, grounds, at)
 
 
 def _report_time(status: dict[str, Any], member: str) -> datetime | None:

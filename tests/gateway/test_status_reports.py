@@ -30,3 +30,13 @@ def test_a_malformed_time_refuses_the_report(at: object) -> None:
     status = {"state": "acknowledged", "event": "acknowledge", "at": at}
     with pytest.raises(InvalidMessage, match=r"status\.at"):
         status_report_of({"status": status}, Side.REQUESTED)
+
+
+def test_a_transition_after_the_report_was_made_is_refused() -> None:
+    """A dishonest peer dating a report in the future would make every later report look stale."""
+    status = {"state": "executed", "event": "complete_execution", "at": "2099-01-01T00:00:00.000000Z"}
+    made = int(datetime(2026, 11, 28, 10, 0, 1, tzinfo=UTC).timestamp())
+    with pytest.raises(InvalidMessage, match="later than the report was made"):
+        status_report_of({"status": status}, Side.REQUESTED, made)
+    on_time = {**status, "at": "2026-11-28T10:00:01.500000Z"}  # iat has whole seconds: a second of slack
+    assert status_report_of({"status": on_time}, Side.REQUESTED, made).at is not None
