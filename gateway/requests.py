@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gateway.committer import Finish, Tx, done
+from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
@@ -176,18 +176,18 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
     context = TransitionContext(request_type, side, consultation, refusal, postponement)
     new = apply(previous, event, context)  # typed errors name the state and the event
     actor = f"user:{user.username}"
+    now = gw.clock()  # the time of the move, which the report states (signed) and both ledgers record
 
-    async def unit(tx: Tx) -> Finish[str]:
-        now = tx.clock()
+    async def move(tx: Tx) -> None:
+        # committed with the status report that tells the counterpart: both or neither, and the outbox retries
+        # the report until it is receipted
         if not await Cases.move(tx.conn, case_id, previous.value, new.value, now):
             raise Conflict(f"case {case_id} moved on meanwhile: it is no longer {previous.value}")
         tx.record(EventType.CASE_STATE, actor, at=now, message_id=case_id, state=new.value)
         grounds = [ground.value for ground in refusal.grounds] if refusal is not None else []
         await CaseStats.moved(tx.conn, case_id, new.value, now, refusal_grounds=grounds)
-        return await done(format_time(now))
 
-    at = await gw.commit(unit)
-    status: dict[str, Any] = {"state": new.value, "event": event.value, "at": at}
+    status: dict[str, Any] = {"state": new.value, "event": event.value, "at": format_time(now)}
     content: dict[str, Any] = {"status": status}
     if refusal is not None and event is Event.REFUSE:  # art. 46(23): the reasons go to the requesting state
         content["refusal"] = {"grounds": sorted(g.value for g in refusal.grounds), "reasons": refusal.reasons}
@@ -199,7 +199,7 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
     if consultation is not None:
         content["consultation_id"] = consultation
     draft = Draft(to=peer, kind=MessageKind.STATUS_REPORT, marking=marking, content=content, in_reply_to=case_id)
-    report_id = await submit_message(gw, user, draft)
+    report_id = await submit_message(gw, user, draft, along=move)
     return {
         "case_id": case_id,
         "previous": previous.value,

@@ -5,7 +5,7 @@ with its "submitted" event before anything is sent."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,10 @@ class Draft:
     message_id: str | None = None  # chosen beforehand when the content names the message itself (a new thread)
 
 
+# a change to commit together with a message (see submit_message)
+Along = Callable[[Tx], Awaitable[None]]
+
+
 class AttachmentTooLarge(ComityError):
     code = "attachment-too-large"
 
@@ -69,8 +73,13 @@ async def submit_message(
     user: User,
     draft: Draft,
     attachments: Sequence[NewAttachment] | AsyncIterable[NewAttachment] = (),
+    *,
+    along: Along | None = None,
 ) -> str:
-    """Validate, seal and persist a message in the outbox; return its id. Nothing is sent from here."""
+    """Validate, seal and persist a message in the outbox; return its id. Nothing is sent from here.
+
+    ``along`` runs in the same transaction, before the message's own rows and events: the change the message
+    reports (a case move and its status report commit together, or neither does)."""
     if draft.to == gw.authority_id:
         raise InvalidMessage("a gateway does not send messages to itself")
     peer = gw.peer(draft.to)
@@ -146,7 +155,17 @@ async def submit_message(
         direct = gw.direct_delivery if not files else None
         archived = archive.encode("ascii")
         digest = await _persist(
-            gw, user, payload, envelope, archived, files, outgoing, completeness, link, direct=direct is not None
+            gw,
+            user,
+            payload,
+            envelope,
+            archived,
+            files,
+            outgoing,
+            completeness,
+            link,
+            direct=direct is not None,
+            along=along,
         )
     except Exception:  # not on cancellation: the shielded commit may still keep these files
         for _, path in files:
@@ -222,6 +241,7 @@ async def _persist(
     link: Link | None = None,
     *,
     direct: bool = False,
+    along: Along | None = None,
 ) -> str:
     """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256."""
     digest = hashlib.sha256(sealed).hexdigest()
@@ -232,6 +252,8 @@ async def _persist(
 
     async def unit(tx: Tx) -> Finish[None]:
         now = tx.clock()
+        if along is not None:
+            await along(tx)
         if outgoing.case_id is None:
             await Cases.open(
                 tx.conn,

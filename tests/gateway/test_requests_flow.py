@@ -198,3 +198,37 @@ async def test_a_status_query_is_answered_by_the_gateway_itself(pair: Pair) -> N
     await pair.au.stop()
     await pair.au.start(status_reveal="date_only")
     assert set(await status_answer(pair, case_id)) == {"last_action_at"}
+
+
+async def test_a_move_commits_with_its_status_report_or_not_at_all(pair: Pair, monkeypatch: Any) -> None:
+    """The report that tells the counterpart is in the outbox in the move's own transaction: a report that cannot
+    be made leaves the case where it was, with no ledger entry, rather than a move the counterpart never hears of."""
+    import gateway.sending
+
+    case_id = await send_complete(pair)
+    before = len(await ledger(pair.au.gw))
+
+    def broken_seal(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("sealing failed")
+
+    monkeypatch.setattr(gateway.sending, "seal_envelope", broken_seal)
+    status, body = await move(pair.au, case_id, "acknowledge")
+    assert status == 500 and body["code"] == "internal-error", body
+    assert await case_state(pair.au, case_id) == ("received", None)
+    assert [e["type"] for e in await ledger(pair.au.gw, before)] == []
+
+    monkeypatch.undo()
+    status, body = await move(pair.au, case_id, "acknowledge")
+    assert status == 200, body
+    entries = await ledger(pair.au.gw, before)
+    assert [e["type"] for e in entries if e["type"] in ("case.state_changed", "message.submitted")] == [
+        "case.state_changed",
+        "message.submitted",
+    ]
+    report = next(e for e in entries if e["type"] == "message.submitted")
+    assert report["message_id"] == body["report"] and report["kind"] == "status_report"
+
+    async def reported() -> bool:
+        return await case_state(pair.ar, case_id) == ("acknowledged", "acknowledged")
+
+    await until(reported)
