@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
-import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -31,9 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.load import content_text, request_body
 from bench.procs import postgres_cpu_by_pid
+from bench.schemas import create_schema, drop_schemas, schema_url
 
 PASSPHRASE = "bench passphrase"  # noqa: S105 - a throwaway key store
-PG_ADMIN_DSN = os.environ.get("COMITY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class Counts:
@@ -62,30 +60,6 @@ class Counts:
         self.kinds.clear()
 
 
-async def _schemas(n: int) -> list[str]:
-    import asyncpg
-
-    names = [f"bench_{uuid.uuid4().hex[:12]}" for _ in range(n)]
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        for name in names:
-            await conn.execute(f"CREATE SCHEMA {name}")
-    finally:
-        await conn.close()
-    return names
-
-
-async def _drop(names: list[str]) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        for name in names:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    finally:
-        await conn.close()
-
-
 async def run(args: argparse.Namespace) -> None:
     from config.settings import load_settings
     from gateway.app import start_gateway
@@ -99,9 +73,8 @@ async def run(args: argparse.Namespace) -> None:
     configure_logging("info", stream=log)  # JSON lines to a file, as `comity serve` writes them
     schemas: list[str] = []
     if args.backend == "postgresql":
-        schemas = await _schemas(2)
-        base = PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
-        urls: list[str | None] = [f"{base}?comity_schema={s}" for s in schemas]
+        schemas = [await create_schema(), await create_schema()]
+        urls: list[str | None] = [schema_url(schema) for schema in schemas]
     else:
         urls = [f"sqlite+aiosqlite:///{work / 'ar.db'}", f"sqlite+aiosqlite:///{work / 'au.db'}"]
     specs = [
@@ -171,8 +144,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         for running in reversed(gateways):
             await running.stop()
-        if schemas:
-            await _drop(schemas)
+        await drop_schemas(schemas)
 
 
 async def _stages(gateways: list[Any], n: int) -> None:

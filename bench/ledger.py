@@ -22,14 +22,12 @@ import asyncio
 import cProfile
 import io
 import json
-import os
 import pstats
 import random
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from bench.ledger_workload import raw_events
+from bench.schemas import drop_schemas, new_database
 from crypto.keys import generate_authority_keys, generate_signing_key, public_jwk
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from protocol import merkle
@@ -46,7 +45,6 @@ from store.events import EventLog
 from store.ledger import LedgerReader
 from store.tables import cosignatures
 
-PG_ADMIN_DSN = os.environ.get("COMITY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 NOW = datetime.now(UTC)
 
 
@@ -84,32 +82,6 @@ def _directory(tmp: Path) -> tuple[Any, Any, Path, Path]:
     jws.write_text(sign_directory(directory, directory_key))
     key.write_text(json.dumps(public_jwk(directory_key)))
     return ar, au, jws, key
-
-
-async def _new_database(backend: str, tmp: Path) -> tuple[str, str | None]:
-    if backend == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp / 'ledger.db'}", None
-    import asyncpg
-
-    schema = f"bench_ledger_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    return PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1) + f"?comity_schema={schema}", schema
-
-
-async def _drop(schema: str | None) -> None:
-    if schema is None:
-        return
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -235,7 +207,7 @@ async def run_backend(backend: str, args: argparse.Namespace, deadline: float) -
     with tempfile.TemporaryDirectory(prefix="comity-bench-ledger-") as tmp_name:
         tmp = Path(tmp_name)
         ar, au, directory, key = _directory(tmp)
-        url, schema = await _new_database(backend, tmp)
+        url, schema = await new_database(backend, tmp, "ledger")
         try:
             await run_migrations(url)
             print(f"{backend}: appending {args.entries:,} events", file=sys.stderr, flush=True)
@@ -248,7 +220,7 @@ async def run_backend(backend: str, args: argparse.Namespace, deadline: float) -
             audit = await asyncio.to_thread(_audit, url, directory, key, max(60.0, deadline - time.monotonic()))
             return {"backend": backend, "append": append, "proofs": proofs, "audit": audit}
         finally:
-            await _drop(schema)
+            await drop_schemas([schema])
 
 
 def _prototype_fast_append() -> None:

@@ -19,7 +19,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.schemas import PG_ADMIN_DSN, create_schema, drop_schemas, schema_url
 from gateway.provision import AuthoritySpec
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 PASSPHRASE = "bench passphrase, not a secret"  # noqa: S105 - fast-KDF keys in a temporary directory
-PG_ADMIN_DSN = os.environ.get("COMITY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SENDER = AuthoritySpec("ar.mj", "Ministerio de Justicia y Derechos Humanos", "AR", ("es", "en"))
 RECEIVER = AuthoritySpec("au.ag", "Attorney-General's Department", "AU", ("en",))
 
@@ -279,27 +278,6 @@ class Pair:
         await drop_schemas(self.schemas)
 
 
-async def create_schema() -> str:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    return schema
-
-
-async def drop_schemas(schemas: Sequence[str]) -> None:
-    if not schemas:
-        return
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    try:
-        for schema in schemas:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
-
-
 def _provision(code: CodeSource, workdir: Path, urls: list[str | None]) -> list[Provisioned]:
     workdir.mkdir(parents=True, exist_ok=True)
     specs = [[s.id, s.name, s.country, list(s.languages)] for s in (SENDER, RECEIVER)]
@@ -344,8 +322,7 @@ async def start_pair(backend: str, workdir: Path, *, code: CodeSource, log_level
         urls: list[str | None] = [None, None]
         if backend == "postgresql":
             schemas = [await create_schema(), await create_schema()]
-            base = PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
-            urls = [f"{base}?comity_schema={schema}" for schema in schemas]
+            urls = [schema_url(schema) for schema in schemas]
         sender_p, receiver_p = await asyncio.to_thread(_provision, code, workdir, urls)
         sides = []
         for index, (provisioned, user) in enumerate(((sender_p, "alice"), (receiver_p, "bruce"))):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.schemas import drop_schemas, new_database
 from protocol.lifecycle import RefusalGround
 from protocol.requests import AssistanceSought, RequestType
 from protocol.stats import (
@@ -50,7 +50,6 @@ from store.db import make_engine, run_migrations
 from store.stats import compute
 from store.tables import case_assignments, case_dates, case_stats, cases, users
 
-PG_ADMIN_DSN = os.environ.get("COMITY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 FILTERED: dict[str, str] = {"direction": "incoming", "from": "2022", "offence": "23"}
 
@@ -330,36 +329,9 @@ async def time_statistics(
     return results
 
 
-async def _database(backend: str, tmp: Path) -> tuple[str, str | None]:
-    if backend == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp / 'stats.db'}", None
-    import asyncpg
-
-    schema = f"bench_stats_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    url = PG_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://", 1) + f"?comity_schema={schema}"
-    return url, schema
-
-
-async def _drop(schema: str | None) -> None:
-    if schema is None:
-        return
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
-
-
 async def run_backend(backend: str, n: int, runs: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        url, schema = await _database(backend, Path(tmp))
+        url, schema = await new_database(backend, Path(tmp), "stats")
         try:
             await run_migrations(url)
             engine = make_engine(url)
@@ -375,7 +347,7 @@ async def run_backend(backend: str, n: int, runs: int, seed: int) -> dict[str, A
             finally:
                 await engine.dispose()
         finally:
-            await _drop(schema)
+            await drop_schemas([schema])
     return {
         "backend": backend,
         "cases": n,

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from gateway.casework import date_json
 from gateway.cli.common import CommandError, reports_errors
 from gateway.cli.runtime import config_option, run, settings_from
 from protocol.casework import MAX_WINDOW_DAYS
@@ -30,15 +31,12 @@ def case() -> None:
     """Case work: critical dates and tasks that are overdue or coming up, and a case's work."""
 
 
+_SHOWN = ("id", "case_id", "kind", "due", "state")  # never the note (decision 39)
+
+
 def _item(item: CaseDate, today: date) -> dict[str, Any]:
-    state = "done" if item.done_at is not None else ("overdue" if item.due < today else "open")
-    return {
-        "id": item.id,
-        "case_id": item.case_id,
-        "kind": item.kind.value,
-        "due": item.due.isoformat(),
-        "state": state,
-    }
+    shown = date_json(item, today)
+    return {key: shown[key] for key in _SHOWN}
 
 
 async def _due(config_file: Path | None, upcoming: int | None, today: date) -> list[CaseDate]:
