@@ -33,7 +33,7 @@ from protocol.casework import (
 )
 from protocol.errors import InvalidMessage
 from protocol.events import EventType
-from protocol.messages import Marking, MessageKind, validate_authority_id
+from protocol.messages import Marking, MessageKind, validate_authority_id, validate_message_id
 from protocol.timefmt import format_time
 from store.cases import Case, Cases
 from store.casework import CaseDate, CaseWork
@@ -127,23 +127,34 @@ async def case_work(gw: Gateway, user: User, case_id: str) -> dict[str, Any]:
     }
 
 
+PAGE = 2_000  # open items read at a time by the due lists
+
+
+def _may_act(gw: Gateway, user: User, case: Any, marking: Marking) -> bool:
+    try:
+        refuse_case_access(gw, user, marking, case, DOING)
+    except AccessRefused:  # a case this user may not act on is simply not listed
+        return False
+    return True
+
+
 async def due_list(gw: Gateway, user: User, *, days: int | None) -> list[dict[str, Any]]:
     """Open items of the cases ``user`` may act on: overdue (``days`` None), or due within ``days`` from today."""
     today = gw.clock().date()
+    first, last = (None, today - timedelta(days=1)) if days is None else (today, today + timedelta(days=days))
+    by_id: dict[int, CaseDate] = {}
+    after: tuple[date, int] | None = None
     async with gw.reader.connect() as conn:
-        if days is None:
-            found = await CaseWork.open_between(conn, None, today - timedelta(days=1))
-        else:
-            found = await CaseWork.open_between(conn, today, today + timedelta(days=days))
-        facts = await CaseWork.access_facts(conn, {item.case_id for item in found})
-    allowed = set()
-    for case_id, (case, marking) in facts.items():
-        try:
-            refuse_case_access(gw, user, marking, case, DOING)
-        except AccessRefused:  # a case this user may not act on is simply not listed
-            continue
-        allowed.add(case_id)
-    by_id = {item.id: item for item in found if item.case_id in allowed}
+        # page by page through every open item of the period, so that the caller's are all listed however many
+        # other cases' items come first (access is decided per case, by the rule of case events)
+        while True:
+            page = await CaseWork.open_between(conn, first, last, limit=PAGE, after=after)
+            facts = await CaseWork.access_facts(conn, {item.case_id for item in page})
+            allowed = {case_id for case_id, (case, marking) in facts.items() if _may_act(gw, user, case, marking)}
+            by_id.update((item.id, item) for item in page if item.case_id in allowed)
+            if len(page) < PAGE:
+                break
+            after = (page[-1].due, page[-1].id)
     due = [Due(item.id, item.case_id, item.kind, item.due) for item in by_id.values()]
     chosen = overdue(due, today) if days is None else upcoming(due, today, days)
     return [date_json(by_id[item.id], today) for item in chosen]
@@ -233,6 +244,8 @@ async def complete_date(gw: Gateway, user: User, case_id: str, item_id: int, bod
     written = body.get("message_id")
     if written is not None and not isinstance(written, str):
         raise InvalidMessage("'message_id' must be the id of the written request")
+    if written is not None:
+        validate_message_id(written)  # before any error could repeat what was sent
     await work_access(gw, user, case_id)
     async with gw.reader.connect() as conn:
         item = await CaseWork.find_date(conn, item_id)

@@ -15,11 +15,13 @@ from aiohttp import web
 from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
 from gateway.federation import GATEWAY
-from gateway.policy import check_case_access
+from gateway.policy import check_case_access, ledger_refusal
 from gateway.reading import open_message
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
+from protocol.events import EventType
+from protocol.markings import MarkingRefused
 from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
 from protocol.timefmt import format_time
 from store.consultations import Consultations, DraftChecks, Thread
@@ -161,7 +163,27 @@ async def convert(request: web.Request) -> web.Response:
             raise InvalidMessage("'request' must be a request object (comity request template TYPE)")
     if formal.get("consultation_id") not in (None, thread.id):
         raise InvalidMessage(f"the request names another consultation than {thread.id}")
-    marking = Marking.parse(body["marking"]) if "marking" in body else (thread.marking or rows[0].marking)
+    # the request carries at least what it comes from: the thread's marking, and the marking of the message whose
+    # draft it takes (a draft shared higher than the thread keeps its level and caveats)
+    floor = next(row.marking for row in rows if row.id == source) if source is not None else None
+    default = floor or thread.marking or rows[0].marking
+    marking = Marking.parse(body["marking"]) if "marking" in body else default
+    if floor is not None and gw.scheme.lowers(marking, floor):
+        refused = MarkingRefused(
+            f"the draft of message {source} is marked {floor.level} (caveats {', '.join(floor.caveats) or 'none'}): "
+            "the request made of it must carry at least that"
+        )
+        await ledger_refusal(
+            gw,
+            EventType.SUBMIT_REFUSED,
+            f"user:{user.username}",
+            refused,
+            message_id=None,
+            to=thread.peer,
+            kind=MessageKind.REQUEST.value,
+            marking=marking.to_json(),
+        )
+        raise refused
     draft = Draft(
         to=thread.peer,
         kind=MessageKind.REQUEST,

@@ -241,6 +241,8 @@ def status_report_of(content: dict[str, Any], peer_side: Side | None, made_at: i
         grounds = tuple(sorted({g for g in refusal["grounds"] if isinstance(g, str) and g in known}))
     member = "at" if event is not None else "last_action_at"
     at = _report_time(status, member)
+    if event is not None and at is None:  # without it a late, older report could move the case back
+        raise InvalidMessage("a status report naming an event names when it happened (status.at)")
     # a time from the future would make every later report look older (cases.peer_state_at): the transition came
     # before the report was sealed (``iat`` has whole seconds, hence the second of slack)
     if at is not None and made_at is not None and at.timestamp() > made_at + 1:

@@ -151,12 +151,21 @@ class CaseWork:
 
     @staticmethod
     async def open_between(
-        conn: AsyncConnection, first: date | None, last: date, *, limit: int = 10_000
+        conn: AsyncConnection,
+        first: date | None,
+        last: date,
+        *,
+        limit: int = 10_000,
+        after: tuple[date, int] | None = None,
     ) -> list[CaseDate]:
-        """Open items due from ``first`` (None: any time before) to ``last``, soonest first."""
+        """Open items due from ``first`` (None: any time before) to ``last``, soonest first; ``after`` (the due date
+        and id of the last item of the previous page) continues a listing page by page."""
         where = [case_dates.c.done_at.is_(None), case_dates.c.due <= last]
         if first is not None:
             where.append(case_dates.c.due >= first)
+        if after is not None:
+            due, item = after
+            where.append(or_(case_dates.c.due > due, and_(case_dates.c.due == due, case_dates.c.id > item)))
         query = select(case_dates).where(*where).order_by(case_dates.c.due, case_dates.c.id).limit(limit)
         return [_date(r) for r in await conn.execute(query)]
 

@@ -10,6 +10,8 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from gateway.audit import AuditState, DatabaseSource, load_trust, verify_ledger
 from tests.gateway.conftest import Pair, Side, issue_token
 from tests.gateway.test_audit import _signed_up_to_head
@@ -62,7 +64,11 @@ async def officer(pair: Pair, name: str, case_id: str | None = None, **options: 
 async def test_an_officer_works_a_case_and_sees_only_its_own_lists(
     pair: Pair,
     log_buffer: io.StringIO,  # noqa: F811 (the fixture imported above)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # the lists read open items a page at a time; one item a page shows the pages join up (and access is decided
+    # per page, so another case's items coming first never hide the caller's)
+    monkeypatch.setattr("gateway.casework.PAGE", 1)
     _, case_id = await incoming_case(pair)
     olga = await officer(pair, "olga", case_id)
     otto = await officer(pair, "otto")  # not assigned
@@ -271,6 +277,9 @@ async def test_an_oral_urgent_request_opens_a_task_closed_by_linking_the_written
         status, body = await pair.au.call("POST", f"/v1/cases/{written_case}/assign", json={"username": "olga"})
         status, body = await olga.call("POST", done, json={"message_id": "0f8fad5b-d9cb-469f-a165-70867728950e"})
         assert_problem(status, body, code="not-found")
+        # not a message id: refused before any lookup, and the problem does not repeat it
+        status, body = await olga.call("POST", done, json={"message_id": f"x-{mark}"})
+        assert_problem(status, body, code="invalid-message", secrets=[mark])
         status, body = await olga.call("POST", done, json={"message_id": written})
         assert status == 200 and body["state"] == "done" and body["written_request"] == written, body
         status, body = await olga.call("POST", done, json={"message_id": written})

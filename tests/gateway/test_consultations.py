@@ -340,3 +340,28 @@ async def test_a_thread_carries_attachments_like_any_message(pair: Pair) -> None
     await wait_for(pair.au, body["id"], "delivered")
     status, got = await pair.ar.call("GET", f"/v1/messages/{body['id']}/attachments/0")
     assert status == 200 and got == data[::-1]
+
+
+async def test_a_request_made_of_a_draft_keeps_the_drafts_marking(pair: Pair) -> None:
+    """A draft shared above the thread's marking keeps its level and caveats in the formal request made of it: by
+    default, and against an explicit lower marking (refused and ledgered, nothing sent)."""
+    thread_id = await start_thread(pair.ar, content={"text": "Before we ask"})
+    higher = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    draft = example_request(RequestType.MLA_CRIMINAL).to_json()
+    shared = await reply(pair.ar, thread_id, marking=higher, content={"text": "Draft"}, draft_request=draft)
+
+    before = len(await ledger(pair.ar.gw))
+    lower = {"from_draft": shared, "marking": MARKING}
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json=lower)
+    assert_problem(status, body, code="marking-refused")
+    entries = (await ledger(pair.ar.gw))[before:]
+    assert [(e["type"], e.get("purpose") or e.get("reason")) for e in entries] == [
+        ("message.opened", "conversion"),
+        ("message.submit_refused", "marking-refused"),
+    ]
+    assert (await thread(pair.ar, thread_id))["state"] == "open"
+
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"from_draft": shared})
+    assert status == 202, body
+    status, summary = await pair.ar.call("GET", f"/v1/messages/{body['id']}")
+    assert status == 200 and summary["marking"] == higher, summary

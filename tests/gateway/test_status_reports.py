@@ -40,3 +40,9 @@ def test_a_transition_after_the_report_was_made_is_refused() -> None:
         status_report_of({"status": status}, Side.REQUESTED, made)
     on_time = {**status, "at": "2026-11-28T10:00:01.500000Z"}  # iat has whole seconds: a second of slack
     assert status_report_of({"status": on_time}, Side.REQUESTED, made).at is not None
+
+
+def test_a_transition_report_without_its_time_is_refused() -> None:
+    """Without ``at`` a late report could not be ordered and could move the case back."""
+    with pytest.raises(InvalidMessage, match=r"status\.at"):
+        status_report_of({"status": {"state": "acknowledged", "event": "acknowledge"}}, Side.REQUESTED)

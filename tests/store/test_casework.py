@@ -78,6 +78,14 @@ async def test_dates_lists_and_notification_state(engine: AsyncEngine) -> None:
         assert items[1].kind is DateKind.DEADLINE
         assert [i.id for i in await CaseWork.open_between(conn, None, TODAY - timedelta(days=1))] == [late]
         assert [i.id for i in await CaseWork.open_between(conn, TODAY, TODAY + timedelta(days=7))] == [soon]
+        # page by page (the due lists read it so): the pages join up to the whole listing, in order
+        whole = [i.id for i in await CaseWork.open_between(conn, None, TODAY + timedelta(days=60))]
+        assert whole == [late, soon, later]
+        first = await CaseWork.open_between(conn, None, TODAY + timedelta(days=60), limit=2)
+        rest = await CaseWork.open_between(
+            conn, None, TODAY + timedelta(days=60), limit=2, after=(first[-1].due, first[-1].id)
+        )
+        assert [i.id for i in first + rest] == whole
         pending = await CaseWork.to_notify(conn, TODAY, 3)
         assert [(i.id, stage) for i, stage in pending] == [(late, Stage.OVERDUE), (soon, Stage.DUE_SOON)]
     async with engine.begin() as conn:
