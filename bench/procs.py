@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "cpu_seconds", "machine_busy_seconds", "memory", "postgres_cpu_seconds", "reset_peak"]
+__all__ = ["CpuMeter", "cpu_seconds", "machine_busy_seconds", "memory", "postgres_cpu_by_pid", "reset_peak"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -42,11 +42,6 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` (all its threads)."""
     _, fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of proc(5))
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU time of every ``postgres`` process this machine shows us (the local server's backends and helpers)."""
-    return sum(postgres_cpu_by_pid().values())
 
 
 def postgres_cpu_by_pid() -> dict[int, float]:

@@ -64,6 +64,17 @@ class Tx:
             marking=payload.marking.to_json(),
         )
 
+    def record_downgrade(self, actor: str, payload: MessagePayload) -> int:
+        """Record that ``payload``, an answer, carries a marking below what it answers (both sides write this)."""
+        return self.record(
+            EventType.MARKING_DOWNGRADED,
+            actor,
+            message_id=payload.id,
+            related_id=payload.in_reply_to,
+            marking=payload.marking.to_json(),
+            state="downgraded",
+        )
+
     def record(self, type: EventType, actor: str, *, at: datetime | None = None, **fields: Any) -> int:
         """Append one ledger event to this transaction; its time is ``at`` (when it happened) or now."""
         event = LedgerEvent.parse(

@@ -280,14 +280,7 @@ async def _commit(
         if context.original is not None:
             await _record_answer(tx, context, payload.kind, payload.id, payload.from_)
         if context.downgraded_from is not None:
-            tx.record(
-                EventType.MARKING_DOWNGRADED,
-                actor,
-                message_id=payload.id,
-                related_id=payload.in_reply_to,
-                marking=payload.marking.to_json(),
-                state="downgraded",
-            )
+            tx.record_downgrade(actor, payload)
         if context.status is not None and context.case_id is not None:
             await record_peer_status(tx, context.case_id, context.status, payload.from_)
         if context.consent is not None:

@@ -254,13 +254,11 @@ def _report_time(status: dict[str, Any], member: str) -> datetime | None:
     value = status.get(member)
     if value is None:
         return None
-    try:
-        return parse_time(value) if isinstance(value, str) else _bad_time(member)
-    except ValueError:
-        return _bad_time(member)
-
-
-def _bad_time(member: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except ValueError:
+            pass
     raise InvalidMessage(f"status.{member} must be an RFC 3339 UTC time with microseconds")
 
 

@@ -303,14 +303,7 @@ async def _persist(
         if completeness.overridden:  # the reason travels in the signed content (check_override), not the ledger
             tx.record(EventType.REQUEST_CHECK_OVERRIDDEN, actor, message_id=payload.id, to=payload.to)
         if outgoing.downgraded_from is not None:
-            tx.record(
-                EventType.MARKING_DOWNGRADED,
-                actor,
-                message_id=payload.id,
-                related_id=payload.in_reply_to,
-                marking=payload.marking.to_json(),
-                state="downgraded",
-            )
+            tx.record_downgrade(actor, payload)
         effect = ANSWER_EFFECTS.get(payload.kind)
         if outgoing.answers and payload.in_reply_to is not None and effect is not None:
             event, state = effect

@@ -97,5 +97,5 @@ async def execute(
     driver = await _driver(conn)
     if driver is None:
         return int((await conn.execute(fallback, dict(params))).rowcount)
-    status = await _run(driver, sql, args, many=False)
-    return int(status.rsplit(" ", 1)[-1]) if status and status.rsplit(" ", 1)[-1].isdigit() else 0
+    count = (await _run(driver, sql, args, many=False)).rpartition(" ")[2]  # the command tag, e.g. "UPDATE 1"
+    return int(count) if count.isdigit() else 0

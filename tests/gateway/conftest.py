@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from config.settings import load_settings
 from gateway.app import RunningGateway, start_gateway
 from gateway.context import Gateway
 from gateway.provision import AuthoritySpec, Provisioned, comity, provision
+from store.tables import ledger_entries
 from tests.conftest import DatabaseFactory
 
 PASSPHRASE = "correct horse battery staple"
@@ -71,6 +74,27 @@ class Pair:
 ALL_CAVEATS = ("embargo", "no-onward", "uncac-46-19", "uncac-46-20")
 
 
+def attachment_files(gw: Gateway) -> tuple[str, ...]:
+    """The attachment files a gateway holds on disk, relative to its attachments directory."""
+    root = gw.settings.attachments_path
+    if not root.exists():
+        return ()
+    return tuple(sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()))
+
+
+async def ledger(gw: Gateway, since: int = 0) -> list[dict[str, Any]]:
+    """Ledger entries from index ``since``, as stored (the bytes the Merkle tree hashes), with their index."""
+    async with gw.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(ledger_entries.c.idx, ledger_entries.c.entry)
+                .where(ledger_entries.c.idx >= since)
+                .order_by(ledger_entries.c.idx)
+            )
+        ).all()
+    return [{"idx": row.idx, **json.loads(bytes(row.entry))} for row in rows]
+
+
 def issue_token(
     config: Path,
     username: str,
@@ -113,4 +137,15 @@ async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair
         await sides.au.stop()
 
 
-__all__ = ["ALL_CAVEATS", "AR", "AU", "PASSPHRASE", "Pair", "Side", "comity", "issue_token"]
+__all__ = [
+    "ALL_CAVEATS",
+    "AR",
+    "AU",
+    "PASSPHRASE",
+    "Pair",
+    "Side",
+    "attachment_files",
+    "comity",
+    "issue_token",
+    "ledger",
+]

@@ -42,7 +42,7 @@ from gateway.context import Gateway
 from protocol.messages import MessagePayload, new_message_id
 from protocol.receipts import Refusal
 from store.tables import attachments, ledger_entries, messages
-from tests.gateway.conftest import PASSPHRASE, Pair
+from tests.gateway.conftest import PASSPHRASE, Pair, attachment_files, ledger
 from tests.gateway.hostile import Answer, HostilePeer, make_attachment, raw_jws, sha256_hex, swap_jwe_header
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -56,31 +56,12 @@ class Stored:
     files: tuple[str, ...]
 
 
-def _files(gw: Gateway) -> tuple[str, ...]:
-    root = gw.settings.attachments_path
-    if not root.exists():
-        return ()
-    return tuple(sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()))
-
-
 async def stored(gw: Gateway) -> Stored:
     async with gw.engine.connect() as conn:
         count_messages = (await conn.execute(select(func.count()).select_from(messages))).scalar_one()
         count_attachments = (await conn.execute(select(func.count()).select_from(attachments))).scalar_one()
         size = (await conn.execute(select(func.count()).select_from(ledger_entries))).scalar_one()
-    return Stored(int(count_messages), int(count_attachments), int(size), _files(gw))
-
-
-async def entries_since(gw: Gateway, index: int) -> list[dict[str, Any]]:
-    async with gw.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(ledger_entries.c.idx, ledger_entries.c.entry)
-                .where(ledger_entries.c.idx >= index)
-                .order_by(ledger_entries.c.idx)
-            )
-        ).all()
-    return [{"idx": row.idx, **json.loads(bytes(row.entry))} for row in rows]
+    return Stored(int(count_messages), int(count_attachments), int(size), attachment_files(gw))
 
 
 @pytest.fixture
@@ -139,7 +120,7 @@ async def assert_refused(
     assert after.files == (), after.files
 
     # exactly one ledger entry: the refusal, with the code as its reason
-    added = await entries_since(gw, before.ledger_size)
+    added = await ledger(gw, before.ledger_size)
     assert len(added) == 1, added
     entry = added[0]
     assert entry["type"] == "message.refused" and entry["reason"] == code, entry
@@ -498,7 +479,7 @@ async def test_receipt_of_a_valid_delivery(pair: Pair, hostile: HostilePeer) -> 
     assert (receipt.message_id, receipt.from_, receipt.to) == (payload.id, "au.ag", "ar.mj")
     assert receipt.envelope_sha256 == sha256_hex(sealed)
 
-    added = await entries_since(pair.au.gw, before.ledger_size)
+    added = await ledger(pair.au.gw, before.ledger_size)
     received = [entry for entry in added if entry["type"] == "message.received"]
     assert len(received) == 1 and received[0]["message_id"] == payload.id
     assert receipt.ledger_index == received[0]["idx"]
@@ -620,7 +601,7 @@ async def test_corrupt_attachments_are_refused_and_leave_no_file(pair: Pair, hos
     payload = hostile.payload(attachments=[big.ref.model_dump(), small.ref.model_dump()])
     answer = await hostile.post_multipart(hostile.seal(payload), [big.ciphertext, small.ciphertext])
     assert answer.status == 200, answer.raw
-    names = _files(pair.au.gw)
+    names = attachment_files(pair.au.gw)
     assert [re.sub(r"\.[0-9a-f]{16}$", "", name) for name in names] == [f"in/{payload.id}.0", f"in/{payload.id}.1"]
 
 

@@ -33,7 +33,7 @@ from gateway.problems import status_for
 from gateway.provision import AuthoritySpec, provision
 from store.tables import attachments, consents, ledger_entries, messages, outbox
 from tests.conftest import DatabaseFactory
-from tests.gateway.conftest import AR, AU, PASSPHRASE, Pair, Side, issue_token
+from tests.gateway.conftest import AR, AU, PASSPHRASE, Pair, Side, attachment_files, issue_token, ledger
 from tests.gateway.hostile import Answer, HostilePeer
 from tests.gateway.test_exchange import wait_for
 
@@ -75,13 +75,6 @@ class Stored:
     files: tuple[str, ...]
 
 
-def _files(gw: Gateway) -> tuple[str, ...]:
-    root = gw.settings.attachments_path
-    if not root.exists():
-        return ()
-    return tuple(sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()))
-
-
 async def stored(gw: Gateway) -> Stored:
     async with gw.engine.connect() as conn:
 
@@ -94,21 +87,8 @@ async def stored(gw: Gateway) -> Stored:
             await count(attachments),
             await count(consents),
             await count(ledger_entries),
-            _files(gw),
+            attachment_files(gw),
         )
-
-
-async def ledger(gw: Gateway, since: int = 0) -> list[dict[str, Any]]:
-    """Ledger entries from index ``since``, as stored (the bytes the Merkle tree hashes), with their index."""
-    async with gw.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(ledger_entries.c.idx, ledger_entries.c.entry)
-                .where(ledger_entries.c.idx >= since)
-                .order_by(ledger_entries.c.idx)
-            )
-        ).all()
-    return [{"idx": row.idx, **json.loads(bytes(row.entry))} for row in rows]
 
 
 async def ledger_text(gw: Gateway) -> str:
