@@ -104,10 +104,10 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
         # 3. duplicates and replays (before the marking check: a receipted message keeps its receipt)
         async with gw.reader.connect() as conn:
-            known = await Messages.find(conn, header.id)
+            known = await Messages.seen(conn, header.id)
         if known is not None:
             if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
-                return Received(known.receipt, True, known.id)
+                return Received(known.receipt, True, header.id)
             raise ReplayedMessage(f"message id {header.id} was already used for another envelope")
         # the receiving gateway enforces its own accreditation too, whatever the sender checked (DESIGN.md)
         own = gw.directory.authority(gw.authority_id).accreditation
@@ -138,9 +138,9 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         except IntegrityError:
             # a concurrent delivery of the same message won the race: answer as for a duplicate
             async with gw.reader.connect() as conn:
-                known = await Messages.find(conn, header.id)
+                known = await Messages.seen(conn, header.id)
             if known is not None and known.envelope_sha256 == digest and known.receipt:
-                return Received(known.receipt, True, known.id)
+                return Received(known.receipt, True, header.id)
             raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
     except ComityError as error:
         # an unauthenticated client gets a signed refusal but no ledger entry: it must not grow our ledger

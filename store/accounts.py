@@ -95,17 +95,18 @@ class User:
 
 
 def _user_from(row: Any, *, scopes: frozenset[str] = frozenset(), token_id: str | None = None) -> User:
-    mapping = row._mapping
+    """A user of a SQLAlchemy row or of a mapping of column names (store/fast.py's rows)."""
+    mapping = row if isinstance(row, Mapping) else row._mapping
     return User(
-        id=int(row.id),
-        username=row.username,
-        role=row.role,
-        clearance=row.clearance,
-        caveats=tuple(json.loads(row.caveats)),
-        unit=row.unit,
-        disabled=bool(row.disabled),
+        id=int(mapping["id"]),
+        username=mapping["username"],
+        role=mapping["role"],
+        clearance=mapping["clearance"],
+        caveats=tuple(json.loads(mapping["caveats"])),
+        unit=mapping["unit"],
+        disabled=bool(mapping["disabled"]),
         password_hash=mapping.get("password_hash"),
-        created_at=row.created_at,
+        created_at=mapping["created_at"],
         scopes=scopes,
         token_id=token_id,
     )

@@ -7,20 +7,42 @@ acknowledgement, answer, execution, outcome and closure count (a later one chang
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.events import EventType
 from protocol.stats import ASSISTANCE_BITS, OFFENCE_BITS, OUTCOME_STATES, REFUSAL_GROUND_BITS, Facets, mask_of
+from store import fast
 from store.tables import case_stats
 
 __all__ = ["ANSWER_MILESTONES", "CaseStats"]
 
-_MILESTONES: Final = frozenset({"start_at", "acknowledged_at", "first_answer_at"})
+_MILESTONES: Final = ("start_at", "acknowledged_at", "first_answer_at")
+# every request sent or received opens a row and every envelope sent marks "start_at" (a no-op for anything but
+# a request): the hot path, so the statements are built once (store/fast.py)
+_OPEN: Final = insert(case_stats)
+_TIMES: Final = ("start_at", "acknowledged_at", "first_answer_at", "executed_at")
+_MARK: Final = {
+    column: update(case_stats)
+    .where(case_stats.c.case_id == bindparam("b_case_id"), case_stats.c[column].is_(None))
+    .values({column: bindparam("b_at")})
+    .returning(*(case_stats.c[time] for time in _TIMES))
+    for column in _MILESTONES
+}
+_MARK_SQL: Final = {
+    column: f"UPDATE case_stats SET {column} = $1 WHERE case_id = $2 AND {column} IS NULL "  # noqa: S608 - fixed names
+    f"RETURNING {', '.join(_TIMES)}"
+    for column in _MILESTONES
+}
+_WAITS: Final = (
+    ("wait_acknowledge_ms", "acknowledged_at"),
+    ("wait_first_answer_ms", "first_answer_at"),
+    ("wait_execution_ms", "executed_at"),
+)
 # an answer's ledger event on the request it answers -> the milestone it marks (the first one counts)
 ANSWER_MILESTONES: Final = {EventType.ACKNOWLEDGED: "acknowledged_at", EventType.ANSWERED: "first_answer_at"}
 
@@ -40,26 +62,26 @@ class CaseStats:
         officer_id: int | None = None,
     ) -> None:
         """The row of a case a request opened (``at``: the time of message.submitted or message.received)."""
-        await conn.execute(
-            insert(case_stats).values(
-                case_id=case_id,
-                direction=direction,
-                counterpart=counterpart,
-                country=country,
-                opened_at=at,
-                year=at.year,
-                request_type=facets.request_type,
-                legal_basis=facets.legal_basis,
-                uncac_article=facets.uncac_article,
-                urgent=facets.urgent,
-                offences=mask_of(facets.offences, OFFENCE_BITS),
-                assistance=mask_of(facets.assistance, ASSISTANCE_BITS),
-                deadline=facets.deadline,
-                state=state,
-                officer_id=officer_id,
-                start_at=at if direction == "in" else None,
-            )
-        )
+        row = {
+            "case_id": case_id,
+            "direction": direction,
+            "counterpart": counterpart,
+            "country": country,
+            "opened_at": at,
+            "year": at.year,
+            "request_type": facets.request_type,
+            "legal_basis": facets.legal_basis,
+            "uncac_article": facets.uncac_article,
+            "urgent": facets.urgent,
+            "offences": mask_of(facets.offences, OFFENCE_BITS),
+            "assistance": mask_of(facets.assistance, ASSISTANCE_BITS),
+            "refusal_grounds": 0,
+            "deadline": facets.deadline,
+            "state": state,
+            "officer_id": officer_id,
+            "start_at": at if direction == "in" else None,
+        }
+        await fast.insert(conn, case_stats, row, _OPEN)
 
     @staticmethod
     async def milestone(conn: AsyncConnection, case_id: str, column: str, at: datetime) -> None:
@@ -67,12 +89,11 @@ class CaseStats:
         not a request's case changes nothing."""
         if column not in _MILESTONES:
             raise ValueError(f"not a milestone: {column}")
-        target = case_stats.c[column]
-        result = await conn.execute(
-            update(case_stats).where(case_stats.c.case_id == case_id, target.is_(None)).values({target: at})
+        times = await fast.fetch_row(
+            conn, _MARK_SQL[column], (at, case_id), _MARK[column], {"b_case_id": case_id, "b_at": at}
         )
-        if result.rowcount == 1:
-            await CaseStats._waits(conn, case_id)
+        if times is not None:
+            await CaseStats._write_waits(conn, case_id, times)
 
     @staticmethod
     async def assigned(conn: AsyncConnection, case_id: str, user_id: int) -> None:
@@ -83,24 +104,21 @@ class CaseStats:
     async def _waits(conn: AsyncConnection, case_id: str) -> None:
         """The waits from ``start_at`` to each milestone reached, in whole milliseconds (whichever came first)."""
         c = case_stats.c
-        row = (
-            await conn.execute(
-                select(c.start_at, c.acknowledged_at, c.first_answer_at, c.executed_at).where(c.case_id == case_id)
-            )
-        ).one()
-        if row.start_at is None:
+        row = (await conn.execute(select(*(c[time] for time in _TIMES)).where(c.case_id == case_id))).one()
+        await CaseStats._write_waits(conn, case_id, dict(row._mapping))
+
+    @staticmethod
+    async def _write_waits(conn: AsyncConnection, case_id: str, times: Mapping[str, datetime | None]) -> None:
+        start = times["start_at"]
+        if start is None:
             return
         waits = {
-            wait: (end - row.start_at) // timedelta(milliseconds=1)
-            for wait, end in (
-                ("wait_acknowledge_ms", row.acknowledged_at),
-                ("wait_first_answer_ms", row.first_answer_at),
-                ("wait_execution_ms", row.executed_at),
-            )
-            if end is not None
+            wait: (end - start) // timedelta(milliseconds=1)
+            for wait, milestone in _WAITS
+            if (end := times[milestone]) is not None
         }
         if waits:
-            await conn.execute(update(case_stats).where(c.case_id == case_id).values(**waits))
+            await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(**waits))
 
     @staticmethod
     async def moved(

@@ -24,18 +24,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
-__all__ = ["execute", "insert", "insert_many"]
+__all__ = ["execute", "fetch_row", "insert", "insert_many"]
 
 
-async def _driver(conn: AsyncConnection) -> Any | None:
-    """The asyncpg connection beneath ``conn`` when it is PostgreSQL and inside a transaction, else None."""
+async def _driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
+    """The asyncpg connection beneath ``conn`` when it is PostgreSQL and inside a transaction (or, for a ``read``,
+    in any state), else None."""
     if conn.dialect.name != "postgresql":
         return None
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     # SQLAlchemy's asyncpg adapter begins its transaction at the first statement: until then (or in autocommit)
-    # a statement sent here would commit on its own, so it goes through SQLAlchemy instead
-    if driver is None or not driver.is_in_transaction():
+    # a write sent here would commit on its own, so it goes through SQLAlchemy instead; a read changes nothing
+    if driver is None or not (read or driver.is_in_transaction()):
         return None
     return driver
 
@@ -54,13 +55,15 @@ def _values(row: Mapping[str, Any]) -> list[Any]:
     return values
 
 
-async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool) -> str:
+async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool = False, row: bool = False) -> Any:
     import asyncpg
 
     try:
         if many:
             await driver.executemany(sql, args)
             return ""
+        if row:
+            return await driver.fetchrow(sql, *args)
         return str(await driver.execute(sql, *args))
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise IntegrityError(sql, None, exc) from exc
@@ -99,3 +102,23 @@ async def execute(
         return int((await conn.execute(fallback, dict(params))).rowcount)
     count = (await _run(driver, sql, args, many=False)).rpartition(" ")[2]  # the command tag, e.g. "UPDATE 1"
     return int(count) if count.isdigit() else 0
+
+
+async def fetch_row(
+    conn: AsyncConnection,
+    sql: str,
+    args: Sequence[Any],
+    fallback: Executable,
+    params: Mapping[str, Any],
+    *,
+    read: bool = False,
+) -> Mapping[str, Any] | None:
+    """The first row ``sql`` returns (an ``UPDATE ... RETURNING``, say) by column name, or None; ``fallback`` with
+    ``params`` where the hot path does not apply. A ``read`` (a SELECT) takes the hot path on an autocommit
+    connection too."""
+    driver = await _driver(conn, read=read)
+    if driver is None:
+        found = (await conn.execute(fallback, dict(params))).mappings().first()
+        return None if found is None else dict(found)
+    record = await _run(driver, sql, args, row=True)
+    return None if record is None else dict(record.items())

@@ -16,13 +16,26 @@ from store import fast
 from store.errors import NotFound
 from store.tables import attachments, messages
 
-__all__ = ["AttachmentRow", "MessageRow", "Messages"]
+__all__ = ["AttachmentRow", "MessageRow", "Messages", "Seen"]
 
 # hot-path statements built once: building one per call (``insert(...).values(**row)``) costs more CPU than running
 # it (docs/performance.md); each is compiled once per set of parameter names and cached by SQLAlchemy
 _INSERT = insert(messages)
 _FIND = select(messages).where(messages.c.id == bindparam("b_id"))
 _UPDATE = update(messages).where(messages.c.id == bindparam("b_id"))
+_SEEN = select(messages.c.direction, messages.c.envelope_sha256, messages.c.receipt).where(
+    messages.c.id == bindparam("b_id")
+)
+_SEEN_SQL = "SELECT direction, envelope_sha256, receipt FROM messages WHERE id = $1"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the duplicate check of an incoming envelope needs to know of a message id already used."""
+
+    direction: str
+    envelope_sha256: str
+    receipt: str | None
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,13 @@ class Messages:
     async def find(conn: AsyncConnection, message_id: str) -> MessageRow | None:
         row = (await conn.execute(_FIND, {"b_id": message_id})).one_or_none()
         return None if row is None else MessageRow.from_row(row)
+
+    @staticmethod
+    async def seen(conn: AsyncConnection, message_id: str) -> Seen | None:
+        """The direction, envelope digest and receipt of ``message_id`` if it is known (every incoming envelope
+        asks: three columns, not the envelope, and on PostgreSQL straight through asyncpg)."""
+        row = await fast.fetch_row(conn, _SEEN_SQL, (message_id,), _SEEN, {"b_id": message_id}, read=True)
+        return None if row is None else Seen(row["direction"], row["envelope_sha256"], row["receipt"])
 
     @staticmethod
     async def get(conn: AsyncConnection, message_id: str) -> MessageRow:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store import fast
 from store.accounts import (
     _USER_COLUMNS,
     ROLE_SCOPES,
@@ -48,6 +49,11 @@ _AUTHENTICATE = (
     select(*_USER_COLUMNS, tokens.c.expires_at, tokens.c.revoked_at, tokens.c.token_id, tokens.c.scopes)
     .join(tokens, tokens.c.user_id == users.c.id)
     .where(tokens.c.token_hash == bindparam("b_hash"), users.c.disabled.is_(False))
+)
+_AUTHENTICATE_SQL = (
+    "SELECT u.id, u.username, u.role, u.clearance, u.caveats, u.unit, u.disabled, u.created_at, t.expires_at, "
+    "t.revoked_at, t.token_id, t.scopes FROM tokens t JOIN users u ON u.id = t.user_id "
+    "WHERE t.token_hash = $1 AND u.disabled = false"
 )
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
@@ -154,11 +160,14 @@ class Tokens:
         """The user of a valid token (with the token's scopes, cut to what the role allows now), else None."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
-        row = (await conn.execute(_AUTHENTICATE, {"b_hash": hash_token(token)})).one_or_none()
-        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        digest = hash_token(token)
+        row = await fast.fetch_row(conn, _AUTHENTICATE_SQL, (digest,), _AUTHENTICATE, {"b_hash": digest}, read=True)
+        if row is None or row["revoked_at"] is not None:
             return None
-        scopes = frozenset(row.scopes.split()) & ROLE_SCOPES.get(row.role, frozenset())
-        return _user_from(row, scopes=scopes, token_id=row.token_id)
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            return None
+        scopes = frozenset(row["scopes"].split()) & ROLE_SCOPES.get(row["role"], frozenset())
+        return _user_from(row, scopes=scopes, token_id=row["token_id"])
 
     @staticmethod
     async def tokens_of(conn: AsyncConnection, username: str) -> list[TokenInfo]:
