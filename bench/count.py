@@ -62,7 +62,7 @@ class Counts:
 
 async def run(args: argparse.Namespace) -> None:
     from config.settings import load_settings
-    from gateway.app import start_gateway
+    from gateway.app import settle_heap, start_gateway
     from gateway.context import Gateway
     from gateway.logs import configure_logging
     from gateway.provision import AuthoritySpec, provision
@@ -92,6 +92,7 @@ async def run(args: argparse.Namespace) -> None:
             if gw.reader.sync_engine.pool is not gw.engine.sync_engine.pool:  # PostgreSQL: one pool, one dispatch
                 counts[side].attach(gw.reader)
             gateways.append(await start_gateway(gw))
+        settle_heap()  # as `comity serve` does once it has started
         sender = gateways[0].gw
         body = request_body("au.ag", content_text())
         url = f"http://127.0.0.1:{ar.api_port}/v1/messages"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -101,5 +101,43 @@ async def test_outside_a_transaction_the_sqlalchemy_statement_runs(db_url: str) 
         if postgresql:
             async with make_reader(db_url, engine).connect() as conn:
                 assert await fast._driver(conn) is None  # the autocommit reader never takes the hot path
+    finally:
+        await engine.dispose()
+
+
+async def test_fetch_row_returns_the_row_by_column_name_on_both_paths(db_url: str) -> None:
+    """An UPDATE ... RETURNING inside a transaction and a read on the autocommit reader give the same mapping as
+    SQLAlchemy's statement would; no row is None."""
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    update_sql = "UPDATE checkpoints SET note = $1 WHERE size = $2 RETURNING size, note, created_at"
+    update_stmt = (
+        checkpoints.update()
+        .where(checkpoints.c.size == bindparam("b_size"))
+        .values(note=bindparam("b_note"))
+        .returning(checkpoints.c.size, checkpoints.c.note, checkpoints.c.created_at)
+    )
+    read_sql = "SELECT size, note, created_at FROM checkpoints WHERE size = $1"
+    read_stmt = select(checkpoints.c.size, checkpoints.c.note, checkpoints.c.created_at).where(
+        checkpoints.c.size == bindparam("b_size")
+    )
+    try:
+        await insert_in_transaction(engine, row(1))
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            changed = await fast.fetch_row(
+                conn, update_sql, ("changed", 1), update_stmt, {"b_size": 1, "b_note": "changed"}
+            )
+            missing = await fast.fetch_row(conn, update_sql, ("x", 9), update_stmt, {"b_size": 9, "b_note": "x"})
+        assert changed == {"size": 1, "note": "changed", "created_at": NOW}
+        assert missing is None
+        async with make_reader(db_url, engine).connect() as conn:
+            read = await fast.fetch_row(conn, read_sql, (1,), read_stmt, {"b_size": 1}, read=True)
+            if not is_sqlite(db_url):
+                assert await fast._driver(conn, read=True) is not None  # a read takes the hot path in autocommit
+            absent = await fast.fetch_row(conn, read_sql, (2,), read_stmt, {"b_size": 2}, read=True)
+        assert read == {"size": 1, "note": "changed", "created_at": NOW}
+        assert read is not None and read["created_at"].utcoffset() is not None
+        assert absent is None
     finally:
         await engine.dispose()
