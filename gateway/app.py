@@ -23,6 +23,7 @@ from gateway.context import Gateway
 from gateway.federation import GATEWAY, federation_routes
 from gateway.ledger_api import ledger_routes
 from gateway.logs import get_logger
+from gateway.loops import stop_if_cancelled
 from gateway.notify import Notifier
 from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
@@ -167,6 +168,7 @@ async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
                 gw.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
         except Exception:
             log.exception("checkpoint_failed")
+        stop_if_cancelled()
 
 
 def settle_heap() -> int:

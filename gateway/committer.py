@@ -8,7 +8,8 @@ lets each unit finish with that checkpoint (a receipt carries it), and commits o
 only when one of its units asks for it (``tx.wants_checkpoint``); the checkpointer asks every second.
 
 A unit is ``async def unit(tx) -> finish`` and ``async def finish(checkpoint_note) -> result``: the first phase
-changes rows and records events (their indexes are known at once); the second runs after the entries are written.
+changes rows and records events (their indexes are known at once); the second runs once the batch's checkpoint is
+signed (from the head computed in memory), before the entries are written with it at the end of the transaction.
 If a batch fails, it is rolled back and its units are run again one by one, so one unit's failure (a duplicate
 message id, say) is that unit's alone. Every unit still commits with its events or not at all.
 """
@@ -154,13 +155,19 @@ class Committer:
             batch = await gw.events.begin_batch(conn)
             tx = Tx(conn, batch, gw.clock)
             finishers = [await job.unit(tx) for job in jobs]
-            head = await batch.flush(conn)
-            note = ""
+            note, checkpoint = "", None
             if tx.wants_checkpoint:
-                note = await gw.events.record_checkpoint(
-                    conn, gw.origin, gw.sign_checkpoint, gw.clock(), head, grew=head.size > batch.start
+                note, checkpoint = await gw.events.batch_checkpoint(
+                    conn, batch, gw.origin, gw.sign_checkpoint, gw.clock()
                 )
-            return [await finish(note) for finish in finishers]
+            covered = batch.size
+            results = [await finish(note) for finish in finishers]
+            if batch.size != covered:  # a finish must not append: the checkpoint would not cover its entry
+                raise RuntimeError("a unit's finish step appended to the ledger after the checkpoint was signed")
+            # the entries, the checkpoint, the head and every row the units queued (store/fast.py): on PostgreSQL
+            # one statement
+            await batch.flush(conn, checkpoint)
+            return results
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

@@ -22,6 +22,7 @@ import aiohttp
 
 from gateway.context import Gateway
 from gateway.logs import get_logger
+from gateway.loops import stop_if_cancelled
 from protocol.casework import Stage
 from protocol.errors import ComityError
 from protocol.timefmt import format_time
@@ -117,6 +118,7 @@ class Notifier:
                 except Exception:
                     self.failures = min(self.failures + 1, 20)
                     self.log.exception("case_work_scan_failed")
+                stop_if_cancelled()
                 await asyncio.sleep(self.delay())
         finally:
             if self._session is not None:

@@ -20,6 +20,7 @@ from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
 from gateway.logs import get_logger
+from gateway.loops import stop_if_cancelled
 from gateway.tls import client_context
 from gateway.witness import Witness
 from protocol.errors import ComityError
@@ -92,6 +93,7 @@ class OutboxSender:
                         items = await self.gw.outbox.claim_due(conn, self.gw.clock(), limit=free, lease=LEASE)
                 except Exception:
                     self.log.exception("outbox_claim_failed")
+            stop_if_cancelled()
             for item in items:
                 task = asyncio.create_task(self._deliver_safely(item))
                 self._inflight.add(task)

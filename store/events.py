@@ -9,6 +9,7 @@ replicas sharing one PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,24 @@ _UPDATE_HEAD = (
 _HEAD = select(ledger_head.c.size, ledger_head.c.frontier).where(ledger_head.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _INSERT_CHECKPOINT = insert(checkpoints)
+
+
+@functools.lru_cache(maxsize=64)
+def _flush_statement(first: int, checkpoint: bool) -> tuple[tuple[str, ...], str]:
+    """PostgreSQL: a batch's entries, nodes, checkpoint and head in one statement with the rows store.fast queued
+    (placeholders from ``first``): one round trip per group commit (docs/performance.md). Data-modifying CTEs all
+    run to completion, and foreign keys are checked at the end of the statement."""
+    n = [f"${first + i}" for i in range(12)]  # placeholders only: no value is ever formatted into the text
+    entries = f"{n[0]}::bigint[], {n[1]}::bytea[], {n[2]}::varchar[], {n[3]}::varchar[], {n[4]}::timestamptz[]"
+    nodes = f"{n[5]}::integer[], {n[6]}::bigint[], {n[7]}::bytea[]"
+    ctes = [
+        f"e AS (INSERT INTO ledger_entries (idx, entry, message_id, type, time) SELECT * FROM unnest({entries}))",  # noqa: S608
+        f"n AS (INSERT INTO ledger_nodes (level, idx, hash) SELECT * FROM unnest({nodes}))",  # noqa: S608
+    ]
+    if checkpoint:
+        ctes.append(f"c AS (INSERT INTO checkpoints (size, note, created_at) VALUES ({n[8]}, {n[10]}, {n[11]}))")  # noqa: S608
+    return tuple(ctes), f"UPDATE ledger_head SET size = {n[8]}, frontier = {n[9]} WHERE id = 1"  # noqa: S608
+
 
 # checkpoint body text in, signed note out (crypto.note.sign_note with the gateway's signer)
 CheckpointSigner = Callable[[str], str]
@@ -94,24 +113,52 @@ class LedgerBatch:
     def head(self) -> TreeHead:
         return TreeHead(self.size, {node: self._nodes[node] for node in merkle.root_needs(self.size)})
 
-    async def flush(self, conn: AsyncConnection) -> TreeHead:
-        """Write what was appended since the last flush; return the new head."""
+    async def flush(self, conn: AsyncConnection, checkpoint: tuple[str, datetime] | None = None) -> TreeHead:
+        """Write what was appended since the last flush, and ``checkpoint`` (a signed note of the new head and its
+        time) beside it if given; return the new head."""
         if self._entries:
-            await fast.insert_many(conn, ledger_entries, self._entries, _INSERT_ENTRIES)
-            await fast.insert_many(conn, ledger_nodes, self._node_rows, _INSERT_NODES)
             head = self.head()
             frontier = _pack(head.size, head.frontier)
-            await fast.execute(
-                conn,
-                "UPDATE ledger_head SET size = $1, frontier = $2 WHERE id = 1",
-                (head.size, frontier),
-                _UPDATE_HEAD,
-                {"b_size": head.size, "b_frontier": frontier},
-            )
+            if not await self._flush_direct(conn, head.size, frontier, checkpoint):
+                await fast.insert_many(conn, ledger_entries, self._entries, _INSERT_ENTRIES)
+                await fast.insert_many(conn, ledger_nodes, self._node_rows, _INSERT_NODES)
+                await fast.execute(
+                    conn,
+                    "UPDATE ledger_head SET size = $1, frontier = $2 WHERE id = 1",
+                    (head.size, frontier),
+                    _UPDATE_HEAD,
+                    {"b_size": head.size, "b_frontier": frontier},
+                )
+                if checkpoint is not None:
+                    row = {"size": head.size, "note": checkpoint[0], "created_at": checkpoint[1]}
+                    await fast.insert(conn, checkpoints, row, _INSERT_CHECKPOINT)
             self._entries, self._node_rows = [], []
             # keep only the frontier: older nodes are never read by later appends
             self._nodes = dict(head.frontier)
+        elif checkpoint is not None:
+            raise ValueError("a checkpoint is written with the entries it covers")
         return self.head()
+
+    async def _flush_direct(
+        self, conn: AsyncConnection, size: int, frontier: bytes, checkpoint: tuple[str, datetime] | None
+    ) -> bool:
+        entries, nodes = self._entries, self._node_rows
+        args: list[object] = [
+            [e["idx"] for e in entries],
+            [e["entry"] for e in entries],
+            [e["message_id"] for e in entries],
+            [e["type"] for e in entries],
+            [e["time"] for e in entries],
+            [n["level"] for n in nodes],
+            [n["idx"] for n in nodes],
+            [n["hash"] for n in nodes],
+            size,
+            frontier,
+        ]
+        if checkpoint is None:
+            return await fast.execute_direct(conn, functools.partial(_flush_statement, checkpoint=False), args)
+        tail = functools.partial(_flush_statement, checkpoint=True)
+        return await fast.execute_direct(conn, tail, [*args, *checkpoint])
 
 
 class EventLog:
@@ -140,6 +187,18 @@ class EventLog:
         await batch.flush(conn)
         return indexes
 
+    async def batch_checkpoint(
+        self, conn: AsyncConnection, batch: LedgerBatch, origin: str, sign: CheckpointSigner, now: datetime
+    ) -> tuple[str, tuple[str, datetime] | None]:
+        """A signed checkpoint of the head ``batch`` makes, before the batch is written: the note, and what to give
+        ``batch.flush`` so that it is stored with the entries it covers (None when the batch appended nothing and
+        the note is the one stored for that size already, or a new one stored here)."""
+        head = batch.head()
+        if head.size == batch.start:
+            return await self.record_checkpoint(conn, origin, sign, now, head), None
+        note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
+        return note, (note, now)
+
     async def record_checkpoint(
         self,
         conn: AsyncConnection,
@@ -147,20 +206,14 @@ class EventLog:
         sign: CheckpointSigner,
         now: datetime,
         head: TreeHead | None = None,
-        *,
-        grew: bool = False,
     ) -> str:
-        """Sign a checkpoint of ``head`` (default: the stored head), once per size, and return the signed note.
-
-        ``grew``: the caller's transaction appended up to ``head`` under the head lock, so no checkpoint of this
-        size can exist yet (sizes only grow) and the lookup is skipped."""
+        """Sign a checkpoint of ``head`` (default: the stored head), once per size, and return the signed note."""
         head = head or await self.head(conn)
-        if not grew:
-            existing = (
-                await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == head.size))
-            ).scalar_one_or_none()
-            if existing is not None:
-                return str(existing)
+        existing = (
+            await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == head.size))
+        ).scalar_one_or_none()
+        if existing is not None:
+            return str(existing)
         note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
         await fast.insert(conn, checkpoints, {"size": head.size, "note": note, "created_at": now}, _INSERT_CHECKPOINT)
         return note

@@ -1,13 +1,25 @@
 """The PostgreSQL hot path: the few writes every envelope makes, run on the asyncpg connection under SQLAlchemy.
 
 SQLAlchemy Core costs about three times what asyncpg does for a one-row statement (docs/performance.md: 190 against
-61 us of CPU for an INSERT of a message row), and every envelope makes a dozen such statements on the two gateways.
-So the inserts of the group commit (ledger entries and nodes, the ledger head, checkpoints, messages, cases, the
-outbox) go straight to asyncpg, with prepared statements it caches per connection, **inside the transaction
-SQLAlchemy began** on the same connection. Everything stays as it was where that does not hold:
+61 us of CPU for an INSERT of a message row), and every statement is a round trip that costs both processes CPU
+(about 66 us in the client alone, measured with asyncpg). So the writes of the group commit go straight to asyncpg,
+with prepared statements it caches per connection, **inside the transaction SQLAlchemy began** on the same
+connection, and the inserts are **deferred**: :func:`insert` and :func:`insert_many` only queue their rows on the
+connection, and the queue is written, one ``INSERT ... SELECT * FROM unnest(...)`` per table in a single statement,
 
-* SQLite, and any connection that is not inside a transaction (an autocommit reader), use the SQLAlchemy statement
-  given as the fallback: the same rows, the same table;
+* together with the ledger's own writes when the group commit closes its batch (:func:`execute_direct`), so a batch
+  of submissions or receptions costs one round trip for all its rows;
+* before any other statement on that connection, whether it goes through this module or through SQLAlchemy (an
+  engine event, :func:`install`), so that every read and every write sees the rows queued before it, as if they had
+  been inserted at once;
+* before COMMIT; a ROLLBACK, or the connection returning to the pool, drops the queue.
+
+A constraint violation of a queued row therefore surfaces at the statement that writes the queue, not at the call
+that queued it; inside one transaction nobody can tell the difference, and a group commit retries the units of a
+failed batch one by one anyway. Everything stays as it was where the hot path does not hold:
+
+* SQLite, and any connection that is not inside a transaction (an autocommit reader), run the SQLAlchemy statement
+  given as the fallback, at once: the same rows, the same table;
 * a constraint violation is raised as SQLAlchemy's ``IntegrityError``, as callers expect (a duplicate delivery);
 * a naive datetime is refused, as ``store.tables.UTCDateTime`` refuses it.
 """
@@ -15,16 +27,60 @@ SQLAlchemy began** on the same connection. Everything stays as it was where that
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Table
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
+from sqlalchemy.util import await_only
 
-__all__ = ["execute", "fetch_row", "insert", "insert_many"]
+__all__ = ["execute", "execute_direct", "fetch_row", "insert", "insert_many", "install", "pending_rows"]
+
+_QUEUE: Final = "comity.fast.queue"  # key of the queued rows in the connection's info (one DBAPI connection)
+_DIALECT: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+# a statement built from the queue: the CTEs (one per table and column set) and their arguments, numbered from 1
+Queued = tuple[list[str], list[Any]]
+# the caller's part of a statement that also writes the queue: given the number of the first free placeholder,
+# its own CTEs (possibly none) and the main statement
+Tail = Callable[[int], tuple[Sequence[str], str]]
+
+
+class _Queue:
+    """Rows waiting to be inserted, by table and column set, in the order they were queued."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, Table] = {}
+        self.groups: dict[tuple[str, tuple[str, ...]], list[list[Any]]] = {}
+
+    def add(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.tables[table.name] = table
+        for row in rows:
+            self.groups.setdefault((table.name, tuple(row)), []).append(_values(row))
+
+    def statement(self) -> Queued:
+        ctes: list[str] = []
+        args: list[Any] = []
+        for number, ((name, columns), rows) in enumerate(self.groups.items()):
+            table = self.tables[name]
+            arrays = []
+            for position, column in enumerate(columns):
+                args.append([row[position] for row in rows])
+                arrays.append(f"${len(args)}::{_array_type(table, column)}")
+            # names from store/tables.py and placeholders: no value is ever formatted into the text
+            target = f"{name} ({', '.join(columns)})"
+            ctes.append(f"q{number} AS (INSERT INTO {target} SELECT * FROM unnest({', '.join(arrays)}))")  # noqa: S608
+        return ctes, args
+
+
+@functools.lru_cache(maxsize=256)
+def _array_type(table: Table, column: str) -> str:
+    return f"{table.c[column].type.compile(dialect=_DIALECT)}[]"
 
 
 async def _driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
@@ -49,10 +105,14 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 def _values(row: Mapping[str, Any]) -> list[Any]:
     values = list(row.values())
+    _check_times(values)
+    return values
+
+
+def _check_times(values: Sequence[Any]) -> None:
     for value in values:
         if isinstance(value, datetime) and value.tzinfo is None:
             raise ValueError("naive datetime given to the store")
-    return values
 
 
 async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool = False, row: bool = False) -> Any:
@@ -69,27 +129,43 @@ async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool = False
         raise IntegrityError(sql, None, exc) from exc
 
 
+def _take_queue(info: dict[Any, Any]) -> Queued | None:
+    queue: _Queue | None = info.pop(_QUEUE, None)
+    return None if queue is None or not queue.groups else queue.statement()
+
+
+async def _write_queue(driver: Any, info: dict[Any, Any]) -> None:
+    queued = _take_queue(info)
+    if queued is not None:
+        ctes, args = queued
+        await _run(driver, f"WITH {', '.join(ctes)} SELECT 1", args)
+
+
+def pending_rows(conn: AsyncConnection | Connection) -> int:
+    """How many rows are queued on ``conn`` and not written yet (tests and assertions)."""
+    queue: _Queue | None = conn.info.get(_QUEUE)
+    return 0 if queue is None else sum(len(rows) for rows in queue.groups.values())
+
+
 async def insert(conn: AsyncConnection, table: Table, row: Mapping[str, Any], fallback: Executable) -> None:
-    """Insert ``row`` into ``table``; ``fallback`` is the same INSERT built with SQLAlchemy (``insert(table)``)."""
-    driver = await _driver(conn)
-    if driver is None:
-        await conn.execute(fallback, dict(row))
-        return
-    await _run(driver, _insert_sql(table.name, tuple(row)), _values(row), many=False)
+    """Insert ``row`` into ``table`` (queued, see the module docstring); ``fallback`` is the same INSERT built with
+    SQLAlchemy (``insert(table)``)."""
+    await insert_many(conn, table, [row], fallback)
 
 
 async def insert_many(
     conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]], fallback: Executable
 ) -> None:
-    """Insert ``rows`` (all with the same members) into ``table`` in one round trip."""
+    """Insert ``rows`` into ``table`` (queued, see the module docstring)."""
     if not rows:
         return
-    driver = await _driver(conn)
-    if driver is None:
+    if await _driver(conn) is None:
         await conn.execute(fallback, [dict(row) for row in rows])
         return
-    sql = _insert_sql(table.name, tuple(rows[0]))
-    await _run(driver, sql, [_values(row) for row in rows], many=True)
+    queue = conn.info.get(_QUEUE)
+    if queue is None:
+        queue = conn.info[_QUEUE] = _Queue()
+    queue.add(table, rows)
 
 
 async def execute(
@@ -100,7 +176,8 @@ async def execute(
     driver = await _driver(conn)
     if driver is None:
         return int((await conn.execute(fallback, dict(params))).rowcount)
-    count = (await _run(driver, sql, args, many=False)).rpartition(" ")[2]  # the command tag, e.g. "UPDATE 1"
+    await _write_queue(driver, conn.info)
+    count = (await _run(driver, sql, args)).rpartition(" ")[2]  # the command tag, e.g. "UPDATE 1"
     return int(count) if count.isdigit() else 0
 
 
@@ -120,5 +197,49 @@ async def fetch_row(
     if driver is None:
         found = (await conn.execute(fallback, dict(params))).mappings().first()
         return None if found is None else dict(found)
+    await _write_queue(driver, conn.info)
     record = await _run(driver, sql, args, row=True)
     return None if record is None else dict(record.items())
+
+
+async def execute_direct(conn: AsyncConnection, tail: Tail, args: Sequence[Any]) -> bool:
+    """Run the statement ``tail`` builds (PostgreSQL text) with ``args``, writing the queued rows in the same
+    statement, and return True; or return False, having run nothing, where the hot path does not apply (SQLite,
+    autocommit): the caller then does the same work with SQLAlchemy statements."""
+    driver = await _driver(conn)
+    if driver is None:
+        return False
+    _check_times(args)
+    ctes, queued_args = _take_queue(conn.info) or ([], [])
+    own, main = tail(len(queued_args) + 1)
+    ctes = [*ctes, *own]
+    await _run(driver, f"WITH {', '.join(ctes)} {main}" if ctes else main, [*queued_args, *args])
+    return True
+
+
+def install(engine: AsyncEngine) -> None:
+    """Write a connection's queued rows before every SQLAlchemy statement and before COMMIT; drop them on ROLLBACK
+    and when the connection goes back to the pool (PostgreSQL engines; SQLite never queues)."""
+    sync = engine.sync_engine
+
+    def write(conn: Connection) -> None:
+        if conn.info.get(_QUEUE) is not None:
+            # inside SQLAlchemy's greenlet: the asyncpg call is awaited the way SQLAlchemy's own adapter awaits it
+            await_only(_write_queue(conn.connection.driver_connection, conn.info))
+
+    @event.listens_for(sync, "before_cursor_execute")
+    def _before_statement(conn: Connection, *_: Any) -> None:
+        write(conn)
+
+    @event.listens_for(sync, "commit")
+    def _before_commit(conn: Connection) -> None:
+        write(conn)
+
+    @event.listens_for(sync, "rollback")
+    def _on_rollback(conn: Connection) -> None:
+        conn.info.pop(_QUEUE, None)
+
+    @event.listens_for(sync.pool, "checkin")
+    def _on_checkin(_dbapi: Any, record: Any) -> None:
+        if record is not None:
+            record.info.pop(_QUEUE, None)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import fast
 from store.db import is_sqlite, make_engine, make_reader, run_migrations
-from store.tables import checkpoints
+from store.tables import case_stats, cases, checkpoints
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 INSERT = insert(checkpoints)
@@ -139,5 +139,112 @@ async def test_fetch_row_returns_the_row_by_column_name_on_both_paths(db_url: st
         assert read == {"size": 1, "note": "changed", "created_at": NOW}
         assert read is not None and read["created_at"].utcoffset() is not None
         assert absent is None
+    finally:
+        await engine.dispose()
+
+
+# -- rows queued on PostgreSQL (written before the next statement, at COMMIT, or with execute_direct) ------------
+
+CASE_ROW = {"id": "case-1", "unit": None, "created_at": NOW, "state": "received", "request_type": None}
+
+
+def stats_row(case_id: str) -> dict[str, object]:
+    return {
+        "case_id": case_id,
+        "direction": "in",
+        "counterpart": "ar.mj",
+        "country": "AR",
+        "opened_at": NOW,
+        "year": 2026,
+        "urgent": False,
+        "offences": 0,
+        "assistance": 0,
+        "refusal_grounds": 0,
+        "state": "received",
+    }
+
+
+async def test_a_queued_row_is_seen_by_the_next_statement_whichever_path_it_takes(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    queued = 0 if is_sqlite(db_url) else 1  # SQLite inserts at once
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            assert fast.pending_rows(conn) == queued
+            # a SQLAlchemy read sees it (the engine event wrote the queue first)
+            assert (await conn.execute(select(checkpoints.c.size))).scalars().all() == [1]
+            assert fast.pending_rows(conn) == 0
+            await fast.insert(conn, checkpoints, row(2), INSERT)
+            # and so does an UPDATE through the hot path
+            changed = await fast.execute(
+                conn,
+                "UPDATE checkpoints SET note = $1 WHERE size = $2",
+                ("changed", 2),
+                checkpoints.update().where(checkpoints.c.size == 2).values(note="changed"),
+                {},
+            )
+            assert changed == 1
+            await fast.insert(conn, checkpoints, row(3), INSERT)  # written at COMMIT, with nothing after it
+        assert await stored(engine) == {1: ("note 1", NOW), 2: ("changed", NOW), 3: ("note 3", NOW)}
+    finally:
+        await engine.dispose()
+
+
+async def test_queued_rows_go_with_a_rollback_and_never_reach_the_next_transaction(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url, pool_size=1)  # the next transaction gets the same connection
+    try:
+        with pytest.raises(RuntimeError):
+            await insert_in_transaction(engine, row(1), fail=True)
+        await insert_in_transaction(engine, row(2))
+        assert set(await stored(engine)) == {2}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_queued_duplicate_fails_the_transaction_when_the_queue_is_written(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        await insert_in_transaction(engine, row(1))
+
+        async def queue_a_duplicate() -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT 1"))
+                await fast.insert(conn, checkpoints, row(2), INSERT)
+                await fast.insert(conn, checkpoints, {**row(1), "note": "again"}, INSERT)
+
+        with pytest.raises(IntegrityError):
+            await queue_a_duplicate()
+        assert await stored(engine) == {1: ("note 1", NOW)}  # row 2 went with the failed transaction
+    finally:
+        await engine.dispose()
+
+
+async def test_execute_direct_writes_the_queue_in_its_own_statement_children_before_parents(db_url: str) -> None:
+    """case_stats refers to cases: queued child first, both land, because the constraint is checked at the end of
+    the one statement."""
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            child = (case_stats, stats_row("case-1"), insert(case_stats))
+            parent = (cases, CASE_ROW, insert(cases))
+            # SQLite inserts at once and checks the reference there: the parent has to come first
+            for table, values, fallback in (parent, child) if is_sqlite(db_url) else (child, parent):
+                await fast.insert(conn, table, values, fallback)
+            ran = await fast.execute_direct(
+                conn,
+                lambda first: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = 0"),  # noqa: S608
+                ["x"],
+            )
+            assert ran is not is_sqlite(db_url)
+            assert fast.pending_rows(conn) == 0
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(case_stats.c.case_id))).scalars().all() == ["case-1"]
+            assert (await conn.execute(select(cases.c.id))).scalars().all() == ["case-1"]
     finally:
         await engine.dispose()
