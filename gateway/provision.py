@@ -8,6 +8,7 @@ directory copied into each authority's data directory, and ``comity db upgrade``
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -39,10 +40,29 @@ class Provisioned:
     api_port: int
 
 
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 20000
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now, chosen below the kernel's ephemeral range where the kernel can tell: a port
+    from that range may be handed to an outgoing connection (to PostgreSQL, say) before the gateway binds it."""
+    try:
+        first_ephemeral = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 0
+    candidates = (
+        [secrets.randbelow(first_ephemeral - 20000) + 20000 for _ in range(50)] if first_ephemeral > 21000 else []
+    )
+    for port in [*candidates, 0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free loopback port")  # pragma: no cover - port 0 always binds
 
 
 @contextmanager

@@ -12,7 +12,8 @@ connection, and the queue is written, one ``INSERT ... SELECT * FROM unnest(...)
 * before any other statement on that connection, whether it goes through this module or through SQLAlchemy (an
   engine event, :func:`install`), so that every read and every write sees the rows queued before it, as if they had
   been inserted at once;
-* before COMMIT; a ROLLBACK, or the connection returning to the pool, drops the queue.
+* before COMMIT and before a SAVEPOINT; a ROLLBACK (to a savepoint, too), or the connection returning to the pool,
+  drops the queue.
 
 A constraint violation of a queued row therefore surfaces at the statement that writes the queue, not at the call
 that queued it; inside one transaction nobody can tell the difference, and a group commit retries the units of a
@@ -27,6 +28,7 @@ failed batch one by one anyway. Everything stays as it was where the hot path do
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -80,7 +82,9 @@ class _Queue:
 
 @functools.lru_cache(maxsize=256)
 def _array_type(table: Table, column: str) -> str:
-    return f"{table.c[column].type.compile(dialect=_DIALECT)}[]"
+    # without a length: an explicit cast to VARCHAR(36) would cut a longer value silently, where the column itself
+    # refuses it as an INSERT's values would be refused
+    return re.sub(r"\(\d+\)", "", table.c[column].type.compile(dialect=_DIALECT)) + "[]"
 
 
 async def _driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
@@ -222,8 +226,11 @@ def install(engine: AsyncEngine) -> None:
     and when the connection goes back to the pool (PostgreSQL engines; SQLite never queues)."""
     sync = engine.sync_engine
 
+    # an invalidated connection (a statement cancelled, the server gone) has lost its transaction and its queue (the
+    # pool clears the record's info): touching ``conn.info`` then would raise PendingRollbackError, which would
+    # replace the error or cancellation being handled
     def write(conn: Connection) -> None:
-        if conn.info.get(_QUEUE) is not None:
+        if not conn.invalidated and conn.info.get(_QUEUE) is not None:
             # inside SQLAlchemy's greenlet: the asyncpg call is awaited the way SQLAlchemy's own adapter awaits it
             await_only(_write_queue(conn.connection.driver_connection, conn.info))
 
@@ -235,9 +242,23 @@ def install(engine: AsyncEngine) -> None:
     def _before_commit(conn: Connection) -> None:
         write(conn)
 
+    def drop(conn: Connection) -> None:
+        if not conn.invalidated:
+            conn.info.pop(_QUEUE, None)
+
     @event.listens_for(sync, "rollback")
     def _on_rollback(conn: Connection) -> None:
-        conn.info.pop(_QUEUE, None)
+        drop(conn)
+
+    # a SAVEPOINT: what was queued before it is written before it, so that a ROLLBACK TO it drops exactly the rows
+    # queued after it (the queue then holds nothing else)
+    @event.listens_for(sync, "savepoint")
+    def _before_savepoint(conn: Connection, _name: str) -> None:
+        write(conn)
+
+    @event.listens_for(sync, "rollback_savepoint")
+    def _on_rollback_to_savepoint(conn: Connection, _name: str, _context: Any) -> None:
+        drop(conn)
 
     @event.listens_for(sync.pool, "checkin")
     def _on_checkin(_dbapi: Any, record: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -246,5 +247,80 @@ async def test_execute_direct_writes_the_queue_in_its_own_statement_children_bef
         async with engine.connect() as conn:
             assert (await conn.execute(select(case_stats.c.case_id))).scalars().all() == ["case-1"]
             assert (await conn.execute(select(cases.c.id))).scalars().all() == ["case-1"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_rollback_to_a_savepoint_drops_only_what_was_queued_after_it(db_url: str) -> None:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            await fast.insert(conn, checkpoints, row(1), INSERT)  # before the savepoint: kept
+            savepoint = await conn.begin_nested()
+            await fast.insert(conn, checkpoints, row(2), INSERT)  # inside it: rolled back with it
+            await savepoint.rollback()
+            await fast.insert(conn, checkpoints, row(3), INSERT)
+        assert set(await stored(engine)) == {1, 3}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_transaction_cancelled_mid_statement_raises_the_cancellation(db_url: str) -> None:
+    """Cancelling invalidates the connection; rolling back must not then fail in its own right (a PendingRollbackError
+    would replace the CancelledError, and a loop catching Exception would carry on instead of stopping)."""
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    slow = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) SELECT count(*) FROM c"
+        if is_sqlite(db_url)
+        else "SELECT pg_sleep(10)"
+    )
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            started.set()
+            await conn.execute(text(slow))
+
+    try:
+        task = asyncio.create_task(work())
+        await started.wait()
+        await asyncio.sleep(0.05)  # the slow statement is running (SQLite: about a second in its thread)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if not is_sqlite(db_url):
+            # (SQLite: the cancelled connection keeps the file's write lock until it is closed, so the read would
+            # wait for it; nothing is queued there, the insert ran at once and is rolled back with the connection)
+            assert await stored(engine) == {}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_queued_value_longer_than_its_column_is_never_cut(db_url: str) -> None:
+    """cases.id is VARCHAR(36): PostgreSQL refuses 40 characters (a cast of the queued array must not cut them);
+    SQLite does not enforce lengths and keeps the value whole."""
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    long_id = "c" * 40
+
+    async def queue_it() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            await fast.insert(conn, cases, {**CASE_ROW, "id": long_id}, insert(cases))
+
+    try:
+        if is_sqlite(db_url):
+            await queue_it()
+        else:
+            with pytest.raises(Exception, match="too long"):
+                await queue_it()
+        async with engine.connect() as conn:
+            ids = (await conn.execute(select(cases.c.id))).scalars().all()
+        assert ids == ([long_id] if is_sqlite(db_url) else [])
     finally:
         await engine.dispose()
