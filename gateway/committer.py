@@ -3,9 +3,10 @@
 One transaction per step per message cannot reach a thousand envelopes a second (DESIGN.md, "What the machine
 allows"): every commit waits for the disk and every append takes the ledger head lock. Here a single worker per
 gateway takes every unit of work queued meanwhile (up to ``max_batch``), runs them in order in one transaction
-under one head lock, writes their ledger entries with one statement per table, signs one checkpoint for the batch,
-lets each unit finish with that checkpoint (a receipt carries it), and commits once. A batch signs that checkpoint
-only when one of its units asks for it (``tx.wants_checkpoint``); the checkpointer asks every second.
+under one head lock, signs one checkpoint for the batch, lets each unit finish with that checkpoint (a receipt
+carries it), writes the ledger entries and the rows the units queued (on PostgreSQL in one statement,
+store/fast.py), and commits once. A batch signs that checkpoint only when one of its units asks for it
+(``tx.wants_checkpoint``); the checkpointer asks every second.
 
 A unit is ``async def unit(tx) -> finish`` and ``async def finish(checkpoint_note) -> result``: the first phase
 changes rows and records events (their indexes are known at once); the second runs once the batch's checkpoint is

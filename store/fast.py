@@ -222,8 +222,9 @@ async def execute_direct(conn: AsyncConnection, tail: Tail, args: Sequence[Any])
 
 
 def install(engine: AsyncEngine) -> None:
-    """Write a connection's queued rows before every SQLAlchemy statement and before COMMIT; drop them on ROLLBACK
-    and when the connection goes back to the pool (PostgreSQL engines; SQLite never queues)."""
+    """Write a connection's queued rows before every SQLAlchemy statement, before COMMIT and before a SAVEPOINT; drop
+    them on ROLLBACK (to a savepoint, too) and when the connection goes back to the pool (PostgreSQL engines; SQLite
+    never queues)."""
     sync = engine.sync_engine
 
     # an invalidated connection (a statement cancelled, the server gone) has lost its transaction and its queue (the
