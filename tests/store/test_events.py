@@ -102,3 +102,44 @@ async def test_concurrent_appends_are_serialised(db_url: str) -> None:
         assert head.root == builder.root()
     finally:
         await engine.dispose()
+
+
+async def test_a_batch_its_checkpoint_and_the_queued_rows_are_one_statement_on_postgresql(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group commit's write is one round trip on PostgreSQL (docs/performance.md): entries, nodes, head, the
+    checkpoint and every row queued by store.fast; SQLite writes the same rows statement by statement."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from store import fast
+    from store.tables import cases, checkpoints
+
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    log = EventLog(for_update=not is_sqlite(db_url))
+    sent: list[str] = []
+    real_run = fast._run
+
+    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
+        sent.append(sql)
+        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast, "_run", counted)
+    now = datetime(2026, 11, 28, 7, 40, tzinfo=UTC)
+    try:
+        async with engine.begin() as conn:
+            batch = await log.begin_batch(conn)
+            for n in range(3):
+                row = {"id": f"case-{n}", "unit": None, "created_at": now, "state": None, "request_type": None}
+                await fast.insert(conn, cases, row, insert(cases))
+                batch.append(event(n))
+            await batch.flush(conn, ("a signed note", now))
+        assert len(sent) == (0 if is_sqlite(db_url) else 1)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(cases))).scalar_one() == 3
+            assert (await conn.execute(select(func.count()).select_from(ledger_entries))).scalar_one() == 3
+            assert (await conn.execute(select(checkpoints.c.size, checkpoints.c.note))).all() == [(3, "a signed note")]
+    finally:
+        await engine.dispose()
