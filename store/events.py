@@ -79,6 +79,11 @@ def _unpack(size: int, blob: bytes) -> dict[merkle.NodeId, bytes]:
     return {node: blob[i * merkle.HASH_SIZE : (i + 1) * merkle.HASH_SIZE] for i, node in enumerate(needed)}
 
 
+def _signed(head: TreeHead, origin: str, sign: CheckpointSigner) -> str:
+    """The signed note of a checkpoint of ``head``."""
+    return sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
+
+
 class LedgerBatch:
     """Appends computed in memory under the head lock, written with one statement per table on flush.
 
@@ -196,7 +201,7 @@ class EventLog:
         head = batch.head()
         if head.size == batch.start:
             return await self.record_checkpoint(conn, origin, sign, now, head), None
-        note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
+        note = _signed(head, origin, sign)
         return note, (note, now)
 
     async def record_checkpoint(
@@ -214,6 +219,6 @@ class EventLog:
         ).scalar_one_or_none()
         if existing is not None:
             return str(existing)
-        note = sign(Checkpoint(origin=origin, size=head.size, root_hash=head.root).to_text())
+        note = _signed(head, origin, sign)
         await fast.insert(conn, checkpoints, {"size": head.size, "note": note, "created_at": now}, _INSERT_CHECKPOINT)
         return note
