@@ -38,6 +38,7 @@ class Counts:
     def __init__(self) -> None:
         self.counter: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
+        self.backends: set[int] = set()  # PostgreSQL: the server pids of this side's connections
 
     def attach(self, engine: AsyncEngine) -> None:
         sync = engine.sync_engine
@@ -54,10 +55,30 @@ class Counts:
         @event.listens_for(sync.pool, "connect")
         def _connect(dbapi: Any, record: Any) -> None:
             self.counter["connections opened"] += 1
+            driver = getattr(dbapi, "driver_connection", None)
+            if driver is not None and hasattr(driver, "get_server_pid"):
+                self.backends.add(driver.get_server_pid())
 
     def reset(self) -> None:
         self.counter.clear()
         self.kinds.clear()
+
+
+def count_hot_path(counts: dict[str, Counts]) -> None:
+    """Count the statements store.fast sends to asyncpg itself (no SQLAlchemy event sees them), by side."""
+    from store import fast
+
+    run = fast._run
+
+    async def counted(driver: Any, sql: str, args: Any, **options: Any) -> Any:
+        for c in counts.values():
+            if driver.get_server_pid() in c.backends:
+                c.counter["statements"] += 1
+                c.counter["of which hot path"] += 1
+                c.kinds["(hot path) " + " ".join(sql.split())[:138]] += 1
+        return await run(driver, sql, args, **options)
+
+    fast._run = counted
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -92,6 +113,7 @@ async def run(args: argparse.Namespace) -> None:
             if gw.reader.sync_engine.pool is not gw.engine.sync_engine.pool:  # PostgreSQL: one pool, one dispatch
                 counts[side].attach(gw.reader)
             gateways.append(await start_gateway(gw))
+        count_hot_path(counts)
         settle_heap()  # as `comity serve` does once it has started
         sender = gateways[0].gw
         body = request_body("au.ag", content_text())

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.logs import get_logger
 from protocol.events import EventType, LedgerEvent
 from protocol.messages import MessagePayload
 from protocol.timefmt import format_time
-from store.events import LedgerBatch
+from store import fast
+from store.events import LedgerBatch, TreeHead
 
 __all__ = ["Committer", "Finish", "Tx", "Unit"]
 
@@ -107,6 +108,14 @@ class Committer:
         self._queue: asyncio.Queue[_Job[Any]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self.log = get_logger(component="committer")
+        # PostgreSQL: transactions run by store.fast.group on an autocommit view of the engine, each batch starting
+        # from the head the last one committed (None: read it under its lock)
+        engine = gateway.engine
+        sqlite = engine.dialect.name == "sqlite"
+        self._autocommit: AsyncEngine | None = (
+            None if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._head: TreeHead | None = None
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` in the next batch; return its result or raise its error."""
@@ -133,7 +142,7 @@ class Committer:
             if not jobs:
                 continue
             try:
-                results = await self._transaction(jobs)
+                results = await self._attempt(jobs)
             except Exception as exc:
                 if len(jobs) == 1:
                     _settle(jobs[0].future, exc)
@@ -141,7 +150,7 @@ class Committer:
                 # isolate the failing unit: run each alone
                 for job in jobs:
                     try:
-                        result = (await self._transaction([job]))[0]
+                        result = (await self._attempt([job]))[0]
                     except Exception as single:
                         _settle(job.future, single)
                     else:
@@ -150,25 +159,46 @@ class Committer:
             for job, result in zip(jobs, results, strict=True):
                 _resolve(job.future, result)
 
+    async def _attempt(self, jobs: list[_Job[Any]]) -> list[Any]:
+        """Run ``jobs`` in one transaction from the head this worker remembers; if that fails, whatever the reason
+        (another writer moved the head, or a unit failed), forget it and run them once more from the head read
+        under its lock, so a moved head never reaches a unit as its error."""
+        optimistic = self._head is not None
+        try:
+            return await self._transaction(jobs)
+        except Exception:
+            self._head = None
+            if not optimistic:
+                raise
+        return await self._transaction(jobs)
+
     async def _transaction(self, jobs: list[_Job[Any]]) -> list[Any]:
         gw = self.gw
-        async with gw.engine.begin() as conn:
-            batch = await gw.events.begin_batch(conn)
-            tx = Tx(conn, batch, gw.clock)
-            finishers = [await job.unit(tx) for job in jobs]
-            note, checkpoint = "", None
-            if tx.wants_checkpoint:
-                note, checkpoint = await gw.events.batch_checkpoint(
-                    conn, batch, gw.origin, gw.sign_checkpoint, gw.clock()
-                )
-            covered = batch.size
-            results = [await finish(note) for finish in finishers]
-            if batch.size != covered:  # a finish must not append: the checkpoint would not cover its entry
-                raise RuntimeError("a unit's finish step appended to the ledger after the checkpoint was signed")
-            # the entries, the checkpoint, the head and every row the units queued (store/fast.py): on PostgreSQL
-            # one statement
-            await batch.flush(conn, checkpoint)
-            return results
+        if self._autocommit is None:  # SQLite: SQLAlchemy's transaction (BEGIN IMMEDIATE), the head read in it
+            async with gw.engine.begin() as conn:
+                return await self._run(conn, jobs, await gw.events.begin_batch(conn))
+        async with fast.group(self._autocommit) as conn:
+            head = self._head
+            batch = LedgerBatch(head) if head is not None else await gw.events.begin_batch(conn)
+            results = await self._run(conn, jobs, batch)
+        self._head = batch.head()  # committed: the next batch starts here without reading it
+        return results
+
+    async def _run(self, conn: AsyncConnection, jobs: list[_Job[Any]], batch: LedgerBatch) -> list[Any]:
+        gw = self.gw
+        tx = Tx(conn, batch, gw.clock)
+        finishers = [await job.unit(tx) for job in jobs]
+        note, checkpoint = "", None
+        if tx.wants_checkpoint:
+            note, checkpoint = await gw.events.batch_checkpoint(conn, batch, gw.origin, gw.sign_checkpoint, gw.clock())
+        covered = batch.size
+        results = [await finish(note) for finish in finishers]
+        if batch.size != covered:  # a finish must not append: the checkpoint would not cover its entry
+            raise RuntimeError("a unit's finish step appended to the ledger after the checkpoint was signed")
+        # the entries, the checkpoint, the head and every row the units queued (store/fast.py): on PostgreSQL
+        # one statement, which writes nothing if the head has moved since the batch began (store/events.py)
+        await batch.flush(conn, checkpoint)
+        return results
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

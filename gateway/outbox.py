@@ -26,7 +26,7 @@ from gateway.witness import Witness
 from protocol.errors import ComityError
 from protocol.events import EventType
 from protocol.timefmt import parse_time
-from store.case_stats import CaseStats
+from store.delivery import record_delivery
 from store.messages import AttachmentRow, Messages
 from store.outbox import OutboxItem
 
@@ -226,13 +226,19 @@ class OutboxSender:
         gw = self.gw
 
         async def unit(tx: Tx) -> Finish[bool]:
-            if not await gw.outbox.remove(tx.conn, item.message_id):
+            delivered = await record_delivery(
+                tx.conn,
+                gw.outbox,
+                item.message_id,
+                sent_at=sent_at,  # statistics: a request's wait starts when its transmission began
+                received_at=parse_time(receipt.received_at),
+                receipt=token,
+            )
+            if not delivered:
                 return await done(False)  # another replica recorded it first
             common: dict[str, Any] = {"message_id": item.message_id, "to": peer.id, "envelope_sha256": digest}
             # "sent" is when the successful transmission began; "receipt recorded" is now
             tx.record(EventType.SENT, "system", at=sent_at, **common)
-            # statistics: a request's wait starts when its transmission began (a no-op for any other message)
-            await CaseStats.milestone(tx.conn, item.message_id, "start_at", sent_at)
             tx.record(
                 EventType.RECEIPT_RECORDED,
                 "system",
@@ -240,7 +246,6 @@ class OutboxSender:
                 peer_time=receipt.received_at,
                 peer_ledger_index=receipt.ledger_index,
             )
-            await Messages.delivered(tx.conn, item.message_id, parse_time(receipt.received_at), token)
             return await done(True)
 
         if not await gw.commit(unit):

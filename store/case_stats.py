@@ -19,23 +19,23 @@ from protocol.stats import ASSISTANCE_BITS, OFFENCE_BITS, OUTCOME_STATES, REFUSA
 from store import fast
 from store.tables import case_stats
 
-__all__ = ["ANSWER_MILESTONES", "CaseStats"]
+__all__ = ["ANSWER_MILESTONES", "TIMES", "CaseStats"]
 
 _MILESTONES: Final = ("start_at", "acknowledged_at", "first_answer_at")
 # every request sent or received opens a row and every envelope sent marks "start_at" (a no-op for anything but
 # a request): the hot path, so the statements are built once (store/fast.py)
 _OPEN: Final = insert(case_stats)
-_TIMES: Final = ("start_at", "acknowledged_at", "first_answer_at", "executed_at")
+TIMES: Final = ("start_at", "acknowledged_at", "first_answer_at", "executed_at")
 _MARK: Final = {
     column: update(case_stats)
     .where(case_stats.c.case_id == bindparam("b_case_id"), case_stats.c[column].is_(None))
     .values({column: bindparam("b_at")})
-    .returning(*(case_stats.c[time] for time in _TIMES))
+    .returning(*(case_stats.c[time] for time in TIMES))
     for column in _MILESTONES
 }
 _MARK_SQL: Final = {
     column: f"UPDATE case_stats SET {column} = $1 WHERE case_id = $2 AND {column} IS NULL "  # noqa: S608 - fixed names
-    f"RETURNING {', '.join(_TIMES)}"
+    f"RETURNING {', '.join(TIMES)}"
     for column in _MILESTONES
 }
 _WAITS: Final = (
@@ -93,7 +93,7 @@ class CaseStats:
             conn, _MARK_SQL[column], (at, case_id), _MARK[column], {"b_case_id": case_id, "b_at": at}
         )
         if times is not None:
-            await CaseStats._write_waits(conn, case_id, times)
+            await CaseStats.write_waits(conn, case_id, times)
 
     @staticmethod
     async def assigned(conn: AsyncConnection, case_id: str, user_id: int) -> None:
@@ -104,11 +104,12 @@ class CaseStats:
     async def _waits(conn: AsyncConnection, case_id: str) -> None:
         """The waits from ``start_at`` to each milestone reached, in whole milliseconds (whichever came first)."""
         c = case_stats.c
-        row = (await conn.execute(select(*(c[time] for time in _TIMES)).where(c.case_id == case_id))).one()
-        await CaseStats._write_waits(conn, case_id, dict(row._mapping))
+        row = (await conn.execute(select(*(c[time] for time in TIMES)).where(c.case_id == case_id))).one()
+        await CaseStats.write_waits(conn, case_id, dict(row._mapping))
 
     @staticmethod
-    async def _write_waits(conn: AsyncConnection, case_id: str, times: Mapping[str, datetime | None]) -> None:
+    async def write_waits(conn: AsyncConnection, case_id: str, times: Mapping[str, datetime | None]) -> None:
+        """The waits from the times a milestone's ``UPDATE ... RETURNING`` gave (nothing before ``start_at``)."""
         start = times["start_at"]
         if start is None:
             return

@@ -24,7 +24,7 @@ from protocol.timefmt import parse_time
 from store import fast
 from store.tables import checkpoints, ledger_entries, ledger_head, ledger_nodes
 
-__all__ = ["CheckpointSigner", "EventLog", "LedgerBatch", "TreeHead"]
+__all__ = ["CheckpointSigner", "EventLog", "LedgerBatch", "LedgerHeadMoved", "TreeHead"]
 
 # built once: every group commit runs these
 _INSERT_ENTRIES = insert(ledger_entries)
@@ -41,17 +41,33 @@ _INSERT_CHECKPOINT = insert(checkpoints)
 def _flush_statement(first: int, checkpoint: bool) -> tuple[tuple[str, ...], str]:
     """PostgreSQL: a batch's entries, nodes, checkpoint and head in one statement with the rows store.fast queued
     (placeholders from ``first``): one round trip per group commit (docs/performance.md). Data-modifying CTEs all
-    run to completion, and foreign keys are checked at the end of the statement."""
-    n = [f"${first + i}" for i in range(12)]  # placeholders only: no value is ever formatted into the text
+    run to completion, and foreign keys are checked at the end of the statement.
+
+    The head moves only from the one the batch started at, size and frontier (``h``), and nothing else is written
+    unless it did: a batch computed from a head another writer has changed since (a head cached by the group
+    commit, read without a lock; or a history rewritten under the running gateway) changes nothing, and the
+    statement says so (``applied`` 0)."""
+    n = [f"${first + i}" for i in range(14)]  # placeholders only: no value is ever formatted into the text
     entries = f"{n[0]}::bigint[], {n[1]}::bytea[], {n[2]}::varchar[], {n[3]}::varchar[], {n[4]}::timestamptz[]"
     nodes = f"{n[5]}::integer[], {n[6]}::bigint[], {n[7]}::bytea[]"
+    moved = "WHERE EXISTS (SELECT 1 FROM h)"
     ctes = [
-        f"e AS (INSERT INTO ledger_entries (idx, entry, message_id, type, time) SELECT * FROM unnest({entries}))",  # noqa: S608
-        f"n AS (INSERT INTO ledger_nodes (level, idx, hash) SELECT * FROM unnest({nodes}))",  # noqa: S608
+        f"h AS (UPDATE ledger_head SET size = {n[8]}::bigint, frontier = {n[9]} "  # noqa: S608
+        f"WHERE id = 1 AND size = {n[10]}::bigint AND frontier = {n[11]}::bytea RETURNING size)",
+        f"e AS (INSERT INTO ledger_entries (idx, entry, message_id, type, time) "  # noqa: S608
+        f"SELECT * FROM unnest({entries}) {moved})",
+        f"n AS (INSERT INTO ledger_nodes (level, idx, hash) SELECT * FROM unnest({nodes}) {moved})",  # noqa: S608
     ]
     if checkpoint:
-        ctes.append(f"c AS (INSERT INTO checkpoints (size, note, created_at) VALUES ({n[8]}, {n[10]}, {n[11]}))")  # noqa: S608
-    return tuple(ctes), f"UPDATE ledger_head SET size = {n[8]}, frontier = {n[9]} WHERE id = 1"  # noqa: S608
+        ctes.append(
+            f"c AS (INSERT INTO checkpoints (size, note, created_at) "
+            f"SELECT {n[8]}::bigint, {n[12]}::varchar, {n[13]}::timestamptz {moved})"
+        )
+    return tuple(ctes), "SELECT count(*) AS applied FROM h"
+
+
+class LedgerHeadMoved(RuntimeError):
+    """The ledger head is no longer the one a batch was computed from: another writer appended first."""
 
 
 # checkpoint body text in, signed note out (crypto.note.sign_note with the gateway's signer)
@@ -94,6 +110,7 @@ class LedgerBatch:
     def __init__(self, head: TreeHead) -> None:
         self.start = head.size
         self.size = head.size
+        self._stored = (head.size, _pack(head.size, head.frontier))  # the head in the database, as far as we know
         self._nodes = dict(head.frontier)
         self._entries: list[dict[str, object]] = []
         self._node_rows: list[dict[str, object]] = []
@@ -138,6 +155,7 @@ class LedgerBatch:
                     row = {"size": head.size, "note": checkpoint[0], "created_at": checkpoint[1]}
                     await fast.insert(conn, checkpoints, row, _INSERT_CHECKPOINT)
             self._entries, self._node_rows = [], []
+            self._stored = (head.size, frontier)
             # keep only the frontier: older nodes are never read by later appends
             self._nodes = dict(head.frontier)
         elif checkpoint is not None:
@@ -159,11 +177,16 @@ class LedgerBatch:
             [n["hash"] for n in nodes],
             size,
             frontier,
+            *self._stored,
         ]
-        if checkpoint is None:
-            return await fast.execute_direct(conn, functools.partial(_flush_statement, checkpoint=False), args)
-        tail = functools.partial(_flush_statement, checkpoint=True)
-        return await fast.execute_direct(conn, tail, [*args, *checkpoint])
+        tail = functools.partial(_flush_statement, checkpoint=checkpoint is not None)
+        # the rows the units queued are written only with the entries that record them
+        row = await fast.execute_direct(conn, tail, [*args, *(checkpoint or ())], gate="h")
+        if row is None:
+            return False
+        if row["applied"] != 1:
+            raise LedgerHeadMoved(f"the ledger head changed from size {self._stored[0]} before this batch was written")
+        return True
 
 
 class EventLog:
@@ -199,8 +222,8 @@ class EventLog:
         ``batch.flush`` so that it is stored with the entries it covers (None when the batch appended nothing and
         the note is the one stored for that size already, or a new one stored here)."""
         head = batch.head()
-        if head.size == batch.start:
-            return await self.record_checkpoint(conn, origin, sign, now, head), None
+        if head.size == batch.start:  # nothing appended: the stored head (the batch's may be a remembered one)
+            return await self.record_checkpoint(conn, origin, sign, now), None
         note = _signed(head, origin, sign)
         return note, (note, now)
 

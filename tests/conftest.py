@@ -97,3 +97,12 @@ async def databases(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 async def db_url(databases: DatabaseFactory) -> str:
     """A database URL for one empty database: a SQLite file, or a fresh PostgreSQL schema."""
     return await databases.new()
+
+
+@pytest.fixture
+async def pg_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema, for what only PostgreSQL does (missing PostgreSQL: as for ``databases``)."""
+    require_postgres()
+    factory = DatabaseFactory("postgresql", tmp_path)
+    yield await factory.new()
+    await factory.drop_all()

@@ -98,7 +98,9 @@ def test_encrypted_key_loads_only_with_the_passphrase(identity: TlsIdentity) -> 
     assert b"ENCRYPTED PRIVATE KEY" in identity.key_pem
     with pytest.raises(TypeError):
         serialization.load_pem_private_key(identity.key_pem, None)
-    with pytest.raises(ValueError, match=r"(?i)incorrect password|bad decrypt"):
+    # a wrong passphrase usually fails the padding check ("incorrect password"); about once in 256 the padding
+    # happens to pass and the garbage fails to parse instead: either way the key does not load
+    with pytest.raises(ValueError, match=r"(?i)incorrect password|bad decrypt|could not deserialize key data"):
         serialization.load_pem_private_key(identity.key_pem, b"wrong passphrase")
     assert serialization.load_pem_private_key(identity.key_pem, PASSPHRASE) is not None
 

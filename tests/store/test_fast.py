@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import bindparam, insert, select, text
@@ -220,7 +221,8 @@ async def test_execute_direct_writes_the_queue_in_its_own_statement_children_bef
             lambda first: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = 0"),  # noqa: S608
             ["x"],
         )
-        assert ran is not is_sqlite(db_url)
+        assert (ran is None) is is_sqlite(db_url)  # PostgreSQL: ran, and returned no row
+        assert is_sqlite(db_url) or ran == {}
         assert fast.pending_rows(conn) == 0
     async with engine.connect() as conn:
         assert (await conn.execute(select(case_stats.c.case_id))).scalars().all() == ["case-1"]
@@ -282,3 +284,118 @@ async def test_a_queued_value_longer_than_its_column_is_never_cut(db_url: str, e
     async with engine.connect() as conn:
         ids = (await conn.execute(select(cases.c.id))).scalars().all()
     assert ids == ([long_id] if is_sqlite(db_url) else [])
+
+
+# -- group(): the group commit runs the transaction itself (PostgreSQL) -------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement store.fast sends to asyncpg itself, BEGIN and COMMIT included, by its first words."""
+    statements: list[str] = []
+    real_run = fast._run
+
+    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
+        statements.append(" ".join(sql.split()[:2]))
+        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast, "_run", counted)
+    return statements
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def update_note(note: str, size: int) -> fast.Tail:
+    return lambda first: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = {size}")  # noqa: S608
+
+
+@pytest.fixture
+async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    await run_migrations(pg_url)
+    migrated = make_engine(pg_url, pool_size=2)  # LIFO: the next user gets the connection the group returned
+    yield migrated
+    await migrated.dispose()
+
+
+async def test_a_group_runs_on_postgresql_only(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'comity.db'}"
+    await run_migrations(url)
+    sqlite = make_engine(url)
+    try:
+        with pytest.raises(ValueError, match="PostgreSQL"):
+            async with fast.group(autocommit(sqlite)):
+                pass
+    finally:
+        await sqlite.dispose()
+
+
+async def test_a_group_that_only_queued_rows_is_one_statement_without_begin_or_commit(
+    pg_engine: AsyncEngine, sent: list[str]
+) -> None:
+    engine = pg_engine
+    async with fast.group(autocommit(engine)) as conn:
+        await fast.insert(conn, checkpoints, row(1), INSERT)
+        await fast.insert(conn, checkpoints, row(2), INSERT)
+        assert await fast.execute_direct(conn, update_note("x", 2), ["changed"]) == {}
+        # that statement was the whole transaction: nothing may follow it
+        with pytest.raises(fast.GroupEnded):
+            await fast.execute(conn, "SELECT 1", (), select(checkpoints.c.size), {})
+    assert sent == ["WITH q0"]
+    # its own UPDATE ran on the snapshot before the queued rows, so it changed nothing: the rows are as queued
+    assert await stored(engine) == {1: ("note 1", NOW), 2: ("note 2", NOW)}
+
+
+async def test_a_group_begins_at_its_first_statement_and_commits_on_leaving(
+    pg_engine: AsyncEngine, sent: list[str]
+) -> None:
+    engine = pg_engine
+    async with fast.group(autocommit(engine)) as conn:
+        await fast.insert(conn, checkpoints, row(1), INSERT)
+        assert sent == []  # queued, nothing sent
+        # a SQLAlchemy statement: the group begins, then writes the queue, so the read sees the row
+        assert (await conn.execute(select(checkpoints.c.size))).scalars().all() == [1]
+        await fast.insert(conn, checkpoints, row(2), INSERT)
+        assert await fast.execute_direct(conn, update_note("x", 1), ["changed"]) == {}
+        # inside the transaction, before COMMIT: another connection sees nothing yet
+        assert await stored(engine) == {}
+    assert sent == ["BEGIN", "WITH q0", "WITH q0", "COMMIT"]
+    assert await stored(engine) == {1: ("changed", NOW), 2: ("note 2", NOW)}
+
+
+@pytest.mark.parametrize("first", ["sqlalchemy", "fast"])
+async def test_a_failed_group_leaves_nothing_and_its_connection_clean(pg_engine: AsyncEngine, first: str) -> None:
+    engine = pg_engine
+    with pytest.raises(RuntimeError, match="a unit failed"):  # noqa: PT012 - the group is the unit
+        async with fast.group(autocommit(engine)) as conn:
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            if first == "sqlalchemy":
+                await conn.execute(select(checkpoints.c.size))
+            else:
+                await fast.execute(conn, "SELECT 1", (), select(checkpoints.c.size), {})
+            raise RuntimeError("a unit failed")
+    assert await stored(engine) == {}
+    await insert_in_transaction(engine, row(2))  # the connection is back in the pool, outside a transaction
+    assert set(await stored(engine)) == {2}
+
+
+async def test_a_group_cancelled_mid_statement_closes_its_connection(pg_engine: AsyncEngine) -> None:
+    engine = pg_engine
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with fast.group(autocommit(engine)) as conn:
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            started.set()
+            await conn.execute(text("SELECT pg_sleep(10)"))
+
+    task = asyncio.create_task(work())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored(engine) == {}
+    await insert_in_transaction(engine, row(2))
+    assert set(await stored(engine)) == {2}

@@ -1,0 +1,185 @@
+"""The group commit: units commit with their events, from a remembered head that another writer may have moved."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.committer import Committer, Finish, Tx, done
+from protocol import merkle
+from protocol.events import EventType, LedgerEvent
+from store import fast
+from store.db import is_sqlite, make_engine, run_migrations
+from store.events import EventLog
+from store.tables import cases, checkpoints, ledger_entries, ledger_head, ledger_nodes
+
+NOW = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
+
+
+class Owner:
+    """What the committer uses of a gateway."""
+
+    def __init__(self, engine: AsyncEngine, sqlite: bool) -> None:
+        self.engine = engine
+        self.events = EventLog(for_update=not sqlite)
+        self.origin = "comity-ledger/test"
+
+    def clock(self) -> datetime:
+        return NOW
+
+    def sign_checkpoint(self, body: str) -> str:
+        return body + "\n— test signature\n"
+
+
+@pytest.fixture
+async def owner(db_url: str) -> AsyncIterator[Owner]:
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    yield Owner(engine, is_sqlite(db_url))
+    await engine.dispose()
+
+
+def unit(name: str, *, fail: bool = False, checkpoint: bool = False) -> Any:
+    """A unit that records one event and queues a case row named ``name``; its result is the event's index."""
+
+    async def run(tx: Tx) -> Finish[int]:
+        index = tx.record(EventType.USER_CHANGED, "system", subject=f"user:{name}")
+        await fast.insert(tx.conn, cases, {"id": name, "unit": None, "created_at": NOW, "state": None}, insert(cases))
+        if fail:
+            raise RuntimeError(f"{name} failed")
+        tx.wants_checkpoint = tx.wants_checkpoint or checkpoint
+        return await done(index)
+
+    return run
+
+
+async def stored_tree(engine: AsyncEngine, log: EventLog) -> tuple[list[bytes], list[str]]:
+    """The stored entries, checked against the stored head and nodes; and the case rows."""
+    async with engine.connect() as conn:
+        head = await log.head(conn)
+        entries = [bytes(r.entry) for r in await conn.execute(select(ledger_entries.c.entry).order_by("idx"))]
+        nodes = {(r.level, r.idx): bytes(r.hash) for r in await conn.execute(select(ledger_nodes))}
+        case_ids = sorted((await conn.execute(select(cases.c.id))).scalars())
+    builder = merkle.TreeBuilder()
+    for entry in entries:
+        builder.append_leaf_hash(merkle.leaf_hash(entry))
+    assert head.size == len(entries)
+    assert head.root == builder.root()
+    for index, entry in enumerate(entries):
+        proof = merkle.inclusion_proof(index, head.size, nodes)
+        merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
+    return entries, case_ids
+
+
+def subjects(entries: list[bytes]) -> list[str]:
+    return [json.loads(entry).get("subject", "") for entry in entries]
+
+
+async def append_outside(owner: Owner, *names: str) -> None:
+    """Another writer (a CLI command, another replica) appends while the committer remembers its head."""
+    async with owner.engine.begin() as conn:
+        events = [
+            LedgerEvent.parse(
+                {
+                    "type": "user.changed",
+                    "time": "2026-11-28T16:00:00.000000Z",
+                    "actor": "system",
+                    "subject": f"user:{n}",
+                }
+            )
+            for n in names
+        ]
+        await owner.events.append_many(conn, events)
+
+
+async def test_a_batch_after_another_writer_continues_the_ledger(owner: Owner) -> None:
+    committer = Committer(owner)
+    try:
+        assert await committer.run(unit("a")) == 0
+        await append_outside(owner, "cli-1", "cli-2")
+        assert await committer.run(unit("b")) == 3
+        assert await committer.run(unit("c", checkpoint=True)) == 4
+    finally:
+        await committer.close()
+    entries, case_ids = await stored_tree(owner.engine, owner.events)
+    assert subjects(entries) == ["user:a", "user:cli-1", "user:cli-2", "user:b", "user:c"]
+    assert case_ids == ["a", "b", "c"]
+    async with owner.engine.connect() as conn:
+        assert (await conn.execute(select(checkpoints.c.size))).scalars().all() == [5]
+
+
+async def test_a_history_rewritten_under_the_committer_is_extended_as_stored(owner: Owner) -> None:
+    """Same size, another tree: the remembered head must not be written over the rewritten one (a peer's witness
+    would then never see the rewrite, tests/gateway/test_witness.py)."""
+    committer = Committer(owner)
+    try:
+        await committer.run(unit("a"))
+        await committer.run(unit("b"))
+        async with owner.engine.begin() as conn:
+            for table in (ledger_entries, ledger_nodes, checkpoints):
+                await conn.execute(delete(table))
+            await conn.execute(update(ledger_head).values(size=0, frontier=b""))
+        await append_outside(owner, "rewritten-a", "rewritten-b")
+        assert await committer.run(unit("c")) == 2
+    finally:
+        await committer.close()
+    entries, _ = await stored_tree(owner.engine, owner.events)
+    assert subjects(entries) == ["user:rewritten-a", "user:rewritten-b", "user:c"]
+
+
+async def test_a_failing_unit_fails_alone_and_leaves_nothing(owner: Owner) -> None:
+    committer = Committer(owner)
+    try:
+        await committer.run(unit("first"))  # the head is remembered from here on
+        results = await asyncio.gather(
+            committer.run(unit("ok-1")),
+            committer.run(unit("bad", fail=True)),
+            committer.run(unit("ok-2")),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.close()
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "bad failed"
+    assert sorted(r for r in results if isinstance(r, int)) == [1, 2]
+    entries, case_ids = await stored_tree(owner.engine, owner.events)
+    assert subjects(entries)[0] == "user:first" and sorted(subjects(entries)[1:]) == ["user:ok-1", "user:ok-2"]
+    assert case_ids == ["first", "ok-1", "ok-2"]
+
+
+async def test_on_postgresql_a_batch_from_a_remembered_head_is_one_statement(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No BEGIN, no head lock, no COMMIT: the entries, nodes, head and the units' rows in one statement, which is
+    the whole transaction (docs/performance.md)."""
+    await run_migrations(pg_url)
+    engine = make_engine(pg_url)
+    owner = Owner(engine, sqlite=False)
+    committer = Committer(owner)
+    sent: list[str] = []
+    real_run = fast._run
+
+    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
+        sent.append(" ".join(sql.split()[:2]))
+        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
+
+    def sqlalchemy_statement(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(" ".join(statement.split()[:2]))
+
+    monkeypatch.setattr(fast, "_run", counted)
+    event.listen(engine.sync_engine, "before_cursor_execute", sqlalchemy_statement)
+    try:
+        await committer.run(unit("a"))  # the head is read under its lock the first time
+        assert sent == ["BEGIN", "SELECT ledger_head.size,", "WITH h", "COMMIT"]
+        sent.clear()
+        await committer.run(unit("b"))
+        assert sent == ["WITH h"]
+    finally:
+        await committer.close()
+        await engine.dispose()

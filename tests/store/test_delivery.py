@@ -1,0 +1,171 @@
+"""store.delivery: a receipt removes the outbox row, marks the message delivered and starts a request's wait, once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from protocol.messages import Marking
+from protocol.stats import Facets
+from store import fast
+from store.case_stats import CaseStats
+from store.cases import Cases
+from store.db import is_sqlite, make_engine, run_migrations
+from store.delivery import record_delivery
+from store.messages import Messages
+from store.outbox import Outbox
+from store.tables import case_stats, messages, outbox
+
+SUBMITTED = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+SENT = SUBMITTED + timedelta(seconds=2)
+RECEIVED = SENT + timedelta(milliseconds=40)
+OUTBOX = Outbox(skip_locked=False)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    await run_migrations(db_url)
+    migrated = make_engine(db_url)
+    yield migrated
+    await migrated.dispose()
+
+
+async def add_message(engine: AsyncEngine, message_id: str, *, request: bool) -> None:
+    """A message as the sender has it when it goes out: stored, in the outbox, a request with its statistics row."""
+    async with engine.begin() as conn:
+        await queue_message(conn, message_id, request=request)
+
+
+async def queue_message(conn: AsyncConnection, message_id: str, *, request: bool) -> None:
+    """``add_message`` in the caller's transaction (its rows queued there, on PostgreSQL)."""
+    if request:
+        await Cases.create(conn, message_id, None, SUBMITTED)
+        await CaseStats.open(
+            conn,
+            message_id,
+            direction="out",
+            counterpart="au.ag",
+            country="AU",
+            at=SUBMITTED,
+            state="sent",
+            facets=Facets(request_type="mla"),
+        )
+    await Messages.insert(
+        conn,
+        id=message_id,
+        direction="out",
+        peer="au.ag",
+        kind="request" if request else "status_query",
+        in_reply_to=None,
+        marking=Marking(level="CONFIDENTIAL", caveats=[]),
+        state="sent",
+        sealed=b"sealed",
+        envelope_sha256="0" * 64,
+        created_at=SUBMITTED,
+        case_id=message_id if request else None,
+    )
+    await OUTBOX.enqueue(conn, message_id, "au.ag", SUBMITTED)
+
+
+async def deliver(engine: AsyncEngine, message_id: str, receipt: str = "receipt-1") -> bool:
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT 1"))  # begun on the driver: the hot path applies on PostgreSQL
+        return await record_delivery(conn, OUTBOX, message_id, sent_at=SENT, received_at=RECEIVED, receipt=receipt)
+
+
+async def message(engine: AsyncEngine, message_id: str) -> tuple[Any, ...]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(messages.c.state, messages.c.received_at, messages.c.receipt).where(messages.c.id == message_id)
+            )
+        ).one()
+    return tuple(row)
+
+
+async def stats(engine: AsyncEngine, message_id: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(case_stats).where(case_stats.c.case_id == message_id))).one()
+    return dict(row._mapping)
+
+
+async def in_outbox(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(select(outbox.c.message_id))).scalars())
+
+
+async def test_a_receipt_delivers_the_message_and_starts_the_requests_wait_once(engine: AsyncEngine) -> None:
+    await add_message(engine, "request-1", request=True)
+    await add_message(engine, "query-1", request=False)
+
+    assert await deliver(engine, "request-1")
+    assert await deliver(engine, "query-1")  # no statistics row: nothing else changes
+
+    assert await in_outbox(engine) == set()
+    assert await message(engine, "request-1") == ("delivered", RECEIVED, "receipt-1")
+    assert await message(engine, "query-1") == ("delivered", RECEIVED, "receipt-1")
+    assert (await stats(engine, "request-1"))["start_at"] == SENT
+
+    # a second receipt for the same message (another replica, a late duplicate) changes nothing
+    assert not await deliver(engine, "request-1", receipt="receipt-2")
+    assert await message(engine, "request-1") == ("delivered", RECEIVED, "receipt-1")
+    assert (await stats(engine, "request-1"))["start_at"] == SENT
+
+
+async def test_the_wait_to_an_earlier_milestone_is_written_and_a_started_wait_kept(engine: AsyncEngine) -> None:
+    """An acknowledgement that overtook the receipt: its wait is counted from the send; a wait already started
+    (a message sent again after a lost receipt) keeps its first start."""
+    await add_message(engine, "request-1", request=True)
+    await add_message(engine, "request-2", request=True)
+    acknowledged = SENT + timedelta(seconds=5)
+    earlier = SENT - timedelta(seconds=30)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(case_stats).where(case_stats.c.case_id == "request-1").values(acknowledged_at=acknowledged)
+        )
+        await conn.execute(update(case_stats).where(case_stats.c.case_id == "request-2").values(start_at=earlier))
+
+    assert await deliver(engine, "request-1")
+    assert await deliver(engine, "request-2")
+
+    first = await stats(engine, "request-1")
+    assert (first["start_at"], first["wait_acknowledge_ms"]) == (SENT, 5000)
+    second = await stats(engine, "request-2")
+    assert (second["start_at"], second["wait_acknowledge_ms"]) == (earlier, None)
+
+
+async def test_rows_queued_before_it_are_written_with_it(db_url: str, engine: AsyncEngine) -> None:
+    """A group commit mixes units: a submission queued its rows, then a receipt is recorded; both land."""
+    await add_message(engine, "request-1", request=True)
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT 1"))
+        assert is_sqlite(db_url) or await fast._driver(conn) is not None  # PostgreSQL: the one-statement path
+        await queue_message(conn, "queued-1", request=True)  # a submission's rows, queued on PostgreSQL
+        assert await record_delivery(conn, OUTBOX, "request-1", sent_at=SENT, received_at=RECEIVED, receipt="receipt-1")
+        assert fast.pending_rows(conn) == 0
+    assert await in_outbox(engine) == {"queued-1"}
+    assert await message(engine, "queued-1") == ("sent", None, None)
+    assert (await stats(engine, "queued-1"))["start_at"] is None
+
+
+async def test_a_failed_transaction_leaves_the_message_in_the_outbox(engine: AsyncEngine) -> None:
+    await add_message(engine, "request-1", request=True)
+
+    async def deliver_then_fail() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+            assert await record_delivery(
+                conn, OUTBOX, "request-1", sent_at=SENT, received_at=RECEIVED, receipt="receipt-1"
+            )
+            raise RuntimeError("the ledger write failed")
+
+    with pytest.raises(RuntimeError):
+        await deliver_then_fail()
+    assert await in_outbox(engine) == {"request-1"}
+    assert await message(engine, "request-1") == ("sent", None, None)
+    assert (await stats(engine, "request-1"))["start_at"] is None
