@@ -37,6 +37,7 @@ from crypto.jose_profile import (
     verify_jws,
     wire_bytes,
 )
+from crypto.keys import key_id
 from protocol.messages import Marking, MessageKind, MessagePayload
 
 __all__ = [
@@ -108,7 +109,7 @@ def encrypt_signed(signed: str, payload: MessagePayload, recipient_key: OKPKey) 
     header = {
         "alg": JWE_ALG,
         "enc": JWE_ENC,
-        "kid": recipient_key.thumbprint(),
+        "kid": key_id(recipient_key),
         "typ": ENVELOPE_TYP,
         "cty": MESSAGE_TYP,
         **_routing_members(payload),

@@ -25,6 +25,7 @@ from joserfc.jwk import OKPKey
 from joserfc.registry import JWE_HEADER_REGISTRY, HeaderParameter, HeaderRegistryDict
 
 from crypto.errors import BadSignature, DecryptionFailed, ProfileViolation
+from crypto.keys import key_id
 from protocol.errors import InvalidMessage
 from protocol.messages import Marking, MessageKind, parse_strict_json, validate_authority_id, validate_message_id
 
@@ -325,7 +326,7 @@ def sign_jws(payload: bytes, signing_key: OKPKey, typ: str, max_bytes: int) -> s
     """Compact JWS, header exactly {"alg":"Ed25519","kid":<thumbprint>,"typ":typ}."""
     if not is_okp(signing_key, "Ed25519", private=True):
         raise ValueError("signing_key must be a private Ed25519 OKPKey")
-    header = {"alg": JWS_ALG, "kid": signing_key.thumbprint(), "typ": typ}
+    header = {"alg": JWS_ALG, "kid": key_id(signing_key), "typ": typ}
     return jws.serialize_compact(header, payload, signing_key, registry=jws_registry(typ, max_bytes))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import secrets
 from collections.abc import Mapping
@@ -135,6 +136,7 @@ def _curve_of(raw: _RawPrivate | _RawPublic) -> str:
     raise ProfileViolation("only Ed25519 and X25519 keys are in the profile")
 
 
+@functools.lru_cache(maxsize=256)
 def _thumbprint(crv: str, x: str) -> str:
     # RFC 7638 section 3.2: the required members only, sorted, no whitespace; RFC 8785 output is exactly that here.
     return _b64e(hashlib.sha256(canonical_json({"crv": crv, "kty": "OKP", "x": x})).digest())

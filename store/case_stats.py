@@ -19,7 +19,7 @@ from protocol.stats import ASSISTANCE_BITS, OFFENCE_BITS, OUTCOME_STATES, REFUSA
 from store import fast
 from store.tables import case_stats
 
-__all__ = ["ANSWER_MILESTONES", "TIMES", "CaseStats"]
+__all__ = ["ANSWER_MILESTONES", "TIMES", "WAITS", "CaseStats"]
 
 _MILESTONES: Final = ("start_at", "acknowledged_at", "first_answer_at")
 # every request sent or received opens a row and every envelope sent marks "start_at" (a no-op for anything but
@@ -38,7 +38,7 @@ _MARK_SQL: Final = {
     f"RETURNING {', '.join(TIMES)}"
     for column in _MILESTONES
 }
-_WAITS: Final = (
+WAITS: Final = (
     ("wait_acknowledge_ms", "acknowledged_at"),
     ("wait_first_answer_ms", "first_answer_at"),
     ("wait_execution_ms", "executed_at"),
@@ -115,7 +115,7 @@ class CaseStats:
             return
         waits = {
             wait: (end - start) // timedelta(milliseconds=1)
-            for wait, milestone in _WAITS
+            for wait, milestone in WAITS
             if (end := times[milestone]) is not None
         }
         if waits:

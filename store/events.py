@@ -38,22 +38,23 @@ _INSERT_CHECKPOINT = insert(checkpoints)
 
 
 @functools.lru_cache(maxsize=64)
-def _flush_statement(first: int, checkpoint: bool) -> tuple[tuple[str, ...], str]:
+def _flush_statement(first: int, condition: str, checkpoint: bool) -> tuple[tuple[str, ...], str]:
     """PostgreSQL: a batch's entries, nodes, checkpoint and head in one statement with the rows store.fast queued
     (placeholders from ``first``): one round trip per group commit (docs/performance.md). Data-modifying CTEs all
     run to completion, and foreign keys are checked at the end of the statement.
 
-    The head moves only from the one the batch started at, size and frontier (``h``), and nothing else is written
-    unless it did: a batch computed from a head another writer has changed since (a head cached by the group
-    commit, read without a lock; or a history rewritten under the running gateway) changes nothing, and the
-    statement says so (``applied`` 0)."""
+    The head moves only from the one the batch started at, size and frontier (``h``), and only if ``condition``
+    (that of the guarded writes store.fast queued) holds; nothing else is written unless it did. A batch computed
+    from a head another writer has changed since (a head cached by the group commit, read without a lock; or a
+    history rewritten under the running gateway), or whose guarded writes found their rows changed, changes
+    nothing, and the statement says so (``applied`` 0)."""
     n = [f"${first + i}" for i in range(14)]  # placeholders only: no value is ever formatted into the text
     entries = f"{n[0]}::bigint[], {n[1]}::bytea[], {n[2]}::varchar[], {n[3]}::varchar[], {n[4]}::timestamptz[]"
     nodes = f"{n[5]}::integer[], {n[6]}::bigint[], {n[7]}::bytea[]"
     moved = "WHERE EXISTS (SELECT 1 FROM h)"
     ctes = [
         f"h AS (UPDATE ledger_head SET size = {n[8]}::bigint, frontier = {n[9]} "  # noqa: S608
-        f"WHERE id = 1 AND size = {n[10]}::bigint AND frontier = {n[11]}::bytea RETURNING size)",
+        f"WHERE id = 1 AND size = {n[10]}::bigint AND frontier = {n[11]}::bytea AND {condition} RETURNING size)",
         f"e AS (INSERT INTO ledger_entries (idx, entry, message_id, type, time) "  # noqa: S608
         f"SELECT * FROM unnest({entries}) {moved})",
         f"n AS (INSERT INTO ledger_nodes (level, idx, hash) SELECT * FROM unnest({nodes}) {moved})",  # noqa: S608
@@ -185,7 +186,10 @@ class LedgerBatch:
         if row is None:
             return False
         if row["applied"] != 1:
-            raise LedgerHeadMoved(f"the ledger head changed from size {self._stored[0]} before this batch was written")
+            raise LedgerHeadMoved(
+                f"the ledger head changed from size {self._stored[0]}, or a guarded write's rows changed, "
+                "before this batch was written: nothing was written"
+            )
         return True
 
 

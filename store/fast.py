@@ -32,6 +32,7 @@ import functools
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -45,6 +46,9 @@ from sqlalchemy.util import await_only
 
 __all__ = [
     "GroupEnded",
+    "Guarded",
+    "GuardedSql",
+    "QueuedConditionFailed",
     "execute",
     "execute_direct",
     "fetch_direct",
@@ -53,49 +57,108 @@ __all__ = [
     "insert",
     "insert_many",
     "install",
+    "optimistic",
     "pending_rows",
+    "queue_guarded",
 ]
 
 _QUEUE: Final = "comity.fast.queue"  # key of the queued rows in the connection's info (one DBAPI connection)
 _GROUP: Final = "comity.fast.group"  # set while group() runs the connection's transaction: "open" or "ended"
+_OPTIMISTIC: Final = "comity.fast.optimistic"  # set while group(optimistic=True) runs
 _DIALECT: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
 
-# a statement built from the queue: the CTEs (one per table and column set) and their arguments, numbered from 1
-Queued = tuple[list[str], list[Any]]
 # the caller's part of a statement that also writes the queue: given the number of the first free placeholder,
-# its own CTEs (possibly none) and the main statement
-Tail = Callable[[int], tuple[Sequence[str], str]]
+# its own CTEs (possibly none) and the main statement; a gated one (execute_direct) is also given the condition its
+# gate CTE must AND into its WHERE ("true" when the queue holds no guarded writes)
+Tail = Callable[[int, str], tuple[Sequence[str], str]]
+RowTail = Callable[[int], tuple[Sequence[str], str]]
+
+
+@dataclass(frozen=True)
+class GuardedSql:
+    """Queued writes that apply all together or not at all: ``locks`` are CTEs that lock the rows they check,
+    ``condition`` is true when every row is as the writes expect, and each of ``writes`` contains ``{guard}``
+    where it must AND the expression that says they may apply; ``args`` are numbered from the ``first`` given."""
+
+    locks: list[str]
+    condition: str
+    writes: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A kind of guarded write (see :func:`queue_guarded`): ``build(prefix, first, rows)`` makes its SQL for the
+    rows queued, naming its CTEs with ``prefix``."""
+
+    name: str
+    build: Callable[[str, int, list[tuple[Any, ...]]], GuardedSql]
+
+
+class QueuedConditionFailed(RuntimeError):
+    """Guarded queued writes found a row not as they expected (another writer changed it): nothing was written."""
+
+
+@dataclass
+class _Built:
+    locks: list[str]  # placed first: they lock what the condition counts
+    condition: str | None  # None: nothing guarded
+    writes: list[str]
+    args: list[Any]
 
 
 class _Queue:
-    """Rows waiting to be inserted, by table and column set, in the order they were queued."""
+    """Rows waiting to be inserted, by table and column set, in the order they were queued; and guarded writes."""
 
     def __init__(self) -> None:
         self.tables: dict[str, Table] = {}
         self.groups: dict[tuple[str, tuple[str, ...]], list[list[Any]]] = {}
+        self.guarded: dict[str, tuple[Guarded, list[tuple[Any, ...]]]] = {}
 
     def add(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         self.tables[table.name] = table
         for row in rows:
             self.groups.setdefault((table.name, tuple(row)), []).append(_values(row))
 
-    def statement(self, gate: str | None = None) -> Queued:
-        """The CTEs and their arguments; with ``gate`` (the name of a CTE before them), each inserts its rows only
-        if that CTE returned a row."""
-        where = "" if gate is None else f" WHERE EXISTS (SELECT 1 FROM {gate})"  # noqa: S608 - a CTE's name
-        ctes: list[str] = []
+    def add_guarded(self, kind: Guarded, row: tuple[Any, ...]) -> None:
+        _check_times(row)
+        self.guarded.setdefault(kind.name, (kind, []))[1].append(row)
+
+    def rows(self) -> int:
+        return sum(len(rows) for rows in self.groups.values()) + sum(len(r) for _, r in self.guarded.values())
+
+    def statement(self, gate: str | None) -> _Built:
+        """The CTEs and their arguments, numbered from 1. Beside ``gate`` (the name of a CTE placed after the locks
+        and before the writes, whose WHERE includes the condition), every write applies only if the gate returned a
+        row; alone, only if the condition holds (an ``ok`` CTE the caller places after the locks)."""
         args: list[Any] = []
-        for number, ((name, columns), rows) in enumerate(self.groups.items()):
+        locks: list[str] = []
+        conditions: list[str] = []
+        templates: list[str] = []
+        for number, (kind, rows) in enumerate(self.guarded.values()):
+            sql = kind.build(f"g{number}_", len(args) + 1, rows)
+            args.extend(sql.args)
+            locks.extend(sql.locks)
+            conditions.append(f"({sql.condition})")
+            templates.extend(sql.writes)
+        condition = " AND ".join(conditions) or None
+        # a CTE's name, or the ok CTE: no value is ever formatted into the text
+        guard: str | None = None if condition is None else "(SELECT ok FROM ok)"
+        if gate is not None:
+            guard = f"EXISTS (SELECT 1 FROM {gate})"  # noqa: S608
+        writes = [template.replace("{guard}", guard or "true") for template in templates]
+        where = "" if guard is None else f" WHERE {guard}"
+        for number, ((name, columns), values) in enumerate(self.groups.items()):
             table = self.tables[name]
             arrays = []
             for position, column in enumerate(columns):
-                args.append([row[position] for row in rows])
+                args.append([row[position] for row in values])
                 arrays.append(f"${len(args)}::{_array_type(table, column)}")
             # names from store/tables.py and placeholders: no value is ever formatted into the text
             target = f"{name} ({', '.join(columns)})"
             rows_in = f"SELECT * FROM unnest({', '.join(arrays)}){where}"  # noqa: S608
-            ctes.append(f"q{number} AS (INSERT INTO {target} {rows_in})")
-        return ctes, args
+            writes.append(f"q{number} AS (INSERT INTO {target} {rows_in})")
+        return _Built(locks, condition, writes, args)
 
 
 @functools.lru_cache(maxsize=256)
@@ -167,22 +230,49 @@ async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool = False
         raise IntegrityError(sql, None, exc) from exc
 
 
-def _take_queue(info: dict[Any, Any], gate: str | None = None) -> Queued | None:
+def _take_queue(info: dict[Any, Any], gate: str | None = None) -> _Built | None:
     queue: _Queue | None = info.pop(_QUEUE, None)
-    return None if queue is None or not queue.groups else queue.statement(gate)
+    return None if queue is None or not queue.rows() else queue.statement(gate)
 
 
 async def _write_queue(driver: Any, info: dict[Any, Any]) -> None:
-    queued = _take_queue(info)
-    if queued is not None:
-        ctes, args = queued
-        await _run(driver, f"WITH {', '.join(ctes)} SELECT 1", args)
+    """Write the queue as a statement of its own; guarded writes that find a row changed write nothing at all and
+    raise :class:`QueuedConditionFailed` (inside a transaction, the caller's error rolls it back)."""
+    built = _take_queue(info)
+    if built is None:
+        return
+    if built.condition is None:
+        await _run(driver, f"WITH {', '.join(built.writes)} SELECT 1", built.args)
+        return
+    ctes = [*built.locks, f"ok AS (SELECT {built.condition} AS ok)", *built.writes]
+    record = await _run(driver, f"WITH {', '.join(ctes)} SELECT ok FROM ok", built.args, row=True)  # noqa: S608
+    if not record["ok"]:
+        raise QueuedConditionFailed("a guarded write found its rows changed by another writer; nothing was written")
 
 
 def pending_rows(conn: AsyncConnection | Connection) -> int:
-    """How many rows are queued on ``conn`` and not written yet (tests and assertions)."""
+    """How many rows (and guarded writes) are queued on ``conn`` and not written yet (tests and assertions)."""
     queue: _Queue | None = conn.info.get(_QUEUE)
-    return 0 if queue is None else sum(len(rows) for rows in queue.groups.values())
+    return 0 if queue is None else queue.rows()
+
+
+def queue_guarded(conn: AsyncConnection, kind: Guarded, row: tuple[Any, ...]) -> None:
+    """Queue a guarded write (in a :func:`group` only): written with the group's last statement, which then
+    writes nothing at all unless every guarded write's condition holds; or, where the queue is written on its own
+    first, raising :class:`QueuedConditionFailed`."""
+    if conn.info.get(_GROUP) is None:
+        raise RuntimeError("guarded writes are queued only inside a group")
+    queue = conn.info.get(_QUEUE)
+    if queue is None:
+        queue = conn.info[_QUEUE] = _Queue()
+    queue.add_guarded(kind, row)
+
+
+def optimistic(conn: AsyncConnection) -> bool:
+    """Whether ``conn`` runs a group that started from a remembered ledger head (``group(optimistic=True)``): a
+    failure of its batch is retried from the head read under its lock, so a unit may assume what usually holds
+    and leave the check to guarded writes."""
+    return bool(conn.info.get(_OPTIMISTIC))
 
 
 async def insert(conn: AsyncConnection, table: Table, row: Mapping[str, Any], fallback: Executable) -> None:
@@ -247,8 +337,9 @@ async def execute_direct(
     """Run the statement ``tail`` builds (PostgreSQL text) with ``args``, writing the queued rows in the same
     statement, and return its first row by column name (an empty mapping when it returns none); or return None,
     having run nothing, where the hot path does not apply (SQLite, autocommit): the caller then does the same work
-    with SQLAlchemy statements. With ``gate``, the name of the tail's first CTE, the queued rows are written only
-    if that CTE returns a row (they are placed after it).
+    with SQLAlchemy statements. With ``gate``, the name of the tail's first CTE, the queued writes are placed after
+    it and apply only if it returns a row, and the tail is given the guarded writes' condition to AND into the
+    gate's WHERE; without, a queue holding guarded writes is written on its own first.
 
     In a :func:`group` that has not begun a transaction (its units only queued rows), this statement is the group's
     last and is run on its own, without BEGIN or COMMIT: one statement is atomic by itself."""
@@ -265,9 +356,11 @@ async def execute_direct(
     return await _direct(driver, conn.info, tail, args, gate) or {}
 
 
-async def fetch_direct(conn: AsyncConnection, tail: Tail, args: Sequence[Any]) -> tuple[bool, Mapping[str, Any] | None]:
-    """Run the statement ``tail`` builds, as :func:`execute_direct` does but always inside the transaction, and
-    return whether it ran and its first row by column name (None: no row).
+async def fetch_direct(
+    conn: AsyncConnection, tail: RowTail, args: Sequence[Any]
+) -> tuple[bool, Mapping[str, Any] | None]:
+    """Run the statement ``tail`` builds, as :func:`execute_direct` does without a gate but always inside the
+    transaction, and return whether it ran and its first row by column name (None: no row).
 
     The queued rows are written by the same statement, which sees the database as it was before them (PostgreSQL
     runs the parts of a statement on one snapshot): the statement must neither read nor change a row the queue
@@ -275,7 +368,7 @@ async def fetch_direct(conn: AsyncConnection, tail: Tail, args: Sequence[Any]) -
     driver = await _driver(conn)
     if driver is None:
         return False, None
-    return True, await _direct(driver, conn.info, tail, args)
+    return True, await _direct(driver, conn.info, lambda first, _condition: tail(first), args, None)
 
 
 async def _raw_driver(conn: AsyncConnection) -> Any | None:
@@ -285,20 +378,23 @@ async def _raw_driver(conn: AsyncConnection) -> Any | None:
 
 
 async def _direct(
-    driver: Any, info: dict[Any, Any], tail: Tail, args: Sequence[Any], gate: str | None = None
+    driver: Any, info: dict[Any, Any], tail: Tail, args: Sequence[Any], gate: str | None
 ) -> Mapping[str, Any] | None:
     _check_times(args)
-    queued, queued_args = _take_queue(info, gate) or ([], [])
-    own, main = tail(len(queued_args) + 1)
-    # a CTE refers only to those before it: the gate goes first
-    ctes = [*own[:1], *queued, *own[1:]] if gate is not None else [*queued, *own]
+    queue: _Queue | None = info.get(_QUEUE)
+    if gate is None and queue is not None and queue.guarded:
+        await _write_queue(driver, info)  # its condition is checked on its own
+    built = _take_queue(info, gate) or _Built([], None, [], [])
+    own, main = tail(len(built.args) + 1, built.condition or "true")
+    # a CTE refers only to those before it: the locks, then the gate, then what waits for it
+    ctes = [*built.locks, *own[:1], *built.writes, *own[1:]] if gate is not None else [*built.writes, *own]
     sql = f"WITH {', '.join(ctes)} {main}" if ctes else main
-    record = await _run(driver, sql, [*queued_args, *args], row=True)
+    record = await _run(driver, sql, [*built.args, *args], row=True)
     return None if record is None else dict(record.items())
 
 
 @asynccontextmanager
-async def group(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def group(engine: AsyncEngine, *, optimistic: bool = False) -> AsyncIterator[AsyncConnection]:
     """A connection of ``engine`` (PostgreSQL, in autocommit: SQLAlchemy then sends no BEGIN or COMMIT) whose
     transaction this runs, for the group commit: BEGIN goes out only when a statement needs it (rows are queued
     meanwhile), and a group whose units only queued rows sends one statement in all (:func:`execute_direct`),
@@ -310,12 +406,11 @@ async def group(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         if driver is None:
             raise ValueError("a group runs on PostgreSQL")
         conn.info[_GROUP] = "open"
+        conn.info[_OPTIMISTIC] = optimistic
         try:
             yield conn
-            queued = _take_queue(conn.info)
-            if queued is not None:  # rows without a final statement: written as one, in the transaction or alone
-                ctes, args = queued
-                await _run(driver, f"WITH {', '.join(ctes)} SELECT 1", args)
+            # rows without a final statement: written as one, in the transaction or alone
+            await _write_queue(driver, conn.info)
             if driver.is_in_transaction():
                 await _run(driver, "COMMIT", ())
         except BaseException as error:
@@ -328,6 +423,7 @@ async def group(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         finally:
             if not conn.invalidated:
                 conn.info.pop(_GROUP, None)
+                conn.info.pop(_OPTIMISTIC, None)
 
 
 async def _abandon(conn: AsyncConnection, driver: Any, error: BaseException) -> None:
@@ -393,3 +489,4 @@ def install(engine: AsyncEngine) -> None:
         if record is not None:
             record.info.pop(_QUEUE, None)
             record.info.pop(_GROUP, None)
+            record.info.pop(_OPTIMISTIC, None)

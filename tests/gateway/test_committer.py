@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,8 +17,9 @@ from protocol import merkle
 from protocol.events import EventType, LedgerEvent
 from store import fast
 from store.db import is_sqlite, make_engine, run_migrations
+from store.delivery import record_delivery
 from store.events import EventLog
-from store.tables import cases, checkpoints, ledger_entries, ledger_head, ledger_nodes
+from store.tables import case_stats, cases, checkpoints, ledger_entries, ledger_head, ledger_nodes, messages, outbox
 
 NOW = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
 
@@ -183,3 +184,74 @@ async def test_on_postgresql_a_batch_from_a_remembered_head_is_one_statement(
     finally:
         await committer.close()
         await engine.dispose()
+
+
+# -- receipts in a batch from the remembered head: guarded writes (store/delivery.py) -----------------------------
+
+
+def delivery_unit(message_id: str, outbox: Any) -> Any:
+    """The sender's receipt unit (gateway/outbox.py) in short: record the delivery, then its events if it counted."""
+    from tests.store.test_delivery import RECEIVED, SENT
+
+    async def run(tx: Tx) -> Finish[bool]:
+        delivered = await record_delivery(
+            tx.conn, outbox, message_id, sent_at=SENT, received_at=RECEIVED, receipt=f"receipt of {message_id}"
+        )
+        if delivered:
+            tx.record(EventType.RECEIPT_RECORDED, "system", message_id=message_id, to="au.ag")
+        return await done(delivered)
+
+    return run
+
+
+async def test_receipts_from_the_remembered_head_are_recorded_once(
+    owner: Owner, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of receipts from the remembered head is one statement on PostgreSQL; a receipt another replica
+    recorded meanwhile makes that statement write nothing, and the batch run again records the others only."""
+    from tests.store.test_delivery import OUTBOX, RECEIVED, SENT, add_message, message, stats
+
+    for name in ("request-1", "request-2", "request-3", "taken"):
+        await add_message(owner.engine, name, request=True)
+    acknowledged = SENT + timedelta(seconds=5, microseconds=999)  # an acknowledgement that overtook the receipt
+    async with owner.engine.begin() as conn:
+        await conn.execute(
+            update(case_stats).where(case_stats.c.case_id == "request-2").values(acknowledged_at=acknowledged)
+        )
+    sent: list[str] = []
+    real_run = fast._run
+
+    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
+        sent.append(" ".join(sql.split()[:2]))
+        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast, "_run", counted)
+    committer = Committer(owner)
+    try:
+        assert await committer.run(delivery_unit("request-1", OUTBOX))  # reads the head under its lock
+        sent.clear()
+        assert await committer.run(delivery_unit("request-2", OUTBOX))  # from the remembered head
+        if not is_sqlite(db_url):
+            assert sent == ["WITH g0_lock"]  # the receipt, its event, the head: one statement
+        # another replica records the receipt of "taken" (and its events, in its ledger rows)
+        async with owner.engine.begin() as conn:
+            await conn.execute(update(messages).where(messages.c.id == "taken").values(receipt="the other's"))
+            await conn.execute(delete(outbox).where(outbox.c.message_id == "taken"))
+        results = await asyncio.gather(
+            committer.run(delivery_unit("request-3", OUTBOX)), committer.run(delivery_unit("taken", OUTBOX))
+        )
+    finally:
+        await committer.close()
+    assert list(results) == [True, False]
+    for name in ("request-1", "request-2", "request-3"):
+        assert await message(owner.engine, name) == ("delivered", RECEIVED, f"receipt of {name}")
+        assert (await stats(owner.engine, name))["start_at"] == SENT
+    assert (await message(owner.engine, "taken"))[2] == "the other's"
+    # the wait to the acknowledgement counted from the send, rounded down to the millisecond as in Python
+    assert (await stats(owner.engine, "request-2"))["wait_acknowledge_ms"] == 5000
+    assert (await stats(owner.engine, "request-1"))["wait_acknowledge_ms"] is None
+    entries, _ = await stored_tree(owner.engine, owner.events)
+    recorded = [json.loads(entry)["message_id"] for entry in entries]
+    assert sorted(recorded) == ["request-1", "request-2", "request-3"]
+    async with owner.engine.connect() as conn:
+        assert set((await conn.execute(select(outbox.c.message_id))).scalars()) == set()

@@ -218,7 +218,7 @@ async def test_execute_direct_writes_the_queue_in_its_own_statement_children_bef
             await fast.insert(conn, table, values, fallback)
         ran = await fast.execute_direct(
             conn,
-            lambda first: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = 0"),  # noqa: S608
+            lambda first, _: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = 0"),  # noqa: S608
             ["x"],
         )
         assert (ran is None) is is_sqlite(db_url)  # PostgreSQL: ran, and returned no row
@@ -308,7 +308,7 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 
 
 def update_note(note: str, size: int) -> fast.Tail:
-    return lambda first: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = {size}")  # noqa: S608
+    return lambda first, _: ((), f"UPDATE checkpoints SET note = ${first} WHERE size = {size}")  # noqa: S608
 
 
 @pytest.fixture
