@@ -18,6 +18,7 @@ message id, say) is that unit's alone. Every unit still commits with its events 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +33,10 @@ from protocol.timefmt import format_time
 from store import fast
 from store.events import LedgerBatch, TreeHead
 
-__all__ = ["Committer", "Finish", "Tx", "Unit"]
+__all__ = ["LOCKED_AFTER_A_MISS", "Committer", "Finish", "Tx", "Unit"]
+
+# seconds during which batches read the head under its lock after one from the remembered head failed
+LOCKED_AFTER_A_MISS = 1.0
 
 T = TypeVar("T")
 Finish = Callable[[str], Awaitable[T]]
@@ -116,6 +120,7 @@ class Committer:
             None if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._head: TreeHead | None = None
+        self._locked_until = 0.0  # time.monotonic() before which batches start from the locked head
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` in the next batch; return its result or raise its error."""
@@ -162,28 +167,29 @@ class Committer:
     async def _attempt(self, jobs: list[_Job[Any]]) -> list[Any]:
         """Run ``jobs`` in one transaction from the head this worker remembers; if that fails, whatever the reason
         (another writer moved the head, or a unit failed), forget it and run them once more from the head read
-        under its lock, so a moved head never reaches a unit as its error."""
-        optimistic = self._head is not None
+        under its lock, so a moved head never reaches a unit as its error. After such a failure the next second's
+        batches start from the locked head: another writer (a replica) is likely still at work."""
+        head = self._head if time.monotonic() >= self._locked_until else None
+        if head is None:
+            return await self._transaction(jobs, None)
         try:
-            return await self._transaction(jobs)
+            return await self._transaction(jobs, head)
         except Exception:
             self._head = None
-            if not optimistic:
-                raise
-        return await self._transaction(jobs)
+            self._locked_until = time.monotonic() + LOCKED_AFTER_A_MISS
+        return await self._transaction(jobs, None)
 
-    async def _transaction(self, jobs: list[_Job[Any]]) -> list[Any]:
+    async def _transaction(self, jobs: list[_Job[Any]], head: TreeHead | None) -> list[Any]:
         gw = self.gw
         if self._autocommit is None:  # SQLite: SQLAlchemy's transaction (BEGIN IMMEDIATE), the head read in it
             async with gw.engine.begin() as conn:
                 return await self._run(conn, jobs, await gw.events.begin_batch(conn))
-        head = self._head
         # from a remembered head, units may assume what usually holds (a receipt not yet recorded) and leave the
         # check to the batch's one statement (store/delivery.py); a failed batch runs again from the locked head
         async with fast.group(self._autocommit, optimistic=head is not None) as conn:
             batch = LedgerBatch(head) if head is not None else await gw.events.begin_batch(conn)
             results = await self._run(conn, jobs, batch)
-        self._head = batch.head()  # committed: the next batch starts here without reading it
+        self._head = batch.head()  # committed: the next batch may start here without reading it
         return results
 
     async def _run(self, conn: AsyncConnection, jobs: list[_Job[Any]], batch: LedgerBatch) -> list[Any]:

@@ -4,10 +4,10 @@ request's wait starts (statistics), all in the caller's transaction.
 Every envelope sent ends here. On PostgreSQL:
 
 * in a group commit that started from a remembered ledger head (``store.fast.optimistic``), the changes are
-  queued as guarded writes and go out in the group's one statement: they lock the batch's messages that have no
-  receipt yet and apply, with everything else in the statement, only if every one of them was still without one.
-  Another replica that recorded one of these receipts first makes the whole batch write nothing; the group commit
-  then runs it again from the locked head, where each receipt is checked on its own (next item);
+  queued as guarded writes and go out in the group's one statement: they lock the batch's outbox rows and apply,
+  with everything else in the statement, only if every one of them was still there. Another replica that recorded
+  one of these receipts first, or a refusal recorded meanwhile, makes the whole batch write nothing; the group
+  commit then runs it again from the locked head, where each receipt is checked on its own (next item);
 * otherwise the three changes are one statement (with the rows the group commit has queued so far,
   ``store.fast.fetch_direct``), gated on the outbox row: the outbox row, the message and its statistics row were
   all committed before the envelope could be sent, so the statement touches no queued row.
@@ -55,7 +55,9 @@ def _guarded(prefix: str, first: int, rows: list[tuple[Any, ...]]) -> fast.Guard
         f"WHERE case_stats.case_id = v.id AND case_stats.start_at IS NULL AND {{guard}})",
     ]
     return fast.GuardedSql(
-        locks=[f"{lock} AS (SELECT id FROM messages WHERE id = ANY({ids}::varchar[]) AND receipt IS NULL FOR UPDATE)"],  # noqa: S608
+        # the same gate as the statement of one receipt: the outbox row is still there (no other replica recorded
+        # the receipt, no refusal was recorded); locked, so it stays until this statement commits
+        locks=[f"{lock} AS (SELECT message_id FROM outbox WHERE message_id = ANY({ids}::varchar[]) FOR UPDATE)"],  # noqa: S608
         condition=f"(SELECT count(*) FROM {lock}) = {count}::bigint",  # noqa: S608
         writes=writes,
         args=[*(list(column) for column in columns), len(rows)],

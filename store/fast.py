@@ -262,10 +262,16 @@ def queue_guarded(conn: AsyncConnection, kind: Guarded, row: tuple[Any, ...]) ->
     first, raising :class:`QueuedConditionFailed`."""
     if conn.info.get(_GROUP) is None:
         raise RuntimeError("guarded writes are queued only inside a group")
+    _refuse_after_end(conn.info)
     queue = conn.info.get(_QUEUE)
     if queue is None:
         queue = conn.info[_QUEUE] = _Queue()
     queue.add_guarded(kind, row)
+
+
+def _refuse_after_end(info: dict[Any, Any]) -> None:
+    if info.get(_GROUP) == "ended":
+        raise GroupEnded("the group's transaction has ended: its last statement ran on its own")
 
 
 def optimistic(conn: AsyncConnection) -> bool:
@@ -287,6 +293,7 @@ async def insert_many(
     """Insert ``rows`` into ``table`` (queued, see the module docstring)."""
     if not rows:
         return
+    _refuse_after_end(conn.info)
     # in a group the queue waits even before the transaction begins: group() writes it inside its transaction
     if conn.info.get(_GROUP) is None and await _driver(conn) is None:
         await conn.execute(fallback, [dict(row) for row in rows])
@@ -352,7 +359,13 @@ async def execute_direct(
     elif conn.info[_GROUP] == "ended":
         raise GroupEnded("the group's transaction has ended: its last statement ran on its own")
     elif not driver.is_in_transaction():
-        conn.info[_GROUP] = "ended"
+        queue: _Queue | None = conn.info.get(_QUEUE)
+        if gate is None and queue is not None and queue.guarded:
+            await _begin_group(
+                driver, conn.info
+            )  # guarded writes then go first, alone: two statements, one transaction
+        else:
+            conn.info[_GROUP] = "ended"
     return await _direct(driver, conn.info, tail, args, gate) or {}
 
 
@@ -427,11 +440,16 @@ async def group(engine: AsyncEngine, *, optimistic: bool = False) -> AsyncIterat
 
 
 async def _abandon(conn: AsyncConnection, driver: Any, error: BaseException) -> None:
-    """Roll back a failed group's transaction; close the connection where that is not possible (a statement was
-    cancelled mid-way and its answer may still be on the wire, or the connection broke)."""
-    if driver.is_closed() or not driver.is_in_transaction():
-        return
-    if isinstance(error, Exception):
+    """Roll back a failed group's transaction, or close the connection (SQLAlchemy then drops it from the pool)
+    where that is not certain to leave it clean: it broke (a server restart, a killed backend: SQLAlchemy's adapter
+    never saw it fail, since the group talks to asyncpg itself), or a cancellation came mid-way (a statement's or
+    BEGIN's answer may still be on the wire), or the ROLLBACK failed."""
+    import asyncpg
+
+    broken = isinstance(error, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError | OSError)
+    if isinstance(error, Exception) and not broken and not driver.is_closed():
+        if not driver.is_in_transaction():
+            return
         try:
             await driver.execute("ROLLBACK")
             return

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway import committer as committer_module
 from gateway.committer import Committer, Finish, Tx, done
 from protocol import merkle
 from protocol.events import EventType, LedgerEvent
@@ -211,7 +212,7 @@ async def test_receipts_from_the_remembered_head_are_recorded_once(
     recorded meanwhile makes that statement write nothing, and the batch run again records the others only."""
     from tests.store.test_delivery import OUTBOX, RECEIVED, SENT, add_message, message, stats
 
-    for name in ("request-1", "request-2", "request-3", "taken"):
+    for name in ("request-1", "request-2", "request-3", "taken", "refused"):
         await add_message(owner.engine, name, request=True)
     acknowledged = SENT + timedelta(seconds=5, microseconds=999)  # an acknowledgement that overtook the receipt
     async with owner.engine.begin() as conn:
@@ -233,16 +234,23 @@ async def test_receipts_from_the_remembered_head_are_recorded_once(
         assert await committer.run(delivery_unit("request-2", OUTBOX))  # from the remembered head
         if not is_sqlite(db_url):
             assert sent == ["WITH g0_lock"]  # the receipt, its event, the head: one statement
-        # another replica records the receipt of "taken" (and its events, in its ledger rows)
+        # another replica records the receipt of "taken"; a refusal of "refused" was recorded (its outbox row gone,
+        # no receipt): a late receipt must count for neither
         async with owner.engine.begin() as conn:
             await conn.execute(update(messages).where(messages.c.id == "taken").values(receipt="the other's"))
-            await conn.execute(delete(outbox).where(outbox.c.message_id == "taken"))
-        results = await asyncio.gather(
-            committer.run(delivery_unit("request-3", OUTBOX)), committer.run(delivery_unit("taken", OUTBOX))
-        )
+            await conn.execute(update(messages).where(messages.c.id == "refused").values(state="refused"))
+            await conn.execute(delete(outbox).where(outbox.c.message_id.in_(["taken", "refused"])))
+        monkeypatch.setattr(committer_module, "LOCKED_AFTER_A_MISS", 0.0)  # every batch tries the remembered head
+        results = []
+        for name in ("taken", "refused", "request-3"):
+            sent.clear()
+            results.append(await committer.run(delivery_unit(name, OUTBOX)))
+            if not is_sqlite(db_url):  # from the remembered head first; for the first two, then from the lock
+                assert sent[0] == "WITH g0_lock" and (len(sent) == 1) is (name == "request-3")
     finally:
         await committer.close()
-    assert list(results) == [True, False]
+    assert results == [False, False, True]
+    assert (await message(owner.engine, "refused"))[0] == "refused"
     for name in ("request-1", "request-2", "request-3"):
         assert await message(owner.engine, name) == ("delivered", RECEIVED, f"receipt of {name}")
         assert (await stats(owner.engine, name))["start_at"] == SENT
@@ -255,3 +263,33 @@ async def test_receipts_from_the_remembered_head_are_recorded_once(
     assert sorted(recorded) == ["request-1", "request-2", "request-3"]
     async with owner.engine.connect() as conn:
         assert set((await conn.execute(select(outbox.c.message_id))).scalars()) == set()
+
+
+async def test_a_batch_after_its_connection_was_killed_commits_on_a_new_one(pg_url: str) -> None:
+    """A server restart or a killed backend: the group talks to asyncpg itself, so it must close the broken
+    connection (SQLAlchemy's pool would otherwise hand it out again, batch after batch)."""
+    import asyncpg
+
+    from tests.conftest import PG_ADMIN_DSN
+
+    await run_migrations(pg_url)
+    engine = make_engine(pg_url, pool_size=2)
+    owner = Owner(engine, sqlite=False)
+    committer = Committer(owner)
+    try:
+        assert await committer.run(unit("a")) == 0
+        async with engine.connect() as conn:  # LIFO: the connection the batch used
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        assert await committer.run(unit("b")) == 1
+        assert await committer.run(unit("c")) == 2
+    finally:
+        await committer.close()
+    entries, case_ids = await stored_tree(engine, owner.events)
+    await engine.dispose()
+    assert subjects(entries) == ["user:a", "user:b", "user:c"]
+    assert case_ids == ["a", "b", "c"]

@@ -339,9 +339,11 @@ async def test_a_group_that_only_queued_rows_is_one_statement_without_begin_or_c
         await fast.insert(conn, checkpoints, row(1), INSERT)
         await fast.insert(conn, checkpoints, row(2), INSERT)
         assert await fast.execute_direct(conn, update_note("x", 2), ["changed"]) == {}
-        # that statement was the whole transaction: nothing may follow it
+        # that statement was the whole transaction: nothing may follow it, not even a row to queue
         with pytest.raises(fast.GroupEnded):
             await fast.execute(conn, "SELECT 1", (), select(checkpoints.c.size), {})
+        with pytest.raises(fast.GroupEnded):
+            await fast.insert(conn, checkpoints, row(3), INSERT)
     assert sent == ["WITH q0"]
     # its own UPDATE ran on the snapshot before the queued rows, so it changed nothing: the rows are as queued
     assert await stored(engine) == {1: ("note 1", NOW), 2: ("note 2", NOW)}
@@ -399,3 +401,27 @@ async def test_a_group_cancelled_mid_statement_closes_its_connection(pg_engine: 
     assert await stored(engine) == {}
     await insert_in_transaction(engine, row(2))
     assert set(await stored(engine)) == {2}
+
+
+async def test_a_group_cancelled_in_its_own_statement_closes_its_connection(pg_engine: AsyncEngine) -> None:
+    """Cancelled inside a statement the group sent to asyncpg itself (SQLAlchemy never sees it): the connection is
+    closed, not handed back to the pool inside a transaction."""
+    engine = pg_engine
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with fast.group(autocommit(engine)) as conn:
+            await fast.insert(conn, checkpoints, row(1), INSERT)
+            started.set()
+            await fast.execute(conn, "SELECT pg_sleep(10)", (), select(checkpoints.c.size), {})
+
+    task = asyncio.create_task(work())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored(engine) == {}
+    for size in (2, 3):  # both pooled connections are usable, outside a transaction
+        await insert_in_transaction(engine, row(size))
+    assert set(await stored(engine)) == {2, 3}
