@@ -24,6 +24,12 @@ failed batch one by one anyway. Everything stays as it was where the hot path do
   given as the fallback, at once: the same rows, the same table;
 * a constraint violation is raised as SQLAlchemy's ``IntegrityError``, as callers expect (a duplicate delivery);
 * a naive datetime is refused, as ``store.tables.UTCDateTime`` refuses it.
+
+The group commit runs its transaction itself, through :func:`group` on an autocommit view of the engine: BEGIN goes
+out only when a unit needs a statement (rows are queued even before it), and a batch whose units only queued rows
+is a single autocommit statement. Inside a group a unit may also queue **guarded writes** (:func:`queue_guarded`):
+updates and deletes that lock the rows they depend on and apply, with everything else the statement writes, only
+if every one of those rows is as expected (store/delivery.py: a receipt and its outbox row).
 """
 
 from __future__ import annotations
@@ -361,9 +367,8 @@ async def execute_direct(
     elif not driver.is_in_transaction():
         queue: _Queue | None = conn.info.get(_QUEUE)
         if gate is None and queue is not None and queue.guarded:
-            await _begin_group(
-                driver, conn.info
-            )  # guarded writes then go first, alone: two statements, one transaction
+            # the guarded writes then go first, alone: two statements, so they need one transaction
+            await _begin_group(driver, conn.info)
         else:
             conn.info[_GROUP] = "ended"
     return await _direct(driver, conn.info, tail, args, gate) or {}
