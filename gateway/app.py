@@ -34,6 +34,9 @@ from store.ledger import WitnessState
 
 __all__ = ["RunningGateway", "build_api_app", "build_federation_app", "start_gateway"]
 
+# how long a graceful stop waits for the notifier to mark the notification in hand (a webhook call times out in 10 s)
+NOTIFIER_STOP_SECONDS = 12.0
+
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
@@ -99,6 +102,7 @@ class RunningGateway:
     sender_task: asyncio.Task[None]
     checkpointer_task: asyncio.Task[None]
     notifier_task: asyncio.Task[None] | None = None  # case-work notifications (gateway/notify.py)
+    notifier: Notifier | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -113,7 +117,10 @@ class RunningGateway:
         self.sender_task.cancel()
         self.checkpointer_task.cancel()
         tasks = [self.sender_task, self.checkpointer_task]
-        if self.notifier_task is not None:
+        if self.notifier is not None and self.notifier_task is not None:
+            # let the notification in hand be marked: cancelled between sending and marking, it would go out again
+            self.notifier.stop()
+            await asyncio.wait({self.notifier_task}, timeout=NOTIFIER_STOP_SECONDS)
             self.notifier_task.cancel()
             tasks.append(self.notifier_task)
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -145,8 +152,9 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
         tls=ssl_context is not None,
     )
     checkpointer = asyncio.create_task(run_checkpointer(gw))
-    notifier = asyncio.create_task(Notifier(gw).run()) if settings.notify != "none" else None
-    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier)
+    notifier = Notifier(gw) if settings.notify != "none" else None
+    notifier_task = asyncio.create_task(notifier.run()) if notifier is not None else None
+    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier_task, notifier)
 
 
 async def _checkpoint_tick(tx: Tx) -> Finish[None]:

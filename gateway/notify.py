@@ -13,6 +13,7 @@ A notification carries ids, the kind, the due date and the stage, never a note o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -64,6 +65,12 @@ class Notifier:
         self.log = get_logger(component="notify")
         self.failures = 0
         self._session: aiohttp.ClientSession | None = None
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop after the notification in hand is marked (a graceful shutdown): a notification that went out but
+        was not marked would go out again after the restart."""
+        self._stopping.set()
 
     async def deliver(self, note: dict[str, Any]) -> None:
         settings = self.gw.settings
@@ -94,6 +101,8 @@ class Notifier:
             pending = await CaseWork.to_notify(conn, gw.clock().date(), gw.settings.notify_days_ahead)
         sent = 0
         for item, stage in pending:
+            if self._stopping.is_set():
+                break
             await self.deliver(notification(gw, item, stage))
             async with gw.engine.begin() as conn:
                 await CaseWork.mark_notified(conn, item.id, stage, gw.clock())
@@ -108,7 +117,7 @@ class Notifier:
 
     async def run(self) -> None:
         try:
-            while True:
+            while not self._stopping.is_set():
                 try:
                     await self.scan_once()
                     self.failures = 0
@@ -119,7 +128,8 @@ class Notifier:
                     self.failures = min(self.failures + 1, 20)
                     self.log.exception("case_work_scan_failed")
                 stop_if_cancelled()
-                await asyncio.sleep(self.delay())
+                with contextlib.suppress(TimeoutError):  # the interval passed without a stop
+                    await asyncio.wait_for(self._stopping.wait(), self.delay())
         finally:
             if self._session is not None:
                 await self._session.close()

@@ -106,3 +106,20 @@ async def pg_url(tmp_path: Path) -> AsyncIterator[str]:
     factory = DatabaseFactory("postgresql", tmp_path)
     yield await factory.new()
     await factory.drop_all()
+
+
+@pytest.fixture
+def asyncpg_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first two words of every statement store.fast sends to asyncpg itself (BEGIN and COMMIT included), in
+    order, for tests that count round trips."""
+    from store import fast
+
+    statements: list[str] = []
+    real_run = fast._run
+
+    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
+        statements.append(" ".join(sql.split()[:2]))
+        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast, "_run", counted)
+    return statements

@@ -156,7 +156,7 @@ async def test_a_failing_unit_fails_alone_and_leaves_nothing(owner: Owner) -> No
 
 
 async def test_on_postgresql_a_batch_from_a_remembered_head_is_one_statement(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, asyncpg_statements: list[str]
 ) -> None:
     """No BEGIN, no head lock, no COMMIT: the entries, nodes, head and the units' rows in one statement, which is
     the whole transaction (docs/performance.md)."""
@@ -164,17 +164,11 @@ async def test_on_postgresql_a_batch_from_a_remembered_head_is_one_statement(
     engine = make_engine(pg_url)
     owner = Owner(engine, sqlite=False)
     committer = Committer(owner)
-    sent: list[str] = []
-    real_run = fast._run
-
-    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
-        sent.append(" ".join(sql.split()[:2]))
-        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
+    sent = asyncpg_statements
 
     def sqlalchemy_statement(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         sent.append(" ".join(statement.split()[:2]))
 
-    monkeypatch.setattr(fast, "_run", counted)
     event.listen(engine.sync_engine, "before_cursor_execute", sqlalchemy_statement)
     try:
         await committer.run(unit("a"))  # the head is read under its lock the first time
@@ -206,7 +200,7 @@ def delivery_unit(message_id: str, outbox: Any) -> Any:
 
 
 async def test_receipts_from_the_remembered_head_are_recorded_once(
-    owner: Owner, db_url: str, monkeypatch: pytest.MonkeyPatch
+    owner: Owner, db_url: str, monkeypatch: pytest.MonkeyPatch, asyncpg_statements: list[str]
 ) -> None:
     """A batch of receipts from the remembered head is one statement on PostgreSQL; a receipt another replica
     recorded meanwhile makes that statement write nothing, and the batch run again records the others only."""
@@ -219,14 +213,7 @@ async def test_receipts_from_the_remembered_head_are_recorded_once(
         await conn.execute(
             update(case_stats).where(case_stats.c.case_id == "request-2").values(acknowledged_at=acknowledged)
         )
-    sent: list[str] = []
-    real_run = fast._run
-
-    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
-        sent.append(" ".join(sql.split()[:2]))
-        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fast, "_run", counted)
+    sent = asyncpg_statements
     committer = Committer(owner)
     try:
         assert await committer.run(delivery_unit("request-1", OUTBOX))  # reads the head under its lock

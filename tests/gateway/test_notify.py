@@ -30,6 +30,8 @@ SECRET = "webhook secret for the tests"
 class Receiver:
     url: str
     failures_left: int = 0  # answer 503 to this many requests first
+    answer_after: float = 0.0  # seconds before each answer (a slow hook)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when a request came in
     received: list[dict[str, Any]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     refused: int = 0
@@ -41,6 +43,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
+        state.arrived.set()
+        await asyncio.sleep(state.answer_after)
         if state.failures_left > 0:
             state.failures_left -= 1
             state.refused += 1
@@ -115,6 +119,25 @@ async def test_a_signed_webhook_gets_each_stage_once_even_after_failures_and_a_r
     await until(third_arrived)
     await asyncio.sleep(0.3)  # several more scans
     assert [(n["item_id"], n["stage"]) for n in receiver.received[2:]] == [(body["id"], "overdue")]
+
+
+async def test_a_gateway_stopped_while_a_notification_is_in_flight_marks_it_first(
+    pair: Pair, receiver: Receiver
+) -> None:
+    """A graceful stop waits for the notification in hand: sent and marked, it does not go out again after the
+    restart (cancelled between the two, it would)."""
+    _, case_id = await incoming_case(pair)
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(-1)})
+    assert status == 201, body
+    receiver.answer_after = 0.5
+    await _restart_with_webhook(pair, receiver.url)
+    await asyncio.wait_for(receiver.arrived.wait(), 10)
+    await pair.au.stop()  # while the hook is still answering
+    assert [(n["item_id"], n["stage"]) for n in receiver.received] == [(body["id"], "overdue")]
+    receiver.answer_after = 0.0
+    await _restart_with_webhook(pair, receiver.url)
+    await asyncio.sleep(0.5)  # several scans
+    assert len(receiver.received) == 1
 
 
 async def test_an_unreachable_webhook_keeps_the_notification_for_later(pair: Pair, receiver: Receiver) -> None:

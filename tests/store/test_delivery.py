@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from protocol.stats import Facets
 from store import fast
 from store.case_stats import CaseStats
 from store.cases import Cases
-from store.db import is_sqlite, make_engine, run_migrations
+from store.db import is_sqlite
 from store.delivery import record_delivery
 from store.messages import Messages
 from store.outbox import Outbox
@@ -25,14 +24,6 @@ SUBMITTED = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 SENT = SUBMITTED + timedelta(seconds=2)
 RECEIVED = SENT + timedelta(milliseconds=40)
 OUTBOX = Outbox(skip_locked=False)
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    await run_migrations(db_url)
-    migrated = make_engine(db_url)
-    yield migrated
-    await migrated.dispose()
 
 
 async def add_message(engine: AsyncEngine, message_id: str, *, request: bool) -> None:

@@ -30,14 +30,6 @@ async def stored(engine: AsyncEngine) -> dict[int, tuple[str, datetime]]:
         return {r.size: (r.note, r.created_at) for r in await conn.execute(select(checkpoints))}
 
 
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    await run_migrations(db_url)
-    migrated = make_engine(db_url)
-    yield migrated
-    await migrated.dispose()
-
-
 @asynccontextmanager
 async def begun(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction SQLAlchemy has begun on the driver (its first statement sent): where the hot path applies."""
@@ -289,20 +281,6 @@ async def test_a_queued_value_longer_than_its_column_is_never_cut(db_url: str, e
 # -- group(): the group commit runs the transaction itself (PostgreSQL) -------------------------------------------
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every statement store.fast sends to asyncpg itself, BEGIN and COMMIT included, by its first words."""
-    statements: list[str] = []
-    real_run = fast._run
-
-    async def counted(driver: object, sql: str, args: object, **kwargs: bool) -> object:
-        statements.append(" ".join(sql.split()[:2]))
-        return await real_run(driver, sql, args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fast, "_run", counted)
-    return statements
-
-
 def autocommit(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
@@ -332,9 +310,9 @@ async def test_a_group_runs_on_postgresql_only(tmp_path: Path) -> None:
 
 
 async def test_a_group_that_only_queued_rows_is_one_statement_without_begin_or_commit(
-    pg_engine: AsyncEngine, sent: list[str]
+    pg_engine: AsyncEngine, asyncpg_statements: list[str]
 ) -> None:
-    engine = pg_engine
+    engine, sent = pg_engine, asyncpg_statements
     async with fast.group(autocommit(engine)) as conn:
         await fast.insert(conn, checkpoints, row(1), INSERT)
         await fast.insert(conn, checkpoints, row(2), INSERT)
@@ -350,9 +328,9 @@ async def test_a_group_that_only_queued_rows_is_one_statement_without_begin_or_c
 
 
 async def test_a_group_begins_at_its_first_statement_and_commits_on_leaving(
-    pg_engine: AsyncEngine, sent: list[str]
+    pg_engine: AsyncEngine, asyncpg_statements: list[str]
 ) -> None:
-    engine = pg_engine
+    engine, sent = pg_engine, asyncpg_statements
     async with fast.group(autocommit(engine)) as conn:
         await fast.insert(conn, checkpoints, row(1), INSERT)
         assert sent == []  # queued, nothing sent
@@ -382,7 +360,11 @@ async def test_a_failed_group_leaves_nothing_and_its_connection_clean(pg_engine:
     assert set(await stored(engine)) == {2}
 
 
-async def test_a_group_cancelled_mid_statement_closes_its_connection(pg_engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("through", ["sqlalchemy", "fast"])
+async def test_a_group_cancelled_mid_statement_closes_its_connection(pg_engine: AsyncEngine, through: str) -> None:
+    """Cancelled inside a statement, whether SQLAlchemy sent it (and invalidated the connection itself) or the group
+    sent it to asyncpg (SQLAlchemy never sees it): nothing is written, and no connection goes back to the pool
+    inside a transaction."""
     engine = pg_engine
     started = asyncio.Event()
 
@@ -390,30 +372,10 @@ async def test_a_group_cancelled_mid_statement_closes_its_connection(pg_engine: 
         async with fast.group(autocommit(engine)) as conn:
             await fast.insert(conn, checkpoints, row(1), INSERT)
             started.set()
-            await conn.execute(text("SELECT pg_sleep(10)"))
-
-    task = asyncio.create_task(work())
-    await started.wait()
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await stored(engine) == {}
-    await insert_in_transaction(engine, row(2))
-    assert set(await stored(engine)) == {2}
-
-
-async def test_a_group_cancelled_in_its_own_statement_closes_its_connection(pg_engine: AsyncEngine) -> None:
-    """Cancelled inside a statement the group sent to asyncpg itself (SQLAlchemy never sees it): the connection is
-    closed, not handed back to the pool inside a transaction."""
-    engine = pg_engine
-    started = asyncio.Event()
-
-    async def work() -> None:
-        async with fast.group(autocommit(engine)) as conn:
-            await fast.insert(conn, checkpoints, row(1), INSERT)
-            started.set()
-            await fast.execute(conn, "SELECT pg_sleep(10)", (), select(checkpoints.c.size), {})
+            if through == "sqlalchemy":
+                await conn.execute(text("SELECT pg_sleep(10)"))
+            else:
+                await fast.execute(conn, "SELECT pg_sleep(10)", (), select(checkpoints.c.size), {})
 
     task = asyncio.create_task(work())
     await started.wait()
