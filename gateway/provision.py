@@ -46,23 +46,28 @@ _HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    """A loopback port that is free now, chosen below the kernel's ephemeral range where the kernel can tell: a port
-    from that range may be handed to an outgoing connection (to PostgreSQL, say) before the gateway binds it."""
+    """A loopback port that is free now, chosen below the kernel's ephemeral range where the kernel can tell (a port
+    from that range may be handed to an outgoing connection, to PostgreSQL say, before the gateway binds it), and
+    never one this process was given before (two gateways provisioned in turn must not get the same port)."""
     try:
         first_ephemeral = int(_EPHEMERAL.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         first_ephemeral = 0
-    candidates = (
-        [secrets.randbelow(first_ephemeral - 20000) + 20000 for _ in range(50)] if first_ephemeral > 21000 else []
-    )
+    span = first_ephemeral - _LOWEST_PORT
+    candidates = [secrets.randbelow(span) + _LOWEST_PORT for _ in range(50)] if span > 1000 else []
     for port in [*candidates, 0]:
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
-    raise OSError("no free loopback port")  # pragma: no cover - port 0 always binds
+            chosen = int(sock.getsockname()[1])
+        if chosen not in _HANDED_OUT:
+            _HANDED_OUT.add(chosen)
+            return chosen
+    raise OSError("no free loopback port")  # pragma: no cover - port 0 always binds a new one in practice
 
 
 @contextmanager

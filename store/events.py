@@ -68,7 +68,8 @@ def _flush_statement(first: int, condition: str, checkpoint: bool) -> tuple[tupl
 
 
 class LedgerHeadMoved(RuntimeError):
-    """The ledger head is no longer the one a batch was computed from: another writer appended first."""
+    """A batch wrote nothing: the ledger head is no longer the one it was computed from (another writer appended
+    first), or its guarded writes found their rows changed (store.fast)."""
 
 
 # checkpoint body text in, signed note out (crypto.note.sign_note with the gateway's signer)
@@ -237,10 +238,9 @@ class EventLog:
         origin: str,
         sign: CheckpointSigner,
         now: datetime,
-        head: TreeHead | None = None,
     ) -> str:
-        """Sign a checkpoint of ``head`` (default: the stored head), once per size, and return the signed note."""
-        head = head or await self.head(conn)
+        """Sign a checkpoint of the stored head, once per size, and return the signed note."""
+        head = await self.head(conn)
         existing = (
             await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == head.size))
         ).scalar_one_or_none()

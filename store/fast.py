@@ -177,10 +177,7 @@ def _array_type(table: Table, column: str) -> str:
 async def _driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
     """The asyncpg connection beneath ``conn`` when it is PostgreSQL and inside a transaction (or, for a ``read``,
     in any state), else None. In a :func:`group`, the transaction is begun here if it is not yet."""
-    if conn.dialect.name != "postgresql":
-        return None
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver = await _raw_driver(conn)
     if driver is None:
         return None
     if conn.info.get(_GROUP) is not None:
@@ -198,8 +195,7 @@ class GroupEnded(RuntimeError):
 
 
 async def _begin_group(driver: Any, info: dict[Any, Any]) -> None:
-    if info.get(_GROUP) == "ended":
-        raise GroupEnded("the group's transaction has ended: its last statement ran on its own")
+    _refuse_after_end(info)
     if not driver.is_in_transaction():
         await _run(driver, "BEGIN", ())
 
@@ -362,15 +358,15 @@ async def execute_direct(
     if conn.info.get(_GROUP) is None:
         if not driver.is_in_transaction():
             return None
-    elif conn.info[_GROUP] == "ended":
-        raise GroupEnded("the group's transaction has ended: its last statement ran on its own")
-    elif not driver.is_in_transaction():
-        queue: _Queue | None = conn.info.get(_QUEUE)
-        if gate is None and queue is not None and queue.guarded:
-            # the guarded writes then go first, alone: two statements, so they need one transaction
-            await _begin_group(driver, conn.info)
-        else:
-            conn.info[_GROUP] = "ended"
+    else:
+        _refuse_after_end(conn.info)
+        if not driver.is_in_transaction():
+            queue: _Queue | None = conn.info.get(_QUEUE)
+            if gate is None and queue is not None and queue.guarded:
+                # the guarded writes then go first, alone: two statements, so they need one transaction
+                await _begin_group(driver, conn.info)
+            else:
+                conn.info[_GROUP] = "ended"
     return await _direct(driver, conn.info, tail, args, gate) or {}
 
 

@@ -38,6 +38,17 @@ async def begun(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+async def change_note_of_size_2(conn: AsyncConnection) -> int:
+    """The hot path's UPDATE (a SQLAlchemy one where it does not apply): how many rows it changed."""
+    return await fast.execute(
+        conn,
+        "UPDATE checkpoints SET note = $1 WHERE size = $2",
+        ("changed", 2),
+        checkpoints.update().where(checkpoints.c.size == 2).values(note="changed"),
+        {},
+    )
+
+
 async def insert_in_transaction(engine: AsyncEngine, values: dict[str, object], *, fail: bool = False) -> None:
     async with begun(engine) as conn:
         await fast.insert(conn, checkpoints, values, INSERT)
@@ -49,14 +60,7 @@ async def test_rows_land_inside_the_callers_transaction(engine: AsyncEngine) -> 
     async with begun(engine) as conn:
         await fast.insert(conn, checkpoints, row(1), INSERT)
         await fast.insert_many(conn, checkpoints, [row(2), row(3)], INSERT)
-        changed = await fast.execute(
-            conn,
-            "UPDATE checkpoints SET note = $1 WHERE size = $2",
-            ("changed", 2),
-            checkpoints.update().where(checkpoints.c.size == 2).values(note="changed"),
-            {},
-        )
-        assert changed == 1
+        assert await change_note_of_size_2(conn) == 1
     assert await stored(engine) == {1: ("note 1", NOW), 2: ("changed", NOW), 3: ("note 3", NOW)}
 
     # a rollback takes the hot path's rows with it: they were in the transaction
@@ -160,14 +164,7 @@ async def test_a_queued_row_is_seen_by_the_next_statement_whichever_path_it_take
         assert fast.pending_rows(conn) == 0
         await fast.insert(conn, checkpoints, row(2), INSERT)
         # and so does an UPDATE through the hot path
-        changed = await fast.execute(
-            conn,
-            "UPDATE checkpoints SET note = $1 WHERE size = $2",
-            ("changed", 2),
-            checkpoints.update().where(checkpoints.c.size == 2).values(note="changed"),
-            {},
-        )
-        assert changed == 1
+        assert await change_note_of_size_2(conn) == 1
         await fast.insert(conn, checkpoints, row(3), INSERT)  # written at COMMIT, with nothing after it
     assert await stored(engine) == {1: ("note 1", NOW), 2: ("changed", NOW), 3: ("note 3", NOW)}
 
