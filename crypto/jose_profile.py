@@ -78,7 +78,7 @@ EPK_MEMBERS = frozenset({"crv", "kty", "x"})
 MAX_JWE_HEADER_SEGMENT = 8192
 
 _KID_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 RFC 7638 thumbprint
-_B64URL_RE = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 # Names of members and algorithms are echoed in errors only if they look like JOSE tokens, never arbitrary text.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9+#._-]{1,32}")
 
@@ -174,13 +174,15 @@ def b64url_encode(data: bytes) -> bytes:
 
 def b64url_decode(segment: bytes, what: str) -> bytes:
     """Decode unpadded base64url, refusing padding, other characters and non-canonical trailing bits."""
-    if not _B64URL_RE.fullmatch(segment) or len(segment) % 4 == 1:
+    # the standard alphabet's '+' and '/' would pass the translation below; strict mode refuses anything else
+    if len(segment) % 4 == 1 or b"+" in segment or b"/" in segment or b"=" in segment:
         raise ProfileViolation(f"{what} is not unpadded base64url")
     try:
-        data = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
-    except binascii.Error:  # pragma: no cover - excluded by the checks above
+        data = binascii.a2b_base64(segment.translate(_TO_STANDARD) + b"=" * (-len(segment) % 4), strict_mode=True)
+    except binascii.Error:
         raise ProfileViolation(f"{what} is not unpadded base64url") from None
-    if b64url_encode(data) != segment:
+    # only a last group of 2 or 3 characters has unused bits: canonical if they are zero (re-encoding gives it back)
+    if (tail := len(segment) % 4) and b64url_encode(data[len(data) - tail + 1 :]) != segment[-tail:]:
         raise ProfileViolation(f"{what} is not canonical base64url")
     return data
 

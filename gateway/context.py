@@ -7,11 +7,11 @@ Everything a handler or the outbox needs is reached through one :class:`Gateway`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
@@ -22,6 +22,7 @@ from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
 from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_password
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
+from gateway.coalesce import Coalescer
 from gateway.committer import Committer, Finish, Tx, Unit, done
 from gateway.metrics import Metrics
 from protocol.errors import ComityError
@@ -31,8 +32,10 @@ from protocol.timefmt import parse_time
 from store.db import is_sqlite, make_engine, make_reader
 from store.events import EventLog
 from store.ledger import WitnessState
+from store.messages import Messages, Seen
 from store.outbox import Outbox
 from store.tables import settings_state
+from store.tokens import Tokens
 
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
@@ -80,6 +83,9 @@ class Gateway:
         self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
+        # the two reads of every API call and every incoming envelope, gathered when concurrent (gateway/coalesce.py)
+        self.tokens_seen: Coalescer[str, Mapping[str, Any]] = Coalescer(self._tokens_by_digest)
+        self.ids_seen: Coalescer[str, Seen] = Coalescer(self._messages_seen)
 
     # --- identity -----------------------------------------------------------------------------------------------
 
@@ -121,6 +127,14 @@ class Gateway:
         return self._note_signer.verifier_key()
 
     # --- storage ------------------------------------------------------------------------------------------------
+
+    async def _tokens_by_digest(self, digests: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        async with self.reader.connect() as conn:
+            return await Tokens.by_digest(conn, digests)
+
+    async def _messages_seen(self, message_ids: Sequence[str]) -> dict[str, Seen]:
+        async with self.reader.connect() as conn:
+            return await Messages.seen_many(conn, message_ids)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:

@@ -103,8 +103,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         if header.from_ != peer_id:
             raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
         # 3. duplicates and replays (before the marking check: a receipted message keeps its receipt)
-        async with gw.reader.connect() as conn:
-            known = await Messages.seen(conn, header.id)
+        known = await gw.ids_seen.get(header.id)
         if known is not None:
             if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
                 return Received(known.receipt, True, header.id)

@@ -218,7 +218,9 @@ def _check_times(values: Sequence[Any]) -> None:
             raise ValueError("naive datetime given to the store")
 
 
-async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool = False, row: bool = False) -> Any:
+async def _run(
+    driver: Any, sql: str, args: Sequence[Any], *, many: bool = False, row: bool = False, rows: bool = False
+) -> Any:
     import asyncpg
 
     try:
@@ -227,6 +229,8 @@ async def _run(driver: Any, sql: str, args: Sequence[Any], *, many: bool = False
             return ""
         if row:
             return await driver.fetchrow(sql, *args)
+        if rows:
+            return await driver.fetch(sql, *args)
         return str(await driver.execute(sql, *args))
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise IntegrityError(sql, None, exc) from exc
@@ -338,6 +342,23 @@ async def fetch_row(
     await _write_queue(driver, conn.info)
     record = await _run(driver, sql, args, row=True)
     return None if record is None else dict(record.items())
+
+
+async def fetch_rows(
+    conn: AsyncConnection,
+    sql: str,
+    args: Sequence[Any],
+    fallback: Executable,
+    params: Mapping[str, Any],
+    *,
+    read: bool = False,
+) -> list[Mapping[str, Any]]:
+    """Every row ``sql`` returns, by column name, as :func:`fetch_row` does the first."""
+    driver = await _driver(conn, read=read)
+    if driver is None:
+        return [dict(found) for found in (await conn.execute(fallback, dict(params))).mappings()]
+    await _write_queue(driver, conn.info)
+    return [dict(record.items()) for record in await _run(driver, sql, args, rows=True)]
 
 
 async def execute_direct(

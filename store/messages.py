@@ -23,10 +23,10 @@ __all__ = ["AttachmentRow", "MessageRow", "Messages", "Seen"]
 _INSERT = insert(messages)
 _FIND = select(messages).where(messages.c.id == bindparam("b_id"))
 _UPDATE = update(messages).where(messages.c.id == bindparam("b_id"))
-_SEEN = select(messages.c.direction, messages.c.envelope_sha256, messages.c.receipt).where(
-    messages.c.id == bindparam("b_id")
+_SEEN = select(messages.c.id, messages.c.direction, messages.c.envelope_sha256, messages.c.receipt).where(
+    messages.c.id.in_(bindparam("b_ids", expanding=True))
 )
-_SEEN_SQL = "SELECT direction, envelope_sha256, receipt FROM messages WHERE id = $1"
+_SEEN_SQL = "SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id = ANY($1::text[])"
 
 
 @dataclass(frozen=True)
@@ -159,10 +159,16 @@ class Messages:
 
     @staticmethod
     async def seen(conn: AsyncConnection, message_id: str) -> Seen | None:
-        """The direction, envelope digest and receipt of ``message_id`` if it is known (every incoming envelope
-        asks: three columns, not the envelope, and on PostgreSQL straight through asyncpg)."""
-        row = await fast.fetch_row(conn, _SEEN_SQL, (message_id,), _SEEN, {"b_id": message_id}, read=True)
-        return None if row is None else Seen(row["direction"], row["envelope_sha256"], row["receipt"])
+        """The direction, envelope digest and receipt of ``message_id`` if it is known."""
+        return (await Messages.seen_many(conn, [message_id])).get(message_id)
+
+    @staticmethod
+    async def seen_many(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, Seen]:
+        """:meth:`seen` for several ids in one query (every incoming envelope asks, and gateway.coalesce gathers
+        concurrent ones: three columns, not the envelope, and on PostgreSQL straight through asyncpg)."""
+        ids = list(message_ids)
+        rows = await fast.fetch_rows(conn, _SEEN_SQL, (ids,), _SEEN, {"b_ids": ids}, read=True)
+        return {row["id"]: Seen(row["direction"], row["envelope_sha256"], row["receipt"]) for row in rows}
 
     @staticmethod
     async def get(conn: AsyncConnection, message_id: str) -> MessageRow:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -38,22 +39,30 @@ __all__ = [
     "TokenInfo",
     "Tokens",
     "hash_token",
+    "token_digest",
 ]
 
 TOKEN_PREFIX = "cmt_"  # noqa: S105 - a prefix, not a secret
 LOGIN_TOKEN_TTL = timedelta(hours=12)
 MAX_TOKEN_TTL = timedelta(days=366)
 
-# every API call runs it: built once
+# every API call runs it (gateway.coalesce gathers concurrent calls into one): built once
 _AUTHENTICATE = (
-    select(*_USER_COLUMNS, tokens.c.expires_at, tokens.c.revoked_at, tokens.c.token_id, tokens.c.scopes)
+    select(
+        tokens.c.token_hash,
+        *_USER_COLUMNS,
+        tokens.c.expires_at,
+        tokens.c.revoked_at,
+        tokens.c.token_id,
+        tokens.c.scopes,
+    )
     .join(tokens, tokens.c.user_id == users.c.id)
-    .where(tokens.c.token_hash == bindparam("b_hash"), users.c.disabled.is_(False))
+    .where(tokens.c.token_hash.in_(bindparam("b_hashes", expanding=True)), users.c.disabled.is_(False))
 )
 _AUTHENTICATE_SQL = (
-    "SELECT u.id, u.username, u.role, u.clearance, u.caveats, u.unit, u.disabled, u.created_at, t.expires_at, "
-    "t.revoked_at, t.token_id, t.scopes FROM tokens t JOIN users u ON u.id = t.user_id "
-    "WHERE t.token_hash = $1 AND u.disabled = false"
+    "SELECT t.token_hash, u.id, u.username, u.role, u.clearance, u.caveats, u.unit, u.disabled, u.created_at, "
+    "t.expires_at, t.revoked_at, t.token_id, t.scopes FROM tokens t JOIN users u ON u.id = t.user_id "
+    "WHERE t.token_hash = ANY($1::text[]) AND u.disabled = false"
 )
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
@@ -61,6 +70,13 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_digest(token: str) -> str | None:
+    """The stored hash of what was presented as a token, or None when it cannot be one of ours."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+        return None
+    return hash_token(token)
 
 
 @dataclass(frozen=True)
@@ -158,10 +174,23 @@ class Tokens:
     @staticmethod
     async def authenticate(conn: AsyncConnection, token: str, now: datetime) -> User | None:
         """The user of a valid token (with the token's scopes, cut to what the role allows now), else None."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+        digest = token_digest(token)
+        if digest is None:
             return None
-        digest = hash_token(token)
-        row = await fast.fetch_row(conn, _AUTHENTICATE_SQL, (digest,), _AUTHENTICATE, {"b_hash": digest}, read=True)
+        found = await Tokens.by_digest(conn, [digest])
+        return Tokens.user_of(found.get(digest), now)
+
+    @staticmethod
+    async def by_digest(conn: AsyncConnection, digests: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        """The rows of the tokens of enabled users among ``digests`` (hashes), by hash: one query for them all."""
+        rows = await fast.fetch_rows(
+            conn, _AUTHENTICATE_SQL, (list(digests),), _AUTHENTICATE, {"b_hashes": list(digests)}, read=True
+        )
+        return {row["token_hash"]: row for row in rows}
+
+    @staticmethod
+    def user_of(row: Mapping[str, Any] | None, now: datetime) -> User | None:
+        """The user a token row of :meth:`by_digest` authenticates at ``now``: None if revoked or expired."""
         if row is None or row["revoked_at"] is not None:
             return None
         if row["expires_at"] is not None and row["expires_at"] <= now:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc import jwe, jws
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
@@ -33,7 +36,7 @@ from crypto.errors import (
     UnknownKey,
     WrongRecipient,
 )
-from crypto.jose_profile import ENVELOPE_TYP, JWE_ALG, JWE_ENC, MESSAGE_TYP
+from crypto.jose_profile import ENVELOPE_TYP, JWE_ALG, JWE_ENC, MESSAGE_TYP, b64url_decode
 from protocol.errors import InvalidMessage
 from protocol.messages import MessagePayload
 from tests.crypto.test_envelope import Authority, make_payload, open_as
@@ -518,6 +521,32 @@ def test_base64url_must_be_unpadded_and_canonical(
     parts[part] = change(parts[part])
     with pytest.raises(ProfileViolation, match=match):
         open_as(recipient, ".".join(parts), sender)
+
+
+_URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet=_URL_ALPHABET, max_size=12),
+        st.text(alphabet=_URL_ALPHABET + "+/= \n.\x00é", max_size=12),
+    ).map(lambda text: text.encode("utf-8"))
+)
+def test_base64url_decoding_is_the_profile_definition(segment: bytes) -> None:
+    """b64url_decode (fast: binascii strict mode, the last group re-encoded) agrees with the definition: only
+    base64url characters, no length 1 mod 4, and the one canonical encoding of what it decodes to."""
+    if not re.fullmatch(rb"[A-Za-z0-9_-]*", segment) or len(segment) % 4 == 1:
+        expected: bytes | str = "not unpadded base64url"
+    else:
+        decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+        canonical = base64.urlsafe_b64encode(decoded).rstrip(b"=") == segment
+        expected = decoded if canonical else "not canonical base64url"
+    try:
+        got: bytes | str = b64url_decode(segment, "segment")
+    except ProfileViolation as refused:
+        got = str(refused).removeprefix("segment is ")
+    assert got == expected
 
 
 # -- decryption -------------------------------------------------------------------------------------------------

@@ -160,3 +160,24 @@ async def test_a_failed_transaction_leaves_the_message_in_the_outbox(engine: Asy
     assert await in_outbox(engine) == {"request-1"}
     assert await message(engine, "request-1") == ("sent", None, None)
     assert (await stats(engine, "request-1"))["start_at"] is None
+
+
+async def test_seen_answers_several_ids_in_one_query(engine: AsyncEngine) -> None:
+    """The receiver's duplicate check (gathered by gateway.coalesce): the known ids among those asked, by id."""
+    await add_message(engine, "01930000-0000-7000-8000-000000000001", request=True)
+    await add_message(engine, "01930000-0000-7000-8000-000000000002", request=False)
+    await deliver(engine, "01930000-0000-7000-8000-000000000002", receipt="receipt-2")
+    asked = [
+        "01930000-0000-7000-8000-000000000001",
+        "01930000-0000-7000-8000-000000000002",
+        "01930000-0000-7000-8000-00000000ffff",
+    ]
+    async with engine.connect() as conn:
+        found = await Messages.seen_many(conn, asked)
+        alone = await Messages.seen(conn, asked[1])
+        nothing = await Messages.seen_many(conn, [])
+    assert set(found) == set(asked[:2])
+    first = found[asked[0]]
+    assert (first.direction, first.envelope_sha256, first.receipt) == ("out", "0" * 64, None)
+    assert found[asked[1]].receipt == "receipt-2" and alone == found[asked[1]]
+    assert nothing == {}

@@ -19,6 +19,7 @@ from protocol.messages import Marking
 from store.db import make_engine, run_migrations
 from store.errors import Conflict, NotFound
 from store.tables import ledger_entries, login_attempts, tokens, users
+from store.tokens import Tokens, token_digest
 from store.users import (
     ROLE_SCOPES,
     InvalidAccount,
@@ -223,6 +224,30 @@ async def test_tokens_are_scoped_expiring_and_revocable(engine: AsyncEngine) -> 
         infos = await Users.tokens_of(conn, "alice")
     assert {info.label for info in infos} == {"cli", "reader", "initial"}
     assert not any(info.active(T0) for info in infos)
+
+
+async def test_tokens_by_digest_answers_several_in_one_query(engine: AsyncEngine, cheap: PasswordHasher) -> None:
+    """The API's token lookup (gathered by gateway.coalesce): rows by hash, none for a disabled user's or an unknown
+    hash; user_of applies revocation and expiry as authenticate does."""
+    async with engine.begin() as conn:
+        alice = await Users.create(conn, "alice", "officer", T0, password=PASSWORD)
+        bob = await Users.create(conn, "bob", "officer", T0, password=PASSWORD)
+        first = await Users.issue_token(conn, alice, "one", T0, T0 + timedelta(days=1))
+        second = await Users.issue_token(conn, alice, "two", T0, T0 + timedelta(hours=1))
+        bobs = await Users.issue_token(conn, bob, "cli", T0, T0 + timedelta(days=1))
+        await Users.set_disabled(conn, "bob", True, T0, actor="system")
+        await Users.revoke_token(conn, "alice", T0, label="one")
+    digests = [hash_token(token) for token in (first, second, bobs)]
+    assert [token_digest(token) for token in (first, second, bobs)] == digests
+    assert token_digest("not-a-token") is None
+    async with engine.connect() as conn:
+        found = await Tokens.by_digest(conn, [*digests, "0" * 64])
+    assert set(found) == set(digests[:2])
+    assert Tokens.user_of(found[digests[0]], T0) is None  # revoked
+    user = Tokens.user_of(found[digests[1]], T0)
+    assert user is not None and user.username == "alice" and user.scopes == ROLE_SCOPES["officer"]
+    assert Tokens.user_of(found[digests[1]], T0 + timedelta(hours=1)) is None  # expired
+    assert Tokens.user_of(None, T0) is None
 
 
 async def test_disabled_users_cannot_authenticate_and_stay_revoked(engine: AsyncEngine, cheap: PasswordHasher) -> None:
