@@ -27,6 +27,7 @@ from crypto.jose_profile import (
     JWE_ALG,
     JWE_ENC,
     MESSAGE_TYP,
+    UnverifiedJWE,
     b64url_encode,
     decrypt_jwe,
     encrypt_jwe,
@@ -43,10 +44,12 @@ from protocol.messages import Marking, MessageKind, MessagePayload
 __all__ = [
     "DEFAULT_MAX_ENVELOPE_BYTES",
     "OpenedEnvelope",
+    "ReadEnvelope",
     "RoutingHeader",
     "SealedEnvelope",
     "encrypt_signed",
     "open_envelope",
+    "read_envelope",
     "read_routing_header",
     "seal_envelope",
     "sign_payload",
@@ -65,6 +68,16 @@ class RoutingHeader:
     kind: MessageKind
     marking: Marking
     kid: str  # the recipient encryption key id
+
+
+@dataclass(frozen=True)
+class ReadEnvelope:
+    """An envelope whose size, shape and protected header passed the profile (:func:`read_envelope`). UNVERIFIED:
+    hand it to :func:`open_envelope` to decrypt and verify without parsing it again."""
+
+    header: RoutingHeader
+    outer: UnverifiedJWE
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,14 @@ def _check_size(sealed: bytes | str, max_bytes: int) -> bytes:
 
 def read_routing_header(sealed: bytes | str, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> RoutingHeader:
     """Strictly parse the JWE protected header, without any cryptography. The result is UNVERIFIED."""
-    return _routing_header(parse_jwe(_check_size(sealed, max_bytes), "envelope").header)
+    return read_envelope(sealed, max_bytes=max_bytes).header
+
+
+def read_envelope(sealed: bytes | str, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> ReadEnvelope:
+    """Steps 1 and 2 of :func:`open_envelope` (size; compact shape and protected header within the profile), without
+    any cryptography, for a receiver that routes and checks the header before it opens the envelope."""
+    outer = parse_jwe(_check_size(sealed, max_bytes), "envelope")
+    return ReadEnvelope(_routing_header(outer.header), outer, max_bytes)
 
 
 def _routing_header(header: Mapping[str, Any]) -> RoutingHeader:
@@ -148,7 +168,7 @@ def _routing_header(header: Mapping[str, Any]) -> RoutingHeader:
 
 
 def open_envelope(
-    sealed: bytes | str,
+    sealed: bytes | str | ReadEnvelope,
     *,
     recipient_keys: Mapping[str, OKPKey],
     sender_keys: Mapping[str, OKPKey],
@@ -160,14 +180,19 @@ def open_envelope(
     ``recipient_keys``: our private X25519 keys by kid (encryption keys, or the archive key for an archive copy).
     ``sender_keys``: the public Ed25519 keys by kid that the directory lists for the claimed sender (``from``).
     ``expected_recipient``: our authority id (for an archive copy: the original recipient).
+    ``sealed`` may be what :func:`read_envelope` returned (steps 1 and 2 done, under the limit it was read with).
     """
-    # 1. Size, before anything is parsed.
-    sealed_bytes = _check_size(sealed, max_bytes)
+    if isinstance(sealed, ReadEnvelope):
+        outer, unverified_header, max_bytes = sealed.outer, sealed.header, min(max_bytes, sealed.max_bytes)
+        sealed_bytes = _check_size(outer.token, max_bytes)
+    else:
+        # 1. Size, before anything is parsed.
+        sealed_bytes = _check_size(sealed, max_bytes)
 
-    # 2. Outer shape and protected header within the profile: compact, pinned alg/enc, exactly the profile's
-    #    members, no duplicates, valid routing values. Still unauthenticated.
-    outer = parse_jwe(sealed_bytes, "envelope")
-    unverified_header = _routing_header(outer.header)
+        # 2. Outer shape and protected header within the profile: compact, pinned alg/enc, exactly the profile's
+        #    members, no duplicates, valid routing values. Still unauthenticated.
+        outer = parse_jwe(sealed_bytes, "envelope")
+        unverified_header = _routing_header(outer.header)
 
     # 3. Addressed to us, by the routing header.
     if unverified_header.to != expected_recipient:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 
 from crypto.attachments import CiphertextVerifier
-from crypto.envelope import OpenedEnvelope, open_envelope, read_routing_header
+from crypto.envelope import OpenedEnvelope, open_envelope, read_envelope
 from crypto.errors import AttachmentError
 from crypto.receipts import sign_receipt, sign_refusal
 from gateway.committer import Finish, Tx, done
@@ -98,7 +98,8 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
             raise PeerError("the client certificate matches no authority in the directory")
         gw.peer(peer_id)
         # 2. routing header in profile, naming the authenticated peer
-        header = read_routing_header(sealed, max_bytes=gw.settings.max_envelope_bytes)
+        read = read_envelope(sealed, max_bytes=gw.settings.max_envelope_bytes)
+        header = read.header
         claimed, message_id = header.from_, header.id
         if header.from_ != peer_id:
             raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
@@ -114,7 +115,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         # 5. decrypt and verify under a key the directory lists for the sender
         now = gw.clock()
         opened = open_envelope(
-            sealed,
+            read,
             recipient_keys=gw.recipient_keys(),
             sender_keys=gw.peer(header.from_).signing_keys_at(now),
             expected_recipient=gw.authority_id,

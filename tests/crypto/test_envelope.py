@@ -18,9 +18,11 @@ from joserfc.jwk import OKPKey
 from crypto.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     OpenedEnvelope,
+    ReadEnvelope,
     RoutingHeader,
     encrypt_signed,
     open_envelope,
+    read_envelope,
     read_routing_header,
     seal_envelope,
     sign_payload,
@@ -70,7 +72,9 @@ def make_payload(sender: Authority, recipient: Authority, **overrides: Any) -> M
     return MessagePayload.parse(data)
 
 
-def open_as(recipient: Authority, sealed: bytes | str, sender: Authority, **kwargs: Any) -> OpenedEnvelope:
+def open_as(
+    recipient: Authority, sealed: bytes | str | ReadEnvelope, sender: Authority, **kwargs: Any
+) -> OpenedEnvelope:
     """Open as ``recipient``'s gateway would: its encryption key, the sender's directory keys, its own id."""
     kwargs.setdefault("recipient_keys", {recipient.encryption.thumbprint(): recipient.encryption})
     kwargs.setdefault("sender_keys", sender.directory_keys())
@@ -116,6 +120,20 @@ def test_round_trip_from_bytes_gives_the_same_result(sender: Authority, recipien
     payload = make_payload(sender, recipient, kind="status_query", in_reply_to=new_message_id())
     sealed = seal_envelope(payload, sender.signing, recipient.encryption_public)
     assert open_as(recipient, sealed.compact.encode("ascii"), sender) == open_as(recipient, sealed.compact, sender)
+
+
+def test_an_envelope_read_first_opens_as_the_envelope_itself(sender: Authority, recipient: Authority) -> None:
+    """The receiver reads the header (read_envelope), checks it, then opens what it read without parsing it again:
+    the same result, and the limit it is opened under still applies."""
+    payload = make_payload(sender, recipient)
+    sealed = seal_envelope(payload, sender.signing, recipient.encryption_public).compact
+    read = read_envelope(sealed)
+    assert read.header == read_routing_header(sealed)
+    assert open_as(recipient, read, sender) == open_as(recipient, sealed, sender)
+    with pytest.raises(OversizedEnvelope):
+        open_as(recipient, read, sender, max_bytes=len(sealed) - 1)
+    with pytest.raises(OversizedEnvelope):
+        read_envelope(sealed, max_bytes=len(sealed) - 1)
 
 
 @pytest.mark.parametrize("kind", list(MessageKind))
