@@ -24,9 +24,10 @@ import base64
 import binascii
 import functools
 import hashlib
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from argon2.low_level import Type, hash_secret_raw
@@ -54,6 +55,7 @@ __all__ = [
     "import_public_jwk",
     "key_id",
     "public_jwk",
+    "sealed_kdf_params",
     "tls_key_password",
     "seal_keys",
     "unseal_keys",
@@ -370,38 +372,90 @@ def unseal_keys(data: bytes, passphrase: bytes) -> dict[str, OKPKey]:
 # --- an authority's key set ------------------------------------------------------------------------------------------
 
 
+# retired X25519 keys in a key file: their role and kid in the name, so that a swapped key is refused on unsealing
+_RETIRED_NAME = re.compile(r"retired-(encryption|archive)-([A-Za-z0-9_-]{43})")
+Decrypting = Literal["encryption", "archive"]
+
+
 @dataclass(frozen=True)
 class AuthorityKeys:
     """An authority's private keys: ``signing`` (Ed25519), ``encryption`` (X25519, published in the directory) and
-    ``archive`` (X25519, never published: the sender's own sealed copy of what it sent)."""
+    ``archive`` (X25519, never published: the sender's own sealed copy of what it sent), and the encryption and
+    archive keys retired by :meth:`rotated`, kept to open what was sealed to them (docs/operations.md)."""
 
     signing: OKPKey
     encryption: OKPKey
     archive: OKPKey
+    retired_encryption: tuple[OKPKey, ...] = ()
+    retired_archive: tuple[OKPKey, ...] = ()
 
     def __post_init__(self) -> None:
         for name, crv in (("signing", "Ed25519"), ("encryption", "X25519"), ("archive", "X25519")):
             key: OKPKey = getattr(self, name)
             if not isinstance(key, OKPKey) or not key.is_private or key.curve_name != crv:
                 raise KeyStoreError(f"the {name} key must be a private {crv} key")
+        for role in ("encryption", "archive"):
+            for key in getattr(self, f"retired_{role}"):
+                if not isinstance(key, OKPKey) or not key.is_private or key.curve_name != "X25519":
+                    raise KeyStoreError(f"a retired {role} key must be a private X25519 key")
+        decrypting = [self.encryption, self.archive, *self.retired_encryption, *self.retired_archive]
+        if len({key_id(key) for key in decrypting}) != len(decrypting):
+            raise KeyStoreError("an encryption or archive key appears twice in the key set")
 
     def __repr__(self) -> str:
         return (
             f"AuthorityKeys(signing={key_id(self.signing)}, encryption={key_id(self.encryption)}, "
-            f"archive={key_id(self.archive)})"
+            f"archive={key_id(self.archive)}, retired={len(self.retired_encryption) + len(self.retired_archive)})"
         )
 
+    def decryption_keys(self, role: Decrypting) -> dict[str, OKPKey]:
+        """The current key of ``role`` and the retired ones, by kid: what may open an envelope (``encryption``) or
+        an archive copy (``archive``)."""
+        current = self.encryption if role == "encryption" else self.archive
+        retired = self.retired_encryption if role == "encryption" else self.retired_archive
+        return {key_id(key): key for key in (current, *retired)}
+
+    def rotated(self, role: Decrypting) -> AuthorityKeys:
+        """A new key set whose ``role`` key is fresh; the one it replaces is kept among the retired keys."""
+        fresh = generate_encryption_key()
+        if role == "encryption":
+            return replace(self, encryption=fresh, retired_encryption=(*self.retired_encryption, self.encryption))
+        return replace(self, archive=fresh, retired_archive=(*self.retired_archive, self.archive))
+
+    def _named(self) -> dict[str, OKPKey]:
+        named = {"signing": self.signing, "encryption": self.encryption, "archive": self.archive}
+        for role in ("encryption", "archive"):
+            for key in getattr(self, f"retired_{role}"):
+                named[f"retired-{role}-{key_id(key)}"] = key
+        return named
+
     def seal(self, passphrase: bytes, params: KdfParams = DEFAULT_KDF) -> bytes:
-        return seal_keys(
-            {"signing": self.signing, "encryption": self.encryption, "archive": self.archive}, passphrase, params
-        )
+        return seal_keys(self._named(), passphrase, params)
 
     @classmethod
     def unseal(cls, data: bytes, passphrase: bytes) -> AuthorityKeys:
         keys = unseal_keys(data, passphrase)
-        if set(keys) != {"signing", "encryption", "archive"}:
+        current = {"signing", "encryption", "archive"}
+        if not current <= set(keys):
             raise KeyStoreError("key file does not hold an authority's keys (signing, encryption, archive)")
-        return cls(signing=keys["signing"], encryption=keys["encryption"], archive=keys["archive"])
+        retired: dict[str, list[OKPKey]] = {"encryption": [], "archive": []}
+        for name in sorted(set(keys) - current):
+            match = _RETIRED_NAME.fullmatch(name)
+            if match is None or match.group(2) != key_id(keys[name]):
+                raise KeyStoreError("key file holds a key that is neither current nor a retired one under its kid")
+            retired[match.group(1)].append(keys[name])
+        return cls(
+            signing=keys["signing"],
+            encryption=keys["encryption"],
+            archive=keys["archive"],
+            retired_encryption=tuple(retired["encryption"]),
+            retired_archive=tuple(retired["archive"]),
+        )
+
+
+def sealed_kdf_params(data: bytes) -> KdfParams:
+    """The argon2id parameters a key file was sealed with (to seal its next version alike)."""
+    return _parse_sealed(data)[1]
 
 
 def generate_authority_keys() -> AuthorityKeys:

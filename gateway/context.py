@@ -81,6 +81,8 @@ class Gateway:
         self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
         self.committer = Committer(self)
         self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
+        self._recipient_keys = self.keys.decryption_keys("encryption")
+        self._archive_keys = self.keys.decryption_keys("archive")
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
         # the two reads of every API call and every incoming envelope, gathered when concurrent (gateway/coalesce.py)
@@ -112,10 +114,11 @@ class Gateway:
             )
 
     def recipient_keys(self) -> dict[str, OKPKey]:
-        return {key_id(self.keys.encryption): self.keys.encryption}
+        """Our encryption keys by kid: the current one and those retired by ``comity keys rotate``."""
+        return self._recipient_keys
 
     def archive_keys(self) -> dict[str, OKPKey]:
-        return {key_id(self.keys.archive): self.keys.archive}
+        return self._archive_keys
 
     def own_signing_keys(self) -> dict[str, OKPKey]:
         return {key_id(self.keys.signing): self.keys.signing}

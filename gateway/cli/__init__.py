@@ -12,6 +12,7 @@ __all__ = ["main"]
 # name -> "module:attribute"; each module owns one command or group
 _COMMANDS = {
     "init": "gateway.cli.init:init",
+    "keys": "gateway.cli.keys:keys",
     "directory": "gateway.cli.directory:directory",
     "user": "gateway.cli.user:user",
     "peer": "gateway.cli.peer:peer",

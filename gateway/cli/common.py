@@ -92,9 +92,10 @@ def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically (a reader sees the old or the new contents, never a mix)."""
+def replace_file(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Replace ``path`` atomically (a reader sees the old or the new contents, never a mix); ``private`` as for
+    :func:`write_new_file`."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.unlink(missing_ok=True)
-    write_new_file(temporary, data, private=False)
+    write_new_file(temporary, data, private=private)
     os.replace(temporary, path)

@@ -19,6 +19,7 @@ from crypto.errors import KeyStoreError, ProfileViolation
 from crypto.keys import (
     DEFAULT_KDF,
     AuthorityKeys,
+    Decrypting,
     KdfParams,
     generate_authority_keys,
     generate_encryption_key,
@@ -27,6 +28,7 @@ from crypto.keys import (
     key_id,
     public_jwk,
     seal_keys,
+    sealed_kdf_params,
     unseal_keys,
 )
 
@@ -340,3 +342,45 @@ def test_rfc8037_private_key_survives_sealing() -> None:
     assert isinstance(raw, Ed25519PrivateKey)
     assert b64e(raw.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())) == RFC8037_D
     assert opened.kid == RFC8037_THUMBPRINT
+
+
+# --- rotation -------------------------------------------------------------------------------------------------------
+
+
+def test_a_rotated_key_set_keeps_the_retired_keys_through_sealing(authority: AuthorityKeys) -> None:
+    once = authority.rotated("encryption")
+    twice = once.rotated("encryption").rotated("archive")
+    assert once.signing is authority.signing and once.archive is authority.archive
+    assert key_id(once.encryption) != key_id(authority.encryption)
+    assert set(twice.decryption_keys("encryption")) == {
+        key_id(authority.encryption),
+        key_id(once.encryption),
+        key_id(twice.encryption),
+    }
+    assert set(twice.decryption_keys("archive")) == {key_id(authority.archive), key_id(twice.archive)}
+    data = twice.seal(PASSPHRASE, CHEAP)
+    assert sealed_kdf_params(data) == CHEAP
+    back = AuthorityKeys.unseal(data, PASSPHRASE)
+    roles: tuple[Decrypting, ...] = ("encryption", "archive")
+    for role in roles:
+        assert {kid: private_d(key) for kid, key in back.decryption_keys(role).items()} == {
+            kid: private_d(key) for kid, key in twice.decryption_keys(role).items()
+        }
+    assert key_id(back.encryption) == key_id(twice.encryption) and key_id(back.archive) == key_id(twice.archive)
+    assert "retired=3" in repr(back) and private_d(twice.encryption) not in repr(back)
+
+
+def test_a_key_file_with_a_foreign_or_mislabelled_key_is_refused(authority: AuthorityKeys) -> None:
+    stranger = generate_encryption_key()
+    named = {"signing": authority.signing, "encryption": authority.encryption, "archive": authority.archive}
+    for extra in (
+        {"backup": stranger},  # not a retired key's name
+        {f"retired-encryption-{key_id(authority.archive)}": stranger},  # the kid in the name is not its own
+        {f"retired-signing-{key_id(stranger)}": stranger},  # only encryption and archive keys retire
+    ):
+        with pytest.raises(KeyStoreError, match="neither current nor a retired one"):
+            AuthorityKeys.unseal(seal_keys({**named, **extra}, PASSPHRASE, CHEAP), PASSPHRASE)
+    with pytest.raises(KeyStoreError, match="appears twice"):
+        AuthorityKeys(authority.signing, authority.encryption, authority.archive, (authority.encryption,))
+    with pytest.raises(KeyStoreError, match="retired encryption key must be a private X25519"):
+        AuthorityKeys(authority.signing, authority.encryption, authority.archive, (authority.signing,))

@@ -1,0 +1,135 @@
+"""Rotating keys with ``comity keys rotate``: what was sealed to a retired key still opens, envelopes sealed to the
+old key during the overlap are accepted, and once the new directory is out, senders seal to the new key."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from config.directory import load_authority_entry
+from crypto.envelope import read_routing_header
+from gateway.cli import main
+from gateway.provision import comity
+from protocol.timefmt import parse_time
+from store.tables import messages
+from tests.gateway.conftest import PASSPHRASE, Pair, Side
+from tests.gateway.test_exchange import REQUEST, wait_for
+
+
+def run_keys(side: Side, *args: str) -> str:
+    result = CliRunner().invoke(main, ["keys", *args, "--config", str(side.provisioned.config)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def send_and_open(pair: Pair, text: str) -> str:
+    """ar sends a request; au's supervisor opens it; return its id."""
+    content = {"subject": "Bank records of a company", "text": text}
+    status, body = await pair.ar.call("POST", "/v1/messages", json={**REQUEST, "content": content})
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    status, opened = await pair.au.call("POST", f"/v1/messages/{body['id']}/open", json={"purpose": "review"})
+    assert status == 200 and opened["content"]["text"] == text
+    return str(body["id"])
+
+
+async def sealed_to(side: Side, message_id: str) -> str:
+    """The kid of the encryption key the stored envelope is sealed to."""
+    async with side.gw.engine.connect() as conn:
+        sealed = (await conn.execute(select(messages.c.sealed).where(messages.c.id == message_id))).scalar_one()
+    return read_routing_header(bytes(sealed)).kid
+
+
+async def restart(side: Side) -> None:
+    await side.stop()
+    await side.start()
+
+
+@pytest.fixture(autouse=True)
+def passphrases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMITY_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("COMITY_DIRECTORY_PASSPHRASE", PASSPHRASE)
+
+
+async def test_rotating_the_encryption_key(pair: Pair) -> None:
+    before = await send_and_open(pair, "sealed to the first key")
+    old_kid = await sealed_to(pair.ar, before)
+    entry_path = pair.au.provisioned.data_dir / "entry.json"
+
+    await pair.au.stop()
+    output = await asyncio.to_thread(run_keys, pair.au, "rotate", "encryption", "--overlap-days", "7")
+    assert f"retired {old_kid}" in output
+    assert (pair.au.provisioned.data_dir / "keys.sealed").stat().st_mode & 0o777 == 0o600
+    listed = await asyncio.to_thread(run_keys, pair.au, "list")
+    assert f"encryption  retired  {old_kid}" in listed
+    new_kid = next(line.split()[-1] for line in listed.splitlines() if line.startswith("encryption  current"))
+    assert new_kid != old_kid and '"d"' not in listed
+    entry = load_authority_entry(entry_path.read_bytes())
+    enc = {key.jwk["kid"]: key for key in entry.keys if key.use == "enc"}
+    assert set(enc) == {old_kid, new_kid} and enc[new_kid].not_after is None
+    overlap = parse_time(enc[old_kid].not_after or "") - parse_time(enc[new_kid].not_before)
+    assert overlap.days == 7
+    await pair.au.start()
+    assert set(pair.au.gw.recipient_keys()) == {old_kid, new_kid}
+
+    # what was received before still opens, and during the overlap ar (old directory) still seals to the old key
+    status, opened = await pair.au.call("POST", f"/v1/messages/{before}/open", json={"purpose": "review"})
+    assert status == 200 and opened["content"]["text"] == "sealed to the first key"
+    during = await send_and_open(pair, "sealed to the old key after the rotation")
+    assert await sealed_to(pair.ar, during) == old_kid
+
+    # the directory operator publishes the new entry; ar now seals to the new key
+    operator = pair.workdir / "work" / "directory-operator"
+    draft, signed = operator / "draft-2.json", operator / "directory-2.jws"
+    public = operator / "directory-key.sealed.pub.jwk"
+
+    def publish() -> None:
+        comity("directory", "new", "--out", str(draft), "--from", str(operator / "directory.jws"), "--key", str(public))
+        comity("directory", "add", str(draft), str(entry_path), "--replace")
+        comity("directory", "sign", str(draft), "--key", str(operator / "directory-key.sealed"), "--out", str(signed))
+        for side in (pair.ar, pair.au):
+            shutil.copyfile(signed, side.provisioned.data_dir / "directory.jws")
+
+    await asyncio.to_thread(publish)
+    await restart(pair.ar)
+    await restart(pair.au)
+    after = await send_and_open(pair, "sealed to the new key")
+    assert await sealed_to(pair.ar, after) == new_kid
+    for message_id in (before, during):  # and everything before it still opens
+        status, _ = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
+        assert status == 200
+
+
+async def test_rotating_the_archive_key_keeps_what_was_sent_readable(pair: Pair) -> None:
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202
+    await wait_for(pair.ar, body["id"], "delivered")
+    entry_before = (pair.ar.provisioned.data_dir / "entry.json").read_bytes()
+    await pair.ar.stop()
+    await asyncio.to_thread(run_keys, pair.ar, "rotate", "archive")
+    assert (pair.ar.provisioned.data_dir / "entry.json").read_bytes() == entry_before  # never published
+    await pair.ar.start()
+    assert len(pair.ar.gw.archive_keys()) == 2
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{body['id']}/open", json={})
+    assert status == 200 and opened["content"] == REQUEST["content"]
+    status, later = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    await wait_for(pair.ar, later["id"], "delivered")
+    status, opened = await pair.ar.call("POST", f"/v1/messages/{later['id']}/open", json={})
+    assert status == 200 and opened["content"] == REQUEST["content"]
+
+
+def test_a_wrong_passphrase_changes_nothing(pair: Pair, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    keys_file = pair.au.provisioned.data_dir / "keys.sealed"
+    entry_file = pair.au.provisioned.data_dir / "entry.json"
+    before = (keys_file.read_bytes(), entry_file.read_bytes())
+    monkeypatch.setenv("COMITY_PASSPHRASE", "not the passphrase")
+    result = CliRunner().invoke(main, ["keys", "rotate", "encryption", "--config", str(pair.au.provisioned.config)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == "comity: wrong passphrase or corrupt key file"
+    assert (keys_file.read_bytes(), entry_file.read_bytes()) == before
+    assert keys_file.stat().st_mode & 0o777 == 0o600
