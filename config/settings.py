@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     max_attachment_bytes: int = Field(default=8 * 1024**3, ge=0)
     outbox_initial_backoff: float = Field(default=0.5, gt=0)
     outbox_max_backoff: float = Field(default=300.0, gt=0)
+    outbox_connections_per_peer: int = Field(default=128, ge=1, le=1024)
     db_pool_size: int = Field(default=40, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_reveal: Literal["state_and_date", "date_only", "nothing"] = "state_and_date"  # art. 46(24) answers

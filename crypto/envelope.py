@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from joserfc.jwk import OKPKey
@@ -70,6 +70,9 @@ class RoutingHeader:
     kid: str  # the recipient encryption key id
 
 
+_READ = object()
+
+
 @dataclass(frozen=True)
 class ReadEnvelope:
     """An envelope whose size, shape and protected header passed the profile (:func:`read_envelope`). UNVERIFIED:
@@ -78,6 +81,11 @@ class ReadEnvelope:
     header: RoutingHeader
     outer: UnverifiedJWE
     max_bytes: int
+    _made_by: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._made_by is not _READ:  # open_envelope trusts what it holds: only read_envelope may make one
+            raise TypeError("a ReadEnvelope comes from read_envelope only")
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ def read_envelope(sealed: bytes | str, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_
     """Steps 1 and 2 of :func:`open_envelope` (size; compact shape and protected header within the profile), without
     any cryptography, for a receiver that routes and checks the header before it opens the envelope."""
     outer = parse_jwe(_check_size(sealed, max_bytes), "envelope")
-    return ReadEnvelope(_routing_header(outer.header), outer, max_bytes)
+    return ReadEnvelope(_routing_header(outer.header), outer, max_bytes, _READ)
 
 
 def _routing_header(header: Mapping[str, Any]) -> RoutingHeader:

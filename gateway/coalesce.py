@@ -5,7 +5,7 @@ round trip each, which under load cost more than the rest of the read (decision 
 keys asked for while no query of its own is in flight at once, in one query, and those asked for while one is in
 flight together in the next, as soon as it returns. So each answer comes from a query that started after its key was
 asked for: nothing is cached, and a token revoked before the call is refused exactly as with a query of its own.
-Under a light load each lookup is still its own query, with no added wait.
+Under a light load each lookup is still its own query, sent one event-loop turn later (the drain is a task).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "LookupFailed"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -23,11 +23,15 @@ V = TypeVar("V")
 MAX_KEYS = 256
 
 
+class LookupFailed(RuntimeError):
+    """The query a lookup went out in failed; ``__cause__`` is what ``fetch`` raised."""
+
+
 class Coalescer(Generic[K, V]):
     """``await get(key)`` is ``fetch([key]).get(key)``, with concurrent keys fetched together.
 
-    ``fetch`` answers a list of distinct keys with a mapping holding those it found; an error it raises goes to
-    every caller whose key was in that query.
+    ``fetch`` answers a list of distinct keys with a mapping holding those it found; an error it raises reaches
+    every caller whose key was in that query as a :class:`LookupFailed` of its own, caused by that error.
     """
 
     def __init__(self, fetch: Callable[[Sequence[K]], Awaitable[dict[K, V]]], *, max_keys: int = MAX_KEYS) -> None:
@@ -42,7 +46,7 @@ class Coalescer(Generic[K, V]):
         if future is None:
             future = self._waiting[key] = asyncio.get_running_loop().create_future()
             future.add_done_callback(_retrieve)  # an error whose callers were all cancelled is not "never retrieved"
-        if self._drainer is None:
+        if self._drainer is None or self._drainer.done():  # done: cancelled before it ever ran, say
             self._drainer = asyncio.create_task(self._drain())
         # a caller that is cancelled leaves the query to the others: shield the future they share
         return await asyncio.shield(future)
@@ -57,8 +61,10 @@ class Coalescer(Generic[K, V]):
                     found = await self._fetch(keys)
                 except Exception as error:
                     for future in batch.values():
-                        if not future.done():
-                            future.set_exception(error)
+                        if not future.done():  # each caller its own exception: tracebacks stay per request
+                            failed = LookupFailed(f"the lookup failed ({type(error).__name__})")
+                            failed.__cause__ = error
+                            future.set_exception(failed)
                     continue
                 except BaseException:
                     for future in batch.values():

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from joserfc.jwk import OKPKey
@@ -81,8 +82,8 @@ class Gateway:
         self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
         self.committer = Committer(self)
         self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
-        self._recipient_keys = self.keys.decryption_keys("encryption")
-        self._archive_keys = self.keys.decryption_keys("archive")
+        self._recipient_keys = MappingProxyType(self.keys.decryption_keys("encryption"))
+        self._archive_keys = MappingProxyType(self.keys.decryption_keys("archive"))
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
         # the two reads of every API call and every incoming envelope, gathered when concurrent (gateway/coalesce.py)
@@ -113,11 +114,20 @@ class Gateway:
                 "install a newer signed directory"
             )
 
-    def recipient_keys(self) -> dict[str, OKPKey]:
-        """Our encryption keys by kid: the current one and those retired by ``comity keys rotate``."""
+    def recipient_keys(self) -> Mapping[str, OKPKey]:
+        """Our encryption keys by kid: the current one and every one retired by ``comity keys rotate`` (to open what
+        we stored)."""
         return self._recipient_keys
 
-    def archive_keys(self) -> dict[str, OKPKey]:
+    def receiving_keys(self, when: datetime) -> Mapping[str, OKPKey]:
+        """The encryption keys an incoming envelope may be sealed to at ``when``: the current one, and a retired one
+        while our directory entry still lists it as valid (the overlap of a rotation), never after."""
+        entry = self.directory.authority(self.authority_id)
+        listed = {key.kid for key in entry.keys if key.use == "enc" and key.valid_at(when)}
+        current = key_id(self.keys.encryption)
+        return {kid: key for kid, key in self._recipient_keys.items() if kid == current or kid in listed}
+
+    def archive_keys(self) -> Mapping[str, OKPKey]:
         return self._archive_keys
 
     def own_signing_keys(self) -> dict[str, OKPKey]:

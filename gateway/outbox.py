@@ -47,12 +47,6 @@ TRANSIENT_CODES = {
 }
 
 
-# deliveries in flight to one peer: messages without attachments are handed over at commit (deliver_now) without a
-# limit of their own, and wait here; the more in flight, the larger the peer's group commits (docs/performance.md,
-# fifth session). Claimed deliveries (attachments streamed from disk) stay limited by ``concurrency``.
-CONNECTIONS_PER_PEER = 128
-
-
 class DeliveryError(ComityError):
     code = "delivery-failed"
 
@@ -170,7 +164,11 @@ class OutboxSender:
                 ssl_context = client_context(
                     peer, str(settings.tls_cert_path), str(settings.tls_key_path), self.gw.tls_password
                 )
-            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=CONNECTIONS_PER_PEER, keepalive_timeout=60)
+            # messages without attachments are handed over at commit (deliver_now) with no limit of their own and
+            # wait here for a connection; the more in flight, the larger the peer's group commits (docs/performance.md,
+            # fifth session). Claimed deliveries (attachments streamed from disk) stay limited by ``concurrency``.
+            limit = settings.outbox_connections_per_peer
+            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit, keepalive_timeout=60)
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
             session = aiohttp.ClientSession(connector=connector, timeout=timeout)
             self._sessions[peer.id] = session

@@ -116,7 +116,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         now = gw.clock()
         opened = open_envelope(
             read,
-            recipient_keys=gw.recipient_keys(),
+            recipient_keys=gw.receiving_keys(now),
             sender_keys=gw.peer(header.from_).signing_keys_at(now),
             expected_recipient=gw.authority_id,
             max_bytes=gw.settings.max_envelope_bytes,

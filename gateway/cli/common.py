@@ -99,3 +99,8 @@ def replace_file(path: Path, data: bytes, *, private: bool = False) -> None:
     temporary.unlink(missing_ok=True)
     write_new_file(temporary, data, private=private)
     os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power loss, in the order of the calls
+    finally:
+        os.close(directory)

@@ -2,8 +2,9 @@
 
 A rotation writes a fresh key into ``keys.sealed`` (same passphrase, same argon2id parameters) and keeps the one it
 replaces, retired, to open what was sealed to it. Rotating the encryption key also lists the new key in
-``entry.json`` next to the old one, which stays valid ``--overlap-days`` longer; the directory operator adds the
-entry to the next directory (``comity directory add --replace``). Restart the gateway to use the new key set.
+``entry.json`` next to the old ones, which stay valid ``--overlap-days`` longer; the directory operator adds the
+entry to the next directory (``comity directory add --replace``). Restart the gateway (every replica) to use the new
+key set (docs/operations.md, "Directory and key rotation").
 """
 
 from __future__ import annotations
@@ -79,18 +80,29 @@ def rotate(role: Decrypting, overlap_days: int, config_file: Path | None) -> Non
         if not entry_path.exists():
             raise CommandError(f"{entry_path} is missing: the new encryption key must be published in the entry")
         entry = load_authority_entry(entry_path.read_bytes())
-        old_kid, cutoff = key_id(held.encryption), format_time(now + timedelta(days=overlap_days))
-        published = [
+        if key_id(held.encryption) not in {key.kid for key in entry.keys if key.use == "enc"}:
+            # an earlier rotation stopped between the two writes: that key was never published, and stays retired
+            click.echo(
+                f"note: {ENTRY_FILE} did not list the current encryption key {key_id(held.encryption)}", err=True
+            )
+        cutoff = format_time(now + timedelta(days=overlap_days))
+        published = [  # every encryption key listed so far stops at the cutoff, whatever happened before
             key.model_copy(update={"not_after": cutoff})
-            if key.jwk["kid"] == old_kid and (key.not_after is None or key.not_after > cutoff)
+            if key.use == "enc" and (key.not_after is None or key.not_after > cutoff)
             else key
             for key in entry.keys
         ]
         fresh = DirectoryKey(use="enc", jwk=public_jwk(rotated.encryption), not_before=format_time(now))
         entry_bytes = entry.model_copy(update={"keys": [*published, fresh]}).model_dump_json(indent=2).encode()
         load_authority_entry(entry_bytes)  # the whole entry still validates before anything is written
-    # the keys first: a crash between the two leaves a key set that opens both, and an entry to write again
-    replace_file(path, rotated.seal(passphrase, sealed_kdf_params(sealed)), private=True)
+    resealed = rotated.seal(passphrase, sealed_kdf_params(sealed))
+    check = AuthorityKeys.unseal(resealed, passphrase)  # what is about to replace the only copy opens, to these keys
+    if repr(check) != repr(rotated) or set(check.decryption_keys(role)) != set(rotated.decryption_keys(role)):
+        raise CommandError("the new key file does not open to the new key set; nothing was written")
+    if path.read_bytes() != sealed:
+        raise CommandError(f"{path} changed while rotating (another rotation?); nothing was written: run it again")
+    # the keys first: after a crash between the two, the key set opens both and a new rotation writes the entry
+    replace_file(path, resealed, private=True)
     if entry_bytes is not None:
         replace_file(entry_path, entry_bytes + b"\n")
     new_kid = key_id(rotated.encryption if role == "encryption" else rotated.archive)

@@ -134,6 +134,8 @@ def test_an_envelope_read_first_opens_as_the_envelope_itself(sender: Authority, 
         open_as(recipient, read, sender, max_bytes=len(sealed) - 1)
     with pytest.raises(OversizedEnvelope):
         read_envelope(sealed, max_bytes=len(sealed) - 1)
+    with pytest.raises(TypeError, match="from read_envelope only"):  # no way around the profile's parser
+        ReadEnvelope(read.header, read.outer, read.max_bytes)
 
 
 @pytest.mark.parametrize("kind", list(MessageKind))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.coalesce import Coalescer
+from gateway.coalesce import Coalescer, LookupFailed
 
 
 class Table:
@@ -68,7 +68,9 @@ async def test_an_error_reaches_every_caller_of_its_query_and_the_next_query_run
     lookups = Coalescer(table.fetch)
     table.fail = RuntimeError("database went away")
     results = await asyncio.gather(lookups.get("a"), lookups.get("b"), return_exceptions=True)
-    assert [type(result) for result in results] == [RuntimeError, RuntimeError]
+    assert [type(result) for result in results] == [LookupFailed, LookupFailed]
+    assert results[0] is not results[1]  # each caller its own exception (and traceback)
+    assert all(isinstance(result, LookupFailed) and isinstance(result.__cause__, RuntimeError) for result in results)
     assert await lookups.get("a") == 1
 
 
@@ -108,3 +110,15 @@ async def test_stopping_the_drain_cancels_the_callers_still_waiting() -> None:
             await task
     table.gate.set()
     assert await lookups.get("a") == 1  # a new drain starts with the next lookup
+
+
+async def test_a_drain_cancelled_before_it_ran_does_not_stall_later_lookups() -> None:
+    table = Table({"a": 1})
+    lookups = Coalescer(table.fetch)
+    first = asyncio.create_task(lookups.get("a"))
+    await asyncio.sleep(0)  # first is waiting; its drain task is created but has not run
+    assert lookups._drainer is not None
+    lookups._drainer.cancel()
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(lookups.get("a"), timeout=2) == 1
+    first.cancel()

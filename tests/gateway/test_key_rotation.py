@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,11 @@ async def test_rotating_the_encryption_key(pair: Pair) -> None:
     await restart(pair.au)
     after = await send_and_open(pair, "sealed to the new key")
     assert await sealed_to(pair.ar, after) == new_kid
+    # an envelope may be sealed to the old key while the directory lists it, never after
+    now = pair.au.gw.clock()
+    assert set(pair.au.gw.receiving_keys(now)) == {old_kid, new_kid}
+    assert set(pair.au.gw.receiving_keys(now + timedelta(days=8))) == {new_kid}
+    assert set(pair.au.gw.recipient_keys()) == {old_kid, new_kid}  # what was stored still opens
     for message_id in (before, during):  # and everything before it still opens
         status, _ = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
         assert status == 200
@@ -133,3 +139,21 @@ def test_a_wrong_passphrase_changes_nothing(pair: Pair, monkeypatch: pytest.Monk
     assert result.output.strip().splitlines()[-1] == "comity: wrong passphrase or corrupt key file"
     assert (keys_file.read_bytes(), entry_file.read_bytes()) == before
     assert keys_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_rotation_run_again_after_a_crash_between_its_writes_publishes_a_consistent_entry(pair: Pair) -> None:
+    """keys.sealed is written first: if the entry was not, the next rotation still closes every old key's period."""
+    entry_path = pair.au.provisioned.data_dir / "entry.json"
+    first_entry = entry_path.read_bytes()
+    old_kid = next(key.kid for key in load_authority_entry(first_entry).keys if key.use == "enc")
+    run_keys(pair.au, "rotate", "encryption")
+    entry_path.write_bytes(first_entry)  # as if the process died after writing keys.sealed
+    result = CliRunner().invoke(main, ["keys", "rotate", "encryption", "--config", str(pair.au.provisioned.config)])
+    assert result.exit_code == 0, result.output
+    assert "did not list the current encryption key" in result.output
+    listed = run_keys(pair.au, "list")
+    current = next(line.split()[-1] for line in listed.splitlines() if line.startswith("encryption  current"))
+    assert listed.count("encryption  retired") == 2  # the key never published is kept too
+    enc = {key.kid: key for key in load_authority_entry(entry_path.read_bytes()).keys if key.use == "enc"}
+    assert set(enc) == {old_kid, current}
+    assert enc[old_kid].not_after is not None and enc[current].not_after is None

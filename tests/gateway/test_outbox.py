@@ -74,3 +74,19 @@ async def test_a_crash_after_delivery_redelivers_and_gets_the_same_receipt(
     assert await count(pair.au, messages) == 1
     assert await count(pair.au, ledger_entries, ledger_entries.c.type == "message.received") == 1
     assert await count(pair.ar, ledger_entries, ledger_entries.c.type == "message.receipt_recorded") == 1
+
+
+async def test_the_connections_to_a_peer_are_limited_by_the_setting(pair: Pair) -> None:
+    await pair.ar.stop()
+    await pair.ar.start(outbox_connections_per_peer=2)
+    assert pair.ar.running is not None
+    sender = pair.ar.running.sender
+    ids = []
+    for _ in range(6):
+        status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+        assert status == 202
+        ids.append(body["id"])
+    for message_id in ids:
+        await wait_for(pair.ar, message_id, "delivered")
+    connector = sender._session(pair.ar.gw.peer("au.ag")).connector
+    assert connector is not None and connector.limit == 2
