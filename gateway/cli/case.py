@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from gateway.casework import date_json
+from gateway.casework import PAGE, date_json
 from gateway.cli.common import CommandError, reports_errors
 from gateway.cli.runtime import config_option, run, settings_from
 from protocol.casework import MAX_WINDOW_DAYS
@@ -40,12 +40,19 @@ def _item(item: CaseDate, today: date) -> dict[str, Any]:
 
 
 async def _due(config_file: Path | None, upcoming: int | None, today: date) -> list[CaseDate]:
+    """Every open item of the period, soonest first, read page by page (there is no cut-off)."""
+    first, last = (None, today - timedelta(days=1)) if upcoming is None else (today, today + timedelta(days=upcoming))
     engine = make_engine(settings_from(config_file).database_dsn, pool_size=1)
+    found: list[CaseDate] = []
+    after: tuple[date, int] | None = None
     try:
         async with engine.connect() as conn:
-            if upcoming is None:
-                return await CaseWork.open_between(conn, None, today - timedelta(days=1))
-            return await CaseWork.open_between(conn, today, today + timedelta(days=upcoming))
+            while True:
+                page = await CaseWork.open_between(conn, first, last, limit=PAGE, after=after)
+                found.extend(page)
+                if len(page) < PAGE:
+                    return found
+                after = (page[-1].due, page[-1].id)
     finally:
         await engine.dispose()
 

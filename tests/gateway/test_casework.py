@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import gateway.cli.case
 from gateway.audit import AuditState, DatabaseSource, load_trust, verify_ledger
 from tests.gateway.conftest import Pair, Side, issue_token
 from tests.gateway.test_audit import _signed_up_to_head
@@ -354,7 +355,7 @@ def _cli(*args: str) -> Any:
     return CliRunner().invoke(main, list(args))
 
 
-async def test_the_operator_lists_due_items_from_the_database(pair: Pair) -> None:
+async def test_the_operator_lists_due_items_from_the_database(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     _, case_id = await incoming_case(pair)
     mark = canary()
     added = {}
@@ -382,3 +383,14 @@ async def test_the_operator_lists_due_items_from_the_database(pair: Pair) -> Non
     assert result.exit_code == 1 and result.stderr.strip() == "comity: no case no-such-case", result.stderr
     result = await asyncio.to_thread(_cli, "case", "due", "--overdue", "--upcoming", "3", "--config", config)
     assert result.exit_code == 1 and result.stderr.startswith("comity: choose --overdue"), result.stderr
+    # no cut-off: read page by page (pages of 2 here), every item comes out once, soonest first
+    more = []
+    for offset in (3, 3, 4, 5):
+        status, body = await pair.au.call(
+            "POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(offset)}
+        )
+        assert status == 201, body
+        more.append(body["id"])
+    monkeypatch.setattr(gateway.cli.case, "PAGE", 2)
+    result = await asyncio.to_thread(_cli, "case", "due", "--upcoming", "7", "--json", "--config", config)
+    assert [i["id"] for i in json.loads(result.output)["items"]] == [added["hearing"], *more]
