@@ -81,11 +81,8 @@ class ReadEnvelope:
     header: RoutingHeader
     outer: UnverifiedJWE
     max_bytes: int
-    _made_by: object = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self._made_by is not _READ:  # open_envelope trusts what it holds: only read_envelope may make one
-            raise TypeError("a ReadEnvelope comes from read_envelope only")
+    # set by read_envelope alone, after construction: neither the constructor nor dataclasses.replace can set it
+    _made_by: object = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -160,7 +157,9 @@ def read_envelope(sealed: bytes | str, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_
     """Steps 1 and 2 of :func:`open_envelope` (size; compact shape and protected header within the profile), without
     any cryptography, for a receiver that routes and checks the header before it opens the envelope."""
     outer = parse_jwe(_check_size(sealed, max_bytes), "envelope")
-    return ReadEnvelope(_routing_header(outer.header), outer, max_bytes, _READ)
+    read = ReadEnvelope(_routing_header(outer.header), outer, max_bytes)
+    object.__setattr__(read, "_made_by", _READ)
+    return read
 
 
 def _routing_header(header: Mapping[str, Any]) -> RoutingHeader:
@@ -191,6 +190,8 @@ def open_envelope(
     ``sealed`` may be what :func:`read_envelope` returned (steps 1 and 2 done, under the limit it was read with).
     """
     if isinstance(sealed, ReadEnvelope):
+        if sealed._made_by is not _READ:  # open_envelope trusts what it holds: only read_envelope may make one
+            raise TypeError("a ReadEnvelope comes from read_envelope only")
         outer, unverified_header, max_bytes = sealed.outer, sealed.header, min(max_bytes, sealed.max_bytes)
         sealed_bytes = _check_size(outer.token, max_bytes)
     else:

@@ -48,8 +48,17 @@ class Coalescer(Generic[K, V]):
             future.add_done_callback(_retrieve)  # an error whose callers were all cancelled is not "never retrieved"
         if self._drainer is None or self._drainer.done():  # done: cancelled before it ever ran, say
             self._drainer = asyncio.create_task(self._drain())
+            self._drainer.add_done_callback(self._drained)
         # a caller that is cancelled leaves the query to the others: shield the future they share
         return await asyncio.shield(future)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """A drain cancelled before it ran never reached its ``finally``: fail its callers the same way."""
+        if task.cancelled() and self._drainer is task:
+            self._drainer = None
+            for future in self._waiting.values():
+                future.cancel()
+            self._waiting.clear()
 
     async def _drain(self) -> None:
         try:
@@ -74,11 +83,11 @@ class Coalescer(Generic[K, V]):
                     if not future.done():
                         future.set_result(found.get(key))
         finally:
-            self._drainer = None
-            for future in self._waiting.values():
-                if not future.done():
+            if self._drainer is asyncio.current_task():  # else a new drain owns what is waiting
+                self._drainer = None
+                for future in self._waiting.values():
                     future.cancel()
-            self._waiting.clear()
+                self._waiting.clear()
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -120,12 +120,18 @@ class Gateway:
         return self._recipient_keys
 
     def receiving_keys(self, when: datetime) -> Mapping[str, OKPKey]:
-        """The encryption keys an incoming envelope may be sealed to at ``when``: the current one, and a retired one
-        while our directory entry still lists it as valid (the overlap of a rotation), never after."""
+        """The encryption keys an incoming envelope may be sealed to at ``when``: those our directory entry lists as
+        valid then (a retired one during a rotation's overlap, never after), and the current one until the directory
+        lists it (a rotation not yet published)."""
         entry = self.directory.authority(self.authority_id)
-        listed = {key.kid for key in entry.keys if key.use == "enc" and key.valid_at(when)}
-        current = key_id(self.keys.encryption)
-        return {kid: key for kid, key in self._recipient_keys.items() if kid == current or kid in listed}
+        published = {key.kid for key in entry.keys if key.use == "enc"}
+        valid = {key.kid for key in entry.keys if key.use == "enc" and key.valid_at(when)}
+        current = key_id(self.keys.encryption)  # not yet published: the directory has no say on it yet
+        return {
+            kid: key
+            for kid, key in self._recipient_keys.items()
+            if kid in valid or (kid == current and kid not in published)
+        }
 
     def archive_keys(self) -> Mapping[str, OKPKey]:
         return self._archive_keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final, ParamSpec, TypeVar
@@ -94,11 +95,23 @@ def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
 
 def replace_file(path: Path, data: bytes, *, private: bool = False) -> None:
     """Replace ``path`` atomically (a reader sees the old or the new contents, never a mix); ``private`` as for
-    :func:`write_new_file`."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    write_new_file(temporary, data, private=private)
-    os.replace(temporary, path)
+    :func:`write_new_file`. The temporary file has a name of its own, so two writers never share one."""
+    mode = 0o600 if private else 0o644
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.close(fd)
+        fd = -1
+        os.replace(temporary, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(temporary).unlink(missing_ok=True)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a power loss, in the order of the calls

@@ -9,19 +9,24 @@ key set (docs/operations.md, "Directory and key rotation").
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 
-from config.directory import load_authority_entry
+from config.directory import load_authority_entry, read_directory
 from config.directory_model import DirectoryKey
-from config.settings import PASSPHRASE_ENV
+from config.errors import ConfigError
+from config.settings import PASSPHRASE_ENV, Settings
 from crypto.keys import AuthorityKeys, Decrypting, key_id, public_jwk, sealed_kdf_params
 from gateway.cli.common import CommandError, read_passphrase, replace_file, reports_errors
 from gateway.cli.init import ENTRY_FILE
 from gateway.cli.runtime import config_option, settings_from
-from protocol.timefmt import format_time
+from protocol.timefmt import format_time, parse_time
 
 __all__ = ["keys"]
 
@@ -31,9 +36,8 @@ def keys() -> None:
     """An authority's private keys: list them, rotate the encryption or the archive key."""
 
 
-def _unseal(config_file: Path | None) -> tuple[Path, bytes, bytes, AuthorityKeys]:
+def _unseal_file(path: Path) -> tuple[Path, bytes, bytes, AuthorityKeys]:
     """The key file's path and contents, the passphrase, and the keys it holds."""
-    path = settings_from(config_file).keys_path
     try:
         sealed = path.read_bytes()
     except OSError as exc:
@@ -47,7 +51,7 @@ def _unseal(config_file: Path | None) -> tuple[Path, bytes, bytes, AuthorityKeys
 @reports_errors
 def list_keys(config_file: Path | None) -> None:
     """Print each key's role, kid and whether it is current or retired (never key material)."""
-    *_, held = _unseal(config_file)
+    *_, held = _unseal_file(settings_from(config_file).keys_path)
     click.echo(f"signing     current  {key_id(held.signing)}")
     for role in ("encryption", "archive"):
         current = held.encryption if role == "encryption" else held.archive
@@ -64,34 +68,64 @@ def list_keys(config_file: Path | None) -> None:
     type=click.IntRange(1, 3650),
     default=30,
     show_default=True,
-    help="How long entry.json keeps the old encryption key valid next to the new one.",
+    help="How long entry.json keeps the old encryption keys valid next to the new one (at least until the installed "
+    "directory expires, which counterparts may use until then).",
 )
 @config_option
 @reports_errors
 def rotate(role: Decrypting, overlap_days: int, config_file: Path | None) -> None:
     """Replace the ROLE key with a fresh one; the old one is kept, retired, to open what was sealed to it."""
     settings = settings_from(config_file)
-    path, sealed, passphrase, held = _unseal(config_file)
+    with _locked(settings.keys_path):
+        _rotate(settings, role, overlap_days)
+
+
+@contextmanager
+def _locked(keys_path: Path) -> Iterator[None]:
+    """One rotation at a time on a key file (two at once could each publish a key the other's file lost)."""
+    lock = keys_path.with_name(f".{keys_path.name}.lock")
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(f"another 'comity keys rotate' holds {lock}; nothing was written") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _rotate(settings: Settings, role: Decrypting, overlap_days: int) -> None:
+    path, sealed, passphrase, held = _unseal_file(settings.keys_path)
     entry_path = settings.data_dir / ENTRY_FILE
     now = datetime.now(UTC)
     rotated = held.rotated(role)
     entry_bytes: bytes | None = None
+    entry_before = b""
     if role == "encryption":
         if not entry_path.exists():
             raise CommandError(f"{entry_path} is missing: the new encryption key must be published in the entry")
-        entry = load_authority_entry(entry_path.read_bytes())
+        entry_before = entry_path.read_bytes()
+        entry = load_authority_entry(entry_before)
         if key_id(held.encryption) not in {key.kid for key in entry.keys if key.use == "enc"}:
             # an earlier rotation stopped between the two writes: that key was never published, and stays retired
             click.echo(
                 f"note: {ENTRY_FILE} did not list the current encryption key {key_id(held.encryption)}", err=True
             )
-        cutoff = format_time(now + timedelta(days=overlap_days))
-        published = [  # every encryption key listed so far stops at the cutoff, whatever happened before
-            key.model_copy(update={"not_after": cutoff})
-            if key.use == "enc" and (key.not_after is None or key.not_after > cutoff)
-            else key
-            for key in entry.keys
-        ]
+        # counterparts seal to what the directory they hold lists, until it expires: the old keys stay valid so long
+        cutoff_at = max(now + timedelta(days=overlap_days), _directory_expiry(settings, now))
+        cutoff = format_time(cutoff_at)
+        published = []
+        for key in entry.keys:
+            if key.use == "enc" and key.not_after is not None and key.not_after <= format_time(now):
+                continue  # ended already: no sender may use it, so the entry need not carry it
+            if key.use == "enc" and key.not_before >= cutoff:
+                raise CommandError(
+                    f"{ENTRY_FILE} lists encryption key {key.kid} from {key.not_before}, after the cutoff"
+                )
+            if key.use == "enc" and (key.not_after is None or key.not_after > cutoff):
+                key = key.model_copy(update={"not_after": cutoff})
+            published.append(key)
         fresh = DirectoryKey(use="enc", jwk=public_jwk(rotated.encryption), not_before=format_time(now))
         entry_bytes = entry.model_copy(update={"keys": [*published, fresh]}).model_dump_json(indent=2).encode()
         load_authority_entry(entry_bytes)  # the whole entry still validates before anything is written
@@ -99,13 +133,19 @@ def rotate(role: Decrypting, overlap_days: int, config_file: Path | None) -> Non
     check = AuthorityKeys.unseal(resealed, passphrase)  # what is about to replace the only copy opens, to these keys
     if repr(check) != repr(rotated) or set(check.decryption_keys(role)) != set(rotated.decryption_keys(role)):
         raise CommandError("the new key file does not open to the new key set; nothing was written")
-    if path.read_bytes() != sealed:
-        raise CommandError(f"{path} changed while rotating (another rotation?); nothing was written: run it again")
+    if path.read_bytes() != sealed or (entry_bytes is not None and entry_path.read_bytes() != entry_before):
+        raise CommandError(f"{path.name} or {ENTRY_FILE} changed while rotating; nothing was written: run it again")
+    new_kid = key_id(rotated.encryption if role == "encryption" else rotated.archive)
     # the keys first: after a crash between the two, the key set opens both and a new rotation writes the entry
     replace_file(path, resealed, private=True)
     if entry_bytes is not None:
-        replace_file(entry_path, entry_bytes + b"\n")
-    new_kid = key_id(rotated.encryption if role == "encryption" else rotated.archive)
+        try:
+            replace_file(entry_path, entry_bytes + b"\n")
+        except OSError as exc:
+            raise CommandError(
+                f"{path.name} now holds the new encryption key {new_kid}, but {ENTRY_FILE} could not be written "
+                f"({exc.strerror}); run 'comity keys rotate encryption' again once it can be"
+            ) from None
     click.echo(f"{role} key rotated: current {new_kid}; retired {key_id(getattr(held, role))} (kept in {path.name})")
     if role == "encryption":
         click.echo(
@@ -114,3 +154,11 @@ def rotate(role: Decrypting, overlap_days: int, config_file: Path | None) -> Non
         )
     else:
         click.echo("next: restart the gateway")
+
+
+def _directory_expiry(settings: Settings, now: datetime) -> datetime:
+    """When the installed directory expires (now, if there is none to read: a gateway not yet listed)."""
+    try:
+        return parse_time(read_directory(settings, now=now).expires_at)
+    except ConfigError:
+        return now

@@ -7,6 +7,7 @@ test modules.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -134,8 +135,9 @@ def test_an_envelope_read_first_opens_as_the_envelope_itself(sender: Authority, 
         open_as(recipient, read, sender, max_bytes=len(sealed) - 1)
     with pytest.raises(OversizedEnvelope):
         read_envelope(sealed, max_bytes=len(sealed) - 1)
-    with pytest.raises(TypeError, match="from read_envelope only"):  # no way around the profile's parser
-        ReadEnvelope(read.header, read.outer, read.max_bytes)
+    for forged in (ReadEnvelope(read.header, read.outer, read.max_bytes), dataclasses.replace(read)):
+        with pytest.raises(TypeError, match="from read_envelope only"):  # no way around the profile's parser
+            open_as(recipient, forged, sender)
 
 
 @pytest.mark.parametrize("kind", list(MessageKind))

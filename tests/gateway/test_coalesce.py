@@ -122,3 +122,15 @@ async def test_a_drain_cancelled_before_it_ran_does_not_stall_later_lookups() ->
     await asyncio.sleep(0)
     assert await asyncio.wait_for(lookups.get("a"), timeout=2) == 1
     first.cancel()
+
+
+async def test_the_callers_of_a_drain_cancelled_before_it_ran_are_cancelled_not_left_waiting() -> None:
+    table = Table({"a": 1})
+    lookups = Coalescer(table.fetch)
+    first = asyncio.create_task(lookups.get("a"))
+    await asyncio.sleep(0)
+    assert lookups._drainer is not None
+    lookups._drainer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, timeout=2)  # no later lookup needed to end the wait
+    assert table.queries == [] and lookups._drainer is None

@@ -14,11 +14,12 @@ from sqlalchemy import select
 
 from config.directory import load_authority_entry
 from crypto.envelope import read_routing_header
+from crypto.keys import key_id
 from gateway.cli import main
 from gateway.provision import comity
 from protocol.timefmt import parse_time
 from store.tables import messages
-from tests.gateway.conftest import PASSPHRASE, Pair, Side
+from tests.gateway.conftest import PASSPHRASE, Pair, Side, ledger
 from tests.gateway.test_exchange import REQUEST, wait_for
 
 
@@ -46,6 +47,19 @@ async def sealed_to(side: Side, message_id: str) -> str:
     return read_routing_header(bytes(sealed)).kid
 
 
+def publish(pair: Pair, entry_path: Path, to: tuple[Side, ...], days: int = 90) -> None:
+    """The directory operator's next directory (serial + 1) with ``entry_path`` in it, installed on ``to``."""
+    operator = pair.workdir / "work" / "directory-operator"
+    draft, signed = operator / "draft-2.json", operator / "directory-2.jws"
+    public = operator / "directory-key.sealed.pub.jwk"
+    previous = ["--from", str(operator / "directory.jws"), "--key", str(public)]
+    comity("directory", "new", "--out", str(draft), "--expires-in-days", str(days), *previous)
+    comity("directory", "add", str(draft), str(entry_path), "--replace")
+    comity("directory", "sign", str(draft), "--key", str(operator / "directory-key.sealed"), "--out", str(signed))
+    for side in to:
+        shutil.copyfile(signed, side.provisioned.data_dir / "directory.jws")
+
+
 async def restart(side: Side) -> None:
     await side.stop()
     await side.start()
@@ -60,6 +74,7 @@ def passphrases(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_rotating_the_encryption_key(pair: Pair) -> None:
     before = await send_and_open(pair, "sealed to the first key")
     old_kid = await sealed_to(pair.ar, before)
+    expires = parse_time(pair.au.gw.directory.expires_at)  # the installed directory, which counterparts hold
     entry_path = pair.au.provisioned.data_dir / "entry.json"
 
     await pair.au.stop()
@@ -73,8 +88,9 @@ async def test_rotating_the_encryption_key(pair: Pair) -> None:
     entry = load_authority_entry(entry_path.read_bytes())
     enc = {key.jwk["kid"]: key for key in entry.keys if key.use == "enc"}
     assert set(enc) == {old_kid, new_kid} and enc[new_kid].not_after is None
-    overlap = parse_time(enc[old_kid].not_after or "") - parse_time(enc[new_kid].not_before)
-    assert overlap.days == 7
+    # the old key stays valid 7 days, or as long as the installed directory if longer (here: 90 days)
+    cutoff = max(parse_time(enc[new_kid].not_before) + timedelta(days=7), expires)
+    assert parse_time(enc[old_kid].not_after or "") == cutoff == expires
     await pair.au.start()
     assert set(pair.au.gw.recipient_keys()) == {old_kid, new_kid}
 
@@ -85,18 +101,7 @@ async def test_rotating_the_encryption_key(pair: Pair) -> None:
     assert await sealed_to(pair.ar, during) == old_kid
 
     # the directory operator publishes the new entry; ar now seals to the new key
-    operator = pair.workdir / "work" / "directory-operator"
-    draft, signed = operator / "draft-2.json", operator / "directory-2.jws"
-    public = operator / "directory-key.sealed.pub.jwk"
-
-    def publish() -> None:
-        comity("directory", "new", "--out", str(draft), "--from", str(operator / "directory.jws"), "--key", str(public))
-        comity("directory", "add", str(draft), str(entry_path), "--replace")
-        comity("directory", "sign", str(draft), "--key", str(operator / "directory-key.sealed"), "--out", str(signed))
-        for side in (pair.ar, pair.au):
-            shutil.copyfile(signed, side.provisioned.data_dir / "directory.jws")
-
-    await asyncio.to_thread(publish)
+    await asyncio.to_thread(publish, pair, entry_path, (pair.ar, pair.au))
     await restart(pair.ar)
     await restart(pair.au)
     after = await send_and_open(pair, "sealed to the new key")
@@ -104,7 +109,8 @@ async def test_rotating_the_encryption_key(pair: Pair) -> None:
     # an envelope may be sealed to the old key while the directory lists it, never after
     now = pair.au.gw.clock()
     assert set(pair.au.gw.receiving_keys(now)) == {old_kid, new_kid}
-    assert set(pair.au.gw.receiving_keys(now + timedelta(days=8))) == {new_kid}
+    assert set(pair.au.gw.receiving_keys(expires - timedelta(seconds=1))) == {old_kid, new_kid}
+    assert set(pair.au.gw.receiving_keys(expires)) == {new_kid}
     assert set(pair.au.gw.recipient_keys()) == {old_kid, new_kid}  # what was stored still opens
     for message_id in (before, during):  # and everything before it still opens
         status, _ = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
@@ -157,3 +163,26 @@ def test_a_rotation_run_again_after_a_crash_between_its_writes_publishes_a_consi
     enc = {key.kid: key for key in load_authority_entry(entry_path.read_bytes()).keys if key.use == "enc"}
     assert set(enc) == {old_kid, current}
     assert enc[old_kid].not_after is not None and enc[current].not_after is None
+
+
+async def test_after_the_overlap_an_envelope_sealed_to_the_old_key_is_refused(pair: Pair) -> None:
+    entry_path = pair.au.provisioned.data_dir / "entry.json"
+    await pair.au.stop()
+    await asyncio.to_thread(run_keys, pair.au, "rotate", "encryption", "--overlap-days", "1")
+    old_kid = key_id(pair.ar.gw.peer("au.ag").encryption_key_at(pair.ar.gw.clock()))
+    # au installs the new directory (valid 200 days); ar still holds the old one and seals to the old key
+    await asyncio.to_thread(publish, pair, entry_path, (pair.au,), 200)
+    await pair.au.start(max_message_age_seconds=365 * 86400)  # only the key may refuse what ar sends below
+    enc = {key.kid: key for key in load_authority_entry(entry_path.read_bytes()).keys if key.use == "enc"}
+    cutoff = parse_time(enc[old_kid].not_after or "")
+    real_clock = pair.au.gw.clock
+    pair.au.gw.clock = lambda: real_clock() + (cutoff - real_clock()) + timedelta(days=1)
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "refused")
+    failed = [e for e in await ledger(pair.ar.gw) if e["type"] == "message.delivery_failed"]
+    assert [(e["message_id"], e["reason"]) for e in failed] == [(body["id"], "wrong-recipient")]
+    assert await sealed_to(pair.ar, body["id"]) == old_kid
+    async with pair.au.gw.engine.connect() as conn:
+        stored = (await conn.execute(select(messages.c.id).where(messages.c.id == body["id"]))).all()
+    assert stored == []
