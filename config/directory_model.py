@@ -127,9 +127,15 @@ class DirectoryKey(StrictModel):
         """The imported public key (``kid``, ``use`` and ``alg`` set as the profile fixes them)."""
         return import_public_jwk(self.jwk, use=self.use)
 
+    @cached_property
+    def _period(self) -> tuple[datetime, datetime | None]:
+        return parse_time(self.not_before), None if self.not_after is None else parse_time(self.not_after)
+
     def valid_at(self, when: datetime) -> bool:
-        stamp = format_time(_aware(when))
-        return self.not_before <= stamp and (self.not_after is None or stamp < self.not_after)
+        """Whether ``when`` is in ``[not_before, not_after)``, compared as times (every incoming envelope asks)."""
+        start, end = self._period
+        when = _aware(when)
+        return start <= when and (end is None or when < end)
 
 
 class Accreditation(StrictModel):

@@ -83,6 +83,7 @@ class Gateway:
         self.committer = Committer(self)
         self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
         self._recipient_keys = MappingProxyType(self.keys.decryption_keys("encryption"))
+        self._encryption_kid = key_id(self.keys.encryption)
         self._archive_keys = MappingProxyType(self.keys.decryption_keys("archive"))
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
@@ -123,15 +124,11 @@ class Gateway:
         """The encryption keys an incoming envelope may be sealed to at ``when``: those our directory entry lists as
         valid then (a retired one during a rotation's overlap, never after), and the current one until the directory
         lists it (a rotation not yet published)."""
-        entry = self.directory.authority(self.authority_id)
-        published = {key.kid for key in entry.keys if key.use == "enc"}
-        valid = {key.kid for key in entry.keys if key.use == "enc" and key.valid_at(when)}
-        current = key_id(self.keys.encryption)  # not yet published: the directory has no say on it yet
-        return {
-            kid: key
-            for kid, key in self._recipient_keys.items()
-            if kid in valid or (kid == current and kid not in published)
-        }
+        listed = [key for key in self.directory.authority(self.authority_id).keys if key.use == "enc"]
+        valid = {key.kid for key in listed if key.valid_at(when)}
+        if all(key.kid != self._encryption_kid for key in listed):  # not yet published: no say on it yet
+            valid.add(self._encryption_kid)
+        return {kid: key for kid, key in self._recipient_keys.items() if kid in valid}
 
     def archive_keys(self) -> Mapping[str, OKPKey]:
         return self._archive_keys
