@@ -8,7 +8,8 @@ The ``typ`` and the payload's ``type`` both distinguish a receipt from a refusal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from joserfc.jwk import OKPKey
 
@@ -17,8 +18,13 @@ from crypto.jose_profile import RECEIPT_TYP, REFUSAL_TYP, is_okp, parse_jws, sig
 from protocol.errors import InvalidMessage
 from protocol.messages import parse_strict_json
 from protocol.receipts import Receipt, Refusal
+from protocol.timefmt import parse_time
 
-__all__ = ["MAX_RECEIPT_BYTES", "sign_receipt", "sign_refusal", "verify_receipt", "verify_refusal"]
+__all__ = ["MAX_RECEIPT_BYTES", "KeysAt", "sign_receipt", "sign_refusal", "verify_receipt", "verify_refusal"]
+
+# the signer's keys valid at a time (config.directory_model.AuthorityEntry.signing_keys_at): given one, a receipt or
+# refusal must be signed by a key valid at the time it says it was signed (``received_at``, ``refused_at``)
+KeysAt = Callable[[datetime], Mapping[str, OKPKey]]
 
 # A receipt carries at most an 8 KiB checkpoint; this bounds the work done on an unauthenticated token.
 MAX_RECEIPT_BYTES = 64 * 1024
@@ -32,7 +38,9 @@ def sign_refusal(refusal: Refusal, signing_key: OKPKey) -> str:
     return sign_jws(refusal.to_bytes(), signing_key, REFUSAL_TYP, MAX_RECEIPT_BYTES)
 
 
-def _verified_payload(token: str | bytes, signer_keys: Mapping[str, OKPKey], typ: str, what: str) -> bytes:
+def _verified_payload(
+    token: str | bytes, signer_keys: Mapping[str, OKPKey] | KeysAt, typ: str, what: str, signed_at: str
+) -> bytes:
     # 1. Size, before anything is parsed.
     if len(token) > MAX_RECEIPT_BYTES or len(token_bytes := wire_bytes(token)) > MAX_RECEIPT_BYTES:
         raise ProfileViolation(f"{what} is larger than {MAX_RECEIPT_BYTES} bytes")
@@ -40,10 +48,14 @@ def _verified_payload(token: str | bytes, signer_keys: Mapping[str, OKPKey], typ
     # 2. Compact shape and protected header within the profile (alg, kid, typ; nothing else).
     parsed = parse_jws(token_bytes, typ, what)
 
-    # 3. The key is one the directory lists for the claimed signer.
-    key = signer_keys.get(parsed.kid)
+    # 3. The key is one the directory lists for the claimed signer (valid when it says it signed, if asked: the
+    #    time is read before the signature is checked, but the signature covers it, so a changed time fails below).
+    keys = signer_keys if isinstance(signer_keys, Mapping) else signer_keys(_signed_time(parsed.payload, signed_at))
+    key = keys.get(parsed.kid)
     if key is None or not is_okp(key, "Ed25519", private=False):
-        raise UnknownKey(f"{what} is signed by a key not listed for its signer; refresh the directory")
+        raise UnknownKey(
+            f"{what} is signed by a key not listed for its signer at its {signed_at}; refresh the directory"
+        )
 
     # 4. The Ed25519 signature verifies under that key.
     return verify_jws(parsed, key, typ, what, MAX_RECEIPT_BYTES)
@@ -55,19 +67,32 @@ def _canonical(data: bytes, model: Receipt | Refusal, what: str) -> None:
         raise InvalidMessage(f"{what} payload is not RFC 8785 canonical JSON")
 
 
-def verify_receipt(token: str, signer_keys: Mapping[str, OKPKey]) -> Receipt:
-    """Verify a signed receipt by one of ``signer_keys`` (the receiver's keys by kid) and return it."""
-    data = _verified_payload(token, signer_keys, RECEIPT_TYP, "receipt")
+def verify_receipt(token: str, signer_keys: Mapping[str, OKPKey] | KeysAt) -> Receipt:
+    """Verify a signed receipt by one of ``signer_keys`` (the receiver's keys by kid, or those valid at its
+    ``received_at``) and return it."""
+    data = _verified_payload(token, signer_keys, RECEIPT_TYP, "receipt", "received_at")
     # 5. A valid Receipt (duplicate members refused).
     receipt = Receipt.parse(parse_strict_json(data))
     _canonical(data, receipt, "receipt")
     return receipt
 
 
-def verify_refusal(token: str, signer_keys: Mapping[str, OKPKey]) -> Refusal:
-    """Verify a signed refusal by one of ``signer_keys`` (the refusing gateway's keys by kid) and return it."""
-    data = _verified_payload(token, signer_keys, REFUSAL_TYP, "refusal")
+def verify_refusal(token: str, signer_keys: Mapping[str, OKPKey] | KeysAt) -> Refusal:
+    """Verify a signed refusal by one of ``signer_keys`` (the refusing gateway's keys by kid, or those valid at its
+    ``refused_at``) and return it."""
+    data = _verified_payload(token, signer_keys, REFUSAL_TYP, "refusal", "refused_at")
     # 5. A valid Refusal (duplicate members refused).
     refusal = Refusal.parse(parse_strict_json(data))
     _canonical(data, refusal, "refusal")
     return refusal
+
+
+def _signed_time(payload: bytes, member: str) -> datetime:
+    document = parse_strict_json(payload)
+    value = document.get(member) if isinstance(document, dict) else None
+    try:
+        if isinstance(value, str):
+            return parse_time(value)
+    except ValueError:
+        pass
+    raise InvalidMessage(f"the signed payload has no valid {member}")

@@ -207,7 +207,7 @@ class OutboxSender:
         if response.status == 200 and isinstance(document.get("receipt"), str):
             await self._record_receipt(peer, digest, item, document["receipt"], started)
         elif isinstance(document.get("refusal"), str):
-            refusal = verify_refusal(document["refusal"], peer.all_signing_keys())
+            refusal = verify_refusal(document["refusal"], peer.signing_keys_at)  # a key valid when it was signed
             # a size refusal names the digest of what was read before the limit; any other must name our bytes
             about_ours = refusal.envelope_sha256 == digest or refusal.code in SIZE_CODES
             if refusal.code in TRANSIENT_CODES or not about_ours:
@@ -219,7 +219,8 @@ class OutboxSender:
     async def _record_receipt(
         self, peer: AuthorityEntry, digest: str, item: OutboxItem, token: str, sent_at: datetime
     ) -> None:
-        receipt = verify_receipt(token, peer.all_signing_keys())
+        # a key valid when it was signed (a duplicate delivery gets the receipt first issued, maybe by an older key)
+        receipt = verify_receipt(token, peer.signing_keys_at)
         if (receipt.message_id, receipt.from_, receipt.to, receipt.envelope_sha256) != (
             item.message_id,
             peer.id,

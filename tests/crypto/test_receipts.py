@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from crypto.errors import BadSignature, ProfileViolation, UnknownKey
 from crypto.receipts import MAX_RECEIPT_BYTES, sign_receipt, sign_refusal, verify_receipt, verify_refusal
 from protocol.errors import InvalidMessage
 from protocol.receipts import Receipt, Refusal
+from protocol.timefmt import parse_time
 from tests.crypto.test_envelope_refusals import b64, craft_jws
 
 RECEIPT_TYP = "comity-receipt+jws"
@@ -218,3 +220,47 @@ def test_sign_refuses_a_public_or_x25519_key(signer: OKPKey) -> None:
         sign_receipt(make_receipt(), OKPKey.import_key(signer.as_dict(private=False)))
     with pytest.raises(ValueError, match="private Ed25519"):
         sign_refusal(make_refusal(), OKPKey.generate_key("X25519"))
+
+
+# --- keys valid when signed ------------------------------------------------------------------------------------------
+
+
+def keys_between(key: OKPKey, start: str, end: str) -> Any:
+    """A KeysAt: ``key`` is listed as valid in [start, end) only (a directory entry's validity period)."""
+    bounds = (parse_time(start), parse_time(end))
+
+    def keys_at(when: datetime) -> dict[str, OKPKey]:
+        return listed(key) if bounds[0] <= when < bounds[1] else {}
+
+    return keys_at
+
+
+def test_a_receipt_must_be_signed_by_a_key_valid_at_its_received_at(signer: OKPKey) -> None:
+    receipt = make_receipt()  # received 2026-11-28T07:40:00.123456Z
+    token = sign_receipt(receipt, signer)
+    assert verify_receipt(token, keys_between(signer, "2026-01-01T00:00:00.000000Z", "2027-01-01T00:00:00.000000Z"))
+    # the key ended before the receipt's time (say, retired as compromised): refused whatever the time claimed
+    ended = keys_between(signer, "2025-01-01T00:00:00.000000Z", "2026-11-28T07:40:00.123456Z")
+    with pytest.raises(UnknownKey, match="not listed for its signer at its received_at"):
+        verify_receipt(token, ended)
+    # the time is read before the signature is checked, but a changed time breaks the signature
+    parts = token.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    payload["received_at"] = "2026-06-01T00:00:00.000000Z"
+    moved = ".".join([parts[0], b64(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()), parts[2]])
+    with pytest.raises(BadSignature):
+        verify_receipt(moved, keys_between(signer, "2026-01-01T00:00:00.000000Z", "2027-01-01T00:00:00.000000Z"))
+
+
+def test_a_refusal_must_be_signed_by_a_key_valid_at_its_refused_at(signer: OKPKey) -> None:
+    token = sign_refusal(make_refusal(), signer)  # refused 2026-11-28T07:41:00.000001Z
+    assert verify_refusal(token, keys_between(signer, "2026-11-28T07:41:00.000001Z", "2026-11-29T00:00:00.000000Z"))
+    with pytest.raises(UnknownKey, match="at its refused_at"):
+        verify_refusal(token, keys_between(signer, "2026-11-28T07:41:00.000002Z", "2026-11-29T00:00:00.000000Z"))
+
+
+def test_a_signed_payload_without_its_time_is_refused_before_any_key_is_chosen(signer: OKPKey) -> None:
+    body = json.dumps({"type": "receipt", "received_at": "yesterday"}).encode()
+    forged = craft_jws({"alg": "Ed25519", "kid": signer.thumbprint(), "typ": RECEIPT_TYP}, body, signer)
+    with pytest.raises(InvalidMessage, match="no valid received_at"):
+        verify_receipt(forged, keys_between(signer, "2026-01-01T00:00:00.000000Z", "2027-01-01T00:00:00.000000Z"))

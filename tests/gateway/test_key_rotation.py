@@ -4,6 +4,7 @@ old key during the overlap are accepted, and once the new directory is out, send
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from crypto.envelope import read_routing_header
 from crypto.keys import key_id
 from gateway.cli import main
 from gateway.provision import comity
-from protocol.timefmt import parse_time
+from protocol.timefmt import format_time, parse_time
 from store.tables import messages
 from tests.gateway.conftest import PASSPHRASE, Pair, Side, ledger
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -186,3 +187,28 @@ async def test_after_the_overlap_an_envelope_sealed_to_the_old_key_is_refused(pa
     async with pair.au.gw.engine.connect() as conn:
         stored = (await conn.execute(select(messages.c.id).where(messages.c.id == body["id"]))).all()
     assert stored == []
+
+
+async def test_a_receipt_signed_by_a_key_not_valid_at_its_time_is_not_recorded(pair: Pair) -> None:
+    """au's directory entry says its signing key is valid only from tomorrow: ar refuses the receipts au signs today
+    (and keeps retrying), where before any listed key was accepted."""
+    entry_path = pair.au.provisioned.data_dir / "entry.json"
+    entry = json.loads(entry_path.read_bytes())
+    tomorrow = format_time(pair.au.gw.clock() + timedelta(days=1))
+    entry["keys"] = [{**key, "not_before": tomorrow} if key["use"] == "sig" else key for key in entry["keys"]]
+    entry_path.write_text(json.dumps(entry))
+    await pair.ar.stop()
+    await pair.au.stop()
+    await asyncio.to_thread(publish, pair, entry_path, (pair.ar, pair.au))
+    await pair.ar.start(outbox_initial_backoff=0.05, outbox_max_backoff=0.2)
+    await pair.au.start()
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    failures = pair.ar.gw.metrics.delivery_failures.labels(peer="au.ag")
+    deadline = asyncio.get_running_loop().time() + 20
+    while failures._value.get() < 2:  # delivered by au, receipted, and the receipt refused: twice at least
+        assert asyncio.get_running_loop().time() < deadline, "no refused receipt"
+        await asyncio.sleep(0.05)
+    status, message = await pair.ar.call("GET", f"/v1/messages/{body['id']}")
+    assert status == 200 and message["state"] != "delivered"
+    assert not [e for e in await ledger(pair.ar.gw) if e["type"] == "message.receipt_recorded"]
