@@ -59,6 +59,7 @@ __all__ = [
     "execute_direct",
     "fetch_direct",
     "fetch_row",
+    "fetch_rows",
     "group",
     "insert",
     "insert_many",

@@ -82,7 +82,10 @@ def ensure_private_dir(path: Path) -> None:
 def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
     """Write a file that must not exist yet; ``private`` files (key material) get mode 0600, others 0644."""
     mode = 0o600 if private else 0o644
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _write_and_close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), data, mode)
+
+
+def _write_and_close(fd: int, data: bytes, mode: int) -> None:
     try:
         os.fchmod(fd, mode)  # whatever the umask
         with os.fdopen(fd, "wb", closefd=False) as out:
@@ -96,20 +99,11 @@ def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
 def replace_file(path: Path, data: bytes, *, private: bool = False) -> None:
     """Replace ``path`` atomically (a reader sees the old or the new contents, never a mix); ``private`` as for
     :func:`write_new_file`. The temporary file has a name of its own, so two writers never share one."""
-    mode = 0o600 if private else 0o644
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)  # whatever the umask
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.close(fd)
-        fd = -1
+        _write_and_close(fd, data, 0o600 if private else 0o644)
         os.replace(temporary, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         Path(temporary).unlink(missing_ok=True)
         raise
     directory = os.open(path.parent, os.O_RDONLY)
