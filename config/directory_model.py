@@ -8,7 +8,7 @@ import base64
 import binascii
 import re
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Final, Literal, Self, TypeVar, get_args
 from urllib.parse import urlsplit
 
@@ -80,6 +80,9 @@ def parse_time(value: str) -> datetime:
     return datetime.strptime(rfc3339_utc(value), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
+_parsed = lru_cache(maxsize=4096)(parse_time)  # a directory's few key times, asked for per envelope
+
+
 def _aware(when: datetime) -> datetime:
     if when.tzinfo is None:
         raise ValueError("datetime must be timezone-aware")
@@ -127,15 +130,10 @@ class DirectoryKey(StrictModel):
         """The imported public key (``kid``, ``use`` and ``alg`` set as the profile fixes them)."""
         return import_public_jwk(self.jwk, use=self.use)
 
-    @cached_property
-    def _period(self) -> tuple[datetime, datetime | None]:
-        return parse_time(self.not_before), None if self.not_after is None else parse_time(self.not_after)
-
     def valid_at(self, when: datetime) -> bool:
         """Whether ``when`` is in ``[not_before, not_after)``, compared as times (every incoming envelope asks)."""
-        start, end = self._period
         when = _aware(when)
-        return start <= when and (end is None or when < end)
+        return _parsed(self.not_before) <= when and (self.not_after is None or when < _parsed(self.not_after))
 
 
 class Accreditation(StrictModel):

@@ -84,6 +84,7 @@ class Gateway:
         self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
         self._recipient_keys = MappingProxyType(self.keys.decryption_keys("encryption"))
         self._encryption_kid = key_id(self.keys.encryption)
+        self._signing_kid = key_id(self.keys.signing)
         self._archive_keys = MappingProxyType(self.keys.decryption_keys("archive"))
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
@@ -129,6 +130,10 @@ class Gateway:
         if all(key.kid != self._encryption_kid for key in listed):  # not yet published: no say on it yet
             valid.add(self._encryption_kid)
         return {kid: key for kid, key in self._recipient_keys.items() if kid in valid}
+
+    def signing_key_valid(self, when: datetime) -> bool:
+        """Whether our directory entry lists our signing key as valid at ``when`` (receipts must be, decision 71)."""
+        return self._signing_kid in self.directory.authority(self.authority_id).signing_keys_at(when)
 
     def archive_keys(self) -> Mapping[str, OKPKey]:
         return self._archive_keys

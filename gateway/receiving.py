@@ -63,6 +63,13 @@ class SenderMismatch(ComityError):
     code = "sender-mismatch"
 
 
+class SigningKeyNotValid(ComityError):
+    """Our signing key is not valid now in our own directory entry: a receipt signed with it would be refused by
+    the sender, and stored for every redelivery; so nothing is accepted until the directory or the keys agree."""
+
+    code = "not-ready"
+
+
 class ReplayedMessage(ComityError):
     code = "replayed-message"
 
@@ -97,6 +104,8 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         if peer_id is None:
             raise PeerError("the client certificate matches no authority in the directory")
         gw.peer(peer_id)
+        if not gw.signing_key_valid(gw.clock()):
+            raise SigningKeyNotValid("our signing key is not valid now in our directory entry; try again later")
         # 2. routing header in profile, naming the authenticated peer
         read = read_envelope(sealed, max_bytes=gw.settings.max_envelope_bytes)
         header = read.header

@@ -50,8 +50,7 @@ def note_verifiers(gw: Gateway, authority_id: str) -> list[NoteVerifier]:
 
 
 def cosignature_verifiers(gw: Gateway, authority_id: str) -> list[CosignatureVerifier]:
-    """Verifiers of the cosignatures ``authority_id`` posts now: its signing keys valid now."""
-    keys = gw.directory.authority(authority_id).signing_keys_at(gw.clock()).values()
+    keys = gw.directory.authority(authority_id).all_signing_keys().values()
     return [CosignatureVerifier(f"comity-witness/{authority_id}", _raw(key)) for key in keys]
 
 

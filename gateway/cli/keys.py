@@ -143,8 +143,8 @@ def _rotate(settings: Settings, role: Decrypting, overlap_days: int) -> None:
             replace_file(entry_path, entry_bytes + b"\n")
         except OSError as exc:
             raise CommandError(
-                f"{path.name} now holds the new encryption key {new_kid}, but {ENTRY_FILE} could not be written "
-                f"({exc.strerror}); run 'comity keys rotate encryption' again once it can be"
+                f"{path.name} now holds the new encryption key {new_kid}, but {ENTRY_FILE} could not be written or "
+                f"made durable ({exc.strerror}); check it, or run 'comity keys rotate encryption' again"
             ) from None
     click.echo(f"{role} key rotated: current {new_kid}; retired {key_id(getattr(held, role))} (kept in {path.name})")
     if role == "encryption":
@@ -160,5 +160,6 @@ def _directory_expiry(settings: Settings, now: datetime) -> datetime:
     """When the installed directory expires (now, if there is none to read: a gateway not yet listed)."""
     try:
         return parse_time(read_directory(settings, now=now).expires_at)
-    except ConfigError:
+    except ConfigError as exc:
+        click.echo(f"note: no installed directory to keep the old keys valid through ({exc.code})", err=True)
         return now

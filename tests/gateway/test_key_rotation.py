@@ -189,9 +189,8 @@ async def test_after_the_overlap_an_envelope_sealed_to_the_old_key_is_refused(pa
     assert stored == []
 
 
-async def test_a_receipt_signed_by_a_key_not_valid_at_its_time_is_not_recorded(pair: Pair) -> None:
-    """au's directory entry says its signing key is valid only from tomorrow: ar refuses the receipts au signs today
-    (and keeps retrying), where before any listed key was accepted."""
+async def _au_signing_key_from_tomorrow(pair: Pair) -> None:
+    """au's directory entry says its signing key is valid only from tomorrow (installed on both, restarted)."""
     entry_path = pair.au.provisioned.data_dir / "entry.json"
     entry = json.loads(entry_path.read_bytes())
     tomorrow = format_time(pair.au.gw.clock() + timedelta(days=1))
@@ -202,13 +201,37 @@ async def test_a_receipt_signed_by_a_key_not_valid_at_its_time_is_not_recorded(p
     await asyncio.to_thread(publish, pair, entry_path, (pair.ar, pair.au))
     await pair.ar.start(outbox_initial_backoff=0.05, outbox_max_backoff=0.2)
     await pair.au.start()
+
+
+async def _fails_twice_undelivered(pair: Pair) -> str:
     status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
     assert status == 202, body
     failures = pair.ar.gw.metrics.delivery_failures.labels(peer="au.ag")
     deadline = asyncio.get_running_loop().time() + 20
-    while failures._value.get() < 2:  # delivered by au, receipted, and the receipt refused: twice at least
-        assert asyncio.get_running_loop().time() < deadline, "no refused receipt"
+    while failures._value.get() < 2:
+        assert asyncio.get_running_loop().time() < deadline, "no failed delivery"
         await asyncio.sleep(0.05)
     status, message = await pair.ar.call("GET", f"/v1/messages/{body['id']}")
     assert status == 200 and message["state"] != "delivered"
     assert not [e for e in await ledger(pair.ar.gw) if e["type"] == "message.receipt_recorded"]
+    return str(body["id"])
+
+
+async def test_a_gateway_whose_signing_key_is_not_valid_accepts_nothing_for_now(pair: Pair) -> None:
+    """Its receipts would be refused by the sender and stored for every redelivery: it refuses (not-ready, which
+    the sender retries) and stores nothing until its directory entry and its key agree."""
+    await _au_signing_key_from_tomorrow(pair)
+    message_id = await _fails_twice_undelivered(pair)
+    async with pair.au.gw.engine.connect() as conn:
+        assert (await conn.execute(select(messages.c.id).where(messages.c.id == message_id))).all() == []
+
+
+async def test_a_receipt_signed_by_a_key_not_valid_at_its_time_is_not_recorded(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's own check (decision 71), with the receiver's check above switched off: a receipt signed by a
+    key the directory says is not valid at its received_at is refused and the delivery retried, where before any
+    listed key was accepted."""
+    await _au_signing_key_from_tomorrow(pair)
+    monkeypatch.setattr(pair.au.gw, "signing_key_valid", lambda when: True)
+    await _fails_twice_undelivered(pair)
