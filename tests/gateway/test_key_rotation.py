@@ -1,5 +1,7 @@
-"""Rotating keys with ``comity keys rotate``: what was sealed to a retired key still opens, envelopes sealed to the
-old key during the overlap are accepted, and once the new directory is out, senders seal to the new key."""
+"""Keys over time. Rotating with ``comity keys rotate``: what was sealed to a retired key still opens, envelopes
+sealed to the old key during the overlap are accepted and refused after it, and once the new directory is out,
+senders seal to the new key. Signing keys out of their period: the receiver accepts nothing while its own is not
+valid, and the sender records no receipt signed by a key not valid at its time (decision 71)."""
 
 from __future__ import annotations
 
