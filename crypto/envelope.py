@@ -189,19 +189,16 @@ def open_envelope(
     ``expected_recipient``: our authority id (for an archive copy: the original recipient).
     ``sealed`` may be what :func:`read_envelope` returned (steps 1 and 2 done, under the limit it was read with).
     """
-    if isinstance(sealed, ReadEnvelope):
-        if sealed._made_by is not _READ:  # open_envelope trusts what it holds: only read_envelope may make one
-            raise TypeError("a ReadEnvelope comes from read_envelope only")
-        outer, unverified_header, max_bytes = sealed.outer, sealed.header, min(max_bytes, sealed.max_bytes)
-        sealed_bytes = _check_size(outer.token, max_bytes)
+    # 1. and 2. Size, then outer shape and protected header within the profile (compact, pinned alg/enc, exactly the
+    #    profile's members, no duplicates, valid routing values): read_envelope, here or by the caller. Unverified.
+    if not isinstance(sealed, ReadEnvelope):
+        sealed = read_envelope(sealed, max_bytes=max_bytes)
+    elif sealed._made_by is not _READ:  # open_envelope trusts what it holds: only read_envelope may make one
+        raise TypeError("a ReadEnvelope comes from read_envelope only")
     else:
-        # 1. Size, before anything is parsed.
-        sealed_bytes = _check_size(sealed, max_bytes)
-
-        # 2. Outer shape and protected header within the profile: compact, pinned alg/enc, exactly the profile's
-        #    members, no duplicates, valid routing values. Still unauthenticated.
-        outer = parse_jwe(sealed_bytes, "envelope")
-        unverified_header = _routing_header(outer.header)
+        max_bytes = min(max_bytes, sealed.max_bytes)
+    outer, unverified_header = sealed.outer, sealed.header
+    sealed_bytes = _check_size(outer.token, max_bytes)
 
     # 3. Addressed to us, by the routing header.
     if unverified_header.to != expected_recipient:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from joserfc.jwk import OKPKey
 
@@ -40,7 +41,8 @@ def sign_refusal(refusal: Refusal, signing_key: OKPKey) -> str:
 
 def _verified_payload(
     token: str | bytes, signer_keys: Mapping[str, OKPKey] | KeysAt, typ: str, what: str, signed_at: str
-) -> bytes:
+) -> tuple[bytes, Any]:
+    """The signed payload's bytes and its strictly parsed JSON (parsed once)."""
     # 1. Size, before anything is parsed.
     if len(token) > MAX_RECEIPT_BYTES or len(token_bytes := wire_bytes(token)) > MAX_RECEIPT_BYTES:
         raise ProfileViolation(f"{what} is larger than {MAX_RECEIPT_BYTES} bytes")
@@ -50,7 +52,12 @@ def _verified_payload(
 
     # 3. The key is one the directory lists for the claimed signer (valid when it says it signed, if asked: the
     #    time is read before the signature is checked, but the signature covers it, so a changed time fails below).
-    keys = signer_keys if isinstance(signer_keys, Mapping) else signer_keys(_signed_time(parsed.payload, signed_at))
+    document: Any = None
+    if isinstance(signer_keys, Mapping):
+        keys = signer_keys
+    else:
+        document = parse_strict_json(parsed.payload)
+        keys = signer_keys(_signed_time(document, signed_at))
     key = keys.get(parsed.kid)
     if key is None or not is_okp(key, "Ed25519", private=False):
         raise UnknownKey(
@@ -58,7 +65,8 @@ def _verified_payload(
         )
 
     # 4. The Ed25519 signature verifies under that key.
-    return verify_jws(parsed, key, typ, what, MAX_RECEIPT_BYTES)
+    data = verify_jws(parsed, key, typ, what, MAX_RECEIPT_BYTES)
+    return data, parse_strict_json(data) if document is None else document
 
 
 def _canonical(data: bytes, model: Receipt | Refusal, what: str) -> None:
@@ -70,9 +78,9 @@ def _canonical(data: bytes, model: Receipt | Refusal, what: str) -> None:
 def verify_receipt(token: str, signer_keys: Mapping[str, OKPKey] | KeysAt) -> Receipt:
     """Verify a signed receipt by one of ``signer_keys`` (the receiver's keys by kid, or those valid at its
     ``received_at``) and return it."""
-    data = _verified_payload(token, signer_keys, RECEIPT_TYP, "receipt", "received_at")
+    data, document = _verified_payload(token, signer_keys, RECEIPT_TYP, "receipt", "received_at")
     # 5. A valid Receipt (duplicate members refused).
-    receipt = Receipt.parse(parse_strict_json(data))
+    receipt = Receipt.parse(document)
     _canonical(data, receipt, "receipt")
     return receipt
 
@@ -80,15 +88,14 @@ def verify_receipt(token: str, signer_keys: Mapping[str, OKPKey] | KeysAt) -> Re
 def verify_refusal(token: str, signer_keys: Mapping[str, OKPKey] | KeysAt) -> Refusal:
     """Verify a signed refusal by one of ``signer_keys`` (the refusing gateway's keys by kid, or those valid at its
     ``refused_at``) and return it."""
-    data = _verified_payload(token, signer_keys, REFUSAL_TYP, "refusal", "refused_at")
+    data, document = _verified_payload(token, signer_keys, REFUSAL_TYP, "refusal", "refused_at")
     # 5. A valid Refusal (duplicate members refused).
-    refusal = Refusal.parse(parse_strict_json(data))
+    refusal = Refusal.parse(document)
     _canonical(data, refusal, "refusal")
     return refusal
 
 
-def _signed_time(payload: bytes, member: str) -> datetime:
-    document = parse_strict_json(payload)
+def _signed_time(document: Any, member: str) -> datetime:
     value = document.get(member) if isinstance(document, dict) else None
     try:
         if isinstance(value, str):

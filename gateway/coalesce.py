@@ -53,41 +53,35 @@ class Coalescer(Generic[K, V]):
         return await asyncio.shield(future)
 
     def _drained(self, task: asyncio.Task[None]) -> None:
-        """A drain cancelled before it ran never reached its ``finally``: fail its callers the same way."""
-        if task.cancelled() and self._drainer is task:
+        """However the drain ended (even cancelled before it ran): what still waits for it is cancelled, unless a
+        new drain has taken over."""
+        if self._drainer is task:
             self._drainer = None
             for future in self._waiting.values():
                 future.cancel()
             self._waiting.clear()
 
     async def _drain(self) -> None:
-        try:
-            while self._waiting:
-                keys = list(self._waiting)[: self._max_keys]
-                batch = {key: self._waiting.pop(key) for key in keys}
-                self.queries += 1
-                try:
-                    found = await self._fetch(keys)
-                except Exception as error:
-                    for future in batch.values():
-                        if not future.done():  # each caller its own exception: tracebacks stay per request
-                            failed = LookupFailed(f"the lookup failed ({type(error).__name__})")
-                            failed.__cause__ = error
-                            future.set_exception(failed)
-                    continue
-                except BaseException:
-                    for future in batch.values():
-                        future.cancel()
-                    raise  # a cancellation (shutdown) ends the drain; the finally below cancels the rest
-                for key, future in batch.items():
-                    if not future.done():
-                        future.set_result(found.get(key))
-        finally:
-            if self._drainer is asyncio.current_task():  # else a new drain owns what is waiting
-                self._drainer = None
-                for future in self._waiting.values():
+        while self._waiting:
+            keys = list(self._waiting)[: self._max_keys]
+            batch = {key: self._waiting.pop(key) for key in keys}
+            self.queries += 1
+            try:
+                found = await self._fetch(keys)
+            except Exception as error:
+                for future in batch.values():
+                    if not future.done():  # each caller its own exception: tracebacks stay per request
+                        failed = LookupFailed(f"the lookup failed ({type(error).__name__})")
+                        failed.__cause__ = error
+                        future.set_exception(failed)
+                continue
+            except BaseException:
+                for future in batch.values():
                     future.cancel()
-                self._waiting.clear()
+                raise  # a cancellation (shutdown) ends the drain; _drained cancels the rest
+            for key, future in batch.items():
+                if not future.done():
+                    future.set_result(found.get(key))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

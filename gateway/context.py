@@ -133,7 +133,8 @@ class Gateway:
 
     def signing_key_valid(self, when: datetime) -> bool:
         """Whether our directory entry lists our signing key as valid at ``when`` (receipts must be, decision 71)."""
-        return self._signing_kid in self.directory.authority(self.authority_id).signing_keys_at(when)
+        entry = self.directory.authority(self.authority_id)
+        return any(key.kid == self._signing_kid and key.valid_at(when) for key in entry.keys if key.use == "sig")
 
     def archive_keys(self) -> Mapping[str, OKPKey]:
         return self._archive_keys

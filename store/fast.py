@@ -336,13 +336,8 @@ async def fetch_row(
     """The first row ``sql`` returns (an ``UPDATE ... RETURNING``, say) by column name, or None; ``fallback`` with
     ``params`` where the hot path does not apply. A ``read`` (a SELECT) takes the hot path on an autocommit
     connection too."""
-    driver = await _driver(conn, read=read)
-    if driver is None:
-        found = (await conn.execute(fallback, dict(params))).mappings().first()
-        return None if found is None else dict(found)
-    await _write_queue(driver, conn.info)
-    record = await _run(driver, sql, args, row=True)
-    return None if record is None else dict(record.items())
+    rows = await fetch_rows(conn, sql, args, fallback, params, read=read)
+    return rows[0] if rows else None
 
 
 async def fetch_rows(
@@ -354,7 +349,8 @@ async def fetch_rows(
     *,
     read: bool = False,
 ) -> list[Mapping[str, Any]]:
-    """Every row ``sql`` returns, by column name, as :func:`fetch_row` does the first."""
+    """Every row ``sql`` returns, by column name; ``fallback`` with ``params`` where the hot path does not apply. A
+    ``read`` (a SELECT) takes the hot path on an autocommit connection too."""
     driver = await _driver(conn, read=read)
     if driver is None:
         return [dict(found) for found in (await conn.execute(fallback, dict(params))).mappings()]

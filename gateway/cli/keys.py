@@ -36,14 +36,14 @@ def keys() -> None:
     """An authority's private keys: list them, rotate the encryption or the archive key."""
 
 
-def _unseal_file(path: Path) -> tuple[Path, bytes, bytes, AuthorityKeys]:
-    """The key file's path and contents, the passphrase, and the keys it holds."""
+def _unseal_file(path: Path) -> tuple[bytes, bytes, AuthorityKeys]:
+    """The key file's contents, the passphrase, and the keys it holds."""
     try:
         sealed = path.read_bytes()
     except OSError as exc:
         raise CommandError(f"cannot read the key file {path}: {exc.strerror}") from None
     passphrase = read_passphrase(PASSPHRASE_ENV, confirm=False)
-    return path, sealed, passphrase, AuthorityKeys.unseal(sealed, passphrase)
+    return sealed, passphrase, AuthorityKeys.unseal(sealed, passphrase)
 
 
 @keys.command(name="list")
@@ -96,7 +96,8 @@ def _locked(keys_path: Path) -> Iterator[None]:
 
 
 def _rotate(settings: Settings, role: Decrypting, overlap_days: int) -> None:
-    path, sealed, passphrase, held = _unseal_file(settings.keys_path)
+    path = settings.keys_path
+    sealed, passphrase, held = _unseal_file(path)
     entry_path = settings.data_dir / ENTRY_FILE
     now = datetime.now(UTC)
     rotated = held.rotated(role)
