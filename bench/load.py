@@ -63,6 +63,9 @@ class LoadResult:
     cpu_ms_per_message: dict[str, float]
     retried: int
     target_rate: float | None = None
+    # the slowest 2% (at least 10): (seconds from the phase's first POST to this one's, e2e ms, submit ms),
+    # slowest first, to tell a steady tail from stalls that hit everything in flight at one moment
+    slowest: list[tuple[float, float, float]] | None = None
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -134,6 +137,13 @@ async def _result(
         },
         retried=await pair.sender.db.outbox_errors(),
         target_rate=target,
+        slowest=sorted(
+            (
+                (round(s.started - first, 3), round(ms, 1), round((s.answered - s.started) * 1000, 1))
+                for s, ms in zip(sent, e2e, strict=True)
+            ),
+            key=lambda row: -row[1],
+        )[: max(10, len(sent) // 50)],
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from typing import Any
 
@@ -31,7 +32,7 @@ __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verif
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
 MAX_PROOF_FAILURES = 5  # consecutive failed proof requests from one peer before an alarm
-MIN_INTERVAL = 1.0  # seconds between two checks of one peer's checkpoints while more keep arriving
+MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
 
 
@@ -61,6 +62,9 @@ class Witness:
         self._pending: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
+        self._last: dict[str, float] = {}  # loop time at which each peer's last check started
+        self._hurry = asyncio.Event()  # set by idle(): checks waiting for their interval run now
+        self.min_interval = MIN_INTERVAL
         self.log = get_logger(component="witness")
 
     def observe(self, peer: str, checkpoint_note: str) -> None:
@@ -72,12 +76,30 @@ class Witness:
             task.add_done_callback(lambda _: self._running.pop(peer, None))
 
     async def idle(self) -> None:
-        """Wait until every queued checkpoint has been checked (tests, shutdown)."""
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        """Check every queued checkpoint now, without waiting for its interval, and return when done (tests,
+        shutdown)."""
+        self._hurry.set()
+        try:
+            while self._running:
+                await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        finally:
+            self._hurry.clear()
 
     async def _drain(self, peer: str) -> None:
-        while (note := self._pending.pop(peer, None)) is not None:
+        # receipts bring a new checkpoint with every batch: each peer is checked at most once per min_interval, on
+        # the newest checkpoint that arrived meanwhile (a fork is caught all the same, a moment later). The interval
+        # runs from the start of the last check, whether or not more arrived during it: checks that finish before
+        # the next receipt must not run once per receipt.
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._last.get(peer, -self.min_interval) + self.min_interval - loop.time()
+            if wait > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), timeout=wait)
+            note = self._pending.pop(peer, None)
+            if note is None:
+                return
+            self._last[peer] = loop.time()
             try:
                 await self.check(peer, note)
                 self._failures.pop(peer, None)
@@ -92,10 +114,6 @@ class Witness:
             except Exception as exc:
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code)
-            if peer in self._pending:
-                # receipts bring a new checkpoint with every batch: check at most about once per MIN_INTERVAL per
-                # peer (the newest one waiting meanwhile); a fork is caught all the same, a moment later
-                await asyncio.sleep(MIN_INTERVAL)
 
     async def check(self, peer: str, note: str) -> None:
         gw = self.gw

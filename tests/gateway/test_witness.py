@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 from typing import Any
 
@@ -210,3 +211,34 @@ async def test_a_peer_that_keeps_refusing_consistency_proofs_is_blocked(
     async with pair.ar.gw.engine.connect() as conn:
         alarms = await WitnessState.open_alarms(conn)
     assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "proof-unavailable")]
+
+
+async def test_each_peer_is_checked_at_most_once_per_interval_whatever_the_receipt_rate() -> None:
+    """Checks that finish before the next receipt arrives must not run once per receipt (they did: the interval
+    only applied when a checkpoint arrived during a check), and each check takes the newest checkpoint."""
+    from gateway.witness import Witness
+
+    witness = Witness(object(), session_for=None)  # type: ignore[arg-type]
+    witness.min_interval = 0.2
+    checked: list[tuple[str, int, float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def check(peer: str, note: str) -> None:
+        checked.append((peer, int(note.split("\n")[1]), loop.time()))
+        await asyncio.sleep(0.001)  # quicker than the receipts' spacing
+
+    witness.check = check  # type: ignore[method-assign]
+    start = loop.time()
+    for size in range(1, 61):  # receipts every 10 ms for 0.6 s, from two peers
+        witness.observe("au.ag", f"origin\n{size}\nroot\n")
+        witness.observe("fr.mj", f"origin\n{size}\nroot\n")
+        await asyncio.sleep(0.01)
+    await witness.idle()  # the last checkpoints are checked at once, not after the interval
+
+    for peer in ("au.ag", "fr.mj"):
+        times = [at for name, _, at in checked if name == peer]
+        assert 3 <= len(times) <= 5, times  # at 0, 0.2, 0.4 (0.6) s and the last one at idle(), not 60
+        assert all(b - a >= 0.19 for a, b in itertools.pairwise(times[:-1]))  # the last one: idle()
+        sizes = [size for name, size, _ in checked if name == peer]
+        assert sizes[0] == 1 and sizes[-1] == 60 and sizes == sorted(sizes)
+    assert loop.time() - start < 0.9
