@@ -16,11 +16,13 @@ from aiohttp import web
 from gateway.logs import get_logger
 from protocol.checklist import IncompleteRequest
 from protocol.errors import ComityError
+from store.errors import StoreUnavailable, transient_cause
 
 __all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "status_for"]
 
 PROBLEM_BASE = "urn:comity:problem:"
 CONTENT_TYPE = "application/problem+json"
+STORE_RETRY_AFTER = 1  # seconds: a database that failed over or restarted is usually back within a few
 
 # code -> (HTTP status, title)
 STATUS: dict[str, tuple[int, str]] = {
@@ -75,6 +77,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "directory-rolled-back": (503, "Directory rolled back"),
     "internal-error": (500, "Internal error"),
     "store-error": (500, "Storage error"),
+    "store-unavailable": (503, "Storage unavailable"),
     "config-error": (503, "Gateway misconfigured"),
     "keystore-error": (503, "Key store unavailable"),
     "directory-error": (503, "Directory unusable"),
@@ -103,6 +106,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except IncompleteRequest as exc:  # the checklist says what to add (it never quotes the request's content)
         return problem_response(exc.code, exc.message, checklist=exc.checklist.to_json())
+    except StoreUnavailable as exc:
+        return _store_unavailable(request, exc)
     except ComityError as exc:
         return problem_response(exc.code, exc.message)
     except web.HTTPException as exc:
@@ -110,6 +115,17 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         code = {404: "not-found", 405: "invalid-request", 413: "envelope-too-large"}.get(exc.status, "invalid-request")
         return problem_response(code, exc.reason, status=exc.status)
-    except Exception:
+    except Exception as exc:
+        if (cause := transient_cause(exc)) is not None:
+            return _store_unavailable(request, cause)
         get_logger().exception("unhandled_error", path=request.path, method=request.method)
         return problem_response("internal-error", "the gateway failed to handle this request; see its logs")
+
+
+def _store_unavailable(request: web.Request, cause: BaseException) -> web.Response:
+    """The database failed, not the request: say so, and when to try again (peers' outboxes retry anyway). Logged
+    by the failing error's type only: a driver's message may quote the values of a row."""
+    get_logger().warning("store_unavailable", path=request.path, method=request.method, error=type(cause).__name__)
+    response = problem_response("store-unavailable", "the gateway's database is unavailable; try again")
+    response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+    return response

@@ -63,27 +63,36 @@ class Witness:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
         self._last: dict[str, float] = {}  # loop time at which each peer's last check started
-        self._hurry = asyncio.Event()  # set by idle(): checks waiting for their interval run now
+        self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
+        self._hurrying = 0  # idle() calls running
         self.min_interval = MIN_INTERVAL
         self.log = get_logger(component="witness")
 
     def observe(self, peer: str, checkpoint_note: str) -> None:
         """Queue ``checkpoint_note`` (from a verified receipt of ``peer``) for checking; never blocks."""
         self._pending[peer] = _newer(self._pending.get(peer), checkpoint_note)
-        if peer not in self._running:
+        running = self._running.get(peer)
+        if running is None or running.done():  # a drain that has returned takes nothing more
             task = asyncio.create_task(self._drain(peer))
             self._running[peer] = task
-            task.add_done_callback(lambda _: self._running.pop(peer, None))
+            task.add_done_callback(lambda done: self._forget(peer, done))
+
+    def _forget(self, peer: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(peer) is task:  # not a drain started after it returned
+            del self._running[peer]
 
     async def idle(self) -> None:
         """Check every queued checkpoint now, without waiting for its interval, and return when done (tests,
         shutdown)."""
+        self._hurrying += 1
         self._hurry.set()
         try:
             while self._running:
                 await asyncio.gather(*list(self._running.values()), return_exceptions=True)
         finally:
-            self._hurry.clear()
+            self._hurrying -= 1
+            if not self._hurrying:
+                self._hurry.clear()
 
     async def _drain(self, peer: str) -> None:
         # receipts bring a new checkpoint with every batch: each peer is checked at most once per min_interval, on
@@ -109,8 +118,12 @@ class Witness:
                 failures = self._failures[peer] = self._failures.get(peer, 0) + 1
                 self.log.warning("witness_check_failed", peer=peer, error=exc.code, failures=failures)
                 if failures >= MAX_PROOF_FAILURES:
-                    self._failures.pop(peer, None)
-                    await self._alarm(peer, "proof-unavailable", f"{failures} consistency proofs failed in a row")
+                    try:
+                        await self._alarm(peer, "proof-unavailable", f"{failures} consistency proofs failed in a row")
+                    except Exception as failed:  # the count stands: the next failure raises the alarm again
+                        self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
+                    else:
+                        self._failures.pop(peer, None)
             except Exception as exc:
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code)

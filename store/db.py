@@ -6,6 +6,10 @@
 * PostgreSQL (``postgresql+asyncpg://...``), the production store. The pool is sized to the expected concurrency so
   that connections are never reopened under load. ``?comity_schema=NAME`` in the URL selects a schema through
   ``search_path`` (the tests give every test a fresh schema).
+
+Both hide a statement's parameters from the errors SQLAlchemy raises (``hide_parameters``): a failed statement must
+not quote a row's values (a case note, a sealed envelope) into an error or a log line. ``store.errors.is_transient``
+tells a failing database from a failing request; the API answers the first with 503 ``store-unavailable``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from store import fast
-from store.errors import StoreError
+from store.errors import StoreError, StoreUnavailable
 
 __all__ = ["is_sqlite", "make_engine", "make_reader", "run_migrations", "split_schema"]
 
@@ -50,7 +54,9 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     clean, schema = split_schema(url)
     if is_sqlite(clean):
         # one writer at a time holds the file lock anyway: a small fixed pool, never reopened under load
-        engine = create_async_engine(clean, connect_args={"timeout": 30}, pool_size=4, max_overflow=0)
+        engine = create_async_engine(
+            clean, connect_args={"timeout": 30}, pool_size=4, max_overflow=0, hide_parameters=True
+        )
         _configure_sqlite(engine)
         return engine
     if not clean.startswith("postgresql+asyncpg://"):
@@ -68,8 +74,19 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         # cached, PostgreSQL's plans made) instead of every statement visiting each of the pool's connections
         pool_use_lifo=True,
         connect_args=connect_args,
+        hide_parameters=True,
     )
     fast.install(engine)  # rows the hot path queues are written before any other statement and before COMMIT
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        # asyncpg raises the socket's own error when the server cannot be reached; told apart here, where it can
+        # only mean the database, not in the handlers, where it could be a client that went away
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot connect to the database ({type(exc).__name__})") from None
+
     return engine
 
 
@@ -99,7 +116,7 @@ def make_reader(url: str, engine: AsyncEngine, *, pool_size: int = 20) -> AsyncE
     clean, _ = split_schema(url)
     if not is_sqlite(clean):
         return engine.execution_options(isolation_level="AUTOCOMMIT")
-    readers = create_async_engine(clean, connect_args={"timeout": 30}, pool_size=pool_size)
+    readers = create_async_engine(clean, connect_args={"timeout": 30}, pool_size=pool_size, hide_parameters=True)
 
     @event.listens_for(readers.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 from sqlalchemy import select
 
 from gateway.api import api_routes
 from gateway.auth import auth_routes
 from gateway.consultations_api import consultation_routes
 from gateway.ledger_api import ledger_routes
+from gateway.logs import configure_logging
 from gateway.openapi import openapi_document
 from gateway.stats_api import stats_routes
+from store.db import make_engine, make_reader
 from store.tables import tokens
 from tests.gateway.conftest import Pair, issue_token
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -109,3 +115,40 @@ async def test_health_readiness_and_metrics(pair: Pair) -> None:
         async with session.get(pair.ar.api + "/metrics") as response:
             text = await response.text()
     assert 'comity_http_requests_total{listener="api"' in text
+
+
+async def test_a_failing_database_is_a_503_to_retry_and_the_gateway_recovers(pair: Pair, tmp_path: Path) -> None:
+    """The database going away (its disk, or its server) is not the request's fault: 503 store-unavailable with
+    Retry-After, a warning without the driver's message, no traceback; once it is back, the next call succeeds."""
+    gw = pair.ar.gw
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'comity.db'}"
+        if gw.engine.dialect.name == "sqlite"
+        else "postgresql+asyncpg://postgres@127.0.0.1:1/test"  # nothing listens there
+    )
+    gone = make_engine(url)
+    working, gw.reader = gw.reader, make_reader(url, gone)  # every API call first looks its token up there
+    buffer = io.StringIO()
+    saved = structlog.get_config()
+    configure_logging(level="info", stream=buffer)
+    try:
+        assert pair.ar.session is not None
+        async with pair.ar.session.get(pair.ar.api + "/v1/messages") as response:
+            assert response.status == 503
+            assert response.content_type == "application/problem+json"
+            assert response.headers["Retry-After"] == "1"
+            problem = await response.json(content_type=None)
+        assert problem["code"] == "store-unavailable" and problem["type"] == "urn:comity:problem:store-unavailable"
+    finally:
+        structlog.configure(**saved)
+        await gw.reader.dispose()
+        await gone.dispose()
+        gw.reader = working
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    warnings = [line for line in lines if line["event"] == "store_unavailable"]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning" and warnings[0]["path"] == "/v1/messages"
+    assert not any("exception" in line or line["event"] == "unhandled_error" for line in lines)
+    assert "127.0.0.1:1" not in buffer.getvalue() and "gone" not in buffer.getvalue()
+
+    status, _ = await pair.ar.call("GET", "/v1/messages")
+    assert status == 200

@@ -211,3 +211,22 @@ async def test_logs_and_problems_carry_no_secrets(log_buffer: io.StringIO, pair:
     for record in by_event.get("envelope_refused", []):
         assert isinstance(record.get("code"), str), record
     assert len(by_event.get("envelope_refused", [])) >= len(hostile_cases)
+
+
+def test_an_exception_is_logged_as_its_types_and_frames_never_its_messages(log_buffer: io.StringIO) -> None:
+    """A driver's message may quote a row (PostgreSQL: "DETAIL: Failing row contains (...)"), so an unhandled
+    error's log line names the types of its chain and where they were raised, and nothing they say."""
+    secret = canary()
+    try:
+        try:
+            raise ValueError(f'new row violates check constraint, DETAIL: Failing row contains ("{secret}")')
+        except ValueError as driver_error:
+            raise RuntimeError(f"statement failed: {secret}") from driver_error
+    except RuntimeError:
+        structlog.get_logger("comity").exception("unhandled_error", path="/v1/messages")
+    assert secret not in log_buffer.getvalue()
+    line = json.loads(log_buffer.getvalue().splitlines()[-1])
+    assert line["event"] == "unhandled_error" and "exc_info" not in line
+    first, cause = line["exception"].split("raised from, or while handling:")
+    assert first.startswith("builtins.RuntimeError") and cause.strip().startswith("builtins.ValueError")
+    assert "test_logs_no_secrets.py" in first and "in test_an_exception_is_logged" in cause
