@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.logs import get_logger
 from protocol.checklist import IncompleteRequest
 from protocol.errors import ComityError
-from store.errors import StoreUnavailable, transient_cause
+from store.errors import transient_cause
 
 __all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "status_for"]
 
@@ -106,8 +106,6 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except IncompleteRequest as exc:  # the checklist says what to add (it never quotes the request's content)
         return problem_response(exc.code, exc.message, checklist=exc.checklist.to_json())
-    except StoreUnavailable as exc:
-        return _store_unavailable(request, exc)
     except ComityError as exc:
         return problem_response(exc.code, exc.message)
     except web.HTTPException as exc:

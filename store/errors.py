@@ -21,8 +21,11 @@ class Conflict(StoreError):
     code = "conflict"
 
 
-class StoreUnavailable(StoreError):
-    """The database cannot be reached (store/db.py raises it for a refused or timed-out connection)."""
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached (store/db.py raises it for a refused or timed-out connection).
+
+    Deliberately not a :class:`ComityError`: those are the request's fault, and the receiver answers them with a
+    signed refusal, which a sender may take as final; an outage must leave every message to be retried."""
 
     code = "store-unavailable"
 

@@ -13,6 +13,7 @@ import click
 
 from crypto.keys import KdfParams
 from protocol.errors import ComityError
+from store.errors import StoreUnavailable
 
 __all__ = [
     "FAST_KDF",
@@ -49,7 +50,8 @@ class CommandError(click.ClickException):
 
 
 def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Turn Comity errors and file system errors raised by ``command`` into :class:`CommandError` (no traceback)."""
+    """Turn Comity errors, an unreachable database and file system errors raised by ``command`` into
+    :class:`CommandError` (no traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -57,6 +59,8 @@ def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             return command(*args, **kwargs)
         except ComityError as exc:
             raise CommandError(exc.message) from None
+        except StoreUnavailable as exc:
+            raise CommandError(f"{exc}; is the database running?") from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CommandError(f"{where}{exc.strerror or exc}") from None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from gateway.outbox import OutboxSender
+from store.db import make_engine, make_reader
 from store.tables import ledger_entries, messages, outbox
 from tests.gateway.conftest import Pair, Side
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -51,6 +53,55 @@ async def test_retries_until_the_receiver_is_back_across_a_sender_restart(pair: 
     assert await count(pair.au, messages, messages.c.id == message_id) == 1
     assert await count(pair.au, ledger_entries, ledger_entries.c.type == "message.received") == 1
     assert await count(pair.ar, ledger_entries, ledger_entries.c.type == "message.receipt_recorded") == 1
+
+
+@pytest.mark.parametrize("failing", ["duplicate check", "commit"])
+async def test_a_receiver_whose_database_fails_refuses_nothing_and_the_sender_retries(
+    pair: Pair, tmp_path: Path, failing: str
+) -> None:
+    """An outage of the receiver's database is not the envelope's fault: no signed refusal (which the sender could
+    take as final), no ledger entry; the sender retries until the database is back, then the message is delivered.
+    The database fails at the receiver's first read (the duplicate check, through the coalescer) or at its group
+    commit."""
+    await restart(pair.ar, **FAST)
+    receiver = pair.au.gw
+    sqlite = receiver.engine.dialect.name == "sqlite"
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'comity.db'}"
+        if sqlite
+        else "postgresql+asyncpg://postgres@127.0.0.1:1/test"  # nothing listens there
+    )
+    gone = make_engine(url)
+    saved = (receiver.reader, receiver.engine, receiver.committer._autocommit)
+    if failing == "duplicate check":
+        receiver.reader = make_reader(url, gone)
+    elif sqlite:  # the committer begins its transactions on the engine
+        receiver.engine = gone
+    else:  # the committer runs its groups on an autocommit view of the engine
+        receiver.committer._autocommit = gone.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+        assert status == 202
+        attempts = 0
+        for _ in range(200):
+            async with pair.ar.gw.engine.connect() as conn:
+                attempts = (await conn.execute(select(outbox.c.attempts))).scalar_one()
+            if attempts >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert attempts >= 2
+        assert (await wait_for(pair.ar, body["id"], "queued"))["received_at"] is None
+    finally:
+        if receiver.reader is not saved[0]:
+            await receiver.reader.dispose()
+        await gone.dispose()
+        receiver.reader, receiver.engine, receiver.committer._autocommit = saved
+
+    await wait_for(pair.ar, body["id"], "delivered")
+    for side in (pair.ar, pair.au):
+        refused = ledger_entries.c.type.in_(["message.refused", "message.delivery_failed"])
+        assert await count(side, ledger_entries, refused) == 0
+    assert await count(pair.au, ledger_entries, ledger_entries.c.type == "message.received") == 1
 
 
 async def test_a_crash_after_delivery_redelivers_and_gets_the_same_receipt(
