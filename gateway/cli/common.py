@@ -13,7 +13,7 @@ import click
 
 from crypto.keys import KdfParams
 from protocol.errors import ComityError
-from store.errors import StoreUnavailable
+from store.errors import transient_cause
 
 __all__ = [
     "FAST_KDF",
@@ -59,11 +59,14 @@ def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             return command(*args, **kwargs)
         except ComityError as exc:
             raise CommandError(exc.message) from None
-        except StoreUnavailable as exc:
-            raise CommandError(f"{exc}; is the database running?") from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CommandError(f"{where}{exc.strerror or exc}") from None
+        except Exception as exc:
+            if (cause := transient_cause(exc)) is None:
+                raise
+            # by type only, as in the logs: a driver's message may quote a row
+            raise CommandError(f"the database is unavailable ({type(cause).__name__}); is it running?") from None
 
     return wrapper
 

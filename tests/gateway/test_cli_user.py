@@ -213,3 +213,17 @@ async def test_errors_are_one_line(gateway_db: tuple[Path, AsyncEngine]) -> None
         assert "Traceback" not in result.output
     result = await comity(config, "token", "alice", "--days", "0")
     assert result.exit_code == 2  # every token expires: a usage error
+
+
+async def test_an_unreachable_database_is_a_one_line_error(db_url: str, tmp_path: Path) -> None:
+    gone = (
+        f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'comity.db'}"
+        if db_url.startswith("sqlite")
+        else "postgresql+asyncpg://postgres@127.0.0.1:1/test"  # nothing listens there
+    )
+    config = tmp_path / "comity.toml"
+    config.write_text(settings_toml({"authority_id": "ar.mj", "data_dir": tmp_path, "database_url": gone}))
+    result = await comity(config, "list")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("comity: the database is unavailable (") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
