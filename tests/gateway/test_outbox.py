@@ -28,6 +28,19 @@ async def restart(side: Side, **overrides: Any) -> None:
     await side.start(**overrides)
 
 
+async def failed_twice(sender: Side, message_id: str) -> None:
+    """Until the sender's only outbox row has had two failed attempts; the message is still queued, unreceived."""
+    attempts = 0
+    for _ in range(200):
+        async with sender.gw.engine.connect() as conn:
+            attempts = (await conn.execute(select(outbox.c.attempts))).scalar_one()
+        if attempts >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert attempts >= 2
+    assert (await wait_for(sender, message_id, "queued"))["received_at"] is None
+
+
 async def test_retries_until_the_receiver_is_back_across_a_sender_restart(pair: Pair) -> None:
     await pair.au.stop()
     await restart(pair.ar, **FAST)
@@ -36,14 +49,7 @@ async def test_retries_until_the_receiver_is_back_across_a_sender_restart(pair: 
     message_id = body["id"]
 
     # the receiver is down: attempts fail and are rescheduled, the message stays queued
-    for _ in range(100):
-        async with pair.ar.gw.engine.connect() as conn:
-            attempts = (await conn.execute(select(outbox.c.attempts))).scalar_one()
-        if attempts >= 2:
-            break
-        await asyncio.sleep(0.05)
-    assert attempts >= 2
-    assert (await wait_for(pair.ar, message_id, "queued"))["received_at"] is None
+    await failed_twice(pair.ar, message_id)
 
     # the sender restarts (the outbox row survives), then the receiver comes back
     await restart(pair.ar, **FAST)
@@ -82,15 +88,7 @@ async def test_a_receiver_whose_database_fails_refuses_nothing_and_the_sender_re
     try:
         status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
         assert status == 202
-        attempts = 0
-        for _ in range(200):
-            async with pair.ar.gw.engine.connect() as conn:
-                attempts = (await conn.execute(select(outbox.c.attempts))).scalar_one()
-            if attempts >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert attempts >= 2
-        assert (await wait_for(pair.ar, body["id"], "queued"))["received_at"] is None
+        await failed_twice(pair.ar, body["id"])
     finally:
         if receiver.reader is not saved[0]:
             await receiver.reader.dispose()

@@ -1,5 +1,7 @@
-"""Database failures: a failed statement never quotes a row's values, and a failing database is told apart from a
-failing request (``store.errors.is_transient``), with the real errors of each backend and of the hot path."""
+"""Database failures: SQLAlchemy's error for a failed statement does not list the values it was given (what a
+driver says itself never reaches a log line: tests/gateway/test_logs_no_secrets.py), and a failing database is told
+apart from a failing request (``store.errors.is_transient``), with the real errors of each backend and of the hot
+path."""
 
 from __future__ import annotations
 
