@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.logs import get_logger
@@ -31,6 +32,7 @@ from protocol.events import EventType, LedgerEvent
 from protocol.messages import MessagePayload
 from protocol.timefmt import format_time
 from store import fast
+from store.errors import StoreUnavailable, transient_cause
 from store.events import LedgerBatch, TreeHead
 
 __all__ = ["LOCKED_AFTER_A_MISS", "Committer", "Finish", "Tx", "Unit"]
@@ -149,8 +151,11 @@ class Committer:
             try:
                 results = await self._attempt(jobs)
             except Exception as exc:
-                if len(jobs) == 1:
-                    _settle(jobs[0].future, exc)
+                if len(jobs) == 1 or isinstance(transient_cause(exc), StoreUnavailable | PoolTimeout):
+                    # no connection to be had: every unit would fail alone too, each after its own timeout (a
+                    # deadlock or a lost connection is still retried unit by unit: alone, each may succeed)
+                    for job in jobs:
+                        _settle(job.future, exc)
                     continue
                 # isolate the failing unit: run each alone
                 for job in jobs:

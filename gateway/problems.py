@@ -123,7 +123,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _store_unavailable(request: web.Request, cause: BaseException) -> web.Response:
     """The database failed, not the request: say so, and when to try again (peers' outboxes retry anyway). Logged
     by the failing error's type only: a driver's message may quote the values of a row."""
-    get_logger().warning("store_unavailable", path=request.path, method=request.method, error=type(cause).__name__)
+    error = type(cause.__cause__ or cause).__name__  # for StoreUnavailable, what the connection raised
+    get_logger().warning("store_unavailable", path=request.path, method=request.method, error=error)
     response = problem_response("store-unavailable", "the gateway's database is unavailable; try again")
     response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
     return response

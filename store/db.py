@@ -30,6 +30,7 @@ from store.errors import StoreError, StoreUnavailable
 __all__ = ["is_sqlite", "make_engine", "make_reader", "run_migrations", "split_schema"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+CONNECT_TIMEOUT = 10.0  # seconds for a new PostgreSQL connection
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -61,7 +62,8 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         return engine
     if not clean.startswith("postgresql+asyncpg://"):
         raise StoreError("database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-    connect_args: dict[str, Any] = {"server_settings": {"application_name": "comity"}}
+    # a server that drops packets rather than refusing them fails a connection in 10 s, not asyncpg's 60
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": "comity"}, "timeout": CONNECT_TIMEOUT}
     if schema:
         connect_args["server_settings"]["search_path"] = schema
     engine = create_async_engine(
@@ -85,7 +87,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         try:
             return dialect.connect(*cargs, **cparams)
         except (OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"cannot connect to the database ({type(exc).__name__})") from None
+            raise StoreUnavailable(f"cannot connect to the database ({type(exc).__name__})") from exc
 
     return engine
 

@@ -66,7 +66,8 @@ def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             if (cause := transient_cause(exc)) is None:
                 raise
             # by type only, as in the logs: a driver's message may quote a row
-            raise CommandError(f"the database is unavailable ({type(cause).__name__}); is it running?") from None
+            error = type(cause.__cause__ or cause).__name__  # for StoreUnavailable, what the connection raised
+            raise CommandError(f"the database is unavailable ({error}); is it running?") from None
 
     return wrapper
 

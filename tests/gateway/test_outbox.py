@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import func, select
 
-from gateway.outbox import OutboxSender
+from gateway.logs import configure_logging
+from gateway.outbox import FEDERATION_PATH, OutboxSender
 from store.db import make_engine, make_reader
 from store.tables import ledger_entries, messages, outbox
 from tests.gateway.conftest import Pair, Side
@@ -85,16 +89,24 @@ async def test_a_receiver_whose_database_fails_refuses_nothing_and_the_sender_re
         receiver.engine = gone
     else:  # the committer runs its groups on an autocommit view of the engine
         receiver.committer._autocommit = gone.execution_options(isolation_level="AUTOCOMMIT")
+    buffer = io.StringIO()
+    saved_logging = structlog.get_config()
+    configure_logging(level="info", stream=buffer)
     try:
         status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
         assert status == 202
         await failed_twice(pair.ar, body["id"])
     finally:
+        structlog.configure(**saved_logging)
         if receiver.reader is not saved[0]:
             await receiver.reader.dispose()
         await gone.dispose()
         receiver.reader, receiver.engine, receiver.committer._autocommit = saved
 
+    # the receiver answered 503 store-unavailable, not a 500 (the sender retries either)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert any(line["event"] == "store_unavailable" and line["path"] == FEDERATION_PATH for line in lines)
+    assert not any(line["event"] == "unhandled_error" for line in lines)
     await wait_for(pair.ar, body["id"], "delivered")
     for side in (pair.ar, pair.au):
         refused = ledger_entries.c.type.in_(["message.refused", "message.delivery_failed"])
