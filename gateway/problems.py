@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.logs import get_logger
 from protocol.checklist import IncompleteRequest
 from protocol.errors import ComityError
-from store.errors import transient_cause
+from store.errors import outage_name
 
 __all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "status_for"]
 
@@ -114,17 +114,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         code = {404: "not-found", 405: "invalid-request", 413: "envelope-too-large"}.get(exc.status, "invalid-request")
         return problem_response(code, exc.reason, status=exc.status)
     except Exception as exc:
-        if (cause := transient_cause(exc)) is not None:
-            return _store_unavailable(request, cause)
+        if (outage := outage_name(exc)) is not None:
+            return _store_unavailable(request, outage)
         get_logger().exception("unhandled_error", path=request.path, method=request.method)
         return problem_response("internal-error", "the gateway failed to handle this request; see its logs")
 
 
-def _store_unavailable(request: web.Request, cause: BaseException) -> web.Response:
+def _store_unavailable(request: web.Request, outage: str) -> web.Response:
     """The database failed, not the request: say so, and when to try again (peers' outboxes retry anyway). Logged
-    by the failing error's type only: a driver's message may quote the values of a row."""
-    error = type(cause.__cause__ or cause).__name__  # for StoreUnavailable, what the connection raised
-    get_logger().warning("store_unavailable", path=request.path, method=request.method, error=error)
+    by the failing error's type only (``outage``): a driver's message may quote the values of a row."""
+    get_logger().warning("store_unavailable", path=request.path, method=request.method, error=outage)
     response = problem_response("store-unavailable", "the gateway's database is unavailable; try again")
     response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
     return response

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa
+
 from protocol.errors import ComityError
 
-__all__ = ["Conflict", "NotFound", "StoreError", "StoreUnavailable", "is_transient", "transient_cause"]
+__all__ = ["Conflict", "NotFound", "StoreError", "StoreUnavailable", "is_transient", "outage_name", "transient_cause"]
 
 
 class StoreError(ComityError):
@@ -46,6 +48,13 @@ def is_transient(error: BaseException) -> bool:
     return transient_cause(error) is not None
 
 
+def outage_name(error: BaseException) -> str | None:
+    """The type name to report for a failing database (what the connection raised, for :class:`StoreUnavailable`),
+    or None when ``error`` is not one. Never its message: a driver's message may quote a row."""
+    cause = transient_cause(error)
+    return None if cause is None else type(cause.__cause__ or cause).__name__
+
+
 def transient_cause(error: BaseException) -> BaseException | None:
     """The link of ``error``'s chain (the error, then what it was raised from) that shows the database failing
     rather than the request, or None: a lost or unreachable server, no pooled connection in time, a lock held past
@@ -65,8 +74,6 @@ def transient_cause(error: BaseException) -> BaseException | None:
 
 
 def _is_transient(error: BaseException) -> bool:
-    from sqlalchemy import exc as sa
-
     if isinstance(error, StoreUnavailable | sa.TimeoutError):  # unreachable; no connection free in the pool in time
         return True
     if isinstance(error, sa.DBAPIError):

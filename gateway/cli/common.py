@@ -13,7 +13,7 @@ import click
 
 from crypto.keys import KdfParams
 from protocol.errors import ComityError
-from store.errors import transient_cause
+from store.errors import outage_name
 
 __all__ = [
     "FAST_KDF",
@@ -63,11 +63,9 @@ def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CommandError(f"{where}{exc.strerror or exc}") from None
         except Exception as exc:
-            if (cause := transient_cause(exc)) is None:
+            if (outage := outage_name(exc)) is None:
                 raise
-            # by type only, as in the logs: a driver's message may quote a row
-            error = type(cause.__cause__ or cause).__name__  # for StoreUnavailable, what the connection raised
-            raise CommandError(f"the database is unavailable ({error}); is it running?") from None
+            raise CommandError(f"the database is unavailable ({outage}); is it running?") from None
 
     return wrapper
 
