@@ -4,6 +4,11 @@ Call sites log only identifiers; as a second line of defence a processor drops a
 may hold a secret or content, and masks bearer tokens anywhere in a string. An exception is rendered as the types
 of its chain and the source lines it went through, never its messages: a driver's message may quote a row
 (PostgreSQL's ``DETAIL: Failing row contains (...)``), a library's may quote its input.
+
+Libraries log through the standard library (SQLAlchemy's pool, asyncio, aiohttp): their records at ``warning`` and
+above go through the same processors and come out as the same JSON lines, with the logger's name and only the
+first line of the record's message template, never its arguments. asyncio, for one, formats the failed task's repr,
+exception message included, into the message itself.
 """
 
 from __future__ import annotations
@@ -60,21 +65,65 @@ def _exception_shape(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
     return event
 
 
+_LIBRARY_EVENT_CHARS = 200
+
+
+def _library_record(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A standard-library record keeps its logger's name and its message template's first line, nothing else:
+    the arguments, and whatever a library formatted into the message before logging it, may quote data."""
+    record: logging.LogRecord = event["_record"]
+    template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+    event["event"] = template.split("\n", 1)[0].strip()[:_LIBRARY_EVENT_CHARS] or "library_log"
+    event["logger"] = record.name
+    return event
+
+
+class _LibraryHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root logger's handler that ``configure_logging`` installs (and replaces when called again). Without a
+    stream of its own it writes to whatever ``sys.stderr`` is when a record arrives, like ``logging.lastResort``."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self._fixed = stream
+
+    @property
+    def stream(self) -> TextIO:
+        return self._fixed or sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """JSON lines on ``stream`` (stderr by default), one object per event."""
+    """JSON lines on ``stream`` (stderr by default), one object per event: ours at ``level`` and above, the
+    libraries' at ``level`` or ``warning``, whichever is higher."""
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    out = stream or sys.stderr
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    rendering: list[Any] = [_exception_shape, _scrub, structlog.processors.JSONRenderer(sort_keys=True)]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _exception_shape,
-            _scrub,
-            structlog.processors.JSONRenderer(sort_keys=True),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        processors=[structlog.contextvars.merge_contextvars, *shared, *rendering],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    handler = _LibraryHandler(stream)
+    handler.setLevel(max(threshold, logging.WARNING))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, _library_record],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(handler.level)
 
 
 def get_logger(**bound: Any) -> Any:

@@ -10,9 +10,11 @@ lines about a message must be bound to its id and peer. Problem documents must n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -230,3 +232,38 @@ def test_an_exception_is_logged_as_its_types_and_frames_never_its_messages(log_b
     first, cause = line["exception"].split("raised from, or while handling:")
     assert first.startswith("builtins.RuntimeError") and cause.strip().startswith("builtins.ValueError")
     assert "test_logs_no_secrets.py" in first and "in test_an_exception_is_logged" in cause
+
+
+async def test_libraries_log_through_the_same_renderer_without_their_messages(log_buffer: io.StringIO) -> None:
+    """SQLAlchemy's pool and asyncio log through the standard library; asyncio formats the failed task, exception
+    message included, into the message itself. Their records come out as JSON lines like ours: the logger, the
+    template's first line and the exception's types, never the arguments or what the library formatted in."""
+    secret = canary()
+
+    async def fails() -> None:
+        raise ValueError(f'DETAIL: Failing row contains ("{secret}")')
+
+    task = asyncio.get_running_loop().create_task(fails())
+    await asyncio.wait([task])
+    # what asyncio does when such a task is collected without anyone reading its exception
+    asyncio.get_running_loop().call_exception_handler(
+        {"message": "Task exception was never retrieved", "exception": task.exception(), "future": task}
+    )
+    try:
+        raise ConnectionResetError(f"connection lost while reading {secret}")
+    except ConnectionResetError:
+        logging.getLogger("sqlalchemy.pool.impl.AsyncAdaptedQueuePool").error(
+            "Exception terminating connection %r", f"<conn {secret}>", exc_info=True
+        )
+    logging.getLogger("aiohttp.access").info("GET /v1/messages?token=%s", secret)  # below the libraries' threshold
+
+    output = log_buffer.getvalue()
+    assert secret not in output
+    by_logger = {line["logger"]: line for line in _lines(log_buffer) if "logger" in line}
+    assert set(by_logger) == {"asyncio", "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"}
+    asyncio_line = by_logger["asyncio"]
+    assert asyncio_line["event"] == "Task exception was never retrieved" and asyncio_line["level"] == "error"
+    assert asyncio_line["exception"].startswith("builtins.ValueError")
+    pool_line = by_logger["sqlalchemy.pool.impl.AsyncAdaptedQueuePool"]
+    assert pool_line["event"] == "Exception terminating connection %r"
+    assert pool_line["exception"].startswith("builtins.ConnectionResetError") and "exc_info" not in pool_line
