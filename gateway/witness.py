@@ -16,13 +16,15 @@ import contextlib
 import json
 from typing import Any
 
+import aiohttp
 from joserfc.jwk import OKPKey
 
+from crypto.errors import CryptoError
 from crypto.note import CosignatureVerifier, NoteVerifier, open_checkpoint
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.logs import get_logger
-from protocol.checkpoint import Checkpoint
+from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.errors import ComityError
 from protocol.events import EventType
 from protocol.merkle import MerkleError, verify_consistency
@@ -31,13 +33,18 @@ from store.ledger import PeerCheckpoint, WitnessState
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
-MAX_PROOF_FAILURES = 5  # consecutive failed proof requests from one peer before an alarm
+MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
 
 
 class WitnessError(ComityError):
     code = "witness-failed"
+
+
+# what makes a check fail by the peer's doing: a checkpoint that does not verify under its keys or does not parse,
+# a proof refused, malformed, or not answered at all (the peer has just receipted a delivery over the same channel)
+_UNCOOPERATIVE = (WitnessError, CryptoError, CheckpointError, aiohttp.ClientError, TimeoutError)
 
 
 def _raw(key: OKPKey) -> bytes:
@@ -112,11 +119,13 @@ class Witness:
             try:
                 await self.check(peer, note)
                 self._failures.pop(peer, None)
-            except WitnessError as exc:
-                # a peer that keeps failing to prove its checkpoints consistent is treated like one that forked:
-                # refusing proofs must not be a way to hide a rewrite
+            except _UNCOOPERATIVE as exc:
+                # a peer that keeps failing to back its checkpoints is treated like one that forked: sending
+                # checkpoints that do not verify, or refusing, garbling or dropping proof requests, must not be a
+                # way to hide a rewrite
                 failures = self._failures[peer] = self._failures.get(peer, 0) + 1
-                self.log.warning("witness_check_failed", peer=peer, error=exc.code, failures=failures)
+                code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
+                self.log.warning("witness_check_failed", peer=peer, error=code, failures=failures)
                 if failures >= MAX_PROOF_FAILURES:
                     try:
                         await self._alarm(peer, "proof-unavailable", f"{failures} consistency proofs failed in a row")
@@ -124,7 +133,7 @@ class Witness:
                         self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
                     else:
                         self._failures.pop(peer, None)
-            except Exception as exc:
+            except Exception as exc:  # our own database or directory: nothing to hold against the peer
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code)
 
@@ -159,8 +168,9 @@ class Witness:
             )
         try:
             await self._cosign(peer, checkpoint)
-        except WitnessError as exc:  # the check itself held: a refused cosignature is only logged
-            self.log.warning("cosignature_not_accepted", peer=peer, error=exc.code)
+        except (WitnessError, aiohttp.ClientError, TimeoutError) as exc:  # the check held: only logged
+            code = exc.code if isinstance(exc, WitnessError) else type(exc).__name__
+            self.log.warning("cosignature_not_accepted", peer=peer, error=code)
 
     async def _fetch_consistency(self, peer: str, size1: int, size2: int) -> list[bytes]:
         if size1 == 0:

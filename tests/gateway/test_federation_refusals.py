@@ -21,6 +21,7 @@ import os
 import re
 import ssl
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,8 @@ from crypto.keys import generate_encryption_key, generate_signing_key
 from crypto.note import NoteVerifier, open_checkpoint
 from crypto.receipts import verify_receipt, verify_refusal
 from gateway.context import Gateway
-from protocol.messages import MessagePayload, new_message_id
+from protocol.markings import MarkingScheme
+from protocol.messages import Marking, MessagePayload, new_message_id
 from protocol.receipts import Refusal
 from store.tables import attachments, ledger_entries, messages
 from tests.gateway.conftest import PASSPHRASE, Pair, attachment_files, ledger
@@ -460,6 +462,32 @@ async def test_duplicate_delivery_gets_the_same_receipt(pair: Pair, hostile: Hos
         assert again.status == 200, again.raw
         assert again.document["receipt"] == first.document["receipt"]
         assert await stored(pair.au.gw) == after_first  # no second row, no ledger entry at all
+
+
+@dataclass(frozen=True)
+class _AccreditedForUnclassifiedOnly(MarkingScheme):
+    """As if a new directory had narrowed the receiver's accreditation to the lowest level."""
+
+    def check_accreditation(self, marking: Marking, max_level: str, honoured: Sequence[str], recipient: str) -> None:
+        super().check_accreditation(marking, self.levels[0], honoured, recipient)
+
+
+async def test_a_receipted_message_keeps_its_receipt_after_our_accreditation_narrows(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Duplicates are looked up before our accreditation is checked: a sender retrying a message we already
+    receipted (its first answer lost) must get that receipt, not a final ``marking-refused`` for a message we hold."""
+    sealed = hostile.seal(hostile.payload())
+    first = await hostile.post(sealed)
+    assert first.status == 200, first.raw
+    after_first = await stored(pair.au.gw)
+    monkeypatch.setattr(pair.au.gw, "scheme", _AccreditedForUnclassifiedOnly())
+
+    again = await hostile.post(sealed)
+    assert again.status == 200 and again.document["receipt"] == first.document["receipt"], again.raw
+    assert await stored(pair.au.gw) == after_first
+    fresh = await hostile.post(hostile.seal(hostile.payload()))  # a new message at that marking is refused now
+    assert (fresh.status, fresh.document["code"]) == (403, "marking-refused"), fresh.raw
 
 
 # --- receipt ----------------------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import delete, select, update
 
-from crypto.note import open_checkpoint, open_note
+from crypto.note import NoteSigner, open_checkpoint, open_note
 from gateway.witness import cosignature_verifiers, note_verifiers
 from protocol import merkle
 from protocol.events import LedgerEvent
@@ -21,6 +23,7 @@ from store.ledger import WitnessState
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_head, ledger_nodes, peer_checkpoints
 from tests.gateway.conftest import Pair, Side, comity, issue_token
 from tests.gateway.test_exchange import REQUEST, wait_for
+from tests.gateway.test_markings import hostile_towards
 
 
 async def exchange(pair: Pair) -> str:
@@ -194,20 +197,30 @@ async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(pair: Pai
             pass
 
 
-async def test_a_peer_that_keeps_refusing_consistency_proofs_is_blocked(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["proof-refused", "connection-dropped", "checkpoint-unverifiable"])
+async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """Refusing proofs must not hide a rewrite: after MAX_PROOF_FAILURES failed checks in a row, an alarm."""
+    """Not cooperating must not hide a rewrite: after MAX_PROOF_FAILURES checks in a row that fail by the peer's
+    doing (a proof answered 500, a connection dropped, a checkpoint signed with a key it does not list), an alarm."""
     from gateway import witness
 
     await exchange(pair)  # the first checkpoint is held without a proof
 
     async def refused(self: witness.Witness, peer: str, size1: int, size2: int) -> list[bytes]:
+        if how == "connection-dropped":
+            raise aiohttp.ServerDisconnectedError()
         raise witness.WitnessError(f"{peer} answered HTTP 500 to a consistency proof request")
 
-    monkeypatch.setattr(witness.Witness, "_fetch_consistency", refused)
-    for _ in range(witness.MAX_PROOF_FAILURES):
+    if how == "checkpoint-unverifiable":
+        unlisted = [NoteSigner("comity-ledger/au.ag", os.urandom(32)).verifier()]
+        monkeypatch.setattr(witness, "note_verifiers", lambda gw, peer: unlisted)
+    else:
+        monkeypatch.setattr(witness.Witness, "_fetch_consistency", refused)
+    for _ in range(witness.MAX_PROOF_FAILURES - 1):
         await exchange(pair)
+    assert not pair.ar.gw.blocked_peers
+    await exchange(pair)
     assert pair.ar.gw.blocked_peers == {"au.ag"}
     async with pair.ar.gw.engine.connect() as conn:
         alarms = await WitnessState.open_alarms(conn)
@@ -269,3 +282,42 @@ async def test_a_checkpoint_observed_as_a_drain_returns_is_still_checked() -> No
     with contextlib.suppress(TimeoutError):  # before the fix, idle() waited on the returned drain forever
         await asyncio.wait_for(witness.idle(), timeout=2)
     assert checked == ["origin\n7\nroot\n"]
+
+
+async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(pair: Pair) -> None:
+    """9.2 serves the latest checkpoint with the cosignatures held, to a peer in good standing only; 9.4 takes
+    exactly ``{"size": <integer>, "line": <string>}`` in at most 8 KiB, and refuses anything else before reading
+    the line (``invalid-message``, not ``note-invalid``), storing nothing."""
+    await exchange(pair)
+    peer = hostile_towards(pair.ar, pair.au)  # ar.mj's real TLS identity
+    async with peer.session() as session:
+        async with session.get(peer.url + "/federation/v1/checkpoint") as response:
+            assert response.status == 200, await response.text()
+            note = await response.text()
+        opened = open_note(note, [*note_verifiers(pair.au.gw, "au.ag"), *cosignature_verifiers(pair.au.gw, "ar.mj")])
+        assert {signature.name for signature in opened.verified} == {"comity-ledger/au.ag", "comity-witness/ar.mj"}
+
+        held = await rows(pair.au, select(cosignatures))
+        size = held[0].size
+        valid = json.dumps({"size": size, "line": "— comity-witness/ar.mj AAAA"})
+        for body in (
+            json.dumps({"size": size, "line": "— comity-witness/ar.mj AAAA", "extra": 1}),
+            json.dumps({"size": True, "line": "— comity-witness/ar.mj AAAA"}),
+            json.dumps({"size": float(size), "line": "— comity-witness/ar.mj AAAA"}),
+            valid + " " * 8192,  # a valid object followed by padding: cut at 8 KiB it would still parse
+        ):
+            async with session.post(peer.url + "/federation/v1/cosignatures", data=body) as response:
+                problem = await response.json(content_type=None)
+                assert (response.status, problem["code"]) == (400, "invalid-message"), (body[:80], problem)
+        async with session.post(peer.url + "/federation/v1/cosignatures", data=valid) as response:
+            problem = await response.json(content_type=None)
+            assert (response.status, problem["code"]) == (400, "note-invalid"), problem  # the shape was fine
+        assert await rows(pair.au, select(cosignatures)) == held
+
+        pair.au.gw.blocked_peers.add("ar.mj")  # as an open witness alarm about ar.mj does
+        try:
+            async with session.get(peer.url + "/federation/v1/checkpoint") as response:
+                problem = await response.json(content_type=None)
+                assert (response.status, problem["code"]) == (403, "peer-blocked"), problem
+        finally:
+            pair.au.gw.blocked_peers.discard("ar.mj")
