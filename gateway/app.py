@@ -30,6 +30,7 @@ from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
 from gateway.stats_api import stats_routes
 from gateway.tls import server_context
+from store.errors import outage_name
 from store.ledger import WitnessState
 
 __all__ = ["RunningGateway", "build_api_app", "build_federation_app", "start_gateway"]
@@ -55,7 +56,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[GATEWAY].metrics.registry)
+    gw = request.app[GATEWAY]
+    try:  # read when scraped, not on a timer: it costs nothing unless someone watches
+        async with gw.reader.connect() as conn:
+            gw.metrics.show_backlog(await gw.outbox.backlog(conn), gw.clock())
+    except Exception as exc:  # the counters still come out; the outbox gauges keep their last values
+        get_logger().warning("metrics_backlog_failed", error=outage_name(exc) or type(exc).__name__)
+    body = generate_latest(gw.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

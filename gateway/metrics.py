@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from store.outbox import Backlog
 
 __all__ = ["Metrics"]
 
@@ -29,6 +32,23 @@ class Metrics:
             "comity_peer_alarms", "Counterpart ledgers found forked or rewritten", ["peer"], registry=self.registry
         )
         self.ledger_size = Gauge("comity_ledger_size", "Entries in this gateway's ledger", registry=self.registry)
+        self.outbox_waiting = Gauge(
+            "comity_outbox_waiting", "Messages waiting for a peer's receipt", ["peer"], registry=self.registry
+        )
+        self.outbox_oldest = Gauge(
+            "comity_outbox_oldest_seconds",
+            "Age of the oldest message waiting for a peer's receipt",
+            ["peer"],
+            registry=self.registry,
+        )
+
+    def show_backlog(self, backlog: Iterable[Backlog], now: datetime) -> None:
+        """Replace the outbox gauges: a peer with nothing waiting has no series (not a stale one)."""
+        self.outbox_waiting.clear()
+        self.outbox_oldest.clear()
+        for item in backlog:
+            self.outbox_waiting.labels(peer=item.peer).set(item.messages)
+            self.outbox_oldest.labels(peer=item.peer).set(max(0.0, (now - item.oldest).total_seconds()))
 
     def middleware(self, listener: str) -> Middleware:
         @web.middleware

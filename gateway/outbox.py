@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,6 +50,14 @@ TRANSIENT_CODES = {
 
 class DeliveryError(ComityError):
     code = "delivery-failed"
+
+
+def retry_delay(attempts: int, initial: float, maximum: float, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds until the next attempt after ``attempts`` failed ones: ``min(maximum, initial * 2^attempts)`` less up
+    to a fifth at random. Never above ``maximum``, and spread even there, so that the rows an outage held back do not
+    all come due in the same second."""
+    backoff: float = min(maximum, initial * 2.0 ** min(attempts, 64))
+    return backoff * (1 - 0.2 * jitter())
 
 
 class OutboxSender:
@@ -138,9 +147,7 @@ class OutboxSender:
         except Exception as exc:
             code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
             settings = self.gw.settings
-            backoff = settings.outbox_initial_backoff * 2 ** min(item.attempts, 32)
-            jittered = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
-            delay = min(settings.outbox_max_backoff, jittered)
+            delay = retry_delay(item.attempts, settings.outbox_initial_backoff, settings.outbox_max_backoff)
             log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))
             self.gw.metrics.delivery_failures.labels(peer=item.peer).inc()
             try:

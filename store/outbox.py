@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast
-from store.tables import outbox
+from store.tables import messages, outbox
 
 __all__ = ["DIRECT_LEASE", "Outbox", "OutboxItem"]
 
@@ -33,6 +33,15 @@ class OutboxItem:
     message_id: str
     peer: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits for one peer's receipt: how many messages, and when the oldest of them was submitted."""
+
+    peer: str
+    messages: int
+    oldest: datetime
 
 
 class Outbox:
@@ -81,6 +90,16 @@ class Outbox:
     async def remove(self, conn: AsyncConnection, message_id: str) -> bool:
         sql = "DELETE FROM outbox WHERE message_id = $1"
         return bool(await fast.execute(conn, sql, (message_id,), _REMOVE, {"b_message_id": message_id}))
+
+    async def backlog(self, conn: AsyncConnection) -> list[Backlog]:
+        """Per peer, the messages still waiting for a receipt (retrying, or in flight) and the oldest one's age."""
+        query = (
+            select(outbox.c.peer, func.count(), func.min(messages.c.created_at))
+            .select_from(outbox.join(messages, messages.c.id == outbox.c.message_id))
+            .group_by(outbox.c.peer)
+            .order_by(outbox.c.peer)
+        )
+        return [Backlog(peer, int(count), oldest) for peer, count, oldest in (await conn.execute(query)).all()]
 
     async def pending(self, conn: AsyncConnection) -> int:
         return len((await conn.execute(select(outbox.c.message_id))).all())

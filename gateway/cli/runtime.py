@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +34,25 @@ def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
     try:
         import uvloop
 
-        return uvloop.run(coroutine)
+        return uvloop.run(_settled(coroutine))
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.run(coroutine)
+        return asyncio.run(_settled(coroutine))
+
+
+_SQLITE_WORKER = "(_connection_worker_thread)"  # aiosqlite names each connection's thread after this function
+SQLITE_WORKERS_GRACE = 1.0  # seconds; only a connection left open would make us wait this long
+
+
+async def _settled(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine``, then let aiosqlite's worker threads answer their last call while the loop still runs.
+
+    A SQLite connection that fails to open queues its own stop without waiting for it; if the command ends (with
+    its one-line error) and the loop closes first, the thread's answer hits a closed loop and Python prints its
+    traceback to stderr after our message.
+    """
+    try:
+        return await coroutine
+    finally:
+        deadline = time.monotonic() + SQLITE_WORKERS_GRACE
+        for thread in [t for t in threading.enumerate() if t.name.endswith(_SQLITE_WORKER)]:
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))

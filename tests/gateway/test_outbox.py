@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from gateway.logs import configure_logging
-from gateway.outbox import FEDERATION_PATH, OutboxSender
+from gateway.outbox import FEDERATION_PATH, OutboxSender, retry_delay
 from store.db import make_engine, make_reader
 from store.tables import ledger_entries, messages, outbox
 from tests.gateway.conftest import Pair, Side
@@ -151,3 +154,56 @@ async def test_the_connections_to_a_peer_are_limited_by_the_setting(pair: Pair) 
         await wait_for(pair.ar, message_id, "delivered")
     connector = sender._session(pair.ar.gw.peer("au.ag")).connector
     assert connector is not None and connector.limit == 2
+
+
+@given(
+    attempts=st.integers(min_value=0, max_value=10_000),
+    initial=st.floats(min_value=0.001, max_value=60),
+    extra=st.floats(min_value=0, max_value=86_400),
+    draw=st.floats(min_value=0, max_value=1, exclude_max=True),
+)
+def test_a_retry_waits_at_most_the_maximum_and_at_least_four_fifths_of_its_backoff(
+    attempts: int, initial: float, extra: float, draw: float
+) -> None:
+    maximum = initial + extra  # settings refuse a maximum below the initial delay
+    backoff = min(maximum, initial * 2.0 ** min(attempts, 64))
+    delay = retry_delay(attempts, initial, maximum, jitter=lambda: draw)
+    assert 0.8 * backoff - 1e-9 <= delay <= backoff <= maximum
+
+
+def test_retries_held_back_by_an_outage_do_not_all_come_due_together() -> None:
+    """At the cap every delay used to be exactly the maximum (the jitter was applied before the cap)."""
+    delays = {retry_delay(40, 0.5, 300.0) for _ in range(50)}
+    assert len(delays) > 40 and min(delays) >= 240.0 and max(delays) <= 300.0
+
+
+async def _backlog_metrics(side: Side) -> dict[str, float]:
+    async with aiohttp.ClientSession() as session, session.get(side.api + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith(("comity_outbox_waiting{", "comity_outbox_oldest_seconds{"))
+    }
+
+
+async def test_metrics_show_what_waits_for_a_peer_and_for_how_long(pair: Pair) -> None:
+    """The outbox never gives up on a peer that does not answer; an operator sees the backlog grow and age."""
+    await pair.au.stop()
+    await restart(pair.ar, **FAST)
+    assert await _backlog_metrics(pair.ar) == {}
+    ids = []
+    for _ in range(2):
+        status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+        assert status == 202, body
+        ids.append(body["id"])
+    await asyncio.sleep(0.3)
+    waiting = await _backlog_metrics(pair.ar)
+    assert waiting['comity_outbox_waiting{peer="au.ag"}'] == 2
+    assert waiting['comity_outbox_oldest_seconds{peer="au.ag"}'] >= 0.3
+
+    await pair.au.start()
+    for message_id in ids:
+        await wait_for(pair.ar, message_id, "delivered")
+    assert await _backlog_metrics(pair.ar) == {}  # no stale series for a peer with nothing waiting
