@@ -57,6 +57,7 @@ __all__ = [
     "public_jwk",
     "sealed_kdf_params",
     "tls_key_password",
+    "tls_key_passwords",
     "seal_keys",
     "unseal_keys",
 ]
@@ -373,40 +374,51 @@ def unseal_keys(data: bytes, passphrase: bytes) -> dict[str, OKPKey]:
 
 
 # retired X25519 keys in a key file: their role and kid in the name, so that a swapped key is refused on unsealing
-_RETIRED_NAME = re.compile(r"retired-(encryption|archive)-([A-Za-z0-9_-]{43})")
+_RETIRED_NAME = re.compile(r"retired-(signing|encryption|archive)-([A-Za-z0-9_-]{43})")
 Decrypting = Literal["encryption", "archive"]
+Rotating = Literal["signing", "encryption", "archive"]
+_CURVES = {"signing": "Ed25519", "encryption": "X25519", "archive": "X25519"}
 
 
 @dataclass(frozen=True)
 class AuthorityKeys:
     """An authority's private keys: ``signing`` (Ed25519), ``encryption`` (X25519, published in the directory) and
-    ``archive`` (X25519, never published: the sender's own sealed copy of what it sent), and the encryption and
-    archive keys retired by :meth:`rotated`, kept to open what was sealed to them (docs/operations.md)."""
+    ``archive`` (X25519, never published: the sender's own sealed copy of what it sent), and the keys retired by
+    :meth:`rotated`: encryption and archive keys kept to open what was sealed to them, signing keys kept to sign
+    with until the directory makes the new one valid (docs/operations.md)."""
 
     signing: OKPKey
     encryption: OKPKey
     archive: OKPKey
     retired_encryption: tuple[OKPKey, ...] = ()
     retired_archive: tuple[OKPKey, ...] = ()
+    retired_signing: tuple[OKPKey, ...] = ()
 
     def __post_init__(self) -> None:
-        for name, crv in (("signing", "Ed25519"), ("encryption", "X25519"), ("archive", "X25519")):
+        for name, crv in _CURVES.items():
             key: OKPKey = getattr(self, name)
             if not isinstance(key, OKPKey) or not key.is_private or key.curve_name != crv:
                 raise KeyStoreError(f"the {name} key must be a private {crv} key")
-        for role in ("encryption", "archive"):
-            for key in getattr(self, f"retired_{role}"):
-                if not isinstance(key, OKPKey) or not key.is_private or key.curve_name != "X25519":
-                    raise KeyStoreError(f"a retired {role} key must be a private X25519 key")
+            for key in getattr(self, f"retired_{name}"):
+                if not isinstance(key, OKPKey) or not key.is_private or key.curve_name != crv:
+                    raise KeyStoreError(f"a retired {name} key must be a private {crv} key")
         decrypting = [self.encryption, self.archive, *self.retired_encryption, *self.retired_archive]
         if len({key_id(key) for key in decrypting}) != len(decrypting):
             raise KeyStoreError("an encryption or archive key appears twice in the key set")
+        if len(self.signing_keys()) != 1 + len(self.retired_signing):
+            raise KeyStoreError("a signing key appears twice in the key set")
 
     def __repr__(self) -> str:
         return (
             f"AuthorityKeys(signing={key_id(self.signing)}, encryption={key_id(self.encryption)}, "
-            f"archive={key_id(self.archive)}, retired={len(self.retired_encryption) + len(self.retired_archive)})"
+            f"archive={key_id(self.archive)}, "
+            f"retired={len(self.retired_signing) + len(self.retired_encryption) + len(self.retired_archive)})"
         )
+
+    def signing_keys(self) -> dict[str, OKPKey]:
+        """Every signing key by kid, the current one first (which one signs is the directory's say: gateway/context.py
+        ``signing_key``)."""
+        return {key_id(key): key for key in (self.signing, *self.retired_signing)}
 
     def decryption_keys(self, role: Decrypting) -> dict[str, OKPKey]:
         """The current key of ``role`` and the retired ones, by kid: what may open an envelope (``encryption``) or
@@ -415,8 +427,10 @@ class AuthorityKeys:
         retired = self.retired_encryption if role == "encryption" else self.retired_archive
         return {key_id(key): key for key in (current, *retired)}
 
-    def rotated(self, role: Decrypting) -> AuthorityKeys:
+    def rotated(self, role: Rotating) -> AuthorityKeys:
         """A new key set whose ``role`` key is fresh; the one it replaces is kept among the retired keys."""
+        if role == "signing":
+            return replace(self, signing=generate_signing_key(), retired_signing=(*self.retired_signing, self.signing))
         fresh = generate_encryption_key()
         if role == "encryption":
             return replace(self, encryption=fresh, retired_encryption=(*self.retired_encryption, self.encryption))
@@ -424,7 +438,7 @@ class AuthorityKeys:
 
     def _named(self) -> dict[str, OKPKey]:
         named = {"signing": self.signing, "encryption": self.encryption, "archive": self.archive}
-        for role in ("encryption", "archive"):
+        for role in _CURVES:
             for key in getattr(self, f"retired_{role}"):
                 named[f"retired-{role}-{key_id(key)}"] = key
         return named
@@ -438,7 +452,7 @@ class AuthorityKeys:
         current = {"signing", "encryption", "archive"}
         if not current <= set(keys):
             raise KeyStoreError("key file does not hold an authority's keys (signing, encryption, archive)")
-        retired: dict[str, list[OKPKey]] = {"encryption": [], "archive": []}
+        retired: dict[str, list[OKPKey]] = {role: [] for role in _CURVES}
         for name in sorted(set(keys) - current):
             match = _RETIRED_NAME.fullmatch(name)
             if match is None or match.group(2) != key_id(keys[name]):
@@ -450,6 +464,7 @@ class AuthorityKeys:
             archive=keys["archive"],
             retired_encryption=tuple(retired["encryption"]),
             retired_archive=tuple(retired["archive"]),
+            retired_signing=tuple(retired["signing"]),
         )
 
 
@@ -465,12 +480,22 @@ def generate_authority_keys() -> AuthorityKeys:
 
 
 def tls_key_password(keys: AuthorityKeys) -> bytes:
-    """The password that encrypts the gateway's TLS private key PEM, derived from the sealed signing key.
+    """The password that encrypts the gateway's TLS private key PEM, derived from the current signing key.
 
     The PEM encryption that TLS libraries read (PKCS#8 with PBKDF2) is far cheaper to attack than argon2id; keyed
     with 256 bits derived from the signing key instead of the passphrase, it cannot be used to guess the passphrase,
-    and it opens only after keys.sealed has been unsealed.
+    and it opens only after keys.sealed has been unsealed. Rotating the signing key re-encrypts the PEM.
     """
-    seed = base64.urlsafe_b64decode(str(keys.signing.as_dict(private=True)["d"]) + "==")
+    return _tls_password(keys.signing)
+
+
+def tls_key_passwords(keys: AuthorityKeys) -> list[bytes]:
+    """The passwords the TLS key PEM may be under: the current signing key's, then each retired one's (a rotation
+    stopped between writing the key file and re-encrypting the PEM leaves it under the previous one)."""
+    return [_tls_password(key) for key in keys.signing_keys().values()]
+
+
+def _tls_password(signing: OKPKey) -> bytes:
+    seed = base64.urlsafe_b64decode(str(signing.as_dict(private=True)["d"]) + "==")
     digest = hashlib.sha256(b"comity tls key password v1\x00" + seed).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=")

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
     KeySerializationEncryption,
     NoEncryption,
     PrivateFormat,
+    load_pem_private_key,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -31,7 +32,15 @@ from crypto.errors import ProfileViolation
 from protocol.errors import InvalidMessage
 from protocol.messages import validate_authority_id
 
-__all__ = ["PIN_PREFIX", "TlsIdentity", "cert_der", "certificate_pin", "generate_tls_identity"]
+__all__ = [
+    "PIN_PREFIX",
+    "TlsIdentity",
+    "cert_der",
+    "certificate_pin",
+    "generate_tls_identity",
+    "key_pem_password",
+    "reencrypt_key_pem",
+]
 
 PIN_PREFIX: Final = "sha256:"
 # Backdating covers modest clock skew between peers; a certificate is otherwise valid from the moment it is made.
@@ -141,6 +150,24 @@ def generate_tls_identity(
         cert_pem=cert.public_bytes(Encoding.PEM),
         key_pem=key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption),
     )
+
+
+def key_pem_password(key_pem: bytes, passwords: Sequence[bytes]) -> bytes:
+    """The first of ``passwords`` that opens the encrypted TLS private key PEM. ``ProfileViolation`` if none does."""
+    for password in passwords:
+        try:
+            load_pem_private_key(key_pem, password=password)
+        except (ValueError, TypeError):
+            continue
+        return password
+    raise ProfileViolation("the TLS key does not open with any of the given passwords")
+
+
+def reencrypt_key_pem(key_pem: bytes, passwords: Sequence[bytes], new_password: bytes) -> bytes:
+    """The TLS private key PEM under ``new_password``, opened with the first of ``passwords`` that fits (the
+    certificate, and so the directory's pin, stay as they are). ``ProfileViolation`` if none does."""
+    key = load_pem_private_key(key_pem, password=key_pem_password(key_pem, passwords))
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(new_password))
 
 
 def cert_der(cert: bytes) -> bytes:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from config.directory import AuthorityEntry, Directory, read_directory
 from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
-from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_password
+from crypto.errors import ProfileViolation
+from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_passwords
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
+from crypto.tls import key_pem_password
 from gateway.coalesce import Coalescer
 from gateway.committer import Committer, Finish, Tx, Unit, done
 from gateway.metrics import Metrics
@@ -78,13 +80,16 @@ class Gateway:
         self.outbox = Outbox(skip_locked=not sqlite)
         self.origin = f"comity-ledger/{self.settings.authority_id}"
         self.witness_name = f"comity-witness/{self.settings.authority_id}"
-        self._note_signer = NoteSigner(self.origin, self.keys.signing)
-        self.cosigner = CosignatureSigner(self.witness_name, self.keys.signing)
+        # every signing key we hold, newest first, each with its note signer and cosigner: which one signs depends
+        # on the time (signing_key)
+        self._signing_keys = self.keys.signing_keys()
+        self._current_kid = next(iter(self._signing_keys))
+        self._note_signers = {kid: NoteSigner(self.origin, key) for kid, key in self._signing_keys.items()}
+        self._cosigners = {kid: CosignatureSigner(self.witness_name, key) for kid, key in self._signing_keys.items()}
         self.committer = Committer(self)
         self.archive_public = import_public_jwk(public_jwk(self.keys.archive), use="enc")
         self._recipient_keys = MappingProxyType(self.keys.decryption_keys("encryption"))
         self._encryption_kid = key_id(self.keys.encryption)
-        self._signing_kid = key_id(self.keys.signing)
         self._archive_keys = MappingProxyType(self.keys.decryption_keys("archive"))
         # reads that need no transaction (store/db.py)
         self.reader = make_reader(self.settings.database_dsn, self.engine, pool_size=self.settings.db_pool_size)
@@ -132,21 +137,50 @@ class Gateway:
         return {kid: key for kid, key in self._recipient_keys.items() if kid in valid}
 
     def signing_key_valid(self, when: datetime) -> bool:
-        """Whether our directory entry lists our signing key as valid at ``when`` (receipts must be, decision 71)."""
+        """Whether our directory entry lists one of our signing keys as valid at ``when`` (receipts must be signed
+        by such a key, decision 71)."""
         entry = self.directory.authority(self.authority_id)
-        return any(key.kid == self._signing_kid and key.valid_at(when) for key in entry.keys if key.use == "sig")
+        return any(key.kid in self._signing_keys and key.valid_at(when) for key in entry.keys if key.use == "sig")
+
+    def signing_key(self, when: datetime) -> OKPKey:
+        """The key we sign with at ``when`` (decision 73): of ours, the one our directory entry lists as valid from
+        ``max_clock_skew_seconds`` before ``when`` to as long after (so that a peer whose clock is that far off finds
+        it valid too) with the latest ``not_before``; else the same among those valid at ``when``; else the current
+        one (and then we receipt nothing, ``not-ready``). A rotated key takes over only once the directory says so,
+        with that margin."""
+        return self._signing_keys[self._signing_kid(when)]
+
+    def _signing_kid(self, when: datetime) -> str:
+        if len(self._signing_keys) == 1:  # never rotated: nothing to choose
+            return self._current_kid
+        listed = [
+            key
+            for key in self.directory.authority(self.authority_id).keys
+            if key.use == "sig" and key.kid in self._signing_keys
+        ]
+        margin = timedelta(seconds=self.settings.max_clock_skew_seconds)
+        for earliest, latest in ((when - margin, when + margin), (when, when)):
+            valid = [key for key in listed if key.valid_at(earliest) and key.valid_at(latest)]
+            if valid:  # the newest: the latest start of validity (times in one canonical format compare as text)
+                return max(valid, key=lambda key: key.not_before).kid
+        return self._current_kid
 
     def archive_keys(self) -> Mapping[str, OKPKey]:
         return self._archive_keys
 
     def own_signing_keys(self) -> dict[str, OKPKey]:
-        return {key_id(self.keys.signing): self.keys.signing}
+        return dict(self._signing_keys)
 
     def sign_checkpoint(self, body: str) -> str:
-        return sign_note(body, [self._note_signer])
+        return sign_note(body, [self._note_signers[self._signing_kid(self.clock())]])
 
     def note_verifier_key(self) -> str:
-        return self._note_signer.verifier_key()
+        """The verifier key of the checkpoints we sign now (C2SP signed-note ``vkey``)."""
+        return self._note_signers[self._signing_kid(self.clock())].verifier_key()
+
+    def cosigner(self, when: datetime) -> CosignatureSigner:
+        """Our witness signer at ``when``: the one of :meth:`signing_key`."""
+        return self._cosigners[self._signing_kid(when)]
 
     # --- storage ------------------------------------------------------------------------------------------------
 
@@ -197,7 +231,7 @@ class Gateway:
                 directory=directory,
                 engine=engine,
                 clock=clock,
-                tls_password=tls_key_password(keys),
+                tls_password=_tls_password(settings, keys),
             )
             if directory.serial > seen:
                 await gateway._install_directory(seen)
@@ -238,3 +272,17 @@ async def _check_schema(conn: AsyncConnection) -> None:
         raise ConfigError(
             f"database schema is at {revision or 'nothing'}, not {HEAD_REVISION}; run 'comity db upgrade'"
         )
+
+
+def _tls_password(settings: Settings, keys: AuthorityKeys) -> bytes:
+    """The password our TLS key PEM opens with: the current signing key's, or a retired one's if a signing key
+    rotation stopped before re-encrypting the PEM (the next start then still serves)."""
+    candidates = tls_key_passwords(keys)
+    try:
+        pem = settings.tls_key_path.read_bytes()
+    except OSError:  # serving TLS reports it, as before (a development gateway on plain HTTP needs none)
+        return candidates[0]
+    try:
+        return key_pem_password(pem, candidates)
+    except ProfileViolation:
+        raise ConfigError(f"the TLS key {settings.tls_key_path} does not open with any of our signing keys") from None

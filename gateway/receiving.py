@@ -316,7 +316,7 @@ async def _commit(
                     "checkpoint": checkpoint,
                 }
             )
-            token = sign_receipt(receipt, gw.keys.signing)
+            token = sign_receipt(receipt, gw.signing_key(now))
             await Messages.insert(
                 tx.conn,
                 id=payload.id,
@@ -387,13 +387,15 @@ async def refuse(
     envelope is kept as the entry's subject.
     """
     counterpart = peer_id or claimed
+    refused_at = gw.clock()
+    key = gw.signing_key(refused_at)
     refusal = Refusal.parse(
         {
             "message_id": message_id,
             "from": gw.authority_id,
             "to": counterpart,
             "envelope_sha256": digest,
-            "refused_at": format_time(gw.clock()),
+            "refused_at": format_time(refused_at),
             "code": error.code,
             "reason": error.message[:500],
         }
@@ -402,7 +404,7 @@ async def refuse(
     log = get_logger(message_id=message_id, peer=counterpart)
     if peer_id is None:
         log.warning("unauthenticated_envelope_refused", code=error.code)
-        return sign_refusal(refusal, gw.keys.signing)
+        return sign_refusal(refusal, key)
 
     async def unit(tx: Tx) -> Finish[None]:
         tx.record(
@@ -418,4 +420,4 @@ async def refuse(
 
     await gw.commit(unit)
     log.warning("envelope_refused", code=error.code)
-    return sign_refusal(refusal, gw.keys.signing)
+    return sign_refusal(refusal, key)

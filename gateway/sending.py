@@ -147,7 +147,7 @@ async def submit_message(
                 "content": {**draft.content, **outgoing.content, **completeness.content},
             }
         )
-        sealed = seal_envelope(payload, gw.keys.signing, peer.encryption_key_at(gw.clock()))
+        sealed = seal_envelope(payload, gw.signing_key(gw.clock()), peer.encryption_key_at(gw.clock()))
         archive = encrypt_signed(sealed.signed, payload, gw.archive_public)
         envelope = sealed.compact.encode("ascii")
         # a running sender takes a message without attachments straight from here, already claimed: no claim

@@ -190,7 +190,7 @@ class Witness:
 
     async def _cosign(self, peer: str, checkpoint: Checkpoint) -> None:
         timestamp = int(self.gw.clock().timestamp())
-        line = self.gw.cosigner.sign(checkpoint.to_text(), timestamp)
+        line = self.gw.cosigner(self.gw.clock()).sign(checkpoint.to_text(), timestamp)
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{COSIGNATURE_PATH}"
         body = {"size": checkpoint.size, "line": line}

@@ -1,10 +1,13 @@
-"""``comity keys``: list an authority's keys, and rotate its encryption or archive key.
+"""``comity keys``: list an authority's keys, and rotate its signing, encryption or archive key.
 
 A rotation writes a fresh key into ``keys.sealed`` (same passphrase, same argon2id parameters) and keeps the one it
-replaces, retired, to open what was sealed to it. Rotating the encryption key also lists the new key in
-``entry.json`` next to the old ones, which stay valid ``--overlap-days`` longer; the directory operator adds the
-entry to the next directory (``comity directory add --replace``). Restart the gateway (every replica) to use the new
-key set (docs/operations.md, "Directory and key rotation").
+replaces, retired: to open what was sealed to it, or to sign with until the new signing key is valid. Rotating the
+encryption key also lists the new key in ``entry.json`` next to the old ones, which stay valid ``--overlap-days``
+longer. Rotating the signing key lists the new one in ``entry.json`` as valid from when the installed directory
+expires (counterparts verify us under the directory they hold until then), keeps the old ones valid
+``--overlap-days`` after that, and re-encrypts the TLS key under the new key's password (the certificate and its pin
+do not change). The directory operator adds the entry to the next directory (``comity directory add --replace``).
+Restart the gateway (every replica) to use the new key set (docs/operations.md, "Directory and key rotation").
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import click
+from joserfc.jwk import OKPKey
 
 from config.directory import load_authority_entry, read_directory
-from config.directory_model import DirectoryKey
+from config.directory_model import AuthorityEntry, DirectoryKey
 from config.errors import ConfigError
 from config.settings import PASSPHRASE_ENV, Settings
-from crypto.keys import AuthorityKeys, Decrypting, key_id, public_jwk, sealed_kdf_params
+from crypto.keys import AuthorityKeys, Rotating, key_id, public_jwk, sealed_kdf_params, tls_key_password
+from crypto.tls import reencrypt_key_pem
 from gateway.cli.common import CommandError, read_passphrase, replace_file, reports_errors
 from gateway.cli.init import ENTRY_FILE
 from gateway.cli.runtime import config_option, settings_from
@@ -33,7 +39,7 @@ __all__ = ["keys"]
 
 @click.group()
 def keys() -> None:
-    """An authority's private keys: list them, rotate the encryption or the archive key."""
+    """An authority's private keys: list them, rotate the signing, the encryption or the archive key."""
 
 
 def _unseal_file(path: Path) -> tuple[bytes, bytes, AuthorityKeys]:
@@ -53,6 +59,8 @@ def list_keys(config_file: Path | None) -> None:
     """Print each key's role, kid and whether it is current or retired (never key material)."""
     *_, held = _unseal_file(settings_from(config_file).keys_path)
     click.echo(f"signing     current  {key_id(held.signing)}")
+    for kid in list(held.signing_keys())[1:]:
+        click.echo(f"signing     retired  {kid}")
     for role in ("encryption", "archive"):
         current = held.encryption if role == "encryption" else held.archive
         click.echo(f"{role:<11} current  {key_id(current)}")
@@ -62,19 +70,21 @@ def list_keys(config_file: Path | None) -> None:
 
 
 @keys.command()
-@click.argument("role", type=click.Choice(["encryption", "archive"]))
+@click.argument("role", type=click.Choice(["signing", "encryption", "archive"]))
 @click.option(
     "--overlap-days",
     type=click.IntRange(1, 3650),
     default=30,
     show_default=True,
-    help="How long entry.json keeps the old encryption keys valid next to the new one (at least until the installed "
-    "directory expires, which counterparts may use until then).",
+    help="How long entry.json keeps the old keys valid next to the new one: encryption keys from now (at least until "
+    "the installed directory expires, which counterparts may use until then), signing keys from when the new one "
+    "takes over.",
 )
 @config_option
 @reports_errors
-def rotate(role: Decrypting, overlap_days: int, config_file: Path | None) -> None:
-    """Replace the ROLE key with a fresh one; the old one is kept, retired, to open what was sealed to it."""
+def rotate(role: Rotating, overlap_days: int, config_file: Path | None) -> None:
+    """Replace the ROLE key with a fresh one; the old one is kept, retired (to open what was sealed to it, or to sign
+    with until the new signing key is valid)."""
     settings = settings_from(config_file)
     with _locked(settings.keys_path):
         _rotate(settings, role, overlap_days)
@@ -95,7 +105,7 @@ def _locked(keys_path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _rotate(settings: Settings, role: Decrypting, overlap_days: int) -> None:
+def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
     path = settings.keys_path
     sealed, passphrase, held = _unseal_file(path)
     entry_path = settings.data_dir / ENTRY_FILE
@@ -103,58 +113,91 @@ def _rotate(settings: Settings, role: Decrypting, overlap_days: int) -> None:
     rotated = held.rotated(role)
     entry_bytes: bytes | None = None
     entry_before = b""
-    if role == "encryption":
+    takes_over = now
+    if role in ("encryption", "signing"):
         if not entry_path.exists():
-            raise CommandError(f"{entry_path} is missing: the new encryption key must be published in the entry")
+            raise CommandError(f"{entry_path} is missing: the new {role} key must be published in the entry")
         entry_before = entry_path.read_bytes()
         entry = load_authority_entry(entry_before)
-        if key_id(held.encryption) not in {key.kid for key in entry.keys if key.use == "enc"}:
-            # an earlier rotation stopped between the two writes: that key was never published, and stays retired
-            click.echo(
-                f"note: {ENTRY_FILE} did not list the current encryption key {key_id(held.encryption)}", err=True
-            )
-        # counterparts seal to what the directory they hold lists, until it expires: the old keys stay valid so long
-        cutoff_at = max(now + timedelta(days=overlap_days), _directory_expiry(settings, now))
-        cutoff = format_time(cutoff_at)
-        published = []
-        for key in entry.keys:
-            if key.use == "enc" and key.not_after is not None and key.not_after <= format_time(now):
-                continue  # ended already: no sender may use it, so the entry need not carry it
-            if key.use == "enc" and key.not_before >= cutoff:
-                raise CommandError(
-                    f"{ENTRY_FILE} lists encryption key {key.kid} from {key.not_before}, after the cutoff"
-                )
-            if key.use == "enc" and (key.not_after is None or key.not_after > cutoff):
-                key = key.model_copy(update={"not_after": cutoff})
-            published.append(key)
-        fresh = DirectoryKey(use="enc", jwk=public_jwk(rotated.encryption), not_before=format_time(now))
-        entry_bytes = entry.model_copy(update={"keys": [*published, fresh]}).model_dump_json(indent=2).encode()
+        # counterparts use the directory they hold until it expires: they seal to the old encryption keys and verify
+        # us under the old signing keys so long. A new encryption key is valid at once (we open both); a new signing
+        # key only from then (we sign with one key at a time, decision 73), the old ones overlap_days longer.
+        expiry = _directory_expiry(settings, now)
+        if role == "encryption":
+            cutoff_at = max(now + timedelta(days=overlap_days), expiry)
+        else:
+            takes_over = max(now, expiry)
+            cutoff_at = takes_over + timedelta(days=overlap_days)
+        use: Literal["sig", "enc"] = "enc" if role == "encryption" else "sig"
+        fresh = DirectoryKey(use=use, jwk=public_jwk(getattr(rotated, role)), not_before=format_time(takes_over))
+        published = _entry_with(entry, fresh, role, getattr(held, role), format_time(cutoff_at), now)
+        entry_bytes = published.model_dump_json(indent=2).encode()
         load_authority_entry(entry_bytes)  # the whole entry still validates before anything is written
+    tls_before = tls_after = b""
+    if role == "signing":  # the TLS key's password is derived from the signing key (crypto/keys.py)
+        tls_before = settings.tls_key_path.read_bytes()
+        tls_after = reencrypt_key_pem(tls_before, [tls_key_password(held)], tls_key_password(rotated))
     resealed = rotated.seal(passphrase, sealed_kdf_params(sealed))
     check = AuthorityKeys.unseal(resealed, passphrase)  # what is about to replace the only copy opens, to these keys
-    if repr(check) != repr(rotated) or set(check.decryption_keys(role)) != set(rotated.decryption_keys(role)):
+    if repr(check) != repr(rotated) or (
+        role != "signing" and set(check.decryption_keys(role)) != set(rotated.decryption_keys(role))
+    ):
         raise CommandError("the new key file does not open to the new key set; nothing was written")
-    if path.read_bytes() != sealed or (entry_bytes is not None and entry_path.read_bytes() != entry_before):
+    if check.signing_keys().keys() != rotated.signing_keys().keys():
+        raise CommandError("the new key file does not open to the new key set; nothing was written")
+    if (
+        path.read_bytes() != sealed
+        or (entry_bytes is not None and entry_path.read_bytes() != entry_before)
+        or (role == "signing" and settings.tls_key_path.read_bytes() != tls_before)
+    ):
         raise CommandError(f"{path.name} or {ENTRY_FILE} changed while rotating; nothing was written: run it again")
-    new_kid = key_id(rotated.encryption if role == "encryption" else rotated.archive)
-    # the keys first: after a crash between the two, the key set opens both and a new rotation writes the entry
+    new_kid = key_id(getattr(rotated, role))
+    # the keys first: after a crash between the writes, the key set opens everything (the TLS key under a retired
+    # signing key's password too) and a new rotation writes the entry
     replace_file(path, resealed, private=True)
-    if entry_bytes is not None:
-        try:
+    try:
+        if entry_bytes is not None:
             replace_file(entry_path, entry_bytes + b"\n")
-        except OSError as exc:
-            raise CommandError(
-                f"{path.name} now holds the new encryption key {new_kid}, but {ENTRY_FILE} could not be written or "
-                f"made durable ({exc.strerror}); check it, or run 'comity keys rotate encryption' again"
-            ) from None
+        if role == "signing":
+            replace_file(settings.tls_key_path, tls_after, private=True)
+    except OSError as exc:
+        raise CommandError(
+            f"{path.name} now holds the new {role} key {new_kid}, but {exc.filename or ENTRY_FILE} could not be "
+            f"written or made durable ({exc.strerror}); check it, or run 'comity keys rotate {role}' again"
+        ) from None
     click.echo(f"{role} key rotated: current {new_kid}; retired {key_id(getattr(held, role))} (kept in {path.name})")
-    if role == "encryption":
+    if role == "signing":
+        click.echo(f"the new signing key takes over at {format_time(takes_over)}, once the directory lists it")
+    if role in ("encryption", "signing"):
         click.echo(
             f"next: send {ENTRY_FILE} to the directory operator ('comity directory add DRAFT {ENTRY_FILE} "
             "--replace', then sign); restart the gateway"
         )
     else:
         click.echo("next: restart the gateway")
+
+
+def _entry_with(
+    entry: AuthorityEntry, fresh: DirectoryKey, role: str, current: OKPKey, cutoff: str, now: datetime
+) -> AuthorityEntry:
+    """``entry`` with ``fresh`` added and every other key of its use valid until ``cutoff`` at the latest (keys that
+    ended already are left out: no one may use them, so the entry need not carry them)."""
+    if key_id(current) not in {key.kid for key in entry.keys if key.use == fresh.use}:
+        # an earlier rotation stopped between its writes: that key was never published, and stays retired
+        click.echo(f"note: {ENTRY_FILE} did not list the current {role} key {key_id(current)}", err=True)
+    published = []
+    for key in entry.keys:
+        if key.use != fresh.use:
+            published.append(key)
+            continue
+        if key.not_after is not None and key.not_after <= format_time(now):
+            continue
+        if key.not_before >= cutoff:
+            raise CommandError(f"{ENTRY_FILE} lists {role} key {key.kid} from {key.not_before}, after the cutoff")
+        if key.not_after is None or key.not_after > cutoff:
+            key = key.model_copy(update={"not_after": cutoff})
+        published.append(key)
+    return entry.model_copy(update={"keys": [*published, fresh]})
 
 
 def _directory_expiry(settings: Settings, now: datetime) -> datetime:

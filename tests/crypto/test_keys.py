@@ -29,6 +29,8 @@ from crypto.keys import (
     public_jwk,
     seal_keys,
     sealed_kdf_params,
+    tls_key_password,
+    tls_key_passwords,
     unseal_keys,
 )
 
@@ -370,16 +372,36 @@ def test_a_rotated_key_set_keeps_the_retired_keys_through_sealing(authority: Aut
     assert "retired=3" in repr(back) and private_d(twice.encryption) not in repr(back)
 
 
+def test_a_rotated_signing_key_is_kept_newest_first_and_the_tls_password_follows_it(authority: AuthorityKeys) -> None:
+    twice = authority.rotated("signing").rotated("signing")
+    assert twice.encryption is authority.encryption and twice.archive is authority.archive
+    kids = list(twice.signing_keys())
+    assert len(set(kids)) == 3 and kids[0] == key_id(twice.signing) and key_id(authority.signing) in kids
+    back = AuthorityKeys.unseal(twice.seal(PASSPHRASE, CHEAP), PASSPHRASE)
+    assert {kid: private_d(key) for kid, key in back.signing_keys().items()} == {
+        kid: private_d(key) for kid, key in twice.signing_keys().items()
+    }
+    assert next(iter(back.signing_keys())) == key_id(twice.signing)
+    passwords = tls_key_passwords(back)
+    assert passwords[0] == tls_key_password(back) and tls_key_password(authority) in passwords[1:]
+    assert "retired=2" in repr(back)
+    with pytest.raises(KeyStoreError, match="signing key appears twice"):
+        AuthorityKeys(authority.signing, authority.encryption, authority.archive, retired_signing=(authority.signing,))
+
+
 def test_a_key_file_with_a_foreign_or_mislabelled_key_is_refused(authority: AuthorityKeys) -> None:
     stranger = generate_encryption_key()
     named = {"signing": authority.signing, "encryption": authority.encryption, "archive": authority.archive}
     for extra in (
         {"backup": stranger},  # not a retired key's name
         {f"retired-encryption-{key_id(authority.archive)}": stranger},  # the kid in the name is not its own
-        {f"retired-signing-{key_id(stranger)}": stranger},  # only encryption and archive keys retire
+        {f"retired-verifying-{key_id(stranger)}": stranger},  # no such role
     ):
         with pytest.raises(KeyStoreError, match="neither current nor a retired one"):
             AuthorityKeys.unseal(seal_keys({**named, **extra}, PASSPHRASE, CHEAP), PASSPHRASE)
+    mislabelled = {**named, f"retired-signing-{key_id(stranger)}": stranger}  # an X25519 key as a signing key
+    with pytest.raises(KeyStoreError, match="retired signing key must be a private Ed25519"):
+        AuthorityKeys.unseal(seal_keys(mislabelled, PASSPHRASE, CHEAP), PASSPHRASE)
     with pytest.raises(KeyStoreError, match="appears twice"):
         AuthorityKeys(authority.signing, authority.encryption, authority.archive, (authority.encryption,))
     with pytest.raises(KeyStoreError, match="retired encryption key must be a private X25519"):

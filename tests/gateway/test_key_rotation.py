@@ -6,18 +6,20 @@ valid, and the sender records no receipt signed by a key not valid at its time (
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from config.directory import load_authority_entry
 from crypto.envelope import read_routing_header
-from crypto.keys import key_id
+from crypto.keys import AuthorityKeys, key_id, tls_key_passwords
 from gateway.cli import main
 from gateway.provision import comity
 from protocol.timefmt import format_time, parse_time
@@ -27,7 +29,11 @@ from tests.gateway.test_exchange import REQUEST, wait_for
 
 
 def run_keys(side: Side, *args: str) -> str:
-    result = CliRunner().invoke(main, ["keys", *args, "--config", str(side.provisioned.config)])
+    return run_comity(side, "keys", *args)
+
+
+def run_comity(side: Side, *args: str) -> str:
+    result = CliRunner().invoke(main, [*args, "--config", str(side.provisioned.config)])
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -189,6 +195,100 @@ async def test_after_the_overlap_an_envelope_sealed_to_the_old_key_is_refused(pa
     async with pair.au.gw.engine.connect() as conn:
         stored = (await conn.execute(select(messages.c.id).where(messages.c.id == body["id"]))).all()
     assert stored == []
+
+
+def _kid_of(compact_jws: str) -> str:
+    header = json.loads(base64.urlsafe_b64decode(compact_jws.split(".")[0] + "=="))
+    return str(header["kid"])
+
+
+async def receipted_by(sender: Side, message_id: str) -> str:
+    """The kid of the key that signed the receipt ``sender`` holds for ``message_id``."""
+    async with sender.gw.engine.connect() as conn:
+        receipt = (await conn.execute(select(messages.c.receipt).where(messages.c.id == message_id))).scalar_one()
+    return _kid_of(receipt)
+
+
+async def shift_clocks(pair: Pair, to: datetime) -> None:
+    """Both gateways' clocks (not TLS's) run from ``to`` on; each officer gets a token valid then."""
+    offset = to - pair.au.gw.clock()
+    for side, user in ((pair.ar, "alice"), (pair.au, "bruce")):
+        real = side.gw.clock
+        side.gw.clock = lambda real=real: real() + offset  # type: ignore[misc]
+        output = await asyncio.to_thread(run_comity, side, "user", "token", user, "--days", "366")
+        side.token = output.strip().splitlines()[-1]
+        assert side.session is not None
+        await side.session.close()
+        side.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {side.token}"})
+
+
+async def test_rotating_the_signing_key(pair: Pair) -> None:
+    """The new signing key takes over when the installed directory expires (counterparts verify us under the one
+    they hold until then), plus the clock-skew margin; the TLS key is re-encrypted under the new key's password and
+    its certificate, so the pin in the directory, stays."""
+    old_kid = key_id(pair.au.gw.keys.signing)
+    before = await send_and_open(pair, "receipted under the first key")
+    assert await receipted_by(pair.ar, before) == old_kid
+    expires = parse_time(pair.au.gw.directory.expires_at)
+    data_dir = pair.au.provisioned.data_dir
+    cert_before = (data_dir / "tls" / "cert.pem").read_bytes()
+    pem_before = (data_dir / "tls" / "key.pem").read_bytes()
+
+    await pair.au.stop()
+    output = await asyncio.to_thread(run_keys, pair.au, "rotate", "signing")
+    assert f"retired {old_kid}" in output and f"takes over at {format_time(expires)}" in output
+    listed = await asyncio.to_thread(run_keys, pair.au, "list")
+    new_kid = next(line.split()[-1] for line in listed.splitlines() if line.startswith("signing     current"))
+    assert f"signing     retired  {old_kid}" in listed and new_kid != old_kid
+    entry_path = data_dir / "entry.json"
+    sig = {key.kid: key for key in load_authority_entry(entry_path.read_bytes()).keys if key.use == "sig"}
+    assert set(sig) == {old_kid, new_kid} and sig[new_kid].not_after is None
+    assert parse_time(sig[new_kid].not_before) == expires
+    assert parse_time(sig[old_kid].not_after or "") == expires + timedelta(days=30)
+    assert (data_dir / "tls" / "cert.pem").read_bytes() == cert_before
+    assert (data_dir / "tls" / "key.pem").read_bytes() != pem_before
+    assert (data_dir / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+
+    # not yet published: au holds both keys and signs with the old one, which ar's directory lists
+    await pair.au.start()
+    held = AuthorityKeys.unseal((data_dir / "keys.sealed").read_bytes(), PASSPHRASE.encode())
+    assert pair.au.gw.tls_password == tls_key_passwords(held)[0]  # the PEM is under the new key's password
+    during = await send_and_open(pair, "still the first key: the new one is not published")
+    assert await receipted_by(pair.ar, during) == old_kid
+
+    # published, and installed on both: still the old key until the new one is valid, with the skew margin
+    await asyncio.to_thread(publish, pair, entry_path, (pair.ar, pair.au), 365)
+    await restart(pair.ar)
+    await restart(pair.au)
+    margin = timedelta(seconds=pair.au.gw.settings.max_clock_skew_seconds)
+    assert key_id(pair.au.gw.signing_key(expires + margin - timedelta(seconds=1))) == old_kid
+    assert key_id(pair.au.gw.signing_key(expires + margin)) == new_kid
+    published = await send_and_open(pair, "the old key until the new one's time")
+    assert await receipted_by(pair.ar, published) == old_kid
+
+    await shift_clocks(pair, expires + margin + timedelta(minutes=1))
+    after = await send_and_open(pair, "under the new key")
+    assert await receipted_by(pair.ar, after) == new_kid
+    # au's own envelopes too: ar verifies them under the new key
+    status, body = await pair.au.call("POST", "/v1/messages", json={**REQUEST, "to": "ar.mj"})
+    assert status == 202, body
+    await wait_for(pair.au, body["id"], "delivered")
+    assert await receipted_by(pair.au, body["id"]) == key_id(pair.ar.gw.keys.signing)
+    async with pair.ar.gw.engine.connect() as conn:
+        assert (await conn.execute(select(messages.c.id).where(messages.c.id == body["id"]))).all()
+
+
+async def test_a_signing_rotation_that_stopped_before_the_tls_key_still_serves(pair: Pair) -> None:
+    """keys.sealed is written first: if the TLS key was not re-encrypted (a crash between the writes), the gateway
+    opens it with the retired signing key's password and serves as before."""
+    pem = pair.au.provisioned.data_dir / "tls" / "key.pem"
+    old_pem = pem.read_bytes()
+    await pair.au.stop()
+    await asyncio.to_thread(run_keys, pair.au, "rotate", "signing")
+    pem.write_bytes(old_pem)  # as if the last write had not happened
+    await pair.au.start()
+    message_id = await send_and_open(pair, "served with the TLS key under the retired key's password")
+    assert await receipted_by(pair.ar, message_id) != key_id(pair.au.gw.keys.signing)  # the old key signs still
 
 
 async def _au_signing_key_from_tomorrow(pair: Pair) -> None:
