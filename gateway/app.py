@@ -32,6 +32,7 @@ from gateway.stats_api import stats_routes
 from gateway.tls import server_context
 from store.errors import outage_name
 from store.ledger import WitnessState
+from store.outbox import Backlog
 
 __all__ = ["RunningGateway", "build_api_app", "build_federation_app", "start_gateway"]
 
@@ -55,13 +56,22 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "directory_serial": gw.directory.serial})
 
 
+METRICS_READ_TIMEOUT = 2.0  # seconds: a scrape must not wait for a pool the deliveries keep busy
+
+
+async def _backlog(gw: Gateway) -> list[Backlog]:
+    async with gw.reader.connect() as conn:
+        return await gw.outbox.backlog(conn)
+
+
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:  # read when scraped, not on a timer: it costs nothing unless someone watches
-        async with gw.reader.connect() as conn:
-            gw.metrics.show_backlog(await gw.outbox.backlog(conn), gw.clock())
-    except Exception as exc:  # the counters still come out; the outbox gauges keep their last values
+        backlog = await asyncio.wait_for(_backlog(gw), timeout=METRICS_READ_TIMEOUT)
+    except Exception as exc:  # the counters still come out, without outbox series rather than stale ones
         get_logger().warning("metrics_backlog_failed", error=outage_name(exc) or type(exc).__name__)
+        backlog = []
+    gw.metrics.show_backlog(backlog, gw.clock())
     body = generate_latest(gw.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -145,8 +145,9 @@ class Gateway:
     def signing_key(self, when: datetime) -> OKPKey:
         """The key we sign with at ``when`` (decision 73): of ours, the one our directory entry lists as valid from
         ``max_clock_skew_seconds`` before ``when`` to as long after (so that a peer whose clock is that far off finds
-        it valid too) with the latest ``not_before``; else the same among those valid at ``when``; else the current
-        one (and then we receipt nothing, ``not-ready``). A rotated key takes over only once the directory says so,
+        it valid too) with the latest ``not_before`` (the current one among equals: rotated twice before publishing,
+        both new keys start together); else the same among those valid at ``when``; else the current one (and then
+        we receipt nothing, ``not-ready``). A rotated key takes over only once the directory says so,
         with that margin."""
         return self._signing_keys[self._signing_kid(when)]
 
@@ -161,8 +162,8 @@ class Gateway:
         margin = timedelta(seconds=self.settings.max_clock_skew_seconds)
         for earliest, latest in ((when - margin, when + margin), (when, when)):
             valid = [key for key in listed if key.valid_at(earliest) and key.valid_at(latest)]
-            if valid:  # the newest: the latest start of validity (times in one canonical format compare as text)
-                return max(valid, key=lambda key: key.not_before).kid
+            if valid:  # the newest: the latest start of validity, and our current key among equals
+                return max(valid, key=lambda key: (parse_time(key.not_before), key.kid == self._current_kid)).kid
         return self._current_kid
 
     def archive_keys(self) -> Mapping[str, OKPKey]:

@@ -13,6 +13,8 @@ exception message included, into the message itself.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 import sys
@@ -66,14 +68,19 @@ def _exception_shape(_logger: Any, _name: str, event: MutableMapping[str, Any]) 
 
 
 _LIBRARY_EVENT_CHARS = 200
+# where a value a library formatted into its message would begin: a repr, a quoted string, a container
+_FORMATTED_VALUE = re.compile(r"""[(<'"{\[=]""")
 
 
 def _library_record(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A standard-library record keeps its logger's name and its message template's first line, nothing else:
-    the arguments, and whatever a library formatted into the message before logging it, may quote data."""
+    """A standard-library record keeps its logger's name and the start of its message template's first line,
+    nothing else: the arguments, and whatever a library formatted into the message before logging it (asyncio's
+    "Exception in callback cb('...')", a task's repr), may quote data. So the line is cut where a value would
+    begin."""
     record: logging.LogRecord = event["_record"]
     template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
-    event["event"] = template.split("\n", 1)[0].strip()[:_LIBRARY_EVENT_CHARS] or "library_log"
+    first = _FORMATTED_VALUE.split(template.split("\n", 1)[0], maxsplit=1)[0]
+    event["event"] = first.strip()[:_LIBRARY_EVENT_CHARS] or "library_log"
     event["logger"] = record.name
     return event
 
@@ -93,6 +100,11 @@ class _LibraryHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, _value: TextIO) -> None:  # StreamHandler.__init__ assigns it; the property decides
         pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # the default prints the record's message and arguments to stderr as text: one fixed line instead
+        with contextlib.suppress(Exception):
+            self.stream.write(json.dumps({"event": "log_record_failed", "logger": record.name}) + "\n")
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
@@ -115,6 +127,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     handler.setLevel(max(threshold, logging.WARNING))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
+            use_get_message=False,  # never interpolate a library's arguments, not even to throw them away
             foreign_pre_chain=[*shared, _library_record],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         )

@@ -43,7 +43,8 @@ class Metrics:
         )
 
     def show_backlog(self, backlog: Iterable[Backlog], now: datetime) -> None:
-        """Replace the outbox gauges: a peer with nothing waiting has no series (not a stale one)."""
+        """Replace the outbox gauges: a peer with nothing waiting (or a backlog that could not be read) has no
+        series, never a stale one."""
         self.outbox_waiting.clear()
         self.outbox_oldest.clear()
         for item in backlog:

@@ -35,6 +35,10 @@ __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verif
 CONSISTENCY_PATH = "/federation/v1/consistency"
 MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
+# seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
+# busy or restarting peer drops connections for a while; a peer that answers with a refusal, a malformed proof or a
+# checkpoint that does not verify is counted at once
+TRANSPORT_GRACE = 300.0
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
 
 
@@ -44,7 +48,8 @@ class WitnessError(ComityError):
 
 # what makes a check fail by the peer's doing: a checkpoint that does not verify under its keys or does not parse,
 # a proof refused, malformed, or not answered at all (the peer has just receipted a delivery over the same channel)
-_UNCOOPERATIVE = (WitnessError, CryptoError, CheckpointError, aiohttp.ClientError, TimeoutError)
+_TRANSPORT = (aiohttp.ClientError, TimeoutError)
+_UNCOOPERATIVE = (WitnessError, CryptoError, CheckpointError, *_TRANSPORT)
 
 
 def _raw(key: OKPKey) -> bytes:
@@ -69,6 +74,7 @@ class Witness:
         self._pending: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
+        self._since: dict[str, float] = {}  # loop time of the first of those failures
         self._last: dict[str, float] = {}  # loop time at which each peer's last check started
         self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
         self._hurrying = 0  # idle() calls running
@@ -118,24 +124,30 @@ class Witness:
             self._last[peer] = loop.time()
             try:
                 await self.check(peer, note)
-                self._failures.pop(peer, None)
+                self._forgive(peer)
             except _UNCOOPERATIVE as exc:
                 # a peer that keeps failing to back its checkpoints is treated like one that forked: sending
                 # checkpoints that do not verify, or refusing, garbling or dropping proof requests, must not be a
                 # way to hide a rewrite
                 failures = self._failures[peer] = self._failures.get(peer, 0) + 1
+                lasted = loop.time() - self._since.setdefault(peer, loop.time())
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code, failures=failures)
-                if failures >= MAX_PROOF_FAILURES:
+                patient = isinstance(exc, _TRANSPORT) and lasted < TRANSPORT_GRACE
+                if failures >= MAX_PROOF_FAILURES and not patient:
                     try:
                         await self._alarm(peer, "proof-unavailable", f"{failures} consistency proofs failed in a row")
                     except Exception as failed:  # the count stands: the next failure raises the alarm again
                         self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
                     else:
-                        self._failures.pop(peer, None)
+                        self._forgive(peer)
             except Exception as exc:  # our own database or directory: nothing to hold against the peer
                 code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
                 self.log.warning("witness_check_failed", peer=peer, error=code)
+
+    def _forgive(self, peer: str) -> None:
+        self._failures.pop(peer, None)
+        self._since.pop(peer, None)
 
     async def check(self, peer: str, note: str) -> None:
         gw = self.gw

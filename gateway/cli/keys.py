@@ -27,14 +27,22 @@ from config.directory import load_authority_entry, read_directory
 from config.directory_model import AuthorityEntry, DirectoryKey
 from config.errors import ConfigError
 from config.settings import PASSPHRASE_ENV, Settings
-from crypto.keys import AuthorityKeys, Rotating, key_id, public_jwk, sealed_kdf_params, tls_key_password
+from crypto.keys import (
+    AuthorityKeys,
+    Rotating,
+    key_id,
+    public_jwk,
+    sealed_kdf_params,
+    tls_key_password,
+    tls_key_passwords,
+)
 from crypto.tls import reencrypt_key_pem
 from gateway.cli.common import CommandError, read_passphrase, replace_file, reports_errors
 from gateway.cli.init import ENTRY_FILE
 from gateway.cli.runtime import config_option, settings_from
 from protocol.timefmt import format_time, parse_time
 
-__all__ = ["keys"]
+__all__ = ["keys", "keys_in_use"]
 
 
 @click.group()
@@ -74,35 +82,68 @@ def list_keys(config_file: Path | None) -> None:
 @click.option(
     "--overlap-days",
     type=click.IntRange(1, 3650),
-    default=30,
-    show_default=True,
-    help="How long entry.json keeps the old keys valid next to the new one: encryption keys from now (at least until "
-    "the installed directory expires, which counterparts may use until then), signing keys from when the new one "
-    "takes over.",
+    default=None,
+    help="How long entry.json keeps the old keys valid next to the new one: encryption keys from now (default 30; at "
+    "least until the installed directory expires, which counterparts may use until then), signing keys from when the "
+    "new one takes over (default and least: max_message_age_seconds plus twice the clock skew, in whole days, since "
+    "an envelope signed just before may wait that long in an outbox).",
 )
 @config_option
 @reports_errors
-def rotate(role: Rotating, overlap_days: int, config_file: Path | None) -> None:
+def rotate(role: Rotating, overlap_days: int | None, config_file: Path | None) -> None:
     """Replace the ROLE key with a fresh one; the old one is kept, retired (to open what was sealed to it, or to sign
     with until the new signing key is valid)."""
     settings = settings_from(config_file)
+    least = _signing_overlap_days(settings) if role == "signing" else 1
+    if overlap_days is not None and overlap_days < least:
+        raise CommandError(
+            f"--overlap-days must be at least {least} for a signing key: an envelope signed just before the new "
+            "key takes over may wait in an outbox until max_message_age_seconds, and is verified when it arrives"
+        )
+    if overlap_days is None:
+        overlap_days = least if role == "signing" else 30
     with _locked(settings.keys_path):
         _rotate(settings, role, overlap_days)
 
 
+def _signing_overlap_days(settings: Settings) -> int:
+    seconds = settings.max_message_age_seconds + 2 * settings.max_clock_skew_seconds
+    return -(-seconds // 86400)
+
+
 @contextmanager
 def _locked(keys_path: Path) -> Iterator[None]:
-    """One rotation at a time on a key file (two at once could each publish a key the other's file lost)."""
+    """One rotation at a time on a key file (two at once could each publish a key the other's file lost), and none
+    while a gateway on this host serves with it (``comity serve`` holds the lock shared, :func:`keys_in_use`): a
+    running gateway would go on with the keys and TLS password it read at start."""
     lock = keys_path.with_name(f".{keys_path.name}.lock")
     fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CommandError(f"another 'comity keys rotate' holds {lock}; nothing was written") from None
+            raise CommandError(
+                f"{lock} is held: a gateway is serving with these keys, or another 'comity keys rotate' runs; "
+                "stop the gateway first. Nothing was written"
+            ) from None
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def keys_in_use(keys_path: Path) -> Iterator[None]:
+    """Held by ``comity serve`` while it runs: shared, so that replicas on this host coexist and a rotation waits."""
+    lock = keys_path.with_name(f".{keys_path.name}.lock")
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(f"'comity keys rotate' is changing the keys ({lock} is held); try again") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
@@ -136,7 +177,8 @@ def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
     tls_before = tls_after = b""
     if role == "signing":  # the TLS key's password is derived from the signing key (crypto/keys.py)
         tls_before = settings.tls_key_path.read_bytes()
-        tls_after = reencrypt_key_pem(tls_before, [tls_key_password(held)], tls_key_password(rotated))
+        # under the current key's password, or a retired one's if an earlier rotation stopped before this write
+        tls_after = reencrypt_key_pem(tls_before, tls_key_passwords(held), tls_key_password(rotated))
     resealed = rotated.seal(passphrase, sealed_kdf_params(sealed))
     check = AuthorityKeys.unseal(resealed, passphrase)  # what is about to replace the only copy opens, to these keys
     if repr(check) != repr(rotated) or (
@@ -150,7 +192,9 @@ def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
         or (entry_bytes is not None and entry_path.read_bytes() != entry_before)
         or (role == "signing" and settings.tls_key_path.read_bytes() != tls_before)
     ):
-        raise CommandError(f"{path.name} or {ENTRY_FILE} changed while rotating; nothing was written: run it again")
+        raise CommandError(
+            f"{path.name}, {ENTRY_FILE} or the TLS key changed while rotating; nothing was written: run it again"
+        )
     new_kid = key_id(getattr(rotated, role))
     # the keys first: after a crash between the writes, the key set opens everything (the TLS key under a retired
     # signing key's password too) and a new rotation writes the entry
@@ -180,8 +224,9 @@ def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
 def _entry_with(
     entry: AuthorityEntry, fresh: DirectoryKey, role: str, current: OKPKey, cutoff: str, now: datetime
 ) -> AuthorityEntry:
-    """``entry`` with ``fresh`` added and every other key of its use valid until ``cutoff`` at the latest (keys that
-    ended already are left out: no one may use them, so the entry need not carry them)."""
+    """``entry`` with ``fresh`` added and every other key of its use valid until ``cutoff`` at the latest. Encryption
+    keys that ended already are left out (no one may seal to them); signing keys stay, ended or not: what they signed
+    (receipts, checkpoints) is verified under the keys the directory lists."""
     if key_id(current) not in {key.kid for key in entry.keys if key.use == fresh.use}:
         # an earlier rotation stopped between its writes: that key was never published, and stays retired
         click.echo(f"note: {ENTRY_FILE} did not list the current {role} key {key_id(current)}", err=True)
@@ -190,7 +235,10 @@ def _entry_with(
         if key.use != fresh.use:
             published.append(key)
             continue
+        if key.use == "enc" and key.not_after is not None and key.not_after <= format_time(now):
+            continue
         if key.not_after is not None and key.not_after <= format_time(now):
+            published.append(key)  # an ended signing key: kept as it is
             continue
         if key.not_before >= cutoff:
             raise CommandError(f"{ENTRY_FILE} lists {role} key {key.kid} from {key.not_before}, after the cutoff")

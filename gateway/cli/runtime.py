@@ -50,9 +50,11 @@ async def _settled(coroutine: Coroutine[Any, Any, _T]) -> _T:
     its one-line error) and the loop closes first, the thread's answer hits a closed loop and Python prints its
     traceback to stderr after our message.
     """
+    before = set(threading.enumerate())  # only this command's own connections (a test may run gateways beside it)
     try:
         return await coroutine
     finally:
         deadline = time.monotonic() + SQLITE_WORKERS_GRACE
-        for thread in [t for t in threading.enumerate() if t.name.endswith(_SQLITE_WORKER)]:
-            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.endswith(_SQLITE_WORKER):
+                await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))

@@ -8,6 +8,7 @@ import click
 
 from gateway.app import serve_forever
 from gateway.cli.common import read_passphrase, reports_errors
+from gateway.cli.keys import keys_in_use
 from gateway.cli.runtime import config_option, run, settings_from
 from gateway.context import Gateway
 from gateway.logs import configure_logging
@@ -18,8 +19,9 @@ __all__ = ["serve"]
 async def _serve(config_file: Path | None, passphrase: bytes) -> None:
     settings = settings_from(config_file)
     configure_logging(settings.log_level)
-    gw = await Gateway.load(settings, passphrase)
-    await serve_forever(gw)
+    with keys_in_use(settings.keys_path):  # no key rotation under a running gateway (gateway/cli/keys.py)
+        gw = await Gateway.load(settings, passphrase)
+        await serve_forever(gw)
 
 
 @click.command()

@@ -119,9 +119,17 @@ def issue_token(
 
 @pytest.fixture
 async def pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair]:
+    async for sides in running_pair(databases, tmp_path):
+        yield sides
+
+
+async def running_pair(databases: DatabaseFactory, tmp_path: Path, *, plain_http: bool = False) -> AsyncIterator[Pair]:
+    """ar.mj and au.ag provisioned and running (mutual TLS, or plain HTTP on loopback in development mode)."""
     urls = [await databases.new("ar"), await databases.new("au")]
     # the commands run their own event loop, so they run in a thread beside the test's loop
-    ar, au = await asyncio.to_thread(provision, tmp_path / "work", [AR, AU], passphrase=PASSPHRASE, database_urls=urls)
+    ar, au = await asyncio.to_thread(
+        provision, tmp_path / "work", [AR, AU], passphrase=PASSPHRASE, database_urls=urls, plain_http=plain_http
+    )
     # alice, an officer, opens the cases she starts; bruce supervises au.ag's unit, so he may open incoming cases
     tokens = [
         await asyncio.to_thread(issue_token, ar.config, "alice"),
@@ -148,4 +156,5 @@ __all__ = [
     "comity",
     "issue_token",
     "ledger",
+    "running_pair",
 ]

@@ -594,7 +594,7 @@ async def test_corrupt_attachments_are_refused_and_leave_no_file(pair: Pair, hos
         ("chunks reordered", [reordered, small.ciphertext], "attachment-corrupt"),
         (
             "bit flipped",
-            [big.ciphertext[:100] + b"\xff" + big.ciphertext[101:], small.ciphertext],
+            [big.ciphertext[:100] + bytes([big.ciphertext[100] ^ 0x01]) + big.ciphertext[101:], small.ciphertext],
             "attachment-corrupt",
         ),
         ("parts swapped", [small.ciphertext, big.ciphertext], "attachment-corrupt"),

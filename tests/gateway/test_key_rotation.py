@@ -19,10 +19,14 @@ from sqlalchemy import select
 
 from config.directory import load_authority_entry
 from crypto.envelope import read_routing_header
-from crypto.keys import AuthorityKeys, key_id, tls_key_passwords
+from crypto.keys import AuthorityKeys, generate_signing_key, key_id, public_jwk, tls_key_passwords
+from crypto.tls import key_pem_password
 from gateway.cli import main
+from gateway.cli.keys import keys_in_use
 from gateway.provision import comity
+from gateway.reading import decrypt_row
 from protocol.timefmt import format_time, parse_time
+from store.messages import MessageRow
 from store.tables import messages
 from tests.gateway.conftest import PASSPHRASE, Pair, Side, ledger
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -156,6 +160,19 @@ def test_a_wrong_passphrase_changes_nothing(pair: Pair, monkeypatch: pytest.Monk
     assert keys_file.stat().st_mode & 0o777 == 0o600
 
 
+def test_no_rotation_while_a_gateway_serves_with_the_keys(pair: Pair) -> None:
+    """A running gateway keeps the keys and the TLS password it read at start: 'comity serve' holds the key file's
+    lock shared, and a rotation, which takes it exclusively, refuses and writes nothing."""
+    data_dir = pair.au.provisioned.data_dir
+    files = [data_dir / "keys.sealed", data_dir / "entry.json", data_dir / "tls" / "key.pem"]
+    before = [path.read_bytes() for path in files]
+    with keys_in_use(files[0]), keys_in_use(files[0]):  # two replicas on this host
+        result = CliRunner().invoke(main, ["keys", "rotate", "signing", "--config", str(pair.au.provisioned.config)])
+    assert result.exit_code == 1 and "a gateway is serving with these keys" in result.output, result.output
+    assert [path.read_bytes() for path in files] == before
+    run_keys(pair.au, "rotate", "archive")  # once it has stopped
+
+
 def test_a_rotation_run_again_after_a_crash_between_its_writes_publishes_a_consistent_entry(pair: Pair) -> None:
     """keys.sealed is written first: if the entry was not, the next rotation still closes every old key's period."""
     entry_path = pair.au.provisioned.data_dir / "entry.json"
@@ -244,7 +261,8 @@ async def test_rotating_the_signing_key(pair: Pair) -> None:
     sig = {key.kid: key for key in load_authority_entry(entry_path.read_bytes()).keys if key.use == "sig"}
     assert set(sig) == {old_kid, new_kid} and sig[new_kid].not_after is None
     assert parse_time(sig[new_kid].not_before) == expires
-    assert parse_time(sig[old_kid].not_after or "") == expires + timedelta(days=30)
+    # the old key stays valid as long as an envelope it signed just before may wait in an outbox, and some skew
+    assert parse_time(sig[old_kid].not_after or "") == expires + timedelta(days=31)
     assert (data_dir / "tls" / "cert.pem").read_bytes() == cert_before
     assert (data_dir / "tls" / "key.pem").read_bytes() != pem_before
     assert (data_dir / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
@@ -273,22 +291,48 @@ async def test_rotating_the_signing_key(pair: Pair) -> None:
     status, body = await pair.au.call("POST", "/v1/messages", json={**REQUEST, "to": "ar.mj"})
     assert status == 202, body
     await wait_for(pair.au, body["id"], "delivered")
-    assert await receipted_by(pair.au, body["id"]) == key_id(pair.ar.gw.keys.signing)
     async with pair.ar.gw.engine.connect() as conn:
-        assert (await conn.execute(select(messages.c.id).where(messages.c.id == body["id"]))).all()
+        row = (await conn.execute(select(messages).where(messages.c.id == body["id"]))).one()
+    assert _kid_of(decrypt_row(pair.ar.gw, MessageRow.from_row(row)).signed) == new_kid
 
 
-async def test_a_signing_rotation_that_stopped_before_the_tls_key_still_serves(pair: Pair) -> None:
+async def test_a_signing_rotation_interrupted_then_run_again(pair: Pair) -> None:
     """keys.sealed is written first: if the TLS key was not re-encrypted (a crash between the writes), the gateway
-    opens it with the retired signing key's password and serves as before."""
-    pem = pair.au.provisioned.data_dir / "tls" / "key.pem"
+    opens it with the retired signing key's password and serves as before, and the rotation can be run again. Run
+    twice before the entry is published, both new keys start together: the newer one signs. Ended signing keys stay
+    in the entry (what they signed is verified under it)."""
+    data_dir = pair.au.provisioned.data_dir
+    pem, entry_path = data_dir / "tls" / "key.pem", data_dir / "entry.json"
+    first_kid = key_id(pair.au.gw.keys.signing)
     old_pem = pem.read_bytes()
     await pair.au.stop()
     await asyncio.to_thread(run_keys, pair.au, "rotate", "signing")
     pem.write_bytes(old_pem)  # as if the last write had not happened
     await pair.au.start()
     message_id = await send_and_open(pair, "served with the TLS key under the retired key's password")
-    assert await receipted_by(pair.ar, message_id) != key_id(pair.au.gw.keys.signing)  # the old key signs still
+    assert await receipted_by(pair.ar, message_id) == first_kid  # the first key signs still
+
+    # an ended signing key in the entry (as if from long ago), then the rotation again
+    entry = json.loads(entry_path.read_bytes())
+    ended = {**entry["keys"][0], "jwk": public_jwk(generate_signing_key()), "not_after": "2026-01-01T00:00:00.000000Z"}
+    ended["not_before"] = "2025-01-01T00:00:00.000000Z"
+    entry["keys"].append({**ended, "use": "sig"})
+    entry_path.write_text(json.dumps(entry))
+    await pair.au.stop()
+    await asyncio.to_thread(run_keys, pair.au, "rotate", "signing")
+    held = AuthorityKeys.unseal((data_dir / "keys.sealed").read_bytes(), PASSPHRASE.encode())
+    assert key_pem_password(pem.read_bytes(), tls_key_passwords(held)) == tls_key_passwords(held)[0]
+    sig = {key.kid: key for key in load_authority_entry(entry_path.read_bytes()).keys if key.use == "sig"}
+    assert ended["jwk"]["kid"] in sig and len(sig) == 4 and len(held.signing_keys()) == 3
+
+    await asyncio.to_thread(publish, pair, entry_path, (pair.ar, pair.au), 365)
+    await restart(pair.ar)
+    await pair.au.start()
+    starts = {sig[kid].not_before for kid in held.signing_keys() if kid != first_kid}
+    assert len(starts) == 1  # the two new keys start together
+    takes_over = parse_time(starts.pop()) + timedelta(seconds=pair.au.gw.settings.max_clock_skew_seconds)
+    assert key_id(pair.au.gw.signing_key(takes_over)) == key_id(held.signing)  # the newest of the two
+    assert key_id(pair.au.gw.signing_key(pair.au.gw.clock())) == first_kid
 
 
 async def _au_signing_key_from_tomorrow(pair: Pair) -> None:

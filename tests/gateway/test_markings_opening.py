@@ -13,11 +13,15 @@ bruce (supervisor, unit mla, from the ``pair`` fixture) and, created here with t
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, time
 from typing import Any
 
+import aiohttp
 import pytest
+from click.testing import CliRunner
 
+from gateway.cli import main
 from gateway.context import utcnow
 from gateway.problems import status_for
 from tests.gateway.conftest import Pair, Side
@@ -167,8 +171,16 @@ async def test_embargo_keeps_content_closed_to_the_receivers_users_until_the_dat
     assert status == 200 and opened["content"] == secret_content(mark)
 
     # from the date on, the receiver's users open it (and the opening is ledgered); the first second of the date,
-    # so that bruce's one-day token is still valid
+    # with a token still valid then (the fixture's one-day token is not, if it was issued before midnight UTC and
+    # ``until`` computed after it)
     later = datetime.combine(until, time(0, 0, 1), tzinfo=UTC)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["user", "token", "bruce", "--days", "2", "--config", str(pair.au.provisioned.config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert pair.au.session is not None
+    await pair.au.session.close()
+    pair.au.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {result.stdout.split()[-1]}"})
     pair.au.gw.clock = lambda: later
     try:
         status, opened = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})

@@ -9,6 +9,8 @@ import contextlib
 import itertools
 import json
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +23,8 @@ from protocol import merkle
 from protocol.events import LedgerEvent
 from store.ledger import WitnessState
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_head, ledger_nodes, peer_checkpoints
-from tests.gateway.conftest import Pair, Side, comity, issue_token
+from tests.conftest import DatabaseFactory
+from tests.gateway.conftest import Pair, Side, comity, issue_token, running_pair
 from tests.gateway.test_exchange import REQUEST, wait_for
 from tests.gateway.test_markings import hostile_towards
 
@@ -202,7 +205,8 @@ async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
     pair: Pair, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Not cooperating must not hide a rewrite: after MAX_PROOF_FAILURES checks in a row that fail by the peer's
-    doing (a proof answered 500, a connection dropped, a checkpoint signed with a key it does not list), an alarm."""
+    doing (a proof answered 500, a connection dropped, a checkpoint signed with a key it does not list), an alarm;
+    for dropped connections alone, only once the failures have lasted TRANSPORT_GRACE."""
     from gateway import witness
 
     await exchange(pair)  # the first checkpoint is held without a proof
@@ -220,6 +224,10 @@ async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
     for _ in range(witness.MAX_PROOF_FAILURES - 1):
         await exchange(pair)
     assert not pair.ar.gw.blocked_peers
+    if how == "connection-dropped":  # a busy or restarting peer: not before the failures have lasted a while
+        await exchange(pair)
+        assert not pair.ar.gw.blocked_peers
+        monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
     await exchange(pair)
     assert pair.ar.gw.blocked_peers == {"au.ag"}
     async with pair.ar.gw.engine.connect() as conn:
@@ -321,3 +329,22 @@ async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(p
                 assert (response.status, problem["code"]) == (403, "peer-blocked"), problem
         finally:
             pair.au.gw.blocked_peers.discard("ar.mj")
+
+
+@pytest.fixture
+async def dev_pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair]:
+    async for sides in running_pair(databases, tmp_path, plain_http=True):
+        yield sides
+
+
+async def test_cross_witnessing_works_between_gateways_in_development_mode(dev_pair: Pair) -> None:
+    """Over plain HTTP there is no certificate to name the caller: the witness sends Comity-Dev-Peer like the
+    outbox (it did not, so every proof request and cosignature was refused unknown-peer in development mode)."""
+    assert dev_pair.ar.gw.settings.dev_plain_http
+    await exchange(dev_pair)
+    await exchange(dev_pair)  # the second checkpoint needs a consistency proof from au.ag
+    held = await rows(dev_pair.ar, select(peer_checkpoints).order_by(peer_checkpoints.c.size))
+    assert len(held) == 2 and held[0].size < held[1].size
+    lines = await rows(dev_pair.au, select(cosignatures))
+    assert {row.witness for row in lines} == {"comity-witness/ar.mj"} and len(lines) == 2
+    assert not dev_pair.ar.gw.blocked_peers
