@@ -21,8 +21,9 @@ from gateway.context import Gateway
 from gateway.problems import problem_response
 from gateway.receiving import EnvelopeRefused, PeerError, receive_envelope, refuse
 from gateway.tls import peer_pin
-from gateway.witness import cosignature_verifiers
-from protocol.errors import ComityError, InvalidMessage
+from gateway.witness import RECEIPT_PROOF_PATH, cosignature_verifiers
+from protocol.errors import ComityError, InvalidMessage, StaleMessage
+from protocol.events import EventType
 from protocol.messages import AUTHORITY_ID_RE, parse_strict_json
 from store.errors import NotFound
 from store.ledger import LedgerReader
@@ -168,6 +169,30 @@ async def get_consistency(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def get_receipt_proof(request: web.Request) -> web.Response:
+    """The entry at ``index``, if it records our reception of a message from the caller, with its inclusion proof in
+    the tree of ``size``: what the sender needs to check that a receipt's ``ledger_index`` is its message (9.6)."""
+    peer_id = _authenticated_peer(request)
+    gw = request.app[GATEWAY]
+    index, size = _int_param(request, "index"), _int_param(request, "size")
+    async with gw.reader.connect() as conn:
+        head = await gw.events.head(conn)
+        if not index < size <= head.size:
+            raise InvalidMessage(f"index and size must satisfy index < size <= {head.size}")
+        found = await LedgerReader.entry(conn, index)
+        # another authority's entries, or ours about something else, are none of the caller's business
+        if found is None or found[0] != EventType.RECEIVED.value or json.loads(found[1]).get("from") != peer_id:
+            raise NotFound(f"the entry at {index} does not record a message received from {peer_id}")
+        _, proof, _ = await LedgerReader.inclusion(conn, index, size)
+    body = {
+        "index": index,
+        "size": size,
+        "entry": base64.b64encode(found[1]).decode(),
+        "proof": [base64.b64encode(node).decode() for node in proof],
+    }
+    return web.json_response(body)
+
+
 async def post_cosignature(request: web.Request) -> web.Response:
     """A peer's tlog-cosignature of one of our checkpoints; kept beside the checkpoint."""
     peer_id = _authenticated_peer(request)
@@ -187,8 +212,13 @@ async def post_cosignature(request: web.Request) -> web.Response:
         raise NotFound(f"no checkpoint of size {body['size']}")
     note = add_signatures(text, [body["line"]])
     verified = open_note(note, cosignature_verifiers(gw, peer_id))  # NoteError unless the peer's key signed it
-    if not any(sig.timestamp is not None for sig in verified.verified):
+    stamps = [sig.timestamp for sig in verified.verified if sig.timestamp is not None]
+    if not stamps:
         raise InvalidMessage("the line is not a cosignature")
+    # the witness signs and posts at once: a cosignature dated far from our clock was kept back, or made up
+    off, allowed = abs(stamps[0] - int(gw.clock().timestamp())), gw.settings.max_clock_skew_seconds
+    if off > allowed:
+        raise StaleMessage(f"the cosignature is dated {off} s from our clock; at most {allowed} s is allowed")
     async with gw.transaction() as conn:
         await LedgerReader.add_cosignature(conn, body["size"], f"comity-witness/{peer_id}", body["line"], gw.clock())
     return web.Response(status=204)
@@ -211,4 +241,5 @@ def federation_routes() -> list[web.RouteDef]:
         web.get("/federation/v1/checkpoint", get_checkpoint),
         web.get("/federation/v1/consistency", get_consistency),
         web.post("/federation/v1/cosignatures", post_cosignature),
+        web.get(RECEIPT_PROOF_PATH, get_receipt_proof),
     ]

@@ -264,7 +264,7 @@ class OutboxSender:
             return
         self.gw.metrics.delivered.inc()
         self.log.info("message_delivered", message_id=item.message_id, peer=peer.id, attempts=item.attempts + 1)
-        self.witness.observe(peer.id, receipt.checkpoint)
+        self.witness.observe(peer.id, receipt.checkpoint, receipt)
 
     async def _record_refusal(self, item: OutboxItem, code: str) -> None:
         async def unit(tx: Tx) -> Finish[bool]:

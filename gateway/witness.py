@@ -27,12 +27,14 @@ from gateway.logs import get_logger
 from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.errors import ComityError
 from protocol.events import EventType
-from protocol.merkle import MerkleError, verify_consistency
+from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
+from protocol.receipts import Receipt
 from store.ledger import PeerCheckpoint, WitnessState
 
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
+RECEIPT_PROOF_PATH = "/federation/v1/receipt-proof"
 MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
 # seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
@@ -71,7 +73,7 @@ class Witness:
     def __init__(self, gw: Gateway, session_for: Any) -> None:
         self.gw = gw
         self._session_for = session_for  # peer entry -> aiohttp.ClientSession (mutual TLS)
-        self._pending: dict[str, str] = {}
+        self._pending: dict[str, tuple[str, Receipt | None]] = {}  # peer -> newest checkpoint, and its receipt
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
         self._since: dict[str, float] = {}  # loop time of the first of those failures
@@ -81,9 +83,9 @@ class Witness:
         self.min_interval = MIN_INTERVAL
         self.log = get_logger(component="witness")
 
-    def observe(self, peer: str, checkpoint_note: str) -> None:
-        """Queue ``checkpoint_note`` (from a verified receipt of ``peer``) for checking; never blocks."""
-        self._pending[peer] = _newer(self._pending.get(peer), checkpoint_note)
+    def observe(self, peer: str, checkpoint_note: str, receipt: Receipt | None = None) -> None:
+        """Queue ``checkpoint_note`` (from ``receipt``, verified, of ``peer``) for checking; never blocks."""
+        self._pending[peer] = _newer(self._pending.get(peer), (checkpoint_note, receipt))
         running = self._running.get(peer)
         if running is None or running.done():  # a drain that has returned takes nothing more
             task = asyncio.create_task(self._drain(peer))
@@ -118,12 +120,12 @@ class Witness:
             if wait > 0 and not self._hurry.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), timeout=wait)
-            note = self._pending.pop(peer, None)
-            if note is None:
+            pending = self._pending.pop(peer, None)
+            if pending is None:
                 return
             self._last[peer] = loop.time()
             try:
-                await self.check(peer, note)
+                await self.check(peer, *pending)
                 self._forgive(peer)
             except _UNCOOPERATIVE as exc:
                 # a peer that keeps failing to back its checkpoints is treated like one that forked: sending
@@ -149,7 +151,7 @@ class Witness:
         self._failures.pop(peer, None)
         self._since.pop(peer, None)
 
-    async def check(self, peer: str, note: str) -> None:
+    async def check(self, peer: str, note: str, receipt: Receipt | None = None) -> None:
         gw = self.gw
         checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer))
         async with gw.reader.connect() as conn:
@@ -157,6 +159,8 @@ class Witness:
         if held is not None and checkpoint.size == held.size:
             if checkpoint.root_hash != held.root:
                 await self._alarm(peer, "ledger-fork", f"two different roots signed for size {held.size}")
+            else:
+                await self._check_receipt(peer, checkpoint, receipt)
             return
         if held is not None:
             older, newer = (held, checkpoint) if held.size < checkpoint.size else (checkpoint, held)
@@ -173,16 +177,59 @@ class Witness:
                 )
                 return
             if checkpoint.size < held.size:
+                await self._check_receipt(peer, checkpoint, receipt)
                 return  # an older checkpoint, consistent: nothing new to keep or cosign
         async with gw.transaction() as conn:
             await WitnessState.remember(
                 conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
             )
+        await self._check_receipt(peer, checkpoint, receipt)
         try:
             await self._cosign(peer, checkpoint)
         except (WitnessError, aiohttp.ClientError, TimeoutError) as exc:  # the check held: only logged
             code = exc.code if isinstance(exc, WitnessError) else type(exc).__name__
             self.log.warning("cosignature_not_accepted", peer=peer, error=code)
+
+    async def _check_receipt(self, peer: str, checkpoint: Checkpoint, receipt: Receipt | None) -> None:
+        """The entry the receipt names is in its (verified) checkpoint and records our message's reception as the
+        receipt says: a signed receipt pointing at anything else is an alarm (9.6)."""
+        if receipt is None:
+            return
+        index, what = receipt.ledger_index, f"the receipt for {receipt.message_id} names entry {receipt.ledger_index}"
+        if index >= checkpoint.size:
+            await self._alarm(peer, "receipt-unbacked", f"{what}, beyond its checkpoint of size {checkpoint.size}")
+            return
+        entry, proof = await self._fetch_receipt_proof(peer, index, checkpoint.size)
+        try:
+            verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
+            event = json.loads(entry)
+        except (MerkleError, ValueError):
+            await self._alarm(peer, "receipt-unbacked", f"{what}; the entry served is not in that checkpoint")
+            return
+        expected = {
+            "type": EventType.RECEIVED.value,
+            "message_id": receipt.message_id,
+            "envelope_sha256": receipt.envelope_sha256,
+            "from": self.gw.authority_id,
+            "to": peer,
+        }
+        if not isinstance(event, dict) or any(event.get(name) != value for name, value in expected.items()):
+            await self._alarm(peer, "receipt-unbacked", f"{what}, which records something else")
+
+    async def _fetch_receipt_proof(self, peer: str, index: int, size: int) -> tuple[bytes, list[bytes]]:
+        entry = self.gw.directory.authority(peer)
+        url = f"{entry.endpoint.rstrip('/')}{RECEIPT_PROOF_PATH}?index={index}&size={size}"
+        async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
+            if response.status != 200:
+                raise WitnessError(f"{peer} answered HTTP {response.status} to a receipt proof request")
+            raw = await response.content.read(1 << 16)  # one entry and O(log n) hashes
+        try:
+            body = json.loads(raw)
+            served = base64.b64decode(body["entry"], validate=True)
+            proof = [base64.b64decode(item, validate=True) for item in body["proof"]]
+        except (ValueError, KeyError, TypeError):
+            raise WitnessError(f"{peer} answered a malformed receipt proof") from None
+        return served, proof
 
     async def _fetch_consistency(self, peer: str, size1: int, size2: int) -> list[bytes]:
         if size1 == 0:
@@ -229,12 +276,16 @@ class Witness:
         self.log.error("peer_ledger_alarm", peer=peer, reason=reason, detail=detail)
 
 
-def _newer(current: str | None, candidate: str) -> str:
-    """Of two checkpoint notes from one peer, the one with the larger tree (compared before verification)."""
+Pending = tuple[str, Receipt | None]
+
+
+def _newer(current: Pending | None, candidate: Pending) -> Pending:
+    """Of two checkpoint notes from one peer (each with its receipt), the one with the larger tree (compared before
+    verification)."""
     if current is None:
         return candidate
     try:
-        return candidate if _size(candidate) >= _size(current) else current
+        return candidate if _size(candidate[0]) >= _size(current[0]) else current
     except (ValueError, IndexError):
         return candidate
 

@@ -55,6 +55,13 @@ class LedgerReader:
         return merkle.consistency_proof(size1, size2, nodes)
 
     @staticmethod
+    async def entry(conn: AsyncConnection, index: int) -> tuple[str, bytes] | None:
+        """The type and the RFC 8785 bytes of the entry at ``index``."""
+        query = select(ledger_entries.c.type, ledger_entries.c.entry).where(ledger_entries.c.idx == index)
+        row = (await conn.execute(query)).first()
+        return None if row is None else (str(row.type), bytes(row.entry))
+
+    @staticmethod
     async def index_of_message(conn: AsyncConnection, message_id: str) -> int | None:
         """The first entry about ``message_id`` (its submission or reception)."""
         query = (

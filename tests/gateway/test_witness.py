@@ -18,11 +18,21 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from crypto.note import NoteSigner, open_checkpoint, open_note
-from gateway.witness import cosignature_verifiers, note_verifiers
+from crypto.receipts import verify_receipt
+from gateway.witness import RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
 from protocol import merkle
 from protocol.events import LedgerEvent
+from protocol.receipts import Receipt
 from store.ledger import WitnessState
-from store.tables import checkpoints, cosignatures, ledger_entries, ledger_head, ledger_nodes, peer_checkpoints
+from store.tables import (
+    checkpoints,
+    cosignatures,
+    ledger_entries,
+    ledger_head,
+    ledger_nodes,
+    messages,
+    peer_checkpoints,
+)
 from tests.conftest import DatabaseFactory
 from tests.gateway.conftest import Pair, Side, comity, issue_token, running_pair
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -245,7 +255,7 @@ async def test_each_peer_is_checked_at_most_once_per_interval_whatever_the_recei
     checked: list[tuple[str, int, float]] = []
     loop = asyncio.get_running_loop()
 
-    async def check(peer: str, note: str) -> None:
+    async def check(peer: str, note: str, receipt: object = None) -> None:
         checked.append((peer, int(note.split("\n")[1]), loop.time()))
         await asyncio.sleep(0.001)  # quicker than the receipts' spacing
 
@@ -276,7 +286,7 @@ async def test_a_checkpoint_observed_as_a_drain_returns_is_still_checked() -> No
     witness = Witness(object(), session_for=None)  # type: ignore[arg-type]
     checked: list[str] = []
 
-    async def check(peer: str, note: str) -> None:
+    async def check(peer: str, note: str, receipt: object = None) -> None:
         checked.append(note)
 
     async def returned() -> None:
@@ -295,7 +305,8 @@ async def test_a_checkpoint_observed_as_a_drain_returns_is_still_checked() -> No
 async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(pair: Pair) -> None:
     """9.2 serves the latest checkpoint with the cosignatures held, to a peer in good standing only; 9.4 takes
     exactly ``{"size": <integer>, "line": <string>}`` in at most 8 KiB, and refuses anything else before reading
-    the line (``invalid-message``, not ``note-invalid``), storing nothing."""
+    the line (``invalid-message``, not ``note-invalid``), and a cosignature dated outside the clock skew
+    (``stale-message``), storing nothing."""
     await exchange(pair)
     peer = hostile_towards(pair.ar, pair.au)  # ar.mj's real TLS identity
     async with peer.session() as session:
@@ -320,6 +331,15 @@ async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(p
         async with session.post(peer.url + "/federation/v1/cosignatures", data=valid) as response:
             problem = await response.json(content_type=None)
             assert (response.status, problem["code"]) == (400, "note-invalid"), problem  # the shape was fine
+        # a real cosignature by ar.mj, but dated an hour ago: kept back, or made up
+        an_hour_ago = int(pair.ar.gw.clock().timestamp()) - 3600
+        line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, an_hour_ago)
+        size = int(opened.text.splitlines()[1])
+        async with session.post(
+            peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
+        ) as response:
+            problem = await response.json(content_type=None)
+            assert (response.status, problem["code"]) == (400, "stale-message"), problem
         assert await rows(pair.au, select(cosignatures)) == held
 
         pair.au.gw.blocked_peers.add("ar.mj")  # as an open witness alarm about ar.mj does
@@ -348,3 +368,56 @@ async def test_cross_witnessing_works_between_gateways_in_development_mode(dev_p
     lines = await rows(dev_pair.au, select(cosignatures))
     assert {row.witness for row in lines} == {"comity-witness/ar.mj"} and len(lines) == 2
     assert not dev_pair.ar.gw.blocked_peers
+
+
+async def _held_receipt(pair: Pair, message_id: str) -> Receipt:
+    async with pair.ar.gw.engine.connect() as conn:
+        token = (await conn.execute(select(messages.c.receipt).where(messages.c.id == message_id))).scalar_one()
+    return verify_receipt(token, pair.ar.gw.peer("au.ag").all_signing_keys())
+
+
+async def test_the_sender_checks_that_a_receipt_names_its_messages_reception(pair: Pair) -> None:
+    """9.6: the witness fetches the entry a receipt names and its inclusion proof in the receipt's checkpoint; a
+    signed receipt whose index is another entry, or beyond its checkpoint, is an alarm (receipt-unbacked)."""
+    first, second = await exchange(pair), await exchange(pair)
+    served = pair.au.gw.metrics.requests.labels(listener="federation", route=RECEIPT_PROOF_PATH, status="200")
+    assert served._value.get() >= 1  # the honest receipts were checked, and passed
+    assert not pair.ar.gw.blocked_peers
+
+    witness = pair.ar.running.sender.witness if pair.ar.running else None
+    assert witness is not None
+    receipt = await _held_receipt(pair, second)
+    elsewhere = (await _held_receipt(pair, first)).ledger_index  # another message's reception, from us too
+    beyond = int(receipt.checkpoint.split("\n")[1])
+    for index in (elsewhere, beyond):
+        await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"ledger_index": index}))
+        async with pair.ar.gw.engine.connect() as conn:
+            alarms = await WitnessState.open_alarms(conn)
+        assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "receipt-unbacked")]
+        config = str(pair.ar.provisioned.config)
+        await asyncio.to_thread(comity, "peer", "clear", "au.ag", "--operator", "oscar", "--config", config)
+        async with pair.ar.gw.engine.connect() as conn:
+            assert not await WitnessState.open_alarms(conn)
+
+
+async def test_the_receipt_proof_endpoint_shows_a_peer_only_its_own_receptions(pair: Pair) -> None:
+    message_id = await exchange(pair)
+    receipt = await _held_receipt(pair, message_id)
+    size = int(receipt.checkpoint.split("\n")[1])
+    peer = hostile_towards(pair.ar, pair.au)
+    async with peer.session() as session:
+        url = f"{peer.url}{RECEIPT_PROOF_PATH}"
+        async with session.get(url, params={"index": receipt.ledger_index, "size": size}) as response:
+            assert response.status == 200
+            body = await response.json()
+        event = json.loads(base64.b64decode(body["entry"]))
+        assert (event["type"], event["message_id"], event["from"]) == ("message.received", message_id, "ar.mj")
+        # entry 0 is au.ag's own business (its directory), and an index outside the tree is no entry at all
+        for params, status, code in (
+            ({"index": 0, "size": size}, 404, "not-found"),
+            ({"index": size, "size": size}, 400, "invalid-message"),
+            ({"index": 0, "size": 10**9}, 400, "invalid-message"),
+        ):
+            async with session.get(url, params=params) as response:
+                problem = await response.json(content_type=None)
+                assert (response.status, problem["code"]) == (status, code), (params, problem)
