@@ -7,8 +7,8 @@ of its chain and the source lines it went through, never its messages: a driver'
 
 Libraries log through the standard library (SQLAlchemy's pool, asyncio, aiohttp): their records at ``warning`` and
 above go through the same processors and come out as the same JSON lines, with the logger's name and only the
-first line of the record's message template, never its arguments. asyncio, for one, formats the failed task's repr,
-exception message included, into the message itself.
+first line of the record's message template, cut where a formatted value would begin, never its arguments. asyncio,
+for one, formats the failed task's or callback's repr, arguments and exception message included, into the message.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -112,38 +112,31 @@ def _signing_overlap_days(settings: Settings) -> int:
 
 
 @contextmanager
-def _locked(keys_path: Path) -> Iterator[None]:
-    """One rotation at a time on a key file (two at once could each publish a key the other's file lost), and none
-    while a gateway on this host serves with it (``comity serve`` holds the lock shared, :func:`keys_in_use`): a
-    running gateway would go on with the keys and TLS password it read at start."""
+def _flock(keys_path: Path, operation: int, refusal: str) -> Iterator[None]:
+    """``flock`` the lock file beside the key file for as long as the block runs, or refuse at once."""
     lock = keys_path.with_name(f".{keys_path.name}.lock")
     fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CommandError(
-                f"{lock} is held: a gateway is serving with these keys, or another 'comity keys rotate' runs; "
-                "stop the gateway first. Nothing was written"
-            ) from None
+            raise CommandError(f"{lock} is held: {refusal}") from None
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
-@contextmanager
-def keys_in_use(keys_path: Path) -> Iterator[None]:
+def _locked(keys_path: Path) -> AbstractContextManager[None]:
+    """One rotation at a time on a key file (two at once could each publish a key the other's file lost), and none
+    while a gateway on this host serves with it (``comity serve`` holds the lock shared, :func:`keys_in_use`): a
+    running gateway would go on with the keys and TLS password it read at start."""
+    busy = "a gateway is serving with these keys, or another 'comity keys rotate' runs; stop the gateway first"
+    return _flock(keys_path, fcntl.LOCK_EX, f"{busy}. Nothing was written")
+
+
+def keys_in_use(keys_path: Path) -> AbstractContextManager[None]:
     """Held by ``comity serve`` while it runs: shared, so that replicas on this host coexist and a rotation waits."""
-    lock = keys_path.with_name(f".{keys_path.name}.lock")
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CommandError(f"'comity keys rotate' is changing the keys ({lock} is held); try again") from None
-        yield
-    finally:
-        os.close(fd)
+    return _flock(keys_path, fcntl.LOCK_SH, "'comity keys rotate' is changing the keys; try again")
 
 
 def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:

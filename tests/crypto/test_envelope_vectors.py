@@ -144,3 +144,24 @@ def test_receipt_and_refusal_vectors_are_byte_exact(name: str) -> None:
 def test_receipts_name_the_envelopes_they_answer() -> None:
     assert VECTORS["receipt.json"]["payload"]["envelope_sha256"] == VECTORS["envelope-request.json"]["sha256"]
     assert VECTORS["refusal.json"]["payload"]["envelope_sha256"] == VECTORS["envelope-header-mismatch.json"]["sha256"]
+
+
+def test_the_worked_example_in_protocol_md_shows_the_vectors() -> None:
+    """docs/protocol.md section 13 quotes these vectors (payload bytes, headers, sizes, digests, compact forms): a
+    second implementation checks itself against it, so it must not drift from what the code makes."""
+    section = (VECTOR_DIR.parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    section = section.split("\n## 13. Worked example\n", 1)[1].split("\n## 14.", 1)[0]
+    request, receipt = VECTORS["envelope-request.json"], VECTORS["receipt.json"]
+    signed, sealed = request["signed"], request["sealed"]
+    shown = [
+        request["payload_bytes"],
+        json.dumps(request["routing_header"], separators=(",", ":"), ensure_ascii=False),
+        f"Compact ({len(signed)} characters): `{signed[:60]}...{signed[-30:]}`",
+        f"total {len(sealed)} bytes, SHA-256 `{request['sha256']}`",
+        f"Compact: `{sealed[:60]}...{sealed[-30:]}`",
+        receipt["payload_bytes"],
+        f"Compact ({len(receipt['signed'])} characters): `{receipt['signed'][:60]}...{receipt['signed'][-30:]}`",
+        *receipt["payload"]["checkpoint"].rstrip("\n").split("\n"),
+    ]
+    missing = [text[:80] for text in shown if text not in section]
+    assert not missing, f"protocol.md section 13 no longer shows: {missing}"

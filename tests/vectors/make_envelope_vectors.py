@@ -42,6 +42,7 @@ from joserfc.jwk import OKPKey
 
 from crypto.envelope import encrypt_signed, seal_envelope, sign_payload
 from crypto.jose_profile import JWE_ALG, JWE_ENC, jwe_registry
+from crypto.note import NoteSigner, sign_note
 from crypto.receipts import sign_receipt, sign_refusal
 from protocol.messages import MessagePayload
 from protocol.receipts import Receipt, Refusal
@@ -98,7 +99,7 @@ REQUEST: dict[str, Any] = {
     "kind": "request",
     "iat": 1795851600,
     "in_reply_to": None,
-    "marking": {"level": "CONFIDENTIAL", "caveats": ["art46-19", "art46-20", "embargo:2027-03-01"]},
+    "marking": {"level": "CONFIDENTIAL", "caveats": ["embargo:2027-03-01", "uncac-46-19", "uncac-46-20"]},
     "attachments": [
         {
             "name": "letter-of-request.pdf",
@@ -121,8 +122,9 @@ RECEIPT: dict[str, Any] = {
     "envelope_sha256": "",  # filled in with the request envelope's digest
     "received_at": "2026-11-28T07:40:00.123456Z",
     "ledger_index": 41,
-    "checkpoint": "es.mj/comity\n42\nqL6c1HjtTWaH7sNxNxB+daio2fcZ5Zs7xWR384E+IEo=\n",
+    "checkpoint": "",  # filled in: es.mj's signed checkpoint note at tree size 42 (protocol.md 10.2, 13.5)
 }
+CHECKPOINT_BODY = "comity-ledger/es.mj\n42\nqL6c1HjtTWaH7sNxNxB+daio2fcZ5Zs7xWR384E+IEo=\n"
 REFUSAL: dict[str, Any] = {
     "v": 1,
     "type": "refusal",
@@ -211,7 +213,9 @@ def build_vectors() -> dict[str, dict[str, Any]]:
         mismatched = jwe.encrypt_compact(
             mismatched_header, envelope.signed, public("recipient_encryption"), registry=jwe_registry(1 << 22)
         )
-    receipt = Receipt.parse({**RECEIPT, "envelope_sha256": hashlib.sha256(envelope.compact.encode()).hexdigest()})
+    checkpoint = sign_note(CHECKPOINT_BODY, [NoteSigner("comity-ledger/es.mj", key("recipient_signing"))])
+    digest = hashlib.sha256(envelope.compact.encode()).hexdigest()
+    receipt = Receipt.parse({**RECEIPT, "envelope_sha256": digest, "checkpoint": checkpoint})
     refusal = Refusal.parse({**REFUSAL, "envelope_sha256": hashlib.sha256(mismatched.encode()).hexdigest()})
     assert sign_payload(request, key("sender_signing")) == envelope.signed
     return {
