@@ -22,13 +22,17 @@ import re
 import ssl
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from joserfc import jws
 from joserfc.jwk import OctKey
 from sqlalchemy import func, select
@@ -36,7 +40,7 @@ from sqlalchemy import func, select
 from crypto.attachments import CHUNK_SIZE
 from crypto.envelope import encrypt_signed
 from crypto.jose_profile import MESSAGE_TYP, b64url_encode
-from crypto.keys import generate_encryption_key, generate_signing_key
+from crypto.keys import AuthorityKeys, generate_encryption_key, generate_signing_key, tls_key_password
 from crypto.note import NoteVerifier, open_checkpoint
 from crypto.receipts import verify_receipt, verify_refusal
 from gateway.context import Gateway
@@ -666,6 +670,57 @@ async def test_unlisted_client_certificate_cannot_connect(pair: Pair, hostile: H
 
     # the real identity still works: the failures above were the certificate, not the envelope
     assert (await hostile.post(sealed)).status == 200
+
+
+async def test_a_certificate_issued_by_a_listed_one_is_not_that_authority(
+    pair: Pair, hostile: HostilePeer, tmp_path: Path
+) -> None:
+    """A listed certificate is its own trust anchor (CA, path length 0), so a leaf it signs passes the handshake; but
+    the authority is the pin of the certificate presented, and that leaf is listed nowhere: a signed unknown-peer
+    refusal, not ledgered, nothing stored."""
+    data_dir = pair.ar.provisioned.data_dir
+    keys = AuthorityKeys.unseal((data_dir / "keys.sealed").read_bytes(), PASSPHRASE.encode())
+    issuer_cert = x509.load_pem_x509_certificate((data_dir / "tls" / "cert.pem").read_bytes())
+    issuer_key = serialization.load_pem_private_key(
+        (data_dir / "tls" / "key.pem").read_bytes(), password=tls_key_password(keys)
+    )
+    assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ar.mj second identity")]))
+        .issuer_name(issuer_cert.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(issuer_key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "issued.pem", tmp_path / "issued.key"
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.load_cert_chain(str(cert_path), str(key_path))
+    for der in hostile.ssl_context.get_ca_certs(binary_form=True):
+        context.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
+    issued = replace(hostile, ssl_context=context)
+
+    payload = hostile.payload()
+    sealed = hostile.seal(payload)
+    before = await stored(pair.au.gw)
+    answer = await issued.post(sealed)
+    assert (answer.status, answer.document.get("code")) == (403, "unknown-peer"), answer.raw
+    refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
+    assert refusal.code == "unknown-peer" and refusal.to is None
+    assert await stored(pair.au.gw) == before  # not even the refusal is ledgered
+    assert (await hostile.post(sealed)).status == 200  # the listed certificate itself is ar.mj
 
 
 # --- (13) garbage bodies and content types ----------------------------------------------------------------------
