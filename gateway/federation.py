@@ -169,6 +169,13 @@ async def get_consistency(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+class NotAReception(ComityError):
+    """9.6: the entry asked for is not our reception of a message from the caller (told apart from an unknown path,
+    which a gateway without 9.6 answers ``not-found``)."""
+
+    code = "not-a-reception"
+
+
 async def get_receipt_proof(request: web.Request) -> web.Response:
     """The entry at ``index``, if it records our reception of a message from the caller, with its inclusion proof in
     the tree of ``size``: what the sender needs to check that a receipt's ``ledger_index`` is its message (9.6)."""
@@ -182,7 +189,7 @@ async def get_receipt_proof(request: web.Request) -> web.Response:
         found = await LedgerReader.entry(conn, index)
         # another authority's entries, or ours about something else, are none of the caller's business
         if found is None or found[0] != EventType.RECEIVED.value or json.loads(found[1]).get("from") != peer_id:
-            raise NotFound(f"the entry at {index} does not record a message received from {peer_id}")
+            raise NotAReception(f"the entry at {index} does not record a message received from {peer_id}")
         _, proof, _ = await LedgerReader.inclusion(conn, index, size)
     body = {
         "index": index,
@@ -215,8 +222,9 @@ async def post_cosignature(request: web.Request) -> web.Response:
     stamps = [sig.timestamp for sig in verified.verified if sig.timestamp is not None]
     if not stamps:
         raise InvalidMessage("the line is not a cosignature")
-    # the witness signs and posts at once: a cosignature dated far from our clock was kept back, or made up
-    off, allowed = abs(stamps[0] - int(gw.clock().timestamp())), gw.settings.max_clock_skew_seconds
+    # the witness signs and posts at once: a cosignature dated far from our clock was kept back, or made up (twice
+    # the skew: each of two honest clocks may be off by it)
+    off, allowed = abs(stamps[0] - int(gw.clock().timestamp())), 2 * gw.settings.max_clock_skew_seconds
     if off > allowed:
         raise StaleMessage(f"the cosignature is dated {off} s from our clock; at most {allowed} s is allowed")
     async with gw.transaction() as conn:

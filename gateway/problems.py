@@ -72,6 +72,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "checkpoint-invalid": (400, "Invalid checkpoint"),
     "merkle-proof-invalid": (400, "Invalid Merkle proof"),
     "witness-failed": (502, "Witnessing the peer's ledger failed"),
+    "not-a-reception": (404, "Not a reception of a message from you"),
     "directory-unsigned": (503, "Directory unsigned"),
     "directory-bad-signature": (503, "Directory badly signed"),
     "directory-rolled-back": (503, "Directory rolled back"),

@@ -138,7 +138,7 @@ class Witness:
                 patient = isinstance(exc, _TRANSPORT) and lasted < TRANSPORT_GRACE
                 if failures >= MAX_PROOF_FAILURES and not patient:
                     try:
-                        await self._alarm(peer, "proof-unavailable", f"{failures} consistency proofs failed in a row")
+                        await self._alarm(peer, "proof-unavailable", f"{failures} checks failed in a row by its doing")
                     except Exception as failed:  # the count stands: the next failure raises the alarm again
                         self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
                     else:
@@ -183,12 +183,12 @@ class Witness:
             await WitnessState.remember(
                 conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
             )
-        await self._check_receipt(peer, checkpoint, receipt)
-        try:
+        try:  # the checkpoint is consistent: cosign it whatever its receipt turns out to be
             await self._cosign(peer, checkpoint)
         except (WitnessError, aiohttp.ClientError, TimeoutError) as exc:  # the check held: only logged
             code = exc.code if isinstance(exc, WitnessError) else type(exc).__name__
             self.log.warning("cosignature_not_accepted", peer=peer, error=code)
+        await self._check_receipt(peer, checkpoint, receipt)
 
     async def _check_receipt(self, peer: str, checkpoint: Checkpoint, receipt: Receipt | None) -> None:
         """The entry the receipt names is in its (verified) checkpoint and records our message's reception as the
@@ -199,7 +199,14 @@ class Witness:
         if index >= checkpoint.size:
             await self._alarm(peer, "receipt-unbacked", f"{what}, beyond its checkpoint of size {checkpoint.size}")
             return
-        entry, proof = await self._fetch_receipt_proof(peer, index, checkpoint.size)
+        fetched = await self._fetch_receipt_proof(peer, index, checkpoint.size)
+        if fetched is None:  # a gateway without 9.6: nothing to hold against it, and nothing checked
+            self.log.warning("receipt_proof_unsupported", peer=peer)
+            return
+        if isinstance(fetched, str):  # it refuses to show the entry its own signed receipt names
+            await self._alarm(peer, "receipt-unbacked", f"{what}; asked for it, the peer answered {fetched}")
+            return
+        entry, proof = fetched
         try:
             verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
             event = json.loads(entry)
@@ -216,13 +223,21 @@ class Witness:
         if not isinstance(event, dict) or any(event.get(name) != value for name, value in expected.items()):
             await self._alarm(peer, "receipt-unbacked", f"{what}, which records something else")
 
-    async def _fetch_receipt_proof(self, peer: str, index: int, size: int) -> tuple[bytes, list[bytes]]:
+    async def _fetch_receipt_proof(self, peer: str, index: int, size: int) -> tuple[bytes, list[bytes]] | str | None:
+        """The entry and its proof; or the refusal code when the peer says the entry is not our reception; or None
+        when it does not serve 9.6 at all (an unknown path: a gateway of an earlier version)."""
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{RECEIPT_PROOF_PATH}?index={index}&size={size}"
         async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
+            raw = await _read_capped(response, 1 << 16)  # one entry and O(log n) hashes, or a problem document
+            if response.status == 404:
+                code = _problem_code(raw)
+                if code == "not-a-reception":
+                    return code
+                if code == "not-found":
+                    return None
             if response.status != 200:
                 raise WitnessError(f"{peer} answered HTTP {response.status} to a receipt proof request")
-            raw = await response.content.read(1 << 16)  # one entry and O(log n) hashes
         try:
             body = json.loads(raw)
             served = base64.b64decode(body["entry"], validate=True)
@@ -239,7 +254,7 @@ class Witness:
         async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
             if response.status != 200:
                 raise WitnessError(f"{peer} answered HTTP {response.status} to a consistency proof request")
-            raw = await response.content.read(1 << 16)  # O(log n) hashes: a few KiB at most
+            raw = await _read_capped(response, 1 << 16)  # O(log n) hashes: a few KiB at most
         try:
             body = json.loads(raw)
             proof = [base64.b64decode(item, validate=True) for item in body["proof"]]
@@ -277,6 +292,25 @@ class Witness:
 
 
 Pending = tuple[str, Receipt | None]
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole body (``content.read(n)`` may return part of it), refused past ``cap`` bytes."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 14):
+        body += chunk
+        if len(body) > cap:
+            raise WitnessError(f"an answer of more than {cap} bytes")
+    return bytes(body)
+
+
+def _problem_code(raw: bytes) -> str | None:
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    code = document.get("code") if isinstance(document, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _newer(current: Pending | None, candidate: Pending) -> Pending:

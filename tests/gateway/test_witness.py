@@ -378,7 +378,8 @@ async def _held_receipt(pair: Pair, message_id: str) -> Receipt:
 
 async def test_the_sender_checks_that_a_receipt_names_its_messages_reception(pair: Pair) -> None:
     """9.6: the witness fetches the entry a receipt names and its inclusion proof in the receipt's checkpoint; a
-    signed receipt whose index is another entry, or beyond its checkpoint, is an alarm (receipt-unbacked)."""
+    signed receipt whose index is another message's reception, an entry the peer will not show (not ours), or beyond
+    its checkpoint, is an alarm (receipt-unbacked)."""
     first, second = await exchange(pair), await exchange(pair)
     served = pair.au.gw.metrics.requests.labels(listener="federation", route=RECEIPT_PROOF_PATH, status="200")
     assert served._value.get() >= 1  # the honest receipts were checked, and passed
@@ -389,7 +390,7 @@ async def test_the_sender_checks_that_a_receipt_names_its_messages_reception(pai
     receipt = await _held_receipt(pair, second)
     elsewhere = (await _held_receipt(pair, first)).ledger_index  # another message's reception, from us too
     beyond = int(receipt.checkpoint.split("\n")[1])
-    for index in (elsewhere, beyond):
+    for index in (elsewhere, 0, beyond):  # entry 0 is au.ag's own (its directory): refused not-a-reception
         await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"ledger_index": index}))
         async with pair.ar.gw.engine.connect() as conn:
             alarms = await WitnessState.open_alarms(conn)
@@ -400,11 +401,30 @@ async def test_the_sender_checks_that_a_receipt_names_its_messages_reception(pai
             assert not await WitnessState.open_alarms(conn)
 
 
+async def test_a_peer_without_the_receipt_proof_is_not_blocked(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway of an earlier version answers 9.6 like any unknown path (404 not-found): logged, not counted, and
+    nothing checked; only a refusal that names the entry (not-a-reception) or a wrong entry is an alarm."""
+    from gateway import witness
+
+    monkeypatch.setattr(witness, "RECEIPT_PROOF_PATH", "/federation/v1/not-served-here")
+    for _ in range(witness.MAX_PROOF_FAILURES + 1):
+        await exchange(pair)
+    assert not pair.ar.gw.blocked_peers
+    assert pair.ar.running is not None and not pair.ar.running.sender.witness._failures
+
+
 async def test_the_receipt_proof_endpoint_shows_a_peer_only_its_own_receptions(pair: Pair) -> None:
     message_id = await exchange(pair)
-    receipt = await _held_receipt(pair, message_id)
-    size = int(receipt.checkpoint.split("\n")[1])
+    # a refusal of ar.mj's is ledgered with from = ar.mj, but it is no reception
     peer = hostile_towards(pair.ar, pair.au)
+    assert (await peer.post(b"not an envelope")).status == 400
+    async with pair.au.gw.engine.connect() as conn:
+        refused_at = (
+            await conn.execute(select(ledger_entries.c.idx).where(ledger_entries.c.type == "message.refused"))
+        ).scalar_one()
+    await exchange(pair)  # a checkpoint that covers the refusal
+    receipt = await _held_receipt(pair, message_id)
+    size = int((await _held_receipt(pair, await exchange(pair))).checkpoint.split("\n")[1])
     async with peer.session() as session:
         url = f"{peer.url}{RECEIPT_PROOF_PATH}"
         async with session.get(url, params={"index": receipt.ledger_index, "size": size}) as response:
@@ -412,9 +432,11 @@ async def test_the_receipt_proof_endpoint_shows_a_peer_only_its_own_receptions(p
             body = await response.json()
         event = json.loads(base64.b64decode(body["entry"]))
         assert (event["type"], event["message_id"], event["from"]) == ("message.received", message_id, "ar.mj")
-        # entry 0 is au.ag's own business (its directory), and an index outside the tree is no entry at all
+        # entry 0 is au.ag's own business (its directory), a refusal is no reception, and an index outside the
+        # tree is no entry at all
         for params, status, code in (
-            ({"index": 0, "size": size}, 404, "not-found"),
+            ({"index": 0, "size": size}, 404, "not-a-reception"),
+            ({"index": refused_at, "size": size}, 404, "not-a-reception"),
             ({"index": size, "size": size}, 400, "invalid-message"),
             ({"index": 0, "size": 10**9}, 400, "invalid-message"),
         ):
