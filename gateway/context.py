@@ -27,6 +27,7 @@ from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import key_pem_password
 from gateway.coalesce import Coalescer
 from gateway.committer import Committer, Finish, Tx, Unit, done
+from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from protocol.errors import ComityError
 from protocol.events import EventType
@@ -34,6 +35,7 @@ from protocol.markings import MarkingScheme
 from protocol.timefmt import parse_time
 from store.db import is_sqlite, make_engine, make_reader
 from store.events import EventLog
+from store.facts import read_fact, write_fact
 from store.ledger import WitnessState
 from store.messages import Messages, Seen
 from store.outbox import Outbox
@@ -73,6 +75,8 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     # counterparts whose ledger forked or was rewritten: no exchange until an operator clears the alarm
     blocked_peers: set[str] = field(default_factory=set)
+    # our signing keys that an earlier installed directory did not list: not before then, if another key can sign
+    signing_earliest: dict[str, datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sqlite = is_sqlite(self.settings.database_dsn)
@@ -160,10 +164,13 @@ class Gateway:
             if key.use == "sig" and key.kid in self._signing_keys
         ]
         margin = timedelta(seconds=self.settings.max_clock_skew_seconds)
-        for earliest, latest in ((when - margin, when + margin), (when, when)):
-            valid = [key for key in listed if key.valid_at(earliest) and key.valid_at(latest)]
-            if valid:  # the newest: the latest start of validity, and our current key among equals
-                return max(valid, key=lambda key: (parse_time(key.not_before), key.kid == self._current_kid)).kid
+        # a key deferred past a directory that did not list it signs only when no other key can (decision 73)
+        ready = [key for key in listed if when >= self.signing_earliest.get(key.kid, when)]
+        for candidates in (ready, listed):
+            for earliest, latest in ((when - margin, when + margin), (when, when)):
+                valid = [key for key in candidates if key.valid_at(earliest) and key.valid_at(latest)]
+                if valid:  # the newest: the latest start of validity, and our current key among equals
+                    return max(valid, key=lambda key: (parse_time(key.not_before), key.kid == self._current_kid)).kid
         return self._current_kid
 
     def archive_keys(self) -> Mapping[str, OKPKey]:
@@ -238,6 +245,8 @@ class Gateway:
                 await gateway._install_directory(seen)
             async with engine.connect() as conn:
                 gateway.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
+                earliest = await read_fact(conn, SIGNING_EARLIEST) or {}
+            gateway.signing_earliest = {kid: parse_time(at) for kid, at in earliest.items()}
             return gateway
         except BaseException:
             await engine.dispose()
@@ -245,17 +254,29 @@ class Gateway:
 
     async def _install_directory(self, previous: int) -> None:
         serial = str(self.directory.serial)
+        listed = {entry.id for entry in self.directory.authorities}
+        own = self.directory.authority(self.authority_id).keys if self.authority_id in listed else []
+        signing = sorted(key.kid for key in own if key.use == "sig")
 
-        async def unit(tx: Tx) -> Finish[None]:
+        async def unit(tx: Tx) -> Finish[dict[str, str]]:
             if previous:
                 stored = settings_state.c.key == "directory_serial"
                 await tx.conn.execute(settings_state.update().where(stored).values(value=serial))
             else:
                 await tx.conn.execute(settings_state.insert().values(key="directory_serial", value=serial))
+            prior = await read_fact(tx.conn, DIRECTORY_FACTS)
+            earliest = defer_new_signing_keys(prior, signing, await read_fact(tx.conn, SIGNING_EARLIEST) or {})
+            await write_fact(tx.conn, DIRECTORY_FACTS, {"expires_at": self.directory.expires_at, "signing": signing})
+            await write_fact(tx.conn, SIGNING_EARLIEST, earliest)
             tx.record(EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{serial}")
-            return await done(None)
+            return await done(earliest)
 
-        await self.commit(unit)
+        earliest = await self.commit(unit)
+        for key in own:
+            if key.kid in earliest and parse_time(key.not_before) < parse_time(earliest[key.kid]):
+                get_logger().error(
+                    "signing_key_published_late", kid=key.kid, valid_from=key.not_before, deferred_to=earliest[key.kid]
+                )
 
     async def close(self) -> None:
         await self.committer.close()
@@ -287,3 +308,22 @@ def _tls_password(settings: Settings, keys: AuthorityKeys) -> bytes:
         return key_pem_password(pem, candidates)
     except ProfileViolation:
         raise ConfigError(f"the TLS key {settings.tls_key_path} does not open with any of our signing keys") from None
+
+
+DIRECTORY_FACTS = "directory_facts"  # the installed directory's expiry and the signing kids of our entry in it
+SIGNING_EARLIEST = "signing_earliest"  # our signing kid -> the time before which it signs only if no other can
+
+
+def defer_new_signing_keys(
+    prior: Mapping[str, Any] | None, signing: Sequence[str], earliest: Mapping[str, str]
+) -> dict[str, str]:
+    """``earliest`` with every kid of ``signing`` (our entry's signing keys in a directory being installed) that the
+    previously installed directory (``prior``: its ``expires_at`` and ``signing`` kids) did not list deferred to
+    that directory's expiry: counterparts may hold it until then, and it does not know the key (decision 73)."""
+    result = dict(earliest)
+    if prior is None:
+        return result
+    for kid in signing:
+        if kid not in prior["signing"]:
+            result[kid] = max(result.get(kid, prior["expires_at"]), prior["expires_at"], key=parse_time)
+    return result

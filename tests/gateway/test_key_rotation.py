@@ -60,13 +60,25 @@ async def sealed_to(side: Side, message_id: str) -> str:
     return read_routing_header(bytes(sealed)).kid
 
 
-def publish(pair: Pair, entry_path: Path, to: tuple[Side, ...], days: int = 90) -> None:
-    """The directory operator's next directory (serial + 1) with ``entry_path`` in it, installed on ``to``."""
+def publish(pair: Pair, entry_path: Path, to: tuple[Side, ...], days: int = 90, serial: int = 2) -> None:
+    """The directory operator's next directory (``serial``, from the one before it) with ``entry_path`` in it,
+    installed on ``to``."""
     operator = pair.workdir / "work" / "directory-operator"
-    draft, signed = operator / "draft-2.json", operator / "directory-2.jws"
+    draft, signed = operator / f"draft-{serial}.json", operator / f"directory-{serial}.jws"
     public = operator / "directory-key.sealed.pub.jwk"
-    previous = ["--from", str(operator / "directory.jws"), "--key", str(public)]
-    comity("directory", "new", "--out", str(draft), "--expires-in-days", str(days), *previous)
+    before = operator / ("directory.jws" if serial == 2 else f"directory-{serial - 1}.jws")
+    comity(
+        "directory",
+        "new",
+        "--out",
+        str(draft),
+        "--expires-in-days",
+        str(days),
+        "--from",
+        str(before),
+        "--key",
+        str(public),
+    )
     comity("directory", "add", str(draft), str(entry_path), "--replace")
     comity("directory", "sign", str(draft), "--key", str(operator / "directory-key.sealed"), "--out", str(signed))
     for side in to:
@@ -294,6 +306,35 @@ async def test_rotating_the_signing_key(pair: Pair) -> None:
     async with pair.ar.gw.engine.connect() as conn:
         row = (await conn.execute(select(messages).where(messages.c.id == body["id"]))).one()
     assert _kid_of(decrypt_row(pair.ar.gw, MessageRow.from_row(row)).signed) == new_kid
+
+
+async def test_a_signing_key_published_after_a_directory_without_it_waits_for_that_one(pair: Pair) -> None:
+    """The rotation fixed the switch at the then-installed directory's expiry, but the operator issued another
+    directory without the new key (expiring later) before publishing it: counterparts may hold that one until it
+    expires. The gateway defers the new key to then while the old one can still sign, logs the lateness, and signs
+    with the new key only when no other key can."""
+    data_dir = pair.au.provisioned.data_dir
+    entry_path = data_dir / "entry.json"
+    old_entry = pair.workdir / "entry-before-rotation.json"
+    old_entry.write_bytes(entry_path.read_bytes())
+    old_kid, switch = key_id(pair.au.gw.keys.signing), parse_time(pair.au.gw.directory.expires_at)
+    await pair.au.stop()
+    await asyncio.to_thread(run_keys, pair.au, "rotate", "signing")
+    new_kid = key_id(AuthorityKeys.unseal((data_dir / "keys.sealed").read_bytes(), PASSPHRASE.encode()).signing)
+
+    await asyncio.to_thread(publish, pair, old_entry, (pair.au,), 200)  # serial 2: without the new key
+    await pair.au.start()
+    between = parse_time(pair.au.gw.directory.expires_at)
+    await pair.au.stop()
+    await asyncio.to_thread(publish, pair, entry_path, (pair.au,), 365, 3)  # serial 3: with it
+    await pair.au.start()
+
+    margin = timedelta(seconds=pair.au.gw.settings.max_clock_skew_seconds)
+    assert pair.au.gw.signing_earliest == {new_kid: between}
+    assert key_id(pair.au.gw.signing_key(switch + margin + timedelta(minutes=1))) == old_kid  # deferred
+    old_end = switch + timedelta(days=31)  # the old key's not_after: after it, only the new key can sign
+    assert key_id(pair.au.gw.signing_key(old_end + timedelta(minutes=1))) == new_kid
+    assert key_id(pair.au.gw.signing_key(between + margin)) == new_kid
 
 
 async def test_a_signing_rotation_interrupted_then_run_again(pair: Pair) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from gateway.cli.runtime import _SQLITE_WORKER
 from gateway.coalesce import LookupFailed
 from store import fast
 from store.db import make_engine, make_reader
@@ -52,6 +54,7 @@ async def test_a_database_that_is_not_there_is_transient(engine: AsyncEngine, tm
         url = "postgresql+asyncpg://postgres@127.0.0.1:1/test"  # nothing listens there
     gone = make_engine(url)
     reader = make_reader(url, gone)
+    before = set(threading.enumerate())
     try:
         for each in (gone, reader):
             with pytest.raises(Exception) as caught:  # noqa: PT011 - each driver raises its own kind
@@ -66,6 +69,11 @@ async def test_a_database_that_is_not_there_is_transient(engine: AsyncEngine, tm
     finally:
         await reader.dispose()
         await gone.dispose()
+        # aiosqlite answers a failed connection's stop from its own thread, later: wait for it while this test's
+        # loop still runs (else "Event loop is closed" in that thread; gateway/cli/runtime.py does the same)
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.endswith(_SQLITE_WORKER):
+                await asyncio.to_thread(thread.join, 1.0)
 
 
 async def test_a_lost_or_locked_database_is_transient(engine: AsyncEngine) -> None:

@@ -1,0 +1,25 @@
+"""Small durable facts of one gateway, as JSON values under a key (table ``settings_state``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.tables import settings_state
+
+__all__ = ["read_fact", "write_fact"]
+
+
+async def read_fact(conn: AsyncConnection, key: str) -> Any:
+    """The JSON value stored under ``key``, or None."""
+    value = (await conn.execute(select(settings_state.c.value).where(settings_state.c.key == key))).scalar_one_or_none()
+    return None if value is None else json.loads(value)
+
+
+async def write_fact(conn: AsyncConnection, key: str, value: Any) -> None:
+    """Store ``value`` (JSON) under ``key``, replacing what was there, in the caller's transaction."""
+    await conn.execute(delete(settings_state).where(settings_state.c.key == key))
+    await conn.execute(insert(settings_state).values(key=key, value=json.dumps(value, sort_keys=True)))
