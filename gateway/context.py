@@ -258,22 +258,24 @@ class Gateway:
         own = self.directory.authority(self.authority_id).keys if self.authority_id in listed else []
         signing = sorted(key.kid for key in own if key.use == "sig")
 
-        async def unit(tx: Tx) -> Finish[dict[str, str]]:
+        async def unit(tx: Tx) -> Finish[tuple[dict[str, str], dict[str, str]]]:
             if previous:
                 stored = settings_state.c.key == "directory_serial"
                 await tx.conn.execute(settings_state.update().where(stored).values(value=serial))
             else:
                 await tx.conn.execute(settings_state.insert().values(key="directory_serial", value=serial))
             prior = await read_fact(tx.conn, DIRECTORY_FACTS)
-            earliest = defer_new_signing_keys(prior, signing, await read_fact(tx.conn, SIGNING_EARLIEST) or {})
+            before = await read_fact(tx.conn, SIGNING_EARLIEST) or {}
+            earliest = defer_new_signing_keys(prior, signing, before)
             await write_fact(tx.conn, DIRECTORY_FACTS, {"expires_at": self.directory.expires_at, "signing": signing})
             await write_fact(tx.conn, SIGNING_EARLIEST, earliest)
             tx.record(EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{serial}")
-            return await done(earliest)
+            return await done((before, earliest))
 
-        earliest = await self.commit(unit)
-        for key in own:
-            if key.kid in earliest and parse_time(key.not_before) < parse_time(earliest[key.kid]):
+        before, earliest = await self.commit(unit)
+        for key in own:  # deferred by this directory, from a time it says the key is valid
+            deferred = key.kid in earliest and earliest[key.kid] != before.get(key.kid)
+            if deferred and parse_time(key.not_before) < parse_time(earliest[key.kid]):
                 get_logger().error(
                     "signing_key_published_late", kid=key.kid, valid_from=key.not_before, deferred_to=earliest[key.kid]
                 )

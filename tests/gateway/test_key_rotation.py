@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -327,7 +328,10 @@ async def test_a_signing_key_published_after_a_directory_without_it_waits_for_th
     between = parse_time(pair.au.gw.directory.expires_at)
     await pair.au.stop()
     await asyncio.to_thread(publish, pair, entry_path, (pair.au,), 365, 3)  # serial 3: with it
-    await pair.au.start()
+    with structlog.testing.capture_logs() as logged:
+        await pair.au.start()
+    late = [line for line in logged if line["event"] == "signing_key_published_late"]
+    assert [(line["kid"], line["log_level"]) for line in late] == [(new_kid, "error")]
 
     margin = timedelta(seconds=pair.au.gw.settings.max_clock_skew_seconds)
     assert pair.au.gw.signing_earliest == {new_kid: between}
