@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from config.directory import AuthorityEntry, Directory, read_directory
+from config.directory_model import DirectoryKey
 from config.errors import ConfigError, DirectoryExpired
 from config.settings import Settings
 from crypto.errors import ProfileViolation
@@ -164,8 +165,9 @@ class Gateway:
             if key.use == "sig" and key.kid in self._signing_keys
         ]
         margin = timedelta(seconds=self.settings.max_clock_skew_seconds)
-        # a key deferred past a directory that did not list it signs only when no other key can (decision 73)
-        ready = [key for key in listed if when >= self.signing_earliest.get(key.kid, when)]
+        # a key deferred past a directory that did not list it signs only when no other key can (decision 73), and
+        # from a skew margin after that directory's expiry, as a new key does after its not_before
+        ready = [key for key in listed if when - margin >= self.signing_earliest.get(key.kid, when - margin)]
         for candidates in (ready, listed):
             for earliest, latest in ((when - margin, when + margin), (when, when)):
                 valid = [key for key in candidates if key.valid_at(earliest) and key.valid_at(latest)]
@@ -243,6 +245,11 @@ class Gateway:
             )
             if directory.serial > seen:
                 await gateway._install_directory(seen)
+            else:
+                async with engine.connect() as conn:
+                    missing = await read_fact(conn, DIRECTORY_FACTS) is None
+                if missing:
+                    await gateway._remember_directory()
             async with engine.connect() as conn:
                 gateway.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
                 earliest = await read_fact(conn, SIGNING_EARLIEST) or {}
@@ -254,9 +261,7 @@ class Gateway:
 
     async def _install_directory(self, previous: int) -> None:
         serial = str(self.directory.serial)
-        listed = {entry.id for entry in self.directory.authorities}
-        own = self.directory.authority(self.authority_id).keys if self.authority_id in listed else []
-        signing = sorted(key.kid for key in own if key.use == "sig")
+        own, facts = self._directory_facts()
 
         async def unit(tx: Tx) -> Finish[tuple[dict[str, str], dict[str, str]]]:
             if previous:
@@ -266,8 +271,8 @@ class Gateway:
                 await tx.conn.execute(settings_state.insert().values(key="directory_serial", value=serial))
             prior = await read_fact(tx.conn, DIRECTORY_FACTS)
             before = await read_fact(tx.conn, SIGNING_EARLIEST) or {}
-            earliest = defer_new_signing_keys(prior, signing, before)
-            await write_fact(tx.conn, DIRECTORY_FACTS, {"expires_at": self.directory.expires_at, "signing": signing})
+            earliest = defer_new_signing_keys(prior, facts["signing"], before)
+            await write_fact(tx.conn, DIRECTORY_FACTS, facts)
             await write_fact(tx.conn, SIGNING_EARLIEST, earliest)
             tx.record(EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{serial}")
             return await done((before, earliest))
@@ -279,6 +284,25 @@ class Gateway:
                 get_logger().error(
                     "signing_key_published_late", kid=key.kid, valid_from=key.not_before, deferred_to=earliest[key.kid]
                 )
+
+    def _directory_facts(self) -> tuple[list[DirectoryKey], dict[str, Any]]:
+        """Our entry's keys in the installed directory, and what to remember of it: its expiry and our signing kids
+        (``None`` when it does not list us: counterparts holding it cannot reach us anyway)."""
+        listed = {entry.id for entry in self.directory.authorities}
+        own = self.directory.authority(self.authority_id).keys if self.authority_id in listed else []
+        signing = sorted(key.kid for key in own if key.use == "sig") if own else None
+        return own, {"expires_at": self.directory.expires_at, "signing": signing}
+
+    async def _remember_directory(self) -> None:
+        """The facts of a directory installed before this version kept them (written once, at the next start)."""
+        _, facts = self._directory_facts()
+
+        async def unit(tx: Tx) -> Finish[None]:
+            if await read_fact(tx.conn, DIRECTORY_FACTS) is None:
+                await write_fact(tx.conn, DIRECTORY_FACTS, facts)
+            return await done(None)
+
+        await self.commit(unit)
 
     async def close(self) -> None:
         await self.committer.close()
@@ -317,15 +341,17 @@ SIGNING_EARLIEST = "signing_earliest"  # our signing kid -> the time before whic
 
 
 def defer_new_signing_keys(
-    prior: Mapping[str, Any] | None, signing: Sequence[str], earliest: Mapping[str, str]
+    prior: Mapping[str, Any] | None, signing: Sequence[str] | None, earliest: Mapping[str, str]
 ) -> dict[str, str]:
     """``earliest`` with every kid of ``signing`` (our entry's signing keys in a directory being installed) that the
     previously installed directory (``prior``: its ``expires_at`` and ``signing`` kids) did not list deferred to
-    that directory's expiry: counterparts may hold it until then, and it does not know the key (decision 73)."""
+    that directory's expiry: counterparts may hold it until then, and it does not know the key (decision 73). No
+    deferral when that directory did not list us at all (``signing`` None: no one could reach us with it); a
+    deferral only ever grows."""
     result = dict(earliest)
-    if prior is None:
+    if prior is None or prior["signing"] is None:
         return result
-    for kid in signing:
+    for kid in signing or ():
         if kid not in prior["signing"]:
             result[kid] = max(result.get(kid, prior["expires_at"]), prior["expires_at"], key=parse_time)
     return result

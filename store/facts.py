@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import settings_state
@@ -20,6 +22,10 @@ async def read_fact(conn: AsyncConnection, key: str) -> Any:
 
 
 async def write_fact(conn: AsyncConnection, key: str, value: Any) -> None:
-    """Store ``value`` (JSON) under ``key``, replacing what was there, in the caller's transaction."""
-    await conn.execute(delete(settings_state).where(settings_state.c.key == key))
-    await conn.execute(insert(settings_state).values(key=key, value=json.dumps(value, sort_keys=True)))
+    """Store ``value`` (JSON) under ``key``, replacing what was there, in the caller's transaction (one upsert, so
+    that two writers never both miss the row and collide on inserting it)."""
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(settings_state).values(key=key, value=json.dumps(value, sort_keys=True))
+    await conn.execute(
+        statement.on_conflict_do_update(index_elements=[settings_state.c.key], set_={"value": statement.excluded.value})
+    )

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import structlog
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from config.directory import load_authority_entry
 from crypto.envelope import read_routing_header
@@ -24,11 +24,13 @@ from crypto.keys import AuthorityKeys, generate_signing_key, key_id, public_jwk,
 from crypto.tls import key_pem_password
 from gateway.cli import main
 from gateway.cli.keys import keys_in_use
+from gateway.context import DIRECTORY_FACTS, SIGNING_EARLIEST, defer_new_signing_keys
 from gateway.provision import comity
 from gateway.reading import decrypt_row
 from protocol.timefmt import format_time, parse_time
+from store.facts import read_fact
 from store.messages import MessageRow
-from store.tables import messages
+from store.tables import messages, settings_state
 from tests.gateway.conftest import PASSPHRASE, Pair, Side, ledger
 from tests.gateway.test_exchange import REQUEST, wait_for
 
@@ -339,6 +341,19 @@ async def test_a_signing_key_published_after_a_directory_without_it_waits_for_th
     old_end = switch + timedelta(days=31)  # the old key's not_after: after it, only the new key can sign
     assert key_id(pair.au.gw.signing_key(old_end + timedelta(minutes=1))) == new_kid
     assert key_id(pair.au.gw.signing_key(between + margin)) == new_kid
+    # a deferral that ends while the old key is still valid: the new key takes over a skew margin after it
+    ends = switch + timedelta(days=10)
+    pair.au.gw.signing_earliest = {new_kid: ends}
+    assert key_id(pair.au.gw.signing_key(ends + margin - timedelta(seconds=1))) == old_kid
+    assert key_id(pair.au.gw.signing_key(ends + margin)) == new_kid
+
+    # the next directory changes nothing about the key: no deferral added, nothing logged again
+    await pair.au.stop()
+    await asyncio.to_thread(publish, pair, entry_path, (pair.au,), 365, 4)
+    with structlog.testing.capture_logs() as logged:
+        await pair.au.start()
+    assert not [line for line in logged if line["event"] == "signing_key_published_late"]
+    assert pair.au.gw.signing_earliest == {new_kid: between}
 
 
 async def test_a_signing_rotation_interrupted_then_run_again(pair: Pair) -> None:
@@ -426,3 +441,25 @@ async def test_a_receipt_signed_by_a_key_not_valid_at_its_time_is_not_recorded(
     await _au_signing_key_from_tomorrow(pair)
     monkeypatch.setattr(pair.au.gw, "signing_key_valid", lambda when: True)
     await _fails_twice_undelivered(pair)
+
+
+def test_a_signing_key_is_deferred_past_the_directory_before_only_if_that_one_did_not_list_it() -> None:
+    prior = {"expires_at": "2027-03-01T00:00:00.000000Z", "signing": ["old"]}
+    assert defer_new_signing_keys(None, ["old", "new"], {}) == {}  # the first directory: nothing before it
+    assert defer_new_signing_keys(prior, ["old", "new"], {}) == {"new": prior["expires_at"]}
+    # a directory that did not list us at all: no one could have reached us with it
+    assert defer_new_signing_keys({**prior, "signing": None}, ["old", "new"], {}) == {}
+    # a deferral only grows: an earlier, longer one stays
+    longer = {"new": "2027-06-01T00:00:00.000000Z"}
+    assert defer_new_signing_keys(prior, ["new"], longer) == longer
+
+
+async def test_a_gateway_upgraded_from_before_the_directory_facts_records_them_at_start(pair: Pair) -> None:
+    """Directories installed by an earlier version left no facts: the next start writes them for the directory in
+    use, so that the next install can defer what it adds."""
+    async with pair.au.gw.engine.begin() as conn:
+        await conn.execute(delete(settings_state).where(settings_state.c.key.in_([DIRECTORY_FACTS, SIGNING_EARLIEST])))
+    await restart(pair.au)
+    async with pair.au.gw.engine.connect() as conn:
+        facts = await read_fact(conn, DIRECTORY_FACTS)
+    assert facts == {"expires_at": pair.au.gw.directory.expires_at, "signing": [key_id(pair.au.gw.keys.signing)]}
