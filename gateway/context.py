@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from config.directory import AuthorityEntry, Directory, read_directory
 from config.directory_model import DirectoryKey
-from config.errors import ConfigError, DirectoryExpired
+from config.errors import ConfigError, DirectoryExpired, DirectoryRolledBack
 from config.settings import Settings
 from crypto.errors import ProfileViolation
 from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_passwords
@@ -244,7 +244,7 @@ class Gateway:
                 tls_password=_tls_password(settings, keys),
             )
             if directory.serial > seen:
-                await gateway._install_directory(seen)
+                await gateway._install_directory()
             else:
                 async with engine.connect() as conn:
                     missing = await read_fact(conn, DIRECTORY_FACTS) is None
@@ -259,16 +259,26 @@ class Gateway:
             await engine.dispose()
             raise
 
-    async def _install_directory(self, previous: int) -> None:
+    async def _install_directory(self) -> None:
         serial = str(self.directory.serial)
         own, facts = self._directory_facts()
 
-        async def unit(tx: Tx) -> Finish[tuple[dict[str, str], dict[str, str]]]:
-            if previous:
-                stored = settings_state.c.key == "directory_serial"
-                await tx.conn.execute(settings_state.update().where(stored).values(value=serial))
-            else:
+        async def unit(tx: Tx) -> Finish[tuple[dict[str, str], dict[str, str]] | None]:
+            # read again in the installing transaction: another replica may have installed one since we looked
+            stored = settings_state.c.key == "directory_serial"
+            found = (await tx.conn.execute(select(settings_state.c.value).where(stored))).scalar_one_or_none()
+            current = int(found or 0)
+            if current > self.directory.serial:
+                raise DirectoryRolledBack(
+                    f"directory serial {serial} is lower than {current}, which another replica installed meanwhile; "
+                    "install that directory here too"
+                )
+            if current == self.directory.serial:
+                return await done(None)  # another replica installed this one meanwhile: its record stands
+            if found is None:
                 await tx.conn.execute(settings_state.insert().values(key="directory_serial", value=serial))
+            else:
+                await tx.conn.execute(settings_state.update().where(stored).values(value=serial))
             prior = await read_fact(tx.conn, DIRECTORY_FACTS)
             before = await read_fact(tx.conn, SIGNING_EARLIEST) or {}
             earliest = defer_new_signing_keys(prior, facts["signing"], before)
@@ -277,7 +287,10 @@ class Gateway:
             tx.record(EventType.DIRECTORY_INSTALLED, "system", subject=f"serial:{serial}")
             return await done((before, earliest))
 
-        before, earliest = await self.commit(unit)
+        installed = await self.commit(unit)
+        if installed is None:
+            return
+        before, earliest = installed
         for key in own:  # deferred by this directory, from a time it says the key is valid
             deferred = key.kid in earliest and earliest[key.kid] != before.get(key.kid)
             if deferred and parse_time(key.not_before) < parse_time(earliest[key.kid]):

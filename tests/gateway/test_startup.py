@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from config.errors import ConfigError, DirectoryBadSignature, DirectoryExpired, DirectoryRolledBack
 from config.settings import load_settings
 from crypto.errors import KeyStoreError
 from gateway.context import Gateway
 from gateway.provision import Provisioned, comity, provision
+from store.tables import ledger_entries, settings_state
 from tests.conftest import DatabaseFactory
 from tests.gateway.conftest import AR, AU, PASSPHRASE
 
@@ -95,3 +97,32 @@ async def test_unmigrated_database(tmp_path: Path) -> None:
     settings = load_settings(side.config, database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(ConfigError, match="comity db upgrade"):
         await Gateway.load(settings, PASSPHRASE.encode())
+
+
+async def test_a_replica_that_installed_a_directory_meanwhile_is_not_rolled_back(
+    provisioned: list[Provisioned], tmp_path: Path
+) -> None:
+    """Replicas share the database and read the installed serial at start, then install their own directory file:
+    the install reads the serial again in its transaction. A newer serial installed meanwhile by another replica
+    is not set back (this replica refuses to start); the same serial is not recorded twice."""
+    side = provisioned[0]
+    gw = await load(side)  # serial 1, installed at provisioning
+    try:
+        serial = settings_state.c.key == "directory_serial"
+        async with gw.engine.begin() as conn:
+            await conn.execute(settings_state.update().where(serial).values(value="7"))
+        with pytest.raises(DirectoryRolledBack, match="lower than 7, which another replica installed meanwhile"):
+            await gw._install_directory()
+        async with gw.engine.begin() as conn:
+            assert (await conn.execute(select(settings_state.c.value).where(serial))).scalar_one() == "7"
+            await conn.execute(settings_state.update().where(serial).values(value="1"))
+        installs = (
+            select(func.count()).select_from(ledger_entries).where(ledger_entries.c.type == "directory.installed")
+        )
+        async with gw.engine.connect() as conn:
+            before = (await conn.execute(installs)).scalar_one()
+        await gw._install_directory()  # serial 1 again: another replica's record stands
+        async with gw.engine.connect() as conn:
+            assert (await conn.execute(installs)).scalar_one() == before
+    finally:
+        await gw.close()
