@@ -153,7 +153,8 @@ class Gateway:
         it valid too) with the latest ``not_before`` (the current one among equals: rotated twice before publishing,
         both new keys start together); else the same among those valid at ``when``; else the current one (and then
         we receipt nothing, ``not-ready``). A rotated key takes over only once the directory says so,
-        with that margin."""
+        with that margin; a key in ``signing_earliest`` (deferred past a directory that did not list it) only from
+        that margin after its time, unless no other key qualifies."""
         return self._signing_keys[self._signing_kid(when)]
 
     def _signing_kid(self, when: datetime) -> str:
