@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from joserfc.jwk import OKPKey
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from config.directory import AuthorityEntry, Directory, read_directory
@@ -40,7 +40,6 @@ from store.facts import read_fact, write_fact
 from store.ledger import WitnessState
 from store.messages import Messages, Seen
 from store.outbox import Outbox
-from store.tables import settings_state
 from store.tokens import Tokens
 
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
@@ -231,10 +230,7 @@ class Gateway:
         try:
             async with engine.connect() as conn:
                 await _check_schema(conn)
-                row = await conn.execute(
-                    select(settings_state.c.value).where(settings_state.c.key == "directory_serial")
-                )
-                seen = int(row.scalar_one_or_none() or 0)
+                seen = int(await read_fact(conn, DIRECTORY_SERIAL) or 0)
             directory = read_directory(settings, now=clock(), min_serial=seen)
             gateway = cls(
                 settings=settings,
@@ -247,10 +243,7 @@ class Gateway:
             if directory.serial > seen:
                 await gateway._install_directory()
             else:
-                async with engine.connect() as conn:
-                    missing = await read_fact(conn, DIRECTORY_FACTS) is None
-                if missing:
-                    await gateway._remember_directory()
+                await gateway._remember_directory()
             async with engine.connect() as conn:
                 gateway.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
                 earliest = await read_fact(conn, SIGNING_EARLIEST) or {}
@@ -266,9 +259,7 @@ class Gateway:
 
         async def unit(tx: Tx) -> Finish[tuple[dict[str, str], dict[str, str]] | None]:
             # read again in the installing transaction: another replica may have installed one since we looked
-            stored = settings_state.c.key == "directory_serial"
-            found = (await tx.conn.execute(select(settings_state.c.value).where(stored))).scalar_one_or_none()
-            current = int(found or 0)
+            current = int(await read_fact(tx.conn, DIRECTORY_SERIAL) or 0)
             if current > self.directory.serial:
                 raise DirectoryRolledBack(
                     f"directory serial {serial} is lower than {current}, which another replica installed meanwhile; "
@@ -276,10 +267,7 @@ class Gateway:
                 )
             if current == self.directory.serial:
                 return await done(None)  # another replica installed this one meanwhile: its record stands
-            if found is None:
-                await tx.conn.execute(settings_state.insert().values(key="directory_serial", value=serial))
-            else:
-                await tx.conn.execute(settings_state.update().where(stored).values(value=serial))
+            await write_fact(tx.conn, DIRECTORY_SERIAL, self.directory.serial)
             prior = await read_fact(tx.conn, DIRECTORY_FACTS)
             before = await read_fact(tx.conn, SIGNING_EARLIEST) or {}
             earliest = defer_new_signing_keys(prior, facts["signing"], before)
@@ -308,7 +296,8 @@ class Gateway:
         return own, {"expires_at": self.directory.expires_at, "signing": signing}
 
     async def _remember_directory(self) -> None:
-        """The facts of a directory installed before this version kept them (written once, at the next start)."""
+        """The facts of a directory installed before this version kept them (written once, at the next start; a
+        no-op after that)."""
         _, facts = self._directory_facts()
 
         async def unit(tx: Tx) -> Finish[None]:
@@ -350,6 +339,7 @@ def _tls_password(settings: Settings, keys: AuthorityKeys) -> bytes:
         raise ConfigError(f"the TLS key {settings.tls_key_path} does not open with any of our signing keys") from None
 
 
+DIRECTORY_SERIAL = "directory_serial"  # the highest directory serial installed (no roll-back below it)
 DIRECTORY_FACTS = "directory_facts"  # the installed directory's expiry and the signing kids of our entry in it
 SIGNING_EARLIEST = "signing_earliest"  # our signing kid -> the time before which it signs only if no other can
 

@@ -24,7 +24,7 @@ from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from gateway.tls import client_context
 from gateway.witness import Witness
-from protocol.errors import ComityError
+from protocol.errors import ComityError, error_code
 from protocol.events import EventType
 from protocol.timefmt import parse_time
 from store.delivery import record_delivery
@@ -145,7 +145,7 @@ class OutboxSender:
         try:
             await self.deliver(item, prefetched)
         except Exception as exc:
-            code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
+            code = error_code(exc)
             settings = self.gw.settings
             delay = retry_delay(item.attempts, settings.outbox_initial_backoff, settings.outbox_max_backoff)
             log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))

@@ -133,6 +133,7 @@ async def submit_message(
         )
         raise
     refs, files = await _encrypt_attachments(gw, message_id, attachments)
+    now = gw.clock()  # the sealing time: iat, and the keys valid then
     try:
         payload = MessagePayload.parse(
             {
@@ -140,14 +141,14 @@ async def submit_message(
                 "from": gw.authority_id,
                 "to": draft.to,
                 "kind": draft.kind.value,
-                "iat": int(gw.clock().timestamp()),
+                "iat": int(now.timestamp()),
                 "in_reply_to": draft.in_reply_to,
                 "marking": draft.marking.to_json(),
                 "attachments": [ref.model_dump() for ref in refs],
                 "content": {**draft.content, **outgoing.content, **completeness.content},
             }
         )
-        sealed = seal_envelope(payload, gw.signing_key(gw.clock()), peer.encryption_key_at(gw.clock()))
+        sealed = seal_envelope(payload, gw.signing_key(now), peer.encryption_key_at(now))
         archive = encrypt_signed(sealed.signed, payload, gw.archive_public)
         envelope = sealed.compact.encode("ascii")
         # a running sender takes a message without attachments straight from here, already claimed: no claim

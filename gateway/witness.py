@@ -25,7 +25,7 @@ from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.logs import get_logger
 from protocol.checkpoint import Checkpoint, CheckpointError
-from protocol.errors import ComityError
+from protocol.errors import ComityError, error_code
 from protocol.events import EventType
 from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
 from protocol.receipts import Receipt
@@ -73,7 +73,7 @@ class Witness:
     def __init__(self, gw: Gateway, session_for: Any) -> None:
         self.gw = gw
         self._session_for = session_for  # peer entry -> aiohttp.ClientSession (mutual TLS)
-        self._pending: dict[str, tuple[str, Receipt | None]] = {}  # peer -> newest checkpoint, and its receipt
+        self._pending: dict[str, Pending] = {}  # peer -> newest checkpoint, and its receipt
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
         self._since: dict[str, float] = {}  # loop time of the first of those failures
@@ -133,8 +133,7 @@ class Witness:
                 # way to hide a rewrite
                 failures = self._failures[peer] = self._failures.get(peer, 0) + 1
                 lasted = loop.time() - self._since.setdefault(peer, loop.time())
-                code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
-                self.log.warning("witness_check_failed", peer=peer, error=code, failures=failures)
+                self.log.warning("witness_check_failed", peer=peer, error=error_code(exc), failures=failures)
                 patient = isinstance(exc, _TRANSPORT) and lasted < TRANSPORT_GRACE
                 if failures >= MAX_PROOF_FAILURES and not patient:
                     try:
@@ -144,8 +143,7 @@ class Witness:
                     else:
                         self._forgive(peer)
             except Exception as exc:  # our own database or directory: nothing to hold against the peer
-                code = exc.code if isinstance(exc, ComityError) else type(exc).__name__
-                self.log.warning("witness_check_failed", peer=peer, error=code)
+                self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
 
     def _forgive(self, peer: str) -> None:
         self._failures.pop(peer, None)
@@ -159,10 +157,8 @@ class Witness:
         if held is not None and checkpoint.size == held.size:
             if checkpoint.root_hash != held.root:
                 await self._alarm(peer, "ledger-fork", f"two different roots signed for size {held.size}")
-            else:
-                await self._check_receipt(peer, checkpoint, receipt)
-            return
-        if held is not None:
+                return
+        elif held is not None:
             older, newer = (held, checkpoint) if held.size < checkpoint.size else (checkpoint, held)
             older_root = older.root if isinstance(older, PeerCheckpoint) else older.root_hash
             newer_root = newer.root if isinstance(newer, PeerCheckpoint) else newer.root_hash
@@ -176,18 +172,15 @@ class Witness:
                     f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold",
                 )
                 return
-            if checkpoint.size < held.size:
-                await self._check_receipt(peer, checkpoint, receipt)
-                return  # an older checkpoint, consistent: nothing new to keep or cosign
-        async with gw.transaction() as conn:
-            await WitnessState.remember(
-                conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
-            )
-        try:  # the checkpoint is consistent: cosign it whatever its receipt turns out to be
-            await self._cosign(peer, checkpoint)
-        except (WitnessError, aiohttp.ClientError, TimeoutError) as exc:  # the check held: only logged
-            code = exc.code if isinstance(exc, WitnessError) else type(exc).__name__
-            self.log.warning("cosignature_not_accepted", peer=peer, error=code)
+        if held is None or checkpoint.size > held.size:  # new: keep it and cosign it, whatever its receipt shows
+            async with gw.transaction() as conn:
+                await WitnessState.remember(
+                    conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
+                )
+            try:
+                await self._cosign(peer, checkpoint)
+            except (WitnessError, *_TRANSPORT) as exc:  # the check held: only logged
+                self.log.warning("cosignature_not_accepted", peer=peer, error=error_code(exc))
         await self._check_receipt(peer, checkpoint, receipt)
 
     async def _check_receipt(self, peer: str, checkpoint: Checkpoint, receipt: Receipt | None) -> None:
@@ -226,18 +219,15 @@ class Witness:
     async def _fetch_receipt_proof(self, peer: str, index: int, size: int) -> tuple[bytes, list[bytes]] | str | None:
         """The entry and its proof; or the refusal code when the peer says the entry is not our reception; or None
         when it does not serve 9.6 at all (an unknown path: a gateway of an earlier version)."""
-        entry = self.gw.directory.authority(peer)
-        url = f"{entry.endpoint.rstrip('/')}{RECEIPT_PROOF_PATH}?index={index}&size={size}"
-        async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
-            raw = await _read_capped(response, 1 << 16)  # one entry and O(log n) hashes, or a problem document
-            if response.status == 404:
-                code = _problem_code(raw)
-                if code == "not-a-reception":
-                    return code
-                if code == "not-found":
-                    return None
-            if response.status != 200:
-                raise WitnessError(f"{peer} answered HTTP {response.status} to a receipt proof request")
+        status, raw = await self._get(peer, f"{RECEIPT_PROOF_PATH}?index={index}&size={size}")
+        if status == 404:
+            code = _problem_code(raw)
+            if code == "not-a-reception":
+                return code
+            if code == "not-found":
+                return None
+        if status != 200:
+            raise WitnessError(f"{peer} answered HTTP {status} to a receipt proof request")
         try:
             body = json.loads(raw)
             served = base64.b64decode(body["entry"], validate=True)
@@ -249,12 +239,9 @@ class Witness:
     async def _fetch_consistency(self, peer: str, size1: int, size2: int) -> list[bytes]:
         if size1 == 0:
             return []
-        entry = self.gw.directory.authority(peer)
-        url = f"{entry.endpoint.rstrip('/')}{CONSISTENCY_PATH}?from={size1}&to={size2}"
-        async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
-            if response.status != 200:
-                raise WitnessError(f"{peer} answered HTTP {response.status} to a consistency proof request")
-            raw = await _read_capped(response, 1 << 16)  # O(log n) hashes: a few KiB at most
+        status, raw = await self._get(peer, f"{CONSISTENCY_PATH}?from={size1}&to={size2}")
+        if status != 200:
+            raise WitnessError(f"{peer} answered HTTP {status} to a consistency proof request")
         try:
             body = json.loads(raw)
             proof = [base64.b64decode(item, validate=True) for item in body["proof"]]
@@ -262,9 +249,17 @@ class Witness:
             raise WitnessError(f"{peer} answered a malformed consistency proof") from None
         return proof
 
+    async def _get(self, peer: str, path_and_query: str) -> tuple[int, bytes]:
+        """GET one of the peer's federation endpoints: the status and the whole body (an entry and O(log n) hashes,
+        or a problem document: a few KiB; refused past 64 KiB)."""
+        entry = self.gw.directory.authority(peer)
+        url = f"{entry.endpoint.rstrip('/')}{path_and_query}"
+        async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
+            return response.status, await _read_capped(response, 1 << 16)
+
     async def _cosign(self, peer: str, checkpoint: Checkpoint) -> None:
-        timestamp = int(self.gw.clock().timestamp())
-        line = self.gw.cosigner(self.gw.clock()).sign(checkpoint.to_text(), timestamp)
+        now = self.gw.clock()
+        line = self.gw.cosigner(now).sign(checkpoint.to_text(), int(now.timestamp()))
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{COSIGNATURE_PATH}"
         body = {"size": checkpoint.size, "line": line}

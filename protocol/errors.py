@@ -12,6 +12,7 @@ __all__ = [
     "InvalidMessage",
     "ProtocolError",
     "StaleMessage",
+    "error_code",
 ]
 
 
@@ -23,6 +24,11 @@ class ComityError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def error_code(error: BaseException) -> str:
+    """What to log or record of ``error``: a Comity error's stable code, else its type's name; never its message."""
+    return error.code if isinstance(error, ComityError) else type(error).__name__
 
 
 class ProtocolError(ComityError):
