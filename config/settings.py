@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     outbox_initial_backoff: float = Field(default=0.5, gt=0)
     outbox_max_backoff: float = Field(default=300.0, gt=0)
     outbox_connections_per_peer: int = Field(default=128, ge=1, le=1024)
+    # refusals of one peer we ledger: a bucket of this many, refilled at this rate; beyond, 429 (gateway/limits.py)
+    peer_refusal_burst: int = Field(default=300, ge=1, le=1_000_000)
+    peer_refusals_per_minute: float = Field(default=60.0, gt=0, le=1_000_000)
     db_pool_size: int = Field(default=40, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_reveal: Literal["state_and_date", "date_only", "nothing"] = "state_and_date"  # art. 46(24) answers

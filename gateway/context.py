@@ -28,6 +28,7 @@ from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import key_pem_password
 from gateway.coalesce import Coalescer
 from gateway.committer import Committer, Finish, Tx, Unit, done
+from gateway.limits import RefusalBudget
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from protocol.errors import ComityError
@@ -100,6 +101,8 @@ class Gateway:
         # the two reads of every API call and every incoming envelope, gathered when concurrent (gateway/coalesce.py)
         self.tokens_seen: Coalescer[str, Mapping[str, Any]] = Coalescer(self._tokens_by_digest)
         self.ids_seen: Coalescer[str, Seen] = Coalescer(self._messages_seen)
+        # how many ledgered refusals each peer may still cost us (gateway/limits.py)
+        self.refusal_budget = RefusalBudget(self.settings.peer_refusals_per_minute, self.settings.peer_refusal_burst)
 
     # --- identity -----------------------------------------------------------------------------------------------
 

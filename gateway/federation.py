@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
@@ -18,6 +19,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from crypto.errors import OversizedEnvelope
 from crypto.note import add_signatures, open_note
 from gateway.context import Gateway
+from gateway.limits import TooManyRefusals
+from gateway.logs import get_logger
 from gateway.problems import problem_response
 from gateway.receiving import EnvelopeRefused, PeerError, receive_envelope, refuse
 from gateway.tls import peer_pin
@@ -86,9 +89,27 @@ def _identify_peer(gw: Gateway, request: web.Request) -> str | None:
     return None if entry is None else entry.id
 
 
+def _turned_away(gw: Gateway, peer_id: str) -> web.Response | None:
+    """429 if the peer has no refusal left for now (gateway/limits.py): answered before the body is read, not
+    signed, not ledgered; its outbox tries again."""
+    wait = gw.refusal_budget.wait(peer_id)
+    if wait <= 0:
+        return None
+    gw.metrics.limited.labels(peer=peer_id).inc()
+    if gw.refusal_budget.starts_limit(peer_id):
+        get_logger(peer=peer_id).warning("peer_refusals_limited", retry_after=math.ceil(wait))
+    response = problem_response(
+        TooManyRefusals.code, f"too many of your envelopes were refused; try again in {math.ceil(wait)} s"
+    )
+    response.headers["Retry-After"] = str(math.ceil(wait))
+    return response
+
+
 async def post_envelope(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     peer_id = _identify_peer(gw, request)
+    if peer_id is not None and (limited := _turned_away(gw, peer_id)) is not None:
+        return limited
     limit = gw.settings.max_envelope_bytes
     sealed = b""
     try:

@@ -24,6 +24,12 @@ class Metrics:
         )
         self.received = Counter("comity_envelopes_received", "Envelopes accepted", registry=self.registry)
         self.refused = Counter("comity_envelopes_refused", "Envelopes refused", ["code"], registry=self.registry)
+        self.limited = Counter(
+            "comity_envelopes_limited",
+            "Envelopes turned away unread: the peer ran out of refusals (429)",
+            ["peer"],
+            registry=self.registry,
+        )
         self.delivered = Counter("comity_envelopes_delivered", "Envelopes receipted by peers", registry=self.registry)
         self.delivery_failures = Counter(
             "comity_delivery_failures", "Failed delivery attempts", ["peer"], registry=self.registry

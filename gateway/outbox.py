@@ -51,6 +51,15 @@ TRANSIENT_CODES = {
 class DeliveryError(ComityError):
     code = "delivery-failed"
 
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # the peer's Retry-After, in seconds: no attempt before then
+
+
+def _retry_after(value: str | None) -> float:
+    """Delay-seconds of a Retry-After header (RFC 9110 10.2.3); 0 for anything else, an HTTP date included."""
+    return float(value) if value is not None and value.isascii() and value.isdigit() else 0.0
+
 
 def retry_delay(attempts: int, initial: float, maximum: float, jitter: Callable[[], float] = random.random) -> float:
     """Seconds until the next attempt after ``attempts`` failed ones: ``min(maximum, initial * 2^attempts)`` less up
@@ -148,6 +157,8 @@ class OutboxSender:
             code = error_code(exc)
             settings = self.gw.settings
             delay = retry_delay(item.attempts, settings.outbox_initial_backoff, settings.outbox_max_backoff)
+            if isinstance(exc, DeliveryError):  # not before the peer said, nor later than our cap
+                delay = max(delay, min(exc.retry_after, settings.outbox_max_backoff))
             log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))
             self.gw.metrics.delivery_failures.labels(peer=item.peer).inc()
             try:
@@ -221,7 +232,10 @@ class OutboxSender:
                 raise DeliveryError(f"{peer.id} refused for now: {refusal.code}")
             await self._record_refusal(item, refusal.code)
         else:
-            raise DeliveryError(f"{peer.id} answered HTTP {response.status} without a signed receipt or refusal")
+            raise DeliveryError(
+                f"{peer.id} answered HTTP {response.status} without a signed receipt or refusal",
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
 
     async def _record_receipt(
         self, peer: AuthorityEntry, digest: str, item: OutboxItem, token: str, sent_at: datetime

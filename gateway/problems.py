@@ -61,6 +61,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "consultation-converted": (409, "Consultation already converted into a formal request"),
     "postponement-reason-required": (422, "A postponement needs the proceeding it would interfere with (art. 46(25))"),
     "login-throttled": (429, "Too many failed logins"),
+    "too-many-refusals": (429, "Too many refused envelopes from this peer"),
     "unknown-work-kind": (400, "Unknown kind of case-work date or flag"),
     "invalid-work-date": (400, "Invalid case-work date"),
     "embargoed": (403, "Content under embargo"),

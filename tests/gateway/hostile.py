@@ -103,6 +103,7 @@ class Answer:
     content_type: str
     raw: bytes
     document: dict[str, Any] = field(default_factory=dict)
+    retry_after: str | None = None
 
 
 @dataclass
@@ -234,7 +235,9 @@ class HostilePeer:
         url = self.url + FEDERATION_PATH
         async with self.session() as session, session.post(url, data=body, headers=dict(headers or {})) as response:
             raw = await response.read()
-            answer = Answer(response.status, response.content_type, raw)
+            answer = Answer(
+                response.status, response.content_type, raw, retry_after=response.headers.get("Retry-After")
+            )
         try:
             document = json.loads(raw)
         except ValueError:
