@@ -135,6 +135,11 @@ class DirectoryKey(StrictModel):
         when = _aware(when)
         return _parsed(self.not_before) <= when and (self.not_after is None or when < _parsed(self.not_after))
 
+    def valid_during(self, start: datetime, end: datetime) -> bool:
+        """Whether the key is valid at some time in ``[start, end]``."""
+        start, end = _aware(start), _aware(end)
+        return _parsed(self.not_before) <= end and (self.not_after is None or start < _parsed(self.not_after))
+
 
 class Accreditation(StrictModel):
     """The highest marking level the authority may receive and the caveats it undertakes to honour."""
@@ -249,6 +254,10 @@ class AuthorityEntry(StrictModel):
     def request_requirements(self) -> RecipientRequirements:
         """What the request checklist needs to know of this authority as a recipient (languages, notes, roles)."""
         return RecipientRequirements(languages=tuple(self.languages), notes=self.notes, roles=tuple(self.roles))
+
+    def signing_keys_during(self, start: datetime, end: datetime) -> dict[str, OKPKey]:
+        """Every signing key valid at some time in ``[start, end]``, by kid."""
+        return {key.kid: key.key for key in self.keys if key.use == "sig" and key.valid_during(start, end)}
 
     def all_signing_keys(self) -> dict[str, OKPKey]:
         """Every signing key listed, valid now or not (for checking old signatures, e.g. archived receipts)."""

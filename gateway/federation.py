@@ -12,12 +12,13 @@ import hashlib
 import json
 import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from crypto.errors import OversizedEnvelope
-from crypto.note import add_signatures, open_note
+from crypto.note import NoteError, add_signatures, open_note
 from gateway.context import Gateway
 from gateway.limits import TooManyRefusals
 from gateway.logs import get_logger
@@ -28,6 +29,7 @@ from gateway.witness import RECEIPT_PROOF_PATH, cosignature_verifiers
 from protocol.errors import ComityError, InvalidMessage, StaleMessage
 from protocol.events import EventType
 from protocol.messages import AUTHORITY_ID_RE, parse_strict_json
+from protocol.timefmt import format_time
 from store.errors import NotFound
 from store.ledger import LedgerReader
 
@@ -240,14 +242,19 @@ async def post_cosignature(request: web.Request) -> web.Response:
         raise NotFound(f"no checkpoint of size {body['size']}")
     note = add_signatures(text, [body["line"]])
     verified = open_note(note, cosignature_verifiers(gw, peer_id))  # NoteError unless the peer's key signed it
-    stamps = [sig.timestamp for sig in verified.verified if sig.timestamp is not None]
+    stamps = [(sig.timestamp, sig.key_id) for sig in verified.verified if sig.timestamp is not None]
     if not stamps:
         raise InvalidMessage("the line is not a cosignature")
+    stamp, key_id = stamps[0]
     # the witness signs and posts at once: a cosignature dated far from our clock was kept back, or made up (twice
     # the skew: each of two honest clocks may be off by it)
-    off, allowed = abs(stamps[0] - int(gw.clock().timestamp())), 2 * gw.settings.max_clock_skew_seconds
+    off, allowed = abs(stamp - int(gw.clock().timestamp())), 2 * gw.settings.max_clock_skew_seconds
     if off > allowed:
         raise StaleMessage(f"the cosignature is dated {off} s from our clock; at most {allowed} s is allowed")
+    # by a key valid when it says it cosigned (decision 76), not merely one the directory lists
+    when = datetime.fromtimestamp(stamp, UTC)
+    if key_id not in {verifier.key_id for verifier in cosignature_verifiers(gw, peer_id, when)}:
+        raise NoteError(f"the cosignature's key is not valid for {peer_id} at its time {format_time(when)}")
     async with gw.transaction() as conn:
         await LedgerReader.add_cosignature(conn, body["size"], f"comity-witness/{peer_id}", body["line"], gw.clock())
     return web.Response(status=204)

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from protocol.errors import ComityError, error_code
 from protocol.events import EventType
 from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
 from protocol.receipts import Receipt
+from protocol.timefmt import parse_time
 from store.ledger import PeerCheckpoint, WitnessState
 
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
@@ -58,14 +60,27 @@ def _raw(key: OKPKey) -> bytes:
     return base64.urlsafe_b64decode(str(key.as_dict()["x"]) + "==")
 
 
-def note_verifiers(gw: Gateway, authority_id: str) -> list[NoteVerifier]:
-    """Verifiers of ``authority_id``'s checkpoints: its directory signing keys under its ledger origin."""
-    keys = gw.directory.authority(authority_id).all_signing_keys().values()
+def _signing_keys_about(gw: Gateway, authority_id: str, when: datetime | None) -> list[OKPKey]:
+    """``authority_id``'s signing keys valid at some time within the clock skew of ``when`` (decision 76); every
+    one it lists when ``when`` is None."""
+    entry = gw.directory.authority(authority_id)
+    if when is None:
+        return list(entry.all_signing_keys().values())
+    margin = timedelta(seconds=gw.settings.max_clock_skew_seconds)
+    return list(entry.signing_keys_during(when - margin, when + margin).values())
+
+
+def note_verifiers(gw: Gateway, authority_id: str, when: datetime | None = None) -> list[NoteVerifier]:
+    """Verifiers of ``authority_id``'s checkpoints under its ledger origin: its signing keys valid around ``when``
+    (the time of the receipt that carried the checkpoint), or every one listed (tests only)."""
+    keys = _signing_keys_about(gw, authority_id, when)
     return [NoteVerifier(f"comity-ledger/{authority_id}", _raw(key)) for key in keys]
 
 
-def cosignature_verifiers(gw: Gateway, authority_id: str) -> list[CosignatureVerifier]:
-    keys = gw.directory.authority(authority_id).all_signing_keys().values()
+def cosignature_verifiers(gw: Gateway, authority_id: str, when: datetime | None = None) -> list[CosignatureVerifier]:
+    """Verifiers of ``authority_id``'s cosignatures: its signing keys valid around ``when`` (the cosigned time), or
+    every one listed."""
+    keys = _signing_keys_about(gw, authority_id, when)
     return [CosignatureVerifier(f"comity-witness/{authority_id}", _raw(key)) for key in keys]
 
 
@@ -151,7 +166,9 @@ class Witness:
 
     async def check(self, peer: str, note: str, receipt: Receipt | None = None) -> None:
         gw = self.gw
-        checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer))
+        # signed in the group commit that signed the receipt, by a key valid then (decision 76)
+        signed_about = gw.clock() if receipt is None else parse_time(receipt.received_at)
+        checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer, signed_about))
         async with gw.reader.connect() as conn:
             held = await WitnessState.latest(conn, peer)
         if held is not None and checkpoint.size == held.size:

@@ -372,6 +372,14 @@ def test_keys_outside_their_window_are_not_returned_and_rotation_overlaps() -> N
     assert not returned.is_private
     assert returned.kid == key_id(new_sig)
 
+    # valid at some time of a closed interval: the start of validity counts, its (exclusive) end does not
+    one_second = timedelta(seconds=1)
+    assert set(entry.signing_keys_during(rotation - 2 * one_second, rotation - one_second)) == {key_id(old_sig)}
+    assert set(entry.signing_keys_during(rotation - one_second, rotation)) == {key_id(old_sig), key_id(new_sig)}
+    assert set(entry.signing_keys_during(after, after + one_second)) == {key_id(new_sig)}
+    assert set(entry.signing_keys_during(after - one_second, after)) == {key_id(old_sig), key_id(new_sig)}
+    assert entry.signing_keys_during(t0 - 2 * one_second, t0 - one_second) == {}
+
 
 # --- drafts, entries, key files, settings ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ import aiohttp
 import pytest
 from sqlalchemy import delete, select, update
 
-from crypto.note import NoteSigner, open_checkpoint, open_note
+from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note
 from crypto.receipts import verify_receipt
 from gateway.witness import RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
 from protocol import merkle
 from protocol.events import LedgerEvent
 from protocol.receipts import Receipt
+from protocol.timefmt import format_time, parse_time
 from store.ledger import WitnessState
 from store.tables import (
     checkpoints,
@@ -228,7 +230,7 @@ async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
 
     if how == "checkpoint-unverifiable":
         unlisted = [NoteSigner("comity-ledger/au.ag", os.urandom(32)).verifier()]
-        monkeypatch.setattr(witness, "note_verifiers", lambda gw, peer: unlisted)
+        monkeypatch.setattr(witness, "note_verifiers", lambda gw, peer, when=None: unlisted)
     else:
         monkeypatch.setattr(witness.Witness, "_fetch_consistency", refused)
     for _ in range(witness.MAX_PROOF_FAILURES - 1):
@@ -349,6 +351,48 @@ async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(p
                 assert (response.status, problem["code"]) == (403, "peer-blocked"), problem
         finally:
             pair.au.gw.blocked_peers.discard("ar.mj")
+
+
+async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_signed(pair: Pair) -> None:
+    """Decision 76: a checkpoint is verified under the peer's signing keys valid around the time of the receipt that
+    carried it, a cosignature under those valid around its own cosigned time; a key the directory lists, but not
+    for then, does not count."""
+    message_id = await exchange(pair)
+    witness = pair.ar.running.sender.witness if pair.ar.running else None
+    assert witness is not None
+    receipt = await _held_receipt(pair, message_id)
+    skew = timedelta(seconds=pair.ar.gw.settings.max_clock_skew_seconds)
+    (au_key,) = [key for key in pair.ar.gw.peer("au.ag").keys if key.use == "sig"]
+    held = await rows(pair.ar, select(peer_checkpoints))
+    # the receipt's checkpoint, as if the receipt had been signed before au.ag's key was valid
+    early = format_time(parse_time(au_key.not_before) - skew - timedelta(seconds=5))
+    with pytest.raises(NoteError):
+        await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": early}))
+    assert await rows(pair.ar, select(peer_checkpoints)) == held
+    await witness.check("au.ag", receipt.checkpoint, receipt)  # at its real time it verifies
+
+    # a cosignature by ar.mj's real key, dated within twice the skew of au.ag's clock, but before that key was valid
+    (ar_key,) = [key for key in pair.au.gw.peer("ar.mj").keys if key.use == "sig"]
+    stamp = int((parse_time(ar_key.not_before) - skew).timestamp()) - 5
+    assert int(pair.au.gw.clock().timestamp()) - stamp < 2 * skew.total_seconds()  # not stale-message
+    peer = hostile_towards(pair.ar, pair.au)
+    async with peer.session() as session:
+        async with session.get(peer.url + "/federation/v1/checkpoint") as response:
+            opened = open_note(await response.text(), note_verifiers(pair.au.gw, "au.ag"))
+        size = int(opened.text.splitlines()[1])
+        before = await rows(pair.au, select(cosignatures))
+        line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, stamp)
+        async with session.post(
+            peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
+        ) as response:
+            problem = await response.json(content_type=None)
+            assert (response.status, problem["code"]) == (400, "note-invalid"), problem
+        assert await rows(pair.au, select(cosignatures)) == before
+        line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, int(pair.ar.gw.clock().timestamp()))
+        async with session.post(
+            peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
+        ) as response:
+            assert response.status == 204, await response.text()
 
 
 @pytest.fixture
