@@ -92,9 +92,9 @@ def _identify_peer(gw: Gateway, request: web.Request) -> str | None:
 
 
 def _turned_away(gw: Gateway, peer_id: str) -> web.Response | None:
-    """429 if the peer has no refusal left for now (gateway/limits.py): answered before the body is read, not
-    signed, not ledgered; its outbox tries again."""
-    wait = gw.refusal_budget.wait(peer_id)
+    """None once a token of the peer's refusal budget is taken (gateway/limits.py); else 429: the body is not
+    parsed, nothing is signed or ledgered, and its outbox tries again."""
+    wait = gw.refusal_budget.take(peer_id)
     if wait <= 0:
         return None
     gw.metrics.limited.labels(peer=peer_id).inc()
@@ -110,8 +110,22 @@ def _turned_away(gw: Gateway, peer_id: str) -> web.Response | None:
 async def post_envelope(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     peer_id = _identify_peer(gw, request)
-    if peer_id is not None and (limited := _turned_away(gw, peer_id)) is not None:
+    if peer_id is None:
+        response, _ = await _receive(gw, request, None)
+        return response
+    if (limited := _turned_away(gw, peer_id)) is not None:
         return limited
+    refused = False  # the token taken pays for a (ledgered) refusal of the peer, and only for one
+    try:
+        response, refused = await _receive(gw, request, peer_id)
+        return response
+    finally:
+        if not refused:
+            gw.refusal_budget.give_back(peer_id)
+
+
+async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tuple[web.Response, bool]:
+    """The answer, and whether it is a signed refusal (ledgered for an authenticated peer)."""
     limit = gw.settings.max_envelope_bytes
     sealed = b""
     try:
@@ -140,8 +154,9 @@ async def post_envelope(request: web.Request) -> web.Response:
             raise EnvelopeRefused(error, refusal) from None
         received = await receive_envelope(gw, peer_id=peer_id, sealed=sealed, next_part=next_part)
     except EnvelopeRefused as refused:
-        return problem_response(refused.error.code, refused.error.message, refusal=refused.refusal)
-    return web.Response(body=json.dumps({"receipt": received.receipt}).encode(), content_type="application/json")
+        return problem_response(refused.error.code, refused.error.message, refusal=refused.refusal), True
+    body = json.dumps({"receipt": received.receipt}).encode()
+    return web.Response(body=body, content_type="application/json"), False
 
 
 def _parts(reader: MultipartReader):  # type: ignore[no-untyped-def]

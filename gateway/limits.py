@@ -1,13 +1,16 @@
 """How many refusals each counterpart may cost us: a token bucket per authenticated peer (decision 75).
 
 Every refusal of an authenticated peer is a ledger entry (protocol.md section 10), so a peer that keeps sending what
-we refuse, by malice or by a bug, grows our ledger as fast as it can send. Each such refusal takes a token from the
-peer's bucket, which holds at most ``burst`` and fills at ``per_minute``. While a peer has no whole token left, the
-federation endpoint answers its envelopes ``429 too-many-refusals`` with ``Retry-After``, before reading the body:
-nothing signed, nothing stored, nothing ledgered. Its outbox retries them later, like any answer without a receipt.
+we refuse, by malice or by a bug, grows our ledger as fast as it can send. The peer's bucket holds at most ``burst``
+tokens and fills at ``per_minute``. Every envelope the federation endpoint lets in takes a token first, and gets it
+back unless it ends in a ledgered refusal; so no more than the tokens a peer holds can be refused at once, however
+many deliveries it opens together. While a peer has no whole token, its envelopes are answered
+``429 too-many-refusals`` with ``Retry-After``, unparsed: nothing signed, nothing stored, nothing ledgered. Its
+outbox retries them later, like any answer without a receipt.
 
-Buckets live in this process only: each replica sharing a database has its own. Only listed peers get a bucket
-(an unauthenticated client is refused without a ledger entry anyway), so their number is bounded by the directory.
+Buckets live in this process only: each replica sharing a database has its own. Only authenticated peers get a
+bucket (an unauthenticated client is refused without a ledger entry anyway), so their number is bounded by the
+directory; in development mode, by the names loopback processes claim.
 """
 
 from __future__ import annotations
@@ -53,21 +56,24 @@ class RefusalBudget:
             bucket.at = now
         return bucket
 
-    def wait(self, peer: str) -> float:
-        """Seconds until ``peer`` may cost us another refusal; 0.0 while it has a token."""
+    def take(self, peer: str) -> float:
+        """Take one of ``peer``'s tokens and return 0.0; or, if it has no whole one, take nothing and return the
+        seconds until it has."""
         bucket = self._bucket(peer)
         if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
             bucket.limited = False
             return 0.0
         return (1.0 - bucket.tokens) / self._rate
+
+    def give_back(self, peer: str) -> None:
+        """The envelope that took a token did not end in a ledgered refusal (a receipt, a duplicate, our own
+        failure): the token returns."""
+        bucket = self._bucket(peer)
+        bucket.tokens = min(self._burst, bucket.tokens + 1.0)
 
     def starts_limit(self, peer: str) -> bool:
         """True the first time ``peer`` is turned away since it last had a token (what is worth a log line)."""
         bucket = self._bucket(peer)
         first, bucket.limited = not bucket.limited, True
         return first
-
-    def spend(self, peer: str) -> None:
-        """One refusal of ``peer`` was ledgered. Refusals already in flight when the bucket ran dry still spend: the
-        debt (at most the peer's concurrent deliveries) lengthens its wait."""
-        self._bucket(peer).tokens -= 1.0

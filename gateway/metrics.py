@@ -26,7 +26,7 @@ class Metrics:
         self.refused = Counter("comity_envelopes_refused", "Envelopes refused", ["code"], registry=self.registry)
         self.limited = Counter(
             "comity_envelopes_limited",
-            "Envelopes turned away unread: the peer ran out of refusals (429)",
+            "Envelopes turned away unparsed: the peer ran out of refusals (429)",
             ["peer"],
             registry=self.registry,
         )

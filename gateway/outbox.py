@@ -69,6 +69,15 @@ def retry_delay(attempts: int, initial: float, maximum: float, jitter: Callable[
     return backoff * (1 - 0.2 * jitter())
 
 
+def not_before(delay: float, retry_after: float, maximum: float, jitter: Callable[[], float] = random.random) -> float:
+    """``delay``, or the peer's ``retry_after`` if longer, plus up to a fifth of it at random (the rows a limited
+    peer turned away must not all come back in the same second); never above ``maximum``, and spread below it there
+    as in :func:`retry_delay`."""
+    if retry_after <= delay:
+        return delay
+    return max(delay, min(retry_after * (1 + 0.2 * jitter()), maximum * (1 - 0.2 * jitter())))
+
+
 class OutboxSender:
     def __init__(self, gw: Gateway, *, concurrency: int = 32) -> None:
         self.gw = gw
@@ -157,8 +166,8 @@ class OutboxSender:
             code = error_code(exc)
             settings = self.gw.settings
             delay = retry_delay(item.attempts, settings.outbox_initial_backoff, settings.outbox_max_backoff)
-            if isinstance(exc, DeliveryError):  # not before the peer said, nor later than our cap
-                delay = max(delay, min(exc.retry_after, settings.outbox_max_backoff))
+            if isinstance(exc, DeliveryError):
+                delay = not_before(delay, exc.retry_after, settings.outbox_max_backoff)
             log.warning("delivery_retry", attempt=item.attempts + 1, error=code, retry_in=round(delay, 3))
             self.gw.metrics.delivery_failures.labels(peer=item.peer).inc()
             try:

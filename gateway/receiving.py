@@ -406,8 +406,6 @@ async def refuse(
         log.warning("unauthenticated_envelope_refused", code=error.code)
         return sign_refusal(refusal, key)
 
-    gw.refusal_budget.spend(peer_id)
-
     async def unit(tx: Tx) -> Finish[None]:
         tx.record(
             EventType.REFUSED,

@@ -1,8 +1,9 @@
 """A peer that keeps sending what we refuse cannot grow our ledger faster than its refusal budget (decision 75).
 
-Every refusal of an authenticated peer is a signed answer and a ledger entry. Past ``peer_refusal_burst`` refusals,
-refilled at ``peer_refusals_per_minute``, the federation endpoint answers that peer 429 ``too-many-refusals`` with
-``Retry-After`` before reading the body: nothing signed, stored or ledgered, and its outbox tries again later.
+Every refusal of an authenticated peer is a signed answer and a ledger entry. Every delivery let in takes a token of
+the peer's bucket (``peer_refusal_burst``, refilled at ``peer_refusals_per_minute``) and gives it back unless it
+ends in a refusal; with none left, the federation endpoint answers that peer 429 ``too-many-refusals`` with
+``Retry-After`` without parsing the body: nothing signed, stored or ledgered, and its outbox tries again later.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import select
 
 from gateway.limits import RefusalBudget
 from gateway.logs import configure_logging
+from gateway.outbox import _retry_after, not_before
 from store.tables import outbox
 from tests.gateway.conftest import PASSPHRASE, Pair, ledger
 from tests.gateway.hostile import Answer, HostilePeer, make_attachment
@@ -42,46 +44,71 @@ class Clock:
 def test_a_peer_may_spend_its_burst_then_one_refusal_per_refill() -> None:
     clock = Clock()
     budget = RefusalBudget(per_minute=6, burst=3, clock=clock)  # one token every 10 s
-    for _ in range(3):
-        assert budget.wait("ar.mj") == 0.0
-        budget.spend("ar.mj")
-    assert budget.wait("ar.mj") == pytest.approx(10.0)
-    assert budget.wait("au.ag") == 0.0  # each peer has its own bucket
+    assert [budget.take("ar.mj") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert budget.take("ar.mj") == pytest.approx(10.0)  # nothing taken: the wait stays what it was
+    assert budget.take("ar.mj") == pytest.approx(10.0)
+    assert budget.take("au.ag") == 0.0  # each peer has its own bucket
     clock.now += 4
-    assert budget.wait("ar.mj") == pytest.approx(6.0)
+    assert budget.take("ar.mj") == pytest.approx(6.0)
     clock.now += 6
-    assert budget.wait("ar.mj") == 0.0
-    budget.spend("ar.mj")
-    assert budget.wait("ar.mj") == pytest.approx(10.0)
+    assert budget.take("ar.mj") == 0.0
+    assert budget.take("ar.mj") == pytest.approx(10.0)
     # an idle peer gets its burst back, never more
     clock.now += 3600
-    for _ in range(3):
-        assert budget.wait("ar.mj") == 0.0
-        budget.spend("ar.mj")
-    assert budget.wait("ar.mj") > 0
+    assert [budget.take("ar.mj") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert budget.take("ar.mj") > 0
 
 
-def test_refusals_in_flight_when_the_bucket_ran_dry_lengthen_the_wait() -> None:
-    clock = Clock()
-    budget = RefusalBudget(per_minute=60, burst=1, clock=clock)
-    assert budget.wait("ar.mj") == 0.0
-    for _ in range(3):  # three deliveries passed the check before the first refusal spent the token
-        budget.spend("ar.mj")
-    assert budget.wait("ar.mj") == pytest.approx(3.0)
+def test_deliveries_in_flight_hold_their_tokens_and_give_them_back_unless_refused() -> None:
+    """A token is taken when a delivery is let in, so no more deliveries than the peer holds tokens can end in a
+    refusal, however many it opens at once; a receipt (or our own failure) gives the token back."""
+    budget = RefusalBudget(per_minute=60, burst=2, clock=Clock())
+    assert [budget.take("ar.mj") for _ in range(2)] == [0.0, 0.0]  # two deliveries in flight
+    assert budget.take("ar.mj") > 0  # a third is turned away, whatever the first two become
+    budget.give_back("ar.mj")  # the first was receipted
+    assert budget.take("ar.mj") == 0.0
+    for _ in range(5):  # never more than the burst
+        budget.give_back("ar.mj")
+    assert [budget.take("ar.mj") for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
 
 
 def test_a_limitation_is_announced_once_until_the_peer_has_a_token_again() -> None:
     clock = Clock()
     budget = RefusalBudget(per_minute=60, burst=1, clock=clock)
-    budget.spend("ar.mj")
-    assert budget.wait("ar.mj") > 0
+    assert budget.take("ar.mj") == 0.0
+    assert budget.take("ar.mj") > 0
     assert budget.starts_limit("ar.mj") is True
     assert budget.starts_limit("ar.mj") is False
     clock.now += 1
-    assert budget.wait("ar.mj") == 0.0
-    budget.spend("ar.mj")
-    assert budget.wait("ar.mj") > 0
+    assert budget.take("ar.mj") == 0.0
+    assert budget.take("ar.mj") > 0
     assert budget.starts_limit("ar.mj") is True
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("10", 10.0),
+        ("0", 0.0),
+        (None, 0.0),
+        ("", 0.0),
+        ("-5", 0.0),
+        ("1.5", 0.0),
+        ("\u0661\u0662", 0.0),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", 0.0),
+    ],
+)
+def test_only_delay_seconds_count_as_retry_after(header: str | None, seconds: float) -> None:
+    assert _retry_after(header) == seconds
+
+
+def test_the_outbox_waits_at_least_retry_after_spread_above_it_and_never_beyond_its_maximum() -> None:
+    assert not_before(5.0, 3.0, 300.0, lambda: 0.5) == 5.0  # our own backoff is longer already
+    assert not_before(0.05, 10.0, 300.0, lambda: 0.0) == 10.0
+    assert not_before(0.05, 10.0, 300.0, lambda: 1.0) == pytest.approx(12.0)
+    assert not_before(0.05, 1000.0, 300.0, lambda: 0.0) == 300.0  # capped
+    assert not_before(0.05, 1000.0, 300.0, lambda: 1.0) == pytest.approx(240.0)  # and spread below the cap
+    assert not_before(290.0, 1000.0, 300.0, lambda: 1.0) == 290.0  # never shorter than our own backoff
 
 
 @pytest.mark.parametrize(("per_minute", "burst"), [(0, 1), (-1, 1), (1, 0)])
@@ -122,7 +149,7 @@ async def limited_count(pair: Pair) -> float:
     return float(found[0].split(" ")[1]) if found else 0.0
 
 
-async def test_a_peer_past_its_refusals_is_turned_away_unread_and_nothing_is_ledgered(
+async def test_a_peer_past_its_refusals_is_turned_away_unparsed_and_nothing_is_ledgered(
     pair: Pair, hostile: HostilePeer
 ) -> None:
     await restart(pair.au, peer_refusal_burst=2, peer_refusals_per_minute=0.6)  # then one refusal every 100 s
@@ -131,13 +158,17 @@ async def test_a_peer_past_its_refusals_is_turned_away_unread_and_nothing_is_led
     configure_logging(level="info", stream=buffer)
     try:
         before = await stored(pair.au.gw)
+        for _ in range(3):  # a receipt gives its token back
+            answer = await hostile.post(hostile.seal(hostile.payload()))
+            assert answer.status == 200 and isinstance(answer.document.get("receipt"), str)
+        before = await stored(pair.au.gw)
         for _ in range(2):  # within the burst: signed and ledgered as always
             answer = await hostile.post(hostile.seal(hostile.payload(**{"from": "zz.evil"})))
             assert answer.status == 403 and isinstance(answer.document.get("refusal"), str)
         added = await ledger(pair.au.gw, before.ledger_size)
         assert [entry["reason"] for entry in added] == ["sender-mismatch", "sender-mismatch"]
 
-        # past it: the next bad envelope, a good one, and a good one with an attachment are all turned away unread
+        # past it: the next bad envelope, a good one, and a good one with an attachment are all turned away unparsed
         payload = hostile.payload()
         attachment = make_attachment(os.urandom(3000))
         for answer in (
@@ -163,13 +194,14 @@ async def test_a_peer_past_its_refusals_is_turned_away_unread_and_nothing_is_led
 async def test_the_sender_waits_as_told_and_delivers_once_the_peer_has_a_token_again(pair: Pair) -> None:
     clock = Clock()
     pair.au.gw.refusal_budget = RefusalBudget(per_minute=6, burst=1, clock=clock)
-    pair.au.gw.refusal_budget.spend("ar.mj")  # ar.mj just spent its only refusal
+    assert pair.au.gw.refusal_budget.take("ar.mj") == 0.0  # ar.mj just spent its only refusal
     await restart(pair.ar, outbox_initial_backoff=0.05, outbox_max_backoff=30)
     status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
     assert status == 202, body
     message_id = body["id"]
 
-    # au.ag answers 429 with Retry-After: 10; ar.mj's outbox waits that long, not its 0.05 s backoff
+    # au.ag answers 429 with Retry-After: 10; ar.mj's outbox waits that long (and up to a fifth more), not its
+    # 0.05 s backoff
     for _ in range(200):
         async with pair.ar.gw.engine.connect() as conn:
             row = (await conn.execute(select(outbox.c.attempts, outbox.c.next_attempt_at, outbox.c.last_error))).one()
@@ -178,7 +210,7 @@ async def test_the_sender_waits_as_told_and_delivers_once_the_peer_has_a_token_a
         await asyncio.sleep(0.05)
     assert row.attempts == 1 and row.last_error == "delivery-failed"
     waits = row.next_attempt_at.replace(tzinfo=None) - pair.ar.gw.clock().replace(tzinfo=None)
-    assert timedelta(seconds=8) < waits <= timedelta(seconds=10), waits
+    assert timedelta(seconds=8) < waits <= timedelta(seconds=12), waits  # 10 s, plus up to a fifth
     assert (await wait_for(pair.ar, message_id, "queued"))["received_at"] is None
 
     # once the peer has a token again, the next attempt is delivered: nothing was lost
