@@ -39,6 +39,7 @@ CONSISTENCY_PATH = "/federation/v1/consistency"
 RECEIPT_PROOF_PATH = "/federation/v1/receipt-proof"
 MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
+SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt proofs (9.6)
 # seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
 # busy or restarting peer drops connections for a while; a peer that answers with a refusal, a malformed proof or a
 # checkpoint that does not verify is counted at once
@@ -93,6 +94,7 @@ class Witness:
         self._failures: dict[str, int] = {}  # consecutive checks a peer could not back with a consistency proof
         self._since: dict[str, float] = {}  # loop time of the first of those failures
         self._last: dict[str, float] = {}  # loop time at which each peer's last check started
+        self._served: dict[str, float] = {}  # loop time at which we last recorded that a peer serves 9.6
         self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
         self._hurrying = 0  # idle() calls running
         self.min_interval = MIN_INTERVAL
@@ -211,6 +213,10 @@ class Witness:
             return
         fetched = await self._fetch_receipt_proof(peer, index, checkpoint.size)
         if fetched is None:  # a gateway without 9.6: nothing to hold against it, and nothing checked
+            async with self.gw.reader.connect() as conn:
+                served = await WitnessState.served_receipt_proofs(conn, peer)
+            if served:  # ... unless it served them before: then it hides this one (decision 77)
+                raise WitnessError(f"{peer} answered not-found to a receipt proof, which it served before")
             self.log.warning("receipt_proof_unsupported", peer=peer)
             return
         if isinstance(fetched, str):  # it refuses to show the entry its own signed receipt names
@@ -232,6 +238,18 @@ class Witness:
         }
         if not isinstance(event, dict) or any(event.get(name) != value for name, value in expected.items()):
             await self._alarm(peer, "receipt-unbacked", f"{what}, which records something else")
+            return
+        await self._remember_served(peer)
+
+    async def _remember_served(self, peer: str) -> None:
+        """Record that ``peer`` serves 9.6, at most once a minute (the record outlives a restart; an operator's
+        ``comity peer clear --forget-history`` drops it, and it is written again at the next proof served)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._served.get(peer, -SERVED_REFRESH) < SERVED_REFRESH:
+            return
+        async with self.gw.transaction() as conn:
+            await WitnessState.remember_receipt_proofs(conn, peer)
+        self._served[peer] = now
 
     async def _fetch_receipt_proof(self, peer: str, index: int, size: int) -> tuple[bytes, list[bytes]] | str | None:
         """The entry and its proof; or the refusal code when the peer says the entry is not our reception; or None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import settings_state
 
-__all__ = ["read_fact", "write_fact"]
+__all__ = ["delete_fact", "read_fact", "write_fact"]
 
 
 async def read_fact(conn: AsyncConnection, key: str) -> Any:
@@ -29,3 +29,8 @@ async def write_fact(conn: AsyncConnection, key: str, value: Any) -> None:
     await conn.execute(
         statement.on_conflict_do_update(index_elements=[settings_state.c.key], set_={"value": statement.excluded.value})
     )
+
+
+async def delete_fact(conn: AsyncConnection, key: str) -> None:
+    """Forget the value under ``key`` (nothing if there is none), in the caller's transaction."""
+    await conn.execute(delete(settings_state).where(settings_state.c.key == key))

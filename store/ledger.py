@@ -11,6 +11,7 @@ from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
+from store.facts import delete_fact, read_fact, write_fact
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
 
 __all__ = ["Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
@@ -175,7 +176,8 @@ class WitnessState:
     @staticmethod
     async def clear(conn: AsyncConnection, peer: str, by: str, now: datetime, *, forget_history: bool = False) -> int:
         """Close the open alarms about ``peer``; with ``forget_history``, also drop the checkpoints we held from it,
-        so that its next checkpoint becomes the new starting point (after the operator accepted a changed history)."""
+        so that its next checkpoint becomes the new starting point (after the operator accepted a changed history),
+        and that it served receipt proofs (after the operator accepted that it no longer does)."""
         result = await conn.execute(
             update(peer_alarms)
             .where(peer_alarms.c.peer == peer, peer_alarms.c.cleared_at.is_(None))
@@ -183,4 +185,19 @@ class WitnessState:
         )
         if forget_history and result.rowcount:
             await conn.execute(delete(peer_checkpoints).where(peer_checkpoints.c.peer == peer))
+            await delete_fact(conn, _served_key(peer))
         return int(result.rowcount)
+
+    @staticmethod
+    async def served_receipt_proofs(conn: AsyncConnection, peer: str) -> bool:
+        """Whether ``peer`` has served us a receipt proof (9.6) before: then a ``not-found`` from it is no longer
+        the answer of a gateway of an earlier version."""
+        return bool(await read_fact(conn, _served_key(peer)))
+
+    @staticmethod
+    async def remember_receipt_proofs(conn: AsyncConnection, peer: str) -> None:
+        await write_fact(conn, _served_key(peer), True)
+
+
+def _served_key(peer: str) -> str:
+    return f"receipt_proofs_served:{peer}"

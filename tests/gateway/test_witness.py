@@ -457,6 +457,41 @@ async def test_a_peer_without_the_receipt_proof_is_not_blocked(pair: Pair, monke
     assert pair.ar.running is not None and not pair.ar.running.sender.witness._failures
 
 
+async def test_a_peer_that_served_receipt_proofs_cannot_later_pretend_not_to(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 77: once a peer served a receipt proof, its not-found to a later one counts as a check it failed
+    (toward proof-unavailable), as hiding a receipt its ledger does not back would otherwise be free; an operator who
+    accepts that it no longer serves them (a downgrade) clears with --forget-history."""
+    from gateway import witness
+
+    await exchange(pair)  # served, and remembered
+    async with pair.ar.gw.engine.connect() as conn:
+        assert await WitnessState.served_receipt_proofs(conn, "au.ag")
+        assert not await WitnessState.served_receipt_proofs(conn, "zz.other")
+    monkeypatch.setattr(witness, "RECEIPT_PROOF_PATH", "/federation/v1/not-served-here")
+    for _ in range(witness.MAX_PROOF_FAILURES - 1):
+        await exchange(pair)
+    assert not pair.ar.gw.blocked_peers
+    await exchange(pair)
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "proof-unavailable")]
+
+    config = str(pair.ar.provisioned.config)
+    clear = ("peer", "clear", "au.ag", "--operator", "oscar", "--forget-history", "--config", config)
+    await asyncio.to_thread(comity, *clear)
+    async with pair.ar.gw.engine.connect() as conn:
+        assert not await WitnessState.served_receipt_proofs(conn, "au.ag")
+    for _ in range(50):  # the gateway re-reads open alarms from the database
+        if not pair.ar.gw.blocked_peers:
+            break
+        await asyncio.sleep(0.1)
+    for _ in range(witness.MAX_PROOF_FAILURES + 1):  # now like a gateway that never served them
+        await exchange(pair)
+    assert not pair.ar.gw.blocked_peers
+
+
 async def test_the_receipt_proof_endpoint_shows_a_peer_only_its_own_receptions(pair: Pair) -> None:
     message_id = await exchange(pair)
     # a refusal of ar.mj's is ledgered with from = ar.mj, but it is no reception
