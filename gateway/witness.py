@@ -39,6 +39,7 @@ CONSISTENCY_PATH = "/federation/v1/consistency"
 RECEIPT_PROOF_PATH = "/federation/v1/receipt-proof"
 MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
+MIN_KEY_MARGIN = 60  # seconds: the least verification margin around a receipt's or a cosignature's time
 SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt proofs (9.6)
 # seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
 # busy or restarting peer drops connections for a while; a peer that answers with a refusal, a malformed proof or a
@@ -62,12 +63,13 @@ def _raw(key: OKPKey) -> bytes:
 
 
 def _signing_keys_about(gw: Gateway, authority_id: str, when: datetime | None) -> list[OKPKey]:
-    """``authority_id``'s signing keys valid at some time within the clock skew of ``when`` (decision 76); every
-    one it lists when ``when`` is None."""
+    """``authority_id``'s signing keys valid at some time within the verification margin of ``when`` (decision 76):
+    the clock skew, and at least a minute (the checkpoint is signed when its group commits, after the receipt's
+    time); every one it lists when ``when`` is None."""
     entry = gw.directory.authority(authority_id)
     if when is None:
         return list(entry.all_signing_keys().values())
-    margin = timedelta(seconds=gw.settings.max_clock_skew_seconds)
+    margin = timedelta(seconds=max(gw.settings.max_clock_skew_seconds, MIN_KEY_MARGIN))
     return list(entry.signing_keys_during(when - margin, when + margin).values())
 
 

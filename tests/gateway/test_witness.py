@@ -370,6 +370,9 @@ async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_si
         await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": early}))
     assert await rows(pair.ar, select(peer_checkpoints)) == held
     await witness.check("au.ag", receipt.checkpoint, receipt)  # at its real time it verifies
+    # and within the margin around it: a key may take over between a receipt's time and its commit
+    inside = format_time(parse_time(au_key.not_before) - skew + timedelta(seconds=5))
+    await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": inside}))
 
     # a cosignature by ar.mj's real key, dated within twice the skew of au.ag's clock, but before that key was valid
     (ar_key,) = [key for key in pair.au.gw.peer("ar.mj").keys if key.use == "sig"]
@@ -388,11 +391,30 @@ async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_si
             problem = await response.json(content_type=None)
             assert (response.status, problem["code"]) == (400, "note-invalid"), problem
         assert await rows(pair.au, select(cosignatures)) == before
-        line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, int(pair.ar.gw.clock().timestamp()))
-        async with session.post(
-            peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
-        ) as response:
-            assert response.status == 204, await response.text()
+        for accepted in (stamp + 10, int(pair.ar.gw.clock().timestamp())):  # just inside the margin; now
+            line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, accepted)
+            async with session.post(
+                peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
+            ) as response:
+                assert response.status == 204, await response.text()
+
+
+async def test_the_verification_margin_is_at_least_a_minute(pair: Pair) -> None:
+    """With a clock skew setting of 0 a checkpoint signed when its group commits, after its receipt's time, by a
+    key that took over in between, still verifies (the margin's floor); a minute and more before, it does not."""
+    message_id = await exchange(pair)
+    receipt = await _held_receipt(pair, message_id)
+    await pair.ar.stop()
+    await pair.ar.start(max_clock_skew_seconds=0)
+    witness = pair.ar.running.sender.witness if pair.ar.running else None
+    assert witness is not None
+    (au_key,) = [key for key in pair.ar.gw.peer("au.ag").keys if key.use == "sig"]
+    starts = parse_time(au_key.not_before)
+    inside = format_time(starts - timedelta(seconds=55))
+    await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": inside}))
+    outside = format_time(starts - timedelta(seconds=65))
+    with pytest.raises(NoteError):
+        await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": outside}))
 
 
 @pytest.fixture
