@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # refusals of one peer we ledger: a bucket of this many, refilled at this rate; beyond, 429 (gateway/limits.py)
     peer_refusal_burst: int = Field(default=300, ge=1, le=1_000_000)
     peer_refusals_per_minute: float = Field(default=60.0, gt=0, le=1_000_000)
+    # how often the witness fetches the checkpoint of a peer no receipt brought one of meanwhile (gateway/witness.py)
+    witness_poll_seconds: float = Field(default=300.0, ge=1, le=86400)
     db_pool_size: int = Field(default=40, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_reveal: Literal["state_and_date", "date_only", "nothing"] = "state_and_date"  # art. 46(24) answers

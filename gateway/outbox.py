@@ -92,11 +92,14 @@ class OutboxSender:
 
     async def run(self) -> None:
         self.gw.direct_delivery = self.deliver_now
+        watching = asyncio.create_task(self.witness.watch(self._stopping))
         try:
             await self._run()
         finally:
             if self.gw.direct_delivery == self.deliver_now:
                 self.gw.direct_delivery = None
+            watching.cancel()  # it returns by itself once stopping is set; not if the loop failed
+            await asyncio.wait({watching})
 
     def deliver_now(self, message_id: str, peer: str, sealed: bytes, digest: str) -> None:
         """Send a message just committed to the outbox under :data:`DIRECT_LEASE` (no attachments), at once.

@@ -36,6 +36,7 @@ from store.ledger import PeerCheckpoint, WitnessState
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
+CHECKPOINT_PATH = "/federation/v1/checkpoint"
 RECEIPT_PROOF_PATH = "/federation/v1/receipt-proof"
 MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
@@ -170,8 +171,9 @@ class Witness:
 
     async def check(self, peer: str, note: str, receipt: Receipt | None = None) -> None:
         gw = self.gw
-        # signed in the group commit that signed the receipt, by a key valid then (decision 76)
-        signed_about = gw.clock() if receipt is None else parse_time(receipt.received_at)
+        # signed in the group commit that signed the receipt, by a key valid then (decision 76); a polled checkpoint
+        # carries no time and may be as old as the peer's last append: any listed key
+        signed_about = None if receipt is None else parse_time(receipt.received_at)
         checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer, signed_about))
         async with gw.reader.connect() as conn:
             held = await WitnessState.latest(conn, peer)
@@ -242,6 +244,44 @@ class Witness:
             await self._alarm(peer, "receipt-unbacked", f"{what}, which records something else")
             return
         await self._remember_served(peer)
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Every ``witness_poll_seconds``, :meth:`poll`, until ``stopping`` is set."""
+        interval = self.gw.settings.witness_poll_seconds
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=interval)
+            if stopping.is_set():
+                return
+            try:
+                await self.poll()
+            except Exception:  # our directory or session: the next round tries again
+                self.log.exception("witness_poll_failed")
+
+    async def poll(self) -> None:
+        """Fetch the latest checkpoint (9.2) of every listed peer whose ledger was not checked within
+        ``witness_poll_seconds`` and queue it like one a receipt brought (decision 78): a peer we only receive from
+        sends us no receipts, and would otherwise never be witnessed. A peer that cannot be reached, or answers
+        otherwise than 200, is only logged: polling is not delivering, and a peer down for maintenance has done
+        nothing wrong; a checkpoint that does not verify or is not consistent with the one held counts as in 9.5."""
+        gw, loop = self.gw, asyncio.get_running_loop()
+        interval = gw.settings.witness_poll_seconds
+        for entry in gw.directory.authorities:
+            peer = entry.id
+            if peer == gw.authority_id or peer in gw.blocked_peers or peer in self._pending:
+                continue
+            if loop.time() - self._last.get(peer, -interval) < interval:
+                continue  # a receipt brought one lately
+            try:
+                gw.peer(peer)  # an expired directory: nothing to ask anyone
+                status, raw = await self._get(peer, CHECKPOINT_PATH)
+            except (*_TRANSPORT, ComityError) as exc:
+                self.log.info("witness_poll_unanswered", peer=peer, error=error_code(exc))
+                continue
+            if status != 200:
+                self.log.info("witness_poll_unanswered", peer=peer, status=status)
+                continue
+            self.observe(peer, raw.decode("utf-8", "replace"))
 
     async def _remember_served(self, peer: str) -> None:
         """Record that ``peer`` serves 9.6, at most once a minute (the record outlives a restart; an operator's

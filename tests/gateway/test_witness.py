@@ -417,6 +417,47 @@ async def test_the_verification_margin_is_at_least_a_minute(pair: Pair) -> None:
         await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": outside}))
 
 
+async def test_a_gateway_that_only_receives_witnesses_its_peer_too(pair: Pair) -> None:
+    """Decision 78: au.ag only receives from ar.mj, so no receipt ever brings it ar.mj's checkpoint; it fetches one
+    every witness_poll_seconds, checks it like any other (consistency, cosignature), and catches a rewrite. A peer it
+    cannot reach is only logged."""
+    await exchange(pair)
+    await pair.au.stop()
+    await pair.au.start(witness_poll_seconds=1)
+    for _ in range(100):  # the poll runs by itself
+        held = await rows(pair.au, select(peer_checkpoints).where(peer_checkpoints.c.peer == "ar.mj"))
+        if held:
+            break
+        await asyncio.sleep(0.1)
+    assert held, "au.ag never fetched ar.mj's checkpoint"
+    witness = pair.au.running.sender.witness if pair.au.running else None
+    assert witness is not None
+    await witness.idle()
+    lines = await rows(pair.ar, select(cosignatures).where(cosignatures.c.witness == "comity-witness/au.ag"))
+    assert lines, "au.ag did not cosign what it checked"
+
+    # ar.mj goes away: polling is not delivering, nothing counts against it
+    await pair.ar.stop()
+    witness._last.clear()
+    await witness.poll()
+    await witness.idle()
+    assert not witness._failures and not pair.au.gw.blocked_peers
+
+    # ar.mj's history changes under what au.ag holds: caught at the next poll
+    await pair.ar.start()
+    async with pair.au.gw.engine.begin() as conn:
+        await conn.execute(update(peer_checkpoints).values(root=os.urandom(32)))
+    await exchange(pair)
+    witness._last.clear()
+    await witness.poll()
+    await witness.idle()
+    async with pair.au.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    # the same size signed with another root, or a larger one no proof reconciles with it
+    assert [a.peer for a in alarms] == ["ar.mj"] and alarms[0].reason in {"ledger-fork", "ledger-rewritten"}
+    assert "ar.mj" in pair.au.gw.blocked_peers
+
+
 @pytest.fixture
 async def dev_pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair]:
     async for sides in running_pair(databases, tmp_path, plain_http=True):
