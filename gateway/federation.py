@@ -7,6 +7,7 @@ part is the envelope and whose following parts are the attachment ciphertexts in
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -155,6 +156,8 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tu
         received = await receive_envelope(gw, peer_id=peer_id, sealed=sealed, next_part=next_part)
     except EnvelopeRefused as refused:
         return problem_response(refused.error.code, refused.error.message, refusal=refused.refusal), True
+    if peer_id is not None:
+        gw.peers_heard[peer_id] = asyncio.get_running_loop().time()
     body = json.dumps({"receipt": received.receipt}).encode()
     return web.Response(body=body, content_type="application/json"), False
 

@@ -37,6 +37,12 @@ class Metrics:
         self.peer_alarms = Counter(
             "comity_peer_alarms", "Counterpart ledgers found forked or rewritten", ["peer"], registry=self.registry
         )
+        self.polls_unanswered = Counter(
+            "comity_witness_polls_unanswered",
+            "Checkpoint polls of a peer that failed or were refused (not counted toward an alarm)",
+            ["peer"],
+            registry=self.registry,
+        )
         self.ledger_size = Gauge("comity_ledger_size", "Entries in this gateway's ledger", registry=self.registry)
         self.outbox_waiting = Gauge(
             "comity_outbox_waiting", "Messages waiting for a peer's receipt", ["peer"], registry=self.registry

@@ -87,19 +87,24 @@ class OutboxSender:
         self._inflight: set[asyncio.Task[None]] = set()
         self.log = get_logger(component="outbox")
         self.witness = Witness(gw, self._session)
+        self._watching: asyncio.Task[None] | None = None  # the witness's polls (decision 78), while run() runs
 
     # --- loop ---------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         self.gw.direct_delivery = self.deliver_now
-        watching = asyncio.create_task(self.witness.watch(self._stopping))
+        self._watching = asyncio.create_task(self.witness.watch())
         try:
             await self._run()
         finally:
             if self.gw.direct_delivery == self.deliver_now:
                 self.gw.direct_delivery = None
-            watching.cancel()  # it returns by itself once stopping is set; not if the loop failed
-            await asyncio.wait({watching})
+            await self._stop_watching()
+
+    async def _stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.wait({self._watching})
 
     def deliver_now(self, message_id: str, peer: str, sealed: bytes, digest: str) -> None:
         """Send a message just committed to the outbox under :data:`DIRECT_LEASE` (no attachments), at once.
@@ -152,6 +157,7 @@ class OutboxSender:
     async def stop(self) -> None:
         """Stop claiming; let deliveries in flight finish (their rows stay leased if they do not)."""
         self._stopping.set()
+        await self._stop_watching()  # no poll queues a check after the witness went idle
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=10)
         await asyncio.wait_for(self.witness.idle(), timeout=10)

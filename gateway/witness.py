@@ -14,6 +14,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
+import random
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,7 @@ from crypto.note import CosignatureVerifier, NoteVerifier, open_checkpoint
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.logs import get_logger
+from gateway.loops import stop_if_cancelled
 from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.errors import ComityError, error_code
 from protocol.events import EventType
@@ -32,6 +35,7 @@ from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_i
 from protocol.receipts import Receipt
 from protocol.timefmt import parse_time
 from store.ledger import PeerCheckpoint, WitnessState
+from store.messages import Messages
 
 __all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
 
@@ -41,6 +45,8 @@ RECEIPT_PROOF_PATH = "/federation/v1/receipt-proof"
 MAX_PROOF_FAILURES = 5  # consecutive checks failed by a peer (unverifiable checkpoint, proof not given) before an alarm
 MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoints to the start of the next
 MIN_KEY_MARGIN = 60  # seconds: the least verification margin around a receipt's or a cosignature's time
+POLL_CONCURRENCY = 8  # checkpoint polls in flight at once
+POLL_TIMEOUT = 30.0  # seconds for one poll, connection and answer
 SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt proofs (9.6)
 # seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
 # busy or restarting peer drops connections for a while; a peer that answers with a refusal, a malformed proof or a
@@ -51,6 +57,10 @@ COSIGNATURE_PATH = "/federation/v1/cosignatures"
 
 class WitnessError(ComityError):
     code = "witness-failed"
+
+
+class ProofWithdrawn(WitnessError):
+    """A peer that served receipt proofs answers ``not-found`` (decision 77): a downgrade, or hiding a receipt."""
 
 
 # what makes a check fail by the peer's doing: a checkpoint that does not verify under its keys or does not parse,
@@ -98,6 +108,7 @@ class Witness:
         self._since: dict[str, float] = {}  # loop time of the first of those failures
         self._last: dict[str, float] = {}  # loop time at which each peer's last check started
         self._served: dict[str, float] = {}  # loop time at which we last recorded that a peer serves 9.6
+        self._senders: set[str] | None = None  # peers we had received from when polling began (decision 78)
         self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
         self._hurrying = 0  # idle() calls running
         self.min_interval = MIN_INTERVAL
@@ -154,7 +165,9 @@ class Witness:
                 failures = self._failures[peer] = self._failures.get(peer, 0) + 1
                 lasted = loop.time() - self._since.setdefault(peer, loop.time())
                 self.log.warning("witness_check_failed", peer=peer, error=error_code(exc), failures=failures)
-                patient = isinstance(exc, _TRANSPORT) and lasted < TRANSPORT_GRACE
+                # a dropped connection, or a replica of an earlier version answering during a rolling upgrade or a
+                # roll-back (decision 77): only once it has lasted
+                patient = isinstance(exc, (*_TRANSPORT, ProofWithdrawn)) and lasted < TRANSPORT_GRACE
                 if failures >= MAX_PROOF_FAILURES and not patient:
                     try:
                         await self._alarm(peer, "proof-unavailable", f"{failures} checks failed in a row by its doing")
@@ -220,7 +233,7 @@ class Witness:
             async with self.gw.reader.connect() as conn:
                 served = await WitnessState.served_receipt_proofs(conn, peer)
             if served:  # ... unless it served them before: then it hides this one (decision 77)
-                raise WitnessError(f"{peer} answered not-found to a receipt proof, which it served before")
+                raise ProofWithdrawn(f"{peer} answered not-found to a receipt proof, which it served before")
             self.log.warning("receipt_proof_unsupported", peer=peer)
             return
         if isinstance(fetched, str):  # it refuses to show the entry its own signed receipt names
@@ -245,43 +258,64 @@ class Witness:
             return
         await self._remember_served(peer)
 
-    async def watch(self, stopping: asyncio.Event) -> None:
-        """Every ``witness_poll_seconds``, :meth:`poll`, until ``stopping`` is set."""
+    async def watch(self) -> None:
+        """:meth:`poll` every ``witness_poll_seconds``, plus up to a fifth at random (replicas sharing a database do
+        not all poll at once), until cancelled."""
         interval = self.gw.settings.witness_poll_seconds
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=interval)
-            if stopping.is_set():
-                return
+        while True:
+            await asyncio.sleep(interval * (1 + 0.2 * random.random()))  # noqa: S311 (spread, not a secret)
             try:
                 await self.poll()
-            except Exception:  # our directory or session: the next round tries again
+            except Exception:  # our database or directory: the next round tries again
                 self.log.exception("witness_poll_failed")
+            stop_if_cancelled()
 
     async def poll(self) -> None:
-        """Fetch the latest checkpoint (9.2) of every listed peer whose ledger was not checked within
-        ``witness_poll_seconds`` and queue it like one a receipt brought (decision 78): a peer we only receive from
-        sends us no receipts, and would otherwise never be witnessed. A peer that cannot be reached, or answers
-        otherwise than 200, is only logged: polling is not delivering, and a peer down for maintenance has done
-        nothing wrong; a checkpoint that does not verify or is not consistent with the one held counts as in 9.5."""
-        gw, loop = self.gw, asyncio.get_running_loop()
-        interval = gw.settings.witness_poll_seconds
-        for entry in gw.directory.authorities:
-            peer = entry.id
-            if peer == gw.authority_id or peer in gw.blocked_peers or peer in self._pending:
-                continue
-            if loop.time() - self._last.get(peer, -interval) < interval:
-                continue  # a receipt brought one lately
+        """Fetch the latest checkpoint (9.2) of each peer we exchanged with (one we hold a checkpoint of, or one we
+        received a message from) whose ledger was not checked within ``witness_poll_seconds``, and queue it
+        like one a receipt brought, without its receipt (decision 78): a peer we only receive from sends us no
+        receipts, and would otherwise never be witnessed. At most ``POLL_CONCURRENCY`` at a time, each within
+        ``POLL_TIMEOUT``."""
+        gw = self.gw
+        async with gw.reader.connect() as conn:
+            peers = await WitnessState.witnessed(conn)
+            if self._senders is None:  # once per process: later ones are in peers_heard
+                self._senders = await Messages.senders(conn)
+        peers |= self._senders | set(gw.peers_heard)
+        listed = {entry.id for entry in gw.directory.authorities}
+        slots = asyncio.Semaphore(POLL_CONCURRENCY)
+        await asyncio.gather(*(self._poll(peer, slots) for peer in sorted(peers & listed - {gw.authority_id})))
+
+    def _due(self, peer: str) -> bool:
+        interval = self.gw.settings.witness_poll_seconds
+        recent = asyncio.get_running_loop().time() - self._last.get(peer, -interval) < interval
+        return not (recent or peer in self._pending or peer in self.gw.blocked_peers)
+
+    async def _poll(self, peer: str, slots: asyncio.Semaphore) -> None:
+        if not self._due(peer):
+            return  # a receipt brought one lately, or one waits
+        async with slots:
             try:
-                gw.peer(peer)  # an expired directory: nothing to ask anyone
-                status, raw = await self._get(peer, CHECKPOINT_PATH)
+                self.gw.peer(peer)  # an expired directory: nothing to ask anyone
+                status, raw = await asyncio.wait_for(self._get(peer, CHECKPOINT_PATH), timeout=POLL_TIMEOUT)
             except (*_TRANSPORT, ComityError) as exc:
-                self.log.info("witness_poll_unanswered", peer=peer, error=error_code(exc))
-                continue
-            if status != 200:
-                self.log.info("witness_poll_unanswered", peer=peer, status=status)
-                continue
+                self._unanswered(peer, error_code(exc))
+                return
+        if status != 200:
+            self._unanswered(peer, f"HTTP {status}")
+            return
+        if self._due(peer):  # still: a receipt's checkpoint, with its receipt to check, may have come meanwhile
             self.observe(peer, raw.decode("utf-8", "replace"))
+
+    def _unanswered(self, peer: str, why: str) -> None:
+        """Not counted toward an alarm (a peer we do not send to, down for maintenance, has done nothing wrong);
+        a warning when the peer delivered to us within the interval, so is up."""
+        self.gw.metrics.polls_unanswered.labels(peer=peer).inc()
+        delivering = asyncio.get_running_loop().time() - self.gw.peers_heard.get(peer, -math.inf)
+        if delivering < self.gw.settings.witness_poll_seconds:
+            self.log.warning("witness_poll_unanswered", peer=peer, error=why, delivering=True)
+        else:
+            self.log.info("witness_poll_unanswered", peer=peer, error=why)
 
     async def _remember_served(self, peer: str) -> None:
         """Record that ``peer`` serves 9.6, at most once a minute (the record outlives a restart; an operator's
@@ -391,7 +425,9 @@ def _newer(current: Pending | None, candidate: Pending) -> Pending:
     if current is None:
         return candidate
     try:
-        return candidate if _size(candidate[0]) >= _size(current[0]) else current
+        larger, same = _size(candidate[0]) > _size(current[0]), _size(candidate[0]) == _size(current[0])
+        # of equal trees, the one whose receipt is still to be checked (a polled note has none)
+        return candidate if larger or (same and (candidate[1] is not None or current[1] is None)) else current
     except (ValueError, IndexError):
         return candidate
 

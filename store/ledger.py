@@ -157,6 +157,11 @@ class WitnessState:
         return None if row is None else PeerCheckpoint(row.peer, row.size, bytes(row.root), row.note)
 
     @staticmethod
+    async def witnessed(conn: AsyncConnection) -> set[str]:
+        """The peers we hold a checkpoint of."""
+        return set((await conn.execute(select(peer_checkpoints.c.peer).distinct())).scalars())
+
+    @staticmethod
     async def remember(conn: AsyncConnection, checkpoint: PeerCheckpoint, now: datetime) -> None:
         await conn.execute(
             insert(peer_checkpoints).values(
@@ -174,10 +179,19 @@ class WitnessState:
         return [Alarm(r.id, r.peer, r.reason, r.detail, r.raised_at) for r in await conn.execute(query)]
 
     @staticmethod
-    async def clear(conn: AsyncConnection, peer: str, by: str, now: datetime, *, forget_history: bool = False) -> int:
+    async def clear(
+        conn: AsyncConnection,
+        peer: str,
+        by: str,
+        now: datetime,
+        *,
+        forget_history: bool = False,
+        forget_receipt_proofs: bool = False,
+    ) -> int:
         """Close the open alarms about ``peer``; with ``forget_history``, also drop the checkpoints we held from it,
-        so that its next checkpoint becomes the new starting point (after the operator accepted a changed history),
-        and that it served receipt proofs (after the operator accepted that it no longer does)."""
+        so that its next checkpoint becomes the new starting point (after the operator accepted a changed history);
+        with ``forget_receipt_proofs``, that it served receipt proofs (after the operator accepted that it no longer
+        does, decision 77)."""
         result = await conn.execute(
             update(peer_alarms)
             .where(peer_alarms.c.peer == peer, peer_alarms.c.cleared_at.is_(None))
@@ -185,6 +199,7 @@ class WitnessState:
         )
         if forget_history and result.rowcount:
             await conn.execute(delete(peer_checkpoints).where(peer_checkpoints.c.peer == peer))
+        if forget_receipt_proofs and result.rowcount:
             await delete_fact(conn, _served_key(peer))
         return int(result.rowcount)
 

@@ -163,6 +163,12 @@ class Messages:
         return (await Messages.seen_many(conn, [message_id])).get(message_id)
 
     @staticmethod
+    async def senders(conn: AsyncConnection) -> set[str]:
+        """Every peer we have received a message from."""
+        query = select(messages.c.peer).where(messages.c.direction == "in").distinct()
+        return set((await conn.execute(query)).scalars())
+
+    @staticmethod
     async def seen_many(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, Seen]:
         """:meth:`seen` for several ids in one query (every incoming envelope asks, and gateway.coalesce gathers
         concurrent ones: three columns, not the envelope, and on PostgreSQL straight through asyncpg)."""

@@ -45,13 +45,22 @@ def alarms(config_file: Path | None) -> None:
         click.echo("no open alarms")
 
 
-async def _clear(config_file: Path | None, authority_id: str, operator: str, forget_history: bool) -> int:
+async def _clear(
+    config_file: Path | None, authority_id: str, operator: str, forget_history: bool, forget_receipt_proofs: bool
+) -> int:
     settings = settings_from(config_file)
     engine = make_engine(settings.database_dsn, pool_size=1)
     try:
         async with engine.begin() as conn:
             now = datetime.now(UTC)
-            cleared = await WitnessState.clear(conn, authority_id, operator, now, forget_history=forget_history)
+            cleared = await WitnessState.clear(
+                conn,
+                authority_id,
+                operator,
+                now,
+                forget_history=forget_history,
+                forget_receipt_proofs=forget_receipt_proofs,
+            )
             if cleared:
                 event = LedgerEvent.parse(
                     {
@@ -76,11 +85,18 @@ async def _clear(config_file: Path | None, authority_id: str, operator: str, for
     is_flag=True,
     help="Also drop the checkpoints held from the peer: its next checkpoint is trusted as the new starting point.",
 )
+@click.option(
+    "--forget-receipt-proofs",
+    is_flag=True,
+    help="Also forget that the peer served receipt proofs: accept that it went back to a version without them.",
+)
 @reports_errors
-def clear(config_file: Path | None, authority_id: str, operator: str, forget_history: bool) -> None:
+def clear(
+    config_file: Path | None, authority_id: str, operator: str, forget_history: bool, forget_receipt_proofs: bool
+) -> None:
     """Clear the open alarms about AUTHORITY_ID; exchanges with it resume within a second."""
     validate_authority_id(authority_id)
-    cleared = run(_clear(config_file, authority_id, operator, forget_history))
+    cleared = run(_clear(config_file, authority_id, operator, forget_history, forget_receipt_proofs))
     if not cleared:
         raise CommandError(f"no open alarm about {authority_id}")
     click.echo(f"cleared {cleared} alarm(s) about {authority_id}")

@@ -417,10 +417,27 @@ async def test_the_verification_margin_is_at_least_a_minute(pair: Pair) -> None:
         await witness.check("au.ag", receipt.checkpoint, receipt.model_copy(update={"received_at": outside}))
 
 
+def test_of_two_queued_checkpoints_the_larger_is_checked_and_of_equal_ones_the_one_with_a_receipt() -> None:
+    from gateway.witness import _newer
+
+    receipt = Receipt.model_construct()
+    small, large = "origin\n5\nroot\n", "origin\n7\nroot\n"
+    assert _newer((small, receipt), (large, None)) == (large, None)
+    assert _newer((large, None), (small, receipt)) == (large, None)
+    assert _newer((large, receipt), (large, None)) == (large, receipt)  # a poll does not displace a receipt
+    assert _newer((large, None), (large, receipt)) == (large, receipt)
+    assert _newer(None, (small, None)) == (small, None)
+
+
 async def test_a_gateway_that_only_receives_witnesses_its_peer_too(pair: Pair) -> None:
     """Decision 78: au.ag only receives from ar.mj, so no receipt ever brings it ar.mj's checkpoint; it fetches one
     every witness_poll_seconds, checks it like any other (consistency, cosignature), and catches a rewrite. A peer it
-    cannot reach is only logged."""
+    cannot reach is only logged. A peer it never exchanged with is not polled."""
+    assert pair.au.running is not None
+    await pair.au.running.sender.witness.poll()
+    await pair.au.running.sender.witness.idle()
+    served = pair.ar.gw.metrics.requests.labels(listener="federation", route="/federation/v1/checkpoint", status="200")
+    assert served._value.get() == 0  # nothing exchanged yet: nothing asked
     await exchange(pair)
     await pair.au.stop()
     await pair.au.start(witness_poll_seconds=1)
@@ -436,12 +453,14 @@ async def test_a_gateway_that_only_receives_witnesses_its_peer_too(pair: Pair) -
     lines = await rows(pair.ar, select(cosignatures).where(cosignatures.c.witness == "comity-witness/au.ag"))
     assert lines, "au.ag did not cosign what it checked"
 
-    # ar.mj goes away: polling is not delivering, nothing counts against it
+    # ar.mj goes away: polling is not delivering, nothing counts against it (a warning: it delivered lately)
     await pair.ar.stop()
     witness._last.clear()
+    pair.au.gw.peers_heard["ar.mj"] = asyncio.get_running_loop().time()
     await witness.poll()
     await witness.idle()
     assert not witness._failures and not pair.au.gw.blocked_peers
+    assert pair.au.gw.metrics.polls_unanswered.labels(peer="ar.mj")._value.get() == 1
 
     # ar.mj's history changes under what au.ag holds: caught at the next poll
     await pair.ar.start()
@@ -525,7 +544,8 @@ async def test_a_peer_that_served_receipt_proofs_cannot_later_pretend_not_to(
 ) -> None:
     """Decision 77: once a peer served a receipt proof, its not-found to a later one counts as a check it failed
     (toward proof-unavailable), as hiding a receipt its ledger does not back would otherwise be free; an operator who
-    accepts that it no longer serves them (a downgrade) clears with --forget-history."""
+    accepts that it no longer serves them (a downgrade) clears with --forget-receipt-proofs. Like dropped
+    connections, it raises the alarm only once the failures have lasted TRANSPORT_GRACE (a rolling upgrade)."""
     from gateway import witness
 
     await exchange(pair)  # served, and remembered
@@ -533,19 +553,22 @@ async def test_a_peer_that_served_receipt_proofs_cannot_later_pretend_not_to(
         assert await WitnessState.served_receipt_proofs(conn, "au.ag")
         assert not await WitnessState.served_receipt_proofs(conn, "zz.other")
     monkeypatch.setattr(witness, "RECEIPT_PROOF_PATH", "/federation/v1/not-served-here")
-    for _ in range(witness.MAX_PROOF_FAILURES - 1):
+    for _ in range(witness.MAX_PROOF_FAILURES):  # a rolling upgrade, a roll-back: not before it has lasted a while
         await exchange(pair)
     assert not pair.ar.gw.blocked_peers
+    monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
     await exchange(pair)
     async with pair.ar.gw.engine.connect() as conn:
         alarms = await WitnessState.open_alarms(conn)
     assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "proof-unavailable")]
 
     config = str(pair.ar.provisioned.config)
-    clear = ("peer", "clear", "au.ag", "--operator", "oscar", "--forget-history", "--config", config)
+    clear = ("peer", "clear", "au.ag", "--operator", "oscar", "--forget-receipt-proofs", "--config", config)
+    held = await rows(pair.ar, select(peer_checkpoints))
     await asyncio.to_thread(comity, *clear)
     async with pair.ar.gw.engine.connect() as conn:
         assert not await WitnessState.served_receipt_proofs(conn, "au.ag")
+    assert await rows(pair.ar, select(peer_checkpoints)) == held  # the history stays held
     for _ in range(50):  # the gateway re-reads open alarms from the database
         if not pair.ar.gw.blocked_peers:
             break
