@@ -156,7 +156,7 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tu
         received = await receive_envelope(gw, peer_id=peer_id, sealed=sealed, next_part=next_part)
     except EnvelopeRefused as refused:
         return problem_response(refused.error.code, refused.error.message, refusal=refused.refusal), True
-    if peer_id is not None:
+    if peer_id is not None and not received.duplicate:  # its ledger will record our receipt (decision 78)
         gw.peers_heard[peer_id] = asyncio.get_running_loop().time()
     body = json.dumps({"receipt": received.receipt}).encode()
     return web.Response(body=body, content_type="application/json"), False

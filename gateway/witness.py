@@ -47,6 +47,7 @@ MIN_INTERVAL = 1.0  # seconds from the start of one check of a peer's checkpoint
 MIN_KEY_MARGIN = 60  # seconds: the least verification margin around a receipt's or a cosignature's time
 POLL_CONCURRENCY = 8  # checkpoint polls in flight at once
 POLL_TIMEOUT = 30.0  # seconds for one poll, connection and answer
+STALE_GRACE = 10.0  # seconds for a peer to ledger our receipt and sign a checkpoint that includes it
 SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt proofs (9.6)
 # seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
 # busy or restarting peer drops connections for a while; a peer that answers with a refusal, a malformed proof or a
@@ -108,6 +109,7 @@ class Witness:
         self._since: dict[str, float] = {}  # loop time of the first of those failures
         self._last: dict[str, float] = {}  # loop time at which each peer's last check started
         self._served: dict[str, float] = {}  # loop time at which we last recorded that a peer serves 9.6
+        self._held: dict[str, tuple[int, float]] = {}  # size and loop time of the last checkpoint we kept, by peer
         self._senders: set[str] | None = None  # peers we had received from when polling began (decision 78)
         self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
         self._hurrying = 0  # idle() calls running
@@ -159,24 +161,28 @@ class Witness:
                 await self.check(peer, *pending)
                 self._forgive(peer)
             except _UNCOOPERATIVE as exc:
-                # a peer that keeps failing to back its checkpoints is treated like one that forked: sending
-                # checkpoints that do not verify, or refusing, garbling or dropping proof requests, must not be a
-                # way to hide a rewrite
-                failures = self._failures[peer] = self._failures.get(peer, 0) + 1
-                lasted = loop.time() - self._since.setdefault(peer, loop.time())
-                self.log.warning("witness_check_failed", peer=peer, error=error_code(exc), failures=failures)
-                # a dropped connection, or a replica of an earlier version answering during a rolling upgrade or a
-                # roll-back (decision 77): only once it has lasted
-                patient = isinstance(exc, (*_TRANSPORT, ProofWithdrawn)) and lasted < TRANSPORT_GRACE
-                if failures >= MAX_PROOF_FAILURES and not patient:
-                    try:
-                        await self._alarm(peer, "proof-unavailable", f"{failures} checks failed in a row by its doing")
-                    except Exception as failed:  # the count stands: the next failure raises the alarm again
-                        self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
-                    else:
-                        self._forgive(peer)
+                await self._failed(peer, exc)
             except Exception as exc:  # our own database or directory: nothing to hold against the peer
                 self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
+
+    async def _failed(self, peer: str, exc: Exception) -> None:
+        """A check failed by the peer's doing. A peer that keeps failing to back its checkpoints is treated like one
+        that forked: sending checkpoints that do not verify, or refusing, garbling or dropping proof requests, must
+        not be a way to hide a rewrite."""
+        loop = asyncio.get_running_loop()
+        failures = self._failures[peer] = self._failures.get(peer, 0) + 1
+        lasted = loop.time() - self._since.setdefault(peer, loop.time())
+        self.log.warning("witness_check_failed", peer=peer, error=error_code(exc), failures=failures)
+        # a dropped connection, or a replica of an earlier version answering during a rolling upgrade or a
+        # roll-back (decision 77): only once it has lasted
+        patient = isinstance(exc, (*_TRANSPORT, ProofWithdrawn)) and lasted < TRANSPORT_GRACE
+        if failures >= MAX_PROOF_FAILURES and not patient:
+            try:
+                await self._alarm(peer, "proof-unavailable", f"{failures} checks failed in a row by its doing")
+            except Exception as failed:  # the count stands: the next failure raises the alarm again
+                self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
+            else:
+                self._forgive(peer)
 
     def _forgive(self, peer: str) -> None:
         self._failures.pop(peer, None)
@@ -208,6 +214,10 @@ class Witness:
                     f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold",
                 )
                 return
+        # the largest tree we know of, and since when (what a poll must exceed once the peer delivered to us)
+        largest = max(checkpoint.size, 0 if held is None else held.size)
+        if self._held.get(peer, (-1, 0.0))[0] < largest:
+            self._held[peer] = (largest, asyncio.get_running_loop().time())
         if held is None or checkpoint.size > held.size:  # new: keep it and cosign it, whatever its receipt shows
             async with gw.transaction() as conn:
                 await WitnessState.remember(
@@ -304,8 +314,24 @@ class Witness:
         if status != 200:
             self._unanswered(peer, f"HTTP {status}")
             return
-        if self._due(peer):  # still: a receipt's checkpoint, with its receipt to check, may have come meanwhile
-            self.observe(peer, raw.decode("utf-8", "replace"))
+        note = raw.decode("utf-8", "replace")
+        if self._stale(peer, note):
+            await self._failed(peer, WitnessError(f"{peer} answered a poll with a checkpoint no larger than one held"))
+        elif self._due(peer):  # still: a receipt's checkpoint, with its receipt to check, may have come meanwhile
+            self.observe(peer, note)
+
+    def _stale(self, peer: str, note: str) -> bool:
+        """Whether a polled checkpoint is no larger than the one we took from ``peer`` before it last delivered to
+        us, long enough ago (``STALE_GRACE``) for its ledger to have recorded our receipt and signed a larger one
+        (it signs at least every second while it grows): an old checkpoint served to hide what came after."""
+        held, heard = self._held.get(peer), self.gw.peers_heard.get(peer)
+        now = asyncio.get_running_loop().time()
+        if held is None or heard is None or heard < held[1] + STALE_GRACE or now < heard + STALE_GRACE:
+            return False
+        try:
+            return _size(note) <= held[0]
+        except (ValueError, IndexError):
+            return False  # malformed: the check says so
 
     def _unanswered(self, peer: str, why: str) -> None:
         """Not counted toward an alarm (a peer we do not send to, down for maintenance, has done nothing wrong);

@@ -477,6 +477,50 @@ async def test_a_gateway_that_only_receives_witnesses_its_peer_too(pair: Pair) -
     assert "ar.mj" in pair.au.gw.blocked_peers
 
 
+async def test_a_peer_that_answers_polls_with_an_old_checkpoint_is_caught(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 78: once a peer delivered to us (and so ledgered our receipt, and signed a larger checkpoint within a
+    second), a poll answered with a checkpoint no larger than the one we held before counts as a failed check."""
+    from gateway import witness as witness_module
+
+    monkeypatch.setattr(witness_module, "STALE_GRACE", 0.0)
+    assert pair.au.running is not None
+    witness = pair.au.running.sender.witness
+    await exchange(pair)
+    await witness.poll()
+    await witness.idle()
+    (old,) = await rows(pair.au, select(peer_checkpoints.c.note).where(peer_checkpoints.c.peer == "ar.mj"))
+
+    # an honest peer: after a delivery, its next checkpoint is larger
+    await exchange(pair)
+    await asyncio.sleep(2.5)  # its checkpointer signs at least every second while the ledger grows
+    witness._last.clear()
+    await witness.poll()
+    await witness.idle()
+    assert not witness._failures
+    assert len(await rows(pair.au, select(peer_checkpoints).where(peer_checkpoints.c.peer == "ar.mj"))) == 2
+
+    # a peer that keeps serving the old one
+    real_get = witness._get
+
+    async def stale_get(peer: str, path: str) -> tuple[int, bytes]:
+        return (200, old.note.encode()) if path == witness_module.CHECKPOINT_PATH else await real_get(peer, path)
+
+    monkeypatch.setattr(witness, "_get", stale_get)
+    await exchange(pair)
+    await asyncio.sleep(0.1)
+    for failures in range(1, witness_module.MAX_PROOF_FAILURES):
+        witness._last.clear()
+        await witness.poll()
+        assert witness._failures == {"ar.mj": failures}
+    witness._last.clear()
+    await witness.poll()
+    async with pair.au.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("ar.mj", "proof-unavailable")]
+
+
 @pytest.fixture
 async def dev_pair(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Pair]:
     async for sides in running_pair(databases, tmp_path, plain_http=True):
