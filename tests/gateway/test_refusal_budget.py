@@ -23,10 +23,11 @@ from gateway.limits import RefusalBudget
 from gateway.logs import configure_logging
 from gateway.outbox import _retry_after, not_before
 from store.tables import outbox
-from tests.gateway.conftest import PASSPHRASE, Pair, ledger
+from tests.gateway.conftest import Pair, ledger
 from tests.gateway.hostile import Answer, HostilePeer, make_attachment
 from tests.gateway.test_exchange import REQUEST, wait_for
 from tests.gateway.test_federation_refusals import stored
+from tests.gateway.test_markings import hostile_towards
 from tests.gateway.test_outbox import restart
 
 
@@ -123,14 +124,7 @@ def test_a_budget_needs_a_rate_and_a_burst(per_minute: float, burst: int) -> Non
 @pytest.fixture
 def hostile(pair: Pair) -> HostilePeer:
     """ar.mj's real TLS identity and keys, pointed at au.ag's federation port."""
-    return HostilePeer.impersonating(
-        data_dir=pair.ar.provisioned.data_dir,
-        identity="ar.mj",
-        passphrase=PASSPHRASE.encode(),
-        target=pair.ar.gw.peer("au.ag"),
-        target_cert=pair.au.provisioned.data_dir / "tls" / "cert.pem",
-        url=f"https://127.0.0.1:{pair.au.provisioned.federation_port}",
-    )
+    return hostile_towards(pair.ar, pair.au)
 
 
 def assert_turned_away(answer: Answer, *, longest: int) -> None:
