@@ -78,8 +78,8 @@ class Gateway:
     blocked_peers: set[str] = field(default_factory=set)
     # our signing keys that an earlier installed directory did not list: not before then, if another key can sign
     signing_earliest: dict[str, datetime] = field(default_factory=dict)
-    # peer -> event-loop time of the last new envelope of its we receipted (whom the witness polls, decision 78)
-    peers_heard: dict[str, float] = field(default_factory=dict)
+    # peer -> when we last receipted a new envelope of its (whom the witness polls and what it expects, decision 78)
+    peers_heard: dict[str, datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sqlite = is_sqlite(self.settings.database_dsn)

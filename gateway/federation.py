@@ -7,7 +7,6 @@ part is the envelope and whose following parts are the attachment ciphertexts in
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -157,7 +156,7 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tu
     except EnvelopeRefused as refused:
         return problem_response(refused.error.code, refused.error.message, refusal=refused.refusal), True
     if peer_id is not None and not received.duplicate:  # its ledger will record our receipt (decision 78)
-        gw.peers_heard[peer_id] = asyncio.get_running_loop().time()
+        gw.peers_heard[peer_id] = gw.clock()
     body = json.dumps({"receipt": received.receipt}).encode()
     return web.Response(body=body, content_type="application/json"), False
 

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import random
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +47,7 @@ MIN_KEY_MARGIN = 60  # seconds: the least verification margin around a receipt's
 POLL_CONCURRENCY = 8  # checkpoint polls in flight at once
 POLL_TIMEOUT = 30.0  # seconds for one poll, connection and answer
 STALE_GRACE = 10.0  # seconds for a peer to ledger our receipt and sign a checkpoint that includes it
+STALE_PATIENCE = 3600.0  # seconds of polls answered with an outgrown checkpoint before they raise an alarm
 SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt proofs (9.6)
 # seconds a run of failed checks must last before failures to connect or to answer in time alone raise the alarm: a
 # busy or restarting peer drops connections for a while; a peer that answers with a refusal, a malformed proof or a
@@ -109,7 +109,8 @@ class Witness:
         self._since: dict[str, float] = {}  # loop time of the first of those failures
         self._last: dict[str, float] = {}  # loop time at which each peer's last check started
         self._served: dict[str, float] = {}  # loop time at which we last recorded that a peer serves 9.6
-        self._held: dict[str, tuple[int, float]] = {}  # size and loop time of the last checkpoint we kept, by peer
+        self._stale_count: dict[str, int] = {}  # polls in a row a peer answered with a checkpoint it had outgrown
+        self._stale_since: dict[str, float] = {}  # loop time of the first of them
         self._senders: set[str] | None = None  # peers we had received from when polling began (decision 78)
         self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
         self._hurrying = 0  # idle() calls running
@@ -185,8 +186,8 @@ class Witness:
                 self._forgive(peer)
 
     def _forgive(self, peer: str) -> None:
-        self._failures.pop(peer, None)
-        self._since.pop(peer, None)
+        for counts in (self._failures, self._since, self._stale_count, self._stale_since):
+            counts.pop(peer, None)
 
     async def check(self, peer: str, note: str, receipt: Receipt | None = None) -> None:
         gw = self.gw
@@ -214,10 +215,6 @@ class Witness:
                     f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold",
                 )
                 return
-        # the largest tree we know of, and since when (what a poll must exceed once the peer delivered to us)
-        largest = max(checkpoint.size, 0 if held is None else held.size)
-        if self._held.get(peer, (-1, 0.0))[0] < largest:
-            self._held[peer] = (largest, asyncio.get_running_loop().time())
         if held is None or checkpoint.size > held.size:  # new: keep it and cosign it, whatever its receipt shows
             async with gw.transaction() as conn:
                 await WitnessState.remember(
@@ -305,6 +302,7 @@ class Witness:
         if not self._due(peer):
             return  # a receipt brought one lately, or one waits
         async with slots:
+            asked = self.gw.clock()
             try:
                 self.gw.peer(peer)  # an expired directory: nothing to ask anyone
                 status, raw = await asyncio.wait_for(self._get(peer, CHECKPOINT_PATH), timeout=POLL_TIMEOUT)
@@ -314,31 +312,54 @@ class Witness:
         if status != 200:
             self._unanswered(peer, f"HTTP {status}")
             return
+        if not self._due(peer):
+            return  # a receipt's checkpoint, with its receipt to check, came meanwhile
         note = raw.decode("utf-8", "replace")
-        if self._stale(peer, note):
-            await self._failed(peer, WitnessError(f"{peer} answered a poll with a checkpoint no larger than one held"))
-        elif self._due(peer):  # still: a receipt's checkpoint, with its receipt to check, may have come meanwhile
+        if await self._stale(peer, note, asked):
+            await self._stale_answer(peer)
+        else:
             self.observe(peer, note)
 
-    def _stale(self, peer: str, note: str) -> bool:
-        """Whether a polled checkpoint is no larger than the one we took from ``peer`` before it last delivered to
-        us, long enough ago (``STALE_GRACE``) for its ledger to have recorded our receipt and signed a larger one
-        (it signs at least every second while it grows): an old checkpoint served to hide what came after."""
-        held, heard = self._held.get(peer), self.gw.peers_heard.get(peer)
-        now = asyncio.get_running_loop().time()
-        if held is None or heard is None or heard < held[1] + STALE_GRACE or now < heard + STALE_GRACE:
+    async def _stale(self, peer: str, note: str, asked: datetime) -> bool:
+        """Whether a polled checkpoint is no larger than the largest we held of ``peer`` before it delivered a new
+        envelope to us, that delivery at least ``STALE_GRACE`` before we asked: by then its ledger should have
+        recorded our receipt and signed a larger checkpoint (it signs at least every second while it grows)."""
+        heard = self.gw.peers_heard.get(peer)
+        grace = timedelta(seconds=STALE_GRACE)
+        if heard is None or asked < heard + grace:
+            return False
+        async with self.gw.reader.connect() as conn:
+            held = await WitnessState.largest_held(conn, peer)  # forgotten by peer clear --forget-history
+        if held is None or held[1] + grace > heard:
             return False
         try:
             return _size(note) <= held[0]
         except (ValueError, IndexError):
             return False  # malformed: the check says so
 
+    async def _stale_answer(self, peer: str) -> None:
+        """Counted apart from other failures, and patient: an honest peer whose database refuses writes, or which
+        cannot verify our receipts, does not ledger them either (it keeps re-delivering). An alarm once the peer
+        has answered ``MAX_PROOF_FAILURES`` polls in a row so over at least ``STALE_PATIENCE``."""
+        now = asyncio.get_running_loop().time()
+        since = self._stale_since.setdefault(peer, now)
+        count = self._stale_count[peer] = self._stale_count.get(peer, 0) + 1
+        self.log.warning("witness_poll_stale", peer=peer, polls=count)
+        if count >= MAX_PROOF_FAILURES and now - since >= STALE_PATIENCE:
+            detail = f"{count} polls over {round(now - since)} s answered with a checkpoint it had since outgrown"
+            try:
+                await self._alarm(peer, "proof-unavailable", detail)
+            except Exception as failed:  # the count stands: the next stale answer raises the alarm again
+                self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
+            else:
+                self._forgive(peer)
+
     def _unanswered(self, peer: str, why: str) -> None:
         """Not counted toward an alarm (a peer we do not send to, down for maintenance, has done nothing wrong);
         a warning when the peer delivered to us within the interval, so is up."""
         self.gw.metrics.polls_unanswered.labels(peer=peer).inc()
-        delivering = asyncio.get_running_loop().time() - self.gw.peers_heard.get(peer, -math.inf)
-        if delivering < self.gw.settings.witness_poll_seconds:
+        heard = self.gw.peers_heard.get(peer)
+        if heard is not None and self.gw.clock() - heard < timedelta(seconds=self.gw.settings.witness_poll_seconds):
             self.log.warning("witness_poll_unanswered", peer=peer, error=why, delivering=True)
         else:
             self.log.info("witness_poll_unanswered", peer=peer, error=why)

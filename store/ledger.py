@@ -157,6 +157,18 @@ class WitnessState:
         return None if row is None else PeerCheckpoint(row.peer, row.size, bytes(row.root), row.note)
 
     @staticmethod
+    async def largest_held(conn: AsyncConnection, peer: str) -> tuple[int, datetime] | None:
+        """The size of the largest checkpoint we hold of ``peer`` and when we verified it."""
+        query = (
+            select(peer_checkpoints.c.size, peer_checkpoints.c.verified_at)
+            .where(peer_checkpoints.c.peer == peer)
+            .order_by(peer_checkpoints.c.size.desc())
+            .limit(1)
+        )
+        row = (await conn.execute(query)).one_or_none()
+        return None if row is None else (int(row.size), row.verified_at)
+
+    @staticmethod
     async def witnessed(conn: AsyncConnection) -> set[str]:
         """The peers we hold a checkpoint of."""
         return set((await conn.execute(select(peer_checkpoints.c.peer).distinct())).scalars())

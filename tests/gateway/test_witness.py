@@ -456,7 +456,7 @@ async def test_a_gateway_that_only_receives_witnesses_its_peer_too(pair: Pair) -
     # ar.mj goes away: polling is not delivering, nothing counts against it (a warning: it delivered lately)
     await pair.ar.stop()
     witness._last.clear()
-    pair.au.gw.peers_heard["ar.mj"] = asyncio.get_running_loop().time()
+    pair.au.gw.peers_heard["ar.mj"] = pair.au.gw.clock()
     await witness.poll()
     await witness.idle()
     assert not witness._failures and not pair.au.gw.blocked_peers
@@ -481,7 +481,8 @@ async def test_a_peer_that_answers_polls_with_an_old_checkpoint_is_caught(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Decision 78: once a peer delivered to us (and so ledgered our receipt, and signed a larger checkpoint within a
-    second), a poll answered with a checkpoint no larger than the one we held before counts as a failed check."""
+    second), a poll answered with a checkpoint no larger than the one we held before is counted; enough of them, for
+    long enough (STALE_PATIENCE), raise an alarm. After `peer clear --forget-history` nothing held is expected."""
     from gateway import witness as witness_module
 
     monkeypatch.setattr(witness_module, "STALE_GRACE", 0.0)
@@ -498,7 +499,7 @@ async def test_a_peer_that_answers_polls_with_an_old_checkpoint_is_caught(
     witness._last.clear()
     await witness.poll()
     await witness.idle()
-    assert not witness._failures
+    assert not witness._failures and not witness._stale_count
     assert len(await rows(pair.au, select(peer_checkpoints).where(peer_checkpoints.c.peer == "ar.mj"))) == 2
 
     # a peer that keeps serving the old one
@@ -510,15 +511,31 @@ async def test_a_peer_that_answers_polls_with_an_old_checkpoint_is_caught(
     monkeypatch.setattr(witness, "_get", stale_get)
     await exchange(pair)
     await asyncio.sleep(0.1)
-    for failures in range(1, witness_module.MAX_PROOF_FAILURES):
+    for answers in range(1, witness_module.MAX_PROOF_FAILURES + 1):
         witness._last.clear()
         await witness.poll()
-        assert witness._failures == {"ar.mj": failures}
+        assert witness._stale_count == {"ar.mj": answers}
+    assert not pair.au.gw.blocked_peers  # not before STALE_PATIENCE: an honest peer may fail to write for a while
+    monkeypatch.setattr(witness_module, "STALE_PATIENCE", 0.0)
     witness._last.clear()
     await witness.poll()
     async with pair.au.gw.engine.connect() as conn:
         alarms = await WitnessState.open_alarms(conn)
     assert [(a.peer, a.reason) for a in alarms] == [("ar.mj", "proof-unavailable")]
+
+    # the operator accepts its changed history: nothing held, so nothing to outgrow
+    config = str(pair.au.provisioned.config)
+    clear = ("peer", "clear", "ar.mj", "--operator", "oscar", "--forget-history", "--config", config)
+    await asyncio.to_thread(comity, *clear)
+    for _ in range(50):  # the gateway re-reads open alarms from the database
+        if "ar.mj" not in pair.au.gw.blocked_peers:
+            break
+        await asyncio.sleep(0.1)
+    witness._last.clear()
+    await witness.poll()
+    await witness.idle()
+    assert not witness._stale_count and not witness._failures and "ar.mj" not in pair.au.gw.blocked_peers
+    assert await rows(pair.au, select(peer_checkpoints.c.note).where(peer_checkpoints.c.peer == "ar.mj")) == [old]
 
 
 @pytest.fixture
