@@ -87,7 +87,8 @@ def _signing_keys_about(gw: Gateway, authority_id: str, when: datetime | None) -
 
 def note_verifiers(gw: Gateway, authority_id: str, when: datetime | None = None) -> list[NoteVerifier]:
     """Verifiers of ``authority_id``'s checkpoints under its ledger origin: its signing keys valid around ``when``
-    (the time of the receipt that carried the checkpoint), or every one listed (tests only)."""
+    (the time of the receipt that carried the checkpoint), or every one listed (a polled checkpoint carries no
+    time)."""
     keys = _signing_keys_about(gw, authority_id, when)
     return [NoteVerifier(f"comity-ledger/{authority_id}", _raw(key)) for key in keys]
 
@@ -178,12 +179,17 @@ class Witness:
         # roll-back (decision 77): only once it has lasted
         patient = isinstance(exc, (*_TRANSPORT, ProofWithdrawn)) and lasted < TRANSPORT_GRACE
         if failures >= MAX_PROOF_FAILURES and not patient:
-            try:
-                await self._alarm(peer, "proof-unavailable", f"{failures} checks failed in a row by its doing")
-            except Exception as failed:  # the count stands: the next failure raises the alarm again
-                self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
-            else:
-                self._forgive(peer)
+            await self._unavailable(peer, f"{failures} checks failed in a row by its doing")
+
+    async def _unavailable(self, peer: str, detail: str) -> None:
+        """Alarm ``proof-unavailable`` and start counting afresh; if the alarm cannot be written, the count stands
+        and the next failure raises it again."""
+        try:
+            await self._alarm(peer, "proof-unavailable", detail)
+        except Exception as failed:
+            self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
+        else:
+            self._forgive(peer)
 
     def _forgive(self, peer: str) -> None:
         for counts in (self._failures, self._since, self._stale_count, self._stale_since):
@@ -347,12 +353,7 @@ class Witness:
         self.log.warning("witness_poll_stale", peer=peer, polls=count)
         if count >= MAX_PROOF_FAILURES and now - since >= STALE_PATIENCE:
             detail = f"{count} polls over {round(now - since)} s answered with a checkpoint it had since outgrown"
-            try:
-                await self._alarm(peer, "proof-unavailable", detail)
-            except Exception as failed:  # the count stands: the next stale answer raises the alarm again
-                self.log.error("witness_alarm_failed", peer=peer, error=type(failed).__name__)
-            else:
-                self._forgive(peer)
+            await self._unavailable(peer, detail)
 
     def _unanswered(self, peer: str, why: str) -> None:
         """Not counted toward an alarm (a peer we do not send to, down for maintenance, has done nothing wrong);

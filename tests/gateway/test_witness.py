@@ -337,11 +337,7 @@ async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(p
         an_hour_ago = int(pair.ar.gw.clock().timestamp()) - 3600
         line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, an_hour_ago)
         size = int(opened.text.splitlines()[1])
-        async with session.post(
-            peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
-        ) as response:
-            problem = await response.json(content_type=None)
-            assert (response.status, problem["code"]) == (400, "stale-message"), problem
+        assert await post_cosignature(session, peer, size, line) == (400, "stale-message")
         assert await rows(pair.au, select(cosignatures)) == held
 
         pair.au.gw.blocked_peers.add("ar.mj")  # as an open witness alarm about ar.mj does
@@ -351,6 +347,14 @@ async def test_the_witness_endpoints_take_only_what_sections_9_2_and_9_4_allow(p
                 assert (response.status, problem["code"]) == (403, "peer-blocked"), problem
         finally:
             pair.au.gw.blocked_peers.discard("ar.mj")
+
+
+async def post_cosignature(session: aiohttp.ClientSession, peer: Any, size: int, line: str) -> tuple[int, Any]:
+    """POST a cosignature line to the target's 9.4 endpoint: the status and the problem's code (None on success)."""
+    async with session.post(peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}) as response:
+        if response.status == 204:
+            return 204, None
+        return response.status, (await response.json(content_type=None))["code"]
 
 
 async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_signed(pair: Pair) -> None:
@@ -385,18 +389,11 @@ async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_si
         size = int(opened.text.splitlines()[1])
         before = await rows(pair.au, select(cosignatures))
         line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, stamp)
-        async with session.post(
-            peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
-        ) as response:
-            problem = await response.json(content_type=None)
-            assert (response.status, problem["code"]) == (400, "note-invalid"), problem
+        assert await post_cosignature(session, peer, size, line) == (400, "note-invalid")
         assert await rows(pair.au, select(cosignatures)) == before
         for accepted in (stamp + 10, int(pair.ar.gw.clock().timestamp())):  # just inside the margin; now
             line = pair.ar.gw.cosigner(pair.ar.gw.clock()).sign(opened.text, accepted)
-            async with session.post(
-                peer.url + "/federation/v1/cosignatures", json={"size": size, "line": line}
-            ) as response:
-                assert response.status == 204, await response.text()
+            assert await post_cosignature(session, peer, size, line) == (204, None)
 
 
 async def test_the_verification_margin_is_at_least_a_minute(pair: Pair) -> None:
