@@ -39,9 +39,11 @@ class Counts:
         self.counter: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.backends: set[int] = set()  # PostgreSQL: the server pids of this side's connections
+        self.dialects: set[int] = set()  # SQLite: id() of this side's engines' dialects
 
     def attach(self, engine: AsyncEngine) -> None:
         sync = engine.sync_engine
+        self.dialects.add(id(engine.dialect))
 
         @event.listens_for(sync, "before_cursor_execute")
         def _statement(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
@@ -65,10 +67,22 @@ class Counts:
 
 
 def count_hot_path(counts: dict[str, Counts]) -> None:
-    """Count the statements store.fast sends to asyncpg itself (no SQLAlchemy event sees them), by side."""
-    from store import fast
+    """Count the statements store.fast sends to asyncpg and store.sqlite_fast to aiosqlite themselves (no
+    SQLAlchemy event sees them), by side."""
+    from store import fast, sqlite_fast
 
     run = fast._run
+    insert_many = sqlite_fast.insert_many
+
+    async def counted_sqlite(driver: Any, dialect: Any, table: Any, rows: Any) -> None:
+        for c in counts.values():
+            if id(dialect) in c.dialects:
+                c.counter["statements"] += len({tuple(row) for row in rows})
+                c.counter["of which hot path"] += len({tuple(row) for row in rows})
+                c.kinds[f"(hot path) INSERT INTO {table.name}"] += 1
+        await insert_many(driver, dialect, table, rows)
+
+    sqlite_fast.insert_many = counted_sqlite
 
     async def counted(driver: Any, sql: str, args: Any, **options: Any) -> Any:
         for c in counts.values():

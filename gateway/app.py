@@ -30,6 +30,7 @@ from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
 from gateway.stats_api import stats_routes
 from gateway.tls import server_context
+from store.db import checkpoint_wal, is_sqlite
 from store.errors import outage_name
 from store.ledger import WitnessState
 from store.outbox import Backlog
@@ -120,6 +121,7 @@ class RunningGateway:
     checkpointer_task: asyncio.Task[None]
     notifier_task: asyncio.Task[None] | None = None  # case-work notifications (gateway/notify.py)
     notifier: Notifier | None = None
+    wal_task: asyncio.Task[None] | None = None  # SQLite: run_wal_checkpoints
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -134,6 +136,9 @@ class RunningGateway:
         self.sender_task.cancel()
         self.checkpointer_task.cancel()
         tasks = [self.sender_task, self.checkpointer_task]
+        if self.wal_task is not None:
+            self.wal_task.cancel()
+            tasks.append(self.wal_task)
         if self.notifier is not None and self.notifier_task is not None:
             # let the notification in hand be marked: cancelled between sending and marking, it would go out again
             self.notifier.stop()
@@ -169,9 +174,10 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
         tls=ssl_context is not None,
     )
     checkpointer = asyncio.create_task(run_checkpointer(gw))
+    wal = asyncio.create_task(run_wal_checkpoints(gw)) if is_sqlite(settings.database_dsn) else None
     notifier = Notifier(gw) if settings.notify != "none" else None
     notifier_task = asyncio.create_task(notifier.run()) if notifier is not None else None
-    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier_task, notifier)
+    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier_task, notifier, wal)
 
 
 async def _checkpoint_tick(tx: Tx) -> Finish[None]:
@@ -193,6 +199,19 @@ async def run_checkpointer(gw: Gateway, interval: float = 1.0) -> None:
                 gw.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
         except Exception:
             log.exception("checkpoint_failed")
+        stop_if_cancelled()
+
+
+async def run_wal_checkpoints(gw: Gateway, interval: float = 1.0) -> None:
+    """SQLite: checkpoint the WAL every ``interval`` seconds, beside the writers rather than in one of their commits
+    (store/db.py, decision 81)."""
+    log = get_logger(component="wal")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await checkpoint_wal(gw.reader)
+        except Exception:
+            log.exception("wal_checkpoint_failed")
         stop_if_cancelled()
 
 

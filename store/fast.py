@@ -21,7 +21,8 @@ that queued it; inside one transaction nobody can tell the difference, and a gro
 failed batch one by one anyway. Everything stays as it was where the hot path does not hold:
 
 * SQLite, and any connection that is not inside a transaction (an autocommit reader), run the SQLAlchemy statement
-  given as the fallback, at once: the same rows, the same table;
+  given as the fallback, at once: the same rows, the same table (SQLite's inserts inside a transaction go to
+  aiosqlite at once instead, :mod:`store.sqlite_fast`);
 * a constraint violation is raised as SQLAlchemy's ``IntegrityError``, as callers expect (a duplicate delivery);
 * a naive datetime is refused, as ``store.tables.UTCDateTime`` refuses it.
 
@@ -49,6 +50,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.util import await_only
+
+from store import sqlite_fast
 
 __all__ = [
     "GroupEnded",
@@ -301,6 +304,13 @@ async def insert_many(
     if not rows:
         return
     _refuse_after_end(conn.info)
+    if conn.dialect.name == "sqlite":
+        lite = await sqlite_fast.driver(conn)
+        if lite is None:
+            await conn.execute(fallback, [dict(row) for row in rows])
+        else:
+            await sqlite_fast.insert_many(lite, conn.dialect, table, rows)
+        return
     # in a group the queue waits even before the transaction begins: group() writes it inside its transaction
     if conn.info.get(_GROUP) is None and await _driver(conn) is None:
         await conn.execute(fallback, [dict(row) for row in rows])
@@ -315,7 +325,12 @@ async def execute(
     conn: AsyncConnection, sql: str, args: Sequence[Any], fallback: Executable, params: Mapping[str, Any]
 ) -> int:
     """Run ``sql`` (PostgreSQL text with $n placeholders) or, where the hot path does not apply, ``fallback`` with
-    ``params``; return the number of rows it changed."""
+    ``params``; return the number of rows it changed. On SQLite inside a transaction ``sql`` itself runs, with ?n
+    placeholders, unless it is PostgreSQL's own (:func:`store.sqlite_fast.execute`)."""
+    if conn.dialect.name == "sqlite":
+        lite = await sqlite_fast.driver(conn)
+        count = None if lite is None else await sqlite_fast.execute(lite, conn.dialect, sql, args)
+        return int((await conn.execute(fallback, dict(params))).rowcount) if count is None else count
     driver = await _driver(conn)
     if driver is None:
         return int((await conn.execute(fallback, dict(params))).rowcount)

@@ -1,0 +1,118 @@
+"""The SQLite hot path: the group commit's inserts sent to the aiosqlite connection, past SQLAlchemy's statement
+machinery.
+
+On SQLite a one-row INSERT through SQLAlchemy Core costs about 280 us of CPU, of which the statement itself (the
+hop to aiosqlite's thread and SQLite's work) is about 65 us: the rest is building the execution context, the
+adapter's cursor and the result (docs/performance.md, eighth session). An envelope makes five to eight of them on
+each side, so :func:`store.fast.insert` and :func:`store.fast.insert_many` send them here instead, as
+:mod:`store.fast` sends them to asyncpg on PostgreSQL. What stays as SQLAlchemy would do it:
+
+* the values are converted by the columns' own bind processors for the connection's dialect (``UTCDateTime``
+  refuses a naive datetime and stores UTC, JSON is serialised, and so on), and only the columns the row names are
+  written, as on PostgreSQL;
+* the statement runs at once, inside the transaction SQLAlchemy began on the same connection (``BEGIN IMMEDIATE``,
+  store/db.py), so savepoints, rollbacks and the order of statements are unchanged; outside a transaction (an
+  autocommit connection, or before SQLAlchemy began one) the caller's SQLAlchemy statement runs instead, since a
+  write sent here would commit on its own;
+* a driver error is raised as SQLAlchemy's own (``IntegrityError`` for a duplicate, ``OperationalError`` for a
+  lock held past the busy timeout, which store/errors.py tells apart as transient), without the parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.tables import TZ
+
+__all__ = ["driver", "execute", "fetch_row", "insert_many"]
+
+Processor = Callable[[Any], Any] | None
+_POSTGRESQL_ONLY: Final = re.compile(r"::|\bANY\s*\(|\bunnest\s*\(|\bFOR UPDATE\b", re.IGNORECASE)
+
+
+async def driver(conn: AsyncConnection) -> Any | None:
+    """The aiosqlite connection beneath ``conn`` when it is SQLite and inside a transaction, else None."""
+    if conn.dialect.name != "sqlite" or not conn.in_transaction():
+        return None
+    return (await conn.get_raw_connection()).driver_connection
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Processor, ...]]:
+    placeholders = ", ".join("?" for _ in columns)
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608 - names from tables.py
+    return sql, tuple(table.c[column].type.bind_processor(dialect) for column in columns)
+
+
+async def insert_many(driver: Any, dialect: Dialect, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` into ``table`` through ``driver`` (from :func:`driver`), one statement per set of columns."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for columns, group in groups.items():
+        sql, processors = _prepared(dialect, table, columns)
+        params = [
+            tuple(
+                value if process is None else process(value)
+                for process, value in zip(processors, row.values(), strict=True)
+            )
+            for row in group
+        ]
+        try:
+            if len(params) == 1:
+                await driver.execute(sql, params[0])
+            else:
+                await driver.executemany(sql, params)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_text(sql: str) -> str | None:
+    """``sql`` (PostgreSQL text with $n placeholders) with SQLite's ?n placeholders, or None if it uses what only
+    PostgreSQL has (a cast, an array, a row lock)."""
+    if _POSTGRESQL_ONLY.search(sql):
+        return None
+    return re.sub(r"\$(\d+)", r"?\1", sql)
+
+
+async def execute(driver: Any, dialect: Dialect, sql: str, args: Sequence[Any]) -> int | None:
+    """Run ``sql`` (the hot path's PostgreSQL text of an UPDATE or a DELETE) through ``driver`` and return the number
+    of rows it changed; None, having run nothing, when the text is PostgreSQL's own or an argument is not a plain
+    value (the caller then runs its SQLAlchemy statement). A datetime is stored as ``UTCDateTime`` stores it."""
+    text = _sqlite_text(sql)
+    if text is None or any(isinstance(arg, list | tuple | dict) for arg in args):
+        return None
+    process = _datetime_processor(dialect)
+    values = tuple(process(arg) if isinstance(arg, datetime) and process is not None else arg for arg in args)
+    try:
+        cursor = await driver.execute(text, values)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(text, None, exc, sqlite3.Error, hide_parameters=True) from exc
+    return int(cursor.rowcount)
+
+
+@functools.lru_cache(maxsize=16)
+def _datetime_processor(dialect: Dialect) -> Processor:
+    return TZ.bind_processor(dialect)
+
+
+async def fetch_row(driver: Any, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The first row of ``sql`` (SQLite text) through ``driver``, its values as SQLite returns them: for columns of
+    plain types only (integers, text, blobs), since no result processor converts them."""
+    try:
+        cursor = await driver.execute(sql, tuple(args))
+        row = await cursor.fetchone()
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
+    return None if row is None else tuple(row)

@@ -1,0 +1,160 @@
+"""store.sqlite_fast: on SQLite the hot path's statements skip SQLAlchemy's machinery and store what it would store."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, select, update
+from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store import fast
+from store.db import make_engine, run_migrations
+from store.events import EventLog
+from store.tables import case_stats, checkpoints
+
+NOW = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+async def lite(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'comity.db'}"
+    await run_migrations(url)
+    engine = make_engine(url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def statements(lite: AsyncEngine) -> list[str]:
+    """What SQLAlchemy sent (the hot path's own statements never pass through it)."""
+    seen: list[str] = []
+
+    @event.listens_for(lite.sync_engine, "before_cursor_execute")
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    return seen
+
+
+def stats_row(case_id: str, *, at: datetime = NOW) -> dict[str, object]:
+    """Every kind of column the hot path writes: text, a tz-aware time, a date, a boolean, integers, NULL."""
+    return {
+        "case_id": case_id,
+        "direction": "out",
+        "counterpart": "au.ag",
+        "country": "AU",
+        "opened_at": at,
+        "year": 2026,
+        "legal_basis": None,
+        "urgent": True,
+        "offences": 5,
+        "assistance": 0,
+        "refusal_grounds": 0,
+        "deadline": date(2027, 1, 31),
+        "state": "sent",
+    }
+
+
+def raw_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(sql).fetchall()
+
+
+async def test_inserts_skip_sqlalchemy_and_store_exactly_what_it_stores(
+    tmp_path: Path, lite: AsyncEngine, statements: list[str]
+) -> None:
+    # a time in another offset: both paths must store it as the same UTC text, or SQL comparisons would differ
+    other_offset = NOW.astimezone(timezone(timedelta(hours=5)))
+    async with lite.begin() as conn:
+        await conn.execute(insert(case_stats), stats_row("by-sqlalchemy", at=other_offset))
+        before = len(statements)
+        await fast.insert(conn, case_stats, stats_row("by-hot-path", at=other_offset), insert(case_stats))
+        await fast.insert_many(
+            conn, checkpoints, [{"size": n, "note": f"n{n}", "created_at": NOW} for n in (1, 2)], insert(checkpoints)
+        )
+        assert statements[before:] == []  # neither insert went through SQLAlchemy
+
+    rows = raw_rows(tmp_path / "comity.db", "SELECT * FROM case_stats ORDER BY case_id")
+    assert [row[1:] for row in rows[:1]] == [row[1:] for row in rows[1:]]  # all but the key: byte for byte
+    async with lite.connect() as conn:
+        read = (await conn.execute(select(case_stats).where(case_stats.c.case_id == "by-hot-path"))).one()
+        assert (read.opened_at, read.deadline, read.urgent, read.legal_basis) == (NOW, date(2027, 1, 31), True, None)
+        assert (await conn.execute(select(checkpoints.c.size, checkpoints.c.created_at))).all() == [(1, NOW), (2, NOW)]
+
+
+async def test_updates_skip_sqlalchemy_unless_their_text_is_postgresqls_own(
+    tmp_path: Path, lite: AsyncEngine, statements: list[str]
+) -> None:
+    later = NOW + timedelta(days=1)
+    async with lite.begin() as conn:
+        await fast.insert_many(
+            conn, checkpoints, [{"size": n, "note": "x", "created_at": NOW} for n in (1, 2, 3)], insert(checkpoints)
+        )
+        before = len(statements)
+        changed = await fast.execute(
+            conn,
+            "UPDATE checkpoints SET created_at = $1, note = $2 WHERE size >= $3",
+            (later, "moved", 2),
+            update(checkpoints).values(note="unused"),
+            {},
+        )
+        assert (changed, statements[before:]) == (2, [])
+        # a cast is PostgreSQL's: SQLAlchemy's statement runs instead, with its parameters
+        cast = await fast.execute(
+            conn,
+            "UPDATE checkpoints SET note = $1::text WHERE size = $2",
+            ("cast", 1),
+            update(checkpoints).where(checkpoints.c.size == 1).values(note="by sqlalchemy"),
+            {},
+        )
+        assert cast == 1 and len(statements) == before + 1
+    async with lite.connect() as conn:
+        got = (await conn.execute(select(checkpoints.c.size, checkpoints.c.note, checkpoints.c.created_at))).all()
+    assert got == [(1, "by sqlalchemy", NOW), (2, "moved", later), (3, "moved", later)]
+    # the update stored the time as SQLAlchemy's insert stores one
+    texts = [created for (created,) in raw_rows(tmp_path / "comity.db", "SELECT created_at FROM checkpoints")]
+    async with lite.begin() as conn:
+        await conn.execute(insert(checkpoints), {"size": 4, "note": "x", "created_at": later})
+    assert raw_rows(tmp_path / "comity.db", "SELECT created_at FROM checkpoints WHERE size = 4") == [(texts[1],)]
+
+
+async def test_a_driver_error_is_sqlalchemys_quotes_no_value_and_keeps_the_transaction(lite: AsyncEngine) -> None:
+    secret = "a note that must not reach an error"
+    async with lite.begin() as conn:
+        await fast.insert(conn, checkpoints, {"size": 1, "note": secret, "created_at": NOW}, insert(checkpoints))
+        with pytest.raises(IntegrityError) as raised:
+            await fast.insert(conn, checkpoints, {"size": 1, "note": secret, "created_at": NOW}, insert(checkpoints))
+        assert secret not in str(raised.value) and "UNIQUE" in str(raised.value)
+        # SQLite undid that statement only: the transaction goes on and commits what came before
+        await fast.insert(conn, checkpoints, {"size": 2, "note": "y", "created_at": NOW}, insert(checkpoints))
+    async with lite.connect() as conn:
+        assert (await conn.execute(select(checkpoints.c.size))).scalars().all() == [1, 2]
+
+
+async def test_before_sqlalchemy_begins_it_runs_the_statement(lite: AsyncEngine, statements: list[str]) -> None:
+    """A connection not yet in a transaction: a write sent to the driver would commit on its own, so SQLAlchemy's
+    statement runs, after the BEGIN it sends first."""
+    async with lite.connect() as conn:
+        await fast.insert(conn, checkpoints, {"size": 1, "note": "x", "created_at": NOW}, insert(checkpoints))
+        assert statements == ["BEGIN IMMEDIATE", "INSERT INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)"]
+    async with lite.connect() as conn:  # and it was the caller's transaction: never committed, rolled back
+        assert (await conn.execute(select(checkpoints))).all() == []
+
+
+async def test_the_ledger_head_read_in_a_transaction_matches_sqlalchemys(tmp_path: Path, lite: AsyncEngine) -> None:
+    log = EventLog(for_update=False)
+    async with lite.begin() as conn:
+        fast_head = await log.head(conn)  # in the transaction: read through the driver
+    async with lite.connect() as conn:
+        assert await log.head(conn) == fast_head  # before a transaction: SQLAlchemy's statement
+    with sqlite3.connect(tmp_path / "comity.db") as db:
+        db.execute("DELETE FROM ledger_head")
+    async with lite.begin() as conn:
+        with pytest.raises(NoResultFound, match="ledger head"):
+            await log.head(conn)
