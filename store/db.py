@@ -8,7 +8,8 @@
   gateway checkpoints the WAL itself, every second off the commit path (:func:`checkpoint_wal`); a commit does it
   only past ``WAL_AUTOCHECKPOINT_PAGES``, as a backstop (decision 81).
 * PostgreSQL (``postgresql+asyncpg://...``), the production store. The pool is sized to the expected concurrency so
-  that connections are never reopened under load. ``?comity_schema=NAME`` in the URL selects a schema through
+  that connections are never reopened under load. Every connection asks for ``synchronous_commit=on``, whatever
+  the server's default. ``?comity_schema=NAME`` in the URL selects a schema through
   ``search_path`` (the tests give every test a fresh schema).
 
 Both hide a statement's parameters from the errors SQLAlchemy raises (``hide_parameters``): a failed statement must
@@ -71,7 +72,10 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     if not clean.startswith("postgresql+asyncpg://"):
         raise StoreError("database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
     # a server that drops packets rather than refusing them fails a connection in 10 s, not asyncpg's 60
-    connect_args: dict[str, Any] = {"server_settings": {"application_name": "comity"}, "timeout": CONNECT_TIMEOUT}
+    # synchronous_commit on whatever the server's or database's default: a receipt leaves only once its commit is
+    # on disk (decision 80)
+    server_settings = {"application_name": "comity", "synchronous_commit": "on"}
+    connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": CONNECT_TIMEOUT}
     if schema:
         connect_args["server_settings"]["search_path"] = schema
     engine = create_async_engine(

@@ -115,6 +115,37 @@ async def test_opening_needs_clearance_caveat_authorisation_and_case_assignment(
         await close_sessions(*users.values())
 
 
+async def test_an_unassigned_incoming_case_is_open_to_every_cleared_supervisor_until_it_has_a_unit(pair: Pair) -> None:
+    """Triage: a received case has no unit until a supervisor assigns it, so any supervisor cleared for it may open
+    it (docs/security.md 1.4 keeps this open by design), each opening ledgered under her name; an officer may not.
+    Once assigned, the case is its unit's: a supervisor of another unit is refused."""
+    mark = canary()
+    message_id = await _deliver(pair, STRICT_4620, mark)
+    users = {
+        "sven": await _user(pair, "sven", "supervisor", unit="other"),
+        "otto": await _user(pair, "otto"),
+    }
+    try:
+        before = (await stored(pair.au.gw)).ledger
+        status, opened = await users["sven"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "triage"})
+        assert status == 200 and opened["content"] == secret_content(mark), opened
+        entries = [(e["type"], e["actor"], e["purpose"]) for e in await ledger(pair.au.gw, before)]
+        assert entries == [("message.opened", "user:sven", "triage")]
+        status, body = await users["otto"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "triage"})
+        assert_problem(status, body, http=403, code="forbidden", secrets=[mark])
+
+        status, summary = await pair.au.call("GET", f"/v1/messages/{message_id}")
+        status, body = await pair.au.call("POST", f"/v1/cases/{summary['case_id']}/assign", json={"username": "otto"})
+        assert status == 200, body
+        status, body = await users["sven"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "triage"})
+        problem = assert_problem(status, body, http=403, code="forbidden", secrets=[mark])
+        assert "supervisors of its unit" in problem["detail"], problem
+        status, opened = await users["otto"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "work"})
+        assert status == 200, opened
+    finally:
+        await close_sessions(*users.values())
+
+
 @pytest.mark.parametrize("role", ["auditor", "admin"])
 async def test_auditors_and_admins_never_open_content(pair: Pair, role: str) -> None:
     mark = canary()

@@ -51,3 +51,16 @@ async def test_checkpoint_wal_copies_the_committed_frames_into_the_database(tmp_
     finally:
         await reader.dispose()
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgresql_connections_ask_for_synchronous_commit_whatever_the_servers_default(pg_url: str) -> None:
+    """The same guarantee on PostgreSQL: set by the connection itself (source 'client'), so a server or database
+    configured with synchronous_commit off does not weaken it."""
+    engine = make_engine(pg_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            query = text("SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'")
+            assert tuple((await conn.execute(query)).one()) == ("on", "client")
+    finally:
+        await engine.dispose()
