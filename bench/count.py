@@ -39,11 +39,10 @@ class Counts:
         self.counter: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.backends: set[int] = set()  # PostgreSQL: the server pids of this side's connections
-        self.dialects: set[int] = set()  # SQLite: id() of this side's engines' dialects
+        self.drivers: set[int] = set()  # SQLite: id() of this side's aiosqlite connections
 
     def attach(self, engine: AsyncEngine) -> None:
         sync = engine.sync_engine
-        self.dialects.add(id(engine.dialect))
 
         @event.listens_for(sync, "before_cursor_execute")
         def _statement(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
@@ -60,6 +59,8 @@ class Counts:
             driver = getattr(dbapi, "driver_connection", None)
             if driver is not None and hasattr(driver, "get_server_pid"):
                 self.backends.add(driver.get_server_pid())
+            elif driver is not None:
+                self.drivers.add(id(driver))
 
     def reset(self) -> None:
         self.counter.clear()
@@ -72,17 +73,33 @@ def count_hot_path(counts: dict[str, Counts]) -> None:
     from store import fast, sqlite_fast
 
     run = fast._run
-    insert_many = sqlite_fast.insert_many
 
-    async def counted_sqlite(driver: Any, dialect: Any, table: Any, rows: Any) -> None:
+    def count_sqlite(driver: Any, statements: int, kind: str) -> None:
         for c in counts.values():
-            if id(dialect) in c.dialects:
-                c.counter["statements"] += len({tuple(row) for row in rows})
-                c.counter["of which hot path"] += len({tuple(row) for row in rows})
-                c.kinds[f"(hot path) INSERT INTO {table.name}"] += 1
+            if id(driver) in c.drivers:
+                c.counter["statements"] += statements
+                c.counter["of which hot path"] += statements
+                c.kinds["(hot path) " + " ".join(kind.split())[:138]] += statements
+
+    insert_many, execute, fetch_row = sqlite_fast.insert_many, sqlite_fast.execute, sqlite_fast.fetch_row
+
+    async def counted_insert_many(driver: Any, dialect: Any, table: Any, rows: Any) -> None:
+        count_sqlite(driver, len({tuple(row) for row in rows}), f"INSERT INTO {table.name}")
         await insert_many(driver, dialect, table, rows)
 
-    sqlite_fast.insert_many = counted_sqlite
+    async def counted_execute(driver: Any, dialect: Any, sql: str, args: Any) -> int | None:
+        changed = await execute(driver, dialect, sql, args)
+        if changed is not None:  # else SQLAlchemy ran the statement, and its event counted it
+            count_sqlite(driver, 1, sql)
+        return changed
+
+    async def counted_fetch_row(driver: Any, sql: str, args: Any) -> Any:
+        count_sqlite(driver, 1, sql)
+        return await fetch_row(driver, sql, args)
+
+    sqlite_fast.insert_many = counted_insert_many
+    sqlite_fast.execute = counted_execute
+    sqlite_fast.fetch_row = counted_fetch_row
 
     async def counted(driver: Any, sql: str, args: Any, **options: Any) -> Any:
         for c in counts.values():
@@ -126,6 +143,8 @@ async def run(args: argparse.Namespace) -> None:
             counts[side].attach(gw.engine)
             if gw.reader.sync_engine.pool is not gw.engine.sync_engine.pool:  # PostgreSQL: one pool, one dispatch
                 counts[side].attach(gw.reader)
+                await gw.reader.dispose()
+            await gw.engine.dispose()  # every connection is opened again, under the listeners: each side's are known
             gateways.append(await start_gateway(gw))
         count_hot_path(counts)
         settle_heap()  # as `comity serve` does once it has started

@@ -206,12 +206,18 @@ async def run_wal_checkpoints(gw: Gateway, interval: float = 1.0) -> None:
     """SQLite: checkpoint the WAL every ``interval`` seconds, beside the writers rather than in one of their commits
     (store/db.py, decision 81)."""
     log = get_logger(component="wal")
+    failing = False
     while True:
         await asyncio.sleep(interval)
         try:
             await checkpoint_wal(gw.reader)
+            if failing:
+                log.info("wal_checkpoint_recovered")
+            failing = False
         except Exception:
-            log.exception("wal_checkpoint_failed")
+            if not failing:  # once per outage, not every second (the backstop keeps the WAL bounded meanwhile)
+                log.exception("wal_checkpoint_failed")
+            failing = True
         stop_if_cancelled()
 
 

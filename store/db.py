@@ -40,6 +40,8 @@ CONNECT_TIMEOUT = 10.0  # seconds for a new PostgreSQL connection
 # checkpoints every second anyway, so this happens only if that falls behind (SQLite's default is 1,000: a commit
 # every few seconds under load paid for a checkpoint, the tail of the latency at 100 envelopes/s)
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+# and once checkpointed, a WAL file that a burst grew past this is cut back to it (SQLite keeps it at its largest)
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -114,6 +116,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")  # durable before a receipt leaves: see the docstring
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 

@@ -21,8 +21,9 @@ that queued it; inside one transaction nobody can tell the difference, and a gro
 failed batch one by one anyway. Everything stays as it was where the hot path does not hold:
 
 * SQLite, and any connection that is not inside a transaction (an autocommit reader), run the SQLAlchemy statement
-  given as the fallback, at once: the same rows, the same table (SQLite's inserts inside a transaction go to
-  aiosqlite at once instead, :mod:`store.sqlite_fast`);
+  given as the fallback, at once: the same rows, the same table; except that on SQLite inside a transaction the
+  inserts, and :func:`execute`'s text with ``?n`` placeholders, go to aiosqlite at once instead
+  (:mod:`store.sqlite_fast`);
 * a constraint violation is raised as SQLAlchemy's ``IntegrityError``, as callers expect (a duplicate delivery);
 * a naive datetime is refused, as ``store.tables.UTCDateTime`` refuses it.
 
@@ -326,7 +327,9 @@ async def execute(
 ) -> int:
     """Run ``sql`` (PostgreSQL text with $n placeholders) or, where the hot path does not apply, ``fallback`` with
     ``params``; return the number of rows it changed. On SQLite inside a transaction ``sql`` itself runs, with ?n
-    placeholders, unless it is PostgreSQL's own (:func:`store.sqlite_fast.execute`)."""
+    placeholders, unless it has a cast, an array or a row lock, or an argument that is not a plain value
+    (:func:`store.sqlite_fast.execute`): any other text given here must therefore be valid SQLite as well, which
+    the storage tests, run on both stores, show for every caller."""
     if conn.dialect.name == "sqlite":
         lite = await sqlite_fast.driver(conn)
         count = None if lite is None else await sqlite_fast.execute(lite, conn.dialect, sql, args)

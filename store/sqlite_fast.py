@@ -7,15 +7,18 @@ adapter's cursor and the result (docs/performance.md, eighth session). An envelo
 each side, so :func:`store.fast.insert` and :func:`store.fast.insert_many` send them here instead, as
 :mod:`store.fast` sends them to asyncpg on PostgreSQL. What stays as SQLAlchemy would do it:
 
-* the values are converted by the columns' own bind processors for the connection's dialect (``UTCDateTime``
-  refuses a naive datetime and stores UTC, JSON is serialised, and so on), and only the columns the row names are
-  written, as on PostgreSQL;
+* the values are converted by the bind processors SQLAlchemy itself uses, those of each column's type as the
+  connection's dialect implements it (``type.dialect_impl(dialect)``: ``UTCDateTime`` refuses a naive datetime and
+  stores UTC as SQLite's fixed-width text, ``2026-12-01 00:00:00.000000``, which SQL compares as text; a date as
+  ``2027-01-31``), and only the columns the row names are written, as on PostgreSQL;
 * the statement runs at once, inside the transaction SQLAlchemy began on the same connection (``BEGIN IMMEDIATE``,
   store/db.py), so savepoints, rollbacks and the order of statements are unchanged; outside a transaction (an
   autocommit connection, or before SQLAlchemy began one) the caller's SQLAlchemy statement runs instead, since a
   write sent here would commit on its own;
 * a driver error is raised as SQLAlchemy's own (``IntegrityError`` for a duplicate, ``OperationalError`` for a
-  lock held past the busy timeout, which store/errors.py tells apart as transient), without the parameters.
+  lock held past the busy timeout, which store/errors.py tells apart as transient), without the parameters; a
+  connection aiosqlite already closed is an ``OperationalError`` of an invalidated connection, as SQLAlchemy's
+  adapter reports it.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import TZ
@@ -38,6 +42,8 @@ __all__ = ["driver", "execute", "fetch_row", "insert_many"]
 
 Processor = Callable[[Any], Any] | None
 _POSTGRESQL_ONLY: Final = re.compile(r"::|\bANY\s*\(|\bunnest\s*\(|\bFOR UPDATE\b", re.IGNORECASE)
+_PLAIN: Final = (str, int, float, bytes, datetime)  # what execute() binds itself (and None)
+_CLOSED: Final = ("no active connection", "connection closed")  # aiosqlite's ValueErrors, as SQLAlchemy's adapter
 
 
 async def driver(conn: AsyncConnection) -> Any | None:
@@ -51,7 +57,14 @@ async def driver(conn: AsyncConnection) -> Any | None:
 def _prepared(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Processor, ...]]:
     placeholders = ", ".join("?" for _ in columns)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608 - names from tables.py
-    return sql, tuple(table.c[column].type.bind_processor(dialect) for column in columns)
+    return sql, tuple(_processor(table.c[column].type, dialect) for column in columns)
+
+
+def _processor(type_: Any, dialect: Dialect) -> Processor:
+    """The bind processor SQLAlchemy applies for ``type_`` on ``dialect``: that of the dialect's own implementation
+    of the type (the generic type's would leave a datetime to sqlite3's adapter, which drops zero microseconds)."""
+    processor: Processor = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
 
 
 async def insert_many(driver: Any, dialect: Dialect, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -68,13 +81,25 @@ async def insert_many(driver: Any, dialect: Dialect, table: Table, rows: Sequenc
             )
             for row in group
         ]
-        try:
+        with _errors(sql):
             if len(params) == 1:
                 await driver.execute(sql, params[0])
             else:
                 await driver.executemany(sql, params)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
+
+
+@contextmanager
+def _errors(sql: str) -> Iterator[None]:
+    """Raise what the driver raises as SQLAlchemy's error: sqlite3's by its class; aiosqlite's ValueError for a
+    closed connection as SQLAlchemy's adapter reports it, an OperationalError of an invalidated connection."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
+    except ValueError as exc:
+        if not (exc.args and str(exc.args[0]).lower() in _CLOSED):
+            raise
+        raise OperationalError(sql, None, exc, hide_parameters=True, connection_invalidated=True) from exc
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,28 +116,24 @@ async def execute(driver: Any, dialect: Dialect, sql: str, args: Sequence[Any]) 
     of rows it changed; None, having run nothing, when the text is PostgreSQL's own or an argument is not a plain
     value (the caller then runs its SQLAlchemy statement). A datetime is stored as ``UTCDateTime`` stores it."""
     text = _sqlite_text(sql)
-    if text is None or any(isinstance(arg, list | tuple | dict) for arg in args):
+    if text is None or not all(arg is None or isinstance(arg, _PLAIN) for arg in args):
         return None
     process = _datetime_processor(dialect)
     values = tuple(process(arg) if isinstance(arg, datetime) and process is not None else arg for arg in args)
-    try:
+    with _errors(text):
         cursor = await driver.execute(text, values)
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(text, None, exc, sqlite3.Error, hide_parameters=True) from exc
     return int(cursor.rowcount)
 
 
 @functools.lru_cache(maxsize=16)
 def _datetime_processor(dialect: Dialect) -> Processor:
-    return TZ.bind_processor(dialect)
+    return _processor(TZ, dialect)
 
 
 async def fetch_row(driver: Any, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
     """The first row of ``sql`` (SQLite text) through ``driver``, its values as SQLite returns them: for columns of
     plain types only (integers, text, blobs), since no result processor converts them."""
-    try:
+    with _errors(sql):
         cursor = await driver.execute(sql, tuple(args))
         row = await cursor.fetchone()
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
     return None if row is None else tuple(row)

@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select, update
-from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.exc import IntegrityError, NoResultFound, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import fast
 from store.db import make_engine, run_migrations
+from store.errors import transient_cause
 from store.events import EventLog
 from store.tables import case_stats, checkpoints
 
 NOW = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
+MIDNIGHT = datetime(2026, 12, 1, tzinfo=UTC)  # no microseconds: stored as "2026-12-01 00:00:00.000000" all the same
 
 
 @pytest.fixture
@@ -66,17 +68,19 @@ def raw_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return db.execute(sql).fetchall()
 
 
+@pytest.mark.parametrize("at", [NOW, MIDNIGHT], ids=["microseconds", "a-whole-second"])
 async def test_inserts_skip_sqlalchemy_and_store_exactly_what_it_stores(
-    tmp_path: Path, lite: AsyncEngine, statements: list[str]
+    tmp_path: Path, lite: AsyncEngine, statements: list[str], at: datetime
 ) -> None:
     # a time in another offset: both paths must store it as the same UTC text, or SQL comparisons would differ
-    other_offset = NOW.astimezone(timezone(timedelta(hours=5)))
+    # (SQLite compares these as text: "...00:00:00" sorts before "...00:00:00.000000")
+    other_offset = at.astimezone(timezone(timedelta(hours=5)))
     async with lite.begin() as conn:
         await conn.execute(insert(case_stats), stats_row("by-sqlalchemy", at=other_offset))
         before = len(statements)
         await fast.insert(conn, case_stats, stats_row("by-hot-path", at=other_offset), insert(case_stats))
         await fast.insert_many(
-            conn, checkpoints, [{"size": n, "note": f"n{n}", "created_at": NOW} for n in (1, 2)], insert(checkpoints)
+            conn, checkpoints, [{"size": n, "note": f"n{n}", "created_at": at} for n in (1, 2)], insert(checkpoints)
         )
         assert statements[before:] == []  # neither insert went through SQLAlchemy
 
@@ -84,14 +88,17 @@ async def test_inserts_skip_sqlalchemy_and_store_exactly_what_it_stores(
     assert [row[1:] for row in rows[:1]] == [row[1:] for row in rows[1:]]  # all but the key: byte for byte
     async with lite.connect() as conn:
         read = (await conn.execute(select(case_stats).where(case_stats.c.case_id == "by-hot-path"))).one()
-        assert (read.opened_at, read.deadline, read.urgent, read.legal_basis) == (NOW, date(2027, 1, 31), True, None)
-        assert (await conn.execute(select(checkpoints.c.size, checkpoints.c.created_at))).all() == [(1, NOW), (2, NOW)]
+        assert (read.opened_at, read.deadline, read.urgent, read.legal_basis) == (at, date(2027, 1, 31), True, None)
+        assert (await conn.execute(select(checkpoints.c.size, checkpoints.c.created_at))).all() == [(1, at), (2, at)]
+        # and SQL finds both rows on the same side of the time (the statistics' periods compare this way)
+        since = select(case_stats.c.case_id).where(case_stats.c.opened_at >= at).order_by(case_stats.c.case_id)
+        assert (await conn.execute(since)).scalars().all() == ["by-hot-path", "by-sqlalchemy"]
 
 
 async def test_updates_skip_sqlalchemy_unless_their_text_is_postgresqls_own(
     tmp_path: Path, lite: AsyncEngine, statements: list[str]
 ) -> None:
-    later = NOW + timedelta(days=1)
+    later = MIDNIGHT
     async with lite.begin() as conn:
         await fast.insert_many(
             conn, checkpoints, [{"size": n, "note": "x", "created_at": NOW} for n in (1, 2, 3)], insert(checkpoints)
@@ -158,3 +165,17 @@ async def test_the_ledger_head_read_in_a_transaction_matches_sqlalchemys(tmp_pat
     async with lite.begin() as conn:
         with pytest.raises(NoResultFound, match="ledger head"):
             await log.head(conn)
+
+
+async def test_a_connection_closed_under_the_hot_path_is_a_transient_outage(lite: AsyncEngine) -> None:
+    """aiosqlite raises ValueError on a closed connection; SQLAlchemy's adapter reports it as an OperationalError of
+    an invalidated connection, which store.errors counts as the database failing (503, retried), and so does this."""
+    async with lite.connect() as conn:
+        await conn.begin()
+        closing = (await conn.get_raw_connection()).driver_connection
+        assert closing is not None
+        await closing.close()
+        with pytest.raises(OperationalError) as raised:
+            await fast.insert(conn, checkpoints, {"size": 1, "note": "x", "created_at": NOW}, insert(checkpoints))
+        await conn.invalidate()
+    assert raised.value.connection_invalidated and transient_cause(raised.value) is raised.value
