@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.messages import Marking
-from store import fast
+from store import fast, sqlite_fast
 from store.errors import NotFound
 from store.tables import attachments, messages
 
@@ -27,6 +28,13 @@ _SEEN = select(messages.c.id, messages.c.direction, messages.c.envelope_sha256, 
     messages.c.id.in_(bindparam("b_ids", expanding=True))
 )
 _SEEN_SQL = "SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id = ANY($1::text[])"
+_SQLITE_IN_MAX = 500  # ids in one SQLite IN list (its limit on parameters is far above)
+
+
+@functools.lru_cache(maxsize=64)
+def _seen_sqlite(count: int) -> str:
+    marks = ", ".join("?" for _ in range(count))
+    return f"SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id IN ({marks})"  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -173,7 +181,12 @@ class Messages:
         """:meth:`seen` for several ids in one query (every incoming envelope asks, and gateway.coalesce gathers
         concurrent ones: three columns, not the envelope, and on PostgreSQL straight through asyncpg)."""
         ids = list(message_ids)
-        rows = await fast.fetch_rows(conn, _SEEN_SQL, (ids,), _SEEN, {"b_ids": ids}, read=True)
+        lite = await sqlite_fast.driver(conn, read=True) if len(ids) <= _SQLITE_IN_MAX else None
+        rows: Sequence[Mapping[str, Any]]
+        if lite is not None:  # SQLite: its own text, past SQLAlchemy (text columns only: nothing to convert)
+            rows = await sqlite_fast.fetch_rows(lite, _seen_sqlite(len(ids)), ids)
+        else:
+            rows = await fast.fetch_rows(conn, _SEEN_SQL, (ids,), _SEEN, {"b_ids": ids}, read=True)
         return {row["id"]: Seen(row["direction"], row["envelope_sha256"], row["receipt"]) for row in rows}
 
     @staticmethod

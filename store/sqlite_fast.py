@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import TZ
 
-__all__ = ["driver", "execute", "fetch_row", "insert_many"]
+__all__ = ["driver", "errors", "execute", "fetch_row", "fetch_rows", "insert_many"]
 
 Processor = Callable[[Any], Any] | None
 _POSTGRESQL_ONLY: Final = re.compile(r"::|\bANY\s*\(|\bunnest\s*\(|\bFOR UPDATE\b", re.IGNORECASE)
@@ -46,9 +46,10 @@ _PLAIN: Final = (str, int, float, bytes, datetime)  # what execute() binds itsel
 _CLOSED: Final = ("no active connection", "connection closed")  # aiosqlite's ValueErrors, as SQLAlchemy's adapter
 
 
-async def driver(conn: AsyncConnection) -> Any | None:
-    """The aiosqlite connection beneath ``conn`` when it is SQLite and inside a transaction, else None."""
-    if conn.dialect.name != "sqlite" or not conn.in_transaction():
+async def driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
+    """The aiosqlite connection beneath ``conn`` when it is SQLite and inside a transaction (for a ``read``, in any
+    state: a SELECT commits nothing), else None."""
+    if conn.dialect.name != "sqlite" or not (read or conn.in_transaction()):
         return None
     return (await conn.get_raw_connection()).driver_connection
 
@@ -81,7 +82,7 @@ async def insert_many(driver: Any, dialect: Dialect, table: Table, rows: Sequenc
             )
             for row in group
         ]
-        with _errors(sql):
+        with errors(sql):
             if len(params) == 1:
                 await driver.execute(sql, params[0])
             else:
@@ -89,7 +90,7 @@ async def insert_many(driver: Any, dialect: Dialect, table: Table, rows: Sequenc
 
 
 @contextmanager
-def _errors(sql: str) -> Iterator[None]:
+def errors(sql: str) -> Iterator[None]:
     """Raise what the driver raises as SQLAlchemy's error: sqlite3's by its class; aiosqlite's ValueError for a
     closed connection as SQLAlchemy's adapter reports it, an OperationalError of an invalidated connection."""
     try:
@@ -120,7 +121,7 @@ async def execute(driver: Any, dialect: Dialect, sql: str, args: Sequence[Any]) 
         return None
     process = _datetime_processor(dialect)
     values = tuple(process(arg) if isinstance(arg, datetime) and process is not None else arg for arg in args)
-    with _errors(text):
+    with errors(text):
         cursor = await driver.execute(text, values)
     return int(cursor.rowcount)
 
@@ -133,7 +134,17 @@ def _datetime_processor(dialect: Dialect) -> Processor:
 async def fetch_row(driver: Any, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
     """The first row of ``sql`` (SQLite text) through ``driver``, its values as SQLite returns them: for columns of
     plain types only (integers, text, blobs), since no result processor converts them."""
-    with _errors(sql):
+    with errors(sql):
         cursor = await driver.execute(sql, tuple(args))
         row = await cursor.fetchone()
     return None if row is None else tuple(row)
+
+
+async def fetch_rows(driver: Any, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every row of ``sql`` (SQLite text) through ``driver``, by column name, as SQLite returns the values: for
+    columns of plain types only, as :func:`fetch_row`."""
+    with errors(sql):
+        cursor = await driver.execute(sql, tuple(args))
+        rows = await cursor.fetchall()
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in rows]

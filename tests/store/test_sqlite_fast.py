@@ -17,6 +17,7 @@ from store import fast
 from store.db import make_engine, run_migrations
 from store.errors import transient_cause
 from store.events import EventLog
+from store.messages import Messages
 from store.tables import case_stats, checkpoints
 
 NOW = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
@@ -146,10 +147,13 @@ async def test_a_driver_error_is_sqlalchemys_quotes_no_value_and_keeps_the_trans
 
 async def test_before_sqlalchemy_begins_it_runs_the_statement(lite: AsyncEngine, statements: list[str]) -> None:
     """A connection not yet in a transaction: a write sent to the driver would commit on its own, so SQLAlchemy's
-    statement runs, after the BEGIN it sends first."""
+    statement runs, once its transaction has begun (BEGIN IMMEDIATE, store/db.py)."""
     async with lite.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None and not driver.in_transaction
         await fast.insert(conn, checkpoints, {"size": 1, "note": "x", "created_at": NOW}, insert(checkpoints))
-        assert statements == ["BEGIN IMMEDIATE", "INSERT INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)"]
+        assert statements == ["INSERT INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)"]
+        assert driver.in_transaction
     async with lite.connect() as conn:  # and it was the caller's transaction: never committed, rolled back
         assert (await conn.execute(select(checkpoints))).all() == []
 
@@ -179,3 +183,33 @@ async def test_a_connection_closed_under_the_hot_path_is_a_transient_outage(lite
             await fast.insert(conn, checkpoints, {"size": 1, "note": "x", "created_at": NOW}, insert(checkpoints))
         await conn.invalidate()
     assert raised.value.connection_invalidated and transient_cause(raised.value) is raised.value
+
+
+async def test_a_begin_that_finds_the_database_locked_is_sqlalchemys_transient_error(
+    tmp_path: Path, lite: AsyncEngine
+) -> None:
+    """BEGIN IMMEDIATE goes to aiosqlite itself (store/db.py): past the busy timeout, "database is locked" must still
+    be SQLAlchemy's OperationalError, which store.errors counts as the database failing (503, retried)."""
+    holder = sqlite3.connect(tmp_path / "comity.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        async with lite.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute("PRAGMA busy_timeout=0")  # this connection only: fail at once
+            with pytest.raises(OperationalError) as raised:
+                await conn.begin()
+            assert "locked" in str(raised.value) and transient_cause(raised.value) is raised.value
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+async def test_the_receivers_duplicate_check_reads_past_sqlalchemy(lite: AsyncEngine, statements: list[str]) -> None:
+    """Every incoming envelope asks which of its ids are known (store.messages Messages.seen_many): on SQLite the
+    three text columns come straight from aiosqlite, outside a transaction as well (a read commits nothing)."""
+    async with lite.connect() as conn:
+        assert await Messages.seen_many(conn, ["a", "b"]) == {}
+        assert await Messages.seen_many(conn, []) == {}
+        assert not conn.in_transaction()
+    assert statements == []
