@@ -41,7 +41,7 @@ class Counts:
         self.backends: set[int] = set()  # PostgreSQL: the server pids of this side's connections
         self.drivers: set[int] = set()  # SQLite: id() of this side's aiosqlite connections
 
-    def attach(self, engine: AsyncEngine) -> None:
+    def attach(self, engine: AsyncEngine, *, writer: bool = True) -> None:
         sync = engine.sync_engine
 
         @event.listens_for(sync, "before_cursor_execute")
@@ -52,6 +52,10 @@ class Counts:
         @event.listens_for(sync, "begin")
         def _begin(conn: Any) -> None:
             self.counter["transactions"] += 1
+            if writer and conn.dialect.name == "sqlite":  # store/db.py sends BEGIN IMMEDIATE to aiosqlite itself
+                self.counter["statements"] += 1
+                self.counter["of which hot path"] += 1
+                self.kinds["(hot path) BEGIN IMMEDIATE"] += 1
 
         @event.listens_for(sync.pool, "connect")
         def _connect(dbapi: Any, record: Any) -> None:
@@ -81,7 +85,8 @@ def count_hot_path(counts: dict[str, Counts]) -> None:
                 c.counter["of which hot path"] += statements
                 c.kinds["(hot path) " + " ".join(kind.split())[:138]] += statements
 
-    insert_many, execute, fetch_row = sqlite_fast.insert_many, sqlite_fast.execute, sqlite_fast.fetch_row
+    insert_many, execute = sqlite_fast.insert_many, sqlite_fast.execute
+    fetch_row, fetch_rows = sqlite_fast.fetch_row, sqlite_fast.fetch_rows
 
     async def counted_insert_many(driver: Any, dialect: Any, table: Any, rows: Any) -> None:
         count_sqlite(driver, len({tuple(row) for row in rows}), f"INSERT INTO {table.name}")
@@ -97,9 +102,14 @@ def count_hot_path(counts: dict[str, Counts]) -> None:
         count_sqlite(driver, 1, sql)
         return await fetch_row(driver, sql, args)
 
+    async def counted_fetch_rows(driver: Any, sql: str, args: Any, names: Any) -> Any:
+        count_sqlite(driver, 1, sql)
+        return await fetch_rows(driver, sql, args, names)
+
     sqlite_fast.insert_many = counted_insert_many
     sqlite_fast.execute = counted_execute
     sqlite_fast.fetch_row = counted_fetch_row
+    sqlite_fast.fetch_rows = counted_fetch_rows
 
     async def counted(driver: Any, sql: str, args: Any, **options: Any) -> Any:
         for c in counts.values():
@@ -142,7 +152,7 @@ async def run(args: argparse.Namespace) -> None:
             gw = await Gateway.load(load_settings(provisioned.config), PASSPHRASE.encode())
             counts[side].attach(gw.engine)
             if gw.reader.sync_engine.pool is not gw.engine.sync_engine.pool:  # PostgreSQL: one pool, one dispatch
-                counts[side].attach(gw.reader)
+                counts[side].attach(gw.reader, writer=False)  # SQLite's reader pool: no BEGIN ever sent
                 await gw.reader.dispose()
             await gw.engine.dispose()  # every connection is opened again, under the listeners: each side's are known
             gateways.append(await start_gateway(gw))

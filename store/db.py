@@ -27,6 +27,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
@@ -126,8 +127,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # straight to aiosqlite (inside SQLAlchemy's greenlet, as its adapter awaits it): 140 us of CPU less per
         # transaction than exec_driver_sql, errors raised as SQLAlchemy's all the same (store/sqlite_fast.py)
         driver: Any = conn.connection.driver_connection
-        with sqlite_fast.errors("BEGIN IMMEDIATE"):
-            await_only(driver.execute("BEGIN IMMEDIATE"))
+        try:
+            with sqlite_fast.errors("BEGIN IMMEDIATE"):
+                await_only(driver.execute("BEGIN IMMEDIATE"))
+        except DBAPIError as exc:
+            # SQLAlchemy handles what a statement raises, not what this event raises: a dead connection must be
+            # dropped from the pool here, or it would fail every transaction it is handed to
+            if exc.connection_invalidated:
+                conn.invalidate(exc)
+            raise
 
 
 def make_reader(url: str, engine: AsyncEngine, *, pool_size: int = 20) -> AsyncEngine:

@@ -29,12 +29,13 @@ _SEEN = select(messages.c.id, messages.c.direction, messages.c.envelope_sha256, 
 )
 _SEEN_SQL = "SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id = ANY($1::text[])"
 _SQLITE_IN_MAX = 500  # ids in one SQLite IN list (its limit on parameters is far above)
+_SEEN_COLUMNS = ("id", "direction", "envelope_sha256", "receipt")
 
 
 @functools.lru_cache(maxsize=64)
 def _seen_sqlite(count: int) -> str:
     marks = ", ".join("?" for _ in range(count))
-    return f"SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id IN ({marks})"  # noqa: S608
+    return f"SELECT {', '.join(_SEEN_COLUMNS)} FROM messages WHERE id IN ({marks})"  # noqa: S608 - fixed names
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Messages:
         lite = await sqlite_fast.driver(conn, read=True) if len(ids) <= _SQLITE_IN_MAX else None
         rows: Sequence[Mapping[str, Any]]
         if lite is not None:  # SQLite: its own text, past SQLAlchemy (text columns only: nothing to convert)
-            rows = await sqlite_fast.fetch_rows(lite, _seen_sqlite(len(ids)), ids)
+            rows = await sqlite_fast.fetch_rows(lite, _seen_sqlite(len(ids)), ids, _SEEN_COLUMNS)
         else:
             rows = await fast.fetch_rows(conn, _SEEN_SQL, (ids,), _SEEN, {"b_ids": ids}, read=True)
         return {row["id"]: Seen(row["direction"], row["envelope_sha256"], row["receipt"]) for row in rows}

@@ -12,9 +12,10 @@ each side, so :func:`store.fast.insert` and :func:`store.fast.insert_many` send 
   stores UTC as SQLite's fixed-width text, ``2026-12-01 00:00:00.000000``, which SQL compares as text; a date as
   ``2027-01-31``), and only the columns the row names are written, as on PostgreSQL;
 * the statement runs at once, inside the transaction SQLAlchemy began on the same connection (``BEGIN IMMEDIATE``,
-  store/db.py), so savepoints, rollbacks and the order of statements are unchanged; outside a transaction (an
-  autocommit connection, or before SQLAlchemy began one) the caller's SQLAlchemy statement runs instead, since a
-  write sent here would commit on its own;
+  itself sent to aiosqlite by store/db.py), so savepoints, rollbacks and the order of statements are unchanged;
+  outside a transaction (an autocommit connection, or before SQLAlchemy began one) the caller's SQLAlchemy
+  statement runs instead, since a write sent here would commit on its own; a read (:func:`fetch_rows`, the
+  receiver's duplicate check) runs on any connection, as it commits nothing;
 * a driver error is raised as SQLAlchemy's own (``IntegrityError`` for a duplicate, ``OperationalError`` for a
   lock held past the busy timeout, which store/errors.py tells apart as transient), without the parameters; a
   connection aiosqlite already closed is an ``OperationalError`` of an invalidated connection, as SQLAlchemy's
@@ -140,11 +141,10 @@ async def fetch_row(driver: Any, sql: str, args: Sequence[Any]) -> tuple[Any, ..
     return None if row is None else tuple(row)
 
 
-async def fetch_rows(driver: Any, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every row of ``sql`` (SQLite text) through ``driver``, by column name, as SQLite returns the values: for
-    columns of plain types only, as :func:`fetch_row`."""
+async def fetch_rows(driver: Any, sql: str, args: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Every row of ``sql`` (SQLite text selecting the columns ``names``, in that order) through ``driver``, in one
+    trip to aiosqlite's thread, by column name, as SQLite returns the values: for columns of plain types only, as
+    :func:`fetch_row`."""
     with errors(sql):
-        cursor = await driver.execute(sql, tuple(args))
-        rows = await cursor.fetchall()
-    names = [column[0] for column in cursor.description]
+        rows = await driver.execute_fetchall(sql, tuple(args))
     return [dict(zip(names, row, strict=True)) for row in rows]

@@ -2,55 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.db import WAL_AUTOCHECKPOINT_PAGES, checkpoint_wal, make_engine, make_reader, run_migrations
 from store.facts import write_fact
 
 
-async def test_sqlite_writers_sync_every_commit_and_readers_cannot_write(tmp_path: Path) -> None:
+@pytest.fixture
+async def sqlite_engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """The writer engine and the reader pool of a migrated SQLite file ``tmp_path/comity.db``."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'comity.db'}"
+    await run_migrations(url)
+    engine = make_engine(url)
+    reader = make_reader(url, engine)
+    yield engine, reader
+    await reader.dispose()
+    await engine.dispose()
+
+
+async def test_sqlite_writers_sync_every_commit_and_readers_cannot_write(
+    sqlite_engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
     """A receipt or a checkpoint is signed once its transaction committed: the commit must survive a power loss
     (synchronous FULL in WAL mode; NORMAL may lose the last commits), or the peer holding them would see our
     ledger's history change after a crash."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'comity.db'}"
-    await run_migrations(url)
-    engine = make_engine(url)
-    reader = make_reader(url, engine)
-    try:
-        async with engine.connect() as conn:
-            pragmas = [
-                (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
-                for name in ("journal_mode", "synchronous", "foreign_keys")
-            ]
-        assert pragmas == ["wal", 2, 1]  # synchronous 2 = FULL
-        async with reader.connect() as conn:
-            assert (await conn.execute(text("PRAGMA query_only"))).scalar_one() == 1
-            with pytest.raises(Exception, match="readonly"):
-                await conn.execute(text("DELETE FROM ledger_head"))
-    finally:
-        await reader.dispose()
-        await engine.dispose()
+    engine, reader = sqlite_engines
+    async with engine.connect() as conn:
+        pragmas = [
+            (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
+            for name in ("journal_mode", "synchronous", "foreign_keys")
+        ]
+    assert pragmas == ["wal", 2, 1]  # synchronous 2 = FULL
+    async with reader.connect() as conn:
+        assert (await conn.execute(text("PRAGMA query_only"))).scalar_one() == 1
+        with pytest.raises(Exception, match="readonly"):
+            await conn.execute(text("DELETE FROM ledger_head"))
 
 
-async def test_checkpoint_wal_copies_the_committed_frames_into_the_database(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'comity.db'}"
-    await run_migrations(url)
-    engine = make_engine(url)
-    reader = make_reader(url, engine)
-    try:
-        async with engine.connect() as conn:
-            assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one() == WAL_AUTOCHECKPOINT_PAGES
-        async with engine.begin() as conn:
-            await write_fact(conn, "a fact", "x" * 20_000)
-        busy, frames, done = await checkpoint_wal(reader)
-        assert (busy, done) == (0, frames) and frames >= 5  # 20 kB: at least five 4 KiB pages
-        assert b"x" * 4000 in (tmp_path / "comity.db").read_bytes()
-    finally:
-        await reader.dispose()
-        await engine.dispose()
+async def test_checkpoint_wal_copies_the_committed_frames_into_the_database(
+    tmp_path: Path, sqlite_engines: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    engine, reader = sqlite_engines
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one() == WAL_AUTOCHECKPOINT_PAGES
+    async with engine.begin() as conn:
+        await write_fact(conn, "a fact", "x" * 20_000)
+    busy, frames, done = await checkpoint_wal(reader)
+    assert (busy, done) == (0, frames) and frames >= 5  # 20 kB: at least five 4 KiB pages
+    assert b"x" * 4000 in (tmp_path / "comity.db").read_bytes()
 
 
 @pytest.mark.postgres

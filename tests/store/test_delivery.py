@@ -14,7 +14,7 @@ from protocol.stats import Facets
 from store import fast
 from store.case_stats import CaseStats
 from store.cases import Cases
-from store.db import is_sqlite
+from store.db import is_sqlite, make_reader
 from store.delivery import record_delivery
 from store.messages import Messages
 from store.outbox import Outbox
@@ -162,8 +162,9 @@ async def test_a_failed_transaction_leaves_the_message_in_the_outbox(engine: Asy
     assert (await stats(engine, "request-1"))["start_at"] is None
 
 
-async def test_seen_answers_several_ids_in_one_query(engine: AsyncEngine) -> None:
-    """The receiver's duplicate check (gathered by gateway.coalesce): the known ids among those asked, by id."""
+async def test_seen_answers_several_ids_in_one_query(db_url: str, engine: AsyncEngine) -> None:
+    """The receiver's duplicate check (gathered by gateway.coalesce): the known ids among those asked, by id, the
+    same on the reader the gateway asks it on."""
     await add_message(engine, "01930000-0000-7000-8000-000000000001", request=True)
     await add_message(engine, "01930000-0000-7000-8000-000000000002", request=False)
     await deliver(engine, "01930000-0000-7000-8000-000000000002", receipt="receipt-2")
@@ -181,3 +182,10 @@ async def test_seen_answers_several_ids_in_one_query(engine: AsyncEngine) -> Non
     assert (first.direction, first.envelope_sha256, first.receipt) == ("out", "0" * 64, None)
     assert found[asked[1]].receipt == "receipt-2" and alone == found[asked[1]]
     assert nothing == {}
+    reader = make_reader(db_url, engine)
+    try:
+        async with reader.connect() as conn:
+            assert await Messages.seen_many(conn, [*asked, asked[0]]) == found  # an id asked twice: found once
+    finally:
+        if reader.sync_engine.pool is not engine.sync_engine.pool:  # SQLite: a pool of its own
+            await reader.dispose()

@@ -213,3 +213,20 @@ async def test_the_receivers_duplicate_check_reads_past_sqlalchemy(lite: AsyncEn
         assert await Messages.seen_many(conn, []) == {}
         assert not conn.in_transaction()
     assert statements == []
+
+
+async def test_a_connection_found_dead_at_begin_leaves_the_pool(lite: AsyncEngine) -> None:
+    """BEGIN IMMEDIATE is sent from SQLAlchemy's begin event, whose errors SQLAlchemy does not handle: a connection
+    found closed there is invalidated by the event itself, so the next transaction gets a new one."""
+    async with lite.connect() as conn:
+        closing = (await conn.get_raw_connection()).driver_connection
+        assert closing is not None
+        await closing.close()  # back to the pool dead: its reset on return does nothing on a closed connection
+    with pytest.raises(OperationalError) as raised:
+        async with lite.begin():
+            pass
+    assert raised.value.connection_invalidated
+    async with lite.begin() as conn:
+        await fast.insert(conn, checkpoints, {"size": 1, "note": "x", "created_at": NOW}, insert(checkpoints))
+    async with lite.connect() as conn:
+        assert (await conn.execute(select(checkpoints.c.size))).scalars().all() == [1]
