@@ -3,7 +3,7 @@ machinery.
 
 On SQLite a one-row INSERT through SQLAlchemy Core costs about 280 us of CPU, of which the statement itself (the
 hop to aiosqlite's thread and SQLite's work) is about 65 us: the rest is building the execution context, the
-adapter's cursor and the result (docs/performance.md, eighth session). An envelope makes five to eight of them on
+adapter's cursor and the result (docs/performance.md, ninth session). An envelope makes five to eight of them on
 each side, so :func:`store.fast.insert` and :func:`store.fast.insert_many` send them here instead, as
 :mod:`store.fast` sends them to asyncpg on PostgreSQL. What stays as SQLAlchemy would do it:
 
@@ -134,11 +134,11 @@ def _datetime_processor(dialect: Dialect) -> Processor:
 
 async def fetch_row(driver: Any, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
     """The first row of ``sql`` (SQLite text) through ``driver``, its values as SQLite returns them: for columns of
-    plain types only (integers, text, blobs), since no result processor converts them."""
+    plain types only (integers, text, blobs), since no result processor converts them. One trip to aiosqlite's
+    thread, which steps the statement to its end (no read left open)."""
     with errors(sql):
-        cursor = await driver.execute(sql, tuple(args))
-        row = await cursor.fetchone()
-    return None if row is None else tuple(row)
+        rows = await driver.execute_fetchall(sql, tuple(args))
+    return next((tuple(row) for row in rows), None)
 
 
 async def fetch_rows(driver: Any, sql: str, args: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
