@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.events import EventType
 from protocol.stats import ASSISTANCE_BITS, OFFENCE_BITS, OUTCOME_STATES, REFUSAL_GROUND_BITS, Facets, mask_of
-from store import fast
+from store import fast, sqlite_fast
 from store.tables import case_stats
 
 __all__ = ["ANSWER_MILESTONES", "TIMES", "WAITS", "CaseStats"]
@@ -26,6 +26,7 @@ _MILESTONES: Final = ("start_at", "acknowledged_at", "first_answer_at")
 # a request): the hot path, so the statements are built once (store/fast.py)
 _OPEN: Final = insert(case_stats)
 TIMES: Final = ("start_at", "acknowledged_at", "first_answer_at", "executed_at")
+_TIME_COLUMNS: Final = tuple(case_stats.c[time] for time in TIMES)
 _MARK: Final = {
     column: update(case_stats)
     .where(case_stats.c.case_id == bindparam("b_case_id"), case_stats.c[column].is_(None))
@@ -89,9 +90,14 @@ class CaseStats:
         not a request's case changes nothing."""
         if column not in _MILESTONES:
             raise ValueError(f"not a milestone: {column}")
-        times = await fast.fetch_row(
-            conn, _MARK_SQL[column], (at, case_id), _MARK[column], {"b_case_id": case_id, "b_at": at}
-        )
+        lite = await sqlite_fast.driver(conn)  # SQLite in a transaction: every sent request marks start_at
+        times: Mapping[str, Any] | None
+        if lite is not None:
+            times = await sqlite_fast.returning(lite, conn.dialect, _MARK_SQL[column], (at, case_id), _TIME_COLUMNS)
+        else:
+            times = await fast.fetch_row(
+                conn, _MARK_SQL[column], (at, case_id), _MARK[column], {"b_case_id": case_id, "b_at": at}
+            )
         if times is not None:
             await CaseStats.write_waits(conn, case_id, times)
 

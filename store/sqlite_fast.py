@@ -32,14 +32,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Table
+from sqlalchemy import Column, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import TZ
 
-__all__ = ["driver", "errors", "execute", "fetch_row", "fetch_rows", "insert_many"]
+__all__ = ["driver", "errors", "execute", "fetch_row", "fetch_rows", "insert_many", "returning"]
 
 Processor = Callable[[Any], Any] | None
 _POSTGRESQL_ONLY: Final = re.compile(r"::|\bANY\s*\(|\bunnest\s*\(|\bFOR UPDATE\b", re.IGNORECASE)
@@ -117,14 +117,23 @@ async def execute(driver: Any, dialect: Dialect, sql: str, args: Sequence[Any]) 
     """Run ``sql`` (the hot path's PostgreSQL text of an UPDATE or a DELETE) through ``driver`` and return the number
     of rows it changed; None, having run nothing, when the text is PostgreSQL's own or an argument is not a plain
     value (the caller then runs its SQLAlchemy statement). A datetime is stored as ``UTCDateTime`` stores it."""
+    statement = _statement(dialect, sql, args)
+    if statement is None:
+        return None
+    text, values = statement
+    with errors(text):
+        cursor = await driver.execute(text, values)
+    return int(cursor.rowcount)
+
+
+def _statement(dialect: Dialect, sql: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...]] | None:
+    """SQLite's text of ``sql`` and its values (a datetime as ``UTCDateTime`` stores it), or None when the text is
+    PostgreSQL's own or an argument is not a plain value."""
     text = _sqlite_text(sql)
     if text is None or not all(arg is None or isinstance(arg, _PLAIN) for arg in args):
         return None
     process = _datetime_processor(dialect)
-    values = tuple(process(arg) if isinstance(arg, datetime) and process is not None else arg for arg in args)
-    with errors(text):
-        cursor = await driver.execute(text, values)
-    return int(cursor.rowcount)
+    return text, tuple(process(arg) if isinstance(arg, datetime) and process is not None else arg for arg in args)
 
 
 @functools.lru_cache(maxsize=16)
@@ -148,3 +157,26 @@ async def fetch_rows(driver: Any, sql: str, args: Sequence[Any], names: Sequence
     with errors(sql):
         rows = await driver.execute_fetchall(sql, tuple(args))
     return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+async def returning(
+    driver: Any, dialect: Dialect, sql: str, args: Sequence[Any], columns: Sequence[Column[Any]]
+) -> dict[str, Any] | None:
+    """The first row of ``sql``, the hot path's PostgreSQL text of an ``UPDATE ... RETURNING`` the ``columns`` (in
+    that order), run with ?n placeholders through ``driver``, its values converted by the columns' own result
+    processors as SQLAlchemy converts them (a time back to an aware UTC datetime); None when it changed no row.
+    Arguments as :func:`execute` takes them; a text that is PostgreSQL's own is a programming error here."""
+    statement = _statement(dialect, sql, args)
+    if statement is None:
+        raise ValueError("returning() takes SQL text that SQLite runs too, and plain arguments")
+    text, values = statement
+    with errors(text):
+        rows = await driver.execute_fetchall(text, values)
+    row = next(iter(rows), None)
+    if row is None:
+        return None
+    found: dict[str, Any] = {}
+    for column, value in zip(columns, row, strict=True):
+        convert = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        found[column.name] = value if convert is None else convert(value)
+    return found

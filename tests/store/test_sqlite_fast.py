@@ -13,7 +13,8 @@ from sqlalchemy import event, insert, select, update
 from sqlalchemy.exc import IntegrityError, NoResultFound, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from store import fast
+from store import fast, sqlite_fast
+from store.case_stats import CaseStats
 from store.db import make_engine, run_migrations
 from store.errors import transient_cause
 from store.events import EventLog
@@ -230,3 +231,25 @@ async def test_a_connection_found_dead_at_begin_leaves_the_pool(lite: AsyncEngin
         await fast.insert(conn, checkpoints, {"size": 1, "note": "x", "created_at": NOW}, insert(checkpoints))
     async with lite.connect() as conn:
         assert (await conn.execute(select(checkpoints.c.size))).scalars().all() == [1]
+
+
+async def test_a_milestone_is_marked_and_its_times_read_back_past_sqlalchemy(
+    tmp_path: Path, lite: AsyncEngine, statements: list[str]
+) -> None:
+    """The request's start_at (every sent request): the UPDATE ... RETURNING goes to aiosqlite and its times come back
+    as SQLAlchemy converts them (aware UTC datetimes), so the waits computed from them are right."""
+    acknowledged = MIDNIGHT + timedelta(seconds=5, microseconds=250_000)
+    async with lite.begin() as conn:
+        row = {**stats_row("case-1"), "acknowledged_at": acknowledged}
+        await fast.insert(conn, case_stats, row, insert(case_stats))
+        await CaseStats.milestone(conn, "case-1", "start_at", MIDNIGHT)
+        await CaseStats.milestone(conn, "case-1", "start_at", NOW)  # the first time only: nothing changes
+    assert not [sql for sql in statements if sql.startswith("UPDATE case_stats SET start_at")]
+    async with lite.connect() as conn:
+        got = (await conn.execute(select(case_stats.c.start_at, case_stats.c.wait_acknowledge_ms))).one()
+    assert tuple(got) == (MIDNIGHT, 5250)
+    assert raw_rows(tmp_path / "comity.db", "SELECT start_at FROM case_stats") == [("2026-12-01 00:00:00.000000",)]
+    async with lite.begin() as conn:
+        driver = await sqlite_fast.driver(conn)
+        with pytest.raises(ValueError, match="SQLite runs too"):
+            await sqlite_fast.returning(driver, conn.dialect, "UPDATE case_stats SET year = $1::int", (1,), [])
