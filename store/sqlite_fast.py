@@ -1,5 +1,5 @@
-"""The SQLite hot path: the group commit's inserts sent to the aiosqlite connection, past SQLAlchemy's statement
-machinery.
+"""The SQLite hot path: the statements every envelope makes, sent to the aiosqlite connection past SQLAlchemy's
+statement machinery.
 
 On SQLite a one-row INSERT through SQLAlchemy Core costs about 280 us of CPU, of which the statement itself (the
 hop to aiosqlite's thread and SQLite's work) is about 65 us: the rest is building the execution context, the
@@ -177,6 +177,12 @@ async def returning(
         return None
     found: dict[str, Any] = {}
     for column, value in zip(columns, row, strict=True):
-        convert = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        convert = _result_processor(dialect, column)
         found[column.name] = value if convert is None else convert(value)
     return found
+
+
+@functools.lru_cache(maxsize=64)
+def _result_processor(dialect: Dialect, column: Column[Any]) -> Processor:
+    processor: Processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    return processor
