@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import TZ
 
-__all__ = ["driver", "errors", "execute", "fetch_row", "fetch_rows", "insert_many", "returning"]
+__all__ = ["driver", "errors", "execute", "fetch_row", "fetch_rows", "insert_many", "returning", "typed_rows"]
 
 Processor = Callable[[Any], Any] | None
 _POSTGRESQL_ONLY: Final = re.compile(r"::|\bANY\s*\(|\bunnest\s*\(|\bFOR UPDATE\b", re.IGNORECASE)
@@ -170,16 +170,25 @@ async def returning(
     if statement is None:
         raise ValueError("returning() takes SQL text that SQLite runs too, and plain arguments")
     text, values = statement
-    with errors(text):
-        rows = await driver.execute_fetchall(text, values)
-    row = next(iter(rows), None)
-    if row is None:
-        return None
-    found: dict[str, Any] = {}
-    for column, value in zip(columns, row, strict=True):
-        convert = _result_processor(dialect, column)
-        found[column.name] = value if convert is None else convert(value)
-    return found
+    return next(iter(await typed_rows(driver, dialect, text, values, columns)), None)
+
+
+async def typed_rows(
+    driver: Any, dialect: Dialect, sql: str, args: Sequence[Any], columns: Sequence[Column[Any]]
+) -> list[dict[str, Any]]:
+    """Every row of ``sql`` (SQLite text returning the ``columns``, in that order; plain arguments) through
+    ``driver``, in one trip to aiosqlite's thread, by column name, its values converted by the columns' own result
+    processors as SQLAlchemy converts them (times to aware UTC datetimes, booleans to bool)."""
+    with errors(sql):
+        rows = await driver.execute_fetchall(sql, tuple(args))
+    converters = [(column.name, _result_processor(dialect, column)) for column in columns]
+    return [
+        {
+            name: value if convert is None else convert(value)
+            for (name, convert), value in zip(converters, row, strict=True)
+        }
+        for row in rows
+    ]
 
 
 @functools.lru_cache(maxsize=64)

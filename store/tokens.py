@@ -7,6 +7,7 @@ user's role allows, re-checked on every use), an expiry, and can be revoked. Iss
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import fast
+from store import fast, sqlite_fast
 from store.accounts import (
     _USER_COLUMNS,
     ROLE_SCOPES,
@@ -47,15 +48,16 @@ LOGIN_TOKEN_TTL = timedelta(hours=12)
 MAX_TOKEN_TTL = timedelta(days=366)
 
 # every API call runs it (gateway.coalesce gathers concurrent calls into one): built once
+_AUTHENTICATE_COLUMNS = (
+    tokens.c.token_hash,
+    *_USER_COLUMNS,
+    tokens.c.expires_at,
+    tokens.c.revoked_at,
+    tokens.c.token_id,
+    tokens.c.scopes,
+)
 _AUTHENTICATE = (
-    select(
-        tokens.c.token_hash,
-        *_USER_COLUMNS,
-        tokens.c.expires_at,
-        tokens.c.revoked_at,
-        tokens.c.token_id,
-        tokens.c.scopes,
-    )
+    select(*_AUTHENTICATE_COLUMNS)
     .join(tokens, tokens.c.user_id == users.c.id)
     .where(tokens.c.token_hash.in_(bindparam("b_hashes", expanding=True)), users.c.disabled.is_(False))
 )
@@ -64,7 +66,17 @@ _AUTHENTICATE_SQL = (
     "t.expires_at, t.revoked_at, t.token_id, t.scopes FROM tokens t JOIN users u ON u.id = t.user_id "
     "WHERE t.token_hash = ANY($1::text[]) AND u.disabled = false"
 )
+_SQLITE_IN_MAX = 500  # hashes in one SQLite IN list (the coalescer gathers at most 256)
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+@functools.lru_cache(maxsize=64)
+def _authenticate_sqlite(count: int) -> str:
+    """SQLite's text of ``_AUTHENTICATE`` for ``count`` hashes."""
+    marks = ", ".join("?" for _ in range(count))
+    return _AUTHENTICATE_SQL.replace("= ANY($1::text[])", f"IN ({marks})").replace("= false", "= 0")
+
+
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -183,9 +195,16 @@ class Tokens:
     @staticmethod
     async def by_digest(conn: AsyncConnection, digests: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         """The rows of the tokens of enabled users among ``digests`` (hashes), by hash: one query for them all."""
-        rows = await fast.fetch_rows(
-            conn, _AUTHENTICATE_SQL, (list(digests),), _AUTHENTICATE, {"b_hashes": list(digests)}, read=True
-        )
+        hashes = list(digests)
+        lite = await sqlite_fast.driver(conn, read=True) if len(hashes) <= _SQLITE_IN_MAX else None
+        rows: Sequence[Mapping[str, Any]]
+        if lite is not None:  # SQLite: its own text, past SQLAlchemy, converted by the columns' result processors
+            sql = _authenticate_sqlite(len(hashes))
+            rows = await sqlite_fast.typed_rows(lite, conn.dialect, sql, hashes, _AUTHENTICATE_COLUMNS)
+        else:
+            rows = await fast.fetch_rows(
+                conn, _AUTHENTICATE_SQL, (hashes,), _AUTHENTICATE, {"b_hashes": hashes}, read=True
+            )
         return {row["token_hash"]: row for row in rows}
 
     @staticmethod

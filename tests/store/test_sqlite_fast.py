@@ -14,12 +14,15 @@ from sqlalchemy.exc import IntegrityError, NoResultFound, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import fast, sqlite_fast
+from store import tokens as tokens_module
 from store.case_stats import CaseStats
 from store.db import make_engine, run_migrations
 from store.errors import transient_cause
 from store.events import EventLog
 from store.messages import Messages
 from store.tables import case_stats, checkpoints
+from store.tokens import Tokens, hash_token
+from store.users import Users
 
 NOW = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 12, 1, tzinfo=UTC)  # no microseconds: stored as "2026-12-01 00:00:00.000000" all the same
@@ -253,3 +256,24 @@ async def test_a_milestone_is_marked_and_its_times_read_back_past_sqlalchemy(
         driver = await sqlite_fast.driver(conn)
         with pytest.raises(ValueError, match="SQLite runs too"):
             await sqlite_fast.returning(driver, conn.dialect, "UPDATE case_stats SET year = $1::int", (1,), [])
+
+
+async def test_the_token_lookup_reads_past_sqlalchemy_the_row_it_would_read(
+    lite: AsyncEngine, statements: list[str]
+) -> None:
+    """Every API call looks its token up (store.tokens Tokens.by_digest): on SQLite the row comes from aiosqlite,
+    converted by the columns' result processors into exactly what SQLAlchemy's statement gives."""
+    async with lite.begin() as conn:
+        alice = await Users.create(conn, "alice", "officer", NOW, unit="mla", caveats=("uncac-46-20",))
+        issued = await Users.issue(conn, alice, NOW, label="cli", expires_at=MIDNIGHT)
+    digest = hash_token(issued.token)
+    before = len(statements)
+    async with lite.connect() as conn:
+        fast_rows = await Tokens.by_digest(conn, [digest, "0" * 64])
+        assert statements[before:] == []
+        query = tokens_module._AUTHENTICATE
+        sqlalchemy_rows = [dict(row) for row in (await conn.execute(query, {"b_hashes": [digest]})).mappings()]
+    assert [dict(row) for row in fast_rows.values()] == sqlalchemy_rows
+    row = fast_rows[digest]
+    assert (row["expires_at"], row["disabled"], row["revoked_at"]) == (MIDNIGHT, False, None)
+    assert type(row["disabled"]) is bool and row["expires_at"].tzinfo is not None
