@@ -22,8 +22,8 @@ failed batch one by one anyway. Everything stays as it was where the hot path do
 
 * SQLite, and any connection that is not inside a transaction (an autocommit reader), run the SQLAlchemy statement
   given as the fallback, at once: the same rows, the same table; except that on SQLite inside a transaction the
-  inserts, and :func:`execute`'s text with ``?n`` placeholders, go to aiosqlite at once instead
-  (:mod:`store.sqlite_fast`);
+  inserts, and :func:`execute`'s text with ``?n`` placeholders, go to aiosqlite at once instead, as do a few reads
+  and ``UPDATE ... RETURNING`` s whose callers call :mod:`store.sqlite_fast` themselves;
 * a constraint violation is raised as SQLAlchemy's ``IntegrityError``, as callers expect (a duplicate delivery);
 * a naive datetime is refused, as ``store.tables.UTCDateTime`` refuses it.
 

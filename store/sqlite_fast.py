@@ -15,7 +15,9 @@ each side, so :func:`store.fast.insert` and :func:`store.fast.insert_many` send 
   itself sent to aiosqlite by store/db.py), so savepoints, rollbacks and the order of statements are unchanged;
   outside a transaction (an autocommit connection, or before SQLAlchemy began one) the caller's SQLAlchemy
   statement runs instead, since a write sent here would commit on its own; a read (:func:`fetch_rows`, the
-  receiver's duplicate check) runs on any connection, as it commits nothing;
+  receiver's duplicate check; :func:`typed_rows`, the token lookup) runs on any connection, as it commits nothing;
+* what comes back in other than plain integers, text and blobs goes through the result processors SQLAlchemy
+  itself applies (:func:`typed_rows`, :func:`returning`: times to aware UTC datetimes, booleans to bool);
 * a driver error is raised as SQLAlchemy's own (``IntegrityError`` for a duplicate, ``OperationalError`` for a
   lock held past the busy timeout, which store/errors.py tells apart as transient), without the parameters; a
   connection aiosqlite already closed is an ``OperationalError`` of an invalidated connection, as SQLAlchemy's

@@ -72,9 +72,14 @@ _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 @functools.lru_cache(maxsize=64)
 def _authenticate_sqlite(count: int) -> str:
-    """SQLite's text of ``_AUTHENTICATE`` for ``count`` hashes."""
+    """SQLite's text of ``_AUTHENTICATE`` for ``count`` hashes, its select list made of ``_AUTHENTICATE_COLUMNS`` in
+    their order (sqlite_fast.typed_rows names the values by position)."""
     marks = ", ".join("?" for _ in range(count))
-    return _AUTHENTICATE_SQL.replace("= ANY($1::text[])", f"IN ({marks})").replace("= false", "= 0")
+    names = ", ".join(f"{'t' if column.table is tokens else 'u'}.{column.name}" for column in _AUTHENTICATE_COLUMNS)
+    return (
+        f"SELECT {names} FROM tokens t JOIN users u ON u.id = t.user_id "  # noqa: S608 - names from tables.py
+        f"WHERE t.token_hash IN ({marks}) AND u.disabled = 0"
+    )
 
 
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
@@ -194,7 +199,9 @@ class Tokens:
 
     @staticmethod
     async def by_digest(conn: AsyncConnection, digests: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-        """The rows of the tokens of enabled users among ``digests`` (hashes), by hash: one query for them all."""
+        """The rows of the tokens of enabled users among ``digests`` (hashes), by hash: one query for them all. On
+        SQLite it is read straight from aiosqlite on any connection, without beginning a transaction (callers read
+        it on the reader pool, or inside a transaction they began)."""
         hashes = list(digests)
         lite = await sqlite_fast.driver(conn, read=True) if len(hashes) <= _SQLITE_IN_MAX else None
         rows: Sequence[Mapping[str, Any]]

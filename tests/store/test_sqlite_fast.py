@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from store import fast, sqlite_fast
 from store import tokens as tokens_module
 from store.case_stats import CaseStats
-from store.db import make_engine, run_migrations
+from store.db import make_engine, make_reader, run_migrations
 from store.errors import transient_cause
 from store.events import EventLog
 from store.messages import Messages
@@ -251,6 +251,17 @@ async def test_a_milestone_is_marked_and_its_times_read_back_past_sqlalchemy(
     async with lite.connect() as conn:
         got = (await conn.execute(select(case_stats.c.start_at, case_stats.c.wait_acknowledge_ms))).one()
     assert tuple(got) == (MIDNIGHT, 5250)
+    async with lite.begin() as conn:  # what returning() hands to write_waits: aware UTC times, as SQLAlchemy's
+        driver = await sqlite_fast.driver(conn)
+        sql, args = (
+            "UPDATE case_stats SET year = $1 WHERE case_id = $2 RETURNING start_at, acknowledged_at",
+            (2027, "case-1"),
+        )
+        times = await sqlite_fast.returning(
+            driver, conn.dialect, sql, args, [case_stats.c.start_at, case_stats.c.acknowledged_at]
+        )
+    assert times == {"start_at": MIDNIGHT, "acknowledged_at": acknowledged}
+    assert times is not None and all(time.tzinfo is not None for time in times.values())
     assert raw_rows(tmp_path / "comity.db", "SELECT start_at FROM case_stats") == [("2026-12-01 00:00:00.000000",)]
     async with lite.begin() as conn:
         driver = await sqlite_fast.driver(conn)
@@ -266,14 +277,26 @@ async def test_the_token_lookup_reads_past_sqlalchemy_the_row_it_would_read(
     async with lite.begin() as conn:
         alice = await Users.create(conn, "alice", "officer", NOW, unit="mla", caveats=("uncac-46-20",))
         issued = await Users.issue(conn, alice, NOW, label="cli", expires_at=MIDNIGHT)
-    digest = hash_token(issued.token)
-    before = len(statements)
-    async with lite.connect() as conn:
-        fast_rows = await Tokens.by_digest(conn, [digest, "0" * 64])
-        assert statements[before:] == []
-        query = tokens_module._AUTHENTICATE
-        sqlalchemy_rows = [dict(row) for row in (await conn.execute(query, {"b_hashes": [digest]})).mappings()]
-    assert [dict(row) for row in fast_rows.values()] == sqlalchemy_rows
-    row = fast_rows[digest]
-    assert (row["expires_at"], row["disabled"], row["revoked_at"]) == (MIDNIGHT, False, None)
+        revoked = await Users.issue(conn, alice, NOW, label="old", expires_at=MIDNIGHT)
+        await Tokens.revoke_token(conn, "alice", NOW, token_id=revoked.token_id)
+        bob = await Users.create(conn, "bob", "supervisor", NOW, unit="mla")
+        disabled = await Users.issue(conn, bob, NOW, label="cli", expires_at=MIDNIGHT)
+        await Users.set_disabled(conn, "bob", True, NOW, actor="system")
+    asked = [hash_token(t.token) for t in (issued, revoked, disabled)] + ["0" * 64, hash_token(issued.token)]
+    query = tokens_module._AUTHENTICATE
+    reader = make_reader(str(lite.url), lite)
+    try:
+        for engine in (lite, reader):  # the gateway asks on the reader pool
+            before = len(statements)
+            async with engine.connect() as conn:
+                fast_rows = await Tokens.by_digest(conn, asked)
+                assert statements[before:] == []
+                expected = [dict(row) for row in (await conn.execute(query, {"b_hashes": asked})).mappings()]
+            assert sorted(fast_rows) == sorted(row["token_hash"] for row in expected) == sorted(asked[:2])
+            assert [fast_rows[row["token_hash"]] for row in expected] == expected  # value for value, type for type
+    finally:
+        await reader.dispose()
+    row = fast_rows[asked[0]]
+    assert (row["username"], row["role"], row["unit"], row["expires_at"]) == ("alice", "officer", "mla", MIDNIGHT)
+    assert (row["disabled"], row["revoked_at"], fast_rows[asked[1]]["revoked_at"]) == (False, None, NOW)
     assert type(row["disabled"]) is bool and row["expires_at"].tzinfo is not None
