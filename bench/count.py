@@ -86,7 +86,7 @@ def count_hot_path(counts: dict[str, Counts]) -> None:
                 c.kinds["(hot path) " + " ".join(kind.split())[:138]] += statements
 
     insert_many, execute = sqlite_fast.insert_many, sqlite_fast.execute
-    fetch_row, fetch_rows = sqlite_fast.fetch_row, sqlite_fast.fetch_rows
+    typed_rows = sqlite_fast.typed_rows
 
     async def counted_insert_many(driver: Any, dialect: Any, table: Any, rows: Any) -> None:
         count_sqlite(driver, len({tuple(row) for row in rows}), f"INSERT INTO {table.name}")
@@ -98,18 +98,13 @@ def count_hot_path(counts: dict[str, Counts]) -> None:
             count_sqlite(driver, 1, sql)
         return changed
 
-    async def counted_fetch_row(driver: Any, sql: str, args: Any) -> Any:
-        count_sqlite(driver, 1, sql)
-        return await fetch_row(driver, sql, args)
-
-    async def counted_fetch_rows(driver: Any, sql: str, args: Any, names: Any) -> Any:
-        count_sqlite(driver, 1, sql)
-        return await fetch_rows(driver, sql, args, names)
+    async def counted_typed_rows(driver: Any, dialect: Any, sql: str, args: Any, columns: Any) -> Any:
+        count_sqlite(driver, 1, sql)  # the reads, and returning()'s UPDATE, which calls it
+        return await typed_rows(driver, dialect, sql, args, columns)
 
     sqlite_fast.insert_many = counted_insert_many
     sqlite_fast.execute = counted_execute
-    sqlite_fast.fetch_row = counted_fetch_row
-    sqlite_fast.fetch_rows = counted_fetch_rows
+    sqlite_fast.typed_rows = counted_typed_rows
 
     async def counted(driver: Any, sql: str, args: Any, **options: Any) -> Any:
         for c in counts.values():

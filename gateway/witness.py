@@ -367,7 +367,7 @@ class Witness:
 
     async def _remember_served(self, peer: str) -> None:
         """Record that ``peer`` serves 9.6, at most once a minute (the record outlives a restart; an operator's
-        ``comity peer clear --forget-history`` drops it, and it is written again at the next proof served)."""
+        ``comity peer clear --forget-receipt-proofs`` drops it, and it is written again at the next proof served)."""
         now = asyncio.get_running_loop().time()
         if now - self._served.get(peer, -SERVED_REFRESH) < SERVED_REFRESH:
             return
@@ -473,9 +473,9 @@ def _newer(current: Pending | None, candidate: Pending) -> Pending:
     if current is None:
         return candidate
     try:
-        larger, same = _size(candidate[0]) > _size(current[0]), _size(candidate[0]) == _size(current[0])
+        new, old = _size(candidate[0]), _size(current[0])
         # of equal trees, the one whose receipt is still to be checked (a polled note has none)
-        return candidate if larger or (same and (candidate[1] is not None or current[1] is None)) else current
+        return candidate if new > old or (new == old and (candidate[1] is not None or current[1] is None)) else current
     except (ValueError, IndexError):
         return candidate
 

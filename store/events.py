@@ -33,8 +33,10 @@ _INSERT_NODES = insert(ledger_nodes)
 _UPDATE_HEAD = (
     update(ledger_head).where(ledger_head.c.id == 1).values(size=bindparam("b_size"), frontier=bindparam("b_frontier"))
 )
-_HEAD = select(ledger_head.c.size, ledger_head.c.frontier).where(ledger_head.c.id == 1)
+_HEAD_COLUMNS = (ledger_head.c.size, ledger_head.c.frontier)
+_HEAD = select(*_HEAD_COLUMNS).where(ledger_head.c.id == 1)
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_HEAD_SQLITE = "SELECT size, frontier FROM ledger_head WHERE id = 1"
 _INSERT_CHECKPOINT = insert(checkpoints)
 
 
@@ -205,10 +207,10 @@ class EventLog:
     async def head(self, conn: AsyncConnection, *, lock: bool = False) -> TreeHead:
         lite = await sqlite_fast.driver(conn)  # SQLite in a transaction: every group commit reads it
         if lite is not None:
-            found = await sqlite_fast.fetch_row(lite, "SELECT size, frontier FROM ledger_head WHERE id = 1", ())
-            if found is None:
+            rows = await sqlite_fast.typed_rows(lite, conn.dialect, _HEAD_SQLITE, (), _HEAD_COLUMNS)
+            if not rows:
                 raise NoResultFound("the ledger head row is missing")  # as SQLAlchemy's .one() raises
-            size, frontier = int(found[0]), bytes(found[1])
+            size, frontier = rows[0]["size"], rows[0]["frontier"]
         else:
             row = (await conn.execute(_HEAD_FOR_UPDATE if lock and self._for_update else _HEAD)).one()
             size, frontier = row.size, row.frontier

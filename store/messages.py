@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,18 +23,10 @@ __all__ = ["AttachmentRow", "MessageRow", "Messages", "Seen"]
 _INSERT = insert(messages)
 _FIND = select(messages).where(messages.c.id == bindparam("b_id"))
 _UPDATE = update(messages).where(messages.c.id == bindparam("b_id"))
-_SEEN = select(messages.c.id, messages.c.direction, messages.c.envelope_sha256, messages.c.receipt).where(
-    messages.c.id.in_(bindparam("b_ids", expanding=True))
-)
+_SEEN_COLUMNS = (messages.c.id, messages.c.direction, messages.c.envelope_sha256, messages.c.receipt)
+_SEEN = select(*_SEEN_COLUMNS).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _SEEN_SQL = "SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id = ANY($1::text[])"
-_SQLITE_IN_MAX = 500  # ids in one SQLite IN list (its limit on parameters is far above)
-_SEEN_COLUMNS = ("id", "direction", "envelope_sha256", "receipt")
-
-
-@functools.lru_cache(maxsize=64)
-def _seen_sqlite(count: int) -> str:
-    marks = ", ".join("?" for _ in range(count))
-    return f"SELECT {', '.join(_SEEN_COLUMNS)} FROM messages WHERE id IN ({marks})"  # noqa: S608 - fixed names
+_SEEN_SQLITE = f"SELECT {', '.join(c.name for c in _SEEN_COLUMNS)} FROM messages WHERE id IN "  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -182,10 +173,11 @@ class Messages:
         """:meth:`seen` for several ids in one query (every incoming envelope asks, and gateway.coalesce gathers
         concurrent ones: three columns, not the envelope, and on PostgreSQL straight through asyncpg)."""
         ids = list(message_ids)
-        lite = await sqlite_fast.driver(conn, read=True) if len(ids) <= _SQLITE_IN_MAX else None
+        lite = await sqlite_fast.driver(conn, read=True) if len(ids) <= sqlite_fast.IN_MAX else None
         rows: Sequence[Mapping[str, Any]]
-        if lite is not None:  # SQLite: its own text, past SQLAlchemy (text columns only: nothing to convert)
-            rows = await sqlite_fast.fetch_rows(lite, _seen_sqlite(len(ids)), ids, _SEEN_COLUMNS)
+        if lite is not None:  # SQLite: its own text, past SQLAlchemy
+            sql = _SEEN_SQLITE + sqlite_fast.in_list(len(ids))
+            rows = await sqlite_fast.typed_rows(lite, conn.dialect, sql, ids, _SEEN_COLUMNS)
         else:
             rows = await fast.fetch_rows(conn, _SEEN_SQL, (ids,), _SEEN, {"b_ids": ids}, read=True)
         return {row["id"]: Seen(row["direction"], row["envelope_sha256"], row["receipt"]) for row in rows}

@@ -14,10 +14,10 @@ each side, so :func:`store.fast.insert` and :func:`store.fast.insert_many` send 
 * the statement runs at once, inside the transaction SQLAlchemy began on the same connection (``BEGIN IMMEDIATE``,
   itself sent to aiosqlite by store/db.py), so savepoints, rollbacks and the order of statements are unchanged;
   outside a transaction (an autocommit connection, or before SQLAlchemy began one) the caller's SQLAlchemy
-  statement runs instead, since a write sent here would commit on its own; a read (:func:`fetch_rows`, the
-  receiver's duplicate check; :func:`typed_rows`, the token lookup) runs on any connection, as it commits nothing;
-* what comes back in other than plain integers, text and blobs goes through the result processors SQLAlchemy
-  itself applies (:func:`typed_rows`, :func:`returning`: times to aware UTC datetimes, booleans to bool);
+  statement runs instead, since a write sent here would commit on its own; a read (:func:`typed_rows`: the ledger
+  head, the receiver's duplicate check, the token lookup) runs on any connection, as it commits nothing;
+* what comes back goes through the result processors SQLAlchemy itself applies (:func:`typed_rows`,
+  :func:`returning`: times to aware UTC datetimes, booleans to bool, blobs to bytes);
 * a driver error is raised as SQLAlchemy's own (``IntegrityError`` for a duplicate, ``OperationalError`` for a
   lock held past the busy timeout, which store/errors.py tells apart as transient), without the parameters; a
   connection aiosqlite already closed is an ``OperationalError`` of an invalidated connection, as SQLAlchemy's
@@ -41,12 +41,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import TZ
 
-__all__ = ["driver", "errors", "execute", "fetch_row", "fetch_rows", "insert_many", "returning", "typed_rows"]
+__all__ = ["IN_MAX", "driver", "errors", "execute", "in_list", "insert_many", "returning", "typed_rows"]
 
 Processor = Callable[[Any], Any] | None
 _POSTGRESQL_ONLY: Final = re.compile(r"::|\bANY\s*\(|\bunnest\s*\(|\bFOR UPDATE\b", re.IGNORECASE)
 _PLAIN: Final = (str, int, float, bytes, datetime)  # what execute() binds itself (and None)
 _CLOSED: Final = ("no active connection", "connection closed")  # aiosqlite's ValueErrors, as SQLAlchemy's adapter
+IN_MAX: Final = 500  # values in one IN list of ours (SQLite's limit on parameters is far above; beyond, SQLAlchemy)
+
+
+@functools.lru_cache(maxsize=256)
+def in_list(count: int) -> str:
+    """``(?, ?, ...)``, ``count`` placeholders for an IN list."""
+    return f"({', '.join('?' for _ in range(count))})"
 
 
 async def driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
@@ -141,24 +148,6 @@ def _statement(dialect: Dialect, sql: str, args: Sequence[Any]) -> tuple[str, tu
 @functools.lru_cache(maxsize=16)
 def _datetime_processor(dialect: Dialect) -> Processor:
     return _processor(TZ, dialect)
-
-
-async def fetch_row(driver: Any, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
-    """The first row of ``sql`` (SQLite text) through ``driver``, its values as SQLite returns them: for columns of
-    plain types only (integers, text, blobs), since no result processor converts them. One trip to aiosqlite's
-    thread, which steps the statement to its end (no read left open)."""
-    with errors(sql):
-        rows = await driver.execute_fetchall(sql, tuple(args))
-    return next((tuple(row) for row in rows), None)
-
-
-async def fetch_rows(driver: Any, sql: str, args: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
-    """Every row of ``sql`` (SQLite text selecting the columns ``names``, in that order) through ``driver``, in one
-    trip to aiosqlite's thread, by column name, as SQLite returns the values: for columns of plain types only, as
-    :func:`fetch_row`."""
-    with errors(sql):
-        rows = await driver.execute_fetchall(sql, tuple(args))
-    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 async def returning(

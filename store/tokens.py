@@ -7,7 +7,6 @@ user's role allows, re-checked on every use), an expiry, and can be revoked. Iss
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import secrets
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Column, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast, sqlite_fast
@@ -66,22 +65,19 @@ _AUTHENTICATE_SQL = (
     "t.expires_at, t.revoked_at, t.token_id, t.scopes FROM tokens t JOIN users u ON u.id = t.user_id "
     "WHERE t.token_hash = ANY($1::text[]) AND u.disabled = false"
 )
-_SQLITE_IN_MAX = 500  # hashes in one SQLite IN list (the coalescer gathers at most 256)
+
+
+def _qualified(column: Column[Any]) -> str:
+    return f"{'t' if column.table is tokens else 'u'}.{column.name}"
+
+
+# SQLite's text, its select list made of _AUTHENTICATE_COLUMNS in their order (sqlite_fast.typed_rows names the
+# values by position), to be followed by the IN list of hashes
+_AUTHENTICATE_SQLITE = (
+    f"SELECT {', '.join(map(_qualified, _AUTHENTICATE_COLUMNS))} FROM tokens t JOIN users u ON u.id = t.user_id "  # noqa: S608
+    "WHERE u.disabled = 0 AND t.token_hash IN "
+)
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-
-
-@functools.lru_cache(maxsize=64)
-def _authenticate_sqlite(count: int) -> str:
-    """SQLite's text of ``_AUTHENTICATE`` for ``count`` hashes, its select list made of ``_AUTHENTICATE_COLUMNS`` in
-    their order (sqlite_fast.typed_rows names the values by position)."""
-    marks = ", ".join("?" for _ in range(count))
-    names = ", ".join(f"{'t' if column.table is tokens else 'u'}.{column.name}" for column in _AUTHENTICATE_COLUMNS)
-    return (
-        f"SELECT {names} FROM tokens t JOIN users u ON u.id = t.user_id "  # noqa: S608 - names from tables.py
-        f"WHERE t.token_hash IN ({marks}) AND u.disabled = 0"
-    )
-
-
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -203,10 +199,10 @@ class Tokens:
         SQLite it is read straight from aiosqlite on any connection, without beginning a transaction (callers read
         it on the reader pool, or inside a transaction they began)."""
         hashes = list(digests)
-        lite = await sqlite_fast.driver(conn, read=True) if len(hashes) <= _SQLITE_IN_MAX else None
+        lite = await sqlite_fast.driver(conn, read=True) if len(hashes) <= sqlite_fast.IN_MAX else None
         rows: Sequence[Mapping[str, Any]]
         if lite is not None:  # SQLite: its own text, past SQLAlchemy, converted by the columns' result processors
-            sql = _authenticate_sqlite(len(hashes))
+            sql = _AUTHENTICATE_SQLITE + sqlite_fast.in_list(len(hashes))
             rows = await sqlite_fast.typed_rows(lite, conn.dialect, sql, hashes, _AUTHENTICATE_COLUMNS)
         else:
             rows = await fast.fetch_rows(
