@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TARGETS", "render", "verdicts"]
+__all__ = ["TARGETS", "floor_line", "render", "verdicts"]
 
 TARGETS = {
     "ratio": 0.1,  # flat-out end-to-end rate / raw round-trip rate, on PostgreSQL
@@ -90,6 +90,19 @@ def verdicts(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def floor_line(floor: dict[str, Any]) -> str:
+    """One line for a ``bench.floor.Floor``: the CPU per envelope the target allows, what JOSE, two raw round trips
+    and PostgreSQL take of it, and what every process took."""
+    postgres = "" if floor["postgres_ms"] is None else f" + PostgreSQL {floor['postgres_ms']:.2f}"
+    measured = "" if floor["measured_ms"] is None else f"; measured flat out {floor['measured_ms']:.2f} ms"
+    return (
+        f"floor: {TARGETS['ratio']} of raw = {floor['target_rate']:,.0f} env/s allows {floor['budget_ms']:.2f} ms "
+        f"of CPU per envelope on {floor['cpus']} cores; JOSE {floor['jose_ms']:.2f} + two raw round trips "
+        f"{floor['http_ms']:.2f}{postgres} = {floor['floor_ms']:.2f} ms, leaving {floor['left_ms']:.2f} ms for the "
+        f"rest{measured}"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     machine = report["machine"]
     raw = report["raw"]
@@ -130,6 +143,8 @@ def render(report: dict[str, Any]) -> str:
                 f"(others took {r.get('others_cpu_s')} CPU s of {r['seconds'] * machine['cpus']:.0f}); "
                 "'vs raw' above uses it"
             )
+        if backend.get("floor"):
+            lines.append(f"{backend['backend']:<11}{floor_line(backend['floor'])}")
         if backend.get("error"):
             lines.append(f"{backend['backend']:<11}FAILED: {backend['error']}")
     bigs = [(b["backend"], b["attachment"]) for b in report["backends"] if b.get("attachment")]

@@ -10,8 +10,9 @@ gateway in its own ``comity serve`` process and drives the sender's officer API:
 4. a 1 GiB attachment end to end, then downloaded on the receiver; MB/s and VmHWM of each gateway.
 
 Beside it, in the same run, the raw aiohttp round trip of the same 2 KiB JSON body (own server process, 32
-keep-alive tasks) gives the ratio end-to-end / raw. A table goes to stdout and the figures to bench/out/*.json.
-Everything binds to 127.0.0.1 and the run stops by itself (``--time-limit``).
+keep-alive tasks) gives the ratio end-to-end / raw, and ``bench.floor`` how much of the CPU that the ratio target
+allows an envelope the mandated libraries take before any of Comity's own work. A table goes to stdout and the
+figures to bench/out/*.json. Everything binds to 127.0.0.1 and the run stops by itself (``--time-limit``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.floor import JoseCost, floor, jose_cost
 from bench.gib import BigResult, big_attachment
 from bench.load import LoadResult, content_text, fixed_rate, flat_out, request_body, warm_up
 from bench.pair import PG_ADMIN_DSN, CodeSource, code_source, start_pair
@@ -204,13 +206,20 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     raw: RawResult = await raw_round_trips(body, free_port(), seconds=args.raw_seconds)
     report["raw"] = asdict(raw)
     say(f"raw: {raw.rate} requests/s")
+    jose: JoseCost = jose_cost()
+    report["jose"] = asdict(jose)
+    say(f"JOSE: the seven operations of an envelope take {jose.total_ms} ms of CPU with joserfc")
     base = Path(tempfile.mkdtemp(prefix="comity-bench-", dir=args.workdir))
     try:
         code = code_source(args.code, base)
         report["code"] = {"source": args.code, "commit": code.commit, "dirty_product_files": code.dirty_files}
         say(f"code: {args.code} at {code.commit[:12]} ({code.dirty_files} product files differ in the working tree)")
         for backend in backends:
-            report["backends"].append(await _backend_run(backend, args, base, text, body, code))
+            result = await _backend_run(backend, args, base, text, body, code)
+            if result.get("raw") and result.get("flat_out"):
+                cpu = result["flat_out"]["cpu_ms_per_message"]
+                result["floor"] = asdict(floor(raw=result["raw"], jose=jose, flat_cpu_ms=cpu))
+            report["backends"].append(result)
     finally:
         if args.keep:
             say(f"kept {base}")
