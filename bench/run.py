@@ -216,7 +216,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"code: {args.code} at {code.commit[:12]} ({code.dirty_files} product files differ in the working tree)")
         for backend in backends:
             result = await _backend_run(backend, args, base, text, body, code)
-            if result.get("raw") and result.get("flat_out"):
+            if backend == "postgresql" and result.get("raw") and result.get("flat_out"):  # the target's backend
                 cpu = result["flat_out"]["cpu_ms_per_message"]
                 result["floor"] = asdict(floor(raw=result["raw"], jose=jose, flat_cpu_ms=cpu))
             report["backends"].append(result)

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway.federation import GATEWAY
 from gateway.logs import get_logger
+from gateway.openapi_parts import PROBLEM as _PROBLEM
 from gateway.problems import problem_response
 from protocol.errors import ComityError, InvalidMessage
 from protocol.messages import parse_strict_json
@@ -244,7 +245,6 @@ def auth_routes() -> list[web.RouteDef]:
 
 
 # for gateway/openapi.py: document.paths.update(AUTH_OPENAPI_PATHS)
-_PROBLEM = {"$ref": "#/components/responses/Problem"}
 AUTH_OPENAPI_PATHS: dict[str, Any] = {
     LOGIN_PATH: {
         "post": {

@@ -16,6 +16,9 @@ from aiohttp import web
 from gateway import casework
 from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
+from gateway.openapi_parts import ID_PARAMETER as _ID
+from gateway.openapi_parts import PROBLEM as _PROBLEM
+from gateway.openapi_parts import json_ok
 from gateway.reading import Forbidden
 from protocol.errors import InvalidMessage
 from protocol.events import EventType
@@ -144,8 +147,6 @@ def casework_routes() -> list[web.RouteDef]:
 
 # --- OpenAPI (gateway/openapi.py merges these) ---------------------------------------------------------------------
 
-_PROBLEM = {"$ref": "#/components/responses/Problem"}
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _ERRORS = {"400": _PROBLEM, "401": _PROBLEM, "403": _PROBLEM, "404": _PROBLEM}
 _DAY = {"type": "string", "format": "date"}
 _NOTE = {"type": ["string", "null"], "maxLength": 2000}
@@ -167,8 +168,7 @@ _ITEM = {
 
 
 def _ok(description: str, schema: dict[str, Any] | None = None, status: str = "200") -> dict[str, Any]:
-    body = {"application/json": {"schema": schema or {"type": "object"}}}
-    return {status: {"description": description, "content": body}, **_ERRORS}
+    return {status: json_ok(description, schema or {"type": "object"}), **_ERRORS}
 
 
 def _json_body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from aiohttp import web
 
 from gateway.api import USER
 from gateway.federation import GATEWAY
+from gateway.openapi_parts import PROBLEM, json_ok
 from gateway.reading import Forbidden
 from protocol.errors import InvalidMessage
 from store.errors import NotFound
 from store.ledger import LedgerReader
 
-__all__ = ["LEDGER_ROLES", "ledger_routes"]
+__all__ = ["LEDGER_OPENAPI_PATHS", "LEDGER_ROLES", "ledger_routes"]
 
 LEDGER_ROLES = {"auditor", "supervisor", "admin"}
 MAX_ENTRIES = 100_000
@@ -148,3 +150,68 @@ def ledger_routes() -> list[web.RouteDef]:
         web.get("/v1/ledger/proofs/inclusion", inclusion_proof),
         web.get("/v1/ledger/proofs/consistency", consistency_proof),
     ]
+
+
+# --- OpenAPI (gateway/openapi.py merges these) ---------------------------------------------------------------------
+
+
+def _openapi_paths() -> dict[str, Any]:
+    """The read-only auditor API (gateway/ledger_api.py; formats in docs/ledger.md)."""
+    size = {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+    proof = {
+        "type": "object",
+        "properties": {"proof": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}}},
+    }
+    denied = {"401": PROBLEM, "403": PROBLEM}
+    return {
+        "/v1/ledger/checkpoint": {
+            "get": {
+                "summary": "Latest signed checkpoint, with the cosignatures counterparts returned",
+                "responses": {"200": json_ok("Checkpoint", {"type": "object"}), "404": PROBLEM, **denied},
+            }
+        },
+        "/v1/ledger/checkpoints": {
+            "get": {
+                "summary": "Signed checkpoints after a size, ascending",
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
+                ],
+                "responses": {"200": json_ok("Checkpoints", {"type": "object"}), **denied},
+            }
+        },
+        "/v1/ledger/entries": {
+            "get": {
+                "summary": "Entries start..end-1, one canonical JSON entry per line, exactly the hashed bytes",
+                "parameters": [
+                    {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "end", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {"200": {"description": "NDJSON", "content": {"application/x-ndjson": {}}}, **denied},
+            }
+        },
+        "/v1/ledger/proofs/inclusion": {
+            "get": {
+                "summary": "RFC 9162 inclusion proof of an entry (by index or by message id)",
+                "parameters": [
+                    {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "message_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                    size,
+                ],
+                "responses": {"200": json_ok("Inclusion proof", proof), "400": PROBLEM, "404": PROBLEM, **denied},
+            }
+        },
+        "/v1/ledger/proofs/consistency": {
+            "get": {
+                "summary": "RFC 9162 consistency proof between two tree sizes",
+                "parameters": [
+                    {"name": "from", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "to", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {"200": json_ok("Consistency proof", proof), "400": PROBLEM, **denied},
+            }
+        },
+    }
+
+
+LEDGER_OPENAPI_PATHS: dict[str, Any] = _openapi_paths()

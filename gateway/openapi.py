@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of the local API, served at ``/v1/openapi.json``.
 
-Kept by hand beside gateway/api.py; tests/gateway/test_openapi.py fails when a route is served but not documented,
-or documented but not served.
+Kept by hand beside the handlers: the login, case-work, ledger and statistics modules document their own routes
+(``AUTH_OPENAPI_PATHS``, ``CASEWORK_OPENAPI_PATHS``, ``LEDGER_OPENAPI_PATHS``, ``STATS_OPENAPI_PATHS``, with the
+shared pieces of gateway/openapi_parts.py), merged here with the rest (messages, consultations, probes).
+tests/gateway/test_api.py fails when a route is served but not documented, or documented but not served.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from typing import Any
 
 from gateway.auth import AUTH_OPENAPI_PATHS
 from gateway.casework_api import CASEWORK_OPENAPI_PATHS
+from gateway.ledger_api import LEDGER_OPENAPI_PATHS
+from gateway.openapi_parts import ID_PARAMETER as _ID
+from gateway.openapi_parts import PROBLEM as _PROBLEM
+from gateway.openapi_parts import json_ok as _json_ok
+from gateway.stats_api import STATS_OPENAPI_PATHS
 from protocol.messages import MessageKind
-from protocol.stats import FILTER_NAMES, Statistic
 
 __all__ = ["openapi_document"]
 
-_PROBLEM = {"$ref": "#/components/responses/Problem"}
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _MARKING = {
     "type": "object",
     "required": ["level"],
@@ -51,106 +55,6 @@ _DRAFT_BODY = {
         },
     },
 }
-
-
-def _stats_paths() -> dict[str, Any]:
-    """Statistics (gateway/stats_api.py; docs/requests.md "Statistics"): aggregates of codes, never content."""
-    filters = [{"name": name, "in": "query", "schema": {"type": "string"}} for name in FILTER_NAMES]
-    table = {
-        "type": "object",
-        "properties": {
-            "statistic": {"type": "string"},
-            "columns": {"type": "array", "items": {"type": "string"}},
-            "rows": {"type": "array", "items": {"type": "object"}},
-            "filters": {"type": "object"},
-        },
-    }
-    denied = {"400": _PROBLEM, "401": _PROBLEM, "403": _PROBLEM}
-    return {
-        "/v1/stats": {
-            "get": {
-                "summary": "Every statistic under the filters (by-officer only with cases:assign)",
-                "parameters": filters,
-                "responses": {"200": _json_ok("Statistics", {"type": "object"}), **denied},
-            }
-        },
-        "/v1/stats/{name}": {
-            "get": {
-                "summary": "One statistic under the filters, as JSON or CSV",
-                "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"enum": [s.value for s in Statistic]}},
-                    {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
-                    *filters,
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The statistic's table",
-                        "content": {"application/json": {"schema": table}, "text/csv": {}},
-                    },
-                    **denied,
-                },
-            }
-        },
-    }
-
-
-def _ledger_paths() -> dict[str, Any]:
-    """The read-only auditor API (gateway/ledger_api.py; formats in docs/ledger.md)."""
-    size = {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 0}}
-    proof = {
-        "type": "object",
-        "properties": {"proof": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}}},
-    }
-    denied = {"401": _PROBLEM, "403": _PROBLEM}
-    return {
-        "/v1/ledger/checkpoint": {
-            "get": {
-                "summary": "Latest signed checkpoint, with the cosignatures counterparts returned",
-                "responses": {"200": _json_ok("Checkpoint", {"type": "object"}), "404": _PROBLEM, **denied},
-            }
-        },
-        "/v1/ledger/checkpoints": {
-            "get": {
-                "summary": "Signed checkpoints after a size, ascending",
-                "parameters": [
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
-                ],
-                "responses": {"200": _json_ok("Checkpoints", {"type": "object"}), **denied},
-            }
-        },
-        "/v1/ledger/entries": {
-            "get": {
-                "summary": "Entries start..end-1, one canonical JSON entry per line, exactly the hashed bytes",
-                "parameters": [
-                    {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "end", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}},
-                ],
-                "responses": {"200": {"description": "NDJSON", "content": {"application/x-ndjson": {}}}, **denied},
-            }
-        },
-        "/v1/ledger/proofs/inclusion": {
-            "get": {
-                "summary": "RFC 9162 inclusion proof of an entry (by index or by message id)",
-                "parameters": [
-                    {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "message_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
-                    size,
-                ],
-                "responses": {"200": _json_ok("Inclusion proof", proof), "400": _PROBLEM, "404": _PROBLEM, **denied},
-            }
-        },
-        "/v1/ledger/proofs/consistency": {
-            "get": {
-                "summary": "RFC 9162 consistency proof between two tree sizes",
-                "parameters": [
-                    {"name": "from", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
-                    {"name": "to", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
-                ],
-                "responses": {"200": _json_ok("Consistency proof", proof), "400": _PROBLEM, **denied},
-            }
-        },
-    }
 
 
 def _consultation_paths() -> dict[str, Any]:
@@ -246,10 +150,6 @@ def _consultation_paths() -> dict[str, Any]:
             }
         },
     }
-
-
-def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -441,8 +341,8 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **_consultation_paths(),
-            **_ledger_paths(),
-            **_stats_paths(),
+            **LEDGER_OPENAPI_PATHS,
+            **STATS_OPENAPI_PATHS,
             **AUTH_OPENAPI_PATHS,
             **CASEWORK_OPENAPI_PATHS,
             "/v1/openapi.json": {

@@ -18,11 +18,12 @@ from gateway.api import USER
 from gateway.auth import check_scope
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
-from protocol.stats import Filters, InvalidFilter, Statistic, parse_filters, parse_statistic, to_csv
+from gateway.openapi_parts import PROBLEM, json_ok
+from protocol.stats import FILTER_NAMES, Filters, InvalidFilter, Statistic, parse_filters, parse_statistic, to_csv
 from store.stats import compute
 from store.users import User
 
-__all__ = ["OFFICER_SCOPE", "stats_routes"]
+__all__ = ["OFFICER_SCOPE", "STATS_OPENAPI_PATHS", "stats_routes"]
 
 OFFICER_SCOPE = "cases:assign"
 _FORMATS = ("json", "csv")
@@ -78,3 +79,50 @@ async def all_statistics(request: web.Request) -> web.Response:
 
 def stats_routes() -> list[web.RouteDef]:
     return [web.get("/v1/stats", all_statistics), web.get("/v1/stats/{name}", one_statistic)]
+
+
+# --- OpenAPI (gateway/openapi.py merges these) ---------------------------------------------------------------------
+
+
+def _openapi_paths() -> dict[str, Any]:
+    """Statistics (gateway/stats_api.py; docs/requests.md "Statistics"): aggregates of codes, never content."""
+    filters = [{"name": name, "in": "query", "schema": {"type": "string"}} for name in FILTER_NAMES]
+    table = {
+        "type": "object",
+        "properties": {
+            "statistic": {"type": "string"},
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "filters": {"type": "object"},
+        },
+    }
+    denied = {"400": PROBLEM, "401": PROBLEM, "403": PROBLEM}
+    return {
+        "/v1/stats": {
+            "get": {
+                "summary": "Every statistic under the filters (by-officer only with cases:assign)",
+                "parameters": filters,
+                "responses": {"200": json_ok("Statistics", {"type": "object"}), **denied},
+            }
+        },
+        "/v1/stats/{name}": {
+            "get": {
+                "summary": "One statistic under the filters, as JSON or CSV",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"enum": [s.value for s in Statistic]}},
+                    {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
+                    *filters,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The statistic's table",
+                        "content": {"application/json": {"schema": table}, "text/csv": {}},
+                    },
+                    **denied,
+                },
+            }
+        },
+    }
+
+
+STATS_OPENAPI_PATHS: dict[str, Any] = _openapi_paths()

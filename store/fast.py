@@ -31,21 +31,18 @@ The group commit runs its transaction itself, through :func:`group` on an autoco
 out only when a unit needs a statement (rows are queued even before it), and a batch whose units only queued rows
 is a single autocommit statement. Inside a group a unit may also queue **guarded writes** (:func:`queue_guarded`):
 updates and deletes that lock the rows they depend on and apply, with everything else the statement writes, only
-if every one of those rows is as expected (store/delivery.py: a receipt and its outbox row).
+if every one of those rows is as expected (store/delivery.py: a receipt and its outbox row). The queue and the SQL
+that writes it are in :mod:`store.fast_queue`.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Table, event
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -53,6 +50,7 @@ from sqlalchemy.sql.expression import Executable
 from sqlalchemy.util import await_only
 
 from store import sqlite_fast
+from store.fast_queue import Built, Guarded, GuardedSql, Queue, QueuedConditionFailed, check_times
 
 __all__ = [
     "GroupEnded",
@@ -76,107 +74,12 @@ __all__ = [
 _QUEUE: Final = "comity.fast.queue"  # key of the queued rows in the connection's info (one DBAPI connection)
 _GROUP: Final = "comity.fast.group"  # set while group() runs the connection's transaction: "open" or "ended"
 _OPTIMISTIC: Final = "comity.fast.optimistic"  # set while group(optimistic=True) runs
-_DIALECT: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 # the caller's part of a statement that also writes the queue: given the number of the first free placeholder,
 # its own CTEs (possibly none) and the main statement; a gated one (execute_direct) is also given the condition its
 # gate CTE must AND into its WHERE ("true" when the queue holds no guarded writes)
 Tail = Callable[[int, str], tuple[Sequence[str], str]]
 RowTail = Callable[[int], tuple[Sequence[str], str]]
-
-
-@dataclass(frozen=True)
-class GuardedSql:
-    """Queued writes that apply all together or not at all: ``locks`` are CTEs that lock the rows they check,
-    ``condition`` is true when every row is as the writes expect, and each of ``writes`` contains ``{guard}``
-    where it must AND the expression that says they may apply; ``args`` are numbered from the ``first`` given."""
-
-    locks: list[str]
-    condition: str
-    writes: list[str]
-    args: list[Any]
-
-
-@dataclass(frozen=True)
-class Guarded:
-    """A kind of guarded write (see :func:`queue_guarded`): ``build(prefix, first, rows)`` makes its SQL for the
-    rows queued, naming its CTEs with ``prefix``."""
-
-    name: str
-    build: Callable[[str, int, list[tuple[Any, ...]]], GuardedSql]
-
-
-class QueuedConditionFailed(RuntimeError):
-    """Guarded queued writes found a row not as they expected (another writer changed it): nothing was written."""
-
-
-@dataclass
-class _Built:
-    locks: list[str]  # placed first: they lock what the condition counts
-    condition: str | None  # None: nothing guarded
-    writes: list[str]
-    args: list[Any]
-
-
-class _Queue:
-    """Rows waiting to be inserted, by table and column set, in the order they were queued; and guarded writes."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, Table] = {}
-        self.groups: dict[tuple[str, tuple[str, ...]], list[list[Any]]] = {}
-        self.guarded: dict[str, tuple[Guarded, list[tuple[Any, ...]]]] = {}
-
-    def add(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.tables[table.name] = table
-        for row in rows:
-            self.groups.setdefault((table.name, tuple(row)), []).append(_values(row))
-
-    def add_guarded(self, kind: Guarded, row: tuple[Any, ...]) -> None:
-        _check_times(row)
-        self.guarded.setdefault(kind.name, (kind, []))[1].append(row)
-
-    def rows(self) -> int:
-        return sum(len(rows) for rows in self.groups.values()) + sum(len(r) for _, r in self.guarded.values())
-
-    def statement(self, gate: str | None) -> _Built:
-        """The CTEs and their arguments, numbered from 1. Beside ``gate`` (the name of a CTE placed after the locks
-        and before the writes, whose WHERE includes the condition), every write applies only if the gate returned a
-        row; alone, only if the condition holds (an ``ok`` CTE the caller places after the locks)."""
-        args: list[Any] = []
-        locks: list[str] = []
-        conditions: list[str] = []
-        templates: list[str] = []
-        for number, (kind, rows) in enumerate(self.guarded.values()):
-            sql = kind.build(f"g{number}_", len(args) + 1, rows)
-            args.extend(sql.args)
-            locks.extend(sql.locks)
-            conditions.append(f"({sql.condition})")
-            templates.extend(sql.writes)
-        condition = " AND ".join(conditions) or None
-        # a CTE's name, or the ok CTE: no value is ever formatted into the text
-        guard: str | None = None if condition is None else "(SELECT ok FROM ok)"
-        if gate is not None:
-            guard = f"EXISTS (SELECT 1 FROM {gate})"  # noqa: S608
-        writes = [template.replace("{guard}", guard or "true") for template in templates]
-        where = "" if guard is None else f" WHERE {guard}"
-        for number, ((name, columns), values) in enumerate(self.groups.items()):
-            table = self.tables[name]
-            arrays = []
-            for position, column in enumerate(columns):
-                args.append([row[position] for row in values])
-                arrays.append(f"${len(args)}::{_array_type(table, column)}")
-            # names from store/tables.py and placeholders: no value is ever formatted into the text
-            target = f"{name} ({', '.join(columns)})"
-            rows_in = f"SELECT * FROM unnest({', '.join(arrays)}){where}"  # noqa: S608
-            writes.append(f"q{number} AS (INSERT INTO {target} {rows_in})")
-        return _Built(locks, condition, writes, args)
-
-
-@functools.lru_cache(maxsize=256)
-def _array_type(table: Table, column: str) -> str:
-    # without a length: an explicit cast to VARCHAR(36) would cut a longer value silently, where the column itself
-    # refuses it as an INSERT's values would be refused
-    return re.sub(r"\(\d+\)", "", table.c[column].type.compile(dialect=_DIALECT)) + "[]"
 
 
 async def _driver(conn: AsyncConnection, *, read: bool = False) -> Any | None:
@@ -211,18 +114,6 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608 - names from tables.py
 
 
-def _values(row: Mapping[str, Any]) -> list[Any]:
-    values = list(row.values())
-    _check_times(values)
-    return values
-
-
-def _check_times(values: Sequence[Any]) -> None:
-    for value in values:
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise ValueError("naive datetime given to the store")
-
-
 async def _run(
     driver: Any, sql: str, args: Sequence[Any], *, many: bool = False, row: bool = False, rows: bool = False
 ) -> Any:
@@ -241,8 +132,8 @@ async def _run(
         raise IntegrityError(sql, None, exc) from exc
 
 
-def _take_queue(info: dict[Any, Any], gate: str | None = None) -> _Built | None:
-    queue: _Queue | None = info.pop(_QUEUE, None)
+def _take_queue(info: dict[Any, Any], gate: str | None = None) -> Built | None:
+    queue: Queue | None = info.pop(_QUEUE, None)
     return None if queue is None or not queue.rows() else queue.statement(gate)
 
 
@@ -263,7 +154,7 @@ async def _write_queue(driver: Any, info: dict[Any, Any]) -> None:
 
 def pending_rows(conn: AsyncConnection | Connection) -> int:
     """How many rows (and guarded writes) are queued on ``conn`` and not written yet (tests and assertions)."""
-    queue: _Queue | None = conn.info.get(_QUEUE)
+    queue: Queue | None = conn.info.get(_QUEUE)
     return 0 if queue is None else queue.rows()
 
 
@@ -276,7 +167,7 @@ def queue_guarded(conn: AsyncConnection, kind: Guarded, row: tuple[Any, ...]) ->
     _refuse_after_end(conn.info)
     queue = conn.info.get(_QUEUE)
     if queue is None:
-        queue = conn.info[_QUEUE] = _Queue()
+        queue = conn.info[_QUEUE] = Queue()
     queue.add_guarded(kind, row)
 
 
@@ -318,7 +209,7 @@ async def insert_many(
         return
     queue = conn.info.get(_QUEUE)
     if queue is None:
-        queue = conn.info[_QUEUE] = _Queue()
+        queue = conn.info[_QUEUE] = Queue()
     queue.add(table, rows)
 
 
@@ -397,7 +288,7 @@ async def execute_direct(
     else:
         _refuse_after_end(conn.info)
         if not driver.is_in_transaction():
-            queue: _Queue | None = conn.info.get(_QUEUE)
+            queue: Queue | None = conn.info.get(_QUEUE)
             if gate is None and queue is not None and queue.guarded:
                 # the guarded writes then go first, alone: two statements, so they need one transaction
                 await _begin_group(driver, conn.info)
@@ -430,11 +321,11 @@ async def _raw_driver(conn: AsyncConnection) -> Any | None:
 async def _direct(
     driver: Any, info: dict[Any, Any], tail: Tail, args: Sequence[Any], gate: str | None
 ) -> Mapping[str, Any] | None:
-    _check_times(args)
-    queue: _Queue | None = info.get(_QUEUE)
+    check_times(args)
+    queue: Queue | None = info.get(_QUEUE)
     if gate is None and queue is not None and queue.guarded:
         await _write_queue(driver, info)  # its condition is checked on its own
-    built = _take_queue(info, gate) or _Built([], None, [], [])
+    built = _take_queue(info, gate) or Built([], None, [], [])
     own, main = tail(len(built.args) + 1, built.condition or "true")
     # a CTE refers only to those before it: the locks, then the gate, then what waits for it
     ctes = [*built.locks, *own[:1], *built.writes, *own[1:]] if gate is not None else [*built.writes, *own]
