@@ -297,7 +297,7 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
     if oral_on > today:
         raise InvalidWorkDate("'on' is the day the oral request was made: it cannot be in the future")
     marking = Marking.parse(body.get("marking", {"level": "CONFIDENTIAL", "caveats": []}))
-    gw.scheme.check(marking)  # a level or caveat the scheme does not know: marking-refused
+    gw.scheme.admit(marking)  # a level or caveat the scheme does not know, an embargo without a date: marking-refused
     note = parse_note(body.get("note"))
     case_id = str(uuid.uuid4())
     # the officer becomes the assignee: only clearance and role remain to check

@@ -80,6 +80,8 @@ class Gateway:
     signing_earliest: dict[str, datetime] = field(default_factory=dict)
     # peer -> when we last receipted a new envelope of its (whom the witness polls and what it expects, decision 78)
     peers_heard: dict[str, datetime] = field(default_factory=dict)
+    # message id -> set when the delivery of it now being received ends: a second one waits (gateway/receiving.py)
+    receiving_ids: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sqlite = is_sqlite(self.settings.database_dsn)

@@ -39,13 +39,14 @@ GATEWAY = web.AppKey("gateway", Gateway)
 READ_SIZE = 1 << 16
 
 
-async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    data = bytearray()
+async def _read_limited(chunks: AsyncIterator[bytes], limit: int, into: bytearray) -> bytes:
+    """Read the envelope into ``into``; past ``limit`` bytes, stop. What was read stays in ``into``: a refusal names
+    the digest of the bytes read so far (docs/protocol.md section 10)."""
     async for chunk in chunks:
-        data += chunk
-        if len(data) > limit:
+        into += chunk
+        if len(into) > limit:
             raise OversizedEnvelope(f"the envelope exceeds {limit} bytes")
-    return bytes(data)
+    return bytes(into)
 
 
 # what aiohttp's multipart reader raises on a broken body
@@ -127,11 +128,11 @@ async def post_envelope(request: web.Request) -> web.Response:
 async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tuple[web.Response, bool]:
     """The answer, and whether it is a signed refusal (ledgered for an authenticated peer)."""
     limit = gw.settings.max_envelope_bytes
-    sealed = b""
+    read = bytearray()  # the envelope's bytes as they arrive
     try:
         try:
             if request.content_type == "application/jose":
-                sealed = await _read_limited(_stream_chunks(request), limit)
+                sealed = await _read_limited(_stream_chunks(request), limit, read)
                 next_part = _no_more_parts
             elif request.content_type == "multipart/mixed":
                 try:
@@ -144,12 +145,12 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tu
                     or _media_type(first.headers.get("Content-Type")) != "application/jose"
                 ):
                     raise InvalidMessage("the first part must be the envelope, of type application/jose")
-                sealed = await _read_limited(_part_chunks(first), limit)
+                sealed = await _read_limited(_part_chunks(first), limit, read)
                 next_part = _parts(reader)
             else:
                 raise InvalidMessage("send application/jose, or multipart/mixed with attachments")
         except ComityError as error:
-            digest = hashlib.sha256(sealed).hexdigest()
+            digest = hashlib.sha256(read).hexdigest()  # of the bytes read so far: none, some, or past the limit
             refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=None, message_id=None)
             raise EnvelopeRefused(error, refusal) from None
         received = await receive_envelope(gw, peer_id=peer_id, sealed=sealed, next_part=next_part)

@@ -23,7 +23,7 @@ from gateway.context import Gateway
 from protocol.content import confidentiality_answer, consent_of, downgrade_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
-from protocol.markings import CONFIDENTIALITY_CAVEAT, ONWARD_CAVEATS, MarkingRefused, embargo_until
+from protocol.markings import MarkingRefused, asks_confidentiality, embargo_until, limits_onward, without_onward
 from protocol.messages import Marking, MessageKind
 from store.cases import Case, Cases, Consents
 from store.messages import MessageRow, Messages
@@ -123,7 +123,7 @@ async def check_outgoing(
                 downgraded_from = original.marking.level
             if (
                 kind is MessageKind.ACKNOWLEDGEMENT
-                and CONFIDENTIALITY_CAVEAT in original.marking.caveats
+                and asks_confidentiality(original.marking)
                 and confidentiality_answer(content) is None
             ):
                 raise ConfidentialityAnswerRequired(
@@ -168,14 +168,16 @@ async def _forwarded(
         await check_opening(gw, user, row, conn)
         # the forwarded content keeps its level and caveats; only the onward caveats that a consent (or going back
         # to the originator) lifts for this recipient may be left off
-        kept = Marking(level=row.marking.level, caveats=[c for c in row.marking.caveats if c not in ONWARD_CAVEATS])
-        if gw.scheme.lowers(marking, kept):
+        if gw.scheme.lowers(marking, without_onward(row.marking)):
             raise MarkingRefused(
                 f"forwarded content is marked {_shown(row.marking)}: the message must carry at least that"
             )
         originator = row.peer if row.direction == "in" else gw.authority_id
-        limited = any(caveat in ONWARD_CAVEATS for caveat in row.marking.caveats)
-        if limited and originator not in (to, gw.authority_id) and not await Consents.granted(conn, message_id, to):
+        if (
+            limits_onward(row.marking)
+            and originator not in (to, gw.authority_id)
+            and not await Consents.granted(conn, message_id, to)
+        ):
             raise ConsentRequired(
                 f"message {message_id} is under a use limitation or no-onward caveat: {originator} must consent "
                 f"before its content goes to {to}"

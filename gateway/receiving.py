@@ -18,9 +18,11 @@ The checklist, in order (each failure is a typed error; nothing is stored but th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -40,7 +42,7 @@ from protocol.content import Consent, Forwarded, confidentiality_answer, consent
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.lifecycle import Side
-from protocol.markings import CONFIDENTIALITY_CAVEAT
+from protocol.markings import asks_confidentiality
 from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
 from protocol.stats import facets_of_content
@@ -112,49 +114,82 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
         claimed, message_id = header.from_, header.id
         if header.from_ != peer_id:
             raise SenderMismatch(f"envelope claims to come from {header.from_} but the peer is {peer_id}")
-        # 3. duplicates and replays (before the marking check: a receipted message keeps its receipt)
-        known = await gw.ids_seen.get(header.id)
-        if known is not None:
-            if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
-                return Received(known.receipt, True, header.id)
-            raise ReplayedMessage(f"message id {header.id} was already used for another envelope")
-        # the receiving gateway enforces its own accreditation too, whatever the sender checked (DESIGN.md)
-        own = gw.directory.authority(gw.authority_id).accreditation
-        gw.scheme.check_accreditation(header.marking, own.max_level, own.caveats, gw.authority_id)
-        # 5. decrypt and verify under a key the directory lists for the sender
-        now = gw.clock()
-        opened = open_envelope(
-            read,
-            recipient_keys=gw.receiving_keys(now),
-            sender_keys=gw.peer(header.from_).signing_keys_at(now),
-            expected_recipient=gw.authority_id,
-            max_bytes=gw.settings.max_envelope_bytes,
-        )
-        # 6. freshness
-        check_freshness(
-            opened.payload.iat,
-            int(now.timestamp()),
-            gw.settings.max_clock_skew_seconds,
-            gw.settings.max_message_age_seconds,
-        )
-        # 7. what the content asks of us: no silent downgrade of an answer, a consent about a message it sent us
-        context = await _answer_context(gw, opened)
-        # 8. attachments against the signed manifest
-        files = await _receive_attachments(gw, opened, next_part)
-        # 9. store, record, receipt: one group commit
-        try:
-            return await _commit(gw, opened, sealed, files, context)
-        except IntegrityError:
-            # a concurrent delivery of the same message won the race: answer as for a duplicate
-            async with gw.reader.connect() as conn:
-                known = await Messages.seen(conn, header.id)
-            if known is not None and known.envelope_sha256 == digest and known.receipt:
-                return Received(known.receipt, True, header.id)
-            raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
+        # 3. duplicates and replays (before the marking check: a receipted message keeps its receipt); one delivery
+        # of an id at a time, so that copies sent at once do not all pass this check and then fail a group commit
+        async with _alone(gw, header.id):
+            known = await gw.ids_seen.get(header.id)
+            if known is not None:
+                if known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
+                    return Received(known.receipt, True, header.id)
+                raise ReplayedMessage(f"message id {header.id} was already used for another envelope")
+            # the receiving gateway enforces its own accreditation too, whatever the sender checked (DESIGN.md)
+            own = gw.directory.authority(gw.authority_id).accreditation
+            gw.scheme.check_accreditation(header.marking, own.max_level, own.caveats, gw.authority_id)
+            # 5. decrypt and verify under a key the directory lists for the sender
+            now = gw.clock()
+            opened = open_envelope(
+                read,
+                recipient_keys=gw.receiving_keys(now),
+                sender_keys=gw.peer(header.from_).signing_keys_at(now),
+                expected_recipient=gw.authority_id,
+                max_bytes=gw.settings.max_envelope_bytes,
+            )
+            # 6. freshness
+            check_freshness(
+                opened.payload.iat,
+                int(now.timestamp()),
+                gw.settings.max_clock_skew_seconds,
+                gw.settings.max_message_age_seconds,
+            )
+            # 7. what the content asks of us: no silent downgrade of an answer, a consent about a message it sent us
+            context = await _answer_context(gw, opened)
+            # 8. attachments against the signed manifest
+            files = await _receive_attachments(gw, opened, next_part)
+            # 9. store, record, receipt: one group commit
+            try:
+                return await _commit(gw, opened, sealed, files, context)
+            except IntegrityError:
+                # a concurrent delivery of the same message won the race: answer as for a duplicate
+                async with gw.reader.connect() as conn:
+                    known = await Messages.seen(conn, header.id)
+                if known is not None and known.envelope_sha256 == digest and known.receipt:
+                    return Received(known.receipt, True, header.id)
+                raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
     except ComityError as error:
         # an unauthenticated client gets a signed refusal but no ledger entry: it must not grow our ledger
         refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=claimed, message_id=message_id)
         raise EnvelopeRefused(error, refusal) from None
+
+
+# how long a delivery waits for another delivery of the same id to end; past it, it goes ahead as if alone (the
+# other may be reading attachments from a stalled connection for as long as TCP takes to notice)
+ALONE_WAIT_SECONDS = 10.0
+
+
+@asynccontextmanager
+async def _alone(gw: Gateway, message_id: str) -> AsyncIterator[None]:
+    """While a delivery of ``message_id`` is received (checked, opened, stored), another delivery of it waits for
+    that one to end, then goes through every check itself: the same bytes then find the stored receipt, other bytes
+    a used id. Without this, copies sent at once (a retrying sender, or a peer flooding) all pass the duplicate
+    check, and all but one fail a group commit on the message's key, taking that batch's other units with it into
+    a retry one by one. The wait is bounded (``ALONE_WAIT_SECONDS``): past it the delivery goes ahead unordered, and
+    a collision at the key is answered as before. Per process: replicas still meet at the key, as before."""
+    our_turn = True
+    try:
+        async with asyncio.timeout(ALONE_WAIT_SECONDS):
+            while (busy := gw.receiving_ids.get(message_id)) is not None:
+                await busy.wait()
+    except TimeoutError:
+        our_turn = False
+    if not our_turn:
+        yield  # unordered, holding no turn
+        return
+    ended = gw.receiving_ids[message_id] = asyncio.Event()  # no await since the map was found free
+    try:
+        yield
+    finally:
+        del gw.receiving_ids[message_id]
+        ended.set()
 
 
 @dataclass(frozen=True)
@@ -194,7 +229,7 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
         if (
             payload.kind is MessageKind.ACKNOWLEDGEMENT
             and original is not None
-            and CONFIDENTIALITY_CAVEAT in original.marking.caveats
+            and asks_confidentiality(original.marking)
             and answer is None
         ):
             raise ConfidentialityAnswerRequired("an acknowledgement of this request must answer art. 46(20)")

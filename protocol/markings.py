@@ -8,6 +8,7 @@ consent, and an embargo until a date (``embargo:YYYY-MM-DD``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -19,17 +20,24 @@ __all__ = [
     "CONFIDENTIALITY_CAVEAT",
     "DEFAULT_CAVEATS",
     "DEFAULT_LEVELS",
+    "EMBARGO_CAVEAT",
     "ONWARD_CAVEATS",
     "MarkingRefused",
     "MarkingScheme",
+    "asks_confidentiality",
+    "caveat_name",
     "embargo_until",
+    "limits_onward",
+    "without_onward",
 ]
 
 CONFIDENTIALITY_CAVEAT = "uncac-46-20"  # keep the fact and substance of the request confidential
 ONWARD_CAVEATS = ("uncac-46-19", "no-onward")  # content may not travel on without the originator's consent
+EMBARGO_CAVEAT = "embargo"  # embargo:YYYY-MM-DD: closed to the receiver's users until that date
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 DEFAULT_LEVELS = ("UNCLASSIFIED", "CONFIDENTIAL", "STRICTLY CONFIDENTIAL")
-DEFAULT_CAVEATS = ("uncac-46-20", "uncac-46-19", "no-onward", "embargo")
+DEFAULT_CAVEATS = (CONFIDENTIALITY_CAVEAT, *ONWARD_CAVEATS, EMBARGO_CAVEAT)
 
 
 class MarkingRefused(ProtocolError):
@@ -56,30 +64,69 @@ class MarkingScheme:
         """Refuse a marking with an unknown level or caveat."""
         self.rank(marking.level)
         for caveat in marking.caveats:
-            if caveat.split(":", 1)[0] not in self.caveats:
+            if caveat_name(caveat) not in self.caveats:
                 raise MarkingRefused(f"unknown caveat {caveat!r}")
+
+    def admit(self, marking: Marking) -> None:
+        """Refuse a marking entering the gateway (a message sent or received, an oral request recorded) that
+        :meth:`check` refuses, or that has an embargo without a real date: content under it could never be opened.
+        What is already stored is held to :meth:`check` alone, so that a case admitted before this rule (decision
+        83) stays workable."""
+        self.check(marking)
+        embargo_until(marking)
 
     def lowers(self, marking: Marking, original: Marking) -> bool:
         """Whether ``marking`` is below ``original``: a lower level, or a caveat of the original dropped."""
         return self.rank(marking.level) < self.rank(original.level) or not set(original.caveats) <= set(marking.caveats)
 
     def check_accreditation(self, marking: Marking, max_level: str, honoured: Sequence[str], recipient: str) -> None:
-        """Refuse a marking above the recipient's accreditation or with a caveat it does not honour."""
-        self.check(marking)
+        """Refuse a marking above the recipient's accreditation or with a caveat it does not honour (and what
+        :meth:`admit` refuses)."""
+        self.admit(marking)
         if self.rank(marking.level) > self.rank(max_level):
             raise MarkingRefused(f"{recipient} is accredited up to {max_level}, not {marking.level}")
         for caveat in marking.caveats:
-            if caveat.split(":", 1)[0] not in honoured:
-                raise MarkingRefused(f"{recipient} does not honour the caveat {caveat.split(':', 1)[0]!r}")
+            if caveat_name(caveat) not in honoured:
+                raise MarkingRefused(f"{recipient} does not honour the caveat {caveat_name(caveat)!r}")
+
+
+# A caveat is matched by its name, the part before ":" (docs/protocol.md 5.1), wherever it has an effect: a
+# parameter ("uncac-46-19:proc-17", the proceedings the use is limited to) narrows a caveat, it never lifts it.
+
+
+def caveat_name(caveat: str) -> str:
+    return caveat.partition(":")[0]
+
+
+def asks_confidentiality(marking: Marking) -> bool:
+    """Whether the marking asks for the fact and substance of a request to stay confidential (UNCAC art. 46(20)):
+    its acknowledgement must say whether the requested State can comply."""
+    return any(caveat_name(caveat) == CONFIDENTIALITY_CAVEAT for caveat in marking.caveats)
+
+
+def limits_onward(marking: Marking) -> bool:
+    """Whether content under the marking may travel to a third authority only with the originator's consent (UNCAC
+    art. 46(19), no onward transmission)."""
+    return any(caveat_name(caveat) in ONWARD_CAVEATS for caveat in marking.caveats)
+
+
+def without_onward(marking: Marking) -> Marking:
+    """The marking without the caveats that an originator's consent lifts for one recipient."""
+    kept = [caveat for caveat in marking.caveats if caveat_name(caveat) not in ONWARD_CAVEATS]
+    return Marking(level=marking.level, caveats=kept)
 
 
 def embargo_until(marking: Marking) -> date | None:
-    """The date of an ``embargo:YYYY-MM-DD`` caveat: content stays closed to the receiver's users until then."""
+    """The date of the ``embargo:YYYY-MM-DD`` caveat: content stays closed to the receiver's users until then; of
+    several, the latest. An embargo without a real date is refused."""
+    dates = []
     for caveat in marking.caveats:
         name, _, parameter = caveat.partition(":")
-        if name == "embargo":
+        if name == EMBARGO_CAVEAT:
             try:
-                return date.fromisoformat(parameter)
+                if not _ISO_DAY.fullmatch(parameter):  # exactly this form, whatever else a parser reads
+                    raise ValueError(parameter)
+                dates.append(date.fromisoformat(parameter))
             except ValueError:
                 raise MarkingRefused("an embargo caveat must carry a date: embargo:YYYY-MM-DD") from None
-    return None
+    return max(dates, default=None)

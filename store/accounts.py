@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.errors import ComityError
 from protocol.events import EventType, LedgerEvent
-from protocol.markings import MarkingScheme
+from protocol.markings import MarkingScheme, caveat_name
 from protocol.messages import Marking
 from protocol.timefmt import format_time
 from store.errors import NotFound
@@ -91,7 +91,7 @@ class User:
                 return False
         except ComityError:
             return False
-        return all(caveat.split(":", 1)[0] in self.caveats for caveat in marking.caveats)
+        return all(caveat_name(caveat) in self.caveats for caveat in marking.caveats)
 
 
 def _user_from(row: Any, *, scopes: frozenset[str] = frozenset(), token_id: str | None = None) -> User:

@@ -226,6 +226,17 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
                 {"peer": "ar.mj", "direction": "made", "marking": {"level": "COSMIC", "caveats": []}},
                 "marking-refused",
             ),
+            (  # an embargo without a real day could never be lifted (decision 83)
+                olga,
+                "POST",
+                "/v1/work/oral-requests",
+                {
+                    "peer": "ar.mj",
+                    "direction": "made",
+                    "marking": {"level": "CONFIDENTIAL", "caveats": ["embargo:soon"]},
+                },
+                "marking-refused",
+            ),
             (
                 uma,
                 "POST",

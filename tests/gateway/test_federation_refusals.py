@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -43,6 +45,7 @@ from crypto.jose_profile import MESSAGE_TYP, b64url_encode
 from crypto.keys import AuthorityKeys, generate_encryption_key, generate_signing_key, tls_key_password
 from crypto.note import NoteVerifier, open_checkpoint
 from crypto.receipts import verify_receipt, verify_refusal
+from gateway import receiving
 from gateway.context import Gateway
 from protocol.markings import MarkingScheme
 from protocol.messages import Marking, MessagePayload, new_message_id
@@ -85,6 +88,16 @@ def hostile(pair: Pair) -> HostilePeer:
 
 def canary() -> str:
     return uuid.uuid4().hex
+
+
+def _prefix_digests(data: bytes, *, longer_than: int) -> set[str]:
+    """The SHA-256 of every prefix of ``data`` longer than ``longer_than`` bytes."""
+    running = hashlib.sha256(data[:longer_than])
+    digests = set()
+    for byte in data[longer_than:]:
+        running.update(bytes([byte]))
+        digests.add(running.hexdigest())
+    return digests
 
 
 async def assert_refused(
@@ -549,7 +562,7 @@ async def test_oversized_envelope_is_refused(pair: Pair, hostile: HostilePeer) -
     assert len(big) > 8192
     before = await stored(pair.au.gw)
     answer = await hostile.post(big)
-    await assert_refused(
+    refusal = await assert_refused(
         pair,
         hostile,
         answer,
@@ -560,12 +573,14 @@ async def test_oversized_envelope_is_refused(pair: Pair, hostile: HostilePeer) -
         message_id=None,
         secrets=(mark,),
     )
+    # the refusal names the digest of the bytes read so far (section 10): a prefix past the limit, not nothing
+    assert refusal.envelope_sha256 in _prefix_digests(big, longer_than=8192)
 
     # the same inside multipart/mixed (first part too large), with an attachment part after it
     attachment = make_attachment(b"z" * 100)
     before = await stored(pair.au.gw)
     answer = await hostile.post_multipart(big, [attachment.ciphertext])
-    await assert_refused(
+    refusal = await assert_refused(
         pair,
         hostile,
         answer,
@@ -576,6 +591,7 @@ async def test_oversized_envelope_is_refused(pair: Pair, hostile: HostilePeer) -
         message_id=None,
         secrets=(mark,),
     )
+    assert refusal.envelope_sha256 in _prefix_digests(big, longer_than=8192)
 
 
 # --- (11) attachments -------------------------------------------------------------------------------------------
@@ -903,6 +919,57 @@ async def test_malformed_multipart_bodies_get_a_signed_refusal(pair: Pair, hosti
 
 
 # --- concurrent duplicates --------------------------------------------------------------------------------------
+
+
+async def test_copies_delivered_at_once_are_received_one_after_the_other(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of one envelope delivered at once (a retrying sender, a peer flooding) do not all pass the duplicate
+    check into the group commit, where all but one would fail a batch on the message's key: one is received, the
+    others wait for it and get its receipt."""
+    committed: list[str] = []
+    real_commit = receiving._commit
+
+    async def counted(gw: Gateway, opened: Any, *args: Any) -> Any:
+        committed.append(opened.payload.id)
+        if len(committed) == 1:
+            await asyncio.sleep(0.3)  # the first to get here holds on: the others arrive meanwhile
+        return await real_commit(gw, opened, *args)
+
+    monkeypatch.setattr(receiving, "_commit", counted)
+    payload = hostile.payload()
+    sealed = hostile.seal(payload)
+    before = await stored(pair.au.gw)
+    answers = await asyncio.gather(*(hostile.post(sealed) for _ in range(8)))
+    assert [answer.status for answer in answers] == [200] * 8, [answer.raw[:200] for answer in answers]
+    assert len({answer.document["receipt"] for answer in answers}) == 1
+    assert committed == [payload.id]  # the same bytes were opened into a group commit once
+    after = await stored(pair.au.gw)
+    assert after.messages == before.messages + 1
+    assert pair.au.gw.receiving_ids == {}  # nothing left waiting
+
+
+async def test_a_delivery_waits_for_another_of_its_id_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery whose twin is stalled (reading attachments from a dead connection, say) goes ahead after
+    ``ALONE_WAIT_SECONDS``, holding no turn; one whose twin ends takes its turn and frees it."""
+    monkeypatch.setattr(receiving, "ALONE_WAIT_SECONDS", 0.05)
+    stalled = asyncio.Event()
+    gw = cast(Gateway, SimpleNamespace(receiving_ids={"m": stalled}))
+    started = asyncio.get_running_loop().time()
+    async with receiving._alone(gw, "m"):
+        assert gw.receiving_ids == {"m": stalled}  # went ahead without taking the stalled one's turn
+        assert asyncio.get_running_loop().time() - started < 1.0
+    assert gw.receiving_ids == {"m": stalled}
+
+    async def end_the_other() -> None:
+        await asyncio.sleep(0.01)
+        del gw.receiving_ids["m"]
+        stalled.set()
+
+    ending = asyncio.create_task(end_the_other())
+    async with receiving._alone(gw, "m"):
+        assert ending.done() and gw.receiving_ids["m"] is not stalled  # waited, then took its own turn
+    assert gw.receiving_ids == {}
 
 
 async def test_concurrent_duplicate_deliveries_store_one_message_and_keep_its_file(

@@ -299,6 +299,22 @@ async def test_receiver_refuses_marking_beyond_its_accreditation_from_a_sender_t
 # --- 6. onward use of limited content: only with the originator's signed consent ----------------------------------
 
 
+async def test_a_caveat_with_a_parameter_limits_onward_use_by_its_name(trio: Trio) -> None:
+    """A parameter narrows a caveat (here the proceedings the use is limited to); it never lifts it: content marked
+    ``uncac-46-19:proc-17`` goes on, even under the same marking, only with the originator's consent."""
+    mark = canary()
+    limited = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19:proc-17"]}
+    message_id = await send(
+        trio.ar, {"to": "au.ag", "marking": limited, "content": secret_content(mark)}, delivered_to=trio.au
+    )
+    onward = {"to": "br.mjsp", "marking": limited, "content": {"text": "see the forwarded request"}}
+    before_br = await stored(trio.br.gw)
+    status, body = await trio.au.call("POST", "/v1/messages", json={**onward, "forwards": [message_id]})
+    problem = assert_problem(status, body, code="consent-required", secrets=[mark])
+    assert "ar.mj must consent before its content goes to br.mjsp" in problem["detail"], problem
+    assert await stored(trio.br.gw) == before_br
+
+
 async def test_limited_content_goes_to_a_third_authority_only_with_the_originators_signed_consent(
     trio: Trio,
 ) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.gateway.conftest import Pair
 from tests.gateway.test_exchange import wait_for
 from tests.gateway.test_markings import (
@@ -185,15 +187,43 @@ async def test_confidentiality_of_a_request_is_answered_and_the_requesting_offic
         await assert_ledger_clean(side.gw, [mark])
 
 
-async def test_an_acknowledgement_without_the_confidentiality_answer_is_ledgered(pair: Pair) -> None:
+@pytest.mark.parametrize("caveat", ["uncac-46-20", "uncac-46-20:fact-only"])
+async def test_an_acknowledgement_without_the_confidentiality_answer_is_ledgered(pair: Pair, caveat: str) -> None:
+    marking = {"level": "CONFIDENTIAL", "caveats": [caveat]}  # a parameter does not lift art. 46(20)
     request_id = await send(
-        pair.ar, {"to": "au.ag", "marking": CONF_4620, "content": {"text": "q"}}, delivered_to=pair.au
+        pair.ar, {"to": "au.ag", "marking": marking, "content": {"text": "q"}}, delivered_to=pair.au
     )
     before = (await stored(pair.au.gw)).ledger
     status, problem = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json={})
     assert status == 422 and problem["code"] == "confidentiality-answer-required", problem
     added = await ledger(pair.au.gw, before)
     assert [(e["type"], e["actor"]) for e in added] == [("message.submit_refused", "user:bruce")], added
+
+
+@pytest.mark.parametrize("caveat", ["uncac-46-20", "uncac-46-20:fact-only"])
+async def test_receiver_refuses_an_acknowledgement_without_the_confidentiality_answer(pair: Pair, caveat: str) -> None:
+    """Section 7, check 19: a requested State that skips its own gateway's check still cannot acknowledge a request
+    asking for confidentiality without saying whether it can comply."""
+    marking = {"level": "CONFIDENTIAL", "caveats": [caveat]}
+    request_id = await send(
+        pair.ar, {"to": "au.ag", "marking": marking, "content": {"text": "q"}}, delivered_to=pair.au
+    )
+    hostile = hostile_towards(pair.au, pair.ar)  # au.ag's keys, without its sending-side check
+    mark = canary()
+    before = await stored(pair.ar.gw)
+    silent = hostile.payload(kind="acknowledgement", in_reply_to=request_id, marking=marking, content={"note": mark})
+    answer = await hostile.post(hostile.seal(silent))
+    await assert_envelope_refused(
+        pair.ar, hostile, answer, before, http=422, code="confidentiality-answer-required", secrets=[mark]
+    )
+    assert (await wait_for(pair.ar, request_id, "delivered"))["state"] == "delivered"
+
+    answered = hostile.payload(
+        kind="acknowledgement", in_reply_to=request_id, marking=marking, content={"confidentiality": "can-comply"}
+    )
+    answer = await hostile.post(hostile.seal(answered))
+    assert answer.status == 200, answer.raw[:300]
+    assert (await wait_for(pair.ar, request_id, "acknowledged"))["confidentiality_answer"] == "can-comply"
 
 
 async def test_an_answer_cannot_silently_drop_a_caveat_of_what_it_answers(pair: Pair) -> None:

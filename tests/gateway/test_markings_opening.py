@@ -28,10 +28,12 @@ from tests.gateway.conftest import Pair, Side
 from tests.gateway.test_exchange import wait_for
 from tests.gateway.test_markings import (
     as_user,
+    assert_envelope_refused,
     assert_ledger_clean,
     assert_problem,
     canary,
     close_sessions,
+    hostile_towards,
     ledger,
     post_form,
     secret_content,
@@ -179,6 +181,27 @@ async def test_an_auditors_attempt_to_open_content_is_ledgered(pair: Pair) -> No
         ], added
     finally:
         await close_sessions(side)
+
+
+@pytest.mark.parametrize("caveat", ["embargo", "embargo:soon", "embargo:2027-02-30"])
+async def test_an_embargo_without_a_real_date_is_refused_before_anything_is_stored(pair: Pair, caveat: str) -> None:
+    """Content received under such an embargo could never be opened, yet its sender would hold a signed receipt:
+    both gateways refuse the marking (the sender's own check, and section 7 check 8 for a sender that skips it)."""
+    mark = canary()
+    marking = {"level": "CONFIDENTIAL", "caveats": [caveat]}
+    before_ar, before_au = await stored(pair.ar.gw), await stored(pair.au.gw)
+    status, body = await pair.ar.call(
+        "POST", "/v1/messages", json={"to": "au.ag", "marking": marking, "content": secret_content(mark)}
+    )
+    problem = assert_problem(status, body, http=403, code="marking-refused", secrets=[mark])
+    assert "an embargo caveat must carry a date: embargo:YYYY-MM-DD" in problem["detail"], problem
+    after_ar = await stored(pair.ar.gw)
+    assert (after_ar.messages, after_ar.outbox) == (before_ar.messages, 0)
+
+    hostile = hostile_towards(pair.ar, pair.au)
+    payload = hostile.payload(marking=marking, content=secret_content(mark))
+    answer = await hostile.post(hostile.seal(payload))
+    await assert_envelope_refused(pair.au, hostile, answer, before_au, http=403, code="marking-refused", secrets=[mark])
 
 
 async def test_embargo_keeps_content_closed_to_the_receivers_users_until_the_date(pair: Pair) -> None:
