@@ -279,6 +279,7 @@ async def _receive_attachments(
     except BaseException:
         for _, target in done:
             target.discard()
+            target.final.unlink(missing_ok=True)  # renamed already, if a later one failed to commit (a full disk)
         raise
 
 

@@ -90,8 +90,9 @@ class MarkingScheme:
                 raise MarkingRefused(f"{recipient} does not honour the caveat {caveat_name(caveat)!r}")
 
 
-# A caveat is matched by its name, the part before ":" (docs/protocol.md 5.1), wherever it has an effect: a
-# parameter ("uncac-46-19:proc-17", the proceedings the use is limited to) narrows a caveat, it never lifts it.
+# A caveat is matched by its name, the part before ":" (docs/protocol.md 5.1), for the effects it has: a parameter
+# ("uncac-46-19:proc-17", the proceedings the use is limited to) narrows a caveat, it never lifts it. Whether one
+# marking is lower than another (MarkingScheme.lowers) compares whole caveats instead, on the strict side.
 
 
 def caveat_name(caveat: str) -> str:

@@ -47,6 +47,7 @@ from crypto.note import NoteVerifier, open_checkpoint
 from crypto.receipts import verify_receipt, verify_refusal
 from gateway import receiving
 from gateway.context import Gateway
+from gateway.files import AttachmentFile
 from protocol.markings import MarkingScheme
 from protocol.messages import Marking, MessagePayload, new_message_id
 from protocol.receipts import Refusal
@@ -970,6 +971,35 @@ async def test_a_delivery_waits_for_another_of_its_id_only_so_long(monkeypatch: 
     async with receiving._alone(gw, "m"):
         assert ending.done() and gw.receiving_ids["m"] is not stalled  # waited, then took its own turn
     assert gw.receiving_ids == {}
+
+
+async def test_a_failed_attachment_commit_leaves_no_file(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the second of two attachments is moved to its final name: neither file stays behind
+    without its row (the first was already renamed), nothing is stored, and the sender may try again."""
+    first, second = make_attachment(b"first statement"), make_attachment(b"second statement")
+    payload = hostile.payload(attachments=[first.ref.model_dump(), second.ref.model_dump()])
+    real_commit = AttachmentFile.commit
+    moved: list[str] = []
+
+    def commit_until_the_disk_is_full(self: AttachmentFile) -> Path:
+        if moved:
+            raise OSError(28, "No space left on device")
+        moved.append(self.final.name)
+        return real_commit(self)
+
+    monkeypatch.setattr(AttachmentFile, "commit", commit_until_the_disk_is_full)
+    before = await stored(pair.au.gw)
+    answer = await hostile.post_multipart(hostile.seal(payload), [first.ciphertext, second.ciphertext])
+    assert answer.status == 500 and answer.document["code"] == "internal-error", answer.raw[:300]
+    assert len(moved) == 1  # the first file did reach its final name before the second failed
+    after = await stored(pair.au.gw)
+    assert (after.messages, after.attachments, after.files) == (before.messages, before.attachments, before.files)
+
+    monkeypatch.setattr(AttachmentFile, "commit", real_commit)  # space again: the same bytes are received
+    answer = await hostile.post_multipart(hostile.seal(payload), [first.ciphertext, second.ciphertext])
+    assert answer.status == 200, answer.raw[:300]
 
 
 async def test_concurrent_duplicate_deliveries_store_one_message_and_keep_its_file(
