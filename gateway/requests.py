@@ -40,8 +40,9 @@ from protocol.lifecycle import (
     parse_event,
     parse_state,
 )
+from protocol.markings import MarkingRefused, caveat_name
 from protocol.messages import Marking, MessageKind
-from protocol.requests import Request, RequestType
+from protocol.requests import Request, RequestType, required_caveats
 from protocol.stats import Facets, facets_of
 from protocol.timefmt import format_time, parse_time
 from store.case_stats import CaseStats
@@ -81,14 +82,34 @@ class Completeness:
     facets: Facets = field(default_factory=Facets)  # the request's coded facets, for statistics (protocol/stats.py)
 
 
+# what a request's own content asks that a caveat of its marking must carry (protocol/requests.py required_caveats)
+_ASKS = {
+    "uncac-46-20": "asks for confidentiality (UNCAC art. 46(20))",
+    "uncac-46-19": "states a use limitation (UNCAC art. 46(19))",
+}
+
+
 def check_completeness(
-    gw: Gateway, user: User, *, to: str, kind: MessageKind, content: dict[str, Any], override_reason: str | None
+    gw: Gateway,
+    user: User,
+    *,
+    to: str,
+    kind: MessageKind,
+    marking: Marking,
+    content: dict[str, Any],
+    override_reason: str | None,
 ) -> Completeness:
     """Refuse a formal request lacking blocking elements (:class:`IncompleteRequest`) unless a supervisor
-    overrides the check with a reason."""
+    overrides the check with a reason; and one whose marking lacks a caveat its own content asks for
+    (:func:`protocol.requests.required_caveats`), which no override lifts."""
     if kind is not MessageKind.REQUEST or "request" not in content:
         return Completeness({})
     request = Request.parse(content["request"])
+    names = {caveat_name(caveat) for caveat in marking.caveats}
+    if missing := [caveat for caveat in required_caveats(request) if caveat not in names]:
+        raise MarkingRefused(
+            "; ".join(f"the request {_ASKS[caveat]}: mark it with the caveat {caveat}" for caveat in missing)
+        )
     checklist = check_request(request, gw.directory.authority(to).request_requirements())
     facets = facets_of(request)
     if checklist.complete:

@@ -88,7 +88,13 @@ async def submit_message(
     try:
         # complete the first time (docs/requests.md): a formal request lacking blocking elements is refused
         completeness = check_completeness(
-            gw, user, to=draft.to, kind=draft.kind, content=draft.content, override_reason=draft.override_reason
+            gw,
+            user,
+            to=draft.to,
+            kind=draft.kind,
+            marking=draft.marking,
+            content=draft.content,
+            override_reason=draft.override_reason,
         )
         outgoing = await check_outgoing(
             gw,

@@ -32,7 +32,7 @@ from tests.gateway.test_markings import (
 )
 from tests.gateway.test_requests_flow import case_state, move, send_complete, until
 
-MARKING = {"level": "CONFIDENTIAL", "caveats": []}
+MARKING = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}  # the example requests ask for art. 46(20)
 
 
 async def start_thread(side: Side, **body: Any) -> str:

@@ -12,7 +12,7 @@ from tests.gateway.conftest import Pair, Side
 from tests.gateway.test_exchange import wait_for
 from tests.gateway.test_markings import as_user, ledger
 
-MARKING = {"level": "CONFIDENTIAL", "caveats": []}
+MARKING = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}  # the example requests ask for art. 46(20)
 
 
 def formal(request: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -78,6 +78,38 @@ async def test_a_supervisor_overrides_the_checklist_with_a_reason(pair: Pair) ->
         assert status == 200, opened
         override = opened["content"]["check_override"]
         assert override["by"] == "sam" and override["reason"] == reason and override["blocking"]
+    finally:
+        assert sam.session is not None
+        await sam.session.close()
+
+
+async def test_a_request_goes_out_only_under_the_caveats_its_content_asks_for(pair: Pair) -> None:
+    """A request asking for confidentiality (art. 46(20)) or stating a use limitation (46(19)) goes out only under
+    the caveats that make both gateways act on it (protocol/requests.py ``required_caveats``): otherwise the
+    requested side would never be asked the art. 46(20) answer, nor its content kept from third authorities. A
+    supervisor's override of the checklist does not lift it; a caveat with a parameter counts by its name."""
+    request = example_request(RequestType.MLA_CRIMINAL).to_json()  # asks for confidentiality
+    limited = {**request, "use_limitation": "Only for the proceedings FPO3-2026-0042"}
+    sam = await as_user(pair.ar, ("sam", "supervisor"))
+    try:
+        before = len(await ledger(pair.ar.gw))
+        for content, caveats, missing in ((request, [], "uncac-46-20"), (limited, ["uncac-46-20"], "uncac-46-19")):
+            draft = {
+                **formal(content, override_reason="urgent"),
+                "marking": {"level": "CONFIDENTIAL", "caveats": caveats},
+            }
+            status, body = await sam.call("POST", "/v1/messages", json=draft)
+            assert status == 403 and body["code"] == "marking-refused", body
+            assert body["detail"].endswith(f": mark it with the caveat {missing}"), body
+        entries = (await ledger(pair.ar.gw))[before:]
+        assert [(e["type"], e.get("reason")) for e in entries] == [("message.submit_refused", "marking-refused")] * 2
+        _, outbox = await pair.ar.call("GET", "/v1/messages?box=outbox")
+        assert outbox["messages"] == []
+
+        marked = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19:fpo3-2026-0042", "uncac-46-20"]}
+        status, body = await sam.call("POST", "/v1/messages", json={**formal(limited), "marking": marked})
+        assert status == 202, body
+        await wait_for(pair.ar, body["id"], "delivered")
     finally:
         assert sam.session is not None
         await sam.session.close()
