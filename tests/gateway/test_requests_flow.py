@@ -10,7 +10,15 @@ from gateway.cli.request import example_request
 from protocol.requests import RequestType, blank_request
 from tests.gateway.conftest import Pair, Side
 from tests.gateway.test_exchange import wait_for
-from tests.gateway.test_markings import as_user, ledger
+from tests.gateway.test_markings import (
+    as_user,
+    assert_ledger_clean,
+    assert_problem,
+    canary,
+    hostile_towards,
+    ledger,
+    stored,
+)
 
 MARKING = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}  # the example requests ask for art. 46(20)
 
@@ -88,28 +96,43 @@ async def test_a_request_goes_out_only_under_the_caveats_its_content_asks_for(pa
     the caveats that make both gateways act on it (protocol/requests.py ``required_caveats``): otherwise the
     requested side would never be asked the art. 46(20) answer, nor its content kept from third authorities. A
     supervisor's override of the checklist does not lift it; a caveat with a parameter counts by its name."""
-    request = example_request(RequestType.MLA_CRIMINAL).to_json()  # asks for confidentiality
-    limited = {**request, "use_limitation": "Only for the proceedings FPO3-2026-0042"}
+    mark = canary()
+    request = example_request(RequestType.MLA_CRIMINAL).to_json()  # complete, and asks for confidentiality
+    limited = {**request, "use_limitation": f"Only for the proceedings FPO3-2026-0042 {mark}"}
+    incomplete = {**blank_request(RequestType.MLA_CRIMINAL).to_json(), "confidentiality_requested": True}
     sam = await as_user(pair.ar, ("sam", "supervisor"))
     try:
-        before = len(await ledger(pair.ar.gw))
-        for content, caveats, missing in ((request, [], "uncac-46-20"), (limited, ["uncac-46-20"], "uncac-46-19")):
-            draft = {
-                **formal(content, override_reason="urgent"),
-                "marking": {"level": "CONFIDENTIAL", "caveats": caveats},
-            }
+        before_ar, before_au = await stored(pair.ar.gw), await stored(pair.au.gw)
+        refused = [
+            (request, [], "uncac-46-20"),
+            (limited, ["uncac-46-20"], "uncac-46-19"),
+            (incomplete, [], "uncac-46-20"),  # the override would lift the checklist: not this
+        ]
+        for content, caveats, missing in refused:
+            marking = {"level": "CONFIDENTIAL", "caveats": caveats}
+            draft = {**formal(content, override_reason="the deadline is tomorrow"), "marking": marking}
             status, body = await sam.call("POST", "/v1/messages", json=draft)
-            assert status == 403 and body["code"] == "marking-refused", body
-            assert body["detail"].endswith(f": mark it with the caveat {missing}"), body
-        entries = (await ledger(pair.ar.gw))[before:]
-        assert [(e["type"], e.get("reason")) for e in entries] == [("message.submit_refused", "marking-refused")] * 2
-        _, outbox = await pair.ar.call("GET", "/v1/messages?box=outbox")
-        assert outbox["messages"] == []
+            problem = assert_problem(status, body, http=403, code="marking-refused", secrets=[mark])
+            assert problem["detail"].endswith(f": mark it with the caveat {missing}"), problem
+        added = await ledger(pair.ar.gw, before_ar.ledger)
+        assert [(e["type"], e["reason"]) for e in added] == [("message.submit_refused", "marking-refused")] * 3
+        for entry, (_, caveats, _) in zip(added, refused, strict=True):
+            assert (entry["actor"], entry["to"], entry["kind"]) == ("user:sam", "au.ag", "request"), entry
+            assert entry["marking"] == {"level": "CONFIDENTIAL", "caveats": caveats}, entry
+        await assert_ledger_clean(pair.ar.gw, [mark])
+        after_ar = await stored(pair.ar.gw)
+        assert (after_ar.messages, after_ar.outbox, after_ar.files) == (before_ar.messages, 0, before_ar.files)
+        assert await stored(pair.au.gw) == before_au
 
         marked = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19:fpo3-2026-0042", "uncac-46-20"]}
         status, body = await sam.call("POST", "/v1/messages", json={**formal(limited), "marking": marked})
         assert status == 202, body
         await wait_for(pair.ar, body["id"], "delivered")
+
+        # the receiving gateway does not hold a sender to it: skipping it weakens only the sender's own request
+        hostile = hostile_towards(pair.ar, pair.au)
+        unmarked = hostile.payload(marking={"level": "CONFIDENTIAL", "caveats": []}, content={"request": request})
+        assert (await hostile.post(hostile.seal(unmarked))).status == 200
     finally:
         assert sam.session is not None
         await sam.session.close()
