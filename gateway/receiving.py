@@ -175,12 +175,13 @@ async def _alone(gw: Gateway, message_id: str) -> AsyncIterator[None]:
     a retry one by one. The wait is bounded (``ALONE_WAIT_SECONDS``): past it the delivery goes ahead unordered, and
     a collision at the key is answered as before. Per process: replicas still meet at the key, as before."""
     our_turn = True
-    try:
-        async with asyncio.timeout(ALONE_WAIT_SECONDS):
-            while (busy := gw.receiving_ids.get(message_id)) is not None:
-                await busy.wait()
-    except TimeoutError:
-        our_turn = False
+    if message_id in gw.receiving_ids:  # rare: only then a timer (every envelope comes through here)
+        try:
+            async with asyncio.timeout(ALONE_WAIT_SECONDS):
+                while (busy := gw.receiving_ids.get(message_id)) is not None:
+                    await busy.wait()
+        except TimeoutError:
+            our_turn = False
     if not our_turn:
         yield  # unordered, holding no turn
         return

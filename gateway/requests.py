@@ -42,7 +42,7 @@ from protocol.lifecycle import (
 )
 from protocol.markings import MarkingRefused, caveat_name
 from protocol.messages import Marking, MessageKind
-from protocol.requests import Request, RequestType, required_caveats
+from protocol.requests import CAVEAT_ASKS, Request, RequestType, required_caveats
 from protocol.stats import Facets, facets_of
 from protocol.timefmt import format_time, parse_time
 from store.case_stats import CaseStats
@@ -82,13 +82,6 @@ class Completeness:
     facets: Facets = field(default_factory=Facets)  # the request's coded facets, for statistics (protocol/stats.py)
 
 
-# what a request's own content asks that a caveat of its marking must carry (protocol/requests.py required_caveats)
-_ASKS = {
-    "uncac-46-20": "asks for confidentiality (UNCAC art. 46(20))",
-    "uncac-46-19": "states a use limitation (UNCAC art. 46(19))",
-}
-
-
 def check_completeness(
     gw: Gateway,
     user: User,
@@ -108,7 +101,7 @@ def check_completeness(
     names = {caveat_name(caveat) for caveat in marking.caveats}
     if missing := [caveat for caveat in required_caveats(request) if caveat not in names]:
         raise MarkingRefused(
-            "; ".join(f"the request {_ASKS[caveat]}: mark it with the caveat {caveat}" for caveat in missing)
+            "; ".join(f"the request {CAVEAT_ASKS[caveat]}: mark it with the caveat {caveat}" for caveat in missing)
         )
     checklist = check_request(request, gw.directory.authority(to).request_requirements())
     facets = facets_of(request)

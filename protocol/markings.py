@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_LEVELS",
     "EMBARGO_CAVEAT",
     "ONWARD_CAVEATS",
+    "USE_LIMITATION_CAVEAT",
     "MarkingRefused",
     "MarkingScheme",
     "asks_confidentiality",
@@ -32,7 +33,8 @@ __all__ = [
 ]
 
 CONFIDENTIALITY_CAVEAT = "uncac-46-20"  # keep the fact and substance of the request confidential
-ONWARD_CAVEATS = ("uncac-46-19", "no-onward")  # content may not travel on without the originator's consent
+USE_LIMITATION_CAVEAT = "uncac-46-19"  # use limited to the proceedings stated in the request
+ONWARD_CAVEATS = (USE_LIMITATION_CAVEAT, "no-onward")  # content may not travel on without the originator's consent
 EMBARGO_CAVEAT = "embargo"  # embargo:YYYY-MM-DD: closed to the receiver's users until that date
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 

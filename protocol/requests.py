@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, Strict, field_validator
 
 from protocol.errors import InvalidMessage
+from protocol.markings import CONFIDENTIALITY_CAVEAT, USE_LIMITATION_CAVEAT
 from protocol.messages import StrictModel, validate_message_id
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "TreatyBasis",
     "UncacBasis",
     "blank_request",
+    "CAVEAT_ASKS",
     "required_caveats",
 ]
 
@@ -409,6 +411,13 @@ class Request(StrictModel):
         return self.model_dump(mode="json")
 
 
+# what a request asks, by the caveat the message carrying it must bear for that (the words of a refusal)
+CAVEAT_ASKS: Final = {
+    CONFIDENTIALITY_CAVEAT: "asks for confidentiality (UNCAC art. 46(20))",
+    USE_LIMITATION_CAVEAT: "states a use limitation (UNCAC art. 46(19))",
+}
+
+
 def required_caveats(request: Request) -> tuple[str, ...]:
     """The marking caveats (protocol.markings) the message carrying ``request`` must bear, sorted.
 
@@ -417,9 +426,9 @@ def required_caveats(request: Request) -> tuple[str, ...]:
     """
     caveats = []
     if request.confidentiality_requested:
-        caveats.append("uncac-46-20")
+        caveats.append(CONFIDENTIALITY_CAVEAT)
     if request.use_limitation.strip():
-        caveats.append("uncac-46-19")
+        caveats.append(USE_LIMITATION_CAVEAT)
     return tuple(sorted(caveats))
 
 
