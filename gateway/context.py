@@ -28,7 +28,7 @@ from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import key_pem_password
 from gateway.coalesce import Coalescer
 from gateway.committer import Committer, Finish, Tx, Unit, done
-from gateway.limits import RefusalBudget
+from gateway.limits import DELIVERY_WAIT_SECONDS, DeliverySlots, RefusalBudget
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from protocol.errors import ComityError
@@ -107,6 +107,8 @@ class Gateway:
         self.ids_seen: Coalescer[str, Seen] = Coalescer(self._messages_seen)
         # how many ledgered refusals each peer may still cost us (gateway/limits.py)
         self.refusal_budget = RefusalBudget(self.settings.peer_refusals_per_minute, self.settings.peer_refusal_burst)
+        # how many of each peer's deliveries are read and checked at once (gateway/limits.py)
+        self.delivery_slots = DeliverySlots(self.settings.peer_deliveries_at_once, DELIVERY_WAIT_SECONDS)
 
     # --- identity -----------------------------------------------------------------------------------------------
 

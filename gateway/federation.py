@@ -7,12 +7,14 @@ part is the envelope and whose following parts are the attachment ciphertexts in
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -20,10 +22,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from crypto.errors import OversizedEnvelope
 from crypto.note import NoteError, add_signatures, open_note
 from gateway.context import Gateway
-from gateway.limits import TooManyRefusals
+from gateway.limits import Busy, TooManyRefusals
 from gateway.logs import get_logger
 from gateway.problems import problem_response
-from gateway.receiving import EnvelopeRefused, PeerError, receive_envelope, refuse
+from gateway.receiving import AttachmentParts, EnvelopeRefused, PeerError, receive_envelope, refuse
 from gateway.tls import peer_pin
 from gateway.witness import RECEIPT_PROOF_PATH, cosignature_verifiers
 from protocol.errors import ComityError, InvalidMessage, StaleMessage
@@ -37,6 +39,15 @@ __all__ = ["GATEWAY", "federation_routes"]
 
 GATEWAY = web.AppKey("gateway", Gateway)
 READ_SIZE = 1 << 16
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+BUSY_RETRY_AFTER = 1  # seconds
+_T = TypeVar("_T")
+
+
+class BodyStalled(Exception):
+    """The body did not arrive in time (``body_read_seconds``): answered 408, unsigned and unledgered, and the
+    connection closed. Not a :class:`ComityError`, so that nothing turns it into a signed refusal: the bytes may be
+    fine, and the sender sends them again."""
 
 
 async def _read_limited(chunks: AsyncIterator[bytes], limit: int, into: bytearray) -> bytes:
@@ -58,10 +69,19 @@ def _malformed(exc: Exception) -> InvalidMessage:
     return InvalidMessage(f"the multipart body is malformed ({type(exc).__name__})")
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _in_time(read: Awaitable[_T], seconds: float) -> _T:
+    """``await read``, or :class:`BodyStalled` when no bytes came for ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await read
+    except TimeoutError:
+        raise BodyStalled(f"no bytes of the body arrived for {seconds:g} s") from None
+
+
+async def _part_chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes]:
     while True:
         try:
-            chunk = await part.read_chunk(READ_SIZE)
+            chunk = await _in_time(part.read_chunk(READ_SIZE), idle)
         except _BODY_ERRORS as exc:
             raise _malformed(exc) from None
         if not chunk:
@@ -69,8 +89,8 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _stream_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(READ_SIZE):
+async def _stream_chunks(request: web.Request, idle: float) -> AsyncIterator[bytes]:
+    while chunk := await _in_time(request.content.read(READ_SIZE), idle):
         yield chunk
 
 
@@ -105,6 +125,7 @@ def _turned_away(gw: Gateway, peer_id: str) -> web.Response | None:
         TooManyRefusals.code, f"too many of your envelopes were refused; try again in {math.ceil(wait)} s"
     )
     response.headers["Retry-After"] = str(math.ceil(wait))
+    response.force_close()  # not kept alive: its body is discarded, not read
     return response
 
 
@@ -112,43 +133,58 @@ async def post_envelope(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     peer_id = _identify_peer(gw, request)
     if peer_id is None:
-        response, _ = await _receive(gw, request, None)
-        return response
+        return await _refuse_unread(gw, PeerError("the client certificate matches no authority in the directory"))
     if (limited := _turned_away(gw, peer_id)) is not None:
         return limited
     refused = False  # the token taken pays for a (ledgered) refusal of the peer, and only for one
     try:
-        response, refused = await _receive(gw, request, peer_id)
+        try:
+            gw.peer(peer_id)  # an expired directory, a blocked peer: refused before its body is read
+        except ComityError as error:
+            response = await _refuse_unread(gw, error, peer_id=peer_id)
+            refused = True
+            return response
+        async with gw.delivery_slots.hold(peer_id):
+            response, refused = await _receive(gw, request, peer_id)
+        return response
+    except Busy as busy:
+        gw.metrics.busy.labels(peer=peer_id).inc()
+        response = problem_response(busy.code, busy.message)
+        response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+        response.force_close()  # not kept alive: its body is discarded, not read
+        return response
+    except BodyStalled as stalled:
+        gw.metrics.stalled.labels(peer=peer_id).inc()
+        get_logger(peer=peer_id).warning("body_stalled", seconds=gw.settings.body_read_seconds)
+        response = problem_response("read-timeout", str(stalled))
+        response.force_close()  # not kept alive: what of the body still comes is discarded (aiohttp lingers)
         return response
     finally:
         if not refused:
             gw.refusal_budget.give_back(peer_id)
 
 
-async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tuple[web.Response, bool]:
-    """The answer, and whether it is a signed refusal (ledgered for an authenticated peer)."""
-    limit = gw.settings.max_envelope_bytes
+async def _refuse_unread(gw: Gateway, error: ComityError, *, peer_id: str | None = None) -> web.Response:
+    """A signed refusal sent before a byte of the body is read (docs/protocol.md section 9.1): it names the digest
+    of the empty string and no message id, and is ledgered for an authenticated peer only. The connection is not
+    kept alive: aiohttp discards what of the body still arrives for at most its lingering time (10 s), then closes."""
+    refusal = await refuse(gw, error, EMPTY_SHA256, peer_id=peer_id, claimed=None, message_id=None)
+    response = problem_response(error.code, error.message, refusal=refusal)
+    response.force_close()
+    return response
+
+
+async def _receive(gw: Gateway, request: web.Request, peer_id: str) -> tuple[web.Response, bool]:
+    """The answer, and whether it is a signed (and ledgered) refusal."""
+    limit, seconds = gw.settings.max_envelope_bytes, gw.settings.body_read_seconds
     read = bytearray()  # the envelope's bytes as they arrive
     try:
         try:
-            if request.content_type == "application/jose":
-                sealed = await _read_limited(_stream_chunks(request), limit, read)
-                next_part = _no_more_parts
-            elif request.content_type == "multipart/mixed":
-                try:
-                    reader = await request.multipart()
-                    first = await reader.next()
-                except _BODY_ERRORS as exc:
-                    raise _malformed(exc) from None
-                if (
-                    not isinstance(first, BodyPartReader)
-                    or _media_type(first.headers.get("Content-Type")) != "application/jose"
-                ):
-                    raise InvalidMessage("the first part must be the envelope, of type application/jose")
-                sealed = await _read_limited(_part_chunks(first), limit, read)
-                next_part = _parts(reader)
-            else:
-                raise InvalidMessage("send application/jose, or multipart/mixed with attachments")
+            try:
+                async with asyncio.timeout(seconds):  # the whole envelope, however it trickles
+                    sealed, next_part = await _read_envelope(request, limit, seconds, read)
+            except TimeoutError:
+                raise BodyStalled(f"the envelope did not arrive within {seconds:g} s") from None
         except ComityError as error:
             digest = hashlib.sha256(read).hexdigest()  # of the bytes read so far: none, some, or past the limit
             refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=None, message_id=None)
@@ -162,17 +198,35 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str | None) -> tu
     return web.Response(body=body, content_type="application/json"), False
 
 
-def _parts(reader: MultipartReader):  # type: ignore[no-untyped-def]
+async def _read_envelope(
+    request: web.Request, limit: int, idle: float, read: bytearray
+) -> tuple[bytes, AttachmentParts]:
+    """The envelope's bytes (also left in ``read``), and how to get the attachment parts that follow it."""
+    if request.content_type == "application/jose":
+        return await _read_limited(_stream_chunks(request, idle), limit, read), _no_more_parts
+    if request.content_type != "multipart/mixed":
+        raise InvalidMessage("send application/jose, or multipart/mixed with attachments")
+    try:
+        reader = await request.multipart()
+        first = await _in_time(reader.next(), idle)
+    except _BODY_ERRORS as exc:
+        raise _malformed(exc) from None
+    if not isinstance(first, BodyPartReader) or _media_type(first.headers.get("Content-Type")) != "application/jose":
+        raise InvalidMessage("the first part must be the envelope, of type application/jose")
+    return await _read_limited(_part_chunks(first, idle), limit, read), _parts(reader, idle)
+
+
+def _parts(reader: MultipartReader, idle: float) -> AttachmentParts:
     async def next_part() -> AsyncIterator[bytes] | None:
         try:
-            part = await reader.next()
+            part = await _in_time(reader.next(), idle)
         except _BODY_ERRORS as exc:
             raise _malformed(exc) from None
         if part is None:
             return None
         if not isinstance(part, BodyPartReader):
             raise InvalidMessage("nested multipart bodies are not allowed")
-        return _part_chunks(part)
+        return _part_chunks(part, idle)
 
     return next_part
 

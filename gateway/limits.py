@@ -15,13 +15,18 @@ directory; in development mode, by the names loopback processes claim.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from protocol.errors import ComityError
 
-__all__ = ["RefusalBudget", "TooManyRefusals"]
+__all__ = ["DELIVERY_WAIT_SECONDS", "Busy", "DeliverySlots", "RefusalBudget", "TooManyRefusals"]
+
+# how long a delivery waits for one of its peer's slots before it is answered 503 busy
+DELIVERY_WAIT_SECONDS = 10.0
 
 
 class TooManyRefusals(ComityError):
@@ -77,3 +82,49 @@ class RefusalBudget:
         bucket = self._bucket(peer)
         first, bucket.limited = not bucket.limited, True
         return first
+
+
+class Busy(ComityError):
+    """The peer has as many deliveries in flight as it may: answered 503 with ``Retry-After``, unparsed."""
+
+    code = "busy"
+
+
+class DeliverySlots:
+    """At most ``per_peer`` deliveries of one authenticated peer are read and checked at a time (decision 86).
+
+    Each may hold an envelope of up to ``max_envelope_bytes`` in memory while it is read, so this bounds what one
+    peer, honest or not, can make us hold: ``per_peer`` times that. One more delivery waits for a slot, holding its
+    connection but none of its body (aiohttp stops reading a socket whose buffer is full), for up to ``wait``
+    seconds; past that it is :class:`Busy`. Per process, like the refusal budget; peers are bounded by the
+    directory."""
+
+    def __init__(self, per_peer: int, wait: float) -> None:
+        if per_peer < 1 or wait < 0:
+            raise ValueError("delivery slots need at least one slot per peer and a wait of zero or more")
+        self.per_peer = per_peer
+        self.wait = wait
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    @asynccontextmanager
+    async def hold(self, peer: str) -> AsyncIterator[None]:
+        slots = self._slots.get(peer)
+        if slots is None:
+            slots = self._slots[peer] = asyncio.Semaphore(self.per_peer)
+        if slots.locked():  # rare: only then a timer (every envelope comes through here)
+            try:
+                async with asyncio.timeout(self.wait):
+                    await slots.acquire()
+            except TimeoutError:
+                raise Busy(f"{self.per_peer} of your deliveries are in flight; try again") from None
+        else:
+            await slots.acquire()  # free: returns at once
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def full(self, peer: str) -> bool:
+        """Whether every one of ``peer``'s slots is held (a next delivery would wait)."""
+        slots = self._slots.get(peer)
+        return slots is not None and slots.locked()

@@ -30,6 +30,18 @@ class Metrics:
             ["peer"],
             registry=self.registry,
         )
+        self.busy = Counter(
+            "comity_envelopes_busy",
+            "Envelopes turned away unparsed: the peer had peer_deliveries_at_once in flight (503)",
+            ["peer"],
+            registry=self.registry,
+        )
+        self.stalled = Counter(
+            "comity_envelopes_stalled",
+            "Deliveries whose body did not arrive within body_read_seconds (408)",
+            ["peer"],
+            registry=self.registry,
+        )
         self.delivered = Counter("comity_envelopes_delivered", "Envelopes receipted by peers", registry=self.registry)
         self.delivery_failures = Counter(
             "comity_delivery_failures", "Failed delivery attempts", ["peer"], registry=self.registry

@@ -7,6 +7,7 @@ contains content, keys or tokens. A federation refusal also carries the signed r
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,8 @@ __all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "
 PROBLEM_BASE = "urn:comity:problem:"
 CONTENT_TYPE = "application/problem+json"
 STORE_RETRY_AFTER = 1  # seconds: a database that failed over or restarted is usually back within a few
+# a disk that is full, read-only or failing: the request may succeed later, elsewhere or once an operator acted
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 # code -> (HTTP status, title)
 STATUS: dict[str, tuple[int, str]] = {
@@ -62,6 +65,8 @@ STATUS: dict[str, tuple[int, str]] = {
     "postponement-reason-required": (422, "A postponement needs the proceeding it would interfere with (art. 46(25))"),
     "login-throttled": (429, "Too many failed logins"),
     "too-many-refusals": (429, "Too many refused envelopes from this peer"),
+    "busy": (503, "Too many deliveries from this peer at once"),
+    "read-timeout": (408, "The body did not arrive in time"),
     "unknown-work-kind": (400, "Unknown kind of case-work date or flag"),
     "invalid-work-date": (400, "Invalid case-work date"),
     "embargoed": (403, "Content under embargo"),
@@ -119,17 +124,23 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         code = {404: "not-found", 405: "invalid-request", 413: "envelope-too-large"}.get(exc.status, "invalid-request")
         return problem_response(code, exc.reason, status=exc.status)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the client left mid-request
+        get_logger().info("client_disconnected", path=request.path, method=request.method)
+        return problem_response("invalid-request", "the connection was closed before the request was read")
     except Exception as exc:
         if (outage := outage_name(exc)) is not None:
             return _store_unavailable(request, outage)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # writing an attachment file, say
+            return _store_unavailable(request, errno.errorcode[exc.errno])
         get_logger().exception("unhandled_error", path=request.path, method=request.method)
         return problem_response("internal-error", "the gateway failed to handle this request; see its logs")
 
 
 def _store_unavailable(request: web.Request, outage: str) -> web.Response:
-    """The database failed, not the request: say so, and when to try again (peers' outboxes retry anyway). Logged
-    by the failing error's type only (``outage``): a driver's message may quote the values of a row."""
+    """The database or the disk failed, not the request: say so, and when to try again (peers' outboxes retry
+    anyway). Logged by the failing error's type or errno name only (``outage``): a driver's message may quote the
+    values of a row, an OSError's a file name."""
     get_logger().warning("store_unavailable", path=request.path, method=request.method, error=outage)
-    response = problem_response("store-unavailable", "the gateway's database is unavailable; try again")
+    response = problem_response("store-unavailable", "the gateway's storage is unavailable; try again")
     response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
     return response

@@ -10,18 +10,24 @@ beyond JSON.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 from joserfc.jwk import OKPKey
 
 from config.directory import AuthorityEntry
@@ -104,6 +110,7 @@ class Answer:
     raw: bytes
     document: dict[str, Any] = field(default_factory=dict)
     retry_after: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names (read_answer only)
 
 
 @dataclass
@@ -151,6 +158,40 @@ class HostilePeer:
         for der in trusted:
             context.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
         return HostilePeer(self.url, self.identity, self.keys, self.target, context, self.clock)
+
+    def with_certificate_issued_by(self, data_dir: Path, passphrase: bytes, work_dir: Path) -> HostilePeer:
+        """The same keys, but a TLS leaf that ``data_dir``'s listed certificate issued: it passes the handshake (a
+        listed certificate is its own trust anchor), yet its pin is listed nowhere."""
+        keys = AuthorityKeys.unseal((data_dir / "keys.sealed").read_bytes(), passphrase)
+        issuer_cert = x509.load_pem_x509_certificate((data_dir / "tls" / "cert.pem").read_bytes())
+        issuer_key = serialization.load_pem_private_key(
+            (data_dir / "tls" / "key.pem").read_bytes(), password=tls_key_password(keys)
+        )
+        assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a second identity")]))
+            .issuer_name(issuer_cert.subject)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=1))
+            .sign(issuer_key, hashes.SHA256())
+        )
+        cert_path, key_path = work_dir / "issued.pem", work_dir / "issued.key"
+        cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            leaf_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        context = _bare_client_context()
+        context.load_cert_chain(str(cert_path), str(key_path))
+        for der in self.ssl_context.get_ca_certs(binary_form=True):
+            context.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
+        return replace(self, ssl_context=context)
 
     def without_client_certificate(self) -> HostilePeer:
         trusted = self.ssl_context.get_ca_certs(binary_form=True)
@@ -231,6 +272,22 @@ class HostilePeer:
         connector = aiohttp.TCPConnector(ssl=self.ssl_context, force_close=True)
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
+    async def start_post(
+        self, declared_length: int, first_bytes: bytes, content_type: str = "application/jose"
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a connection and send a POST that declares ``declared_length`` bytes of body but sends only
+        ``first_bytes`` of it: the caller then waits, sends more, or closes."""
+        address = urlsplit(self.url)
+        assert address.hostname is not None and address.port is not None
+        reader, writer = await asyncio.open_connection(address.hostname, address.port, ssl=self.ssl_context)
+        head = (
+            f"POST {FEDERATION_PATH} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {declared_length}\r\n\r\n"
+        )
+        writer.write(head.encode() + first_bytes)
+        await writer.drain()
+        return reader, writer
+
     async def post_raw(self, body: Any, headers: Mapping[str, str] | None = None) -> Answer:
         url = self.url + FEDERATION_PATH
         async with self.session() as session, session.post(url, data=body, headers=dict(headers or {})) as response:
@@ -264,6 +321,20 @@ class HostilePeer:
             part = writer.append(data, {"Content-Type": "application/octet-stream"})
             part.headers["Content-Length"] = str(len(data))
         return await self.post_raw(writer)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    """The HTTP/1.1 answer on a connection opened by :meth:`HostilePeer.start_post`, read by its Content-Length."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines if line)}
+    raw = await reader.readexactly(int(headers["content-length"]))
+    answer = Answer(
+        int(status_line.split()[1]), headers["content-type"].split(";")[0], raw, retry_after=headers.get("retry-after")
+    )
+    answer.document = json.loads(raw)
+    answer.headers = headers
+    return answer
 
 
 def _bare_client_context() -> ssl.SSLContext:

@@ -23,18 +23,15 @@ import re
 import ssl
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import structlog
 from joserfc import jws
 from joserfc.jwk import OctKey
 from sqlalchemy import func, select
@@ -42,7 +39,7 @@ from sqlalchemy import func, select
 from crypto.attachments import CHUNK_SIZE
 from crypto.envelope import encrypt_signed
 from crypto.jose_profile import MESSAGE_TYP, b64url_encode
-from crypto.keys import AuthorityKeys, generate_encryption_key, generate_signing_key, tls_key_password
+from crypto.keys import generate_encryption_key, generate_signing_key
 from crypto.note import NoteVerifier, open_checkpoint
 from crypto.receipts import verify_receipt, verify_refusal
 from gateway import receiving
@@ -695,39 +692,7 @@ async def test_a_certificate_issued_by_a_listed_one_is_not_that_authority(
     """A listed certificate is its own trust anchor (CA, path length 0), so a leaf it signs passes the handshake; but
     the authority is the pin of the certificate presented, and that leaf is listed nowhere: a signed unknown-peer
     refusal, not ledgered, nothing stored."""
-    data_dir = pair.ar.provisioned.data_dir
-    keys = AuthorityKeys.unseal((data_dir / "keys.sealed").read_bytes(), PASSPHRASE.encode())
-    issuer_cert = x509.load_pem_x509_certificate((data_dir / "tls" / "cert.pem").read_bytes())
-    issuer_key = serialization.load_pem_private_key(
-        (data_dir / "tls" / "key.pem").read_bytes(), password=tls_key_password(keys)
-    )
-    assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ar.mj second identity")]))
-        .issuer_name(issuer_cert.subject)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(issuer_key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "issued.pem", tmp_path / "issued.key"
-    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.check_hostname = False
-    context.load_cert_chain(str(cert_path), str(key_path))
-    for der in hostile.ssl_context.get_ca_certs(binary_form=True):
-        context.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
-    issued = replace(hostile, ssl_context=context)
+    issued = hostile.with_certificate_issued_by(pair.ar.provisioned.data_dir, PASSPHRASE.encode(), tmp_path)
 
     payload = hostile.payload()
     sealed = hostile.seal(payload)
@@ -977,7 +942,8 @@ async def test_a_failed_attachment_commit_leaves_no_file(
     pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The disk fills while the second of two attachments is moved to its final name: neither file stays behind
-    without its row (the first was already renamed), nothing is stored, and the sender may try again."""
+    without its row (the first was already renamed), nothing is stored, and the answer is 503 store-unavailable
+    with Retry-After, unsigned (the bytes are fine: the sender tries again), logged by the errno's name only."""
     first, second = make_attachment(b"first statement"), make_attachment(b"second statement")
     payload = hostile.payload(attachments=[first.ref.model_dump(), second.ref.model_dump()])
     real_commit = AttachmentFile.commit
@@ -991,8 +957,12 @@ async def test_a_failed_attachment_commit_leaves_no_file(
 
     monkeypatch.setattr(AttachmentFile, "commit", commit_until_the_disk_is_full)
     before = await stored(pair.au.gw)
-    answer = await hostile.post_multipart(hostile.seal(payload), [first.ciphertext, second.ciphertext])
-    assert answer.status == 500 and answer.document["code"] == "internal-error", answer.raw[:300]
+    with structlog.testing.capture_logs() as logs:
+        answer = await hostile.post_multipart(hostile.seal(payload), [first.ciphertext, second.ciphertext])
+    assert (answer.status, answer.document["code"]) == (503, "store-unavailable"), answer.raw[:300]
+    assert "refusal" not in answer.document and answer.retry_after == "1"
+    (line,) = [entry for entry in logs if entry["event"] == "store_unavailable"]
+    assert line["error"] == "ENOSPC" and not [entry for entry in logs if entry["event"] == "unhandled_error"]
     assert len(moved) == 1  # the first file did reach its final name before the second failed
     after = await stored(pair.au.gw)
     assert (after.messages, after.attachments, after.files) == (before.messages, before.attachments, before.files)

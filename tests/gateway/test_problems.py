@@ -20,8 +20,8 @@ from gateway.problems import STATUS, problem_response, status_for
 from protocol.errors import ComityError
 
 ROOT = Path(__file__).resolve().parents[2]
-# answered by gateway/problems.py itself, not raised as a ComityError
-HANDLER_CODES = {"internal-error", "store-unavailable"}
+# answered by gateway/problems.py (and read-timeout by gateway/federation.py) itself, not raised as a ComityError
+HANDLER_CODES = {"internal-error", "store-unavailable", "read-timeout"}
 
 
 def _raised_codes() -> dict[str, str]:

@@ -1,0 +1,225 @@
+"""What a client of the federation port can make a gateway hold, and for how long (decision 86).
+
+An unlisted client, and a listed peer the gateway refuses to talk to (blocked, or an expired directory), get their
+signed refusal before a byte of the body is read, and the connection closes. A listed peer has at most
+``peer_deliveries_at_once`` deliveries read and checked at a time; one more waits for a slot, then is answered
+503 ``busy``. A body that stops arriving is answered 408 ``read-timeout`` after ``body_read_seconds``, and a
+client that leaves mid-body costs an info line: in every case nothing is stored, signed or ledgered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from crypto.receipts import verify_refusal
+from tests.gateway.conftest import PASSPHRASE, Pair, ledger
+from tests.gateway.hostile import HostilePeer, make_attachment, read_answer
+from tests.gateway.test_federation_refusals import stored
+from tests.gateway.test_markings import hostile_towards
+from tests.gateway.test_outbox import restart
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+BOUNDARY = "limits-test-boundary"
+
+
+def multipart(sealed: bytes, attachment: bytes) -> bytes:
+    """``multipart/mixed`` as the outbox sends it: the envelope, then one attachment ciphertext."""
+    return (
+        f"--{BOUNDARY}\r\nContent-Type: application/jose\r\nContent-Length: {len(sealed)}\r\n\r\n".encode()
+        + sealed
+        + f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(attachment)}\r\n\r\n".encode()
+        + attachment
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        result = condition()
+        if result if isinstance(result, bool) else await result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition did not hold in time")
+
+
+@pytest.fixture
+def hostile(pair: Pair) -> HostilePeer:
+    """ar.mj's real TLS identity and keys, pointed at au.ag's federation port."""
+    return hostile_towards(pair.ar, pair.au)
+
+
+def counted(pair: Pair, name: str) -> float:
+    return pair.au.gw.metrics.registry.get_sample_value(name, {"peer": "ar.mj"}) or 0.0
+
+
+async def test_an_unlisted_client_is_refused_before_its_body_is_read(
+    pair: Pair,
+    hostile: HostilePeer,
+    tmp_path: Path,
+) -> None:
+    """It declares a GiB and sends three bytes: were the body read first, the answer would never come."""
+    issued = hostile.with_certificate_issued_by(pair.ar.provisioned.data_dir, PASSPHRASE.encode(), tmp_path)
+    before = await stored(pair.au.gw)
+    reader, writer = await issued.start_post(1 << 30, b"eyJ")
+    try:
+        answer = await asyncio.wait_for(read_answer(reader), 5)
+        assert (answer.status, answer.document["code"]) == (403, "unknown-peer"), answer.raw
+        assert answer.headers["connection"] == "close"
+        refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
+        assert (refusal.code, refusal.to, refusal.message_id, refusal.envelope_sha256) == (
+            "unknown-peer",
+            None,
+            None,
+            EMPTY_SHA256,
+        )
+    finally:
+        writer.close()
+    assert await stored(pair.au.gw) == before  # nothing stored, nothing ledgered
+
+
+async def test_a_blocked_peer_is_refused_before_its_body_is_read(pair: Pair, hostile: HostilePeer) -> None:
+    """A listed peer the gateway will not talk to gets its signed (and ledgered) refusal unread; unblocked, the
+    same peer is received."""
+    pair.au.gw.blocked_peers.add("ar.mj")
+    size = len(await ledger(pair.au.gw))  # indexes start at 0
+    reader, writer = await hostile.start_post(1 << 30, b"eyJ")
+    try:
+        answer = await asyncio.wait_for(read_answer(reader), 5)
+        assert (answer.status, answer.document["code"]) == (403, "peer-blocked"), answer.raw
+        assert answer.headers["connection"] == "close"
+        refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
+        assert (refusal.to, refusal.message_id, refusal.envelope_sha256) == ("ar.mj", None, EMPTY_SHA256)
+    finally:
+        writer.close()
+    (entry,) = await ledger(pair.au.gw, since=size)
+    assert (entry["type"], entry["reason"], entry["envelope_sha256"]) == (
+        "message.refused",
+        "peer-blocked",
+        EMPTY_SHA256,
+    )
+
+    pair.au.gw.blocked_peers.discard("ar.mj")
+    assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
+
+
+async def test_a_peer_has_at_most_its_deliveries_in_flight(pair: Pair, hostile: HostilePeer) -> None:
+    """One slot: while a delivery holds it, the next waits for it, and past the wait is answered 503 busy with
+    Retry-After, unparsed and unledgered; once the slot is free, deliveries go through again."""
+    await restart(pair.au, peer_deliveries_at_once=1)
+    slots = pair.au.gw.delivery_slots
+    first, second, third = (hostile.seal(hostile.payload()) for _ in range(3))
+    before = await stored(pair.au.gw)
+
+    # a delivery that finds the slot held waits for it
+    reader, writer = await hostile.start_post(len(first), first[:100])
+    try:
+        await until(lambda: slots.full("ar.mj"))
+        waiting = asyncio.create_task(hostile.post(second))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        writer.write(first[100:])
+        assert (await asyncio.wait_for(read_answer(reader), 5)).status == 200
+        assert (await asyncio.wait_for(waiting, 5)).status == 200
+    finally:
+        writer.close()
+    assert (await stored(pair.au.gw)).messages == before.messages + 2
+
+    # past the wait: busy
+    slots.wait = 0.2
+    before = await stored(pair.au.gw)
+    reader, writer = await hostile.start_post(len(third), third[:100])
+    try:
+        await until(lambda: slots.full("ar.mj"))
+        answer = await hostile.post(hostile.seal(hostile.payload()))
+        assert (answer.status, answer.document["code"], answer.retry_after) == (503, "busy", "1"), answer.raw
+        assert "refusal" not in answer.document
+        assert await stored(pair.au.gw) == before
+        assert counted(pair, "comity_envelopes_busy_total") == 1
+        writer.write(third[100:])
+        assert (await asyncio.wait_for(read_answer(reader), 5)).status == 200
+    finally:
+        writer.close()
+    await until(lambda: not slots.full("ar.mj"))
+    assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
+
+
+@pytest.mark.parametrize("where", ["envelope", "trickle", "attachment"])
+async def test_a_body_that_stops_arriving_is_answered_408_and_nothing_is_kept(
+    pair: Pair,
+    hostile: HostilePeer,
+    where: str,
+) -> None:
+    """``body_read_seconds`` bounds the whole envelope, and every pause of an attachment; the answer is unsigned
+    (the bytes may be fine), the connection closes, no partial file stays, and the same bytes sent whole pass."""
+    await restart(pair.au, body_read_seconds=0.5)
+    attachment = make_attachment(b"a statement of account" * 1000)
+    payload = hostile.payload(attachments=[attachment.ref.model_dump()] if where == "attachment" else [])
+    sealed = hostile.seal(payload)
+    body = multipart(sealed, attachment.ciphertext) if where == "attachment" else sealed
+    cut = len(body) - 100 if where == "attachment" else 100
+    content_type = f"multipart/mixed; boundary={BOUNDARY}" if where == "attachment" else "application/jose"
+    before = await stored(pair.au.gw)
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await hostile.start_post(len(body), body[:cut], content_type)
+        try:
+            if where == "trickle":  # a byte every 0.1 s: never idle as long as the limit, yet never done
+                answer_task = asyncio.create_task(read_answer(reader))
+                for byte in body[cut : cut + 30]:  # 3 s of it: the answer comes after 0.5 s, not when it stops
+                    if answer_task.done():
+                        break
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("a body that trickles in was read for as long as it came")
+                answer = answer_task.result()
+            else:
+                answer = await asyncio.wait_for(read_answer(reader), 5)
+            assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
+            assert "refusal" not in answer.document and answer.headers["connection"] == "close"
+        finally:
+            writer.close()
+    assert [entry["event"] for entry in logs if entry["log_level"] != "debug"] == ["body_stalled"]
+    assert counted(pair, "comity_envelopes_stalled_total") == 1
+    assert await stored(pair.au.gw) == before  # no row, no ledger entry, no file (partial or whole)
+
+    sent: dict[str, Any] = {"content_type": content_type}
+    reader, writer = await hostile.start_post(len(body), body, **sent)
+    try:
+        assert (await asyncio.wait_for(read_answer(reader), 5)).status == 200
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("where", ["envelope", "attachment"])
+async def test_a_client_that_leaves_mid_body_costs_an_info_line(
+    pair: Pair,
+    hostile: HostilePeer,
+    where: str,
+) -> None:
+    """The handler ends on the reset connection with an info line, no error or traceback, and nothing kept."""
+    attachment = make_attachment(b"a statement of account" * 1000)
+    payload = hostile.payload(attachments=[attachment.ref.model_dump()] if where == "attachment" else [])
+    sealed = hostile.seal(payload)
+    body = multipart(sealed, attachment.ciphertext) if where == "attachment" else sealed
+    cut = len(body) - 100 if where == "attachment" else 100
+    content_type = f"multipart/mixed; boundary={BOUNDARY}" if where == "attachment" else "application/jose"
+    await restart(pair.au, peer_deliveries_at_once=1)  # a held slot shows that the delivery is being read
+    slots = pair.au.gw.delivery_slots
+    before = await stored(pair.au.gw)
+    with structlog.testing.capture_logs() as logs:
+        _, writer = await hostile.start_post(len(body), body[:cut], content_type)
+        await until(lambda: slots.full("ar.mj"))
+        writer.close()
+        await until(lambda: any(entry["event"] == "client_disconnected" for entry in logs))
+        await until(lambda: not slots.full("ar.mj"))
+    assert not [entry for entry in logs if entry["log_level"] in ("warning", "error", "critical")], logs
+    assert await stored(pair.au.gw) == before
+    assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
