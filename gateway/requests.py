@@ -103,7 +103,7 @@ def check_completeness(
         raise MarkingRefused(
             "; ".join(f"the request {CAVEAT_ASKS[caveat]}: mark it with the caveat {caveat}" for caveat in missing)
         )
-    checklist = check_request(request, gw.directory.authority(to).request_requirements())
+    checklist = check_request(request, gw.directory.authority(to).request_requirements(), caveats=names)
     facets = facets_of(request)
     if checklist.complete:
         return Completeness({}, request_type=request.type.value, facets=facets)

@@ -16,12 +16,15 @@ shown or stored alongside a refusal without leaking the facts. The rules, in the
 3. art. 44: the person sought (44(1)), penalties (44(8)), nationality (44(11)), urgency for provisional arrest
    (44(10));
 4. art. 55(3)(a) to (c) and 57(3) for confiscation, freezing and return of assets;
-5. the legal basis; deadlines and urgency with reasons (46(24)); confidentiality (46(20)); de minimis (46(9)(b));
+5. the legal basis; deadlines and urgency with reasons (46(24)); confidentiality (46(20)); the marking's caveats
+   for a request that asks for confidentiality or states a use limitation (``uncac-46-20``, ``uncac-46-19``;
+   blocking when the marking is known, else a warning); de minimis (46(9)(b));
 6. the recipient's requirements: an accepted language (46(14)), its designation (46(13)), its notes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,9 +118,12 @@ def require_complete(checklist: Checklist) -> None:
 # --- the checker --------------------------------------------------------------------------------------------------
 
 
-def check_request(request: Request, recipient: RecipientRequirements | None = None) -> Checklist:
-    """Every element ``request`` needs, in a fixed order, with its status and what to add.
+def check_request(
+    request: Request, recipient: RecipientRequirements | None = None, caveats: Iterable[str] | None = None
+) -> Checklist:
+    """Every element ``request`` needs, in a fixed order, with its status and what to add. ``caveats``: the caveat
+    names of the marking it will be sent under; unknown (None), a caveat the request needs is only a warning.
 
-    Pure and deterministic: the same request and requirements always give the same checklist.
+    Pure and deterministic: the same request, requirements and caveats always give the same checklist.
     """
-    return Checklist(request.type, checklist_items(request, recipient))
+    return Checklist(request.type, checklist_items(request, recipient, caveats))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from protocol.requests import (
+    CAVEAT_ASKS,
     AssetDetails,
     AssistanceSought,
     OffenceArticle,
@@ -16,6 +17,7 @@ from protocol.requests import (
     Request,
     RequestType,
     UncacBasis,
+    required_caveats,
 )
 
 __all__ = [
@@ -421,6 +423,25 @@ def _confidentiality(request: Request) -> ChecklistItem | None:
     return None
 
 
+def _marking(request: Request, caveats: Iterable[str] | None) -> ChecklistItem | None:
+    """The caveats the request's own asks need on its marking (decision 85): missing ones block when the marking's
+    caveat names are known (``caveats``); when they are not (a file checked alone, a shared draft), a warning says
+    what the send will require."""
+    needed = required_caveats(request)
+    if not needed:
+        return None
+    label = "the marking carries the caveats for what the request asks (art. 46(19), 46(20))"
+    held = None if caveats is None else set(caveats)
+    asks = [
+        f"mark it with the caveat {caveat}: the request {CAVEAT_ASKS[caveat]}"
+        for caveat in needed
+        if held is None or caveat not in held
+    ]
+    if held is None:
+        return _item("marking", label, blocking=True, soft=asks)
+    return _item("marking", label, blocking=True, hard=asks)
+
+
 def _de_minimis(request: Request) -> ChecklistItem | None:
     if not request.de_minimis:
         return None
@@ -477,8 +498,11 @@ def _notes(recipient: RecipientRequirements | None) -> ChecklistItem | None:
 # --- the order of the rules ---------------------------------------------------------------------------------------
 
 
-def checklist_items(request: Request, recipient: RecipientRequirements | None = None) -> tuple[ChecklistItem, ...]:
-    """Every rule's item for ``request``, in the order they are reported (rules that do not apply give none)."""
+def checklist_items(
+    request: Request, recipient: RecipientRequirements | None = None, caveats: Iterable[str] | None = None
+) -> tuple[ChecklistItem, ...]:
+    """Every rule's item for ``request``, in the order they are reported (rules that do not apply give none).
+    ``caveats``: the caveat names of the marking it will be sent under, if known."""
     items: list[ChecklistItem | None] = [
         _requesting_authority(request),
         _proceeding(request),
@@ -497,6 +521,7 @@ def checklist_items(request: Request, recipient: RecipientRequirements | None = 
         _legal_basis(request),
         _timing(request),
         _confidentiality(request),
+        _marking(request, caveats),
         _de_minimis(request),
         _language(request, recipient),
         _designation(request, recipient),

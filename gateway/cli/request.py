@@ -1,8 +1,8 @@
 """``comity request``: a template to fill in, and the completeness checklist of a filled-in request.
 
 ``comity request template TYPE > request.json`` prints an empty request of TYPE (``--example`` prints a filled-in,
-fictitious one); ``comity request check request.json [--recipient-entry entry.json]`` prints the checklist and exits
-with status 1 when a blocking element is missing (docs/requests.md).
+fictitious one); ``comity request check request.json [--recipient-entry entry.json] [--caveat CAVEAT ...]`` prints
+the checklist and exits with status 1 when a blocking element is missing (docs/requests.md).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import click
 from config.directory import AuthorityEntry, load_authority_entry
 from gateway.cli.common import CommandError, reports_errors
 from protocol.checklist import RecipientRequirements, check_request
+from protocol.markings import caveat_name
 from protocol.messages import parse_strict_json
 from protocol.requests import (
     AssetDetails,
@@ -183,14 +184,22 @@ def template(request_type: str, example: bool) -> None:
     type=_existing_file,
     help="The recipient's directory entry (entry.json): checks its accepted languages, designation and notes.",
 )
+@click.option(
+    "--caveat",
+    "caveats",
+    multiple=True,
+    metavar="CAVEAT",
+    help="A caveat of the marking it will be sent under (repeat for each): checks the caveats the request needs. "
+    "Without it, those are only a warning.",
+)
 @reports_errors
-def check(file: Path, recipient_entry: Path | None) -> None:
+def check(file: Path, recipient_entry: Path | None, caveats: tuple[str, ...]) -> None:
     """Print the checklist of FILE (a request as JSON); exit status 1 if a blocking element is missing."""
     loaded = Request.parse(parse_strict_json(file.read_bytes()))
     recipient = None
     if recipient_entry is not None:
         recipient = recipient_requirements(load_authority_entry(recipient_entry.read_bytes()))
-    checklist = check_request(loaded, recipient)
+    checklist = check_request(loaded, recipient, [caveat_name(caveat) for caveat in caveats] if caveats else None)
     click.echo(checklist.render())
     if checklist.blocking:
         ids = ", ".join(item.element for item in checklist.blocking)

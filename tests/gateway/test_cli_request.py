@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,6 +79,22 @@ def test_the_recipient_entry_applies_its_languages_and_notes(tmp_path: Path, fre
     assert "one of fr" in result.stdout
     assert "Joindre la décision de justice." in result.stdout
     assert result.stderr.strip() == "comity: r.json is incomplete: missing 46(14)"
+
+
+def test_the_caveats_the_request_asks_for_are_checked_against_the_marking_given(tmp_path: Path) -> None:
+    """The example asks for confidentiality (art. 46(20)): alone, a warning says which caveat its marking needs;
+    ``--caveat`` names the marking's caveats (a parameter counts by the name), and a missing one blocks."""
+    example = write(tmp_path / "r.json", run("request", "template", "freezing", "--example").stdout)
+    alone = run("request", "check", example)
+    assert alone.exit_code == 0, alone.output
+    assert re.search(r"warning +marking .*\n.*-> mark it with the caveat uncac-46-20: ", alone.stdout), alone.stdout
+    marked = run("request", "check", example, "--caveat", "uncac-46-20:until-2027-01-31", "--caveat", "no-onward")
+    assert marked.exit_code == 0, marked.output
+    assert re.search(r"present +marking ", marked.stdout), marked.stdout
+    unmarked = run("request", "check", example, "--caveat", "no-onward")
+    assert unmarked.exit_code == 1
+    assert re.search(r"MISSING +marking ", unmarked.stdout), unmarked.stdout
+    assert unmarked.stderr.strip() == "comity: r.json is incomplete: missing marking"
 
 
 def test_a_malformed_request_is_one_line_naming_the_field(tmp_path: Path) -> None:

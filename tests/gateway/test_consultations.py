@@ -80,7 +80,7 @@ async def test_a_thread_shares_a_draft_and_becomes_a_formal_request_linked_on_bo
 
     answer = await reply(pair.au, thread_id, content={"text": "Yes, and the bank records"})
     # the requesting officer shares a draft for review: incomplete, but a draft is never refused as incomplete
-    draft = blank_request(RequestType.MLA_CRIMINAL).to_json()
+    draft = {**blank_request(RequestType.MLA_CRIMINAL).to_json(), "confidentiality_requested": True}
     shared = await reply(pair.ar, thread_id, content={"text": "Draft attached"}, draft_request=draft)
     for side, direction in ((pair.ar, ["out", "in", "out"]), (pair.au, ["in", "out", "in"])):
 
@@ -94,6 +94,7 @@ async def test_a_thread_shares_a_draft_and_becomes_a_formal_request_linked_on_bo
         assert all(m["kind"] == "consultation" and m["case_id"] == thread_id for m in body["messages"])
         check = body["messages"][2]["draft_check"]
         assert check["request_type"] == "mla-criminal" and not check["complete"] and check["blocking"], check
+        assert "marking" in check["warnings"]  # its formal request will need the caveat uncac-46-20 (decision 85)
         assert "draft_check" not in body["messages"][1]
     # a draft opens no formal case state on either side
     for side in (pair.ar, pair.au):

@@ -124,6 +124,13 @@ async def test_a_request_goes_out_only_under_the_caveats_its_content_asks_for(pa
         assert (after_ar.messages, after_ar.outbox, after_ar.files) == (before_ar.messages, 0, before_ar.files)
         assert await stored(pair.au.gw) == before_au
 
+        # marked as it asks, an incomplete request meets the checklist, which shows the caveats in place
+        caveated = {**formal(incomplete), "marking": {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20:x"]}}
+        status, body = await sam.call("POST", "/v1/messages", json=caveated)
+        assert status == 422 and body["code"] == "incomplete-request", body
+        (item,) = [item for item in body["checklist"]["items"] if item["element"] == "marking"]
+        assert (item["status"], item["blocking"], item["what_to_add"]) == ("present", True, ""), item
+
         marked = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19:fpo3-2026-0042", "uncac-46-20"]}
         status, body = await sam.call("POST", "/v1/messages", json={**formal(limited), "marking": marked})
         assert status == 202, body

@@ -319,3 +319,23 @@ def test_spontaneous_information_asks_for_nothing_and_only_warns_about_the_proce
     assert blocking_ids(check_request(changed(RequestType.SPONTANEOUS_INFORMATION, summary_of_facts=""))) == [
         "46(15)(c)"
     ]
+
+
+def test_the_caveats_a_request_asks_for_block_once_the_marking_is_known_and_warn_before() -> None:
+    """Decision 85: confidentiality (art. 46(20)) needs ``uncac-46-20`` and a use limitation (46(19)) ``uncac-46-19``
+    on the marking. Checked alone, the request says what its marking will need; given the marking's caveat names,
+    a missing one blocks."""
+    both = changed(RequestType.MLA_CRIMINAL, confidentiality_requested=True, use_limitation="Only for FPO3-2026-0042")
+    alone = check_request(both, SPAIN)
+    assert alone.complete and status(alone, "marking") is ItemStatus.WARNING
+    assert alone.item("marking").what_to_add == (
+        "mark it with the caveat uncac-46-19: the request states a use limitation (UNCAC art. 46(19)); "
+        "mark it with the caveat uncac-46-20: the request asks for confidentiality (UNCAC art. 46(20))"
+    )
+    half = check_request(both, SPAIN, caveats=["uncac-46-20"])
+    assert blocking_ids(half) == ["marking"] and "uncac-46-19" in half.item("marking").what_to_add
+    assert "uncac-46-20" not in half.item("marking").what_to_add
+    whole = check_request(both, SPAIN, caveats=["uncac-46-19", "uncac-46-20"])
+    assert whole.complete and status(whole, "marking") is ItemStatus.PRESENT
+    neither = changed(RequestType.MLA_CRIMINAL, confidentiality_requested=False, use_limitation="")
+    assert "marking" not in [item.element for item in check_request(neither, SPAIN, caveats=[]).items]
