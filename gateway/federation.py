@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from crypto.errors import OversizedEnvelope
 from crypto.note import NoteError, add_signatures, open_note
 from gateway.context import Gateway
-from gateway.limits import Busy, TooManyRefusals
+from gateway.limits import BodyStalled, Busy, TooManyRefusals
 from gateway.logs import get_logger
 from gateway.problems import problem_response
 from gateway.receiving import AttachmentParts, EnvelopeRefused, PeerError, receive_envelope, refuse
@@ -41,13 +41,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 READ_SIZE = 1 << 16
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 BUSY_RETRY_AFTER = 1  # seconds
+COSIGNATURE_MAX_BYTES = 8192
 _T = TypeVar("_T")
-
-
-class BodyStalled(Exception):
-    """The body did not arrive in time (``body_read_seconds``): answered 408, unsigned and unledgered, and the
-    connection closed. Not a :class:`ComityError`, so that nothing turns it into a signed refusal: the bytes may be
-    fine, and the sender sends them again."""
 
 
 async def _read_limited(chunks: AsyncIterator[bytes], limit: int, into: bytearray) -> bytes:
@@ -71,11 +66,14 @@ def _malformed(exc: Exception) -> InvalidMessage:
 
 async def _in_time(read: Awaitable[_T], seconds: float) -> _T:
     """``await read``, or :class:`BodyStalled` when no bytes came for ``seconds``."""
+    deadline = asyncio.timeout(seconds)
     try:
-        async with asyncio.timeout(seconds):
+        async with deadline:
             return await read
     except TimeoutError:
-        raise BodyStalled(f"no bytes of the body arrived for {seconds:g} s") from None
+        if deadline.expired():  # ours, not a TimeoutError of the connection's (ETIMEDOUT) passed on by the read
+            raise BodyStalled(f"no bytes of the body arrived for {seconds:g} s") from None
+        raise
 
 
 async def _part_chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes]:
@@ -90,7 +88,13 @@ async def _part_chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes
 
 
 async def _stream_chunks(request: web.Request, idle: float) -> AsyncIterator[bytes]:
-    while chunk := await _in_time(request.content.read(READ_SIZE), idle):
+    while True:
+        try:
+            chunk = await _in_time(request.content.read(READ_SIZE), idle)
+        except _BODY_ERRORS as exc:  # broken chunked framing, say: as on the multipart path
+            raise _malformed(exc) from None
+        if not chunk:
+            return
         yield chunk
 
 
@@ -145,6 +149,8 @@ async def post_envelope(request: web.Request) -> web.Response:
             refused = True
             return response
         async with gw.delivery_slots.hold(peer_id):
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the client left while its delivery waited for a slot")
             response, refused = await _receive(gw, request, peer_id)
         return response
     except Busy as busy:
@@ -153,12 +159,10 @@ async def post_envelope(request: web.Request) -> web.Response:
         response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
         response.force_close()  # not kept alive: its body is discarded, not read
         return response
-    except BodyStalled as stalled:
+    except BodyStalled as stalled:  # answered by gateway/problems.py
         gw.metrics.stalled.labels(peer=peer_id).inc()
-        get_logger(peer=peer_id).warning("body_stalled", seconds=gw.settings.body_read_seconds)
-        response = problem_response("read-timeout", str(stalled))
-        response.force_close()  # not kept alive: what of the body still comes is discarded (aiohttp lingers)
-        return response
+        stalled.peer = peer_id
+        raise
     finally:
         if not refused:
             gw.refusal_budget.give_back(peer_id)
@@ -180,11 +184,15 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str) -> tuple[web
     read = bytearray()  # the envelope's bytes as they arrive
     try:
         try:
+            deadline = asyncio.timeout(seconds)  # the whole envelope, however it trickles
             try:
-                async with asyncio.timeout(seconds):  # the whole envelope, however it trickles
+                async with deadline:
                     sealed, next_part = await _read_envelope(request, limit, seconds, read)
             except TimeoutError:
+                if not deadline.expired():
+                    raise
                 raise BodyStalled(f"the envelope did not arrive within {seconds:g} s") from None
+            read.clear()  # ``sealed`` holds the bytes: one copy, not two, while the delivery goes on
         except ComityError as error:
             digest = hashlib.sha256(read).hexdigest()  # of the bytes read so far: none, some, or past the limit
             refusal = await refuse(gw, error, digest, peer_id=peer_id, claimed=None, message_id=None)
@@ -295,12 +303,27 @@ async def get_receipt_proof(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _read_small(request: web.Request, limit: int, seconds: float) -> bytes:
+    """The body, or its first ``limit`` + 1 bytes if it is longer, all within ``seconds`` (:class:`BodyStalled`)."""
+    read = bytearray()
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            while len(read) <= limit and (chunk := await request.content.read(limit + 1 - len(read))):
+                read += chunk
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise BodyStalled(f"the body did not arrive within {seconds:g} s") from None
+    return bytes(read)
+
+
 async def post_cosignature(request: web.Request) -> web.Response:
     """A peer's tlog-cosignature of one of our checkpoints; kept beside the checkpoint."""
     peer_id = _authenticated_peer(request)
     gw = request.app[GATEWAY]
-    raw = await request.content.read(8193)
-    body = parse_strict_json(raw) if len(raw) <= 8192 else None
+    raw = await _read_small(request, COSIGNATURE_MAX_BYTES, gw.settings.body_read_seconds)
+    body = parse_strict_json(raw) if len(raw) <= COSIGNATURE_MAX_BYTES else None
     if (
         not isinstance(body, dict)
         or set(body) != {"size", "line"}

@@ -1,38 +1,74 @@
 """Attachment ciphertext files: written to a temporary name, fsynced, then renamed, so a crash never leaves a
-half-written file under a final name."""
+half-written file under a final name.
+
+Creating, writing or committing a file raises :class:`FileStoreFailed` when the file system fails (a full disk,
+say): not a ``ComityError``, so that it never becomes a signed refusal of bytes that are fine; the API and the
+federation endpoint answer it 503 ``store-unavailable`` (gateway/problems.py). Cleaning up never raises.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["AttachmentFile", "read_chunks"]
+__all__ = ["AttachmentFile", "FileStoreFailed", "read_chunks", "remove_quietly"]
 
 READ_SIZE = 1 << 20
+_T = TypeVar("_T")
+
+
+class FileStoreFailed(Exception):
+    """The file system failed while an attachment was stored; ``reason`` is the errno's name (never a path)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        super().__init__(f"storing an attachment failed ({self.reason})")
+
+
+def _on_disk(operation: Callable[[], _T]) -> _T:
+    try:
+        return operation()
+    except OSError as error:
+        raise FileStoreFailed(error) from error
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove ``path`` if it is there; a failure to remove it is left for the operator, not raised."""
+    with suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 class AttachmentFile:
     def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        _on_disk(lambda: directory.mkdir(parents=True, exist_ok=True))
         self.final = directory / name
         self.partial = directory / (name + ".part")
-        self._file = self.partial.open("wb")
+        self._file = _on_disk(lambda: self.partial.open("wb"))
 
     def write(self, data: bytes) -> None:
         if data:
-            self._file.write(data)
+            _on_disk(lambda: self._file.write(data))
 
     def commit(self) -> Path:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self.partial.replace(self.final)
-        return self.final
+        def commit() -> Path:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.partial.replace(self.final)
+            return self.final
+
+        return _on_disk(commit)
 
     def discard(self) -> None:
-        self._file.close()
-        self.partial.unlink(missing_ok=True)
+        """Close and remove the partial file. Never raises: closing flushes what is buffered, which fails again on
+        a full disk, and the file must go all the same."""
+        with suppress(OSError):
+            self._file.close()
+        remove_quietly(self.partial)
 
 
 async def read_chunks(path: Path, size: int = READ_SIZE) -> AsyncIterator[bytes]:

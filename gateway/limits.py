@@ -23,10 +23,29 @@ from dataclasses import dataclass
 
 from protocol.errors import ComityError
 
-__all__ = ["DELIVERY_WAIT_SECONDS", "Busy", "DeliverySlots", "RefusalBudget", "TooManyRefusals"]
+__all__ = [
+    "DELIVERY_WAIT_SECONDS",
+    "MIN_ATTACHMENT_RATE",
+    "BodyStalled",
+    "Busy",
+    "DeliverySlots",
+    "RefusalBudget",
+    "TooManyRefusals",
+]
 
 # how long a delivery waits for one of its peer's slots before it is answered 503 busy
 DELIVERY_WAIT_SECONDS = 10.0
+# an attachment part must arrive within body_read_seconds plus its ct_size at this many bytes a second (64 KiB/s)
+MIN_ATTACHMENT_RATE = 64 * 1024
+
+
+class BodyStalled(Exception):
+    """A body did not arrive in time (``body_read_seconds``, and for an attachment ``MIN_ATTACHMENT_RATE``):
+    answered 408 ``read-timeout``, unsigned and unledgered, and the connection not kept alive. Not a
+    :class:`ComityError`, so that nothing turns it into a signed refusal: the bytes may be fine, and the sender sends
+    them again."""
+
+    peer: str | None = None  # the authenticated peer, once known (for the log line)
 
 
 class TooManyRefusals(ComityError):
@@ -77,6 +96,10 @@ class RefusalBudget:
         bucket = self._bucket(peer)
         bucket.tokens = min(self._burst, bucket.tokens + 1.0)
 
+    def available(self, peer: str) -> float:
+        """The tokens ``peer`` holds now."""
+        return self._bucket(peer).tokens
+
     def starts_limit(self, peer: str) -> bool:
         """True the first time ``peer`` is turned away since it last had a token (what is worth a log line)."""
         bucket = self._bucket(peer)
@@ -93,11 +116,11 @@ class Busy(ComityError):
 class DeliverySlots:
     """At most ``per_peer`` deliveries of one authenticated peer are read and checked at a time (decision 86).
 
-    Each may hold an envelope of up to ``max_envelope_bytes`` in memory while it is read, so this bounds what one
-    peer, honest or not, can make us hold: ``per_peer`` times that. One more delivery waits for a slot, holding its
-    connection but none of its body (aiohttp stops reading a socket whose buffer is full), for up to ``wait``
-    seconds; past that it is :class:`Busy`. Per process, like the refusal budget; peers are bounded by the
-    directory."""
+    Each holds an envelope of up to ``max_envelope_bytes`` in memory (and, while it is opened, its decoded and
+    decrypted copies), so this bounds what one peer, honest or not, can make us hold: about three times ``per_peer``
+    times that. One more delivery waits for a slot, holding its connection and what aiohttp buffers before it stops
+    reading the socket (about 128 KiB), for up to ``wait`` seconds; past that it is :class:`Busy`. Per process, like
+    the refusal budget; peers are bounded by the directory."""
 
     def __init__(self, per_peer: int, wait: float) -> None:
         if per_peer < 1 or wait < 0:

@@ -7,13 +7,14 @@ contains content, keys or tokens. A federation refusal also carries the signed r
 
 from __future__ import annotations
 
-import errno
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from gateway.files import FileStoreFailed
+from gateway.limits import BodyStalled
 from gateway.logs import get_logger
 from protocol.checklist import IncompleteRequest
 from protocol.errors import ComityError
@@ -24,8 +25,6 @@ __all__ = ["PROBLEM_BASE", "STATUS", "problem_middleware", "problem_response", "
 PROBLEM_BASE = "urn:comity:problem:"
 CONTENT_TYPE = "application/problem+json"
 STORE_RETRY_AFTER = 1  # seconds: a database that failed over or restarted is usually back within a few
-# a disk that is full, read-only or failing: the request may succeed later, elsewhere or once an operator acted
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 # code -> (HTTP status, title)
 STATUS: dict[str, tuple[int, str]] = {
@@ -124,14 +123,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         code = {404: "not-found", 405: "invalid-request", 413: "envelope-too-large"}.get(exc.status, "invalid-request")
         return problem_response(code, exc.reason, status=exc.status)
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the client left mid-request
-        get_logger().info("client_disconnected", path=request.path, method=request.method)
-        return problem_response("invalid-request", "the connection was closed before the request was read")
+    except BodyStalled as exc:  # not a refusal of the bytes: the sender sends them again
+        get_logger(peer=exc.peer).warning("body_stalled", path=request.path, method=request.method)
+        response = problem_response("read-timeout", str(exc))
+        response.force_close()  # not kept alive: what of the body still comes is discarded (aiohttp lingers)
+        return response
+    except FileStoreFailed as exc:  # a full disk while storing an attachment, say
+        return _store_unavailable(request, exc.reason)
     except Exception as exc:
         if (outage := outage_name(exc)) is not None:
             return _store_unavailable(request, outage)
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # writing an attachment file, say
-            return _store_unavailable(request, errno.errorcode[exc.errno])
+        if isinstance(exc, OSError) and (request.transport is None or request.transport.is_closing()):
+            # the client left mid-request (a reset, a TLS error on the lost connection): nobody reads an answer
+            get_logger().info("client_disconnected", path=request.path, method=request.method)
+            return problem_response("invalid-request", "the connection was closed before the request was read")
         get_logger().exception("unhandled_error", path=request.path, method=request.method)
         return problem_response("internal-error", "the gateway failed to handle this request; see its logs")
 

@@ -34,7 +34,8 @@ from crypto.receipts import sign_receipt, sign_refusal
 from gateway.committer import Finish, Tx, done
 from gateway.consultations import Link, incoming_link
 from gateway.context import Gateway
-from gateway.files import AttachmentFile
+from gateway.files import AttachmentFile, remove_quietly
+from gateway.limits import MIN_ATTACHMENT_RATE, BodyStalled
 from gateway.logs import get_logger
 from gateway.policy import ConfidentialityAnswerRequired, check_answer_received
 from gateway.requests import StatusReport, record_peer_status, request_type_of, schedule_status_answer, status_report_of
@@ -268,9 +269,17 @@ async def _receive_attachments(
             target = AttachmentFile(directory, f"{opened.payload.id}.{position}.{secrets.token_hex(8)}")
             done.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, target.final.name), target))
             verifier = CiphertextVerifier(ref)
-            async for chunk in part:
-                verifier.push(chunk)
-                target.write(chunk)
+            seconds = gw.settings.body_read_seconds + ref.ct_size / MIN_ATTACHMENT_RATE
+            deadline = asyncio.timeout(seconds)  # a part that trickles in holds its peer's slot this long at most
+            try:
+                async with deadline:
+                    async for chunk in part:
+                        verifier.push(chunk)
+                        target.write(chunk)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise BodyStalled(f"attachment {position} did not arrive within {seconds:.0f} s") from None
             verifier.finish()
         if await next_part() is not None:
             raise InvalidMessage("the body carries more parts than the manifest lists")
@@ -280,7 +289,7 @@ async def _receive_attachments(
     except BaseException:
         for _, target in done:
             target.discard()
-            target.final.unlink(missing_ok=True)  # renamed already, if a later one failed to commit (a full disk)
+            remove_quietly(target.final)  # renamed already, if a later one failed to commit (a full disk)
         raise
 
 
@@ -380,7 +389,7 @@ async def _commit(
         received = await gw.commit(unit)
     except Exception:  # not on cancellation: the shielded unit may still commit with these files
         for _, target in files:
-            target.final.unlink(missing_ok=True)
+            remove_quietly(target.final)
         raise
     gw.metrics.received.inc()
     get_logger(message_id=payload.id, peer=payload.from_).info("envelope_received", kind=payload.kind.value)

@@ -14,7 +14,7 @@ from crypto.envelope import encrypt_signed, seal_envelope
 from gateway.committer import Finish, Tx, done
 from gateway.consultations import Link, outgoing_link
 from gateway.context import Gateway
-from gateway.files import AttachmentFile
+from gateway.files import AttachmentFile, remove_quietly
 from gateway.logs import get_logger
 from gateway.policy import (
     AccessRefused,
@@ -176,7 +176,7 @@ async def submit_message(
         )
     except Exception:  # not on cancellation: the shielded commit may still keep these files
         for _, path in files:
-            path.final.unlink(missing_ok=True)
+            remove_quietly(path.final)
         raise
     if direct is not None:
         direct(message_id, draft.to, envelope, digest)
@@ -231,7 +231,7 @@ async def _encrypt_attachments(
         if writing is not None:
             writing.discard()  # an aborted upload leaves neither a partial file nor an open handle
         for _, target in files:
-            target.final.unlink(missing_ok=True)
+            remove_quietly(target.final)
         raise
     return refs, files
 

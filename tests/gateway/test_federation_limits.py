@@ -112,11 +112,12 @@ async def test_a_blocked_peer_is_refused_before_its_body_is_read(pair: Pair, hos
 
 async def test_a_peer_has_at_most_its_deliveries_in_flight(pair: Pair, hostile: HostilePeer) -> None:
     """One slot: while a delivery holds it, the next waits for it, and past the wait is answered 503 busy with
-    Retry-After, unparsed and unledgered; once the slot is free, deliveries go through again."""
-    await restart(pair.au, peer_deliveries_at_once=1)
-    slots = pair.au.gw.delivery_slots
+    Retry-After, unparsed and unledgered, and its refusal token comes back; once the slot is free, deliveries go
+    through again."""
+    await restart(pair.au, peer_deliveries_at_once=1, peer_refusals_per_minute=0.06)  # a token refills in 1000 s
+    slots, budget = pair.au.gw.delivery_slots, pair.au.gw.refusal_budget
     first, second, third = (hostile.seal(hostile.payload()) for _ in range(3))
-    before = await stored(pair.au.gw)
+    before, tokens = await stored(pair.au.gw), budget.available("ar.mj")
 
     # a delivery that finds the slot held waits for it
     reader, writer = await hostile.start_post(len(first), first[:100])
@@ -149,30 +150,34 @@ async def test_a_peer_has_at_most_its_deliveries_in_flight(pair: Pair, hostile: 
         writer.close()
     await until(lambda: not slots.full("ar.mj"))
     assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
+    assert budget.available("ar.mj") == pytest.approx(tokens, abs=0.01)  # nothing here was a ledgered refusal
 
 
-@pytest.mark.parametrize("where", ["envelope", "trickle", "attachment"])
+@pytest.mark.parametrize(
+    ("part", "trickle"), [("envelope", False), ("envelope", True), ("attachment", False), ("attachment", True)]
+)
 async def test_a_body_that_stops_arriving_is_answered_408_and_nothing_is_kept(
-    pair: Pair,
-    hostile: HostilePeer,
-    where: str,
+    pair: Pair, hostile: HostilePeer, part: str, trickle: bool
 ) -> None:
-    """``body_read_seconds`` bounds the whole envelope, and every pause of an attachment; the answer is unsigned
-    (the bytes may be fine), the connection closes, no partial file stays, and the same bytes sent whole pass."""
-    await restart(pair.au, body_read_seconds=0.5)
+    """``body_read_seconds`` bounds every pause, and the whole envelope; an attachment part must arrive within that
+    plus its size at ``MIN_ATTACHMENT_RATE`` (here 0.5 s + 0.34 s), so that a byte at a time does not hold a slot
+    for ever. The answer is unsigned (the bytes may be fine), the connection is not kept alive, no partial file
+    stays, the peer's refusal token comes back, and the same bytes sent whole pass."""
+    await restart(pair.au, body_read_seconds=0.5, peer_refusals_per_minute=0.06)  # a token refills in 1000 s
     attachment = make_attachment(b"a statement of account" * 1000)
-    payload = hostile.payload(attachments=[attachment.ref.model_dump()] if where == "attachment" else [])
+    with_attachment = part == "attachment"
+    payload = hostile.payload(attachments=[attachment.ref.model_dump()] if with_attachment else [])
     sealed = hostile.seal(payload)
-    body = multipart(sealed, attachment.ciphertext) if where == "attachment" else sealed
-    cut = len(body) - 100 if where == "attachment" else 100
-    content_type = f"multipart/mixed; boundary={BOUNDARY}" if where == "attachment" else "application/jose"
-    before = await stored(pair.au.gw)
+    body = multipart(sealed, attachment.ciphertext) if with_attachment else sealed
+    cut = len(body) - 10_000 if with_attachment else 100
+    content_type = f"multipart/mixed; boundary={BOUNDARY}" if with_attachment else "application/jose"
+    before, tokens = await stored(pair.au.gw), pair.au.gw.refusal_budget.available("ar.mj")
     with structlog.testing.capture_logs() as logs:
         reader, writer = await hostile.start_post(len(body), body[:cut], content_type)
         try:
-            if where == "trickle":  # a byte every 0.1 s: never idle as long as the limit, yet never done
+            if trickle:  # a byte every 0.1 s: never idle as long as the limit, yet never done
                 answer_task = asyncio.create_task(read_answer(reader))
-                for byte in body[cut : cut + 30]:  # 3 s of it: the answer comes after 0.5 s, not when it stops
+                for byte in body[cut : cut + 40]:  # 4 s of it: the answer comes within 1 s, not when it stops
                     if answer_task.done():
                         break
                     writer.write(bytes([byte]))
@@ -187,8 +192,10 @@ async def test_a_body_that_stops_arriving_is_answered_408_and_nothing_is_kept(
         finally:
             writer.close()
     assert [entry["event"] for entry in logs if entry["log_level"] != "debug"] == ["body_stalled"]
+    assert [entry["peer"] for entry in logs if entry["event"] == "body_stalled"] == ["ar.mj"]
     assert counted(pair, "comity_envelopes_stalled_total") == 1
     assert await stored(pair.au.gw) == before  # no row, no ledger entry, no file (partial or whole)
+    assert pair.au.gw.refusal_budget.available("ar.mj") == pytest.approx(tokens, abs=0.01)
 
     sent: dict[str, Any] = {"content_type": content_type}
     reader, writer = await hostile.start_post(len(body), body, **sent)
@@ -211,9 +218,9 @@ async def test_a_client_that_leaves_mid_body_costs_an_info_line(
     body = multipart(sealed, attachment.ciphertext) if where == "attachment" else sealed
     cut = len(body) - 100 if where == "attachment" else 100
     content_type = f"multipart/mixed; boundary={BOUNDARY}" if where == "attachment" else "application/jose"
-    await restart(pair.au, peer_deliveries_at_once=1)  # a held slot shows that the delivery is being read
-    slots = pair.au.gw.delivery_slots
-    before = await stored(pair.au.gw)
+    await restart(pair.au, peer_deliveries_at_once=1, peer_refusals_per_minute=0.06)  # slots show a reading
+    slots, budget = pair.au.gw.delivery_slots, pair.au.gw.refusal_budget
+    before, tokens = await stored(pair.au.gw), budget.available("ar.mj")
     with structlog.testing.capture_logs() as logs:
         _, writer = await hostile.start_post(len(body), body[:cut], content_type)
         await until(lambda: slots.full("ar.mj"))
@@ -222,4 +229,5 @@ async def test_a_client_that_leaves_mid_body_costs_an_info_line(
         await until(lambda: not slots.full("ar.mj"))
     assert not [entry for entry in logs if entry["log_level"] in ("warning", "error", "critical")], logs
     assert await stored(pair.au.gw) == before
+    assert budget.available("ar.mj") == pytest.approx(tokens, abs=0.01)
     assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200

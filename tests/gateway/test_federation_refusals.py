@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -938,6 +939,23 @@ async def test_a_delivery_waits_for_another_of_its_id_only_so_long(monkeypatch: 
     assert gw.receiving_ids == {}
 
 
+class _FullDisk:
+    """A file on a full disk: writing fails, and so does closing, which flushes what is buffered."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        self.real.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 async def test_a_failed_attachment_commit_leaves_no_file(
     pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -951,8 +969,9 @@ async def test_a_failed_attachment_commit_leaves_no_file(
 
     def commit_until_the_disk_is_full(self: AttachmentFile) -> Path:
         if moved:
-            raise OSError(28, "No space left on device")
-        moved.append(self.final.name)
+            self._file = _FullDisk(self._file)  # type: ignore[assignment]
+        else:
+            moved.append(self.final.name)
         return real_commit(self)
 
     monkeypatch.setattr(AttachmentFile, "commit", commit_until_the_disk_is_full)
@@ -970,6 +989,32 @@ async def test_a_failed_attachment_commit_leaves_no_file(
     monkeypatch.setattr(AttachmentFile, "commit", real_commit)  # space again: the same bytes are received
     answer = await hostile.post_multipart(hostile.seal(payload), [first.ciphertext, second.ciphertext])
     assert answer.status == 200, answer.raw[:300]
+
+
+async def test_a_full_disk_while_writing_an_attachment_leaves_no_file(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk is full when the second attachment is written: its partial file and the first one's go all the
+    same, although closing fails too; 503 store-unavailable, logged by the errno's name, nothing stored."""
+    first, second = make_attachment(b"first statement"), make_attachment(b"second statement")
+    payload = hostile.payload(attachments=[first.ref.model_dump(), second.ref.model_dump()])
+    real_init = AttachmentFile.__init__
+    opened: list[Path] = []
+
+    def open_on_a_filling_disk(self: AttachmentFile, directory: Path, name: str) -> None:
+        real_init(self, directory, name)
+        opened.append(self.partial)
+        if len(opened) == 2:
+            self._file = _FullDisk(self._file)  # type: ignore[assignment]
+
+    monkeypatch.setattr(AttachmentFile, "__init__", open_on_a_filling_disk)
+    before = await stored(pair.au.gw)
+    with structlog.testing.capture_logs() as logs:
+        answer = await hostile.post_multipart(hostile.seal(payload), [first.ciphertext, second.ciphertext])
+    assert (answer.status, answer.document["code"]) == (503, "store-unavailable"), answer.raw[:300]
+    assert [entry["error"] for entry in logs if entry["event"] == "store_unavailable"] == ["ENOSPC"]
+    assert len(opened) == 2 and not [path for path in opened if path.exists()]
+    assert await stored(pair.au.gw) == before
 
 
 async def test_concurrent_duplicate_deliveries_store_one_message_and_keep_its_file(
