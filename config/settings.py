@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     peer_refusals_per_minute: float = Field(default=60.0, gt=0, le=1_000_000)
     # deliveries of one peer read and checked at once, each holding up to max_envelope_bytes (gateway/limits.py)
     peer_deliveries_at_once: int = Field(default=32, ge=1, le=1024)
-    # an envelope must arrive within this many seconds, and an attachment may pause no longer (gateway/federation.py)
+    # an envelope must arrive within this many seconds, an attachment may pause no longer, and the attachments must
+    # arrive within this plus their size at 64 KiB/s (gateway/federation.py, gateway/receiving.py)
     body_read_seconds: float = Field(default=60.0, gt=0, le=3600)
     # how often the witness fetches the checkpoint of a peer no receipt brought one of meanwhile (gateway/witness.py)
     witness_poll_seconds: float = Field(default=300.0, ge=1, le=86400)

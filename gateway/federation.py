@@ -55,7 +55,8 @@ async def _read_limited(chunks: AsyncIterator[bytes], limit: int, into: bytearra
     return bytes(into)
 
 
-# what aiohttp's multipart reader raises on a broken body
+# what aiohttp's multipart reader raises on a broken body (broken chunked framing aiohttp answers 400 itself:
+# tests/gateway/test_federation_limits.py::test_broken_chunked_framing_is_answered_at_once_and_nothing_is_kept)
 _BODY_ERRORS = (ValueError, ClientPayloadError, HttpProcessingError)
 
 
@@ -91,7 +92,7 @@ async def _stream_chunks(request: web.Request, idle: float) -> AsyncIterator[byt
     while True:
         try:
             chunk = await _in_time(request.content.read(READ_SIZE), idle)
-        except _BODY_ERRORS as exc:  # broken chunked framing, say: as on the multipart path
+        except _BODY_ERRORS as exc:  # as on the multipart path
             raise _malformed(exc) from None
         if not chunk:
             return
@@ -210,6 +211,8 @@ async def _read_envelope(
     request: web.Request, limit: int, idle: float, read: bytearray
 ) -> tuple[bytes, AttachmentParts]:
     """The envelope's bytes (also left in ``read``), and how to get the attachment parts that follow it."""
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise InvalidMessage("send the body without a Content-Encoding")  # no decompression on our side
     if request.content_type == "application/jose":
         return await _read_limited(_stream_chunks(request, idle), limit, read), _no_more_parts
     if request.content_type != "multipart/mixed":
@@ -322,7 +325,12 @@ async def post_cosignature(request: web.Request) -> web.Response:
     """A peer's tlog-cosignature of one of our checkpoints; kept beside the checkpoint."""
     peer_id = _authenticated_peer(request)
     gw = request.app[GATEWAY]
-    raw = await _read_small(request, COSIGNATURE_MAX_BYTES, gw.settings.body_read_seconds)
+    try:
+        raw = await _read_small(request, COSIGNATURE_MAX_BYTES, gw.settings.body_read_seconds)
+    except BodyStalled as stalled:  # answered by gateway/problems.py
+        gw.metrics.stalled.labels(peer=peer_id).inc()
+        stalled.peer = peer_id
+        raise
     body = parse_strict_json(raw) if len(raw) <= COSIGNATURE_MAX_BYTES else None
     if (
         not isinstance(body, dict)

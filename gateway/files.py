@@ -15,6 +15,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.logs import get_logger
+
 __all__ = ["AttachmentFile", "FileStoreFailed", "read_chunks", "remove_quietly"]
 
 READ_SIZE = 1 << 20
@@ -37,9 +39,12 @@ def _on_disk(operation: Callable[[], _T]) -> _T:
 
 
 def remove_quietly(path: Path) -> None:
-    """Remove ``path`` if it is there; a failure to remove it is left for the operator, not raised."""
-    with suppress(OSError):
+    """Remove ``path`` if it is there; a failure to remove it is logged for the operator (the errno's name, not the
+    path), not raised."""
+    try:
         path.unlink(missing_ok=True)
+    except OSError as error:
+        get_logger().warning("attachment_file_not_removed", error=errno.errorcode.get(error.errno or 0, "OSError"))
 
 
 class AttachmentFile:

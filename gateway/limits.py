@@ -35,7 +35,7 @@ __all__ = [
 
 # how long a delivery waits for one of its peer's slots before it is answered 503 busy
 DELIVERY_WAIT_SECONDS = 10.0
-# an attachment part must arrive within body_read_seconds plus its ct_size at this many bytes a second (64 KiB/s)
+# a delivery's attachments must arrive within body_read_seconds plus their ct_size at this many bytes a second
 MIN_ATTACHMENT_RATE = 64 * 1024
 
 

@@ -8,6 +8,7 @@ contains content, keys or tokens. A federation refusal also carries the signed r
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -133,7 +134,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception as exc:
         if (outage := outage_name(exc)) is not None:
             return _store_unavailable(request, outage)
-        if isinstance(exc, OSError) and (request.transport is None or request.transport.is_closing()):
+        if isinstance(exc, ConnectionError | ssl.SSLError) and (
+            request.transport is None or request.transport.is_closing()
+        ):
             # the client left mid-request (a reset, a TLS error on the lost connection): nobody reads an answer
             get_logger().info("client_disconnected", path=request.path, method=request.method)
             return problem_response("invalid-request", "the connection was closed before the request was read")

@@ -10,15 +10,21 @@ client that leaves mid-body costs an info line: in every case nothing is stored,
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import structlog
 
 from crypto.receipts import verify_refusal
+from gateway import receiving
+from gateway.files import AttachmentFile
 from tests.gateway.conftest import PASSPHRASE, Pair, ledger
 from tests.gateway.hostile import HostilePeer, make_attachment, read_answer
 from tests.gateway.test_federation_refusals import stored
@@ -231,3 +237,64 @@ async def test_a_client_that_leaves_mid_body_costs_an_info_line(
     assert await stored(pair.au.gw) == before
     assert budget.available("ar.mj") == pytest.approx(tokens, abs=0.01)
     assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
+
+
+async def test_broken_chunked_framing_is_answered_at_once_and_nothing_is_kept(pair: Pair, hostile: HostilePeer) -> None:
+    """A chunk size that is not hexadecimal: the answer is a 400 at once (aiohttp's parser's, or our signed
+    invalid-message), never a wait for the body, a 500 or an unhandled error; nothing is stored."""
+    sealed = hostile.seal(hostile.payload())
+    address = urlsplit(hostile.url)
+    assert address.hostname is not None and address.port is not None
+    before = await stored(pair.au.gw)
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(address.hostname, address.port, ssl=hostile.ssl_context)
+        try:
+            head = (
+                f"POST /federation/v1/envelopes HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                "Content-Type: application/jose\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            writer.write(head.encode() + b"64\r\n" + sealed[:100] + b"\r\nzz\r\n" + sealed[100:200])
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+        await asyncio.sleep(0.2)
+    assert status_line.split()[1] == b"400", status_line
+    assert not [entry for entry in logs if entry["log_level"] in ("error", "critical")], logs
+    assert not [entry for entry in logs if entry["event"] in ("body_stalled", "unhandled_error")], logs
+    assert (await stored(pair.au.gw)).messages == before.messages
+
+
+async def test_a_compressed_body_is_refused_before_it_is_read(pair: Pair, hostile: HostilePeer) -> None:
+    """No Content-Encoding: the gateway never inflates what a peer sends (a small body could be a large one)."""
+    answer = await hostile.post_raw(
+        gzip.compress(hostile.seal(hostile.payload())),
+        {"Content-Type": "application/jose", "Content-Encoding": "gzip"},
+    )
+    assert (answer.status, answer.document["code"]) == (400, "invalid-message"), answer.raw
+    refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
+    assert refusal.envelope_sha256 == EMPTY_SHA256 and "Content-Encoding" in refusal.reason
+
+
+async def test_a_slow_disk_of_ours_is_not_counted_as_the_peers_stall(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write of the attachment takes 0.1 s (the event loop blocked, as on a saturated disk), sixteen of them
+    against a deadline of 0.5 s (no allowance for size here): the time is ours, so the delivery is receipted, not
+    answered 408."""
+    await restart(pair.au, body_read_seconds=0.5)
+    monkeypatch.setattr(receiving, "MIN_ATTACHMENT_RATE", 1 << 40)
+    attachment = make_attachment(os.urandom(1_000_000))  # 16 reads of 64 KiB, more than the sockets buffer
+    payload = hostile.payload(attachments=[attachment.ref.model_dump()])
+    real_write = AttachmentFile.write
+    writes: list[int] = []
+
+    def slow_write(self: AttachmentFile, data: bytes) -> None:
+        writes.append(len(data))
+        time.sleep(0.1)
+        real_write(self, data)
+
+    monkeypatch.setattr(AttachmentFile, "write", slow_write)
+    answer = await hostile.post_multipart(hostile.seal(payload), [attachment.ciphertext])
+    assert answer.status == 200, answer.raw[:300]
+    assert len(writes) >= 10
