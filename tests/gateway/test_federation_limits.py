@@ -25,6 +25,7 @@ import structlog
 from crypto.receipts import verify_refusal
 from gateway import receiving
 from gateway.files import AttachmentFile
+from protocol.receipts import Refusal
 from tests.gateway.conftest import PASSPHRASE, Pair, ledger
 from tests.gateway.hostile import HostilePeer, make_attachment, read_answer
 from tests.gateway.test_federation_refusals import stored
@@ -62,6 +63,21 @@ def hostile(pair: Pair) -> HostilePeer:
     return hostile_towards(pair.ar, pair.au)
 
 
+async def refused_unread(pair: Pair, client: HostilePeer, code: str) -> Refusal:
+    """The signed 403 ``code`` refusal ``client`` gets for a POST that declares a GiB and sends three bytes: were
+    the body read first, the answer would never come."""
+    reader, writer = await client.start_post(1 << 30, b"eyJ")
+    try:
+        answer = await asyncio.wait_for(read_answer(reader), 5)
+    finally:
+        writer.close()
+    assert (answer.status, answer.document["code"]) == (403, code), answer.raw
+    assert answer.headers["connection"] == "close"
+    refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
+    assert refusal.code == code
+    return refusal
+
+
 def counted(pair: Pair, name: str) -> float:
     return pair.au.gw.metrics.registry.get_sample_value(name, {"peer": "ar.mj"}) or 0.0
 
@@ -74,20 +90,8 @@ async def test_an_unlisted_client_is_refused_before_its_body_is_read(
     """It declares a GiB and sends three bytes: were the body read first, the answer would never come."""
     issued = hostile.with_certificate_issued_by(pair.ar.provisioned.data_dir, PASSPHRASE.encode(), tmp_path)
     before = await stored(pair.au.gw)
-    reader, writer = await issued.start_post(1 << 30, b"eyJ")
-    try:
-        answer = await asyncio.wait_for(read_answer(reader), 5)
-        assert (answer.status, answer.document["code"]) == (403, "unknown-peer"), answer.raw
-        assert answer.headers["connection"] == "close"
-        refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
-        assert (refusal.code, refusal.to, refusal.message_id, refusal.envelope_sha256) == (
-            "unknown-peer",
-            None,
-            None,
-            EMPTY_SHA256,
-        )
-    finally:
-        writer.close()
+    refusal = await refused_unread(pair, issued, "unknown-peer")
+    assert (refusal.to, refusal.message_id, refusal.envelope_sha256) == (None, None, EMPTY_SHA256)
     assert await stored(pair.au.gw) == before  # nothing stored, nothing ledgered
 
 
@@ -96,15 +100,8 @@ async def test_a_blocked_peer_is_refused_before_its_body_is_read(pair: Pair, hos
     same peer is received."""
     pair.au.gw.blocked_peers.add("ar.mj")
     size = len(await ledger(pair.au.gw))  # indexes start at 0
-    reader, writer = await hostile.start_post(1 << 30, b"eyJ")
-    try:
-        answer = await asyncio.wait_for(read_answer(reader), 5)
-        assert (answer.status, answer.document["code"]) == (403, "peer-blocked"), answer.raw
-        assert answer.headers["connection"] == "close"
-        refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
-        assert (refusal.to, refusal.message_id, refusal.envelope_sha256) == ("ar.mj", None, EMPTY_SHA256)
-    finally:
-        writer.close()
+    refusal = await refused_unread(pair, hostile, "peer-blocked")
+    assert (refusal.to, refusal.message_id, refusal.envelope_sha256) == ("ar.mj", None, EMPTY_SHA256)
     (entry,) = await ledger(pair.au.gw, since=size)
     assert (entry["type"], entry["reason"], entry["envelope_sha256"]) == (
         "message.refused",
