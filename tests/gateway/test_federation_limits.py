@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,8 +25,10 @@ import structlog
 
 from crypto.receipts import verify_refusal
 from gateway import receiving
+from gateway.context import utcnow
 from gateway.files import AttachmentFile
 from protocol.receipts import Refusal
+from protocol.timefmt import parse_time
 from tests.gateway.conftest import PASSPHRASE, Pair, ledger
 from tests.gateway.hostile import HostilePeer, make_attachment, read_answer
 from tests.gateway.test_federation_refusals import stored
@@ -63,15 +66,15 @@ def hostile(pair: Pair) -> HostilePeer:
     return hostile_towards(pair.ar, pair.au)
 
 
-async def refused_unread(pair: Pair, client: HostilePeer, code: str) -> Refusal:
-    """The signed 403 ``code`` refusal ``client`` gets for a POST that declares a GiB and sends three bytes: were
+async def refused_unread(pair: Pair, client: HostilePeer, code: str, status: int = 403) -> Refusal:
+    """The signed ``code`` refusal ``client`` gets for a POST that declares a GiB and sends three bytes: were
     the body read first, the answer would never come."""
     reader, writer = await client.start_post(1 << 30, b"eyJ")
     try:
         answer = await asyncio.wait_for(read_answer(reader), 5)
     finally:
         writer.close()
-    assert (answer.status, answer.document["code"]) == (403, code), answer.raw
+    assert (answer.status, answer.document["code"]) == (status, code), answer.raw
     assert answer.headers["connection"] == "close"
     refusal = verify_refusal(answer.document["refusal"], pair.ar.gw.peer("au.ag").all_signing_keys())
     assert refusal.code == code
@@ -110,6 +113,24 @@ async def test_a_blocked_peer_is_refused_before_its_body_is_read(pair: Pair, hos
     )
 
     pair.au.gw.blocked_peers.discard("ar.mj")
+    assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
+
+
+async def test_every_client_is_refused_before_its_body_is_read_while_our_directory_is_expired(
+    pair: Pair, hostile: HostilePeer
+) -> None:
+    """Past our directory's expiry nobody is an authenticated peer: a listed peer gets its signed (and ledgered)
+    directory-expired refusal unread, and once the clock is back, it is received."""
+    expiry = parse_time(pair.au.gw.directory.expires_at)
+    pair.au.gw.clock = lambda: expiry + timedelta(seconds=1)
+    try:
+        size = len(await ledger(pair.au.gw))
+        refusal = await refused_unread(pair, hostile, "directory-expired", status=503)
+        assert (refusal.to, refusal.message_id, refusal.envelope_sha256) == ("ar.mj", None, EMPTY_SHA256)
+        (entry,) = await ledger(pair.au.gw, since=size)
+        assert (entry["type"], entry["reason"]) == ("message.refused", "directory-expired")
+    finally:
+        pair.au.gw.clock = utcnow
     assert (await hostile.post(hostile.seal(hostile.payload()))).status == 200
 
 
