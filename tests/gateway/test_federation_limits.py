@@ -297,10 +297,10 @@ async def test_a_compressed_body_is_refused_before_it_is_read(pair: Pair, hostil
 async def test_a_slow_disk_of_ours_is_not_counted_as_the_peers_stall(
     pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each write of the attachment takes 0.1 s (the event loop blocked, as on a saturated disk), sixteen of them
-    against a deadline of 0.5 s (no allowance for size here): the time is ours, so the delivery is receipted, not
+    """Each write of the attachment takes 0.15 s (the event loop blocked, as on a saturated disk), sixteen of them
+    against a deadline of 1 s (no allowance for size here): the time is ours, so the delivery is receipted, not
     answered 408."""
-    await restart(pair.au, body_read_seconds=0.5)
+    await restart(pair.au, body_read_seconds=1.0)
     monkeypatch.setattr(receiving, "MIN_ATTACHMENT_RATE", 1 << 40)
     attachment = make_attachment(os.urandom(1_000_000))  # 16 reads of 64 KiB, more than the sockets buffer
     payload = hostile.payload(attachments=[attachment.ref.model_dump()])
@@ -309,7 +309,7 @@ async def test_a_slow_disk_of_ours_is_not_counted_as_the_peers_stall(
 
     def slow_write(self: AttachmentFile, data: bytes) -> None:
         writes.append(len(data))
-        time.sleep(0.1)
+        time.sleep(0.15)
         real_write(self, data)
 
     monkeypatch.setattr(AttachmentFile, "write", slow_write)
