@@ -1,10 +1,12 @@
 """What a client of the federation port can make a gateway hold, and for how long (decision 86).
 
 An unlisted client, and a listed peer the gateway refuses to talk to (blocked, or an expired directory), get their
-signed refusal before a byte of the body is read, and the connection closes. A listed peer has at most
-``peer_deliveries_at_once`` deliveries read and checked at a time; one more waits for a slot, then is answered
-503 ``busy``. A body that stops arriving is answered 408 ``read-timeout`` after ``body_read_seconds``, and a
-client that leaves mid-body costs an info line: in every case nothing is stored, signed or ledgered.
+signed refusal before a byte of the body is read (ledgered for a listed peer only), and the connection is not kept
+alive. A listed peer has at most ``peer_deliveries_at_once`` deliveries read and checked at a time; one more waits
+for a slot, then is answered 503 ``busy``. A body that stops arriving is answered 408 ``read-timeout`` after
+``body_read_seconds`` (the attachments get their size at 64 KiB/s more, our own disk time not counted), and a client
+that leaves mid-body costs an info line: in these cases nothing is stored, signed or ledgered, and the peer's
+refusal token comes back. A compressed body is refused; broken chunked framing is aiohttp's 400.
 """
 
 from __future__ import annotations
