@@ -65,8 +65,11 @@ def _malformed(exc: Exception) -> InvalidMessage:
     return InvalidMessage(f"the multipart body is malformed ({type(exc).__name__})")
 
 
-async def _in_time(read: Awaitable[_T], seconds: float) -> _T:
-    """``await read``, or :class:`BodyStalled` when no bytes came for ``seconds``."""
+async def _in_time(read: Awaitable[_T], seconds: float | None) -> _T:
+    """``await read``, or :class:`BodyStalled` when no bytes came for ``seconds`` (None: a deadline around the
+    caller bounds it already, no timer of its own)."""
+    if seconds is None:
+        return await read
     deadline = asyncio.timeout(seconds)
     try:
         async with deadline:
@@ -77,7 +80,7 @@ async def _in_time(read: Awaitable[_T], seconds: float) -> _T:
         raise
 
 
-async def _part_chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes]:
+async def _part_chunks(part: BodyPartReader, idle: float | None) -> AsyncIterator[bytes]:
     while True:
         try:
             chunk = await _in_time(part.read_chunk(READ_SIZE), idle)
@@ -88,10 +91,10 @@ async def _part_chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes
         yield chunk
 
 
-async def _stream_chunks(request: web.Request, idle: float) -> AsyncIterator[bytes]:
+async def _stream_chunks(request: web.Request) -> AsyncIterator[bytes]:
     while True:
         try:
-            chunk = await _in_time(request.content.read(READ_SIZE), idle)
+            chunk = await request.content.read(READ_SIZE)
         except _BODY_ERRORS as exc:  # as on the multipart path
             raise _malformed(exc) from None
         if not chunk:
@@ -210,21 +213,22 @@ async def _receive(gw: Gateway, request: web.Request, peer_id: str) -> tuple[web
 async def _read_envelope(
     request: web.Request, limit: int, idle: float, read: bytearray
 ) -> tuple[bytes, AttachmentParts]:
-    """The envelope's bytes (also left in ``read``), and how to get the attachment parts that follow it."""
+    """The envelope's bytes (also left in ``read``), and how to get the attachment parts that follow it. The
+    caller's deadline bounds the envelope's reads; ``idle`` bounds each read of the parts after it."""
     if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         raise InvalidMessage("send the body without a Content-Encoding")  # no decompression on our side
     if request.content_type == "application/jose":
-        return await _read_limited(_stream_chunks(request, idle), limit, read), _no_more_parts
+        return await _read_limited(_stream_chunks(request), limit, read), _no_more_parts
     if request.content_type != "multipart/mixed":
         raise InvalidMessage("send application/jose, or multipart/mixed with attachments")
     try:
         reader = await request.multipart()
-        first = await _in_time(reader.next(), idle)
+        first = await reader.next()
     except _BODY_ERRORS as exc:
         raise _malformed(exc) from None
     if not isinstance(first, BodyPartReader) or _media_type(first.headers.get("Content-Type")) != "application/jose":
         raise InvalidMessage("the first part must be the envelope, of type application/jose")
-    return await _read_limited(_part_chunks(first, idle), limit, read), _parts(reader, idle)
+    return await _read_limited(_part_chunks(first, None), limit, read), _parts(reader, idle)
 
 
 def _parts(reader: MultipartReader, idle: float) -> AttachmentParts:
