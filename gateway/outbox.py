@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from config.directory import AuthorityEntry
+from crypto.errors import CryptoError
 from crypto.receipts import verify_receipt, verify_refusal
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
@@ -23,7 +24,8 @@ from gateway.files import read_chunks
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from gateway.tls import client_context
-from gateway.witness import Witness
+from gateway.witness import Witness, WitnessError
+from protocol.checkpoint import CheckpointError
 from protocol.errors import ComityError, error_code
 from protocol.events import EventType
 from protocol.timefmt import parse_time
@@ -267,6 +269,10 @@ class OutboxSender:
             digest,
         ):
             raise DeliveryError(f"the receipt from {peer.id} does not match the envelope sent")
+        try:  # its checkpoint too, before it is recorded (decision 88)
+            await self.witness.receipt_checkpoint(peer.id, receipt)
+        except (CryptoError, CheckpointError, WitnessError) as exc:
+            raise DeliveryError(f"the receipt from {peer.id} carries a checkpoint that does not back it") from exc
         gw = self.gw
 
         async def unit(tx: Tx) -> Finish[bool]:

@@ -36,7 +36,14 @@ from protocol.timefmt import parse_time
 from store.ledger import PeerCheckpoint, WitnessState
 from store.messages import Messages
 
-__all__ = ["CONSISTENCY_PATH", "COSIGNATURE_PATH", "Witness", "cosignature_verifiers", "note_verifiers"]
+__all__ = [
+    "CONSISTENCY_PATH",
+    "COSIGNATURE_PATH",
+    "ReceiptUnbacked",
+    "Witness",
+    "cosignature_verifiers",
+    "note_verifiers",
+]
 
 CONSISTENCY_PATH = "/federation/v1/consistency"
 CHECKPOINT_PATH = "/federation/v1/checkpoint"
@@ -54,6 +61,7 @@ SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt 
 # checkpoint that does not verify is counted at once
 TRANSPORT_GRACE = 300.0
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
+RECEIPT_NOTES_HELD = 256  # checkpoint notes opened for receipts and remembered (a peer's group commit shares one)
 
 
 class WitnessError(ComityError):
@@ -62,6 +70,11 @@ class WitnessError(ComityError):
 
 class ProofWithdrawn(WitnessError):
     """A peer that served receipt proofs answers ``not-found`` (decision 77): a downgrade, or hiding a receipt."""
+
+
+class ReceiptUnbacked(WitnessError):
+    """A receipt names a ledger entry its own signed checkpoint does not hold (decision 88): signed evidence that the
+    peer's receipt and its ledger disagree."""
 
 
 # what makes a check fail by the peer's doing: a checkpoint that does not verify under its keys or does not parse,
@@ -116,7 +129,36 @@ class Witness:
         self._hurry = asyncio.Event()  # set while an idle() runs: checks waiting for their interval run now
         self._hurrying = 0  # idle() calls running
         self.min_interval = MIN_INTERVAL
+        # (peer, note, kids of the keys it may be signed by) -> its checkpoint, opened and verified
+        self._receipt_notes: dict[tuple[str, str, tuple[str, ...]], Checkpoint] = {}
         self.log = get_logger(component="witness")
+
+    async def receipt_checkpoint(self, peer: str, receipt: Receipt) -> Checkpoint:
+        """The checkpoint ``receipt`` (of ``peer``, verified) carries, checked before the receipt is recorded
+        (decision 88): signed by a key of the peer valid around the receipt's time, as :meth:`check` asks, and
+        holding the entry the receipt names. A checkpoint that does not open counts as a check failed by the peer's
+        doing (``proof-unavailable`` after MAX_PROOF_FAILURES in a row) and raises; a receipt beyond its own
+        checkpoint raises an alarm (``receipt-unbacked``) and :class:`ReceiptUnbacked`. The receipts of one group
+        commit carry one note, which is opened once."""
+        signed_about = parse_time(receipt.received_at)
+        kids = tuple(sorted(str(key.kid) for key in _signing_keys_about(self.gw, peer, signed_about)))
+        cache_key = (peer, receipt.checkpoint, kids)
+        checkpoint = self._receipt_notes.get(cache_key)
+        if checkpoint is None:
+            try:
+                checkpoint, _ = open_checkpoint(receipt.checkpoint, note_verifiers(self.gw, peer, signed_about))
+            except (CryptoError, CheckpointError) as exc:
+                await self._failed(peer, exc)
+                raise
+            if len(self._receipt_notes) >= RECEIPT_NOTES_HELD:
+                del self._receipt_notes[next(iter(self._receipt_notes))]  # the oldest
+            self._receipt_notes[cache_key] = checkpoint
+        if receipt.ledger_index >= checkpoint.size:
+            detail = f"the receipt for {receipt.message_id} names entry {receipt.ledger_index}"
+            detail += f", beyond its own checkpoint of size {checkpoint.size}"
+            await self._alarm(peer, "receipt-unbacked", detail)
+            raise ReceiptUnbacked(detail)
+        return checkpoint
 
     def observe(self, peer: str, checkpoint_note: str, receipt: Receipt | None = None) -> None:
         """Queue ``checkpoint_note`` (from ``receipt``, verified, of ``peer``) for checking; never blocks."""

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note
-from crypto.receipts import verify_receipt
-from gateway.witness import RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
+from crypto.receipts import sign_receipt, verify_receipt
+from gateway.witness import MAX_PROOF_FAILURES, RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
 from protocol import merkle
 from protocol.events import LedgerEvent
 from protocol.receipts import Receipt
@@ -33,6 +33,7 @@ from store.tables import (
     ledger_head,
     ledger_nodes,
     messages,
+    outbox,
     peer_checkpoints,
 )
 from tests.conftest import DatabaseFactory
@@ -212,13 +213,14 @@ async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(pair: Pai
             pass
 
 
-@pytest.mark.parametrize("how", ["proof-refused", "connection-dropped", "checkpoint-unverifiable"])
+@pytest.mark.parametrize("how", ["proof-refused", "connection-dropped"])
 async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
     pair: Pair, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Not cooperating must not hide a rewrite: after MAX_PROOF_FAILURES checks in a row that fail by the peer's
-    doing (a proof answered 500, a connection dropped, a checkpoint signed with a key it does not list), an alarm;
-    for dropped connections alone, only once the failures have lasted TRANSPORT_GRACE."""
+    doing (a proof answered 500, a connection dropped), an alarm; for dropped connections alone, only once the
+    failures have lasted TRANSPORT_GRACE. (A checkpoint that does not verify is caught before its receipt is
+    recorded: the next test.)"""
     from gateway import witness
 
     await exchange(pair)  # the first checkpoint is held without a proof
@@ -228,11 +230,7 @@ async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
             raise aiohttp.ServerDisconnectedError()
         raise witness.WitnessError(f"{peer} answered HTTP 500 to a consistency proof request")
 
-    if how == "checkpoint-unverifiable":
-        unlisted = [NoteSigner("comity-ledger/au.ag", os.urandom(32)).verifier()]
-        monkeypatch.setattr(witness, "note_verifiers", lambda gw, peer, when=None: unlisted)
-    else:
-        monkeypatch.setattr(witness.Witness, "_fetch_consistency", refused)
+    monkeypatch.setattr(witness.Witness, "_fetch_consistency", refused)
     for _ in range(witness.MAX_PROOF_FAILURES - 1):
         await exchange(pair)
     assert not pair.ar.gw.blocked_peers
@@ -245,6 +243,58 @@ async def test_a_peer_that_will_not_back_its_checkpoints_is_blocked(
     async with pair.ar.gw.engine.connect() as conn:
         alarms = await WitnessState.open_alarms(conn)
     assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "proof-unavailable")]
+
+
+@pytest.mark.parametrize("lie", ["checkpoint-unverifiable", "index-beyond-its-checkpoint"])
+async def test_a_receipt_whose_checkpoint_does_not_back_it_is_not_recorded(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, lie: str
+) -> None:
+    """Decision 88: the sender opens a receipt's checkpoint before it records the receipt. au.ag, lying, signs
+    receipts whose checkpoint is signed by a key it does not list, or which name an entry beyond their own
+    checkpoint. Neither is recorded: the message stays in the outbox, not delivered, with no "sent" or "receipt
+    recorded" entry. The first lie counts toward ``proof-unavailable`` (MAX_PROOF_FAILURES in a row); the second is
+    signed evidence against itself, an alarm at once (``receipt-unbacked``)."""
+    first = await exchange(pair)  # an honest receipt first: its checkpoint is held
+    forger = NoteSigner("comity-ledger/au.ag", os.urandom(32))
+
+    def lying(receipt: Receipt, key: Any) -> str:
+        if lie == "checkpoint-unverifiable":
+            body = receipt.checkpoint.split("\n\n", 1)[0] + "\n"  # origin, size and root: signed by another key
+            receipt = receipt.model_copy(update={"checkpoint": forger.sign(body)})
+        else:
+            receipt = receipt.model_copy(update={"ledger_index": int(receipt.checkpoint.split("\n")[1])})
+        return sign_receipt(receipt, key)
+
+    monkeypatch.setattr("gateway.receiving.sign_receipt", lying)
+    failures = pair.ar.gw.metrics.delivery_failures.labels(peer="au.ag")
+    before = failures._value.get()
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while failures._value.get() == before:  # its first attempt
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    expected = "receipt-unbacked" if lie == "index-beyond-its-checkpoint" else "proof-unavailable"
+    if expected == "proof-unavailable":  # one failure is not yet an alarm; more lying receipts add up to one
+        assert not pair.ar.gw.blocked_peers
+        for _ in range(MAX_PROOF_FAILURES - 1):
+            assert (await pair.ar.call("POST", "/v1/messages", json=REQUEST))[0] == 202
+    while pair.ar.gw.blocked_peers != {"au.ag"}:
+        assert loop.time() < deadline, "the lying peer was never blocked"
+        await asyncio.sleep(0.05)
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", expected)]
+    state = await rows(pair.ar, select(messages.c.state).where(messages.c.id == body["id"]))
+    assert [row.state for row in state] != ["delivered"]
+    waiting = await rows(pair.ar, select(outbox.c.message_id))
+    assert body["id"] in {row.message_id for row in waiting}
+    sent = len(waiting)  # every message sent since the lie began waits, none delivered
+    assert sent == (MAX_PROOF_FAILURES if expected == "proof-unavailable" else 1)
+    assert await rows(pair.ar, select(messages.c.id).where(messages.c.state == "delivered")) == [(first,)]
+    entries = await rows(pair.ar, select(ledger_entries.c.type).where(ledger_entries.c.message_id == body["id"]))
+    assert [row.type for row in entries] == ["message.submitted"]
 
 
 async def test_each_peer_is_checked_at_most_once_per_interval_whatever_the_receipt_rate() -> None:
