@@ -86,6 +86,14 @@ _ALG: Final = "Ed25519"
 _MAX_TOKEN_BYTES: Final = 16 * 1024 * 1024  # a directory of a few hundred authorities is well under 1 MiB
 
 
+def _registry() -> jws.JWSRegistry:
+    """Ed25519 only, and payloads up to the directory's limit (joserfc's default stops at 128,000 bytes, about 85
+    authorities: every State party of UNCAC would not fit)."""
+    registry = jws.JWSRegistry(algorithms=[_ALG])
+    registry.max_payload_length = _MAX_TOKEN_BYTES
+    return registry
+
+
 # --- signing and verification ---------------------------------------------------------------------------------------
 
 
@@ -94,7 +102,7 @@ def sign_directory(directory: Directory, signing_key: OKPKey) -> str:
     if not signing_key.is_private or signing_key.curve_name != "Ed25519":
         raise ConfigError("the directory signing key must be an Ed25519 private key")
     header = {"alg": _ALG, "kid": key_id(signing_key), "typ": DIRECTORY_TYP}
-    return jws.serialize_compact(header, directory.to_bytes(), signing_key, algorithms=[_ALG])
+    return jws.serialize_compact(header, directory.to_bytes(), signing_key, registry=_registry())
 
 
 def _b64url_json(segment: str, what: str) -> Any:
@@ -144,7 +152,7 @@ def verify_directory_signature(token: str | bytes, pinned_key: OKPKey) -> Direct
         raise DirectoryBadSignature(f"the directory JWS header must hold exactly alg, kid and typ {DIRECTORY_TYP!r}")
     # 3. the signature, algorithm pinned
     try:
-        verified = jws.deserialize_compact(token, pinned_key, algorithms=[_ALG])
+        verified = jws.deserialize_compact(token, pinned_key, registry=_registry())
     except JoseError:
         raise DirectoryBadSignature(
             "the directory signature does not verify under the pinned directory key; it was altered or signed by "

@@ -38,6 +38,7 @@ from joserfc.jwk import OKPKey
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
     crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_core_ed25519_is_valid_point,
 )
 
 from crypto.errors import KeyStoreError, ProfileViolation
@@ -226,11 +227,35 @@ def import_public_jwk(jwk: Mapping[str, Any], *, use: Literal["sig", "enc"]) -> 
     if crv != _CURVE_FOR_USE[use]:
         raise ProfileViolation(f"a key for use {use!r} must be {_CURVE_FOR_USE[use]}, not {crv}")
     raw: _RawPublic
+    data = _b64d(x)
     try:
-        raw = (Ed25519PublicKey if crv == "Ed25519" else X25519PublicKey).from_public_bytes(_b64d(x))
+        raw = (Ed25519PublicKey if crv == "Ed25519" else X25519PublicKey).from_public_bytes(data)
     except ValueError:
         raise ProfileViolation("JWK x is not a valid public key") from None
+    if isinstance(raw, Ed25519PublicKey):
+        # a small-order point verifies forged signatures (R = identity, s = 0) over any message: a peer publishing
+        # one could disown everything "it" signed. libsodium refuses those, non-canonical encodings and points
+        # outside the prime-order subgroup, none of which an honest key generator yields.
+        if not crypto_core_ed25519_is_valid_point(data):
+            raise ProfileViolation("JWK x is not a valid Ed25519 public key (small order, or not canonical)")
+    elif _agrees_to_nothing(raw):
+        raise ProfileViolation("JWK x is a low-order X25519 public key: every shared secret with it is zero")
     return _wrap(raw)
+
+
+@functools.cache
+def _probe() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def _agrees_to_nothing(public: X25519PublicKey) -> bool:
+    """Whether ``public`` is a low-order point: a clamped scalar times such a point is the point at infinity, for
+    every private key, and OpenSSL refuses the all-zero result."""
+    try:
+        _probe().exchange(public)
+    except ValueError:
+        return True
+    return False
 
 
 def _import_private_jwk(jwk: object) -> OKPKey:

@@ -8,7 +8,7 @@ RFC 8785 canonical JSON of :meth:`LedgerEvent.to_json` with absent members omitt
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -53,10 +53,10 @@ class EventType(enum.StrEnum):
 
 
 class LedgerEvent(StrictModel):
-    v: int = 1
+    v: Literal[1] = 1
     type: EventType
     time: str
-    actor: str = Field(pattern=r"^(system|user:[a-z0-9._-]{1,64}|peer:[a-z]{2}\.[a-z0-9-]{1,31})$")
+    actor: str = Field(pattern=r"^(system|user:[a-z0-9._-]{1,64}|peer:[a-z]{2}\.[a-z0-9][a-z0-9-]{0,30})$")
     message_id: str | None = None
     kind: MessageKind | None = None
     from_: str | None = Field(default=None, alias="from")

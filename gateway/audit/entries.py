@@ -72,7 +72,7 @@ _TYPES = (
 _CAVEAT = rb'"[a-z0-9][a-z0-9.-]{0,47}(?::[0-9A-Za-z.-]{1,32})?"'
 # members in RFC 8785 order (UTF-16 code units; all ASCII here, so plain byte order)
 _PATTERN = re.compile(
-    rb'\{"actor":"(?P<actor>system|user:[a-z0-9._-]{1,64}|peer:[a-z]{2}\.[a-z0-9-]{1,31})"'
+    rb'\{"actor":"(?P<actor>system|user:[a-z0-9._-]{1,64}|peer:' + _AUTHORITY + rb')"'
     rb'(?:,"envelope_sha256":"[0-9a-f]{64}")?'
     rb'(?:,"from":"' + _AUTHORITY + rb'")?'
     rb'(?:,"in_reply_to":"(?P<in_reply_to>' + _FREE + rb'*)")?'
@@ -90,7 +90,7 @@ _PATTERN = re.compile(
     rb',"time":"(?P<time>' + _time(b"late_day") + rb')"'
     rb'(?:,"to":"' + _AUTHORITY + rb'")?'
     rb',"type":"(?P<type>' + _TYPES + rb')"'
-    rb',"v":-?' + _UINT + rb"\}"
+    rb',"v":1\}'
 )
 _FAST = _PATTERN.fullmatch
 _GROUPS = _PATTERN.groupindex

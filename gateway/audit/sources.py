@@ -142,6 +142,8 @@ class DatabaseSource:
 
     async def snapshot(self) -> Snapshot:
         low, high, count = (await self._fetch("SELECT min(idx), max(idx), count(*) FROM ledger_entries"))[0]
+        if not all(value is None or type(value) is int for value in (low, high)):  # SQLite stores any type
+            return Snapshot(0, None, "a row whose idx is not an integer: written outside the ledger code")
         head_rows = await self._fetch("SELECT size, frontier FROM ledger_head WHERE id = 1")
         head = None
         if head_rows:
@@ -155,6 +157,8 @@ class DatabaseSource:
         extra = None
         if low is not None and int(low) < 0:
             extra = f"a row with negative idx {int(low)}"
+        elif not head_rows:  # every migrated database has it (migration 0001), and only the ledger code writes it
+            extra = "the tree head row (ledger_head) is missing: it was deleted outside the ledger code"
         del count
         return Snapshot(total, head, extra)
 

@@ -72,6 +72,11 @@ class AuditState:
         return int(self._data["directory_serials"].get(kid, 0))
 
     def remember(self, origin: str, verified: Verified, directory_kid: str, directory_serial: int) -> None:
+        """Hold ``verified`` as the newest checkpoint of ``origin`` seen, unless one held is larger: what this
+        auditor once saw signed never shrinks."""
+        held = self.last(origin)
+        if held is not None and held.size > verified.size:
+            verified = held
         self._data["logs"][origin] = {
             "size": verified.size,
             "root": base64.b64encode(verified.root).decode("ascii"),

@@ -215,12 +215,25 @@ class _Audit:
                 "outside the ledger code",
                 head[0],
             )
+        if previous is not None and (self.newest is None or self.newest.size < previous.size):
+            # the log still holds the entries (their root at that size was checked above), but no longer the signed
+            # checkpoint this auditor saw: deleted, so that what follows it could be changed without a signature
+            newest = "none" if self.newest is None else f"the one at size {self.newest.size}"
+            raise AuditFailure(
+                f"checkpoint at size {previous.size}: verified by this auditor at {previous.verified_at}, but the "
+                f"newest signed checkpoint the log now holds is {newest}: signed checkpoints were deleted",
+                size=previous.size,
+            )
         summary = self.summary
         summary.entries = tree.size
         summary.open_messages = self.checker.open_messages
-        if self.newest is not None:
-            summary.newest_size = self.newest.size
-            summary.unsigned_tail = total - self.newest.size
+        summary.newest_size = 0 if self.newest is None else self.newest.size
+        summary.unsigned_tail = total - summary.newest_size
+        if self.newest is None and total:
+            summary.warnings.append(
+                f"no signed checkpoint: none of the {total:,} entries is covered by a signature (a running gateway "
+                "signs one as it starts and at least every second while its ledger grows)"
+            )
         await self._check_served_consistency(previous)
         summary.seconds = time.perf_counter() - started
         if self.progress is not None:

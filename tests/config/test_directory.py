@@ -136,6 +136,16 @@ def test_sign_verify_round_trip() -> None:
     assert verified.by_tls_pin("sha256:" + "0" * 64) is None
 
 
+def test_a_directory_of_every_state_party_signs_and_verifies() -> None:
+    """UNCAC has over 190 States parties, some with several authorities: 250 entries, over joserfc's default
+    payload limit of 128,000 bytes, sign and verify."""
+    entries = [make_entry(f"ar.a{number:03d}", "AR") for number in range(250)]
+    directory = Directory.model_validate(make_document(authorities=entries))
+    assert len(directory.to_bytes()) > 128_000
+    token = sign_directory(directory, DIRECTORY_KEY)
+    assert len(verify(token).authorities) == 250
+
+
 def test_unknown_authority() -> None:
     directory = verify(sign_raw(make_document()))
     with pytest.raises(UnknownAuthority, match=r"lists no authority 'fr.mj'") as caught:

@@ -406,3 +406,43 @@ def test_a_key_file_with_a_foreign_or_mislabelled_key_is_refused(authority: Auth
         AuthorityKeys(authority.signing, authority.encryption, authority.archive, (authority.encryption,))
     with pytest.raises(KeyStoreError, match="retired encryption key must be a private X25519"):
         AuthorityKeys(authority.signing, authority.encryption, authority.archive, (authority.signing,))
+
+
+# Small-order Ed25519 points (RFC 8032 encodings): the identity, the point of order 2 and the two of order 4, and
+# the identity and order-4 point encoded with y + p (not canonical). Any of them verifies the all-zero "signature"
+# R = identity, s = 0 over every message with OpenSSL.
+_ED25519_SMALL_ORDER = [
+    "01" + "00" * 31,  # identity (0, 1)
+    "ec" + "ff" * 30 + "7f",  # (0, -1), order 2
+    "00" * 32,  # (sqrt(-1), 0), order 4
+    "00" * 31 + "80",  # (-sqrt(-1), 0), order 4
+    "ee" + "ff" * 30 + "7f",  # y = p + 1: the identity, not canonical
+    "ed" + "ff" * 30 + "7f",  # y = p: (sqrt(-1), 0), not canonical
+]
+# Low-order X25519 u-coordinates: 0 and 1 (orders 4 and 1 on the curve or its twist), and u = p, p + 1 (the same,
+# not canonical)
+_X25519_LOW_ORDER = ["00" * 32, "01" + "00" * 31, "ed" + "ff" * 30 + "7f", "ee" + "ff" * 30 + "7f"]
+
+
+@pytest.mark.parametrize("point", _ED25519_SMALL_ORDER)
+def test_import_refuses_small_order_signing_keys(point: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    raw = bytes.fromhex(point)
+    if point == "01" + "00" * 31:  # the reason: OpenSSL takes the empty forgery under the identity
+        Ed25519PublicKey.from_public_bytes(raw).verify(b"\x01" + b"\x00" * 63, b"any message at all")
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    _refused({"kty": "OKP", "crv": "Ed25519", "x": x}, "sig", "not a valid Ed25519 public key")
+
+
+@pytest.mark.parametrize("point", _X25519_LOW_ORDER)
+def test_import_refuses_low_order_encryption_keys(point: str) -> None:
+    x = base64.urlsafe_b64encode(bytes.fromhex(point)).rstrip(b"=").decode()
+    _refused({"kty": "OKP", "crv": "X25519", "x": x}, "enc", "low-order X25519")
+
+
+def test_honest_keys_pass_the_point_checks() -> None:
+    for _ in range(50):
+        keys = generate_authority_keys()
+        import_public_jwk(public_jwk(keys.signing), use="sig")
+        import_public_jwk(public_jwk(keys.encryption), use="enc")

@@ -149,6 +149,15 @@ def test_slow_path_reasons() -> None:
         check_entry(b'{"actor":"system","time":"2026-11-28T07:40:00.000000Z","type":"nope","v":1}')
     with pytest.raises(EntryError, match="not the RFC 8785 canonical JSON"):
         check_entry(b'{"time":"2026-11-28T07:40:00.000000Z","actor":"system","type":"user.changed","v":1}')
+    # the schema version is 1: another one, or 1 spelt otherwise, is refused by both paths alike
+    for version in (b"2", b"0", b"-0", b"-7", b"999999999999999", b"1.0"):
+        entry = b'{"actor":"system","time":"2026-11-28T07:40:00.000000Z","type":"user.changed","v":' + version + b"}"
+        assert _verdict(check_entry, entry) == _verdict(check_entry_slow, entry) == "refused", version
+    # a peer actor is an authority id as documented: its name starts with a letter or digit
+    for actor, verdict in ((b"peer:ar.-x", "refused"), (b"peer:ar.x-", "accepted")):
+        entry = b'{"actor":"' + actor + b'","time":"2026-11-28T07:40:00.000000Z","type":"user.changed","v":1}'
+        assert _verdict(check_entry, entry) == _verdict(check_entry_slow, entry), actor
+        assert (_verdict(check_entry, entry) == "refused") == (verdict == "refused"), actor
 
 
 # --- invariants ------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from crypto.keys import generate_authority_keys, generate_signing_key, public_jw
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import generate_tls_identity
 from gateway.audit import AuditFailure, AuditState, DatabaseSource, Trust, trust_from_directory, verify_ledger
+from gateway.audit.state import Verified
 from gateway.audit.trust import ledger_origin, witness_name
 from protocol import merkle
 from protocol.checkpoint import Checkpoint
@@ -314,6 +315,82 @@ async def test_truncated_regrown_and_resigned_against_the_state_file(db_url: str
     assert failure.size == 200
     assert "checkpoint at size 200: this auditor verified root" in str(failure)
     assert "the log was rewritten or forked" in str(failure)
+
+
+async def test_deleting_the_newer_checkpoints_does_not_roll_the_state_file_back(db_url: str, tmp_path: Path) -> None:
+    """The state file holds the largest checkpoint this auditor saw signed. An operator who deletes the checkpoints
+    after size 50 (no key needed) must not make it forget size 200, and so cannot then rewrite entries 60.. and
+    re-sign them: the run after the deletion fails, and so does every later one."""
+    await (await build(db_url))[0].dispose()
+    state = tmp_path / "state.json"
+    await audit(db_url, state)  # size 200 seen
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(cosignatures).where(cosignatures.c.size > 50))
+            await conn.execute(delete(checkpoints).where(checkpoints.c.size > 50))
+    finally:
+        await engine.dispose()
+    failure = await fails(db_url, state)
+    assert failure.size == 200
+    assert str(failure).endswith(
+        "the newest signed checkpoint the log now holds is the one at size 50: signed checkpoints were deleted"
+    )
+    assert json.loads(state.read_text())["logs"]["comity-ledger/ar.mj"]["size"] == 200
+    await truncate_and_regrow(db_url, 60, resign=True)
+    assert "this auditor verified root" in str(await fails(db_url, state))
+
+
+async def test_a_state_file_never_shrinks(tmp_path: Path) -> None:
+    state = AuditState(tmp_path / "state.json")
+    state.remember("comity-ledger/ar.mj", Verified(200, b"\x01" * 32, "note 200", "t1"), "kid", 3)
+    state.remember("comity-ledger/ar.mj", Verified(50, b"\x02" * 32, "note 50", "t2"), "kid", 3)
+    assert state.last("comity-ledger/ar.mj") == Verified(200, b"\x01" * 32, "note 200", "t1")
+    state.remember("comity-ledger/ar.mj", Verified(201, b"\x03" * 32, "note 201", "t3"), "kid", 3)
+    assert state.last("comity-ledger/ar.mj") == Verified(201, b"\x03" * 32, "note 201", "t3")
+
+
+async def test_no_checkpoint_at_all_is_said_plainly(db_url: str) -> None:
+    """Without a state file an auditor cannot know what was signed before; what it verified against a signature,
+    and what not, the summary says, with a warning when nothing is signed."""
+    engine, _ = await build(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(cosignatures))
+            await conn.execute(delete(checkpoints))
+    finally:
+        await engine.dispose()
+    lines = await audit(db_url)
+    assert f"{SIZE:,} entries after the newest checkpoint are not signed yet" in lines
+    assert f"warning: no signed checkpoint: none of the {SIZE:,} entries is covered by a signature" in lines
+
+
+async def test_a_deleted_tree_head_fails_the_audit(db_url: str) -> None:
+    """The head row would have shown a row appended by SQL; deleting it too is itself the evidence."""
+    engine, _ = await build(db_url)
+    extra = await entry_bytes(engine, 5)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(ledger_head))
+            await conn.execute(
+                insert(ledger_entries).values(idx=SIZE, entry=extra, message_id=None, type="message.opened", time=NOW)
+            )
+    finally:
+        await engine.dispose()
+    assert "the tree head row (ledger_head) is missing" in str(await fails(db_url))
+
+
+async def test_a_text_idx_fails_the_audit_with_one_line(tmp_path: Path) -> None:
+    """SQLite only: its table is not STRICT, so it keeps a text idx, which no ledger code writes (PostgreSQL's
+    bigint column cannot hold one)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    engine, _ = await build(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("UPDATE ledger_entries SET idx = 'zz' WHERE idx = 229")
+    finally:
+        await engine.dispose()
+    assert "a row whose idx is not an integer" in str(await fails(url))
 
 
 async def test_truncated_below_what_the_auditor_saw(db_url: str, tmp_path: Path) -> None:
