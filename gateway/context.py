@@ -58,7 +58,7 @@ def utcnow() -> datetime:
 
 
 # (message id, peer, sealed envelope, its SHA-256): a message committed to the outbox under a direct lease
-DirectDelivery = Callable[[str, str, bytes, str], None]
+DirectDelivery = Callable[[str, str, bytes, str, datetime], None]
 
 
 @dataclass

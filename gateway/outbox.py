@@ -21,6 +21,7 @@ from crypto.receipts import verify_receipt, verify_refusal
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
+from gateway.limits import MIN_ATTACHMENT_RATE
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from gateway.tls import client_context
@@ -28,6 +29,7 @@ from gateway.witness import Witness, WitnessError
 from protocol.checkpoint import CheckpointError
 from protocol.errors import ComityError, error_code
 from protocol.events import EventType
+from protocol.receipts import RECEIPT_SKEW
 from protocol.timefmt import parse_time
 from store.delivery import record_delivery
 from store.messages import AttachmentRow, Messages
@@ -38,7 +40,11 @@ __all__ = ["FEDERATION_PATH", "OutboxSender"]
 FEDERATION_PATH = "/federation/v1/envelopes"
 MAX_ANSWER_BYTES = 1 << 16
 SIZE_CODES = {"envelope-too-large", "attachment-too-large"}
-LEASE = timedelta(minutes=10)
+LEASE = timedelta(minutes=10)  # a claimed delivery's lease, renewed every third of it while the attempt runs
+# one attempt, connection to answer, without attachments; with them, plus their size at the rate a receiver allows
+# (gateway/limits.py): a peer that accepts the connection and then stalls holds an attempt no longer than this
+ATTEMPT_SECONDS = 120.0
+
 # refusals a later attempt may overcome; every other signed refusal is final for these bytes
 TRANSIENT_CODES = {
     "directory-expired",
@@ -108,7 +114,7 @@ class OutboxSender:
             self._watching.cancel()
             await asyncio.wait({self._watching})
 
-    def deliver_now(self, message_id: str, peer: str, sealed: bytes, digest: str) -> None:
+    def deliver_now(self, message_id: str, peer: str, sealed: bytes, digest: str, submitted_at: datetime) -> None:
         """Send a message just committed to the outbox under :data:`DIRECT_LEASE` (no attachments), at once.
 
         If this process stops before a receipt, the lease runs out and the claim loop (here or on another replica)
@@ -116,7 +122,8 @@ class OutboxSender:
         """
         if self._stopping.is_set():
             return  # the lease runs out and the next run sends it
-        task = asyncio.create_task(self._deliver_safely(OutboxItem(message_id, peer, 0), (sealed, digest)))
+        item = OutboxItem(message_id, peer, 0, submitted_at)
+        task = asyncio.create_task(self._deliver_safely(item, (sealed, digest)))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)  # nothing new to claim: no wake-up of the claim loop
 
@@ -136,20 +143,27 @@ class OutboxSender:
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
             if not items:
-                await self._sleep()
+                await self._sleep(full=free <= 0)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self.gw.outbox_wakeup.set()
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, *, full: bool) -> None:
+        """Until a claimed delivery ends, a retry is due, or a second has passed. ``full``: every slot is taken, so
+        what is due waits for a delivery to end (a due row would otherwise make this loop spin)."""
         wakeup = self.gw.outbox_wakeup
         wakeup.clear()
         timeout = 1.0  # poll: other replicas and due retries
-        async with self.gw.reader.connect() as conn:
-            due = await self.gw.outbox.next_due(conn, self.gw.clock())
-        if due is not None:
-            timeout = max(0.0, min(timeout, (due - self.gw.clock()).total_seconds()))
+        if not full:
+            try:
+                async with self.gw.reader.connect() as conn:
+                    due = await self.gw.outbox.next_due(conn, self.gw.clock())
+            except Exception as exc:  # the database, for now: the loop goes on, and polls again within a second
+                self.log.warning("outbox_next_due_failed", error=error_code(exc))
+                due = None
+            if due is not None:
+                timeout = max(0.0, min(timeout, (due - self.gw.clock()).total_seconds()))
         stop = asyncio.create_task(self._stopping.wait())
         wake = asyncio.create_task(wakeup.wait())
         await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -162,7 +176,10 @@ class OutboxSender:
         await self._stop_watching()  # no poll queues a check after the witness went idle
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=10)
-        await asyncio.wait_for(self.witness.idle(), timeout=10)
+        try:  # a peer slow to answer a proof request must not keep the gateway from stopping
+            await asyncio.wait_for(self.witness.idle(), timeout=10)
+        except TimeoutError:
+            self.log.warning("witness_checks_abandoned_at_stop")
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
@@ -239,8 +256,17 @@ class OutboxSender:
             headers["Comity-Dev-Peer"] = gw.authority_id  # plain HTTP has no certificate to name us
         url = peer.endpoint.rstrip("/") + FEDERATION_PATH
         started = gw.clock()
-        async with self._session(peer).post(url, data=body, headers=headers) as response:
-            raw = await response.content.read(MAX_ANSWER_BYTES)  # a receipt or a problem: small
+        limit = ATTEMPT_SECONDS + sum(row.ct_size for row in files) / MIN_ATTACHMENT_RATE
+        keeper = None if prefetched is not None else asyncio.create_task(self._keep_lease(item.message_id))
+        try:
+            async with asyncio.timeout(limit):
+                async with self._session(peer).post(url, data=body, headers=headers) as response:
+                    raw = await _read_answer(response)  # a receipt or a problem: small
+        except TimeoutError:
+            raise DeliveryError(f"{peer.id} did not take and answer the delivery within {limit:.0f} s") from None
+        finally:
+            if keeper is not None:
+                keeper.cancel()
         document = _json(raw)
         if response.status == 200 and isinstance(document.get("receipt"), str):
             await self._record_receipt(peer, digest, item, document["receipt"], started)
@@ -257,6 +283,17 @@ class OutboxSender:
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
 
+    async def _keep_lease(self, message_id: str) -> None:
+        """Renew a claimed delivery's lease every third of it while the attempt runs, so that no replica (this one
+        included) claims and sends it again meanwhile."""
+        while True:
+            await asyncio.sleep(LEASE.total_seconds() / 3)
+            try:
+                async with self.gw.transaction() as conn:
+                    await self.gw.outbox.extend_lease(conn, message_id, self.gw.clock() + LEASE)
+            except Exception as exc:
+                self.log.warning("outbox_lease_not_renewed", message_id=message_id, error=error_code(exc))
+
     async def _record_receipt(
         self, peer: AuthorityEntry, digest: str, item: OutboxItem, token: str, sent_at: datetime
     ) -> None:
@@ -269,6 +306,12 @@ class OutboxSender:
             digest,
         ):
             raise DeliveryError(f"the receipt from {peer.id} does not match the envelope sent")
+        # dated within the message's life: not after our clock (a redelivery's receipt is the first one, so it may
+        # be older than this attempt), not before its submission (decision 91)
+        received = parse_time(receipt.received_at)
+        too_early = item.submitted_at is not None and received < item.submitted_at - RECEIPT_SKEW
+        if too_early or received > self.gw.clock() + RECEIPT_SKEW:
+            raise DeliveryError(f"the receipt from {peer.id} is dated {receipt.received_at}, out of the message's life")
         try:  # its checkpoint too, before it is recorded (decision 88)
             await self.witness.receipt_checkpoint(peer.id, receipt)
         except (CryptoError, CheckpointError, WitnessError) as exc:
@@ -281,7 +324,7 @@ class OutboxSender:
                 gw.outbox,
                 item.message_id,
                 sent_at=sent_at,  # statistics: a request's wait starts when its transmission began
-                received_at=parse_time(receipt.received_at),
+                received_at=received,
                 receipt=token,
             )
             if not delivered:
@@ -317,9 +360,20 @@ class OutboxSender:
         self.log.warning("message_refused_by_peer", message_id=item.message_id, peer=item.peer, code=code)
 
 
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """The whole answer (one ``read(n)`` returns what has arrived so far), at most MAX_ANSWER_BYTES of it: a
+    longer one is cut there and will not parse."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 14):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            break
+    return bytes(body)
+
+
 def _json(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}

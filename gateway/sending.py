@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from crypto.attachments import AttachmentEncryptor
@@ -161,7 +162,7 @@ async def submit_message(
         # transaction, no re-read; attachments stream from their files through the outbox's claim loop
         direct = gw.direct_delivery if not files else None
         archived = archive.encode("ascii")
-        digest = await _persist(
+        digest, submitted_at = await _persist(
             gw,
             user,
             payload,
@@ -179,7 +180,7 @@ async def submit_message(
             remove_quietly(path.final)
         raise
     if direct is not None:
-        direct(message_id, draft.to, envelope, digest)
+        direct(message_id, draft.to, envelope, digest, submitted_at)
     else:
         gw.outbox_wakeup.set()
     get_logger(message_id=message_id, peer=draft.to).info(
@@ -249,15 +250,16 @@ async def _persist(
     *,
     direct: bool = False,
     along: Along | None = None,
-) -> str:
-    """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256."""
+) -> tuple[str, datetime]:
+    """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256 and the time of
+    its submission."""
     digest = hashlib.sha256(sealed).hexdigest()
     case_id = outgoing.case_id or payload.id  # a new request opens a case of its own
     actor = _actor(user)
     # a request's case starts its life cycle as sent (protocol/lifecycle.py); other messages' cases have none
     case_state = "sent" if payload.kind is MessageKind.REQUEST else None
 
-    async def unit(tx: Tx) -> Finish[None]:
+    async def unit(tx: Tx) -> Finish[datetime]:
         now = tx.clock()
         if along is not None:
             await along(tx)
@@ -317,7 +319,6 @@ async def _persist(
             tx.record(event, actor, at=now, message_id=payload.in_reply_to, related_id=payload.id)
             await Messages.update(tx.conn, payload.in_reply_to, state=state)
             await CaseStats.milestone(tx.conn, payload.in_reply_to, ANSWER_MILESTONES[event], now)
-        return await done(None)
+        return await done(now)
 
-    await gw.commit(unit)
-    return digest
+    return digest, await gw.commit(unit)

@@ -61,6 +61,7 @@ SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt 
 # checkpoint that does not verify is counted at once
 TRANSPORT_GRACE = 300.0
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
+MAX_HELD_SIZE = 2**63 - 1  # peer_checkpoints.size is a signed 64-bit integer
 RECEIPT_NOTES_HELD = 256  # checkpoint notes opened for receipts and remembered (a peer's group commit shares one)
 
 
@@ -95,7 +96,11 @@ def _signing_keys_about(gw: Gateway, authority_id: str, when: datetime | None) -
     if when is None:
         return list(entry.all_signing_keys().values())
     margin = timedelta(seconds=max(gw.settings.max_clock_skew_seconds, MIN_KEY_MARGIN))
-    return list(entry.signing_keys_during(when - margin, when + margin).values())
+    try:
+        start, end = when - margin, when + margin
+    except OverflowError:  # a time at the end of the calendar, signed by a peer: no key is valid then
+        return []
+    return list(entry.signing_keys_during(start, end).values())
 
 
 def note_verifiers(gw: Gateway, authority_id: str, when: datetime | None = None) -> list[NoteVerifier]:
@@ -243,6 +248,8 @@ class Witness:
         # carries no time and may be as old as the peer's last append: any listed key
         signed_about = None if receipt is None else parse_time(receipt.received_at)
         checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer, signed_about))
+        if checkpoint.size > MAX_HELD_SIZE:  # valid in a note, but not a size we can hold (a signed 64-bit column)
+            raise WitnessError(f"{peer} signed a checkpoint of size {checkpoint.size}, beyond any real ledger")
         async with gw.reader.connect() as conn:
             held = await WitnessState.latest(conn, peer)
         if held is not None and checkpoint.size == held.size:
@@ -298,7 +305,7 @@ class Witness:
         try:
             verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
             event = json.loads(entry)
-        except (MerkleError, ValueError):
+        except (MerkleError, ValueError, RecursionError):
             await self._alarm(peer, "receipt-unbacked", f"{what}; the entry served is not in that checkpoint")
             return
         expected = {
@@ -433,7 +440,7 @@ class Witness:
             body = json.loads(raw)
             served = base64.b64decode(body["entry"], validate=True)
             proof = [base64.b64decode(item, validate=True) for item in body["proof"]]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise WitnessError(f"{peer} answered a malformed receipt proof") from None
         return served, proof
 
@@ -446,7 +453,7 @@ class Witness:
         try:
             body = json.loads(raw)
             proof = [base64.b64decode(item, validate=True) for item in body["proof"]]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise WitnessError(f"{peer} answered a malformed consistency proof") from None
         return proof
 
@@ -503,7 +510,7 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
 def _problem_code(raw: bytes) -> str | None:
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # a peer's body: deeply nested JSON too
         return None
     code = document.get("code") if isinstance(document, dict) else None
     return code if isinstance(code, str) else None

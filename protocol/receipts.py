@@ -9,14 +9,18 @@ same stable ``code`` the problem document carries.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from protocol.messages import StrictModel, canonical_json, validate_authority_id, validate_message_id
 
-__all__ = ["Receipt", "Refusal", "rfc3339_utc"]
+__all__ = ["RECEIPT_SKEW", "Receipt", "Refusal", "rfc3339_utc"]
+
+# a receipt's signed receive time is held to the message's life, give or take this (the sender before recording
+# it, the auditor's timeline invariants after): not before the submission, not after the sender's clock
+RECEIPT_SKEW = timedelta(seconds=300)
 
 
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")

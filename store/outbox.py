@@ -19,7 +19,8 @@ from store.tables import messages, outbox
 __all__ = ["DIRECT_LEASE", "Outbox", "OutboxItem"]
 
 # a message handed straight to the sender that committed it is enqueued claimed for this long: longer than one
-# delivery attempt can take (10 s to connect, 120 s to read), so no other replica sends it meanwhile, and short
+# delivery attempt without attachments can take (gateway/outbox.py ATTEMPT_SECONDS, 120 s in all), so no other
+# replica sends it meanwhile, and short
 # enough that if this process dies first, another replica (or this one restarted) sends it within minutes
 DIRECT_LEASE = timedelta(seconds=150)
 
@@ -33,6 +34,7 @@ class OutboxItem:
     message_id: str
     peer: str
     attempts: int
+    submitted_at: datetime | None = None  # when it was submitted (``messages.created_at``): a receipt's lower bound
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,21 @@ class Outbox:
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
         rows = (await conn.execute(query)).all()
-        if rows:
-            ids = [row.message_id for row in rows]
-            await conn.execute(update(outbox).where(outbox.c.message_id.in_(ids)).values(claimed_until=now + lease))
-        return [OutboxItem(row.message_id, row.peer, row.attempts) for row in rows]
+        if not rows:
+            return []
+        ids = [row.message_id for row in rows]
+        await conn.execute(update(outbox).where(outbox.c.message_id.in_(ids)).values(claimed_until=now + lease))
+        query_times = select(messages.c.id, messages.c.created_at).where(messages.c.id.in_(ids))
+        submitted = {row.id: row.created_at for row in await conn.execute(query_times)}
+        return [OutboxItem(row.message_id, row.peer, row.attempts, submitted.get(row.message_id)) for row in rows]
+
+    async def extend_lease(self, conn: AsyncConnection, message_id: str, until: datetime) -> None:
+        """Keep a claimed row claimed until ``until`` while its delivery runs (a long upload outlives a lease)."""
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.message_id == message_id, outbox.c.claimed_until.is_not(None))
+            .values(claimed_until=until)
+        )
 
     async def reschedule(
         self, conn: AsyncConnection, message_id: str, *, attempts: int, next_attempt_at: datetime, error: str

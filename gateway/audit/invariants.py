@@ -10,7 +10,8 @@ The rules (``docs/ledger.md``, "Invariants"):
 1. a message id is submitted at most once and received at most once;
 2. ``message.sent`` follows a ``message.submitted`` of the same message, not earlier in time;
 3. ``message.receipt_recorded`` follows its ``message.sent``, not earlier in time, and the receiver's signed receive
-   time (``peer_time``) is not earlier than the sending time minus the allowed clock skew (300 s);
+   time (``peer_time``) is not earlier than the submission minus the allowed clock skew (300 s): not the sending
+   time, since the receipt of a redelivery whose first answer was lost carries the first delivery's time;
 4. a user of this gateway acknowledges or answers only a message received here, not before it was received; a user
    opens only a message received or submitted here, not before that;
 5. a peer's acknowledgement or answer (actor ``peer:...``) concerns a message submitted here, not before it was
@@ -20,13 +21,14 @@ The rules (``docs/ledger.md``, "Invariants"):
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from gateway.audit.entries import G_ACTOR, G_IN_REPLY_TO, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE, Fields
+from protocol.receipts import RECEIPT_SKEW
 
 __all__ = ["CLOCK_SKEW", "InvariantError", "TimelineChecker"]
 
-CLOCK_SKEW = timedelta(seconds=300)
+CLOCK_SKEW = RECEIPT_SKEW
 
 _SUBMITTED, _SENT, _RECEIPT, _RECEIVED, _ACK, _OPENED, _ANSWERED, _CLOSED = range(8)
 _CODES = {
@@ -122,12 +124,15 @@ class TimelineChecker:
             peer_time = fields.group(G_PEER_TIME)
             if peer_time is None:
                 raise _error(index, message, "receipt recorded without the receiver's signed time (peer_time)")
-            if _seconds(peer_time) < _seconds(sent) - CLOCK_SKEW:
+            # a receipt re-sent for a redelivery (the first answer was lost) carries the first delivery's time,
+            # which may be long before this "sent"; never before the submission, though (decision 91)
+            submitted = state.submitted
+            if submitted is not None and _seconds(peer_time) < _seconds(submitted) - CLOCK_SKEW:
                 raise _error(
                     index,
                     message,
                     f"the receiver signed a receive time {_text(peer_time)} more than "
-                    f"{int(CLOCK_SKEW.total_seconds())} s before it was sent at {_text(sent)}",
+                    f"{int(CLOCK_SKEW.total_seconds())} s before it was submitted at {_text(submitted)}",
                 )
         elif code == _CLOSED:
             self._open.pop(message, None)

@@ -191,7 +191,7 @@ def _event(type_: str, second: int, actor: str = "system", **fields: Any) -> dic
                 _event("message.sent", 2),
                 _event("message.receipt_recorded", 3, peer_time="2026-11-28T07:30:00.000000Z"),
             ],
-            "entry 2: .* more than 300 s before it was sent",
+            "entry 2: .* more than 300 s before it was submitted",
         ),
         ([_event("message.received", 1), _event("message.received", 2)], "entry 1: .* received a second time"),
         ([_event("message.submitted", 1), _event("message.submitted", 2)], "entry 1: .* submitted a second time"),
@@ -213,6 +213,23 @@ def _event(type_: str, second: int, actor: str = "system", **fields: Any) -> dic
 def test_invariant_violations(documents: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(InvariantError, match=message):
         _feed(documents)
+
+
+def test_a_redelivery_receipt_may_be_older_than_its_sending() -> None:
+    """The first delivery was received and receipted but its answer was lost; the redelivery an hour later gets the
+    first receipt, dated then: long before this "sent", not before the submission (decision 91)."""
+
+    def life(submitted: str, peer_time: str) -> list[dict[str, Any]]:
+        return [
+            {**_event("message.submitted", 0), "time": submitted},
+            {**_event("message.sent", 0), "time": "2026-11-28T08:40:00.000000Z"},
+            {**_event("message.receipt_recorded", 0, peer_time=peer_time), "time": "2026-11-28T08:40:01.000000Z"},
+        ]
+
+    _feed(life("2026-11-28T07:40:00.000000Z", "2026-11-28T07:40:02.000000Z"))
+    _feed(life("2026-11-28T07:40:00.000000Z", "2026-11-28T07:35:00.000000Z"))  # its clock 5 min behind ours
+    with pytest.raises(InvariantError, match="more than 300 s before it was submitted"):
+        _feed(life("2026-11-28T07:40:00.000000Z", "2026-11-28T07:34:59.999999Z"))
 
 
 def test_workload_holds_and_closed_messages_are_forgotten() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gateway.outbox import FEDERATION_PATH, OutboxSender, retry_delay
 from store.db import make_engine, make_reader
 from store.tables import ledger_entries, messages, outbox
 from tests.gateway.conftest import Pair, Side
-from tests.gateway.test_exchange import REQUEST, wait_for
+from tests.gateway.test_exchange import REQUEST, send_with_attachment, wait_for
 
 FAST = {"outbox_initial_backoff": 0.05, "outbox_max_backoff": 0.2}
 
@@ -207,3 +208,91 @@ async def test_metrics_show_what_waits_for_a_peer_and_for_how_long(pair: Pair) -
     for message_id in ids:
         await wait_for(pair.ar, message_id, "delivered")
     assert await _backlog_metrics(pair.ar) == {}  # no stale series for a peer with nothing waiting
+
+
+async def _stalling_peer(side: Side) -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
+    """In place of ``side``'s stopped gateway, on its port with its certificate: a peer that completes the TLS
+    handshake and then reads nothing and answers nothing."""
+    from gateway.tls import server_context
+
+    gw, settings = side.gw, side.gw.settings
+    context = server_context(
+        gw.directory, gw.authority_id, str(settings.tls_cert_path), str(settings.tls_key_path), gw.tls_password
+    )
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    port = side.provisioned.federation_port
+    await side.stop()
+    return await asyncio.start_server(hold, "127.0.0.1", port, ssl=context), connections
+
+
+async def test_a_peer_that_stalls_holds_an_attempt_no_longer_than_its_limit_and_gets_it_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that takes the connection and then neither reads nor answers: the attempt ends at its limit
+    (ATTEMPT_SECONDS, plus the attachments at MIN_ATTACHMENT_RATE) and is retried; while it runs, its lease is
+    renewed, so the message is not claimed and sent a second time beside it."""
+    from gateway import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "ATTEMPT_SECONDS", 2.0)
+    monkeypatch.setattr(outbox_module, "LEASE", timedelta(seconds=0.6))  # renewed every 0.2 s
+    server, connections = await _stalling_peer(pair.au)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await send_with_attachment(pair.ar, REQUEST, b"records" * 100)
+        async with pair.ar.gw.engine.connect() as conn:
+            assert (await conn.execute(select(outbox.c.attempts))).scalar_one() == 0
+        while await count(pair.ar, outbox, outbox.c.attempts >= 1) == 0:
+            assert loop.time() - started < 10, "the stalled attempt never ended"
+            await asyncio.sleep(0.05)
+        assert loop.time() - started >= 2.0  # no earlier than its limit
+        assert len(connections) == 1  # three leases ran out meanwhile: renewed, not claimed again
+        async with pair.ar.gw.engine.connect() as conn:
+            row = (await conn.execute(select(outbox.c.last_error, outbox.c.claimed_until))).one()
+        assert row.last_error == "delivery-failed" and row.claimed_until is None  # rescheduled
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+
+
+async def test_the_claim_loop_survives_a_failing_database_and_does_not_spin_when_full(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking up the next due retry failed once: before, that ended the claim loop for good (nothing claimed,
+    retried or sent from then on). And with every slot taken and a row due, the loop waits for a slot instead of
+    asking the database again and again."""
+    from sqlalchemy.exc import OperationalError
+
+    assert pair.ar.running is not None
+    sender, task = pair.ar.running.sender, pair.ar.running.sender_task
+    real = pair.ar.gw.outbox.next_due
+    calls = 0
+
+    async def failing_once(conn: Any, now: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("SELECT next_attempt_at", {}, Exception("database is locked"))
+        return await real(conn, now)
+
+    monkeypatch.setattr(pair.ar.gw.outbox, "next_due", failing_once)  # ar.mj's only (au.ag runs a loop too)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while calls < 2:  # the loop polls at least once a second
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    assert not task.done()
+    message_id = await send_with_attachment(pair.ar, REQUEST, b"records")  # only the claim loop sends these
+    await wait_for(pair.ar, message_id, "delivered")
+
+    sender.concurrency = 0  # every slot taken
+    await send_with_attachment(pair.ar, REQUEST, b"records")  # due at once, and cannot be claimed
+    before = calls
+    await asyncio.sleep(1.5)
+    # at most the one of a wait that began before the slots were taken (a spinning loop makes hundreds)
+    assert calls - before <= 1, f"{calls - before} lookups of the next due row while no slot was free"

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from sqlalchemy import delete, select, update
 
-from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note
+from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note, sign_note
 from crypto.receipts import sign_receipt, verify_receipt
 from gateway.witness import MAX_PROOF_FAILURES, RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
 from protocol import merkle
@@ -260,7 +260,7 @@ async def test_a_receipt_whose_checkpoint_does_not_back_it_is_not_recorded(
     def lying(receipt: Receipt, key: Any) -> str:
         if lie == "checkpoint-unverifiable":
             body = receipt.checkpoint.split("\n\n", 1)[0] + "\n"  # origin, size and root: signed by another key
-            receipt = receipt.model_copy(update={"checkpoint": forger.sign(body)})
+            receipt = receipt.model_copy(update={"checkpoint": sign_note(body, [forger])})
         else:
             receipt = receipt.model_copy(update={"ledger_index": int(receipt.checkpoint.split("\n")[1])})
         return sign_receipt(receipt, key)
@@ -295,6 +295,86 @@ async def test_a_receipt_whose_checkpoint_does_not_back_it_is_not_recorded(
     assert await rows(pair.ar, select(messages.c.id).where(messages.c.state == "delivered")) == [(first,)]
     entries = await rows(pair.ar, select(ledger_entries.c.type).where(ledger_entries.c.message_id == body["id"]))
     assert [row.type for row in entries] == ["message.submitted"]
+
+
+@pytest.mark.parametrize("dated", ["9999-12-31T23:59:59.000000Z", "ten minutes ahead"])
+async def test_a_receipt_dated_after_our_clock_is_not_recorded(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, dated: str
+) -> None:
+    """Decision 91: a receipt's time is held to the message's life. au.ag signs receipts dated past our clock and
+    the skew (at the end of the calendar, its key being valid without end, the witness's key window overflowed):
+    not recorded, the message waits in the outbox, and the witness is not handed the receipt."""
+    first = await exchange(pair)
+
+    def ahead(receipt: Receipt, key: Any) -> str:
+        when = dated if dated[0].isdigit() else format_time(parse_time(receipt.received_at) + timedelta(minutes=10))
+        return sign_receipt(receipt.model_copy(update={"received_at": when}), key)
+
+    monkeypatch.setattr("gateway.receiving.sign_receipt", ahead)
+    failures = pair.ar.gw.metrics.delivery_failures.labels(peer="au.ag")
+    before = failures._value.get()
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while failures._value.get() == before:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    assert await rows(pair.ar, select(messages.c.id).where(messages.c.state == "delivered")) == [(first,)]
+    entries = await rows(pair.ar, select(ledger_entries.c.type).where(ledger_entries.c.message_id == body["id"]))
+    assert [row.type for row in entries] == ["message.submitted"]
+    assert not pair.ar.gw.blocked_peers
+
+
+async def test_a_receipt_dated_before_the_submission_is_not_recorded(pair: Pair) -> None:
+    """The other bound of decision 91, on a genuine receipt handed to the sender as if its message had been
+    submitted more than the skew after the receipt's time (a peer's clock cannot be that far behind honestly)."""
+    from gateway.outbox import DeliveryError, OutboxSender
+    from store.outbox import OutboxItem
+
+    message_id = await exchange(pair)
+    async with pair.ar.gw.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(messages.c.receipt, messages.c.envelope_sha256).where(messages.c.id == message_id)
+            )
+        ).one()
+    received = parse_time((await _held_receipt(pair, message_id)).received_at)
+    assert pair.ar.running is not None
+    sender: OutboxSender = pair.ar.running.sender
+    peer = pair.ar.gw.peer("au.ag")
+    for submitted, refused in ((received + timedelta(seconds=299), False), (received + timedelta(seconds=301), True)):
+        item = OutboxItem(message_id, "au.ag", 0, submitted)
+        if refused:
+            with pytest.raises(DeliveryError, match="out of the message's life"):
+                await sender._record_receipt(peer, row.envelope_sha256, item, row.receipt, received)
+        else:  # within the skew: recorded, which here finds the message delivered already and changes nothing
+            await sender._record_receipt(peer, row.envelope_sha256, item, row.receipt, received)
+
+
+async def test_the_witness_counts_what_it_cannot_parse_or_hold_against_the_peer(pair: Pair) -> None:
+    """A proof answer nested past the parser's recursion limit, and a checkpoint signed by the peer's own key for
+    a size no database column holds, used to escape as "our own" errors, never counted toward an alarm."""
+    from gateway import witness as witness_module
+
+    await exchange(pair)
+    assert pair.ar.running is not None
+    witness = pair.ar.running.sender.witness
+
+    async def nested(peer: str, path_and_query: str) -> tuple[int, bytes]:
+        return 200, b"[" * 100_000
+
+    witness._get = nested  # type: ignore[method-assign]
+    with pytest.raises(witness_module.WitnessError, match="malformed consistency proof"):
+        await witness._fetch_consistency("au.ag", 1, 2)
+    with pytest.raises(witness_module.WitnessError, match="malformed receipt proof"):
+        await witness._fetch_receipt_proof("au.ag", 1, 2)
+    assert witness_module._problem_code(b"[" * 100_000) is None
+
+    huge = pair.au.gw.sign_checkpoint(f"comity-ledger/au.ag\n{2**63 + 5}\n{base64.b64encode(bytes(32)).decode()}\n")
+    with pytest.raises(witness_module.WitnessError, match="beyond any real ledger"):
+        await witness.check("au.ag", huge)
+    assert issubclass(witness_module.WitnessError, witness_module._UNCOOPERATIVE)  # so counted by _drain
 
 
 async def test_each_peer_is_checked_at_most_once_per_interval_whatever_the_receipt_rate() -> None:
