@@ -17,8 +17,8 @@ from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
-from gateway.policy import ledger_refusal
-from gateway.reading import Forbidden, attachment_stream, message_events, open_message
+from gateway.policy import case_marking, check_supervising, ledger_refusal
+from gateway.reading import Forbidden, attachment_stream, message_events, open_message, visible_box, visible_message
 from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
 from protocol.errors import ComityError, InvalidMessage
@@ -27,6 +27,7 @@ from protocol.messages import Marking, MessageKind, parse_strict_json, validate_
 from protocol.timefmt import format_time
 from protocol.timeline import build_timeline
 from store.cases import Cases
+from store.errors import NotFound
 from store.messages import MessageRow, Messages
 from store.tokens import Tokens, token_digest
 from store.users import User, Users
@@ -37,6 +38,7 @@ USER = web.RequestKey("user", User)  # the authenticated user of a request
 PUBLIC_PATHS = {"/v1/openapi.json", "/healthz", "/readyz", "/metrics"}
 MAX_JSON = 1 << 20
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")  # RFC 6838
 
 
 class Unauthenticated(ComityError):
@@ -68,7 +70,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             await ledger_refusal(gw, EventType.OPEN_REFUSED, f"user:{user.username}", refused, message_id=target)
         raise
     request[USER] = user
+    _check_path_ids(request)
     return await handler(request)
+
+
+def _check_path_ids(request: web.Request) -> None:
+    """Every ``{id}`` of the API is a message or case id (a version-4 UUID) and every number a small one: anything
+    else names nothing, and must not reach the database (PostgreSQL refuses a NUL byte, a bigint overflows)."""
+    target = request.match_info.get("id")
+    if target is not None and not _UUID.fullmatch(target):
+        raise NotFound("no message or case has that id")
+    for name in ("item", "position"):
+        number = request.match_info.get(name)
+        if number is not None and len(number) > 9:
+            raise NotFound(f"no {name} {number[:12]}...")
 
 
 def _user(request: web.Request) -> User:
@@ -120,6 +135,14 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
         kind = MessageKind(fields.get("kind", "request"))
     except ValueError:
         raise InvalidMessage(f"kind must be one of {', '.join(k.value for k in MessageKind)}") from None
+    if kind is MessageKind.STATUS_REPORT:  # a claim about our case: made only by a checked move (decision 93)
+        raise InvalidMessage(
+            "a status report is sent by the gateway when a case moves (POST /v1/cases/{id}/events) or when the "
+            "counterpart asks (status_query); it cannot be written by hand"
+        )
+    in_reply_to = fields.get("in_reply_to")
+    if in_reply_to is not None:
+        validate_message_id(in_reply_to)
     content = fields.get("content", {})
     if not isinstance(content, dict) or not isinstance(fields.get("to"), str):
         raise InvalidMessage("'to' must be an authority id and 'content' an object")
@@ -136,7 +159,7 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
         kind=kind,
         marking=Marking.parse(fields.get("marking", {"level": "CONFIDENTIAL", "caveats": []})),
         content=content,
-        in_reply_to=fields.get("in_reply_to"),
+        in_reply_to=in_reply_to,
         forwards=tuple(validate_message_id(item) for item in forwards),
         downgrade_reason=reason,
         override_reason=override,
@@ -202,14 +225,13 @@ async def list_messages(request: web.Request) -> web.Response:
     if box not in {"inbox", "outbox"}:
         raise InvalidMessage("box must be inbox or outbox")
     limit, offset = _bounded(request, "limit", 100, 1, 1000), _bounded(request, "offset", 0, 0, 10**9)
-    async with request.app[GATEWAY].reader.connect() as conn:
-        rows = await Messages.in_box(conn, "in" if box == "inbox" else "out", limit=limit, offset=offset)
+    direction = "in" if box == "inbox" else "out"
+    rows = await visible_box(request.app[GATEWAY], _user(request), direction, limit=limit, offset=offset)
     return _json({"messages": [_summary(row) for row in rows]})
 
 
 async def get_message(request: web.Request) -> web.Response:
-    async with request.app[GATEWAY].reader.connect() as conn:
-        row = await Messages.get(conn, request.match_info["id"])
+    row = await visible_message(request.app[GATEWAY], _user(request), request.match_info["id"])
     return _json(_summary(row))
 
 
@@ -240,7 +262,16 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     ref, chunks = await attachment_stream(
         gw, _user(request), request.match_info["id"], int(request.match_info["position"])
     )
-    response = web.StreamResponse(headers={"Content-Type": ref.media_type, "Content-Length": str(ref.size)})
+    # the media type comes from the sender's signed manifest: served only if it is a plain type/subtype, and never
+    # rendered inline or sniffed into something else
+    media_type = ref.media_type if _MEDIA_TYPE.fullmatch(ref.media_type) else "application/octet-stream"
+    headers = {
+        "Content-Type": media_type,
+        "Content-Length": str(ref.size),
+        "Content-Disposition": "attachment",
+        "X-Content-Type-Options": "nosniff",
+    }
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     try:
         async for chunk in chunks:
@@ -282,6 +313,7 @@ async def respond(request: web.Request) -> web.Response:
 
 async def timeline(request: web.Request) -> web.Response:
     message_id = request.match_info["id"]
+    await visible_message(request.app[GATEWAY], _user(request), message_id)
     events = await message_events(request.app[GATEWAY], message_id)
     milestones = build_timeline(message_id, events)
     return _json(
@@ -321,16 +353,18 @@ async def assign_case(request: web.Request) -> web.Response:
     gw, supervisor = request.app[GATEWAY], _user(request)
     case_id = request.match_info["id"]
     body = await _read_json(request)
-    username, replace = body.get("username"), bool(body.get("replace", False))
-    if not isinstance(username, str):
+    username, replace = body.get("username"), body.get("replace", False)
+    if not isinstance(username, str) or not isinstance(replace, bool):
         raise InvalidMessage("send {'username': '<officer>', 'replace': false}")
     async with gw.reader.connect() as conn:
         case = await Cases.get(conn, case_id)
         officer = await Users.by_name(conn, username)
+        marking = await case_marking(conn, case_id)
     if case.unit not in (None, supervisor.unit):
         raise Forbidden(f"case {case_id} belongs to another unit")
     if officer.role not in ("officer", "supervisor"):
         raise InvalidMessage(f"{username} is not an officer")
+    check_supervising(gw, supervisor, marking)  # the officer's own clearance is checked whenever she acts
 
     async def unit(tx: Tx) -> Finish[list[str]]:
         now = tx.clock()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +38,10 @@ def _check_role(request: web.Request) -> None:
         raise Forbidden(f"the {user.role} role cannot read the ledger; auditors, supervisors and admins can")
 
 
+_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+MAX_INDEX = 2**63 - 1  # sizes and indexes are signed 64-bit integers in the database
+
+
 def _int(request: web.Request, name: str, default: int | None = None) -> int:
     raw = request.query.get(name)
     if raw is None and default is not None:
@@ -45,8 +50,8 @@ def _int(request: web.Request, name: str, default: int | None = None) -> int:
         value = int(raw) if raw is not None else -1
     except ValueError:
         value = -1
-    if value < 0:
-        raise InvalidMessage(f"query parameter {name!r} must be a non-negative integer")
+    if not 0 <= value <= MAX_INDEX:
+        raise InvalidMessage(f"query parameter {name!r} must be an integer from 0 to {MAX_INDEX}")
     return value
 
 
@@ -107,7 +112,10 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     size = await _size(request)
     async with gw.reader.connect() as conn:
         if "message_id" in request.query:
-            found = await LedgerReader.index_of_message(conn, request.query["message_id"])
+            message_id = request.query["message_id"]
+            found = None
+            if _MESSAGE_ID.fullmatch(message_id):  # anything else names no message (and may not reach PostgreSQL)
+                found = await LedgerReader.index_of_message(conn, message_id)
             if found is None:
                 raise NotFound("no ledger entry names that message")
             index = found

@@ -400,7 +400,8 @@ def openapi_document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "to": {"type": "string", "pattern": "^[a-z]{2}\\.[a-z0-9][a-z0-9-]{0,30}$"},
-                        "kind": {"enum": [kind.value for kind in MessageKind]},
+                        # a status report is the gateway's own (case events, status queries), never a draft
+                        "kind": {"enum": [kind.value for kind in MessageKind if kind is not MessageKind.STATUS_REPORT]},
                         "marking": _MARKING,
                         "content": {"type": "object"},
                         "in_reply_to": {"type": ["string", "null"], "format": "uuid"},

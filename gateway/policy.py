@@ -26,6 +26,7 @@ from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused, asks_confidentiality, embargo_until, limits_onward, without_onward
 from protocol.messages import Marking, MessageKind
 from store.cases import Case, Cases, Consents
+from store.casework import CaseWork
 from store.messages import MessageRow, Messages
 from store.users import User
 
@@ -211,6 +212,23 @@ def refuse_case_access(gw: Gateway, user: User, marking: Marking, case: Case | N
     supervises = user.role == "supervisor" and (case is None or case.unit in (None, user.unit))
     if not supervises and (case is None or user.id not in case.assignees):
         raise AccessRefused(f"only officers assigned to the case, or supervisors of its unit, are {doing} it")
+
+
+async def case_marking(conn: AsyncConnection, case_id: str) -> Marking | None:
+    """The marking ``case_id`` is held under (its opening message's, or its oral request's), or None for a case
+    with neither."""
+    found = await CaseWork.access_facts(conn, [case_id])
+    return found[case_id][1] if case_id in found else None
+
+
+def check_supervising(gw: Gateway, supervisor: User, marking: Marking | None) -> None:
+    """Assigning officers to a case, or taking them off it, needs what opening it needs (decision 93): clearance
+    for its marking and caveats (a case with no marking holds no content)."""
+    if marking is not None and not supervisor.cleared_for(marking, gw.scheme):
+        raise AccessRefused(
+            f"assigning officers to a case needs clearance {marking.level} and authorisation for caveats "
+            f"{', '.join(marking.caveats) or 'none'}"
+        )
 
 
 async def check_opening(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection) -> None:

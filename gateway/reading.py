@@ -15,16 +15,25 @@ from crypto.envelope import OpenedEnvelope, open_envelope
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
-from gateway.policy import check_opening, ledger_refusal
+from gateway.policy import check_opening, ledger_refusal, refuse_case_access
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
 from protocol.messages import AttachmentRef
+from store.casework import CaseWork
 from store.errors import NotFound
 from store.messages import MessageRow, Messages
 from store.tables import ledger_entries
 from store.users import User
 
-__all__ = ["Forbidden", "attachment_stream", "decrypt_row", "message_events", "open_message"]
+__all__ = [
+    "Forbidden",
+    "attachment_stream",
+    "decrypt_row",
+    "message_events",
+    "open_message",
+    "visible_box",
+    "visible_message",
+]
 
 
 class Forbidden(ComityError):
@@ -113,3 +122,60 @@ async def message_events(gw: Gateway, message_id: str) -> list[dict[str, Any]]:
         )
         rows = (await conn.execute(query)).all()
     return [{"index": row.idx, **json.loads(row.entry)} for row in rows]
+
+
+# --- metadata: who may know that a message exists ------------------------------------------------------------------
+
+LIST_PAGE = 500  # rows read at a time while a listing collects the ones its caller may see
+
+
+def _sees_all(user: User) -> bool:
+    """Auditors and administrators see every message's metadata, as they see the ledger; never content."""
+    return user.role in ("auditor", "admin") or user.id == 0
+
+
+async def _visible(gw: Gateway, user: User, conn: Any, rows: list[MessageRow]) -> list[MessageRow]:
+    """Of ``rows``, those whose existence ``user`` may know: what acting on them needs (decision 94), clearance for
+    the message's marking and caveats, and assignment to its case or supervision of the case's unit."""
+    if _sees_all(user):
+        return rows
+    facts = await CaseWork.access_facts(conn, {row.case_id for row in rows if row.case_id})
+    shown = []
+    for row in rows:
+        case = facts[row.case_id][0] if row.case_id in facts else None
+        try:
+            refuse_case_access(gw, user, row.marking, case, "listing")
+        except ComityError:
+            continue
+        shown.append(row)
+    return shown
+
+
+async def visible_box(gw: Gateway, user: User, direction: str, *, limit: int, offset: int) -> list[MessageRow]:
+    """A page of the inbox or outbox as ``user`` may see it: ``offset`` and ``limit`` count visible messages."""
+    async with gw.reader.connect() as conn:
+        if _sees_all(user):
+            return await Messages.in_box(conn, direction, limit=limit, offset=offset)
+        shown: list[MessageRow] = []
+        skipped, read = 0, 0
+        while len(shown) < limit:
+            page = await Messages.in_box(conn, direction, limit=LIST_PAGE, offset=read)
+            read += len(page)
+            for row in await _visible(gw, user, conn, page):
+                if skipped < offset:
+                    skipped += 1
+                elif len(shown) < limit:
+                    shown.append(row)
+            if len(page) < LIST_PAGE:
+                break
+        return shown
+
+
+async def visible_message(gw: Gateway, user: User, message_id: str) -> MessageRow:
+    """The message, if ``user`` may know it exists; else ``not-found``, as for one that does not (a 403 would
+    tell that it does)."""
+    async with gw.reader.connect() as conn:
+        row = await Messages.get(conn, message_id)
+        if not await _visible(gw, user, conn, [row]):
+            raise NotFound(f"no message {message_id}")
+    return row

@@ -23,6 +23,7 @@ from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
+from gateway.policy import ledger_refusal
 from protocol.checklist import IncompleteRequest, check_request
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -133,11 +134,24 @@ async def _case_and_side(gw: Gateway, user: User, case_id: str) -> tuple[Case, S
         case = await Cases.get(conn, case_id)
         opening = await Messages.get(conn, case_id)
     if user.id != SYSTEM_USER.id:
+        refused = None
         if user.role not in ("officer", "supervisor"):
-            raise CaseForbidden(f"the {user.role} role does not act on cases")
-        supervises = user.role == "supervisor" and case.unit in (None, user.unit)
-        if not supervises and user.id not in case.assignees:
-            raise CaseForbidden("only officers assigned to the case, or supervisors of its unit, act on it")
+            refused = CaseForbidden(f"the {user.role} role does not act on cases")
+        elif not (user.role == "supervisor" and case.unit in (None, user.unit)) and user.id not in case.assignees:
+            refused = CaseForbidden("only officers assigned to the case, or supervisors of its unit, act on it")
+        if refused is not None:  # evidence, like every refused submission (the status report it would have sent)
+            kind, marking = MessageKind.STATUS_REPORT.value, opening.marking.to_json()
+            await ledger_refusal(
+                gw,
+                EventType.SUBMIT_REFUSED,
+                f"user:{user.username}",
+                refused,
+                message_id=None,
+                to=opening.peer,
+                kind=kind,
+                marking=marking,
+            )
+            raise refused
     if case.state is None:
         raise InvalidMessage(f"case {case_id} was not opened by a request: it has no life cycle")
     side = Side.REQUESTING if opening.direction == "out" else Side.REQUESTED

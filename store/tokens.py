@@ -87,7 +87,7 @@ def hash_token(token: str) -> str:
 
 def token_digest(token: str) -> str | None:
     """The stored hash of what was presented as a token, or None when it cannot be one of ours."""
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 128 or not token.isascii():  # ours are base64url
         return None
     return hash_token(token)
 

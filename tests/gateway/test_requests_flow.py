@@ -78,7 +78,7 @@ async def test_a_supervisor_overrides_the_checklist_with_a_reason(pair: Pair) ->
         status, body = await sam.call("POST", "/v1/messages", json=formal(request, override_reason=reason))
         assert status == 202, body
         message_id = body["id"]
-        await wait_for(pair.ar, message_id, "delivered")
+        await wait_for(sam, message_id, "delivered")  # alice, an officer not on sam's case, does not see it
         overrides = [e for e in await ledger(pair.ar.gw) if e["type"] == "request.check_overridden"]
         assert [(e["actor"], e["message_id"]) for e in overrides] == [("user:sam", message_id)]
         assert reason not in str(await ledger(pair.ar.gw))
@@ -134,7 +134,7 @@ async def test_a_request_goes_out_only_under_the_caveats_its_content_asks_for(pa
         marked = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19:fpo3-2026-0042", "uncac-46-20"]}
         status, body = await sam.call("POST", "/v1/messages", json={**formal(limited), "marking": marked})
         assert status == 202, body
-        await wait_for(pair.ar, body["id"], "delivered")
+        await wait_for(sam, body["id"], "delivered")
 
         # the receiving gateway does not hold a sender to it: skipping it weakens only the sender's own request
         hostile = hostile_towards(pair.ar, pair.au)

@@ -1,0 +1,193 @@
+"""The local API against an insider with a valid token: what a second review of it found (decision 93).
+
+- a status report, the gateway's claim about where a case stands, cannot be written by hand through
+  ``POST /v1/messages`` (it would move the counterpart's view of the case past every case-event check);
+- assigning officers to a case, or taking them off it, needs clearance for the case's marking;
+- an officer or supervisor sees a message's metadata (list, summary, timeline) only where she may act on it;
+- a refused case event is ledgered like every refused submission;
+- ids, numbers and tokens that name nothing get a typed problem, never a 500 (PostgreSQL refuses a NUL byte, a
+  bigint overflows);
+- an attachment is served as a download: a plain media type or none, never sniffed or rendered inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from gateway.context import Gateway
+from tests.gateway.conftest import Pair, Side, issue_token, ledger
+from tests.gateway.hostile import make_attachment
+from tests.gateway.test_exchange import REQUEST, wait_for
+from tests.gateway.test_markings import assert_problem, hostile_towards
+
+STRICT = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+
+
+async def _received(pair: Pair, marking: dict[str, Any] | None = None) -> str:
+    """A request from ar.mj, received by au.ag: its id, which is au.ag's case id."""
+    status, body = await pair.ar.call(
+        "POST", "/v1/messages", json={**REQUEST, "marking": marking or REQUEST["marking"]}
+    )
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    return str(body["id"])
+
+
+async def _as(side: Side, token: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.request(method, side.api + path, **kwargs) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+async def _case_unit(gw: Gateway, case_id: str) -> str | None:
+    from sqlalchemy import select
+
+    from store.tables import cases
+
+    async with gw.engine.connect() as conn:
+        unit: str | None = (await conn.execute(select(cases.c.unit).where(cases.c.id == case_id))).scalar_one()
+    return unit
+
+
+async def test_a_status_report_cannot_be_written_by_hand(pair: Pair) -> None:
+    case_id = await _received(pair)
+    report = {"status": {"state": "refused", "event": "refuse", "at": "2026-11-29T10:00:00.000000Z"}}
+    before = len(await ledger(pair.au.gw))
+    status, body = await pair.au.call(
+        "POST", "/v1/messages", json={"to": "ar.mj", "kind": "status_report", "in_reply_to": case_id, "content": report}
+    )
+    assert_problem(status, body, code="invalid-message")
+    assert "POST /v1/cases/{id}/events" in body["detail"]
+    assert len(await ledger(pair.au.gw)) == before  # nothing sealed, sent or recorded
+    # the checked move is refused too (a received request cannot be refused without consulting first)
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/events", json={"event": "refuse"})
+    assert status in (400, 409), body
+    status, body = await pair.ar.call("GET", f"/v1/messages/{case_id}")
+    assert status == 200 and body["state"] != "refused"
+
+
+async def test_assigning_needs_clearance_for_the_cases_marking(pair: Pair) -> None:
+    config = pair.au.provisioned.config
+    sid = await asyncio.to_thread(issue_token, config, "sid", "supervisor", clearance="UNCLASSIFIED", unit="tax")
+    await asyncio.to_thread(issue_token, config, "olga")  # a fully cleared officer of unit mla
+    case_id = await _received(pair, STRICT)
+
+    # an uncleared supervisor can neither take the case for his unit nor take anyone off it
+    status, body = await _as(pair.au, sid, "POST", f"/v1/cases/{case_id}/assign", json={"username": "sid"})
+    assert_problem(status, body, code="forbidden")
+    assert await _case_unit(pair.au.gw, case_id) is None  # still open to the cleared supervisors
+    status, body = await _as(pair.au, sid, "POST", f"/v1/cases/{case_id}/unassign", json={"username": "olga"})
+    assert_problem(status, body, code="forbidden")
+
+    # a cleared supervisor assigns; "replace" is a boolean
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "olga", "replace": "no"})
+    assert_problem(status, body, code="invalid-message")
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "olga"})
+    assert status == 200, body
+    assert await _case_unit(pair.au.gw, case_id) == "mla"
+
+
+async def test_a_refused_case_event_is_ledgered(pair: Pair) -> None:
+    config = pair.au.provisioned.config
+    olga = await asyncio.to_thread(issue_token, config, "olga")  # cleared, not assigned
+    case_id = await _received(pair)
+    before = len(await ledger(pair.au.gw))
+    status, body = await _as(pair.au, olga, "POST", f"/v1/cases/{case_id}/events", json={"event": "acknowledge"})
+    assert_problem(status, body, code="forbidden")
+    added = await ledger(pair.au.gw, before)
+    assert [(e["type"], e["actor"], e["reason"], e["kind"], e["to"]) for e in added] == [
+        ("message.submit_refused", "user:olga", "forbidden", "status_report", "ar.mj")
+    ]
+
+
+async def test_what_names_nothing_gets_a_typed_problem(pair: Pair) -> None:
+    case_id = await _received(pair)
+    auditor = await asyncio.to_thread(issue_token, pair.au.provisioned.config, "audrey", "auditor")
+    for path in (
+        "/v1/messages/%00",
+        "/v1/messages/%00/timeline",
+        f"/v1/messages/{case_id.upper()}",
+        "/v1/cases/%00/work",
+        "/v1/consultations/%00",
+        f"/v1/messages/{case_id}/attachments/99999999999999999999",
+    ):
+        status, body = await pair.au.call("GET", path)
+        assert_problem(status, body, code="not-found")
+    for path, code in (
+        ("/v1/ledger/checkpoints?after=99999999999999999999999", "invalid-message"),
+        ("/v1/ledger/entries?start=100000000000000000000&end=100000000000000000001", "invalid-message"),
+        ("/v1/ledger/proofs/inclusion?message_id=%00&size=1", "not-found"),
+    ):
+        status, body = await _as(pair.au, auditor, "GET", path)
+        assert_problem(status, body, code=code)
+    status, body = await pair.au.call("POST", "/v1/messages", json={**REQUEST, "to": "ar.mj", "in_reply_to": 5})
+    assert_problem(status, body, code="invalid-message")
+    # a token that cannot be one of ours (aiohttp hands the server its bytes as surrogates)
+    status, body = await _as(pair.au, "cmt_\xff\xfe", "GET", "/v1/messages")
+    assert_problem(status, body, code="unauthenticated")
+
+
+async def test_an_attachment_is_served_as_a_download_of_a_plain_type(pair: Pair) -> None:
+    hostile = hostile_towards(pair.ar, pair.au)
+    served = {}
+    for media_type, expected in (
+        ("text/html", "text/html"),
+        ("text/html\r\nSet-Cookie: taken=1", "application/octet-stream"),
+        ("not a type", "application/octet-stream"),
+    ):
+        attachment = make_attachment(b"<script>alert(1)</script>", media_type=media_type)
+        payload = hostile.payload(attachments=[attachment.ref.model_dump()])
+        answer = await hostile.post_multipart(hostile.seal(payload), [attachment.ciphertext])
+        assert answer.status == 200, answer.raw
+        assert pair.au.session is not None
+        url = f"{pair.au.api}/v1/messages/{payload.id}/attachments/0"
+        async with pair.au.session.get(url) as response:
+            assert response.status == 200
+            served[media_type] = (
+                response.headers["Content-Type"].split(";")[0],
+                response.headers["Content-Disposition"],
+                response.headers["X-Content-Type-Options"],
+                "Set-Cookie" in response.headers,
+                await response.read(),
+            )
+        assert served[media_type] == (expected, "attachment", "nosniff", False, b"<script>alert(1)</script>")
+
+
+async def test_an_officer_knows_only_of_the_messages_she_may_act_on(pair: Pair) -> None:
+    """Decision 94: listing, a message's summary and its timeline follow the rule of acting on it (clearance for
+    its marking and caveats, and assignment to its case or supervision of the case's unit); a message hidden is
+    `not-found`, as one that does not exist. Auditors and administrators see every message's metadata."""
+    config = pair.au.provisioned.config
+    ursula = await asyncio.to_thread(issue_token, config, "ursula", clearance="CONFIDENTIAL", caveats=("uncac-46-20",))
+    olga = await asyncio.to_thread(issue_token, config, "olga")  # cleared for everything, in bruce's unit
+    audrey = await asyncio.to_thread(issue_token, config, "audrey", "auditor")
+    secret, plain = await _received(pair, STRICT), await _received(pair)
+
+    async def inbox(token: str, query: str = "") -> list[str]:
+        status, body = await _as(pair.au, token, "GET", "/v1/messages?box=inbox" + query)
+        assert status == 200, body
+        return [message["id"] for message in body["messages"]]
+
+    async def seen(token: str, message_id: str) -> bool:
+        status, body = await _as(pair.au, token, "GET", f"/v1/messages/{message_id}")
+        status_t, body_t = await _as(pair.au, token, "GET", f"/v1/messages/{message_id}/timeline")
+        assert (status, status_t) in ((200, 200), (404, 404)), (body, body_t)
+        return status == 200
+
+    assert await inbox(ursula) == [] and await inbox(olga) == []  # unassigned: triage is the supervisors'
+    assert not await seen(ursula, secret) and not await seen(olga, secret)
+    assert await inbox(pair.au.token) == [plain, secret] == await inbox(audrey)  # newest first
+    assert await inbox(pair.au.token, "&limit=1&offset=1") == [secret]
+    for case_id in (secret, plain):
+        status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "olga"})
+        assert status == 200, body
+        status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "ursula"})
+        assert status == 200, body
+    assert await inbox(olga) == [plain, secret] and await seen(olga, secret)
+    assert await inbox(ursula) == [plain] and not await seen(ursula, secret)  # assigned, not cleared for it
