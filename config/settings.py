@@ -41,6 +41,21 @@ __all__ = [
 
 ENV_PREFIX: Final = "COMITY_"
 CONFIG_ENV: Final = "COMITY_CONFIG"
+# COMITY_* variables the commands read that are not settings (the settings file, secrets, switches, tests)
+NOT_SETTINGS_ENV: Final = frozenset(
+    {
+        CONFIG_ENV,
+        "COMITY_PASSPHRASE",
+        "COMITY_PASSPHRASE_FILE",
+        "COMITY_DIRECTORY_PASSPHRASE",
+        "COMITY_USER_PASSWORD",
+        "COMITY_OPERATOR",
+        "COMITY_AUDIT_TOKEN",
+        "COMITY_DEBUG",
+        "COMITY_TEST_PG",
+    }
+)
+MIN_WEBHOOK_SECRET: Final = 16
 PASSPHRASE_ENV: Final = "COMITY_PASSPHRASE"  # noqa: S105 (a variable name) read by the CLI only; never a field
 
 # The TOML file of the load in progress; None means "no file" (plain ``Settings(...)``: keywords and environment).
@@ -95,8 +110,8 @@ class Settings(BaseSettings):
     max_message_age_seconds: int = Field(default=30 * 86400, ge=60)
     max_envelope_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=8 * 1024**3, ge=0)
-    outbox_initial_backoff: float = Field(default=0.5, gt=0)
-    outbox_max_backoff: float = Field(default=300.0, gt=0)
+    outbox_initial_backoff: float = Field(default=0.5, gt=0, le=86400)
+    outbox_max_backoff: float = Field(default=300.0, gt=0, le=86400)
     outbox_connections_per_peer: int = Field(default=128, ge=1, le=1024)
     # refusals of one peer we ledger: a bucket of this many, refilled at this rate; beyond, 429 (gateway/limits.py)
     peer_refusal_burst: int = Field(default=300, ge=1, le=1_000_000)
@@ -142,6 +157,30 @@ class Settings(BaseSettings):
             return validate_authority_id(value)
         except InvalidMessage as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator(
+        "data_dir",
+        "keys_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "directory_file",
+        "directory_key_file",
+        "attachments_dir",
+        mode="before",
+    )
+    @classmethod
+    def _named(cls, value: object) -> object:
+        # an empty value would become "." (the current directory, or data_dir itself): a mistake, never a choice
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must name a path, not be empty")
+        return value
+
+    @field_validator("notify_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_WEBHOOK_SECRET:  # an empty key: anyone's HMAC
+            raise ValueError(f"must be at least {MIN_WEBHOOK_SECRET} characters (or unset, for unsigned calls)")
+        return value
 
     @field_validator("data_dir")
     @classmethod
@@ -243,6 +282,18 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     ``overrides``, in increasing order of precedence. Raises :class:`ConfigError` naming the first bad setting."""
     if config_file is None and os.environ.get(CONFIG_ENV):
         config_file = Path(os.environ[CONFIG_ENV])
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.startswith(ENV_PREFIX)
+        and name not in NOT_SETTINGS_ENV
+        and name[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    )
+    if unknown:  # a misspelt variable would be ignored, silently: the TOML file refuses unknown keys too
+        raise ConfigError(
+            f"{', '.join(unknown)}: no such setting (docs/configuration.md lists them; {ENV_PREFIX}* variables that "
+            "are not settings: " + ", ".join(sorted(NOT_SETTINGS_ENV)) + ")"
+        )
     source = "settings"
     if config_file is not None:
         config_file = config_file.expanduser()

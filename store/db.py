@@ -19,13 +19,15 @@ tells a failing database from a failing request; the API answers the first with 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -63,10 +65,21 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _create_private(url: str) -> None:
+    """Create a SQLite database file that does not exist yet readable by its owner only (SQLite would follow the
+    umask; its -wal and -shm files take the database file's mode): it holds case notes and every metadata."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """Create the async engine for ``url`` with the settings described in the module docstring."""
     clean, schema = split_schema(url)
     if is_sqlite(clean):
+        _create_private(clean)
         # one writer at a time holds the file lock anyway: a small fixed pool, never reopened under load
         engine = create_async_engine(
             clean, connect_args={"timeout": 30}, pool_size=4, max_overflow=0, hide_parameters=True

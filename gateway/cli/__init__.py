@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 import click
@@ -27,6 +28,27 @@ _COMMANDS = {
 
 
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every failure is one line: a command's own errors say what to do; anything unexpected is named by its
+        type only, since its message may hold what it was handed (a passphrase, a token, a URL with a password).
+        ``COMITY_DEBUG=1`` lets the traceback through."""
+        from gateway.cli.common import CommandError
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("COMITY_DEBUG") == "1":
+                raise
+            if isinstance(exc, OSError) and exc.strerror:
+                where = f"{exc.filename}: " if exc.filename else ""
+                raise CommandError(f"{where}{exc.strerror}") from None
+            raise CommandError(
+                f"unexpected error ({type(exc).__name__}); its details are not shown, as they may hold secrets: "
+                "run again with COMITY_DEBUG=1 to see them"
+            ) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 

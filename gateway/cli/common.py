@@ -63,11 +63,28 @@ def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             where = f"{exc.filename}: " if exc.filename else ""
             raise CommandError(f"{where}{exc.strerror or exc}") from None
         except Exception as exc:
+            if missing_schema(exc):
+                raise CommandError("the database has no Comity schema yet; run 'comity db upgrade'") from None
             if (outage := outage_name(exc)) is None:
                 raise
             raise CommandError(f"the database is unavailable ({outage}); is it running?") from None
 
     return wrapper
+
+
+def missing_schema(exc: BaseException) -> bool:
+    """Whether a database error says a table does not exist: a database never migrated (``comity db upgrade``)."""
+    cause = getattr(exc, "orig", None) or exc
+    # SQLite says so in words; PostgreSQL by SQLSTATE 42P01, undefined_table
+    return "no such table" in str(cause) or getattr(cause, "sqlstate", None) == "42P01"
+
+
+def utf8(value: str, source: str) -> bytes:
+    """``value`` as UTF-8, or a one-line error naming ``source`` and nothing of the value (a secret, maybe)."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandError(f"{source} is not valid UTF-8") from None
 
 
 def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") -> bytes:
@@ -77,18 +94,40 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") ->
         value = click.prompt(f"{what.capitalize()}", hide_input=True, confirmation_prompt=confirm, err=True)
     if not value:
         raise CommandError(f"the {what} must not be empty; set {env_var} or type one at the prompt")
-    return value.encode("utf-8")
+    return utf8(value, env_var if env_var in os.environ else f"the {what} typed")
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) readable by the owner only, if it does not exist."""
+    """Create ``path`` (and parents) readable by the owner only; an existing one is made so (it holds keys, the
+    SQLite database and the attachments)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
 
 
 def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Write a file that must not exist yet; ``private`` files (key material) get mode 0600, others 0644."""
+    """Write a file that must not exist yet; ``private`` files (key material) get mode 0600, others 0644. A write
+    that fails leaves no file behind."""
     mode = 0o600 if private else 0o644
-    _write_and_close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), data, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_and_close(fd, data, mode)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def write_new_files(files: list[tuple[Path, bytes, bool]]) -> None:
+    """:func:`write_new_file` for each ``(path, data, private)``, all or none: a failure removes those written."""
+    written: list[Path] = []
+    try:
+        for path, data, private in files:
+            write_new_file(path, data, private=private)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _write_and_close(fd: int, data: bytes, mode: int) -> None:

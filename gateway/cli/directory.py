@@ -28,7 +28,15 @@ from config.directory import (
     verify_directory_signature,
 )
 from crypto.keys import DEFAULT_KDF, generate_signing_key, key_id, public_jwk, seal_keys, unseal_keys
-from gateway.cli.common import FAST_KDF, CommandError, read_passphrase, replace_file, reports_errors, write_new_file
+from gateway.cli.common import (
+    FAST_KDF,
+    CommandError,
+    read_passphrase,
+    replace_file,
+    reports_errors,
+    write_new_file,
+    write_new_files,
+)
 
 __all__ = ["directory"]
 
@@ -68,8 +76,8 @@ def keygen(out: Path, kdf_fast: bool) -> None:
     passphrase = read_passphrase(DIRECTORY_PASSPHRASE_ENV, confirm=True, what="directory key passphrase")
     key = generate_signing_key()
     sealed = seal_keys({_KEY_NAME: key}, passphrase, FAST_KDF if kdf_fast else DEFAULT_KDF)
-    write_new_file(out, sealed, private=True)
-    write_new_file(public_path, json.dumps(public_jwk(key), indent=2).encode("utf-8") + b"\n", private=False)
+    public = json.dumps(public_jwk(key), indent=2).encode("utf-8") + b"\n"
+    write_new_files([(out, sealed, True), (public_path, public, False)])  # both or neither
     click.echo(f"directory key kid {key_id(key)}")
     click.echo(f"  {out}  private key, sealed with the passphrase: keep it offline")
     click.echo(f"  {public_path}  public key: every gateway installs it as directory-key.jwk")

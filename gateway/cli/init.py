@@ -19,7 +19,7 @@ from gateway.cli.common import (
     ensure_private_dir,
     read_passphrase,
     reports_errors,
-    write_new_file,
+    write_new_files,
 )
 
 __all__ = ["init"]
@@ -31,11 +31,11 @@ SETTINGS_FILE = "comity.toml"
 def _settings(
     authority_id: str, data_dir: Path, endpoint: str, api_port: int, federation_port: int | None
 ) -> tuple[Settings, dict[str, object]]:
-    parts = urlsplit(endpoint)
     try:
+        parts = urlsplit(endpoint)
         endpoint_port = parts.port
     except ValueError:
-        raise CommandError(f"--endpoint {endpoint!r} has an invalid port") from None
+        raise CommandError(f"--endpoint {endpoint!r} is not a valid URL with a valid port") from None
     values: dict[str, object] = {
         "authority_id": authority_id,
         "data_dir": data_dir,
@@ -154,11 +154,17 @@ def init(
     ensure_private_dir(data_dir)
     ensure_private_dir(targets["tls_key"].parent)
     ensure_private_dir(targets["cert"].parent)
-    write_new_file(targets["keys"], sealed, private=True)
-    write_new_file(targets["tls_key"], tls.key_pem, private=True)
-    write_new_file(targets["cert"], tls.cert_pem, private=False)
-    write_new_file(targets["settings"], settings_toml(values, header=header).encode("utf-8"), private=False)
-    write_new_file(targets["entry"], entry.model_dump_json(indent=2).encode("utf-8") + b"\n", private=False)
+    # all or none: a failure part-way (a full disk, Ctrl-C) leaves nothing that would make a retry refuse
+    write_new_files(
+        [
+            (targets["keys"], sealed, True),
+            (targets["tls_key"], tls.key_pem, True),
+            (targets["cert"], tls.cert_pem, False),
+            # private: an operator adds database_url or notify_webhook_secret to it
+            (targets["settings"], settings_toml(values, header=header).encode("utf-8"), True),
+            (targets["entry"], entry.model_dump_json(indent=2).encode("utf-8") + b"\n", False),
+        ]
+    )
     ensure_private_dir(settings.attachments_path)
 
     created = [

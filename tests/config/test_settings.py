@@ -167,3 +167,30 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
     settings = load_settings(sample, data_dir=tmp_path)
     assert settings == load_settings(sample, data_dir=tmp_path)
     assert settings.authority_id == "ar.mj"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("COMITY_MAX_ENVELOPE_BYTE", "10", "COMITY_MAX_ENVELOPE_BYTE: no such setting"),  # misspelt: was ignored
+        ("COMITY_OUTBOX_MAX_BACKOFF", "inf", "outbox_max_backoff"),  # a retry never due again
+        ("COMITY_OUTBOX_INITIAL_BACKOFF", "1e308", "outbox_initial_backoff"),
+        ("COMITY_NOTIFY_WEBHOOK_SECRET", "", "notify_webhook_secret: must be at least 16"),
+        ("COMITY_NOTIFY_WEBHOOK_SECRET", "short", "notify_webhook_secret"),
+        ("COMITY_DATA_DIR", "", "data_dir: must name a path"),  # was the current directory
+        ("COMITY_KEYS_FILE", " ", "keys_file: must name a path"),  # was data_dir itself
+    ],
+)
+def test_environment_values_are_held_to_what_the_file_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(write_config(tmp_path, BASE.format(data=tmp_path)))
+
+
+def test_variables_that_are_not_settings_are_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("COMITY_PASSPHRASE", "COMITY_DEBUG", "COMITY_AUDIT_TOKEN"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("COMITY_NOTIFY_WEBHOOK_SECRET", "s" * 16)
+    assert load_settings(write_config(tmp_path, BASE.format(data=tmp_path))).notify_webhook_secret is not None

@@ -1,0 +1,121 @@
+"""The ``comity`` command when things go wrong: one line, nothing of a secret in it, nothing half written, and the
+files it creates readable by the operator only (a review of the CLI found each of these otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import common
+from tests.conftest import DatabaseFactory
+from tests.gateway.test_cli_init_directory import ENV, fails, init, ok, run
+
+TARGETS = ("keys.sealed", "tls/key.pem", "tls/cert.pem", "comity.toml", "entry.json")
+
+
+def _init_args(data_dir: Path) -> list[str]:
+    return [
+        "init", "--id", "ar.mj", "--name", "Ministerio", "--country", "AR", "--endpoint", "https://127.0.0.1:8443",
+        "--data-dir", str(data_dir), "--kdf-fast",
+    ]  # fmt: skip
+
+
+def test_an_init_that_fails_part_way_leaves_nothing_and_can_be_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = common._write_and_close
+    calls = 0
+
+    def disk_full_at_the_third(fd: int, data: bytes, mode: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            os.write(fd, data[:10])  # part of it reached the disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, mode)
+
+    monkeypatch.setattr(common, "_write_and_close", disk_full_at_the_third)
+    data_dir = tmp_path / "ar"
+    line = fails(*_init_args(data_dir))
+    assert "No space left on device" in line
+    assert [name for name in TARGETS if (data_dir / name).exists()] == []
+    monkeypatch.setattr(common, "_write_and_close", real)
+    ok(*_init_args(data_dir))
+    assert all((data_dir / name).exists() for name in TARGETS)
+
+
+def test_keygen_writes_both_files_or_neither(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = common._write_and_close
+
+    def public_fails(fd: int, data: bytes, mode: int) -> None:
+        if mode == 0o644:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd, data, mode)
+
+    monkeypatch.setattr(common, "_write_and_close", public_fails)
+    key = tmp_path / "directory-key.sealed"
+    fails("directory", "keygen", "--out", key, "--kdf-fast")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_what_init_creates_is_the_operators_alone(databases: DatabaseFactory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "ar"
+    data_dir.mkdir()
+    data_dir.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)  # others can read it
+    await asyncio.to_thread(init, data_dir, "ar.mj", "AR", 8443)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "comity.toml").stat().st_mode) == 0o600  # database_url, webhook secret
+    if databases.backend == "sqlite":  # SQLite's file, created by the gateway, not by the umask
+        previous = os.umask(0o022)
+        try:
+            await asyncio.to_thread(ok, "db", "upgrade", "--config", data_dir / "comity.toml")
+        finally:
+            os.umask(previous)
+        files = sorted(data_dir.glob("comity.db*"))
+        assert files and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files), files
+
+
+@pytest.mark.parametrize("variable", ["COMITY_PASSPHRASE"])
+def test_a_secret_that_is_not_utf8_is_named_not_shown(tmp_path: Path, variable: str) -> None:
+    secret = "hunter2\udcff"  # an undecodable byte, as os.environ holds it
+    line = fails(*_init_args(tmp_path / "ar"), env={**ENV, variable: secret})
+    assert line == f"comity: {variable} is not valid UTF-8"
+
+
+async def test_a_database_never_migrated_is_named(databases: DatabaseFactory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "ar"
+    await asyncio.to_thread(init, data_dir, "ar.mj", "AR", 8443)
+    config = data_dir / "comity.toml"
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(f'database_url = "{await databases.new()}"\n')
+    expected = "comity: the database has no Comity schema yet; run 'comity db upgrade'"
+    assert (
+        await asyncio.to_thread(fails, "user", "create", "alice", "--role", "officer", "--config", config) == expected
+    )
+    assert await asyncio.to_thread(fails, "user", "list", "--config", config) == expected
+
+
+def test_an_unexpected_error_is_one_line_without_its_details(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ar"
+    init(data_dir, "ar.mj", "AR", 8443)
+    config = data_dir / "comity.toml"
+    with config.open("a", encoding="utf-8") as handle:  # a port that is no number, beside a password
+        handle.write('database_url = "postgresql+asyncpg://comity:s3cret-pw@127.0.0.1:notaport/comity"\n')
+    line = fails("user", "list", "--config", config)
+    assert line.startswith("comity: unexpected error (") and "COMITY_DEBUG=1" in line
+    assert "s3cret-pw" not in line and "notaport" not in line
+    line = fails("init", "--id", "au.ag", "--name", "AG", "--country", "AU", "--endpoint", "https://[::1",
+                 "--data-dir", tmp_path / "au", "--kdf-fast")  # fmt: skip
+    assert "is not a valid URL" in line
+    line = fails(
+        "audit", "verify", "--url", "https://127.0.0.1:1", "--token-file", tmp_path / "missing",
+        "--directory", tmp_path / "d.jws", "--directory-key", tmp_path / "k.jwk", "--authority", "ar.mj",
+    )  # fmt: skip
+    assert line.startswith("comity: ") and "missing" in line
+    result = run("user", "list", "--config", config, env={**ENV, "COMITY_DEBUG": "1"})
+    assert result.exit_code != 0 and not isinstance(result.exception, SystemExit)  # the traceback, on request
