@@ -28,12 +28,13 @@ from gateway.policy import (
 )
 from gateway.requests import SYSTEM_USER, Completeness, check_completeness
 from protocol.checklist import IncompleteRequest
-from protocol.errors import ComityError, InvalidMessage
+from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
 from store.case_stats import ANSWER_MILESTONES, CaseStats
 from store.cases import Cases
+from store.errors import NotFound
 from store.messages import AttachmentRow, Messages
 from store.outbox import DIRECT_LEASE
 from store.users import User
@@ -175,10 +176,19 @@ async def submit_message(
             direct=direct is not None,
             along=along,
         )
-    except Exception:  # not on cancellation: the shielded commit may still keep these files
-        for _, path in files:
-            remove_quietly(path.final)
-        raise
+    except Exception as failed:  # not on cancellation: the shielded commit may still keep these files
+        stored = await _stored(gw, message_id)
+        if stored is not True:  # a commit that failed for sure (False), or no telling (None: keep what may be needed)
+            if stored is False:
+                for _, path in files:
+                    remove_quietly(path.final)
+            raise
+        # the commit went through but its answer was lost (decision 96): the message is queued with its files; the
+        # claim loop sends it (a direct delivery's row waits out its lease)
+        get_logger(message_id=message_id, peer=draft.to).warning(
+            "submission_committed_despite_error", error=error_code(failed)
+        )
+        direct = None
     if direct is not None:
         direct(message_id, draft.to, envelope, digest, submitted_at)
     else:
@@ -187,6 +197,18 @@ async def submit_message(
         "message_submitted", kind=draft.kind.value, attachments=len(refs)
     )
     return message_id
+
+
+async def _stored(gw: Gateway, message_id: str) -> bool | None:
+    """Whether ``message_id`` is in the database; None when the database cannot tell."""
+    try:
+        async with gw.reader.connect() as conn:
+            await Messages.get(conn, message_id)
+    except NotFound:
+        return False
+    except Exception:
+        return None
+    return True
 
 
 def _actor(user: User) -> str:

@@ -296,3 +296,38 @@ async def test_the_claim_loop_survives_a_failing_database_and_does_not_spin_when
     await asyncio.sleep(1.5)
     # at most the one of a wait that began before the slots were taken (a spinning loop makes hundreds)
     assert calls - before <= 1, f"{calls - before} lookups of the next due row while no slot was free"
+
+
+async def test_a_submission_whose_commit_answer_was_lost_keeps_its_files_and_goes_out(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 96: the database committed the submission but its answer never came (a connection lost at COMMIT).
+    The message is stored and queued: its attachment files stay and it is delivered, and the officer is told it was
+    accepted. A commit that surely failed still removes the files it would have needed."""
+    gw = pair.ar.gw
+    real = gw.commit
+    how = "lost answer"
+
+    async def flaky(unit: Any) -> Any:
+        if getattr(unit, "__qualname__", "") != "_persist.<locals>.unit":
+            return await real(unit)
+        if how == "lost answer":
+            await real(unit)  # committed ...
+        raise ConnectionResetError("connection lost at COMMIT")  # ... or not, and the answer is an error either way
+
+    monkeypatch.setattr(gw, "commit", flaky)
+    outgoing = gw.settings.attachments_path / "out"
+    message_id = await send_with_attachment(pair.ar, REQUEST, b"records of account 1234")
+    assert len(list(outgoing.rglob("*"))) >= 1
+    await wait_for(pair.ar, message_id, "delivered")
+    status, body = await pair.au.call("GET", f"/v1/messages/{message_id}")
+    assert status == 200, body
+
+    how = "failed"
+    before = sorted(outgoing.rglob("*"))
+    form = aiohttp.FormData()
+    form.add_field("message", json.dumps(REQUEST), content_type="application/json")
+    form.add_field("attachment", io.BytesIO(b"other records"), filename="records.pdf", content_type="application/pdf")
+    status, body = await pair.ar.call("POST", "/v1/messages", data=form)
+    assert status >= 500, body
+    assert sorted(outgoing.rglob("*")) == before  # its file was removed
