@@ -53,6 +53,7 @@ NOT_SETTINGS_ENV: Final = frozenset(
         "COMITY_AUDIT_TOKEN",
         "COMITY_DEBUG",
         "COMITY_TEST_PG",
+        "COMITY_BENCH_PG",
     }
 )
 MIN_WEBHOOK_SECRET: Final = 16

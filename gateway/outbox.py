@@ -135,8 +135,9 @@ class OutboxSender:
                 try:
                     async with self.gw.transaction() as conn:
                         items = await self.gw.outbox.claim_due(conn, self.gw.clock(), limit=free, lease=LEASE)
-                except Exception:
-                    self.log.exception("outbox_claim_failed")
+                except Exception as exc:  # a database that reads but will not write: a second, not a spin
+                    self.log.warning("outbox_claim_failed", error=error_code(exc))
+                    free = 0
             stop_if_cancelled()
             for item in items:
                 task = asyncio.create_task(self._deliver_safely(item))
@@ -306,11 +307,14 @@ class OutboxSender:
             digest,
         ):
             raise DeliveryError(f"the receipt from {peer.id} does not match the envelope sent")
-        # dated within the message's life: not after our clock (a redelivery's receipt is the first one, so it may
-        # be older than this attempt), not before its submission (decision 91)
+        # dated within the message's life: not before its submission (the auditor's bound; a redelivery's receipt
+        # is the first one, so it may be older than this attempt), and not later than a receiver whose clock runs
+        # ahead of ours still takes it (it refuses only what is dated in its future), so never near the calendar's
+        # end (decision 91)
         received = parse_time(receipt.received_at)
         too_early = item.submitted_at is not None and received < item.submitted_at - RECEIPT_SKEW
-        if too_early or received > self.gw.clock() + RECEIPT_SKEW:
+        ahead = timedelta(seconds=self.gw.settings.max_message_age_seconds)
+        if too_early or received > self.gw.clock() + ahead:
             raise DeliveryError(f"the receipt from {peer.id} is dated {receipt.received_at}, out of the message's life")
         try:  # its checkpoint too, before it is recorded (decision 88)
             await self.witness.receipt_checkpoint(peer.id, receipt)

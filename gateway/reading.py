@@ -157,10 +157,9 @@ async def visible_box(gw: Gateway, user: User, direction: str, *, limit: int, of
         if _sees_all(user):
             return await Messages.in_box(conn, direction, limit=limit, offset=offset)
         shown: list[MessageRow] = []
-        skipped, read = 0, 0
+        skipped, after = 0, None
         while len(shown) < limit:
-            page = await Messages.in_box(conn, direction, limit=LIST_PAGE, offset=read)
-            read += len(page)
+            page = await Messages.scan_box(conn, direction, after=after, limit=LIST_PAGE)
             for row in await _visible(gw, user, conn, page):
                 if skipped < offset:
                     skipped += 1
@@ -168,6 +167,7 @@ async def visible_box(gw: Gateway, user: User, direction: str, *, limit: int, of
                     shown.append(row)
             if len(page) < LIST_PAGE:
                 break
+            after = (page[-1].created_at, page[-1].id)
         return shown
 
 

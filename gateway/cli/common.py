@@ -97,11 +97,12 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") ->
     return utf8(value, env_var if env_var in os.environ else f"the {what} typed")
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) readable by the owner only; an existing one is made so (it holds keys, the
-    SQLite database and the attachments)."""
+def ensure_private_dir(path: Path, *, tighten: bool = False) -> None:
+    """Create ``path`` (and parents) readable by the owner only; with ``tighten``, an existing one is made so too
+    (the data directory: it holds keys, the SQLite database and the attachments; never a directory the settings
+    merely point into, which may be shared)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
+    if tighten and path.stat().st_mode & 0o077:
         path.chmod(0o700)
 
 

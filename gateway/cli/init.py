@@ -151,7 +151,7 @@ def init(
         "config/samples/comity.toml and docs/configuration.md. COMITY_* environment variables override this file."
     )
 
-    ensure_private_dir(data_dir)
+    ensure_private_dir(data_dir, tighten=True)
     ensure_private_dir(targets["tls_key"].parent)
     ensure_private_dir(targets["cert"].parent)
     # all or none: a failure part-way (a full disk, Ctrl-C) leaves nothing that would make a retry refuse

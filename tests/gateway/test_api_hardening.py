@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.context import Gateway
 from tests.gateway.conftest import Pair, Side, issue_token, ledger
@@ -159,10 +160,13 @@ async def test_an_attachment_is_served_as_a_download_of_a_plain_type(pair: Pair)
         assert served[media_type] == (expected, "attachment", "nosniff", False, b"<script>alert(1)</script>")
 
 
-async def test_an_officer_knows_only_of_the_messages_she_may_act_on(pair: Pair) -> None:
+async def test_an_officer_knows_only_of_the_messages_she_may_act_on(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Decision 94: listing, a message's summary and its timeline follow the rule of acting on it (clearance for
     its marking and caveats, and assignment to its case or supervision of the case's unit); a message hidden is
     `not-found`, as one that does not exist. Auditors and administrators see every message's metadata."""
+    monkeypatch.setattr("gateway.reading.LIST_PAGE", 1)  # a listing that reads the box a row at a time, in keyset pages
     config = pair.au.provisioned.config
     ursula = await asyncio.to_thread(issue_token, config, "ursula", clearance="CONFIDENTIAL", caveats=("uncac-46-20",))
     olga = await asyncio.to_thread(issue_token, config, "olga")  # cleared for everything, in bruce's unit

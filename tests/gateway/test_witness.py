@@ -297,24 +297,29 @@ async def test_a_receipt_whose_checkpoint_does_not_back_it_is_not_recorded(
     assert [row.type for row in entries] == ["message.submitted"]
 
 
-@pytest.mark.parametrize("dated", ["9999-12-31T23:59:59.000000Z", "ten minutes ahead"])
-async def test_a_receipt_dated_after_our_clock_is_not_recorded(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch, dated: str
+@pytest.mark.parametrize("ahead", [timedelta(days=3_000_000), timedelta(days=31), timedelta(minutes=10)])
+async def test_a_receipt_dated_after_our_clock_is_recorded_only_within_the_message_age(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, ahead: timedelta
 ) -> None:
-    """Decision 91: a receipt's time is held to the message's life. au.ag signs receipts dated past our clock and
-    the skew (at the end of the calendar, its key being valid without end, the witness's key window overflowed):
-    not recorded, the message waits in the outbox, and the witness is not handed the receipt."""
+    """Decision 91: a receipt's time is held to the message's life. A receiver whose clock runs ahead still takes
+    the envelope (it refuses only what is dated in its future), so a receipt dated ten minutes ahead is recorded; one
+    dated past the message age limit (30 days), or at the end of the calendar (its key valid without end, the
+    witness's key window overflowed), is not: the message waits in the outbox, and the witness is not handed it."""
     first = await exchange(pair)
 
-    def ahead(receipt: Receipt, key: Any) -> str:
-        when = dated if dated[0].isdigit() else format_time(parse_time(receipt.received_at) + timedelta(minutes=10))
+    def fast_clock(receipt: Receipt, key: Any) -> str:
+        now = parse_time(receipt.received_at)
+        when = "9999-12-31T23:59:59.000000Z" if ahead.days > 3_000 else format_time(now + ahead)
         return sign_receipt(receipt.model_copy(update={"received_at": when}), key)
 
-    monkeypatch.setattr("gateway.receiving.sign_receipt", ahead)
+    monkeypatch.setattr("gateway.receiving.sign_receipt", fast_clock)
     failures = pair.ar.gw.metrics.delivery_failures.labels(peer="au.ag")
     before = failures._value.get()
     status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
     assert status == 202, body
+    if ahead < timedelta(days=30):
+        await wait_for(pair.ar, body["id"], "delivered")
+        return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while failures._value.get() == before:
