@@ -159,16 +159,7 @@ class Settings(BaseSettings):
         except InvalidMessage as exc:
             raise ValueError(exc.message) from None
 
-    @field_validator(
-        "data_dir",
-        "keys_file",
-        "tls_cert_file",
-        "tls_key_file",
-        "directory_file",
-        "directory_key_file",
-        "attachments_dir",
-        mode="before",
-    )
+    @field_validator("data_dir", *_PATH_FIELDS, mode="before")
     @classmethod
     def _named(cls, value: object) -> object:
         # an empty value would become "." (the current directory, or data_dir itself): a mistake, never a choice
