@@ -7,6 +7,7 @@ Everything a handler or the outbox needs is reached through one :class:`Gateway`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -252,7 +253,7 @@ class Gateway:
             if directory.serial > seen:
                 await gateway._install_directory()
             else:
-                await gateway._remember_directory()
+                await gateway._remember_directory()  # the same serial: the same document, or a refusal
             async with engine.connect() as conn:
                 gateway.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
                 earliest = await read_fact(conn, SIGNING_EARLIEST) or {}
@@ -277,6 +278,9 @@ class Gateway:
             if current == self.directory.serial:
                 return await done(None)  # another replica installed this one meanwhile: its record stands
             await write_fact(tx.conn, DIRECTORY_SERIAL, self.directory.serial)
+            await write_fact(
+                tx.conn, DIRECTORY_DIGEST, {"serial": self.directory.serial, "sha256": _digest(self.directory)}
+            )
             prior = await read_fact(tx.conn, DIRECTORY_FACTS)
             before = await read_fact(tx.conn, SIGNING_EARLIEST) or {}
             earliest = defer_new_signing_keys(prior, facts["signing"], before)
@@ -305,11 +309,20 @@ class Gateway:
         return own, {"expires_at": self.directory.expires_at, "signing": signing}
 
     async def _remember_directory(self) -> None:
-        """The facts of a directory installed before this version kept them (written once, at the next start; a
-        no-op after that)."""
+        """The serial installed already: the document must be the one installed under it (decision 97), and the
+        facts of a directory installed before this version kept them are written once, at the next start."""
         _, facts = self._directory_facts()
+        serial, digest = self.directory.serial, _digest(self.directory)
 
         async def unit(tx: Tx) -> Finish[None]:
+            installed = await read_fact(tx.conn, DIRECTORY_DIGEST)
+            if isinstance(installed, dict) and installed.get("serial") == serial and installed.get("sha256") != digest:
+                raise DirectoryRolledBack(
+                    f"directory serial {serial} differs from the directory installed under serial {serial}: a "
+                    f"directory changes only under a new serial; ask the directory operator for serial {serial + 1}"
+                )
+            if installed is None:  # installed before this version kept its digest
+                await write_fact(tx.conn, DIRECTORY_DIGEST, {"serial": serial, "sha256": digest})
             if await read_fact(tx.conn, DIRECTORY_FACTS) is None:
                 await write_fact(tx.conn, DIRECTORY_FACTS, facts)
             return await done(None)
@@ -349,6 +362,14 @@ def _tls_password(settings: Settings, keys: AuthorityKeys) -> bytes:
 
 
 DIRECTORY_SERIAL = "directory_serial"  # the highest directory serial installed (no roll-back below it)
+DIRECTORY_DIGEST = "directory_sha256"  # {"serial", "sha256"}: the document installed under that serial
+
+
+def _digest(directory: Directory) -> str:
+    """SHA-256 of the directory's signed payload (its RFC 8785 bytes): one per document, whoever signed it when."""
+    return hashlib.sha256(directory.to_bytes()).hexdigest()
+
+
 DIRECTORY_FACTS = "directory_facts"  # the installed directory's expiry and the signing kids of our entry in it
 SIGNING_EARLIEST = "signing_earliest"  # our signing kid -> the time before which it signs only if no other can
 

@@ -4,6 +4,7 @@ rolled-back directory, and the message names what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -126,3 +127,32 @@ async def test_a_replica_that_installed_a_directory_meanwhile_is_not_rolled_back
             assert (await conn.execute(installs)).scalar_one() == before
     finally:
         await gw.close()
+
+
+async def test_a_directory_changed_under_the_same_serial_is_refused(provisioned: list[Provisioned]) -> None:
+    """Decision 97: the operator corrected a draft (a compromised key dropped, say) and signed it again under the
+    serial it had: gateways that installed the first document must not take the second as the same, nor the first
+    again once they took the second. Only a new serial changes the directory."""
+    side = provisioned[0]
+    gw = await load(side)  # serial 1, installed at provisioning
+    await gw.close()
+    operator = side.data_dir.parent / "directory-operator"
+    draft = json.loads((operator / "draft.json").read_text())
+    draft["authorities"][0]["notes"] = "corrected"
+    (operator / "draft-again.json").write_text(json.dumps(draft))
+    os.environ["COMITY_DIRECTORY_PASSPHRASE"] = PASSPHRASE
+    try:
+        again = operator / "directory-again.jws"
+        comity("directory", "sign", str(operator / "draft-again.json"), "--key", str(operator / "directory-key.sealed"),
+               "--out", str(again))  # fmt: skip
+    finally:
+        del os.environ["COMITY_DIRECTORY_PASSPHRASE"]
+    installed = side.data_dir / "directory.jws"
+    original = installed.read_bytes()
+    shutil.copyfile(again, installed)
+    with pytest.raises(DirectoryRolledBack, match="serial 1 differs from the directory installed under serial 1"):
+        await load(side)
+    installed.write_bytes(original)  # the document installed under serial 1 still starts
+    gw = await load(side)
+    assert gw.directory.serial == 1
+    await gw.close()
