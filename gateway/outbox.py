@@ -277,7 +277,7 @@ class OutboxSender:
             about_ours = refusal.envelope_sha256 == digest or refusal.code in SIZE_CODES
             if refusal.code in TRANSIENT_CODES or not about_ours:
                 raise DeliveryError(f"{peer.id} refused for now: {refusal.code}")
-            await self._record_refusal(item, refusal.code)
+            await self._record_refusal(item, refusal.code, document["refusal"])
         else:
             raise DeliveryError(
                 f"{peer.id} answered HTTP {response.status} without a signed receipt or refusal",
@@ -351,12 +351,13 @@ class OutboxSender:
         self.log.info("message_delivered", message_id=item.message_id, peer=peer.id, attempts=item.attempts + 1)
         self.witness.observe(peer.id, receipt.checkpoint, receipt)
 
-    async def _record_refusal(self, item: OutboxItem, code: str) -> None:
+    async def _record_refusal(self, item: OutboxItem, code: str, token: str) -> None:
         async def unit(tx: Tx) -> Finish[bool]:
             if not await self.gw.outbox.remove(tx.conn, item.message_id):
                 return await done(False)
             tx.record(EventType.DELIVERY_FAILED, "system", message_id=item.message_id, to=item.peer, reason=code)
-            await Messages.update(tx.conn, item.message_id, state="refused")
+            # the peer's signed answer is kept as a receipt is: evidence of why the message did not go (decision 98)
+            await Messages.update(tx.conn, item.message_id, state="refused", receipt=token)
             return await done(True)
 
         if not await self.gw.commit(unit):

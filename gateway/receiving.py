@@ -153,7 +153,7 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
                 # a concurrent delivery of the same message won the race: answer as for a duplicate
                 async with gw.reader.connect() as conn:
                     known = await Messages.seen(conn, header.id)
-                if known is not None and known.envelope_sha256 == digest and known.receipt:
+                if known is not None and known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
                     return Received(known.receipt, True, header.id)
                 raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
     except ComityError as error:

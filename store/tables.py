@@ -108,7 +108,8 @@ messages = Table(
     Column("created_by", Integer, ForeignKey("users.id"), nullable=True),
     Column("created_at", TZ, nullable=False),
     Column("received_at", TZ, nullable=True),  # in: our receive time; out: the peer's signed receive time
-    Column("receipt", Text, nullable=True),  # in: the receipt we issued; out: the receipt we hold
+    # in: the receipt we issued; out: the peer's signed answer we hold (its receipt, or its final refusal)
+    Column("receipt", Text, nullable=True),
     Column("ledger_index", BigInteger, nullable=True),  # in: index of our "received" event
     Column("case_id", String(36), nullable=True),  # the request that opened the case (its own id for a request)
     Column("confidentiality_answer", String(16), nullable=True),  # art. 46(20): can-comply | cannot-comply

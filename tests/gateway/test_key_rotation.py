@@ -21,6 +21,7 @@ from sqlalchemy import delete, select
 from config.directory import load_authority_entry
 from crypto.envelope import read_routing_header
 from crypto.keys import AuthorityKeys, generate_signing_key, key_id, public_jwk, tls_key_passwords
+from crypto.receipts import verify_refusal
 from crypto.tls import key_pem_password
 from gateway.cli import main
 from gateway.cli.keys import keys_in_use
@@ -223,6 +224,10 @@ async def test_after_the_overlap_an_envelope_sealed_to_the_old_key_is_refused(pa
     await wait_for(pair.ar, body["id"], "refused")
     failed = [e for e in await ledger(pair.ar.gw) if e["type"] == "message.delivery_failed"]
     assert [(e["message_id"], e["reason"]) for e in failed] == [(body["id"], "wrong-recipient")]
+    async with pair.ar.gw.engine.connect() as conn:  # the signed refusal is kept beside the message (decision 98)
+        token = (await conn.execute(select(messages.c.receipt).where(messages.c.id == body["id"]))).scalar_one()
+    refusal = verify_refusal(token, pair.ar.gw.peer("au.ag").all_signing_keys())
+    assert (refusal.message_id, refusal.code, refusal.from_) == (body["id"], "wrong-recipient", "au.ag")
     assert await sealed_to(pair.ar, body["id"]) == old_kid
     async with pair.au.gw.engine.connect() as conn:
         stored = (await conn.execute(select(messages.c.id).where(messages.c.id == body["id"]))).all()
