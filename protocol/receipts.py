@@ -18,8 +18,9 @@ from protocol.messages import StrictModel, canonical_json, validate_authority_id
 
 __all__ = ["RECEIPT_SKEW", "Receipt", "Refusal", "rfc3339_utc"]
 
-# a receipt's signed receive time is held to the message's life, give or take this (the sender before recording
-# it, the auditor's timeline invariants after): not before the submission, not after the sender's clock
+# a receipt's signed receive time may be at most this before the message's submission (the sender checks it before
+# recording the receipt, the auditor's timeline invariants after); how far ahead it may be is the sender's
+# max_message_age_seconds (gateway/outbox.py)
 RECEIPT_SKEW = timedelta(seconds=300)
 
 
