@@ -331,3 +331,28 @@ async def test_a_submission_whose_commit_answer_was_lost_keeps_its_files_and_goe
     status, body = await pair.ar.call("POST", "/v1/messages", data=form)
     assert status >= 500, body
     assert sorted(outgoing.rglob("*")) == before  # its file was removed
+
+
+async def test_a_claim_that_keeps_failing_is_tried_about_once_a_second(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that reads but will not write (a standby after a failover, a full disk): the claim fails at once
+    while a due row is there to be claimed. The loop waits a second between tries instead of spinning."""
+    from sqlalchemy.exc import OperationalError
+
+    assert pair.ar.running is not None
+    task = pair.ar.running.sender_task
+    await pair.au.stop()  # the first attempt fails: a retry comes due
+    await send_with_attachment(pair.ar, REQUEST, b"records")
+    claims = 0
+
+    async def refused(conn: Any, now: Any, *, limit: int, lease: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        raise OperationalError("UPDATE outbox", {}, Exception("database or disk is full"))
+
+    await asyncio.sleep(1.5)  # past the first attempt; its retry is due within a second
+    monkeypatch.setattr(pair.ar.gw.outbox, "claim_due", refused)
+    await asyncio.sleep(2.5)
+    assert 1 <= claims <= 4, f"{claims} claims in 2.5 s"
+    assert not task.done()
