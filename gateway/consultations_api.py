@@ -15,12 +15,11 @@ from aiohttp import web
 from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
 from gateway.federation import GATEWAY
-from gateway.policy import check_case_access, ledger_refusal
+from gateway.policy import check_case_access, ledger_submit_refusal
 from gateway.reading import open_message
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
-from protocol.events import EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
 from protocol.timefmt import format_time
@@ -173,16 +172,8 @@ async def convert(request: web.Request) -> web.Response:
             f"the draft of message {source} is marked {floor.level} (caveats {', '.join(floor.caveats) or 'none'}): "
             "the request made of it must carry at least that"
         )
-        await ledger_refusal(
-            gw,
-            EventType.SUBMIT_REFUSED,
-            f"user:{user.username}",
-            refused,
-            message_id=None,
-            to=thread.peer,
-            kind=MessageKind.REQUEST.value,
-            marking=marking.to_json(),
-        )
+        actor = f"user:{user.username}"
+        await ledger_submit_refusal(gw, actor, refused, to=thread.peer, kind=MessageKind.REQUEST, marking=marking)
         raise refused
     draft = Draft(
         to=thread.peer,

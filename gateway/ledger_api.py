@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from gateway.federation import GATEWAY
 from gateway.openapi_parts import PROBLEM, json_ok
 from gateway.reading import Forbidden
 from protocol.errors import InvalidMessage
+from protocol.messages import validate_message_id
 from store.errors import NotFound
 from store.ledger import LedgerReader
 
@@ -38,7 +38,6 @@ def _check_role(request: web.Request) -> None:
         raise Forbidden(f"the {user.role} role cannot read the ledger; auditors, supervisors and admins can")
 
 
-_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_INDEX = 2**63 - 1  # sizes and indexes are signed 64-bit integers in the database
 
 
@@ -113,9 +112,10 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     async with gw.reader.connect() as conn:
         if "message_id" in request.query:
             message_id = request.query["message_id"]
-            found = None
-            if _MESSAGE_ID.fullmatch(message_id):  # anything else names no message (and may not reach PostgreSQL)
-                found = await LedgerReader.index_of_message(conn, message_id)
+            try:  # anything but a message id names no message (and may not reach PostgreSQL)
+                found = await LedgerReader.index_of_message(conn, validate_message_id(message_id))
+            except InvalidMessage:
+                found = None
             if found is None:
                 raise NotFound("no ledger entry names that message")
             index = found

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import aiohttp
+
 from protocol.errors import ComityError
 
 __all__ = [
@@ -31,7 +33,20 @@ __all__ = [
     "DeliverySlots",
     "RefusalBudget",
     "TooManyRefusals",
+    "read_capped",
 ]
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """A peer's whole answer (one ``content.read(n)`` returns only what has arrived so far), or None past ``cap``
+    bytes."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 14):
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
+
 
 # how long a delivery waits for one of its peer's slots before it is answered 503 busy
 DELIVERY_WAIT_SECONDS = 10.0

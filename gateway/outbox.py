@@ -21,7 +21,7 @@ from crypto.receipts import verify_receipt, verify_refusal
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
-from gateway.limits import MIN_ATTACHMENT_RATE
+from gateway.limits import MIN_ATTACHMENT_RATE, read_capped
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from gateway.tls import client_context
@@ -258,11 +258,14 @@ class OutboxSender:
         url = peer.endpoint.rstrip("/") + FEDERATION_PATH
         started = gw.clock()
         limit = ATTEMPT_SECONDS + sum(row.ct_size for row in files) / MIN_ATTACHMENT_RATE
-        keeper = None if prefetched is not None else asyncio.create_task(self._keep_lease(item.message_id))
+        # a claimed delivery's lease is renewed while an attempt runs that may outlive a renewal interval
+        keeper = None
+        if prefetched is None and limit > LEASE.total_seconds() / 3:
+            keeper = asyncio.create_task(self._keep_lease(item.message_id))
         try:
             async with asyncio.timeout(limit):
                 async with self._session(peer).post(url, data=body, headers=headers) as response:
-                    raw = await _read_answer(response)  # a receipt or a problem: small
+                    raw = await read_capped(response, MAX_ANSWER_BYTES) or b""  # a receipt or a problem: small
         except TimeoutError:
             raise DeliveryError(f"{peer.id} did not take and answer the delivery within {limit:.0f} s") from None
         finally:
@@ -288,7 +291,7 @@ class OutboxSender:
         """Renew a claimed delivery's lease every third of it while the attempt runs, so that no replica (this one
         included) claims and sends it again meanwhile."""
         while True:
-            await asyncio.sleep(LEASE.total_seconds() / 3)
+            await asyncio.sleep(LEASE.total_seconds() / 3)  # deliver() starts this only for a longer attempt
             try:
                 async with self.gw.transaction() as conn:
                     await self.gw.outbox.extend_lease(conn, message_id, self.gw.clock() + LEASE)
@@ -317,7 +320,7 @@ class OutboxSender:
         if too_early or received > self.gw.clock() + ahead:
             raise DeliveryError(f"the receipt from {peer.id} is dated {receipt.received_at}, out of the message's life")
         try:  # its checkpoint too, before it is recorded (decision 88)
-            await self.witness.receipt_checkpoint(peer.id, receipt)
+            await self.witness.receipt_checkpoint(peer.id, receipt, received)
         except (CryptoError, CheckpointError, WitnessError) as exc:
             raise DeliveryError(f"the receipt from {peer.id} carries a checkpoint that does not back it") from exc
         gw = self.gw
@@ -363,17 +366,6 @@ class OutboxSender:
         if not await self.gw.commit(unit):
             return
         self.log.warning("message_refused_by_peer", message_id=item.message_id, peer=item.peer, code=code)
-
-
-async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
-    """The whole answer (one ``read(n)`` returns what has arrived so far), at most MAX_ANSWER_BYTES of it: a
-    longer one is cut there and will not parse."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(1 << 14):
-        body += chunk
-        if len(body) > MAX_ANSWER_BYTES:
-            break
-    return bytes(body)
 
 
 def _json(raw: bytes) -> dict[str, Any]:

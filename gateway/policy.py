@@ -84,6 +84,16 @@ async def ledger_refusal(
     await gw.commit(unit)
 
 
+async def ledger_submit_refusal(
+    gw: Gateway, actor: str, error: ComityError, *, to: str, kind: MessageKind, marking: Marking
+) -> None:
+    """Record a refused submission by what it would have sent (to whom, what kind, under which marking), never its
+    content: the sending gateway's refusals are evidence too."""
+    await ledger_refusal(
+        gw, EventType.SUBMIT_REFUSED, actor, error, message_id=None, to=to, kind=kind.value, marking=marking.to_json()
+    )
+
+
 async def check_outgoing(
     gw: Gateway,
     user: User,

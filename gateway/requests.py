@@ -23,7 +23,7 @@ from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
-from gateway.policy import ledger_refusal
+from gateway.policy import ledger_submit_refusal
 from protocol.checklist import IncompleteRequest, check_request
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -140,17 +140,8 @@ async def _case_and_side(gw: Gateway, user: User, case_id: str) -> tuple[Case, S
         elif not (user.role == "supervisor" and case.unit in (None, user.unit)) and user.id not in case.assignees:
             refused = CaseForbidden("only officers assigned to the case, or supervisors of its unit, act on it")
         if refused is not None:  # evidence, like every refused submission (the status report it would have sent)
-            kind, marking = MessageKind.STATUS_REPORT.value, opening.marking.to_json()
-            await ledger_refusal(
-                gw,
-                EventType.SUBMIT_REFUSED,
-                f"user:{user.username}",
-                refused,
-                message_id=None,
-                to=opening.peer,
-                kind=kind,
-                marking=marking,
-            )
+            actor, report = f"user:{user.username}", MessageKind.STATUS_REPORT
+            await ledger_submit_refusal(gw, actor, refused, to=opening.peer, kind=report, marking=opening.marking)
             raise refused
     if case.state is None:
         raise InvalidMessage(f"case {case_id} was not opened by a request: it has no life cycle")

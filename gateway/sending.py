@@ -24,7 +24,7 @@ from gateway.policy import (
     Embargoed,
     Outgoing,
     check_outgoing,
-    ledger_refusal,
+    ledger_submit_refusal,
 )
 from gateway.requests import SYSTEM_USER, Completeness, check_completeness
 from protocol.checklist import IncompleteRequest
@@ -129,16 +129,7 @@ async def submit_message(
         IncompleteRequest,
     ) as refused:
         # the sending gateway's refusals are evidence too: ledgered, and nothing is sealed or sent
-        await ledger_refusal(
-            gw,
-            EventType.SUBMIT_REFUSED,
-            actor,
-            refused,
-            message_id=None,
-            to=draft.to,
-            kind=draft.kind.value,
-            marking=draft.marking.to_json(),
-        )
+        await ledger_submit_refusal(gw, actor, refused, to=draft.to, kind=draft.kind, marking=draft.marking)
         raise
     refs, files = await _encrypt_attachments(gw, message_id, attachments)
     now = gw.clock()  # the sealing time: iat, and the keys valid then

@@ -25,6 +25,7 @@ from crypto.errors import CryptoError
 from crypto.note import CosignatureVerifier, NoteVerifier, open_checkpoint
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
+from gateway.limits import read_capped
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from protocol.checkpoint import Checkpoint, CheckpointError
@@ -138,14 +139,13 @@ class Witness:
         self._receipt_notes: dict[tuple[str, str, tuple[str, ...]], Checkpoint] = {}
         self.log = get_logger(component="witness")
 
-    async def receipt_checkpoint(self, peer: str, receipt: Receipt) -> Checkpoint:
+    async def receipt_checkpoint(self, peer: str, receipt: Receipt, signed_about: datetime) -> Checkpoint:
         """The checkpoint ``receipt`` (of ``peer``, verified) carries, checked before the receipt is recorded
         (decision 88): signed by a key of the peer valid around the receipt's time, as :meth:`check` asks, and
         holding the entry the receipt names. A checkpoint that does not open counts as a check failed by the peer's
         doing (``proof-unavailable`` after MAX_PROOF_FAILURES in a row) and raises; a receipt beyond its own
         checkpoint raises an alarm (``receipt-unbacked``) and :class:`ReceiptUnbacked`. The receipts of one group
-        commit carry one note, which is opened once."""
-        signed_about = parse_time(receipt.received_at)
+        commit carry one note, which is opened once. ``signed_about`` is the receipt's ``received_at``, parsed."""
         kids = tuple(sorted(str(key.kid) for key in _signing_keys_about(self.gw, peer, signed_about)))
         cache_key = (peer, receipt.checkpoint, kids)
         checkpoint = self._receipt_notes.get(cache_key)
@@ -463,7 +463,10 @@ class Witness:
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{path_and_query}"
         async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
-            return response.status, await _read_capped(response, 1 << 16)
+            body = await read_capped(response, 1 << 16)
+        if body is None:
+            raise WitnessError(f"an answer of more than {1 << 16} bytes")
+        return response.status, body
 
     async def _cosign(self, peer: str, checkpoint: Checkpoint) -> None:
         now = self.gw.clock()
@@ -495,16 +498,6 @@ class Witness:
 
 
 Pending = tuple[str, Receipt | None]
-
-
-async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The whole body (``content.read(n)`` may return part of it), refused past ``cap`` bytes."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(1 << 14):
-        body += chunk
-        if len(body) > cap:
-            raise WitnessError(f"an answer of more than {cap} bytes")
-    return bytes(body)
 
 
 def _problem_code(raw: bytes) -> str | None:
