@@ -63,6 +63,8 @@ SERVED_REFRESH = 60.0  # seconds between two records that a peer serves receipt 
 TRANSPORT_GRACE = 300.0
 COSIGNATURE_PATH = "/federation/v1/cosignatures"
 MAX_HELD_SIZE = 2**63 - 1  # peer_checkpoints.size is a signed 64-bit integer
+# checks of one checkpoint against what another replica stored meanwhile before giving it up to a newer one
+STORE_ATTEMPTS = 4
 RECEIPT_NOTES_HELD = 256  # checkpoint notes opened for receipts and remembered (a peer's group commit shares one)
 
 
@@ -252,34 +254,54 @@ class Witness:
             raise WitnessError(f"{peer} signed a checkpoint of size {checkpoint.size}, beyond any real ledger")
         async with gw.reader.connect() as conn:
             held = await WitnessState.latest(conn, peer)
-        if held is not None and checkpoint.size == held.size:
-            if checkpoint.root_hash != held.root:
-                await self._alarm(peer, "ledger-fork", f"two different roots signed for size {held.size}")
+        for _ in range(STORE_ATTEMPTS):
+            if not await self._consistent(peer, checkpoint, held):
                 return
-        elif held is not None:
-            older, newer = (held, checkpoint) if held.size < checkpoint.size else (checkpoint, held)
-            older_root = older.root if isinstance(older, PeerCheckpoint) else older.root_hash
-            newer_root = newer.root if isinstance(newer, PeerCheckpoint) else newer.root_hash
-            proof = await self._fetch_consistency(peer, older.size, newer.size)
-            try:
-                verify_consistency(older.size, newer.size, proof, older_root, newer_root)
-            except MerkleError:
-                await self._alarm(
-                    peer,
-                    "ledger-rewritten",
-                    f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold",
-                )
-                return
-        if held is None or checkpoint.size > held.size:  # new: keep it and cosign it, whatever its receipt shows
+            if held is not None and checkpoint.size <= held.size:
+                break  # nothing new to keep
+            # new: keep it and cosign it, whatever its receipt shows, unless another replica kept a checkpoint of
+            # this peer meanwhile (it may be another fork that was consistent with the same one): then check against
+            # that one. The check of what is held and the insert are one transaction, one replica at a time.
             async with gw.transaction() as conn:
-                await WitnessState.remember(
-                    conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
-                )
-            try:
-                await self._cosign(peer, checkpoint)
-            except (WitnessError, *_TRANSPORT) as exc:  # the check held: only logged
-                self.log.warning("cosignature_not_accepted", peer=peer, error=error_code(exc))
+                await WitnessState.lock(conn, peer)
+                latest = await WitnessState.latest(conn, peer)
+                if _same(latest, held):
+                    await WitnessState.remember(
+                        conn, PeerCheckpoint(peer, checkpoint.size, checkpoint.root_hash, note), gw.clock()
+                    )
+            if _same(latest, held):
+                try:
+                    await self._cosign(peer, checkpoint)
+                except (WitnessError, *_TRANSPORT) as exc:  # the check held: only logged
+                    self.log.warning("cosignature_not_accepted", peer=peer, error=error_code(exc))
+                break
+            held = latest
+        else:  # our own replicas kept storing newer ones: the next receipt or poll brings a newer one to check
+            self.log.warning("witness_check_overtaken", peer=peer)
+            return
         await self._check_receipt(peer, checkpoint, receipt)
+
+    async def _consistent(self, peer: str, checkpoint: Checkpoint, held: PeerCheckpoint | None) -> bool:
+        """Whether ``checkpoint`` (verified) is consistent with the one we hold of ``peer``; if not, the alarm is
+        raised."""
+        if held is None:
+            return True
+        if checkpoint.size == held.size:
+            if checkpoint.root_hash == held.root:
+                return True
+            await self._alarm(peer, "ledger-fork", f"two different roots signed for size {held.size}")
+            return False
+        older, newer = (held.size, held.root), (checkpoint.size, checkpoint.root_hash)
+        if checkpoint.size < held.size:
+            older, newer = newer, older
+        proof = await self._fetch_consistency(peer, older[0], newer[0])
+        try:
+            verify_consistency(older[0], newer[0], proof, older[1], newer[1])
+        except MerkleError:
+            detail = f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold"
+            await self._alarm(peer, "ledger-rewritten", detail)
+            return False
+        return True
 
     async def _check_receipt(self, peer: str, checkpoint: Checkpoint, receipt: Receipt | None) -> None:
         """The entry the receipt names is in its (verified) checkpoint and records our message's reception as the
@@ -520,6 +542,10 @@ def _newer(current: Pending | None, candidate: Pending) -> Pending:
         return candidate if new > old or (new == old and (candidate[1] is not None or current[1] is None)) else current
     except (ValueError, IndexError):
         return candidate
+
+
+def _same(a: PeerCheckpoint | None, b: PeerCheckpoint | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and (a.size, a.root) == (b.size, b.root))
 
 
 def _size(note: str) -> int:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
@@ -172,6 +172,14 @@ class WitnessState:
     async def witnessed(conn: AsyncConnection) -> set[str]:
         """The peers we hold a checkpoint of."""
         return set((await conn.execute(select(peer_checkpoints.c.peer).distinct())).scalars())
+
+    @staticmethod
+    async def lock(conn: AsyncConnection, peer: str) -> None:
+        """Hold, until the transaction ends, the right to add to ``peer``'s checkpoints: replicas witnessing one peer
+        compare a checkpoint with the largest held and store it one at a time. SQLite's ``BEGIN IMMEDIATE`` already
+        serialises writers."""
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"comity-witness:{peer}"})
 
     @staticmethod
     async def remember(conn: AsyncConnection, checkpoint: PeerCheckpoint, now: datetime) -> None:

@@ -22,6 +22,7 @@ from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note, sign_
 from crypto.receipts import sign_receipt, verify_receipt
 from gateway.witness import MAX_PROOF_FAILURES, RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
 from protocol import merkle
+from protocol.checkpoint import Checkpoint
 from protocol.events import LedgerEvent
 from protocol.receipts import Receipt
 from protocol.timefmt import format_time, parse_time
@@ -801,3 +802,70 @@ async def test_the_receipt_proof_endpoint_shows_a_peer_only_its_own_receptions(p
             async with session.get(url, params=params) as response:
                 problem = await response.json(content_type=None)
                 assert (response.status, problem["code"]) == (status, code), (params, problem)
+
+
+def _tree(leaves: list[bytes]) -> dict[tuple[int, int], bytes]:
+    nodes: dict[tuple[int, int], bytes] = {}
+    for size, leaf in enumerate(leaves):
+        nodes.update(merkle.nodes_created_by_append(size, leaf, nodes))
+    return nodes
+
+
+async def test_two_replicas_checking_two_forks_at_once_keep_one_and_raise_the_alarm(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas of ar.mj (one database) check, at the same moment, two forks au.ag signed that each extend the
+    checkpoint they hold: each fork is consistent with that one, not with the other. Both proofs are fetched before
+    either replica stores: the second to store must find the first's checkpoint and check against it, not keep and
+    cosign a second fork (protocol.md 14.2.19, decision 99)."""
+    from gateway.witness import Witness
+
+    await exchange(pair)
+    assert pair.ar.running is not None
+    first = pair.ar.running.sender.witness
+    second = Witness(pair.ar.gw, first._session_for)  # another replica: own memory, same database
+    (held,) = await rows(pair.ar, select(peer_checkpoints).where(peer_checkpoints.c.peer == "au.ag"))
+    entries = await rows(pair.au, select(ledger_entries.c.entry).order_by(ledger_entries.c.idx))
+    leaves = [merkle.leaf_hash(bytes(r.entry)) for r in entries]
+    leaves = leaves[: held.size]  # what ar.mj holds
+    forks = {}
+    for name, extra in (("a", 2), ("b", 3)):
+        fork = leaves + [merkle.leaf_hash(f"{name}{i}".encode()) for i in range(extra)]
+        nodes = _tree(fork)
+        root = merkle.root_hash(len(fork), nodes)
+        text = Checkpoint(origin="comity-ledger/au.ag", size=len(fork), root_hash=root).to_text()
+        forks[name] = (pair.au.gw.sign_checkpoint(text), len(fork), nodes)
+    assert merkle.root_hash(held.size, forks["a"][2]) == bytes(held.root)
+
+    calls: list[int] = []
+    both = asyncio.Event()
+    by_size = {size: nodes for _, size, nodes in forks.values()}
+
+    async def consistency(peer: str, size1: int, size2: int) -> list[bytes]:
+        """au.ag answers from whichever fork the larger checkpoint belongs to."""
+        calls.append(size2)
+        if len(calls) == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), timeout=5)  # both replicas hold a proof before either stores
+        return merkle.consistency_proof(size1, size2, by_size[size2])
+
+    cosigned: list[int] = []
+
+    async def cosign(peer: str, checkpoint: Checkpoint) -> None:
+        cosigned.append(checkpoint.size)
+
+    for replica in (first, second):
+        monkeypatch.setattr(replica, "_fetch_consistency", consistency)
+        monkeypatch.setattr(replica, "_cosign", cosign)
+    await asyncio.gather(first.check("au.ag", forks["a"][0]), second.check("au.ag", forks["b"][0]))
+
+    kept = await rows(
+        pair.ar,
+        select(peer_checkpoints.c.size).where(peer_checkpoints.c.peer == "au.ag").order_by(peer_checkpoints.c.size),
+    )
+    assert len(kept) == 2 and kept[0].size == held.size  # the one held, and one fork
+    assert cosigned == [kept[1].size] and len(calls) == 3  # the second to store checked again, against the first
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
+    assert "au.ag" in pair.ar.gw.blocked_peers
