@@ -17,7 +17,14 @@ from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
-from gateway.policy import case_marking, check_supervising, ledger_refusal
+from gateway.policy import (
+    AccessRefused,
+    case_marking,
+    check_case_access,
+    check_supervising,
+    ledger_refusal,
+    ledger_submit_refusal,
+)
 from gateway.reading import Forbidden, attachment_stream, message_events, open_message, visible_box, visible_message
 from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
@@ -285,10 +292,30 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def acknowledge(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+async def _acted_on(request: web.Request, kind: MessageKind, doing: str) -> MessageRow:
+    """The message an acknowledgement, a response or a consent is about, if the user may act on it; otherwise the
+    attempt is ledgered as the submission's refusal would be, and answered as if there were no such message
+    (decision 94), before anything about the message (its direction, its peer, its marking) shows in an answer."""
+    gw, user = request.app[GATEWAY], _user(request)
     async with gw.reader.connect() as conn:
         original = await Messages.get(conn, request.match_info["id"])
+        try:
+            await check_case_access(gw, user, original, conn, doing)
+        except AccessRefused as refused:
+            error: AccessRefused | None = refused
+        else:
+            error = None
+    if error is not None:
+        await ledger_submit_refusal(
+            gw, f"user:{user.username}", error, to=original.peer, kind=kind, marking=original.marking
+        )
+        raise error
+    return original
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    original = await _acted_on(request, MessageKind.ACKNOWLEDGEMENT, "answering")
     body = await _read_json(request)
     content: dict[str, Any] = {"note": body["note"]} if isinstance(body.get("note"), str) else {}
     if "confidentiality" in body:  # art. 46(20): whether we can keep the request confidential
@@ -305,9 +332,7 @@ async def acknowledge(request: web.Request) -> web.Response:
 
 
 async def respond(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    async with gw.reader.connect() as conn:
-        original = await Messages.get(conn, request.match_info["id"])
+    original = await _acted_on(request, MessageKind.RESPONSE, "answering")
     return await _submit(request, to=original.peer, kind="response", in_reply_to=original.id)
 
 
@@ -331,8 +356,7 @@ async def timeline(request: web.Request) -> web.Response:
 async def consent(request: web.Request) -> web.Response:
     """As originator, consent to the content of a message we sent travelling on to a third authority."""
     gw = request.app[GATEWAY]
-    async with gw.reader.connect() as conn:
-        original = await Messages.get(conn, request.match_info["id"])
+    original = await _acted_on(request, MessageKind.CONSENT, "consenting about")
     if original.direction != "out":
         raise InvalidMessage("only the originator of a message consents to its onward use")
     recipient = (await _read_json(request)).get("recipient")

@@ -89,7 +89,7 @@ async def work_access(gw: Gateway, user: User, case_id: str) -> tuple[Case, Mark
             await Cases.get(conn, case_id)
             raise NotFound(f"case {case_id} has no opening message or oral request to work on")
     case, marking = facts[case_id]
-    refuse_case_access(gw, user, marking, case, DOING)
+    refuse_case_access(gw, user, marking, case, DOING, unseen=f"no case {case_id}")
     return case, marking
 
 
@@ -257,11 +257,11 @@ async def complete_date(gw: Gateway, user: User, case_id: str, item_id: int, bod
             if oral is None or oral.task_id != item_id:
                 raise InvalidMessage("only the confirm-in-writing task of an oral request is linked to a request")
             row = await Messages.get(conn, written)
+            await check_case_access(gw, user, row, conn, "linking")  # first: the rest describes the message
             direction = oral.direction
             if row.kind != MessageKind.REQUEST.value or row.peer != oral.peer or row.direction != direction:
                 way = "from" if direction == "in" else "to"
                 raise InvalidMessage(f"the written confirmation is a request {way} {oral.peer}")
-            await check_case_access(gw, user, row, conn, "linking")
 
     async def unit(tx: Tx) -> Finish[dict[str, Any]]:
         now = tx.clock()

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
+from gateway.problems import ShownAsNotFound
 from protocol.content import confidentiality_answer, consent_of, downgrade_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
@@ -46,6 +47,16 @@ __all__ = [
 
 class AccessRefused(ComityError):
     code = "forbidden"
+
+
+class Unseen(ShownAsNotFound, AccessRefused):
+    """An officer or supervisor refused a message or case she may not know exists (decision 94): ledgered and
+    logged as ``forbidden``, answered as if there were no such message or case (``shown_detail``: the store's own
+    ``not-found`` detail)."""
+
+    def __init__(self, message: str, shown_detail: str) -> None:
+        super().__init__(message)
+        self.shown_detail = shown_detail
 
 
 class Embargoed(ComityError):
@@ -117,11 +128,11 @@ async def check_outgoing(
     async with gw.reader.connect() as conn:
         if in_reply_to is not None:
             original = await Messages.get(conn, in_reply_to)
+            await check_case_access(gw, user, original, conn, "answering")  # first: the rest describes the message
             if original.peer != to:
                 raise InvalidMessage(f"message {in_reply_to} was not exchanged with {to}")
             if kind in ANSWER_EFFECTS and original.direction != "in":
                 raise InvalidMessage(f"an {kind.value} answers a message received from {to}, not one we sent")
-            await check_case_access(gw, user, original, conn, "answering")
             case_id = original.case_id  # a follow-up joins the case, whichever side opened it
             answers = original.direction == "in"
             if gw.scheme.lowers(marking, original.marking):
@@ -204,24 +215,32 @@ async def check_case_access(gw: Gateway, user: User, row: MessageRow, conn: Asyn
     if user.id == 0:  # the gateway itself (automatic status answers, gateway/requests.py)
         return
     case = await Cases.find(conn, row.case_id) if row.case_id else None
-    refuse_case_access(gw, user, row.marking, case, doing)
+    refuse_case_access(gw, user, row.marking, case, doing, unseen=f"no message {row.id}")
 
 
-def refuse_case_access(gw: Gateway, user: User, marking: Marking, case: Case | None, doing: str) -> None:
+def refuse_case_access(
+    gw: Gateway, user: User, marking: Marking, case: Case | None, doing: str, *, unseen: str | None = None
+) -> None:
     """The rule of :func:`check_case_access` for a case held under ``marking`` (case work applies it to many cases
-    at once)."""
+    at once). With ``unseen`` (what the store says of a message or case that does not exist), an officer or
+    supervisor refused is answered that instead (:class:`Unseen`): whoever may not act on it is not shown it either
+    (decision 94). Auditors and administrators see every message's metadata, never content: theirs stays a 403."""
     if user.id == 0:
         return
     if user.role not in ("officer", "supervisor"):
         raise AccessRefused(f"the {user.role} role never {doing} message content")
+    refused: str | None = None
     if not user.cleared_for(marking, gw.scheme):
-        raise AccessRefused(
+        refused = (
             f"{doing} needs clearance {marking.level} and authorisation for caveats "
             f"{', '.join(marking.caveats) or 'none'}"
         )
-    supervises = user.role == "supervisor" and (case is None or case.unit in (None, user.unit))
-    if not supervises and (case is None or user.id not in case.assignees):
-        raise AccessRefused(f"only officers assigned to the case, or supervisors of its unit, are {doing} it")
+    elif not (user.role == "supervisor" and (case is None or case.unit in (None, user.unit))) and (
+        case is None or user.id not in case.assignees
+    ):
+        refused = f"only officers assigned to the case, or supervisors of its unit, are {doing} it"
+    if refused is not None:
+        raise AccessRefused(refused) if unseen is None else Unseen(refused, unseen)
 
 
 async def case_marking(conn: AsyncConnection, case_id: str) -> Marking | None:

@@ -185,11 +185,12 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
             ),
             (olga, "POST", f"/v1/cases/{case_id}/flags", {"flag": "very-urgent"}, "unknown-work-kind"),
             (olga, "PUT", f"/v1/cases/{case_id}/next-action", {"text": "x" * 2001}, "invalid-message"),
-            (otto, "POST", dates, {"kind": "hearing", "due": day(1), "note": mark}, "forbidden"),
-            (otto, "PUT", f"/v1/cases/{case_id}/next-action", {"text": mark}, "forbidden"),
-            (otto, "GET", f"/v1/cases/{case_id}/work", None, "forbidden"),
-            (uma, "POST", f"/v1/cases/{case_id}/flags", {"flag": "urgent"}, "forbidden"),
-            (uma, "GET", f"/v1/cases/{case_id}/work", None, "forbidden"),
+            # an officer or supervisor who may not act on the case is not told it exists (decision 94)
+            (otto, "POST", dates, {"kind": "hearing", "due": day(1), "note": mark}, "not-found"),
+            (otto, "PUT", f"/v1/cases/{case_id}/next-action", {"text": mark}, "not-found"),
+            (otto, "GET", f"/v1/cases/{case_id}/work", None, "not-found"),
+            (uma, "POST", f"/v1/cases/{case_id}/flags", {"flag": "urgent"}, "not-found"),
+            (uma, "GET", f"/v1/cases/{case_id}/work", None, "not-found"),
             (auditor, "GET", f"/v1/cases/{case_id}/work", None, "forbidden"),
             (auditor, "POST", dates, {"kind": "hearing", "due": day(1)}, "forbidden"),
             (olga, "POST", f"/v1/cases/{case_id}/unassign", {"username": "uma"}, "forbidden"),
@@ -278,14 +279,14 @@ async def test_an_oral_urgent_request_opens_a_task_closed_by_linking_the_written
         assert [i["id"] for i in soon["items"]] == [task["id"]], soon
         # the supervisor of the unit sees it too; another officer does not
         otto = await officer(pair, "otto")
-        assert (await otto.call("GET", f"/v1/cases/{oral_case}/work"))[0] == 403
+        assert (await otto.call("GET", f"/v1/cases/{oral_case}/work"))[0] == 404  # as if there were no case
         await close_sessions(otto)
 
         # the written request arrives; linking it closes the task
         written, written_case = await incoming_case(pair)
         done = f"/v1/cases/{oral_case}/dates/{task['id']}/done"
         status, body = await olga.call("POST", done, json={"message_id": written})
-        assert_problem(status, body, code="forbidden")  # olga may not act on the written request's case yet
+        assert_problem(status, body, code="not-found")  # olga may not act on the written request's case yet
         status, body = await pair.au.call("POST", f"/v1/cases/{written_case}/assign", json={"username": "olga"})
         status, body = await olga.call("POST", done, json={"message_id": "0f8fad5b-d9cb-469f-a165-70867728950e"})
         assert_problem(status, body, code="not-found")

@@ -227,15 +227,16 @@ async def test_threads_are_refused_to_the_wrong_peer_and_to_officers_without_the
     try:
         status, body = await au.call("POST", f"/v1/cases/{thread_id}/assign", json={"username": "olga"})
         assert status == 200, body
+        # answered as if there were no such thread (decision 94), ledgered as the refusal it is
         status, body = await olga.call("GET", f"/v1/consultations/{thread_id}")
-        assert_problem(status, body, code="forbidden", secrets=[mark])
+        assert_problem(status, body, code="not-found", secrets=[mark])
         status, body = await olga.call("POST", f"/v1/messages/{thread_id}/open", json={"purpose": "review"})
-        assert_problem(status, body, code="forbidden", secrets=[mark])
+        assert_problem(status, body, code="not-found", secrets=[mark])
         before_au = len(await ledger(au.gw))
         status, body = await olga.call(
             "POST", f"/v1/consultations/{thread_id}/messages", json={"marking": marking, "content": {"text": mark}}
         )
-        assert_problem(status, body, code="forbidden", secrets=[mark])
+        assert_problem(status, body, code="not-found", secrets=[mark])
         refused = (await ledger(au.gw))[before_au:]
         assert [(e["type"], e["actor"], e["reason"]) for e in refused] == [
             ("message.submit_refused", "user:olga", "forbidden")
@@ -247,7 +248,7 @@ async def test_threads_are_refused_to_the_wrong_peer_and_to_officers_without_the
         status, body = await bob.call(
             "POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal, "marking": marking}
         )
-        assert_problem(status, body, code="forbidden", secrets=[mark])
+        assert_problem(status, body, code="not-found", secrets=[mark])
         refused = (await ledger(ar.gw))[before_ar:]
         assert [(e["type"], e["actor"], e["reason"]) for e in refused] == [
             ("message.submit_refused", "user:bob", "forbidden")

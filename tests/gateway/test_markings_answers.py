@@ -244,7 +244,8 @@ async def test_only_a_supervisor_of_the_cases_unit_records_a_downgrade(pair: Pai
     try:
         body = {"marking": LOWER, "content": {"text": "answer"}, "downgrade_reason": "not my case"}
         status, problem = await sven.call("POST", f"/v1/messages/{request_id}/respond", json=body)
-        # a supervisor of another unit, not cleared for the case, may not answer it at all, let alone downgrade it
-        assert_problem(status, problem, http=403, code="forbidden")
+        # a supervisor of another unit, not cleared for the case, may not answer it at all, let alone downgrade it;
+        # she is not told it exists (decision 94)
+        assert_problem(status, problem, http=404, code="not-found")
     finally:
         await close_sessions(sven)

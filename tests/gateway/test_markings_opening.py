@@ -14,6 +14,7 @@ bruce (supervisor, unit mla, from the ``pair`` fixture) and, created here with t
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -72,17 +73,12 @@ async def test_opening_needs_clearance_caveat_authorisation_and_case_assignment(
             status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": name})
             assert status == 200, body
 
-        refusals = {
-            "olga": "opening needs clearance STRICTLY CONFIDENTIAL",
-            "omar": "authorisation for caveats uncac-46-20",
-            "otto": "only officers assigned to the case, or supervisors of its unit",
-            "sven": "only officers assigned to the case, or supervisors of its unit",
-        }
-        for name, detail in refusals.items():
+        # each is answered as if there were no such message (decision 94): neither that it exists nor its marking
+        for name in ("olga", "omar", "otto", "sven"):
             before = (await stored(pair.au.gw)).ledger
             status, body = await users[name].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
-            problem = assert_problem(status, body, http=403, code="forbidden", secrets=[mark])
-            assert detail in problem["detail"], (name, problem)
+            problem = assert_problem(status, body, http=404, code="not-found", secrets=[mark])
+            assert problem["detail"] == f"no message {message_id}", (name, problem)
             assert "content" not in problem
             added = await ledger(pair.au.gw, before)
             assert len(added) == 1, added
@@ -92,7 +88,8 @@ async def test_opening_needs_clearance_caveat_authorisation_and_case_assignment(
             assert entry["message_id"] == message_id, entry
             # the attachment is the same content behind the same check
             status, body = await users[name].call("GET", f"/v1/messages/{message_id}/attachments/0")
-            assert_problem(status, body, http=403, code="forbidden", secrets=[mark])
+            problem = assert_problem(status, body, http=404, code="not-found", secrets=[mark])
+            assert problem["detail"] == f"no message {message_id}", (name, problem)
             added = await ledger(pair.au.gw, before)
             assert added[-1]["type"] == "message.open_refused" and added[-1]["purpose"] == "attachment", added
 
@@ -134,14 +131,14 @@ async def test_an_unassigned_incoming_case_is_open_to_every_cleared_supervisor_u
         entries = [(e["type"], e["actor"], e["purpose"]) for e in await ledger(pair.au.gw, before)]
         assert entries == [("message.opened", "user:sven", "triage")]
         status, body = await users["otto"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "triage"})
-        assert_problem(status, body, http=403, code="forbidden", secrets=[mark])
+        assert_problem(status, body, http=404, code="not-found", secrets=[mark])
 
         status, summary = await pair.au.call("GET", f"/v1/messages/{message_id}")
         status, body = await pair.au.call("POST", f"/v1/cases/{summary['case_id']}/assign", json={"username": "otto"})
         assert status == 200, body
         status, body = await users["sven"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "triage"})
-        problem = assert_problem(status, body, http=403, code="forbidden", secrets=[mark])
-        assert "supervisors of its unit" in problem["detail"], problem
+        problem = assert_problem(status, body, http=404, code="not-found", secrets=[mark])
+        assert problem["detail"] == f"no message {message_id}", problem
         status, opened = await users["otto"].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "work"})
         assert status == 200, opened
     finally:
@@ -250,3 +247,42 @@ def test_policy_refusals_are_http_403() -> None:
     """Consent and embargo refusals refuse a well-formed request: 403, like the other policy refusals."""
     assert status_for("consent-required")[0] == 403
     assert status_for("embargoed")[0] == 403
+
+
+async def test_a_message_a_user_may_not_act_on_is_answered_as_one_that_does_not_exist(pair: Pair) -> None:
+    """Decision 94: olga (cleared to CONFIDENTIAL), holding the id of a STRICTLY CONFIDENTIAL request, gets on every
+    message route the very answer she gets for an id that names nothing: not that it exists, not its marking, peer
+    or direction. What she tried to act on is still ledgered as refused."""
+    mark = canary()
+    message_id = await _deliver(pair, STRICT_4620, mark)
+    nothing = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    olga = await _user(pair, "olga", clearance="CONFIDENTIAL")
+    routes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "", None),
+        ("GET", "/timeline", None),
+        ("POST", "/open", {"purpose": "review"}),
+        ("GET", "/attachments/0", None),
+        ("POST", "/acknowledge", {"confidentiality": "can-comply"}),
+        ("POST", "/respond", {"marking": STRICT_4620, "content": {"text": mark}}),
+        ("POST", "/consent", {"recipient": "br.mjsp"}),
+    ]
+    try:
+        before = (await stored(pair.au.gw)).ledger
+        for method, tail, body in routes:
+            answers = []
+            for target in (message_id, nothing):
+                status, problem = await olga.call(method, f"/v1/messages/{target}{tail}", json=body)
+                assert_problem(status, problem, http=404, code="not-found", secrets=[mark])
+                answers.append(json.dumps(problem).replace(target, "<id>"))
+            assert answers[0] == answers[1], (method, tail, answers)
+        added = [(e["type"], e["actor"], e["reason"], e.get("kind")) for e in await ledger(pair.au.gw, before)]
+        assert added == [
+            ("message.open_refused", "user:olga", "forbidden", None),
+            ("message.open_refused", "user:olga", "forbidden", None),
+            ("message.submit_refused", "user:olga", "forbidden", "acknowledgement"),
+            ("message.submit_refused", "user:olga", "forbidden", "response"),
+            ("message.submit_refused", "user:olga", "forbidden", "consent"),
+        ], added
+        await assert_ledger_clean(pair.au.gw, [mark])
+    finally:
+        await close_sessions(olga)
