@@ -29,6 +29,7 @@ from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
 from gateway.stats_api import stats_routes
+from gateway.sweeper import Sweeper
 from gateway.tls import server_context
 from store.db import checkpoint_wal, is_sqlite
 from store.errors import outage_name
@@ -122,6 +123,7 @@ class RunningGateway:
     notifier_task: asyncio.Task[None] | None = None  # case-work notifications (gateway/notify.py)
     notifier: Notifier | None = None
     wal_task: asyncio.Task[None] | None = None  # SQLite: run_wal_checkpoints
+    sweeper_task: asyncio.Task[None] | None = None  # attachment files no message names (gateway/sweeper.py)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -136,9 +138,10 @@ class RunningGateway:
         self.sender_task.cancel()
         self.checkpointer_task.cancel()
         tasks = [self.sender_task, self.checkpointer_task]
-        if self.wal_task is not None:
-            self.wal_task.cancel()
-            tasks.append(self.wal_task)
+        for task in (self.wal_task, self.sweeper_task):
+            if task is not None:
+                task.cancel()
+                tasks.append(task)
         if self.notifier is not None and self.notifier_task is not None:
             # let the notification in hand be marked: cancelled between sending and marking, it would go out again
             self.notifier.stop()
@@ -177,7 +180,8 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
     wal = asyncio.create_task(run_wal_checkpoints(gw)) if is_sqlite(settings.database_dsn) else None
     notifier = Notifier(gw) if settings.notify != "none" else None
     notifier_task = asyncio.create_task(notifier.run()) if notifier is not None else None
-    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier_task, notifier, wal)
+    sweeper = asyncio.create_task(Sweeper(gw).run())
+    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier_task, notifier, wal, sweeper)
 
 
 async def _checkpoint_tick(tx: Tx) -> Finish[None]:

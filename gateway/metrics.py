@@ -55,6 +55,11 @@ class Metrics:
             ["peer"],
             registry=self.registry,
         )
+        self.orphan_files_removed = Counter(
+            "comity_attachment_orphans_removed",
+            "Attachment files no message names, removed after the grace (gateway/sweeper.py)",
+            registry=self.registry,
+        )
         self.ledger_size = Gauge("comity_ledger_size", "Entries in this gateway's ledger", registry=self.registry)
         self.outbox_waiting = Gauge(
             "comity_outbox_waiting", "Messages waiting for a peer's receipt", ["peer"], registry=self.registry

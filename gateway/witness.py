@@ -276,9 +276,8 @@ class Witness:
                     self.log.warning("cosignature_not_accepted", peer=peer, error=error_code(exc))
                 break
             held = latest
-        else:  # our own replicas kept storing newer ones: the next receipt or poll brings a newer one to check
+        else:  # our own replicas kept storing newer ones: they check those; the receipt is still this one's to check
             self.log.warning("witness_check_overtaken", peer=peer)
-            return
         await self._check_receipt(peer, checkpoint, receipt)
 
     async def _consistent(self, peer: str, checkpoint: Checkpoint, held: PeerCheckpoint | None) -> bool:

@@ -91,7 +91,13 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     # a server that drops packets rather than refusing them fails a connection in 10 s, not asyncpg's 60
     # synchronous_commit on whatever the server's or database's default: a receipt leaves only once its commit is
     # on disk (decision 80)
-    server_settings = {"application_name": "comity", "synchronous_commit": "on"}
+    # and read committed, whatever the server's default: a transaction that waits for a lock (the ledger head, a
+    # witness's peer) must then read what the holder committed, not a snapshot from before it waited
+    server_settings = {
+        "application_name": "comity",
+        "synchronous_commit": "on",
+        "default_transaction_isolation": "read committed",
+    }
     connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": CONNECT_TIMEOUT}
     if schema:
         connect_args["server_settings"]["search_path"] = schema

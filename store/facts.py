@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import settings_state
 
-__all__ = ["delete_fact", "read_fact", "write_fact"]
+__all__ = ["claim_fact", "delete_fact", "read_fact", "write_fact"]
 
 
 async def read_fact(conn: AsyncConnection, key: str) -> Any:
@@ -29,6 +29,15 @@ async def write_fact(conn: AsyncConnection, key: str, value: Any) -> None:
     await conn.execute(
         statement.on_conflict_do_update(index_elements=[settings_state.c.key], set_={"value": statement.excluded.value})
     )
+
+
+async def claim_fact(conn: AsyncConnection, key: str, value: Any) -> Any:
+    """Store ``value`` under ``key`` unless a value is there already; return the value stored (ours, or the one
+    another writer stored first), in the caller's transaction."""
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(settings_state).values(key=key, value=json.dumps(value, sort_keys=True))
+    await conn.execute(statement.on_conflict_do_nothing(index_elements=[settings_state.c.key]))
+    return await read_fact(conn, key)
 
 
 async def delete_fact(conn: AsyncConnection, key: str) -> None:

@@ -100,6 +100,14 @@ class LedgerReader:
         return [(row.size, _with_lines(row.note, lines.get(row.size, []))) for row in rows]
 
     @staticmethod
+    async def first_checkpoint_at(conn: AsyncConnection) -> datetime | None:
+        """When the first checkpoint was signed: the first start of a gateway on this database (gateway/app.py
+        signs one before it listens)."""
+        query = select(checkpoints.c.created_at).order_by(checkpoints.c.size).limit(1)
+        first: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+        return first
+
+    @staticmethod
     async def latest_checkpoint_note(conn: AsyncConnection) -> tuple[int, str] | None:
         query = select(checkpoints.c.size).order_by(checkpoints.c.size.desc()).limit(1)
         size = (await conn.execute(query)).scalar_one_or_none()
@@ -212,6 +220,8 @@ class WitnessState:
         so that its next checkpoint becomes the new starting point (after the operator accepted a changed history);
         with ``forget_receipt_proofs``, that it served receipt proofs (after the operator accepted that it no longer
         does, decision 77)."""
+        if forget_history:  # not while a replica stores a checkpoint of the history being forgotten
+            await WitnessState.lock(conn, peer)
         result = await conn.execute(
             update(peer_alarms)
             .where(peer_alarms.c.peer == peer, peer_alarms.c.cleared_at.is_(None))

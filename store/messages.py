@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -260,6 +260,17 @@ class Messages:
             raise NotFound(f"no message {message_id}")
         files = [AttachmentRow(r.position, r.ct_size, r.ct_sha256, r.path) for r in rows if r.position is not None]
         return bytes(rows[0].sealed), rows[0].envelope_sha256, files
+
+    @staticmethod
+    async def attachment_files(conn: AsyncConnection, direction: str, message_ids: Iterable[str]) -> set[str]:
+        """The file names that the attachments of the ``direction`` messages among ``message_ids`` are stored under
+        (an id that names no message names no file)."""
+        query = (
+            select(attachments.c.path)
+            .select_from(attachments.join(messages, messages.c.id == attachments.c.message_id))
+            .where(attachments.c.message_id.in_(list(message_ids)), messages.c.direction == direction)
+        )
+        return set((await conn.execute(query)).scalars())
 
     @staticmethod
     async def attachments(conn: AsyncConnection, message_id: str) -> list[AttachmentRow]:

@@ -66,5 +66,8 @@ async def test_postgresql_connections_ask_for_synchronous_commit_whatever_the_se
         async with engine.connect() as conn:
             query = text("SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'")
             assert tuple((await conn.execute(query)).one()) == ("on", "client")
+            # and read committed: a transaction that waits for a lock reads what its holder committed
+            query = text("SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_isolation'")
+            assert tuple((await conn.execute(query)).one()) == ("read committed", "client")
     finally:
         await engine.dispose()
