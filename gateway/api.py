@@ -25,7 +25,7 @@ from gateway.policy import (
     ledger_refusal,
     ledger_submit_refusal,
 )
-from gateway.reading import Forbidden, attachment_stream, message_events, open_message, visible_box, visible_message
+from gateway.reading import attachment_stream, message_events, open_message, visible_box, visible_message
 from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
 from protocol.errors import ComityError, InvalidMessage
@@ -292,7 +292,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _acted_on(request: web.Request, kind: MessageKind, doing: str) -> MessageRow:
+async def _acted_on(request: web.Request, kind: MessageKind, doing: str, *, unseen: str | None = None) -> MessageRow:
     """The message an acknowledgement, a response or a consent is about, if the user may act on it; otherwise the
     attempt is ledgered as the submission's refusal would be, and answered as if there were no such message
     (decision 94), before anything about the message (its direction, its peer, its marking) shows in an answer."""
@@ -300,7 +300,7 @@ async def _acted_on(request: web.Request, kind: MessageKind, doing: str) -> Mess
     async with gw.reader.connect() as conn:
         original = await Messages.get(conn, request.match_info["id"])
         try:
-            await check_case_access(gw, user, original, conn, doing)
+            await check_case_access(gw, user, original, conn, doing, unseen=unseen)
         except AccessRefused as refused:
             error: AccessRefused | None = refused
         else:
@@ -382,13 +382,10 @@ async def assign_case(request: web.Request) -> web.Response:
         raise InvalidMessage("send {'username': '<officer>', 'replace': false}")
     async with gw.reader.connect() as conn:
         case = await Cases.get(conn, case_id)
+        check_supervising(gw, supervisor, case, await case_marking(conn, case_id))  # first: the rest describes it
         officer = await Users.by_name(conn, username)
-        marking = await case_marking(conn, case_id)
-    if case.unit not in (None, supervisor.unit):
-        raise Forbidden(f"case {case_id} belongs to another unit")
-    if officer.role not in ("officer", "supervisor"):
+    if officer.role not in ("officer", "supervisor"):  # her own clearance is checked whenever she acts
         raise InvalidMessage(f"{username} is not an officer")
-    check_supervising(gw, supervisor, marking)  # the officer's own clearance is checked whenever she acts
 
     async def unit(tx: Tx) -> Finish[list[str]]:
         now = tx.clock()
@@ -420,7 +417,7 @@ async def status_query(request: web.Request) -> web.Response:
     case_id = request.match_info["id"]
     async with gw.reader.connect() as conn:
         await Cases.get(conn, case_id)
-        opening = await Messages.get(conn, case_id)
+    opening = await _acted_on(request, MessageKind.STATUS_QUERY, "querying", unseen=f"no case {case_id}")
     if opening.direction != "out" or opening.kind != MessageKind.REQUEST.value:
         raise InvalidMessage("a status query is about a request we sent")
     draft = Draft(

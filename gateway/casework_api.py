@@ -20,7 +20,6 @@ from gateway.openapi_parts import ID_PARAMETER as _ID
 from gateway.openapi_parts import PROBLEM as _PROBLEM
 from gateway.openapi_parts import json_ok
 from gateway.policy import case_marking, check_supervising
-from gateway.reading import Forbidden
 from protocol.errors import InvalidMessage
 from protocol.events import EventType
 from store.cases import Cases
@@ -115,11 +114,8 @@ async def unassign(request: web.Request) -> web.Response:
         raise InvalidMessage("send {'username': '<officer>'}")
     async with gw.reader.connect() as conn:
         case = await Cases.get(conn, case_id)
+        check_supervising(gw, supervisor, case, await case_marking(conn, case_id))  # first: the rest describes it
         officer = await Users.by_name(conn, username)
-        marking = await case_marking(conn, case_id)
-    if case.unit not in (None, supervisor.unit):
-        raise Forbidden(f"case {case_id} belongs to another unit")
-    check_supervising(gw, supervisor, marking)
 
     async def unit(tx: Tx) -> Finish[None]:
         if not await Cases.unassign(tx.conn, case_id, officer.id):

@@ -134,6 +134,17 @@ async def _thread_with(conn: AsyncConnection, thread_id: str, peer: str) -> Thre
     return thread
 
 
+async def _thread_for(gw: Gateway, user: User, conn: AsyncConnection, thread_id: str, peer: str, doing: str) -> Thread:
+    """The thread ``thread_id`` with ``peer``, if ``user`` may act on it; a thread she may not act on gets the very
+    answer a thread that does not exist gets (decision 100), before anything else about it is checked."""
+    thread = await Consultations.find(conn, thread_id)
+    if thread is not None:
+        nothing = f"consultation {thread_id} is not a thread with {peer}"
+        opening = await Messages.get(conn, thread.id)
+        await check_case_access(gw, user, opening, conn, doing, unseen=nothing, unseen_code=InvalidMessage.code)
+    return await _thread_with(conn, thread_id, peer)
+
+
 async def _reply_in_thread(conn: AsyncConnection, thread: Thread, in_reply_to: str, about: str | None) -> None:
     answered = await Messages.find(conn, in_reply_to)
     if answered is None or answered.case_id != thread.id:
@@ -160,9 +171,8 @@ async def outgoing_link(
         return None
     async with gw.reader.connect() as conn:
         if linked is not None:
-            thread = await _thread_with(conn, linked, to)
+            thread = await _thread_for(gw, user, conn, linked, to, "converting")
             opening = await Messages.get(conn, thread.id)
-            await check_case_access(gw, user, opening, conn, "converting")
             if thread.state != "open":
                 raise ConsultationConverted(
                     f"consultation {thread.id} was already converted into {thread.converted_request_id}"
@@ -178,10 +188,15 @@ async def outgoing_link(
         check = None if draft is None else DraftCheck.of(check_request(draft, gw.peer(to).request_requirements()))
         if in_reply_to is None:
             if member.about is not None:
+                about = await Messages.find(conn, member.about)
+                if about is not None:  # first: a case she may not act on is answered as one that is not shared
+                    nothing = f"case {member.about} is not a case shared with {to}"
+                    await check_case_access(
+                        gw, user, about, conn, "consulting about", unseen=nothing, unseen_code=InvalidMessage.code
+                    )
                 await _shared_case(conn, member.about, to)
-                await check_case_access(gw, user, await Messages.get(conn, member.about), conn, "consulting about")
             return Link(message_id, to, "out", new_thread=True, about=member.about, draft=check, created_by=user.id)
-        thread = await _thread_with(conn, member.thread_id, to)
+        thread = await _thread_for(gw, user, conn, member.thread_id, to, "replying in")
         await _reply_in_thread(conn, thread, in_reply_to, member.about)
         return Link(thread.id, to, "out", draft=check)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
 from gateway.federation import GATEWAY
-from gateway.policy import check_case_access, ledger_submit_refusal
+from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal
 from gateway.reading import open_message
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
@@ -24,7 +24,7 @@ from protocol.markings import MarkingRefused
 from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
 from protocol.timefmt import format_time
 from store.consultations import Consultations, DraftChecks, Thread
-from store.messages import Messages
+from store.messages import MessageRow, Messages
 
 __all__ = ["consultation_routes"]
 
@@ -106,15 +106,38 @@ async def start(request: web.Request) -> web.Response:
     return _json({"id": thread_id, "thread_id": thread_id, "state": "queued"}, status=202)
 
 
+async def _thread(
+    request: web.Request, doing: str, refused_kind: MessageKind | None = None
+) -> tuple[Thread, list[MessageRow]]:
+    """The thread the path names and its messages. An officer or supervisor who may not act on it gets what a
+    thread that does not exist gets (decision 100), before anything about it shows; with ``refused_kind`` the
+    attempt is ledgered as the refused submission of that kind."""
+    gw, user = request.app[GATEWAY], _user(request)
+    error: AccessRefused | None = None
+    async with gw.reader.connect() as conn:
+        thread = await Consultations.get(conn, request.match_info["id"])
+        rows = await Consultations.thread_messages(conn, thread.id)
+        if user.role in ("officer", "supervisor"):  # auditors and admins see every thread's metadata
+            try:
+                unseen = f"no consultation {thread.id}"
+                await check_case_access(gw, user, await Messages.get(conn, thread.id), conn, doing, unseen=unseen)
+            except AccessRefused as refused:
+                error = refused
+    if error is not None:
+        if refused_kind is not None:
+            actor = f"user:{user.username}"
+            await ledger_submit_refusal(gw, actor, error, to=thread.peer, kind=refused_kind, marking=rows[0].marking)
+        raise error
+    return thread, rows
+
+
 async def reply(request: web.Request) -> web.Response:
     """Reply in a thread: to its latest message unless ``in_reply_to`` names another, at that message's marking
     unless ``marking`` says otherwise (never lower without a supervisor's recorded downgrade)."""
     gw, user = request.app[GATEWAY], _user(request)
+    thread, rows = await _thread(request, "replying in", MessageKind.CONSULTATION)
     body, attachments = await read_submission(request)
     _only(body, {"in_reply_to", "marking", "content", "draft_request", "downgrade_reason"})
-    async with gw.reader.connect() as conn:
-        thread = await Consultations.get(conn, request.match_info["id"])
-        rows = await Consultations.thread_messages(conn, thread.id)
     wanted = _message_id(body, "in_reply_to") or rows[-1].id
     answered = next((row for row in rows if row.id == wanted), None)
     if answered is None:
@@ -136,11 +159,9 @@ async def convert(request: web.Request) -> web.Response:
     """Turn a thread into a formal request to the same peer that keeps the link (``request.consultation_id``):
     the request given, or the draft shared in one of the thread's messages (opened, and ledgered, for it)."""
     gw, user = request.app[GATEWAY], _user(request)
+    thread, rows = await _thread(request, "converting", MessageKind.REQUEST)
     body = await _read_json(request)
     _only(body, {"request", "from_draft", "marking", "override_reason"})
-    async with gw.reader.connect() as conn:
-        thread = await Consultations.get(conn, request.match_info["id"])
-        rows = await Consultations.thread_messages(conn, thread.id)
     if thread.state != "open":
         raise ConsultationConverted(
             f"consultation {thread.id} was already converted into {thread.converted_request_id}"
@@ -206,12 +227,9 @@ async def get_thread(request: web.Request) -> web.Response:
     """A thread and its messages' metadata; an officer or supervisor needs what acting on the thread needs, and
     then also sees the checklist of each shared draft (auditors and admins see metadata only)."""
     gw, user = request.app[GATEWAY], _user(request)
+    thread, rows = await _thread(request, "reading")
+    reviewer = user.role in ("officer", "supervisor")
     async with gw.reader.connect() as conn:
-        thread = await Consultations.get(conn, request.match_info["id"])
-        rows = await Consultations.thread_messages(conn, thread.id)
-        reviewer = user.role in ("officer", "supervisor")
-        if reviewer:
-            await check_case_access(gw, user, await Messages.get(conn, thread.id), conn, "reading")
         checks = await DraftChecks.for_thread(conn, thread.id) if reviewer else {}
     messages = []
     for row in rows:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
-from gateway.problems import ShownAsNotFound
+from gateway.problems import ShownAs
 from protocol.content import confidentiality_answer, consent_of, downgrade_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
@@ -49,14 +49,15 @@ class AccessRefused(ComityError):
     code = "forbidden"
 
 
-class Unseen(ShownAsNotFound, AccessRefused):
-    """An officer or supervisor refused a message or case she may not know exists (decision 94): ledgered and
-    logged as ``forbidden``, answered as if there were no such message or case (``shown_detail``: the store's own
-    ``not-found`` detail)."""
+class Unseen(ShownAs, AccessRefused):
+    """An officer or supervisor refused a message, case or thread she may not know exists (decisions 94, 100):
+    ledgered as ``forbidden``, answered as if there were no such thing (``shown_detail`` and ``shown_code``: what
+    the same request gets for an id that names nothing, most often the store's own ``not-found``)."""
 
-    def __init__(self, message: str, shown_detail: str) -> None:
+    def __init__(self, message: str, shown_detail: str, shown_code: str = "not-found") -> None:
         super().__init__(message)
         self.shown_detail = shown_detail
+        self.shown_code = shown_code
 
 
 class Embargoed(ComityError):
@@ -209,17 +210,34 @@ async def _forwarded(
     return items
 
 
-async def check_case_access(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection, doing: str) -> None:
+async def check_case_access(
+    gw: Gateway,
+    user: User,
+    row: MessageRow,
+    conn: AsyncConnection,
+    doing: str,
+    *,
+    unseen: str | None = None,
+    unseen_code: str = "not-found",
+) -> None:
     """Raise unless ``user`` may act on ``row``: an officer or supervisor cleared for its marking and caveats, and
     assigned to its case or supervising the case's unit. Opening, answering and consenting all need this."""
     if user.id == 0:  # the gateway itself (automatic status answers, gateway/requests.py)
         return
     case = await Cases.find(conn, row.case_id) if row.case_id else None
-    refuse_case_access(gw, user, row.marking, case, doing, unseen=f"no message {row.id}")
+    unseen = f"no message {row.id}" if unseen is None else unseen
+    refuse_case_access(gw, user, row.marking, case, doing, unseen=unseen, unseen_code=unseen_code)
 
 
 def refuse_case_access(
-    gw: Gateway, user: User, marking: Marking, case: Case | None, doing: str, *, unseen: str | None = None
+    gw: Gateway,
+    user: User,
+    marking: Marking,
+    case: Case | None,
+    doing: str,
+    *,
+    unseen: str | None = None,
+    unseen_code: str = "not-found",
 ) -> None:
     """The rule of :func:`check_case_access` for a case held under ``marking`` (case work applies it to many cases
     at once). With ``unseen`` (what the store says of a message or case that does not exist), an officer or
@@ -240,7 +258,7 @@ def refuse_case_access(
     ):
         refused = f"only officers assigned to the case, or supervisors of its unit, are {doing} it"
     if refused is not None:
-        raise AccessRefused(refused) if unseen is None else Unseen(refused, unseen)
+        raise AccessRefused(refused) if unseen is None else Unseen(refused, unseen, unseen_code)
 
 
 async def case_marking(conn: AsyncConnection, case_id: str) -> Marking | None:
@@ -250,13 +268,18 @@ async def case_marking(conn: AsyncConnection, case_id: str) -> Marking | None:
     return found[case_id][1] if case_id in found else None
 
 
-def check_supervising(gw: Gateway, supervisor: User, marking: Marking | None) -> None:
-    """Assigning officers to a case, or taking them off it, needs what opening it needs (decision 93): clearance
-    for its marking and caveats (a case with no marking holds no content)."""
+def check_supervising(gw: Gateway, supervisor: User, case: Case, marking: Marking | None) -> None:
+    """Assigning officers to a case, or taking them off it, needs what opening it needs (decision 93): supervising
+    the case's unit (or a case with none yet), and clearance for its marking and caveats (a case with no marking
+    holds no content). A supervisor refused is answered as if there were no such case (decision 100)."""
+    unseen = f"no case {case.id}"
+    if case.unit not in (None, supervisor.unit):
+        raise Unseen(f"case {case.id} belongs to another unit", unseen)
     if marking is not None and not supervisor.cleared_for(marking, gw.scheme):
-        raise AccessRefused(
+        raise Unseen(
             f"assigning officers to a case needs clearance {marking.level} and authorisation for caveats "
-            f"{', '.join(marking.caveats) or 'none'}"
+            f"{', '.join(marking.caveats) or 'none'}",
+            unseen,
         )
 
 

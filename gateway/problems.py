@@ -111,11 +111,12 @@ def problem_response(code: str, detail: str, *, status: int | None = None, **ext
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ShownAsNotFound:
-    """Mixed into an error that is recorded under its own code (the ledger's refusal entry, the log) but answered
-    ``not-found`` with ``shown_detail``: the answer must not tell the caller that what it named exists, nor how it
-    is marked (decision 94)."""
+class ShownAs:
+    """Mixed into an error that is recorded under its own code (the ledger's refusal entry) but answered with
+    ``shown_code`` and ``shown_detail``: the answer a caller gets for something that does not exist, because it must
+    not learn that what it named exists, nor how it is marked (decisions 94, 100)."""
 
+    shown_code: str
     shown_detail: str
 
 
@@ -126,8 +127,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except IncompleteRequest as exc:  # the checklist says what to add (it never quotes the request's content)
         return problem_response(exc.code, exc.message, checklist=exc.checklist.to_json())
     except ComityError as exc:
-        if isinstance(exc, ShownAsNotFound):
-            return problem_response("not-found", exc.shown_detail)
+        if isinstance(exc, ShownAs):
+            return problem_response(exc.shown_code, exc.shown_detail)
         return problem_response(exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:

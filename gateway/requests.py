@@ -23,7 +23,7 @@ from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
-from gateway.policy import ledger_submit_refusal
+from gateway.policy import ledger_submit_refusal, refuse_case_access
 from protocol.checklist import IncompleteRequest, check_request
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -134,15 +134,16 @@ async def _case_and_side(gw: Gateway, user: User, case_id: str) -> tuple[Case, S
         case = await Cases.get(conn, case_id)
         opening = await Messages.get(conn, case_id)
     if user.id != SYSTEM_USER.id:
-        refused = None
-        if user.role not in ("officer", "supervisor"):
-            refused = CaseForbidden(f"the {user.role} role does not act on cases")
-        elif not (user.role == "supervisor" and case.unit in (None, user.unit)) and user.id not in case.assignees:
-            refused = CaseForbidden("only officers assigned to the case, or supervisors of its unit, act on it")
-        if refused is not None:  # evidence, like every refused submission (the status report it would have sent)
+        try:
+            if user.role not in ("officer", "supervisor"):
+                raise CaseForbidden(f"the {user.role} role does not act on cases")
+            # cleared, and assigned or supervising its unit; else as if there were no such case (decision 100),
+            # before its state or its counterpart can show in an answer
+            refuse_case_access(gw, user, opening.marking, case, "moving", unseen=f"no case {case_id}")
+        except ComityError as refused:  # evidence, like every refused submission (the status report it would send)
             actor, report = f"user:{user.username}", MessageKind.STATUS_REPORT
             await ledger_submit_refusal(gw, actor, refused, to=opening.peer, kind=report, marking=opening.marking)
-            raise refused
+            raise
     if case.state is None:
         raise InvalidMessage(f"case {case_id} was not opened by a request: it has no life cycle")
     side = Side.REQUESTING if opening.direction == "out" else Side.REQUESTED

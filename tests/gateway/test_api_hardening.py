@@ -13,12 +13,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.cli.request import example_request
 from gateway.context import Gateway
+from protocol.requests import RequestType
 from tests.gateway.conftest import Pair, Side, issue_token, ledger
 from tests.gateway.hostile import make_attachment
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -79,12 +82,13 @@ async def test_assigning_needs_clearance_for_the_cases_marking(pair: Pair) -> No
     await asyncio.to_thread(issue_token, config, "olga")  # a fully cleared officer of unit mla
     case_id = await _received(pair, STRICT)
 
-    # an uncleared supervisor can neither take the case for his unit nor take anyone off it
+    # an uncleared supervisor can neither take the case for his unit nor take anyone off it: for him there is no
+    # such case (decision 100)
     status, body = await _as(pair.au, sid, "POST", f"/v1/cases/{case_id}/assign", json={"username": "sid"})
-    assert_problem(status, body, code="forbidden")
+    assert assert_problem(status, body, code="not-found")["detail"] == f"no case {case_id}"
     assert await _case_unit(pair.au.gw, case_id) is None  # still open to the cleared supervisors
     status, body = await _as(pair.au, sid, "POST", f"/v1/cases/{case_id}/unassign", json={"username": "olga"})
-    assert_problem(status, body, code="forbidden")
+    assert assert_problem(status, body, code="not-found")["detail"] == f"no case {case_id}"
 
     # a cleared supervisor assigns; "replace" is a boolean
     status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/assign", json={"username": "olga", "replace": "no"})
@@ -100,7 +104,7 @@ async def test_a_refused_case_event_is_ledgered(pair: Pair) -> None:
     case_id = await _received(pair)
     before = len(await ledger(pair.au.gw))
     status, body = await _as(pair.au, olga, "POST", f"/v1/cases/{case_id}/events", json={"event": "acknowledge"})
-    assert_problem(status, body, code="forbidden")
+    assert assert_problem(status, body, code="not-found")["detail"] == f"no case {case_id}"  # decision 100
     added = await ledger(pair.au.gw, before)
     assert [(e["type"], e["actor"], e["reason"], e["kind"], e["to"]) for e in added] == [
         ("message.submit_refused", "user:olga", "forbidden", "status_report", "ar.mj")
@@ -195,3 +199,63 @@ async def test_an_officer_knows_only_of_the_messages_she_may_act_on(
         assert status == 200, body
     assert await inbox(olga) == [plain, secret] and await seen(olga, secret)
     assert await inbox(ursula) == [plain] and not await seen(ursula, secret)  # assigned, not cleared for it
+
+
+async def test_what_a_user_may_not_act_on_is_answered_as_what_does_not_exist(pair: Pair) -> None:
+    """Decision 100, route by route: at au.ag, otto (an officer assigned to the case, cleared only to CONFIDENTIAL)
+    and sid (a supervisor of another unit, not cleared) hold the ids of a STRICTLY CONFIDENTIAL request's case and of
+    a consultation thread; whatever they send, each route answers them exactly as it answers an id that names
+    nothing (the id aside): no status, code or detail tells them the case or thread exists, nor anything about it."""
+    from tests.gateway.test_consultations import start_thread
+
+    config = pair.au.provisioned.config
+    otto = await asyncio.to_thread(issue_token, config, "otto", clearance="CONFIDENTIAL")
+    sid = await asyncio.to_thread(issue_token, config, "sid", "supervisor", clearance="UNCLASSIFIED", unit="tax")
+    case_id = await _received(pair, STRICT)
+    thread_id = await start_thread(pair.ar, marking=STRICT, content={"text": "a first question"})
+    for target in (case_id, thread_id):
+        status, body = await pair.au.call("POST", f"/v1/cases/{target}/assign", json={"username": "otto"})
+        assert status == 200, body
+    nothing = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    answer = {"marking": STRICT, "content": {"text": "an answer"}}
+    case_routes: list[tuple[str, str, Any]] = [
+        ("GET", "/v1/messages/{id}", None),
+        ("GET", "/v1/messages/{id}/timeline", None),
+        ("POST", "/v1/messages/{id}/open", {"purpose": "review"}),
+        ("GET", "/v1/messages/{id}/attachments/0", None),
+        ("POST", "/v1/messages/{id}/acknowledge", {"confidentiality": "can-comply"}),
+        ("POST", "/v1/messages/{id}/respond", answer),
+        ("POST", "/v1/messages/{id}/consent", {"recipient": "br.mjsp"}),
+        ("POST", "/v1/messages", {**answer, "to": "ar.mj", "kind": "response", "in_reply_to": "{id}"}),
+        ("GET", "/v1/cases/{id}/work", None),
+        ("PUT", "/v1/cases/{id}/next-action", {"text": "call them"}),
+        ("POST", "/v1/cases/{id}/flags", {"flag": "urgent"}),
+        ("POST", "/v1/cases/{id}/events", {"event": "acknowledge"}),
+        ("POST", "/v1/cases/{id}/status-query", {}),
+        ("POST", "/v1/cases/{id}/assign", {"username": "sid"}),
+        ("POST", "/v1/cases/{id}/unassign", {"username": "otto"}),
+        ("POST", "/v1/consultations", {"to": "ar.mj", "marking": STRICT, "about": "{id}", "content": {"text": "q"}}),
+    ]
+    formal = {**example_request(RequestType.MLA_CRIMINAL).to_json(), "consultation_id": "{id}"}
+    thread_routes: list[tuple[str, str, Any]] = [
+        ("POST", "/v1/messages", {"to": "ar.mj", "kind": "request", "marking": STRICT, "content": {"request": formal}}),
+        ("GET", "/v1/consultations/{id}", None),
+        ("POST", "/v1/consultations/{id}/messages", {"content": {"text": "a reply"}}),
+        ("POST", "/v1/consultations/{id}/convert", {"request": {"type": "mla-criminal"}}),
+    ]
+
+    def fill(value: Any, target: str) -> Any:
+        return None if value is None else json.loads(json.dumps(value).replace("{id}", target))
+
+    compared = 0
+    for who, token in (("otto", otto), ("sid", sid)):
+        for target, routes in ((case_id, case_routes), (thread_id, thread_routes + case_routes[:8])):
+            for method, path, body in routes:
+                answers = []
+                for used in (target, nothing):
+                    status, got = await _as(pair.au, token, method, path.replace("{id}", used), json=fill(body, used))
+                    answers.append((status, json.dumps(got, sort_keys=True).replace(used, "<id>")))
+                assert answers[0] == answers[1], (who, method, path, answers)
+                assert answers[0][0] in (400, 403, 404), (who, method, path, answers)  # never acted upon
+                compared += 1
+    assert compared == 2 * (len(case_routes) + len(thread_routes) + 8)
