@@ -222,7 +222,7 @@ async def post_message(request: web.Request) -> web.Response:
 
 def _bounded(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not low <= int(raw) <= high:  # ASCII digits, not any Unicode digit
         raise InvalidMessage(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 

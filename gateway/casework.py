@@ -11,6 +11,7 @@ logged.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, timedelta
 from typing import Any
@@ -331,6 +332,6 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
 def window_days(raw: str | None) -> int:
     if raw is None:
         return 7
-    if not raw.isdigit() or int(raw) > MAX_WINDOW_DAYS:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or int(raw) > MAX_WINDOW_DAYS:  # ASCII digits only ("²" is a digit)
         raise InvalidMessage(f"days must be an integer from 0 to {MAX_WINDOW_DAYS}")
     return int(raw)

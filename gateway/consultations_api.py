@@ -16,7 +16,7 @@ from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submi
 from gateway.consultations import ConsultationConverted
 from gateway.federation import GATEWAY
 from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal
-from gateway.reading import open_message
+from gateway.reading import LIST_PAGE, open_message
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
@@ -109,9 +109,10 @@ async def start(request: web.Request) -> web.Response:
 async def _thread(
     request: web.Request, doing: str, refused_kind: MessageKind | None = None
 ) -> tuple[Thread, list[MessageRow]]:
-    """The thread the path names and its messages. An officer or supervisor who may not act on it gets what a
-    thread that does not exist gets (decision 100), before anything about it shows; with ``refused_kind`` the
-    attempt is ledgered as the refused submission of that kind."""
+    """The thread the path names and the messages of it the user may see. An officer or supervisor who may not
+    act on the thread gets what a thread that does not exist gets (decision 100), before anything about it shows
+    (with ``refused_kind`` the attempt is ledgered as the refused submission of that kind); one who may is shown
+    only the messages she is cleared for: a reply may be marked above the thread (decision 94)."""
     gw, user = request.app[GATEWAY], _user(request)
     error: AccessRefused | None = None
     async with gw.reader.connect() as conn:
@@ -128,6 +129,8 @@ async def _thread(
             actor = f"user:{user.username}"
             await ledger_submit_refusal(gw, actor, error, to=thread.peer, kind=refused_kind, marking=rows[0].marking)
         raise error
+    if user.role in ("officer", "supervisor"):
+        rows = [row for row in rows if user.cleared_for(row.marking, gw.scheme)]
     return thread, rows
 
 
@@ -216,10 +219,26 @@ async def list_threads(request: web.Request) -> web.Response:
         validate_message_id(about)
     if state not in (None, "open", "converted"):
         raise InvalidMessage("state must be open or converted")
-    async with request.app[GATEWAY].reader.connect() as conn:
-        threads = await Consultations.visible_to(
-            conn, _user(request), limit=limit, offset=offset, about=about, state=state
-        )
+    gw, user = request.app[GATEWAY], _user(request)
+    async with gw.reader.connect() as conn:
+        if user.role not in ("officer", "supervisor"):
+            threads = await Consultations.visible_to(conn, user, limit=limit, offset=offset, about=about, state=state)
+        else:  # of the threads assigned to her or her unit, those she is cleared for; limit and offset count those
+            threads, skipped, page = [], 0, 0
+            while len(threads) < limit:
+                batch = await Consultations.visible_to(
+                    conn, user, limit=LIST_PAGE, offset=page * LIST_PAGE, about=about, state=state
+                )
+                for thread in batch:
+                    if thread.marking is None or not user.cleared_for(thread.marking, gw.scheme):
+                        continue
+                    if skipped < offset:
+                        skipped += 1
+                    elif len(threads) < limit:
+                        threads.append(thread)
+                if len(batch) < LIST_PAGE:
+                    break
+                page += 1
     return _json({"consultations": [_thread_json(thread) for thread in threads]})
 
 

@@ -85,7 +85,10 @@ class Notifier:
             self._session = aiohttp.ClientSession(timeout=TIMEOUT)
         assert settings.notify_webhook_url is not None  # the settings refuse a webhook without a URL
         try:
-            async with self._session.post(settings.notify_webhook_url, data=body, headers=headers) as response:
+            # a redirect is not followed: a 301/302 would turn the POST into a GET whose 2xx marks it notified, and
+            # a 307/308 would send the body and its signature wherever the answer points
+            url = settings.notify_webhook_url
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 if not 200 <= response.status < 300:
                     raise NotifyFailed(f"the webhook answered HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:

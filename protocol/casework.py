@@ -100,6 +100,7 @@ def parse_flag(value: object) -> Flag:
 
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MIN_YEAR, MAX_YEAR = 1900, 2999  # the years a work date may be in
 
 
 def parse_day(value: object, what: str = "due") -> date:
@@ -107,9 +108,12 @@ def parse_day(value: object, what: str = "due") -> date:
     if not isinstance(value, str) or not value.isascii() or not _DAY.fullmatch(value):
         raise InvalidWorkDate(f"{what} must be a date written YYYY-MM-DD")
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise InvalidWorkDate(f"{what} is not a real calendar date") from None
+    if not MIN_YEAR <= day.year <= MAX_YEAR:  # and days counted from it stay in the calendar
+        raise InvalidWorkDate(f"{what} must be a date from {MIN_YEAR} to {MAX_YEAR}")
+    return day
 
 
 def parse_note(value: object, what: str = "note") -> str | None:

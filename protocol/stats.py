@@ -274,14 +274,14 @@ _OFFICER: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 def _day(name: str, value: str, *, end: bool) -> date:
     if _YEAR.fullmatch(value):
         year = int(value)
-        if year < 1:
+        if not 1 <= year <= 9998:  # a day after the filter's end must still be a date
             raise InvalidFilter(f"{name!r} must be a year (YYYY) or a date (YYYY-MM-DD)")
         return date(year, 12, 31) if end else date(year, 1, 1)
     try:
         parsed = date.fromisoformat(value)
     except ValueError:
         parsed = None
-    if parsed is None or parsed.isoformat() != value:
+    if parsed is None or parsed.isoformat() != value or parsed.year > 9998:
         raise InvalidFilter(f"{name!r} must be a year (YYYY) or a date (YYYY-MM-DD)")
     return parsed
 

@@ -160,7 +160,9 @@ class Consultations:
 
     @staticmethod
     async def thread_messages(conn: AsyncConnection, thread_id: str) -> list[MessageRow]:
-        query = select(messages).where(messages.c.case_id == thread_id).order_by(messages.c.created_at, messages.c.id)
+        """The thread's messages, oldest first, without their envelopes."""
+        columns = [column for column in messages.c if column.name not in ("sealed", "archive")]
+        query = select(*columns).where(messages.c.case_id == thread_id).order_by(messages.c.created_at, messages.c.id)
         return [MessageRow.from_row(row) for row in await conn.execute(query)]
 
 

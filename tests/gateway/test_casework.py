@@ -205,6 +205,11 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
             (olga, "POST", f"{dates}/99999999999999/done", {}, "not-found"),
             (olga, "GET", "/v1/work/upcoming?days=-1", None, "invalid-message"),
             (olga, "GET", "/v1/work/upcoming?days=400", None, "invalid-message"),
+            (olga, "GET", "/v1/work/upcoming?days=\u00b2", None, "invalid-message"),  # a digit, not an ASCII one
+            (olga, "GET", "/v1/work/upcoming?days=" + "9" * 5000, None, "invalid-message"),
+            (olga, "GET", "/v1/consultations?limit=\u00b2", None, "invalid-message"),
+            (olga, "POST", dates, {"kind": "safe-conduct-ends", "informed_on": "9999-12-31"}, "invalid-work-date"),
+            (olga, "POST", dates, {"kind": "hearing", "due": "0001-01-01"}, "invalid-work-date"),
             (
                 olga,
                 "POST",

@@ -367,3 +367,39 @@ async def test_a_request_made_of_a_draft_keeps_the_drafts_marking(pair: Pair) ->
     assert status == 202, body
     status, summary = await pair.ar.call("GET", f"/v1/messages/{body['id']}")
     assert status == 200 and summary["marking"] == higher, summary
+
+
+async def test_an_officer_sees_of_a_thread_only_what_she_is_cleared_for(pair: Pair) -> None:
+    """Decision 94 within a thread: olga (assigned, cleared to CONFIDENTIAL with the art. 46(20) caveat) sees a
+    CONFIDENTIAL thread but not the STRICTLY CONFIDENTIAL reply in it (not in the thread's messages, not the default
+    a reply answers, not answerable by id); a STRICTLY CONFIDENTIAL thread assigned to her is not listed at all."""
+    ar, au = pair.ar, pair.au
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    thread_id = await start_thread(ar, content={"text": "a first question"})
+    hidden = await reply(ar, thread_id, marking=strict, content={"text": "a closer question"})
+    other_id = await start_thread(ar, marking=strict, content={"text": "another matter"})
+    olga = await as_user(au, ("olga", "officer"), clearance="CONFIDENTIAL", caveats=("uncac-46-20",))
+    try:
+        for target in (thread_id, other_id):
+            status, body = await au.call("POST", f"/v1/cases/{target}/assign", json={"username": "olga"})
+            assert status == 200, body
+        status, body = await olga.call("GET", "/v1/consultations")
+        assert status == 200 and [t["id"] for t in body["consultations"]] == [thread_id], body
+        shown = await thread(olga, thread_id)
+        assert [m["id"] for m in shown["messages"]] == [thread_id], shown
+        assert [m["id"] for m in (await thread(au, thread_id))["messages"]] == [thread_id, hidden]  # bruce: both
+        # her reply answers what she sees, not the hidden reply; naming that one is naming nothing
+        nothing = "0f8fad5b-d9cb-469f-a165-70867728950e"
+        answers = []
+        for wanted in (hidden, nothing):
+            status, body = await olga.call(
+                "POST", f"/v1/consultations/{thread_id}/messages", json={"in_reply_to": wanted, "content": {}}
+            )
+            answers.append((status, str(body).replace(wanted, "<id>")))
+        assert answers[0] == answers[1] and answers[0][0] == 400, answers
+        status, body = await olga.call("POST", f"/v1/consultations/{thread_id}/messages", json={"content": {}})
+        assert status == 202, body
+        status, sent = await au.call("GET", f"/v1/messages/{body['id']}")
+        assert sent["in_reply_to"] == thread_id, sent
+    finally:
+        await close_sessions(olga)

@@ -56,8 +56,12 @@ async def receiver() -> AsyncIterator[Receiver]:
         state.received.append(json.loads(body))
         return web.Response(status=204)
 
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/hook")  # 307: a client that follows it sends the signed body again
+
     app = web.Application()
     app.router.add_post("/hook", hook)
+    app.router.add_post("/moved", moved)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -186,3 +190,29 @@ async def test_the_log_hook_writes_one_line_without_the_note(
     assert lines[0]["case_id"] == oral["case_id"] and lines[0]["kind"] == "confirm-in-writing"
     assert lines[0]["stage"] == "overdue" and lines[0]["due"] == day(-2)
     assert mark not in log_buffer.getvalue()
+
+
+async def test_a_redirect_is_not_followed(pair: Pair, receiver: Receiver) -> None:
+    """A webhook that answers with a redirect has not taken the notification: it is not sent on to wherever the
+    answer points (with its signature), and it stays to be sent again."""
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    try:
+        status, body = await olga.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(0)})
+        assert status == 201, body
+    finally:
+        await close_sessions(olga)
+    await pair.au.stop()
+    moved = receiver.url.replace("/hook", "/moved")
+    await pair.au.start(
+        notify="webhook", notify_webhook_url=moved, notify_webhook_secret=SECRET, notify_interval_seconds=30
+    )
+    with pytest.raises(Exception, match="HTTP 307"):
+        await Notifier(pair.au.gw).scan_once()
+    assert receiver.received == []
+    await _restart_with_webhook(pair, receiver.url)
+
+    async def arrived() -> bool:
+        return len(receiver.received) == 1
+
+    await until(arrived)  # still due: it goes out once the webhook answers itself

@@ -146,6 +146,8 @@ async def test_facets_and_milestones_on_both_sides_equal_the_ledger(pair: Pair) 
         ("/v1/stats/by-year?from=last-year", "invalid-request"),
         ("/v1/stats/by-year?colour=red", "invalid-request"),
         ("/v1/stats/by-year?format=xml", "invalid-request"),
+        ("/v1/stats/by-year?to=9999", "invalid-request"),  # the day after it is past the calendar
+        ("/v1/stats/by-year?to=9999-12-31", "invalid-request"),
     ]:
         status, problem = await pair.au.call("GET", path)
         assert (status, problem["code"]) == (400, code), (path, problem)
