@@ -7,6 +7,12 @@ with HMAC-SHA256 when ``notify_webhook_secret`` is set) or ``none``. The stage i
 only after the hook succeeded, so a restart does not notify again and a failing webhook loses nothing: it is retried
 with a growing delay (at least once; receivers deduplicate on ``id``).
 
+Replicas sharing a database take turns by a lease (the fact ``notifier_lease``, :data:`LEASE_INTERVALS` intervals
+long, renewed at every scan by its holder): only the holder scans, so each notification goes out once, not once
+per replica; another takes over when the holder stops renewing. A webhook that is unreachable, redirects, or
+answers 408, 429 or 5xx fails the whole scan (the next waits longer); one that refuses a notification with another
+4xx holds back only that one, which is tried again after a growing delay of its own (decision 103).
+
 A notification carries ids, the kind, the due date and the stage, never a note or any content.
 """
 
@@ -17,27 +23,40 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
+from sqlalchemy import text
 
 from gateway.context import Gateway
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from protocol.casework import Stage
 from protocol.errors import ComityError
-from protocol.timefmt import format_time
+from protocol.timefmt import format_time, parse_time
 from store.casework import CaseDate, CaseWork
+from store.facts import delete_fact, read_fact, write_fact
 
 __all__ = ["SIGNATURE_HEADER", "NotifyFailed", "Notifier", "notification", "sign"]
 
 SIGNATURE_HEADER = "Comity-Signature"
 MAX_DELAY = 300.0
+LEASE_INTERVALS = 3  # a lease lasts this many notify intervals (at least MIN_LEASE seconds)
+MIN_LEASE = 30.0
+LEASE_FACT = "notifier_lease"
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class NotifyFailed(ComityError):
+    """The webhook could not take notifications: unreachable, redirected, busy or failing."""
+
     code = "notify-failed"
+
+
+class NotifyRefused(NotifyFailed):
+    """The webhook refused this notification (a 4xx but 408 and 429): the others may still go."""
 
 
 def notification(gw: Gateway, item: CaseDate, stage: Stage) -> dict[str, Any]:
@@ -66,6 +85,8 @@ class Notifier:
         self.failures = 0
         self._session: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
+        self.holder = secrets.token_hex(8)  # this process, in the lease
+        self._refused: dict[tuple[int, Stage], tuple[int, float]] = {}  # refusals in a row, loop time of the next try
 
     def stop(self) -> None:
         """Stop after the notification in hand is marked (a graceful shutdown): a notification that went out but
@@ -90,7 +111,8 @@ class Notifier:
             url = settings.notify_webhook_url
             async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 if not 200 <= response.status < 300:
-                    raise NotifyFailed(f"the webhook answered HTTP {response.status}")
+                    refused = 400 <= response.status < 500 and response.status not in (408, 429)
+                    raise (NotifyRefused if refused else NotifyFailed)(f"the webhook answered HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NotifyFailed(f"the webhook is unreachable ({type(exc).__name__})") from None
 
@@ -100,23 +122,56 @@ class Notifier:
         if self.gw.settings.notify == "none":
             return 0
         gw = self.gw
+        if not await self._lead():
+            return 0
         async with gw.reader.connect() as conn:
             pending = await CaseWork.to_notify(conn, gw.clock().date(), gw.settings.notify_days_ahead)
+        loop = asyncio.get_running_loop()
         sent = 0
         for item, stage in pending:
             if self._stopping.is_set():
                 break
-            await self.deliver(notification(gw, item, stage))
+            refusals, next_try = self._refused.get((item.id, stage), (0, 0.0))
+            if loop.time() < next_try:
+                continue
+            try:
+                await self.deliver(notification(gw, item, stage))
+            except NotifyRefused as exc:  # this one only: the next may go
+                refusals += 1
+                self._refused[item.id, stage] = (refusals, loop.time() + self._backoff(refusals))
+                self.log.warning("case_work_notify_refused", item_id=item.id, error=exc.message, attempts=refusals)
+                continue
+            self._refused.pop((item.id, stage), None)
             async with gw.engine.begin() as conn:
                 await CaseWork.mark_notified(conn, item.id, stage, gw.clock())
             sent += 1
         return sent
 
-    def delay(self) -> float:
+    async def _lead(self) -> bool:
+        """Whether this process holds the notifier lease (taking it if it is free or has run out, renewing it if it
+        is ours): one replica notifies at a time."""
+        gw = self.gw
+        now = gw.clock()
+        lease = max(MIN_LEASE, LEASE_INTERVALS * float(gw.settings.notify_interval_seconds))
+        async with gw.transaction() as conn:
+            if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises writers
+                await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": LEASE_FACT})
+            held = await read_fact(conn, LEASE_FACT)
+            if isinstance(held, dict) and held.get("holder") != self.holder:
+                until = held.get("until")
+                if isinstance(until, str) and parse_time(until) > now:
+                    return False
+            await write_fact(
+                conn, LEASE_FACT, {"holder": self.holder, "until": format_time(now + timedelta(seconds=lease))}
+            )
+        return True
+
+    def _backoff(self, failures: int) -> float:
         interval = float(self.gw.settings.notify_interval_seconds)
-        if not self.failures:
-            return interval
-        return float(min(interval * 2**self.failures, max(interval, MAX_DELAY)))
+        return float(min(interval * 2**failures, max(interval, MAX_DELAY)))
+
+    def delay(self) -> float:
+        return self._backoff(self.failures) if self.failures else float(self.gw.settings.notify_interval_seconds)
 
     async def run(self) -> None:
         try:
@@ -134,5 +189,17 @@ class Notifier:
                 with contextlib.suppress(TimeoutError):  # the interval passed without a stop
                     await asyncio.wait_for(self._stopping.wait(), self.delay())
         finally:
+            await self._release()
             if self._session is not None:
                 await self._session.close()
+
+    async def _release(self) -> None:
+        """Give up the lease, if this process holds it (a stop): the next process need not wait for it to run out.
+        Never raises: a lease that stays runs out."""
+        try:
+            async with self.gw.transaction() as conn:
+                held = await read_fact(conn, LEASE_FACT)
+                if isinstance(held, dict) and held.get("holder") == self.holder:
+                    await delete_fact(conn, LEASE_FACT)
+        except Exception as exc:
+            self.log.warning("notifier_lease_not_released", error=type(exc).__name__)

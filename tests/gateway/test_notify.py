@@ -35,6 +35,7 @@ class Receiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     refused: int = 0
+    poison: set[int] = field(default_factory=set)  # item ids answered 422 (a body the hook will not take)
 
 
 @pytest.fixture
@@ -52,6 +53,8 @@ async def receiver() -> AsyncIterator[Receiver]:
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
             return web.Response(status=401)
+        if json.loads(body)["item_id"] in state.poison:
+            return web.Response(status=422)
         state.raw.append(body)
         state.received.append(json.loads(body))
         return web.Response(status=204)
@@ -72,6 +75,12 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield state
     finally:
         await runner.cleanup()
+
+
+def _running_notifier(pair: Pair) -> Notifier:
+    """The gateway's own notifier: it holds the notifier lease, so another Notifier would be a replica that waits."""
+    assert pair.au.running is not None and pair.au.running.notifier is not None
+    return pair.au.running.notifier
 
 
 async def _restart_with_webhook(pair: Pair, url: str) -> None:
@@ -154,7 +163,7 @@ async def test_an_unreachable_webhook_keeps_the_notification_for_later(pair: Pai
         await close_sessions(olga)
     await pair.au.stop()
     await pair.au.start(notify="webhook", notify_webhook_url="http://127.0.0.1:9/nowhere", notify_interval_seconds=30)
-    notifier = Notifier(pair.au.gw)
+    notifier = _running_notifier(pair)
     with pytest.raises(Exception, match="unreachable"):
         await notifier.scan_once()
     # once the webhook is back, the same item goes out, once
@@ -182,7 +191,8 @@ async def test_the_log_hook_writes_one_line_without_the_note(
         assert status == 201, oral
     finally:
         await close_sessions(olga)
-    notifier = Notifier(pair.au.gw)  # the default hook is "log"
+    notifier = Notifier(pair.au.gw)  # the default hook is "log"; logging to the buffer, as the gateway's own would
+    notifier.holder = _running_notifier(pair).holder  # ... in the same process, which holds the lease
     assert await notifier.scan_once() == 1
     assert await notifier.scan_once() == 0
     lines = [json.loads(line) for line in log_buffer.getvalue().splitlines() if "case_work_due" in line]
@@ -208,7 +218,7 @@ async def test_a_redirect_is_not_followed(pair: Pair, receiver: Receiver) -> Non
         notify="webhook", notify_webhook_url=moved, notify_webhook_secret=SECRET, notify_interval_seconds=30
     )
     with pytest.raises(Exception, match="HTTP 307"):
-        await Notifier(pair.au.gw).scan_once()
+        await _running_notifier(pair).scan_once()
     assert receiver.received == []
     await _restart_with_webhook(pair, receiver.url)
 
@@ -216,3 +226,70 @@ async def test_a_redirect_is_not_followed(pair: Pair, receiver: Receiver) -> Non
         return len(receiver.received) == 1
 
     await until(arrived)  # still due: it goes out once the webhook answers itself
+
+
+async def _three_due_items(pair: Pair) -> tuple[str, list[int]]:
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    try:
+        ids = []
+        for offset in (-3, -2, -1):
+            status, body = await olga.call(
+                "POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(offset)}
+            )
+            assert status == 201, body
+            ids.append(body["id"])
+        return case_id, ids
+    finally:
+        await close_sessions(olga)
+
+
+async def test_replicas_take_turns_so_each_notification_goes_out_once(pair: Pair, receiver: Receiver) -> None:
+    """Two more notifiers on the same database (replicas) scan at the same moment as the gateway's own, which holds
+    the lease: only it notifies, so the hook gets each notification once; when it gives the lease up (it stops), a
+    replica takes over."""
+    case_id, ids = await _three_due_items(pair)
+    await pair.au.stop()
+    await pair.au.start(
+        notify="webhook", notify_webhook_url=receiver.url, notify_webhook_secret=SECRET, notify_interval_seconds=60
+    )
+
+    async def first_scan_done() -> bool:  # the gateway's own first scan, at its start, takes the lease
+        return len(receiver.received) == 3
+
+    await until(first_scan_done)
+    later = []
+    for offset in (-2, -1):
+        status, body = await pair.au.call(
+            "POST", f"/v1/cases/{case_id}/dates", json={"kind": "hearing", "due": day(offset)}
+        )
+        assert status == 201, body
+        later.append(body["id"])
+    own, replicas = _running_notifier(pair), [Notifier(pair.au.gw), Notifier(pair.au.gw)]
+    assert await asyncio.gather(*(n.scan_once() for n in (*replicas, own))) == [0, 0, 2]
+    # the holder gives the lease up (as it does when it stops): a replica takes over, and the holder waits
+    await own._release()
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "hearing", "due": day(-1)})
+    assert status == 201, body
+    assert await replicas[0].scan_once() == 1
+    assert await own.scan_once() == 0 and await replicas[1].scan_once() == 0
+    assert sorted(n["item_id"] for n in receiver.received) == sorted([*ids, *later, body["id"]])
+
+
+async def test_a_notification_the_hook_refuses_does_not_hold_back_the_others(pair: Pair, receiver: Receiver) -> None:
+    _, ids = await _three_due_items(pair)
+    receiver.poison = {ids[0]}  # the oldest: the first a scan tries
+    await _restart_with_webhook(pair, receiver.url)
+
+    async def others_arrived() -> bool:
+        return len(receiver.received) == 2
+
+    await until(others_arrived)
+    assert sorted(n["item_id"] for n in receiver.received) == ids[1:]
+    receiver.poison = set()  # the hook takes it after all: it was kept, and goes out once
+
+    async def all_arrived() -> bool:
+        return len(receiver.received) == 3
+
+    await until(all_arrived)
+    assert receiver.received[-1]["item_id"] == ids[0]
