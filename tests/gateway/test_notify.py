@@ -77,6 +77,18 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
+async def _one_item_due_today(pair: Pair) -> dict[str, Any]:
+    """A received case with one deadline due today (so due-soon), set by an officer assigned to it."""
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    try:
+        status, body = await olga.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(0)})
+        assert status == 201, body
+        return dict(body)
+    finally:
+        await close_sessions(olga)
+
+
 def _running_notifier(pair: Pair) -> Notifier:
     """The gateway's own notifier: it holds the notifier lease, so another Notifier would be a replica that waits."""
     assert pair.au.running is not None and pair.au.running.notifier is not None
@@ -154,13 +166,7 @@ async def test_a_gateway_stopped_while_a_notification_is_in_flight_marks_it_firs
 
 
 async def test_an_unreachable_webhook_keeps_the_notification_for_later(pair: Pair, receiver: Receiver) -> None:
-    _, case_id = await incoming_case(pair)
-    olga = await officer(pair, "olga", case_id)
-    try:
-        status, body = await olga.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(0)})
-        assert status == 201, body
-    finally:
-        await close_sessions(olga)
+    body = await _one_item_due_today(pair)
     await pair.au.stop()
     await pair.au.start(notify="webhook", notify_webhook_url="http://127.0.0.1:9/nowhere", notify_interval_seconds=30)
     notifier = _running_notifier(pair)
@@ -205,13 +211,7 @@ async def test_the_log_hook_writes_one_line_without_the_note(
 async def test_a_redirect_is_not_followed(pair: Pair, receiver: Receiver) -> None:
     """A webhook that answers with a redirect has not taken the notification: it is not sent on to wherever the
     answer points (with its signature), and it stays to be sent again."""
-    _, case_id = await incoming_case(pair)
-    olga = await officer(pair, "olga", case_id)
-    try:
-        status, body = await olga.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(0)})
-        assert status == 201, body
-    finally:
-        await close_sessions(olga)
+    item = await _one_item_due_today(pair)
     await pair.au.stop()
     moved = receiver.url.replace("/hook", "/moved")
     await pair.au.start(
@@ -226,6 +226,7 @@ async def test_a_redirect_is_not_followed(pair: Pair, receiver: Receiver) -> Non
         return len(receiver.received) == 1
 
     await until(arrived)  # still due: it goes out once the webhook answers itself
+    assert receiver.received[0]["item_id"] == item["id"]
 
 
 async def _three_due_items(pair: Pair) -> tuple[str, list[int]]:
