@@ -28,14 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.committer import Tx
 from gateway.context import Gateway
-from gateway.policy import check_case_access
+from gateway.policy import AccessRefused, check_case_access, refuse_case_access
 from protocol.checklist import check_request
 from protocol.consultations import DraftCheck, consultation_of, linked_consultation
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
 from protocol.markings import MarkingRefused
-from protocol.messages import Marking, MessageKind, MessagePayload
+from protocol.messages import Marking, MessageKind, MessagePayload, validate_message_id
 from store.cases import Case, Cases
+from store.casework import CaseWork
 from store.consultations import Consultations, DraftChecks, Thread
 from store.messages import Messages
 from store.tables import case_assignments, cases
@@ -201,6 +202,14 @@ async def outgoing_link(
         return Link(thread.id, to, "out", draft=check)
 
 
+def _may_act(gw: Gateway, user: User, case: Case, marking: Marking) -> bool:
+    try:
+        refuse_case_access(gw, user, marking, case, "citing")
+    except AccessRefused:
+        return False
+    return True
+
+
 async def incoming_link(gw: Gateway, payload: MessagePayload) -> Link | None:
     """Check a received message against the thread it belongs to or converts (an error refuses the envelope)."""
     member = consultation_of(payload.kind, payload.content, payload.id, payload.in_reply_to)
@@ -225,11 +234,16 @@ async def incoming_link(gw: Gateway, payload: MessagePayload) -> Link | None:
         return Link(thread.id, peer, "in", draft=check)
 
 
-async def consultation_on_record(gw: Gateway, case_id: str, peer: str, given: str | None) -> str | None:
+async def consultation_on_record(gw: Gateway, user: User, case_id: str, peer: str, given: str | None) -> str | None:
     """The consultation with ``peer`` on record for a case (art. 46(26), 44(17)): a thread about the case, or the
-    thread its request came from. A ``given`` id must be one of them; without one, the latest such thread counts."""
+    thread its request came from, that ``user`` may act on (its id goes into a status report she can open). A
+    ``given`` id must be one of them; without one, the latest such thread counts."""
+    if given is not None:
+        validate_message_id(given)  # before it is repeated in a refusal
     async with gw.reader.connect() as conn:
         threads = await Consultations.about_case(conn, case_id, peer)
+        facts = await CaseWork.access_facts(conn, [thread.id for thread in threads])
+    threads = [thread for thread in threads if thread.id in facts and _may_act(gw, user, *facts[thread.id])]
     if given is None:
         return threads[0].id if threads else None
     if given not in {thread.id for thread in threads}:

@@ -8,6 +8,7 @@ of a shared draft's checklist); content is read through ``POST /v1/messages/{id}
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -248,6 +249,8 @@ async def get_thread(request: web.Request) -> web.Response:
     gw, user = request.app[GATEWAY], _user(request)
     thread, rows = await _thread(request, "reading")
     reviewer = user.role in ("officer", "supervisor")
+    if reviewer:  # the time of the last message she may see, not of one hidden from her
+        thread = dataclasses.replace(thread, last_message_at=max(row.created_at for row in rows))
     async with gw.reader.connect() as conn:
         checks = await DraftChecks.for_thread(conn, thread.id) if reviewer else {}
     messages = []

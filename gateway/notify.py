@@ -7,11 +7,12 @@ with HMAC-SHA256 when ``notify_webhook_secret`` is set) or ``none``. The stage i
 only after the hook succeeded, so a restart does not notify again and a failing webhook loses nothing: it is retried
 with a growing delay (at least once; receivers deduplicate on ``id``).
 
-Replicas sharing a database take turns by a lease (the fact ``notifier_lease``, :data:`LEASE_INTERVALS` intervals
-long, renewed at every scan by its holder): only the holder scans, so each notification goes out once, not once
-per replica; another takes over when the holder stops renewing. A webhook that is unreachable, redirects, or
-answers 408, 429 or 5xx fails the whole scan (the next waits longer); one that refuses a notification with another
-4xx holds back only that one, which is tried again after a growing delay of its own (decision 103).
+Replicas sharing a database take turns by a lease (the fact ``notifier_lease``, :data:`LEASE` seconds, taken at
+the start of a scan and renewed during it): only the holder scans, so each notification goes out once, not once
+per replica; between scans the lease runs out and whichever replica scans next takes it. A webhook that is
+unreachable, redirects, or answers anything but a 2xx or a refusal of the body fails the whole scan (the next waits
+longer); one that refuses a notification's body (400, 409, 413, 415, 422) holds back only that one, which is tried
+again after a growing delay of its own (decision 103).
 
 A notification carries ids, the kind, the due date and the stage, never a note or any content.
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import aiohttp
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.context import Gateway
 from gateway.logs import get_logger
@@ -43,9 +45,10 @@ __all__ = ["SIGNATURE_HEADER", "NotifyFailed", "Notifier", "notification", "sign
 
 SIGNATURE_HEADER = "Comity-Signature"
 MAX_DELAY = 300.0
-LEASE_INTERVALS = 3  # a lease lasts this many notify intervals (at least MIN_LEASE seconds)
-MIN_LEASE = 30.0
+LEASE = 60.0  # seconds a scan holds the notifier lease, renewed while it runs
 LEASE_FACT = "notifier_lease"
+BODY_REFUSED = (400, 409, 413, 415, 422)  # answers that refuse one notification's body, not the hook itself
+MAX_BACKOFF_STEPS = 20
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -111,7 +114,7 @@ class Notifier:
             url = settings.notify_webhook_url
             async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 if not 200 <= response.status < 300:
-                    refused = 400 <= response.status < 500 and response.status not in (408, 429)
+                    refused = response.status in BODY_REFUSED
                     raise (NotifyRefused if refused else NotifyFailed)(f"the webhook answered HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NotifyFailed(f"the webhook is unreachable ({type(exc).__name__})") from None
@@ -124,20 +127,29 @@ class Notifier:
         gw = self.gw
         if not await self._lead():
             return 0
-        async with gw.reader.connect() as conn:
-            pending = await CaseWork.to_notify(conn, gw.clock().date(), gw.settings.notify_days_ahead)
         loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        held_back = {item_id for (item_id, _), (_, next_try) in self._refused.items() if loop.time() < next_try}
+        async with gw.reader.connect() as conn:
+            pending = await CaseWork.to_notify(
+                conn, gw.clock().date(), gw.settings.notify_days_ahead, exclude=held_back
+            )
+        # what is neither pending nor held back was notified, done or closed meanwhile: forget its refusals
+        keys = {(item.id, stage) for item, stage in pending}
+        self._refused = {key: value for key, value in self._refused.items() if key in keys or key[0] in held_back}
         sent = 0
         for item, stage in pending:
             if self._stopping.is_set():
                 break
-            refusals, next_try = self._refused.get((item.id, stage), (0, 0.0))
-            if loop.time() < next_try:
-                continue
+            if loop.time() - renewed > LEASE / 3:  # a long scan keeps its lease, or stops if another took it
+                if not await self._lead():
+                    break
+                renewed = loop.time()
+            refusals, _ = self._refused.get((item.id, stage), (0, 0.0))
             try:
                 await self.deliver(notification(gw, item, stage))
             except NotifyRefused as exc:  # this one only: the next may go
-                refusals += 1
+                refusals = min(refusals + 1, MAX_BACKOFF_STEPS)
                 self._refused[item.id, stage] = (refusals, loop.time() + self._backoff(refusals))
                 self.log.warning("case_work_notify_refused", item_id=item.id, error=exc.message, attempts=refusals)
                 continue
@@ -152,17 +164,15 @@ class Notifier:
         is ours): one replica notifies at a time."""
         gw = self.gw
         now = gw.clock()
-        lease = max(MIN_LEASE, LEASE_INTERVALS * float(gw.settings.notify_interval_seconds))
         async with gw.transaction() as conn:
-            if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises writers
-                await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": LEASE_FACT})
+            await _lock(conn)
             held = await read_fact(conn, LEASE_FACT)
             if isinstance(held, dict) and held.get("holder") != self.holder:
                 until = held.get("until")
                 if isinstance(until, str) and parse_time(until) > now:
                     return False
             await write_fact(
-                conn, LEASE_FACT, {"holder": self.holder, "until": format_time(now + timedelta(seconds=lease))}
+                conn, LEASE_FACT, {"holder": self.holder, "until": format_time(now + timedelta(seconds=LEASE))}
             )
         return True
 
@@ -180,10 +190,10 @@ class Notifier:
                     await self.scan_once()
                     self.failures = 0
                 except NotifyFailed as exc:
-                    self.failures = min(self.failures + 1, 20)
+                    self.failures = min(self.failures + 1, MAX_BACKOFF_STEPS)
                     self.log.warning("case_work_notify_failed", error=exc.message, attempts=self.failures)
                 except Exception:
-                    self.failures = min(self.failures + 1, 20)
+                    self.failures = min(self.failures + 1, MAX_BACKOFF_STEPS)
                     self.log.exception("case_work_scan_failed")
                 stop_if_cancelled()
                 with contextlib.suppress(TimeoutError):  # the interval passed without a stop
@@ -198,8 +208,16 @@ class Notifier:
         Never raises: a lease that stays runs out."""
         try:
             async with self.gw.transaction() as conn:
+                await _lock(conn)
                 held = await read_fact(conn, LEASE_FACT)
                 if isinstance(held, dict) and held.get("holder") == self.holder:
                     await delete_fact(conn, LEASE_FACT)
         except Exception as exc:
             self.log.warning("notifier_lease_not_released", error=type(exc).__name__)
+
+
+async def _lock(conn: AsyncConnection) -> None:
+    """Hold the notifier lease's lock until the transaction ends (SQLite's ``BEGIN IMMEDIATE`` already serialises
+    writers)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": LEASE_FACT})

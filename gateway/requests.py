@@ -190,7 +190,7 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
     case, side, peer, marking = await _case_and_side(gw, user, case_id)
     if consultation is not None or event in (Event.REFUSE, Event.POSTPONE):
         # art. 46(26): a thread with the counterpart about the case is the consultation on record
-        consultation = await consultation_on_record(gw, case_id, peer, consultation)
+        consultation = await consultation_on_record(gw, user, case_id, peer, consultation)
     previous = parse_state(case.state)
     request_type = RequestType(case.request_type) if case.request_type else RequestType.MLA_CRIMINAL
     context = TransitionContext(request_type, side, consultation, refusal, postponement)

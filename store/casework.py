@@ -6,7 +6,7 @@ the logs. The rules (kinds, flags, what is overdue) are in protocol/casework.py;
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -173,10 +173,11 @@ class CaseWork:
 
     @staticmethod
     async def to_notify(
-        conn: AsyncConnection, today: date, notice_days: int, *, limit: int = 500
+        conn: AsyncConnection, today: date, notice_days: int, *, limit: int = 500, exclude: Collection[int] = ()
     ) -> list[tuple[CaseDate, Stage]]:
-        """Open items whose stage (due soon, overdue) has not been notified yet, oldest due first. An overdue item
-        whose due-soon notification never went out gets only the overdue one."""
+        """Open items whose stage (due soon, overdue) has not been notified yet, oldest due first, but those in
+        ``exclude`` (held back: they must not fill the window). An overdue item whose due-soon notification never
+        went out gets only the overdue one."""
         overdue = and_(case_dates.c.due < today, case_dates.c.notified_overdue_at.is_(None))
         soon = and_(
             case_dates.c.due >= today,
@@ -185,7 +186,7 @@ class CaseWork:
         )
         query = (
             select(case_dates)
-            .where(case_dates.c.done_at.is_(None), or_(overdue, soon))
+            .where(case_dates.c.done_at.is_(None), or_(overdue, soon), case_dates.c.id.not_in(list(exclude)))
             .order_by(case_dates.c.due, case_dates.c.id)
             .limit(limit)
         )

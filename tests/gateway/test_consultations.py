@@ -175,7 +175,24 @@ async def test_a_thread_about_a_case_is_the_consultation_on_record_before_a_refu
     assert_problem(status, body, code="invalid-message")
     await reply(pair.ar, thread_id, content={"text": "We cannot narrow it"})
 
-    status, body = await move(pair.au, case_id, "refuse", refusal=refusal)
+    # a later thread about the case, marked above what olga (assigned to the case) is cleared for, is not hers to
+    # cite: naming it is naming no thread, and without a name hers is the latest she may act on
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    status, answer = await pair.au.call(
+        "POST", "/v1/consultations", json={"to": "ar.mj", "marking": strict, "about": case_id, "content": {}}
+    )
+    assert status == 202, answer
+    await wait_for(pair.au, answer["id"], "delivered")
+    olga = await as_user(pair.au, ("olga", "officer"), clearance="CONFIDENTIAL", caveats=("uncac-46-20",))
+    try:
+        for target in (case_id, thread_id, answer["id"]):  # the case and both threads: clearance decides
+            status, assigned = await pair.au.call("POST", f"/v1/cases/{target}/assign", json={"username": "olga"})
+            assert status == 200, assigned
+        status, body = await move(olga, case_id, "refuse", refusal=refusal, consultation_id=answer["id"])
+        assert_problem(status, body, code="consultation-required")
+        status, body = await move(olga, case_id, "refuse", refusal=refusal)
+    finally:
+        await close_sessions(olga)
     assert status == 200 and body["state"] == "refused", body
     await wait_for(pair.au, body["report"], "delivered")
     status, opened = await pair.ar.call("POST", f"/v1/messages/{body['report']}/open", json={"purpose": "review"})
@@ -387,6 +404,7 @@ async def test_an_officer_sees_of_a_thread_only_what_she_is_cleared_for(pair: Pa
         assert status == 200 and [t["id"] for t in body["consultations"]] == [thread_id], body
         shown = await thread(olga, thread_id)
         assert [m["id"] for m in shown["messages"]] == [thread_id], shown
+        assert shown["last_message_at"] == shown["messages"][0]["created_at"], shown  # not the hidden reply's time
         assert [m["id"] for m in (await thread(au, thread_id))["messages"]] == [thread_id, hidden]  # bruce: both
         # her reply answers what she sees, not the hidden reply; naming that one is naming nothing
         nothing = "0f8fad5b-d9cb-469f-a165-70867728950e"

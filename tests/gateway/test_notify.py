@@ -11,12 +11,17 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from gateway.notify import SIGNATURE_HEADER, Notifier
+from gateway.notify import LEASE_FACT, MAX_BACKOFF_STEPS, SIGNATURE_HEADER, Notifier
+from protocol.casework import Stage
+from protocol.timefmt import format_time
+from store.casework import CaseWork
+from store.facts import write_fact
 from tests.gateway.conftest import Pair
 from tests.gateway.test_casework import MARKING, day, incoming_case, officer
 from tests.gateway.test_logs_no_secrets import log_buffer  # noqa: F401 (a fixture)
@@ -277,6 +282,22 @@ async def test_replicas_take_turns_so_each_notification_goes_out_once(pair: Pair
     assert sorted(n["item_id"] for n in receiver.received) == sorted([*ids, *later, body["id"]])
 
 
+async def test_a_lease_that_ran_out_is_taken_and_a_live_one_is_not(pair: Pair) -> None:
+    """(The log hook: the gateway's own notifier scanned when it started, before the items existed, and waits a
+    minute before its next scan; its lease is given up here, as at a stop.)"""
+    await _running_notifier(pair)._release()
+    _, ids = await _three_due_items(pair)
+    now = pair.au.gw.clock()
+    for until_, taken in ((now + timedelta(seconds=30), False), (now - timedelta(seconds=1), True)):
+        async with pair.au.gw.transaction() as conn:
+            await write_fact(conn, LEASE_FACT, {"holder": "another-replica", "until": format_time(until_)})
+        replica = Notifier(pair.au.gw)
+        try:
+            assert await replica.scan_once() == (len(ids) if taken else 0)
+        finally:
+            await replica._release()
+
+
 async def test_a_notification_the_hook_refuses_does_not_hold_back_the_others(pair: Pair, receiver: Receiver) -> None:
     _, ids = await _three_due_items(pair)
     receiver.poison = {ids[0]}  # the oldest: the first a scan tries
@@ -287,6 +308,16 @@ async def test_a_notification_the_hook_refuses_does_not_hold_back_the_others(pai
 
     await until(others_arrived)
     assert sorted(n["item_id"] for n in receiver.received) == ids[1:]
+    # held back, it does not take a place in the window of items a scan reads (500), and however often it is
+    # refused its delay stays bounded
+    notifier = _running_notifier(pair)
+    async with pair.au.gw.reader.connect() as conn:
+        window = await CaseWork.to_notify(conn, pair.au.gw.clock().date(), 3, exclude={ids[0]})
+    assert window == []
+    notifier._refused[ids[0], Stage.OVERDUE] = (5000, 0.0)
+    assert await notifier.scan_once() == 0
+    assert notifier._refused[ids[0], Stage.OVERDUE][0] == MAX_BACKOFF_STEPS
+    notifier._refused.clear()
     receiver.poison = set()  # the hook takes it after all: it was kept, and goes out once
 
     async def all_arrived() -> bool:
