@@ -175,9 +175,7 @@ async def outgoing_link(
             thread = await _thread_for(gw, user, conn, linked, to, "converting")
             opening = await Messages.get(conn, thread.id)
             if thread.state != "open":
-                raise ConsultationConverted(
-                    f"consultation {thread.id} was already converted into {thread.converted_request_id}"
-                )
+                raise ConsultationConverted(f"consultation {thread.id} was already converted into a formal request")
             if gw.scheme.lowers(marking, opening.marking):
                 raise MarkingRefused(
                     "a request that comes out of a consultation carries at least the consultation's marking "

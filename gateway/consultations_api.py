@@ -15,9 +15,10 @@ from aiohttp import web
 
 from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
+from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal
-from gateway.reading import LIST_PAGE, open_message
+from gateway.reading import LIST_PAGE, open_message, visible_ids
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
@@ -26,6 +27,7 @@ from protocol.messages import Marking, MessageKind, new_message_id, validate_mes
 from protocol.timefmt import format_time
 from store.consultations import Consultations, DraftChecks, Thread
 from store.messages import MessageRow, Messages
+from store.users import User
 
 __all__ = ["consultation_routes"]
 
@@ -68,6 +70,21 @@ def _message_id(body: dict[str, Any], name: str) -> str | None:
     """A message id member, validated before any error could repeat it."""
     value = _string(body, name)
     return None if value is None else validate_message_id(value)
+
+
+async def _hide_requests(gw: Gateway, user: User, threads: list[Thread]) -> list[Thread]:
+    """A converted thread names its formal request only to whoever may know that request exists (decision 94): it
+    may be marked above the thread, or sit in a case she is not assigned to."""
+    converted = [thread.converted_request_id for thread in threads if thread.converted_request_id is not None]
+    if not converted:
+        return threads
+    shown = await visible_ids(gw, user, converted)
+    return [
+        thread
+        if thread.converted_request_id is None or thread.converted_request_id in shown
+        else dataclasses.replace(thread, converted_request_id=None)
+        for thread in threads
+    ]
 
 
 def _thread_json(thread: Thread) -> dict[str, Any]:
@@ -167,9 +184,7 @@ async def convert(request: web.Request) -> web.Response:
     body = await _read_json(request)
     _only(body, {"request", "from_draft", "marking", "override_reason"})
     if thread.state != "open":
-        raise ConsultationConverted(
-            f"consultation {thread.id} was already converted into {thread.converted_request_id}"
-        )
+        raise ConsultationConverted(f"consultation {thread.id} was already converted into a formal request")
     source = _message_id(body, "from_draft")
     if (source is None) == (body.get("request") is None):
         raise InvalidMessage("send either 'request' (the formal request) or 'from_draft' (a message of the thread)")
@@ -240,6 +255,7 @@ async def list_threads(request: web.Request) -> web.Response:
                 if len(batch) < LIST_PAGE:
                     break
                 page += 1
+    threads = await _hide_requests(gw, user, threads)
     return _json({"consultations": [_thread_json(thread) for thread in threads]})
 
 
@@ -251,6 +267,7 @@ async def get_thread(request: web.Request) -> web.Response:
     reviewer = user.role in ("officer", "supervisor")
     if reviewer:  # the time of the last message she may see, not of one hidden from her
         thread = dataclasses.replace(thread, last_message_at=max(row.created_at for row in rows))
+    (thread,) = await _hide_requests(gw, user, [thread])
     async with gw.reader.connect() as conn:
         checks = await DraftChecks.for_thread(conn, thread.id) if reviewer else {}
     messages = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,13 @@ async def _visible(gw: Gateway, user: User, conn: Any, rows: list[MessageRow]) -
             continue
         shown.append(row)
     return shown
+
+
+async def visible_ids(gw: Gateway, user: User, message_ids: Iterable[str]) -> set[str]:
+    """Of ``message_ids``, those of messages ``user`` may know exist (:func:`_visible`)."""
+    async with gw.reader.connect() as conn:
+        rows = [row for row in [await Messages.find(conn, i) for i in sorted(set(message_ids))] if row is not None]
+        return {row.id for row in await _visible(gw, user, conn, rows)}
 
 
 async def visible_box(gw: Gateway, user: User, direction: str, *, limit: int, offset: int) -> list[MessageRow]:

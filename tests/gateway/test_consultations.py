@@ -336,9 +336,10 @@ async def test_a_request_out_of_a_thread_the_receiver_converted_meanwhile_is_acc
     answer = await hostile.post(hostile.seal(crossing))
     assert answer.status == 200, answer.raw
     assert await case_state(pair.au, crossing.id) == ("received", None)
-    for side in (pair.ar, pair.au):
+    # bruce sent it; alice, at ar.mj, is not assigned to the case it opened there, so it is not named to her
+    for side, named in ((pair.au, ours), (pair.ar, None)):
         body = await thread(side, thread_id)
-        assert (body["state"], body["converted_request_id"]) == ("converted", ours), body
+        assert (body["state"], body["converted_request_id"]) == ("converted", named), body
     converted = [e for e in await ledger(pair.au.gw) if e["type"] == "consultation.converted"]
     assert [(e["actor"], e["related_id"]) for e in converted] == [("user:bruce", ours)]
 
@@ -419,5 +420,20 @@ async def test_an_officer_sees_of_a_thread_only_what_she_is_cleared_for(pair: Pa
         assert status == 202, body
         status, sent = await au.call("GET", f"/v1/messages/{body['id']}")
         assert sent["in_reply_to"] == thread_id, sent
+        await wait_for(au, body["id"], "delivered")
+
+        # ar.mj converts the thread into a request marked above what she is cleared for: the thread is converted
+        # for her too, but does not name the request she may not know of; bruce sees it
+        formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+        status, body = await ar.call(
+            "POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal, "marking": strict}
+        )
+        assert status == 202, body
+        await wait_for(ar, body["id"], "delivered")
+        assert (await thread(au, thread_id))["converted_request_id"] == body["id"]
+        shown = await thread(olga, thread_id)
+        assert shown["state"] == "converted" and shown["converted_request_id"] is None, shown
+        status, listed = await olga.call("GET", "/v1/consultations")
+        assert [(t["id"], t["converted_request_id"]) for t in listed["consultations"]] == [(thread_id, None)]
     finally:
         await close_sessions(olga)
