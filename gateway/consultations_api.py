@@ -9,6 +9,7 @@ of a shared draft's checklist); content is read through ``POST /v1/messages/{id}
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from gateway.consultations import ConsultationConverted
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal
-from gateway.reading import LIST_PAGE, open_message, visible_ids
+from gateway.reading import LIST_PAGE, open_message, visible_ids, window
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
@@ -240,21 +241,19 @@ async def list_threads(request: web.Request) -> web.Response:
         if user.role not in ("officer", "supervisor"):
             threads = await Consultations.visible_to(conn, user, limit=limit, offset=offset, about=about, state=state)
         else:  # of the threads assigned to her or her unit, those she is cleared for; limit and offset count those
-            threads, skipped, page = [], 0, 0
-            while len(threads) < limit:
-                batch = await Consultations.visible_to(
-                    conn, user, limit=LIST_PAGE, offset=page * LIST_PAGE, about=about, state=state
-                )
-                for thread in batch:
-                    if thread.marking is None or not user.cleared_for(thread.marking, gw.scheme):
-                        continue
-                    if skipped < offset:
-                        skipped += 1
-                    elif len(threads) < limit:
-                        threads.append(thread)
-                if len(batch) < LIST_PAGE:
-                    break
-                page += 1
+
+            async def pages() -> AsyncGenerator[list[Thread], None]:
+                start = 0
+                while True:
+                    batch = await Consultations.visible_to(
+                        conn, user, limit=LIST_PAGE, offset=start, about=about, state=state
+                    )
+                    yield [t for t in batch if t.marking is not None and user.cleared_for(t.marking, gw.scheme)]
+                    if len(batch) < LIST_PAGE:
+                        return
+                    start += LIST_PAGE
+
+            threads = await window(pages(), offset=offset, limit=limit)
     threads = await _hide_requests(gw, user, threads)
     return _json({"consultations": [_thread_json(thread) for thread in threads]})
 

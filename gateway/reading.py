@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
@@ -126,6 +127,7 @@ async def message_events(gw: Gateway, message_id: str) -> list[dict[str, Any]]:
 
 # --- metadata: who may know that a message exists ------------------------------------------------------------------
 
+T = TypeVar("T")
 LIST_PAGE = 500  # rows read at a time while a listing collects the ones its caller may see
 
 
@@ -154,8 +156,7 @@ async def _visible(gw: Gateway, user: User, conn: Any, rows: list[MessageRow]) -
 async def visible_ids(gw: Gateway, user: User, message_ids: Iterable[str]) -> set[str]:
     """Of ``message_ids``, those of messages ``user`` may know exist (:func:`_visible`)."""
     async with gw.reader.connect() as conn:
-        rows = [row for row in [await Messages.find(conn, i) for i in sorted(set(message_ids))] if row is not None]
-        return {row.id for row in await _visible(gw, user, conn, rows)}
+        return {row.id for row in await _visible(gw, user, conn, await Messages.find_many(conn, message_ids))}
 
 
 async def visible_box(gw: Gateway, user: User, direction: str, *, limit: int, offset: int) -> list[MessageRow]:
@@ -163,19 +164,34 @@ async def visible_box(gw: Gateway, user: User, direction: str, *, limit: int, of
     async with gw.reader.connect() as conn:
         if _sees_all(user):
             return await Messages.in_box(conn, direction, limit=limit, offset=offset)
-        shown: list[MessageRow] = []
-        skipped, after = 0, None
-        while len(shown) < limit:
-            page = await Messages.scan_box(conn, direction, after=after, limit=LIST_PAGE)
-            for row in await _visible(gw, user, conn, page):
+
+        async def pages() -> AsyncGenerator[list[MessageRow], None]:
+            after = None
+            while True:
+                page = await Messages.scan_box(conn, direction, after=after, limit=LIST_PAGE)
+                yield await _visible(gw, user, conn, page)
+                if len(page) < LIST_PAGE:
+                    return
+                after = (page[-1].created_at, page[-1].id)
+
+        return await window(pages(), offset=offset, limit=limit)
+
+
+async def window(pages: AsyncGenerator[list[T], None], *, offset: int, limit: int) -> list[T]:
+    """Rows ``offset`` to ``offset + limit`` of what ``pages`` yields (each page already filtered to what the caller
+    may see), reading no more pages than that needs."""
+    shown: list[T] = []
+    skipped = 0
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            for row in page:
                 if skipped < offset:
                     skipped += 1
                 elif len(shown) < limit:
                     shown.append(row)
-            if len(page) < LIST_PAGE:
+            if len(shown) >= limit:
                 break
-            after = (page[-1].created_at, page[-1].id)
-        return shown
+    return shown
 
 
 async def visible_message(gw: Gateway, user: User, message_id: str) -> MessageRow:

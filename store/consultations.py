@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.messages import Marking
 from store.errors import NotFound
-from store.messages import MessageRow
+from store.messages import METADATA, MessageRow
 from store.tables import case_assignments, cases, consultation_drafts, consultations, messages
 from store.users import User
 
@@ -161,8 +161,7 @@ class Consultations:
     @staticmethod
     async def thread_messages(conn: AsyncConnection, thread_id: str) -> list[MessageRow]:
         """The thread's messages, oldest first, without their envelopes."""
-        columns = [column for column in messages.c if column.name not in ("sealed", "archive")]
-        query = select(*columns).where(messages.c.case_id == thread_id).order_by(messages.c.created_at, messages.c.id)
+        query = select(*METADATA).where(messages.c.case_id == thread_id).order_by(messages.c.created_at, messages.c.id)
         return [MessageRow.from_row(row) for row in await conn.execute(query)]
 
 

@@ -90,6 +90,10 @@ class MessageRow:
         )
 
 
+# every column of a message but its envelopes (the sealed and archive copies): what listings read
+METADATA = [column for column in messages.c if column.name not in ("sealed", "archive")]
+
+
 class Messages:
     @staticmethod
     async def insert(
@@ -206,8 +210,7 @@ class Messages:
     ) -> list[MessageRow]:
         """A page of :meth:`in_box`'s order after ``(created_at, id)``, without the envelopes (a listing that
         filters may read many pages; keyset pages never show a row twice when new ones arrive meanwhile)."""
-        columns = [column for column in messages.c if column.name not in ("sealed", "archive")]
-        query = select(*columns).where(messages.c.direction == direction)
+        query = select(*METADATA).where(messages.c.direction == direction)
         if after is not None:
             created, message_id = after
             query = query.where(
@@ -260,6 +263,12 @@ class Messages:
             raise NotFound(f"no message {message_id}")
         files = [AttachmentRow(r.position, r.ct_size, r.ct_sha256, r.path) for r in rows if r.position is not None]
         return bytes(rows[0].sealed), rows[0].envelope_sha256, files
+
+    @staticmethod
+    async def find_many(conn: AsyncConnection, message_ids: Iterable[str]) -> list[MessageRow]:
+        """The messages of ``message_ids`` that exist, without their envelopes."""
+        query = select(*METADATA).where(messages.c.id.in_(sorted(set(message_ids))))
+        return [MessageRow.from_row(row) for row in await conn.execute(query)]
 
     @staticmethod
     async def attachment_files(conn: AsyncConnection, direction: str, message_ids: Iterable[str]) -> set[str]:
