@@ -35,6 +35,7 @@ from protocol.casework import (
 )
 from protocol.errors import InvalidMessage
 from protocol.events import EventType
+from protocol.lifecycle import State
 from protocol.messages import Marking, MessageKind, validate_authority_id, validate_message_id
 from protocol.timefmt import format_time
 from store.cases import Case, Cases
@@ -230,6 +231,9 @@ async def add_date(gw: Gateway, user: User, case_id: str, body: dict[str, Any]) 
     await work_access(gw, user, case_id)
 
     async def unit(tx: Tx) -> Finish[dict[str, Any]]:
+        # read in the transaction, so that a case closed meanwhile is seen (decision 105)
+        if (await Cases.get(tx.conn, case_id)).state == State.CLOSED.value:
+            raise Conflict(f"case {case_id} is closed: it takes no new dates or tasks")
         now = tx.clock()
         item_id = await CaseWork.add_date(tx.conn, case_id, kind, due, note, user.username, now)
         _record_date(tx, user, case_id, kind, due, item_id, "added")

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.casework import DateKind, Stage
+from protocol.lifecycle import State
 from protocol.messages import Marking, canonical_json, parse_strict_json
 from store.cases import Case
 from store.tables import case_assignments, case_dates, case_flags, case_work, cases, messages, oral_requests
@@ -72,6 +73,12 @@ def _date(row: Row[Any]) -> CaseDate:
         row.done_at,
         row.done_by,
     )
+
+
+def _case_open() -> ColumnElement[bool]:
+    """An item's case is not closed: a closed case's dates and tasks are no longer work, so they are neither listed
+    as due nor notified (decision 105); the case's own view still shows them."""
+    return ~exists(select(cases.c.id).where(cases.c.id == case_dates.c.case_id, cases.c.state == State.CLOSED.value))
 
 
 def _marking(level: str, caveats: str) -> Marking:
@@ -158,9 +165,10 @@ class CaseWork:
         limit: int = 10_000,
         after: tuple[date, int] | None = None,
     ) -> list[CaseDate]:
-        """Open items due from ``first`` (None: any time before) to ``last``, soonest first; ``after`` (the due date
-        and id of the last item of the previous page) continues a listing page by page."""
-        where = [case_dates.c.done_at.is_(None), case_dates.c.due <= last]
+        """Open items of cases that are not closed, due from ``first`` (None: any time before) to ``last``, soonest
+        first; ``after`` (the due date and id of the last item of the previous page) continues a listing page by
+        page."""
+        where = [case_dates.c.done_at.is_(None), case_dates.c.due <= last, _case_open()]
         if first is not None:
             where.append(case_dates.c.due >= first)
         if after is not None:
@@ -175,9 +183,9 @@ class CaseWork:
     async def to_notify(
         conn: AsyncConnection, today: date, notice_days: int, *, limit: int = 500, exclude: Collection[int] = ()
     ) -> list[tuple[CaseDate, Stage]]:
-        """Open items whose stage (due soon, overdue) has not been notified yet, oldest due first, but those in
-        ``exclude`` (held back: they must not fill the window). An overdue item whose due-soon notification never
-        went out gets only the overdue one."""
+        """Open items of cases that are not closed whose stage (due soon, overdue) has not been notified yet, oldest
+        due first, but those in ``exclude`` (held back: they must not fill the window). An overdue item whose
+        due-soon notification never went out gets only the overdue one."""
         overdue = and_(case_dates.c.due < today, case_dates.c.notified_overdue_at.is_(None))
         soon = and_(
             case_dates.c.due >= today,
@@ -186,7 +194,9 @@ class CaseWork:
         )
         query = (
             select(case_dates)
-            .where(case_dates.c.done_at.is_(None), or_(overdue, soon), case_dates.c.id.not_in(list(exclude)))
+            .where(
+                case_dates.c.done_at.is_(None), or_(overdue, soon), _case_open(), case_dates.c.id.not_in(list(exclude))
+            )
             .order_by(case_dates.c.due, case_dates.c.id)
             .limit(limit)
         )

@@ -411,3 +411,51 @@ async def test_the_operator_lists_due_items_from_the_database(pair: Pair, monkey
     monkeypatch.setattr(gateway.cli.case, "PAGE", 2)
     result = await asyncio.to_thread(_cli, "case", "due", "--upcoming", "7", "--json", "--config", config)
     assert [i["id"] for i in json.loads(result.output)["items"]] == [added["hearing"], *more]
+
+
+async def test_a_closed_case_is_no_longer_work(pair: Pair) -> None:
+    """Once a case is closed, its open dates and tasks leave the overdue and upcoming lists (API and command line)
+    and the notifier's scan, and it takes no new ones; its own view still shows them (decision 105)."""
+    from store.casework import CaseWork
+    from tests.gateway.test_requests_flow import move, send_complete
+
+    case_id = await send_complete(pair)
+    added = []
+    for kind, due in [("deadline", day(-2)), ("hearing", day(3))]:
+        status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": kind, "due": due})
+        assert status == 201, body
+        added.append(body["id"])
+
+    async def listed() -> tuple[list[int], list[int], list[int], list[int]]:
+        overdue = (await pair.au.call("GET", "/v1/work/overdue"))[1]["items"]
+        upcoming = (await pair.au.call("GET", "/v1/work/upcoming?days=7"))[1]["items"]
+        async with pair.au.gw.reader.connect() as conn:
+            scan = await CaseWork.to_notify(conn, today(), pair.au.gw.settings.notify_days_ahead)
+            operator = await CaseWork.open_between(conn, None, today() + timedelta(days=7))
+        return (
+            [i["id"] for i in overdue],
+            [i["id"] for i in upcoming],
+            [item.id for item, _stage in scan],
+            [item.id for item in operator],
+        )
+
+    assert await listed() == ([added[0]], [added[1]], added, added)
+    for event in ("acknowledge", "begin_review", "begin_execution", "complete_execution"):
+        status, body = await move(pair.au, case_id, event)
+        assert status == 200, body
+    # an outcome is not the end of the work: the case is still listed until it is closed
+    assert await listed() == ([added[0]], [added[1]], added, added)
+    status, body = await move(pair.au, case_id, "close")
+    assert status == 200 and body["state"] == "closed", body
+    assert await listed() == ([], [], [], [])
+
+    async def dates_ledgered() -> int:
+        return sum(e["type"] == "case.date" and e.get("message_id") == case_id for e in await ledger(pair.au.gw))
+
+    assert await dates_ledgered() == 2
+    status, body = await pair.au.call("POST", f"/v1/cases/{case_id}/dates", json={"kind": "hearing", "due": day(5)})
+    assert_problem(status, body, code="conflict")
+    assert "closed" in body["detail"]
+    assert await dates_ledgered() == 2
+    status, work = await pair.au.call("GET", f"/v1/cases/{case_id}/work")
+    assert status == 200 and work["state"] == "closed" and [d["id"] for d in work["dates"]] == added, work
