@@ -67,6 +67,8 @@ class Source(Protocol):
 
     def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]: ...
 
+    def message_ids(self, start: int) -> list[bytes | None] | None: ...
+
     def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]: ...
 
     async def consistency_proof(self, size1: int, size2: int) -> list[bytes] | None: ...
@@ -90,6 +92,11 @@ class DatabaseSource:
         self._lite: sqlite3.Connection | None = None
         self._pg: Any = None
         self._pg_tx: Any = None
+        # the message_id column of the batches fetched and not yet passed on (the current one and the next)
+        self._message_ids: dict[int, list[bytes | None]] = {}
+        # the column as the bytes an entry holds, converted by the database rather than here
+        as_bytes = "CAST(message_id AS BLOB)" if self._sqlite else "convert_to(message_id, 'UTF8')"
+        self._batch_sql = f"SELECT idx, entry, {as_bytes} FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"  # noqa: S608
         parts = urlsplit(clean)
         self.name = f"{parts.scheme.split('+')[0]}:{parts.path.rsplit('/', 1)[-1]}" + (
             f"/{self._schema}" if self._schema else ""
@@ -196,15 +203,21 @@ class DatabaseSource:
                 stop = position + len(batch)
                 upcoming = asyncio.ensure_future(self._batch(stop, min(stop + BATCH, end))) if stop < end else None
                 yield position, batch
+                self._message_ids.pop(position, None)
                 position = stop
         finally:
             if upcoming is not None:
                 upcoming.cancel()
+            self._message_ids.clear()
+
+    def message_ids(self, start: int) -> list[bytes | None] | None:
+        """The ``message_id`` column of the rows of the batch :meth:`entries` is passing on at ``start`` (the
+        operator's index, which timelines select on: the verifier checks it against the entries); ask before the
+        next batch is asked for."""
+        return self._message_ids.get(start)
 
     async def _batch(self, position: int, stop: int) -> list[bytes]:
-        rows = await self._fetch(
-            "SELECT idx, entry FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", position, stop
-        )
+        rows = await self._fetch(self._batch_sql, position, stop)
         if len(rows) != stop - position or (rows and int(rows[-1][0]) != stop - 1):
             expected = position
             for row in rows:
@@ -215,6 +228,7 @@ class DatabaseSource:
         batch = [row[1] for row in rows]
         if not all(type(entry) is bytes for entry in batch):  # memoryview, or TEXT in a SQLite BLOB column
             batch = [entry.encode("utf-8") if isinstance(entry, str) else bytes(entry) for entry in batch]
+        self._message_ids[position] = [row[2] for row in rows]
         return batch
 
     async def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]:
@@ -234,9 +248,13 @@ class DatabaseSource:
         return None  # the auditor recomputes every root itself; the stored nodes add nothing here
 
     async def entries_of(self, message_id: str) -> AsyncIterator[tuple[int, bytes]]:
-        # the message_id column is the operator's, but this is only for display (timeline), never for verification
+        # the message_id column is the operator's: `audit verify` checks it against every entry (so none is left out
+        # of a timeline), and an entry it selects must name the message itself
         rows = await self._fetch("SELECT idx, entry FROM ledger_entries WHERE message_id = $1 ORDER BY idx", message_id)
+        needle = f'"message_id":"{message_id}"'.encode()
         for index, entry in rows:
+            if needle not in bytes(entry):
+                raise SourceError(f"entry {index}: the message_id column names a message the entry does not")
             yield int(index), bytes(entry)
 
 
@@ -346,6 +364,9 @@ class HttpSource:
                 raise MissingEntry(position + min(len(lines), stop - position))
             yield position, lines
             position = stop
+
+    def message_ids(self, start: int) -> list[bytes | None] | None:
+        return None  # the API serves entries only: no index of the operator's to check
 
     async def stored_leaves(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes | None]]]:
         return

@@ -10,7 +10,8 @@ One pass over the entries in index order, memory independent of the size of the 
 4. at the size of the newest checkpoint this auditor verified on an earlier run (the state file), the recomputed
    root must be the one it saw then: a log rewritten consistently, with fresh signatures, fails here;
 5. the timeline invariants hold (:mod:`gateway.audit.invariants`);
-6. with a database source, the stored tree head must match the entries too.
+6. with a database source, the stored tree head must match the entries too, and so must each row's ``message_id``
+   column, the index that timelines (the gateway's and ``comity audit timeline --database``) select on.
 
 The first problem stops the audit with an :class:`AuditFailure` naming the entry index or checkpoint size. With a
 database source, a root mismatch is pinpointed: the recomputed leaf hashes are compared with the stored level-0
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from crypto.note import NoteError, Verifier, open_note
-from gateway.audit.entries import EntryError, check_entry
+from gateway.audit.entries import G_MESSAGE_ID, EntryError, check_entry
 from gateway.audit.invariants import InvariantError, TimelineChecker
 from gateway.audit.sources import CheckpointRecord, MissingEntry, Source, SourceError
 from gateway.audit.state import AuditState, Verified
@@ -44,6 +45,10 @@ SEGMENT = 2048  # entries checked between two chances for the prefetch to run
 __all__ = ["AuditFailure", "Progress", "Summary", "verify_ledger"]
 
 Progress = Callable[[int, int, float], None]  # done, total, seconds elapsed
+
+
+class _IndexMismatch(Exception):
+    """An entry's row has a message_id column other than the entry's own."""
 
 
 class AuditFailure(Exception):
@@ -63,6 +68,8 @@ class Summary:
     entries: int = 0
     checkpoints: int = 0
     cosignatures: Counter[str] = field(default_factory=Counter)  # witness name -> verified cosignatures
+    # witness name -> (the largest size it cosigned, when it says it cosigned it: POSIX seconds)
+    witnessed: dict[str, tuple[int, int]] = field(default_factory=dict)
     unknown_witnesses: Counter[str] = field(default_factory=Counter)  # name -> lines from keys nobody listed
     newest_size: int = 0
     newest_root: bytes = b""
@@ -71,6 +78,11 @@ class Summary:
     seconds: float = 0.0
     open_messages: int = 0
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def witnessed_size(self) -> int:
+        """The largest size any witness cosigned: what the log's history rests on beyond the operator's word."""
+        return max((size for size, _ in self.witnessed.values()), default=0)
 
     @property
     def rate(self) -> float:
@@ -88,6 +100,14 @@ class Summary:
                 f" ({', '.join(f'{name}: {n:,}' for name, n in sorted(self.cosignatures.items()))})" if cosigned else ""
             ),
         ]
+        if self.witnessed:
+            each = ", ".join(
+                f"{name}: size {size:,} at {_when(at)}" for name, (size, at) in sorted(self.witnessed.items())
+            )
+            out.append(
+                f"  witnessed    up to size {self.witnessed_size:,} ({each}); {self.entries - self.witnessed_size:,} "
+                "entries after it no witness has cosigned"
+            )
         if self.unknown_witnesses:
             names = ", ".join(f"{name}: {n:,}" for name, n in sorted(self.unknown_witnesses.items()))
             out.append(f"  unknown witnesses (lines not checked, not counted): {names}")
@@ -102,9 +122,25 @@ class Summary:
 _sha256 = hashlib.sha256
 
 
+def _when(seconds: int) -> str:
+    """A cosignature's time as RFC 3339 UTC, or as the number it is when no calendar holds it."""
+    try:
+        return format_time(datetime.fromtimestamp(seconds, UTC))
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds} s after the epoch"
+
+
 class _Audit:
-    def __init__(self, source: Source, trust: Trust, state: AuditState, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        trust: Trust,
+        state: AuditState,
+        progress: Progress | None,
+        max_unwitnessed: int | None = None,
+    ) -> None:
         self.source = source
+        self.max_unwitnessed = max_unwitnessed
         self.trust = trust
         self.state = state
         self.progress = progress
@@ -171,6 +207,7 @@ class _Audit:
             async for start, batch in entries:
                 if start != tree.size:
                     raise AssertionError("source returned a batch out of order")
+                ids = self.source.message_ids(start)  # the database's index column, None for the API
                 offset = 0
                 while offset < len(batch):
                     await boundaries()
@@ -186,13 +223,27 @@ class _Audit:
                     segment = batch[offset : offset + end - tree.size]
                     index = tree.size
                     try:
-                        for entry in segment:
-                            feed(index, check(entry))
-                            index += 1
+                        if ids is None:
+                            for entry in segment:
+                                feed(index, check(entry))
+                                index += 1
+                        else:
+                            for entry in segment:
+                                fields = check(entry)
+                                feed(index, fields)
+                                if fields.group(G_MESSAGE_ID) != ids[index - start]:
+                                    raise _IndexMismatch
+                                index += 1
                     except EntryError as exc:
                         await self._fail(f"entry {index}: {exc}", index)
                     except InvariantError as exc:
                         await self._fail(str(exc), index)
+                    except _IndexMismatch:
+                        await self._fail(
+                            f"entry {index}: the message_id column (the index timelines select on) does not match "
+                            "the entry: it was changed outside the ledger code",
+                            index,
+                        )
                     tree.extend([_sha256(b"\x00" + entry).digest() for entry in segment])
                     offset += len(segment)
                     await asyncio.sleep(0)
@@ -233,6 +284,19 @@ class _Audit:
             summary.warnings.append(
                 f"no signed checkpoint: none of the {total:,} entries is covered by a signature (a running gateway "
                 "signs one as it starts and at least every second while its ledger grows)"
+            )
+        if self.state.path is not None and previous is None and total:
+            summary.warnings.append(
+                f"no earlier run for {self.origin} in {self.state.path}: this log's history is checked against its "
+                "own signatures and its witnesses' only (a missing, misnamed or older state file looks the same)"
+            )
+        unwitnessed = total - summary.witnessed_size
+        if self.max_unwitnessed is not None and unwitnessed > self.max_unwitnessed:
+            raise AuditFailure(
+                f"witnesses: {unwitnessed:,} entries after size {summary.witnessed_size:,}, the largest any witness "
+                f"cosigned, more than --max-unwitnessed {self.max_unwitnessed:,}: the operator's signatures alone "
+                "vouch for them (cosignatures deleted, or witnesses not polling)",
+                size=summary.witnessed_size,
             )
         await self._check_served_consistency(previous)
         summary.seconds = time.perf_counter() - started
@@ -289,6 +353,7 @@ class _Audit:
         for sig in opened.verified:
             if sig.timestamp is not None:
                 self.summary.cosignatures[sig.name] += 1
+                self.summary.witnessed[sig.name] = (size, sig.timestamp)  # checkpoints come in size order
         for line in opened.unverified:
             self.summary.unknown_witnesses[line[2:].split(" ", 1)[0]] += 1
         self.summary.checkpoints += 1
@@ -380,7 +445,13 @@ class _Audit:
 
 
 async def verify_ledger(
-    source: Source, trust: Trust, state: AuditState, *, progress: Progress | None = None
+    source: Source,
+    trust: Trust,
+    state: AuditState,
+    *,
+    progress: Progress | None = None,
+    max_unwitnessed: int | None = None,
 ) -> Summary:
-    """Run the audit; return the summary or raise :class:`AuditFailure` (saving the state only on success)."""
-    return await _Audit(source, trust, state, progress).run()
+    """Run the audit; return the summary or raise :class:`AuditFailure` (saving the state only on success). With
+    ``max_unwitnessed``, more entries than that after the largest size a witness cosigned is a failure."""
+    return await _Audit(source, trust, state, progress, max_unwitnessed).run()

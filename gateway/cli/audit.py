@@ -110,6 +110,11 @@ def audit() -> None:
     help="the auditor's state file [default: $XDG_STATE_HOME/comity/audit-state.json]",
 )
 @click.option("--no-state", is_flag=True, help="neither read nor write a state file (no check against earlier runs)")
+@click.option(
+    "--max-unwitnessed",
+    type=click.IntRange(min=0),
+    help="fail if more entries than this follow the largest size a witness cosigned",
+)
 @click.option("--progress/--no-progress", default=None, help="progress on stderr [default: when stderr is a terminal]")
 def verify(
     database: str | None,
@@ -121,6 +126,7 @@ def verify(
     authority_id: str,
     state_file: Path | None,
     no_state: bool,
+    max_unwitnessed: int | None,
     progress: bool | None,
 ) -> None:
     """Recompute the tree, check every checkpoint, cosignature and invariant; exit 0 only if everything holds."""
@@ -140,7 +146,9 @@ def verify(
         state = AuditState(None if no_state else (state_file or default_state_path()))
         source = await open_source(database=database, url=url, token=token)
         try:
-            summary = await verify_ledger(source, trust, state, progress=report if show else None)
+            summary = await verify_ledger(
+                source, trust, state, progress=report if show else None, max_unwitnessed=max_unwitnessed
+            )
         finally:
             if show:
                 click.echo("", err=True)

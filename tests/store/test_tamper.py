@@ -26,6 +26,7 @@ from crypto.keys import generate_authority_keys, generate_signing_key, public_jw
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import generate_tls_identity
 from gateway.audit import AuditFailure, AuditState, DatabaseSource, Trust, trust_from_directory, verify_ledger
+from gateway.audit.sources import SourceError
 from gateway.audit.state import Verified
 from gateway.audit.trust import ledger_origin, witness_name
 from protocol import merkle
@@ -119,19 +120,19 @@ async def build(url: str, size: int = SIZE, *, seed: int = 7) -> tuple[AsyncEngi
     return engine, log
 
 
-async def audit(url: str, state: Path | None = None) -> str:
+async def audit(url: str, state: Path | None = None, *, max_unwitnessed: int | None = None) -> str:
     source = DatabaseSource(url)
     await source.open()
     try:
-        summary = await verify_ledger(source, trust(), AuditState(state))
+        summary = await verify_ledger(source, trust(), AuditState(state), max_unwitnessed=max_unwitnessed)
     finally:
         await source.close()
     return "\n".join(summary.lines())
 
 
-async def fails(url: str, state: Path | None = None) -> AuditFailure:
+async def fails(url: str, state: Path | None = None, *, max_unwitnessed: int | None = None) -> AuditFailure:
     with pytest.raises(AuditFailure) as caught:
-        await audit(url, state)
+        await audit(url, state, max_unwitnessed=max_unwitnessed)
     return caught.value
 
 
@@ -198,6 +199,42 @@ async def test_changed_entry_not_canonical(db_url: str) -> None:
     )
 
 
+async def test_an_index_column_changed_to_hide_an_entry_from_timelines(db_url: str) -> None:
+    """The message_id column is not hashed, and timelines select on it: an entry unlisted there (or listed under
+    another message) would vanish from a message's timeline while every hash still holds."""
+    engine, _ = await build(db_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(ledger_entries.c.idx, ledger_entries.c.message_id))).all()
+        index, message_id = next((row.idx, row.message_id) for row in rows if row.idx > 60 and row.message_id)
+        other = next(row.message_id for row in rows if row.message_id and row.message_id != message_id)
+        async with engine.begin() as conn:
+            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=None))
+    finally:
+        await engine.dispose()
+    failure = await fails(db_url)
+    assert failure.index == index
+    assert str(failure) == (
+        f"entry {index}: the message_id column (the index timelines select on) does not match the entry: it was "
+        "changed outside the ledger code"
+    )
+    # filed under another message instead: the audit fails the same way, and that message's timeline refuses it
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=other))
+    finally:
+        await engine.dispose()
+    assert (await fails(db_url)).index == index
+    source = DatabaseSource(db_url)
+    await source.open()
+    try:
+        with pytest.raises(SourceError, match=f"entry {index}: the message_id column names a message"):
+            _ = [item async for item in source.entries_of(other)]
+    finally:
+        await source.close()
+
+
 async def test_deleted_row(db_url: str) -> None:
     engine, _ = await build(db_url)
     try:
@@ -230,9 +267,12 @@ async def test_inserted_row_at_the_end(db_url: str) -> None:
     engine, _ = await build(db_url)
     try:
         extra = await entry_bytes(engine, SIZE - 1)
+        message_id = json.loads(extra).get("message_id")  # the row's index as the ledger code would write it
         async with engine.begin() as conn:
             await conn.execute(
-                insert(ledger_entries).values(idx=SIZE, entry=extra, message_id=None, type="message.opened", time=NOW)
+                insert(ledger_entries).values(
+                    idx=SIZE, entry=extra, message_id=message_id, type="message.opened", time=NOW
+                )
             )
     finally:
         await engine.dispose()
@@ -315,6 +355,36 @@ async def test_truncated_regrown_and_resigned_against_the_state_file(db_url: str
     assert failure.size == 200
     assert "checkpoint at size 200: this auditor verified root" in str(failure)
     assert "the log was rewritten or forked" in str(failure)
+
+
+async def test_a_first_audit_of_a_resigned_rewrite_sees_how_much_no_witness_vouches_for(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An auditor with no earlier run cannot tell a rewrite signed afresh from the original, but the witnesses'
+    cosignatures, which the operator cannot make, stop where the rewrite starts: the summary says so, and
+    --max-unwitnessed turns it into a failure."""
+    await (await build(db_url))[0].dispose()
+    report = await audit(db_url, tmp_path / "first.json")
+    assert "witnessed    up to size 200 (comity-witness/au.ag: size 200 at 2026-11-18T" in report
+    assert "30 entries after it no witness has cosigned" in report
+    assert f"warning: no earlier run for comity-ledger/ar.mj in {tmp_path / 'first.json'}" in report
+    assert "no earlier run" not in await audit(db_url, tmp_path / "first.json")  # the second run has one
+    await truncate_and_regrow(db_url, 120, resign=True)
+    engine = make_engine(db_url)
+    try:  # the test helper cosigns with the witness's own key: an operator has no such key
+        async with engine.begin() as conn:
+            await conn.execute(delete(cosignatures).where(cosignatures.c.size > 120))
+    finally:
+        await engine.dispose()
+    report = await audit(db_url, None)  # every signature genuine, the tree consistent
+    assert "witnessed    up to size 100 (comity-witness/au.ag: size 100 at " in report
+    assert "130 entries after it no witness has cosigned" in report
+    failure = await fails(db_url, None, max_unwitnessed=129)
+    assert failure.size == 100
+    assert str(failure).startswith(
+        "witnesses: 130 entries after size 100, the largest any witness cosigned, more than --max-unwitnessed 129"
+    )
+    await audit(db_url, None, max_unwitnessed=130)
 
 
 async def test_deleting_the_newer_checkpoints_does_not_roll_the_state_file_back(db_url: str, tmp_path: Path) -> None:
@@ -495,6 +565,9 @@ async def test_command_line_exit_codes(databases: DatabaseFactory, tmp_path: Pat
     ok = await asyncio.to_thread(_cli, args)
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.startswith("ok: comity-ledger/ar.mj from ")
+    strict = await asyncio.to_thread(_cli, [*args, "--max-unwitnessed", "29"])
+    assert strict.exit_code == 1 and strict.stderr.startswith("comity: witnesses: 30 entries after size 200"), strict
+    assert (await asyncio.to_thread(_cli, [*args, "--max-unwitnessed", "30"])).exit_code == 0
     engine = make_engine(url)
     try:
         await move(engine, 70, -1)
