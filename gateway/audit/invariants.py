@@ -1,9 +1,9 @@
 """Timeline invariants of one gateway's ledger, checked in one pass with state for open messages only.
 
 Per message id the checker remembers when it was submitted, sent and received here (and at which entries), nothing
-else, and forgets a message once it is closed; memory grows with the number of messages not yet closed, never with
-the number of entries. Times are compared as strings: every ledger time has the one fixed shape
-``2026-11-28T07:40:00.123456Z`` (UTC, microseconds), whose byte order is time order.
+else, and once a message is closed only its id (so that the id cannot be used again); memory grows with the number
+of messages, never with the number of entries. Times are compared as strings: every ledger time has the one fixed
+shape ``2026-11-28T07:40:00.123456Z`` (UTC, microseconds), whose byte order is time order.
 
 The rules (``docs/ledger.md``, "Invariants"):
 
@@ -16,7 +16,11 @@ The rules (``docs/ledger.md``, "Invariants"):
    opens only a message received or submitted here, not before that;
 5. a peer's acknowledgement or answer (actor ``peer:...``) concerns a message submitted here, not before it was
    submitted;
-6. a message received in reply to one submitted here is not received before that submission.
+6. a message received in reply to one submitted here is not received before that submission;
+7. no entry is dated more than the allowed clock skew before an earlier entry (the ledger is appended in time
+   order; the skew covers replicas' clocks and a clock stepped back), except ``message.sent``, dated when the
+   transmission began: an entry back-dated later (a late acknowledgement dated on time) fails here;
+8. a closed message's id is not submitted or received again.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ def _seconds(value: bytes) -> datetime:
 class TimelineChecker:
     def __init__(self) -> None:
         self._open: dict[bytes, _Message] = {}
+        self._closed: dict[bytes, int] = {}  # closed message id -> the entry that closed it
+        self._latest = b""  # the latest time of an entry so far (message.sent aside), and its index
+        self._latest_at = -1
 
     @property
     def open_messages(self) -> int:
@@ -79,13 +86,23 @@ class TimelineChecker:
     def feed(self, index: int, fields: Fields) -> None:
         """Check the entry at ``index``; raises :class:`InvariantError`."""
         code = _CODES.get(fields.group(G_TYPE) or b"")
+        time = fields.group(G_TIME) or b""
+        if time >= self._latest:
+            self._latest, self._latest_at = time, index
+        elif code != _SENT and _seconds(time) < _seconds(self._latest) - CLOCK_SKEW:
+            raise InvariantError(
+                f"entry {index}: dated {_text(time)}, more than {int(CLOCK_SKEW.total_seconds())} s before entry "
+                f"{self._latest_at} ({_text(self._latest)}): back-dated, or the gateway's clock stepped back"
+            )
         if code is None:
             return
         message = fields.group(G_MESSAGE_ID)
         if message is None:
             return
-        time = fields.group(G_TIME) or b""
         state = self._open.get(message)
+        if state is None and code in (_SUBMITTED, _RECEIVED) and message in self._closed:
+            what = "submitted" if code == _SUBMITTED else "received"
+            raise _error(index, message, f"{what} again after it was closed (entry {self._closed[message]})")
         if code == _SUBMITTED:
             if state is None:
                 self._open[message] = state = _Message()
@@ -136,6 +153,7 @@ class TimelineChecker:
                 )
         elif code == _CLOSED:
             self._open.pop(message, None)
+            self._closed.setdefault(message, index)
         else:  # acknowledged, opened, answered
             self._answered(index, message, code, time, fields.group(G_ACTOR) or b"", state)
 

@@ -215,6 +215,47 @@ def test_invariant_violations(documents: list[dict[str, Any]], message: str) -> 
         _feed(documents)
 
 
+def _at(document: dict[str, Any], time: str) -> dict[str, Any]:
+    return {**document, "time": f"2026-11-28T{time}.000000Z"}
+
+
+def test_an_entry_back_dated_beyond_the_clock_skew_fails_and_a_sending_may_be_older() -> None:
+    """The ledger is appended in time order, give or take the clock skew; a late acknowledgement appended with the
+    time it should have had fails, while ``message.sent`` is dated when its transmission began (decision 106)."""
+    received = _at(_event("message.received", 0, "peer:au.ag"), "07:40:00")
+    other = {**_at(_event("message.submitted", 0), "09:00:00"), "message_id": R}
+    on_time = _at(_event("message.acknowledged", 0, "user:bob"), "08:54:59")  # 5 min 1 s before the entry before it
+    with pytest.raises(
+        InvariantError,
+        match=r"entry 2: dated 2026-11-28T08:54:59.000000Z, more than 300 s before entry 1 \(2026-11-28T09:00:00",
+    ):
+        _feed([received, other, on_time])
+    _feed([received, other, _at(on_time, "08:55:00")])  # within the skew: replicas' clocks, a clock stepped back
+    # a sending that began an hour before it was recorded (a large attachment), and the entries after it
+    submitted = {**_at(_event("message.submitted", 0), "07:00:00"), "message_id": R}
+    _feed(
+        [
+            submitted,
+            {**_at(_event("message.sent", 0), "07:00:01"), "message_id": R},
+            _at(_event("message.received", 0, "peer:au.ag"), "08:00:00"),
+            {**_at(_event("message.sent", 0), "07:00:02"), "message_id": R},
+            {
+                **_at(_event("message.receipt_recorded", 0, peer_time="2026-11-28T07:59:00.000000Z"), "08:00:03"),
+                "message_id": R,
+            },
+            _at(_event("message.acknowledged", 0, "user:bob"), "08:00:04"),
+        ]
+    )
+
+
+def test_a_closed_messages_id_is_not_used_again() -> None:
+    closed = [_event("message.received", 1, "peer:au.ag"), _event("message.closed", 2)]
+    with pytest.raises(InvariantError, match=r"entry 2: message .* received again after it was closed \(entry 1\)"):
+        _feed([*closed, _event("message.received", 3, "peer:au.ag")])
+    with pytest.raises(InvariantError, match=r"entry 2: message .* submitted again after it was closed"):
+        _feed([*closed, _event("message.submitted", 3)])
+
+
 def test_a_redelivery_receipt_may_be_older_than_its_sending() -> None:
     """The first delivery was received and receipted but its answer was lost; the redelivery an hour later gets the
     first receipt, dated then: long before this "sent", not before the submission (decision 91)."""
