@@ -224,7 +224,7 @@ CASEWORK_OPENAPI_PATHS: dict[str, Any] = {
                 },
                 ["kind"],
             ),
-            "responses": _ok("Added", _ITEM, "201"),
+            "responses": {**_ok("Added", _ITEM, "201"), "409": _PROBLEM},  # the case is closed (decision 105)
         }
     },
     "/v1/cases/{id}/dates/{item}/done": {
@@ -265,13 +265,14 @@ CASEWORK_OPENAPI_PATHS: dict[str, Any] = {
     },
     "/v1/work/overdue": {
         "get": {
-            "summary": "Open dates and tasks past due, of the cases the caller may act on",
+            "summary": "Open dates and tasks past due, of the cases not closed that the caller may act on",
             "responses": _ok("Overdue items, oldest first", _LIST),
         }
     },
     "/v1/work/upcoming": {
         "get": {
-            "summary": "Open dates and tasks due from today up to 'days' ahead (default 7)",
+            "summary": "Open dates and tasks due from today up to 'days' ahead (default 7), of the cases not closed "
+            "that the caller may act on",
             "parameters": [
                 {"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 366}}
             ],

@@ -92,10 +92,17 @@ class DatabaseSource:
         self._lite: sqlite3.Connection | None = None
         self._pg: Any = None
         self._pg_tx: Any = None
+        self._pg_lock = asyncio.Lock()
         # the message_id column of the batches fetched and not yet passed on (the current one and the next)
         self._message_ids: dict[int, list[bytes | None]] = {}
-        # the column as the bytes an entry holds, converted by the database rather than here
-        as_bytes = "CAST(message_id AS BLOB)" if self._sqlite else "convert_to(message_id, 'UTF8')"
+        # the column as the bytes an entry holds, converted by the database rather than here; on SQLite only a TEXT
+        # value (a BLOB of the same bytes would pass a cast, yet `message_id = ?` never selects it): anything else
+        # becomes 0xff, a byte no UTF-8 holds
+        as_bytes = (
+            "CASE typeof(message_id) WHEN 'text' THEN CAST(message_id AS BLOB) WHEN 'null' THEN NULL ELSE x'ff' END"
+            if self._sqlite
+            else "convert_to(message_id, 'UTF8')"
+        )
         self._batch_sql = f"SELECT idx, entry, {as_bytes} FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"  # noqa: S608
         parts = urlsplit(clean)
         self.name = f"{parts.scheme.split('+')[0]}:{parts.path.rsplit('/', 1)[-1]}" + (
@@ -144,7 +151,10 @@ class DatabaseSource:
             for number in range(len(args), 0, -1):
                 sql = sql.replace(f"${number}", f"?{number}")
             return self._lite.execute(sql, args).fetchall()
-        rows: list[Sequence[Any]] = await self._pg.fetch(sql, *args)
+        # one query at a time on the connection: the prefetch of the next batch may still be running when a failure
+        # reads the stored tree or entries again to name the changed entry (asyncpg refuses a second operation)
+        async with self._pg_lock:
+            rows: list[Sequence[Any]] = await self._pg.fetch(sql, *args)
         return rows
 
     async def snapshot(self) -> Snapshot:
@@ -252,10 +262,11 @@ class DatabaseSource:
         # of a timeline), and an entry it selects must name the message itself
         rows = await self._fetch("SELECT idx, entry FROM ledger_entries WHERE message_id = $1 ORDER BY idx", message_id)
         needle = f'"message_id":"{message_id}"'.encode()
-        for index, entry in rows:
-            if needle not in bytes(entry):
+        for index, value in rows:
+            entry = value.encode("utf-8") if isinstance(value, str) else bytes(value)  # TEXT in a SQLite BLOB column
+            if needle not in entry:
                 raise SourceError(f"entry {index}: the message_id column names a message the entry does not")
-            yield int(index), bytes(entry)
+            yield int(index), entry
 
 
 class MissingEntry(SourceError):

@@ -208,6 +208,8 @@ class _Audit:
                 if start != tree.size:
                     raise AssertionError("source returned a batch out of order")
                 ids = self.source.message_ids(start)  # the database's index column, None for the API
+                if ids is None and self.source.has_stored_tree:
+                    raise AssertionError("a database source gave a batch without its message_id column")
                 offset = 0
                 while offset < len(batch):
                     await boundaries()
@@ -290,14 +292,6 @@ class _Audit:
                 f"no earlier run for {self.origin} in {self.state.path}: this log's history is checked against its "
                 "own signatures and its witnesses' only (a missing, misnamed or older state file looks the same)"
             )
-        unwitnessed = total - summary.witnessed_size
-        if self.max_unwitnessed is not None and unwitnessed > self.max_unwitnessed:
-            raise AuditFailure(
-                f"witnesses: {unwitnessed:,} entries after size {summary.witnessed_size:,}, the largest any witness "
-                f"cosigned, more than --max-unwitnessed {self.max_unwitnessed:,}: the operator's signatures alone "
-                "vouch for them (cosignatures deleted, or witnesses not polling)",
-                size=summary.witnessed_size,
-            )
         await self._check_served_consistency(previous)
         summary.seconds = time.perf_counter() - started
         if self.progress is not None:
@@ -310,6 +304,16 @@ class _Audit:
                 trust.directory_serial,
             )
             state.save()
+        # a policy on what the log holds, checked once all of it verified (and remembered: the next run is checked
+        # against this one whatever the witnesses' pace)
+        unwitnessed = total - summary.witnessed_size
+        if self.max_unwitnessed is not None and unwitnessed > self.max_unwitnessed:
+            raise AuditFailure(
+                f"witnesses: {unwitnessed:,} entries after size {summary.witnessed_size:,}, the largest any witness "
+                f"cosigned, more than --max-unwitnessed {self.max_unwitnessed:,}: the operator's signatures alone "
+                "vouch for them (cosignatures deleted, or witnesses not polling)",
+                size=summary.witnessed_size,
+            )
         return summary
 
     async def _entries(self, total: int) -> AsyncIterator[tuple[int, list[bytes]]]:
@@ -452,6 +456,7 @@ async def verify_ledger(
     progress: Progress | None = None,
     max_unwitnessed: int | None = None,
 ) -> Summary:
-    """Run the audit; return the summary or raise :class:`AuditFailure` (saving the state only on success). With
-    ``max_unwitnessed``, more entries than that after the largest size a witness cosigned is a failure."""
+    """Run the audit; return the summary or raise :class:`AuditFailure` (saving the state only when the log
+    verified). With ``max_unwitnessed``, more entries than that after the largest size a witness cosigned is a
+    failure, raised after the state was saved."""
     return await _Audit(source, trust, state, progress, max_unwitnessed).run()

@@ -233,6 +233,52 @@ async def test_an_index_column_changed_to_hide_an_entry_from_timelines(db_url: s
             _ = [item async for item in source.entries_of(other)]
     finally:
         await source.close()
+    if is_sqlite(db_url):
+        # SQLite stores a BLOB in a text column: the same bytes as the entry's, yet `message_id = ?` never selects it
+        engine = make_engine(db_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(
+                    "UPDATE ledger_entries SET message_id = CAST(? AS BLOB) WHERE idx = ?", (message_id, index)
+                )
+                hidden = await conn.execute(
+                    select(ledger_entries.c.idx).where(ledger_entries.c.message_id == message_id)
+                )
+                assert index not in {row.idx for row in hidden}
+        finally:
+            await engine.dispose()
+        assert (await fails(db_url)).index == index
+
+
+async def test_tampering_far_into_a_log_read_in_many_batches(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source reads 16 entries at a time here, fetching the next batch while this one is checked: a changed
+    index column in a later batch is found, and naming a changed entry reads the log again while a fetch may be
+    under way (on PostgreSQL, one connection: the second query waits for the first)."""
+    monkeypatch.setattr("gateway.audit.sources.BATCH", 16)
+    engine, _ = await build(db_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(ledger_entries.c.idx, ledger_entries.c.message_id))).all()
+        index = next(row.idx for row in rows if row.idx > 180 and row.message_id)
+        async with engine.begin() as conn:
+            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=None))
+    finally:
+        await engine.dispose()
+    assert (await fails(db_url)).index == index
+    engine = make_engine(db_url)
+    try:
+        event = json.loads(await entry_bytes(engine, 130))
+        event["time"] = event["time"][:-2] + "9Z"
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(ledger_entries)
+                .where(ledger_entries.c.idx == 130)
+                .values(entry=LedgerEvent.parse(event).to_bytes())
+            )
+    finally:
+        await engine.dispose()
+    failure = await fails(db_url)
+    assert str(failure).startswith("entry 130: leaf does not match checkpoint at size 150 (entries 100..149 changed")
 
 
 async def test_deleted_row(db_url: str) -> None:
@@ -364,6 +410,9 @@ async def test_a_first_audit_of_a_resigned_rewrite_sees_how_much_no_witness_vouc
     cosignatures, which the operator cannot make, stop where the rewrite starts: the summary says so, and
     --max-unwitnessed turns it into a failure."""
     await (await build(db_url))[0].dispose()
+    # a policy failure, after everything verified: the state file still remembers what this run verified
+    await fails(db_url, tmp_path / "strict.json", max_unwitnessed=29)
+    assert json.loads((tmp_path / "strict.json").read_text())["logs"]["comity-ledger/ar.mj"]["size"] == 200
     report = await audit(db_url, tmp_path / "first.json")
     assert "witnessed    up to size 200 (comity-witness/au.ag: size 200 at 2026-11-18T" in report
     assert "30 entries after it no witness has cosigned" in report
