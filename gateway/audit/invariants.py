@@ -20,7 +20,8 @@ The rules (``docs/ledger.md``, "Invariants"):
 7. no entry is dated more than the allowed clock skew before an earlier entry (the ledger is appended in time
    order; the skew covers replicas' clocks and a clock stepped back), except ``message.sent``, dated when the
    transmission began: an entry back-dated later (a late acknowledgement dated on time) fails here;
-8. a closed message's id is not submitted or received again.
+8. a closed message's id is not submitted or received again;
+9. every ``message.*`` event these rules concern names its ``message_id``.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class TimelineChecker:
         if code is None:
             return
         message = fields.group(G_MESSAGE_ID)
-        if message is None:
-            return
+        if message is None:  # every rule above is about a message: one without an id would slip past them all
+            raise InvariantError(f"entry {index}: a {_text(fields.group(G_TYPE))} event names no message_id")
         state = self._open.get(message)
         if state is None and code in (_SUBMITTED, _RECEIVED) and message in self._closed:
             what = "submitted" if code == _SUBMITTED else "received"

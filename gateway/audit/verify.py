@@ -349,6 +349,10 @@ class _Audit:
             raise AuditFailure(f"{where}: origin {checkpoint.origin!r}, expected {self.origin!r}", size=size)
         if checkpoint.size != size:
             raise AuditFailure(f"{where}: the signed note says size {checkpoint.size}", size=size)
+        if checkpoint.extensions:  # what they would claim, no one checks: the format has none (docs/ledger.md)
+            raise AuditFailure(
+                f"{where}: the signed note has extension lines, which this ledger's format has not", size=size
+            )
         root = self.tree.root()
         if checkpoint.root_hash != root:
             await self._root_mismatch(

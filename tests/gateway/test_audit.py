@@ -248,6 +248,13 @@ def test_an_entry_back_dated_beyond_the_clock_skew_fails_and_a_sending_may_be_ol
     )
 
 
+def test_a_message_event_without_its_message_id_fails() -> None:
+    received = _event("message.received", 1, "peer:au.ag")
+    del received["message_id"]
+    with pytest.raises(InvariantError, match=r"^entry 0: a message.received event names no message_id$"):
+        _feed([received])
+
+
 def test_a_closed_messages_id_is_not_used_again() -> None:
     closed = [_event("message.received", 1, "peer:au.ag"), _event("message.closed", 2)]
     with pytest.raises(InvariantError, match=r"entry 2: message .* received again after it was closed \(entry 1\)"):

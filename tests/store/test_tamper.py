@@ -548,6 +548,22 @@ async def test_checkpoint_signed_by_another_key(db_url: str) -> None:
     )
 
 
+async def test_a_checkpoint_with_extension_lines_is_refused(db_url: str) -> None:
+    """The format has no extension lines (docs/ledger.md): a note with one, even signed with the real key, claims
+    something nothing checks."""
+    engine, log = await build(db_url)
+    try:
+        async with engine.begin() as conn:
+            head = await log.head(conn)
+            text = Checkpoint(ledger_origin("ar.mj"), head.size, head.root, ("witnessed-by-everyone",)).to_text()
+            await conn.execute(insert(checkpoints).values(size=head.size, note=sign(text), created_at=NOW))
+    finally:
+        await engine.dispose()
+    assert str(await fails(db_url)) == (
+        f"checkpoint at size {SIZE}: the signed note has extension lines, which this ledger's format has not"
+    )
+
+
 async def test_checkpoint_with_a_modified_root(db_url: str) -> None:
     engine, _ = await build(db_url)
     try:
