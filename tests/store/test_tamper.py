@@ -199,19 +199,36 @@ async def test_changed_entry_not_canonical(db_url: str) -> None:
     )
 
 
-async def test_an_index_column_changed_to_hide_an_entry_from_timelines(db_url: str) -> None:
-    """The message_id column is not hashed, and timelines select on it: an entry unlisted there (or listed under
-    another message) would vanish from a message's timeline while every hash still holds."""
-    engine, _ = await build(db_url)
+async def message_ids(url: str) -> list[tuple[int, str | None]]:
+    engine = make_engine(url)
     try:
         async with engine.connect() as conn:
             rows = (await conn.execute(select(ledger_entries.c.idx, ledger_entries.c.message_id))).all()
-        index, message_id = next((row.idx, row.message_id) for row in rows if row.idx > 60 and row.message_id)
-        other = next(row.message_id for row in rows if row.message_id and row.message_id != message_id)
-        async with engine.begin() as conn:
-            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=None))
     finally:
         await engine.dispose()
+    return [(row.idx, row.message_id) for row in rows]
+
+
+async def set_message_id(url: str, index: int, message_id: str | None) -> None:
+    """Change one row's message_id column (the index timelines select on) behind the ledger code's back."""
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=message_id)
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_an_index_column_changed_to_hide_an_entry_from_timelines(db_url: str) -> None:
+    """The message_id column is not hashed, and timelines select on it: an entry unlisted there (or listed under
+    another message) would vanish from a message's timeline while every hash still holds."""
+    await (await build(db_url))[0].dispose()
+    rows = await message_ids(db_url)
+    index, message_id = next((idx, value) for idx, value in rows if idx > 60 and value)
+    other = next(value for _, value in rows if value and value != message_id)
+    await set_message_id(db_url, index, None)
     failure = await fails(db_url)
     assert failure.index == index
     assert str(failure) == (
@@ -219,12 +236,7 @@ async def test_an_index_column_changed_to_hide_an_entry_from_timelines(db_url: s
         "changed outside the ledger code"
     )
     # filed under another message instead: the audit fails the same way, and that message's timeline refuses it
-    engine = make_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=other))
-    finally:
-        await engine.dispose()
+    await set_message_id(db_url, index, other)
     assert (await fails(db_url)).index == index
     source = DatabaseSource(db_url)
     await source.open()
@@ -255,15 +267,9 @@ async def test_tampering_far_into_a_log_read_in_many_batches(db_url: str, monkey
     index column in a later batch is found, and naming a changed entry reads the log again while a fetch may be
     under way (on PostgreSQL, one connection: the second query waits for the first)."""
     monkeypatch.setattr("gateway.audit.sources.BATCH", 16)
-    engine, _ = await build(db_url)
-    try:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(select(ledger_entries.c.idx, ledger_entries.c.message_id))).all()
-        index = next(row.idx for row in rows if row.idx > 180 and row.message_id)
-        async with engine.begin() as conn:
-            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == index).values(message_id=None))
-    finally:
-        await engine.dispose()
+    await (await build(db_url))[0].dispose()
+    index = next(idx for idx, value in await message_ids(db_url) if idx > 180 and value)
+    await set_message_id(db_url, index, None)
     assert (await fails(db_url)).index == index
     engine = make_engine(db_url)
     try:
