@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
+    # reverse proxies in front of the local API whose X-Forwarded-For is believed (addresses or networks)
+    api_trusted_proxies: tuple[str, ...] = ()
     federation_host: str = "127.0.0.1"
     federation_port: int = Field(default=8443, ge=1, le=65535)
     keys_file: Path = Path("keys.sealed")
@@ -186,6 +188,14 @@ class Settings(BaseSettings):
         if value is not None and not value.strip():
             return None
         return value
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(str(ipaddress.ip_network(item.strip(), strict=False)) for item in value)
+        except ValueError:
+            raise ValueError("must be a list of IP addresses or networks (10.0.0.5, 10.0.0.0/24, ::1)") from None
 
     @field_validator("api_host", "federation_host")
     @classmethod

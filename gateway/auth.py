@@ -13,12 +13,14 @@ user whose token lacks it, and :func:`authorise` does both for a handler.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiohttp import web
 
@@ -29,6 +31,7 @@ from gateway.problems import problem_response
 from protocol.errors import ComityError, InvalidMessage
 from protocol.messages import parse_strict_json
 from protocol.timefmt import format_time
+from store.accounts import SCOPES, InvalidAccount
 from store.users import LOGIN_TOKEN_TTL, MAX_PASSWORD_LENGTH, LoginFailed, LoginThrottled, Throttle, User, Users
 
 __all__ = [
@@ -190,14 +193,58 @@ async def _login_body(request: web.Request) -> tuple[str, str, list[str] | None]
         raise InvalidMessage("'username' or 'password' is too long")
     if scopes is not None and (not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes)):
         raise InvalidMessage("'scopes' must be a list of scope names")
+    # before the password is tried: answered after it, these would tell a right guess from a wrong one
+    if scopes is not None and (not scopes or not set(scopes) <= set(SCOPES)):
+        raise InvalidMessage(f"'scopes' must name at least one scope, each one of: {', '.join(SCOPES)}")
     return username, password, scopes
+
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(trusted: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in trusted)
+
+
+def _address(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address  # ::ffff:10.0.0.5 (a dual-stack listener) is 10.0.0.5
+
+
+def client_address(request: web.Request, trusted: tuple[str, ...]) -> str:
+    """The address logins from this request are throttled by: the connection's, or, where that is a trusted reverse
+    proxy (``api_trusted_proxies``), the nearest address in ``X-Forwarded-For`` that is not one (a client writes what
+    it likes at the far end of the header, so it is read from the near end, and only past proxies we trust). An IPv6
+    address counts as its /64, the share one host gets."""
+    address = _address(request.remote or "")
+    networks = _networks(trusted)
+    if address is not None and any(address in network for network in networks):
+        hops = ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")
+        for hop in reversed(hops):
+            forwarded = _address(hop)
+            if forwarded is None:
+                break  # a hop we cannot read: the last address we could stands
+            address = forwarded
+            if not any(forwarded in network for network in networks):
+                break
+    if address is None:
+        return (request.remote or "unknown")[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 async def login(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     policy = request.app.get(LOGIN_POLICY) or LoginPolicy()
     username, password, scopes = await _login_body(request)
-    source = request.remote or "unknown"
+    source = client_address(request, gw.settings.api_trusted_proxies)
     now = (policy.clock or gw.clock)()
     try:
         user, issued = await Users.login(
@@ -211,6 +258,11 @@ async def login(request: web.Request) -> web.Response:
     except LoginFailed:
         # the attempted name is not logged: people type their password into the wrong field
         get_logger().info("login_failed", source=source)
+        raise
+    except InvalidAccount:
+        # the password was right, but no token was issued (scopes beyond the role, an account disabled meanwhile):
+        # said in the log, where a right guess would otherwise leave no trace
+        get_logger().warning("login_refused_after_password", source=source)
         raise
     get_logger().info("login_succeeded", user=user.username, login_id=issued.token_id, source=source)
     return _json(

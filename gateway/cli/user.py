@@ -68,11 +68,14 @@ def _level(value: str) -> str:
 
 
 def _password(mode: bool | None) -> str | None:
-    """The password from COMITY_USER_PASSWORD, else (with --password) a prompt; ``--no-password``: none."""
-    if mode is False:
+    """With --password, the password from COMITY_USER_PASSWORD, else a prompt; without (or ``--no-password``),
+    none: a variable left set from an earlier command must not become another account's password."""
+    if not mode:
+        if os.environ.get(PASSWORD_ENV) is not None:
+            click.echo(f"comity: {PASSWORD_ENV} is set but not used: give --password to set it", err=True)
         return None
     value = os.environ.get(PASSWORD_ENV)
-    if value is None and mode:
+    if value is None:
         value = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
     if value is not None and not value:
         raise CommandError(f"the password must not be empty; set {PASSWORD_ENV} or type one at the prompt")
@@ -117,7 +120,7 @@ def _describe_token(info: TokenInfo, now: datetime) -> str:
     "--password/--no-password",
     "password_mode",
     default=None,
-    help=f"Set a password (from {PASSWORD_ENV}, else a prompt). Default: only if {PASSWORD_ENV} is set.",
+    help=f"Set a password (from {PASSWORD_ENV}, else a prompt). Default: none (a token-only account).",
 )
 @click.option(
     "--token-days",

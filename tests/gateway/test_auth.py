@@ -4,6 +4,7 @@ with the API's own auth middleware. The routes run in small aiohttp apps around 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from gateway.auth import (
     ROUTE_SCOPES,
     LoginPolicy,
     auth_routes,
+    client_address,
     scope_middleware,
 )
 from gateway.cli import main
@@ -37,6 +39,7 @@ from protocol.timefmt import format_time
 from store.users import ROLE_SCOPES, Users
 from tests.gateway.conftest import Pair
 from tests.gateway.test_exchange import REQUEST
+from tests.gateway.test_logs_no_secrets import log_buffer  # noqa: F401 (a fixture)
 
 PASSWORD = "correct horse battery staple"
 Client = TestClient[web.Request, web.Application]
@@ -71,7 +74,7 @@ async def serve(gw: Gateway, *middlewares: Any, clock: Callable[[], datetime] | 
 def create_user(pair: Pair, username: str, role: str = "officer") -> None:
     result = CliRunner().invoke(
         main,
-        ["user", "create", username, "--role", role, "--config", str(pair.ar.provisioned.config)],
+        ["user", "create", username, "--role", role, "--password", "--config", str(pair.ar.provisioned.config)],
         env={"COMITY_USER_PASSWORD": PASSWORD, "COMITY_OPERATOR": "system"},
     )
     assert result.exit_code == 0, result.output
@@ -82,7 +85,7 @@ async def post_login(client: Client, body: Any) -> tuple[int, dict[str, Any], ai
     return response.status, await response.json(content_type=None), response
 
 
-async def test_login_throttling_and_logout(pair: Pair) -> None:
+async def test_login_throttling_and_logout(pair: Pair, log_buffer: io.StringIO) -> None:  # noqa: F811
     await asyncio.to_thread(create_user, pair, "olga")
     clock = Clock()
     async with serve(pair.ar.gw, clock=clock) as client:
@@ -115,6 +118,13 @@ async def test_login_throttling_and_logout(pair: Pair) -> None:
         assert status == 200 and narrow["scopes"] == ["messages:read"]
         status, problem, _ = await post_login(client, {"username": "olga", "password": PASSWORD, "scopes": ["admin"]})
         assert status == 400 and "cannot hold admin" in problem["detail"]
+        # a right password is not told from a wrong one by the scopes asked for: those are checked first...
+        for guess in ("a wrong password", PASSWORD):
+            for scopes in (["bogus"], []):
+                status, problem, _ = await post_login(client, {"username": "olga", "password": guess, "scopes": scopes})
+                assert status == 400 and problem["code"] == "invalid-message", problem
+        # ...and a right password that gets no token (scopes beyond the role) is in the log
+        assert '"event": "login_refused_after_password"' in log_buffer.getvalue()
 
         # the login token works on the running gateway's API, until logout revokes it
         status, me = await pair.ar.call("GET", "/v1/me", headers={"Authorization": f"Bearer {token}"})
@@ -197,3 +207,55 @@ def test_every_served_route_has_a_scope() -> None:
     }
     assert served == set(ROUTE_SCOPES) | {("POST", path) for path in PUBLIC_AUTH_PATHS}  # login needs no token
     assert {scope for scope in ROUTE_SCOPES.values() if scope} == set(store.users.SCOPES) - {"admin"}
+
+
+def test_the_address_a_login_is_throttled_by() -> None:
+    """Only a trusted proxy's X-Forwarded-For is believed, read from the near end; IPv6 counts by /64."""
+    from aiohttp.test_utils import make_mocked_request
+
+    def address(remote: str, forwarded: str | None, trusted: tuple[str, ...]) -> str:
+        headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+        request = make_mocked_request("POST", "/v1/auth/login", headers=headers)
+        request._cache["remote"] = remote  # what aiohttp reads from the connection's peer name
+        return client_address(request, trusted)
+
+    proxy = ("127.0.0.1/32", "10.0.0.0/24")
+    assert address("127.0.0.1", "203.0.113.5", ()) == "127.0.0.1"  # no trusted proxy: the header is ignored
+    assert address("198.51.100.9", "203.0.113.5", proxy) == "198.51.100.9"  # not from a proxy: ignored
+    assert address("127.0.0.1", "203.0.113.5", proxy) == "203.0.113.5"
+    # the client wrote the far end itself; the near end is what our proxies saw
+    assert address("127.0.0.1", "192.0.2.66, 203.0.113.5, 10.0.0.7", proxy) == "203.0.113.5"
+    assert address("127.0.0.1", "10.0.0.7, 10.0.0.8", proxy) == "10.0.0.7"  # only proxies: the farthest
+    assert address("127.0.0.1", "not-an-address, 203.0.113.5", proxy) == "203.0.113.5"
+    assert address("127.0.0.1", "203.0.113.5, junk", proxy) == "127.0.0.1"  # unreadable next hop: stop there
+    assert address("::ffff:127.0.0.1", "203.0.113.5", proxy) == "203.0.113.5"  # a dual-stack listener
+    assert address("2001:db8:1:2:aaaa::1", None, ()) == "2001:db8:1:2::/64"
+    assert address("2001:db8:1:2:bbbb::9", None, ()) == address("2001:db8:1:2:aaaa::1", None, ())
+    assert address("unix-socket", None, proxy) == "unix-socket"
+
+
+async def test_behind_a_trusted_proxy_one_client_cannot_lock_everyone_out(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every officer reaches a gateway behind a reverse proxy from the proxy's address: without the forwarded
+    address, twenty failures from anyone would refuse every login, right passwords included."""
+    await asyncio.to_thread(create_user, pair, "olga")
+    gw = pair.ar.gw
+    monkeypatch.setattr(gw, "settings", gw.settings.model_copy(update={"api_trusted_proxies": ("127.0.0.1/32",)}))
+    clock = Clock()
+    async with serve(gw, clock=clock) as client:
+
+        async def attempt(name: str, password: str, forwarded: str) -> int:
+            response = await client.post(
+                "/v1/auth/login",
+                json={"username": name, "password": password},
+                headers={"X-Forwarded-For": forwarded},
+            )
+            response.release()
+            return response.status
+
+        for number in range(20):  # different names, so only the per-address limit applies
+            assert await attempt(f"nobody{number}", "wrong password", "203.0.113.5") == 401
+        assert await attempt("nobody99", "wrong password", "203.0.113.5") == 429
+        assert await attempt("olga", PASSWORD, "198.51.100.7") == 200  # another officer, through the same proxy
+        assert await attempt("olga", PASSWORD, "203.0.113.5") == 429  # the address that failed is still held

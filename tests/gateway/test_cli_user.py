@@ -66,7 +66,7 @@ async def events(engine: AsyncEngine) -> list[dict[str, Any]]:
 
 async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tuple[Path, AsyncEngine]) -> None:
     config, engine = gateway_db
-    await ok(config, "create", "root", "--role", "admin", password=PASSWORD)
+    await ok(config, "create", "root", "--role", "admin", "--password", password=PASSWORD)
     created = await ok(
         config,
         "create",
@@ -83,6 +83,7 @@ async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tup
         "2",
         "--operator",
         "root",
+        "--password",
         password=PASSWORD,
     )
     initial = created.stdout.strip().splitlines()[-1]
@@ -173,17 +174,21 @@ async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tup
 async def test_passwords_come_from_the_environment_or_a_prompt(gateway_db: tuple[Path, AsyncEngine]) -> None:
     config, engine = gateway_db
     await ok(config, "create", "tok")  # no password anywhere: a token-only account, and no prompt
-    await ok(config, "create", "env", password=PASSWORD)
+    await ok(config, "create", "env", "--password", password=PASSWORD)
     await ok(config, "create", "prompted", "--password", stdin=f"{PASSWORD}\n{PASSWORD}\n")
     await ok(config, "create", "refused", "--no-password", password=PASSWORD)
+    # a variable left from creating the first account is not the next one's password without --password
+    left = await ok(config, "create", "leftover", password=PASSWORD)
+    assert "COMITY_USER_PASSWORD is set but not used: give --password to set it" in left.stderr
+    assert PASSWORD not in left.output
     async with engine.connect() as conn:
         found = {u.username: u for u in await Users.list_users(conn)}
         hashes = {
             row.username: row.password_hash
             for row in await conn.execute(select(users.c.username, users.c.password_hash))
         }
-    assert found.keys() == {"tok", "env", "prompted", "refused"}
-    assert hashes["tok"] is None and hashes["refused"] is None
+    assert found.keys() == {"tok", "env", "prompted", "refused", "leftover"}
+    assert hashes["tok"] is None and hashes["refused"] is None and hashes["leftover"] is None
     for name in ("env", "prompted"):
         assert hashes[name].startswith("$argon2id$")
         user, _ = await Users.login(engine, name, PASSWORD, "10.0.0.1", datetime.now(UTC))
