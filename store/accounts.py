@@ -156,10 +156,11 @@ async def _record(
     await _log(conn).append(conn, LedgerEvent.parse(event))
 
 
-async def user_by_name(conn: AsyncConnection, username: str) -> User:
-    row = (
-        await conn.execute(select(*_USER_COLUMNS, users.c.password_hash).where(users.c.username == username))
-    ).one_or_none()
+async def user_by_name(conn: AsyncConnection, username: str, *, lock: bool = False) -> User:
+    """The user ``username``; with ``lock``, its row locked until the transaction ends (PostgreSQL: a change of
+    the account in flight is waited for and then seen; SQLite's writers already run one at a time)."""
+    query = select(*_USER_COLUMNS, users.c.password_hash).where(users.c.username == username)
+    row = (await conn.execute(query.with_for_update() if lock else query)).one_or_none()
     if row is None:
         raise NotFound(f"no user {username!r}")
     return _user_from(row)

@@ -186,7 +186,7 @@ async def login(
     # same password, current parameters: not a password change, so not ledgered
     rehashed = await asyncio.to_thread(hasher.hash, password) if needs_rehash(stored, hasher) else None
     async with engine.begin() as conn:
-        user = await user_by_name(conn, name)
+        user = await user_by_name(conn, name, lock=True)  # a disable or password change in flight is waited for
         if user.disabled or user.password_hash != stored:
             raise LoginFailed("the user name or password is wrong")  # changed while we verified
         await conn.execute(

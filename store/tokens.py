@@ -140,7 +140,9 @@ class Tokens:
         _check_label(label)
         if not now < expires_at <= now + MAX_TOKEN_TTL:
             raise InvalidAccount(f"a token expires after 0 and within {MAX_TOKEN_TTL.days} days")
-        current = await user_by_name(conn, user.username)
+        # locked: an admin's disable, role or password change committing meanwhile would otherwise revoke the tokens
+        # it sees, not this one, which would then outlive it (PostgreSQL, read committed)
+        current = await user_by_name(conn, user.username, lock=True)
         if current.id != user.id or current.disabled:
             raise InvalidAccount(f"user {user.username!r} is disabled")
         allowed = ROLE_SCOPES[current.role]

@@ -3,6 +3,7 @@ an injected clock, and a ledger event for every change that carries no secret.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -266,6 +267,35 @@ async def test_disabled_users_cannot_authenticate_and_stay_revoked(engine: Async
     _, issued = await Users.login(engine, "alice", PASSWORD, "10.0.0.1", T0)
     async with engine.connect() as conn:
         assert await Users.authenticate(conn, issued.token, T0) is not None
+
+
+async def test_a_token_issued_while_the_user_is_being_disabled_does_not_outlive_it(
+    engine: AsyncEngine, cheap: PasswordHasher
+) -> None:
+    """An admin's disable revokes the tokens it sees; a token issued meanwhile waits for the change and is refused,
+    or it would be one the disable never revoked, working again after an enable."""
+    async with engine.begin() as conn:
+        alice = await Users.create(conn, "alice", "officer", T0, password=PASSWORD)
+    admin = await engine.connect()
+    try:
+        change = await admin.begin()
+        await Users.set_disabled(admin, "alice", True, T0, actor="system")  # not committed yet
+
+        async def issue() -> object:
+            async with engine.begin() as conn:
+                return await Users.issue_token(conn, alice, "cli", T0, T0 + timedelta(days=1))
+
+        issuing = asyncio.create_task(issue())
+        await asyncio.sleep(0.5)
+        assert not issuing.done()
+        await change.commit()
+    finally:
+        await admin.close()
+    with pytest.raises(InvalidAccount, match="disabled"):
+        await issuing
+    async with engine.begin() as conn:
+        await Users.set_disabled(conn, "alice", False, T0, actor="system")
+        assert [t.label for t in await Users.tokens_of(conn, "alice")] == []
 
 
 # --- login ----------------------------------------------------------------------------------------------------
