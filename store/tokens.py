@@ -111,7 +111,7 @@ class TokenInfo:
     revoked_at: datetime | None
 
     def active(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+        return self.revoked_at is None and self.expires_at is not None and self.expires_at > now
 
 
 def _check_label(label: str) -> None:
@@ -217,7 +217,7 @@ class Tokens:
         """The user a token row of :meth:`by_digest` authenticates at ``now``: None if revoked or expired."""
         if row is None or row["revoked_at"] is not None:
             return None
-        if row["expires_at"] is not None and row["expires_at"] <= now:
+        if row["expires_at"] is None or row["expires_at"] <= now:  # every token expires (migration 0010)
             return None
         scopes = frozenset(row["scopes"].split()) & ROLE_SCOPES.get(row["role"], frozenset())
         return _user_from(row, scopes=scopes, token_id=row["token_id"])

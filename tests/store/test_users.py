@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import pytest
 from argon2 import PasswordHasher, Type
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import store.users
@@ -20,7 +20,7 @@ from protocol.messages import Marking
 from store.db import make_engine, run_migrations
 from store.errors import Conflict, NotFound
 from store.tables import ledger_entries, login_attempts, tokens, users
-from store.tokens import Tokens, token_digest
+from store.tokens import MAX_TOKEN_TTL, Tokens, token_digest
 from store.users import (
     ROLE_SCOPES,
     InvalidAccount,
@@ -501,7 +501,7 @@ async def test_a_failed_change_leaves_no_event(engine: AsyncEngine) -> None:
 # --- migration ------------------------------------------------------------------------------------------------
 
 
-async def test_migration_0003_keeps_existing_tokens_with_their_role_scopes(db_url: str) -> None:
+async def test_migrations_0003_and_0010_keep_old_tokens_with_their_role_scopes_and_an_expiry(db_url: str) -> None:
     await run_migrations(db_url, "0002")
     engine = make_engine(db_url)
     token = "cmt_" + "a" * 43
@@ -520,6 +520,16 @@ async def test_migration_0003_keeps_existing_tokens_with_their_role_scopes(db_ur
         assert user is not None and user.username == "audrey"
         assert user.scopes == ROLE_SCOPES["auditor"] and user.token_id == hash_token(token)[:16]
         assert (alice.clearance, alice.caveats, alice.unit, alice.password_hash) == ("UNCLASSIFIED", (), "", None)
+        # 0010: it expires, at the latest a token may (it had no expiry at all)
+        later = datetime.now(UTC) + MAX_TOKEN_TTL
+        async with engine.connect() as conn:
+            assert await Users.authenticate(conn, token, later - timedelta(minutes=1)) is not None
+            assert await Users.authenticate(conn, token, later + timedelta(minutes=1)) is None
+        # a row given no expiry behind the code's back does not authenticate
+        async with engine.begin() as conn:
+            await conn.execute(update(tokens).values(expires_at=None))
+        async with engine.connect() as conn:
+            assert await Users.authenticate(conn, token, T0) is None
     finally:
         await engine.dispose()
 
