@@ -45,6 +45,7 @@ __all__ = [
     "ScopeMissing",
     "auth_routes",
     "authorise",
+    "client_address",
     "check_scope",
     "required_scope",
     "scope_middleware",

@@ -77,7 +77,7 @@ class TimelineChecker:
     def __init__(self) -> None:
         self._open: dict[bytes, _Message] = {}
         self._closed: dict[bytes, int] = {}  # closed message id -> the entry that closed it
-        self._latest = b""  # the latest time of an entry so far (message.sent aside), and its index
+        self._latest = b""  # the latest time of an entry so far, and its index
         self._latest_at = -1
 
     @property

@@ -64,10 +64,13 @@ def _source_options(multiple: bool) -> Callable[[Callable[..., Any]], Callable[.
             metavar="TOKEN",
             help="auditor bearer token for --url (else COMITY_AUDIT_TOKEN)",
         )(function)
-        if not multiple:
-            function = click.option(
-                "--token-file", type=click.Path(path_type=Path, dir_okay=False), help="read the token from a file"
-            )(function)
+        function = click.option(
+            "--token-file",
+            "token_files" if multiple else "token_file",
+            multiple=multiple,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="read the token from a file" + (" (one per --url, instead of --token)" if multiple else ""),
+        )(function)
         return function
 
     return decorate
@@ -162,11 +165,22 @@ def verify(
 @audit.command()
 @click.argument("message_id")
 @_source_options(multiple=True)
-def timeline(message_id: str, databases: tuple[str, ...], urls: tuple[str, ...], tokens: tuple[str, ...]) -> None:
-    """Milestones of MESSAGE_ID with durations, from one or several ledgers (repeat --database, or --url/--token)."""
+def timeline(
+    message_id: str,
+    databases: tuple[str, ...],
+    urls: tuple[str, ...],
+    tokens: tuple[str, ...],
+    token_files: tuple[Path, ...],
+) -> None:
+    """Milestones of MESSAGE_ID with durations, from one or several ledgers (repeat --database, or --url with
+    --token-file or --token)."""
     from gateway.audit import open_source
     from gateway.audit.export import side_timeline, write_timeline
 
+    if tokens and token_files:
+        raise CommandError("give the tokens with --token-file (kept off the command line) or --token, not both")
+    if token_files:  # a token on the command line shows in the process list and the shell's history
+        tokens = tuple(path.read_text(encoding="utf-8").strip() for path in token_files)
     if not databases and not urls:
         raise CommandError("give at least one source: --database URL or --url URL --token TOKEN")
     if urls and len(tokens) != len(urls):

@@ -401,3 +401,11 @@ async def test_audit_two_live_gateways(pair: Pair, tmp_path: Path) -> None:
     ok = await asyncio.to_thread(_cli, args)
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.startswith(f"ok: comity-ledger/ar.mj from {pair.ar.api}")
+    # both sides' timelines through their APIs, the tokens read from files rather than the command line
+    files = [tmp_path / "ar.token", tmp_path / "au.token"]
+    files[0].write_text(token)
+    files[1].write_text(await asyncio.to_thread(issue_token, pair.au.provisioned.config, "aud-cli", "auditor"))
+    args = ["timeline", message, "--url", pair.ar.api, "--url", pair.au.api]
+    shown = await asyncio.to_thread(_cli, [*args, "--token-file", str(files[0]), "--token-file", str(files[1])])
+    assert shown.exit_code == 0, shown.output
+    assert "comity-ledger/ar.mj" in shown.stdout and "comity-ledger/au.ag" in shown.stdout
