@@ -157,9 +157,13 @@ async def login(
     source = (source or "unknown")[:64]
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            # one attempt per name at a time: parallel guesses are counted one after the other, not all below the
-            # limit at once (SQLite's BEGIN IMMEDIATE already serialises writers)
+            # one attempt per name, and one per address, at a time: parallel guesses are counted one after the
+            # other, not all below the limit at once (SQLite's BEGIN IMMEDIATE already serialises writers); always
+            # the name's lock first, so that two attempts never wait on each other's
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"comity-login-source:{source}"}
+            )
         await conn.execute(delete(login_attempts).where(login_attempts.c.attempted_at < now - throttle.window))
         wait = max(
             await _throttle_wait(conn, login_attempts.c.username_sha256 == key, throttle.per_username, throttle, now),

@@ -555,3 +555,21 @@ async def test_a_burst_of_parallel_guesses_is_throttled_like_a_sequence(
     outcomes = await asyncio.gather(*(guess(i) for i in range(12)))
     assert sorted(outcomes).count("failed") == 5, outcomes
     assert outcomes.count("throttled") == 7, outcomes
+
+
+async def test_a_burst_of_guesses_at_many_names_from_one_address_is_throttled_like_a_sequence(
+    engine: AsyncEngine, cheap: PasswordHasher
+) -> None:
+    """Thirty names guessed at once from one address: twenty are checked, the rest are throttled (decision 108)."""
+
+    async def guess(i: int) -> str:
+        try:
+            await Users.login(engine, f"nobody{i}", "wrong password", "203.0.113.5", T0)
+        except LoginThrottled:
+            return "throttled"
+        except LoginFailed:
+            return "failed"
+        return "ok"
+
+    outcomes = await asyncio.gather(*(guess(i) for i in range(30)))
+    assert outcomes.count("failed") == 20 and outcomes.count("throttled") == 10, outcomes
