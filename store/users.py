@@ -203,8 +203,16 @@ class Users:
         await update_user(conn, user, **values)
 
     @staticmethod
+    def _not_own(actor: str, username: str, what: str) -> None:
+        """What widens access (role, clearance, caveats, unit) is changed for an admin by someone else: another
+        admin, or the host's operator as ``system`` (decision 108)."""
+        if actor == f"user:{username}":
+            raise InvalidAccount(f"an admin does not change her own {what}: another admin or the operator does")
+
+    @staticmethod
     async def set_role(conn: AsyncConnection, username: str, role: str, now: datetime, *, actor: str) -> User:
         _check_role(role)
+        Users._not_own(actor, username, "role")
         user = await Users.by_name(conn, username)
         if user.role != role:
             await Users._change(conn, user, role=role)
@@ -222,6 +230,7 @@ class Users:
         scheme: MarkingScheme | None = None,
     ) -> User:
         _check_clearance(clearance, scheme or MarkingScheme())
+        Users._not_own(actor, username, "clearance")
         user = await Users.by_name(conn, username)
         if user.clearance != clearance:
             await Users._change(conn, user, clearance=clearance)
@@ -239,6 +248,7 @@ class Users:
         scheme: MarkingScheme | None = None,
     ) -> User:
         normal = _normal_caveats(caveats, scheme or MarkingScheme())
+        Users._not_own(actor, username, "caveats")
         user = await Users.by_name(conn, username)
         if user.caveats != normal:
             await Users._change(conn, user, caveats=json.dumps(list(normal)))
@@ -248,6 +258,7 @@ class Users:
     @staticmethod
     async def set_unit(conn: AsyncConnection, username: str, unit: str, now: datetime, *, actor: str) -> User:
         _check_unit(unit)
+        Users._not_own(actor, username, "unit")
         user = await Users.by_name(conn, username)
         if user.unit != unit:
             await Users._change(conn, user, unit=unit)

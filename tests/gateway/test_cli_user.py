@@ -195,6 +195,27 @@ async def test_passwords_come_from_the_environment_or_a_prompt(gateway_db: tuple
         assert user.username == name
 
 
+async def test_an_admin_does_not_widen_her_own_access(gateway_db: tuple[Path, AsyncEngine]) -> None:
+    """Role, clearance, caveats and unit of an admin are changed by another admin or the host's operator, so one
+    admin alone cannot make herself an officer cleared to open content (decision 108)."""
+    config, engine = gateway_db
+    await ok(config, "create", "root", "--role", "admin")
+    await ok(config, "create", "rita", "--role", "admin")
+    before = len(await events(engine))
+    for args in (
+        ("set-role", "root", "officer"),
+        ("set-clearance", "root", "CONFIDENTIAL"),
+        ("set-caveats", "root", "uncac-46-20"),
+        ("set-unit", "root", "mla"),
+    ):
+        refused = await comity(config, *args, "--operator", "root")
+        assert refused.exit_code == 1, refused.output
+        assert "comity: an admin does not change her own" in refused.stderr
+    assert len(await events(engine)) == before  # nothing changed, nothing ledgered
+    await ok(config, "set-clearance", "root", "CONFIDENTIAL", "--operator", "rita")  # another admin may
+    await ok(config, "set-role", "rita", "officer", "--operator", "system")  # and so may the host's operator
+
+
 async def test_errors_are_one_line(gateway_db: tuple[Path, AsyncEngine]) -> None:
     config, _ = gateway_db
     await ok(config, "create", "alice")
