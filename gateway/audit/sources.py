@@ -261,12 +261,17 @@ class DatabaseSource:
         # the message_id column is the operator's: `audit verify` checks it against every entry (so none is left out
         # of a timeline), and an entry it selects must name the message itself
         rows = await self._fetch("SELECT idx, entry FROM ledger_entries WHERE message_id = $1 ORDER BY idx", message_id)
-        needle = f'"message_id":"{message_id}"'.encode()
+        needle = _naming(message_id)
         for index, value in rows:
             entry = value.encode("utf-8") if isinstance(value, str) else bytes(value)  # TEXT in a SQLite BLOB column
             if needle not in entry:
                 raise SourceError(f"entry {index}: the message_id column names a message the entry does not")
             yield int(index), entry
+
+
+def _naming(message_id: str) -> bytes:
+    """The bytes of an entry that names ``message_id`` (canonical JSON: no space, and an id holds no quote)."""
+    return f'"message_id":"{message_id}"'.encode()
 
 
 class MissingEntry(SourceError):
@@ -392,7 +397,7 @@ class HttpSource:
 
     async def entries_of(self, message_id: str) -> AsyncIterator[tuple[int, bytes]]:
         snap = await self.snapshot()
-        needle = f'"message_id":"{message_id}"'.encode()
+        needle = _naming(message_id)
         async for start, batch in self.entries(0, snap.total):
             for offset, entry in enumerate(batch):
                 if needle in entry:

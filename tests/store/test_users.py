@@ -534,25 +534,26 @@ async def test_migrations_0003_and_0010_keep_old_tokens_with_their_role_scopes_a
         await engine.dispose()
 
 
+async def _login_outcome(engine: AsyncEngine, username: str, password: str, source: str) -> str:
+    """``ok``, ``failed`` or ``throttled``: what one login attempt came to."""
+    try:
+        await Users.login(engine, username, password, source, T0)
+    except LoginThrottled:
+        return "throttled"
+    except LoginFailed:
+        return "failed"
+    return "ok"
+
+
 async def test_a_burst_of_parallel_guesses_is_throttled_like_a_sequence(
     engine: AsyncEngine, cheap: PasswordHasher
 ) -> None:
     """Twelve wrong passwords at once: five are checked, the rest are throttled (the count is serialised)."""
-    import asyncio
-
     async with engine.begin() as conn:
         await Users.create(conn, "alice", "officer", T0, password=PASSWORD)
-
-    async def guess(i: int) -> str:
-        try:
-            await Users.login(engine, "alice", f"wrong password {i:04d}", f"10.0.0.{i}", T0)
-        except LoginThrottled:
-            return "throttled"
-        except LoginFailed:
-            return "failed"
-        return "ok"
-
-    outcomes = await asyncio.gather(*(guess(i) for i in range(12)))
+    outcomes = await asyncio.gather(
+        *(_login_outcome(engine, "alice", f"wrong password {i:04d}", f"10.0.0.{i}") for i in range(12))
+    )
     assert sorted(outcomes).count("failed") == 5, outcomes
     assert outcomes.count("throttled") == 7, outcomes
 
@@ -561,15 +562,7 @@ async def test_a_burst_of_guesses_at_many_names_from_one_address_is_throttled_li
     engine: AsyncEngine, cheap: PasswordHasher
 ) -> None:
     """Thirty names guessed at once from one address: twenty are checked, the rest are throttled (decision 108)."""
-
-    async def guess(i: int) -> str:
-        try:
-            await Users.login(engine, f"nobody{i}", "wrong password", "203.0.113.5", T0)
-        except LoginThrottled:
-            return "throttled"
-        except LoginFailed:
-            return "failed"
-        return "ok"
-
-    outcomes = await asyncio.gather(*(guess(i) for i in range(30)))
+    outcomes = await asyncio.gather(
+        *(_login_outcome(engine, f"nobody{i}", "wrong password", "203.0.113.5") for i in range(30))
+    )
     assert outcomes.count("failed") == 20 and outcomes.count("throttled") == 10, outcomes
