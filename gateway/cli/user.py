@@ -67,18 +67,28 @@ def _level(value: str) -> str:
     return value  # the store refuses it with the list of levels
 
 
-def _password(mode: bool | None) -> str | None:
-    """With --password, the password from COMITY_USER_PASSWORD, else a prompt; without (or ``--no-password``),
-    none: a variable left set from an earlier command must not become another account's password."""
-    if not mode:
-        if os.environ.get(PASSWORD_ENV) is not None:
-            click.echo(f"comity: {PASSWORD_ENV} is set but not used: give --password to set it", err=True)
-        return None
+from_env_option = click.option(
+    "--from-env",
+    is_flag=True,
+    help=f"Take the password from {PASSWORD_ENV} instead of a prompt.",
+)
+
+
+def _password(wanted: bool, from_env: bool) -> str | None:
+    """The password a command sets: none unless ``wanted``; from COMITY_USER_PASSWORD only with ``--from-env``,
+    else typed at a prompt. A variable left set from an earlier command must never become another account's
+    password unasked, so a set variable that is not used is named on stderr (decision 109)."""
     value = os.environ.get(PASSWORD_ENV)
-    if value is None:
+    if not (wanted and from_env):
+        if value is not None:
+            click.echo(f"comity: {PASSWORD_ENV} is set but not used: give --from-env to use it", err=True)
+        if not wanted:
+            return None
         value = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
-    if value is not None and not value:
-        raise CommandError(f"the password must not be empty; set {PASSWORD_ENV} or type one at the prompt")
+    elif value is None:
+        raise CommandError(f"--from-env: {PASSWORD_ENV} is not set")
+    if not value:
+        raise CommandError("the password must not be empty")
     return value
 
 
@@ -120,8 +130,9 @@ def _describe_token(info: TokenInfo, now: datetime) -> str:
     "--password/--no-password",
     "password_mode",
     default=None,
-    help=f"Set a password (from {PASSWORD_ENV}, else a prompt). Default: none (a token-only account).",
+    help="Set a password, typed at a prompt (or --from-env). Default: none (a token-only account).",
 )
+@from_env_option
 @click.option(
     "--token-days",
     type=click.IntRange(1, MAX_DAYS),
@@ -138,10 +149,13 @@ def create(
     caveats: tuple[str, ...],
     unit: str,
     password_mode: bool | None,
+    from_env: bool,
     token_days: int | None,
 ) -> None:
     """Create USERNAME; with --token-days, print a new bearer token (shown once, stored hashed)."""
-    password = _password(password_mode)
+    if from_env and password_mode is False:
+        raise CommandError("--from-env gives a password: it does not go with --no-password")
+    password = _password(bool(password_mode) or from_env, from_env)
 
     async def action(conn: AsyncConnection, now: datetime, actor: str) -> tuple[User, IssuedToken | None]:
         created = await Users.create(
@@ -270,10 +284,13 @@ def enable(config_file: Path | None, operator: str, username: str) -> None:
 @operator_option
 @click.argument("username")
 @click.option("--remove", is_flag=True, help="Remove the password: the account can then only use tokens.")
+@from_env_option
 @reports_errors
-def set_password(config_file: Path | None, operator: str, username: str, remove: bool) -> None:
-    """Set the password of USERNAME (from COMITY_USER_PASSWORD, else a prompt); tokens from logins are revoked."""
-    password = None if remove else _password(True)
+def set_password(config_file: Path | None, operator: str, username: str, remove: bool, from_env: bool) -> None:
+    """Set the password of USERNAME (typed at a prompt, or --from-env); tokens from logins are revoked."""
+    if remove and from_env:
+        raise CommandError("--remove sets no password: it does not go with --from-env")
+    password = _password(not remove, from_env)
 
     async def action(conn: AsyncConnection, now: datetime, actor: str) -> User:
         return await Users.set_password(conn, username, password, now, actor=actor)

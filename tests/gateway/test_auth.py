@@ -74,7 +74,7 @@ async def serve(gw: Gateway, *middlewares: Any, clock: Callable[[], datetime] | 
 def create_user(pair: Pair, username: str, role: str = "officer") -> None:
     result = CliRunner().invoke(
         main,
-        ["user", "create", username, "--role", role, "--password", "--config", str(pair.ar.provisioned.config)],
+        ["user", "create", username, "--role", role, "--from-env", "--config", str(pair.ar.provisioned.config)],
         env={"COMITY_USER_PASSWORD": PASSWORD, "COMITY_OPERATOR": "system"},
     )
     assert result.exit_code == 0, result.output

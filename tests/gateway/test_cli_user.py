@@ -24,6 +24,7 @@ from store.tables import ledger_entries, users
 from store.users import ROLE_SCOPES, Users
 
 PASSWORD = "correct horse battery staple"
+OTHER = "a different passphrase, typed"
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=16, type=Type.ID)
 
 
@@ -66,7 +67,7 @@ async def events(engine: AsyncEngine) -> list[dict[str, Any]]:
 
 async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tuple[Path, AsyncEngine]) -> None:
     config, engine = gateway_db
-    await ok(config, "create", "root", "--role", "admin", "--password", password=PASSWORD)
+    await ok(config, "create", "root", "--role", "admin", "--from-env", password=PASSWORD)
     created = await ok(
         config,
         "create",
@@ -83,7 +84,7 @@ async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tup
         "2",
         "--operator",
         "root",
-        "--password",
+        "--from-env",
         password=PASSWORD,
     )
     initial = created.stdout.strip().splitlines()[-1]
@@ -129,7 +130,7 @@ async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tup
 
     assert "disabled" in (await ok(config, "disable", "alice", *as_root)).stdout
     assert "enabled" in (await ok(config, "enable", "alice", *as_root)).stdout
-    await ok(config, "set-password", "alice", *as_root, password=PASSWORD + " new")
+    await ok(config, "set-password", "alice", "--from-env", *as_root, password=PASSWORD + " new")
     _, login = await Users.login(engine, "alice", PASSWORD + " new", "10.0.0.1", now)
     assert "password=no" in (await ok(config, "set-password", "alice", "--remove", *as_root)).stdout
 
@@ -174,24 +175,37 @@ async def test_every_command_changes_the_account_and_is_ledgered(gateway_db: tup
 async def test_passwords_come_from_the_environment_or_a_prompt(gateway_db: tuple[Path, AsyncEngine]) -> None:
     config, engine = gateway_db
     await ok(config, "create", "tok")  # no password anywhere: a token-only account, and no prompt
-    await ok(config, "create", "env", "--password", password=PASSWORD)
+    await ok(config, "create", "env", "--from-env", password=PASSWORD)
     await ok(config, "create", "prompted", "--password", stdin=f"{PASSWORD}\n{PASSWORD}\n")
     await ok(config, "create", "refused", "--no-password", password=PASSWORD)
-    # a variable left from creating the first account is not the next one's password without --password
+    # a variable left from creating the first account is not the next one's password without --from-env:
+    # none without --password, the prompt's with it, and set-password also prompts (decision 109)
     left = await ok(config, "create", "leftover", password=PASSWORD)
-    assert "COMITY_USER_PASSWORD is set but not used: give --password to set it" in left.stderr
-    assert PASSWORD not in left.output
+    typed = await ok(config, "create", "typed", "--password", password=PASSWORD, stdin=f"{OTHER}\n{OTHER}\n")
+    await ok(config, "create", "reset", "--from-env", password=PASSWORD)
+    reset = await ok(config, "set-password", "reset", password=PASSWORD, stdin=f"{OTHER}\n{OTHER}\n")
+    for result in (left, typed, reset):
+        assert "COMITY_USER_PASSWORD is set but not used: give --from-env to use it" in result.stderr
+        assert PASSWORD not in result.output
+    for args, message in (
+        (("create", "x", "--from-env"), "comity: --from-env: COMITY_USER_PASSWORD is not set"),
+        (("create", "x", "--from-env", "--no-password"), "comity: --from-env gives a password"),
+        (("set-password", "env", "--from-env"), "comity: --from-env: COMITY_USER_PASSWORD is not set"),
+        (("set-password", "env", "--from-env", "--remove"), "comity: --remove sets no password"),
+    ):
+        refused = await comity(config, *args, password=PASSWORD if "--remove" in args else None)
+        assert refused.exit_code == 1 and refused.stderr.startswith(message), (args, refused.output)
     async with engine.connect() as conn:
         found = {u.username: u for u in await Users.list_users(conn)}
         hashes = {
             row.username: row.password_hash
             for row in await conn.execute(select(users.c.username, users.c.password_hash))
         }
-    assert found.keys() == {"tok", "env", "prompted", "refused", "leftover"}
+    assert found.keys() == {"tok", "env", "prompted", "refused", "leftover", "typed", "reset"}
     assert hashes["tok"] is None and hashes["refused"] is None and hashes["leftover"] is None
-    for name in ("env", "prompted"):
+    for name, password in (("env", PASSWORD), ("prompted", PASSWORD), ("typed", OTHER), ("reset", OTHER)):
         assert hashes[name].startswith("$argon2id$")
-        user, _ = await Users.login(engine, name, PASSWORD, "10.0.0.1", datetime.now(UTC))
+        user, _ = await Users.login(engine, name, password, "10.0.0.1", datetime.now(UTC))
         assert user.username == name
 
 
@@ -230,7 +244,7 @@ async def test_errors_are_one_line(gateway_db: tuple[Path, AsyncEngine]) -> None
         (("revoke", "alice"), "comity: give exactly one of --id, --label or --all"),
         (("revoke", "alice", "--id", "zz"), "comity: a token id is 16 hex digits"),
         (("token", "alice", "--scope", "admin"), "comity: the officer role cannot hold admin"),
-        (("set-password", "alice"), "comity: a password must have 12"),
+        (("set-password", "alice", "--from-env"), "comity: a password must have 12"),
     ]
     for args, message in cases:
         result = await comity(config, *args, password="short" if args[0] == "set-password" else None)
