@@ -339,7 +339,7 @@ async def respond(request: web.Request) -> web.Response:
 async def timeline(request: web.Request) -> web.Response:
     message_id = request.match_info["id"]
     await visible_message(request.app[GATEWAY], _user(request), message_id)
-    events = await message_events(request.app[GATEWAY], message_id)
+    events = await message_events(request.app[GATEWAY], _user(request), message_id)
     milestones = build_timeline(message_id, events)
     return _json(
         {

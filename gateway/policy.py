@@ -24,7 +24,7 @@ from gateway.problems import ShownAs
 from protocol.content import confidentiality_answer, consent_of, downgrade_of
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
-from protocol.markings import MarkingRefused, asks_confidentiality, embargo_until, limits_onward, without_onward
+from protocol.markings import MarkingRefused, asks_confidentiality, embargo_until, limits_onward
 from protocol.messages import Marking, MessageKind
 from store.cases import Case, Cases, Consents
 from store.casework import CaseWork
@@ -156,6 +156,14 @@ async def check_outgoing(
         if kind is MessageKind.CONSENT:
             about = await Messages.get(conn, consent_of(content).message_id)
             await check_case_access(gw, user, about, conn, "consenting about")
+            if about.direction != "out" or about.peer != to:
+                raise InvalidMessage(
+                    f"a consent goes to the authority its message was sent to: message {about.id} was not sent to {to}"
+                )
+            if gw.scheme.lowers(marking, about.marking):  # it names the message and says where its content may go
+                raise MarkingRefused(
+                    f"a consent about message {about.id} carries at least its marking ({_shown(about.marking)})"
+                )
             case_id = about.case_id
         if forwards:
             extra["forwarded"] = await _forwarded(gw, conn, user, to, marking, forwards)
@@ -189,25 +197,49 @@ async def _forwarded(
     for message_id in forwards:
         row = await Messages.get(conn, message_id)
         await check_opening(gw, user, row, conn)
-        # the forwarded content keeps its level and caveats; only the onward caveats that a consent (or going back
-        # to the originator) lifts for this recipient may be left off
-        if gw.scheme.lowers(marking, without_onward(row.marking)):
+        payload = decrypt_row(gw, row).payload
+        originator = row.peer if row.direction == "in" else gw.authority_id
+        if limits_onward(row.marking) and to != originator:  # back to whoever sent it to us, all of it may go
+            if originator != gw.authority_id and not await Consents.granted(conn, message_id, to):
+                raise ConsentRequired(
+                    f"message {message_id} is under a use limitation or no-onward caveat: {originator} must "
+                    f"consent before its content goes to {to}"
+                )
+            # content it carries forwarded in turn needs its own originator's consent, about the message that
+            # brought it to us; content we never received ourselves has no one here to consent (decision 110)
+            for earlier_id, earlier in _forwarded_from(payload.content):
+                if earlier in (to, gw.authority_id):
+                    continue
+                held = await Messages.find(conn, earlier_id)
+                if (
+                    held is not None
+                    and (held.direction, held.peer) == ("in", earlier)
+                    and (not limits_onward(held.marking) or await Consents.granted(conn, earlier_id, to))
+                ):
+                    continue
+                raise ConsentRequired(
+                    f"message {message_id} carries content of {earlier} (message {earlier_id}) under a use "
+                    f"limitation or no-onward caveat: {earlier} must consent before it goes to {to}"
+                )
+        # the forwarded content keeps its level and every caveat, onward ones included: a consent lets it travel
+        # to that recipient, under the limits it was sent with (decision 110)
+        if gw.scheme.lowers(marking, row.marking):
             raise MarkingRefused(
                 f"forwarded content is marked {_shown(row.marking)}: the message must carry at least that"
             )
-        originator = row.peer if row.direction == "in" else gw.authority_id
-        if (
-            limits_onward(row.marking)
-            and originator not in (to, gw.authority_id)
-            and not await Consents.granted(conn, message_id, to)
-        ):
-            raise ConsentRequired(
-                f"message {message_id} is under a use limitation or no-onward caveat: {originator} must consent "
-                f"before its content goes to {to}"
-            )
-        payload = decrypt_row(gw, row).payload
         items.append({"message_id": message_id, "from": payload.from_, "content": payload.content})
     return items
+
+
+def _forwarded_from(content: Any) -> list[tuple[str, str]]:
+    """The messages ``content`` carries forwarded, as (message id, the authority that sent it): its ``forwarded``
+    items, and theirs in turn (protocol/content.py ``Forwarded``)."""
+    items = content.get("forwarded") if isinstance(content, dict) else None
+    found: list[tuple[str, str]] = []
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict):
+            found += [(str(item.get("message_id")), str(item.get("from"))), *_forwarded_from(item.get("content"))]
+    return found
 
 
 async def check_case_access(

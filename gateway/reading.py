@@ -111,18 +111,24 @@ async def attachment_stream(
     return ref, plaintext()
 
 
-async def message_events(gw: Gateway, message_id: str) -> list[dict[str, Any]]:
-    """Ledger entries about ``message_id`` and about the messages that answer it."""
+async def message_events(gw: Gateway, user: User, message_id: str) -> list[dict[str, Any]]:
+    """Ledger entries about ``message_id`` and about the messages that answer it (exchanged with the same peer),
+    as ``user`` may know them: an answer she may not see, and every entry that names one, are left out (decision
+    94), as they are from her listings."""
     async with gw.reader.connect() as conn:
-        await Messages.get(conn, message_id)
-        related = [row.id for row in await Messages.replies(conn, message_id)]
+        row = await Messages.get(conn, message_id)
+        replies = [reply for reply in await Messages.replies(conn, message_id) if reply.peer == row.peer]
+        related = [reply.id for reply in await _visible(gw, user, conn, replies)]
         query = (
             select(ledger_entries.c.idx, ledger_entries.c.entry)
             .where(ledger_entries.c.message_id.in_([message_id, *related]))
             .order_by(ledger_entries.c.idx)
         )
-        rows = (await conn.execute(query)).all()
-    return [{"index": row.idx, **json.loads(row.entry)} for row in rows]
+        entries = [{"index": found.idx, **json.loads(found.entry)} for found in (await conn.execute(query)).all()]
+        named = {str(entry["related_id"]) for entry in entries if entry.get("related_id")} - {message_id, *related}
+        others = await Messages.find_many(conn, named)  # ids of messages only; a date's "date:<n>" finds nothing
+        hidden = {other.id for other in others} - {other.id for other in await _visible(gw, user, conn, others)}
+    return [entry for entry in entries if entry.get("related_id") not in hidden]
 
 
 # --- metadata: who may know that a message exists ------------------------------------------------------------------

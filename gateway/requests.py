@@ -23,7 +23,7 @@ from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
-from gateway.policy import ledger_submit_refusal, refuse_case_access
+from gateway.policy import case_marking, ledger_submit_refusal, refuse_case_access
 from protocol.checklist import IncompleteRequest, check_request
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -308,6 +308,7 @@ async def answer_status_query(gw: Gateway, query_id: str, case_id: str, peer: st
     async with gw.reader.connect() as conn:
         case = await Cases.get(conn, case_id)
         query = await Messages.get(conn, query_id)
+        held = await case_marking(conn, case_id)
     reveal = gw.settings.status_reveal
     status: dict[str, Any] = {}
     if reveal == "state_and_date" and case.state is not None:
@@ -315,7 +316,12 @@ async def answer_status_query(gw: Gateway, query_id: str, case_id: str, peer: st
     if reveal in ("state_and_date", "date_only") and case.last_action_at is not None:
         status["last_action_at"] = format_time(case.last_action_at)
     draft = Draft(
-        to=peer, kind=MessageKind.STATUS_REPORT, marking=query.marking, content={"status": status}, in_reply_to=query_id
+        to=peer,
+        kind=MessageKind.STATUS_REPORT,
+        # what it reports is the case's: never below the request, whatever the query was marked (decision 110)
+        marking=query.marking if held is None else gw.scheme.join(query.marking, held),
+        content={"status": status},
+        in_reply_to=query_id,
     )
     return await submit_message(gw, SYSTEM_USER, draft)
 

@@ -326,6 +326,17 @@ async def _persist(
             tx.record(EventType.REQUEST_CHECK_OVERRIDDEN, actor, message_id=payload.id, to=payload.to)
         if outgoing.downgraded_from is not None:
             tx.record_downgrade(actor, payload)
+        for item in outgoing.content.get("forwarded", ()):  # its content was decrypted to go on: say where to
+            source = item["message_id"]
+            tx.record(
+                EventType.OPENED,
+                actor,
+                at=now,
+                message_id=source,
+                purpose="forward",
+                related_id=payload.id,
+                to=payload.to,
+            )
         effect = ANSWER_EFFECTS.get(payload.kind)
         if outgoing.answers and payload.in_reply_to is not None and effect is not None:
             event, state = effect

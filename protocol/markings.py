@@ -29,7 +29,6 @@ __all__ = [
     "caveat_name",
     "embargo_until",
     "limits_onward",
-    "without_onward",
 ]
 
 CONFIDENTIALITY_CAVEAT = "uncac-46-20"  # keep the fact and substance of the request confidential
@@ -81,6 +80,11 @@ class MarkingScheme:
         """Whether ``marking`` is below ``original``: a lower level, or a caveat of the original dropped."""
         return self.rank(marking.level) < self.rank(original.level) or not set(original.caveats) <= set(marking.caveats)
 
+    def join(self, first: Marking, second: Marking) -> Marking:
+        """The least marking that neither lowers: the higher level and every caveat of both."""
+        level = first.level if self.rank(first.level) >= self.rank(second.level) else second.level
+        return Marking(level=level, caveats=sorted({*first.caveats, *second.caveats}))
+
     def check_accreditation(self, marking: Marking, max_level: str, honoured: Sequence[str], recipient: str) -> None:
         """Refuse a marking above the recipient's accreditation or with a caveat it does not honour (and what
         :meth:`admit` refuses)."""
@@ -111,12 +115,6 @@ def limits_onward(marking: Marking) -> bool:
     """Whether content under the marking may travel to a third authority only with the originator's consent (UNCAC
     art. 46(19), no onward transmission)."""
     return any(caveat_name(caveat) in ONWARD_CAVEATS for caveat in marking.caveats)
-
-
-def without_onward(marking: Marking) -> Marking:
-    """The marking without the caveats that an originator's consent lifts for one recipient."""
-    kept = [caveat for caveat in marking.caveats if caveat_name(caveat) not in ONWARD_CAVEATS]
-    return Marking(level=marking.level, caveats=kept)
 
 
 def embargo_until(marking: Marking) -> date | None:

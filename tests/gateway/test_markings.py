@@ -378,6 +378,104 @@ async def test_limited_content_goes_to_a_third_authority_only_with_the_originato
         await assert_ledger_clean(side.gw, [mark])
 
 
+async def test_a_forward_keeps_every_caveat_of_what_it_forwards(trio: Trio) -> None:
+    """A consent lets use-limited content travel to one recipient; it lifts none of its caveats: the forward is
+    refused below them, even back to the originator, goes out under them, and so stays closed at home to an
+    officer not authorised for them (decision 110)."""
+    mark = canary()
+    limited = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19"]}
+    source = await send(
+        trio.ar, {"to": "au.ag", "marking": limited, "content": secret_content(mark)}, delivered_to=trio.au
+    )
+    status, body = await trio.ar.call("POST", f"/v1/messages/{source}/consent", json={"recipient": "br.mjsp"})
+    assert status == 202, body
+    await wait_for(trio.ar, body["id"], "delivered")
+    for _ in range(200):
+        if any(e["type"] == "consent.received" for e in await ledger(trio.au.gw)):
+            break
+        await asyncio.sleep(0.05)
+    bare = {"level": "CONFIDENTIAL", "caveats": []}
+    for to in ("br.mjsp", "ar.mj"):
+        onward = {"to": to, "marking": bare, "content": {"text": "fyi"}, "forwards": [source]}
+        status, body = await trio.au.call("POST", "/v1/messages", json=onward)
+        assert_problem(status, body, code="marking-refused", secrets=[mark])
+    onward = {"to": "br.mjsp", "marking": limited, "content": {"text": "fyi"}, "forwards": [source]}
+    forward = await send(trio.au, onward, delivered_to=trio.br)
+    status, summary = await trio.br.call("GET", f"/v1/messages/{forward}")
+    assert status == 200 and summary["marking"] == limited, summary
+    # the source's content was decrypted to go on: its ledger says by whom, in which message, to whom
+    one_entry(
+        await ledger(trio.au.gw),
+        "message.opened",
+        actor="user:bruce",
+        message_id=source,
+        purpose="forward",
+        related_id=forward,
+        to="br.mjsp",
+    )
+    una = await as_user(trio.au, ("una", "officer"), caveats=("uncac-46-20",), unit="mla")
+    try:
+        status, body = await trio.au.call("POST", f"/v1/cases/{forward}/assign", json={"username": "una"})
+        assert status == 200, body
+        for message_id in (source, forward):  # neither the source nor the forward opens for her
+            status, body = await una.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
+            assert status == 404, body
+    finally:
+        await close_sessions(una)
+    for side in (trio.ar, trio.au, trio.br):
+        await assert_ledger_clean(side.gw, [mark])
+
+
+async def test_content_forwarded_in_turn_needs_its_own_originators_consent(trio: Trio) -> None:
+    """ar.mj's gateway (skipping its checks) sends au.ag a use-limited message carrying content of br.mjsp and of
+    an authority au.ag never heard from, and consents to its going to br.mjsp: ar.mj's consent covers ar.mj's
+    part; br.mjsp's own content may go back to br.mjsp, the other's may not go anywhere (decision 110)."""
+    hostile = hostile_towards(trio.ar, trio.au)
+    limited = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19"]}
+    carried = [{"message_id": str(uuid.uuid4()), "from": "br.mjsp", "content": {"text": "of br"}}]
+    others = [*carried, {"message_id": str(uuid.uuid4()), "from": "zz.other", "content": {"text": "of zz"}}]
+    ids = {}
+    for name, forwarded in (("br", carried), ("zz", others)):
+        payload = hostile.payload(kind="request", marking=limited, content={"text": "x", "forwarded": forwarded})
+        assert (await hostile.post(hostile.seal(payload))).status == 200
+        consent = hostile.payload(
+            kind="consent", marking=limited, content={"consent": {"message_id": payload.id, "recipient": "br.mjsp"}}
+        )
+        assert (await hostile.post(hostile.seal(consent))).status == 200
+        ids[name] = payload.id
+    onward = {"to": "br.mjsp", "marking": limited, "content": {"text": "fyi"}}
+    await send(trio.au, {**onward, "forwards": [ids["br"]]}, delivered_to=trio.br)
+    status, body = await trio.au.call("POST", "/v1/messages", json={**onward, "forwards": [ids["zz"]]})
+    problem = assert_problem(status, body, code="consent-required")
+    assert "zz.other must consent before it goes to br.mjsp" in problem["detail"], problem
+
+
+async def test_a_consent_goes_only_to_whom_its_message_went_under_at_least_its_marking(trio: Trio) -> None:
+    """A consent names a message and where its content may go: only the message's originator sends it, only to
+    the authority the message was sent to, and never under a lower marking than the message's (decision 110)."""
+    limited = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-19"]}
+    ours = await send(trio.ar, {"to": "au.ag", "marking": limited, "content": {"text": "q"}}, delivered_to=trio.au)
+
+    def consent(to: str, marking: dict[str, Any], recipient: str = "br.mjsp") -> dict[str, Any]:
+        content = {"consent": {"message_id": ours, "recipient": recipient}}
+        return {"to": to, "kind": "consent", "marking": marking, "content": content}
+
+    before = await stored(trio.ar.gw)
+    for draft, code in (
+        (consent("au.ag", {"level": "UNCLASSIFIED", "caveats": []}), "marking-refused"),
+        (consent("au.ag", {"level": "CONFIDENTIAL", "caveats": []}), "marking-refused"),
+        (consent("br.mjsp", limited), "invalid-message"),  # the message went to au.ag, not br.mjsp
+    ):
+        status, body = await trio.ar.call("POST", "/v1/messages", json=draft)
+        assert_problem(status, body, code=code)
+    after = await stored(trio.ar.gw)
+    assert (after.messages, after.outbox) == (before.messages, before.outbox)
+    # au.ag received it: not its message to consent about, even back to its originator
+    status, body = await trio.au.call("POST", "/v1/messages", json=consent("ar.mj", limited, recipient="au.ag"))
+    assert_problem(status, body, code="invalid-message")
+    await send(trio.ar, consent("au.ag", limited), delivered_to=trio.au)
+
+
 async def test_a_receiver_refuses_a_consent_about_a_message_the_sender_never_sent_it(pair: Pair) -> None:
     """Only the originator consents: a peer cannot consent about content someone else sent us."""
     own = await send(pair.au, {"to": "ar.mj", "content": {"text": "our own request"}}, delivered_to=pair.ar)

@@ -7,6 +7,8 @@ enforce the downgrade rule.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -249,3 +251,66 @@ async def test_only_a_supervisor_of_the_cases_unit_records_a_downgrade(pair: Pai
         assert_problem(status, problem, http=404, code="not-found")
     finally:
         await close_sessions(sven)
+
+
+async def test_a_timeline_leaves_out_an_answer_its_reader_may_not_see(pair: Pair) -> None:
+    """otto, assigned to a CONFIDENTIAL case and cleared for CONFIDENTIAL only, reads the request's timeline; the
+    answer went out under STRICTLY CONFIDENTIAL, so neither its entries nor the request's entry naming it reach
+    him (decision 94), while the supervisor who wrote it sees both (decision 110)."""
+    request_id = await send(
+        pair.ar, {"to": "au.ag", "marking": CONF_4620, "content": {"text": "q"}}, delivered_to=pair.au
+    )
+    otto = await as_user(pair.au, ("otto", "officer"), clearance="CONFIDENTIAL", caveats=("uncac-46-20",), unit="mla")
+    try:
+        status, body = await pair.au.call("POST", f"/v1/cases/{request_id}/assign", json={"username": "otto"})
+        assert status == 200, body
+        answer = {"marking": STRICT, "content": {"text": "answer"}}
+        status, body = await pair.au.call("POST", f"/v1/messages/{request_id}/respond", json=answer)
+        assert status == 202, body
+        response_id = body["id"]
+        await wait_for(pair.au, response_id, "delivered")
+
+        def naming(timeline: dict[str, Any]) -> list[str]:
+            return [e["type"] for e in timeline["events"] if response_id in (e.get("message_id"), e.get("related_id"))]
+
+        status, full = await pair.au.call("GET", f"/v1/messages/{request_id}/timeline")
+        assert status == 200 and "message.submitted" in naming(full) and "message.answered" in naming(full)
+        assert "answered" in [m["name"] for m in full["milestones"]]
+        status, _ = await otto.call("GET", f"/v1/messages/{response_id}")
+        assert status == 404  # hidden from him ...
+        status, shown = await otto.call("GET", f"/v1/messages/{request_id}/timeline")
+        assert status == 200, shown
+        assert naming(shown) == [] and response_id not in json.dumps(shown)  # ... here too
+        assert "answered" not in [m["name"] for m in shown["milestones"]]
+        assert {e["type"] for e in shown["events"]} >= {"message.received", "case.assigned"}
+    finally:
+        await close_sessions(otto)
+
+
+async def test_the_automatic_status_report_is_marked_at_least_as_its_case(pair: Pair) -> None:
+    """A peer that skips its own check asks, under UNCLASSIFIED, where its STRICTLY CONFIDENTIAL request stands:
+    the report the gateway sends by itself carries the request's level and caveats, not the query's (decision
+    110)."""
+    case_id = await send(pair.ar, {"to": "au.ag", "marking": STRICT, "content": {"text": "q"}}, delivered_to=pair.au)
+    hostile = hostile_towards(pair.ar, pair.au)
+    query = hostile.payload(
+        kind="status_query",
+        in_reply_to=case_id,
+        marking={"level": "UNCLASSIFIED", "caveats": ["no-onward"]},
+        content={"status_query": {"case_id": case_id}},
+    )
+    assert (await hostile.post(hostile.seal(query))).status == 200
+
+    async def report() -> dict[str, Any] | None:
+        status, box = await pair.au.call("GET", "/v1/messages?box=outbox")
+        assert status == 200, box
+        found = [m for m in box["messages"] if m["in_reply_to"] == query.id]
+        return found[0] if found else None
+
+    for _ in range(200):
+        if (found := await report()) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert found is not None and found["case_id"] == case_id
+    # the higher level and every caveat of both
+    assert found["marking"] == {"level": "STRICTLY CONFIDENTIAL", "caveats": ["no-onward", "uncac-46-20"]}

@@ -14,7 +14,6 @@ from protocol.markings import (
     caveat_name,
     embargo_until,
     limits_onward,
-    without_onward,
 )
 from protocol.messages import Marking
 
@@ -32,8 +31,6 @@ def test_a_caveat_is_named_by_the_part_before_the_colon() -> None:
 def test_an_onward_caveat_limits_onward_use_with_or_without_a_parameter(caveat: str) -> None:
     marking = marked(caveat, "uncac-46-20")
     assert limits_onward(marking)
-    # what a consent lifts for one recipient: the onward caveat, parameter and all; the others stay
-    assert without_onward(marking) == marked("uncac-46-20")
 
 
 @pytest.mark.parametrize("caveat", ["uncac-46-20", "uncac-46-20:fact-only"])
@@ -45,7 +42,6 @@ def test_confidentiality_is_asked_with_or_without_a_parameter(caveat: str) -> No
 def test_no_caveat_no_effect() -> None:
     marking = marked("embargo:2027-03-01")
     assert not asks_confidentiality(marking) and not limits_onward(marking)
-    assert without_onward(marking) == marking
 
 
 @pytest.mark.parametrize(
