@@ -400,8 +400,9 @@ async def _commit(
     try:
         received = await gw.commit(unit)
     except Exception:  # not on cancellation: the shielded unit may still commit with these files
-        for _, target in files:
-            remove_quietly(target.final)
+        if not await _kept(gw, payload.id, digest, [row.path for row, _ in files]):
+            for _, target in files:
+                remove_quietly(target.final)
         raise
     gw.metrics.received.inc()
     get_logger(message_id=payload.id, peer=payload.from_).info("envelope_received", kind=payload.kind.value)
@@ -409,6 +410,21 @@ async def _commit(
         # art. 46(24): the gateway answers by itself, through the outbox, after the receive commit
         schedule_status_answer(gw, payload.id, context.case_id, payload.from_)
     return received
+
+
+async def _kept(gw: Gateway, message_id: str, digest: str, paths: list[str]) -> bool:
+    """Whether a commit that raised went through all the same (its answer lost, decision 96) and stored this
+    delivery with these files, which must then stay; also True when the database cannot tell, so that what may
+    be needed is kept (an orphan costs disk, a deleted file loses a receipted attachment)."""
+    if not paths:
+        return False
+    try:
+        async with gw.reader.connect() as conn:
+            known = await Messages.seen(conn, message_id)
+            stored = {row.path for row in await Messages.attachments(conn, message_id)} if known else set()
+    except Exception:
+        return True
+    return known is not None and known.direction == "in" and known.envelope_sha256 == digest and set(paths) <= stored
 
 
 async def _record_answer(tx: Tx, context: _Context, kind: MessageKind, answer_id: str, peer: str) -> None:

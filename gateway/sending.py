@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crypto.attachments import AttachmentEncryptor
+from crypto.attachments import AttachmentEncryptor, ciphertext_size
 from crypto.envelope import encrypt_signed, seal_envelope
 from gateway.committer import Finish, Tx, done
 from gateway.consultations import Link, outgoing_link
@@ -231,8 +231,11 @@ async def _encrypt_attachments(
             size = 0
             async for chunk in attachment.chunks:
                 size += len(chunk)
-                if size > gw.settings.max_attachment_bytes:
-                    raise AttachmentTooLarge(f"attachment {position} exceeds {gw.settings.max_attachment_bytes} bytes")
+                # the limit is on the ciphertext, as the receiver checks it (protocol.md 7, check 22; decision 111)
+                if ciphertext_size(size) > gw.settings.max_attachment_bytes:
+                    raise AttachmentTooLarge(
+                        f"attachment {position} exceeds {gw.settings.max_attachment_bytes} bytes once encrypted"
+                    )
                 writing.write(encryptor.push(chunk))
             writing.write(encryptor.finish())
             ref = encryptor.manifest_entry(attachment.name, attachment.media_type)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast
 from store.case_stats import TIMES, WAITS, CaseStats
-from store.messages import Messages
+from store.messages import DELIVERED_STATE, Messages
 from store.outbox import Outbox
 
 __all__ = ["record_delivery"]
@@ -48,8 +48,8 @@ def _guarded(prefix: str, first: int, rows: list[tuple[Any, ...]]) -> fast.Guard
     # placeholders and fixed names only: no value is formatted into the text
     writes = [
         f"{prefix}d AS (DELETE FROM outbox WHERE message_id = ANY({ids}::varchar[]) AND {{guard}})",  # noqa: S608
-        f"{prefix}m AS (UPDATE messages SET state = 'delivered', received_at = v.received_at, receipt = v.receipt "  # noqa: S608
-        f"FROM {delivered} AS v(id, received_at, receipt) WHERE messages.id = v.id AND {{guard}})",
+        f"{prefix}m AS (UPDATE messages SET state = {DELIVERED_STATE}, received_at = v.received_at, "  # noqa: S608
+        f"receipt = v.receipt FROM {delivered} AS v(id, received_at, receipt) WHERE messages.id = v.id AND {{guard}})",
         f"{prefix}s AS (UPDATE case_stats SET start_at = v.sent_at, {_waits_from('v.sent_at')} "  # noqa: S608
         f"FROM unnest({ids}::varchar[], {sent}::timestamptz[]) AS v(id, sent_at) "
         f"WHERE case_stats.case_id = v.id AND case_stats.start_at IS NULL AND {{guard}})",
@@ -74,7 +74,7 @@ def _statement(first: int) -> tuple[list[str], str]:
     # change only if this transaction removed the outbox row (the gate)
     own = [
         f"d AS (DELETE FROM outbox WHERE message_id = {message} RETURNING message_id)",  # noqa: S608
-        f"m AS (UPDATE messages SET state = 'delivered', received_at = {received_at}, receipt = {receipt} "  # noqa: S608
+        f"m AS (UPDATE messages SET state = {DELIVERED_STATE}, received_at = {received_at}, receipt = {receipt} "  # noqa: S608
         "WHERE id IN (SELECT message_id FROM d))",
         f"s AS (UPDATE case_stats SET start_at = {sent_at} "  # noqa: S608
         f"WHERE case_id IN (SELECT message_id FROM d) AND start_at IS NULL RETURNING {times})",

@@ -8,21 +8,34 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from protocol.events import ANSWER_EFFECTS
 from protocol.messages import Marking
 from store import fast, sqlite_fast
 from store.errors import NotFound
 from store.tables import attachments, messages
 
-__all__ = ["AttachmentRow", "MessageRow", "Messages", "Seen"]
+__all__ = ["DELIVERED_STATE", "AttachmentRow", "MessageRow", "Messages", "Seen"]
 
 # hot-path statements built once: building one per call (``insert(...).values(**row)``) costs more CPU than running
 # it (docs/performance.md); each is compiled once per set of parameter names and cached by SQLAlchemy
 _INSERT = insert(messages)
 _FIND = select(messages).where(messages.c.id == bindparam("b_id"))
 _UPDATE = update(messages).where(messages.c.id == bindparam("b_id"))
+# a receipt makes a message delivered; one recorded late (its first answer lost, decision 111) leaves a message
+# the peer has already acknowledged or answered (protocol/events.py ANSWER_EFFECTS) where it is
+_ANSWERED_STATES = tuple(state for _, state in ANSWER_EFFECTS.values())
+DELIVERED_STATE = (
+    f"CASE WHEN messages.state IN ({', '.join(repr(s) for s in _ANSWERED_STATES)}) THEN messages.state "
+    "ELSE 'delivered' END"
+)
+_DELIVERED = _UPDATE.values(
+    state=case((messages.c.state.in_(_ANSWERED_STATES), messages.c.state), else_="delivered"),
+    received_at=bindparam("received_at"),
+    receipt=bindparam("receipt"),
+)
 _SEEN_COLUMNS = (messages.c.id, messages.c.direction, messages.c.envelope_sha256, messages.c.receipt)
 _SEEN = select(*_SEEN_COLUMNS).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _SEEN_SQL = "SELECT id, direction, envelope_sha256, receipt FROM messages WHERE id = ANY($1::text[])"
@@ -232,10 +245,10 @@ class Messages:
         """The peer's signed receipt arrived: the message is delivered (every envelope: the hot path)."""
         await fast.execute(
             conn,
-            "UPDATE messages SET state = 'delivered', received_at = $1, receipt = $2 WHERE id = $3",
+            f"UPDATE messages SET state = {DELIVERED_STATE}, received_at = $1, receipt = $2 WHERE id = $3",  # noqa: S608
             (received_at, receipt, message_id),
-            _UPDATE,
-            {"b_id": message_id, "state": "delivered", "received_at": received_at, "receipt": receipt},
+            _DELIVERED,
+            {"b_id": message_id, "received_at": received_at, "receipt": receipt},
         )
 
     @staticmethod

@@ -89,3 +89,28 @@ async def test_sender_reads_its_own_archive_copy(pair: Pair) -> None:
     await wait_for(pair.ar, body["id"], "delivered")
     status, opened = await pair.ar.call("POST", f"/v1/messages/{body['id']}/open", json={})
     assert status == 200 and opened["content"] == REQUEST["content"]
+
+
+async def test_the_attachment_limit_is_on_the_ciphertext_on_both_sides(pair: Pair) -> None:
+    """Both gateways take ``max_attachment_bytes`` as the largest ciphertext (``ct_size``, what the receiver
+    checks): a file that fits once encrypted goes through; one byte more is refused by the sender, before anything
+    is stored, instead of being sent to a final refusal (decision 111)."""
+    from crypto.attachments import ciphertext_size
+    from tests.gateway.conftest import attachment_files
+
+    limit = ciphertext_size(1000)
+    for side in (pair.ar, pair.au):
+        await side.stop()
+        await side.start(max_attachment_bytes=limit)
+    fits = await send_with_attachment(pair.ar, REQUEST, os.urandom(1000))
+    await wait_for(pair.ar, fits, "delivered")
+    files = attachment_files(pair.ar.gw)
+    form = aiohttp.FormData()
+    form.add_field("message", json.dumps(REQUEST), content_type="application/json")
+    form.add_field("attachment", io.BytesIO(os.urandom(1001)), filename="records.pdf", content_type="application/pdf")
+    status, problem = await pair.ar.call("POST", "/v1/messages", data=form)
+    assert (status, problem["code"]) == (413, "attachment-too-large"), problem
+    assert "once encrypted" in problem["detail"]
+    assert attachment_files(pair.ar.gw) == files
+    status, box = await pair.ar.call("GET", "/v1/messages?box=outbox")
+    assert [m["id"] for m in box["messages"]] == [fits]

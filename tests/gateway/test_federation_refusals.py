@@ -991,6 +991,43 @@ async def test_a_failed_attachment_commit_leaves_no_file(
     assert answer.status == 200, answer.raw[:300]
 
 
+async def test_a_reception_committed_despite_an_error_keeps_its_attachment_files(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to COMMIT is lost after the reception committed (decision 96's ambiguity, on the receiving
+    side): the sender's retry gets the stored receipt, so the files the stored rows name must still be there,
+    and they open to the bytes sent (decision 111)."""
+    from gateway.committer import Committer
+    from gateway.receiving import Received
+
+    real = Committer._transaction
+    armed = [True]
+
+    async def commit_then_lose_the_answer(self: Committer, jobs: list[Any], head: Any) -> list[Any]:
+        results = await real(self, jobs, head)
+        if armed[0] and any(isinstance(result, Received) for result in results):
+            armed[0] = False
+            raise ConnectionResetError("the answer to COMMIT was lost")  # committed all the same
+        return results
+
+    monkeypatch.setattr(Committer, "_transaction", commit_then_lose_the_answer)
+    attachment = make_attachment(b"bank records")
+    payload = hostile.payload(attachments=[attachment.ref.model_dump()])
+    sealed = hostile.seal(payload)
+    await hostile.post_multipart(sealed, [attachment.ciphertext])
+    # the answer was lost: SQLite's committer answers the error; PostgreSQL's runs the unit again, which meets the
+    # stored row and answers the stored receipt
+    assert not armed[0]
+    again = await hostile.post_multipart(sealed, [attachment.ciphertext])  # the outbox retries
+    assert again.status == 200, again.raw[:300]  # the stored receipt: the message counts as received
+    gw = pair.au.gw
+    async with gw.engine.connect() as conn:
+        query = select(attachments.c.path).where(attachments.c.message_id == payload.id)
+        paths = (await conn.execute(query)).scalars().all()
+    assert len(paths) == 1
+    assert (gw.settings.attachments_path / "in" / paths[0]).read_bytes() == attachment.ciphertext
+
+
 async def test_a_full_disk_while_writing_an_attachment_leaves_no_file(
     pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,6 +141,40 @@ async def test_a_crash_after_delivery_redelivers_and_gets_the_same_receipt(
     assert await count(pair.ar, ledger_entries, ledger_entries.c.type == "message.receipt_recorded") == 1
 
 
+async def test_a_receipt_recorded_after_the_acknowledgement_leaves_the_message_acknowledged(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to our delivery is lost and the peer acknowledges before our retry gets its stored receipt: the
+    receipt is recorded, and the request stays acknowledged (decision 111)."""
+    await restart(pair.ar, outbox_initial_backoff=1.5, outbox_max_backoff=1.5)
+    original = OutboxSender._record_receipt
+    lost: list[str] = []
+
+    async def first_answer_lost(self: OutboxSender, peer: Any, digest: str, item: Any, token: str, sent: Any) -> None:
+        if not lost:
+            lost.append(item.message_id)
+            raise ConnectionResetError("the connection dropped while the answer was read")
+        await original(self, peer, digest, item, token, sent)
+
+    monkeypatch.setattr(OutboxSender, "_record_receipt", first_answer_lost)
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    request_id = body["id"]
+    await wait_for(pair.au, request_id, "received")
+    body = {"confidentiality": "can-comply"}
+    status, ack = await pair.au.call("POST", f"/v1/messages/{request_id}/acknowledge", json=body)
+    assert status == 202, ack
+    await wait_for(pair.ar, request_id, "acknowledged")
+    for _ in range(200):
+        if await count(pair.ar, ledger_entries, ledger_entries.c.type == "message.receipt_recorded"):
+            break
+        await asyncio.sleep(0.05)
+    assert lost == [request_id]
+    async with pair.ar.gw.engine.connect() as conn:
+        row = (await conn.execute(select(messages).where(messages.c.id == request_id))).one()
+    assert row.state == "acknowledged" and row.receipt is not None and row.received_at is not None
+
+
 async def test_the_connections_to_a_peer_are_limited_by_the_setting(pair: Pair) -> None:
     await pair.ar.stop()
     await pair.ar.start(outbox_connections_per_peer=2)

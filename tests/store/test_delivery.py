@@ -108,6 +108,25 @@ async def test_a_receipt_delivers_the_message_and_starts_the_requests_wait_once(
     assert (await stats(engine, "request-1"))["start_at"] == SENT
 
 
+async def test_a_receipt_recorded_late_leaves_an_acknowledged_or_answered_message_where_it_is(
+    engine: AsyncEngine,
+) -> None:
+    """The peer acknowledged or answered before our retry got the stored receipt (the first answer was lost): the
+    receipt is kept, the state is not moved back to delivered (decision 111), on every path that records it."""
+    for message_id, state in (("request-1", "acknowledged"), ("request-2", "answered"), ("request-3", "sent")):
+        await add_message(engine, message_id, request=True)
+        async with engine.begin() as conn:
+            await conn.execute(update(messages).where(messages.c.id == message_id).values(state=state))
+    assert await deliver(engine, "request-1")  # the group commit's path
+    async with engine.connect() as conn:  # the direct path, in autocommit, with SQLAlchemy's statement
+        await Messages.delivered(conn, "request-2", RECEIVED, "receipt-1")
+        await Messages.delivered(conn, "request-3", RECEIVED, "receipt-1")
+        await conn.commit()
+    assert await message(engine, "request-1") == ("acknowledged", RECEIVED, "receipt-1")
+    assert await message(engine, "request-2") == ("answered", RECEIVED, "receipt-1")
+    assert await message(engine, "request-3") == ("delivered", RECEIVED, "receipt-1")
+
+
 async def test_the_wait_to_an_earlier_milestone_is_written_and_a_started_wait_kept(engine: AsyncEngine) -> None:
     """An acknowledgement that overtook the receipt: its wait is counted from the send; a wait already started
     (a message sent again after a lost receipt) keeps its first start."""
