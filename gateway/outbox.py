@@ -92,7 +92,10 @@ class OutboxSender:
         self.concurrency = concurrency
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._stopping = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()  # every delivery running: claimed ones and direct ones
+        # the claimed ones alone, which ``concurrency`` limits: direct deliveries, which have no limit of their own
+        # (they wait for a connection, see _session), must not keep the claim loop from retrying (decision 112)
+        self._claimed: set[asyncio.Task[None]] = set()
         self.log = get_logger(component="outbox")
         self.witness = Witness(gw, self._session)
         self._watching: asyncio.Task[None] | None = None  # the witness's polls (decision 78), while run() runs
@@ -129,7 +132,7 @@ class OutboxSender:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._inflight)
+            free = self.concurrency - len(self._claimed)
             items: list[OutboxItem] = []
             if free > 0:
                 try:
@@ -142,12 +145,14 @@ class OutboxSender:
             for item in items:
                 task = asyncio.create_task(self._deliver_safely(item))
                 self._inflight.add(task)
+                self._claimed.add(task)
                 task.add_done_callback(self._done)
             if not items:
                 await self._sleep(full=free <= 0)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._claimed.discard(task)
         self.gw.outbox_wakeup.set()
 
     async def _sleep(self, *, full: bool) -> None:

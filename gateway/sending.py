@@ -28,6 +28,7 @@ from gateway.policy import (
 )
 from gateway.requests import SYSTEM_USER, Completeness, check_completeness
 from protocol.checklist import IncompleteRequest
+from protocol.content import consent_of
 from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
@@ -131,6 +132,7 @@ async def submit_message(
         # the sending gateway's refusals are evidence too: ledgered, and nothing is sealed or sent
         await ledger_submit_refusal(gw, actor, refused, to=draft.to, kind=draft.kind, marking=draft.marking)
         raise
+    after = await _follows(gw, message_id, draft, link)
     refs, files = await _encrypt_attachments(gw, message_id, attachments)
     now = gw.clock()  # the sealing time: iat, and the keys valid then
     try:
@@ -151,8 +153,9 @@ async def submit_message(
         archive = encrypt_signed(sealed.signed, payload, gw.archive_public)
         envelope = sealed.compact.encode("ascii")
         # a running sender takes a message without attachments straight from here, already claimed: no claim
-        # transaction, no re-read; attachments stream from their files through the outbox's claim loop
-        direct = gw.direct_delivery if not files else None
+        # transaction, no re-read; attachments stream from their files through the outbox's claim loop, and so
+        # does a message that must wait for an earlier one's receipt
+        direct = gw.direct_delivery if not files and after is None else None
         archived = archive.encode("ascii")
         digest, submitted_at = await _persist(
             gw,
@@ -166,6 +169,7 @@ async def submit_message(
             link,
             direct=direct is not None,
             along=along,
+            after=after,
         )
     except Exception as failed:  # not on cancellation: the shielded commit may still keep these files
         stored = await _stored(gw, message_id)
@@ -188,6 +192,23 @@ async def submit_message(
         "message_submitted", kind=draft.kind.value, attachments=len(refs)
     )
     return message_id
+
+
+async def _follows(gw: Gateway, message_id: str, draft: Draft, link: Link | None) -> str | None:
+    """The earlier message of ours to the same peer that this one follows and that still waits for its receipt:
+    the peer refuses for good what names a message it does not hold yet (a reply in a thread it has not received,
+    a consent about a message still on its way), and after an outage retries come due in any order (decision
+    112). The latest of those it names, or None (a new message names nothing: no query)."""
+    named = {draft.in_reply_to}
+    if link is not None:
+        named |= {link.thread_id, link.about}
+    if draft.kind is MessageKind.CONSENT:
+        named.add(consent_of(draft.content).message_id)
+    earlier = {name for name in named if name is not None and name != message_id}
+    if not earlier:
+        return None
+    async with gw.reader.connect() as conn:
+        return await gw.outbox.waiting_among(conn, earlier, draft.to)
 
 
 async def _stored(gw: Gateway, message_id: str) -> bool | None:
@@ -266,6 +287,7 @@ async def _persist(
     *,
     direct: bool = False,
     along: Along | None = None,
+    after: str | None = None,
 ) -> tuple[str, datetime]:
     """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256 and the time of
     its submission."""
@@ -320,7 +342,7 @@ async def _persist(
             attachment_rows=[row for row, _ in files],
         )
         await gw.outbox.enqueue(
-            tx.conn, payload.id, payload.to, now, leased_until=now + DIRECT_LEASE if direct else None
+            tx.conn, payload.id, payload.to, now, leased_until=now + DIRECT_LEASE if direct else None, after=after
         )
         tx.record_message(EventType.SUBMITTED, actor, payload, digest, at=now)
         if link is not None:

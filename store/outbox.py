@@ -7,10 +7,11 @@ A delivery that happens twice is harmless: the receiver answers a duplicate with
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast
@@ -26,6 +27,13 @@ DIRECT_LEASE = timedelta(seconds=150)
 
 # built once: the hot path pays neither statement construction nor cache-key generation per call
 _ENQUEUE = insert(outbox)
+# a row that follows another is held while that one is still in the outbox (decision 112); the other one's own
+# claim or retries decide when it goes, so a chain goes out in order
+_EARLIER = outbox.alias("earlier")
+_NOT_HELD = or_(
+    outbox.c.after_id.is_(None),
+    ~exists().where(_EARLIER.c.message_id == outbox.c.after_id).correlate(outbox),
+)
 _REMOVE = delete(outbox).where(outbox.c.message_id == bindparam("b_message_id"))
 
 
@@ -51,11 +59,31 @@ class Outbox:
         self._skip_locked = skip_locked
 
     async def enqueue(
-        self, conn: AsyncConnection, message_id: str, peer: str, now: datetime, *, leased_until: datetime | None = None
+        self,
+        conn: AsyncConnection,
+        message_id: str,
+        peer: str,
+        now: datetime,
+        *,
+        leased_until: datetime | None = None,
+        after: str | None = None,
     ) -> None:
-        """Queue a message; ``leased_until`` enqueues it already claimed, by a sender that will deliver it at once."""
-        row = {"message_id": message_id, "peer": peer, "attempts": 0, "next_attempt_at": now}
+        """Queue a message; ``leased_until`` enqueues it already claimed, by a sender that will deliver it at once;
+        ``after``, a message of ours to the same peer that must have its receipt (or its final refusal) first."""
+        row = {"message_id": message_id, "peer": peer, "attempts": 0, "next_attempt_at": now, "after_id": after}
         await fast.insert(conn, outbox, {**row, "claimed_until": leased_until}, _ENQUEUE)
+
+    async def waiting_among(self, conn: AsyncConnection, message_ids: Iterable[str], peer: str) -> str | None:
+        """Of ``message_ids``, the one submitted last that still waits in the outbox for ``peer``'s receipt."""
+        query = (
+            select(outbox.c.message_id)
+            .select_from(outbox.join(messages, messages.c.id == outbox.c.message_id))
+            .where(outbox.c.message_id.in_(sorted(set(message_ids))), outbox.c.peer == peer)
+            .order_by(messages.c.created_at.desc(), outbox.c.message_id.desc())
+            .limit(1)
+        )
+        found: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return found
 
     async def claim_due(
         self, conn: AsyncConnection, now: datetime, *, limit: int, lease: timedelta
@@ -67,6 +95,7 @@ class Outbox:
                 and_(
                     outbox.c.next_attempt_at <= now,
                     or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                    _NOT_HELD,
                 )
             )
             .order_by(outbox.c.next_attempt_at)
@@ -122,7 +151,7 @@ class Outbox:
         expiry of a claimed one (a row in flight is not due again until its lease runs out)."""
         unclaimed = (
             select(outbox.c.next_attempt_at)
-            .where(or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now))
+            .where(or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now), _NOT_HELD)
             .order_by(outbox.c.next_attempt_at)
             .limit(1)
         )

@@ -302,6 +302,9 @@ outbox = Table(
     Column("next_attempt_at", TZ, nullable=False),
     Column("claimed_until", TZ, nullable=True),
     Column("last_error", String(200), nullable=True),
+    # an earlier message of ours to the same peer that this one follows (its thread, the message it answers or
+    # consents about): while that one waits for its receipt, this one is not sent (decision 112)
+    Column("after_id", String(36), nullable=True),
     Index("ix_outbox_next_attempt", "next_attempt_at"),
 )
 

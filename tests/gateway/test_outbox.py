@@ -175,6 +175,53 @@ async def test_a_receipt_recorded_after_the_acknowledgement_leaves_the_message_a
     assert row.state == "acknowledged" and row.receipt is not None and row.received_at is not None
 
 
+async def test_after_an_outage_a_reply_waits_for_the_thread_it_replies_in(pair: Pair) -> None:
+    """The peer is down; an officer opens a consultation and replies in it. After the outage the reply's retry
+    comes due first: it waits until the thread's first message has its receipt, then goes, instead of being
+    refused for good as a reply in a thread the peer does not know (decision 112)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    await pair.au.stop()
+    marking = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    status, started = await pair.ar.call(
+        "POST", "/v1/consultations", json={"to": "au.ag", "marking": marking, "content": {"text": "may we ask?"}}
+    )
+    assert status == 202, started
+    thread_id = started["id"]
+    status, replied = await pair.ar.call(
+        "POST", f"/v1/consultations/{thread_id}/messages", json={"content": {"text": "and one more thing"}}
+    )
+    assert status == 202, replied
+    gw = pair.ar.gw
+    async with gw.engine.connect() as conn:
+        rows = dict((await conn.execute(select(outbox.c.message_id, outbox.c.after_id))).all())
+    assert rows == {thread_id: None, replied["id"]: thread_id}
+    async with gw.engine.begin() as conn:  # the thread's first message happens to come due a little later
+        later = gw.clock() + timedelta(seconds=1)
+        await conn.execute(
+            update(outbox).where(outbox.c.message_id == thread_id).values(next_attempt_at=later, claimed_until=None)
+        )
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.message_id == replied["id"])
+            .values(next_attempt_at=gw.clock(), claimed_until=None)
+        )
+    await pair.au.start()
+    await wait_for(pair.ar, thread_id, "delivered")
+    await wait_for(pair.ar, replied["id"], "delivered")
+    async with pair.au.gw.engine.connect() as conn:
+        received = (
+            await conn.execute(
+                select(ledger_entries.c.message_id)
+                .where(ledger_entries.c.type == "message.received")
+                .order_by(ledger_entries.c.idx)
+            )
+        ).scalars()
+        assert list(received) == [thread_id, replied["id"]]
+
+
 async def test_the_connections_to_a_peer_are_limited_by_the_setting(pair: Pair) -> None:
     await pair.ar.stop()
     await pair.ar.start(outbox_connections_per_peer=2)
@@ -330,6 +377,35 @@ async def test_the_claim_loop_survives_a_failing_database_and_does_not_spin_when
     await asyncio.sleep(1.5)
     # at most the one of a wait that began before the slots were taken (a spinning loop makes hundreds)
     assert calls - before <= 1, f"{calls - before} lookups of the next due row while no slot was free"
+
+
+async def test_direct_deliveries_in_flight_do_not_keep_the_claim_loop_from_sending(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages without attachments are handed to the sender at commit, with no limit of their own; while they are
+    in flight, what only the claim loop sends (attachments, retries) still goes: the claim loop's limit counts its
+    own deliveries (decision 112)."""
+    assert pair.ar.running is not None
+    sender = pair.ar.running.sender
+    sender.concurrency = 1
+    release = asyncio.Event()
+    real = OutboxSender.deliver
+
+    async def direct_ones_stall(self: OutboxSender, item: Any, prefetched: Any = None) -> None:
+        if prefetched is not None:
+            await release.wait()
+        await real(self, item, prefetched)
+
+    monkeypatch.setattr(OutboxSender, "deliver", direct_ones_stall)
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    stalled = body["id"]
+    with_file = await send_with_attachment(pair.ar, REQUEST, b"records")  # only the claim loop sends these
+    await wait_for(pair.ar, with_file, "delivered")
+    status, message = await pair.ar.call("GET", f"/v1/messages/{stalled}")
+    assert message["state"] == "queued"  # still in flight
+    release.set()
+    await wait_for(pair.ar, stalled, "delivered")
 
 
 async def test_a_submission_whose_commit_answer_was_lost_keeps_its_files_and_goes_out(
