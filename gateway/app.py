@@ -29,6 +29,7 @@ from gateway.notify import Notifier
 from gateway.openapi import openapi_document
 from gateway.outbox import OutboxSender
 from gateway.problems import problem_middleware, problem_response
+from gateway.requests import run_pending_status_answers
 from gateway.stats_api import stats_routes
 from gateway.sweeper import Sweeper
 from gateway.tls import server_context
@@ -125,6 +126,7 @@ class RunningGateway:
     notifier: Notifier | None = None
     wal_task: asyncio.Task[None] | None = None  # SQLite: run_wal_checkpoints
     sweeper_task: asyncio.Task[None] | None = None  # attachment files no message names (gateway/sweeper.py)
+    answers_task: asyncio.Task[None] | None = None  # status queries left unanswered (gateway/requests.py)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -139,7 +141,7 @@ class RunningGateway:
         self.sender_task.cancel()
         self.checkpointer_task.cancel()
         tasks = [self.sender_task, self.checkpointer_task]
-        for task in (self.wal_task, self.sweeper_task):
+        for task in (self.wal_task, self.sweeper_task, self.answers_task):
             if task is not None:
                 task.cancel()
                 tasks.append(task)
@@ -182,7 +184,10 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
     notifier = Notifier(gw) if settings.notify != "none" else None
     notifier_task = asyncio.create_task(notifier.run()) if notifier is not None else None
     sweeper = asyncio.create_task(Sweeper(gw).run())
-    return RunningGateway(gw, [federation, api], sender, task, checkpointer, notifier_task, notifier, wal, sweeper)
+    answers = asyncio.create_task(run_pending_status_answers(gw)) if run_outbox else None
+    return RunningGateway(
+        gw, [federation, api], sender, task, checkpointer, notifier_task, notifier, wal, sweeper, answers
+    )
 
 
 async def _checkpoint_tick(tx: Tx) -> Finish[None]:

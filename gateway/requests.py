@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
+from gateway.loops import stop_if_cancelled
 from gateway.policy import case_marking, ledger_submit_refusal, refuse_case_access
 from protocol.checklist import IncompleteRequest, check_request
-from protocol.errors import ComityError, InvalidMessage
+from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import EventType
 from protocol.lifecycle import (
     EVENT_SIDE,
@@ -302,10 +303,14 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
 
 
 async def answer_status_query(gw: Gateway, query_id: str, case_id: str, peer: str) -> str:
-    """Answer a status query by ourselves with what ``status_reveal`` allows; return the report's id."""
+    """Answer a status query by ourselves with what ``status_reveal`` allows; return the report's id (the one
+    already made, if any: the pending answers' scan and the answer after the receive commit may meet)."""
     from gateway.sending import Draft, submit_message  # sending imports this module
 
     async with gw.reader.connect() as conn:
+        made = [row.id for row in await Messages.replies(conn, query_id) if row.direction == "out"]
+        if made:
+            return made[0]
         case = await Cases.get(conn, case_id)
         query = await Messages.get(conn, query_id)
         held = await case_marking(conn, case_id)
@@ -324,6 +329,41 @@ async def answer_status_query(gw: Gateway, query_id: str, case_id: str, peer: st
         in_reply_to=query_id,
     )
     return await submit_message(gw, SYSTEM_USER, draft)
+
+
+# how far back the scan looks for status queries left unanswered, and how often it runs
+PENDING_ANSWERS_DAYS = 30
+PENDING_ANSWERS_FIRST = 5.0
+PENDING_ANSWERS_INTERVAL = 600.0
+
+
+async def answer_pending_status_queries(gw: Gateway) -> int:
+    """Answer the status queries received in the last :data:`PENDING_ANSWERS_DAYS` days that no message of ours
+    answers: the answer is made after the receive commit (:func:`schedule_status_answer`), so a stop, a crash or
+    a failure in between would lose it for good (decision 113). Return how many were pending."""
+    async with gw.reader.connect() as conn:
+        pending = await Messages.unanswered_status_queries(conn, gw.clock() - timedelta(days=PENDING_ANSWERS_DAYS))
+    for query_id, case_id, peer in pending:
+        try:
+            await answer_status_query(gw, query_id, case_id, peer)
+        except Exception as exc:
+            get_logger(message_id=query_id, peer=peer).warning("status_query_answer_failed", error=error_code(exc))
+    return len(pending)
+
+
+async def run_pending_status_answers(
+    gw: Gateway, first: float = PENDING_ANSWERS_FIRST, interval: float = PENDING_ANSWERS_INTERVAL
+) -> None:
+    """:func:`answer_pending_status_queries` ``first`` seconds after the start, then every ``interval``."""
+    await asyncio.sleep(first)
+    while True:
+        try:
+            if answered := await answer_pending_status_queries(gw):
+                get_logger().info("status_queries_answered_late", count=answered)
+        except Exception as exc:  # the database, for now: the next round looks again
+            get_logger().warning("status_answers_scan_failed", error=error_code(exc))
+        stop_if_cancelled()
+        await asyncio.sleep(interval)
 
 
 def schedule_status_answer(gw: Gateway, query_id: str, case_id: str, peer: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.events import ANSWER_EFFECTS
@@ -239,6 +239,20 @@ class Messages:
     async def replies(conn: AsyncConnection, message_id: str) -> list[MessageRow]:
         query = select(messages).where(messages.c.in_reply_to == message_id).order_by(messages.c.created_at)
         return [MessageRow.from_row(row) for row in await conn.execute(query)]
+
+    @staticmethod
+    async def unanswered_status_queries(conn: AsyncConnection, since: datetime) -> list[tuple[str, str, str]]:
+        """Status queries received since ``since`` about a case the peer opened with us (we are the requested
+        side, so the answer is ours to make) that no message of ours answers yet: (query id, case id, peer)."""
+        query, opening, answer = messages.alias("query"), messages.alias("opening"), messages.alias("answer")
+        found = select(query.c.id, query.c.case_id, query.c.peer).where(
+            query.c.kind == "status_query",
+            query.c.direction == "in",
+            query.c.created_at >= since,
+            exists().where(opening.c.id == query.c.case_id, opening.c.direction == "in"),
+            ~exists().where(answer.c.in_reply_to == query.c.id, answer.c.direction == "out"),
+        )
+        return [(row.id, row.case_id, row.peer) for row in await conn.execute(found.order_by(query.c.created_at))]
 
     @staticmethod
     async def delivered(conn: AsyncConnection, message_id: str, received_at: datetime, receipt: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from gateway.cli.request import example_request
 from protocol.requests import RequestType, blank_request
 from tests.gateway.conftest import Pair, Side
@@ -294,3 +296,40 @@ async def test_a_move_commits_with_its_status_report_or_not_at_all(pair: Pair, m
         return await case_state(pair.ar, case_id) == ("acknowledged", "acknowledged")
 
     await until(reported)
+
+
+async def test_a_status_query_whose_answer_was_lost_is_answered_by_the_scan(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is made after the receive commit; a stop or a failure in between used to lose it for good. The
+    scan each gateway runs (a few seconds after it starts, then every ten minutes) answers what is left, once
+    (decision 113)."""
+    import gateway.receiving
+    from gateway.requests import answer_pending_status_queries
+
+    assert pair.au.running is not None and pair.au.running.answers_task is not None
+    assert not pair.au.running.answers_task.done()  # the scan runs beside the gateway
+    case_id = await send_complete(pair)
+    lost: list[str] = []
+    monkeypatch.setattr(gateway.receiving, "schedule_status_answer", lambda gw, query_id, *_: lost.append(query_id))
+    status, body = await pair.ar.call("POST", f"/v1/cases/{case_id}/status-query", json={})
+    assert status == 202, body
+    query_id = body["id"]
+    await wait_for(pair.ar, query_id, "delivered")
+    assert lost == [query_id]
+    assert await answer_pending_status_queries(pair.au.gw) == 1
+    assert await answer_pending_status_queries(pair.au.gw) == 0  # answered: not again
+    status, box = await pair.au.call("GET", "/v1/messages?box=outbox")
+    reports = [m for m in box["messages"] if m["kind"] == "status_report" and m["in_reply_to"] == query_id]
+    assert len(reports) == 1, reports
+    await wait_for(pair.au, reports[0]["id"], "delivered")
+    # a query about a case we opened is not ours to answer (a peer that skips its checks sent it)
+    hostile = hostile_towards(pair.au, pair.ar)
+    query = hostile.payload(
+        kind="status_query",
+        in_reply_to=case_id,
+        marking={"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]},
+        content={"status_query": {"case_id": case_id}},
+    )
+    assert (await hostile.post(hostile.seal(query))).status == 200
+    assert await answer_pending_status_queries(pair.ar.gw) == 0
