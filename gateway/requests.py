@@ -15,9 +15,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import text
 
 from gateway.committer import Tx
 from gateway.consultations import consultation_on_record
@@ -49,7 +53,7 @@ from protocol.stats import Facets, facets_of
 from protocol.timefmt import format_time, parse_time
 from store.case_stats import CaseStats
 from store.cases import Case, Cases
-from store.errors import Conflict
+from store.errors import Conflict, is_transient
 from store.messages import Messages
 from store.users import User
 
@@ -331,24 +335,75 @@ async def answer_status_query(gw: Gateway, query_id: str, case_id: str, peer: st
     return await submit_message(gw, SYSTEM_USER, draft)
 
 
-# how far back the scan looks for status queries left unanswered, and how often it runs
+# how far back the scan looks for status queries left unanswered, how old one must be (the answer after the receive
+# commit has had its chance), and how often the scan runs
 PENDING_ANSWERS_DAYS = 30
+PENDING_ANSWERS_MIN_AGE = 60.0
 PENDING_ANSWERS_FIRST = 5.0
 PENDING_ANSWERS_INTERVAL = 600.0
+_SCAN_LOCK = "comity-status-answers"
+# queries whose answer our own checks refused (the peer's accreditation narrowed, say): each attempt ledgers a
+# message.submit_refused, so a process tries such an answer once, not at every scan
+_REFUSED: set[str] = set()
+_SCANS: set[int] = set()  # the gateways (by id) this process is scanning for: one scan of a gateway at a time
 
 
-async def answer_pending_status_queries(gw: Gateway) -> int:
-    """Answer the status queries received in the last :data:`PENDING_ANSWERS_DAYS` days that no message of ours
-    answers: the answer is made after the receive commit (:func:`schedule_status_answer`), so a stop, a crash or
-    a failure in between would lose it for good (decision 113). Return how many were pending."""
+@asynccontextmanager
+async def _scanning(gw: Gateway) -> AsyncIterator[bool]:
+    """Whether this process may scan now: on PostgreSQL one replica at a time (a session advisory lock, tried, not
+    waited for), so that replicas started together do not each answer every pending query."""
+    if gw.reader.dialect.name != "postgresql":
+        yield True
+        return
     async with gw.reader.connect() as conn:
-        pending = await Messages.unanswered_status_queries(conn, gw.clock() - timedelta(days=PENDING_ANSWERS_DAYS))
-    for query_id, case_id, peer in pending:
+        key = {"key": _SCAN_LOCK}
+        got = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(hashtext(:key))"), key))
         try:
-            await answer_status_query(gw, query_id, case_id, peer)
-        except Exception as exc:
-            get_logger(message_id=query_id, peer=peer).warning("status_query_answer_failed", error=error_code(exc))
-    return len(pending)
+            yield got
+        finally:
+            if got:
+                await conn.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+
+
+async def answer_pending_status_queries(gw: Gateway, *, min_age: float = PENDING_ANSWERS_MIN_AGE) -> int:
+    """Answer the status queries received in the last :data:`PENDING_ANSWERS_DAYS` days, at least ``min_age``
+    seconds ago, that no message of ours answers: the answer is made after the receive commit
+    (:func:`schedule_status_answer`), so a stop, a crash or a failure in between would lose it for good (decision
+    113). Return how many it answered."""
+    if id(gw) in _SCANS:
+        return 0
+    _SCANS.add(id(gw))
+    try:
+        return await _answer_pending(gw, min_age)
+    finally:
+        _SCANS.discard(id(gw))
+
+
+async def _answer_pending(gw: Gateway, min_age: float) -> int:
+    async with _scanning(gw) as allowed:
+        if not allowed:
+            return 0
+        now = gw.clock()
+        async with gw.reader.connect() as conn:
+            pending = await Messages.unanswered_status_queries(
+                conn, now - timedelta(days=PENDING_ANSWERS_DAYS), now - timedelta(seconds=min_age)
+            )
+        answered = 0
+        for query_id, case_id, peer in pending:
+            if query_id in _REFUSED:
+                continue
+            try:
+                await answer_status_query(gw, query_id, case_id, peer)
+                answered += 1
+            except Exception as exc:
+                _failed(exc, query_id, peer)
+        return answered
+
+
+def _failed(exc: Exception, query_id: str, peer: str) -> None:
+    if isinstance(exc, ComityError) and not is_transient(exc):
+        _REFUSED.add(query_id)
+    get_logger(message_id=query_id, peer=peer).warning("status_query_answer_failed", error=error_code(exc))
 
 
 async def run_pending_status_answers(
@@ -372,8 +427,8 @@ def schedule_status_answer(gw: Gateway, query_id: str, case_id: str, peer: str) 
     async def run() -> None:
         try:
             await answer_status_query(gw, query_id, case_id, peer)
-        except Exception:
-            get_logger(message_id=query_id, peer=peer).exception("status_query_answer_failed")
+        except Exception as exc:
+            _failed(exc, query_id, peer)
 
     task = asyncio.create_task(run())
     _background.add(task)

@@ -241,14 +241,19 @@ class Messages:
         return [MessageRow.from_row(row) for row in await conn.execute(query)]
 
     @staticmethod
-    async def unanswered_status_queries(conn: AsyncConnection, since: datetime) -> list[tuple[str, str, str]]:
-        """Status queries received since ``since`` about a case the peer opened with us (we are the requested
-        side, so the answer is ours to make) that no message of ours answers yet: (query id, case id, peer)."""
+    async def unanswered_status_queries(
+        conn: AsyncConnection, since: datetime, until: datetime
+    ) -> list[tuple[str, str, str]]:
+        """Status queries received from ``since`` to ``until`` about a case the peer opened with us (we are the
+        requested side, so the answer is ours to make) that no message of ours answers yet: (query id, case id,
+        peer). A query that names no case of ours opened a case of its own and is not one of them."""
         query, opening, answer = messages.alias("query"), messages.alias("opening"), messages.alias("answer")
         found = select(query.c.id, query.c.case_id, query.c.peer).where(
             query.c.kind == "status_query",
             query.c.direction == "in",
             query.c.created_at >= since,
+            query.c.created_at <= until,
+            query.c.case_id != query.c.id,
             exists().where(opening.c.id == query.c.case_id, opening.c.direction == "in"),
             ~exists().where(answer.c.in_reply_to == query.c.id, answer.c.direction == "out"),
         )

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 
@@ -115,6 +116,13 @@ messages = Table(
     Column("confidentiality_answer", String(16), nullable=True),  # art. 46(20): can-comply | cannot-comply
     Index("ix_messages_direction_created", "direction", "created_at"),
     Index("ix_messages_in_reply_to", "in_reply_to"),
+    # the received status queries, for the scan that answers those left unanswered (gateway/requests.py)
+    Index(
+        "ix_messages_status_queries",
+        "created_at",
+        postgresql_where=text("kind = 'status_query' AND direction = 'in'"),
+        sqlite_where=text("kind = 'status_query' AND direction = 'in'"),
+    ),
 )
 
 # a case is the thread of messages opened by one request; it belongs to a unit and has assigned officers

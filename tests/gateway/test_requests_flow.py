@@ -317,8 +317,21 @@ async def test_a_status_query_whose_answer_was_lost_is_answered_by_the_scan(
     query_id = body["id"]
     await wait_for(pair.ar, query_id, "delivered")
     assert lost == [query_id]
-    assert await answer_pending_status_queries(pair.au.gw) == 1
-    assert await answer_pending_status_queries(pair.au.gw) == 0  # answered: not again
+    assert await answer_pending_status_queries(pair.au.gw) == 0  # too young: the answer after the commit may come
+    if pair.au.gw.reader.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        lock = "SELECT pg_advisory_{}(hashtext('comity-status-answers'))"
+        async with pair.au.gw.engine.connect() as other:  # another replica is scanning
+            await other.execute(text(lock.format("lock")))
+            assert await answer_pending_status_queries(pair.au.gw, min_age=0) == 0
+            await other.execute(text(lock.format("unlock")))
+    # two scans at once (two replicas started together, or one process) answer it once
+    assert await asyncio.gather(*[answer_pending_status_queries(pair.au.gw, min_age=0) for _ in range(2)]) in (
+        [1, 0],
+        [0, 1],
+    )
+    assert await answer_pending_status_queries(pair.au.gw, min_age=0) == 0  # answered: not again
     status, box = await pair.au.call("GET", "/v1/messages?box=outbox")
     reports = [m for m in box["messages"] if m["kind"] == "status_report" and m["in_reply_to"] == query_id]
     assert len(reports) == 1, reports
@@ -332,4 +345,36 @@ async def test_a_status_query_whose_answer_was_lost_is_answered_by_the_scan(
         content={"status_query": {"case_id": case_id}},
     )
     assert (await hostile.post(hostile.seal(query))).status == 200
-    assert await answer_pending_status_queries(pair.ar.gw) == 0
+    # nor one that names no case at all (it opened a case of its own)
+    hostile = hostile_towards(pair.ar, pair.au)
+    query = hostile.payload(kind="status_query", marking=MARKING, content={"status_query": {"case_id": case_id}})
+    assert (await hostile.post(hostile.seal(query))).status == 200
+    for side in (pair.ar, pair.au):
+        assert await answer_pending_status_queries(side.gw, min_age=0) == 0
+
+
+async def test_an_automatic_answer_our_checks_refuse_is_tried_once_per_process(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused answer ledgers a message.submit_refused: a query whose answer our own checks refuse (the
+    peer's accreditation narrowed, say) is not tried again at every scan (decision 113)."""
+    import gateway.receiving
+    import gateway.sending
+    from gateway.requests import answer_pending_status_queries
+    from protocol.markings import MarkingRefused
+
+    case_id = await send_complete(pair)
+    monkeypatch.setattr(gateway.receiving, "schedule_status_answer", lambda *_: None)
+    status, body = await pair.ar.call("POST", f"/v1/cases/{case_id}/status-query", json={})
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    tried: list[str] = []
+
+    async def refused(gw: Any, user: Any, draft: Any, *args: Any, **kwargs: Any) -> str:
+        tried.append(draft.in_reply_to)
+        raise MarkingRefused("ar.mj is accredited up to UNCLASSIFIED, not CONFIDENTIAL")
+
+    monkeypatch.setattr(gateway.sending, "submit_message", refused)
+    for _ in range(3):
+        assert await answer_pending_status_queries(pair.au.gw, min_age=0) == 0
+    assert tried == [body["id"]]

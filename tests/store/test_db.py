@@ -71,3 +71,26 @@ async def test_postgresql_connections_ask_for_synchronous_commit_whatever_the_se
             assert tuple((await conn.execute(query)).one()) == ("read committed", "client")
     finally:
         await engine.dispose()
+
+
+async def test_the_migrations_make_the_schema_the_tables_describe(db_url: str) -> None:
+    """Alembic's head and ``store/tables.py`` agree, indexes (partial ones included) and all: a gateway on an
+    upgraded database has what the code expects."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from store.db import make_engine, run_migrations
+    from store.tables import metadata
+
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+
+    def diff(sync_conn: object) -> list[object]:
+        context = MigrationContext.configure(sync_conn)  # type: ignore[arg-type]
+        return list(compare_metadata(context, metadata))
+
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+    finally:
+        await engine.dispose()

@@ -117,6 +117,12 @@ async def test_a_lost_or_locked_database_is_transient(engine: AsyncEngine) -> No
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             await terminate(driver.get_server_pid())
+            # until asyncpg has seen the socket close: a statement sent in that instant can meet the protocol's
+            # own state machine mid-teardown (InternalClientError, "cannot switch to state"), not the lost server
+            for _ in range(100):
+                if driver.is_closed():
+                    break
+                await asyncio.sleep(0.01)
             await fast.fetch_rows(conn, "SELECT 1", [], text("SELECT 1"), {})
 
     with pytest.raises(DBAPIError) as caught:
