@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=40, ge=1, le=1000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_reveal: Literal["state_and_date", "date_only", "nothing"] = "state_and_date"  # art. 46(24) answers
+    # statistics read by someone who may not open content (auditors): counts under this are withheld, and the
+    # periods are years or months (docs/requests.md "Statistics", decision 114); 1 shows every count
+    stats_min_cell: int = Field(default=5, ge=1, le=1000)
     # case work (docs/requests.md, "Case work"): the written confirmation of an oral urgent request is due this many
     # days after it (art. 46(14) says "forthwith"); items are notified this many days ahead, then once overdue
     confirm_in_writing_days: int = Field(default=3, ge=0, le=30)

@@ -19,13 +19,24 @@ from gateway.auth import check_scope
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.openapi_parts import PROBLEM, json_ok
-from protocol.stats import FILTER_NAMES, Filters, InvalidFilter, Statistic, parse_filters, parse_statistic, to_csv
-from store.stats import compute
+from protocol.stats import (
+    FILTER_NAMES,
+    Filters,
+    InvalidFilter,
+    Statistic,
+    StatTable,
+    parse_filters,
+    parse_statistic,
+    suppress,
+    to_csv,
+)
+from store.stats import compute, population
 from store.users import User
 
 __all__ = ["OFFICER_SCOPE", "STATS_OPENAPI_PATHS", "stats_routes"]
 
 OFFICER_SCOPE = "cases:assign"
+CONTENT_SCOPE = "content:open"
 _FORMATS = ("json", "csv")
 
 
@@ -41,9 +52,27 @@ def _officer_check(user: User, statistic: Statistic | None, filters: Filters) ->
         check_scope(user, OFFICER_SCOPE)
 
 
-async def _table(gw: Gateway, statistic: Statistic, filters: Filters) -> Any:
+def _min_cell(gw: Gateway, user: User, filters: Filters) -> int:
+    """The smallest count ``user`` is shown (decision 114): ``stats_min_cell`` for a reader who may not open
+    content (an auditor), who also gets periods no finer than a month; 1 (every count) for a supervisor."""
+    if CONTENT_SCOPE in user.scopes:
+        return 1
+    min_cell = gw.settings.stats_min_cell
+    if min_cell > 1 and filters.days:
+        raise InvalidFilter(
+            "'from' and 'to' take a year (YYYY) or a month (YYYY-MM) for a reader who does not open content"
+        )
+    return min_cell
+
+
+async def _tables(gw: Gateway, statistics: list[Statistic], filters: Filters, min_cell: int) -> list[StatTable]:
+    today = gw.clock().astimezone(UTC).date()
     async with gw.reader.connect() as conn:
-        return await compute(conn, statistic, filters, today=gw.clock().astimezone(UTC).date())
+        tables = [await compute(conn, statistic, filters, today=today) for statistic in statistics]
+        if min_cell > 1:
+            cases = await population(conn, filters)
+            tables = [suppress(table, min_cell, cases) for table in tables]
+    return tables
 
 
 async def one_statistic(request: web.Request) -> web.Response:
@@ -52,7 +81,8 @@ async def one_statistic(request: web.Request) -> web.Response:
     output = _format(request)
     filters = parse_filters(request.query, ignore=("format",))
     _officer_check(user, statistic, filters)
-    table = await _table(gw, statistic, filters)
+    min_cell = _min_cell(gw, user, filters)
+    (table,) = await _tables(gw, [statistic], filters, min_cell)
     if output == "csv":
         return web.Response(
             text=to_csv(table),
@@ -60,7 +90,7 @@ async def one_statistic(request: web.Request) -> web.Response:
             charset="utf-8",
             headers={"Content-Disposition": f'attachment; filename="comity-{statistic.value}.csv"'},
         )
-    body = {**table.to_json(), "columns": list(table.columns), "filters": filters.to_json()}
+    body = {**table.to_json(), "columns": list(table.columns), "filters": filters.to_json(), "min_cell": min_cell}
     return web.Response(body=json.dumps(body).encode(), content_type="application/json")
 
 
@@ -68,12 +98,13 @@ async def all_statistics(request: web.Request) -> web.Response:
     gw, user = request.app[GATEWAY], request[USER]
     filters = parse_filters(request.query)
     _officer_check(user, None, filters)
+    min_cell = _min_cell(gw, user, filters)
     statistics = [s for s in Statistic if s is not Statistic.BY_OFFICER or OFFICER_SCOPE in user.scopes]
-    tables = {}
-    for statistic in statistics:
-        table = await _table(gw, statistic, filters)
-        tables[statistic.value] = {"columns": list(table.columns), "rows": table.to_json()["rows"]}
-    body = {"filters": filters.to_json(), "statistics": tables}
+    tables = {
+        table.statistic.value: {"columns": list(table.columns), "rows": table.to_json()["rows"]}
+        for table in await _tables(gw, statistics, filters, min_cell)
+    }
+    body = {"filters": filters.to_json(), "min_cell": min_cell, "statistics": tables}
     return web.Response(body=json.dumps(body).encode(), content_type="application/json")
 
 
@@ -94,6 +125,10 @@ def _openapi_paths() -> dict[str, Any]:
             "columns": {"type": "array", "items": {"type": "string"}},
             "rows": {"type": "array", "items": {"type": "object"}},
             "filters": {"type": "object"},
+            "min_cell": {
+                "type": "integer",
+                "description": "counts under it are withheld (null), with what derives from them (decision 114)",
+            },
         },
     }
     denied = {"400": PROBLEM, "401": PROBLEM, "403": PROBLEM}

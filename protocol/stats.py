@@ -20,8 +20,8 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from typing import Any, Final
 
 from protocol.errors import InvalidMessage
@@ -37,6 +37,7 @@ __all__ = [
     "MILESTONES",
     "OFFENCE_BITS",
     "OUTCOME_STATES",
+    "PARTITIONS",
     "REFUSAL_GROUND_BITS",
     "Facets",
     "Filters",
@@ -50,7 +51,9 @@ __all__ = [
     "parse_filters",
     "parse_statistic",
     "percentile",
+    "population_filters",
     "seconds",
+    "suppress",
     "to_csv",
 ]
 
@@ -240,12 +243,13 @@ class Filters:
     assistance: str | None = None
     status: str | None = None  # "open" | "closed"
     officer: str | None = None
+    days: bool = field(default=False, compare=False)  # "from" or "to" named a day, not a year or a month
 
     def to_json(self) -> dict[str, str]:
         names = {"since": "from", "until": "to", "request_type": "type"}
         out: dict[str, str] = {}
         for key, value in self.__dict__.items():
-            if value is not None:
+            if value is not None and key != "days":
                 if key == "direction":
                     value = _DIRECTION_NAMES[value]
                 out[names.get(key, key)] = value.isoformat() if isinstance(value, date) else str(value)
@@ -268,21 +272,29 @@ FILTER_NAMES: Final = (
 _DIRECTIONS: Final = {"incoming": "in", "outgoing": "out", "in": "in", "out": "out"}
 _DIRECTION_NAMES: Final = {"in": "incoming", "out": "outgoing"}
 _YEAR: Final = re.compile(r"[0-9]{4}")
+_MONTH: Final = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 _OFFICER: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 def _day(name: str, value: str, *, end: bool) -> date:
+    wrong = f"{name!r} must be a year (YYYY), a month (YYYY-MM) or a date (YYYY-MM-DD)"
     if _YEAR.fullmatch(value):
         year = int(value)
         if not 1 <= year <= 9998:  # a day after the filter's end must still be a date
-            raise InvalidFilter(f"{name!r} must be a year (YYYY) or a date (YYYY-MM-DD)")
+            raise InvalidFilter(wrong)
         return date(year, 12, 31) if end else date(year, 1, 1)
+    if month := _MONTH.fullmatch(value):
+        year, number = int(month[1]), int(month[2])
+        if not 1 <= year <= 9998:
+            raise InvalidFilter(wrong)
+        first = date(year, number, 1)
+        return (date(year + number // 12, number % 12 + 1, 1) - timedelta(days=1)) if end else first
     try:
         parsed = date.fromisoformat(value)
     except ValueError:
         parsed = None
     if parsed is None or parsed.isoformat() != value or parsed.year > 9998:
-        raise InvalidFilter(f"{name!r} must be a year (YYYY) or a date (YYYY-MM-DD)")
+        raise InvalidFilter(wrong)
     return parsed
 
 
@@ -293,7 +305,8 @@ def _choice(name: str, value: str, known: Sequence[str]) -> str:
 
 
 def parse_filters(query: Mapping[str, str], *, ignore: Sequence[str] = ()) -> Filters:
-    """Filters from query parameters (``from``/``to`` take a year or a date); unknown parameters are refused."""
+    """Filters from query parameters (``from``/``to`` take a year, a month or a date); unknown parameters are
+    refused."""
     unknown = set(query) - set(FILTER_NAMES) - set(ignore)
     if unknown:
         raise InvalidFilter(f"unknown filter(s): {', '.join(sorted(unknown))}; known: {', '.join(FILTER_NAMES)}")
@@ -305,6 +318,7 @@ def parse_filters(query: Mapping[str, str], *, ignore: Sequence[str] = ()) -> Fi
         values["since"] = _day("from", get["from"], end=False)
     if "to" in get:
         values["until"] = _day("to", get["to"], end=True)
+    values["days"] = any(len(get.get(name, "")) == len("YYYY-MM-DD") for name in ("from", "to"))
     if values.get("since") and values.get("until") and values["since"] > values["until"]:
         raise InvalidFilter("'from' is after 'to'")
     if "counterpart" in get:
@@ -330,6 +344,69 @@ def parse_filters(query: Mapping[str, str], *, ignore: Sequence[str] = ()) -> Fi
             raise InvalidFilter("'officer' must be a user name")
         values["officer"] = get["officer"]
     return Filters(**values)
+
+
+# --- small cells (decision 114) -------------------------------------------------------------------------------------
+
+# statistics in which each case of a direction counts exactly once: their cells add up to the direction's cases, so a
+# single suppressed cell could be worked out from the others and the total
+PARTITIONS: Final = frozenset(
+    {
+        Statistic.BY_YEAR,
+        Statistic.BY_COUNTRY,
+        Statistic.BY_COUNTERPART,
+        Statistic.BY_TYPE,
+        Statistic.BY_LEGAL_BASIS,
+        Statistic.BY_UNCAC_ARTICLE,
+        Statistic.BY_OUTCOME,
+        Statistic.BY_OFFICER,
+        Statistic.BY_STATE,
+        Statistic.OPEN_CLOSED,
+    }
+)
+
+
+def population_filters(filters: Filters) -> Filters:
+    """``filters`` without the filters on what a request says (its coded facets): the population a statistic is
+    drawn from is the cases that match the other filters, which an auditor can also see in the ledger."""
+    return replace(filters, request_type=None, legal_basis=None, offence=None, assistance=None)
+
+
+def suppress(table: StatTable, min_cell: int, population: Mapping[str, int]) -> StatTable:
+    """``table`` as a reader who may not open content sees it (decision 114; ``population``: direction name -> the
+    cases matching the filters other than the content ones):
+
+    * a direction whose population is under ``min_cell`` has no rows at all: a row's key (an offence, an outcome)
+      would name the codes of its few cases, withheld counts or not;
+    * in a statistic whose cells add up to the direction's cases (:data:`PARTITIONS`), one count from 1 to
+      ``min_cell - 1`` withholds every count of the direction, with its shares: withholding only some could be
+      undone from the total, or from a coarser statistic of the same answer (by-state against open-closed,
+      by-counterpart against by-country);
+    * elsewhere a small count is withheld with what derives from it (a milestone's percentiles); in ``overdue``,
+      both figures are withheld when either, or their difference, is small."""
+    if min_cell <= 1:
+        return table
+
+    def small(value: Any) -> bool:
+        return 1 <= int(value) < min_cell
+
+    derived = [i for i, name in enumerate(table.columns) if name in ("share", "median_seconds", "p90_seconds")]
+    rows = [list(row) for row in table.rows if population.get(str(row[0]), 0) >= min_cell]
+    for direction in {str(row[0]) for row in rows}:
+        mine = [row for row in rows if row[0] == direction]
+        if table.statistic is Statistic.OVERDUE:
+            for row in mine:
+                if small(row[1]) or small(row[2]) or small(int(row[2]) - int(row[1])):
+                    row[1] = row[2] = None
+            continue
+        count = table.columns.index("count")
+        partition = table.statistic in PARTITIONS and any(small(row[count]) for row in mine)
+        for row in mine:
+            if partition or small(row[count]):
+                row[count] = None
+                for i in derived:
+                    row[i] = None
+    return StatTable(table.statistic, [tuple(row) for row in rows])
 
 
 # --- percentiles and CSV --------------------------------------------------------------------------------------------

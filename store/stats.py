@@ -28,11 +28,12 @@ from protocol.stats import (
     Statistic,
     StatTable,
     percentile,
+    population_filters,
     seconds,
 )
 from store.tables import case_dates, case_stats, users
 
-__all__ = ["compute", "overdue_condition"]
+__all__ = ["compute", "overdue_condition", "population"]
 
 cs = case_stats
 _DIRECTION: Final = {"in": "incoming", "out": "outgoing"}
@@ -183,6 +184,13 @@ async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters,
     if statistic is Statistic.DURATIONS:
         return StatTable(statistic, await _durations(conn, where))
     raise AssertionError(statistic)  # pragma: no cover - every statistic is handled above
+
+
+async def population(conn: AsyncConnection, filters: Filters) -> dict[str, int]:
+    """The cases a statistic under ``filters`` is drawn from, per direction name: those matching the filters other
+    than the ones on what a request says (:func:`protocol.stats.population_filters`; decision 114)."""
+    query = select(cs.c.direction, func.count()).where(*_conditions(population_filters(filters)))
+    return {_DIRECTION[row[0]]: int(row[1]) for row in await conn.execute(query.group_by(cs.c.direction))}
 
 
 async def _durations(conn: AsyncConnection, where: list[ColumnElement[bool]]) -> list[tuple[Any, ...]]:

@@ -199,15 +199,29 @@ async def test_a_refusal_counts_its_grounds_on_both_sides_and_officer_figures_ar
         for path in ("/v1/stats/by-officer", "/v1/stats/by-year?officer=bruce", "/v1/stats?officer=bruce"):
             status, body = await auditor.call("GET", path)
             assert status == 403 and body["code"] == "forbidden", (path, body)
+        # one case: the auditor, who cannot open content, is shown nothing of it, not even which codes occur
+        # (decision 114) ...
         status, body = await auditor.call("GET", "/v1/stats/by-refusal-ground")
-        assert status == 200 and body["rows"] == [
-            {"direction": "incoming", "refusal_ground": "46(21)(b)", "count": 1},
-            {"direction": "incoming", "refusal_ground": "fiscal-matters", "count": 1},
-        ]
+        assert status == 200 and body["min_cell"] == 5 and body["rows"] == []
+        status, text = await auditor.call("GET", "/v1/stats/by-refusal-ground?format=csv")
+        assert text.decode() == "direction,refusal_ground,count\r\n"
         status, body = await auditor.call("GET", "/v1/stats/overdue?direction=incoming")
-        assert status == 200 and body["rows"] == [{"direction": "incoming", "overdue": 0, "open_with_dates": 0}]
+        assert status == 200 and body["rows"] == []
         status, body = await auditor.call("GET", "/v1/stats")
         assert status == 200 and "by-officer" not in body["statistics"] and mark not in json.dumps(body)
+        assert all(table["rows"] == [] for table in body["statistics"].values()), body
+        # ... and asks by year or month, not by day
+        status, body = await auditor.call("GET", "/v1/stats/by-year?from=2026-03-01")
+        assert status == 400 and body["code"] == "invalid-request", body
+        status, body = await auditor.call("GET", "/v1/stats/by-year?from=2026-03&to=2099-12")
+        assert status == 200, body
+        # the supervisor manages the caseload: exact figures, by the day if she likes
+        status, body = await pair.au.call("GET", "/v1/stats/by-refusal-ground?from=2026-01-01")
+        assert status == 200 and body["min_cell"] == 1 and [row["count"] for row in body["rows"]] == [1, 1]
+        await pair.au.stop()
+        await pair.au.start(stats_min_cell=1)  # the operator may show auditors every count
+        status, body = await auditor.call("GET", "/v1/stats/by-refusal-ground")
+        assert status == 200 and body["min_cell"] == 1 and [row["count"] for row in body["rows"]] == [1, 1]
     finally:
         await close_sessions(auditor)
 

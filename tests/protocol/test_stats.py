@@ -6,6 +6,7 @@ import csv
 import io
 from dataclasses import asdict
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,8 @@ from protocol.stats import (
     parse_filters,
     parse_statistic,
     percentile,
+    population_filters,
+    suppress,
     to_csv,
 )
 
@@ -139,3 +142,73 @@ def test_every_code_has_a_bit_and_masks_round_trip() -> None:
     assert OFFENCE_BITS[:3] == ("15", "16(1)", "16(2)") and OFFENCE_BITS[9] == "23"
     assert mask_of({"23", "15", "not-a-code"}, OFFENCE_BITS) == (1 << 0) | (1 << 9)
     assert REFUSAL_GROUND_BITS[1] == "46(21)(b)" and ASSISTANCE_BITS[6] == "tracing-proceeds"
+
+
+# --- small cells (decision 114) ---------------------------------------------------------------------------------------
+
+
+def _table(statistic: Statistic, *rows: tuple[Any, ...]) -> StatTable:
+    return StatTable(statistic, list(rows))
+
+
+def test_a_small_count_withholds_its_partition_and_a_small_population_shows_nothing() -> None:
+    by_state = _table(
+        Statistic.BY_STATE,
+        ("incoming", "acknowledged", 3),
+        ("incoming", "received", 20),
+        ("outgoing", "executed", 6),
+        ("outgoing", "sent", 9),
+    )
+    # 3 withheld alone could be worked out from the total, or from open-closed in the same answer: the direction's
+    # counts all go; the other direction, without a small count, stays exact
+    assert suppress(by_state, 5, {"incoming": 23, "outgoing": 15}).rows == [
+        ("incoming", "acknowledged", None),
+        ("incoming", "received", None),
+        ("outgoing", "executed", 6),
+        ("outgoing", "sent", 9),
+    ]
+    # a direction of fewer cases than the threshold has no rows: their keys would name the few cases' codes
+    offences = _table(Statistic.BY_OFFENCE, ("incoming", "15", 1), ("incoming", "23", 1), ("outgoing", "15", 9))
+    assert suppress(offences, 5, {"incoming": 1, "outgoing": 9}).rows == [("outgoing", "15", 9)]
+    assert suppress(by_state, 1, {}) == by_state  # 1: every count
+
+
+def test_what_derives_from_a_withheld_count_is_withheld_with_it() -> None:
+    basis = _table(
+        Statistic.BY_LEGAL_BASIS,
+        ("incoming", "reciprocity", 2, 0.1),
+        ("incoming", "treaty", 8, 0.4),
+        ("incoming", "uncac", 10, 0.5),
+    )
+    assert suppress(basis, 5, {"incoming": 20}).rows == [
+        ("incoming", "reciprocity", None, None),
+        ("incoming", "treaty", None, None),
+        ("incoming", "uncac", None, None),
+    ]
+    durations = _table(
+        Statistic.DURATIONS,
+        ("incoming", "acknowledge", 9, 3600.0, 7200.0),
+        ("incoming", "first-answer", 4, 86400.0, 90000.0),
+    )
+    assert suppress(durations, 5, {"incoming": 9}).rows == [
+        ("incoming", "acknowledge", 9, 3600.0, 7200.0),
+        ("incoming", "first-answer", None, None, None),
+    ]
+    # a case counts under each of its codes: no total to work a cell out from, so only the small cells go
+    offences = _table(Statistic.BY_OFFENCE, ("incoming", "15", 3), ("incoming", "23", 12))
+    assert suppress(offences, 5, {"incoming": 12}).rows == [("incoming", "15", None), ("incoming", "23", 12)]
+    # overdue: the figures go when either, or their difference, is small (6 of 7: one open case with dates is
+    # on time)
+    overdue = _table(Statistic.OVERDUE, ("incoming", 6, 7), ("outgoing", 9, 9))
+    assert suppress(overdue, 5, {"incoming": 30, "outgoing": 30}).rows == [("incoming", None, None), ("outgoing", 9, 9)]
+    on_time = _table(Statistic.OVERDUE, ("incoming", 0, 12))
+    assert suppress(on_time, 5, {"incoming": 30}) == on_time
+
+
+def test_the_population_ignores_the_filters_on_what_a_request_says() -> None:
+    filters = parse_filters({"direction": "in", "counterpart": "ar.mj", "type": "extradition", "offence": "15"})
+    assert population_filters(filters).to_json() == {"direction": "incoming", "counterpart": "ar.mj"}
+    assert parse_filters({"from": "2026-02", "to": "2026-02"}).to_json() == {"from": "2026-02-01", "to": "2026-02-28"}
+    assert parse_filters({"to": "2024-12"}).to_json() == {"to": "2024-12-31"}
+    assert not parse_filters({"from": "2026", "to": "2026-03"}).days
+    assert parse_filters({"from": "2026-03-01"}).days
