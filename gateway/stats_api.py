@@ -3,7 +3,9 @@
 ``GET /v1/stats`` answers every statistic at once (JSON); ``GET /v1/stats/{name}`` one, as JSON or, with
 ``format=csv``, as CSV. Both take the filters of :func:`protocol.stats.parse_filters`. The route scope is
 ``stats:read`` (supervisors and auditors, gateway/auth.py); the per-officer breakdown and the ``officer`` filter name
-staff, so they also need ``cases:assign`` (supervisors: who assigns officers sees their figures).
+staff, so they also need ``cases:assign`` (supervisors: who assigns officers sees their figures). A reader who may
+not open content (an auditor) gets periods of a year or a month and small cells withheld
+(:func:`protocol.stats.suppress`, ``stats_min_cell``, decision 114); a supervisor gets exact figures.
 """
 
 from __future__ import annotations

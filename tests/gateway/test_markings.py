@@ -178,6 +178,23 @@ def hostile_towards(sender: Side, target: Side) -> HostilePeer:
     )
 
 
+async def status_query_from(
+    sender: Side, target: Side, case_id: str, marking: dict[str, Any], *, names_the_case: bool = True
+) -> str:
+    """A status query about ``case_id`` from ``sender``'s gateway, skipping its checks (its ``in_reply_to`` names
+    the case unless ``names_the_case`` is false), accepted by ``target``; its id."""
+    hostile = hostile_towards(sender, target)
+    query = hostile.payload(
+        kind="status_query",
+        in_reply_to=case_id if names_the_case else None,
+        marking=marking,
+        content={"status_query": {"case_id": case_id}},
+    )
+    answer = await hostile.post(hostile.seal(query))
+    assert answer.status == 200, answer.raw[:300]
+    return query.id
+
+
 async def assert_envelope_refused(
     target: Side, hostile: HostilePeer, answer: Answer, before: Stored, *, http: int, code: str, secrets: list[str]
 ) -> None:
@@ -498,6 +515,7 @@ __all__ = [
     "close_sessions",
     "canary",
     "hostile_towards",
+    "status_query_from",
     "ledger",
     "ledger_text",
     "one_entry",

@@ -27,6 +27,7 @@ from tests.gateway.test_markings import (
     one_entry,
     secret_content,
     send,
+    status_query_from,
     stored,
 )
 
@@ -292,19 +293,12 @@ async def test_the_automatic_status_report_is_marked_at_least_as_its_case(pair: 
     the report the gateway sends by itself carries the request's level and caveats, not the query's (decision
     110)."""
     case_id = await send(pair.ar, {"to": "au.ag", "marking": STRICT, "content": {"text": "q"}}, delivered_to=pair.au)
-    hostile = hostile_towards(pair.ar, pair.au)
-    query = hostile.payload(
-        kind="status_query",
-        in_reply_to=case_id,
-        marking={"level": "UNCLASSIFIED", "caveats": ["no-onward"]},
-        content={"status_query": {"case_id": case_id}},
-    )
-    assert (await hostile.post(hostile.seal(query))).status == 200
+    query_id = await status_query_from(pair.ar, pair.au, case_id, {"level": "UNCLASSIFIED", "caveats": ["no-onward"]})
 
     async def report() -> dict[str, Any] | None:
         status, box = await pair.au.call("GET", "/v1/messages?box=outbox")
         assert status == 200, box
-        found = [m for m in box["messages"] if m["in_reply_to"] == query.id]
+        found = [m for m in box["messages"] if m["in_reply_to"] == query_id]
         return found[0] if found else None
 
     for _ in range(200):

@@ -19,6 +19,7 @@ from tests.gateway.test_markings import (
     canary,
     hostile_towards,
     ledger,
+    status_query_from,
     stored,
 )
 
@@ -337,18 +338,9 @@ async def test_a_status_query_whose_answer_was_lost_is_answered_by_the_scan(
     assert len(reports) == 1, reports
     await wait_for(pair.au, reports[0]["id"], "delivered")
     # a query about a case we opened is not ours to answer (a peer that skips its checks sent it)
-    hostile = hostile_towards(pair.au, pair.ar)
-    query = hostile.payload(
-        kind="status_query",
-        in_reply_to=case_id,
-        marking={"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]},
-        content={"status_query": {"case_id": case_id}},
-    )
-    assert (await hostile.post(hostile.seal(query))).status == 200
+    await status_query_from(pair.au, pair.ar, case_id, MARKING)
     # nor one that names no case at all (it opened a case of its own)
-    hostile = hostile_towards(pair.ar, pair.au)
-    query = hostile.payload(kind="status_query", marking=MARKING, content={"status_query": {"case_id": case_id}})
-    assert (await hostile.post(hostile.seal(query))).status == 200
+    await status_query_from(pair.ar, pair.au, case_id, MARKING, names_the_case=False)
     for side in (pair.ar, pair.au):
         assert await answer_pending_status_queries(side.gw, min_age=0) == 0
 
