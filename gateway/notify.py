@@ -29,7 +29,6 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.context import Gateway
@@ -39,6 +38,7 @@ from protocol.casework import Stage
 from protocol.errors import ComityError
 from protocol.timefmt import format_time, parse_time
 from store.casework import CaseDate, CaseWork
+from store.db import transaction_locks
 from store.facts import delete_fact, read_fact, write_fact
 
 __all__ = ["SIGNATURE_HEADER", "NotifyFailed", "Notifier", "notification", "sign"]
@@ -219,5 +219,4 @@ class Notifier:
 async def _lock(conn: AsyncConnection) -> None:
     """Hold the notifier lease's lock until the transaction ends (SQLite's ``BEGIN IMMEDIATE`` already serialises
     writers)."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": LEASE_FACT})
+    await transaction_locks(conn, LEASE_FACT)

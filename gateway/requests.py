@@ -345,24 +345,32 @@ _SCAN_LOCK = "comity-status-answers"
 # queries whose answer our own checks refused (the peer's accreditation narrowed, say): each attempt ledgers a
 # message.submit_refused, so a process tries such an answer once, not at every scan
 _REFUSED: set[str] = set()
-_SCANS: set[int] = set()  # the gateways (by id) this process is scanning for: one scan of a gateway at a time
+_SCANS: set[int] = set()  # the gateways (by id) this process is scanning for
 
 
 @asynccontextmanager
 async def _scanning(gw: Gateway) -> AsyncIterator[bool]:
-    """Whether this process may scan now: on PostgreSQL one replica at a time (a session advisory lock, tried, not
-    waited for), so that replicas started together do not each answer every pending query."""
-    if gw.reader.dialect.name != "postgresql":
-        yield True
+    """Whether this scan may run now: one at a time per process and, on PostgreSQL, per database (a session
+    advisory lock, tried, not waited for), so that replicas started together do not each answer every pending
+    query."""
+    if id(gw) in _SCANS:
+        yield False
         return
-    async with gw.reader.connect() as conn:
-        key = {"key": _SCAN_LOCK}
-        got = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(hashtext(:key))"), key))
-        try:
-            yield got
-        finally:
-            if got:
-                await conn.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+    _SCANS.add(id(gw))
+    try:
+        if gw.reader.dialect.name != "postgresql":
+            yield True
+            return
+        async with gw.reader.connect() as conn:
+            key = {"key": _SCAN_LOCK}
+            got = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(hashtext(:key))"), key))
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+    finally:
+        _SCANS.discard(id(gw))
 
 
 async def answer_pending_status_queries(gw: Gateway, *, min_age: float = PENDING_ANSWERS_MIN_AGE) -> int:
@@ -370,16 +378,6 @@ async def answer_pending_status_queries(gw: Gateway, *, min_age: float = PENDING
     seconds ago, that no message of ours answers: the answer is made after the receive commit
     (:func:`schedule_status_answer`), so a stop, a crash or a failure in between would lose it for good (decision
     113). Return how many it answered."""
-    if id(gw) in _SCANS:
-        return 0
-    _SCANS.add(id(gw))
-    try:
-        return await _answer_pending(gw, min_age)
-    finally:
-        _SCANS.discard(id(gw))
-
-
-async def _answer_pending(gw: Gateway, min_age: float) -> int:
     async with _scanning(gw) as allowed:
         if not allowed:
             return 0

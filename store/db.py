@@ -30,13 +30,21 @@ from alembic.config import Config
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
 from store import fast, sqlite_fast
 from store.errors import StoreError, StoreUnavailable
 
-__all__ = ["checkpoint_wal", "is_sqlite", "make_engine", "make_reader", "run_migrations", "split_schema"]
+__all__ = [
+    "checkpoint_wal",
+    "is_sqlite",
+    "make_engine",
+    "make_reader",
+    "run_migrations",
+    "split_schema",
+    "transaction_locks",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 CONNECT_TIMEOUT = 10.0  # seconds for a new PostgreSQL connection
@@ -186,6 +194,14 @@ async def checkpoint_wal(reader: AsyncEngine) -> tuple[int, int, int]:
     async with reader.connect() as conn:
         busy, frames, done = (await conn.execute(text("PRAGMA wal_checkpoint(PASSIVE)"))).one()
     return int(busy), int(frames), int(done)
+
+
+async def transaction_locks(conn: AsyncConnection, *keys: str) -> None:
+    """Hold a lock on each of ``keys``, taken in that order, until the transaction of ``conn`` ends: PostgreSQL's
+    advisory transaction locks; SQLite's ``BEGIN IMMEDIATE`` already serialises writers."""
+    if conn.dialect.name == "postgresql":
+        for key in keys:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
 
 
 def _alembic_config(url: str) -> Config:

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
+from store.db import transaction_locks
 from store.facts import delete_fact, read_fact, write_fact
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
 
@@ -186,8 +187,7 @@ class WitnessState:
         """Hold, until the transaction ends, the right to add to ``peer``'s checkpoints: replicas witnessing one peer
         compare a checkpoint with the largest held and store it one at a time. SQLite's ``BEGIN IMMEDIATE`` already
         serialises writers."""
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"comity-witness:{peer}"})
+        await transaction_locks(conn, f"comity-witness:{peer}")
 
     @staticmethod
     async def remember(conn: AsyncConnection, checkpoint: PeerCheckpoint, now: datetime) -> None:

@@ -22,11 +22,12 @@ from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, delete, func, insert, or_, select, text
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from protocol.errors import ComityError
 from store.accounts import _USERNAME, InvalidAccount, User, update_user, user_by_name
+from store.db import transaction_locks
 from store.tables import login_attempts, users
 from store.tokens import LOGIN_TOKEN_TTL, IssuedToken, Tokens
 
@@ -156,14 +157,10 @@ async def login(
     key = hashlib.sha256(b"comity-login\0" + name.encode("utf-8")).hexdigest()
     source = (source or "unknown")[:64]
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # one attempt per name, and one per address, at a time: parallel guesses are counted one after the
-            # other, not all below the limit at once (SQLite's BEGIN IMMEDIATE already serialises writers); always
-            # the name's lock first, so that two attempts never wait on each other's
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"comity-login-source:{source}"}
-            )
+        # one attempt per name, and one per address, at a time: parallel guesses are counted one after the other,
+        # not all below the limit at once; always the name's lock first, so that two attempts never wait on each
+        # other's
+        await transaction_locks(conn, key, f"comity-login-source:{source}")
         await conn.execute(delete(login_attempts).where(login_attempts.c.attempted_at < now - throttle.window))
         wait = max(
             await _throttle_wait(conn, login_attempts.c.username_sha256 == key, throttle.per_username, throttle, now),

@@ -70,8 +70,15 @@ class Outbox:
     ) -> None:
         """Queue a message; ``leased_until`` enqueues it already claimed, by a sender that will deliver it at once;
         ``after``, a message of ours to the same peer that must have its receipt (or its final refusal) first."""
-        row = {"message_id": message_id, "peer": peer, "attempts": 0, "next_attempt_at": now, "after_id": after}
-        await fast.insert(conn, outbox, {**row, "claimed_until": leased_until}, _ENQUEUE)
+        row = {
+            "message_id": message_id,
+            "peer": peer,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "claimed_until": leased_until,
+            "after_id": after,
+        }
+        await fast.insert(conn, outbox, row, _ENQUEUE)
 
     async def waiting_among(self, conn: AsyncConnection, message_ids: Iterable[str], peer: str) -> str | None:
         """Of ``message_ids``, the one submitted last that still waits in the outbox for ``peer``'s receipt."""
