@@ -173,5 +173,5 @@ def render(report: dict[str, Any]) -> str:
     ]
     for what, measured, target, met in verdicts(report):
         mark = "n/a" if met is None else ("MET" if met else "NOT MET")
-        lines.append(f"  {what:<50}{measured:<40}{target:<46}{mark}")
+        lines.append(f"  {what:<51} {measured:<39} {target:<45} {mark}")
     return "\n".join(lines)

@@ -74,6 +74,9 @@ class Gateway:
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # set by a running outbox sender: hand it a message just committed, to send at once (gateway/outbox.py)
     direct_delivery: DirectDelivery | None = None
+    # messages of ours that a queued one follows (decision 112): when a direct delivery of one of them ends, the
+    # claim loop wakes at once instead of at its next poll (gateway/outbox.py)
+    outbox_awaited: set[str] = field(default_factory=set)
     metrics: Metrics = field(default_factory=Metrics)
     # counterparts whose ledger forked or was rewritten: no exchange until an operator clears the alarm
     blocked_peers: set[str] = field(default_factory=set)
@@ -83,6 +86,14 @@ class Gateway:
     peers_heard: dict[str, datetime] = field(default_factory=dict)
     # message id -> set when the delivery of it now being received ends: a second one waits (gateway/receiving.py)
     receiving_ids: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def await_delivery_of(self, message_id: str) -> None:
+        """A message just queued follows ``message_id``: wake the claim loop as soon as its direct delivery here
+        ends. Bounded: past a thousand (ones another replica delivers are never removed) it starts afresh, and
+        the loop's poll covers what it forgot."""
+        if len(self.outbox_awaited) >= 1000:
+            self.outbox_awaited.clear()
+        self.outbox_awaited.add(message_id)
 
     def __post_init__(self) -> None:
         sqlite = is_sqlite(self.settings.database_dsn)

@@ -7,6 +7,7 @@ receipt (or a permanent, signed refusal). Claims are leases, so replicas sharing
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -44,6 +45,8 @@ LEASE = timedelta(minutes=10)  # a claimed delivery's lease, renewed every third
 # one attempt, connection to answer, without attachments; with them, plus their size at the rate a receiver allows
 # (gateway/limits.py): a peer that accepts the connection and then stalls holds an attempt no longer than this
 ATTEMPT_SECONDS = 120.0
+# the claim loop looks again at least this often: for what other replicas queued, or released by their receipts
+POLL_SECONDS = 1.0
 
 # refusals a later attempt may overcome; every other signed refusal is final for these bytes
 TRANSIENT_CODES = {
@@ -128,7 +131,7 @@ class OutboxSender:
         item = OutboxItem(message_id, peer, 0, submitted_at)
         task = asyncio.create_task(self._deliver_safely(item, (sealed, digest)))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)  # nothing new to claim: no wake-up of the claim loop
+        task.add_done_callback(functools.partial(self._done, message_id))
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -146,21 +149,26 @@ class OutboxSender:
                 task = asyncio.create_task(self._deliver_safely(item))
                 self._inflight.add(task)
                 self._claimed.add(task)
-                task.add_done_callback(self._done)
+                task.add_done_callback(functools.partial(self._done, item.message_id))
             if not items:
                 await self._sleep(full=free <= 0)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, message_id: str, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._claimed.discard(task)
-        self.gw.outbox_wakeup.set()
+        followed = message_id in self.gw.outbox_awaited
+        self.gw.outbox_awaited.discard(message_id)
+        if task in self._claimed:  # a slot is free, and what its end released may go
+            self._claimed.discard(task)
+            self.gw.outbox_wakeup.set()
+        elif followed:  # a direct delivery frees no slot: only a queued message that follows it needs the loop
+            self.gw.outbox_wakeup.set()
 
     async def _sleep(self, *, full: bool) -> None:
         """Until a claimed delivery ends, a retry is due, or a second has passed. ``full``: every slot is taken, so
         what is due waits for a delivery to end (a due row would otherwise make this loop spin)."""
         wakeup = self.gw.outbox_wakeup
         wakeup.clear()
-        timeout = 1.0  # poll: other replicas and due retries
+        timeout = POLL_SECONDS
         if not full:
             try:
                 async with self.gw.reader.connect() as conn:

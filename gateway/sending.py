@@ -187,6 +187,8 @@ async def submit_message(
     if direct is not None:
         direct(message_id, draft.to, envelope, digest, submitted_at)
     else:
+        if after is not None:
+            gw.await_delivery_of(after)
         gw.outbox_wakeup.set()
     get_logger(message_id=message_id, peer=draft.to).info(
         "message_submitted", kind=draft.kind.value, attachments=len(refs)

@@ -408,6 +408,44 @@ async def test_direct_deliveries_in_flight_do_not_keep_the_claim_loop_from_sendi
     await wait_for(pair.ar, stalled, "delivered")
 
 
+async def test_a_reply_queued_behind_a_direct_delivery_goes_as_soon_as_that_one_has_its_receipt(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that follows a message still in flight is queued, held; the end of that message's direct delivery
+    wakes the claim loop, so the reply does not wait for the loop's next poll (here made half a minute long)."""
+    from gateway import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "POLL_SECONDS", 30.0)
+    release = asyncio.Event()
+    real = OutboxSender.deliver
+
+    async def direct_ones_stall(self: OutboxSender, item: Any, prefetched: Any = None) -> None:
+        if prefetched is not None:
+            await release.wait()
+        await real(self, item, prefetched)
+
+    monkeypatch.setattr(OutboxSender, "deliver", direct_ones_stall)
+    marking = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    status, started = await pair.ar.call(
+        "POST", "/v1/consultations", json={"to": "au.ag", "marking": marking, "content": {"text": "may we ask?"}}
+    )
+    assert status == 202, started
+    thread_id = started["id"]
+    status, replied = await pair.ar.call(
+        "POST", f"/v1/consultations/{thread_id}/messages", json={"content": {"text": "and one more thing"}}
+    )
+    assert status == 202, replied
+    async with pair.ar.gw.engine.connect() as conn:
+        rows = dict((await conn.execute(select(outbox.c.message_id, outbox.c.after_id))).all())
+    assert rows == {thread_id: None, replied["id"]: thread_id}
+    await asyncio.sleep(0.3)  # the claim loop, woken by the reply's commit, found it held and went back to sleep
+    assert (await wait_for(pair.ar, replied["id"], "queued"))["received_at"] is None
+    release.set()
+    await wait_for(pair.ar, thread_id, "delivered")
+    await wait_for(pair.ar, replied["id"], "delivered", timeout=10)
+    assert pair.ar.gw.outbox_awaited == set()
+
+
 async def test_a_submission_whose_commit_answer_was_lost_keeps_its_files_and_goes_out(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
