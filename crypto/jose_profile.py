@@ -24,7 +24,7 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import OKPKey
 from joserfc.registry import JWE_HEADER_REGISTRY, HeaderParameter, HeaderRegistryDict
 
-from crypto.errors import BadSignature, DecryptionFailed, ProfileViolation
+from crypto.errors import BadSignature, DecryptionFailed, OversizedEnvelope, ProfileViolation
 from crypto.keys import key_id
 from protocol.errors import InvalidMessage
 from protocol.messages import Marking, MessageKind, parse_strict_json, validate_authority_id, validate_message_id
@@ -347,6 +347,8 @@ def verify_jws(parsed: UnverifiedJWS, public_key: OKPKey, typ: str, what: str, m
 def encrypt_jwe(header: Mapping[str, Any], plaintext: bytes, recipient_key: OKPKey, max_bytes: int) -> str:
     """Compact JWE to ``recipient_key`` (X25519); joserfc adds ``epk``, a fresh CEK and a fresh IV."""
     sealed = jwe.encrypt_compact(dict(header), plaintext, recipient_key, registry=jwe_registry(max_bytes))
+    if len(sealed) > max_bytes:  # joserfc bounds what it decrypts, not what it writes: a receiver would refuse it
+        raise OversizedEnvelope(f"the sealed envelope would be larger than the limit of {max_bytes} bytes")
     if sealed.index(".") > MAX_JWE_HEADER_SEGMENT:
         raise ProfileViolation(f"JWE protected header would be longer than {MAX_JWE_HEADER_SEGMENT} bytes")
     return sealed

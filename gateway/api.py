@@ -391,7 +391,7 @@ async def assign_case(request: web.Request) -> web.Response:
         now = tx.clock()
         previous = await Cases.assignee_names(tx.conn, case_id) if replace else []
         await Cases.assign(
-            tx.conn, case_id, officer.id, supervisor.username, now, unit=supervisor.unit or None, replace=replace
+            tx.conn, case_id, officer.id, supervisor.username, now, unit=supervisor.unit, replace=replace
         )
         actor = f"user:{supervisor.username}"
         for name in previous:  # a reassignment names the officers it took off the case

@@ -307,13 +307,13 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
     note = parse_note(body.get("note"))
     case_id = str(uuid.uuid4())
     # the officer becomes the assignee: only clearance and role remain to check
-    refuse_case_access(gw, user, marking, Case(case_id, user.unit or None, frozenset({user.id})), DOING)
+    refuse_case_access(gw, user, marking, Case(case_id, user.unit, frozenset({user.id})), DOING)
     due = confirm_in_writing_due(oral_on, gw.settings.confirm_in_writing_days)
     kind = DateKind.CONFIRM_IN_WRITING
 
     async def unit(tx: Tx) -> Finish[dict[str, Any]]:
         now = tx.clock()
-        await Cases.open(tx.conn, case_id, user.unit or None, user.id, user.username, now)
+        await Cases.open(tx.conn, case_id, user.unit, user.id, user.username, now)
         task = await CaseWork.add_date(tx.conn, case_id, kind, due, note, user.username, now)
         await CaseWork.record_oral(
             tx.conn, case_id, peer=peer, direction=direction, oral_on=oral_on, marking=marking, task_id=task

@@ -46,7 +46,7 @@ from store.tokens import Tokens
 
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 T = TypeVar("T")
 
 

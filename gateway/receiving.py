@@ -227,14 +227,14 @@ async def _answer_context(gw: Gateway, opened: OpenedEnvelope) -> _Context:
             if found is not None and found.peer == payload.from_:
                 case_id = found.case_id  # a follow-up joins the case, whichever side opened it
                 original = found if found.direction == "out" else None
-        downgraded = await check_answer_received(gw, conn, original, payload.marking, payload.content)
-        if (
+        if (  # check 19 before check 20, as docs/protocol.md section 7 orders them
             payload.kind is MessageKind.ACKNOWLEDGEMENT
             and original is not None
             and asks_confidentiality(original.marking)
             and answer is None
         ):
             raise ConfidentialityAnswerRequired("an acknowledgement of this request must answer art. 46(20)")
+        downgraded = await check_answer_received(gw, conn, original, payload.marking, payload.content)
         consent = None
         if payload.kind is MessageKind.CONSENT:
             consent = consent_of(payload.content)
@@ -265,6 +265,9 @@ async def _receive_attachments(
         return done
     # the parts together hold their peer's slot this long at most, however they trickle in (decision 86); the time
     # we spend hashing and writing them is added back: a slow disk of ours is not the peer's stall
+    for position, ref in enumerate(refs):  # before the deadline is computed from sizes that would be refused
+        if ref.ct_size > gw.settings.max_attachment_bytes:
+            raise AttachmentTooLarge(f"attachment {position} is larger than this gateway accepts")
     loop = asyncio.get_running_loop()
     seconds = gw.settings.body_read_seconds + sum(ref.ct_size for ref in refs) / MIN_ATTACHMENT_RATE
     ends = loop.time() + seconds
@@ -273,8 +276,6 @@ async def _receive_attachments(
         try:
             async with deadline:
                 for position, ref in enumerate(refs):
-                    if ref.ct_size > gw.settings.max_attachment_bytes:
-                        raise AttachmentTooLarge(f"attachment {position} is larger than this gateway accepts")
                     part = await next_part()
                     if part is None:
                         raise AttachmentError(f"attachment {position} is missing from the body")

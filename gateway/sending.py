@@ -307,7 +307,7 @@ async def _persist(
             await Cases.open(
                 tx.conn,
                 case_id,
-                user.unit or None,
+                user.unit,  # the users without a unit are a unit of their own: the empty one (decision 115)
                 user.id,
                 actor,
                 now,

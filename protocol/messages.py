@@ -12,7 +12,7 @@ import enum
 import json
 import re
 import uuid
-from typing import Any, Self
+from typing import Any, Literal, Self, get_args, get_origin
 
 import orjson
 import rfc8785
@@ -39,6 +39,8 @@ __all__ = [
 PROTOCOL_VERSION = 1
 AUTHORITY_ID_RE = re.compile(r"^[a-z]{2}\.[a-z0-9][a-z0-9-]{0,30}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# 32 bytes in canonical unpadded base64url: 43 characters, the last one carrying 2 bits of padding that must be zero
+_KEY32_B64URL = re.compile(r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -120,7 +122,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise InvalidMessage(f"duplicate member {key!r} in JSON object")
+            raise InvalidMessage(f"duplicate member {_shown_name(key)} in JSON object")
         result[key] = value
     return result
 
@@ -150,8 +152,38 @@ class StrictModel(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             first = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"]) or "payload"
+            where = ".".join(_shown_location(first["loc"])) or "payload"
             raise InvalidMessage(f"{cls.__name__}: {where}: {first['msg']}") from None
+
+
+def _shown_location(loc: tuple[int | str, ...]) -> list[str]:
+    """A validation error's location, each part a list position or a name of our own schemas (see
+    :func:`_shown_name`)."""
+    return [_shown_name(part, quote=False) if isinstance(part, str) else str(part) for part in loc]
+
+
+# the JOSE header members of the profile (crypto/jose_profile.py), which no model of ours declares
+_JOSE_MEMBERS = frozenset({"alg", "enc", "kid", "typ", "cty", "epk", "crv", "kty", "x"})
+
+
+def _shown_name(name: str, *, quote: bool = True) -> str:
+    """``name`` if it is a member name of our schemas (a model's field or alias, a JOSE header member), else a
+    placeholder: an unknown or repeated member's name, inside ``content`` say, may itself be content, and a refusal's
+    reason goes into problems, ledgers and the sender's stored refusal (docs/protocol.md section 10)."""
+    names = set(_JOSE_MEMBERS)
+    models: list[type[BaseModel]] = [StrictModel]
+    while models:  # errors are rare: walked each time, so models defined after this module count too
+        model = models.pop()
+        models.extend(model.__subclasses__())
+        for field_name, field in model.model_fields.items():
+            names.add(field_name)
+            if field.alias:
+                names.add(field.alias)
+            if get_origin(field.annotation) is Literal:  # a tagged union's tags name its members in a location
+                names.update(arg for arg in get_args(field.annotation) if isinstance(arg, str))
+    if name not in names:
+        return "(a member)" if quote else "(member)"
+    return repr(name) if quote else name
 
 
 class Marking(StrictModel):
@@ -194,6 +226,15 @@ class AttachmentRef(StrictModel):
     def _hex_digest(cls, value: str) -> str:
         if not _HEX64.fullmatch(value):
             raise ValueError("must be 64 lowercase hex digits")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        # checked on receipt (check 15), not only when someone opens the attachment: a key that can never decrypt
+        # must not be receipted
+        if not _KEY32_B64URL.fullmatch(value):
+            raise ValueError("must be 32 bytes in unpadded base64url")
         return value
 
 

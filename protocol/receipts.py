@@ -8,13 +8,13 @@ same stable ``code`` the problem document carries.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from protocol.messages import StrictModel, canonical_json, validate_authority_id, validate_message_id
+from protocol.timefmt import TIME_SHAPE
 
 __all__ = ["RECEIPT_SKEW", "Receipt", "Refusal", "rfc3339_utc"]
 
@@ -24,12 +24,9 @@ __all__ = ["RECEIPT_SKEW", "Receipt", "Refusal", "rfc3339_utc"]
 RECEIPT_SKEW = timedelta(seconds=300)
 
 
-_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
-
-
 def rfc3339_utc(value: str) -> str:
     """Check a time string: RFC 3339, UTC, microseconds, always this shape so that the bytes are stable."""
-    if not _TIME_RE.fullmatch(value) or not _is_date(value):
+    if not TIME_SHAPE.fullmatch(value) or not _is_date(value):
         raise ValueError("time must be RFC 3339 UTC with microseconds, e.g. 2026-11-28T07:40:00.123456Z")
     return value
 

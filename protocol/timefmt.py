@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
-__all__ = ["format_time", "parse_time"]
+__all__ = ["TIME_SHAPE", "format_time", "parse_time"]
+
+TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 
 def format_time(value: datetime) -> str:
@@ -19,6 +22,6 @@ def format_time(value: datetime) -> str:
 
 def parse_time(value: str) -> datetime:
     """Parse the one format; ``fromisoformat`` is ~15 times faster than ``strptime`` on the ledger's hot path."""
-    if len(value) != 27 or value[10] != "T" or value[19] != "." or value[26] != "Z" or not value.isascii():
+    if len(value) != 27 or not TIME_SHAPE.fullmatch(value):  # fromisoformat alone takes week dates, other separators
         raise ValueError(f"time must look like 2026-11-28T07:40:00.123456Z, not {value[:40]!r}")
     return datetime.fromisoformat(value).astimezone(UTC)

@@ -43,9 +43,15 @@ def build_timeline(message_id: str, entries: Iterable[Mapping[str, Any]]) -> lis
     """
     found: dict[str, tuple[datetime, str]] = {}
     for entry in entries:
-        if entry.get("message_id") != message_id or entry.get("type") not in _MILESTONES:
+        if entry.get("message_id") != message_id:
             continue
-        name = _MILESTONES[str(entry["type"])]
+        kind = entry.get("type")
+        if kind == "case.state_changed" and entry.get("state") == "closed":
+            name = "closed"  # the case this message opened was closed (docs/ledger.md: Comity writes no message.closed)
+        elif kind in _MILESTONES:
+            name = _MILESTONES[str(kind)]
+        else:
+            continue
         found.setdefault(name, (parse_time(str(entry["time"])), str(entry["actor"])))
         if name == "receipted" and "peer_time" in entry:
             found.setdefault("received", (parse_time(str(entry["peer_time"])), f"peer:{entry.get('to', '?')}"))

@@ -130,7 +130,8 @@ cases = Table(
     "cases",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("unit", String(64), nullable=True),  # None until a supervisor assigns an incoming case
+    # None only for an incoming case until a supervisor assigns it (triage); '' for the users without a unit
+    Column("unit", String(64), nullable=True),
     Column("created_at", TZ, nullable=False),
     Column("state", String(40), nullable=True),  # our life-cycle state (protocol.lifecycle.State)
     Column("peer_state", String(40), nullable=True),  # the counterpart's state, as its last status report said

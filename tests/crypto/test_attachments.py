@@ -30,6 +30,7 @@ from crypto.attachments import (
     ciphertext_size,
 )
 from crypto.errors import AttachmentError
+from protocol.errors import InvalidMessage
 from protocol.messages import AttachmentRef
 
 SMALL = 16  # a chunk size small enough for exhaustive tampering tests
@@ -414,6 +415,17 @@ def test_malformed_key_in_manifest(stream: Stream) -> None:
     for key in ("!" * 43, ref.key[:42] + "_"):  # not base64url; non-canonical trailing bits
         with pytest.raises(AttachmentError, match="key"):
             AttachmentDecryptor(ref.model_copy(update={"key": key}), chunk_size=SMALL)
+
+
+def test_a_manifest_with_a_key_that_can_never_decrypt_is_refused_when_parsed(stream: Stream) -> None:
+    """On receipt (check 15), not only when a user opens the attachment: a peer must not get a receipt for an
+    attachment nobody can ever decrypt."""
+    _, _, ref = stream
+    entry = ref.model_dump()
+    assert AttachmentRef.parse(entry) == ref
+    for key in ("!" * 43, ref.key[:42] + "_", ref.key[:42] + "B", ref.key[:42] + "=", ref.key[:42] + "\u00e9"):
+        with pytest.raises(InvalidMessage, match=r"^AttachmentRef: key: .*32 bytes in unpadded base64url"):
+            AttachmentRef.parse({**entry, "key": key})
 
 
 def test_inconsistent_ct_size(stream: Stream) -> None:

@@ -256,6 +256,18 @@ def test_max_bytes_is_configurable(sender: Authority, recipient: Authority) -> N
     assert DEFAULT_MAX_ENVELOPE_BYTES == 4 * 1024 * 1024
 
 
+def test_the_sender_does_not_seal_what_a_receiver_would_refuse(sender: Authority, recipient: Authority) -> None:
+    """joserfc bounds what it decrypts, not what it writes: the seal itself refuses an envelope over the limit, so a
+    submission is refused at once instead of being ledgered, sent, and refused for good by every receiver."""
+    fits = make_payload(sender, recipient, content={"text": "x" * 2_000_000})
+    sealed = seal_envelope(fits, sender.signing, recipient.encryption_public)
+    assert len(sealed.compact) <= DEFAULT_MAX_ENVELOPE_BYTES
+    assert open_as(recipient, sealed.compact, sender).payload == fits
+    too_large = make_payload(sender, recipient, content={"text": "x" * 3_000_000})
+    with pytest.raises(OversizedEnvelope, match=f"larger than the limit of {DEFAULT_MAX_ENVELOPE_BYTES} bytes"):
+        seal_envelope(too_large, sender.signing, recipient.encryption_public)
+
+
 def test_a_marking_with_many_caveats_round_trips(sender: Authority, recipient: Authority) -> None:
     # joserfc's default protected-header limit is 1024 bytes; the profile's limit is the same on both sides.
     caveats = sorted(f"caveat-{i:03d}:param-{i}" for i in range(60))

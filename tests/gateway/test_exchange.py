@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.gateway.conftest import Pair, Side
 
@@ -89,6 +90,31 @@ async def test_sender_reads_its_own_archive_copy(pair: Pair) -> None:
     await wait_for(pair.ar, body["id"], "delivered")
     status, opened = await pair.ar.call("POST", f"/v1/messages/{body['id']}/open", json={})
     assert status == 200 and opened["content"] == REQUEST["content"]
+
+
+async def test_a_submission_whose_envelope_would_be_too_large_is_refused_and_stores_nothing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender seals at most the envelope size receivers accept (docs/protocol.md section 6): a larger one is
+    refused at submission, nothing stored or ledgered, instead of being sent to a final refusal."""
+    from crypto import envelope
+    from tests.gateway.conftest import attachment_files, ledger
+
+    monkeypatch.setattr(envelope, "DEFAULT_MAX_ENVELOPE_BYTES", 8192)  # a 4 MiB one would not pass the API's limit
+    before = len(await ledger(pair.ar.gw))
+    files = attachment_files(pair.ar.gw)
+    draft = {**REQUEST, "content": {"subject": "Bank records", "text": "x" * 8192}}
+    form = aiohttp.FormData()  # with a file: its encrypted copy must not stay behind either
+    form.add_field("message", json.dumps(draft), content_type="application/json")
+    form.add_field("attachment", io.BytesIO(b"records"), filename="records.pdf", content_type="application/pdf")
+    status, problem = await pair.ar.call("POST", "/v1/messages", data=form)
+    assert (status, problem["code"]) == (413, "envelope-too-large"), problem
+    status, box = await pair.ar.call("GET", "/v1/messages?box=outbox")
+    assert box["messages"] == []
+    assert len(await ledger(pair.ar.gw)) == before and attachment_files(pair.ar.gw) == files
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)  # a small one still goes
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
 
 
 async def test_the_attachment_limit_is_on_the_ciphertext_on_both_sides(pair: Pair) -> None:

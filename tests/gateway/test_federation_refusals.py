@@ -652,6 +652,58 @@ async def test_corrupt_attachments_are_refused_and_leave_no_file(pair: Pair, hos
     assert [re.sub(r"\.[0-9a-f]{16}$", "", name) for name in names] == [f"in/{payload.id}.0", f"in/{payload.id}.1"]
 
 
+async def test_a_manifest_key_that_can_never_decrypt_gets_no_receipt(pair: Pair, hostile: HostilePeer) -> None:
+    """Check 15: the receiver does not decrypt attachments, but it refuses a manifest whose key is not 32 bytes of
+    canonical base64url, instead of receipting an attachment nobody will ever open."""
+    attachment = make_attachment(b"statement of account")
+    payload, mark = secret_payload(hostile, attachments=[attachment.ref.model_dump()])
+    undecryptable = attachment.ref.model_copy(update={"key": "!" * 43})  # a copy is not validated again
+    payload = payload.model_copy(update={"attachments": [undecryptable]})
+    sealed = hostile.seal(payload)
+    before = await stored(pair.au.gw)
+    answer = await hostile.post_multipart(sealed, [attachment.ciphertext])
+    await assert_refused(
+        pair,
+        hostile,
+        answer,
+        before,
+        status=400,
+        code="invalid-message",
+        sent=sealed,
+        claimed="ar.mj",
+        message_id=payload.id,
+        secrets=(mark,),
+    )
+
+
+async def test_every_attachment_size_is_checked_before_any_part_is_read(pair: Pair, hostile: HostilePeer) -> None:
+    """Check 22 for the whole manifest first: the time the parts may take follows from their sizes, so a size this
+    gateway refuses must not first buy a long deadline for the parts before it."""
+    from crypto.attachments import ciphertext_size
+
+    small = make_attachment(b"statement of account")
+    huge = small.ref.model_dump()
+    huge["size"] = 1 << 40
+    huge["ct_size"] = ciphertext_size(1 << 40)
+    assert huge["ct_size"] > pair.au.gw.settings.max_attachment_bytes
+    payload, mark = secret_payload(hostile, attachments=[small.ref.model_dump(), huge])
+    sealed = hostile.seal(payload)
+    before = await stored(pair.au.gw)
+    answer = await hostile.post_multipart(sealed, [])  # no part at all: refused for its size, not the missing part
+    await assert_refused(
+        pair,
+        hostile,
+        answer,
+        before,
+        status=413,
+        code="attachment-too-large",
+        sent=sealed,
+        claimed="ar.mj",
+        message_id=payload.id,
+        secrets=(mark,),
+    )
+
+
 async def test_attachments_sent_without_multipart_are_refused(pair: Pair, hostile: HostilePeer) -> None:
     attachment = make_attachment(b"records")
     payload, mark = secret_payload(hostile, attachments=[attachment.ref.model_dump()])

@@ -220,6 +220,14 @@ async def test_receiver_refuses_an_acknowledgement_without_the_confidentiality_a
         pair.ar, hostile, answer, before, http=422, code="confidentiality-answer-required", secrets=[mark]
     )
     assert (await wait_for(pair.ar, request_id, "delivered"))["state"] == "delivered"
+    # one that is also marked lower without a recorded downgrade fails check 19 first, as section 7 orders them
+    lower = {"level": "UNCLASSIFIED", "caveats": []}
+    silent = hostile.payload(kind="acknowledgement", in_reply_to=request_id, marking=lower, content={"note": mark})
+    before = await stored(pair.ar.gw)
+    answer = await hostile.post(hostile.seal(silent))
+    await assert_envelope_refused(
+        pair.ar, hostile, answer, before, http=422, code="confidentiality-answer-required", secrets=[mark]
+    )
 
     answered = hostile.payload(
         kind="acknowledgement", in_reply_to=request_id, marking=marking, content={"confidentiality": "can-comply"}

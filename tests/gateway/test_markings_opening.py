@@ -286,3 +286,45 @@ async def test_a_message_a_user_may_not_act_on_is_answered_as_one_that_does_not_
         await assert_ledger_clean(pair.au.gw, [mark])
     finally:
         await close_sessions(olga)
+
+
+async def test_a_case_that_a_user_without_a_unit_opened_or_assigned_is_not_open_to_every_supervisor(
+    pair: Pair,
+) -> None:
+    """Known gap 2, closed by decision 115: a case opened or assigned by a user without a unit belongs to the users
+    without a unit (the empty unit), not to nobody. Before, it kept no unit, which reads as an incoming case
+    awaiting triage: every supervisor of every unit could open it, for good."""
+    mark = canary()
+    message_id = await _deliver(pair, STRICT_4620, mark)
+    users = {
+        "nina": await _user(pair, "nina", unit=""),
+        "sara": await _user(pair, "sara", "supervisor", unit=""),
+        "sven": await _user(pair, "sven", "supervisor", unit="other"),
+    }
+    try:
+        status, summary = await users["sven"].call("GET", f"/v1/messages/{message_id}")
+        assert status == 200, summary  # triage: an incoming case nobody was assigned yet
+        case_id = summary["case_id"]
+        status, body = await users["sara"].call("POST", f"/v1/cases/{case_id}/assign", json={"username": "nina"})
+        assert status == 200, body
+        status, case = await users["sara"].call("GET", f"/v1/cases/{case_id}/work")
+        assert status == 200 and case["unit"] == "", case
+        for name in ("sara", "nina"):
+            status, opened = await users[name].call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "w"})
+            assert status == 200 and opened["content"] == secret_content(mark), opened
+        for side in (users["sven"], pair.au):  # supervisors of the units "other" and "mla"
+            status, body = await side.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "triage"})
+            assert_problem(status, body, http=404, code="not-found", secrets=[mark])
+
+        draft = {"to": "ar.mj", "kind": "request", "marking": STRICT_4620, "content": secret_content(mark)}
+        status, sent = await users["nina"].call("POST", "/v1/messages", json=draft)
+        assert status == 202, sent
+        status, body = await users["sara"].call("GET", f"/v1/messages/{sent['id']}")
+        assert status == 200 and body["case_id"] == sent["id"], body
+        status, case = await users["sara"].call("GET", f"/v1/cases/{sent['id']}/work")
+        assert status == 200 and case["unit"] == "", case
+        for side in (users["sven"], pair.au):
+            status, body = await side.call("GET", f"/v1/messages/{sent['id']}")
+            assert_problem(status, body, http=404, code="not-found", secrets=[mark])
+    finally:
+        await close_sessions(*users.values())

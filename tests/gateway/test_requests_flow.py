@@ -175,6 +175,9 @@ async def test_a_full_life_cycle_is_reported_and_ledgered_on_both_sides(pair: Pa
         assert [(e["state"], e["actor"], e["message_id"]) for e in changes] == [
             (state, actor, case_id) for state in ("acknowledged", "under_review", "in_execution", "executed", "closed")
         ]
+        # the request's timeline ends with the case's closing, on both sides (there is no message.closed)
+        status, timeline = await side.call("GET", f"/v1/messages/{case_id}/timeline")
+        assert status == 200 and timeline["milestones"][-1]["name"] == "closed", timeline
     # the requesting side withdraws nothing once closed: the error names the state and the event
     status, body = await move(pair.ar, case_id, "withdraw")
     assert status == 409 and body["code"] == "illegal-transition", body

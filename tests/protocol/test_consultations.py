@@ -42,7 +42,7 @@ def test_the_first_message_is_its_own_thread_and_a_reply_names_it() -> None:
         (member(informal=False), "informal"),
         (member(thread_id="not-an-id"), "thread_id"),
         (member(about="c-1"), "about"),
-        (member(extra=1), "extra"),
+        (member(extra=1), r"\(member\): Extra inputs"),
         ({**member(), "request": {}}, "draft_request"),
         (member(draft_request={"type": "no-such-type"}), "type"),
     ],

@@ -1,0 +1,34 @@
+"""case units: a case someone of ours assigned or opened belongs to a unit, the users without one included
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-11-30 00:40:00.000000
+
+Until now a case opened or assigned by a user without a unit kept no unit (NULL), which the access rules read as
+an incoming case awaiting triage, open to every supervisor for good. From this revision on it takes the empty unit,
+the group of users without one (decision 115). Here: every case without a unit that has an assigned officer (only
+incoming cases awaiting their first assignment have none) takes the empty unit.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(
+        sa.text(
+            "UPDATE cases SET unit = '' WHERE unit IS NULL "
+            "AND EXISTS (SELECT 1 FROM case_assignments WHERE case_assignments.case_id = cases.id)"
+        )
+    )
+
+
+def downgrade() -> None:
+    op.execute(sa.text("UPDATE cases SET unit = NULL WHERE unit = ''"))

@@ -1,0 +1,42 @@
+"""Migration 0013 gives a unit to every case someone of ours assigned or opened (decision 115): the users without a
+unit are the empty unit; only an incoming case nobody was assigned yet keeps none (triage)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select
+
+from store.db import make_engine, run_migrations
+from store.tables import case_assignments, cases, users
+
+T0 = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+async def test_0013_gives_the_empty_unit_to_assigned_cases_without_one(db_url: str) -> None:
+    await run_migrations(db_url, "0012")
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(users).values(id=1, username="nina", role="officer", created_at=T0))
+            await conn.execute(
+                insert(cases),
+                [
+                    {"id": "triage", "unit": None, "created_at": T0},
+                    {"id": "unit-less", "unit": None, "created_at": T0},
+                    {"id": "of-mla", "unit": "mla", "created_at": T0},
+                ],
+            )
+            await conn.execute(
+                insert(case_assignments),
+                [
+                    {"case_id": case_id, "user_id": 1, "assigned_by": "user:sara", "assigned_at": T0}
+                    for case_id in ("unit-less", "of-mla")
+                ],
+            )
+        await run_migrations(db_url, "0013")
+        async with engine.connect() as conn:
+            units = dict((await conn.execute(select(cases.c.id, cases.c.unit))).all())
+    finally:
+        await engine.dispose()
+    assert units == {"triage": None, "unit-less": "", "of-mla": "mla"}
