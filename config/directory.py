@@ -164,7 +164,11 @@ def verify_directory_signature(token: str | bytes, pinned_key: OKPKey) -> Direct
         document = parse_strict_json(payload)
     except InvalidMessage as exc:
         raise DirectoryInvalid(f"the directory payload: {exc.message}") from None
-    if canonical_json(document) != payload:
+    try:
+        canonical = canonical_json(document)
+    except InvalidMessage as exc:  # parsed, but not encodable (an integer beyond 2**53): signed nonsense all the same
+        raise DirectoryInvalid(f"the directory payload: {exc.message}") from None
+    if canonical != payload:
         raise DirectoryInvalid("the directory payload is not RFC 8785 canonical JSON")
     return _parse(Directory, document)
 

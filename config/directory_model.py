@@ -198,6 +198,15 @@ class AuthorityEntry(StrictModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
+        # checked on the string itself, before urlsplit, which lowercases the scheme and drops leading whitespace and
+        # tabs and newlines anywhere: the sender decides TLS on these same characters (gateway/outbox.py _session),
+        # so "HTTPS://..." or " https://..." would pass here and then be called without a certificate check
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(
+                "endpoint must be a URL starting with 'https://' in lowercase, like https://gw.example.org"
+            )
+        if any(char.isspace() or not char.isprintable() for char in value):
+            raise ValueError("endpoint must not contain whitespace or control characters")
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 (raises ValueError on a bad port)
@@ -235,7 +244,7 @@ class AuthorityEntry(StrictModel):
         try:
             der = base64.b64decode(self.tls_cert, validate=True)
             x509.load_der_x509_certificate(der)
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise ValueError("tls_cert must be a DER X.509 certificate in standard base64") from None
         if certificate_pin(der) != self.tls_pin:
             raise ValueError("tls_pin does not match tls_cert; recompute it from the certificate")
@@ -281,7 +290,7 @@ class Directory(StrictModel):
     """The directory payload."""
 
     v: int
-    serial: int = Field(ge=1)
+    serial: int = Field(ge=1, le=2**53 - 1)  # RFC 8785 encodes integers only up to 2**53 - 1
     issued_at: str
     expires_at: str
     authorities: list[AuthorityEntry] = Field(default_factory=list, max_length=10000)
@@ -308,6 +317,16 @@ class Directory(StrictModel):
         pins = [entry.tls_pin for entry in self.authorities]
         if len(set(pins)) != len(pins):
             raise ValueError("two authorities share a TLS certificate; each gateway needs its own")
+        # a key listed under two authorities would have senders to one seal to the other's key, and signatures by
+        # one verify as the other's
+        owners: dict[str, str] = {}
+        for entry in self.authorities:
+            for key in entry.keys:
+                owner = owners.setdefault(key.kid, entry.id)
+                if owner != entry.id:
+                    raise ValueError(
+                        f"{owner} and {entry.id} list the same key {key.kid}; each authority needs its own"
+                    )
         return self
 
     @cached_property

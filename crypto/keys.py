@@ -14,8 +14,10 @@ Sealed key file (``comity-keys/1``), a JSON document::
 
 The AEAD key is argon2id(passphrase, salt, t, m, p), 32 bytes. The plaintext is the RFC 8785 canonical JSON of
 ``{name: private JWK}``. The associated data is the canonical JSON of ``{"format", "kdf", "aead"}``, so changing a
-KDF parameter or the salt makes authentication fail rather than silently weakening the file. The CLI always writes
-``DEFAULT_KDF``; ``unseal_keys`` accepts cheaper parameters (down to 1 MiB) only so that tests stay fast.
+KDF parameter or the salt makes authentication fail rather than silently weakening the file. The CLI writes
+``DEFAULT_KDF`` unless given the hidden ``--kdf-fast`` flag (``comity init``, ``comity directory keygen``: tests and
+the demo), which writes cheaper parameters; ``unseal_keys`` accepts those (down to 1 MiB) so that tests stay fast,
+and a gateway that starts on such a file logs ``keys_sealed_with_weak_kdf`` (``KdfParams.weaker_than``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ class KdfParams:
             and _MIN_MEMORY_KIB <= self.memory_kib <= _MAX_MEMORY_KIB
             and _MIN_PARALLELISM <= self.parallelism <= _MAX_PARALLELISM
         )
+
+    def weaker_than(self, other: KdfParams) -> bool:
+        """Whether fewer passes or less memory than ``other`` make a guess cheaper (more lanes cost an attacker
+        nothing, fewer save nothing: lanes are not compared)."""
+        return self.time_cost < other.time_cost or self.memory_kib < other.memory_kib
 
 
 DEFAULT_KDF: Final = KdfParams(time_cost=3, memory_kib=65536, parallelism=1)

@@ -181,7 +181,7 @@ def cert_der(cert: bytes) -> bytes:
                 raise ProfileViolation("expected exactly one certificate in the PEM data")
             return certs[0].public_bytes(Encoding.DER)
         return x509.load_der_x509_certificate(cert).public_bytes(Encoding.DER)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion (a version other than v1 to v3) is no ValueError
         raise ProfileViolation("not an X.509 certificate (PEM or DER)") from None
 
 

@@ -24,7 +24,15 @@ from config.directory_model import DirectoryKey
 from config.errors import ConfigError, DirectoryExpired, DirectoryRolledBack
 from config.settings import Settings
 from crypto.errors import ProfileViolation
-from crypto.keys import AuthorityKeys, import_public_jwk, key_id, public_jwk, tls_key_passwords
+from crypto.keys import (
+    DEFAULT_KDF,
+    AuthorityKeys,
+    import_public_jwk,
+    key_id,
+    public_jwk,
+    sealed_kdf_params,
+    tls_key_passwords,
+)
 from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import key_pem_password
 from gateway.coalesce import Coalescer
@@ -247,6 +255,7 @@ class Gateway:
         except OSError as exc:
             raise ConfigError(f"cannot read the key file {exc.filename}: {exc.strerror}; run 'comity init'") from None
         keys = AuthorityKeys.unseal(sealed, passphrase)
+        _warn_if_weakly_sealed(sealed)
         engine = make_engine(settings.database_dsn, pool_size=settings.db_pool_size)
         try:
             async with engine.connect() as conn:
@@ -355,6 +364,21 @@ async def _check_schema(conn: AsyncConnection) -> None:
     if revision != HEAD_REVISION:
         raise ConfigError(
             f"database schema is at {revision or 'nothing'}, not {HEAD_REVISION}; run 'comity db upgrade'"
+        )
+
+
+def _warn_if_weakly_sealed(sealed: bytes) -> None:
+    """A key file sealed with ``--kdf-fast`` (tests, the demo) opens like any other; a gateway must not run on one
+    unnoticed, since a stolen copy's passphrase is then far cheaper to guess. The parameters only: no secret."""
+    params = sealed_kdf_params(sealed)
+    if params.weaker_than(DEFAULT_KDF):
+        get_logger().warning(
+            "keys_sealed_with_weak_kdf",
+            time_cost=params.time_cost,
+            memory_kib=params.memory_kib,
+            parallelism=params.parallelism,
+            expected_time_cost=DEFAULT_KDF.time_cost,
+            expected_memory_kib=DEFAULT_KDF.memory_kib,
         )
 
 

@@ -225,9 +225,14 @@ class OutboxSender:
                 log.exception("outbox_reschedule_failed")
 
     def _session(self, peer: AuthorityEntry) -> aiohttp.ClientSession:
+        """The session that calls ``peer``: mutual TLS pinned to its directory certificate, or, for a plain-``http``
+        endpoint, no TLS at all, which only the development flag allows. Asked before every request (the witness's
+        too, decision 116), not only when the session is made: the directory may change the endpoint meanwhile."""
+        settings = self.gw.settings
+        if not peer.endpoint.startswith("https://") and not settings.dev_plain_http:
+            raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
         session = self._sessions.get(peer.id)
         if session is None:
-            settings = self.gw.settings
             ssl_context: Any = False
             if peer.endpoint.startswith("https://"):
                 ssl_context = client_context(
@@ -253,8 +258,7 @@ class OutboxSender:
         else:
             async with gw.reader.connect() as conn:
                 sealed, digest, files = await Messages.for_delivery(conn, item.message_id)
-        if not peer.endpoint.startswith("https://") and not gw.settings.dev_plain_http:
-            raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
+        session = self._session(peer)  # a plain-HTTP endpoint without the development flag: refused here
         body: Any
         if files:
             body = aiohttp.MultipartWriter("mixed")
@@ -277,7 +281,7 @@ class OutboxSender:
             keeper = asyncio.create_task(self._keep_lease(item.message_id))
         try:
             async with asyncio.timeout(limit):
-                async with self._session(peer).post(url, data=body, headers=headers) as response:
+                async with session.post(url, data=body, headers=headers) as response:
                     raw = await read_capped(response, MAX_ANSWER_BYTES) or b""  # a receipt or a problem: small
         except TimeoutError:
             raise DeliveryError(f"{peer.id} did not take and answer the delivery within {limit:.0f} s") from None

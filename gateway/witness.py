@@ -483,7 +483,7 @@ class Witness:
         or a problem document: a few KiB; refused past 64 KiB)."""
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{path_and_query}"
-        async with self._session_for(entry).get(url, headers=self._headers(entry)) as response:
+        async with self._session(entry).get(url, headers=self._headers(entry)) as response:
             body = await read_capped(response, 1 << 16)
         if body is None:
             raise WitnessError(f"an answer of more than {1 << 16} bytes")
@@ -495,9 +495,17 @@ class Witness:
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{COSIGNATURE_PATH}"
         body = {"size": checkpoint.size, "line": line}
-        async with self._session_for(entry).post(url, json=body, headers=self._headers(entry)) as response:
+        async with self._session(entry).post(url, json=body, headers=self._headers(entry)) as response:
             if response.status not in (200, 204):
                 raise WitnessError(f"{peer} answered HTTP {response.status} to our cosignature")
+
+    def _session(self, entry: Any) -> Any:
+        """The sender's session for ``entry``; its refusal of a plain-HTTP endpoint without the development flag
+        (decision 116) as a WitnessError, so that nothing is asked or posted without a pinned certificate."""
+        try:
+            return self._session_for(entry)
+        except ComityError as exc:
+            raise WitnessError(exc.message) from None
 
     def _headers(self, entry: Any) -> dict[str, str]:
         # plain HTTP (development only) has no certificate to name us

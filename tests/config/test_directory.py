@@ -331,6 +331,80 @@ def test_schema_violations(document: dict[str, Any], message: str) -> None:
     assert 'd": ' not in caught.value.message  # never echoes key material
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "HTTPS://gw.example.org:8443",
+        "Https://gw.example.org:8443",
+        "HTTP://127.0.0.1:8443",
+        " https://gw.example.org:8443",
+        "\thttps://gw.example.org:8443",
+        "\x00https://gw.example.org:8443",
+        "https://gw.example.org:8443 ",
+        "https://gw.exam\tple.org:8443",
+        "https://gw.example.org:8443/fede\nration",
+        "https://gw.example.org\u00a0:8443",
+        "https://gw.example.org:8443/\u200b",
+    ],
+)
+def test_an_endpoint_urlsplit_would_normalise_is_refused(endpoint: str) -> None:
+    """urlsplit lowercases the scheme, strips leading whitespace and drops tabs and newlines anywhere; the sender
+    decides TLS on the string itself (``startswith("https://")``), so each of these would have been called without a
+    certificate check (decision 116)."""
+    with pytest.raises(DirectoryInvalid, match=r"endpoint: endpoint must (be a URL starting with 'https://'|not con)"):
+        verify(sign_raw(with_ar(endpoint=endpoint)))
+    with pytest.raises(DirectoryInvalid, match="endpoint must"):
+        load_authority_entry(json.dumps({**AR, "endpoint": endpoint}).encode())
+    assert verify(sign_raw(with_ar(endpoint="https://gw.example.org:8443/comity"))).authorities[0].endpoint == (
+        "https://gw.example.org:8443/comity"
+    )
+
+
+def test_a_key_listed_under_two_authorities_is_refused() -> None:
+    """Otherwise a directory could make senders to es.mj seal to ar.mj's encryption key, or take ar.mj's signatures
+    as es.mj's (decision 116)."""
+    for index in (0, 1):  # the signing key, the encryption key
+        es = copy.deepcopy(ES)
+        es["keys"][index] = copy.deepcopy(AR["keys"][index])
+        kid = AR["keys"][index]["jwk"]["kid"]
+        message = f"ar.mj and es.mj list the same key {kid}; each authority needs its own"
+        with pytest.raises(DirectoryInvalid, match=re.escape(message)):
+            verify(sign_raw(make_document(authorities=[AR, es])))
+        with pytest.raises(DirectoryInvalid, match="list the same key"):
+            Directory.model_validate(make_document(authorities=[ES])).with_entry(
+                load_authority_entry(json.dumps({**AR, "keys": es["keys"]}).encode())
+            )
+
+
+def with_x509_version(der: bytes, version: int) -> bytes:
+    """``der`` with the version of its TBSCertificate (``[0] EXPLICIT INTEGER``, v3 is 2) set to ``version``."""
+    at = der.index(bytes.fromhex("a003020102"))
+    assert at < 16  # the first field of the TBSCertificate, not a byte pattern further in
+    return der[: at + 4] + bytes([version]) + der[at + 5 :]
+
+
+def test_a_certificate_with_an_invalid_x509_version_is_a_typed_refusal() -> None:
+    """cryptography raises InvalidVersion, no ValueError, for a version other than v1 to v3: it escaped as
+    'unexpected error (InvalidVersion)' from 'comity directory add'."""
+    patched = with_x509_version(base64.b64decode(AR["tls_cert"]), 7)
+    changed = {"tls_cert": base64.b64encode(patched).decode("ascii"), "tls_pin": "sha256:" + "0" * 64}
+    with pytest.raises(DirectoryInvalid, match=r"tls_cert must be a DER X\.509 certificate"):
+        verify(sign_raw(with_ar(**changed)))
+    with pytest.raises(DirectoryInvalid, match=r"tls_cert must be a DER X\.509 certificate"):
+        load_authority_entry(json.dumps({**AR, **changed}).encode())
+
+
+def test_a_signed_serial_beyond_2_53_is_invalid_not_an_encoding_error() -> None:
+    """A correctly signed payload whose serial RFC 8785 cannot encode: DirectoryInvalid like any other malformed
+    directory (it raised InvalidMessage), and a draft is held to the same bound."""
+    payload = canonical_json(make_document()).replace(b'"serial":5', b'"serial":9007199254740993', 1)
+    with pytest.raises(DirectoryInvalid, match="the directory payload: value cannot be encoded as RFC 8785"):
+        verify(sign_raw(payload))
+    with pytest.raises(DirectoryInvalid, match="serial: Input should be less than or equal to 9007199254740991"):
+        load_directory_draft(json.dumps(make_document(serial=2**53)).encode())
+    assert load_directory_draft(json.dumps(make_document(serial=2**53 - 1)).encode()).serial == 2**53 - 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(st.binary(max_size=300), st.text(alphabet='abcAZ09-_.{}"', max_size=300)))
 def test_garbage_gives_a_directory_error(garbage: str | bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import socket
@@ -144,6 +145,22 @@ def test_cert_der_refuses_garbage(garbage: bytes) -> None:
         cert_der(garbage)
     with pytest.raises(ProfileViolation):
         certificate_pin(garbage)
+
+
+@pytest.mark.parametrize("version", [3, 7, 255])
+def test_cert_der_refuses_an_invalid_x509_version(identity: TlsIdentity, version: int) -> None:
+    """cryptography raises InvalidVersion, which is no ValueError, for a version other than v1 to v3 (in the DER
+    ``[0] EXPLICIT INTEGER``, v3 is 2): a typed refusal, DER or PEM, not an unexpected error."""
+    der = cert_der(identity.cert_pem)
+    at = der.index(bytes.fromhex("a003020102"))
+    assert at < 16  # the TBSCertificate's first field
+    patched = der[: at + 4] + bytes([version]) + der[at + 5 :]
+    patched_pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(patched) + b"-----END CERTIFICATE-----\n"
+    for data in (patched, patched_pem):
+        with pytest.raises(ProfileViolation, match=r"not an X\.509 certificate"):
+            cert_der(data)
+        with pytest.raises(ProfileViolation):
+            certificate_pin(data)
 
 
 def test_cert_der_refuses_two_certificates(identity: TlsIdentity) -> None:

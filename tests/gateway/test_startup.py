@@ -11,11 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 from sqlalchemy import func, select
 
 from config.errors import ConfigError, DirectoryBadSignature, DirectoryExpired, DirectoryRolledBack
 from config.settings import load_settings
 from crypto.errors import KeyStoreError
+from crypto.keys import DEFAULT_KDF, AuthorityKeys
+from gateway.cli.common import FAST_KDF
 from gateway.context import Gateway
 from gateway.provision import Provisioned, comity, provision
 from store.tables import ledger_entries, settings_state
@@ -41,6 +44,36 @@ async def test_starts_and_records_the_directory_serial(provisioned: list[Provisi
 async def test_wrong_passphrase(provisioned: list[Provisioned]) -> None:
     with pytest.raises(KeyStoreError, match="wrong passphrase"):
         await load(provisioned[0], "not the passphrase")
+
+
+async def test_keys_sealed_with_weak_kdf_parameters_are_logged_at_start(provisioned: list[Provisioned]) -> None:
+    """`comity init --kdf-fast` (tests, the demo) seals keys.sealed with cheap argon2id parameters, which the gateway
+    opens like any other: it says so at start, naming the parameters and nothing secret; resealed under DEFAULT_KDF,
+    it says nothing."""
+    side = provisioned[0]
+    with structlog.testing.capture_logs() as logged:
+        gw = await load(side)
+    await gw.close()
+    weak = [line for line in logged if line["event"] == "keys_sealed_with_weak_kdf"]
+    assert weak == [
+        {
+            "event": "keys_sealed_with_weak_kdf",
+            "log_level": "warning",
+            "time_cost": FAST_KDF.time_cost,
+            "memory_kib": FAST_KDF.memory_kib,
+            "parallelism": FAST_KDF.parallelism,
+            "expected_time_cost": DEFAULT_KDF.time_cost,
+            "expected_memory_kib": DEFAULT_KDF.memory_kib,
+        }
+    ]
+
+    keys_path = load_settings(side.config).keys_path
+    keys = AuthorityKeys.unseal(keys_path.read_bytes(), PASSPHRASE.encode())
+    keys_path.write_bytes(keys.seal(PASSPHRASE.encode(), DEFAULT_KDF))
+    with structlog.testing.capture_logs() as logged:
+        gw = await load(side)
+    await gw.close()
+    assert not [line for line in logged if line["event"] == "keys_sealed_with_weak_kdf"]
 
 
 async def test_expired_directory(provisioned: list[Provisioned]) -> None:

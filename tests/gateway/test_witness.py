@@ -20,7 +20,14 @@ from sqlalchemy import delete, select, update
 
 from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note, sign_note
 from crypto.receipts import sign_receipt, verify_receipt
-from gateway.witness import MAX_PROOF_FAILURES, RECEIPT_PROOF_PATH, cosignature_verifiers, note_verifiers
+from gateway.outbox import DeliveryError
+from gateway.witness import (
+    MAX_PROOF_FAILURES,
+    RECEIPT_PROOF_PATH,
+    WitnessError,
+    cosignature_verifiers,
+    note_verifiers,
+)
 from protocol import merkle
 from protocol.checkpoint import Checkpoint
 from protocol.events import LedgerEvent
@@ -335,7 +342,7 @@ async def test_a_receipt_dated_after_our_clock_is_recorded_only_within_the_messa
 async def test_a_receipt_dated_before_the_submission_is_not_recorded(pair: Pair) -> None:
     """The other bound of decision 91, on a genuine receipt handed to the sender as if its message had been
     submitted more than the skew after the receipt's time (a peer's clock cannot be that far behind honestly)."""
-    from gateway.outbox import DeliveryError, OutboxSender
+    from gateway.outbox import OutboxSender
     from store.outbox import OutboxItem
 
     message_id = await exchange(pair)
@@ -687,6 +694,47 @@ async def test_cross_witnessing_works_between_gateways_in_development_mode(dev_p
     assert len(held) == 2 and held[0].size < held[1].size
     lines = await rows(dev_pair.au, select(cosignatures))
     assert {row.witness for row in lines} == {"comity-witness/ar.mj"} and len(lines) == 2
+    assert not dev_pair.ar.gw.blocked_peers
+
+
+def federation_requests(side: Side) -> float:
+    """Every request ``side``'s federation listener answered, whatever its route and status."""
+    return sum(
+        sample.value
+        for metric in side.gw.metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["listener"] == "federation"
+    )
+
+
+async def test_the_witness_does_not_call_a_plain_http_peer_without_the_development_flag(dev_pair: Pair) -> None:
+    """Decision 116: only the outbox refused a plain-http endpoint when dev_plain_http is off; the witness, through
+    the same session factory, polled checkpoints, asked for proofs and posted cosignatures over plain HTTP (and over
+    TLS without a certificate check to an endpoint spelled 'HTTPS://', which the directory now refuses). The session
+    factory refuses now, and the witness turns that into a WitnessError before a byte leaves."""
+    await exchange(dev_pair)
+    (held,) = await rows(dev_pair.ar, select(peer_checkpoints.c.note))
+    await dev_pair.ar.stop()
+    await dev_pair.ar.start(dev_plain_http=False)  # the same directory, listing au.ag at http://127.0.0.1
+    assert dev_pair.ar.running is not None
+    sender, witness = dev_pair.ar.running.sender, dev_pair.ar.running.sender.witness
+    peer = dev_pair.ar.gw.peer("au.ag")
+    assert peer.endpoint.startswith("http://")
+    before = federation_requests(dev_pair.au)
+
+    await witness.poll()
+    await witness.idle()
+    assert dev_pair.ar.gw.metrics.polls_unanswered.labels(peer="au.ag")._value.get() == 1
+    assert federation_requests(dev_pair.au) == before  # the poll did not reach au.ag
+    checkpoint, _ = open_checkpoint(held.note, note_verifiers(dev_pair.ar.gw, "au.ag"))
+    refused = "au.ag has a plain-HTTP endpoint and the development flag is off"
+    with pytest.raises(WitnessError, match=refused):
+        await witness._cosign("au.ag", checkpoint)
+    with pytest.raises(WitnessError, match=refused):
+        await witness._get("au.ag", f"{RECEIPT_PROOF_PATH}?index=0&size={checkpoint.size}")
+    with pytest.raises(DeliveryError, match=refused):
+        sender._session(peer)
+    assert federation_requests(dev_pair.au) == before  # nor did any of these
     assert not dev_pair.ar.gw.blocked_peers
 
 
