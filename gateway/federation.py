@@ -24,6 +24,7 @@ from crypto.note import NoteError, add_signatures, open_note
 from gateway.context import Gateway
 from gateway.limits import BodyStalled, Busy, TooManyRefusals
 from gateway.logs import get_logger
+from gateway.params import MAX_INDEX, int_param
 from gateway.problems import problem_response
 from gateway.receiving import AttachmentParts, EnvelopeRefused, PeerError, receive_envelope, refuse
 from gateway.tls import peer_pin
@@ -255,21 +256,11 @@ def _authenticated_peer(request: web.Request) -> str:
     return peer_id
 
 
-def _int_param(request: web.Request, name: str) -> int:
-    try:
-        value = int(request.query[name])
-    except (KeyError, ValueError):
-        raise InvalidMessage(f"query parameter {name!r} must be a non-negative integer") from None
-    if value < 0:
-        raise InvalidMessage(f"query parameter {name!r} must be a non-negative integer")
-    return value
-
-
 async def get_consistency(request: web.Request) -> web.Response:
     """A consistency proof between two sizes of our ledger, for a witnessing peer."""
     _authenticated_peer(request)
     gw = request.app[GATEWAY]
-    size1, size2 = _int_param(request, "from"), _int_param(request, "to")
+    size1, size2 = int_param(request.query, "from"), int_param(request.query, "to")
     async with gw.reader.connect() as conn:
         head = await gw.events.head(conn)
         if not 0 < size1 <= size2 <= head.size:
@@ -291,7 +282,7 @@ async def get_receipt_proof(request: web.Request) -> web.Response:
     the tree of ``size``: what the sender needs to check that a receipt's ``ledger_index`` is its message (9.6)."""
     peer_id = _authenticated_peer(request)
     gw = request.app[GATEWAY]
-    index, size = _int_param(request, "index"), _int_param(request, "size")
+    index, size = int_param(request.query, "index"), int_param(request.query, "size")
     async with gw.reader.connect() as conn:
         head = await gw.events.head(conn)
         if not index < size <= head.size:
@@ -343,6 +334,8 @@ async def post_cosignature(request: web.Request) -> web.Response:
         or not isinstance(body["line"], str)
     ):
         raise InvalidMessage('send exactly {"size": <checkpoint size>, "line": "<cosignature line>"}, at most 8 KiB')
+    if not 0 <= body["size"] <= MAX_INDEX:  # before any query: the database takes no larger one (decision 93)
+        raise InvalidMessage(f"size must be an integer from 0 to {MAX_INDEX}")
     async with gw.reader.connect() as conn:
         text = await LedgerReader.checkpoint_text(conn, body["size"])
     if text is None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.api import USER
 from gateway.federation import GATEWAY
 from gateway.openapi_parts import PROBLEM, json_ok
+from gateway.params import int_param
 from gateway.reading import Forbidden
 from protocol.errors import InvalidMessage
 from protocol.messages import validate_message_id
@@ -38,27 +39,11 @@ def _check_role(request: web.Request) -> None:
         raise Forbidden(f"the {user.role} role cannot read the ledger; auditors, supervisors and admins can")
 
 
-MAX_INDEX = 2**63 - 1  # sizes and indexes are signed 64-bit integers in the database
-
-
-def _int(request: web.Request, name: str, default: int | None = None) -> int:
-    raw = request.query.get(name)
-    if raw is None and default is not None:
-        return default
-    try:
-        value = int(raw) if raw is not None else -1
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_INDEX:
-        raise InvalidMessage(f"query parameter {name!r} must be an integer from 0 to {MAX_INDEX}")
-    return value
-
-
 async def _size(request: web.Request) -> int:
     gw = request.app[GATEWAY]
     async with gw.reader.connect() as conn:
         head = (await gw.events.head(conn)).size
-    size = _int(request, "size", head)
+    size = int_param(request.query, "size", head)
     if size > head:
         raise InvalidMessage(f"size {size} is beyond the ledger's {head} entries")
     return size
@@ -78,7 +63,8 @@ async def latest_checkpoint(request: web.Request) -> web.Response:
 
 async def list_checkpoints(request: web.Request) -> web.Response:
     _check_role(request)
-    after, limit = _int(request, "after", 0), min(_int(request, "limit", MAX_CHECKPOINTS), MAX_CHECKPOINTS)
+    after = int_param(request.query, "after", 0)
+    limit = min(int_param(request.query, "limit", MAX_CHECKPOINTS), MAX_CHECKPOINTS)
     async with request.app[GATEWAY].reader.connect() as conn:
         notes = await LedgerReader.checkpoint_notes(conn, after, limit)
     return web.json_response({"checkpoints": [{"size": size, "note": note} for size, note in notes]})
@@ -88,7 +74,7 @@ async def entries(request: web.Request) -> web.StreamResponse:
     """NDJSON: line k is exactly the entry bytes of index start + k (canonical JSON holds no raw newline)."""
     _check_role(request)
     gw = request.app[GATEWAY]
-    start, end = _int(request, "start", 0), _int(request, "end")
+    start, end = int_param(request.query, "start", 0), int_param(request.query, "end")
     if end < start or end - start > MAX_ENTRIES:
         raise InvalidMessage(f"ask for start <= end, at most {MAX_ENTRIES} entries per call")
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -120,7 +106,7 @@ async def inclusion_proof(request: web.Request) -> web.Response:
                 raise NotFound("no ledger entry names that message")
             index = found
         else:
-            index = _int(request, "index")
+            index = int_param(request.query, "index")
         if index >= size:
             raise InvalidMessage(f"index {index} is not in a tree of size {size}")
         leaf, proof, root = await LedgerReader.inclusion(conn, index, size)
@@ -137,8 +123,7 @@ async def inclusion_proof(request: web.Request) -> web.Response:
 async def consistency_proof(request: web.Request) -> web.Response:
     _check_role(request)
     gw = request.app[GATEWAY]
-    size1 = _int(request, "from")
-    size2 = _int(request, "to")
+    size1, size2 = int_param(request.query, "from"), int_param(request.query, "to")
     async with gw.reader.connect() as conn:
         head = (await gw.events.head(conn)).size
         if not 0 < size1 <= size2 <= head:

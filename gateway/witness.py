@@ -28,10 +28,10 @@ from gateway.context import Gateway
 from gateway.limits import read_capped
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
-from protocol.checkpoint import Checkpoint, CheckpointError
+from protocol.checkpoint import Checkpoint, CheckpointError, check_ledger_checkpoint, ledger_origin
 from protocol.errors import ComityError, error_code
 from protocol.events import EventType
-from protocol.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
+from protocol.merkle import EMPTY_ROOT, MerkleError, leaf_hash, verify_consistency, verify_inclusion
 from protocol.receipts import Receipt
 from protocol.timefmt import parse_time
 from store.ledger import PeerCheckpoint, WitnessState
@@ -81,8 +81,9 @@ class ReceiptUnbacked(WitnessError):
     peer's receipt and its ledger disagree."""
 
 
-# what makes a check fail by the peer's doing: a checkpoint that does not verify under its keys or does not parse,
-# a proof refused, malformed, or not answered at all (the peer has just receipted a delivery over the same channel)
+# what makes a check fail by the peer's doing: a checkpoint that does not verify under its keys, does not parse or
+# is not one of its ledger's, a proof refused, malformed, or not answered at all (the peer has just receipted a
+# delivery over the same channel)
 _TRANSPORT = (aiohttp.ClientError, TimeoutError)
 _UNCOOPERATIVE = (WitnessError, CryptoError, CheckpointError, *_TRANSPORT)
 
@@ -111,7 +112,19 @@ def note_verifiers(gw: Gateway, authority_id: str, when: datetime | None = None)
     (the time of the receipt that carried the checkpoint), or every one listed (a polled checkpoint carries no
     time)."""
     keys = _signing_keys_about(gw, authority_id, when)
-    return [NoteVerifier(f"comity-ledger/{authority_id}", _raw(key)) for key in keys]
+    return [NoteVerifier(ledger_origin(authority_id), _raw(key)) for key in keys]
+
+
+def _open(note: str, peer: str, verifiers: list[NoteVerifier]) -> Checkpoint:
+    """``note`` opened with ``peer``'s ``verifiers``, and a checkpoint of ``peer``'s own ledger (10.2): the key name
+    says who signed the note, not which log its body is about, and the body is what we keep and cosign. A body that
+    names another origin or has extension lines raises :class:`CheckpointError`, as a note that does not verify
+    does, and is handled as one: neither kept nor cosigned, its receipt not recorded, counted as a check the peer
+    failed (``proof-unavailable`` after MAX_PROOF_FAILURES in a row). Not an alarm at once: those are for evidence
+    of two histories of the peer's ledger, and this body says nothing about its ledger."""
+    checkpoint, _ = open_checkpoint(note, verifiers)
+    check_ledger_checkpoint(checkpoint, ledger_origin(peer))
+    return checkpoint
 
 
 def cosignature_verifiers(gw: Gateway, authority_id: str, when: datetime | None = None) -> list[CosignatureVerifier]:
@@ -153,7 +166,7 @@ class Witness:
         checkpoint = self._receipt_notes.get(cache_key)
         if checkpoint is None:
             try:
-                checkpoint, _ = open_checkpoint(receipt.checkpoint, note_verifiers(self.gw, peer, signed_about))
+                checkpoint = _open(receipt.checkpoint, peer, note_verifiers(self.gw, peer, signed_about))
             except (CryptoError, CheckpointError) as exc:
                 await self._failed(peer, exc)
                 raise
@@ -249,7 +262,7 @@ class Witness:
         # signed in the group commit that signed the receipt, by a key valid then (decision 76); a polled checkpoint
         # carries no time and may be as old as the peer's last append: any listed key
         signed_about = None if receipt is None else parse_time(receipt.received_at)
-        checkpoint, _ = open_checkpoint(note, note_verifiers(gw, peer, signed_about))
+        checkpoint = _open(note, peer, note_verifiers(gw, peer, signed_about))
         if checkpoint.size > MAX_HELD_SIZE:  # valid in a note, but not a size we can hold (a signed 64-bit column)
             raise WitnessError(f"{peer} signed a checkpoint of size {checkpoint.size}, beyond any real ledger")
         async with gw.reader.connect() as conn:
@@ -293,14 +306,21 @@ class Witness:
         older, newer = (held.size, held.root), (checkpoint.size, checkpoint.root_hash)
         if checkpoint.size < held.size:
             older, newer = newer, older
-        proof = await self._fetch_consistency(peer, older[0], newer[0])
-        try:
-            verify_consistency(older[0], newer[0], proof, older[1], newer[1])
-        except MerkleError:
+        if older[0] == 0:
+            # the empty tree starts every tree, and RFC 9162 has no proof from it (verify_consistency refuses one,
+            # as the published vectors require): nothing to ask the peer, only the empty tree's root to compare
+            consistent = older[1] == EMPTY_ROOT
+        else:
+            proof = await self._fetch_consistency(peer, older[0], newer[0])
+            try:
+                verify_consistency(older[0], newer[0], proof, older[1], newer[1])
+                consistent = True
+            except MerkleError:
+                consistent = False
+        if not consistent:
             detail = f"checkpoint of size {checkpoint.size} is not consistent with the one of size {held.size} we hold"
             await self._alarm(peer, "ledger-rewritten", detail)
-            return False
-        return True
+        return consistent
 
     async def _check_receipt(self, peer: str, checkpoint: Checkpoint, receipt: Receipt | None) -> None:
         """The entry the receipt names is in its (verified) checkpoint and records our message's reception as the
@@ -466,8 +486,6 @@ class Witness:
         return served, proof
 
     async def _fetch_consistency(self, peer: str, size1: int, size2: int) -> list[bytes]:
-        if size1 == 0:
-            return []
         status, raw = await self._get(peer, f"{CONSISTENCY_PATH}?from={size1}&to={size2}")
         if status != 200:
             raise WitnessError(f"{peer} answered HTTP {status} to a consistency proof request")

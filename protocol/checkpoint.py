@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from protocol.errors import ProtocolError
 from protocol.merkle import HASH_SIZE
 
-__all__ = ["MAX_TREE_SIZE", "Checkpoint", "CheckpointError"]
+__all__ = ["MAX_TREE_SIZE", "Checkpoint", "CheckpointError", "check_ledger_checkpoint", "ledger_origin"]
 
 # tlog-checkpoint "Note text" item 2: decimal, no leading zeroes unless the tree is empty. Sizes are uint64 in every
 # implementation we interoperate with.
@@ -99,3 +99,20 @@ def _decode_root(line: str) -> bytes:
     if len(root) != HASH_SIZE:
         raise CheckpointError(f"checkpoint root hash must be {HASH_SIZE} bytes, got {len(root)}")
     return root
+
+
+def ledger_origin(authority_id: str) -> str:
+    """The origin of ``authority_id``'s ledger, which is also the key name its checkpoints are signed under
+    (decision 14)."""
+    return f"comity-ledger/{authority_id}"
+
+
+def check_ledger_checkpoint(checkpoint: Checkpoint, origin: str) -> None:
+    """What a Comity ledger's checkpoint is beyond the C2SP format (docs/protocol.md 10.2), for anyone who takes
+    one signed under ``origin`` (the witness, the auditor). A note's key name says who signed it, not which log the
+    body is about: signed under ``origin``, a body may still name another origin, and a witness cosigns the body. The
+    format has no extension lines: what they would claim, no one checks. Raises :class:`CheckpointError`."""
+    if checkpoint.origin != origin:
+        raise CheckpointError(f"origin {checkpoint.origin!r}, expected {origin!r}")
+    if checkpoint.extensions:
+        raise CheckpointError("the signed note has extension lines, which this ledger's format has not")

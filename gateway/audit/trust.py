@@ -17,12 +17,9 @@ from joserfc.jwk import OKPKey
 from config.directory import Directory, format_time, load_directory_key, verify_directory_signature
 from crypto.keys import key_id
 from crypto.note import CosignatureVerifier, NoteVerifier
+from protocol.checkpoint import ledger_origin
 
 __all__ = ["Trust", "ledger_origin", "load_trust", "witness_name"]
-
-
-def ledger_origin(authority_id: str) -> str:
-    return f"comity-ledger/{authority_id}"
 
 
 def witness_name(authority_id: str) -> str:

@@ -29,7 +29,7 @@ from gateway.witness import (
     note_verifiers,
 )
 from protocol import merkle
-from protocol.checkpoint import Checkpoint
+from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.events import LedgerEvent
 from protocol.receipts import Receipt
 from protocol.timefmt import format_time, parse_time
@@ -47,7 +47,7 @@ from store.tables import (
 from tests.conftest import DatabaseFactory
 from tests.gateway.conftest import Pair, Side, comity, issue_token, running_pair
 from tests.gateway.test_exchange import REQUEST, wait_for
-from tests.gateway.test_markings import hostile_towards
+from tests.gateway.test_markings import assert_problem, hostile_towards
 
 
 async def exchange(pair: Pair) -> str:
@@ -195,6 +195,35 @@ async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair
     await exchange(pair)
     assert not pair.ar.gw.blocked_peers
     assert len(await rows(pair.ar, select(peer_checkpoints))) == 1
+
+
+async def test_a_checkpoint_of_the_empty_tree_is_consistent_exactly_when_its_root_is_the_empty_root(
+    pair: Pair,
+) -> None:
+    """9.5 step 3: there is no consistency proof from size 0 (RFC 9162 has none; verify_consistency refuses one),
+    so none is asked. The empty tree is the start of every tree: a size-0 checkpoint held and a larger one are
+    consistent when the size-0 root is the empty tree's root, and a ``ledger-rewritten`` alarm otherwise. The
+    witness used to verify an empty proof from size 0, and raised a false alarm at the peer's next checkpoint."""
+    assert pair.ar.running is not None
+    witness = pair.ar.running.sender.witness
+    empty = pair.au.gw.sign_checkpoint(Checkpoint("comity-ledger/au.ag", 0, merkle.EMPTY_ROOT).to_text())
+    await witness.check("au.ag", empty)  # nothing held: first use
+    await exchange(pair)  # the receipt's checkpoint, checked against the size-0 one
+    async with pair.ar.gw.engine.connect() as conn:
+        assert not await WitnessState.open_alarms(conn)
+    held = await rows(pair.ar, select(peer_checkpoints.c.size).order_by(peer_checkpoints.c.size))
+    assert [row.size for row in held][:1] == [0] and len(held) == 2
+    await witness.check("au.ag", empty)  # older than the one held, and consistent with it: nothing to keep
+    assert not pair.ar.gw.blocked_peers
+    async with pair.ar.gw.engine.connect() as conn:
+        assert not await WitnessState.open_alarms(conn)
+
+    # a size-0 checkpoint with any other root is of no tree at all
+    bogus = pair.au.gw.sign_checkpoint(Checkpoint("comity-ledger/au.ag", 0, bytes(32)).to_text())
+    await witness.check("au.ag", bogus)
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
 
 
 async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(pair: Pair) -> None:
@@ -390,6 +419,47 @@ async def test_the_witness_counts_what_it_cannot_parse_or_hold_against_the_peer(
     assert issubclass(witness_module.WitnessError, witness_module._UNCOOPERATIVE)  # so counted by _drain
 
 
+async def test_the_witness_keeps_and_cosigns_only_checkpoints_of_the_peers_own_ledger(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A note signed under au.ag's key name whose body names another log (``comity-ledger/zz.other``), or carries
+    an extension line, is not a checkpoint of au.ag's ledger (10.2): ar.mj cosigned the body as received, so its
+    cosignature vouched for a log it never checked. Now it is a checkpoint that does not verify, polled or brought
+    by a receipt: not kept, not cosigned, the receipt not recorded, and counted toward ``proof-unavailable``."""
+    message_id = await exchange(pair)
+    receipt = await _held_receipt(pair, message_id)
+    real, _ = open_checkpoint(receipt.checkpoint, note_verifiers(pair.ar.gw, "au.ag"))
+    async with pair.ar.gw.engine.begin() as conn:  # nothing held, as after peer clear --forget-history: first use
+        await conn.execute(delete(peer_checkpoints))
+    assert pair.ar.running is not None
+    witness = pair.ar.running.sender.witness
+    cosigned: list[Checkpoint] = []
+
+    async def cosign(peer: str, checkpoint: Checkpoint) -> None:
+        cosigned.append(checkpoint)
+
+    monkeypatch.setattr(witness, "_cosign", cosign)
+    notes = [
+        pair.au.gw.sign_checkpoint(Checkpoint(origin, real.size, real.root_hash, extensions).to_text())
+        for origin, extensions in (("comity-ledger/zz.other", ()), ("comity-ledger/au.ag", ("extra ext line",)))
+    ]
+    for note in notes:
+        with pytest.raises(CheckpointError):
+            await witness.check("au.ag", note)
+        lying = receipt.model_copy(update={"checkpoint": note})
+        with pytest.raises(CheckpointError):  # counted, like a checkpoint that does not verify
+            await witness.receipt_checkpoint("au.ag", lying, parse_time(receipt.received_at))
+        witness.observe("au.ag", note, lying)  # counted by the drain
+        await witness.idle()
+    assert await rows(pair.ar, select(peer_checkpoints)) == [] and cosigned == []
+    assert witness._failures == {"au.ag": 4} and not pair.ar.gw.blocked_peers
+    witness.observe("au.ag", notes[0])  # the fifth in a row
+    await witness.idle()
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "proof-unavailable")]
+
+
 async def test_each_peer_is_checked_at_most_once_per_interval_whatever_the_receipt_rate() -> None:
     """Checks that finish before the next receipt arrives must not run once per receipt (they did: the interval
     only applied when a checkpoint arrived during a check), and each check takes the newest checkpoint."""
@@ -498,6 +568,64 @@ async def post_cosignature(session: aiohttp.ClientSession, peer: Any, size: int,
         if response.status == 204:
             return 204, None
         return response.status, (await response.json(content_type=None))["code"]
+
+
+async def test_a_cosignature_of_a_size_beyond_a_signed_64_bit_integer_is_a_typed_problem(pair: Pair) -> None:
+    """9.4: ``size`` is a tree size from 0 to 2^63 - 1 (the database's signed 64-bit column); anything else is
+    ``invalid-message`` before any query (decision 93). 2^63 was a 500 (an overflow in the database driver)."""
+    line = "— comity-witness/ar.mj AAAA"
+    peer = hostile_towards(pair.ar, pair.au)
+    async with peer.session() as session:
+        for size in (2**63, 2**64, 10**30, -1):
+            assert await post_cosignature(session, peer, size, line) == (400, "invalid-message"), size
+        assert await post_cosignature(session, peer, 2**63 - 1, line) == (404, "not-found")  # asked, none signed
+    assert await rows(pair.au, select(cosignatures)) == []
+
+
+async def test_integer_query_parameters_are_ascii_decimal_only(pair: Pair) -> None:
+    """The federation proofs (9.3, 9.6) and the auditor API take sizes and indexes as ASCII decimal, no leading
+    zero, up to 2^63 - 1. Python's int() also reads fullwidth and other Unicode digits, '1_0', ' 1 ' and '+1': each
+    such parameter was answered as the number a strict client would not read in it; now it is ``invalid-message``."""
+    message_id = await exchange(pair)
+    await exchange(pair)
+    index = (await _held_receipt(pair, message_id)).ledger_index  # our message's reception on au.ag
+    size = index + 1
+
+    def disguised(value: str) -> list[str]:
+        """``value`` in forms int() reads (and two it does not), none of them ASCII decimal without a leading zero."""
+        fullwidth = "".join(chr(0xFF10 + int(digit)) for digit in value)
+        arabic_indic = "".join(chr(0x0660 + int(digit)) for digit in value)
+        forms = [fullwidth, arabic_indic, f" {value}", f"{value} ", f"+{value}", f"0{value}", f"{value}.0", ""]
+        return [*forms, f"{value[0]}_{value[1:]}"] if len(value) > 1 else forms
+
+    too_large = [str(2**63), "9" * 20]
+    peer = hostile_towards(pair.ar, pair.au)
+    async with peer.session() as session:
+        for path, params, name in (
+            ("/federation/v1/consistency", {"from": size, "to": size}, "from"),
+            (RECEIPT_PROOF_PATH, {"index": index, "size": size}, "size"),
+        ):
+            valid = str(params[name])
+            for value in (valid, *disguised(valid), *too_large):
+                async with session.get(peer.url + path, params={**params, name: value}) as response:
+                    answer = response.status, (await response.json(content_type=None)).get("code")
+                assert answer == ((200, None) if value == valid else (400, "invalid-message")), (path, value)
+
+    auditor = await asyncio.to_thread(issue_token, pair.au.provisioned.config, "audrey", "auditor")
+    headers = {"Authorization": f"Bearer {auditor}"}
+    for path, params, name in (
+        ("/v1/ledger/proofs/consistency", {"from": size, "to": size}, "from"),
+        ("/v1/ledger/proofs/inclusion", {"index": index, "size": size}, "size"),
+        ("/v1/ledger/entries", {"start": index, "end": size}, "end"),
+        ("/v1/ledger/checkpoints", {"after": index}, "after"),
+    ):
+        valid = str(params[name])
+        for value in (valid, *disguised(valid), *too_large):
+            status, body = await pair.au.call("GET", path, params={**params, name: value}, headers=headers)
+            if value == valid:
+                assert status == 200, (path, body)
+            else:
+                assert_problem(status, body, code="invalid-message")
 
 
 async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_signed(pair: Pair) -> None:
