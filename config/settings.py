@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -140,6 +141,9 @@ class Settings(BaseSettings):
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr | None = None  # HMAC-SHA256 key for the Comity-Signature header
     notify_interval_seconds: float = Field(default=60.0, ge=0.05, le=86400)
+    # the authority's own calendar: what "today" is for case dates and tasks (overdue, upcoming, notifications) and
+    # for a request's suggested deadline in statistics; an IANA name such as Australia/Sydney (decision 119)
+    time_zone: str = "UTC"
 
     @classmethod
     def settings_customise_sources(
@@ -178,6 +182,19 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < MIN_WEBHOOK_SECRET:  # an empty key: anyone's HMAC
             raise ValueError(f"must be at least {MIN_WEBHOOK_SECRET} characters (or unset, for unsigned calls)")
         return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):  # ValueError: a path-like or malformed key
+            raise ValueError("must be an IANA time zone name such as Europe/Madrid or UTC") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)  # cached by zoneinfo itself
 
     @field_validator("data_dir")
     @classmethod

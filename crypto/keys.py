@@ -16,7 +16,7 @@ The AEAD key is argon2id(passphrase, salt, t, m, p), 32 bytes. The plaintext is 
 ``{name: private JWK}``. The associated data is the canonical JSON of ``{"format", "kdf", "aead"}``, so changing a
 KDF parameter or the salt makes authentication fail rather than silently weakening the file. The CLI writes
 ``DEFAULT_KDF`` unless given the hidden ``--kdf-fast`` flag (``comity init``, ``comity directory keygen``: tests and
-the demo), which writes cheaper parameters; ``unseal_keys`` accepts those (down to 1 MiB) so that tests stay fast,
+the benchmark), which writes cheaper parameters; ``unseal_keys`` accepts those (down to 1 MiB) so that tests stay fast,
 and a gateway that starts on such a file logs ``keys_sealed_with_weak_kdf`` (``KdfParams.weaker_than``).
 """
 

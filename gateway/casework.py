@@ -106,7 +106,7 @@ async def case_work(gw: Gateway, user: User, case_id: str) -> dict[str, Any]:
         dates = await CaseWork.dates(conn, case_id)
         oral = await CaseWork.oral(conn, case_id)
         assignees = await Cases.assignee_names(conn, case_id)
-    today = gw.clock().date()
+    today = gw.today()
     return {
         "case_id": case_id,
         "unit": case.unit,
@@ -143,7 +143,7 @@ def _may_act(gw: Gateway, user: User, case: Any, marking: Marking) -> bool:
 
 async def due_list(gw: Gateway, user: User, *, days: int | None) -> list[dict[str, Any]]:
     """Open items of the cases ``user`` may act on: overdue (``days`` None), or due within ``days`` from today."""
-    today = gw.clock().date()
+    today = gw.today()
     first, last = (None, today - timedelta(days=1)) if days is None else (today, today + timedelta(days=days))
     by_id: dict[int, CaseDate] = {}
     after: tuple[date, int] | None = None
@@ -238,7 +238,7 @@ async def add_date(gw: Gateway, user: User, case_id: str, body: dict[str, Any]) 
         item_id = await CaseWork.add_date(tx.conn, case_id, kind, due, note, user.username, now)
         _record_date(tx, user, case_id, kind, due, item_id, "added")
         item = CaseDate(item_id, case_id, kind, due, note, user.username, now)
-        return await done(date_json(item, now.date()))
+        return await done(date_json(item, gw.today(now)))
 
     return await gw.commit(unit)
 
@@ -282,7 +282,7 @@ async def complete_date(gw: Gateway, user: User, case_id: str, item_id: int, bod
         finished = CaseDate(
             item_id, case_id, item.kind, item.due, item.note, item.created_by, item.created_at, now, user.username
         )
-        return await done({**date_json(finished, now.date()), "written_request": written})
+        return await done({**date_json(finished, gw.today(now)), "written_request": written})
 
     return await gw.commit(unit)
 
@@ -298,7 +298,7 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
     direction = {"received": "in", "made": "out"}.get(str(body.get("direction")))
     if direction is None:
         raise InvalidMessage("'direction' must be 'received' (from the peer) or 'made' (to it)")
-    today = gw.clock().date()
+    today = gw.today()
     oral_on = parse_day(body["on"], "on") if "on" in body else today
     if oral_on > today:
         raise InvalidWorkDate("'on' is the day the oral request was made: it cannot be in the future")

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -135,6 +135,11 @@ class Gateway:
     @property
     def authority_id(self) -> str:
         return self.settings.authority_id
+
+    def today(self, now: datetime | None = None) -> date:
+        """The date in the authority's own calendar (``time_zone``, decision 119), now or at ``now``: what case dates
+        and tasks, due lists and notifications count from."""
+        return (now or self.clock()).astimezone(self.settings.zone).date()
 
     def peer(self, authority_id: str) -> AuthorityEntry:
         """A counterpart from the directory; refuses an expired directory and a peer under a ledger alarm."""
@@ -368,7 +373,7 @@ async def _check_schema(conn: AsyncConnection) -> None:
 
 
 def _warn_if_weakly_sealed(sealed: bytes) -> None:
-    """A key file sealed with ``--kdf-fast`` (tests, the demo) opens like any other; a gateway must not run on one
+    """A key file sealed with ``--kdf-fast`` (tests, the benchmark) opens like any other; a gateway must not run on one
     unnoticed, since a stolen copy's passphrase is then far cheaper to guess. The parameters only: no secret."""
     params = sealed_kdf_params(sealed)
     if params.weaker_than(DEFAULT_KDF):

@@ -130,7 +130,7 @@ def _audit(workdir: Path, side: Provisioned, token: str, say: Callable[[str], No
 async def _run(workdir: Path, say: Callable[[str], None]) -> None:
     say("1. Creating two central authorities, their keys and a signed directory")
     ar, au = await asyncio.to_thread(
-        provision, workdir, AUTHORITIES, passphrase=PASSPHRASE, say=lambda s: say("   " + s)
+        provision, workdir, AUTHORITIES, passphrase=PASSPHRASE, fast_kdf=False, say=lambda s: say("   " + s)
     )
     tokens = [await asyncio.to_thread(_token, p.config, name) for p, name in ((ar, "alice"), (au, "bruce"))]
     supervisor = await asyncio.to_thread(_token, au.config, "sam", "supervisor")

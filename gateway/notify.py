@@ -131,9 +131,7 @@ class Notifier:
         renewed = loop.time()
         held_back = {item_id for (item_id, _), (_, next_try) in self._refused.items() if loop.time() < next_try}
         async with gw.reader.connect() as conn:
-            pending = await CaseWork.to_notify(
-                conn, gw.clock().date(), gw.settings.notify_days_ahead, exclude=held_back
-            )
+            pending = await CaseWork.to_notify(conn, gw.today(), gw.settings.notify_days_ahead, exclude=held_back)
         # what is neither pending nor held back was notified, done or closed meanwhile: forget its refusals
         keys = {(item.id, stage) for item, stage in pending}
         self._refused = {key: value for key, value in self._refused.items() if key in keys or key[0] in held_back}

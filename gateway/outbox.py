@@ -93,7 +93,7 @@ class OutboxSender:
     def __init__(self, gw: Gateway, *, concurrency: int = 32) -> None:
         self.gw = gw
         self.concurrency = concurrency
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[str, str, str], aiohttp.ClientSession] = {}  # by peer, endpoint and TLS pin
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()  # every delivery running: claimed ones and direct ones
         # the claimed ones alone, which ``concurrency`` limits: direct deliveries, which have no limit of their own
@@ -227,11 +227,13 @@ class OutboxSender:
     def _session(self, peer: AuthorityEntry) -> aiohttp.ClientSession:
         """The session that calls ``peer``: mutual TLS pinned to its directory certificate, or, for a plain-``http``
         endpoint, no TLS at all, which only the development flag allows. Asked before every request (the witness's
-        too, decision 116), not only when the session is made: the directory may change the endpoint meanwhile."""
+        too, decision 116). A session is kept per endpoint and pin, not per peer: its TLS decision is made once, when
+        it is created, and must never serve another endpoint or certificate of the peer."""
         settings = self.gw.settings
         if not peer.endpoint.startswith("https://") and not settings.dev_plain_http:
             raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
-        session = self._sessions.get(peer.id)
+        key = (peer.id, peer.endpoint, peer.tls_pin)
+        session = self._sessions.get(key)
         if session is None:
             ssl_context: Any = False
             if peer.endpoint.startswith("https://"):
@@ -245,7 +247,7 @@ class OutboxSender:
             connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit, keepalive_timeout=60)
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
             session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-            self._sessions[peer.id] = session
+            self._sessions[key] = session
         return session
 
     async def deliver(self, item: OutboxItem, prefetched: tuple[bytes, str] | None = None) -> None:

@@ -11,7 +11,6 @@ not open content (an auditor) gets periods of a year or a month and small cells 
 from __future__ import annotations
 
 import json
-from datetime import UTC
 from typing import Any
 
 from aiohttp import web
@@ -68,7 +67,7 @@ def _min_cell(gw: Gateway, user: User, filters: Filters) -> int:
 
 
 async def _tables(gw: Gateway, statistics: list[Statistic], filters: Filters, min_cell: int) -> list[StatTable]:
-    today = gw.clock().astimezone(UTC).date()
+    today = gw.today()
     async with gw.reader.connect() as conn:
         tables = [await compute(conn, statistic, filters, today=today) for statistic in statistics]
         if min_cell > 1:

@@ -23,5 +23,5 @@ def format_time(value: datetime) -> str:
 def parse_time(value: str) -> datetime:
     """Parse the one format; ``fromisoformat`` is ~15 times faster than ``strptime`` on the ledger's hot path."""
     if len(value) != 27 or not TIME_SHAPE.fullmatch(value):  # fromisoformat alone takes week dates, other separators
-        raise ValueError(f"time must look like 2026-11-28T07:40:00.123456Z, not {value[:40]!r}")
+        raise ValueError("time must look like 2026-11-28T07:40:00.123456Z")  # not the value: it may be content's
     return datetime.fromisoformat(value).astimezone(UTC)

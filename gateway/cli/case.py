@@ -9,7 +9,7 @@ the API, never printed here.
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,10 @@ async def _due(config_file: Path | None, upcoming: int | None, today: date) -> l
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tab-separated lines.")
 @reports_errors
 def due(config_file: Path | None, overdue: bool, upcoming: int | None, as_json: bool) -> None:
-    """List open critical dates and tasks, overdue or coming up (dates in UTC)."""
+    """List open critical dates and tasks, overdue or coming up (in the time_zone setting's calendar)."""
     if overdue and upcoming is not None:
         raise CommandError("choose --overdue or --upcoming DAYS, not both")
-    today = datetime.now(UTC).date()
+    today = datetime.now(settings_from(config_file).zone).date()
     items = [_item(item, today) for item in run(_due(config_file, upcoming, today))]
     if as_json:
         click.echo(json.dumps({"items": items}, indent=2))
@@ -117,4 +117,5 @@ async def _work(config_file: Path | None, case_id: str, today: date) -> dict[str
 @reports_errors
 def work(config_file: Path | None, case_id: str) -> None:
     """Show a case's work (JSON): assignees, flags, dates and tasks, oral request; never notes."""
-    click.echo(json.dumps(run(_work(config_file, case_id, datetime.now(UTC).date())), indent=2))
+    today = datetime.now(settings_from(config_file).zone).date()
+    click.echo(json.dumps(run(_work(config_file, case_id, today)), indent=2))

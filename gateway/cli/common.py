@@ -26,7 +26,7 @@ __all__ = [
     "write_new_file",
 ]
 
-# Cheap argon2id parameters behind the hidden --kdf-fast flag: for tests and the demo only, never for real keys.
+# Cheap argon2id parameters behind the hidden --kdf-fast flag: for tests and the benchmark only, never for real keys.
 FAST_KDF: Final = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 
 _P = ParamSpec("_P")
@@ -91,7 +91,10 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") ->
     """The passphrase from ``env_var`` if set, else a hidden prompt (typed twice when ``confirm``)."""
     value = os.environ.get(env_var)
     if value is None:
-        value = click.prompt(f"{what.capitalize()}", hide_input=True, confirmation_prompt=confirm, err=True)
+        try:
+            value = click.prompt(f"{what.capitalize()}", hide_input=True, confirmation_prompt=confirm, err=True)
+        except click.Abort:  # end of input (nothing piped, a closed stdin) or ^C: one line, as every failure
+            raise CommandError(f"no {what} was given; set {env_var} or type one at the prompt") from None
     if not value:
         raise CommandError(f"the {what} must not be empty; set {env_var} or type one at the prompt")
     return utf8(value, env_var if env_var in os.environ else f"the {what} typed")

@@ -62,7 +62,7 @@ def directory() -> None:
 
 @directory.command()
 @click.option("--out", required=True, type=_new_file, help="Sealed private key file to create.")
-@click.option("--kdf-fast", is_flag=True, hidden=True, help="Cheap argon2id parameters: tests and the demo only.")
+@click.option("--kdf-fast", is_flag=True, hidden=True, help="Cheap argon2id parameters: tests and the benchmark only.")
 @reports_errors
 def keygen(out: Path, kdf_fast: bool) -> None:
     """Create the directory signing key: OUT (sealed private key) and OUT.pub.jwk (the key gateways pin).

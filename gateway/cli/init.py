@@ -82,7 +82,7 @@ def _settings(
     "--federation-port", type=click.IntRange(1, 65535), default=None, help="Listening port [default: endpoint's port]."
 )
 @click.option("--host", "hosts", multiple=True, help="Host name or IP in the TLS certificate [default: endpoint's].")
-@click.option("--kdf-fast", is_flag=True, hidden=True, help="Cheap argon2id parameters: tests and the demo only.")
+@click.option("--kdf-fast", is_flag=True, hidden=True, help="Cheap argon2id parameters: tests and the benchmark only.")
 @reports_errors
 def init(
     authority_id: str,

@@ -56,5 +56,7 @@ async def _settled(coroutine: Coroutine[Any, Any, _T]) -> _T:
     finally:
         deadline = time.monotonic() + SQLITE_WORKERS_GRACE
         for thread in set(threading.enumerate()) - before:
-            if thread.name.endswith(_SQLITE_WORKER):
+            # is_alive: enumerate() also lists a thread another one is starting (a test's gateway opening a
+            # connection beside the command), which join() refuses with a RuntimeError until it runs; ours run
+            if thread.name.endswith(_SQLITE_WORKER) and thread.is_alive():
                 await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))

@@ -7,7 +7,7 @@ Without NAME every statistic is printed. Filters as in the API (``--from 2025 --
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import click
@@ -71,7 +71,7 @@ def stats(name: str | None, output: str, config_file: Path | None, **given: str 
     names = [Statistic(name)] if name else list(Statistic)
     if output == "csv" and len(names) != 1:
         raise CommandError("--format csv prints one statistic: name it, e.g. 'comity stats by-year --format csv'")
-    tables = run(_compute(config_file, names, filters, datetime.now(UTC).date()))
+    tables = run(_compute(config_file, names, filters, datetime.now(settings_from(config_file).zone).date()))
     if output == "csv":
         click.echo(to_csv(tables[0]), nl=False)
     elif output == "json":

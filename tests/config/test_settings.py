@@ -179,6 +179,9 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "short", "notify_webhook_secret"),
         ("COMITY_DATA_DIR", "", "data_dir: must name a path"),  # was the current directory
         ("COMITY_KEYS_FILE", " ", "keys_file: must name a path"),  # was data_dir itself
+        ("COMITY_TIME_ZONE", "Mars/Olympus_Mons", "time_zone: must be an IANA time zone name"),
+        ("COMITY_TIME_ZONE", "../../etc/passwd", "time_zone: must be an IANA time zone name"),
+        ("COMITY_TIME_ZONE", "", "time_zone: must be an IANA time zone name"),
     ],
 )
 def test_environment_values_are_held_to_what_the_file_is(
@@ -187,6 +190,13 @@ def test_environment_values_are_held_to_what_the_file_is(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(write_config(tmp_path, BASE.format(data=tmp_path)))
+
+
+def test_the_time_zone_is_the_authoritys_calendar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(write_config(tmp_path, BASE.format(data=tmp_path))).time_zone == "UTC"
+    monkeypatch.setenv("COMITY_TIME_ZONE", "Australia/Sydney")
+    settings = load_settings(write_config(tmp_path, BASE.format(data=tmp_path)))
+    assert str(settings.zone) == "Australia/Sydney"
 
 
 def test_variables_that_are_not_settings_are_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,6 +62,38 @@ async def officer(pair: Pair, name: str, case_id: str | None = None, **options: 
     return side
 
 
+async def test_what_is_overdue_follows_the_authoritys_own_calendar(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A date due today on the date line's east side (UTC-12) is overdue already on its west side (UTC+14), the two
+    calendars 26 hours apart: "today" is the authority's own date (the time_zone setting, decision 119), for the
+    lists, a new item's state, and its notification."""
+    from zoneinfo import ZoneInfo
+
+    west, east = ZoneInfo("Etc/GMT+12"), ZoneInfo("Etc/GMT-14")  # POSIX signs: GMT+12 is UTC-12
+    local = datetime.now(UTC).astimezone(west)
+    if local.hour == 23 and local.minute >= 58:  # the west's day must not change under the test
+        await asyncio.sleep((60 - local.minute) * 60 - local.second + 1)
+    due = datetime.now(UTC).astimezone(west).date()
+    assert datetime.now(UTC).astimezone(east).date() > due
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    gw = pair.au.gw
+    try:
+        seen = {}
+        for zone in ("Etc/GMT+12", "Etc/GMT-14"):
+            monkeypatch.setattr(gw, "settings", gw.settings.model_copy(update={"time_zone": zone}))
+            status, added = await olga.call(
+                "POST", f"/v1/cases/{case_id}/dates", json={"kind": "hearing", "due": due.isoformat()}
+            )
+            assert status == 201, added
+            overdue = (await olga.call("GET", "/v1/work/overdue"))[1]["items"]
+            upcoming = (await olga.call("GET", "/v1/work/upcoming?days=1"))[1]["items"]
+            seen[zone] = (added["state"], len(overdue), len(upcoming))
+            await olga.call("POST", f"/v1/cases/{case_id}/dates/{added['id']}/done", json={})
+        assert seen == {"Etc/GMT+12": ("open", 0, 1), "Etc/GMT-14": ("overdue", 1, 0)}, seen
+    finally:
+        await close_sessions(olga)
+
+
 async def test_an_officer_works_a_case_and_sees_only_its_own_lists(
     pair: Pair,
     log_buffer: io.StringIO,  # noqa: F811 (the fixture imported above)

@@ -87,6 +87,17 @@ def test_a_secret_that_is_not_utf8_is_named_not_shown(tmp_path: Path, variable: 
     assert line == f"comity: {variable} is not valid UTF-8"
 
 
+def test_no_passphrase_at_all_is_one_line(tmp_path: Path) -> None:
+    """Neither COMITY_PASSPHRASE nor anything at the prompt (a closed standard input): click's "Aborted!" was
+    the whole answer; it is the one line every failure is."""
+    data_dir = tmp_path / "ar"
+    init(data_dir, "ar.mj", "AR", 8443)
+    result = run("keys", "list", "--config", data_dir / "comity.toml", env={**ENV, "COMITY_PASSPHRASE": None})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["Passphrase: ", "comity: no passphrase was given; set COMITY_PASSPHRASE or type one at the prompt"]
+
+
 async def test_a_database_never_migrated_is_named(databases: DatabaseFactory, tmp_path: Path) -> None:
     data_dir = tmp_path / "ar"
     await asyncio.to_thread(init, data_dir, "ar.mj", "AR", 8443)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiosqlite
+import pytest
 
 from gateway.cli.runtime import _SQLITE_WORKER, run
 
@@ -38,6 +39,20 @@ def test_a_command_returns_only_after_sqlite_worker_threads_have_answered() -> N
     assert run(command()) == "done"
     threads[0].join()
     assert late == []
+
+
+def test_a_thread_another_one_is_starting_does_not_fail_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """threading.enumerate() lists a thread from the moment start() is called, before it runs, and join() refuses
+    such a thread with a RuntimeError: a gateway opening a SQLite connection beside the command (in a test) made the
+    command fail now and then as an "unexpected error (RuntimeError)"."""
+    starting = threading.Thread(target=lambda: None, name=f"other {_SQLITE_WORKER}")  # never started here
+    listed = threading.enumerate
+
+    async def command() -> str:
+        monkeypatch.setattr(threading, "enumerate", lambda: [*listed(), starting])
+        return "done"
+
+    assert run(command()) == "done"
 
 
 async def test_aiosqlite_names_its_worker_threads_as_run_expects(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ An unlisted client, and a listed peer the gateway refuses to talk to (blocked, o
 signed refusal before a byte of the body is read (ledgered for a listed peer only), and the connection is not kept
 alive. A listed peer has at most ``peer_deliveries_at_once`` deliveries read and checked at a time; one more waits
 for a slot, then is answered 503 ``busy``. A body that stops arriving is answered 408 ``read-timeout`` after
-``body_read_seconds`` (the attachments get their size at 64 KiB/s more, our own disk time not counted), and a client
-that leaves mid-body costs an info line: in these cases nothing is stored, signed or ledgered, and the peer's
+``body_read_seconds`` (each attachment part gets its own size at 64 KiB/s more, our own disk time not counted), and
+a client that leaves mid-body costs an info line: in these cases nothing is stored, signed or ledgered, and the peer's
 refusal token comes back. A compressed body is refused; broken chunked framing is aiohttp's 400.
 """
 
@@ -229,6 +229,33 @@ async def test_a_body_that_stops_arriving_is_answered_408_and_nothing_is_kept(
         assert (await asyncio.wait_for(read_answer(reader), 5)).status == 200
     finally:
         writer.close()
+
+
+async def test_a_small_part_gets_no_time_from_the_large_parts_after_it(pair: Pair, hostile: HostilePeer) -> None:
+    """Each part has its own time, from its own size (decision 118): a manifest that claims a large attachment
+    after a small one does not let the small one trickle in for as long as the large one might take (here 0.5 s
+    + 2 KB at 64 KiB/s, not the 90 s that 6 MB more would give)."""
+    await restart(pair.au, body_read_seconds=0.5)
+    small, large = make_attachment(os.urandom(2000)), make_attachment(os.urandom(6_000_000))
+    payload = hostile.payload(attachments=[small.ref.model_dump(), large.ref.model_dump()])
+    body = multipart(hostile.seal(payload), small.ciphertext)  # the large one never comes
+    cut = len(body) - 1500  # inside the small attachment
+    reader, writer = await hostile.start_post(len(body), body[:cut], f"multipart/mixed; boundary={BOUNDARY}")
+    try:
+        answer_task = asyncio.create_task(read_answer(reader))
+        for byte in body[cut : cut + 40]:  # a byte every 0.1 s: 4 s of it
+            if answer_task.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+        else:
+            answer_task.cancel()
+            raise AssertionError("the small part was read for as long as the large one would have been")
+        answer = answer_task.result()
+    finally:
+        writer.close()
+    assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
+    assert "attachment 0 did not arrive within 1 s" in answer.document["detail"]
 
 
 @pytest.mark.parametrize("where", ["envelope", "attachment"])

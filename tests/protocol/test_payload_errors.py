@@ -10,6 +10,7 @@ import pytest
 from protocol.content import Forwarded
 from protocol.errors import InvalidMessage
 from protocol.messages import MessagePayload, new_message_id, parse_strict_json
+from protocol.requests import Request
 from protocol.timefmt import format_time, parse_time
 
 SECRET = "Account 12345 of J. Doe"
@@ -47,6 +48,9 @@ def test_an_unknown_member_is_not_named_in_the_refusal() -> None:
     with pytest.raises(InvalidMessage, match=r"^Forwarded: \(member\): Extra inputs") as forwarded:
         Forwarded.parse(item)
     assert SECRET not in payload.value.message + forwarded.value.message
+    with pytest.raises(InvalidMessage, match=r"^Request: legal_basis: 'kind' must be one of 'uncac', 'treaty'") as tag:
+        Request.parse({"type": "mla-criminal", "legal_basis": {"kind": SECRET}})  # a tagged union's unknown tag
+    assert SECRET not in tag.value.message
     with pytest.raises(InvalidMessage, match=r"^MessagePayload: marking\.level: "):
         MessagePayload.parse(_payload(marking={"level": 3, "caveats": []}))
 

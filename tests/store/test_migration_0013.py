@@ -8,12 +8,28 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select
 
 from store.db import make_engine, run_migrations
-from store.tables import case_assignments, cases, users
+from store.tables import case_assignments, case_dates, cases, messages, oral_requests, users
 
 T0 = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
 
 
-async def test_0013_gives_the_empty_unit_to_assigned_cases_without_one(db_url: str) -> None:
+def _message(message_id: str, direction: str) -> dict[str, object]:
+    return {
+        "id": message_id,
+        "direction": direction,
+        "peer": "au.ag",
+        "kind": "request",
+        "marking_level": "CONFIDENTIAL",
+        "marking_caveats": "[]",
+        "state": "received",
+        "sealed": b"jwe",
+        "envelope_sha256": "0" * 64,
+        "created_at": T0,
+        "case_id": message_id,
+    }
+
+
+async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -> None:
     await run_migrations(db_url, "0012")
     engine = make_engine(db_url)
     try:
@@ -25,8 +41,19 @@ async def test_0013_gives_the_empty_unit_to_assigned_cases_without_one(db_url: s
                     {"id": "triage", "unit": None, "created_at": T0},
                     {"id": "unit-less", "unit": None, "created_at": T0},
                     {"id": "of-mla", "unit": "mla", "created_at": T0},
+                    {"id": "sent", "unit": None, "created_at": T0},  # its officer was taken off it since
+                    {"id": "oral", "unit": None, "created_at": T0},
                 ],
             )
+            await conn.execute(insert(messages), [_message("triage", "in"), _message("sent", "out")])
+            task = {"case_id": "oral", "kind": "confirm-in-writing", "due": T0.date(), "created_by": "nina"}
+            await conn.execute(insert(case_dates).values(id=7, created_at=T0, **task))
+            await conn.execute(
+                insert(oral_requests).values(
+                    case_id="oral", peer="au.ag", direction="in", oral_on=T0.date(), marking_level="CONFIDENTIAL",
+                    marking_caveats="[]", task_id=7,
+                )
+            )  # fmt: skip
             await conn.execute(
                 insert(case_assignments),
                 [
@@ -39,4 +66,4 @@ async def test_0013_gives_the_empty_unit_to_assigned_cases_without_one(db_url: s
             units = dict((await conn.execute(select(cases.c.id, cases.c.unit))).all())
     finally:
         await engine.dispose()
-    assert units == {"triage": None, "unit-less": "", "of-mla": "mla"}
+    assert units == {"triage": None, "unit-less": "", "of-mla": "mla", "sent": "", "oral": ""}
