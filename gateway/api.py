@@ -17,6 +17,7 @@ from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import GATEWAY
+from gateway.params import bounded_param
 from gateway.policy import (
     AccessRefused,
     case_marking,
@@ -220,18 +221,14 @@ async def post_message(request: web.Request) -> web.Response:
     return await _submit(request)
 
 
-def _bounded(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name, str(default))
-    if not re.fullmatch(r"[0-9]{1,10}", raw) or not low <= int(raw) <= high:  # ASCII digits, not any Unicode digit
-        raise InvalidMessage(f"{name} must be an integer from {low} to {high}")
-    return int(raw)
-
-
 async def list_messages(request: web.Request) -> web.Response:
     box = request.query.get("box", "inbox")
     if box not in {"inbox", "outbox"}:
         raise InvalidMessage("box must be inbox or outbox")
-    limit, offset = _bounded(request, "limit", 100, 1, 1000), _bounded(request, "offset", 0, 0, 10**9)
+    limit, offset = (
+        bounded_param(request.query, "limit", 100, 1, 1000),
+        bounded_param(request.query, "offset", 0, 0, 10**9),
+    )
     direction = "in" if box == "inbox" else "out"
     rows = await visible_box(request.app[GATEWAY], _user(request), direction, limit=limit, offset=offset)
     return _json({"messages": [_summary(row) for row in rows]})

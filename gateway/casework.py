@@ -141,16 +141,24 @@ def _may_act(gw: Gateway, user: User, case: Any, marking: Marking) -> bool:
     return True
 
 
-async def due_list(gw: Gateway, user: User, *, days: int | None) -> list[dict[str, Any]]:
-    """Open items of the cases ``user`` may act on: overdue (``days`` None), or due within ``days`` from today."""
+DUE_LIST_LIMIT = 500  # items per page of a due list, unless the caller asks for fewer (at most MAX_DUE_LIST_LIMIT)
+MAX_DUE_LIST_LIMIT = 1000
+
+
+async def due_list(
+    gw: Gateway, user: User, *, days: int | None, limit: int = DUE_LIST_LIMIT, after: tuple[date, int] | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the open items of the cases ``user`` may act on: overdue (``days`` None), or due within ``days``
+    from today; soonest first, by due date then id. ``after`` is where the previous page ended (its ``next``); the
+    second value is this page's ``next``, or None when nothing follows."""
     today = gw.today()
     first, last = (None, today - timedelta(days=1)) if days is None else (today, today + timedelta(days=days))
     by_id: dict[int, CaseDate] = {}
-    after: tuple[date, int] | None = None
     async with gw.reader.connect() as conn:
-        # page by page through every open item of the period, so that the caller's are all listed however many
-        # other cases' items come first (access is decided per case, by the rule of case events)
-        while True:
+        # page by page through the open items of the period, so that the caller's are all listed however many
+        # other cases' items come first (access is decided per case, by the rule of case events), until one more
+        # than the page holds is found
+        while len(by_id) <= limit:
             page = await CaseWork.open_between(conn, first, last, limit=PAGE, after=after)
             facts = await CaseWork.access_facts(conn, {item.case_id for item in page})
             allowed = {case_id for case_id, (case, marking) in facts.items() if _may_act(gw, user, case, marking)}
@@ -160,7 +168,19 @@ async def due_list(gw: Gateway, user: User, *, days: int | None) -> list[dict[st
             after = (page[-1].due, page[-1].id)
     due = [Due(item.id, item.case_id, item.kind, item.due) for item in by_id.values()]
     chosen = overdue(due, today) if days is None else upcoming(due, today, days)
-    return [date_json(by_id[item.id], today) for item in chosen]
+    shown = chosen[:limit]
+    following = f"{shown[-1].due.isoformat()}:{shown[-1].id}" if len(chosen) > limit else None
+    return [date_json(by_id[item.id], today) for item in shown], following
+
+
+def due_cursor(raw: str | None) -> tuple[date, int] | None:
+    """A due list's ``after``: the ``next`` of the page before, ``YYYY-MM-DD:<item id>``."""
+    if raw is None:
+        return None
+    day, _, item = raw.partition(":")
+    if not re.fullmatch(r"[0-9]{1,18}", item):
+        raise InvalidMessage("after must be the 'next' of the page before: YYYY-MM-DD:<item id>")
+    return parse_day(day, "after"), int(item)
 
 
 # --- changes ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from gateway.federation import GATEWAY
 from gateway.openapi_parts import ID_PARAMETER as _ID
 from gateway.openapi_parts import PROBLEM as _PROBLEM
 from gateway.openapi_parts import json_ok
+from gateway.params import bounded_param
 from gateway.policy import case_marking, check_supervising
 from protocol.errors import InvalidMessage
 from protocol.events import EventType
@@ -90,18 +91,24 @@ async def post_oral_request(request: web.Request) -> web.Response:
 
 
 async def get_overdue(request: web.Request) -> web.Response:
-    if request.query:
-        raise InvalidMessage("GET /v1/work/overdue takes no query parameters")
-    items = await casework.due_list(request.app[GATEWAY], _user(request), days=None)
-    return _json({"items": items})
+    if set(request.query) - {"limit", "after"}:
+        raise InvalidMessage("GET /v1/work/overdue takes only 'limit' and 'after'")
+    items, following = await _due_page(request, days=None)
+    return _json({"items": items, "next": following})
 
 
 async def get_upcoming(request: web.Request) -> web.Response:
-    if set(request.query) - {"days"}:
-        raise InvalidMessage("GET /v1/work/upcoming takes only 'days'")
+    if set(request.query) - {"days", "limit", "after"}:
+        raise InvalidMessage("GET /v1/work/upcoming takes only 'days', 'limit' and 'after'")
     days = casework.window_days(request.query.get("days"))
-    items = await casework.due_list(request.app[GATEWAY], _user(request), days=days)
-    return _json({"days": days, "items": items})
+    items, following = await _due_page(request, days=days)
+    return _json({"days": days, "items": items, "next": following})
+
+
+async def _due_page(request: web.Request, *, days: int | None) -> tuple[list[dict[str, Any]], str | None]:
+    limit = bounded_param(request.query, "limit", casework.DUE_LIST_LIMIT, 1, casework.MAX_DUE_LIST_LIMIT)
+    after = casework.due_cursor(request.query.get("after"))
+    return await casework.due_list(request.app[GATEWAY], _user(request), days=days, limit=limit, after=after)
 
 
 async def unassign(request: web.Request) -> web.Response:
@@ -177,7 +184,18 @@ def _json_body(properties: dict[str, Any], required: list[str] | None = None) ->
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-_LIST = {"type": "object", "properties": {"items": {"type": "array", "items": _ITEM}}}
+_LIST = {
+    "type": "object",
+    "properties": {
+        "items": {"type": "array", "items": _ITEM},
+        # where the next page starts (its 'after'), or null on the last page
+        "next": {"type": ["string", "null"], "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}:[0-9]+$"},
+    },
+}
+_PAGE = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 500}},
+    {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "the 'next' of the page before"},
+]
 
 CASEWORK_OPENAPI_PATHS: dict[str, Any] = {
     "/v1/cases/{id}/work": {
@@ -266,7 +284,8 @@ CASEWORK_OPENAPI_PATHS: dict[str, Any] = {
     "/v1/work/overdue": {
         "get": {
             "summary": "Open dates and tasks past due, of the cases not closed that the caller may act on",
-            "responses": _ok("Overdue items, oldest first", _LIST),
+            "parameters": _PAGE,
+            "responses": _ok("Overdue items, oldest first, a page at a time", _LIST),
         }
     },
     "/v1/work/upcoming": {
@@ -274,9 +293,10 @@ CASEWORK_OPENAPI_PATHS: dict[str, Any] = {
             "summary": "Open dates and tasks due from today up to 'days' ahead (default 7), of the cases not closed "
             "that the caller may act on",
             "parameters": [
-                {"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 366}}
+                {"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 366}},
+                *_PAGE,
             ],
-            "responses": _ok("Upcoming items, soonest first", _LIST),
+            "responses": _ok("Upcoming items, soonest first, a page at a time", _LIST),
         }
     },
 }

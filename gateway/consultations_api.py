@@ -14,10 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import _bounded, _json, _read_json, _summary, _user, read_submission
+from gateway.api import _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
+from gateway.params import bounded_param
 from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal
 from gateway.reading import LIST_PAGE, open_message, visible_ids, window
 from gateway.sending import Draft, submit_message
@@ -230,7 +231,10 @@ async def convert(request: web.Request) -> web.Response:
 async def list_threads(request: web.Request) -> web.Response:
     """The threads of the caller (assigned, or of the unit a supervisor supervises); all of them for auditors;
     ``?about=<case id>`` and ``?state=open|converted`` narrow the list."""
-    limit, offset = _bounded(request, "limit", 100, 1, 1000), _bounded(request, "offset", 0, 0, 10**9)
+    limit, offset = (
+        bounded_param(request.query, "limit", 100, 1, 1000),
+        bounded_param(request.query, "offset", 0, 0, 10**9),
+    )
     about, state = request.query.get("about"), request.query.get("state")
     if about is not None:
         validate_message_id(about)

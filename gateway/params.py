@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from protocol.errors import InvalidMessage
 
-__all__ = ["MAX_INDEX", "int_param"]
+__all__ = ["MAX_INDEX", "bounded_param", "int_param"]
 
 MAX_INDEX = 2**63 - 1  # sizes and indexes are signed 64-bit integers in the database
 # ASCII decimal, no leading zero: int() also reads other Unicode digits (fullwidth, Arabic-Indic), "1_0", " 1 " and
@@ -24,4 +24,13 @@ def int_param(query: Mapping[str, str], name: str, default: int | None = None) -
         return default
     if raw is None or not _DECIMAL.fullmatch(raw) or int(raw) > MAX_INDEX:
         raise InvalidMessage(f"query parameter {name!r} must be an integer from 0 to {MAX_INDEX}")
+    return int(raw)
+
+
+def bounded_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``name``, an integer from ``low`` to ``high`` in ASCII digits (not any Unicode digit),
+    or ``default`` when absent: a page's ``limit`` or ``offset``."""
+    raw = query.get(name, str(default))
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not low <= int(raw) <= high:
+        raise InvalidMessage(f"{name} must be an integer from {low} to {high}")
     return int(raw)

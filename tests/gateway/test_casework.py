@@ -94,6 +94,44 @@ async def test_what_is_overdue_follows_the_authoritys_own_calendar(pair: Pair, m
         await close_sessions(olga)
 
 
+async def test_the_due_lists_come_a_page_at_a_time_of_what_the_caller_may_see(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """limit and after page the overdue and upcoming lists; a page holds only items of cases the caller may act on,
+    however many of other cases' come between them (the store is read two items at a time here)."""
+    monkeypatch.setattr("gateway.casework.PAGE", 2)
+    _, mine = await incoming_case(pair)
+    _, other = await incoming_case(pair)
+    olga = await officer(pair, "olga", mine)
+    try:
+        expected = []
+        for offset in range(-6, 0):  # an item of each case every day
+            for case_id in (mine, other):
+                status, body = await pair.au.call(
+                    "POST", f"/v1/cases/{case_id}/dates", json={"kind": "deadline", "due": day(offset)}
+                )
+                assert status == 201, body
+                if case_id == mine:
+                    expected.append(body["id"])
+        for path in ("/v1/work/overdue", "/v1/work/upcoming?days=0"):
+            seen, after, pages = [], None, 0
+            while True:
+                query = f"{'&' if '?' in path else '?'}limit=4" + (f"&after={after}" if after else "")
+                status, body = await olga.call("GET", path + query)
+                assert status == 200 and len(body["items"]) <= 4, body
+                seen += [item["id"] for item in body["items"]]
+                pages += 1
+                after = body["next"]
+                if after is None:
+                    break
+            assert (seen, pages) == ((expected, 2) if "overdue" in path else ([], 1))
+        for bad in ("limit=0", "limit=1001", "after=2026-01-01", "after=yesterday:3", "after=2026-01-01:\u0663"):
+            status, body = await olga.call("GET", f"/v1/work/overdue?{bad}")
+            assert status == 400 and body["code"] in ("invalid-message", "invalid-work-date"), (bad, body)
+    finally:
+        await close_sessions(olga)
+
+
 async def test_an_officer_works_a_case_and_sees_only_its_own_lists(
     pair: Pair,
     log_buffer: io.StringIO,  # noqa: F811 (the fixture imported above)
