@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -82,6 +83,9 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]{0,31}(/[A-Za-z0-9_+-]{1,32}){0,2}")
 
 
 class Settings(BaseSettings):
@@ -186,9 +190,11 @@ class Settings(BaseSettings):
     @field_validator("time_zone")
     @classmethod
     def _time_zone(cls, value: str) -> str:
-        try:
+        try:  # a name, not a path: "America" is a directory of the database, "localtime" the host's own setting
+            if not _ZONE_NAME.fullmatch(value) or value == "localtime":
+                raise ValueError(value)
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):  # ValueError: a path-like or malformed key
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: IsADirectoryError, a name too long
             raise ValueError("must be an IANA time zone name such as Europe/Madrid or UTC") from None
         return value
 

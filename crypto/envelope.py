@@ -39,7 +39,7 @@ from crypto.jose_profile import (
     wire_bytes,
 )
 from crypto.keys import key_id
-from protocol.messages import Marking, MessageKind, MessagePayload
+from protocol.messages import Marking, MessageKind, MessagePayload, check_attachment_keys
 
 __all__ = [
     "DEFAULT_MAX_ENVELOPE_BYTES",
@@ -181,6 +181,7 @@ def open_envelope(
     sender_keys: Mapping[str, OKPKey],
     expected_recipient: str,
     max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
+    stored: bool = False,
 ) -> OpenedEnvelope:
     """Open and verify an envelope, or raise a typed ``CryptoError`` (or ``InvalidMessage``) naming the failed check.
 
@@ -188,6 +189,8 @@ def open_envelope(
     ``sender_keys``: the public Ed25519 keys by kid that the directory lists for the claimed sender (``from``).
     ``expected_recipient``: our authority id (for an archive copy: the original recipient).
     ``sealed`` may be what :func:`read_envelope` returned (steps 1 and 2 done, under the limit it was read with).
+    ``stored``: an envelope read back from our own store, received (or sent) under the rules of its day; the checks
+    that only decide whether to receive it (the manifest's keys) are not made again, so that it still opens.
     """
     # 1. and 2. Size, then outer shape and protected header within the profile (compact, pinned alg/enc, exactly the
     #    profile's members, no duplicates, valid routing values): read_envelope, here or by the caller. Unverified.
@@ -227,6 +230,8 @@ def open_envelope(
 
     # 9. The payload is a valid, RFC 8785 canonical MessagePayload (duplicates refused).
     payload = MessagePayload.from_bytes(payload_bytes)
+    if not stored:
+        check_attachment_keys(payload)  # a key that can never decrypt: refused rather than receipted
 
     # 10. The routing header repeats the signed routing exactly.
     for name, in_header, in_payload in (

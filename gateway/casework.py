@@ -143,6 +143,7 @@ def _may_act(gw: Gateway, user: User, case: Any, marking: Marking) -> bool:
 
 DUE_LIST_LIMIT = 500  # items per page of a due list, unless the caller asks for fewer (at most MAX_DUE_LIST_LIMIT)
 MAX_DUE_LIST_LIMIT = 1000
+MAX_ITEM_ID = 2**31 - 1  # case_dates.id is a 32-bit integer on PostgreSQL: a larger one must not reach a query
 
 
 async def due_list(
@@ -178,7 +179,7 @@ def due_cursor(raw: str | None) -> tuple[date, int] | None:
     if raw is None:
         return None
     day, _, item = raw.partition(":")
-    if not re.fullmatch(r"[0-9]{1,18}", item):
+    if not re.fullmatch(r"[0-9]{1,10}", item) or int(item) > MAX_ITEM_ID:
         raise InvalidMessage("after must be the 'next' of the page before: YYYY-MM-DD:<item id>")
     return parse_day(day, "after"), int(item)
 

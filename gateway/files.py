@@ -58,11 +58,22 @@ class AttachmentFile:
         if data:
             _on_disk(lambda: self._file.write(data))
 
-    def commit(self) -> Path:
-        def commit() -> Path:
+    def close(self) -> None:
+        """Flush, sync and close the partial file once all of it is written, so that a delivery of many parts holds
+        one file open at a time; :meth:`commit` then only renames it."""
+
+        def close() -> None:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+        if not self._file.closed:
+            _on_disk(close)
+
+    def commit(self) -> Path:
+        self.close()
+
+        def commit() -> Path:
             self.partial.replace(self.final)
             return self.final
 

@@ -53,7 +53,7 @@ def decrypt_row(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
         assert row.archive is not None
         own = gw.directory.authority(gw.authority_id).all_signing_keys() | gw.own_signing_keys()
         return open_envelope(
-            row.archive, recipient_keys=gw.archive_keys(), sender_keys=own, expected_recipient=row.peer
+            row.archive, recipient_keys=gw.archive_keys(), sender_keys=own, expected_recipient=row.peer, stored=True
         )
     return open_envelope(
         row.sealed,
@@ -61,6 +61,7 @@ def decrypt_row(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
         sender_keys=gw.directory.authority(row.peer).all_signing_keys(),
         expected_recipient=gw.authority_id,
         max_bytes=max(len(row.sealed), gw.settings.max_envelope_bytes),
+        stored=True,
     )
 
 

@@ -44,7 +44,7 @@ from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.lifecycle import Side
 from protocol.markings import asks_confidentiality
-from protocol.messages import MessageKind, check_attachment_keys, check_freshness
+from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
 from protocol.stats import facets_of_content
 from protocol.timefmt import format_time
@@ -135,7 +135,6 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
                 expected_recipient=gw.authority_id,
                 max_bytes=gw.settings.max_envelope_bytes,
             )
-            check_attachment_keys(opened.payload)  # the rest of check 15
             # 6. freshness
             check_freshness(
                 opened.payload.iat,
@@ -267,19 +266,21 @@ async def _receive_attachments(
     for position, ref in enumerate(refs):  # every size before any part is read (check 22)
         if ref.ct_size > gw.settings.max_attachment_bytes:
             raise AttachmentTooLarge(f"attachment {position} is larger than this gateway accepts")
-    # each part holds its peer's slot at most body_read_seconds plus its own size at 64 KiB/s, however it trickles in
-    # (decisions 86, 118): a small part cannot borrow the time that the large ones a manifest claims after it would
-    # get. The time we spend hashing and writing is added back: a slow disk of ours is not the peer's stall
+    # part i must have arrived body_read_seconds plus the size of parts 0 to i at 64 KiB/s after the first was
+    # awaited, however it trickles in (decisions 86, 118): a small part cannot borrow the time of the large ones a
+    # manifest claims after it, and all of them together get no more than their size's worth. The time we spend
+    # hashing and writing is added back: a slow disk of ours is not the peer's stall
     loop = asyncio.get_running_loop()
-    deadline = asyncio.timeout_at(None)
-    waited_for, seconds = "the end of the body", gw.settings.body_read_seconds
+    begun = loop.time()
+    ends = begun + gw.settings.body_read_seconds
+    deadline = asyncio.timeout_at(ends)
+    waited_for = "the end of the body"
     try:
         try:
             async with deadline:
                 for position, ref in enumerate(refs):
                     waited_for = f"attachment {position}"
-                    seconds = gw.settings.body_read_seconds + ref.ct_size / MIN_ATTACHMENT_RATE
-                    ends = loop.time() + seconds
+                    ends += ref.ct_size / MIN_ATTACHMENT_RATE
                     deadline.reschedule(ends)
                     part = await next_part()
                     if part is None:
@@ -295,14 +296,14 @@ async def _receive_attachments(
                         ends += loop.time() - started
                         deadline.reschedule(ends)
                     verifier.finish()
-                waited_for, seconds = "the end of the body", gw.settings.body_read_seconds
-                deadline.reschedule(loop.time() + seconds)
+                    target.close()  # one file open at a time, however many parts
+                waited_for = "the end of the body"
                 if await next_part() is not None:
                     raise InvalidMessage("the body carries more parts than the manifest lists")
         except TimeoutError:
             if not deadline.expired():
                 raise
-            raise BodyStalled(f"{waited_for} did not arrive within {seconds:.0f} s") from None
+            raise BodyStalled(f"{waited_for} did not arrive within {ends - begun:.1f} s") from None
         for _, target in done:
             target.commit()
         return done

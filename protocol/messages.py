@@ -234,9 +234,10 @@ class AttachmentRef(StrictModel):
 
 
 def check_attachment_keys(payload: MessagePayload) -> None:
-    """Each manifest key is 32 bytes in canonical unpadded base64url: on receipt (check 15), so that a key that can
-    never decrypt is refused rather than receipted. Not part of the model: a stored payload is parsed again whenever
-    it is opened, and one receipted before this check must still open (its attachment alone fails then)."""
+    """Each manifest key is 32 bytes in canonical unpadded base64url: on receipt (check 15, crypto/envelope.py
+    ``open_envelope``), so that a key that can never decrypt is refused rather than receipted. Not part of the model:
+    a stored payload is parsed again whenever it is opened, and one receipted before this check must still open (its
+    attachment alone fails then)."""
     for position, ref in enumerate(payload.attachments):
         if not _KEY32_B64URL.fullmatch(ref.key):
             raise InvalidMessage(f"MessagePayload: attachments.{position}.key: must be 32 bytes in unpadded base64url")

@@ -130,7 +130,7 @@ def _counted(rows: Sequence[Any], *, none: str = _UNKNOWN) -> list[tuple[Any, ..
 
 
 async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters, *, today: date) -> StatTable:
-    """One statistic under ``filters``; ``today`` (UTC) decides what is overdue."""
+    """One statistic under ``filters``; ``today`` (the authority's date: time_zone) decides what is overdue."""
     where = _conditions(filters)
     direction = cs.c.direction
     if statistic in _COLUMN_KEYS:

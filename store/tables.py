@@ -172,7 +172,7 @@ case_flags = Table(
     PrimaryKeyConstraint("case_id", "flag"),
 )
 
-# critical dates and tasks; due is a UTC calendar date, the last day on time
+# critical dates and tasks; due is a date of the authority's calendar (the time_zone setting), the last day on time
 case_dates = Table(
     "case_dates",
     metadata,

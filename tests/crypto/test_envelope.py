@@ -30,6 +30,7 @@ from crypto.envelope import (
 )
 from crypto.errors import OversizedEnvelope, WrongRecipient
 from crypto.jose_profile import EPK_MEMBERS, JWE_MEMBERS, MAX_JWE_HEADER_SEGMENT
+from protocol.errors import InvalidMessage
 from protocol.messages import Marking, MessageKind, MessagePayload, new_message_id
 
 
@@ -266,6 +267,21 @@ def test_the_sender_does_not_seal_what_a_receiver_would_refuse(sender: Authority
     too_large = make_payload(sender, recipient, content={"text": "x" * 3_000_000})
     with pytest.raises(OversizedEnvelope, match=f"larger than the limit of {DEFAULT_MAX_ENVELOPE_BYTES} bytes"):
         seal_envelope(too_large, sender.signing, recipient.encryption_public)
+
+
+def test_a_manifest_key_that_can_never_decrypt_is_refused_on_receipt_only(
+    sender: Authority, recipient: Authority
+) -> None:
+    """Check 15 on receipt; an envelope read back from our own store (received before the check existed) opens."""
+    entry = {"name": "a.pdf", "media_type": "application/pdf", "size": 1, "sha256": "0" * 64, "ct_size": 42,
+             "ct_sha256": "0" * 64, "key": "A" * 43}  # fmt: skip
+    payload = make_payload(sender, recipient, attachments=[entry])
+    assert open_as(recipient, seal_envelope(payload, sender.signing, recipient.encryption_public).compact, sender)
+    bad = payload.model_copy(update={"attachments": [payload.attachments[0].model_copy(update={"key": "!" * 43})]})
+    sealed = seal_envelope(bad, sender.signing, recipient.encryption_public).compact
+    with pytest.raises(InvalidMessage, match=r"attachments\.0\.key: must be 32 bytes"):
+        open_as(recipient, sealed, sender)
+    assert open_as(recipient, sealed, sender, stored=True).payload == bad
 
 
 def test_a_marking_with_many_caveats_round_trips(sender: Authority, recipient: Authority) -> None:

@@ -4,7 +4,7 @@ An unlisted client, and a listed peer the gateway refuses to talk to (blocked, o
 signed refusal before a byte of the body is read (ledgered for a listed peer only), and the connection is not kept
 alive. A listed peer has at most ``peer_deliveries_at_once`` deliveries read and checked at a time; one more waits
 for a slot, then is answered 503 ``busy``. A body that stops arriving is answered 408 ``read-timeout`` after
-``body_read_seconds`` (each attachment part gets its own size at 64 KiB/s more, our own disk time not counted), and
+``body_read_seconds`` (attachment part i the size of parts 0 to i at 64 KiB/s more, our own disk time not counted), and
 a client that leaves mid-body costs an info line: in these cases nothing is stored, signed or ledgered, and the peer's
 refusal token comes back. A compressed body is refused; broken chunked framing is aiohttp's 400.
 """
@@ -15,6 +15,7 @@ import asyncio
 import gzip
 import hashlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -255,7 +256,39 @@ async def test_a_small_part_gets_no_time_from_the_large_parts_after_it(pair: Pai
     finally:
         writer.close()
     assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
-    assert "attachment 0 did not arrive within 1 s" in answer.document["detail"]
+    assert "attachment 0 did not arrive within 0.5 s" in answer.document["detail"]
+
+
+async def test_many_small_parts_get_no_more_time_than_their_size(pair: Pair, hostile: HostilePeer) -> None:
+    """Part i must have arrived body_read_seconds plus the size of parts 0 to i at 64 KiB/s after the first was
+    awaited: six tiny parts, each just inside 0.5 s of the one before, do not hold the slot six times as long."""
+    await restart(pair.au, body_read_seconds=0.5)
+    parts = [make_attachment(os.urandom(40)) for _ in range(6)]
+    payload = hostile.payload(attachments=[part.ref.model_dump() for part in parts])
+    sealed = hostile.seal(payload)
+    head = f"--{BOUNDARY}\r\nContent-Type: application/jose\r\nContent-Length: {len(sealed)}\r\n\r\n".encode()
+    pieces = [head + sealed]
+    for part in parts:
+        pieces.append(
+            f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(part.ciphertext)}\r\n\r\n".encode()
+            + part.ciphertext
+        )
+    pieces.append(f"\r\n--{BOUNDARY}--\r\n".encode())
+    body = b"".join(pieces)
+    reader, writer = await hostile.start_post(len(body), pieces[0], f"multipart/mixed; boundary={BOUNDARY}")
+    try:
+        answer_task = asyncio.create_task(read_answer(reader))
+        for piece in pieces[1:]:
+            await asyncio.sleep(0.35)
+            if answer_task.done():
+                break
+            writer.write(piece)
+        answer = await asyncio.wait_for(answer_task, 5)
+    finally:
+        writer.close()
+    assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
+    assert re.search(r"attachment [1-5] did not arrive within 0\.5 s", answer.document["detail"]), answer.document
 
 
 @pytest.mark.parametrize("where", ["envelope", "attachment"])

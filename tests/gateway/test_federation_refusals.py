@@ -659,7 +659,9 @@ async def test_a_manifest_key_that_can_never_decrypt_gets_no_receipt(pair: Pair,
     payload, mark = secret_payload(hostile, attachments=[attachment.ref.model_dump()])
     undecryptable = attachment.ref.model_copy(update={"key": "!" * 43})  # a copy is not validated again
     payload = payload.model_copy(update={"attachments": [undecryptable]})
-    sealed = hostile.seal(payload)
+    # with a routing header that differs too: check 15 comes before check 16 (header-mismatch)
+    routed_as = new_message_id()
+    sealed = hostile.seal_with_header(payload, id=routed_as)
     before = await stored(pair.au.gw)
     answer = await hostile.post_multipart(sealed, [attachment.ciphertext])
     await assert_refused(
@@ -671,7 +673,7 @@ async def test_a_manifest_key_that_can_never_decrypt_gets_no_receipt(pair: Pair,
         code="invalid-message",
         sent=sealed,
         claimed="ar.mj",
-        message_id=payload.id,
+        message_id=routed_as,  # a refusal names the message by its routing header, the only id it can trust
         secrets=(mark,),
     )
 
@@ -1008,6 +1010,19 @@ class _FullDisk:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
+class _NoRoomToRename:
+    """A partial file the full disk will not let be renamed (a new directory entry needs a block)."""
+
+    def __init__(self, real: Path) -> None:
+        self.real = real
+
+    def replace(self, target: Path) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        self.real.unlink(missing_ok=missing_ok)
+
+
 async def test_a_failed_attachment_commit_leaves_no_file(
     pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1020,8 +1035,8 @@ async def test_a_failed_attachment_commit_leaves_no_file(
     moved: list[str] = []
 
     def commit_until_the_disk_is_full(self: AttachmentFile) -> Path:
-        if moved:
-            self._file = _FullDisk(self._file)  # type: ignore[assignment]
+        if moved:  # each part's file was written, synced and closed as it was verified: the rename fails
+            self.partial = _NoRoomToRename(self.partial)  # type: ignore[assignment]
         else:
             moved.append(self.final.name)
         return real_commit(self)

@@ -175,6 +175,24 @@ async def test_a_receipt_recorded_after_the_acknowledgement_leaves_the_message_a
     assert row.state == "acknowledged" and row.receipt is not None and row.received_at is not None
 
 
+async def thread_and_reply(pair: Pair) -> tuple[str, str]:
+    """ar.mj opens a consultation with au.ag and replies in it at once: the reply follows the thread's first message
+    (decision 112). Returns both ids."""
+    marking = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    status, started = await pair.ar.call(
+        "POST", "/v1/consultations", json={"to": "au.ag", "marking": marking, "content": {"text": "may we ask?"}}
+    )
+    assert status == 202, started
+    status, replied = await pair.ar.call(
+        "POST", f"/v1/consultations/{started['id']}/messages", json={"content": {"text": "and one more thing"}}
+    )
+    assert status == 202, replied
+    async with pair.ar.gw.engine.connect() as conn:
+        rows = dict((await conn.execute(select(outbox.c.message_id, outbox.c.after_id))).all())
+    assert rows == {started["id"]: None, replied["id"]: started["id"]}
+    return str(started["id"]), str(replied["id"])
+
+
 async def test_after_an_outage_a_reply_waits_for_the_thread_it_replies_in(pair: Pair) -> None:
     """The peer is down; an officer opens a consultation and replies in it. After the outage the reply's retry
     comes due first: it waits until the thread's first message has its receipt, then goes, instead of being
@@ -184,33 +202,19 @@ async def test_after_an_outage_a_reply_waits_for_the_thread_it_replies_in(pair: 
     from sqlalchemy import update
 
     await pair.au.stop()
-    marking = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
-    status, started = await pair.ar.call(
-        "POST", "/v1/consultations", json={"to": "au.ag", "marking": marking, "content": {"text": "may we ask?"}}
-    )
-    assert status == 202, started
-    thread_id = started["id"]
-    status, replied = await pair.ar.call(
-        "POST", f"/v1/consultations/{thread_id}/messages", json={"content": {"text": "and one more thing"}}
-    )
-    assert status == 202, replied
+    thread_id, reply_id = await thread_and_reply(pair)
     gw = pair.ar.gw
-    async with gw.engine.connect() as conn:
-        rows = dict((await conn.execute(select(outbox.c.message_id, outbox.c.after_id))).all())
-    assert rows == {thread_id: None, replied["id"]: thread_id}
     async with gw.engine.begin() as conn:  # the thread's first message happens to come due a little later
         later = gw.clock() + timedelta(seconds=1)
         await conn.execute(
             update(outbox).where(outbox.c.message_id == thread_id).values(next_attempt_at=later, claimed_until=None)
         )
         await conn.execute(
-            update(outbox)
-            .where(outbox.c.message_id == replied["id"])
-            .values(next_attempt_at=gw.clock(), claimed_until=None)
+            update(outbox).where(outbox.c.message_id == reply_id).values(next_attempt_at=gw.clock(), claimed_until=None)
         )
     await pair.au.start()
     await wait_for(pair.ar, thread_id, "delivered")
-    await wait_for(pair.ar, replied["id"], "delivered")
+    await wait_for(pair.ar, reply_id, "delivered")
     async with pair.au.gw.engine.connect() as conn:
         received = (
             await conn.execute(
@@ -219,7 +223,7 @@ async def test_after_an_outage_a_reply_waits_for_the_thread_it_replies_in(pair: 
                 .order_by(ledger_entries.c.idx)
             )
         ).scalars()
-        assert list(received) == [thread_id, replied["id"]]
+        assert list(received) == [thread_id, reply_id]
 
 
 async def test_the_connections_to_a_peer_are_limited_by_the_setting(pair: Pair) -> None:
@@ -425,24 +429,12 @@ async def test_a_reply_queued_behind_a_direct_delivery_goes_as_soon_as_that_one_
         await real(self, item, prefetched)
 
     monkeypatch.setattr(OutboxSender, "deliver", direct_ones_stall)
-    marking = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
-    status, started = await pair.ar.call(
-        "POST", "/v1/consultations", json={"to": "au.ag", "marking": marking, "content": {"text": "may we ask?"}}
-    )
-    assert status == 202, started
-    thread_id = started["id"]
-    status, replied = await pair.ar.call(
-        "POST", f"/v1/consultations/{thread_id}/messages", json={"content": {"text": "and one more thing"}}
-    )
-    assert status == 202, replied
-    async with pair.ar.gw.engine.connect() as conn:
-        rows = dict((await conn.execute(select(outbox.c.message_id, outbox.c.after_id))).all())
-    assert rows == {thread_id: None, replied["id"]: thread_id}
+    thread_id, reply_id = await thread_and_reply(pair)
     await asyncio.sleep(0.3)  # the claim loop, woken by the reply's commit, found it held and went back to sleep
-    assert (await wait_for(pair.ar, replied["id"], "queued"))["received_at"] is None
+    assert (await wait_for(pair.ar, reply_id, "queued"))["received_at"] is None
     release.set()
     await wait_for(pair.ar, thread_id, "delivered")
-    await wait_for(pair.ar, replied["id"], "delivered", timeout=10)
+    await wait_for(pair.ar, reply_id, "delivered", timeout=10)
     assert pair.ar.gw.outbox_awaited == set()
 
 

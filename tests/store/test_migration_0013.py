@@ -8,25 +8,10 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select
 
 from store.db import make_engine, run_migrations
-from store.tables import case_assignments, case_dates, cases, messages, oral_requests, users
+from store.tables import case_assignments, case_dates, cases, ledger_entries, messages, oral_requests, users
+from tests.store.test_migration_0008 import _message
 
 T0 = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
-
-
-def _message(message_id: str, direction: str) -> dict[str, object]:
-    return {
-        "id": message_id,
-        "direction": direction,
-        "peer": "au.ag",
-        "kind": "request",
-        "marking_level": "CONFIDENTIAL",
-        "marking_caveats": "[]",
-        "state": "received",
-        "sealed": b"jwe",
-        "envelope_sha256": "0" * 64,
-        "created_at": T0,
-        "case_id": message_id,
-    }
 
 
 async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -> None:
@@ -43,9 +28,15 @@ async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -
                     {"id": "of-mla", "unit": "mla", "created_at": T0},
                     {"id": "sent", "unit": None, "created_at": T0},  # its officer was taken off it since
                     {"id": "oral", "unit": None, "created_at": T0},
+                    {"id": "was-assigned", "unit": None, "created_at": T0},  # by a supervisor without a unit
                 ],
             )
-            await conn.execute(insert(messages), [_message("triage", "in"), _message("sent", "out")])
+            assigned = {"idx": 0, "entry": b"{}", "message_id": "was-assigned", "type": "case.assigned", "time": T0}
+            await conn.execute(insert(ledger_entries).values(**assigned))  # its officer was taken off it since
+            await conn.execute(
+                insert(messages),
+                [_message("triage", "in", "au.ag", "request"), _message("sent", "out", "au.ag", "request")],
+            )
             task = {"case_id": "oral", "kind": "confirm-in-writing", "due": T0.date(), "created_by": "nina"}
             await conn.execute(insert(case_dates).values(id=7, created_at=T0, **task))
             await conn.execute(
@@ -66,4 +57,4 @@ async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -
             units = dict((await conn.execute(select(cases.c.id, cases.c.unit))).all())
     finally:
         await engine.dispose()
-    assert units == {"triage": None, "unit-less": "", "of-mla": "mla", "sent": "", "oral": ""}
+    assert units == {"triage": None, "unit-less": "", "of-mla": "mla", "sent": "", "oral": "", "was-assigned": ""}

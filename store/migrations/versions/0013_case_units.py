@@ -7,8 +7,9 @@ Create Date: 2026-11-30 00:40:00.000000
 Until now a case opened or assigned by a user without a unit kept no unit (NULL), which the access rules read as
 an incoming case awaiting triage, open to every supervisor for good. From this revision on it takes the empty unit,
 the group of users without one (decision 115). Here: every case without a unit that was not an incoming case
-awaiting triage takes the empty unit: one with an assigned officer, one opened by a message of ours (its id is the
-case's), or by an oral request one of our officers recorded (even if its last officer was taken off it since).
+awaiting triage takes the empty unit: one with an assigned officer, or that had one (a case.assigned ledger entry:
+its officers may all have been taken off since), one opened by a message of ours (its id is the case's), or by an
+oral request one of our officers recorded.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def upgrade() -> None:
             "UPDATE cases SET unit = '' WHERE unit IS NULL AND ("
             "EXISTS (SELECT 1 FROM case_assignments WHERE case_assignments.case_id = cases.id) "
             "OR EXISTS (SELECT 1 FROM messages WHERE messages.id = cases.id AND messages.direction = 'out') "
-            "OR EXISTS (SELECT 1 FROM oral_requests WHERE oral_requests.case_id = cases.id))"
+            "OR EXISTS (SELECT 1 FROM oral_requests WHERE oral_requests.case_id = cases.id) "
+            "OR EXISTS (SELECT 1 FROM ledger_entries WHERE ledger_entries.message_id = cases.id "
+            "AND ledger_entries.type = 'case.assigned'))"
         )
     )
 
