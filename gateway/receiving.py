@@ -266,37 +266,45 @@ async def _receive_attachments(
     for position, ref in enumerate(refs):  # every size before any part is read (check 22)
         if ref.ct_size > gw.settings.max_attachment_bytes:
             raise AttachmentTooLarge(f"attachment {position} is larger than this gateway accepts")
-    # part i must have arrived body_read_seconds plus the size of parts 0 to i at 64 KiB/s after the first was
-    # awaited, however it trickles in (decisions 86, 118): a small part cannot borrow the time of the large ones a
-    # manifest claims after it, and all of them together get no more than their size's worth. The time we spend
-    # hashing and writing is added back: a slow disk of ours is not the peer's stall
+    # the attachments must keep coming at 64 KiB/s on average after a grace of body_read_seconds from when the first
+    # was awaited (decisions 86, 118): the deadline moves with the bytes that arrive, not with the sizes the manifest
+    # claims, so neither a small part trickling before large ones nor thousands of tiny parts hold the slot longer
+    # than what they send is worth. The time we spend on our disk (opening, hashing, writing, syncing) is added
+    # back: a slow disk of ours is not the peer's stall
     loop = asyncio.get_running_loop()
     begun = loop.time()
     ends = begun + gw.settings.body_read_seconds
     deadline = asyncio.timeout_at(ends)
     waited_for = "the end of the body"
+
+    def ours(since: float, received: int = 0) -> None:
+        nonlocal ends
+        ends += loop.time() - since + received / MIN_ATTACHMENT_RATE
+        deadline.reschedule(ends)
+
     try:
         try:
             async with deadline:
                 for position, ref in enumerate(refs):
                     waited_for = f"attachment {position}"
-                    ends += ref.ct_size / MIN_ATTACHMENT_RATE
-                    deadline.reschedule(ends)
                     part = await next_part()
                     if part is None:
                         raise AttachmentError(f"attachment {position} is missing from the body")
+                    started = loop.time()
                     # a name of its own per delivery: concurrent deliveries of one message never share or delete one
                     target = AttachmentFile(directory, f"{opened.payload.id}.{position}.{secrets.token_hex(8)}")
                     done.append((AttachmentRow(position, ref.ct_size, ref.ct_sha256, target.final.name), target))
                     verifier = CiphertextVerifier(ref)
+                    ours(started)
                     async for chunk in part:
                         started = loop.time()
                         verifier.push(chunk)
                         target.write(chunk)
-                        ends += loop.time() - started
-                        deadline.reschedule(ends)
+                        ours(started, len(chunk))
+                    started = loop.time()
                     verifier.finish()
                     target.close()  # one file open at a time, however many parts
+                    ours(started)
                 waited_for = "the end of the body"
                 if await next_part() is not None:
                     raise InvalidMessage("the body carries more parts than the manifest lists")

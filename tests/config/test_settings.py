@@ -185,6 +185,8 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
         ("COMITY_TIME_ZONE", "America", "time_zone: must be an IANA time zone name"),  # a directory of the database
         ("COMITY_TIME_ZONE", "localtime", "time_zone: must be an IANA time zone name"),
         ("COMITY_TIME_ZONE", "A" * 300, "time_zone: must be an IANA time zone name"),
+        ("COMITY_TIME_ZONE", "right/Europe/Madrid", "time_zone: must be an IANA time zone name"),  # leap seconds
+        ("COMITY_TIME_ZONE", "posixrules", "time_zone: must be an IANA time zone name"),
     ],
 )
 def test_environment_values_are_held_to_what_the_file_is(

@@ -4,7 +4,7 @@ An unlisted client, and a listed peer the gateway refuses to talk to (blocked, o
 signed refusal before a byte of the body is read (ledgered for a listed peer only), and the connection is not kept
 alive. A listed peer has at most ``peer_deliveries_at_once`` deliveries read and checked at a time; one more waits
 for a slot, then is answered 503 ``busy``. A body that stops arriving is answered 408 ``read-timeout`` after
-``body_read_seconds`` (attachment part i the size of parts 0 to i at 64 KiB/s more, our own disk time not counted), and
+``body_read_seconds`` (then the attachments must keep coming at 64 KiB/s, our own disk time not counted), and
 a client that leaves mid-body costs an info line: in these cases nothing is stored, signed or ledgered, and the peer's
 refusal token comes back. A compressed body is refused; broken chunked framing is aiohttp's 400.
 """
@@ -33,7 +33,7 @@ from gateway.files import AttachmentFile
 from protocol.receipts import Refusal
 from protocol.timefmt import parse_time
 from tests.gateway.conftest import PASSPHRASE, Pair, ledger
-from tests.gateway.hostile import HostilePeer, make_attachment, read_answer
+from tests.gateway.hostile import Answer, HostilePeer, make_attachment, read_answer
 from tests.gateway.test_federation_refusals import stored
 from tests.gateway.test_markings import hostile_towards
 from tests.gateway.test_outbox import restart
@@ -52,6 +52,35 @@ def multipart(sealed: bytes, attachment: bytes) -> bytes:
         + attachment
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
+
+
+def multipart_pieces(sealed: bytes, attachments: list[bytes]) -> list[bytes]:
+    """The same body in pieces, to send with pauses between them: the envelope, each attachment part, the end."""
+    head = f"--{BOUNDARY}\r\nContent-Type: application/jose\r\nContent-Length: {len(sealed)}\r\n\r\n".encode()
+    pieces = [head + sealed]
+    for attachment in attachments:
+        pieces.append(
+            f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(attachment)}\r\n\r\n".encode()
+            + attachment
+        )
+    return [*pieces, f"\r\n--{BOUNDARY}--\r\n".encode()]
+
+
+async def post_in_pieces(hostile: HostilePeer, pieces: list[bytes], pause: float) -> Answer:
+    """Send ``pieces`` with ``pause`` seconds before each after the first; the answer, whenever it comes."""
+    body = b"".join(pieces)
+    reader, writer = await hostile.start_post(len(body), pieces[0], f"multipart/mixed; boundary={BOUNDARY}")
+    try:
+        answer_task = asyncio.create_task(read_answer(reader))
+        for piece in pieces[1:]:
+            await asyncio.sleep(pause)
+            if answer_task.done():
+                break
+            writer.write(piece)
+        return await asyncio.wait_for(answer_task, 5)
+    finally:
+        writer.close()
 
 
 async def until(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 5.0) -> None:
@@ -259,34 +288,61 @@ async def test_a_small_part_gets_no_time_from_the_large_parts_after_it(pair: Pai
     assert "attachment 0 did not arrive within 0.5 s" in answer.document["detail"]
 
 
+async def test_a_large_claim_buys_no_time_without_its_bytes(pair: Pair, hostile: HostilePeer) -> None:
+    """The time follows the bytes that arrive, not the size the manifest claims: a part that claims 6 MB and sends a
+    byte every 0.1 s is answered 408 after body_read_seconds, not after the 90 s its size would be worth."""
+    await restart(pair.au, body_read_seconds=0.5)
+    large = make_attachment(os.urandom(6_000_000))
+    payload = hostile.payload(attachments=[large.ref.model_dump()])
+    body = multipart(hostile.seal(payload), large.ciphertext)
+    cut = len(body) - len(large.ciphertext) + 100  # a hundred bytes of it
+    reader, writer = await hostile.start_post(len(body), body[:cut], f"multipart/mixed; boundary={BOUNDARY}")
+    try:
+        answer_task = asyncio.create_task(read_answer(reader))
+        for byte in body[cut : cut + 40]:
+            if answer_task.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+        else:
+            answer_task.cancel()
+            raise AssertionError("a trickle held the slot for the size it claimed")
+        answer = answer_task.result()
+    finally:
+        writer.close()
+    assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
+
+
+async def test_our_own_disk_time_is_not_the_peers(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Syncing each part's file as it is verified takes our time, not the peer's: three small parts sent at once,
+    each synced in 0.3 s, pass within a body_read_seconds of 0.5 s."""
+    from gateway.files import AttachmentFile
+
+    await restart(pair.au, body_read_seconds=0.5)
+    real_close = AttachmentFile.close
+
+    def slow_close(self: AttachmentFile) -> None:
+        time.sleep(0.3)  # a slow disk: blocking, as the real fsync is
+        real_close(self)
+
+    monkeypatch.setattr(AttachmentFile, "close", slow_close)
+    parts = [make_attachment(os.urandom(40)) for _ in range(3)]
+    payload = hostile.payload(attachments=[part.ref.model_dump() for part in parts])
+    pieces = multipart_pieces(hostile.seal(payload), [part.ciphertext for part in parts])
+    answer = await post_in_pieces(hostile, pieces, pause=0.05)  # so that we wait for each part after the sync
+    assert answer.status == 200, answer.raw[:300]
+
+
 async def test_many_small_parts_get_no_more_time_than_their_size(pair: Pair, hostile: HostilePeer) -> None:
-    """Part i must have arrived body_read_seconds plus the size of parts 0 to i at 64 KiB/s after the first was
-    awaited: six tiny parts, each just inside 0.5 s of the one before, do not hold the slot six times as long."""
+    """The attachments get body_read_seconds, then what their bytes are worth at 64 KiB/s: six tiny parts, each just
+    inside 0.5 s of the one before, do not hold the slot six times as long."""
     await restart(pair.au, body_read_seconds=0.5)
     parts = [make_attachment(os.urandom(40)) for _ in range(6)]
     payload = hostile.payload(attachments=[part.ref.model_dump() for part in parts])
-    sealed = hostile.seal(payload)
-    head = f"--{BOUNDARY}\r\nContent-Type: application/jose\r\nContent-Length: {len(sealed)}\r\n\r\n".encode()
-    pieces = [head + sealed]
-    for part in parts:
-        pieces.append(
-            f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {len(part.ciphertext)}\r\n\r\n".encode()
-            + part.ciphertext
-        )
-    pieces.append(f"\r\n--{BOUNDARY}--\r\n".encode())
-    body = b"".join(pieces)
-    reader, writer = await hostile.start_post(len(body), pieces[0], f"multipart/mixed; boundary={BOUNDARY}")
-    try:
-        answer_task = asyncio.create_task(read_answer(reader))
-        for piece in pieces[1:]:
-            await asyncio.sleep(0.35)
-            if answer_task.done():
-                break
-            writer.write(piece)
-        answer = await asyncio.wait_for(answer_task, 5)
-    finally:
-        writer.close()
+    pieces = multipart_pieces(hostile.seal(payload), [part.ciphertext for part in parts])
+    answer = await post_in_pieces(hostile, pieces, pause=0.35)
     assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
     assert re.search(r"attachment [1-5] did not arrive within 0\.5 s", answer.document["detail"]), answer.document
 

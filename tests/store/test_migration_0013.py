@@ -29,10 +29,18 @@ async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -
                     {"id": "sent", "unit": None, "created_at": T0},  # its officer was taken off it since
                     {"id": "oral", "unit": None, "created_at": T0},
                     {"id": "was-assigned", "unit": None, "created_at": T0},  # by a supervisor without a unit
+                    {"id": "adopted", "unit": None, "created_at": T0},  # an incoming thread about a case in triage
                 ],
             )
-            assigned = {"idx": 0, "entry": b"{}", "message_id": "was-assigned", "type": "case.assigned", "time": T0}
-            await conn.execute(insert(ledger_entries).values(**assigned))  # its officer was taken off it since
+            await conn.execute(
+                insert(ledger_entries),
+                [
+                    # its officer was taken off it since; the system's adoption of a thread assigns nobody
+                    {"idx": idx, "entry": f'{{"actor":"{actor}"}}'.encode(), "message_id": case_id,
+                     "type": "case.assigned", "time": T0}
+                    for idx, (case_id, actor) in enumerate([("was-assigned", "user:sara"), ("adopted", "system")])
+                ],
+            )  # fmt: skip
             await conn.execute(
                 insert(messages),
                 [_message("triage", "in", "au.ag", "request"), _message("sent", "out", "au.ag", "request")],
@@ -57,4 +65,12 @@ async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -
             units = dict((await conn.execute(select(cases.c.id, cases.c.unit))).all())
     finally:
         await engine.dispose()
-    assert units == {"triage": None, "unit-less": "", "of-mla": "mla", "sent": "", "oral": "", "was-assigned": ""}
+    assert units == {
+        "triage": None,
+        "unit-less": "",
+        "of-mla": "mla",
+        "sent": "",
+        "oral": "",
+        "was-assigned": "",
+        "adopted": None,
+    }

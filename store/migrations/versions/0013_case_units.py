@@ -7,12 +7,15 @@ Create Date: 2026-11-30 00:40:00.000000
 Until now a case opened or assigned by a user without a unit kept no unit (NULL), which the access rules read as
 an incoming case awaiting triage, open to every supervisor for good. From this revision on it takes the empty unit,
 the group of users without one (decision 115). Here: every case without a unit that was not an incoming case
-awaiting triage takes the empty unit: one with an assigned officer, or that had one (a case.assigned ledger entry:
-its officers may all have been taken off since), one opened by a message of ours (its id is the case's), or by an
-oral request one of our officers recorded.
+awaiting triage takes the empty unit: one with an assigned officer, or that a user of ours assigned once (a
+case.assigned ledger entry with a user: actor: its officers may all have been taken off since; the system's entry
+for an incoming thread adopting a case that is itself in triage does not count), one opened by a message of ours
+(its id is the case's), or by an oral request one of our officers recorded.
 """
 
 from __future__ import annotations
+
+import json
 
 import sqlalchemy as sa
 from alembic import op
@@ -29,11 +32,32 @@ def upgrade() -> None:
             "UPDATE cases SET unit = '' WHERE unit IS NULL AND ("
             "EXISTS (SELECT 1 FROM case_assignments WHERE case_assignments.case_id = cases.id) "
             "OR EXISTS (SELECT 1 FROM messages WHERE messages.id = cases.id AND messages.direction = 'out') "
-            "OR EXISTS (SELECT 1 FROM oral_requests WHERE oral_requests.case_id = cases.id) "
-            "OR EXISTS (SELECT 1 FROM ledger_entries WHERE ledger_entries.message_id = cases.id "
-            "AND ledger_entries.type = 'case.assigned'))"
+            "OR EXISTS (SELECT 1 FROM oral_requests WHERE oral_requests.case_id = cases.id))"
         )
     )
+    # the actor is inside the entry's bytes: read the few candidates' entries and keep those a user wrote
+    bind = op.get_bind()
+    candidates = bind.execute(
+        sa.text(
+            "SELECT ledger_entries.message_id, ledger_entries.entry FROM ledger_entries "
+            "JOIN cases ON cases.id = ledger_entries.message_id "
+            "WHERE cases.unit IS NULL AND ledger_entries.type = 'case.assigned'"
+        )
+    ).all()
+    assigned = sorted({case_id for case_id, entry in candidates if _by_a_user(bytes(entry))})
+    if assigned:
+        bind.execute(
+            sa.text("UPDATE cases SET unit = '' WHERE id = :id AND unit IS NULL"),
+            [{"id": case_id} for case_id in assigned],
+        )
+
+
+def _by_a_user(entry: bytes) -> bool:
+    try:
+        actor = json.loads(entry).get("actor")
+    except (ValueError, AttributeError):  # not an entry of ours: no evidence
+        return False
+    return isinstance(actor, str) and actor.startswith("user:")
 
 
 def downgrade() -> None:
