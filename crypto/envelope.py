@@ -39,7 +39,7 @@ from crypto.jose_profile import (
     wire_bytes,
 )
 from crypto.keys import key_id
-from protocol.messages import Marking, MessageKind, MessagePayload, check_attachment_keys
+from protocol.messages import Marking, MessageKind, MessagePayload, check_manifest
 
 __all__ = [
     "DEFAULT_MAX_ENVELOPE_BYTES",
@@ -231,7 +231,7 @@ def open_envelope(
     # 9. The payload is a valid, RFC 8785 canonical MessagePayload (duplicates refused).
     payload = MessagePayload.from_bytes(payload_bytes)
     if not stored:
-        check_attachment_keys(payload)  # a key that can never decrypt: refused rather than receipted
+        check_manifest(payload)  # a key that can never decrypt: refused rather than receipted
 
     # 10. The routing header repeats the signed routing exactly.
     for name, in_header, in_payload in (

@@ -32,7 +32,7 @@ from protocol.content import consent_of
 from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
-from protocol.messages import AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
+from protocol.messages import MAX_ATTACHMENTS, AttachmentRef, Marking, MessageKind, MessagePayload, new_message_id
 from store.case_stats import ANSWER_MILESTONES, CaseStats
 from store.cases import Cases
 from store.errors import NotFound
@@ -248,6 +248,8 @@ async def _encrypt_attachments(
     writing: AttachmentFile | None = None  # the file being written, until it is committed
     try:
         async for attachment in _each(attachments):
+            if position == MAX_ATTACHMENTS:  # what a receiver refuses (check 15): refused here, before sealing
+                raise InvalidMessage(f"at most {MAX_ATTACHMENTS} attachments per message")
             writing = AttachmentFile(directory, f"{message_id}.{position}")
             encryptor = AttachmentEncryptor()
             writing.write(encryptor.start())

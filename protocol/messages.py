@@ -22,6 +22,7 @@ from protocol.errors import InvalidMessage, StaleMessage
 
 __all__ = [
     "AUTHORITY_ID_RE",
+    "MAX_ATTACHMENTS",
     "PROTOCOL_VERSION",
     "AttachmentRef",
     "StrictModel",
@@ -29,7 +30,7 @@ __all__ = [
     "MessageKind",
     "MessagePayload",
     "canonical_json",
-    "check_attachment_keys",
+    "check_manifest",
     "check_freshness",
     "new_message_id",
     "parse_strict_json",
@@ -42,6 +43,9 @@ AUTHORITY_ID_RE = re.compile(r"^[a-z]{2}\.[a-z0-9][a-z0-9-]{0,30}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # 32 bytes in canonical unpadded base64url: 43 characters, the last one carrying 2 bits of padding that must be zero
 _KEY32_B64URL = re.compile(r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")
+# attachments per message, on receipt and at submission: each costs the receiver a file and a sync, and a 4 MiB
+# manifest could otherwise list thousands of empty parts
+MAX_ATTACHMENTS = 256
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -233,11 +237,13 @@ class AttachmentRef(StrictModel):
         return value
 
 
-def check_attachment_keys(payload: MessagePayload) -> None:
-    """Each manifest key is 32 bytes in canonical unpadded base64url: on receipt (check 15, crypto/envelope.py
-    ``open_envelope``), so that a key that can never decrypt is refused rather than receipted. Not part of the model:
-    a stored payload is parsed again whenever it is opened, and one receipted before this check must still open (its
-    attachment alone fails then)."""
+def check_manifest(payload: MessagePayload) -> None:
+    """On receipt (check 15, crypto/envelope.py ``open_envelope``): at most MAX_ATTACHMENTS entries (each part costs
+    the receiver a file and a sync), and each key 32 bytes in canonical unpadded base64url, so that a key that can
+    never decrypt is refused rather than receipted. Not part of the model: a stored payload is parsed again whenever
+    it is opened, and one receipted before this check must still open (its attachment alone fails then)."""
+    if len(payload.attachments) > MAX_ATTACHMENTS:
+        raise InvalidMessage(f"MessagePayload: attachments: at most {MAX_ATTACHMENTS} per message")
     for position, ref in enumerate(payload.attachments):
         if not _KEY32_B64URL.fullmatch(ref.key):
             raise InvalidMessage(f"MessagePayload: attachments.{position}.key: must be 32 bytes in unpadded base64url")

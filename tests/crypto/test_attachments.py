@@ -31,7 +31,7 @@ from crypto.attachments import (
 )
 from crypto.errors import AttachmentError
 from protocol.errors import InvalidMessage
-from protocol.messages import AttachmentRef, MessagePayload, check_attachment_keys, new_message_id
+from protocol.messages import MAX_ATTACHMENTS, AttachmentRef, MessagePayload, check_manifest, new_message_id
 
 SMALL = 16  # a chunk size small enough for exhaustive tampering tests
 KEY = bytes(range(32))
@@ -425,13 +425,25 @@ def test_a_manifest_with_a_key_that_can_never_decrypt_is_refused_when_parsed(str
         {"id": new_message_id(), "from": "ar.mj", "to": "au.ag", "kind": "request", "iat": 0,
          "marking": {"level": "CONFIDENTIAL", "caveats": []}, "attachments": [ref.model_dump()]}
     )  # fmt: skip
-    check_attachment_keys(payload)
+    check_manifest(payload)
     for key in ("!" * 43, ref.key[:42] + "_", ref.key[:42] + "B", ref.key[:42] + "=", ref.key[:42] + "\u00e9"):
         bad = payload.model_copy(update={"attachments": [ref.model_copy(update={"key": key})]})
         with pytest.raises(InvalidMessage, match=r"^MessagePayload: attachments\.0\.key: must be 32 bytes"):
-            check_attachment_keys(bad)
+            check_manifest(bad)
         # a stored payload is parsed again when opened: it still parses, and only its attachment fails then
         assert MessagePayload.parse(bad.model_dump(by_alias=True)).attachments[0].key == key
+
+
+def test_a_manifest_of_more_than_256_entries_is_refused_on_receipt(stream: Stream) -> None:
+    _, _, ref = stream
+    payload = MessagePayload.parse(
+        {"id": new_message_id(), "from": "ar.mj", "to": "au.ag", "kind": "request", "iat": 0,
+         "marking": {"level": "CONFIDENTIAL", "caveats": []}, "attachments": [ref.model_dump()] * MAX_ATTACHMENTS}
+    )  # fmt: skip
+    check_manifest(payload)
+    more = payload.model_copy(update={"attachments": [ref] * (MAX_ATTACHMENTS + 1)})
+    with pytest.raises(InvalidMessage, match="at most 256 per message"):
+        check_manifest(more)
 
 
 def test_inconsistent_ct_size(stream: Stream) -> None:

@@ -117,6 +117,27 @@ async def test_a_submission_whose_envelope_would_be_too_large_is_refused_and_sto
     await wait_for(pair.ar, body["id"], "delivered")
 
 
+async def test_a_submission_with_more_attachments_than_a_receiver_takes_is_refused(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most MAX_ATTACHMENTS per message (check 15 on receipt): the sender refuses more at submission, keeping no
+    file of those already encrypted (here the limit is 2)."""
+    from gateway import sending
+    from tests.gateway.conftest import attachment_files
+
+    monkeypatch.setattr(sending, "MAX_ATTACHMENTS", 2)
+    files = attachment_files(pair.ar.gw)
+    form = aiohttp.FormData()
+    form.add_field("message", json.dumps(REQUEST), content_type="application/json")
+    for number in range(3):
+        form.add_field("attachment", io.BytesIO(b"page %d" % number), filename=f"p{number}.pdf")
+    status, problem = await pair.ar.call("POST", "/v1/messages", data=form)
+    assert (status, problem["code"]) == (400, "invalid-message") and "at most 2 attachments" in problem["detail"]
+    assert attachment_files(pair.ar.gw) == files
+    status, box = await pair.ar.call("GET", "/v1/messages?box=outbox")
+    assert box["messages"] == []
+
+
 async def test_the_attachment_limit_is_on_the_ciphertext_on_both_sides(pair: Pair) -> None:
     """Both gateways take ``max_attachment_bytes`` as the largest ciphertext (``ct_size``, what the receiver
     checks): a file that fits once encrypted goes through; one byte more is refused by the sender, before anything

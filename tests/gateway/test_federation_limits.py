@@ -83,6 +83,25 @@ async def post_in_pieces(hostile: HostilePeer, pieces: list[bytes], pause: float
         writer.close()
 
 
+async def trickle(hostile: HostilePeer, body: bytes, cut: int, held: str) -> Answer:
+    """Send ``body`` up to ``cut`` of it, then a byte every 0.1 s for 4 s; the answer, which must come before
+    that (else ``held``: the slot was held for the trickle)."""
+    reader, writer = await hostile.start_post(len(body), body[:cut], f"multipart/mixed; boundary={BOUNDARY}")
+    try:
+        answer_task = asyncio.create_task(read_answer(reader))
+        for byte in body[cut : cut + 40]:
+            if answer_task.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+        else:
+            answer_task.cancel()
+            raise AssertionError(held)
+        return answer_task.result()
+    finally:
+        writer.close()
+
+
 async def until(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 5.0) -> None:
     for _ in range(int(seconds / 0.02)):
         result = condition()
@@ -270,22 +289,9 @@ async def test_a_small_part_gets_no_time_from_the_large_parts_after_it(pair: Pai
     payload = hostile.payload(attachments=[small.ref.model_dump(), large.ref.model_dump()])
     body = multipart(hostile.seal(payload), small.ciphertext)  # the large one never comes
     cut = len(body) - 1500  # inside the small attachment
-    reader, writer = await hostile.start_post(len(body), body[:cut], f"multipart/mixed; boundary={BOUNDARY}")
-    try:
-        answer_task = asyncio.create_task(read_answer(reader))
-        for byte in body[cut : cut + 40]:  # a byte every 0.1 s: 4 s of it
-            if answer_task.done():
-                break
-            writer.write(bytes([byte]))
-            await asyncio.sleep(0.1)
-        else:
-            answer_task.cancel()
-            raise AssertionError("the small part was read for as long as the large one would have been")
-        answer = answer_task.result()
-    finally:
-        writer.close()
+    answer = await trickle(hostile, body, cut, "the small part was read for as long as the large one would have been")
     assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
-    assert "attachment 0 did not arrive within 0.5 s" in answer.document["detail"]
+    assert re.search(r"attachment 0 did not arrive within 0\.[5-9] s", answer.document["detail"]), answer.document
 
 
 async def test_a_large_claim_buys_no_time_without_its_bytes(pair: Pair, hostile: HostilePeer) -> None:
@@ -296,20 +302,7 @@ async def test_a_large_claim_buys_no_time_without_its_bytes(pair: Pair, hostile:
     payload = hostile.payload(attachments=[large.ref.model_dump()])
     body = multipart(hostile.seal(payload), large.ciphertext)
     cut = len(body) - len(large.ciphertext) + 100  # a hundred bytes of it
-    reader, writer = await hostile.start_post(len(body), body[:cut], f"multipart/mixed; boundary={BOUNDARY}")
-    try:
-        answer_task = asyncio.create_task(read_answer(reader))
-        for byte in body[cut : cut + 40]:
-            if answer_task.done():
-                break
-            writer.write(bytes([byte]))
-            await asyncio.sleep(0.1)
-        else:
-            answer_task.cancel()
-            raise AssertionError("a trickle held the slot for the size it claimed")
-        answer = answer_task.result()
-    finally:
-        writer.close()
+    answer = await trickle(hostile, body, cut, "a trickle held the slot for the size it claimed")
     assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
 
 
@@ -344,7 +337,8 @@ async def test_many_small_parts_get_no_more_time_than_their_size(pair: Pair, hos
     pieces = multipart_pieces(hostile.seal(payload), [part.ciphertext for part in parts])
     answer = await post_in_pieces(hostile, pieces, pause=0.35)
     assert (answer.status, answer.document["code"]) == (408, "read-timeout"), answer.raw
-    assert re.search(r"attachment [1-5] did not arrive within 0\.5 s", answer.document["detail"]), answer.document
+    # the grace plus what the bytes are worth, plus our own disk time on a slow disk
+    assert re.search(r"attachment [1-5] did not arrive within 0\.[5-9] s", answer.document["detail"]), answer.document
 
 
 @pytest.mark.parametrize("where", ["envelope", "attachment"])

@@ -383,15 +383,8 @@ async def test_the_claim_loop_survives_a_failing_database_and_does_not_spin_when
     assert calls - before <= 1, f"{calls - before} lookups of the next due row while no slot was free"
 
 
-async def test_direct_deliveries_in_flight_do_not_keep_the_claim_loop_from_sending(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Messages without attachments are handed to the sender at commit, with no limit of their own; while they are
-    in flight, what only the claim loop sends (attachments, retries) still goes: the claim loop's limit counts its
-    own deliveries (decision 112)."""
-    assert pair.ar.running is not None
-    sender = pair.ar.running.sender
-    sender.concurrency = 1
+def stall_direct_deliveries(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Deliveries handed over at commit (no attachments) wait until the returned event is set; claimed ones go."""
     release = asyncio.Event()
     real = OutboxSender.deliver
 
@@ -401,6 +394,19 @@ async def test_direct_deliveries_in_flight_do_not_keep_the_claim_loop_from_sendi
         await real(self, item, prefetched)
 
     monkeypatch.setattr(OutboxSender, "deliver", direct_ones_stall)
+    return release
+
+
+async def test_direct_deliveries_in_flight_do_not_keep_the_claim_loop_from_sending(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages without attachments are handed to the sender at commit, with no limit of their own; while they are
+    in flight, what only the claim loop sends (attachments, retries) still goes: the claim loop's limit counts its
+    own deliveries (decision 112)."""
+    assert pair.ar.running is not None
+    sender = pair.ar.running.sender
+    sender.concurrency = 1
+    release = stall_direct_deliveries(monkeypatch)
     status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
     assert status == 202, body
     stalled = body["id"]
@@ -420,15 +426,7 @@ async def test_a_reply_queued_behind_a_direct_delivery_goes_as_soon_as_that_one_
     from gateway import outbox as outbox_module
 
     monkeypatch.setattr(outbox_module, "POLL_SECONDS", 30.0)
-    release = asyncio.Event()
-    real = OutboxSender.deliver
-
-    async def direct_ones_stall(self: OutboxSender, item: Any, prefetched: Any = None) -> None:
-        if prefetched is not None:
-            await release.wait()
-        await real(self, item, prefetched)
-
-    monkeypatch.setattr(OutboxSender, "deliver", direct_ones_stall)
+    release = stall_direct_deliveries(monkeypatch)
     thread_id, reply_id = await thread_and_reply(pair)
     await asyncio.sleep(0.3)  # the claim loop, woken by the reply's commit, found it held and went back to sleep
     assert (await wait_for(pair.ar, reply_id, "queued"))["received_at"] is None

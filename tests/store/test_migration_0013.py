@@ -3,6 +3,7 @@ unit are the empty unit; only an incoming case nobody was assigned yet keeps non
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from sqlalchemy import insert, select
@@ -30,15 +31,19 @@ async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -
                     {"id": "oral", "unit": None, "created_at": T0},
                     {"id": "was-assigned", "unit": None, "created_at": T0},  # by a supervisor without a unit
                     {"id": "adopted", "unit": None, "created_at": T0},  # an incoming thread about a case in triage
+                    {"id": "thread", "unit": None, "created_at": T0},  # an incoming thread about "sent"
                 ],
             )
             await conn.execute(
                 insert(ledger_entries),
                 [
                     # its officer was taken off it since; the system's adoption of a thread assigns nobody
-                    {"idx": idx, "entry": f'{{"actor":"{actor}"}}'.encode(), "message_id": case_id,
-                     "type": "case.assigned", "time": T0}
-                    for idx, (case_id, actor) in enumerate([("was-assigned", "user:sara"), ("adopted", "system")])
+                    {"idx": idx, "entry": json.dumps({"actor": actor, "related_id": about}).encode(),
+                     "message_id": case_id, "type": "case.assigned", "time": T0}
+                    for idx, (case_id, actor, about) in enumerate(
+                        [("was-assigned", "user:sara", None), ("adopted", "system", "triage"),
+                         ("thread", "system", "sent")]
+                    )
                 ],
             )  # fmt: skip
             await conn.execute(
@@ -73,4 +78,5 @@ async def test_0013_gives_the_empty_unit_to_our_cases_without_one(db_url: str) -
         "oral": "",
         "was-assigned": "",
         "adopted": None,
+        "thread": "",  # the unit its case has now
     }

@@ -8,9 +8,10 @@ Until now a case opened or assigned by a user without a unit kept no unit (NULL)
 an incoming case awaiting triage, open to every supervisor for good. From this revision on it takes the empty unit,
 the group of users without one (decision 115). Here: every case without a unit that was not an incoming case
 awaiting triage takes the empty unit: one with an assigned officer, or that a user of ours assigned once (a
-case.assigned ledger entry with a user: actor: its officers may all have been taken off since; the system's entry
-for an incoming thread adopting a case that is itself in triage does not count), one opened by a message of ours
-(its id is the case's), or by an oral request one of our officers recorded.
+case.assigned ledger entry with a user: actor: its officers may all have been taken off since), one opened by a
+message of ours (its id is the case's), or by an oral request one of our officers recorded. An incoming thread that
+adopted a case (the system's case.assigned entry, related_id = that case) takes that case's unit as it is now: none
+if the case is still in triage.
 """
 
 from __future__ import annotations
@@ -44,20 +45,36 @@ def upgrade() -> None:
             "WHERE cases.unit IS NULL AND ledger_entries.type = 'case.assigned'"
         )
     ).all()
-    assigned = sorted({case_id for case_id, entry in candidates if _by_a_user(bytes(entry))})
+    entries = [(case_id, _entry(bytes(entry))) for case_id, entry in candidates]
+    assigned = sorted({case_id for case_id, entry in entries if str(entry.get("actor", "")).startswith("user:")})
     if assigned:
         bind.execute(
             sa.text("UPDATE cases SET unit = '' WHERE id = :id AND unit IS NULL"),
             [{"id": case_id} for case_id in assigned],
         )
+    adopted = {
+        case_id: str(entry["related_id"])
+        for case_id, entry in entries
+        if entry.get("actor") == "system" and isinstance(entry.get("related_id"), str)
+    }
+    if adopted:  # read after the updates above: the adopted case's unit as this revision gives it
+        query = sa.text("SELECT id, unit FROM cases WHERE id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
+        units: dict[str, str | None] = dict(bind.execute(query, {"ids": sorted(set(adopted.values()))}).all())
+        rows = [
+            {"id": thread, "unit": units[about]}
+            for thread, about in sorted(adopted.items())
+            if units.get(about) is not None
+        ]
+        if rows:
+            bind.execute(sa.text("UPDATE cases SET unit = :unit WHERE id = :id AND unit IS NULL"), rows)
 
 
-def _by_a_user(entry: bytes) -> bool:
+def _entry(raw: bytes) -> dict[str, object]:
     try:
-        actor = json.loads(entry).get("actor")
-    except (ValueError, AttributeError):  # not an entry of ours: no evidence
-        return False
-    return isinstance(actor, str) and actor.startswith("user:")
+        entry = json.loads(raw)
+    except ValueError:  # not an entry of ours: no evidence
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def downgrade() -> None:
