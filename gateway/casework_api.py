@@ -190,6 +190,7 @@ _LIST = {
         "items": {"type": "array", "items": _ITEM},
         # where the next page starts (its 'after'), or null on the last page
         "next": {"type": ["string", "null"], "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}:[0-9]+$"},
+        "days": {"type": "integer", "description": "upcoming only: the window the items were chosen in"},
     },
 }
 _PAGE = [
