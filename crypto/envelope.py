@@ -190,7 +190,7 @@ def open_envelope(
     ``expected_recipient``: our authority id (for an archive copy: the original recipient).
     ``sealed`` may be what :func:`read_envelope` returned (steps 1 and 2 done, under the limit it was read with).
     ``stored``: an envelope read back from our own store, received (or sent) under the rules of its day; the checks
-    that only decide whether to receive it (the manifest's keys) are not made again, so that it still opens.
+    that only decide whether to receive it (the manifest's size and keys) are not made again, so that it still opens.
     """
     # 1. and 2. Size, then outer shape and protected header within the profile (compact, pinned alg/enc, exactly the
     #    profile's members, no duplicates, valid routing values): read_envelope, here or by the caller. Unverified.
@@ -231,7 +231,7 @@ def open_envelope(
     # 9. The payload is a valid, RFC 8785 canonical MessagePayload (duplicates refused).
     payload = MessagePayload.from_bytes(payload_bytes)
     if not stored:
-        check_manifest(payload)  # a key that can never decrypt: refused rather than receipted
+        check_manifest(payload)  # at most 256 entries, each with a key that can decrypt (check 15)
 
     # 10. The routing header repeats the signed routing exactly.
     for name, in_header, in_payload in (
