@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, available_timezones
@@ -201,6 +202,10 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)  # cached by zoneinfo itself
+
+    def today(self, now: datetime) -> date:
+        """The date at ``now`` in the authority's own calendar (decision 119)."""
+        return now.astimezone(self.zone).date()
 
     @field_validator("data_dir")
     @classmethod

@@ -20,7 +20,6 @@ from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.policy import AccessRefused, check_case_access, refuse_case_access
 from protocol.casework import (
-    MAX_WINDOW_DAYS,
     DateKind,
     Due,
     InvalidWorkDate,
@@ -352,11 +351,3 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
         )
 
     return await gw.commit(unit)
-
-
-def window_days(raw: str | None) -> int:
-    if raw is None:
-        return 7
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or int(raw) > MAX_WINDOW_DAYS:  # ASCII digits only ("²" is a digit)
-        raise InvalidMessage(f"days must be an integer from 0 to {MAX_WINDOW_DAYS}")
-    return int(raw)

@@ -21,6 +21,7 @@ from gateway.openapi_parts import PROBLEM as _PROBLEM
 from gateway.openapi_parts import json_ok
 from gateway.params import bounded_param
 from gateway.policy import case_marking, check_supervising
+from protocol.casework import MAX_WINDOW_DAYS
 from protocol.errors import InvalidMessage
 from protocol.events import EventType
 from store.cases import Cases
@@ -100,7 +101,7 @@ async def get_overdue(request: web.Request) -> web.Response:
 async def get_upcoming(request: web.Request) -> web.Response:
     if set(request.query) - {"days", "limit", "after"}:
         raise InvalidMessage("GET /v1/work/upcoming takes only 'days', 'limit' and 'after'")
-    days = casework.window_days(request.query.get("days"))
+    days = bounded_param(request.query, "days", 7, 0, MAX_WINDOW_DAYS)
     items, following = await _due_page(request, days=days)
     return _json({"days": days, "items": items, "next": following})
 

@@ -40,6 +40,7 @@ from gateway.committer import Committer, Finish, Tx, Unit, done
 from gateway.limits import DELIVERY_WAIT_SECONDS, DeliverySlots, RefusalBudget
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from protocol.checkpoint import ledger_origin
 from protocol.errors import ComityError
 from protocol.events import EventType
 from protocol.markings import MarkingScheme
@@ -107,7 +108,7 @@ class Gateway:
         sqlite = is_sqlite(self.settings.database_dsn)
         self.events = EventLog(for_update=not sqlite)
         self.outbox = Outbox(skip_locked=not sqlite)
-        self.origin = f"comity-ledger/{self.settings.authority_id}"
+        self.origin = ledger_origin(self.settings.authority_id)
         self.witness_name = f"comity-witness/{self.settings.authority_id}"
         # every signing key we hold, newest first, each with its note signer and cosigner: which one signs depends
         # on the time (signing_key)
@@ -139,7 +140,7 @@ class Gateway:
     def today(self, now: datetime | None = None) -> date:
         """The date in the authority's own calendar (``time_zone``, decision 119), now or at ``now``: what case dates
         and tasks, due lists and notifications count from."""
-        return (now or self.clock()).astimezone(self.settings.zone).date()
+        return self.settings.today(now or self.clock())
 
     def peer(self, authority_id: str) -> AuthorityEntry:
         """A counterpart from the directory; refuses an expired directory and a peer under a ledger alarm."""

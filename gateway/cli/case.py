@@ -9,12 +9,13 @@ the API, never printed here.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from config.settings import Settings
 from gateway.casework import PAGE, date_json
 from gateway.cli.common import CommandError, reports_errors
 from gateway.cli.runtime import config_option, run, settings_from
@@ -39,10 +40,10 @@ def _item(item: CaseDate, today: date) -> dict[str, Any]:
     return {key: shown[key] for key in _SHOWN}
 
 
-async def _due(config_file: Path | None, upcoming: int | None, today: date) -> list[CaseDate]:
+async def _due(settings: Settings, upcoming: int | None, today: date) -> list[CaseDate]:
     """Every open item of the period, soonest first, read page by page (there is no cut-off)."""
     first, last = (None, today - timedelta(days=1)) if upcoming is None else (today, today + timedelta(days=upcoming))
-    engine = make_engine(settings_from(config_file).database_dsn, pool_size=1)
+    engine = make_engine(settings.database_dsn, pool_size=1)
     found: list[CaseDate] = []
     after: tuple[date, int] | None = None
     try:
@@ -72,8 +73,9 @@ def due(config_file: Path | None, overdue: bool, upcoming: int | None, as_json: 
     """List open critical dates and tasks, overdue or coming up (in the time_zone setting's calendar)."""
     if overdue and upcoming is not None:
         raise CommandError("choose --overdue or --upcoming DAYS, not both")
-    today = datetime.now(settings_from(config_file).zone).date()
-    items = [_item(item, today) for item in run(_due(config_file, upcoming, today))]
+    settings = settings_from(config_file)
+    today = settings.today(datetime.now(UTC))
+    items = [_item(item, today) for item in run(_due(settings, upcoming, today))]
     if as_json:
         click.echo(json.dumps({"items": items}, indent=2))
         return
@@ -83,8 +85,8 @@ def due(config_file: Path | None, overdue: bool, upcoming: int | None, as_json: 
         click.echo("nothing overdue" if upcoming is None else f"nothing due within {upcoming} days")
 
 
-async def _work(config_file: Path | None, case_id: str, today: date) -> dict[str, Any]:
-    engine = make_engine(settings_from(config_file).database_dsn, pool_size=1)
+async def _work(settings: Settings, case_id: str, today: date) -> dict[str, Any]:
+    engine = make_engine(settings.database_dsn, pool_size=1)
     try:
         async with engine.connect() as conn:
             found = await Cases.get(conn, case_id)
@@ -117,5 +119,5 @@ async def _work(config_file: Path | None, case_id: str, today: date) -> dict[str
 @reports_errors
 def work(config_file: Path | None, case_id: str) -> None:
     """Show a case's work (JSON): assignees, flags, dates and tasks, oral request; never notes."""
-    today = datetime.now(settings_from(config_file).zone).date()
-    click.echo(json.dumps(run(_work(config_file, case_id, today)), indent=2))
+    settings = settings_from(config_file)
+    click.echo(json.dumps(run(_work(settings, case_id, settings.today(datetime.now(UTC)))), indent=2))

@@ -7,11 +7,12 @@ Without NAME every statistic is printed. Filters as in the API (``--from 2025 --
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import click
 
+from config.settings import Settings
 from gateway.cli.common import CommandError, reports_errors
 from gateway.cli.runtime import config_option, run, settings_from
 from protocol.stats import Filters, Statistic, StatTable, parse_filters, to_csv
@@ -35,8 +36,8 @@ _OPTIONS = {
 }
 
 
-async def _compute(config_file: Path | None, names: list[Statistic], filters: Filters, today: date) -> list[StatTable]:
-    engine = make_engine(settings_from(config_file).database_dsn, pool_size=1)
+async def _compute(settings: Settings, names: list[Statistic], filters: Filters, today: date) -> list[StatTable]:
+    engine = make_engine(settings.database_dsn, pool_size=1)
     try:
         async with engine.connect() as conn:
             return [await compute(conn, name, filters, today=today) for name in names]
@@ -71,7 +72,8 @@ def stats(name: str | None, output: str, config_file: Path | None, **given: str 
     names = [Statistic(name)] if name else list(Statistic)
     if output == "csv" and len(names) != 1:
         raise CommandError("--format csv prints one statistic: name it, e.g. 'comity stats by-year --format csv'")
-    tables = run(_compute(config_file, names, filters, datetime.now(settings_from(config_file).zone).date()))
+    settings = settings_from(config_file)
+    tables = run(_compute(settings, names, filters, settings.today(datetime.now(UTC))))
     if output == "csv":
         click.echo(to_csv(tables[0]), nl=False)
     elif output == "json":

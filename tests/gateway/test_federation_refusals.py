@@ -180,6 +180,34 @@ async def refused_case(
     )
 
 
+async def refused_multipart(
+    pair: Pair,
+    hostile: HostilePeer,
+    sealed: bytes,
+    parts: list[bytes],
+    *,
+    status: int,
+    code: str,
+    message_id: str,
+    secrets: tuple[str, ...],
+) -> Refusal:
+    """``sealed`` and its attachment ``parts`` delivered by ar.mj, and every property of a clean refusal."""
+    before = await stored(pair.au.gw)
+    answer = await hostile.post_multipart(sealed, parts)
+    return await assert_refused(
+        pair,
+        hostile,
+        answer,
+        before,
+        status=status,
+        code=code,
+        sent=sealed,
+        claimed="ar.mj",
+        message_id=message_id,
+        secrets=secrets,
+    )
+
+
 def secret_payload(hostile: HostilePeer, **overrides: Any) -> tuple[MessagePayload, str]:
     """A payload with a canary in its content, so a problem document echoing content would show."""
     mark = canary()
@@ -625,19 +653,14 @@ async def test_corrupt_attachments_are_refused_and_leave_no_file(pair: Pair, hos
     ]
     for name, parts, code in cases:
         payload, mark = secret_payload(hostile, attachments=[big.ref.model_dump(), small.ref.model_dump()])
-        sealed = hostile.seal(payload)
-        before = await stored(pair.au.gw)
-        answer = await hostile.post_multipart(sealed, parts)
         try:
-            await assert_refused(
+            await refused_multipart(
                 pair,
                 hostile,
-                answer,
-                before,
+                hostile.seal(payload),
+                parts,
                 status=400,
                 code=code,
-                sent=sealed,
-                claimed="ar.mj",
                 message_id=payload.id,
                 secrets=(mark,),
             )
@@ -662,25 +685,21 @@ async def test_a_manifest_key_that_can_never_decrypt_gets_no_receipt(pair: Pair,
     # with a routing header that differs too: check 15 comes before check 16 (header-mismatch)
     routed_as = new_message_id()
     sealed = hostile.seal_with_header(payload, id=routed_as)
-    before = await stored(pair.au.gw)
-    answer = await hostile.post_multipart(sealed, [attachment.ciphertext])
-    await assert_refused(
+    await refused_multipart(
         pair,
         hostile,
-        answer,
-        before,
+        sealed,
+        [attachment.ciphertext],
         status=400,
         code="invalid-message",
-        sent=sealed,
-        claimed="ar.mj",
         message_id=routed_as,  # a refusal names the message by its routing header, the only id it can trust
         secrets=(mark,),
     )
 
 
 async def test_every_attachment_size_is_checked_before_any_part_is_read(pair: Pair, hostile: HostilePeer) -> None:
-    """Check 22 for the whole manifest first: the time the parts may take follows from their sizes, so a size this
-    gateway refuses must not first buy a long deadline for the parts before it."""
+    """Check 22 for the whole manifest first: a size this gateway refuses is refused before any part is read, not
+    once the parts before it have arrived."""
     from crypto.attachments import ciphertext_size
 
     small = make_attachment(b"statement of account")
@@ -689,21 +708,11 @@ async def test_every_attachment_size_is_checked_before_any_part_is_read(pair: Pa
     huge["ct_size"] = ciphertext_size(1 << 40)
     assert huge["ct_size"] > pair.au.gw.settings.max_attachment_bytes
     payload, mark = secret_payload(hostile, attachments=[small.ref.model_dump(), huge])
-    sealed = hostile.seal(payload)
-    before = await stored(pair.au.gw)
-    answer = await hostile.post_multipart(sealed, [])  # no part at all: refused for its size, not the missing part
-    await assert_refused(
-        pair,
-        hostile,
-        answer,
-        before,
-        status=413,
-        code="attachment-too-large",
-        sent=sealed,
-        claimed="ar.mj",
-        message_id=payload.id,
+    # no part at all: refused for its size, not for the missing part
+    await refused_multipart(
+        pair, hostile, hostile.seal(payload), [], status=413, code="attachment-too-large", message_id=payload.id,
         secrets=(mark,),
-    )
+    )  # fmt: skip
 
 
 async def test_attachments_sent_without_multipart_are_refused(pair: Pair, hostile: HostilePeer) -> None:
