@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 
 from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
-from gateway.federation import GATEWAY
+from gateway.federation import BODY_ERRORS, GATEWAY, malformed_body
 from gateway.params import bounded_param
 from gateway.policy import (
     AccessRefused,
@@ -43,8 +43,9 @@ from store.users import User, Users
 __all__ = ["USER", "api_routes", "auth_middleware"]
 
 USER = web.RequestKey("user", User)  # the authenticated user of a request
-PUBLIC_PATHS = {"/v1/openapi.json", "/healthz", "/readyz", "/metrics"}
+PUBLIC_PATHS = {"/v1/openapi.json", "/healthz", "/readyz"}
 MAX_JSON = 1 << 20
+_T = TypeVar("_T")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")  # RFC 6838
 
@@ -133,10 +134,15 @@ def _summary(row: MessageRow) -> dict[str, Any]:
     }
 
 
+DRAFT_MEMBERS = frozenset(
+    {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason", "override_reason"}
+)
+ACKNOWLEDGEMENT_MEMBERS = frozenset({"note", "confidentiality"})
+
+
 def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     fields = {**fields, **fixed}
-    allowed = {"to", "kind", "marking", "content", "in_reply_to", "forwards", "downgrade_reason", "override_reason"}
-    unknown = set(fields) - allowed
+    unknown = set(fields) - DRAFT_MEMBERS
     if unknown:
         raise InvalidMessage(f"unknown member(s): {', '.join(sorted(unknown))}")
     try:
@@ -174,8 +180,17 @@ def _draft(fields: dict[str, Any], **fixed: Any) -> Draft:
     )
 
 
+async def _parsed(read: Awaitable[_T]) -> _T:
+    """A step of reading a multipart body; a broken one (no boundary, bad framing, a dropped body) is a typed
+    refusal, as on the federation endpoint."""
+    try:
+        return await read
+    except BODY_ERRORS as exc:
+        raise malformed_body(exc) from None
+
+
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(1 << 20):
+    while chunk := await _parsed(part.read_chunk(1 << 20)):
         yield chunk
 
 
@@ -186,12 +201,12 @@ async def read_submission(
     one "attachment" file part per file, read as the sender encrypts them (never buffered whole)."""
     if request.content_type != "multipart/form-data":
         return await _read_json(request), ()
-    reader = await request.multipart()
-    first = await reader.next()
+    reader = await _parsed(request.multipart())
+    first = await _parsed(reader.next())
     if not isinstance(first, BodyPartReader) or first.name != "message":
         raise InvalidMessage("the first form part must be 'message' (JSON)")
     raw = bytearray()
-    while chunk := await first.read_chunk(1 << 16):
+    while chunk := await _parsed(first.read_chunk(1 << 16)):
         raw += chunk
         if len(raw) > MAX_JSON:
             raise InvalidMessage("the 'message' part is too large")
@@ -200,7 +215,7 @@ async def read_submission(
         raise InvalidMessage("the 'message' part must be a JSON object")
 
     async def attachments() -> AsyncIterator[NewAttachment]:
-        while (part := await reader.next()) is not None:
+        while (part := await _parsed(reader.next())) is not None:
             if not isinstance(part, BodyPartReader) or part.name != "attachment" or not part.filename:
                 raise InvalidMessage("each further form part must be an 'attachment' file")
             media_type = part.headers.get("Content-Type", "application/octet-stream")
@@ -314,9 +329,13 @@ async def acknowledge(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     original = await _acted_on(request, MessageKind.ACKNOWLEDGEMENT, "answering")
     body = await _read_json(request)
-    content: dict[str, Any] = {"note": body["note"]} if isinstance(body.get("note"), str) else {}
+    if set(body) - ACKNOWLEDGEMENT_MEMBERS:
+        raise InvalidMessage("an acknowledgement takes only 'note' and 'confidentiality'")
+    if "note" in body and not isinstance(body["note"], str):
+        raise InvalidMessage("'note' must be a string")
+    content: dict[str, Any] = {"note": body["note"]} if "note" in body else {}
     if "confidentiality" in body:  # art. 46(20): whether we can keep the request confidential
-        content["confidentiality"] = body["confidentiality"]
+        content["confidentiality"] = body["confidentiality"]  # checked before sealing (gateway/policy.py)
     draft = Draft(
         to=original.peer,
         kind=MessageKind.ACKNOWLEDGEMENT,
@@ -359,11 +378,14 @@ async def consent(request: web.Request) -> web.Response:
     recipient = (await _read_json(request)).get("recipient")
     if not isinstance(recipient, str):
         raise InvalidMessage("send {'recipient': '<authority id>'}: the authority the content may go to")
+    # an authority the directory does not list yet may be named: it can receive the content only once listed
+    if validate_authority_id(recipient) in (gw.authority_id, original.peer):
+        raise InvalidMessage("'recipient' must be a third authority: neither this one nor the one the message went to")
     draft = Draft(
         to=original.peer,
         kind=MessageKind.CONSENT,
         marking=original.marking,
-        content={"consent": {"message_id": original.id, "recipient": validate_authority_id(recipient)}},
+        content={"consent": {"message_id": original.id, "recipient": recipient}},
     )
     message_id = await submit_message(gw, _user(request), draft)
     return _json({"id": message_id, "state": "queued"}, status=202)

@@ -96,6 +96,8 @@ ROUTE_SCOPES: Mapping[tuple[str, str], str | None] = MappingProxyType(
         ("GET", "/v1/ledger/proofs/consistency"): "ledger:read",
         ("GET", "/v1/stats"): "stats:read",
         ("GET", "/v1/stats/{name}"): "stats:read",
+        # per-peer backlog and failures tell that requests with a counterpart exist (decision 122)
+        ("GET", "/metrics"): "metrics:read",
     }
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
-from gateway.policy import AccessRefused, check_case_access, refuse_case_access
+from gateway.policy import AccessRefused, check_case_access, ledger_refusal, refuse_case_access
 from protocol.casework import (
     DateKind,
     Due,
@@ -98,7 +98,11 @@ async def work_access(gw: Gateway, user: User, case_id: str) -> tuple[Case, Mark
 
 
 async def case_work(gw: Gateway, user: User, case_id: str) -> dict[str, Any]:
-    case, marking = await work_access(gw, user, case_id)
+    try:
+        case, marking = await work_access(gw, user, case_id)
+    except AccessRefused as refused:  # notes are read like content: a refused read is evidence, as an opening's is
+        await ledger_refusal(gw, EventType.OPEN_REFUSED, f"user:{user.username}", refused, message_id=case_id)
+        raise
     async with gw.reader.connect() as conn:
         action = await CaseWork.next_action(conn, case_id)
         flags = await CaseWork.flags(conn, case_id)
@@ -315,6 +319,8 @@ async def record_oral_request(gw: Gateway, user: User, body: dict[str, Any]) -> 
     if not isinstance(peer, str):
         raise InvalidMessage("'peer' must be the authority id of the counterpart")
     gw.directory.authority(validate_authority_id(peer))
+    if peer == gw.authority_id:
+        raise InvalidMessage("'peer' must be a counterpart, not this authority")
     direction = {"received": "in", "made": "out"}.get(str(body.get("direction")))
     if direction is None:
         raise InvalidMessage("'direction' must be 'received' (from the peer) or 'made' (to it)")

@@ -13,6 +13,13 @@ changes rows and records events (their indexes are known at once); the second ru
 signed (from the head computed in memory), before the entries are written with it at the end of the transaction.
 If a batch fails, it is rolled back and its units are run again one by one, so one unit's failure (a duplicate
 message id, say) is that unit's alone. Every unit still commits with its events or not at all.
+
+If the connection is lost while the batch's final statements are on their way (its entries, or COMMIT), the
+database may have committed without our hearing it: running the units again would commit them twice (a second
+``message.opened``, a second alarm). The committer then reads back, on a new connection and behind the ledger head's
+lock (which the lost transaction holds until it ends), whether the batch's entries are stored; if they are, the
+batch committed and its results stand; if other entries or none are there, it did not, and the units run again; if
+that cannot be read, every unit of the batch fails with :class:`OutcomeUnknown` (a 503 to retry), never run twice.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,11 +42,19 @@ from protocol.timefmt import format_time
 from store import fast
 from store.errors import StoreUnavailable, transient_cause
 from store.events import LedgerBatch, TreeHead
+from store.tables import ledger_entries, ledger_head
 
-__all__ = ["LOCKED_AFTER_A_MISS", "Committer", "Finish", "Tx", "Unit"]
+__all__ = ["LOCKED_AFTER_A_MISS", "READ_BACK_SECONDS", "Committer", "Finish", "OutcomeUnknown", "Tx", "Unit"]
 
 # seconds during which batches read the head under its lock after one from the remembered head failed
 LOCKED_AFTER_A_MISS = 1.0
+# how long reading back whether a batch whose commit went unanswered committed may take, lock wait included
+READ_BACK_SECONDS = 30.0
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The connection was lost as a batch was being committed, and whether it committed could not be read back."""
+
 
 T = TypeVar("T")
 Finish = Callable[[str], Awaitable[T]]
@@ -105,6 +121,15 @@ async def done(result: T) -> Finish[T]:
 class _Job(Generic[T]):
     unit: Unit[T]
     future: asyncio.Future[T]
+
+
+@dataclass
+class _Final:
+    """What a batch is about to write once its units have finished: set just before its final statements."""
+
+    results: list[Any] | None = None
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    head: TreeHead | None = None
 
 
 class Committer:
@@ -179,25 +204,65 @@ class Committer:
             return await self._transaction(jobs, None)
         try:
             return await self._transaction(jobs, head)
+        except OutcomeUnknown:
+            raise  # it may have committed: never run again
         except Exception:
             self._head = None
             self._locked_until = time.monotonic() + LOCKED_AFTER_A_MISS
         return await self._transaction(jobs, None)
 
     async def _transaction(self, jobs: list[_Job[Any]], head: TreeHead | None) -> list[Any]:
+        final = _Final()
+        try:
+            return await self._write(jobs, head, final)
+        except Exception as error:
+            if final.results is None or transient_cause(error) is None:
+                raise  # failed before its final statements, or by a statement's own refusal: nothing committed
+            if not await self._committed(final, error):
+                raise
+            self.log.warning("commit_answer_lost", committed=True, entries=len(final.entries))
+            if self._autocommit is not None:
+                self._head = final.head
+            return final.results
+
+    async def _committed(self, final: _Final, error: Exception) -> bool:
+        """Whether a batch whose final statements went unanswered committed: its entries are stored at their
+        indexes. Read behind a share lock on the ledger head, which the lost transaction holds until the database
+        has committed or rolled it back; if it cannot be read, :class:`OutcomeUnknown`."""
+        if not final.entries:  # nothing of it can be recognised
+            raise OutcomeUnknown("the database connection was lost as a batch was committed") from error
+
+        async def read() -> dict[int, bytes]:
+            first, last = final.entries[0][0], final.entries[-1][0]
+            async with self.gw.engine.begin() as conn:
+                lock = select(ledger_head.c.size).where(ledger_head.c.id == 1).with_for_update(read=True)
+                await conn.execute(lock)
+                query = select(ledger_entries.c.idx, ledger_entries.c.entry).where(
+                    ledger_entries.c.idx >= first, ledger_entries.c.idx <= last
+                )
+                return {int(row.idx): bytes(row.entry) for row in await conn.execute(query)}
+
+        try:
+            stored = await asyncio.wait_for(read(), READ_BACK_SECONDS)
+        except Exception:
+            self.log.warning("commit_answer_lost", committed="unknown", entries=len(final.entries))
+            raise OutcomeUnknown("the database connection was lost as a batch was committed") from error
+        return all(stored.get(index) == entry for index, entry in final.entries)
+
+    async def _write(self, jobs: list[_Job[Any]], head: TreeHead | None, final: _Final) -> list[Any]:
         gw = self.gw
         if self._autocommit is None:  # SQLite: SQLAlchemy's transaction (BEGIN IMMEDIATE), the head read in it
             async with gw.engine.begin() as conn:
-                return await self._run(conn, jobs, await gw.events.begin_batch(conn))
+                return await self._run(conn, jobs, await gw.events.begin_batch(conn), final)
         # from a remembered head, units may assume what usually holds (a receipt not yet recorded) and leave the
         # check to the batch's one statement (store/delivery.py); a failed batch runs again from the locked head
         async with fast.group(self._autocommit, optimistic=head is not None) as conn:
             batch = LedgerBatch(head) if head is not None else await gw.events.begin_batch(conn)
-            results = await self._run(conn, jobs, batch)
+            results = await self._run(conn, jobs, batch, final)
         self._head = batch.head()  # committed: the next batch may start here without reading it
         return results
 
-    async def _run(self, conn: AsyncConnection, jobs: list[_Job[Any]], batch: LedgerBatch) -> list[Any]:
+    async def _run(self, conn: AsyncConnection, jobs: list[_Job[Any]], batch: LedgerBatch, final: _Final) -> list[Any]:
         gw = self.gw
         tx = Tx(conn, batch, gw.clock)
         finishers = [await job.unit(tx) for job in jobs]
@@ -210,6 +275,7 @@ class Committer:
             raise RuntimeError("a unit's finish step appended to the ledger after the checkpoint was signed")
         # the entries, the checkpoint, the head and every row the units queued (store/fast.py): on PostgreSQL
         # one statement, which writes nothing if the head has moved since the batch began (store/events.py)
+        final.results, final.entries, final.head = results, batch.pending(), batch.head()
         await batch.flush(conn, checkpoint)
         return results
 

@@ -9,18 +9,19 @@ of a shared draft's checklist); content is read through ``POST /v1/messages/{id}
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api import _json, _read_json, _summary, _user, read_submission
 from gateway.consultations import ConsultationConverted
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.params import bounded_param
-from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal
-from gateway.reading import LIST_PAGE, open_message, visible_ids, window
+from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal, running_embargo
+from gateway.reading import LIST_PAGE, open_message, visible_ids
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
@@ -87,6 +88,16 @@ async def _hide_requests(gw: Gateway, user: User, threads: list[Thread]) -> list
         else dataclasses.replace(thread, converted_request_id=None)
         for thread in threads
     ]
+
+
+async def _as_seen_by(gw: Gateway, user: User, conn: AsyncConnection, threads: list[Thread]) -> list[Thread]:
+    """The threads with ``last_message_at`` the time of the last message of each that the user is cleared for (the
+    first one always is: it carries the thread's marking)."""
+    last: dict[str, datetime] = {}
+    for thread_id, created_at, marking in await Consultations.message_times(conn, [t.id for t in threads]):
+        if user.cleared_for(marking, gw.scheme) and (thread_id not in last or created_at > last[thread_id]):
+            last[thread_id] = created_at
+    return [dataclasses.replace(thread, last_message_at=last.get(thread.id, thread.created_at)) for thread in threads]
 
 
 def _thread_json(thread: Thread) -> dict[str, Any]:
@@ -245,26 +256,29 @@ async def list_threads(request: web.Request) -> web.Response:
         if user.role not in ("officer", "supervisor"):
             threads = await Consultations.visible_to(conn, user, limit=limit, offset=offset, about=about, state=state)
         else:  # of the threads assigned to her or her unit, those she is cleared for; limit and offset count those
-
-            async def pages() -> AsyncGenerator[list[Thread], None]:
-                start = 0
-                while True:
-                    batch = await Consultations.visible_to(
-                        conn, user, limit=LIST_PAGE, offset=start, about=about, state=state
-                    )
-                    yield [t for t in batch if t.marking is not None and user.cleared_for(t.marking, gw.scheme)]
-                    if len(batch) < LIST_PAGE:
-                        return
-                    start += LIST_PAGE
-
-            threads = await window(pages(), offset=offset, limit=limit)
+            threads = []
+            start = 0
+            while True:
+                batch = await Consultations.visible_to(
+                    conn, user, limit=LIST_PAGE, offset=start, about=about, state=state
+                )
+                cleared = [t for t in batch if t.marking is not None and user.cleared_for(t.marking, gw.scheme)]
+                threads.extend(await _as_seen_by(gw, user, conn, cleared))
+                if len(batch) < LIST_PAGE:
+                    break
+                start += LIST_PAGE
+            # newest first by the last message she may see: a reply marked above her clearance neither shows its
+            # time nor moves its thread up the list (decision 121)
+            threads.sort(key=lambda thread: (-thread.last_message_at.timestamp(), thread.id))
+            threads = threads[offset : offset + limit]
     threads = await _hide_requests(gw, user, threads)
     return _json({"consultations": [_thread_json(thread) for thread in threads]})
 
 
 async def get_thread(request: web.Request) -> web.Response:
     """A thread and its messages' metadata; an officer or supervisor needs what acting on the thread needs, and
-    then also sees the checklist of each shared draft (auditors and admins see metadata only)."""
+    then also sees the checklist of each shared draft, given a token that may open content and once any embargo on
+    it has ended (auditors and admins see metadata only)."""
     gw, user = request.app[GATEWAY], _user(request)
     thread, rows = await _thread(request, "reading")
     reviewer = user.role in ("officer", "supervisor")
@@ -272,12 +286,14 @@ async def get_thread(request: web.Request) -> web.Response:
         thread = dataclasses.replace(thread, last_message_at=max(row.created_at for row in rows))
     (thread,) = await _hide_requests(gw, user, [thread])
     async with gw.reader.connect() as conn:
-        checks = await DraftChecks.for_thread(conn, thread.id) if reviewer else {}
+        # the checklists come from drafts' content: only for a token that may open content
+        checks = await DraftChecks.for_thread(conn, thread.id) if reviewer and "content:open" in user.scopes else {}
     messages = []
     for row in rows:
         summary = _summary(row)
         check = checks.get(row.id)
-        if check is not None:
+        # a draft's type and which elements it holds come from its content: not before an embargo ends
+        if check is not None and running_embargo(gw, row) is None:
             summary["draft_check"] = {
                 "request_type": check.request_type,
                 "complete": not check.blocking,

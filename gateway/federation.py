@@ -58,10 +58,10 @@ async def _read_limited(chunks: AsyncIterator[bytes], limit: int, into: bytearra
 
 # what aiohttp's multipart reader raises on a broken body (broken chunked framing aiohttp answers 400 itself:
 # tests/gateway/test_federation_limits.py::test_broken_chunked_framing_is_answered_at_once_and_nothing_is_kept)
-_BODY_ERRORS = (ValueError, ClientPayloadError, HttpProcessingError)
+BODY_ERRORS = (ValueError, ClientPayloadError, HttpProcessingError)
 
 
-def _malformed(exc: Exception) -> InvalidMessage:
+def malformed_body(exc: Exception) -> InvalidMessage:
     # aiohttp's multipart reader raises ValueError / ClientPayloadError on a broken body: a typed refusal instead
     return InvalidMessage(f"the multipart body is malformed ({type(exc).__name__})")
 
@@ -85,8 +85,8 @@ async def _part_chunks(part: BodyPartReader, idle: float | None) -> AsyncIterato
     while True:
         try:
             chunk = await _in_time(part.read_chunk(READ_SIZE), idle)
-        except _BODY_ERRORS as exc:
-            raise _malformed(exc) from None
+        except BODY_ERRORS as exc:
+            raise malformed_body(exc) from None
         if not chunk:
             return
         yield chunk
@@ -96,8 +96,8 @@ async def _stream_chunks(request: web.Request) -> AsyncIterator[bytes]:
     while True:
         try:
             chunk = await request.content.read(READ_SIZE)
-        except _BODY_ERRORS as exc:  # as on the multipart path
-            raise _malformed(exc) from None
+        except BODY_ERRORS as exc:  # as on the multipart path
+            raise malformed_body(exc) from None
         if not chunk:
             return
         yield chunk
@@ -225,8 +225,8 @@ async def _read_envelope(
     try:
         reader = await request.multipart()
         first = await reader.next()
-    except _BODY_ERRORS as exc:
-        raise _malformed(exc) from None
+    except BODY_ERRORS as exc:
+        raise malformed_body(exc) from None
     if not isinstance(first, BodyPartReader) or _media_type(first.headers.get("Content-Type")) != "application/jose":
         raise InvalidMessage("the first part must be the envelope, of type application/jose")
     return await _read_limited(_part_chunks(first, None), limit, read), _parts(reader, idle)
@@ -236,8 +236,8 @@ def _parts(reader: MultipartReader, idle: float) -> AttachmentParts:
     async def next_part() -> AsyncIterator[bytes] | None:
         try:
             part = await _in_time(reader.next(), idle)
-        except _BODY_ERRORS as exc:
-            raise _malformed(exc) from None
+        except BODY_ERRORS as exc:
+            raise malformed_body(exc) from None
         if part is None:
             return None
         if not isinstance(part, BodyPartReader):

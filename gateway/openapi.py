@@ -35,6 +35,8 @@ _SUBMITTED = {
     "400": _PROBLEM,
     "401": _PROBLEM,
     "403": _PROBLEM,
+    "404": _PROBLEM,  # a message, case or thread it names that does not exist or that the caller may not know of
+    "413": _PROBLEM,
 }
 _DRAFT_BODY = {
     "required": True,
@@ -246,11 +248,19 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {
                         "content": {
                             "application/json": {
-                                "schema": {"type": "object", "properties": {"note": {"type": "string"}}}
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "note": {"type": "string"},
+                                        # UNCAC art. 46(20); required when the request's marking asks it
+                                        "confidentiality": {"enum": ["can-comply", "cannot-comply"]},
+                                    },
+                                }
                             }
                         }
                     },
-                    "responses": _SUBMITTED,
+                    "responses": {**_SUBMITTED, "422": _PROBLEM},
                 }
             },
             "/v1/messages/{id}/respond": {
@@ -368,9 +378,12 @@ def openapi_document() -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}},
+                    "summary": "Prometheus metrics (scope metrics:read)",
+                    "responses": {
+                        "200": {"description": "Metrics", "content": {"text/plain": {}}},
+                        "401": _PROBLEM,
+                        "403": _PROBLEM,
+                    },
                 }
             },
         },
@@ -407,6 +420,7 @@ def openapi_document() -> dict[str, Any]:
                         "in_reply_to": {"type": ["string", "null"], "format": "uuid"},
                         "forwards": {"type": "array", "items": {"type": "string", "format": "uuid"}},
                         "downgrade_reason": {"type": "string"},
+                        "override_reason": {"type": "string"},
                     },
                 },
                 "Consultation": {
@@ -439,7 +453,10 @@ def openapi_document() -> dict[str, Any]:
                         "envelope_sha256": {"type": "string"},
                         "created_at": {"type": "string", "format": "date-time"},
                         "received_at": {"type": ["string", "null"], "format": "date-time"},
+                        "case_id": {"type": ["string", "null"]},
+                        "confidentiality_answer": {"enum": ["can-comply", "cannot-comply", None]},
                     },
+                    "additionalProperties": False,
                 },
             },
         },

@@ -14,6 +14,7 @@ Every refusal is a typed error and a ledger event in a transaction of its own; n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -42,6 +43,7 @@ __all__ = [
     "check_outgoing",
     "ledger_refusal",
     "refuse_case_access",
+    "running_embargo",
 ]
 
 
@@ -144,10 +146,11 @@ async def check_outgoing(
                     "reason": downgrade_reason,
                 }
                 downgraded_from = original.marking.level
+            # the answer is checked on every acknowledgement, as the receiver checks it, not only where the request asks
             if (
                 kind is MessageKind.ACKNOWLEDGEMENT
-                and asks_confidentiality(original.marking)
                 and confidentiality_answer(content) is None
+                and asks_confidentiality(original.marking)
             ):
                 raise ConfidentialityAnswerRequired(
                     "the request asks for confidentiality (UNCAC art. 46(20)): acknowledge it with "
@@ -318,9 +321,16 @@ def check_supervising(gw: Gateway, supervisor: User, case: Case, marking: Markin
 async def check_opening(gw: Gateway, user: User, row: MessageRow, conn: AsyncConnection) -> None:
     """Raise unless ``user`` may see the content of ``row`` now (clearance, caveats, case, embargo)."""
     await check_case_access(gw, user, row, conn, "opening")
-    embargo = embargo_until(row.marking)
-    if row.direction == "in" and embargo is not None and gw.clock().date() < embargo:
+    embargo = running_embargo(gw, row)
+    if embargo is not None:
         raise Embargoed(f"the content is under embargo until {embargo.isoformat()}")
+
+
+def running_embargo(gw: Gateway, row: MessageRow) -> date | None:
+    """The date until which a received message's content may not be seen, if that is still ahead (UTC: the date
+    binds both sides)."""
+    embargo = embargo_until(row.marking)
+    return embargo if row.direction == "in" and embargo is not None and gw.clock().date() < embargo else None
 
 
 async def check_answer_received(

@@ -67,6 +67,14 @@ def decrypt_row(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
 
 async def open_message(gw: Gateway, user: User, message_id: str, purpose: str) -> Opened:
     """Check the user may see the content now (gateway/policy.py), decrypt it, and ledger the opening."""
+    opened = await _checked_open(gw, user, message_id, purpose)
+    await _ledger_opening(gw, user, message_id, purpose)
+    return opened
+
+
+async def _checked_open(gw: Gateway, user: User, message_id: str, purpose: str) -> Opened:
+    """Check the user may see the content now (a refusal is ledgered) and decrypt it; the opening itself is
+    ledgered by the caller once what was asked for is known to be there."""
     actor = f"user:{user.username}"
     if not re.fullmatch(r"[a-z0-9-]{1,64}", purpose):
         raise InvalidMessage("purpose must be a short lowercase word, e.g. 'review' or 'execution'")
@@ -77,21 +85,23 @@ async def open_message(gw: Gateway, user: User, message_id: str, purpose: str) -
         except ComityError as error:
             await ledger_refusal(gw, EventType.OPEN_REFUSED, actor, error, message_id=message_id, purpose=purpose)
             raise
-    opened = decrypt_row(gw, row)
+    return Opened(row, decrypt_row(gw, row))
 
+
+async def _ledger_opening(gw: Gateway, user: User, message_id: str, purpose: str) -> None:
     async def unit(tx: Tx) -> Finish[None]:
         tx.record(EventType.OPENED, f"user:{user.username}", message_id=message_id, purpose=purpose)
         return await done(None)
 
     await gw.commit(unit)
-    return Opened(row, opened)
 
 
 async def attachment_stream(
     gw: Gateway, user: User, message_id: str, position: int
 ) -> tuple[AttachmentRef, AsyncIterator[bytes]]:
-    """Decrypt one attachment as it streams from disk; each chunk is authenticated before it is returned."""
-    opened = await open_message(gw, user, message_id, "attachment")
+    """Decrypt one attachment as it streams from disk; each chunk is authenticated before it is returned. The
+    opening is ledgered once the attachment is known to exist: asking for one that does not opens nothing."""
+    opened = await _checked_open(gw, user, message_id, "attachment")
     refs = opened.envelope.payload.attachments
     if not 0 <= position < len(refs):
         raise NotFound(f"message {message_id} has no attachment {position}")
@@ -100,6 +110,7 @@ async def attachment_stream(
         rows = {row.position: row for row in await Messages.attachments(conn, message_id)}
     if position not in rows:
         raise NotFound(f"message {message_id} has no stored attachment {position}")
+    await _ledger_opening(gw, user, message_id, "attachment")
     path = gw.settings.attachments_path / opened.row.direction / rows[position].path
 
     async def plaintext() -> AsyncIterator[bytes]:

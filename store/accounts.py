@@ -40,7 +40,16 @@ __all__ = [
 ]
 
 ROLES = ("officer", "supervisor", "auditor", "admin")
-SCOPES = ("messages:read", "messages:write", "content:open", "cases:assign", "ledger:read", "stats:read", "admin")
+SCOPES = (
+    "messages:read",
+    "messages:write",
+    "content:open",
+    "cases:assign",
+    "ledger:read",
+    "stats:read",
+    "metrics:read",
+    "admin",
+)
 # what a role may hold; a token's scopes are a subset, intersected again with the role's on every request
 ROLE_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
@@ -49,8 +58,9 @@ ROLE_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
             {"messages:read", "messages:write", "content:open", "cases:assign", "ledger:read", "stats:read"}
         ),
         # metadata only: never content:open; statistics are aggregates of codes, not content
-        "auditor": frozenset({"messages:read", "ledger:read", "stats:read"}),
-        "admin": frozenset({"admin", "messages:read", "ledger:read"}),  # manages accounts, never sees content
+        "auditor": frozenset({"messages:read", "ledger:read", "stats:read", "metrics:read"}),
+        # manages accounts, never sees content; metrics:read for a monitoring token (decision 122)
+        "admin": frozenset({"admin", "messages:read", "ledger:read", "metrics:read"}),
     }
 )
 DEFAULT_CLEARANCE = "UNCLASSIFIED"
@@ -158,9 +168,12 @@ async def _record(
 
 async def user_by_name(conn: AsyncConnection, username: str, *, lock: bool = False) -> User:
     """The user ``username``; with ``lock``, its row locked until the transaction ends (PostgreSQL: a change of
-    the account in flight is waited for and then seen; SQLite's writers already run one at a time)."""
+    the account in flight is waited for and then seen; SQLite's writers already run one at a time). The lock is
+    FOR NO KEY UPDATE: it does not block the foreign-key checks of rows that name the user (an assignment, a
+    message's author), which a group commit makes while it holds the ledger head this transaction appends to next;
+    FOR UPDATE did, and the two deadlocked."""
     query = select(*_USER_COLUMNS, users.c.password_hash).where(users.c.username == username)
-    row = (await conn.execute(query.with_for_update() if lock else query)).one_or_none()
+    row = (await conn.execute(query.with_for_update(key_share=True) if lock else query)).one_or_none()
     if row is None:
         raise NotFound(f"no user {username!r}")
     return _user_from(row)

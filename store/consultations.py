@@ -159,6 +159,18 @@ class Consultations:
         return [_thread(row) for row in await conn.execute(query)]
 
     @staticmethod
+    async def message_times(conn: AsyncConnection, thread_ids: list[str]) -> list[tuple[str, datetime, Marking]]:
+        """(thread id, created at, marking) of every message of the threads, for a caller who may see only some."""
+        if not thread_ids:
+            return []
+        query = select(messages.c.case_id, messages.c.created_at, messages.c.marking_level, messages.c.marking_caveats)
+        rows = await conn.execute(query.where(messages.c.case_id.in_(sorted(set(thread_ids)))))
+        return [
+            (row.case_id, row.created_at, Marking(level=row.marking_level, caveats=json.loads(row.marking_caveats)))
+            for row in rows
+        ]
+
+    @staticmethod
     async def thread_messages(conn: AsyncConnection, thread_id: str) -> list[MessageRow]:
         """The thread's messages, oldest first, without their envelopes."""
         query = select(*METADATA).where(messages.c.case_id == thread_id).order_by(messages.c.created_at, messages.c.id)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
@@ -15,10 +17,15 @@ from store.db import transaction_locks
 from store.facts import delete_fact, read_fact, write_fact
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
 
-__all__ = ["Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
+__all__ = ["SERVED_COSIGNATURES", "Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
 
 # rows per query when a plan needs many nodes (keeps the statement small on both stores)
 _CHUNK = 200
+
+
+# cosignature lines served with a checkpoint: C2SP signed-note verifiers need accept only 16 signatures, the log's
+# and 15 more; a checkpoint polled by every counterpart of a large directory collects one line from each (decision 124)
+SERVED_COSIGNATURES = 15
 
 
 class LedgerReader:
@@ -94,11 +101,16 @@ class LedgerReader:
         if not rows:
             return []
         sizes = [row.size for row in rows]
-        lines: dict[int, list[str]] = {}
-        cosigned = select(cosignatures.c.size, cosignatures.c.line).where(cosignatures.c.size.in_(sizes))
-        for row in await conn.execute(cosigned.order_by(cosignatures.c.size, cosignatures.c.witness)):
-            lines.setdefault(row.size, []).append(row.line)
-        return [(row.size, _with_lines(row.note, lines.get(row.size, []))) for row in rows]
+        found: dict[int, list[tuple[str, str]]] = {}
+        cosigned = select(cosignatures.c.size, cosignatures.c.witness, cosignatures.c.line)
+        order = (cosignatures.c.size, cosignatures.c.received_at, cosignatures.c.witness)
+        for row in await conn.execute(cosigned.where(cosignatures.c.size.in_(sizes)).order_by(*order)):
+            kept = found.setdefault(row.size, [])
+            if len(kept) < SERVED_COSIGNATURES:  # the first witnesses to cosign it
+                kept.append((row.witness, row.line))
+        return [
+            (row.size, _with_lines(row.note, [line for _, line in sorted(found.get(row.size, []))])) for row in rows
+        ]
 
     @staticmethod
     async def first_checkpoint_at(conn: AsyncConnection) -> datetime | None:
@@ -124,11 +136,12 @@ class LedgerReader:
 
     @staticmethod
     async def add_cosignature(conn: AsyncConnection, size: int, witness: str, line: str, now: datetime) -> bool:
-        existing = select(cosignatures.c.line).where(cosignatures.c.size == size, cosignatures.c.witness == witness)
-        if (await conn.execute(existing)).first() is not None:
-            return False
-        await conn.execute(insert(cosignatures).values(size=size, witness=witness, line=line, received_at=now))
-        return True
+        """Keep a witness's first cosignature of a size; False if one is kept already. One statement, so that two
+        posts of it at once do not both find none and collide on inserting (PostgreSQL reads committed rows)."""
+        upsert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+        statement = upsert(cosignatures).values(size=size, witness=witness, line=line, received_at=now)
+        result = await conn.execute(statement.on_conflict_do_nothing(index_elements=["size", "witness"]))
+        return bool(result.rowcount == 1)
 
 
 def _with_lines(note: str, lines: list[str]) -> str:

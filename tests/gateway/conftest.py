@@ -31,6 +31,7 @@ class Side:
     token: str
     running: RunningGateway | None = None
     session: aiohttp.ClientSession | None = None
+    metrics_token: str | None = None
 
     @property
     def gw(self) -> Gateway:
@@ -54,6 +55,16 @@ class Side:
         if self.running is not None:
             await self.running.stop()
             self.running = None
+
+    async def metrics(self) -> str:
+        """The gateway's ``/metrics`` text, read as a scraper would: with a token that carries ``metrics:read`` and
+        nothing else (decision 122), issued on first use."""
+        if self.metrics_token is None:
+            self.metrics_token = await asyncio.to_thread(metrics_token, self.provisioned.config)
+        headers = {"Authorization": f"Bearer {self.metrics_token}"}
+        async with aiohttp.ClientSession() as session, session.get(self.api + "/metrics", headers=headers) as response:
+            assert response.status == 200, await response.text()
+            return await response.text()
 
     async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         assert self.session is not None
@@ -113,6 +124,21 @@ def issue_token(
     for caveat in caveats:
         args += ["--caveat", caveat]
     result = CliRunner().invoke(main, [*args, "--token-days", "1", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
+def metrics_token(config: Path) -> str:
+    """A scraper's account (an auditor) and a token of it limited to ``metrics:read``, with the real commands."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["user", "create", "prometheus", "--role", "auditor", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    args = ["user", "token", "prometheus", "--scope", "metrics:read", "--days", "1", "--config", str(config)]
+    result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1]
 

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
+import pytest
 import structlog
 from sqlalchemy import select
 
-from gateway.api import api_routes
+from gateway.api import ACKNOWLEDGEMENT_MEMBERS, DRAFT_MEMBERS, api_routes
 from gateway.auth import auth_routes
 from gateway.consultations_api import consultation_routes
 from gateway.ledger_api import ledger_routes
@@ -40,6 +42,53 @@ def test_openapi_documents_exactly_what_is_served() -> None:
     assert document["openapi"] == "3.1.0"
     documented = {(method, path) for path, item in document["paths"].items() for method in item}
     assert documented == _served_paths()
+
+
+def _schema(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
+    """A validator for one component schema, its references resolved within the document."""
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    )
+
+
+def test_openapi_bodies_name_exactly_the_members_the_handlers_take() -> None:
+    document = openapi_document()
+    draft = document["components"]["schemas"]["Draft"]
+    assert draft["additionalProperties"] is False and set(draft["properties"]) == DRAFT_MEMBERS
+    acknowledge = document["paths"]["/v1/messages/{id}/acknowledge"]["post"]
+    body = acknowledge["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False and set(body["properties"]) == ACKNOWLEDGEMENT_MEMBERS
+    assert {"404", "422"} <= set(acknowledge["responses"])  # a hidden request; a 46(20) request without an answer
+
+
+async def test_what_the_message_routes_serve_matches_the_openapi_document(pair: Pair) -> None:
+    """Summaries as served, sent and received, validate against the document's schema, which admits no member it
+    does not name; an acknowledgement with an answer outside its enum is refused before anything is sent, even to
+    a request that does not ask for one (art. 46(20)): the receiver would refuse it."""
+    document = openapi_document()
+    summary = _schema(document, "MessageSummary")
+    unasked = {**REQUEST, "marking": {"level": "CONFIDENTIAL", "caveats": []}}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=unasked)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    for side, box in ((pair.ar, "outbox"), (pair.au, "inbox")):
+        status, one = await side.call("GET", f"/v1/messages/{body['id']}")
+        assert status == 200, one
+        summary.validate(one)
+        status, listed = await side.call("GET", f"/v1/messages?box={box}")
+        assert status == 200 and listed["messages"], listed
+        for item in listed["messages"]:
+            summary.validate(item)
+    with pytest.raises(jsonschema.ValidationError):
+        summary.validate({**one, "undocumented": 1})
+
+    before = await pair.au.call("GET", "/v1/messages?box=outbox")
+    for bad in ({"confidentiality": "maybe"}, {"confidentiality": {"x": [1]}}, {"note": 7}, {"notes": "typo"}):
+        status, problem = await pair.au.call("POST", f"/v1/messages/{body['id']}/acknowledge", json=bad)
+        assert status == 400 and problem["code"] == "invalid-message", (bad, problem)
+    assert await pair.au.call("GET", "/v1/messages?box=outbox") == before  # nothing queued
+    status, original = await pair.au.call("GET", f"/v1/messages/{body['id']}")
+    assert status == 200 and original["state"] != "acknowledged", original
 
 
 async def test_openapi_is_served_without_a_token(pair: Pair) -> None:
@@ -112,9 +161,12 @@ async def test_health_readiness_and_metrics(pair: Pair) -> None:
             assert response.status == 200
         async with session.get(pair.ar.api + "/readyz") as response:
             assert (await response.json())["directory_serial"] == 1
-        async with session.get(pair.ar.api + "/metrics") as response:
-            text = await response.text()
-    assert 'comity_http_requests_total{listener="api"' in text
+        async with session.get(pair.ar.api + "/metrics") as response:  # decision 122: not without a token
+            assert response.status == 401 and response.content_type == "application/problem+json"
+            assert "comity_" not in await response.text()
+    status, problem = await pair.ar.call("GET", "/metrics")  # an officer's token: no metrics:read
+    assert status == 403 and problem["code"] == "forbidden", problem
+    assert 'comity_http_requests_total{listener="api"' in await pair.ar.metrics()
 
 
 async def test_a_failing_database_is_a_503_to_retry_and_the_gateway_recovers(pair: Pair, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from protocol.requests import RequestType
 from tests.gateway.conftest import Pair, Side, issue_token, ledger
 from tests.gateway.hostile import make_attachment
 from tests.gateway.test_exchange import REQUEST, wait_for
-from tests.gateway.test_markings import assert_problem, hostile_towards
+from tests.gateway.test_markings import assert_problem, hostile_towards, post_form
 
 STRICT = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
 
@@ -259,3 +259,100 @@ async def test_what_a_user_may_not_act_on_is_answered_as_what_does_not_exist(pai
                 assert answers[0][0] in (400, 403, 404), (who, method, path, answers)  # never acted upon
                 compared += 1
     assert compared == 2 * (len(case_routes) + len(thread_routes) + 8)
+
+
+async def test_a_broken_multipart_submission_is_a_typed_refusal(pair: Pair) -> None:
+    """A form without a boundary, with an empty one, or whose body does not frame: 400 invalid-message on every
+    route that takes attachments (it was a 500 and a traceback), and nothing queued."""
+    thread_id = (await pair.ar.call("POST", "/v1/consultations", json={"to": "au.ag", "content": {}}))[1]["id"]
+    await wait_for(pair.ar, thread_id, "delivered")
+    before = await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000")
+    headers = ("multipart/form-data", "multipart/form-data; boundary=", 'multipart/form-data; boundary=""')
+    bodies = (b"--x\r\n", b"garbage")
+    for path in ("/v1/messages", "/v1/consultations", f"/v1/consultations/{thread_id}/messages"):
+        for content_type in (*headers, "multipart/form-data; boundary=x"):
+            for body in bodies:
+                assert pair.ar.session is not None
+                async with pair.ar.session.post(
+                    pair.ar.api + path, data=body, headers={"Content-Type": content_type}
+                ) as response:
+                    problem = await response.json(content_type=None)
+                assert response.status == 400 and problem["code"] == "invalid-message", (path, content_type, problem)
+    assert await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000") == before
+
+
+async def test_asking_for_an_attachment_that_is_not_there_opens_nothing(pair: Pair) -> None:
+    """An opening is ledgered when an attachment is served, not when the one asked for does not exist."""
+    status, body = await post_form(pair.ar, "/v1/messages", REQUEST, b"%PDF evidence", "evidence.pdf")
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    before = len(await ledger(pair.au.gw))
+    status, problem = await pair.au.call("GET", f"/v1/messages/{body['id']}/attachments/7")
+    assert_problem(status, problem, code="not-found")
+    assert await ledger(pair.au.gw, before) == []  # no message.opened for what was never shown
+    status, data = await pair.au.call("GET", f"/v1/messages/{body['id']}/attachments/0")
+    assert status == 200 and data == b"%PDF evidence"
+    opened = [(e["type"], e["actor"], e["message_id"], e["purpose"]) for e in await ledger(pair.au.gw, before)]
+    assert opened == [("message.opened", "user:bruce", body["id"], "attachment")]
+
+
+async def test_a_consent_names_a_third_authority(pair: Pair) -> None:
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    for recipient in ("ar.mj", "au.ag"):  # ourselves; the authority the message went to
+        status, problem = await pair.ar.call(
+            "POST", f"/v1/messages/{body['id']}/consent", json={"recipient": recipient}
+        )
+        assert_problem(status, problem, code="invalid-message")
+
+
+async def test_a_draft_shared_under_an_embargo_shows_no_checklist_before_the_date(pair: Pair) -> None:
+    """The checklist of a shared draft (its request type, which elements it holds) comes from its content: not
+    before the embargo ends, and not to a token that may not open content."""
+    from tests.gateway.test_markings import tomorrow
+
+    draft = example_request(RequestType.EXTRADITION).to_json()
+    threads = {}
+    for name, caveats in (("embargoed", [f"embargo:{tomorrow().isoformat()}"]), ("open", [])):
+        status, body = await pair.ar.call(
+            "POST",
+            "/v1/consultations",
+            json={
+                "to": "au.ag",
+                "marking": {"level": "CONFIDENTIAL", "caveats": caveats},
+                "content": {"text": "before we ask"},
+                "draft_request": draft,
+            },
+        )
+        assert status == 202, body
+        await wait_for(pair.ar, body["id"], "delivered")
+        threads[name] = body["id"]
+    status, opened = await pair.au.call("POST", f"/v1/messages/{threads['embargoed']}/open", json={})
+    assert_problem(status, opened, code="embargoed")
+    shown = {}
+    for name, thread_id in threads.items():
+        status, detail = await pair.au.call("GET", f"/v1/consultations/{thread_id}")
+        assert status == 200, detail
+        shown[name] = detail["messages"][0].get("draft_check")
+    assert shown["embargoed"] is None and shown["open"]["request_type"] == "extradition", shown
+    token = await asyncio.to_thread(_metadata_token, pair.au)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.get(f"{pair.au.api}/v1/consultations/{threads['open']}") as response,
+    ):
+        detail = await response.json()
+    assert response.status == 200 and "draft_check" not in detail["messages"][0], detail
+
+
+def _metadata_token(side: Side) -> str:
+    """A token of bruce (the supervisor) limited to messages:read, with the real command."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    args = ["user", "token", "bruce", "--scope", "messages:read", "--days", "1"]
+    result = CliRunner().invoke(main, [*args, "--config", str(side.provisioned.config)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]

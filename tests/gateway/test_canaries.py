@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-import aiohttp
 import pytest
 import structlog
 from hypothesis import HealthCheck, Phase, given, settings
@@ -94,9 +93,7 @@ async def _stored_bytes(gw: Gateway) -> list[bytes]:
 
 
 async def _metrics(side: Side) -> str:
-    async with aiohttp.ClientSession() as session, session.get(side.api + "/metrics") as response:
-        assert response.status == 200
-        return await response.text()
+    return await side.metrics()
 
 
 async def _exchange(pair: Pair, subject: str, text: str, filename: str, data: bytes, answer: str) -> tuple[str, str]:

@@ -289,6 +289,7 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
                 "unknown-authority",
             ),
             (olga, "POST", "/v1/work/oral-requests", {"peer": "ar.mj", "direction": "sideways"}, "invalid-message"),
+            (olga, "POST", "/v1/work/oral-requests", {"peer": "au.ag", "direction": "received"}, "invalid-message"),
             (
                 olga,
                 "POST",
@@ -326,10 +327,13 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
             kwargs = {} if body is None else {"json": body}
             status, answer = await side.call(method, path, **kwargs)
             assert_problem(status, answer, code=code, secrets=[mark])
-        # nothing ledgered but the auditor's attempt to read the work, which needs what opening content needs and is
-        # evidence like any attempt to open content (gateway/api.py auth_middleware)
-        added = [(e["type"], e["actor"], e.get("reason")) for e in (await ledger(pair.au.gw))[before:]]
-        assert added == [("message.open_refused", "user:audrey", "forbidden")]
+        # nothing ledgered but the attempts to read the work, which needs what opening content needs and is evidence
+        # like any attempt to open content: by scope (gateway/api.py auth_middleware), or by clearance or
+        # assignment (decision 123); refused changes of it are not
+        added = [(e["type"], e["actor"], e.get("reason"), e["message_id"]) for e in (await ledger(pair.au.gw))[before:]]
+        assert added == [
+            ("message.open_refused", f"user:{name}", "forbidden", case_id) for name in ("otto", "uma", "audrey")
+        ]
         status, work = await olga.call("GET", f"/v1/cases/{case_id}/work")
         assert work["dates"] == [] and work["flags"] == [] and work["next_action"] is None, work
     finally:
@@ -381,6 +385,7 @@ async def test_an_oral_urgent_request_opens_a_task_closed_by_linking_the_written
             ("case.oral_request", "received"),
             ("case.assigned", None),
             ("case.date", "added"),
+            ("message.open_refused", None),  # otto's read of the work (decision 123)
             ("case.date", "done"),
             ("case.oral_request", "confirmed"),
         ]

@@ -280,3 +280,94 @@ async def test_a_batch_after_its_connection_was_killed_commits_on_a_new_one(pg_u
     await engine.dispose()
     assert subjects(entries) == ["user:a", "user:b", "user:c"]
     assert case_ids == ["a", "b", "c"]
+
+
+def _final_statement(sql: str, driver: Any) -> bool:
+    """The statement that commits a group: COMMIT, or its one statement sent in autocommit (store/fast.py)."""
+    return sql == "COMMIT" or (sql.startswith("WITH") and not driver.is_in_transaction())
+
+
+def _lose_the_answer(monkeypatch: pytest.MonkeyPatch, *, after_sending: bool) -> None:
+    """The next group's final statement loses its connection: after the server ran it (the answer is lost), or
+    before it reached the server."""
+    import asyncpg
+
+    real, armed = fast._run, [True]
+
+    async def run(driver: Any, sql: str, args: Any, **kw: Any) -> Any:
+        final = armed[0] and _final_statement(sql, driver)
+        if final:
+            armed[0] = False
+            if not after_sending:
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        result = await real(driver, sql, args, **kw)
+        if final:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return result
+
+    monkeypatch.setattr(fast, "_run", run)
+
+
+@pytest.fixture
+async def pg_owner(pg_url: str) -> AsyncIterator[Owner]:
+    await run_migrations(pg_url)
+    engine = make_engine(pg_url)
+    yield Owner(engine, sqlite=False)
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("remembered", [True, False], ids=["remembered-head", "locked-head"])
+async def test_a_batch_whose_commit_went_unanswered_but_committed_is_not_run_again(
+    pg_owner: Owner, monkeypatch: pytest.MonkeyPatch, remembered: bool
+) -> None:
+    """The server committed, the answer was lost with the connection: the batch's entries are read back, its
+    results stand, and its units do not run a second time (a unit keyed by nothing unique, like a refusal or an
+    opening, used to commit twice)."""
+    committer = Committer(pg_owner)
+    try:
+        assert await committer.run(unit("a")) == 0
+        if not remembered:
+            committer._head = None
+        _lose_the_answer(monkeypatch, after_sending=True)
+        assert await committer.run(unit("b")) == 1
+        assert await committer.run(unit("c")) == 2
+    finally:
+        await committer.close()
+    entries, case_ids = await stored_tree(pg_owner.engine, pg_owner.events)
+    assert subjects(entries) == ["user:a", "user:b", "user:c"]
+    assert case_ids == ["a", "b", "c"]
+
+
+async def test_a_batch_lost_before_its_commit_reached_the_database_runs_again(
+    pg_owner: Owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committer = Committer(pg_owner)
+    try:
+        assert await committer.run(unit("a")) == 0
+        _lose_the_answer(monkeypatch, after_sending=False)
+        assert await committer.run(unit("b")) == 1
+    finally:
+        await committer.close()
+    entries, case_ids = await stored_tree(pg_owner.engine, pg_owner.events)
+    assert subjects(entries) == ["user:a", "user:b"] and case_ids == ["a", "b"]
+
+
+async def test_a_batch_whose_outcome_cannot_be_read_back_fails_as_unknown_and_is_not_run_again(
+    pg_owner: Owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database stays out of reach after the lost answer: the caller gets OutcomeUnknown (a 503 to retry),
+    and the unit, which did commit, is not run again."""
+    committer = Committer(pg_owner)
+    working = pg_owner.engine
+    try:
+        assert await committer.run(unit("a")) == 0
+        _lose_the_answer(monkeypatch, after_sending=True)
+        pg_owner.engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/test")  # the read-back's
+        with pytest.raises(committer_module.OutcomeUnknown):
+            await committer.run(unit("b"))
+    finally:
+        await committer.close()
+        await pg_owner.engine.dispose()
+        pg_owner.engine = working
+    entries, case_ids = await stored_tree(working, pg_owner.events)
+    assert subjects(entries) == ["user:a", "user:b"] and case_ids == ["a", "b"]

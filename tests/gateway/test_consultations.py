@@ -437,3 +437,29 @@ async def test_an_officer_sees_of_a_thread_only_what_she_is_cleared_for(pair: Pa
         assert [(t["id"], t["converted_request_id"]) for t in listed["consultations"]] == [(thread_id, None)]
     finally:
         await close_sessions(olga)
+
+
+async def test_a_hidden_reply_neither_dates_nor_moves_up_a_thread_in_an_officers_list(pair: Pair) -> None:
+    """Decision 121: the list orders an officer's threads by the last message she may see, and shows its time; a
+    reply marked above her clearance would otherwise tell her, by the thread's place and time, that it came."""
+    ar, au = pair.ar, pair.au
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    older = await start_thread(ar, content={"text": "a first question"})
+    newer = await start_thread(ar, content={"text": "a second question"})
+    await reply(ar, older, marking=strict, content={"text": "a closer question"})
+    olga = await as_user(au, ("olga", "officer"), clearance="CONFIDENTIAL", caveats=("uncac-46-20",))
+    try:
+        for target in (older, newer):
+            status, body = await au.call("POST", f"/v1/cases/{target}/assign", json={"username": "olga"})
+            assert status == 200, body
+        status, everything = await au.call("GET", "/v1/consultations")
+        assert status == 200 and [t["id"] for t in everything["consultations"]] == [older, newer], everything
+        for limit, offset, wanted in ((100, 0, [newer, older]), (1, 0, [newer]), (1, 1, [older])):
+            status, body = await olga.call("GET", f"/v1/consultations?limit={limit}&offset={offset}")
+            assert status == 200 and [t["id"] for t in body["consultations"]] == wanted, body
+        status, body = await olga.call("GET", "/v1/consultations")
+        listed = {t["id"]: t["last_message_at"] for t in body["consultations"]}
+        for target in (older, newer):
+            assert listed[target] == (await thread(olga, target))["messages"][0]["created_at"], body
+    finally:
+        await close_sessions(olga)

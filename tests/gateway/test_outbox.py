@@ -264,9 +264,7 @@ def test_retries_held_back_by_an_outage_do_not_all_come_due_together() -> None:
 
 
 async def _backlog_metrics(side: Side) -> dict[str, float]:
-    async with aiohttp.ClientSession() as session, session.get(side.api + "/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
+    text = await side.metrics()
     return {
         line.split(" ")[0]: float(line.split(" ")[1])
         for line in text.splitlines()

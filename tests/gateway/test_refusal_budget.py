@@ -14,7 +14,6 @@ import json
 import os
 from datetime import timedelta
 
-import aiohttp
 import pytest
 import structlog
 from sqlalchemy import select
@@ -137,8 +136,7 @@ def assert_turned_away(answer: Answer, *, longest: int) -> None:
 
 
 async def limited_count(pair: Pair) -> float:
-    async with aiohttp.ClientSession() as session, session.get(pair.au.api + "/metrics") as response:
-        text = await response.text()
+    text = await pair.au.metrics()
     found = [line for line in text.splitlines() if line.startswith('comity_envelopes_limited_total{peer="ar.mj"}')]
     return float(found[0].split(" ")[1]) if found else 0.0
 

@@ -80,8 +80,7 @@ async def test_files_no_message_names_go_after_the_grace_and_named_ones_stay(pai
     # the message's attachment still opens
     status, data = await pair.ar.call("GET", f"/v1/messages/{message_id}/attachments/0")
     assert status == 200 and data == b"%PDF evidence" * 1000
-    async with pair.ar.session.get(pair.ar.api + "/metrics") as response:  # type: ignore[union-attr]
-        assert f"comity_attachment_orphans_removed_total {len(orphans)}.0" in await response.text()
+    assert f"comity_attachment_orphans_removed_total {len(orphans)}.0" in await pair.ar.metrics()
 
 
 async def test_an_orphan_goes_only_if_it_still_is_one_at_a_later_sweep(pair: Pair) -> None:

@@ -151,8 +151,7 @@ async def test_a_peer_that_rewrites_its_history_is_caught_and_blocked(pair: Pair
     assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
     alarm_entries = await rows(pair.ar, select(ledger_entries.c.entry).where(ledger_entries.c.type == "peer.alarm"))
     assert json.loads(alarm_entries[0].entry)["from"] == "au.ag"
-    async with pair.ar.session.get(pair.ar.api + "/metrics") as response:  # type: ignore[union-attr]
-        assert 'comity_peer_alarms_total{peer="au.ag"} 1.0' in await response.text()
+    assert 'comity_peer_alarms_total{peer="au.ag"} 1.0' in await pair.ar.metrics()
     # no further exchange with the blocked peer, in either direction
     status, problem = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
     assert status == 403 and problem["code"] == "peer-blocked"
