@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import rfc8785
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import InvalidMessage
 from protocol.events import EventType, LedgerEvent
+from protocol.messages import MessageKind
 
 ids = st.uuids(version=4).map(str)
 times = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1)).map(
@@ -61,3 +64,41 @@ def test_a_large_peer_index_uses_the_canonical_encoder() -> None:
     )
     with pytest.raises(InvalidMessage, match="RFC 8785"):
         event.to_bytes()
+
+
+# --- docs/ledger.md, the specification an independent verifier builds from, lists what the code has --------------
+
+LEDGER_DOC = Path(__file__).resolve().parents[2] / "docs" / "ledger.md"
+
+
+def _table(header: str) -> list[list[str]]:
+    """The rows of the Markdown table of docs/ledger.md whose header row starts with ``header``, split in cells."""
+    lines = LEDGER_DOC.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:  # past the header and the | --- | row
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def _quoted(cell: str) -> set[str]:
+    return set(re.findall(r"`([^`]+)`", cell))
+
+
+def test_the_documented_enumerations_are_the_codes() -> None:
+    """Every member, event type and message kind an entry may hold, no more: a kind or type the gateway ledgers but
+    the page omits makes a verifier built from the page refuse an honest ledger."""
+    members = _table("| member | type |")
+    documented_members = set().union(*(_quoted(row[0]) for row in members))
+    assert documented_members == {field.alias or name for name, field in LedgerEvent.model_fields.items()}
+    kind_row = next(row for row in members if row[0] == "`kind`")
+    # the meaning cell lists the kinds; any parenthesised remark after them holds no backquoted word
+    assert _quoted(kind_row[3]) == {kind.value for kind in MessageKind}
+    documented_types = set().union(*(_quoted(row[0]) for row in _table("| `type` | recorded when |")))
+    assert documented_types == {event_type.value for event_type in EventType}
+    # the actor's forms: the documented user name pattern is the model's
+    actor_row = next(row for row in members if row[0] == "`actor`")
+    assert "[a-z0-9._-]{1,64}" in actor_row[3]
+    assert "user:[a-z0-9._-]{1,64}" in str(LedgerEvent.model_fields["actor"].metadata)
