@@ -10,7 +10,8 @@ before must still be the root at that size. The file holds, per origin::
      "directory_serials": {"<directory key kid>": 7}}
 
 and the highest directory serial seen per pinned directory key (an older directory is refused). It is written
-atomically (temporary file, then rename) and only after a run in which everything held.
+atomically (temporary file, then rename) and only after a run in which the whole log verified: a run that then
+fails ``--max-unwitnessed`` has saved it (only witnessing lags; decision 106).
 """
 
 from __future__ import annotations
