@@ -33,6 +33,7 @@ __all__ = [
     "Snapshot",
     "Source",
     "SourceError",
+    "UnreadableEntry",
     "open_source",
 ]
 
@@ -103,7 +104,12 @@ class DatabaseSource:
             if self._sqlite
             else "convert_to(message_id, 'UTF8')"
         )
-        self._batch_sql = f"SELECT idx, entry, {as_bytes} FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"  # noqa: S608
+        # the entry: on SQLite a TEXT value as its bytes (the driver would decode it, and refuse one not UTF-8)
+        entry = "CASE typeof(entry) WHEN 'text' THEN CAST(entry AS BLOB) ELSE entry END" if self._sqlite else "entry"
+        self._batch_sql = (
+            f"SELECT idx, {entry}, {as_bytes} FROM ledger_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"  # noqa: S608
+        )
+        self._entries_of_sql = f"SELECT idx, {entry} FROM ledger_entries WHERE message_id = $1 ORDER BY idx"  # noqa: S608
         parts = urlsplit(clean)
         self.name = f"{parts.scheme.split('+')[0]}:{parts.path.rsplit('/', 1)[-1]}" + (
             f"/{self._schema}" if self._schema else ""
@@ -150,7 +156,10 @@ class DatabaseSource:
         if self._lite is not None:
             for number in range(len(args), 0, -1):
                 sql = sql.replace(f"${number}", f"?{number}")
-            return self._lite.execute(sql, args).fetchall()
+            try:
+                return self._lite.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:  # e.g. a TEXT value that is not UTF-8, written outside the ledger code
+                raise SourceError(f"cannot read the SQLite database: {exc}") from None
         # one query at a time on the connection: the prefetch of the next batch may still be running when a failure
         # reads the stored tree or entries again to name the changed entry (asyncpg refuses a second operation)
         async with self._pg_lock:
@@ -164,7 +173,12 @@ class DatabaseSource:
         head_rows = await self._fetch("SELECT size, frontier FROM ledger_head WHERE id = 1")
         head = None
         if head_rows:
-            size, blob = int(head_rows[0][0]), bytes(head_rows[0][1])
+            size, blob = head_rows[0][0], head_rows[0][1]
+            # SQLite keeps any type in any column: only the ledger code writes this row, an integer size and a BLOB
+            if type(size) is not int or size < 0:
+                raise SourceError(f"ledger_head: the stored size is not an integer >= 0 ({_shown(size)})")
+            if not isinstance(blob, bytes):
+                raise SourceError(f"ledger_head: the stored frontier is not bytes ({type(blob).__name__})")
             needs = merkle.root_needs(size)
             if len(blob) != merkle.HASH_SIZE * len(needs):
                 raise SourceError(f"ledger_head: the stored frontier does not have the length of size {size}")
@@ -187,20 +201,29 @@ class DatabaseSource:
             )
             if not rows:
                 return
-            low, high = int(rows[0][0]), int(rows[-1][0])
+            for size, note in rows:  # SQLite keeps any type in any column; the ledger code writes these only
+                if type(size) is not int:
+                    raise SourceError(f"checkpoints: a row whose size is not an integer ({_shown(size)})")
+                if not isinstance(note, str):
+                    raise SourceError(f"checkpoint at size {size}: the stored note is not text")
+            low, high = rows[0][0], rows[-1][0]
             lines: dict[int, list[str]] = {}
             for size, line in await self._fetch(
                 "SELECT size, line FROM cosignatures WHERE size >= $1 AND size <= $2 ORDER BY size, witness", low, high
             ):
-                lines.setdefault(int(size), []).append(str(line))
+                if type(size) is not int or not isinstance(line, str):
+                    raise SourceError(
+                        f"cosignatures: a row whose size is not an integer or line not text (size {_shown(size)})"
+                    )
+                lines.setdefault(size, []).append(line)
             for size, note in rows:
-                text = str(note)
-                if int(size) in lines:
+                text = note
+                if size in lines:
                     try:
-                        text = add_signatures(text, lines[int(size)])
+                        text = add_signatures(text, lines[size])
                     except NoteError as exc:
                         raise SourceError(f"checkpoint at size {size}: a stored cosignature: {exc.message}") from None
-                yield CheckpointRecord(int(size), text)
+                yield CheckpointRecord(size, text)
             after = high
 
     async def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]:
@@ -236,8 +259,8 @@ class DatabaseSource:
                 expected += 1
             raise MissingEntry(expected)
         batch = [row[1] for row in rows]
-        if not all(type(entry) is bytes for entry in batch):  # memoryview, or TEXT in a SQLite BLOB column
-            batch = [entry.encode("utf-8") if isinstance(entry, str) else bytes(entry) for entry in batch]
+        if not all(type(entry) is bytes for entry in batch):  # a memoryview, or what SQLite keeps in any column
+            batch = [_entry_bytes(position + offset, entry) for offset, entry in enumerate(batch)]
         self._message_ids[position] = [row[2] for row in rows]
         return batch
 
@@ -250,7 +273,8 @@ class DatabaseSource:
                 position,
                 stop,
             )
-            found = {int(row[0]): bytes(row[1]) for row in rows}
+            # a hash that is not bytes (SQLite keeps any type) matches no leaf: that entry is named as changed
+            found = {int(row[0]): row[1] if type(row[1]) is bytes else None for row in rows}
             yield position, [found.get(index) for index in range(position, stop)]
             position = stop
 
@@ -260,10 +284,10 @@ class DatabaseSource:
     async def entries_of(self, message_id: str) -> AsyncIterator[tuple[int, bytes]]:
         # the message_id column is the operator's: `audit verify` checks it against every entry (so none is left out
         # of a timeline), and an entry it selects must name the message itself
-        rows = await self._fetch("SELECT idx, entry FROM ledger_entries WHERE message_id = $1 ORDER BY idx", message_id)
+        rows = await self._fetch(self._entries_of_sql, message_id)
         needle = _naming(message_id)
         for index, value in rows:
-            entry = value.encode("utf-8") if isinstance(value, str) else bytes(value)  # TEXT in a SQLite BLOB column
+            entry = _entry_bytes(index, value)
             if needle not in entry:
                 raise SourceError(f"entry {index}: the message_id column names a message the entry does not")
             yield int(index), entry
@@ -274,10 +298,34 @@ def _naming(message_id: str) -> bytes:
     return f'"message_id":"{message_id}"'.encode()
 
 
-class MissingEntry(SourceError):
-    def __init__(self, index: int) -> None:
-        super().__init__(f"entry {index}: missing (the source has no entry at this index)")
+def _shown(value: object) -> str:
+    """A stored value that should have been an integer, for an error line: short, and only a number or a type."""
+    return str(value) if type(value) in (int, float) else type(value).__name__
+
+
+def _entry_bytes(index: int, value: object) -> bytes:
+    """The bytes of the entry stored at ``index``: what SQLite keeps in any column is refused unless bytes or text
+    (``bytes(n)`` of an integer ``n`` would be ``n`` zero bytes)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise UnreadableEntry(index, f"stored as {type(value).__name__}, not bytes: written outside the ledger code")
+
+
+class UnreadableEntry(SourceError):
+    """The source cannot give the entry at ``index`` (missing, or stored as something that is no entry)."""
+
+    def __init__(self, index: int, what: str) -> None:
+        super().__init__(f"entry {index}: {what}")
         self.index = index
+
+
+class MissingEntry(UnreadableEntry):
+    def __init__(self, index: int) -> None:
+        super().__init__(index, "missing (the source has no entry at this index)")
 
 
 # --- auditor API -------------------------------------------------------------------------------------------------
@@ -310,14 +358,14 @@ class HttpSource:
         assert self._session is not None
         try:
             response = await self._session.get(self.base + path, params={k: str(v) for k, v in params.items()})
-        except aiohttp.ClientError as exc:
-            raise SourceError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SourceError(f"GET {path}: {_failure(exc)}") from None
         if response.status != 200:
             detail = ""
             try:
                 body = await response.json(content_type=None)
                 detail = f": {body.get('title', '')} {body.get('detail', '')}".rstrip()
-            except (aiohttp.ClientError, ValueError, AttributeError):
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
                 pass
             response.release()
             raise SourceError(f"GET {path} answered HTTP {response.status}{detail}")
@@ -327,7 +375,9 @@ class HttpSource:
         response = await self._get(path, params)
         try:
             return await response.json(content_type=None)
-        except (aiohttp.ClientError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SourceError(f"GET {path}: reading the answer: {_failure(exc)}") from None
+        except ValueError as exc:
             raise SourceError(f"GET {path} did not return JSON ({exc})") from None
         finally:
             response.release()
@@ -371,6 +421,8 @@ class HttpSource:
             response = await self._get("/v1/ledger/entries", {"start": position, "end": stop})
             try:
                 body = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:  # a connection dropped or too slow mid-body
+                raise SourceError(f"GET /v1/ledger/entries: reading the answer: {_failure(exc)}") from None
             finally:
                 response.release()
             lines = body.split(b"\n")
@@ -402,6 +454,12 @@ class HttpSource:
             for offset, entry in enumerate(batch):
                 if needle in entry:
                     yield start + offset, entry
+
+
+def _failure(exc: BaseException) -> str:
+    """An HTTP client failure in one line: its type, and its text if it has one."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def open_source(*, database: str | None = None, url: str | None = None, token: str | None = None) -> Source:

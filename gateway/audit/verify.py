@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from crypto.note import NoteError, Verifier, open_note
 from gateway.audit.entries import G_MESSAGE_ID, EntryError, check_entry
 from gateway.audit.invariants import InvariantError, TimelineChecker
-from gateway.audit.sources import CheckpointRecord, MissingEntry, Source, SourceError
+from gateway.audit.sources import CheckpointRecord, Source, SourceError, UnreadableEntry
 from gateway.audit.state import AuditState, Verified
 from gateway.audit.tree import BatchTree
 from gateway.audit.trust import Trust
@@ -254,7 +254,7 @@ class _Audit:
                     last_report = now
                     self.progress(tree.size, total, now - started)
             await boundaries()
-        except MissingEntry as exc:
+        except UnreadableEntry as exc:
             await self._fail(str(exc), exc.index)
         if pending is not None:
             raise AuditFailure(
@@ -320,7 +320,7 @@ class _Audit:
         try:
             async for item in self.source.entries(0, total):
                 yield item
-        except MissingEntry:
+        except UnreadableEntry:
             raise
         except SourceError as exc:
             raise AuditFailure(f"source: {exc}") from None
@@ -422,7 +422,7 @@ class _Audit:
                 for offset, entry in enumerate(batch):
                     if nodes[offset] != _sha256(b"\x00" + entry).digest():
                         return first + offset
-        except MissingEntry as exc:
+        except UnreadableEntry as exc:
             return exc.index
         return None
 

@@ -30,6 +30,7 @@ from gateway.audit.entries import (
     check_entry_slow,
 )
 from gateway.audit.invariants import InvariantError, TimelineChecker
+from gateway.audit.sources import SourceError
 from gateway.audit.tree import BatchTree
 from protocol.events import LedgerEvent
 from protocol.merkle import TreeBuilder, leaf_hash
@@ -171,6 +172,38 @@ def test_slow_path_reasons() -> None:
         entry = b'{"actor":"' + actor + b'","time":"2026-11-28T07:40:00.000000Z","type":"user.changed","v":1}'
         assert _verdict(check_entry, entry) == _verdict(check_entry_slow, entry), actor
         assert (_verdict(check_entry, entry) == "refused") == (verdict == "refused"), actor
+
+
+# --- the auditor API source: what a hostile or broken gateway answers --------------------------------------------
+
+
+@pytest.mark.parametrize("stall", [False, True])
+async def test_an_entries_body_cut_short_or_stalled_is_a_source_error(stall: bool) -> None:
+    """A gateway that drops the connection in the middle of /v1/ledger/entries, or stops sending, is a SourceError
+    (a one-line verdict), not an unexpected ClientPayloadError or TimeoutError."""
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: 1000\r\n\r\n{}\n")
+        await writer.drain()
+        if stall:
+            await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    source = HttpSource(f"http://127.0.0.1:{port}", "t", timeout=0.5)
+    await source.open()
+    try:
+        with pytest.raises(SourceError, match=r"^GET /v1/ledger/entries: reading the answer: \w+"):
+            async for _ in source.entries(0, 5):
+                pass
+    finally:
+        release.set()
+        await source.close()
+        server.close()
+        await server.wait_closed()
 
 
 # --- invariants ------------------------------------------------------------------------------------------------

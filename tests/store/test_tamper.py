@@ -518,6 +518,53 @@ async def test_a_text_idx_fails_the_audit_with_one_line(tmp_path: Path) -> None:
     assert "a row whose idx is not an integer" in str(await fails(url))
 
 
+@pytest.mark.parametrize(
+    ("sql", "verdict"),
+    [
+        ("UPDATE ledger_entries SET entry = 1.5 WHERE idx = 3", "entry 3: stored as float, not bytes"),
+        # an integer n once became bytes(n), n zero bytes: memory exhaustion for a large n
+        ("UPDATE ledger_entries SET entry = 1000000 WHERE idx = 3", "entry 3: stored as int, not bytes"),
+        # text that is not UTF-8: the driver refused to decode it
+        ("UPDATE ledger_entries SET entry = CAST(x'ff' AS TEXT) WHERE idx = 3", "entry 3: is not strict UTF-8 JSON"),
+        (
+            "UPDATE ledger_head SET size = -1, frontier = x''",
+            "ledger_head: the stored size is not an integer >= 0 (-1)",
+        ),
+        ("UPDATE ledger_head SET size = 'abc'", "ledger_head: the stored size is not an integer >= 0 (str)"),
+        ("UPDATE ledger_head SET frontier = 'abc'", "ledger_head: the stored frontier is not bytes (str)"),
+        ("UPDATE ledger_head SET frontier = 64", "ledger_head: the stored frontier is not bytes (int)"),
+        (
+            "INSERT INTO checkpoints (size, note, created_at) VALUES ('x', 'n', '2026-11-28 07:40:00')",
+            "checkpoints: a row whose size is not an integer (str)",
+        ),
+        (
+            "UPDATE checkpoints SET size = 100.5 WHERE size = 100",
+            "checkpoints: a row whose size is not an integer (100.5)",
+        ),
+        ("UPDATE checkpoints SET note = x'00' WHERE size = 100", "checkpoint at size 100: the stored note is not text"),
+    ],
+)
+async def test_a_malformed_row_gets_a_one_line_verdict(tmp_path: Path, sql: str, verdict: str) -> None:
+    """SQLite only (its tables keep any type in any column; PostgreSQL's columns cannot hold these): a value no
+    ledger code writes is named, never an unexpected error, and an integer entry is not made into that many bytes."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    engine, _ = await build(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(sql)
+    finally:
+        await engine.dispose()
+    directory = tmp_path / "directory.jws"
+    directory.write_text(sign_directory(KEYS.directory, KEYS.directory_key))
+    key = tmp_path / "directory-key.jwk"
+    key.write_text(json.dumps(public_jwk(KEYS.directory_key)))
+    args = ["verify", "--database", url, "--directory", str(directory), "--directory-key", str(key)]
+    result = await asyncio.to_thread(_cli, [*args, "--authority", "ar.mj", "--no-state", "--no-progress"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"comity: {verdict}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 async def test_truncated_below_what_the_auditor_saw(db_url: str, tmp_path: Path) -> None:
     await (await build(db_url))[0].dispose()
     state = tmp_path / "state.json"
