@@ -383,35 +383,40 @@ class HttpSource:
             response.release()
 
     async def snapshot(self) -> Snapshot:
+        """The size to verify is the newest checkpoint's: the ``size`` member is not signed, so :meth:`checkpoints`
+        always gives that note too, even at size 0, and the audit checks that its signed size is this one."""
         body = await self._json("/v1/ledger/checkpoint", {})
-        try:
-            size, note = int(body["size"]), str(body["note"])
-        except (KeyError, TypeError, ValueError):
-            raise SourceError("GET /v1/ledger/checkpoint: expected {size, root, note}") from None
+        size = body.get("size") if isinstance(body, dict) else None
+        note = body.get("note") if isinstance(body, dict) else None
+        if type(size) is not int or size < 0 or not isinstance(note, str):
+            raise SourceError("GET /v1/ledger/checkpoint: expected {size: an integer >= 0, root, note: a signed note}")
         self._latest = CheckpointRecord(size, note)
         return Snapshot(size, None)
 
     async def checkpoints(self) -> AsyncIterator[CheckpointRecord]:
         latest = self._latest
         after = 0
-        seen_latest = False
         while True:
             body = await self._json("/v1/ledger/checkpoints", {"after": after, "limit": CHECKPOINT_PAGE})
-            try:
-                page = [CheckpointRecord(int(item["size"]), str(item["note"])) for item in body["checkpoints"]]
-            except (KeyError, TypeError, ValueError):
-                raise SourceError("GET /v1/ledger/checkpoints: expected {checkpoints: [{size, note}]}") from None
+            items = body.get("checkpoints") if isinstance(body, dict) else None
+            if not isinstance(items, list) or not all(
+                isinstance(item, dict) and type(item.get("size")) is int and isinstance(item.get("note"), str)
+                for item in items
+            ):
+                raise SourceError("GET /v1/ledger/checkpoints: expected {checkpoints: [{size: an integer, note}]}")
+            page = [CheckpointRecord(item["size"], item["note"]) for item in items]
             for record in page:
                 if record.size <= after:
                     raise SourceError("GET /v1/ledger/checkpoints: sizes are not ascending")
                 after = record.size
-                if latest is not None and record.size > latest.size:
-                    continue  # signed after the audit began
-                seen_latest = seen_latest or (latest is not None and record.size == latest.size)
+                # the newest is the note /v1/ledger/checkpoint served, given last; later ones were signed after the
+                # audit began
+                if latest is not None and record.size >= latest.size:
+                    continue
                 yield record
             if len(page) < CHECKPOINT_PAGE or (latest is not None and after >= latest.size):
                 break
-        if latest is not None and not seen_latest and latest.size > 0:
+        if latest is not None:  # always, at size 0 too: the audit checks that its signed size is the size served
             yield latest
 
     async def entries(self, start: int, end: int) -> AsyncIterator[tuple[int, list[bytes]]]:

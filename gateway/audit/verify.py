@@ -282,10 +282,11 @@ class _Audit:
         summary.open_messages = self.checker.open_messages
         summary.newest_size = 0 if self.newest is None else self.newest.size
         summary.unsigned_tail = total - summary.newest_size
-        if self.newest is None and total:
+        if self.newest is None:  # an empty log too: no signature says it is empty
+            what = f"none of the {total:,} entries is covered by a signature" if total else "the log is empty, unsigned"
             summary.warnings.append(
-                f"no signed checkpoint: none of the {total:,} entries is covered by a signature (a running gateway "
-                "signs one as it starts and at least every second while its ledger grows)"
+                f"no signed checkpoint: {what} (a running gateway signs one as it starts and at least every second "
+                "while its ledger grows)"
             )
         if self.state.path is not None and previous is None and total:
             summary.warnings.append(

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -32,14 +34,16 @@ from gateway.audit.entries import (
 from gateway.audit.invariants import InvariantError, TimelineChecker
 from gateway.audit.sources import SourceError
 from gateway.audit.tree import BatchTree
+from protocol.checkpoint import Checkpoint, ledger_origin
 from protocol.events import LedgerEvent
-from protocol.merkle import TreeBuilder, leaf_hash
+from protocol.merkle import EMPTY_ROOT, TreeBuilder, leaf_hash
 from protocol.messages import MessageKind
+from store.db import run_migrations
 from store.tables import checkpoints, ledger_head
 from tests.conftest import DatabaseFactory
 from tests.gateway.conftest import Pair, Side, issue_token
 from tests.gateway.test_exchange import REQUEST, wait_for
-from tests.store.test_tamper import build
+from tests.store.test_tamper import build, sign, trust
 
 # --- the batch tree is the RFC 9162 tree ---------------------------------------------------------------------------
 
@@ -204,6 +208,81 @@ async def test_an_entries_body_cut_short_or_stalled_is_a_source_error(stall: boo
         await source.close()
         server.close()
         await server.wait_closed()
+
+
+async def _audit_hostile(latest: Any, listed: list[Any] | None = None, served: list[bytes] | None = None) -> Any:
+    """verify_ledger through the auditor API of a gateway serving ``latest`` as its newest checkpoint, ``listed`` as
+    its list, and the entries ``served``."""
+
+    async def checkpoint(request: web.Request) -> web.Response:
+        return web.json_response(latest)
+
+    async def checkpoints(request: web.Request) -> web.Response:
+        return web.json_response({"checkpoints": listed or []})
+
+    async def entries(request: web.Request) -> web.Response:
+        start, end = int(request.query["start"]), int(request.query["end"])
+        lines = (served or [])[start:end]
+        return web.Response(body=b"".join(line + b"\n" for line in lines), content_type="application/x-ndjson")
+
+    app = web.Application()
+    app.router.add_get("/v1/ledger/checkpoint", checkpoint)
+    app.router.add_get("/v1/ledger/checkpoints", checkpoints)
+    app.router.add_get("/v1/ledger/entries", entries)
+    server = TestServer(app)
+    await server.start_server()
+    source = HttpSource(str(server.make_url("")), "token")
+    await source.open()
+    try:
+        return await verify_ledger(source, trust(), AuditState(None))
+    finally:
+        await source.close()
+        await server.close()
+
+
+def _note(size: int = 0, root: bytes = EMPTY_ROOT) -> str:
+    return sign(Checkpoint(ledger_origin("ar.mj"), size, root).to_text())
+
+
+@pytest.mark.parametrize("size", [-5, "0", 1.0, True, None])
+async def test_the_served_size_must_be_an_integer_of_at_least_zero(size: Any) -> None:
+    with pytest.raises(SourceError, match=r"^GET /v1/ledger/checkpoint: expected \{size: an integer >= 0"):
+        await _audit_hostile({"size": size, "root": "", "note": _note()})
+
+
+async def test_the_newest_note_is_opened_at_size_zero_too() -> None:
+    """The size is the unsigned member of GET /v1/ledger/checkpoint: at 0 the note was never opened, and a gateway
+    answering junk got "ok" with nothing verified and no warning."""
+    with pytest.raises(AuditFailure, match=r"^checkpoint at size 0: "):
+        await _audit_hostile({"size": 0, "root": "", "note": "not a signed note at all"})
+    # a genuine note of a larger log, served as if the log were empty: its signed size is not the size served
+    note = sign(Checkpoint(ledger_origin("ar.mj"), 200, b"\x01" * 32).to_text())
+    with pytest.raises(AuditFailure, match=r"^checkpoint at size 0: the signed note says size 200"):
+        await _audit_hostile({"size": 0, "root": "", "note": note})
+    # the newest note is opened even when the list has one of that size (its text may differ from the list's)
+    served = [event.to_bytes() for event in events(3)]
+    tree = BatchTree()
+    tree.extend([leaf_hash(entry) for entry in served])
+    good = _note(3, tree.root())
+    assert (await _audit_hostile({"size": 3, "note": good}, [{"size": 3, "note": good}], served)).checkpoints == 1
+    with pytest.raises(AuditFailure, match=r"^checkpoint at size 3: "):
+        await _audit_hostile({"size": 3, "root": "", "note": "junk"}, [{"size": 3, "note": good}], served)
+    # an empty log, signed: one signature verified, no warning
+    summary = await _audit_hostile({"size": 0, "root": "", "note": _note()})
+    assert summary.checkpoints == 1 and summary.newest_size == 0 and not summary.warnings
+
+
+async def test_an_empty_unsigned_log_is_warned_about(databases: DatabaseFactory) -> None:
+    url = await databases.new()
+    await run_migrations(url)
+    source = DatabaseSource(url)
+    await source.open()
+    try:
+        summary = await verify_ledger(source, trust(), AuditState(None))
+    finally:
+        await source.close()
+    assert summary.checkpoints == 0
+    assert "warning: no signed checkpoint: the log is empty, unsigned" in "\n".join(summary.lines())
 
 
 # --- invariants ------------------------------------------------------------------------------------------------
