@@ -1,9 +1,15 @@
 """Timeline invariants of one gateway's ledger, checked in one pass with state for open messages only.
 
 Per message id the checker remembers when it was submitted, sent and received here (and at which entries), nothing
-else, and once a message is closed only its id (so that the id cannot be used again); memory grows with the number
-of messages, never with the number of entries. Times are compared as strings: every ledger time has the one fixed
-shape ``2026-11-28T07:40:00.123456Z`` (UTC, microseconds), whose byte order is time order.
+else, and once a message is closed only its id (so that the id cannot be used again); and, for a message received
+in reply to one this ledger has not seen (submitted, received or closed), the id answered and the reply's entry,
+until that id is received (a reply from the peer to its own message may arrive before it). Each received message
+adds at most one such pair (it names one ``in_reply_to`` and is received once), so memory grows with the number of
+messages, never with the number of entries. Every audit reads the log from entry 0 (the state file holds a root to
+compare, not a point to resume from), so a message submitted here is always seen before any honest reply to it.
+
+Times are compared as strings: every ledger time has the one fixed shape ``2026-11-28T07:40:00.123456Z`` (UTC,
+microseconds), whose byte order is time order.
 
 The rules (``docs/ledger.md``, "Invariants"):
 
@@ -16,7 +22,9 @@ The rules (``docs/ledger.md``, "Invariants"):
    opens only a message received or submitted here, not before that;
 5. a peer's acknowledgement or answer (actor ``peer:...``) concerns a message submitted here, not before it was
    submitted;
-6. a message received in reply to one submitted here is not received before that submission;
+6. a message received in reply to one submitted here is not received before that submission, in time or in index
+   order: a reply to a message this ledger has not seen is remembered, and a later submission of that message fails
+   (the ledger appends a submission before the message is sent, so before any reply to it can arrive);
 7. no entry is dated more than the allowed clock skew before an earlier entry (the ledger is appended in time
    order; the skew covers replicas' clocks and a clock stepped back), except ``message.sent``, dated when the
    transmission began: an entry back-dated later (a late acknowledgement dated on time) fails here;
@@ -77,6 +85,8 @@ class TimelineChecker:
     def __init__(self) -> None:
         self._open: dict[bytes, _Message] = {}
         self._closed: dict[bytes, int] = {}  # closed message id -> the entry that closed it
+        # a message id answered by a received reply before this ledger saw it -> (the reply's entry, the reply's id)
+        self._answered_unseen: dict[bytes, tuple[int, bytes]] = {}
         self._latest = b""  # the latest time of an entry so far, and its index
         self._latest_at = -1
 
@@ -106,6 +116,14 @@ class TimelineChecker:
             raise _error(index, message, f"{what} again after it was closed (entry {self._closed[message]})")
         if code == _SUBMITTED:
             if state is None:
+                reply = self._answered_unseen.get(message)
+                if reply is not None:
+                    raise _error(
+                        index,
+                        message,
+                        f"submitted after entry {reply[0]} received message {_text(reply[1])} in reply to it: a "
+                        "reply ledgered before the message it answers",
+                    )
                 self._open[message] = state = _Message()
             elif state.submitted is not None:
                 raise _error(index, message, f"submitted a second time (first at entry {state.submitted_at})")
@@ -116,8 +134,11 @@ class TimelineChecker:
             elif state.received is not None:
                 raise _error(index, message, f"received a second time (first at entry {state.received_at})")
             state.received, state.received_at = time, index
+            self._answered_unseen.pop(message, None)  # the peer's own message, whose reply came first: no more
             request = fields.group(G_IN_REPLY_TO)
             original = None if request is None else self._open.get(request)
+            if original is None and request is not None and request not in self._closed:
+                self._answered_unseen.setdefault(request, (index, message))
             if original is not None and original.submitted is not None and time < original.submitted:
                 raise _error(
                     index,

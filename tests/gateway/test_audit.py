@@ -388,6 +388,33 @@ def test_a_closed_messages_id_is_not_used_again() -> None:
         _feed([*closed, _event("message.submitted", 3)])
 
 
+def test_a_reply_ledgered_before_the_message_it_answers_fails() -> None:
+    """Invariant 6 looked backward only: a reply received before (in index order, and here in time too) the
+    submission of the message it answers passed, although a gateway ledgers a submission before it sends anything."""
+    reply = {**_event("message.received", 4, "peer:au.ag", in_reply_to=M, kind="response"), "message_id": R}
+    match = rf"entry 1: message {M} submitted after entry 0 received message {R} in reply to it"
+    with pytest.raises(InvariantError, match=match):
+        _feed([reply, _event("message.submitted", 5)])
+    with pytest.raises(InvariantError, match=match):  # dated before the reply: index order is what tells
+        _feed([reply, _event("message.submitted", 3)])
+    with pytest.raises(InvariantError, match=rf"entry 2: message {M} submitted after entry 0 "):
+        _feed(
+            [
+                reply,
+                {**reply, "message_id": "c" * 8, "time": "2026-11-28T07:40:04.500000Z"},
+                _event("message.submitted", 5),
+            ]
+        )
+    # honest ledgers still pass: a reply to a message this ledger never saw (sent elsewhere, before Comity), and a
+    # peer's message answering its own earlier message that reaches us after it (deliveries retried out of order)
+    reply = {**reply, "kind": "withdrawal"}
+    _feed([reply])
+    _feed([reply, _event("message.received", 5, "peer:au.ag"), _event("message.opened", 6, "user:bob")])
+    _feed([_event("message.submitted", 3), reply])  # the usual order
+    closed = [_event("message.received", 1, "peer:au.ag"), _event("message.closed", 2)]
+    _feed([*closed, reply])  # answers a closed message: remembered by its id already
+
+
 def test_a_redelivery_receipt_may_be_older_than_its_sending() -> None:
     """The first delivery was received and receipted but its answer was lost; the redelivery an hour later gets the
     first receipt, dated then: long before this "sent", not before the submission (decision 91)."""
