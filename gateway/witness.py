@@ -23,6 +23,7 @@ from joserfc.jwk import OKPKey
 
 from crypto.errors import CryptoError
 from crypto.note import CosignatureVerifier, NoteVerifier, open_checkpoint
+from gateway.audit.entries import EntryError, parse_entry
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.limits import read_capped
@@ -345,18 +346,17 @@ class Witness:
         entry, proof = fetched
         try:
             verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
-            event = json.loads(entry)
-        except (MerkleError, ValueError, RecursionError):
+        except MerkleError:
             await self._alarm(peer, "receipt-unbacked", f"{what}; the entry served is not in that checkpoint")
             return
-        expected = {
-            "type": EventType.RECEIVED.value,
-            "message_id": receipt.message_id,
-            "envelope_sha256": receipt.envelope_sha256,
-            "from": self.gw.authority_id,
-            "to": peer,
-        }
-        if not isinstance(event, dict) or any(event.get(name) != value for name, value in expected.items()):
+        try:  # the auditor's definition of an entry: duplicate members or other bytes than the canonical ones would
+            # let two readers of the peer's ledger see two different events in the one signed entry
+            event = parse_entry(entry)
+        except EntryError as exc:
+            await self._alarm(peer, "receipt-unbacked", f"{what}, which is not a valid ledger entry: it {exc}")
+            return
+        expected = (EventType.RECEIVED, receipt.message_id, receipt.envelope_sha256, self.gw.authority_id, peer)
+        if (event.type, event.message_id, event.envelope_sha256, event.from_, event.to) != expected:
             await self._alarm(peer, "receipt-unbacked", f"{what}, which records something else")
             return
         await self._remember_served(peer)

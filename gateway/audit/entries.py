@@ -34,6 +34,7 @@ __all__ = [
     "SlowFields",
     "check_entry",
     "check_entry_slow",
+    "parse_entry",
 ]
 
 
@@ -147,6 +148,28 @@ def _rest_ok(entry: bytes, match: re.Match[bytes]) -> bool:
 
 def check_entry_slow(entry: bytes) -> SlowFields:
     """The definitive check (strict JSON, LedgerEvent, canonical bytes); raises :class:`EntryError`."""
+    event = parse_entry(entry)
+
+    def enc(value: object) -> bytes | None:
+        return None if value is None else str(value).encode("utf-8")
+
+    return SlowFields(
+        {
+            G_ACTOR: event.actor.encode("utf-8"),
+            G_IN_REPLY_TO: enc(event.in_reply_to),
+            G_KIND: enc(event.kind.value if event.kind is not None else None),
+            G_MESSAGE_ID: enc(event.message_id),
+            G_PEER_TIME: enc(event.peer_time),
+            G_TIME: event.time.encode("ascii"),
+            G_TYPE: event.type.value.encode("ascii"),
+        }
+    )
+
+
+def parse_entry(entry: bytes) -> LedgerEvent:
+    """The event of a valid entry: strict UTF-8 JSON (no duplicate member), a valid :class:`LedgerEvent`, and its
+    RFC 8785 encoding exactly (the definition every reader of an entry applies, the auditor and the witness checking
+    a peer's receipt alike); raises :class:`EntryError`."""
     try:
         document = parse_strict_json(entry)
     except InvalidMessage as exc:
@@ -163,18 +186,4 @@ def check_entry_slow(entry: bytes) -> SlowFields:
         canonical = b""
     if canonical != entry:
         raise EntryError("is not the RFC 8785 canonical JSON of its event (bytes differ from the re-encoding)")
-
-    def enc(value: object) -> bytes | None:
-        return None if value is None else str(value).encode("utf-8")
-
-    return SlowFields(
-        {
-            G_ACTOR: event.actor.encode("utf-8"),
-            G_IN_REPLY_TO: enc(event.in_reply_to),
-            G_KIND: enc(event.kind.value if event.kind is not None else None),
-            G_MESSAGE_ID: enc(event.message_id),
-            G_PEER_TIME: enc(event.peer_time),
-            G_TIME: event.time.encode("ascii"),
-            G_TYPE: event.type.value.encode("ascii"),
-        }
-    )
+    return event

@@ -896,6 +896,44 @@ async def test_the_sender_checks_that_a_receipt_names_its_messages_reception(pai
             assert not await WitnessState.open_alarms(conn)
 
 
+async def test_the_entry_backing_a_receipt_is_read_as_the_auditor_reads_it(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9.6: the entry a receipt names must be a valid ledger entry by the auditor's definition (strict JSON, RFC 8785
+    canonical bytes): plain json.loads took a duplicate member's last value, so an entry the peer's auditors refuse,
+    or read as another event, backed the receipt."""
+    message = await exchange(pair)
+    witness = pair.ar.running.sender.witness if pair.ar.running else None
+    assert witness is not None
+    receipt = await _held_receipt(pair, message)
+    fetched = await witness._fetch_receipt_proof("au.ag", receipt.ledger_index, int(receipt.checkpoint.split("\n")[1]))
+    assert isinstance(fetched, tuple)
+    entry = fetched[0]
+    assert b'"type":"message.received"' in entry
+    variants = {
+        entry: None,  # the honest entry, alone in a tree of its own: backs the receipt
+        entry.replace(b'"type":"message.received"', b'"type":"message.refused","type":"message.received"'): "duplicate",
+        entry.replace(b",", b", ", 1): "canonical",
+    }
+    for served, refused in variants.items():
+        monkeypatch.setattr(witness, "_fetch_receipt_proof", lambda *_, served=served: _async((served, [])))
+        checkpoint = Checkpoint("comity-ledger/au.ag", 1, merkle.leaf_hash(served))
+        await witness._check_receipt("au.ag", checkpoint, receipt.model_copy(update={"ledger_index": 0}))
+        async with pair.ar.gw.engine.connect() as conn:
+            alarms = await WitnessState.open_alarms(conn)
+        if refused is None:
+            assert not alarms
+            continue
+        assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "receipt-unbacked")]
+        assert "which is not a valid ledger entry" in alarms[0].detail and refused in alarms[0].detail
+        config = str(pair.ar.provisioned.config)
+        await asyncio.to_thread(comity, "peer", "clear", "au.ag", "--operator", "oscar", "--config", config)
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
 async def test_a_peer_without_the_receipt_proof_is_not_blocked(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway of an earlier version answers 9.6 like any unknown path (404 not-found): logged, not counted, and
     nothing checked; only a refusal that names the entry (not-a-reception) or a wrong entry is an alarm."""
