@@ -18,12 +18,22 @@ from dataclasses import dataclass
 from protocol.errors import ProtocolError
 from protocol.merkle import HASH_SIZE
 
-__all__ = ["MAX_TREE_SIZE", "Checkpoint", "CheckpointError", "check_ledger_checkpoint", "ledger_origin"]
+__all__ = [
+    "MAX_TREE_SIZE",
+    "SERVED_COSIGNATURES",
+    "Checkpoint",
+    "CheckpointError",
+    "check_ledger_checkpoint",
+    "ledger_origin",
+]
 
 # tlog-checkpoint "Note text" item 2: decimal, no leading zeroes unless the tree is empty. Sizes are uint64 in every
 # implementation we interoperate with.
 _SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
 MAX_TREE_SIZE = 2**64 - 1
+# cosignature lines appended to a checkpoint a gateway serves or an auditor reads: the first witnesses to cosign it;
+# C2SP signed-note verifiers need accept only 16 signatures, the log's and 15 more (decision 124)
+SERVED_COSIGNATURES = 15
 
 
 class CheckpointError(ProtocolError):

@@ -13,19 +13,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
+from protocol.checkpoint import SERVED_COSIGNATURES
 from store.db import transaction_locks
 from store.facts import delete_fact, read_fact, write_fact
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
 
-__all__ = ["SERVED_COSIGNATURES", "Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
+__all__ = ["Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
 
 # rows per query when a plan needs many nodes (keeps the statement small on both stores)
 _CHUNK = 200
-
-
-# cosignature lines served with a checkpoint: C2SP signed-note verifiers need accept only 16 signatures, the log's
-# and 15 more; a checkpoint polled by every counterpart of a large directory collects one line from each (decision 124)
-SERVED_COSIGNATURES = 15
 
 
 class LedgerReader:

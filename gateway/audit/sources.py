@@ -23,6 +23,7 @@ import aiohttp
 
 from crypto.note import NoteError, add_signatures
 from protocol import merkle
+from protocol.checkpoint import SERVED_COSIGNATURES
 from store.db import is_sqlite, split_schema
 
 __all__ = [
@@ -207,20 +208,25 @@ class DatabaseSource:
                 if not isinstance(note, str):
                     raise SourceError(f"checkpoint at size {size}: the stored note is not text")
             low, high = rows[0][0], rows[-1][0]
-            lines: dict[int, list[str]] = {}
-            for size, line in await self._fetch(
-                "SELECT size, line FROM cosignatures WHERE size >= $1 AND size <= $2 ORDER BY size, witness", low, high
+            found: dict[int, list[tuple[str, str]]] = {}
+            for size, witness, line in await self._fetch(
+                "SELECT size, witness, line FROM cosignatures WHERE size >= $1 AND size <= $2"
+                " ORDER BY size, received_at, witness",
+                low,
+                high,
             ):
-                if type(size) is not int or not isinstance(line, str):
+                if type(size) is not int or not isinstance(line, str) or not isinstance(witness, str):
                     raise SourceError(
                         f"cosignatures: a row whose size is not an integer or line not text (size {_shown(size)})"
                     )
-                lines.setdefault(size, []).append(line)
+                kept = found.setdefault(size, [])
+                if len(kept) < SERVED_COSIGNATURES:  # the first witnesses, as the gateway serves them (decision 124)
+                    kept.append((witness, line))
             for size, note in rows:
                 text = note
-                if size in lines:
+                if size in found:
                     try:
-                        text = add_signatures(text, lines[size])
+                        text = add_signatures(text, [line for _, line in sorted(found[size])])
                     except NoteError as exc:
                         raise SourceError(f"checkpoint at size {size}: a stored cosignature: {exc.message}") from None
                 yield CheckpointRecord(size, text)

@@ -12,11 +12,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crypto.note import MAX_SIGNATURES
+from protocol.checkpoint import SERVED_COSIGNATURES
 from store.accounts import user_by_name
 from store.cases import Cases
 from store.db import make_engine, run_migrations
 from store.events import EventLog
-from store.ledger import SERVED_COSIGNATURES, LedgerReader
+from store.ledger import LedgerReader
 from store.tables import cases, checkpoints, cosignatures, users
 from store.tokens import Tokens
 
