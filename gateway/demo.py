@@ -26,6 +26,7 @@ import aiohttp
 from config.settings import load_settings
 from crypto.receipts import verify_receipt
 from gateway.app import RunningGateway, start_gateway
+from gateway.cli.common import CommandError
 from gateway.context import Gateway
 from gateway.logs import configure_logging
 from gateway.provision import AuthoritySpec, Provisioned, comity, provision
@@ -213,9 +214,23 @@ async def _exchange(
     return request_id
 
 
-def run_demo(workdir: Path, say: Callable[[str], None] = print) -> None:
-    if workdir.exists():
+# Written into the demo's working directory: only a directory holding it is removed by the next run.
+DEMO_MARKER = ".comity-demo"
+
+
+def fresh_workdir(workdir: Path) -> None:
+    """Make ``workdir`` empty and mark it as the demo's. A directory made by an earlier run (it holds
+    :data:`DEMO_MARKER`) is removed first; an empty one is used as it is; anything else is refused, never removed."""
+    if workdir.is_dir() and (workdir / DEMO_MARKER).is_file():
         shutil.rmtree(workdir)
+    elif workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise CommandError(f"{workdir} exists and was not made by the demo; remove it or choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / DEMO_MARKER).write_text("made by 'comity demo': the next run removes this directory\n")
+
+
+def run_demo(workdir: Path, say: Callable[[str], None] = print) -> None:
+    fresh_workdir(workdir)
     configure_logging("warning")
     started = time.monotonic()
     asyncio.run(_run(workdir.absolute(), say))

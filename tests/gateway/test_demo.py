@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main
+
 
 def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
     comity = Path(sys.executable).parent / "comity"
@@ -31,3 +36,44 @@ def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
     assert out.count("verified in") == 2  # comity audit verify passed on both gateways
     for milestone in ("submitted", "sent", "received", "receipted", "acknowledged", "answered"):
         assert milestone in out.split("9. The acknowledgement timeline")[1]
+
+
+def _no_scenario(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.demo
+
+    async def nothing(workdir: Path, say: object) -> None:
+        return None
+
+    monkeypatch.setattr(gateway.demo, "_run", nothing)
+    # the demo sets the process's logging to warnings: the tests after this one read info lines
+    monkeypatch.setattr(gateway.demo, "configure_logging", lambda level: None)
+
+
+def test_demo_refuses_a_workdir_it_did_not_make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_scenario(monkeypatch)
+    victim = tmp_path / "srv-comity"
+    (victim / "tls").mkdir(parents=True)
+    (victim / "keys.sealed").write_text("an authority's keys")
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(victim)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"comity: {victim} exists and was not made by the demo; remove it or choose another --workdir"
+    )
+    assert (victim / "keys.sealed").read_text() == "an authority's keys"
+    assert (victim / "tls").is_dir()
+    file = tmp_path / "a-file"
+    file.write_text("kept")
+    assert CliRunner().invoke(main, ["demo", "--workdir", str(file)]).exit_code != 0
+    assert file.read_text() == "kept"
+
+
+def test_demo_replaces_its_own_workdir_run_after_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_scenario(monkeypatch)
+    workdir = tmp_path / "demo"
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir)])
+        assert result.exit_code == 0, result.output
+        assert (workdir / ".comity-demo").is_file()
+        (workdir / "left-by-the-scenario").write_text("x")
+    assert CliRunner().invoke(main, ["demo", "--workdir", str(workdir)]).exit_code == 0
+    assert sorted(p.name for p in workdir.iterdir()) == [".comity-demo"]
