@@ -78,6 +78,7 @@ __all__ = [
     "parse_time",
     "read_directory",
     "sign_directory",
+    "signed_serial",
     "verify_directory",
     "verify_directory_signature",
 ]
@@ -171,6 +172,20 @@ def verify_directory_signature(token: str | bytes, pinned_key: OKPKey) -> Direct
     if canonical != payload:
         raise DirectoryInvalid("the directory payload is not RFC 8785 canonical JSON")
     return _parse(Directory, document)
+
+
+def signed_serial(data: bytes) -> int | None:
+    """The serial a signed directory (JWS compact) claims, its signature unchecked: what a file about to be replaced
+    was published as. ``None`` when ``data`` is no signed directory."""
+    parts = data.strip().split(b".")
+    if len(parts) != 3 or len(data) > _MAX_TOKEN_BYTES:
+        return None
+    try:
+        payload = _b64url_json(parts[1].decode("ascii"), "payload")
+    except (UnicodeDecodeError, DirectoryInvalid):
+        return None
+    serial = payload.get("serial") if isinstance(payload, dict) else None
+    return serial if isinstance(serial, int) and not isinstance(serial, bool) else None
 
 
 def verify_directory(token: str | bytes, pinned_key: OKPKey, *, now: datetime, min_serial: int = 0) -> Directory:

@@ -24,6 +24,7 @@ from config.directory import (
     load_directory_draft,
     load_directory_key,
     sign_directory,
+    signed_serial,
     verify_directory,
     verify_directory_signature,
 )
@@ -135,10 +136,15 @@ def add(draft_path: Path, entry_path: Path, replace: bool) -> None:
 @click.argument("draft_path", metavar="DRAFT", type=_existing_file)
 @click.option("--key", "key_path", required=True, type=_existing_file, help="Sealed directory key (from keygen).")
 @click.option("--out", required=True, type=_new_file, help="Signed directory to write, e.g. directory.jws.")
+@click.option("--replace", is_flag=True, help="Replace an existing --out holding a lower serial than DRAFT.")
 @reports_errors
-def sign(draft_path: Path, key_path: Path, out: Path) -> None:
-    """Sign DRAFT, issued now; the passphrase comes from COMITY_DIRECTORY_PASSPHRASE or a prompt."""
+def sign(draft_path: Path, key_path: Path, out: Path, replace: bool) -> None:
+    """Sign DRAFT, issued now; the passphrase comes from COMITY_DIRECTORY_PASSPHRASE or a prompt.
+
+    OUT must not exist, unless --replace is given and OUT is no signed directory of DRAFT's serial or a higher one.
+    """
     draft = load_directory_draft(draft_path.read_bytes())
+    _check_out(out, draft, key_path=key_path, draft_path=draft_path, replace=replace)
     passphrase = read_passphrase(DIRECTORY_PASSPHRASE_ENV, confirm=False, what="directory key passphrase")
     keys = unseal_keys(key_path.read_bytes(), passphrase)
     signing_key = keys.get(_KEY_NAME)
@@ -147,11 +153,32 @@ def sign(draft_path: Path, key_path: Path, out: Path) -> None:
     now = _now()
     token = sign_directory(draft.reissued(now), signing_key)
     signed = verify_directory(token, signing_key, now=now)  # never hand out what we would not accept
-    replace_file(out, token.encode("ascii") + b"\n")
+    if replace:
+        replace_file(out, token.encode("ascii") + b"\n")
+    else:
+        write_new_file(out, token.encode("ascii") + b"\n", private=False)
     click.echo(
         f"signed directory serial {signed.serial} with {len(signed.authorities)} authorities, "
         f"expires {signed.expires_at}, key kid {key_id(signing_key)}: {out}"
     )
+
+
+def _check_out(out: Path, draft: Directory, *, key_path: Path, draft_path: Path, replace: bool) -> None:
+    """Refuse an ``--out`` that would destroy the key, the draft, or a directory already published (its serial)."""
+    if not out.exists():
+        return
+    for source, what in ((key_path, "--key"), (draft_path, "DRAFT")):
+        if out.samefile(source):
+            raise CommandError(f"--out {out} is the same file as {what}; choose another --out")
+    if not replace:
+        raise CommandError(f"{out} already exists; give --replace to replace it with the signed directory")
+    published = signed_serial(out.read_bytes())
+    if published is not None and published >= draft.serial:
+        raise CommandError(
+            f"{out} is a signed directory of serial {published}, not lower than the draft's {draft.serial}: gateways "
+            "that installed it would refuse another with the same serial; start a new draft with 'comity directory "
+            "new --from'"
+        )
 
 
 def _summary(signed: Directory) -> list[str]:

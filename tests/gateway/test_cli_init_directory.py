@@ -280,3 +280,40 @@ def test_signed_directory_verifies_in_the_library(workspace: Path) -> None:
     signed = verify_directory((workspace / "directory.jws").read_bytes(), pinned, now=datetime.now(UTC))
     assert signed.authority("es.mj").accreditation.max_level == "CONFIDENTIAL"
     assert os.path.getsize(workspace / "directory.jws") > 0
+
+
+def test_sign_refuses_to_overwrite_its_key_or_draft(workspace: Path, tmp_path: Path) -> None:
+    key, draft = tmp_path / "dirkey.sealed", tmp_path / "draft.json"
+    key.write_bytes((workspace / "dirkey.sealed").read_bytes())
+    draft.write_bytes((workspace / "draft.json").read_bytes())
+    for out, what in ((key, "--key"), (draft, "DRAFT")):
+        before = out.read_bytes()
+        for extra in ([], ["--replace"]):
+            line = fails("directory", "sign", draft, "--key", key, "--out", out, *extra)
+            assert line == f"comity: --out {out} is the same file as {what}; choose another --out"
+            assert out.read_bytes() == before
+    assert (
+        "signed directory serial 1" in ok("directory", "sign", draft, "--key", key, "--out", tmp_path / "d.jws").output
+    )
+
+
+def test_sign_replaces_only_with_replace_and_a_higher_serial(workspace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "directory.jws"
+    out.write_text("an operator's notes\n")
+    args = ("directory", "sign", workspace / "draft.json", "--key", workspace / "dirkey.sealed", "--out", out)
+    line = fails(*args)
+    assert line == f"comity: {out} already exists; give --replace to replace it with the signed directory"
+    assert out.read_text() == "an operator's notes\n"
+    ok(*args, "--replace")  # not a signed directory: replaced as asked
+    published = out.read_bytes()
+    line = fails(*args, "--replace")  # the same serial again, with other contents (issued_at at least)
+    assert "is a signed directory of serial 1, not lower than the draft's 1" in line
+    assert out.read_bytes() == published
+    draft = tmp_path / "next.json"
+    ok("directory", "new", "--out", draft, "--from", out, "--key", workspace / "dirkey.sealed.pub.jwk")
+    ok("directory", "sign", draft, "--key", workspace / "dirkey.sealed", "--out", out, "--replace")
+    assert ok("directory", "verify", out, "--key", workspace / "dirkey.sealed.pub.jwk").output.startswith(
+        "directory serial 2,"
+    )
+    line = fails(*args, "--replace")  # a lower serial over a higher one
+    assert "serial 2, not lower than the draft's 1" in line
