@@ -27,6 +27,7 @@ from crypto.keys import import_public_jwk, key_id
 from crypto.tls import certificate_pin
 from protocol.checklist_rules import RecipientRequirements
 from protocol.errors import InvalidMessage
+from protocol.markings import MarkingScheme, caveat_name
 from protocol.messages import StrictModel, canonical_json, validate_authority_id
 from protocol.receipts import rfc3339_utc
 
@@ -147,14 +148,27 @@ class Accreditation(StrictModel):
     max_level: str = Field(min_length=1, max_length=64)
     caveats: list[str] = Field(default_factory=list)
 
+    # Both are checked against the marking scheme: a level it does not know would make every accreditation check
+    # for the authority raise (it could neither send nor receive), a caveat it does not know is one no marking holds.
+    @field_validator("max_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        scheme = MarkingScheme()
+        if value not in scheme.levels:
+            raise ValueError(f"unknown marking level {value[:64]!r}; known levels: {', '.join(scheme.levels)}")
+        return value
+
     @field_validator("caveats")
     @classmethod
     def _sorted_unique(cls, value: list[str]) -> list[str]:
         if value != sorted(set(value)):
             raise ValueError("caveats must be sorted and unique")
+        scheme = MarkingScheme()
         for caveat in value:
             if not _CAVEAT_RE.fullmatch(caveat):
                 raise ValueError("caveat must be a short lowercase identifier, optionally ':parameter'")
+            if caveat_name(caveat) not in scheme.caveats:
+                raise ValueError(f"unknown caveat {caveat!r}; known caveats: {', '.join(scheme.caveats)}")
         return value
 
 

@@ -61,6 +61,12 @@ class MarkingScheme:
             raise MarkingRefused(f"unknown marking level {level!r}; known levels: {', '.join(self.levels)}")
         return self._rank[level]
 
+    def level_named(self, value: str) -> str:
+        """The level of the scheme ``value`` names, also written in any case with '-' or '_' for spaces
+        (STRICTLY-CONFIDENTIAL); ``value`` itself when it names none, for :meth:`rank` to refuse."""
+        wanted = " ".join(value.replace("-", " ").replace("_", " ").split()).upper()
+        return next((level for level in self.levels if level.upper() == wanted), value)
+
     def check(self, marking: Marking) -> None:
         """Refuse a marking with an unknown level or caveat."""
         self.rank(marking.level)

@@ -21,6 +21,7 @@ from gateway.cli.common import (
     reports_errors,
     write_new_files,
 )
+from protocol.markings import MarkingScheme
 
 __all__ = ["init"]
 
@@ -75,7 +76,12 @@ def _settings(
     help="A role in the directory (repeatable).",
 )
 @click.option("--language", "languages", multiple=True, default=["en"], show_default=True, help="BCP 47 tag.")
-@click.option("--max-level", default="STRICTLY CONFIDENTIAL", show_default=True, help="Highest marking accepted.")
+@click.option(
+    "--max-level",
+    default="STRICTLY CONFIDENTIAL",
+    show_default=True,
+    help="Highest marking level accepted, of the marking scheme.",
+)
 @click.option("--caveat", "caveats", multiple=True, help="A caveat this authority honours (repeatable).")
 @click.option("--api-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option(
@@ -132,7 +138,7 @@ def init(
             tls_cert_pem=tls.cert_pem,
             roles=roles,
             languages=languages,
-            max_level=max_level,
+            max_level=MarkingScheme().level_named(max_level),
             caveats=caveats,
             not_before=now,
         )

@@ -59,12 +59,9 @@ async def _in_transaction(config_file: Path | None, operator: str, action: Actio
 
 
 def _level(value: str) -> str:
-    """A level of the scheme, also written in any case with '-' or '_' for spaces (STRICTLY-CONFIDENTIAL)."""
-    wanted = " ".join(value.replace("-", " ").replace("_", " ").split()).upper()
-    for level in MarkingScheme().levels:
-        if level.upper() == wanted:
-            return level
-    return value  # the store refuses it with the list of levels
+    """A level of the scheme, also written in any case with '-' or '_' for spaces (STRICTLY-CONFIDENTIAL); anything
+    else as given, for the store to refuse with the list of levels."""
+    return MarkingScheme().level_named(value)
 
 
 from_env_option = click.option(

@@ -64,7 +64,7 @@ def make_entry(authority_id: str, country: str, *, host: str = "127.0.0.1", port
         roles=["mla-central-authority", "asset-recovery-focal-point"],
         languages=["es", "en"],
         max_level="STRICTLY CONFIDENTIAL",
-        caveats=["uncac-46-20", "no-onward-transmission"],
+        caveats=["no-onward", "uncac-46-20"],
         not_before=NOW - timedelta(days=30),
     )
     return entry.to_json()
@@ -308,7 +308,10 @@ OTHER_CERT = generate_tls_identity("ar.mj", ["127.0.0.1"], None, now=NOW).cert_p
         (with_ar(endpoint="https://user:pw@gw.example.org"), "must not carry credentials"),
         (with_ar(languages=["Spanish"]), "BCP 47"),
         (with_ar(languages=["es", "es"]), "languages must be unique"),
-        (with_ar(accreditation={"max_level": "SECRET", "caveats": ["b", "a"]}), "caveats must be sorted"),
+        (with_ar(accreditation={"max_level": "CONFIDENTIAL", "caveats": ["b", "a"]}), "caveats must be sorted"),
+        (with_ar(accreditation={"max_level": "SECRET", "caveats": []}), "unknown marking level 'SECRET'; known levels"),
+        (with_ar(accreditation={"max_level": "STRICTLY-CONFIDENTIAL"}), "unknown marking level 'STRICTLY-CONFIDENT"),
+        (with_ar(accreditation={"max_level": "CONFIDENTIAL", "caveats": ["noforn"]}), "unknown caveat 'noforn'"),
         (with_ar(extra="x"), "extra: Extra inputs are not permitted"),
         (ar_key(0, use="enc"), "a key for use 'enc' must be X25519"),
         (ar_key(1, jwk=public_jwk(generate_signing_key()), use="sig"), "one encryption"),

@@ -317,3 +317,33 @@ def test_sign_replaces_only_with_replace_and_a_higher_serial(workspace: Path, tm
     )
     line = fails(*args, "--replace")  # a lower serial over a higher one
     assert "serial 2, not lower than the draft's 1" in line
+
+
+def test_init_normalises_max_level_and_refuses_one_outside_the_scheme(tmp_path: Path) -> None:
+    init(tmp_path / "ar", "ar.mj", "AR", 8443, "--max-level", "strictly-confidential")
+    entry = json.loads((tmp_path / "ar" / "entry.json").read_text())
+    assert entry["accreditation"]["max_level"] == "STRICTLY CONFIDENTIAL"
+    for option, value, message in (
+        ("--max-level", "TOP SECRET", "unknown marking level 'TOP SECRET'; known levels: UNCLASSIFIED, CONFIDENTIAL"),
+        ("--caveat", "noforn", "unknown caveat 'noforn'; known caveats: uncac-46-20"),
+    ):
+        target = tmp_path / "refused"
+        line = fails(
+            "init", "--id", "es.mj", "--name", "X", "--country", "ES", "--endpoint", "https://127.0.0.1:9443",
+            "--data-dir", target, "--kdf-fast", option, value,
+        )  # fmt: skip
+        assert message in line
+        assert not target.exists()
+
+
+def test_add_refuses_an_entry_accredited_outside_the_scheme(workspace: Path, tmp_path: Path) -> None:
+    entry = json.loads((workspace / "ar" / "entry.json").read_text())
+    entry["accreditation"]["max_level"] = "STRICTLY-CONFIDENTIAL"
+    edited = tmp_path / "entry.json"
+    edited.write_text(json.dumps(entry))
+    draft = tmp_path / "draft.json"
+    ok("directory", "new", "--out", draft)
+    before = draft.read_bytes()
+    line = fails("directory", "add", draft, edited)
+    assert "accreditation.max_level: unknown marking level 'STRICTLY-CONFIDENTIAL'" in line
+    assert draft.read_bytes() == before
