@@ -160,6 +160,7 @@ def init(
     ensure_private_dir(data_dir, tighten=True)
     ensure_private_dir(targets["tls_key"].parent)
     ensure_private_dir(targets["cert"].parent)
+    ensure_private_dir(settings.attachments_path)  # before any file: a failure here must leave none behind
     # all or none: a failure part-way (a full disk, Ctrl-C) leaves nothing that would make a retry refuse
     write_new_files(
         [
@@ -171,7 +172,6 @@ def init(
             (targets["entry"], entry.model_dump_json(indent=2).encode("utf-8") + b"\n", False),
         ]
     )
-    ensure_private_dir(settings.attachments_path)
 
     created = [
         (str(settings.keys_file), "signing, encryption and archive keys, sealed with the passphrase"),

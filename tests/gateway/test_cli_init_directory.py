@@ -347,3 +347,15 @@ def test_add_refuses_an_entry_accredited_outside_the_scheme(workspace: Path, tmp
     line = fails("directory", "add", draft, edited)
     assert "accreditation.max_level: unknown marking level 'STRICTLY-CONFIDENTIAL'" in line
     assert draft.read_bytes() == before
+
+
+def test_init_that_cannot_make_the_attachments_dir_writes_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    args = ("init", "--id", "ar.mj", "--name", "X", "--country", "AR", "--endpoint", "https://127.0.0.1:8443",
+            "--data-dir", tmp_path / "ar", "--kdf-fast")  # fmt: skip
+    line = fails(*args, env={**ENV, "COMITY_ATTACHMENTS_DIR": str(blocker / "attachments")})
+    assert line == f"comity: {blocker / 'attachments'}: Not a directory"
+    assert [p.name for p in (tmp_path / "ar").rglob("*") if p.is_file()] == []
+    ok(*args)  # the retry, once the cause is fixed, is not refused
+    assert (tmp_path / "ar" / "attachments").is_dir()
