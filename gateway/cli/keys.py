@@ -12,13 +12,14 @@ Restart the gateway (every replica) to use the new key set (docs/operations.md, 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import click
 from joserfc.jwk import OKPKey
@@ -40,6 +41,7 @@ from crypto.tls import reencrypt_key_pem
 from gateway.cli.common import CommandError, read_passphrase, replace_file, reports_errors
 from gateway.cli.init import ENTRY_FILE
 from gateway.cli.runtime import config_option, settings_from
+from gateway.logs import get_logger
 from protocol.timefmt import format_time, parse_time
 
 __all__ = ["keys", "keys_in_use"]
@@ -111,11 +113,24 @@ def _signing_overlap_days(settings: Settings) -> int:
     return -(-seconds // 86400)
 
 
+# Why a lock file cannot be made in a directory we may not write: a read-only mount, or one owned by another user.
+_READ_ONLY: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 @contextmanager
-def _flock(keys_path: Path, operation: int, refusal: str) -> Iterator[None]:
-    """``flock`` the lock file beside the key file for as long as the block runs, or refuse at once."""
+def _flock(keys_path: Path, operation: int, refusal: str, *, optional: bool = False) -> Iterator[None]:
+    """``flock`` the lock file beside the key file for as long as the block runs, or refuse at once. When
+    ``optional`` and the key file's directory is read-only, the block runs unlocked after one warning."""
     lock = keys_path.with_name(f".{keys_path.name}.lock")
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if not (optional and exc.errno in _READ_ONLY):
+            raise
+        # A rotation writes keys.sealed beside the lock, so it cannot run here either: nothing to keep out.
+        get_logger().warning("keys_lock_unavailable", lock=str(lock), error=errno.errorcode.get(exc.errno or 0, ""))
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
@@ -135,8 +150,9 @@ def _locked(keys_path: Path) -> AbstractContextManager[None]:
 
 
 def keys_in_use(keys_path: Path) -> AbstractContextManager[None]:
-    """Held by ``comity serve`` while it runs: shared, so that replicas on this host coexist and a rotation waits."""
-    return _flock(keys_path, fcntl.LOCK_SH, "'comity keys rotate' is changing the keys; try again")
+    """Held by ``comity serve`` while it runs: shared, so that replicas on this host coexist and a rotation waits.
+    Keys on a read-only mount are served without it (a warning is logged): no rotation can write there anyway."""
+    return _flock(keys_path, fcntl.LOCK_SH, "'comity keys rotate' is changing the keys; try again", optional=True)
 
 
 def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:

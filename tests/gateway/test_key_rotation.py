@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
+import os
 import shutil
+import subprocess
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -468,3 +473,45 @@ async def test_a_gateway_upgraded_from_before_the_directory_facts_records_them_a
     async with pair.au.gw.engine.connect() as conn:
         facts = await read_fact(conn, DIRECTORY_FACTS)
     assert facts == {"expires_at": pair.au.gw.directory.expires_at, "signing": [key_id(pair.au.gw.keys.signing)]}
+
+
+def test_serving_keys_from_a_read_only_directory_goes_on_without_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only secrets mount: 'comity serve' cannot make the lock file beside the keys, and serves without it
+    (warning once); any other failure to open the lock file is still an error."""
+    keys_file = tmp_path / "keys.sealed"
+    lock = tmp_path / ".keys.sealed.lock"
+    real_open = os.open
+
+    def read_only(code: int) -> Callable[..., int]:
+        def opener(path: Any, flags: int, *args: Any) -> int:
+            if Path(path) == lock:
+                raise OSError(code, os.strerror(code), str(path))
+            return real_open(path, flags, *args)
+
+        return opener
+
+    for code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        monkeypatch.setattr(os, "open", read_only(code))
+        with structlog.testing.capture_logs() as logs, keys_in_use(keys_file):
+            pass
+        assert [entry["event"] for entry in logs] == ["keys_lock_unavailable"]
+        assert logs[0]["error"] == errno.errorcode[code]
+    monkeypatch.setattr(os, "open", read_only(errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"), keys_in_use(keys_file):
+        pass
+
+
+def test_serving_keys_from_an_immutable_directory(tmp_path: Path) -> None:
+    mount = tmp_path / "ro-secrets"
+    mount.mkdir()
+    (mount / "keys.sealed").write_bytes(b"sealed")
+    if subprocess.run(["chattr", "+i", str(mount)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root on a file system that has it)")
+    try:
+        with structlog.testing.capture_logs() as logs, keys_in_use(mount / "keys.sealed"):
+            pass
+        assert [entry["event"] for entry in logs] == ["keys_lock_unavailable"]
+    finally:
+        subprocess.run(["chattr", "-i", str(mount)], check=True)
