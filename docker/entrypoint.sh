@@ -28,7 +28,7 @@ read_secret() {
     value="$(cat -- "$file")" || fail "cannot read $2 ($file)"
     [ -n "$value" ] || fail "$2 ($file) is empty"
     export "$1=$value"
-    unset value
+    unset value "$2" # the commands read FILE_VAR themselves too, and refuse it set beside VAR
 }
 
 read_secret COMITY_PASSPHRASE COMITY_PASSPHRASE_FILE

@@ -87,9 +87,35 @@ def utf8(value: str, source: str) -> bytes:
         raise CommandError(f"{source} is not valid UTF-8") from None
 
 
+def _secret_file(file_var: str) -> str | None:
+    """The contents of the file named by ``file_var`` (a container secret), without its trailing newlines as
+    docker/entrypoint.sh reads it; ``None`` when the variable is unset. Errors name the variable and the file, never
+    what the file holds."""
+    name = os.environ.get(file_var)
+    if name is None:
+        return None
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        raise CommandError(
+            f"{file_var} names {name}, which cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
+    try:
+        return data.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError:
+        raise CommandError(f"{file_var} ({name}) is not valid UTF-8") from None
+
+
 def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") -> bytes:
-    """The passphrase from ``env_var`` if set, else a hidden prompt (typed twice when ``confirm``)."""
+    """The passphrase from ``env_var`` if set, else from the file named by ``<env_var>_FILE`` if that is set (not
+    both), else a hidden prompt (typed twice when ``confirm``)."""
+    file_var = f"{env_var}_FILE"
     value = os.environ.get(env_var)
+    if value is not None and file_var in os.environ:
+        raise CommandError(f"both {env_var} and {file_var} are set; set only one")
+    source = env_var
+    if value is None:
+        value, source = _secret_file(file_var), file_var
     if value is None:
         try:
             value = click.prompt(f"{what.capitalize()}", hide_input=True, confirmation_prompt=confirm, err=True)
@@ -97,7 +123,7 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") ->
             raise CommandError(f"no {what} was given; set {env_var} or type one at the prompt") from None
     if not value:
         raise CommandError(f"the {what} must not be empty; set {env_var} or type one at the prompt")
-    return utf8(value, env_var if env_var in os.environ else f"the {what} typed")
+    return utf8(value, source if source in os.environ else f"the {what} typed")
 
 
 def ensure_private_dir(path: Path, *, tighten: bool = False) -> None:

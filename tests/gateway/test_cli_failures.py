@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from crypto.keys import unseal_keys
 from gateway.cli import common
 from tests.conftest import DatabaseFactory
 from tests.gateway.test_cli_init_directory import ENV, fails, init, ok, run
@@ -130,3 +131,51 @@ def test_an_unexpected_error_is_one_line_without_its_details(tmp_path: Path) -> 
     assert line.startswith("comity: ") and "missing" in line
     result = run("user", "list", "--config", config, env={**ENV, "COMITY_DEBUG": "1"})
     assert result.exit_code != 0 and not isinstance(result.exception, SystemExit)  # the traceback, on request
+
+
+def test_the_passphrase_from_the_file_named_by_the_file_variable(tmp_path: Path) -> None:
+    """COMITY_PASSPHRASE_FILE (a container secret) is read by the commands themselves, trailing newlines dropped as
+    docker/entrypoint.sh drops them; COMITY_DIRECTORY_PASSPHRASE_FILE likewise."""
+    data_dir = tmp_path / "ar"
+    init(data_dir, "ar.mj", "AR", 8443)
+    secret = tmp_path / "passphrase"
+    secret.write_text(f"{ENV['COMITY_PASSPHRASE']}\n")
+    env = {**ENV, "COMITY_PASSPHRASE": None, "COMITY_PASSPHRASE_FILE": str(secret)}
+    result = run("keys", "list", "--config", data_dir / "comity.toml", env=env)
+    assert result.exit_code == 0, result.output
+    assert "signing" in result.output
+    directory_secret = tmp_path / "directory-passphrase"
+    directory_secret.write_text("directory operator passphrase\n\n")
+    env = {"COMITY_DIRECTORY_PASSPHRASE": None, "COMITY_DIRECTORY_PASSPHRASE_FILE": str(directory_secret)}
+    assert run("directory", "keygen", "--out", tmp_path / "dk.sealed", "--kdf-fast", env=env).exit_code == 0
+    keys = unseal_keys((tmp_path / "dk.sealed").read_bytes(), b"directory operator passphrase")
+    assert list(keys) == ["directory"]
+
+
+def test_a_passphrase_file_that_cannot_be_used_is_one_line_without_its_contents(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ar"
+    init(data_dir, "ar.mj", "AR", 8443)
+    config = data_dir / "comity.toml"
+    missing = tmp_path / "missing"
+    line = fails(
+        "keys", "list", "--config", config, env={"COMITY_PASSPHRASE": None, "COMITY_PASSPHRASE_FILE": str(missing)}
+    )
+    assert line == f"comity: COMITY_PASSPHRASE_FILE names {missing}, which cannot be read (No such file or directory)"
+    secret = tmp_path / "passphrase"
+    secret.write_text("the-wrong-passphrase\n")
+    line = fails("keys", "list", "--config", config, env={**ENV, "COMITY_PASSPHRASE_FILE": str(secret)})
+    assert line == "comity: both COMITY_PASSPHRASE and COMITY_PASSPHRASE_FILE are set; set only one"
+    line = fails(
+        "keys", "list", "--config", config, env={"COMITY_PASSPHRASE": None, "COMITY_PASSPHRASE_FILE": str(secret)}
+    )
+    assert line == "comity: wrong passphrase or corrupt key file"
+    secret.write_bytes(b"\xffpassphrase\n")
+    line = fails(
+        "keys", "list", "--config", config, env={"COMITY_PASSPHRASE": None, "COMITY_PASSPHRASE_FILE": str(secret)}
+    )
+    assert line == f"comity: COMITY_PASSPHRASE_FILE ({secret}) is not valid UTF-8"
+    secret.write_text("\n")
+    line = fails(
+        "keys", "list", "--config", config, env={"COMITY_PASSPHRASE": None, "COMITY_PASSPHRASE_FILE": str(secret)}
+    )
+    assert "the passphrase must not be empty" in line
