@@ -7,11 +7,13 @@ auditor API). ``docs/ledger.md`` describes every check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -37,6 +39,25 @@ def _run(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise CommandError(f"{where}{exc.strerror or exc}") from None
+
+
+async def _export_to_file(out_file: Path, write: Callable[[IO[str]], Awaitable[int]]) -> int:
+    """Run ``write`` into a new file beside ``out_file`` (mode 0600: ledger events) that replaces it only once the
+    export is complete: a failure part-way leaves ``out_file`` as it was, or absent."""
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, before the rename)
+        "w", encoding="utf-8", newline="", dir=out_file.parent, prefix=f".{out_file.name}.", delete=False
+    )
+    try:
+        with handle:
+            count = await write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, out_file)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
+        raise
+    return count
 
 
 def _token(token: str | None, token_file: Path | None) -> str | None:
@@ -254,8 +275,7 @@ def export(
         try:
             if out_file is None:
                 return await export_events(source, sys.stdout, fmt=fmt, only=only)
-            with out_file.open("w", encoding="utf-8", newline="") as handle:
-                return await export_events(source, handle, fmt=fmt, only=only)
+            return await _export_to_file(out_file, lambda handle: export_events(source, handle, fmt=fmt, only=only))
         finally:
             await source.close()
 

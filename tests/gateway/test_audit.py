@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import random
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bench.ledger_workload import events, raw_events
 from gateway.audit import AuditFailure, AuditState, DatabaseSource, HttpSource, load_trust, verify_ledger
@@ -39,7 +41,7 @@ from protocol.events import LedgerEvent
 from protocol.merkle import EMPTY_ROOT, TreeBuilder, leaf_hash
 from protocol.messages import MessageKind
 from store.db import run_migrations
-from store.tables import checkpoints, ledger_head
+from store.tables import checkpoints, ledger_entries, ledger_head
 from tests.conftest import DatabaseFactory
 from tests.gateway.conftest import Pair, Side, issue_token
 from tests.gateway.test_exchange import REQUEST, wait_for
@@ -474,6 +476,32 @@ async def test_export_and_timeline(databases: DatabaseFactory, tmp_path: Path) -
     shown = await asyncio.to_thread(_cli, ["timeline", message, "--database", url])
     assert shown.exit_code == 0, shown.output
     assert f"message {message}" in shown.stdout and "received" in shown.stdout
+
+
+async def test_export_out_replaces_the_file_only_when_complete(databases: DatabaseFactory, tmp_path: Path) -> None:
+    """--out is written beside the file and renamed over it at the end: an export that fails part-way (here an entry
+    that is not JSON, past the first rows) leaves yesterday's complete export as it was, and no temporary file."""
+    url = await databases.new()
+    engine, _ = await build(url)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    out = exports / "events.csv"
+    args = ["export", "--database", url, "--format", "csv", "--out", str(out)]
+    try:
+        out.write_text("yesterday's complete export\n")
+        result = await asyncio.to_thread(_cli, args)
+        assert result.exit_code == 0, result.output
+        assert len(out.read_text().splitlines()) == 231  # the header and every entry
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        complete = out.read_bytes()
+        async with engine.begin() as conn:
+            await conn.execute(update(ledger_entries).where(ledger_entries.c.idx == 200).values(entry=b"not json"))
+        result = await asyncio.to_thread(_cli, args)
+        assert result.exit_code == 1 and "not valid JSON" in result.output, result.output
+        assert out.read_bytes() == complete
+        assert os.listdir(exports) == ["events.csv"]
+    finally:
+        await engine.dispose()
 
 
 # --- two live gateways: the auditor API and the databases --------------------------------------------------------
