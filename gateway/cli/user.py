@@ -81,7 +81,12 @@ def _password(wanted: bool, from_env: bool) -> str | None:
             click.echo(f"comity: {PASSWORD_ENV} is set but not used: give --from-env to use it", err=True)
         if not wanted:
             return None
-        value = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+        try:
+            value = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+        except click.Abort:  # end of input or ^C: one line, as read_passphrase says it for the passphrase
+            raise CommandError(
+                f"no password was given; type one at the prompt, or give --from-env with {PASSWORD_ENV}"
+            ) from None
     elif value is None:
         raise CommandError(f"--from-env: {PASSWORD_ENV} is not set")
     if not value:

@@ -209,6 +209,22 @@ async def test_passwords_come_from_the_environment_or_a_prompt(gateway_db: tuple
         assert user.username == name
 
 
+async def test_a_password_prompt_without_input_is_one_line(gateway_db: tuple[Path, AsyncEngine]) -> None:
+    """End of input at the password prompt (nothing piped, a closed stdin): one 'comity:' line, not click's
+    'Aborted!', and nothing created or changed."""
+    config, engine = gateway_db
+    await ok(config, "create", "bob")
+    expected = "comity: no password was given; type one at the prompt, or give --from-env with COMITY_USER_PASSWORD"
+    for args in (("create", "carol", "--password"), ("set-password", "bob")):
+        refused = await comity(config, *args, stdin="")
+        assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit), refused.output
+        assert [line for line in refused.stderr.splitlines() if line.strip()][-1] == expected
+        assert "Aborted!" not in refused.output
+    async with engine.connect() as conn:
+        found = {u.username: u for u in await Users.list_users(conn)}
+    assert found.keys() == {"bob"} and not found["bob"].has_password
+
+
 async def test_an_admin_does_not_widen_her_own_access(gateway_db: tuple[Path, AsyncEngine]) -> None:
     """Role, clearance, caveats and unit of an admin are changed by another admin or the host's operator, so one
     admin alone cannot make herself an officer cleared to open content (decision 108)."""
