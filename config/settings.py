@@ -61,6 +61,7 @@ NOT_SETTINGS_ENV: Final = frozenset(
     }
 )
 MIN_WEBHOOK_SECRET: Final = 16
+MAX_MESSAGE_AGE_SECONDS: Final = 10 * 365 * 86400  # ten years: far beyond any retry, far inside datetime's range
 PASSPHRASE_ENV: Final = "COMITY_PASSPHRASE"  # noqa: S105 (a variable name) read by the CLI only; never a field
 
 # The TOML file of the load in progress; None means "no file" (plain ``Settings(...)``: keywords and environment).
@@ -119,7 +120,8 @@ class Settings(BaseSettings):
     attachments_dir: Path = Path("attachments")
     dev_plain_http: bool = False
     max_clock_skew_seconds: int = Field(default=300, ge=0, le=86400)
-    max_message_age_seconds: int = Field(default=30 * 86400, ge=60)
+    # at most MAX_MESSAGE_AGE_SECONDS: the gateway adds it to now and subtracts it from now (datetime's range)
+    max_message_age_seconds: int = Field(default=30 * 86400, ge=60, le=MAX_MESSAGE_AGE_SECONDS)
     max_envelope_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=8 * 1024**3, ge=0)
     outbox_initial_backoff: float = Field(default=0.5, gt=0, le=86400)

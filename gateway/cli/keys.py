@@ -83,7 +83,7 @@ def list_keys(config_file: Path | None) -> None:
 @click.argument("role", type=click.Choice(["signing", "encryption", "archive"]))
 @click.option(
     "--overlap-days",
-    type=click.IntRange(1, 3650),
+    type=click.IntRange(1, 3660),  # the signing minimum at the largest max_message_age_seconds (ten years) fits
     default=None,
     help="How long entry.json keeps the old keys valid next to the new one: encryption keys from now (default 30; at "
     "least until the installed directory expires, which counterparts may use until then), signing keys from when the "

@@ -175,6 +175,13 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
         ("COMITY_MAX_ENVELOPE_BYTE", "10", "COMITY_MAX_ENVELOPE_BYTE: no such setting"),  # misspelt: was ignored
         ("COMITY_OUTBOX_MAX_BACKOFF", "inf", "outbox_max_backoff"),  # a retry never due again
         ("COMITY_OUTBOX_INITIAL_BACKOFF", "1e308", "outbox_initial_backoff"),
+        # added to and subtracted from now: beyond datetime's range, every receipt and rotation raised OverflowError
+        ("COMITY_MAX_MESSAGE_AGE_SECONDS", str(10**12), "max_message_age_seconds: Input should be less than or equal"),
+        (
+            "COMITY_MAX_MESSAGE_AGE_SECONDS",
+            str(315360001),
+            "max_message_age_seconds: Input should be less than or equal",
+        ),
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "", "notify_webhook_secret: must be at least 16"),
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "short", "notify_webhook_secret"),
         ("COMITY_DATA_DIR", "", "data_dir: must name a path"),  # was the current directory

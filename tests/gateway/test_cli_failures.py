@@ -179,3 +179,18 @@ def test_a_passphrase_file_that_cannot_be_used_is_one_line_without_its_contents(
         "keys", "list", "--config", config, env={"COMITY_PASSPHRASE": None, "COMITY_PASSPHRASE_FILE": str(secret)}
     )
     assert "the passphrase must not be empty" in line
+
+
+def test_a_message_age_beyond_ten_years_is_a_settings_error(tmp_path: Path) -> None:
+    """An unbounded max_message_age_seconds overflowed datetime arithmetic later ('unexpected error
+    (OverflowError)', nothing named); it is refused as a setting, and ten years is accepted."""
+    data_dir = tmp_path / "ar"
+    init(data_dir, "ar.mj", "AR", 8443)
+    config = data_dir / "comity.toml"
+    line = fails(
+        "keys", "rotate", "signing", "--config", config, env={**ENV, "COMITY_MAX_MESSAGE_AGE_SECONDS": str(10**12)}
+    )
+    assert "max_message_age_seconds: Input should be less than or equal to 315360000" in line
+    assert "OverflowError" not in line
+    result = run("keys", "list", "--config", config, env={**ENV, "COMITY_MAX_MESSAGE_AGE_SECONDS": "315360000"})
+    assert result.exit_code == 0, result.output
