@@ -27,6 +27,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError as AlembicError
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -211,17 +215,32 @@ def _alembic_config(url: str) -> Config:
     return config
 
 
-async def run_migrations(url: str, revision: str = "head") -> None:
-    """Bring the schema at ``url`` to ``revision`` (``comity db upgrade``)."""
+async def run_migrations(url: str, revision: str = "head") -> str | None:
+    """Bring the schema at ``url`` up to ``revision`` (``comity db upgrade``) and return the revision it is at then,
+    read back from the database. A ``revision`` below the current one (a downgrade) or unknown is a
+    :class:`StoreError`, and changes nothing."""
     engine = make_engine(url, pool_size=1)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade, url, revision)
+            return await conn.run_sync(_upgrade, url, revision)
     finally:
         await engine.dispose()
 
 
-def _upgrade(connection: Connection, url: str, revision: str) -> None:
+def _upgrade(connection: Connection, url: str, revision: str) -> str | None:
     config = _alembic_config(url)
     config.attributes["connection"] = connection
+    script = ScriptDirectory.from_config(config)
+    current = MigrationContext.configure(connection).get_current_revision()
+    try:
+        target = script.get_revision(revision)
+    except (AlembicError, RevisionError):
+        raise StoreError(f"unknown revision {revision[:40]!r}; the newest is {script.get_current_head()}") from None
+    if current is not None:
+        below_current = {step.revision for step in script.walk_revisions(base="base", head=current)} - {current}
+        if target is None or target.revision in below_current:
+            raise StoreError(
+                f"the database is at {current}, above {revision[:40]!r}: 'comity db upgrade' never downgrades"
+            )
     command.upgrade(config, revision)
+    return MigrationContext.configure(connection).get_current_revision()

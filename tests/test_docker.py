@@ -37,6 +37,7 @@ import pytest
 from config.settings import CONFIG_ENV, ENV_PREFIX, PASSPHRASE_ENV, Settings, load_settings
 from gateway.api import PUBLIC_PATHS
 from gateway.cli.init import SETTINGS_FILE
+from gateway.context import HEAD_REVISION
 from gateway.openapi import openapi_document
 from gateway.provision import AuthoritySpec, free_port, provision
 from tests.conftest import DatabaseFactory
@@ -564,7 +565,7 @@ async def test_image_entrypoint_runs_outside_a_container(
     assert run.health_while_up == 0, run.log
     assert run.returncode == 0, f"exit {run.returncode} after SIGTERM:\n{run.log}"
     assert run.health_after != 0, "the health check passes with no gateway running"
-    assert "database at head" in run.log, run.log
+    assert f"database at {HEAD_REVISION}" in run.log, run.log
     assert "gateway_stopped" in run.log, run.log
     assert PASSPHRASE not in run.log
 

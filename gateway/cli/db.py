@@ -23,7 +23,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @reports_errors
 def upgrade(config_file: Path | None, revision: str) -> None:
-    """Bring the database schema up to REVISION."""
+    """Bring the database schema up to REVISION (never down); print the revision it is at then."""
     settings = settings_from(config_file)
-    run(run_migrations(settings.database_dsn, revision))
-    click.echo(f"database at {revision}")
+    reached = run(run_migrations(settings.database_dsn, revision))
+    click.echo(f"database at {reached or 'base'}")

@@ -13,6 +13,7 @@ import pytest
 
 from crypto.keys import unseal_keys
 from gateway.cli import common
+from gateway.context import HEAD_REVISION
 from tests.conftest import DatabaseFactory
 from tests.gateway.test_cli_init_directory import ENV, fails, init, ok, run
 
@@ -194,3 +195,14 @@ def test_a_message_age_beyond_ten_years_is_a_settings_error(tmp_path: Path) -> N
     assert "OverflowError" not in line
     result = run("keys", "list", "--config", config, env={**ENV, "COMITY_MAX_MESSAGE_AGE_SECONDS": "315360000"})
     assert result.exit_code == 0, result.output
+
+
+def test_db_upgrade_prints_the_revision_reached_and_refuses_to_go_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ar"
+    init(data_dir, "ar.mj", "AR", 8443)
+    config = data_dir / "comity.toml"
+    assert ok("db", "upgrade", "--config", config, "--revision", "0012").output == "database at 0012\n"
+    assert ok("db", "upgrade", "--config", config).output == f"database at {HEAD_REVISION}\n"
+    line = fails("db", "upgrade", "--config", config, "--revision", "base")
+    assert line == f"comity: the database is at {HEAD_REVISION}, above 'base': 'comity db upgrade' never downgrades"
+    assert ok("db", "upgrade", "--config", config).output == f"database at {HEAD_REVISION}\n"

@@ -9,7 +9,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.context import HEAD_REVISION
 from store.db import WAL_AUTOCHECKPOINT_PAGES, checkpoint_wal, make_engine, make_reader, run_migrations
+from store.errors import StoreError
 from store.facts import write_fact
 
 
@@ -94,3 +96,15 @@ async def test_the_migrations_make_the_schema_the_tables_describe(db_url: str) -
             assert await conn.run_sync(diff) == []
     finally:
         await engine.dispose()
+
+
+async def test_migrations_report_the_revision_reached_and_never_go_down(db_url: str) -> None:
+    assert await run_migrations(db_url, "0012") == "0012"
+    assert await run_migrations(db_url) == HEAD_REVISION
+    assert await run_migrations(db_url, "head") == HEAD_REVISION  # again: nothing to do
+    for lower in ("base", "0012", "0001"):
+        with pytest.raises(StoreError, match=f"the database is at {HEAD_REVISION}, above '{lower}'"):
+            await run_migrations(db_url, lower)
+    with pytest.raises(StoreError, match="unknown revision '9999'"):
+        await run_migrations(db_url, "9999")
+    assert await run_migrations(db_url) == HEAD_REVISION  # nothing was changed
