@@ -17,6 +17,7 @@ from store.errors import outage_name
 
 __all__ = [
     "FAST_KDF",
+    "MIN_NEW_PASSPHRASE",
     "CommandError",
     "ensure_private_dir",
     "one_line",
@@ -28,6 +29,9 @@ __all__ = [
 
 # Cheap argon2id parameters behind the hidden --kdf-fast flag: for tests and the benchmark only, never for real keys.
 FAST_KDF: Final = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
+
+# A passphrase that seals new keys (init, directory keygen): as long as a user's password at least (store/logins.py).
+MIN_NEW_PASSPHRASE: Final = 12
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -106,9 +110,10 @@ def _secret_file(file_var: str) -> str | None:
         raise CommandError(f"{file_var} ({name}) is not valid UTF-8") from None
 
 
-def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") -> bytes:
+def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase", new: bool = False) -> bytes:
     """The passphrase from ``env_var`` if set, else from the file named by ``<env_var>_FILE`` if that is set (not
-    both), else a hidden prompt (typed twice when ``confirm``)."""
+    both), else a hidden prompt (typed twice when ``confirm``). A ``new`` one, about to seal keys, must have at least
+    :data:`MIN_NEW_PASSPHRASE` characters."""
     file_var = f"{env_var}_FILE"
     value = os.environ.get(env_var)
     if value is not None and file_var in os.environ:
@@ -123,7 +128,10 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase") ->
             raise CommandError(f"no {what} was given; set {env_var} or type one at the prompt") from None
     if not value:
         raise CommandError(f"the {what} must not be empty; set {env_var} or type one at the prompt")
-    return utf8(value, source if source in os.environ else f"the {what} typed")
+    encoded = utf8(value, source if source in os.environ else f"the {what} typed")
+    if new and len(value) < MIN_NEW_PASSPHRASE:
+        raise CommandError(f"the {what} must have at least {MIN_NEW_PASSPHRASE} characters, as a user's password")
+    return encoded
 
 
 def ensure_private_dir(path: Path, *, tighten: bool = False) -> None:

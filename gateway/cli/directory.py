@@ -74,7 +74,7 @@ def keygen(out: Path, kdf_fast: bool) -> None:
     for path in (out, public_path):
         if path.exists():
             raise CommandError(f"{path} already exists; refusing to overwrite a directory key")
-    passphrase = read_passphrase(DIRECTORY_PASSPHRASE_ENV, confirm=True, what="directory key passphrase")
+    passphrase = read_passphrase(DIRECTORY_PASSPHRASE_ENV, confirm=True, what="directory key passphrase", new=True)
     key = generate_signing_key()
     sealed = seal_keys({_KEY_NAME: key}, passphrase, FAST_KDF if kdf_fast else DEFAULT_KDF)
     public = json.dumps(public_jwk(key), indent=2).encode("utf-8") + b"\n"

@@ -147,7 +147,7 @@ def init(
     # then build everything in memory before writing, so that a refusal leaves nothing behind.
     now = datetime.now(UTC)
     build(generate_authority_keys(), generate_tls_identity(authority_id, tls_hosts, None, now=now))
-    passphrase = read_passphrase(PASSPHRASE_ENV, confirm=True)
+    passphrase = read_passphrase(PASSPHRASE_ENV, confirm=True, new=True)
     keys = generate_authority_keys()
     sealed = keys.seal(passphrase, FAST_KDF if kdf_fast else DEFAULT_KDF)
     tls = generate_tls_identity(authority_id, tls_hosts, tls_key_password(keys), now=now)

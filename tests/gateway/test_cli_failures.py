@@ -206,3 +206,15 @@ def test_db_upgrade_prints_the_revision_reached_and_refuses_to_go_down(tmp_path:
     line = fails("db", "upgrade", "--config", config, "--revision", "base")
     assert line == f"comity: the database is at {HEAD_REVISION}, above 'base': 'comity db upgrade' never downgrades"
     assert ok("db", "upgrade", "--config", config).output == f"database at {HEAD_REVISION}\n"
+
+
+def test_a_new_key_passphrase_has_at_least_twelve_characters(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ar"
+    line = fails(*_init_args(data_dir), env={**ENV, "COMITY_PASSPHRASE": "x" * 11})
+    assert line == "comity: the passphrase must have at least 12 characters, as a user's password"
+    assert [name for name in TARGETS if (data_dir / name).exists()] == []
+    key = tmp_path / "directory-key.sealed"
+    line = fails("directory", "keygen", "--out", key, "--kdf-fast", env={"COMITY_DIRECTORY_PASSPHRASE": "short"})
+    assert line == "comity: the directory key passphrase must have at least 12 characters, as a user's password"
+    assert not key.exists()
+    assert run(*_init_args(data_dir), env={**ENV, "COMITY_PASSPHRASE": "x" * 12}).exit_code == 0
