@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import Any, Final, Literal, Self, TypeVar, get_args
@@ -63,6 +64,7 @@ _LANGUAGE_RE: Final = re.compile(
     r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-([A-Z]{2}|[0-9]{3}))?(-([a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*$"
 )
 _M = TypeVar("_M", bound=StrictModel)
+_BREAKING: Final = frozenset({"Cc", "Zl", "Zp"})  # control characters (newline, ESC, ...) and Unicode line breaks
 _CAVEAT_RE: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{0,47}(:[0-9A-Za-z.-]{1,32})?$")  # as protocol.messages.Marking
 
 
@@ -194,6 +196,15 @@ class AuthorityEntry(StrictModel):
             return validate_authority_id(value)
         except InvalidMessage as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("name", "notes")
+    @classmethod
+    def _one_text(cls, value: str) -> str:
+        # the directory commands print these as they are: a newline or an escape sequence would fake an operator's
+        # listing (a line for another authority, a cleared screen); other scripts' spaces and joiners stay allowed
+        if any(unicodedata.category(char) in _BREAKING for char in value):
+            raise ValueError("must not contain control characters or line breaks")
+        return value
 
     @field_validator("country")
     @classmethod

@@ -313,6 +313,9 @@ OTHER_CERT = generate_tls_identity("ar.mj", ["127.0.0.1"], None, now=NOW).cert_p
         (with_ar(accreditation={"max_level": "STRICTLY-CONFIDENTIAL"}), "unknown marking level 'STRICTLY-CONFIDENT"),
         (with_ar(accreditation={"max_level": "CONFIDENTIAL", "caveats": ["noforn"]}), "unknown caveat 'noforn'"),
         (with_ar(extra="x"), "extra: Extra inputs are not permitted"),
+        (with_ar(name="Ministerio\n  zz.fake  ZZ  Fake authority"), "name: must not contain control characters"),
+        (with_ar(notes="see \x1b[2Jhere"), "notes: must not contain control characters or line breaks"),
+        (with_ar(notes="line\u2028break"), "notes: must not contain control characters or line breaks"),
         (ar_key(0, use="enc"), "a key for use 'enc' must be X25519"),
         (ar_key(1, jwk=public_jwk(generate_signing_key()), use="sig"), "one encryption"),
         (ar_key(0, jwk={**AR["keys"][0]["jwk"], "kid": "not-the-thumbprint"}), "kid is not its RFC 7638 thumbprint"),
@@ -522,3 +525,14 @@ def test_times() -> None:
     assert parse_time("2026-11-28T07:40:00.000000Z") == NOW
     with pytest.raises(ValueError, match="timezone-aware"):
         format_time(datetime(2026, 1, 1))
+
+
+def test_names_in_any_script_are_kept_whole() -> None:
+    """Only control characters and line breaks are refused in name and notes: a no-break space or a zero-width
+    non-joiner (Persian) is part of how an authority writes its name."""
+    name, notes = (
+        "Ministère de la Justice\u00a0: Entraide",
+        "\u0648\u0632\u0627\u0631\u062a\u200c\u062f\u0627\u062f",
+    )  # Persian, with a ZWNJ
+    signed = verify(sign_raw(with_ar(name=name, notes=notes)))
+    assert (signed.authority("ar.mj").name, signed.authority("ar.mj").notes) == (name, notes)

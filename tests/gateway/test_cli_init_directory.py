@@ -359,3 +359,13 @@ def test_init_that_cannot_make_the_attachments_dir_writes_nothing(tmp_path: Path
     assert [p.name for p in (tmp_path / "ar").rglob("*") if p.is_file()] == []
     ok(*args)  # the retry, once the cause is fixed, is not refused
     assert (tmp_path / "ar" / "attachments").is_dir()
+
+
+def test_init_refuses_a_name_that_would_print_as_two_lines(tmp_path: Path) -> None:
+    target = tmp_path / "ar"
+    line = fails(
+        "init", "--id", "ar.mj", "--name", "Ministerio\n  zz.fake  ZZ  Fake", "--country", "AR",
+        "--endpoint", "https://127.0.0.1:8443", "--data-dir", target, "--kdf-fast",
+    )  # fmt: skip
+    assert line == "comity: AuthorityEntry: name: must not contain control characters or line breaks"
+    assert not target.exists()
