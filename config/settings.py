@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -193,6 +194,24 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_WEBHOOK_SECRET} characters (or unset, for unsigned calls)")
         return value
 
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        # the notifier POSTs to it as it is: a URL without a host ("http://") or with a bad port failed at every call
+        if value is None:
+            return None
+        problem = "must be an http:// or https:// URL with a host, like https://alerts.internal/comity"
+        if not value.startswith(("https://", "http://")) or any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError(problem)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            raise ValueError(problem) from None
+        if not parts.hostname:
+            raise ValueError(problem)
+        return value
+
     @field_validator("time_zone")
     @classmethod
     def _time_zone(cls, value: str) -> str:
@@ -242,10 +261,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.outbox_max_backoff < self.outbox_initial_backoff:
             raise ValueError("outbox_max_backoff must be at least outbox_initial_backoff")
-        if self.notify == "webhook":
-            url = self.notify_webhook_url or ""
-            if not url.startswith(("https://", "http://")) or any(ch.isspace() for ch in url):
-                raise ValueError("notify = 'webhook' needs notify_webhook_url, an http:// or https:// URL")
+        if self.notify == "webhook" and self.notify_webhook_url is None:
+            raise ValueError("notify = 'webhook' needs notify_webhook_url, an http:// or https:// URL")
         if self.dev_plain_http:
             exposed = [h for h in (self.api_host, self.federation_host) if not is_loopback_host(h)]
             if exposed:

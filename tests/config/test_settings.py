@@ -184,6 +184,12 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
         ),
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "", "notify_webhook_secret: must be at least 16"),
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "short", "notify_webhook_secret"),
+        # the notifier POSTed to these at every interval and failed each time, without a word at start
+        ("COMITY_NOTIFY_WEBHOOK_URL", "http://", "notify_webhook_url: must be an http:// or https:// URL with a host"),
+        ("COMITY_NOTIFY_WEBHOOK_URL", "https://:443/x", "notify_webhook_url: must be an http:// or https:// URL"),
+        ("COMITY_NOTIFY_WEBHOOK_URL", "https://alerts:99999/", "notify_webhook_url: must be an http:// or https://"),
+        ("COMITY_NOTIFY_WEBHOOK_URL", "ftp://alerts/", "notify_webhook_url: must be an http:// or https:// URL"),
+        ("COMITY_NOTIFY_WEBHOOK_URL", "https://alerts/\tx", "notify_webhook_url: must be an http:// or https://"),
         ("COMITY_DATA_DIR", "", "data_dir: must name a path"),  # was the current directory
         ("COMITY_KEYS_FILE", " ", "keys_file: must name a path"),  # was data_dir itself
         ("COMITY_TIME_ZONE", "Mars/Olympus_Mons", "time_zone: must be an IANA time zone name"),
