@@ -2,7 +2,8 @@
 
 The workflow (docs/configuration.md): ``keygen`` once; ``new`` a draft; ``add`` each authority's entry.json;
 ``sign`` it; give directory.jws and the public key (FILE.pub.jwk, installed as directory-key.jwk) to every gateway,
-which ``verify`` it. To publish a change, ``new --from`` the current directory (serial + 1), ``add``, ``sign``.
+which ``verify`` it. To publish a change, ``new --from`` the current directory (serial + 1), ``add``, ``sign``
+(``--replace`` to write over the previous directory.jws, whose serial is lower).
 """
 
 from __future__ import annotations
