@@ -45,6 +45,7 @@ from protocol.lifecycle import (
     apply,
     parse_event,
     parse_state,
+    reachable,
 )
 from protocol.markings import MarkingRefused, caveat_name
 from protocol.messages import Marking, MessageKind
@@ -288,19 +289,47 @@ def _report_time(status: dict[str, Any], member: str) -> datetime | None:
 
 
 async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: str) -> None:
-    """A counterpart's transition, inside the receive commit: both views of the case move, and it is ledgered."""
+    """A counterpart's transition, inside the receive commit: both views of the case move, and it is ledgered.
+
+    Its report moves our view only forward (decision 142): not when it is older than the counterpart's last
+    transition we adopted (reports overtake each other; it still gives the statistics a milestone they lack), and
+    not to a state the case cannot reach from where it is by a path ending with the reported event (never out of
+    ``closed``, never back behind our own withdrawal). Our own moves do not date the case for this: a withdrawal of
+    the requesting side made before the requested side's next move must still reach it. The message stays on
+    record either way."""
     if report.state is None:
         return
-    applied = await Cases.set_peer_state(
-        tx.conn, case_id, report.state.value, adopt=report.event is not None, at=report.at
-    )
-    if not applied:  # an older report overtaken by a newer one: the message stays on record, the case stays put
-        get_logger(message_id=case_id, peer=peer).info("status_report_stale", state=report.state.value)
+    log = get_logger(message_id=case_id, peer=peer)
+    if report.event is None:  # an answer to a status query: the counterpart's view only
+        if not await Cases.set_peer_state(tx.conn, case_id, report.state.value, adopt=False, at=report.at):
+            log.info("status_report_stale", state=report.state.value)
         return
-    if report.event is not None:
-        now = tx.clock()
-        tx.record(EventType.CASE_STATE, f"peer:{peer}", at=now, message_id=case_id, state=report.state.value)
-        await CaseStats.moved(tx.conn, case_id, report.state.value, now, refusal_grounds=report.refusal_grounds)
+    now = tx.clock()
+    current, last = await Cases.transition_view(tx.conn, case_id)
+    if current is None:
+        return
+    if report.at is not None and last is not None and report.at <= last:  # overtaken by a later transition
+        log.info("status_report_stale", state=report.state.value)
+        await CaseStats.moved(
+            tx.conn,
+            case_id,
+            report.state.value,
+            min(report.at, now),
+            refusal_grounds=report.refusal_grounds,
+            milestones_only=True,
+        )
+        return
+    if not reachable(State(current), report.event, report.state):
+        log.warning("status_report_not_adopted", state=report.state.value, case_state=current)
+        return
+    adopted = await Cases.set_peer_state(
+        tx.conn, case_id, report.state.value, adopt=True, at=report.at, expected=current
+    )
+    if not adopted:  # the case moved meanwhile
+        log.info("status_report_stale", state=report.state.value)
+        return
+    tx.record(EventType.CASE_STATE, f"peer:{peer}", at=now, message_id=case_id, state=report.state.value)
+    await CaseStats.moved(tx.conn, case_id, report.state.value, now, refusal_grounds=report.refusal_grounds)
 
 
 # --- status on demand (art. 46(24)) ----------------------------------------------------------------------------------

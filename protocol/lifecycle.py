@@ -46,6 +46,7 @@ __all__ = [
     "apply",
     "parse_event",
     "parse_state",
+    "reachable",
 ]
 
 
@@ -279,6 +280,24 @@ def parse_event(value: object) -> Event:
 def allowed_events(state: State) -> tuple[Event, ...]:
     """The events :data:`TRANSITIONS` accepts in ``state``, in declaration order."""
     return tuple(event for event in Event if (state, event) in TRANSITIONS)
+
+
+def reachable(state: State, event: Event, target: State) -> bool:
+    """Whether a case in ``state`` can get to ``target`` by moves of :data:`TRANSITIONS` ending with ``event``: what
+    a counterpart's status report may move our view of a case by. Reports may overtake each other, so the moves
+    before the last need not have been reported yet; none leaves a terminal state."""
+    seen, frontier = {state}, [state]
+    while frontier:
+        here = frontier.pop()
+        if here in TERMINAL_STATES:
+            continue
+        if TRANSITIONS.get((here, event)) is target:
+            return True
+        for (source, _), then in TRANSITIONS.items():
+            if source is here and then not in seen:
+                seen.add(then)
+                frontier.append(then)
+    return False
 
 
 def _check_refusal(state: State, context: TransitionContext) -> None:

@@ -129,11 +129,19 @@ class CaseStats:
 
     @staticmethod
     async def moved(
-        conn: AsyncConnection, case_id: str, state: str, at: datetime, *, refusal_grounds: Iterable[str] = ()
+        conn: AsyncConnection,
+        case_id: str,
+        state: str,
+        at: datetime,
+        *,
+        refusal_grounds: Iterable[str] = (),
+        milestones_only: bool = False,
     ) -> None:
         """The case moved to ``state`` (ours or the counterpart's transition, as cases.state); ``at`` is the time of
-        its ``case.state_changed`` entry."""
-        await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(state=state))
+        its ``case.state_changed`` entry. ``milestones_only``: a transition reported after a later one (the case's
+        state stays), which still gives the milestone and the outcome they had not been given yet."""
+        if not milestones_only:
+            await conn.execute(update(case_stats).where(case_stats.c.case_id == case_id).values(state=state))
         first = {
             "acknowledged": case_stats.c.acknowledged_at,
             "executed": case_stats.c.executed_at,

@@ -95,16 +95,32 @@ class Cases:
         return bool(result.rowcount == 1)
 
     @staticmethod
+    async def transition_view(conn: AsyncConnection, case_id: str) -> tuple[str | None, datetime | None]:
+        """The case's state and the time of the counterpart's last transition we adopted (None, None: no case)."""
+        query = select(cases.c.state, cases.c.peer_state_at).where(cases.c.id == case_id)
+        row = (await conn.execute(query)).one_or_none()
+        return (None, None) if row is None else (row.state, row.peer_state_at)
+
+    @staticmethod
     async def set_peer_state(
-        conn: AsyncConnection, case_id: str, state: str, *, adopt: bool, at: datetime | None = None
+        conn: AsyncConnection,
+        case_id: str,
+        state: str,
+        *,
+        adopt: bool,
+        at: datetime | None = None,
+        expected: str | None = None,
     ) -> bool:
         """The counterpart's state as its status report says; ``adopt`` moves our view of the case there too (the
         report names a transition of the counterpart's, made at ``at``). Reports travel concurrently and may arrive
         out of order, so one older than the transition last adopted changes nothing; a report that names no
         transition (an answer to a status query, ``at`` = the counterpart's last action) applies only if it is not
-        older than that transition. Return whether it was applied."""
+        older than that transition. With ``expected``, only a case still in that state moves. Return whether it was
+        applied."""
         values: dict[str, Any] = {"peer_state": state, "state": state} if adopt else {"peer_state": state}
         query = cases.update().where(cases.c.id == case_id, cases.c.state.is_not(None))
+        if expected is not None:
+            query = query.where(cases.c.state == expected)
         if adopt and at is not None:
             values["peer_state_at"] = at
             query = query.where(or_(cases.c.peer_state_at.is_(None), cases.c.peer_state_at < at))

@@ -1,0 +1,96 @@
+"""A counterpart's status reports move our view of a case forward only (decision 142): never out of ``closed``,
+never back behind a transition of ours made after theirs, never to a state the life cycle cannot reach from ours;
+a report overtaken by a later one still gives the statistics their milestone. The reports are written by hand
+(signed by the peer's real keys), as a dishonest or merely slow counterpart would send them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from protocol.timefmt import format_time
+from store.tables import case_stats
+from tests.gateway.conftest import Pair, ledger
+from tests.gateway.test_markings import hostile_towards
+from tests.gateway.test_requests_flow import MARKING, case_state, move, send_complete, until
+
+
+async def report_from_au(pair: Pair, case_id: str, status: dict[str, Any]) -> None:
+    hostile = hostile_towards(pair.au, pair.ar)
+    payload = hostile.payload(kind="status_report", in_reply_to=case_id, marking=MARKING, content={"status": status})
+    answer = await hostile.post(hostile.seal(payload))
+    assert answer.status == 200, answer.raw  # receipted: the message is on record whether or not it moves the case
+
+
+async def moved_on_both_sides(pair: Pair, case_id: str, events: tuple[str, ...], state: str) -> None:
+    for event in events:
+        status, body = await move(pair.au, case_id, event)
+        assert status == 200, body
+
+    async def arrived() -> bool:
+        return (await case_state(pair.ar, case_id))[0] == state
+
+    await until(arrived)
+
+
+def now_at(pair: Pair, seconds: float = 0) -> str:
+    return format_time(pair.au.gw.clock() + timedelta(seconds=seconds))
+
+
+async def test_a_closed_case_is_not_reopened_by_a_report(pair: Pair) -> None:
+    case_id = await send_complete(pair)
+    events = ("acknowledge", "begin_review", "begin_execution", "complete_execution", "close")
+    await moved_on_both_sides(pair, case_id, events, "closed")
+    before = len(await ledger(pair.ar.gw))
+    await report_from_au(pair, case_id, {"state": "in_execution", "event": "resume", "at": now_at(pair)})
+    assert await case_state(pair.ar, case_id) == ("closed", "closed")
+    assert "case.state_changed" not in [e["type"] for e in await ledger(pair.ar.gw, before)]
+
+
+async def test_a_report_does_not_move_a_case_back(pair: Pair) -> None:
+    """Acknowledging an executed case is no move of the life cycle from there: refused, even dated now."""
+    case_id = await send_complete(pair)
+    await moved_on_both_sides(pair, case_id, ("acknowledge", "begin_review", "begin_execution"), "in_execution")
+    await report_from_au(pair, case_id, {"state": "acknowledged", "event": "acknowledge", "at": now_at(pair)})
+    assert (await case_state(pair.ar, case_id))[0] == "in_execution"
+    # forward, even past moves not reported yet (reports may overtake each other), is adopted
+    await report_from_au(pair, case_id, {"state": "executed", "event": "complete_execution", "at": now_at(pair)})
+    assert await case_state(pair.ar, case_id) == ("executed", "executed")
+
+
+async def test_a_report_made_before_our_own_later_move_does_not_undo_it(pair: Pair) -> None:
+    """No dishonesty needed: the requested side began execution at t1, we withdrew at t2 > t1, and its report,
+    in flight meanwhile, arrives after our withdrawal."""
+    case_id = await send_complete(pair)
+    await moved_on_both_sides(pair, case_id, ("acknowledge", "begin_review"), "under_review")
+    t1 = now_at(pair)
+    status, body = await move(pair.ar, case_id, "withdraw")
+    assert status == 200 and body["state"] == "withdrawn", body
+    await report_from_au(pair, case_id, {"state": "in_execution", "event": "begin_execution", "at": t1})
+    assert (await case_state(pair.ar, case_id))[0] == "withdrawn"
+
+
+async def test_a_report_overtaken_by_a_later_one_still_gives_the_statistics_its_milestone(pair: Pair) -> None:
+    """'close' overtakes 'complete_execution': the case stays closed, and the execution's time and the outcome,
+    which only the overtaken report carries, are still counted (they were lost: the case counted as pending)."""
+    case_id = await send_complete(pair)
+    await moved_on_both_sides(pair, case_id, ("acknowledge", "begin_review", "begin_execution"), "in_execution")
+    await asyncio.sleep(1.5)  # both transitions after begin_execution, and before the reports are made
+    executed_at = pair.au.gw.clock() - timedelta(seconds=1)
+    closed_at = executed_at + timedelta(milliseconds=500)
+    await report_from_au(pair, case_id, {"state": "closed", "event": "close", "at": format_time(closed_at)})
+    await report_from_au(
+        pair, case_id, {"state": "executed", "event": "complete_execution", "at": format_time(executed_at)}
+    )
+    assert (await case_state(pair.ar, case_id))[0] == "closed"
+    async with pair.ar.gw.reader.connect() as conn:
+        row = (
+            await conn.execute(
+                select(case_stats.c.state, case_stats.c.outcome, case_stats.c.executed_at, case_stats.c.closed_at)
+            )
+        ).one()
+    assert (row.state, row.outcome) == ("closed", "executed"), row
+    assert row.executed_at is not None and row.closed_at is not None and row.executed_at <= row.closed_at, row
