@@ -245,9 +245,16 @@ def import_public_jwk(jwk: Mapping[str, Any], *, use: Literal["sig", "enc"]) -> 
         # outside the prime-order subgroup, none of which an honest key generator yields.
         if not crypto_core_ed25519_is_valid_point(data):
             raise ProfileViolation("JWK x is not a valid Ed25519 public key (small order, or not canonical)")
+    elif data[31] & 0x80 or int.from_bytes(data, "little") >= _X25519_P:
+        # RFC 7748 5 ignores bit 255 and reduces modulo p, so such bytes are a second spelling of another key, with
+        # another RFC 7638 kid: the directory's one-key-one-authority check would not see the same key twice
+        raise ProfileViolation("JWK x is not the canonical encoding of an X25519 public key (bit 255 set, or >= p)")
     elif _agrees_to_nothing(raw):
         raise ProfileViolation("JWK x is a low-order X25519 public key: every shared secret with it is zero")
     return _wrap(raw)
+
+
+_X25519_P = 2**255 - 19
 
 
 @functools.cache

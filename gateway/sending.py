@@ -49,6 +49,13 @@ class NewAttachment:
     media_type: str
     chunks: AsyncIterator[bytes]
 
+    def __post_init__(self) -> None:
+        # what the signed manifest admits (protocol/messages.py AttachmentRef), checked before a byte is encrypted
+        if not 1 <= len(self.name) <= 255:
+            raise InvalidMessage("an attachment's file name must have 1 to 255 characters")
+        if not 1 <= len(self.media_type) <= 127:
+            raise InvalidMessage("an attachment's media type must have 1 to 127 characters")
+
 
 @dataclass(frozen=True)
 class Draft:

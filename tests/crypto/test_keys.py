@@ -419,9 +419,9 @@ _ED25519_SMALL_ORDER = [
     "ee" + "ff" * 30 + "7f",  # y = p + 1: the identity, not canonical
     "ed" + "ff" * 30 + "7f",  # y = p: (sqrt(-1), 0), not canonical
 ]
-# Low-order X25519 u-coordinates: 0 and 1 (orders 4 and 1 on the curve or its twist), and u = p, p + 1 (the same,
-# not canonical)
-_X25519_LOW_ORDER = ["00" * 32, "01" + "00" * 31, "ed" + "ff" * 30 + "7f", "ee" + "ff" * 30 + "7f"]
+# Low-order X25519 u-coordinates: 0 and 1 (orders 4 and 1 on the curve or its twist); u = p, p + 1 are the same,
+# not canonical, and refused as such first (decision 143)
+_X25519_LOW_ORDER = ["00" * 32, "01" + "00" * 31]
 
 
 @pytest.mark.parametrize("point", _ED25519_SMALL_ORDER)
@@ -439,6 +439,24 @@ def test_import_refuses_small_order_signing_keys(point: str) -> None:
 def test_import_refuses_low_order_encryption_keys(point: str) -> None:
     x = base64.urlsafe_b64encode(bytes.fromhex(point)).rstrip(b"=").decode()
     _refused({"kty": "OKP", "crv": "X25519", "x": x}, "enc", "low-order X25519")
+
+
+@pytest.mark.parametrize("point", ["ed" + "ff" * 30 + "7f", "ee" + "ff" * 30 + "7f", "honest key, bit 255 set"])
+def test_import_refuses_a_second_spelling_of_an_encryption_key(point: str) -> None:
+    """RFC 7748 ignores bit 255 and reduces modulo p: such bytes name another key under another kid, which let a
+    directory list one authority's encryption key under a second authority (decision 143)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    if point.startswith("honest"):
+        raw = bytearray(X25519PrivateKey.generate().public_key().public_bytes_raw())
+        canonical = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+        assert import_public_jwk({"kty": "OKP", "crv": "X25519", "x": canonical}, use="enc") is not None
+        raw[31] |= 0x80
+        data = bytes(raw)
+    else:
+        data = bytes.fromhex(point)
+    x = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    _refused({"kty": "OKP", "crv": "X25519", "x": x}, "enc", "not the canonical encoding")
 
 
 def test_honest_keys_pass_the_point_checks() -> None:

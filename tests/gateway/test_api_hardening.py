@@ -22,7 +22,7 @@ import pytest
 from gateway.cli.request import example_request
 from gateway.context import Gateway
 from protocol.requests import RequestType
-from tests.gateway.conftest import Pair, Side, issue_token, ledger
+from tests.gateway.conftest import Pair, Side, attachment_files, issue_token, ledger
 from tests.gateway.hostile import make_attachment
 from tests.gateway.test_exchange import REQUEST, wait_for
 from tests.gateway.test_markings import assert_problem, hostile_towards, post_form
@@ -356,3 +356,19 @@ def _metadata_token(side: Side) -> str:
     result = CliRunner().invoke(main, [*args, "--config", str(side.provisioned.config)])
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1]
+
+
+async def test_an_attachment_the_manifest_could_not_name_is_refused_before_it_is_encrypted(pair: Pair) -> None:
+    """A file name over 255 characters or a media type over 127 (what a manifest entry holds) was encrypted whole,
+    then refused as attachment-corrupt, the code of a tampered ciphertext: now invalid-message, nothing written."""
+    before = await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000")
+    for filename, media_type in (("x" * 256 + ".pdf", "application/pdf"), ("a.pdf", "application/" + "x" * 120)):
+        form = aiohttp.FormData()
+        form.add_field("message", json.dumps(REQUEST), content_type="application/json")
+        form.add_field("attachment", b"%PDF " * 1000, filename=filename, content_type=media_type)
+        assert pair.ar.session is not None
+        async with pair.ar.session.post(pair.ar.api + "/v1/messages", data=form) as response:
+            problem = await response.json(content_type=None)
+        assert_problem(response.status, problem, code="invalid-message")
+    assert attachment_files(pair.ar.gw) == ()
+    assert await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000") == before
