@@ -331,14 +331,15 @@ async def _commit(
 ) -> Received:
     payload, digest = opened.payload, opened.sha256
     actor = f"peer:{payload.from_}"
-    # a follow-up joins the case of what it follows; anything else opens a case of its own, for a supervisor to assign
-    case_id = context.case_id or payload.id
+    # a follow-up joins the case of what it follows; anything else opens a case of its own, for a supervisor to assign,
+    # and so does a request, even one in reply to a message: a new request to track (decision 144)
+    request = payload.kind is MessageKind.REQUEST
+    case_id = payload.id if request else (context.case_id or payload.id)
 
     async def unit(tx: Tx) -> Finish[Received]:
         tx.wants_checkpoint = True  # the receipt carries a checkpoint that covers its own event
         now = tx.clock()
-        if case_id == payload.id:
-            request = payload.kind is MessageKind.REQUEST  # a request's case starts its life cycle as received
+        if case_id == payload.id:  # a request's case starts its life cycle as received
             await Cases.create(
                 tx.conn,
                 case_id,

@@ -303,16 +303,19 @@ async def _persist(
     """Commit the message, its case, its outbox row and its events; return the envelope's SHA-256 and the time of
     its submission."""
     digest = hashlib.sha256(sealed).hexdigest()
-    case_id = outgoing.case_id or payload.id  # a new request opens a case of its own
+    # a request opens a case of its own, even one sent in reply to a message (it is a new request to track, with its
+    # own life cycle and statistics); any other message joins the case of what it follows, if it follows one
+    request = payload.kind is MessageKind.REQUEST
+    case_id = payload.id if request else (outgoing.case_id or payload.id)
     actor = _actor(user)
     # a request's case starts its life cycle as sent (protocol/lifecycle.py); other messages' cases have none
-    case_state = "sent" if payload.kind is MessageKind.REQUEST else None
+    case_state = "sent" if request else None
 
     async def unit(tx: Tx) -> Finish[datetime]:
         now = tx.clock()
         if along is not None:
             await along(tx)
-        if outgoing.case_id is None:
+        if case_id == payload.id:
             await Cases.open(
                 tx.conn,
                 case_id,

@@ -115,12 +115,14 @@ class CaseStats:
 
     @staticmethod
     async def write_waits(conn: AsyncConnection, case_id: str, times: Mapping[str, datetime | None]) -> None:
-        """The waits from the times a milestone's ``UPDATE ... RETURNING`` gave (nothing before ``start_at``)."""
+        """The waits from the times a milestone's ``UPDATE ... RETURNING`` gave (nothing before ``start_at``). A
+        milestone may precede ``start_at``: the first delivery reached the peer, which answered it, but its receipt
+        was lost and a later attempt's start is the one recorded (decision 10). Such a wait is 0, never negative."""
         start = times["start_at"]
         if start is None:
             return
         waits = {
-            wait: (end - start) // timedelta(milliseconds=1)
+            wait: max(0, (end - start) // timedelta(milliseconds=1))
             for wait, milestone in WAITS
             if (end := times[milestone]) is not None
         }

@@ -32,10 +32,10 @@ __all__ = ["record_delivery"]
 
 def _waits_from(sent_at: str) -> str:
     """SET clauses for the waits from ``sent_at`` to each milestone already reached (whole milliseconds, rounded
-    down as CaseStats.write_waits rounds them)."""
+    down and never below zero, as CaseStats.write_waits computes them)."""
     return ", ".join(
         f"{wait} = CASE WHEN {milestone} IS NULL THEN {wait} "
-        f"ELSE floor(extract(epoch FROM {milestone} - {sent_at}) * 1000)::bigint END"
+        f"ELSE GREATEST(0, floor(extract(epoch FROM {milestone} - {sent_at}) * 1000)::bigint) END"
         for wait, milestone in WAITS
     )
 

@@ -1,7 +1,8 @@
 """A counterpart's status reports move our view of a case forward only (decision 142): never out of ``closed``,
 never back behind a transition of ours made after theirs, never to a state the life cycle cannot reach from ours;
 a report overtaken by a later one still gives the statistics their milestone. The reports are written by hand
-(signed by the peer's real keys), as a dishonest or merely slow counterpart would send them."""
+(signed by the peer's real keys), as a dishonest or merely slow counterpart would send them. And a request opens a
+case of its own on both sides, even sent in reply to another (decision 144)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from typing import Any
 
 from sqlalchemy import select
 
+from gateway.cli.request import example_request
+from protocol.requests import RequestType
 from protocol.timefmt import format_time
 from store.tables import case_stats
 from tests.gateway.conftest import Pair, ledger
+from tests.gateway.test_exchange import wait_for
 from tests.gateway.test_markings import hostile_towards
-from tests.gateway.test_requests_flow import MARKING, case_state, move, send_complete, until
+from tests.gateway.test_requests_flow import MARKING, case_state, formal, move, send_complete, until
 
 
 async def report_from_au(pair: Pair, case_id: str, status: dict[str, Any]) -> None:
@@ -94,3 +98,24 @@ async def test_a_report_overtaken_by_a_later_one_still_gives_the_statistics_its_
         ).one()
     assert (row.state, row.outcome) == ("closed", "executed"), row
     assert row.executed_at is not None and row.closed_at is not None and row.executed_at <= row.closed_at, row
+
+
+async def test_a_request_sent_in_reply_to_another_opens_a_case_of_its_own(pair: Pair) -> None:
+    """Decision 144: an extradition request following an earlier request joined that request's case on both sides,
+    with no life cycle and no statistics of its own: the requested side could never acknowledge it."""
+    first = await send_complete(pair)
+    extradition = example_request(RequestType.EXTRADITION).to_json()
+    status, body = await pair.ar.call("POST", "/v1/messages", json=formal(extradition, in_reply_to=first))
+    assert status == 202, body
+    second = body["id"]
+    await wait_for(pair.ar, second, "delivered")
+    for side, state in ((pair.ar, "sent"), (pair.au, "received")):
+        status, summary = await side.call("GET", f"/v1/messages/{second}")
+        assert status == 200 and summary["case_id"] == second and summary["in_reply_to"] == first, summary
+        assert await case_state(side, second) == (state, None)
+        async with side.gw.reader.connect() as conn:
+            counted = (await conn.execute(select(case_stats.c.case_id).order_by(case_stats.c.case_id))).scalars()
+            assert sorted(counted) == sorted([first, second])
+    status, moved = await move(pair.au, second, "acknowledge")
+    assert status == 200 and moved["state"] == "acknowledged", moved
+    assert await case_state(pair.au, first) == ("received", None)  # the first request's case did not move

@@ -339,3 +339,23 @@ def test_the_caveats_a_request_asks_for_block_once_the_marking_is_known_and_warn
     assert whole.complete and status(whole, "marking") is ItemStatus.PRESENT
     neither = changed(RequestType.MLA_CRIMINAL, confidentiality_requested=False, use_limitation="")
     assert "marking" not in [item.element for item in check_request(neither, SPAIN, caveats=[]).items]
+
+
+def test_the_facts_are_waived_for_what_serves_documents_only_whatever_the_type() -> None:
+    """Art. 46(15)(c) waives the summary of facts for requests to serve judicial documents: a service request that
+    also asks for a search and for evidence needs its facts; a criminal request asking only for service does not."""
+    from protocol.checklist import check_request
+    from protocol.requests import Request
+
+    service = example_request(RequestType.SERVICE_OF_DOCUMENTS).to_json()
+    service |= {"assistance_sought": ["service-of-documents", "search-seizure-freezing"], "summary_of_facts": ""}
+    checklist = check_request(Request.parse(service))
+    assert not checklist.complete and "46(15)(c)" in [item.element for item in checklist.blocking]
+    mla = example_request(RequestType.MLA_CRIMINAL).to_json() | {
+        "assistance_sought": ["service-of-documents"],
+        "summary_of_facts": "",
+    }
+    checklist = check_request(Request.parse(mla))
+    assert checklist.item("46(15)(c)").status.value == "not-applicable", checklist
+    plain = example_request(RequestType.SERVICE_OF_DOCUMENTS).to_json() | {"summary_of_facts": ""}
+    assert check_request(Request.parse(plain)).item("46(15)(c)").status.value == "not-applicable"

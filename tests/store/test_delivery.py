@@ -208,3 +208,22 @@ async def test_seen_answers_several_ids_in_one_query(db_url: str, engine: AsyncE
     finally:
         if reader.sync_engine.pool is not engine.sync_engine.pool:  # SQLite: a pool of its own
             await reader.dispose()
+
+
+async def test_a_milestone_reached_before_the_receipt_recorded_gives_a_wait_of_zero(engine: AsyncEngine) -> None:
+    """The first delivery reached the peer, which acknowledged it, but its receipt was lost; the retry that gets the
+    receipt starts the wait (decision 10) after the acknowledgement. The wait was negative, and so was the median of
+    the durations statistic; it is 0 now."""
+    from protocol.stats import Filters, Statistic
+    from store.stats import compute
+
+    await add_message(engine, "r1", request=True)
+    async with engine.begin() as conn:
+        await CaseStats.milestone(conn, "r1", "acknowledged_at", SUBMITTED + timedelta(minutes=5))
+    async with engine.begin() as conn:
+        retry = SUBMITTED + timedelta(minutes=30)
+        assert await record_delivery(conn, OUTBOX, "r1", sent_at=retry, received_at=RECEIVED, receipt="receipt")
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(case_stats.c.wait_acknowledge_ms))).scalar_one() == 0
+        table = await compute(conn, Statistic.DURATIONS, Filters(), today=SUBMITTED.date())
+    assert all(value >= 0 for row in table.rows for value in row if isinstance(value, int | float)), table.rows
