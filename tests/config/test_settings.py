@@ -167,6 +167,10 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
     settings = load_settings(sample, data_dir=tmp_path)
     assert settings == load_settings(sample, data_dir=tmp_path)
     assert settings.authority_id == "ar.mj"
+    # every comity.toml points to the sample for "every setting and its default": it names each one
+    text = sample.read_text(encoding="utf-8")
+    named = set(re.findall(r"^#? ?([a-z_]+) = ", text, flags=re.MULTILINE))
+    assert set(Settings.model_fields) - named == set()
 
 
 @pytest.mark.parametrize(
