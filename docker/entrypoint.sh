@@ -10,7 +10,8 @@
 # Secrets are never in the image or in compose.yaml; they are read from files at start:
 #   COMITY_PASSPHRASE_FILE  file holding the passphrase that opens the sealed keys -> COMITY_PASSPHRASE
 #   PGPASSWORD_FILE         file holding the PostgreSQL password                  -> PGPASSWORD (read by asyncpg)
-# A file's trailing newlines are not part of the secret. COMITY_PASSPHRASE, when set directly, is used as it is.
+# A file's trailing newlines are not part of the secret. COMITY_PASSPHRASE, when set directly, is used as it is;
+# setting both a variable and its _FILE is refused.
 set -eu
 
 config="${COMITY_CONFIG:-/data/comity.toml}"
@@ -24,6 +25,8 @@ fail() {
 read_secret() {
     eval "file=\${$2:-}"
     [ -n "$file" ] || return 0
+    eval "direct=\${$1+set}"
+    [ -z "$direct" ] || fail "both $1 and $2 are set; set only one"
     [ -r "$file" ] || fail "$2 names $file, which is missing or not readable by uid $(id -u)"
     value="$(cat -- "$file")" || fail "cannot read $2 ($file)"
     [ -n "$value" ] || fail "$2 ($file) is empty"

@@ -16,10 +16,12 @@ message id, say) is that unit's alone. Every unit still commits with its events 
 
 If the connection is lost while the batch's final statements are on their way (its entries, or COMMIT), the
 database may have committed without our hearing it: running the units again would commit them twice (a second
-``message.opened``, a second alarm). The committer then reads back, on a new connection and behind the ledger head's
-lock (which the lost transaction holds until it ends), whether the batch's entries are stored; if they are, the
-batch committed and its results stand; if other entries or none are there, it did not, and the units run again; if
-that cannot be read, every unit of the batch fails with :class:`OutcomeUnknown` (a 503 to retry), never run twice.
+``message.opened``, a second alarm). The committer then ends the lost connection's server process if it still runs
+(PostgreSQL: ``pg_terminate_backend``, then waits until it is gone, so that its statement has committed or rolled back
+for good; it may still be waiting for a row lock before the head's), and reads back on a new connection whether the
+batch's entries are stored: if they are, the batch committed and its results stand; if other entries or none are
+there, it did not, and the units run again; if that cannot be done, every unit of the batch fails with
+:class:`OutcomeUnknown` (a 503 to retry), never run twice.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -130,6 +132,7 @@ class _Final:
     results: list[Any] | None = None
     entries: list[tuple[int, bytes]] = field(default_factory=list)
     head: TreeHead | None = None
+    pid: int | None = None  # PostgreSQL: the server process of the batch's connection
 
 
 class Committer:
@@ -227,14 +230,16 @@ class Committer:
 
     async def _committed(self, final: _Final, error: Exception) -> bool:
         """Whether a batch whose final statements went unanswered committed: its entries are stored at their
-        indexes. Read behind a share lock on the ledger head, which the lost transaction holds until the database
-        has committed or rolled it back; if it cannot be read, :class:`OutcomeUnknown`."""
+        indexes, read once its server process has ended (so its statement can no longer commit after the read), and
+        behind a share lock on the ledger head; if that cannot be done, :class:`OutcomeUnknown`."""
         if not final.entries:  # nothing of it can be recognised
             raise OutcomeUnknown("the database connection was lost as a batch was committed") from error
 
         async def read() -> dict[int, bytes]:
             first, last = final.entries[0][0], final.entries[-1][0]
             async with self.gw.engine.begin() as conn:
+                if final.pid is not None:
+                    await _ended(conn, final.pid)
                 lock = select(ledger_head.c.size).where(ledger_head.c.id == 1).with_for_update(read=True)
                 await conn.execute(lock)
                 query = select(ledger_entries.c.idx, ledger_entries.c.entry).where(
@@ -257,6 +262,7 @@ class Committer:
         # from a remembered head, units may assume what usually holds (a receipt not yet recorded) and leave the
         # check to the batch's one statement (store/delivery.py); a failed batch runs again from the locked head
         async with fast.group(self._autocommit, optimistic=head is not None) as conn:
+            final.pid = await fast.backend_pid(conn)
             batch = LedgerBatch(head) if head is not None else await gw.events.begin_batch(conn)
             results = await self._run(conn, jobs, batch, final)
         self._head = batch.head()  # committed: the next batch may start here without reading it
@@ -278,6 +284,18 @@ class Committer:
         final.results, final.entries, final.head = results, batch.pending(), batch.head()
         await batch.flush(conn, checkpoint)
         return results
+
+
+async def _ended(conn: AsyncConnection, pid: int) -> None:
+    """End the server process ``pid`` (a connection of ours whose answer was lost; the same role may end it) and
+    wait until it is gone: then whatever it was running has committed or rolled back."""
+    await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    # a transaction reads pg_stat_activity once and keeps that snapshot: clear it at every look
+    alive = text("SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid)")
+    while True:
+        if not (await conn.execute(alive, {"pid": pid})).one()[1]:
+            return
+        await asyncio.sleep(0.02)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

@@ -27,6 +27,21 @@ _MARKING = {
     "properties": {"level": {"type": "string"}, "caveats": {"type": "array", "items": {"type": "string"}}},
     "additionalProperties": False,
 }
+# the members of a message's metadata as gateway/api.py _summary serves it
+_SUMMARY: dict[str, Any] = {
+    "id": {"type": "string"},
+    "direction": {"enum": ["in", "out"]},
+    "peer": {"type": "string"},
+    "kind": {"type": "string"},
+    "in_reply_to": {"type": ["string", "null"]},
+    "marking": _MARKING,
+    "state": {"type": "string"},
+    "envelope_sha256": {"type": "string"},
+    "created_at": {"type": "string", "format": "date-time"},
+    "received_at": {"type": ["string", "null"], "format": "date-time"},
+    "case_id": {"type": ["string", "null"]},
+    "confidentiality_answer": {"enum": ["can-comply", "cannot-comply", None]},
+}
 _SUBMITTED = {
     "202": {
         "description": "Persisted in the outbox; delivery follows",
@@ -436,25 +451,26 @@ def openapi_document() -> dict[str, Any]:
                         "unit": {"type": ["string", "null"]},
                         "created_at": {"type": "string", "format": "date-time"},
                         "last_message_at": {"type": "string", "format": "date-time"},
-                        "messages": {"type": "array", "items": {"$ref": "#/components/schemas/MessageSummary"}},
+                        "messages": {"type": "array", "items": {"$ref": "#/components/schemas/ThreadMessage"}},
                     },
                 },
                 "Submitted": {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"}}},
-                "MessageSummary": {
+                "MessageSummary": {"type": "object", "properties": _SUMMARY, "additionalProperties": False},
+                # a message of a thread, with the checklist of a draft it shares (gateway/consultations_api.py)
+                "ThreadMessage": {
                     "type": "object",
                     "properties": {
-                        "id": {"type": "string"},
-                        "direction": {"enum": ["in", "out"]},
-                        "peer": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "in_reply_to": {"type": ["string", "null"]},
-                        "marking": _MARKING,
-                        "state": {"type": "string"},
-                        "envelope_sha256": {"type": "string"},
-                        "created_at": {"type": "string", "format": "date-time"},
-                        "received_at": {"type": ["string", "null"], "format": "date-time"},
-                        "case_id": {"type": ["string", "null"]},
-                        "confidentiality_answer": {"enum": ["can-comply", "cannot-comply", None]},
+                        **_SUMMARY,
+                        "draft_check": {
+                            "type": "object",
+                            "properties": {
+                                "request_type": {"type": "string"},
+                                "complete": {"type": "boolean"},
+                                "blocking": {"type": "array", "items": {"type": "string"}},
+                                "warnings": {"type": "array", "items": {"type": "string"}},
+                            },
+                            "additionalProperties": False,
+                        },
                     },
                     "additionalProperties": False,
                 },

@@ -241,6 +241,7 @@ class StatusReport:
     event: Event | None
     refusal_grounds: tuple[str, ...] = ()  # the known ground codes a refusal names (statistics; codes only)
     at: datetime | None = None  # when the transition was made (``at``), or the last action (``last_action_at``)
+    side: Side | None = None  # the counterpart's side of the case, when known
 
 
 def status_report_of(content: dict[str, Any], peer_side: Side | None, made_at: int | None = None) -> StatusReport:
@@ -273,7 +274,7 @@ def status_report_of(content: dict[str, Any], peer_side: Side | None, made_at: i
     # before the report was sealed (``iat`` has whole seconds, hence the second of slack)
     if at is not None and made_at is not None and at.timestamp() > made_at + 1:
         raise InvalidMessage(f"status.{member} is later than the report was made")
-    return StatusReport(state, event, grounds, at)
+    return StatusReport(state, event, grounds, at, peer_side)
 
 
 def _report_time(status: dict[str, Any], member: str) -> datetime | None:
@@ -319,7 +320,7 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
             milestones_only=True,
         )
         return
-    if not reachable(State(current), report.event, report.state):
+    if report.side is None or not reachable(State(current), report.event, report.state, report.side):
         log.warning("status_report_not_adopted", state=report.state.value, case_state=current)
         return
     adopted = await Cases.set_peer_state(

@@ -179,9 +179,10 @@ def _offences(request: Request) -> ChecklistItem:
 def _facts(request: Request) -> ChecklistItem:
     label = "summary of the relevant facts"
     # art. 46(15)(c) waives the facts for a request to serve judicial documents: what it asks for decides, not its
-    # type (a service request that also asks for a search needs them; another that asks only for service does not)
+    # type (a service request that also asks for a search needs them; another that asks only for service does not);
+    # an extradition's type says what it seeks, so what it lists under assistance_sought waives nothing
     sought = set(request.assistance_sought) or _CORE_ASSISTANCE.get(request.type, frozenset())
-    if sought == {AssistanceSought.SERVICE_OF_DOCUMENTS}:
+    if request.type not in _EXTRADITION and sought == {AssistanceSought.SERVICE_OF_DOCUMENTS}:
         return _not_applicable("46(15)(c)", label, "not required to serve judicial documents")
     hard = []
     if _blank(request.summary_of_facts):

@@ -282,10 +282,11 @@ def allowed_events(state: State) -> tuple[Event, ...]:
     return tuple(event for event in Event if (state, event) in TRANSITIONS)
 
 
-def reachable(state: State, event: Event, target: State) -> bool:
-    """Whether a case in ``state`` can get to ``target`` by moves of :data:`TRANSITIONS` ending with ``event``: what
-    a counterpart's status report may move our view of a case by. Reports may overtake each other, so the moves
-    before the last need not have been reported yet; none leaves a terminal state."""
+def reachable(state: State, event: Event, target: State, side: Side) -> bool:
+    """Whether a case in ``state`` can get to ``target`` by moves of :data:`TRANSITIONS` ending with ``event``, each
+    a move ``side`` may make: what a counterpart's status report (``side`` is the counterpart's) may move our view of a
+    case by. Reports may overtake each other, so the counterpart's moves before the last need not have been reported
+    yet; ours are in ``state`` already, so no path goes through one of them; none leaves a terminal state."""
     seen, frontier = {state}, [state]
     while frontier:
         here = frontier.pop()
@@ -293,8 +294,8 @@ def reachable(state: State, event: Event, target: State) -> bool:
             continue
         if TRANSITIONS.get((here, event)) is target:
             return True
-        for (source, _), then in TRANSITIONS.items():
-            if source is here and then not in seen:
+        for (source, move), then in TRANSITIONS.items():
+            if source is here and EVENT_SIDE[move] in (side, Side.EITHER) and then not in seen:
                 seen.add(then)
                 frontier.append(then)
     return False

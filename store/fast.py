@@ -54,6 +54,7 @@ from store.fast_queue import Built, Guarded, GuardedSql, Queue, QueuedConditionF
 
 __all__ = [
     "GroupEnded",
+    "backend_pid",
     "Guarded",
     "GuardedSql",
     "QueuedConditionFailed",
@@ -310,6 +311,12 @@ async def fetch_direct(
     if driver is None:
         return False, None
     return True, await _direct(driver, conn.info, lambda first, _condition: tail(first), args, None)
+
+
+async def backend_pid(conn: AsyncConnection) -> int | None:
+    """The PostgreSQL server process of ``conn`` (None on SQLite); asyncpg knows it without a round trip."""
+    driver = await _raw_driver(conn)
+    return None if driver is None else int(driver.get_server_pid())
 
 
 async def _raw_driver(conn: AsyncConnection) -> Any | None:

@@ -586,3 +586,29 @@ async def test_entrypoint_refuses_an_unreadable_passphrase_file(tmp_path: Path, 
     )
     assert result.returncode == 1
     assert result.stderr.startswith("comity-entrypoint: COMITY_PASSPHRASE_FILE names ")
+
+
+async def test_entrypoint_refuses_a_passphrase_given_both_directly_and_as_a_file(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """As the commands refuse both: before, the file silently won over the variable."""
+    image = _image()
+    outside = Outside(tmp_path / "data", tmp_path / "secrets", "sqlite+aiosqlite:///unused.db", 1, 2)
+    env = outside.environment(_container_env("gateway-ar", {"PATH": os.environ["PATH"]}))
+    secret = tmp_path / "passphrase"
+    secret.write_text("a passphrase from the file\n")
+    env |= {"COMITY_PASSPHRASE_FILE": str(secret), "COMITY_PASSPHRASE": "a passphrase given directly"}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        outside.command(image, image.entrypoint + image.cmd),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        "comity-entrypoint: both COMITY_PASSPHRASE and COMITY_PASSPHRASE_FILE are set; set only one\n"
+    )

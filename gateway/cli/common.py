@@ -96,7 +96,7 @@ def _secret_file(file_var: str) -> str | None:
     docker/entrypoint.sh reads it; ``None`` when the variable is unset. Errors name the variable and the file, never
     what the file holds."""
     name = os.environ.get(file_var)
-    if name is None:
+    if not name:  # unset, or set empty: as docker/entrypoint.sh reads it
         return None
     try:
         data = Path(name).read_bytes()
@@ -116,7 +116,7 @@ def read_passphrase(env_var: str, *, confirm: bool, what: str = "passphrase", ne
     :data:`MIN_NEW_PASSPHRASE` characters."""
     file_var = f"{env_var}_FILE"
     value = os.environ.get(env_var)
-    if value is not None and file_var in os.environ:
+    if value is not None and os.environ.get(file_var):
         raise CommandError(f"both {env_var} and {file_var} are set; set only one")
     source = env_var
     if value is None:

@@ -119,18 +119,24 @@ _READ_ONLY: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 @contextmanager
 def _flock(keys_path: Path, operation: int, refusal: str, *, optional: bool = False) -> Iterator[None]:
-    """``flock`` the lock file beside the key file for as long as the block runs, or refuse at once. When
-    ``optional`` and the key file's directory is read-only, the block runs unlocked after one warning."""
+    """``flock`` the lock file beside the key file for as long as the block runs, or refuse at once. A lock file
+    another user made (readable by all: it holds nothing) is locked through a read-only descriptor, which ``flock``
+    allows. When ``optional`` and there is no lock file and none can be made (a read-only directory), the block
+    runs unlocked after one warning: a rotation, which writes keys.sealed beside it, cannot run there either."""
     lock = keys_path.with_name(f".{keys_path.name}.lock")
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644)
     except OSError as exc:
-        if not (optional and exc.errno in _READ_ONLY):
+        if exc.errno not in _READ_ONLY:
             raise
-        # A rotation writes keys.sealed beside the lock, so it cannot run here either: nothing to keep out.
-        get_logger().warning("keys_lock_unavailable", lock=str(lock), error=errno.errorcode.get(exc.errno or 0, ""))
-        yield
-        return
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            if not optional:
+                raise exc from None
+            get_logger().warning("keys_lock_unavailable", lock=str(lock), error=errno.errorcode.get(exc.errno or 0, ""))
+            yield
+            return
     try:
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)

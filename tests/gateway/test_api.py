@@ -17,11 +17,13 @@ from sqlalchemy import select
 
 from gateway.api import ACKNOWLEDGEMENT_MEMBERS, DRAFT_MEMBERS, api_routes
 from gateway.auth import auth_routes
+from gateway.cli.request import example_request
 from gateway.consultations_api import consultation_routes
 from gateway.ledger_api import ledger_routes
 from gateway.logs import configure_logging
 from gateway.openapi import openapi_document
 from gateway.stats_api import stats_routes
+from protocol.requests import RequestType
 from store.db import make_engine, make_reader
 from store.tables import tokens
 from tests.gateway.conftest import Pair, issue_token
@@ -81,6 +83,16 @@ async def test_what_the_message_routes_serve_matches_the_openapi_document(pair: 
             summary.validate(item)
     with pytest.raises(jsonschema.ValidationError):
         summary.validate({**one, "undocumented": 1})
+    # a thread's messages, one sharing a draft whose checklist the detail shows
+    draft = example_request(RequestType.MLA_CRIMINAL).to_json()
+    status, started = await pair.ar.call(
+        "POST", "/v1/consultations", json={"to": "au.ag", "content": {"text": "before we ask"}, "draft_request": draft}
+    )
+    assert status == 202, started
+    await wait_for(pair.ar, started["id"], "delivered")
+    status, thread = await pair.au.call("GET", f"/v1/consultations/{started['id']}")
+    assert status == 200 and "draft_check" in thread["messages"][0], thread
+    _schema(document, "Consultation").validate(thread)
 
     before = await pair.au.call("GET", "/v1/messages?box=outbox")
     for bad in ({"confidentiality": "maybe"}, {"confidentiality": {"x": [1]}}, {"note": 7}, {"notes": "typo"}):

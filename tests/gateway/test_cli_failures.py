@@ -145,6 +145,9 @@ def test_the_passphrase_from_the_file_named_by_the_file_variable(tmp_path: Path)
     result = run("keys", "list", "--config", data_dir / "comity.toml", env=env)
     assert result.exit_code == 0, result.output
     assert "signing" in result.output
+    # set but empty, the file variable is unset, as the entrypoint reads it
+    result = run("keys", "list", "--config", data_dir / "comity.toml", env={**ENV, "COMITY_PASSPHRASE_FILE": ""})
+    assert result.exit_code == 0, result.output
     directory_secret = tmp_path / "directory-passphrase"
     directory_secret.write_text("directory operator passphrase\n\n")
     env = {"COMITY_DIRECTORY_PASSPHRASE": None, "COMITY_DIRECTORY_PASSPHRASE_FILE": str(directory_secret)}

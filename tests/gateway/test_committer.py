@@ -371,3 +371,70 @@ async def test_a_batch_whose_outcome_cannot_be_read_back_fails_as_unknown_and_is
         pg_owner.engine = working
     entries, case_ids = await stored_tree(working, pg_owner.events)
     assert subjects(entries) == ["user:a", "user:b"] and case_ids == ["a", "b"]
+
+
+async def test_a_lost_statement_still_waiting_for_a_lock_is_ended_before_the_read_back(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lost statement is still on the server, waiting for a receipt's outbox row (its lock comes before the
+    head's): a read-back then saw no entries, the units ran again, and the lost statement committed too (a unit with
+    no unique key, twice). Its server process is now ended first. The process is modelled by the same statement run
+    on a second connection, whose pid the committer is told is its own."""
+    import asyncpg
+
+    from tests.store.test_delivery import OUTBOX, add_message
+
+    await run_migrations(pg_url)
+    engine = make_engine(pg_url)
+    owner = Owner(engine, sqlite=False)
+    for name in ("r1", "r2"):
+        await add_message(engine, name, request=True)
+    committer = Committer(owner)
+    lost = await engine.connect()
+    lost_driver = (await lost.get_raw_connection()).driver_connection
+    assert lost_driver is not None
+    blocker = await engine.connect()  # say the outbox worker renewing r2's lease
+    running: list[asyncio.Task[Any]] = []
+    real_run, armed = fast._run, [True]
+
+    async def run(driver: Any, sql: str, args: Any, **kw: Any) -> Any:
+        if armed[0] and _final_statement(sql, driver):
+            armed[0] = False
+            running.append(asyncio.create_task(lost_driver.fetchrow(sql, *args)))
+            await asyncio.sleep(0.3)  # on the server, waiting for r2's outbox row
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real_run(driver, sql, args, **kw)
+
+    async def pid(conn: Any) -> int:
+        return int(lost_driver.get_server_pid())
+
+    real_committed = Committer._committed
+
+    async def committed(self: Committer, final: Any, error: Exception) -> bool:
+        answer = await real_committed(self, final, error)
+        await blocker.commit()  # r2's row free again: a statement still running would go on and commit now
+        await asyncio.gather(*running, return_exceptions=True)
+        return answer
+
+    def record_only(name: str) -> Any:
+        async def unit(tx: Tx) -> Finish[int]:
+            return await done(tx.record(EventType.USER_CHANGED, "system", subject=f"user:{name}"))
+
+        return unit
+
+    try:
+        assert await committer.run(delivery_unit("r1", OUTBOX))  # from the locked head; remembered after
+        await blocker.execute(text("SELECT 1 FROM outbox WHERE message_id = 'r2' FOR UPDATE"))
+        monkeypatch.setattr(fast, "_run", run)
+        monkeypatch.setattr(fast, "backend_pid", pid)
+        monkeypatch.setattr(committer_module.Committer, "_committed", committed)
+        results = await asyncio.gather(committer.run(delivery_unit("r2", OUTBOX)), committer.run(record_only("x")))
+    finally:
+        await committer.close()
+        await blocker.close()
+        await lost.invalidate()  # its server process was ended: not back into the pool
+        await lost.close()
+    entries, _ = await stored_tree(engine, owner.events)
+    await engine.dispose()
+    assert subjects(entries).count("user:x") == 1, subjects(entries)
+    assert results[0] is True, results

@@ -29,7 +29,8 @@ from crypto.keys import AuthorityKeys, generate_signing_key, key_id, public_jwk,
 from crypto.receipts import verify_refusal
 from crypto.tls import key_pem_password
 from gateway.cli import main
-from gateway.cli.keys import keys_in_use
+from gateway.cli.common import CommandError
+from gateway.cli.keys import _locked, keys_in_use
 from gateway.context import DIRECTORY_FACTS, SIGNING_EARLIEST, defer_new_signing_keys
 from gateway.provision import comity
 from gateway.reading import decrypt_row
@@ -486,7 +487,7 @@ def test_serving_keys_from_a_read_only_directory_goes_on_without_the_lock(
 
     def read_only(code: int) -> Callable[..., int]:
         def opener(path: Any, flags: int, *args: Any) -> int:
-            if Path(path) == lock:
+            if Path(path) == lock and flags & os.O_CREAT:  # cannot be made; reading one that is not there fails anyway
                 raise OSError(code, os.strerror(code), str(path))
             return real_open(path, flags, *args)
 
@@ -501,6 +502,29 @@ def test_serving_keys_from_a_read_only_directory_goes_on_without_the_lock(
     monkeypatch.setattr(os, "open", read_only(errno.EIO))
     with pytest.raises(OSError, match="Input/output error"), keys_in_use(keys_file):
         pass
+
+
+def test_a_lock_file_another_user_made_still_keeps_a_rotation_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """root once rotated (the lock file is root's); the gateway's user may not write it, but locks it through a
+    read-only descriptor: a rotation while it serves is refused. It used to serve unlocked on EACCES."""
+    keys_file = tmp_path / "keys.sealed"
+    lock = tmp_path / ".keys.sealed.lock"
+    lock.write_bytes(b"")
+    real_open = os.open
+
+    def not_ours(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == lock and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", not_ours)
+    with structlog.testing.capture_logs() as logs, keys_in_use(keys_file):
+        assert logs == []
+        monkeypatch.setattr(os, "open", real_open)
+        with pytest.raises(CommandError, match="is held"), _locked(keys_file):
+            pass
 
 
 def test_serving_keys_from_an_immutable_directory(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.cli.request import example_request
+from protocol.lifecycle import Event, Side, State, reachable
 from protocol.requests import RequestType
 from protocol.timefmt import format_time
 from store.tables import case_stats
@@ -119,3 +120,28 @@ async def test_a_request_sent_in_reply_to_another_opens_a_case_of_its_own(pair: 
     status, moved = await move(pair.au, second, "acknowledge")
     assert status == 200 and moved["state"] == "acknowledged", moved
     assert await case_state(pair.au, first) == ("received", None)  # the first request's case did not move
+
+
+async def test_a_path_to_a_reported_state_runs_only_through_the_reporting_sides_moves(pair: Pair) -> None:
+    """The requested side executes; the requesting side reports supplying information nobody asked for. The only
+    path back to under_review runs through a request for information, a move of the requested side (ours, so it
+    would be in our state already): not adopted. (reachable() once walked through our own moves too.)"""
+    case_id = await send_complete(pair)
+    for event in ("acknowledge", "begin_review", "begin_execution"):
+        status, body = await move(pair.au, case_id, event)
+        assert status == 200, body
+    hostile = hostile_towards(pair.ar, pair.au)
+    status_report = {"state": "under_review", "event": "supply_information", "at": now_at(pair)}
+    payload = hostile.payload(
+        kind="status_report", in_reply_to=case_id, marking=MARKING, content={"status": status_report}
+    )
+    assert (await hostile.post(hostile.seal(payload))).status == 200
+    assert (await case_state(pair.au, case_id))[0] == "in_execution"
+
+
+def test_reachable_follows_only_the_moves_of_the_side_that_reports() -> None:
+    assert not reachable(State.IN_EXECUTION, Event.SUPPLY_INFORMATION, State.UNDER_REVIEW, Side.REQUESTING)
+    assert not reachable(State.PARTIALLY_EXECUTED, Event.BEGIN_EXECUTION, State.IN_EXECUTION, Side.REQUESTED)
+    assert reachable(State.SENT, Event.CLOSE, State.CLOSED, Side.REQUESTED)  # over moves not reported yet
+    assert reachable(State.IN_EXECUTION, Event.WITHDRAW, State.WITHDRAWN, Side.REQUESTING)
+    assert not reachable(State.CLOSED, Event.RESUME, State.IN_EXECUTION, Side.REQUESTED)

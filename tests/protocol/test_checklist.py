@@ -359,3 +359,7 @@ def test_the_facts_are_waived_for_what_serves_documents_only_whatever_the_type()
     assert checklist.item("46(15)(c)").status.value == "not-applicable", checklist
     plain = example_request(RequestType.SERVICE_OF_DOCUMENTS).to_json() | {"summary_of_facts": ""}
     assert check_request(Request.parse(plain)).item("46(15)(c)").status.value == "not-applicable"
+    for kind in (RequestType.EXTRADITION, RequestType.PROVISIONAL_ARREST):  # the type says what is sought
+        extradition = example_request(kind).to_json()
+        extradition |= {"assistance_sought": ["service-of-documents"], "summary_of_facts": ""}
+        assert "46(15)(c)" in [item.element for item in check_request(Request.parse(extradition)).blocking], kind
