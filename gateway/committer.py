@@ -42,7 +42,7 @@ from protocol.events import EventType, LedgerEvent
 from protocol.messages import MessagePayload
 from protocol.timefmt import format_time
 from store import fast
-from store.errors import StoreUnavailable, transient_cause
+from store.errors import StoreUnavailable, connection_lost, transient_cause
 from store.events import LedgerBatch, TreeHead
 from store.tables import ledger_entries, ledger_head
 
@@ -219,8 +219,10 @@ class Committer:
         try:
             return await self._write(jobs, head, final)
         except Exception as error:
-            if final.results is None or transient_cause(error) is None:
-                raise  # failed before its final statements, or by a statement's own refusal: nothing committed
+            if final.results is None or not connection_lost(error):
+                # failed before its final statements, by a statement's own refusal, or answered with an error (a
+                # deadlock, a serialization failure: rolled back): nothing committed, nothing to read back
+                raise
             if not await self._committed(final, error):
                 raise
             self.log.warning("commit_answer_lost", committed=True, entries=len(final.entries))
@@ -289,6 +291,8 @@ class Committer:
 async def _ended(conn: AsyncConnection, pid: int) -> None:
     """End the server process ``pid`` (a connection of ours whose answer was lost; the same role may end it) and
     wait until it is gone: then whatever it was running has committed or rolled back."""
+    if (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() == pid:
+        return  # the pool handed back the very connection: it is alive, so nothing of it is still running
     await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     # a transaction reads pg_stat_activity once and keeps that snapshot: clear it at every look
     alive = text("SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid)")

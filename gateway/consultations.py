@@ -194,6 +194,11 @@ async def outgoing_link(
                         gw, user, about, conn, "consulting about", unseen=nothing, unseen_code=InvalidMessage.code
                     )
                 await _shared_case(conn, member.about, to)
+                if about is not None and gw.scheme.lowers(marking, about.marking):  # decision 145
+                    raise MarkingRefused(
+                        f"a consultation about case {member.about} carries at least the case's marking "
+                        f"({about.marking.level}, caveats {', '.join(about.marking.caveats) or 'none'})"
+                    )
             return Link(message_id, to, "out", new_thread=True, about=member.about, draft=check, created_by=user.id)
         thread = await _thread_for(gw, user, conn, member.thread_id, to, "replying in")
         await _reply_in_thread(conn, thread, in_reply_to, member.about)
@@ -241,7 +246,15 @@ async def consultation_on_record(gw: Gateway, user: User, case_id: str, peer: st
     async with gw.reader.connect() as conn:
         threads = await Consultations.about_case(conn, case_id, peer)
         facts = await CaseWork.access_facts(conn, [thread.id for thread in threads])
-    threads = [thread for thread in threads if thread.id in facts and _may_act(gw, user, *facts[thread.id])]
+        threads = [thread for thread in threads if thread.id in facts and _may_act(gw, user, *facts[thread.id])]
+        # a consultation on record is one the counterpart holds too (decision 45): a message of the thread it sent
+        # us, or one of ours it receipted; a thread still in our outbox, or refused, is not (decision 145)
+        held = []
+        for thread in threads:
+            rows = await Consultations.thread_messages(conn, thread.id)
+            if any(row.direction == "in" or row.received_at is not None for row in rows):
+                held.append(thread)
+        threads = held
     if given is None:
         return threads[0].id if threads else None
     if given not in {thread.id for thread in threads}:

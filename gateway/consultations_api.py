@@ -26,7 +26,7 @@ from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
 from protocol.markings import MarkingRefused
-from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
+from protocol.messages import Marking, MessageKind, is_message_id, new_message_id, validate_message_id
 from protocol.timefmt import format_time
 from store.consultations import Consultations, DraftChecks, Thread
 from store.messages import MessageRow, Messages
@@ -100,6 +100,17 @@ async def _as_seen_by(gw: Gateway, user: User, conn: AsyncConnection, threads: l
     return [dataclasses.replace(thread, last_message_at=last.get(thread.id, thread.created_at)) for thread in threads]
 
 
+async def _default_marking(gw: Gateway, about: Any) -> Marking:
+    """A new thread's marking when none is given: CONFIDENTIAL, or at least the marking of the case it is about
+    (decision 145; who may not act on that case is refused later as for a case that is not shared)."""
+    default = Marking.parse(_DEFAULT_MARKING)
+    if not is_message_id(about):
+        return default
+    async with gw.reader.connect() as conn:
+        case = await Messages.find(conn, about)
+    return default if case is None else gw.scheme.join(default, case.marking)
+
+
 def _thread_json(thread: Thread) -> dict[str, Any]:
     return {
         "id": thread.id,
@@ -129,7 +140,7 @@ async def start(request: web.Request) -> web.Response:
     draft = Draft(
         to=to,
         kind=MessageKind.CONSULTATION,
-        marking=Marking.parse(body.get("marking", _DEFAULT_MARKING)),
+        marking=Marking.parse(body["marking"]) if "marking" in body else await _default_marking(gw, body.get("about")),
         content=content,
         message_id=thread_id,
     )
@@ -218,7 +229,8 @@ async def convert(request: web.Request) -> web.Response:
     # the request carries at least what it comes from: the thread's marking, and the marking of the message whose
     # draft it takes (a draft shared higher than the thread keeps its level and caveats)
     floor = next(row.marking for row in rows if row.id == source) if source is not None else None
-    default = floor or thread.marking or rows[0].marking
+    opening = thread.marking or rows[0].marking
+    default = gw.scheme.join(opening, floor) if floor is not None else opening
     marking = Marking.parse(body["marking"]) if "marking" in body else default
     if floor is not None and gw.scheme.lowers(marking, floor):
         refused = MarkingRefused(

@@ -176,8 +176,11 @@ class OutboxSender:
             except Exception as exc:  # the database, for now: the loop goes on, and polls again within a second
                 self.log.warning("outbox_next_due_failed", error=error_code(exc))
                 due = None
-            if due is not None:
-                timeout = max(0.0, min(timeout, (due - self.gw.clock()).total_seconds()))
+            wait = None if due is None else (due - self.gw.clock()).total_seconds()
+            # a row already due that the claim just now did not get is held by another transaction (a replica's
+            # claim, a receipt being recorded): polled again within a second, not claimed for in a loop
+            if wait is not None and wait > 0:
+                timeout = min(timeout, wait)
         stop = asyncio.create_task(self._stopping.wait())
         wake = asyncio.create_task(wakeup.wait())
         await asyncio.wait({stop, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

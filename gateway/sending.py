@@ -28,7 +28,7 @@ from gateway.policy import (
 )
 from gateway.requests import SYSTEM_USER, Completeness, check_completeness
 from protocol.checklist import IncompleteRequest
-from protocol.content import consent_of
+from protocol.content import GATEWAY_MEMBERS, consent_of
 from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused
@@ -95,6 +95,11 @@ async def submit_message(
     peer = gw.peer(draft.to)
     actor = _actor(user)
     message_id = draft.message_id or new_message_id()
+    if written := sorted(GATEWAY_MEMBERS & set(draft.content)):
+        raise InvalidMessage(
+            f"content may not carry {', '.join(written)}: the gateway writes them from 'forwards', "
+            "'downgrade_reason' and 'override_reason' once it has checked them"
+        )
     try:
         # complete the first time (docs/requests.md): a formal request lacking blocking elements is refused
         completeness = check_completeness(

@@ -73,6 +73,11 @@ class WitnessError(ComityError):
     code = "witness-failed"
 
 
+class PeerUnavailable(WitnessError):
+    """A peer that answered 429 or 503 (busy, or its own store failing, protocol.md 9.1): transient, counted with
+    the patience of a dropped connection (decision 145)."""
+
+
 class ProofWithdrawn(WitnessError):
     """A peer that served receipt proofs answers ``not-found`` (decision 77): a downgrade, or hiding a receipt."""
 
@@ -240,7 +245,7 @@ class Witness:
         self.log.warning("witness_check_failed", peer=peer, error=error_code(exc), failures=failures)
         # a dropped connection, or a replica of an earlier version answering during a rolling upgrade or a
         # roll-back (decision 77): only once it has lasted
-        patient = isinstance(exc, (*_TRANSPORT, ProofWithdrawn)) and lasted < TRANSPORT_GRACE
+        patient = isinstance(exc, (*_TRANSPORT, ProofWithdrawn, PeerUnavailable)) and lasted < TRANSPORT_GRACE
         if failures >= MAX_PROOF_FAILURES and not patient:
             await self._unavailable(peer, f"{failures} checks failed in a row by its doing")
 
@@ -292,6 +297,10 @@ class Witness:
             held = latest
         else:  # our own replicas kept storing newer ones: they check those; the receipt is still this one's to check
             self.log.warning("witness_check_overtaken", peer=peer)
+            # but this one is still checked against the last of them: a fork that agreed with every earlier one
+            # must not pass because the one it contradicts was stored last (decision 145)
+            if not await self._consistent(peer, checkpoint, held):
+                return
         await self._check_receipt(peer, checkpoint, receipt)
 
     async def _consistent(self, peer: str, checkpoint: Checkpoint, held: PeerCheckpoint | None) -> bool:
@@ -501,10 +510,17 @@ class Witness:
         or a problem document: a few KiB; refused past 64 KiB)."""
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{path_and_query}"
-        async with self._session(entry).get(url, headers=self._headers(entry)) as response:
+        # one deadline for the whole request: the session's read timeout restarts with every byte, so a peer that
+        # trickled its answer held the check, and every later one, open without a failure counted (decision 145)
+        async with (
+            asyncio.timeout(POLL_TIMEOUT),
+            self._session(entry).get(url, headers=self._headers(entry)) as response,
+        ):
             body = await read_capped(response, 1 << 16)
         if body is None:
             raise WitnessError(f"an answer of more than {1 << 16} bytes")
+        if response.status in (429, 503):
+            raise PeerUnavailable(f"{peer} answered HTTP {response.status}: busy, or its store unavailable")
         return response.status, body
 
     async def _cosign(self, peer: str, checkpoint: Checkpoint) -> None:
@@ -513,7 +529,10 @@ class Witness:
         entry = self.gw.directory.authority(peer)
         url = f"{entry.endpoint.rstrip('/')}{COSIGNATURE_PATH}"
         body = {"size": checkpoint.size, "line": line}
-        async with self._session(entry).post(url, json=body, headers=self._headers(entry)) as response:
+        async with (
+            asyncio.timeout(POLL_TIMEOUT),
+            self._session(entry).post(url, json=body, headers=self._headers(entry)) as response,
+        ):
             if response.status not in (200, 204):
                 raise WitnessError(f"{peer} answered HTTP {response.status} to our cosignature")
 

@@ -15,12 +15,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from protocol.errors import InvalidMessage
 from protocol.messages import StrictModel, validate_authority_id, validate_message_id
 
-__all__ = ["Consent", "Forwarded", "MarkingDowngrade", "confidentiality_answer", "consent_of", "downgrade_of"]
+__all__ = [
+    "GATEWAY_MEMBERS",
+    "Consent",
+    "Forwarded",
+    "MarkingDowngrade",
+    "confidentiality_answer",
+    "consent_of",
+    "downgrade_of",
+]
+
+# content members the sending gateway writes itself, from what it checked (forwards, a downgrade, an override):
+# never taken from a draft (decision 145)
+GATEWAY_MEMBERS = frozenset({"forwarded", "marking_downgrade", "check_override"})
 
 
 class MarkingDowngrade(StrictModel):
@@ -33,6 +45,14 @@ class Forwarded(StrictModel):
     message_id: str
     from_: str = Field(alias="from")
     content: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _ids(self) -> Forwarded:
+        # ids a gateway looks up (the consent about a forwarded message): a message id and an authority id, or the
+        # envelope is refused (a NUL byte reached PostgreSQL as a 500)
+        validate_message_id(self.message_id)
+        validate_authority_id(self.from_)
+        return self
 
 
 class Consent(StrictModel):

@@ -32,6 +32,7 @@ __all__ = [
     "canonical_json",
     "check_manifest",
     "check_freshness",
+    "is_message_id",
     "new_message_id",
     "parse_strict_json",
     "validate_authority_id",
@@ -72,6 +73,11 @@ def validate_message_id(value: str) -> str:
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
         raise InvalidMessage("message id must be a lowercase version-4 UUID")
     return value
+
+
+def is_message_id(value: object) -> bool:
+    """Whether ``value`` is a message id (:func:`validate_message_id`), for what may name nothing at all."""
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
 
 
 def new_message_id() -> str:

@@ -6,7 +6,16 @@ from sqlalchemy import exc as sa
 
 from protocol.errors import ComityError
 
-__all__ = ["Conflict", "NotFound", "StoreError", "StoreUnavailable", "is_transient", "outage_name", "transient_cause"]
+__all__ = [
+    "Conflict",
+    "NotFound",
+    "StoreError",
+    "StoreUnavailable",
+    "connection_lost",
+    "is_transient",
+    "outage_name",
+    "transient_cause",
+]
 
 
 class StoreError(ComityError):
@@ -93,6 +102,33 @@ def _is_transient(error: BaseException) -> bool:
     # asyncpg's InterfaceError is mostly misuse (wrong arguments, another operation in progress): only a closed
     # connection counts
     return isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error``'s chain shows the connection gone under a statement, so that the database's answer was
+    not heard (it may have committed): a closed or reset connection, or SQLSTATE class 08. Not a deadlock or a
+    serialization failure: the server answered those, having rolled back."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, OSError):  # a reset, a broken pipe; a timeout too: the answer may still come, unheard
+            return True
+        sqlstate = getattr(seen, "sqlstate", None) or getattr(getattr(seen, "orig", None), "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("08"):
+            return True
+        try:
+            import asyncpg
+        except ImportError:  # pragma: no cover - asyncpg is a dependency
+            return False
+        if isinstance(seen, asyncpg.ConnectionDoesNotExistError) or (
+            isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _transient_sqlstate(sqlstate: object) -> bool:

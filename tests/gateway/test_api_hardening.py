@@ -372,3 +372,42 @@ async def test_an_attachment_the_manifest_could_not_name_is_refused_before_it_is
         assert_problem(response.status, problem, code="invalid-message")
     assert attachment_files(pair.ar.gw) == ()
     assert await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000") == before
+
+
+async def test_content_may_not_carry_the_members_the_gateway_writes_itself(pair: Pair) -> None:
+    """Decision 145: 'forwarded', 'marking_downgrade' and 'check_override' are written by the gateway from what it
+    checked ('forwards', 'downgrade_reason', 'override_reason'). Written by hand they were signed and sent as they
+    were: use-limited content forwarded without consent and below its marking, or a supervisor's downgrade faked."""
+    status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    item = {"message_id": body["id"], "from": "au.ag", "content": {"text": "what it said"}}
+    written = {
+        "forwarded": [item],
+        "marking_downgrade": {"from": "STRICTLY CONFIDENTIAL", "from_caveats": [], "reason": "a supervisor agreed"},
+        "check_override": "the checklist is wrong",
+    }
+    before = await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000"), len(await ledger(pair.ar.gw))
+    for name, value in written.items():
+        content = {"text": "fyi", name: value}
+        for path, draft in (
+            ("/v1/messages", {"to": "au.ag", "kind": "request", "content": content}),
+            ("/v1/consultations", {"to": "au.ag", "content": content}),
+        ):
+            status, problem = await pair.ar.call("POST", path, json=draft)
+            assert_problem(status, problem, code="invalid-message")
+            assert name in problem["detail"], problem
+    assert (await pair.ar.call("GET", "/v1/messages?box=outbox&limit=1000"), len(await ledger(pair.ar.gw))) == before
+
+
+async def test_a_forwarded_item_must_name_a_message_and_an_authority(pair: Pair) -> None:
+    """A peer's forwarded item whose message id held a NUL byte was receipted; forwarding that message on, with its
+    originator's consent, then looked the id up and PostgreSQL failed with a 500. Now the envelope is refused."""
+    hostile = hostile_towards(pair.ar, pair.au)
+    for item in (
+        {"message_id": "x\u0000y", "from": "ar.mj", "content": {}},
+        {"message_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "from": "AR.MJ", "content": {}},
+    ):
+        payload = hostile.payload(kind="response", content={"text": "m", "forwarded": [item]})
+        answer = await hostile.post(hostile.seal(payload))
+        assert answer.status == 400 and answer.document["code"] == "invalid-message", answer.raw[:300]

@@ -438,3 +438,36 @@ async def test_a_lost_statement_still_waiting_for_a_lock_is_ended_before_the_rea
     await engine.dispose()
     assert subjects(entries).count("user:x") == 1, subjects(entries)
     assert results[0] is True, results
+
+
+async def test_a_final_statement_the_database_refused_is_run_again_without_a_read_back(
+    pg_owner: Owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock at the final statement is an answer (rolled back), not a lost one: the units run again. The
+    read-back ran for it too, took the very connection back from the pool and ended its own server process, so the
+    batch failed as OutcomeUnknown."""
+    import asyncpg
+
+    committer = Committer(pg_owner)
+    real, armed = fast._run, [True]
+    read_back: list[int] = []
+
+    async def run(driver: Any, sql: str, args: Any, **kw: Any) -> Any:
+        if armed[0] and _final_statement(sql, driver):
+            armed[0] = False
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        return await real(driver, sql, args, **kw)
+
+    async def ended(conn: Any, pid: int) -> None:
+        read_back.append(pid)
+
+    try:
+        assert await committer.run(unit("a")) == 0
+        monkeypatch.setattr(fast, "_run", run)
+        monkeypatch.setattr(committer_module, "_ended", ended)
+        assert await committer.run(unit("b")) == 1
+    finally:
+        await committer.close()
+    entries, case_ids = await stored_tree(pg_owner.engine, pg_owner.events)
+    assert subjects(entries) == ["user:a", "user:b"] and case_ids == ["a", "b"]
+    assert read_back == []

@@ -30,7 +30,7 @@ from tests.gateway.test_markings import (
     stored,
     trio,  # noqa: F401 (the fixture)
 )
-from tests.gateway.test_requests_flow import case_state, move, send_complete, until
+from tests.gateway.test_requests_flow import case_state, formal, move, send_complete, until
 
 MARKING = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}  # the example requests ask for art. 46(20)
 
@@ -463,3 +463,62 @@ async def test_a_hidden_reply_neither_dates_nor_moves_up_a_thread_in_an_officers
             assert listed[target] == (await thread(olga, target))["messages"][0]["created_at"], body
     finally:
         await close_sessions(olga)
+
+
+async def test_a_thread_about_a_case_carries_at_least_the_cases_marking(pair: Pair) -> None:
+    """Decision 145: a thread about a case went out CONFIDENTIAL by default, or lower if asked, whatever the case's
+    marking: at the other end a supervisor not cleared for the case read the consultation about it. Now the default
+    is at least the case's marking, and a lower one is refused (ledgered)."""
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-19", "uncac-46-20"]}
+    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": strict}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=request)
+    assert status == 202, body
+    case_id = body["id"]
+    await wait_for(pair.ar, case_id, "delivered")
+    lower = {"to": "ar.mj", "about": case_id, "marking": MARKING, "content": {"text": "about it"}}
+    status, problem = await pair.au.call("POST", "/v1/consultations", json=lower)
+    assert_problem(status, problem, code="marking-refused")
+    assert [e["type"] for e in (await ledger(pair.au.gw))[-1:]] == ["message.submit_refused"]
+    unmarked = {key: value for key, value in lower.items() if key != "marking"}
+    status, body = await pair.au.call("POST", "/v1/consultations", json=unmarked)
+    assert status == 202, body
+    status, summary = await pair.au.call("GET", f"/v1/messages/{body['id']}")
+    assert summary["marking"] == strict, summary
+
+
+async def test_a_thread_the_counterpart_does_not_hold_is_no_consultation_on_record(pair: Pair) -> None:
+    """Art. 46(26): a refusal needs a consultation the counterpart also holds (decision 45); a thread still in our
+    outbox counted (decision 145)."""
+    case_id = await send_complete(pair)
+    for event in ("acknowledge", "begin_review"):
+        assert (await move(pair.au, case_id, event))[0] == 200
+    await pair.ar.stop()  # the requesting authority is unreachable: the thread stays queued
+    status, answer = await pair.au.call(
+        "POST", "/v1/consultations", json={"to": "ar.mj", "marking": MARKING, "about": case_id}
+    )
+    assert status == 202, answer
+    refusal = {"grounds": ["46(21)(b)"], "reasons": "essential interests"}
+    for named in ({}, {"consultation_id": answer["id"]}):
+        status, problem = await move(pair.au, case_id, "refuse", refusal=refusal, **named)
+        assert status == 409 and problem["code"] in ("consultation-required", "consultation-not-on-record"), problem
+    assert await case_state(pair.au, case_id) == ("under_review", None)
+    await pair.ar.start()
+    await wait_for(pair.au, answer["id"], "delivered", timeout=60)
+    status, body = await move(pair.au, case_id, "refuse", refusal=refusal)
+    assert status == 200 and body["state"] == "refused", body
+
+
+async def test_a_request_from_a_draft_shared_lower_than_its_thread_defaults_to_the_thread(pair: Pair) -> None:
+    """The default marking of a conversion is the higher of the thread's and the draft's: it took the draft's, so a
+    draft shared in a (recorded) downgraded reply made the conversion, with no marking given, refused."""
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    thread_id = await start_thread(pair.ar, marking=strict, content={"text": "Before we ask"})
+    lower = {"level": "CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    draft = example_request(RequestType.MLA_CRIMINAL).to_json()
+    shared = await reply(
+        pair.au, thread_id, marking=lower, downgrade_reason="only the draft, not the facts", draft_request=draft
+    )
+    status, body = await pair.au.call("POST", f"/v1/consultations/{thread_id}/convert", json={"from_draft": shared})
+    assert status == 202, body
+    status, summary = await pair.au.call("GET", f"/v1/messages/{body['id']}")
+    assert summary["marking"] == strict, summary

@@ -492,3 +492,34 @@ async def test_a_claim_that_keeps_failing_is_tried_about_once_a_second(
     await asyncio.sleep(2.5)
     assert 1 <= claims <= 4, f"{claims} claims in 2.5 s"
     assert not task.done()
+
+
+async def test_a_due_row_the_claim_does_not_get_is_polled_not_spun_on(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A due row held by another transaction (a replica's claim, a receipt being recorded) is skipped by the claim
+    (SKIP LOCKED) but still due to next_due: the loop then claimed and asked again without sleeping, a dozen times a
+    second for as long as the lock was held. Modelled by a claim that gets nothing while the row is due."""
+    await pair.au.stop()
+    await restart(pair.ar, outbox_initial_backoff=600, outbox_max_backoff=600)
+    await send_with_attachment(pair.ar, REQUEST, b"records")  # only the claim loop sends it; au.ag is down
+    for _ in range(200):
+        async with pair.ar.gw.engine.connect() as conn:
+            attempts = (await conn.execute(select(outbox.c.attempts))).scalar_one()
+        if attempts:
+            break
+        await asyncio.sleep(0.05)
+    assert attempts == 1  # rescheduled 600 s ahead
+    gw, claims = pair.ar.gw, 0
+
+    async def held_elsewhere(conn: Any, now: Any, **options: Any) -> list[Any]:
+        nonlocal claims
+        claims += 1
+        return []
+
+    monkeypatch.setattr(gw.outbox, "claim_due", held_elsewhere)
+    real_clock = gw.clock
+    monkeypatch.setattr(gw, "clock", lambda: real_clock() + timedelta(hours=1))  # the row is due now
+    gw.outbox_wakeup.set()
+    await asyncio.sleep(1.5)
+    assert 1 <= claims <= 4, claims

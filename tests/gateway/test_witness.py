@@ -24,6 +24,7 @@ from gateway.outbox import DeliveryError
 from gateway.witness import (
     MAX_PROOF_FAILURES,
     RECEIPT_PROOF_PATH,
+    STORE_ATTEMPTS,
     WitnessError,
     cosignature_verifiers,
     note_verifiers,
@@ -33,7 +34,7 @@ from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.events import LedgerEvent
 from protocol.receipts import Receipt
 from protocol.timefmt import format_time, parse_time
-from store.ledger import WitnessState
+from store.ledger import PeerCheckpoint, WitnessState
 from store.tables import (
     checkpoints,
     cosignatures,
@@ -1082,3 +1083,122 @@ async def test_two_replicas_checking_two_forks_at_once_keep_one_and_raise_the_al
         alarms = await WitnessState.open_alarms(conn)
     assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
     assert "au.ag" in pair.ar.gw.blocked_peers
+
+
+async def test_a_fork_checked_while_other_replicas_store_newer_checkpoints_still_meets_the_last(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attempt to keep the checkpoint found a newer one that another replica stored meanwhile; after the last
+    attempt the checkpoint was never compared with the one stored last, so a fork that agreed with every earlier
+    one escaped the alarm (decision 145). The peer paces our replicas with the speed of its proofs."""
+    await exchange(pair)
+    assert pair.ar.running is not None
+    witness = pair.ar.running.sender.witness
+    (held,) = await rows(pair.ar, select(peer_checkpoints).where(peer_checkpoints.c.peer == "au.ag"))
+    entries = await rows(pair.au, select(ledger_entries.c.entry).order_by(ledger_entries.c.idx))
+    base = [merkle.leaf_hash(bytes(r.entry)) for r in entries][: held.size]
+
+    def signed(leaves: list[bytes]) -> tuple[str, int, bytes, dict[Any, bytes]]:
+        nodes = _tree(leaves)
+        root = merkle.root_hash(len(leaves), nodes)
+        text = Checkpoint(origin="comity-ledger/au.ag", size=len(leaves), root_hash=root).to_text()
+        return pair.au.gw.sign_checkpoint(text), len(leaves), root, nodes
+
+    honest_leaves = [merkle.leaf_hash(f"h{i}".encode()) for i in range(STORE_ATTEMPTS)]
+    honest = [signed(base + honest_leaves[: k + 1]) for k in range(STORE_ATTEMPTS)]
+    # the fork shares all but the last honest entry, then diverges; larger than every honest checkpoint
+    fork = signed(base + honest_leaves[: STORE_ATTEMPTS - 1] + [merkle.leaf_hash(b"f1"), merkle.leaf_hash(b"f2")])
+    stored = iter(honest)
+
+    async def consistency(peer: str, size1: int, size2: int) -> list[bytes]:
+        shown = next(stored, None)  # meanwhile another replica of ours stores the next honest checkpoint
+        if shown is not None:
+            note, size, root, _ = shown
+            async with pair.ar.gw.transaction() as conn:
+                await WitnessState.lock(conn, "au.ag")
+                await WitnessState.remember(conn, PeerCheckpoint("au.ag", size, root, note), pair.ar.gw.clock())
+        return merkle.consistency_proof(size1, size2, fork[3])
+
+    async def cosign(peer: str, checkpoint: Checkpoint) -> None:
+        return None
+
+    monkeypatch.setattr(witness, "_fetch_consistency", consistency)
+    monkeypatch.setattr(witness, "_cosign", cosign)
+    await witness.check("au.ag", fork[0])
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = await WitnessState.open_alarms(conn)
+    assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
+
+
+async def test_a_proof_trickled_byte_by_byte_fails_the_check_within_the_poll_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session's read timeout restarts with every byte: a peer answering a consistency proof a byte at a time
+    held the witness's check, and every later one of that peer, open with nothing counted (decision 145)."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from gateway import witness as witness_module
+    from gateway.outbox import OutboxSender
+    from gateway.witness import Witness
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"proof": [')
+        while True:
+            await asyncio.sleep(0.1)
+            await response.write(b" ")
+
+    app = web.Application()
+    app.router.add_get("/federation/v1/consistency", trickle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    entry = SimpleNamespace(id="au.ag", endpoint=f"http://127.0.0.1:{port}", tls_pin="x")
+    settings = SimpleNamespace(dev_plain_http=True, outbox_connections_per_peer=8)
+    gw = SimpleNamespace(settings=settings, authority_id="ar.mj", directory=SimpleNamespace(authority=lambda _: entry))
+    sender: Any = SimpleNamespace(gw=gw, _sessions={})  # the outbox's own session factory and its timeouts
+    witness = Witness(gw, lambda peer: OutboxSender._session(sender, peer))  # type: ignore[arg-type]
+    monkeypatch.setattr(witness_module, "POLL_TIMEOUT", 0.5)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(witness._fetch_consistency("au.ag", 1, 2), 10)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        for session in sender._sessions.values():
+            await session.close()
+        await runner.cleanup()
+
+
+async def test_a_peer_whose_store_fails_for_a_few_seconds_is_not_blocked(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An honest peer whose database fails answers proof requests 503 store-unavailable (9.1: not the request's
+    fault). Counted without the patience of a dropped connection, five receipts in a row raised proof-unavailable
+    and blocked it both ways; now it waits TRANSPORT_GRACE like a dropped connection (decision 145)."""
+    from store.errors import StoreUnavailable
+    from store.ledger import LedgerReader
+
+    await exchange(pair)  # ar.mj holds au.ag's first checkpoint
+
+    async def outage(*_: Any, **__: Any) -> Any:
+        raise StoreUnavailable("no connection in time")
+
+    monkeypatch.setattr(LedgerReader, "consistency", staticmethod(outage))
+    for _ in range(MAX_PROOF_FAILURES + 1):
+        await exchange(pair)  # delivered and receipted meanwhile: au.ag's writes work
+    assert pair.ar.running is not None
+    witness = pair.ar.running.sender.witness
+    for _ in range(200):  # the checks run behind the receipts
+        if witness._failures.get("au.ag", 0) >= MAX_PROOF_FAILURES:
+            break
+        await asyncio.sleep(0.05)
+    assert witness._failures.get("au.ag", 0) >= MAX_PROOF_FAILURES  # counted, each one
+    async with pair.ar.gw.engine.connect() as conn:
+        assert await WitnessState.open_alarms(conn) == []
+    assert "au.ag" not in pair.ar.gw.blocked_peers
