@@ -570,11 +570,13 @@ async def test_image_entrypoint_runs_outside_a_container(
     assert PASSPHRASE not in run.log
 
 
-async def test_entrypoint_refuses_an_unreadable_passphrase_file(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+async def _entrypoint_alone(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The image's default command, outside a container, with the gateway's environment and ``extra``; its secret
+    file (COMITY_PASSPHRASE_FILE) is not there unless ``extra`` names one."""
     image = _image()
     outside = Outside(tmp_path / "data", tmp_path / "secrets", "sqlite+aiosqlite:///unused.db", 1, 2)
-    env = outside.environment(_container_env("gateway-ar", {"PATH": os.environ["PATH"]}))
-    result = await asyncio.to_thread(
+    env = outside.environment(_container_env("gateway-ar", {"PATH": os.environ["PATH"]})) | extra
+    return await asyncio.to_thread(
         subprocess.run,
         outside.command(image, image.entrypoint + image.cmd),
         env=env,
@@ -584,6 +586,10 @@ async def test_entrypoint_refuses_an_unreadable_passphrase_file(tmp_path: Path, 
         timeout=30,
         check=False,
     )
+
+
+async def test_entrypoint_refuses_an_unreadable_passphrase_file(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    result = await _entrypoint_alone(tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("comity-entrypoint: COMITY_PASSPHRASE_FILE names ")
 
@@ -592,21 +598,10 @@ async def test_entrypoint_refuses_a_passphrase_given_both_directly_and_as_a_file
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     """As the commands refuse both: before, the file silently won over the variable."""
-    image = _image()
-    outside = Outside(tmp_path / "data", tmp_path / "secrets", "sqlite+aiosqlite:///unused.db", 1, 2)
-    env = outside.environment(_container_env("gateway-ar", {"PATH": os.environ["PATH"]}))
     secret = tmp_path / "passphrase"
     secret.write_text("a passphrase from the file\n")
-    env |= {"COMITY_PASSPHRASE_FILE": str(secret), "COMITY_PASSPHRASE": "a passphrase given directly"}
-    result = await asyncio.to_thread(
-        subprocess.run,
-        outside.command(image, image.entrypoint + image.cmd),
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = await _entrypoint_alone(
+        tmp_path, COMITY_PASSPHRASE_FILE=str(secret), COMITY_PASSPHRASE="a passphrase given directly"
     )
     assert result.returncode == 1, result
     assert result.stderr == (
