@@ -33,7 +33,7 @@ from protocol.checklist import check_request
 from protocol.consultations import DraftCheck, consultation_of, linked_consultation
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
-from protocol.markings import MarkingRefused
+from protocol.markings import EMBARGO_CAVEAT, MarkingRefused, caveat_name
 from protocol.messages import Marking, MessageKind, MessagePayload, validate_message_id
 from store.cases import Case, Cases
 from store.casework import CaseWork
@@ -46,7 +46,9 @@ __all__ = [
     "ConsultationConverted",
     "ConsultationNotOnRecord",
     "Link",
+    "case_floor",
     "consultation_on_record",
+    "default_about",
     "incoming_link",
     "outgoing_link",
 ]
@@ -115,6 +117,38 @@ async def _adopt(tx: Tx, thread_id: str, about: Case) -> None:
             ],
         )
     tx.record(EventType.CASE_ASSIGNED, "system", message_id=thread_id, related_id=about.id)
+
+
+def case_floor(case_marking: Marking) -> Marking:
+    """What a thread about a case carries at least (decision 145): the case's level and caveats, its embargo aside (a
+    consultation under it would be closed to the very authority that set the embargo)."""
+    caveats = [caveat for caveat in case_marking.caveats if caveat_name(caveat) != EMBARGO_CAVEAT]
+    return Marking(level=case_marking.level, caveats=caveats)
+
+
+async def default_about(gw: Gateway, user: User, about: str, to: str, default: Marking) -> Marking:
+    """A new thread's marking when none is given: ``default``, raised to the floor of the case it is about, but only
+    for a case shared with ``to`` that ``user`` may act on: anyone else gets the answer a case that is not shared
+    gets, and nothing of the case's marking in it."""
+    async with gw.reader.connect() as conn:
+        opening = await Messages.find(conn, about)
+        if opening is None:
+            return default
+        try:
+            await check_case_access(gw, user, opening, conn, "consulting about")
+            await _shared_case(conn, about, to)
+        except (AccessRefused, InvalidMessage):
+            return default
+    return gw.scheme.join(default, case_floor(opening.marking))
+
+
+def _check_floor(gw: Gateway, marking: Marking, about: str, opening: Marking) -> None:
+    floor = case_floor(opening)
+    if gw.scheme.lowers(marking, floor):
+        raise MarkingRefused(
+            f"a consultation about case {about} carries at least the case's marking ({floor.level}, caveats "
+            f"{', '.join(floor.caveats) or 'none'})"
+        )
 
 
 async def _shared_case(conn: AsyncConnection, case_id: str, peer: str) -> Case:
@@ -194,11 +228,8 @@ async def outgoing_link(
                         gw, user, about, conn, "consulting about", unseen=nothing, unseen_code=InvalidMessage.code
                     )
                 await _shared_case(conn, member.about, to)
-                if about is not None and gw.scheme.lowers(marking, about.marking):  # decision 145
-                    raise MarkingRefused(
-                        f"a consultation about case {member.about} carries at least the case's marking "
-                        f"({about.marking.level}, caveats {', '.join(about.marking.caveats) or 'none'})"
-                    )
+                if about is not None:  # decision 145
+                    _check_floor(gw, marking, member.about, about.marking)
             return Link(message_id, to, "out", new_thread=True, about=member.about, draft=check, created_by=user.id)
         thread = await _thread_for(gw, user, conn, member.thread_id, to, "replying in")
         await _reply_in_thread(conn, thread, in_reply_to, member.about)
@@ -231,6 +262,10 @@ async def incoming_link(gw: Gateway, payload: MessagePayload) -> Link | None:
         check = None if draft is None else DraftCheck.of(check_request(draft, requirements))
         if payload.in_reply_to is None:
             adopt = None if member.about is None else await _shared_case(conn, member.about, peer)
+            if member.about is not None:  # a peer that skips the floor, or predates it: the receiver holds it too
+                opening = await Messages.find(conn, member.about)
+                if opening is not None:
+                    _check_floor(gw, payload.marking, member.about, opening.marking)
             return Link(payload.id, peer, "in", new_thread=True, about=member.about, draft=check, adopt=adopt)
         thread = await _thread_with(conn, member.thread_id, peer)
         await _reply_in_thread(conn, thread, payload.in_reply_to, member.about)

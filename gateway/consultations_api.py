@@ -16,7 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api import _json, _read_json, _summary, _user, read_submission
-from gateway.consultations import ConsultationConverted
+from gateway.consultations import ConsultationConverted, default_about
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.params import bounded_param
@@ -100,15 +100,13 @@ async def _as_seen_by(gw: Gateway, user: User, conn: AsyncConnection, threads: l
     return [dataclasses.replace(thread, last_message_at=last.get(thread.id, thread.created_at)) for thread in threads]
 
 
-async def _default_marking(gw: Gateway, about: Any) -> Marking:
-    """A new thread's marking when none is given: CONFIDENTIAL, or at least the marking of the case it is about
-    (decision 145; who may not act on that case is refused later as for a case that is not shared)."""
+async def _default_marking(gw: Gateway, user: User, about: Any, to: Any) -> Marking:
+    """A new thread's marking when none is given: CONFIDENTIAL, or at least the floor of the case it is about
+    (decision 145)."""
     default = Marking.parse(_DEFAULT_MARKING)
-    if not is_message_id(about):
+    if not is_message_id(about) or not isinstance(to, str):
         return default
-    async with gw.reader.connect() as conn:
-        case = await Messages.find(conn, about)
-    return default if case is None else gw.scheme.join(default, case.marking)
+    return await default_about(gw, user, about, to, default)
 
 
 def _thread_json(thread: Thread) -> dict[str, Any]:
@@ -140,7 +138,9 @@ async def start(request: web.Request) -> web.Response:
     draft = Draft(
         to=to,
         kind=MessageKind.CONSULTATION,
-        marking=Marking.parse(body["marking"]) if "marking" in body else await _default_marking(gw, body.get("about")),
+        marking=Marking.parse(body["marking"])
+        if "marking" in body
+        else await _default_marking(gw, user, body.get("about"), to),
         content=content,
         message_id=thread_id,
     )

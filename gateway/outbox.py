@@ -177,8 +177,8 @@ class OutboxSender:
                 self.log.warning("outbox_next_due_failed", error=error_code(exc))
                 due = None
             wait = None if due is None else (due - self.gw.clock()).total_seconds()
-            # a row already due that the claim just now did not get is held by another transaction (a replica's
-            # claim, a receipt being recorded): polled again within a second, not claimed for in a loop
+            # a row already due that the claim just now did not get (next_due leaves it out) is polled within a
+            # second, not claimed for in a loop
             if wait is not None and wait > 0:
                 timeout = min(timeout, wait)
         stop = asyncio.create_task(self._stopping.wait())

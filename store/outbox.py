@@ -154,11 +154,17 @@ class Outbox:
         return len((await conn.execute(select(outbox.c.message_id))).all())
 
     async def next_due(self, conn: AsyncConnection, now: datetime) -> datetime | None:
-        """When the next claim can succeed: the earliest due retry among unclaimed rows, or the earliest lease
-        expiry of a claimed one (a row in flight is not due again until its lease runs out)."""
+        """When the next claim can succeed: the earliest retry still to come among unclaimed rows, or the earliest
+        lease expiry of a claimed one (a row in flight is not due again until its lease runs out). A row already due
+        that the claim just now did not get is held by another transaction (a replica's claim, a receipt being
+        recorded): the caller polls for it within a second, and it must not hide a retry due sooner."""
         unclaimed = (
             select(outbox.c.next_attempt_at)
-            .where(or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now), _NOT_HELD)
+            .where(
+                or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                outbox.c.next_attempt_at > now,
+                _NOT_HELD,
+            )
             .order_by(outbox.c.next_attempt_at)
             .limit(1)
         )

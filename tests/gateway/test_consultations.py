@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from gateway.cli.request import example_request
 from gateway.context import Gateway
+from protocol.messages import new_message_id
 from protocol.requests import RequestType, blank_request
 from store.tables import consultation_drafts, consultations
 from tests.gateway.conftest import Pair, Side
@@ -28,6 +29,7 @@ from tests.gateway.test_markings import (
     post_form,
     secret_content,
     stored,
+    tomorrow,
     trio,  # noqa: F401 (the fixture)
 )
 from tests.gateway.test_requests_flow import case_state, formal, move, send_complete, until
@@ -522,3 +524,62 @@ async def test_a_request_from_a_draft_shared_lower_than_its_thread_defaults_to_t
     assert status == 202, body
     status, summary = await pair.au.call("GET", f"/v1/messages/{body['id']}")
     assert summary["marking"] == strict, summary
+
+
+async def test_a_thread_about_an_embargoed_case_does_not_inherit_the_embargo(pair: Pair) -> None:
+    """The floor of a thread about a case leaves its embargo out: carried over, it closed the question to the very
+    authority that set the embargo, and a marking without it was refused."""
+    embargoed = {"level": "CONFIDENTIAL", "caveats": [f"embargo:{tomorrow().isoformat()}", "uncac-46-20"]}
+    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": embargoed}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=request)
+    assert status == 202, body
+    case_id = body["id"]
+    await wait_for(pair.ar, case_id, "delivered")
+    question = {"to": "ar.mj", "about": case_id, "content": {"text": "may we start before the date?"}}
+    for chosen in ({"marking": MARKING}, {}):
+        status, body = await pair.au.call("POST", "/v1/consultations", json={**question, **chosen})
+        assert status == 202, body
+        await wait_for(pair.au, body["id"], "delivered")
+        status, opened = await pair.ar.call("POST", f"/v1/messages/{body['id']}/open", json={"purpose": "review"})
+        assert status == 200 and opened["marking"] == MARKING, opened
+
+
+async def test_a_peers_thread_about_a_case_below_its_marking_is_refused(pair: Pair) -> None:
+    """The receiver holds the floor too: a peer that skips it, or predates it, opened a CONFIDENTIAL thread about our
+    STRICTLY CONFIDENTIAL case, which a supervisor cleared only for CONFIDENTIAL could then read."""
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": strict, "to": "ar.mj"}
+    status, body = await pair.au.call("POST", "/v1/messages", json=request)
+    assert status == 202, body
+    case_id = body["id"]
+    await wait_for(pair.au, case_id, "delivered")
+    hostile = hostile_towards(pair.ar, pair.au)
+    thread_id = new_message_id()
+    member = {"thread_id": thread_id, "informal": True, "about": case_id}
+    payload = hostile.payload(
+        id=thread_id, kind="consultation", marking=MARKING, content={"text": "about it", "consultation": member}
+    )
+    before = await stored(pair.au.gw)
+    answer = await hostile.post(hostile.seal(payload))
+    await assert_envelope_refused(pair.au, hostile, answer, before, http=403, code="marking-refused", secrets=[])
+
+
+async def test_an_unseen_case_gives_a_thread_about_it_no_marking_of_its_own(trio: Trio) -> None:  # noqa: F811
+    """The default marking of a thread about a case joined the case's marking before anyone checked the caller may
+    act on it: naming a recipient accredited lower, an officer of another unit learnt the case's level. Now she gets
+    what a case that does not exist gets."""
+    strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
+    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": strict, "to": "au.ag"}
+    status, body = await trio.ar.call("POST", "/v1/messages", json=request)
+    assert status == 202, body
+    case_id = body["id"]
+    await wait_for(trio.ar, case_id, "delivered")
+    eve = await as_user(trio.au, ("eve", "officer"), clearance="CONFIDENTIAL", unit="other")
+    try:
+        answers = []
+        for about in (case_id, new_message_id()):
+            status, problem = await eve.call("POST", "/v1/consultations", json={"to": "br.mjsp", "about": about})
+            answers.append((status, problem["code"], problem["detail"].replace(about, "<id>")))
+        assert answers[0] == answers[1] and answers[0][1] == "invalid-message", answers
+    finally:
+        await close_sessions(eve)

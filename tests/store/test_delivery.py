@@ -227,3 +227,16 @@ async def test_a_milestone_reached_before_the_receipt_recorded_gives_a_wait_of_z
         assert (await conn.execute(select(case_stats.c.wait_acknowledge_ms))).scalar_one() == 0
         table = await compute(conn, Statistic.DURATIONS, Filters(), today=SUBMITTED.date())
     assert all(value >= 0 for row in table.rows for value in row if isinstance(value, int | float)), table.rows
+
+
+async def test_the_next_due_time_is_the_next_retry_to_come_not_one_already_due(engine: AsyncEngine) -> None:
+    """A row already due that a claim did not get (another transaction holds it) made next_due answer a past time:
+    the sender then polled a second later, past a retry due sooner. Such a row is left to that poll."""
+    for name in ("held", "later"):
+        await add_message(engine, name, request=False)
+    now = SUBMITTED + timedelta(minutes=1)
+    async with engine.begin() as conn:
+        for name, when in (("held", now - timedelta(seconds=5)), ("later", now + timedelta(milliseconds=100))):
+            await conn.execute(update(outbox).where(outbox.c.message_id == name).values(next_attempt_at=when))
+    async with engine.connect() as conn:
+        assert await OUTBOX.next_due(conn, now) == now + timedelta(milliseconds=100)
