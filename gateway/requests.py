@@ -294,10 +294,10 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
 
     Its report moves our view only forward (decision 142): not when it is older than the counterpart's last
     transition we adopted (reports overtake each other; it still gives the statistics a milestone they lack), and
-    not to a state the case cannot reach from where it is by a path ending with the reported event (never out of
-    ``closed``, never back behind our own withdrawal). Our own moves do not date the case for this: a withdrawal of
-    the requesting side made before the requested side's next move must still reach it. The message stays on
-    record either way."""
+    not to a state the case cannot reach from where it is by moves of the reporting side ending with the reported
+    event (never out of ``closed``, never back behind our own withdrawal). Our own moves do not date the case for
+    this: a withdrawal of the requesting side made before the requested side's next move must still reach it. The
+    message stays on record either way."""
     if report.state is None:
         return
     log = get_logger(message_id=case_id, peer=peer)
