@@ -31,7 +31,14 @@ from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
-from protocol.messages import Marking, MessageKind, parse_strict_json, validate_authority_id, validate_message_id
+from protocol.messages import (
+    Marking,
+    MessageKind,
+    is_message_id,
+    parse_strict_json,
+    validate_authority_id,
+    validate_message_id,
+)
 from protocol.timefmt import format_time
 from protocol.timeline import build_timeline
 from store.cases import Cases
@@ -46,7 +53,6 @@ USER = web.RequestKey("user", User)  # the authenticated user of a request
 PUBLIC_PATHS = {"/v1/openapi.json", "/healthz", "/readyz"}
 MAX_JSON = 1 << 20
 _T = TypeVar("_T")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")  # RFC 6838
 
 
@@ -74,7 +80,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         check_scope(user, required_scope(request))  # every route names its scope (gateway/auth.py)
     except ComityError as refused:
         target = request.match_info.get("id", "")
-        if required_scope(request) == "content:open" and _UUID.fullmatch(target):
+        if required_scope(request) == "content:open" and is_message_id(target):
             # an attempt to open content without the right is evidence too
             await ledger_refusal(gw, EventType.OPEN_REFUSED, f"user:{user.username}", refused, message_id=target)
         raise
@@ -87,7 +93,7 @@ def _check_path_ids(request: web.Request) -> None:
     """Every ``{id}`` of the API is a message or case id (a version-4 UUID) and every number a small one: anything
     else names nothing, and must not reach the database (PostgreSQL refuses a NUL byte, a bigint overflows)."""
     target = request.match_info.get("id")
-    if target is not None and not _UUID.fullmatch(target):
+    if target is not None and not is_message_id(target):
         raise NotFound("no message or case has that id")
     for name in ("item", "position"):
         number = request.match_info.get(name)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -130,8 +130,8 @@ class _Final:
     """What a batch is about to write once its units have finished: set just before its final statements."""
 
     results: list[Any] | None = None
-    entries: list[tuple[int, bytes]] = field(default_factory=list)
-    head: TreeHead | None = None
+    entries: list[dict[str, object]] = field(default_factory=list)  # the batch's ledger rows (LedgerBatch.pending)
+    batch: LedgerBatch | None = None
     pid: int | None = None  # PostgreSQL: the server process of the batch's connection
 
 
@@ -226,8 +226,8 @@ class Committer:
             if not await self._committed(final, error):
                 raise
             self.log.warning("commit_answer_lost", committed=True, entries=len(final.entries))
-            if self._autocommit is not None:
-                self._head = final.head
+            if self._autocommit is not None and final.batch is not None:
+                self._head = final.batch.head()
             return final.results
 
     async def _committed(self, final: _Final, error: Exception) -> bool:
@@ -237,8 +237,10 @@ class Committer:
         if not final.entries:  # nothing of it can be recognised
             raise OutcomeUnknown("the database connection was lost as a batch was committed") from error
 
+        written = {cast(int, row["idx"]): row["entry"] for row in final.entries}
+
         async def read() -> dict[int, bytes]:
-            first, last = final.entries[0][0], final.entries[-1][0]
+            first, last = min(written), max(written)
             async with self.gw.engine.begin() as conn:
                 if final.pid is not None:
                     await _ended(conn, final.pid)
@@ -254,7 +256,7 @@ class Committer:
         except Exception:
             self.log.warning("commit_answer_lost", committed="unknown", entries=len(final.entries))
             raise OutcomeUnknown("the database connection was lost as a batch was committed") from error
-        return all(stored.get(index) == entry for index, entry in final.entries)
+        return all(stored.get(index) == entry for index, entry in written.items())
 
     async def _write(self, jobs: list[_Job[Any]], head: TreeHead | None, final: _Final) -> list[Any]:
         gw = self.gw
@@ -283,7 +285,7 @@ class Committer:
             raise RuntimeError("a unit's finish step appended to the ledger after the checkpoint was signed")
         # the entries, the checkpoint, the head and every row the units queued (store/fast.py): on PostgreSQL
         # one statement, which writes nothing if the head has moved since the batch began (store/events.py)
-        final.results, final.entries, final.head = results, batch.pending(), batch.head()
+        final.results, final.entries, final.batch = results, batch.pending(), batch
         await batch.flush(conn, checkpoint)
         return results
 

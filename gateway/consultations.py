@@ -34,7 +34,7 @@ from protocol.consultations import DraftCheck, consultation_of, linked_consultat
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
 from protocol.markings import EMBARGO_CAVEAT, MarkingRefused, caveat_name
-from protocol.messages import Marking, MessageKind, MessagePayload, validate_message_id
+from protocol.messages import Marking, MessageKind, MessagePayload, is_message_id, validate_message_id
 from store.cases import Case, Cases
 from store.casework import CaseWork
 from store.consultations import Consultations, DraftChecks, Thread
@@ -126,10 +126,12 @@ def case_floor(case_marking: Marking) -> Marking:
     return Marking(level=case_marking.level, caveats=caveats)
 
 
-async def default_about(gw: Gateway, user: User, about: str, to: str, default: Marking) -> Marking:
-    """A new thread's marking when none is given: ``default``, raised to the floor of the case it is about, but only
-    for a case shared with ``to`` that ``user`` may act on: anyone else gets the answer a case that is not shared
-    gets, and nothing of the case's marking in it."""
+async def default_about(gw: Gateway, user: User, about: Any, to: str, default: Marking) -> Marking:
+    """A new thread's marking when none is given: ``default``, raised to the floor of the case it is ``about`` (if it
+    names one), but only for a case shared with ``to`` that ``user`` may act on: anyone else gets the answer a case
+    that is not shared gets, and nothing of the case's marking in it."""
+    if not is_message_id(about):
+        return default
     async with gw.reader.connect() as conn:
         opening = await Messages.find(conn, about)
         if opening is None:

@@ -26,7 +26,7 @@ from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
 from protocol.errors import InvalidMessage
 from protocol.markings import MarkingRefused
-from protocol.messages import Marking, MessageKind, is_message_id, new_message_id, validate_message_id
+from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
 from protocol.timefmt import format_time
 from store.consultations import Consultations, DraftChecks, Thread
 from store.messages import MessageRow, Messages
@@ -100,15 +100,6 @@ async def _as_seen_by(gw: Gateway, user: User, conn: AsyncConnection, threads: l
     return [dataclasses.replace(thread, last_message_at=last.get(thread.id, thread.created_at)) for thread in threads]
 
 
-async def _default_marking(gw: Gateway, user: User, about: Any, to: Any) -> Marking:
-    """A new thread's marking when none is given: CONFIDENTIAL, or at least the floor of the case it is about
-    (decision 145)."""
-    default = Marking.parse(_DEFAULT_MARKING)
-    if not is_message_id(about) or not isinstance(to, str):
-        return default
-    return await default_about(gw, user, about, to, default)
-
-
 def _thread_json(thread: Thread) -> dict[str, Any]:
     return {
         "id": thread.id,
@@ -140,7 +131,7 @@ async def start(request: web.Request) -> web.Response:
         kind=MessageKind.CONSULTATION,
         marking=Marking.parse(body["marking"])
         if "marking" in body
-        else await _default_marking(gw, user, body.get("about"), to),
+        else await default_about(gw, user, body.get("about"), to, Marking.parse(_DEFAULT_MARKING)),
         content=content,
         message_id=thread_id,
     )

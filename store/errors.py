@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sqlalchemy import exc as sa
 
 from protocol.errors import ComityError
@@ -72,14 +74,28 @@ def transient_cause(error: BaseException) -> BaseException | None:
     talks to asyncpg directly) and an error raised from one of them (a coalesced lookup's, gateway/coalesce.py)
     are recognised. A programming error (wrong arguments, a missing table, a constraint) never is: retrying it
     would fail forever."""
+    return next((link for link in _chain(error) if _is_transient(link)), None)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it was raised from, five links at most (e.g. LookupFailed <- SQLAlchemy's error <- its
+    adapter's <- asyncpg's)."""
     seen: BaseException | None = error
-    for _ in range(5):  # e.g. LookupFailed <- SQLAlchemy's error <- its adapter's <- asyncpg's
+    for _ in range(5):
         if seen is None:
-            return None
-        if _is_transient(seen):
-            return seen
+            return
+        yield seen
         seen = seen.__cause__
-    return None
+
+
+def _closed(error: BaseException) -> bool:
+    """asyncpg's InterfaceError is mostly misuse (wrong arguments, another operation in progress): only a closed
+    connection counts as the database's doing."""
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return False
+    return isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error)
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -99,36 +115,23 @@ def _is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, asyncpg.PostgresError):  # class 08 includes a connection closed under a statement
         return _transient_sqlstate(getattr(error, "sqlstate", None))
-    # asyncpg's InterfaceError is mostly misuse (wrong arguments, another operation in progress): only a closed
-    # connection counts
-    return isinstance(error, asyncpg.InterfaceError) and "connection is closed" in str(error)
+    return _closed(error)
 
 
 def connection_lost(error: BaseException) -> bool:
     """Whether ``error``'s chain shows the connection gone under a statement, so that the database's answer was
     not heard (it may have committed): a closed or reset connection, or SQLSTATE class 08. Not a deadlock or a
     serialization failure: the server answered those, having rolled back."""
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
-            return True
-        if isinstance(seen, OSError):  # a reset, a broken pipe; a timeout too: the answer may still come, unheard
-            return True
-        sqlstate = getattr(seen, "sqlstate", None) or getattr(getattr(seen, "orig", None), "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith("08"):
-            return True
-        try:
-            import asyncpg
-        except ImportError:  # pragma: no cover - asyncpg is a dependency
-            return False
-        if isinstance(seen, asyncpg.ConnectionDoesNotExistError) or (
-            isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen)
-        ):
-            return True
-        seen = seen.__cause__
-    return False
+    return any(_lost(link) for link in _chain(error))
+
+
+def _lost(error: BaseException) -> bool:
+    if isinstance(error, sa.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OSError):  # a reset, a broken pipe; a timeout too: the answer may still come, unheard
+        return True
+    sqlstate = getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None)
+    return (isinstance(sqlstate, str) and sqlstate.startswith("08")) or _closed(error)  # 08003: no such connection
 
 
 def _transient_sqlstate(sqlstate: object) -> bool:

@@ -140,15 +140,10 @@ class LedgerBatch:
     def head(self) -> TreeHead:
         return TreeHead(self.size, {node: self._nodes[node] for node in merkle.root_needs(self.size)})
 
-    def pending(self) -> list[tuple[int, bytes]]:
-        """The entries appended since the last flush, as (index, bytes): what a flush about to run writes."""
-        pending = []
-        for row in self._entries:
-            index, entry = row["idx"], row["entry"]
-            assert isinstance(index, int)
-            assert isinstance(entry, bytes)
-            pending.append((index, entry))
-        return pending
+    def pending(self) -> list[dict[str, object]]:
+        """The rows of the entries appended since the last flush (``idx``, ``entry``, ...): what a flush about to run
+        writes. The list itself, not a copy: a flush starts a new one, so it keeps what that flush wrote."""
+        return self._entries
 
     async def flush(self, conn: AsyncConnection, checkpoint: tuple[str, datetime] | None = None) -> TreeHead:
         """Write what was appended since the last flush, and ``checkpoint`` (a signed note of the new head and its

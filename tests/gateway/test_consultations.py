@@ -59,6 +59,15 @@ async def thread(side: Side, thread_id: str) -> dict[str, Any]:
     return dict(body)
 
 
+async def delivered_request(side: Side, marking: dict[str, Any], *, to: str) -> str:
+    """A complete criminal-matters request under ``marking``, sent from ``side`` to ``to`` and delivered: its case."""
+    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": marking, "to": to}
+    status, body = await side.call("POST", "/v1/messages", json=request)
+    assert status == 202, body
+    await wait_for(side, body["id"], "delivered")
+    return str(body["id"])
+
+
 async def counts(gw: Gateway) -> tuple[int, int]:
     async with gw.engine.connect() as conn:
         threads = (await conn.execute(select(func.count()).select_from(consultations))).scalar_one()
@@ -472,11 +481,7 @@ async def test_a_thread_about_a_case_carries_at_least_the_cases_marking(pair: Pa
     marking: at the other end a supervisor not cleared for the case read the consultation about it. Now the default
     is at least the case's marking, and a lower one is refused (ledgered)."""
     strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-19", "uncac-46-20"]}
-    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": strict}
-    status, body = await pair.ar.call("POST", "/v1/messages", json=request)
-    assert status == 202, body
-    case_id = body["id"]
-    await wait_for(pair.ar, case_id, "delivered")
+    case_id = await delivered_request(pair.ar, strict, to="au.ag")
     lower = {"to": "ar.mj", "about": case_id, "marking": MARKING, "content": {"text": "about it"}}
     status, problem = await pair.au.call("POST", "/v1/consultations", json=lower)
     assert_problem(status, problem, code="marking-refused")
@@ -530,11 +535,7 @@ async def test_a_thread_about_an_embargoed_case_does_not_inherit_the_embargo(pai
     """The floor of a thread about a case leaves its embargo out: carried over, it closed the question to the very
     authority that set the embargo, and a marking without it was refused."""
     embargoed = {"level": "CONFIDENTIAL", "caveats": [f"embargo:{tomorrow().isoformat()}", "uncac-46-20"]}
-    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": embargoed}
-    status, body = await pair.ar.call("POST", "/v1/messages", json=request)
-    assert status == 202, body
-    case_id = body["id"]
-    await wait_for(pair.ar, case_id, "delivered")
+    case_id = await delivered_request(pair.ar, embargoed, to="au.ag")
     question = {"to": "ar.mj", "about": case_id, "content": {"text": "may we start before the date?"}}
     for chosen in ({"marking": MARKING}, {}):
         status, body = await pair.au.call("POST", "/v1/consultations", json={**question, **chosen})
@@ -548,11 +549,7 @@ async def test_a_peers_thread_about_a_case_below_its_marking_is_refused(pair: Pa
     """The receiver holds the floor too: a peer that skips it, or predates it, opened a CONFIDENTIAL thread about our
     STRICTLY CONFIDENTIAL case, which a supervisor cleared only for CONFIDENTIAL could then read."""
     strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
-    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": strict, "to": "ar.mj"}
-    status, body = await pair.au.call("POST", "/v1/messages", json=request)
-    assert status == 202, body
-    case_id = body["id"]
-    await wait_for(pair.au, case_id, "delivered")
+    case_id = await delivered_request(pair.au, strict, to="ar.mj")
     hostile = hostile_towards(pair.ar, pair.au)
     thread_id = new_message_id()
     member = {"thread_id": thread_id, "informal": True, "about": case_id}
@@ -569,11 +566,7 @@ async def test_an_unseen_case_gives_a_thread_about_it_no_marking_of_its_own(trio
     act on it: naming a recipient accredited lower, an officer of another unit learnt the case's level. Now she gets
     what a case that does not exist gets."""
     strict = {"level": "STRICTLY CONFIDENTIAL", "caveats": ["uncac-46-20"]}
-    request = {**formal(example_request(RequestType.MLA_CRIMINAL).to_json()), "marking": strict, "to": "au.ag"}
-    status, body = await trio.ar.call("POST", "/v1/messages", json=request)
-    assert status == 202, body
-    case_id = body["id"]
-    await wait_for(trio.ar, case_id, "delivered")
+    case_id = await delivered_request(trio.ar, strict, to="au.ag")
     eve = await as_user(trio.au, ("eve", "officer"), clearance="CONFIDENTIAL", unit="other")
     try:
         answers = []

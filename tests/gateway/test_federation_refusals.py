@@ -163,9 +163,15 @@ async def refused_case(
     message_id: str | None,
     content_type: str = "application/jose",
     secrets: tuple[str, ...] = (),
+    parts: list[bytes] | None = None,
 ) -> Refusal:
+    """``sealed`` delivered by ar.mj (with its attachment ``parts``, as multipart), and every property of a clean
+    refusal."""
     before = await stored(pair.au.gw)
-    answer = await hostile.post(sealed, content_type)
+    if parts is None:
+        answer = await hostile.post(sealed, content_type)
+    else:
+        answer = await hostile.post_multipart(sealed, parts)
     return await assert_refused(
         pair,
         hostile,
@@ -173,36 +179,8 @@ async def refused_case(
         before,
         status=status,
         code=code,
-        sent=sealed if content_type == "application/jose" else None,
+        sent=sealed if parts is not None or content_type == "application/jose" else None,
         claimed=claimed,
-        message_id=message_id,
-        secrets=secrets,
-    )
-
-
-async def refused_multipart(
-    pair: Pair,
-    hostile: HostilePeer,
-    sealed: bytes,
-    parts: list[bytes],
-    *,
-    status: int,
-    code: str,
-    message_id: str,
-    secrets: tuple[str, ...],
-) -> Refusal:
-    """``sealed`` and its attachment ``parts`` delivered by ar.mj, and every property of a clean refusal."""
-    before = await stored(pair.au.gw)
-    answer = await hostile.post_multipart(sealed, parts)
-    return await assert_refused(
-        pair,
-        hostile,
-        answer,
-        before,
-        status=status,
-        code=code,
-        sent=sealed,
-        claimed="ar.mj",
         message_id=message_id,
         secrets=secrets,
     )
@@ -654,13 +632,14 @@ async def test_corrupt_attachments_are_refused_and_leave_no_file(pair: Pair, hos
     for name, parts, code in cases:
         payload, mark = secret_payload(hostile, attachments=[big.ref.model_dump(), small.ref.model_dump()])
         try:
-            await refused_multipart(
+            await refused_case(
                 pair,
                 hostile,
                 hostile.seal(payload),
-                parts,
+                parts=parts,
                 status=400,
                 code=code,
+                claimed="ar.mj",
                 message_id=payload.id,
                 secrets=(mark,),
             )
@@ -685,13 +664,14 @@ async def test_a_manifest_key_that_can_never_decrypt_gets_no_receipt(pair: Pair,
     # with a routing header that differs too: check 15 comes before check 16 (header-mismatch)
     routed_as = new_message_id()
     sealed = hostile.seal_with_header(payload, id=routed_as)
-    await refused_multipart(
+    await refused_case(
         pair,
         hostile,
         sealed,
-        [attachment.ciphertext],
+        parts=[attachment.ciphertext],
         status=400,
         code="invalid-message",
+        claimed="ar.mj",
         message_id=routed_as,  # a refusal names the message by its routing header, the only id it can trust
         secrets=(mark,),
     )
@@ -709,9 +689,9 @@ async def test_every_attachment_size_is_checked_before_any_part_is_read(pair: Pa
     assert huge["ct_size"] > pair.au.gw.settings.max_attachment_bytes
     payload, mark = secret_payload(hostile, attachments=[small.ref.model_dump(), huge])
     # no part at all: refused for its size, not for the missing part
-    await refused_multipart(
-        pair, hostile, hostile.seal(payload), [], status=413, code="attachment-too-large", message_id=payload.id,
-        secrets=(mark,),
+    await refused_case(
+        pair, hostile, hostile.seal(payload), parts=[], status=413, code="attachment-too-large", claimed="ar.mj",
+        message_id=payload.id, secrets=(mark,),
     )  # fmt: skip
 
 
