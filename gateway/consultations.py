@@ -38,7 +38,7 @@ from protocol.messages import Marking, MessageKind, MessagePayload, is_message_i
 from store.cases import Case, Cases
 from store.casework import CaseWork
 from store.consultations import Consultations, DraftChecks, Thread
-from store.messages import Messages
+from store.messages import MessageRow, Messages
 from store.tables import case_assignments, cases
 from store.users import User
 
@@ -153,15 +153,16 @@ def _check_floor(gw: Gateway, marking: Marking, about: str, opening: Marking) ->
         )
 
 
-async def _shared_case(conn: AsyncConnection, case_id: str, peer: str) -> Case:
-    """The case ``case_id``, if it was opened by a message exchanged with ``peer`` (either direction)."""
+async def _shared_case(conn: AsyncConnection, case_id: str, peer: str) -> tuple[Case, MessageRow]:
+    """The case ``case_id`` and its opening message, if it was opened by a message exchanged with ``peer`` (either
+    direction)."""
     opening = await Messages.find(conn, case_id)
     case = await Cases.find(conn, case_id)
     if opening is None or case is None or opening.case_id != case_id or opening.peer != peer:
         raise InvalidMessage(f"case {case_id} is not a case shared with {peer}")
     if opening.kind == MessageKind.CONSULTATION.value:
         raise InvalidMessage(f"{case_id} is a consultation: reply in it rather than open a thread about it")
-    return case
+    return case, opening
 
 
 async def _thread_with(conn: AsyncConnection, thread_id: str, peer: str) -> Thread:
@@ -229,9 +230,8 @@ async def outgoing_link(
                     await check_case_access(
                         gw, user, about, conn, "consulting about", unseen=nothing, unseen_code=InvalidMessage.code
                     )
-                await _shared_case(conn, member.about, to)
-                if about is not None:  # decision 145
-                    _check_floor(gw, marking, member.about, about.marking)
+                _, opening = await _shared_case(conn, member.about, to)
+                _check_floor(gw, marking, member.about, opening.marking)  # decision 145
             return Link(message_id, to, "out", new_thread=True, about=member.about, draft=check, created_by=user.id)
         thread = await _thread_for(gw, user, conn, member.thread_id, to, "replying in")
         await _reply_in_thread(conn, thread, in_reply_to, member.about)
@@ -263,11 +263,10 @@ async def incoming_link(gw: Gateway, payload: MessagePayload) -> Link | None:
         requirements = gw.directory.authority(gw.authority_id).request_requirements()
         check = None if draft is None else DraftCheck.of(check_request(draft, requirements))
         if payload.in_reply_to is None:
-            adopt = None if member.about is None else await _shared_case(conn, member.about, peer)
-            if member.about is not None:  # a peer that skips the floor, or predates it: the receiver holds it too
-                opening = await Messages.find(conn, member.about)
-                if opening is not None:
-                    _check_floor(gw, payload.marking, member.about, opening.marking)
+            adopt = None
+            if member.about is not None:  # the floor too: a peer may skip it, or predate it
+                adopt, opening = await _shared_case(conn, member.about, peer)
+                _check_floor(gw, payload.marking, member.about, opening.marking)
             return Link(payload.id, peer, "in", new_thread=True, about=member.about, draft=check, adopt=adopt)
         thread = await _thread_with(conn, member.thread_id, peer)
         await _reply_in_thread(conn, thread, payload.in_reply_to, member.about)
