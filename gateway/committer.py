@@ -132,7 +132,7 @@ class _Final:
     results: list[Any] | None = None
     entries: list[dict[str, object]] = field(default_factory=list)  # the batch's ledger rows (LedgerBatch.pending)
     batch: LedgerBatch | None = None
-    pid: int | None = None  # PostgreSQL: the server process of the batch's connection
+    backend: fast.Backend | None = None  # PostgreSQL: the server process of the batch's connection
 
 
 class Committer:
@@ -242,8 +242,8 @@ class Committer:
         async def read() -> dict[int, bytes]:
             first, last = min(written), max(written)
             async with self.gw.engine.begin() as conn:
-                if final.pid is not None:
-                    await _ended(conn, final.pid)
+                if final.backend is not None:
+                    await _ended(conn, final.backend)
                 lock = select(ledger_head.c.size).where(ledger_head.c.id == 1).with_for_update(read=True)
                 await conn.execute(lock)
                 query = select(ledger_entries.c.idx, ledger_entries.c.entry).where(
@@ -266,7 +266,7 @@ class Committer:
         # from a remembered head, units may assume what usually holds (a receipt not yet recorded) and leave the
         # check to the batch's one statement (store/delivery.py); a failed batch runs again from the locked head
         async with fast.group(self._autocommit, optimistic=head is not None) as conn:
-            final.pid = await fast.backend_pid(conn)
+            final.backend = await fast.backend(conn)
             batch = LedgerBatch(head) if head is not None else await gw.events.begin_batch(conn)
             results = await self._run(conn, jobs, batch, final)
         self._head = batch.head()  # committed: the next batch may start here without reading it
@@ -290,16 +290,20 @@ class Committer:
         return results
 
 
-async def _ended(conn: AsyncConnection, pid: int) -> None:
-    """End the server process ``pid`` (a connection of ours whose answer was lost; the same role may end it) and
-    wait until it is gone: then whatever it was running has committed or rolled back."""
-    if (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() == pid:
+async def _ended(conn: AsyncConnection, lost: fast.Backend) -> None:
+    """End the server process ``lost`` (a connection of ours whose answer was lost; the same role may end it) and
+    wait until it is gone: then whatever it was running has committed or rolled back. The process is named by its
+    pid and its start time, so a later process given the same pid (after a restart of the server, or once the lost
+    one ended by itself) is left alone."""
+    if (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() == lost.pid:
         return  # the pool handed back the very connection: it is alive, so nothing of it is still running
-    await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    named = {"pid": lost.pid, "started": lost.started}
+    this = "FROM pg_stat_activity WHERE pid = :pid AND backend_start = :started"
+    await conn.execute(text(f"SELECT pg_terminate_backend(pid) {this}"), named)
     # a transaction reads pg_stat_activity once and keeps that snapshot: clear it at every look
-    alive = text("SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid)")
+    alive = text(f"SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1 {this})")
     while True:
-        if not (await conn.execute(alive, {"pid": pid})).one()[1]:
+        if not (await conn.execute(alive, named)).one()[1]:
             return
         await asyncio.sleep(0.02)
 

@@ -40,6 +40,8 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import Table, event
@@ -53,8 +55,9 @@ from store import sqlite_fast
 from store.fast_queue import Built, Guarded, GuardedSql, Queue, QueuedConditionFailed, check_times
 
 __all__ = [
+    "Backend",
     "GroupEnded",
-    "backend_pid",
+    "backend",
     "Guarded",
     "GuardedSql",
     "QueuedConditionFailed",
@@ -75,6 +78,7 @@ __all__ = [
 _QUEUE: Final = "comity.fast.queue"  # key of the queued rows in the connection's info (one DBAPI connection)
 _GROUP: Final = "comity.fast.group"  # set while group() runs the connection's transaction: "open" or "ended"
 _OPTIMISTIC: Final = "comity.fast.optimistic"  # set while group(optimistic=True) runs
+_BACKEND: Final = "comity.fast.backend"  # the connection's server process (backend())
 
 # the caller's part of a statement that also writes the queue: given the number of the first free placeholder,
 # its own CTEs (possibly none) and the main statement; a gated one (execute_direct) is also given the condition its
@@ -313,10 +317,25 @@ async def fetch_direct(
     return True, await _direct(driver, conn.info, lambda first, _condition: tail(first), args, None)
 
 
-async def backend_pid(conn: AsyncConnection) -> int | None:
-    """The PostgreSQL server process of ``conn`` (None on SQLite); asyncpg knows it without a round trip."""
+@dataclass(frozen=True)
+class Backend:
+    """A PostgreSQL server process, told apart from a later one given the same pid by its start time."""
+
+    pid: int
+    started: datetime
+
+
+async def backend(conn: AsyncConnection) -> Backend | None:
+    """The PostgreSQL server process of ``conn`` (None on SQLite): asyncpg knows its pid, and its start time is read
+    once per connection and kept with it."""
     driver = await _raw_driver(conn)
-    return None if driver is None else int(driver.get_server_pid())
+    if driver is None:
+        return None
+    known: Backend | None = conn.info.get(_BACKEND)
+    if known is None:
+        started = await driver.fetchval("SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        known = conn.info[_BACKEND] = Backend(int(driver.get_server_pid()), started)
+    return known
 
 
 async def _raw_driver(conn: AsyncConnection) -> Any | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, event, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import committer as committer_module
@@ -405,8 +406,10 @@ async def test_a_lost_statement_still_waiting_for_a_lock_is_ended_before_the_rea
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         return await real_run(driver, sql, args, **kw)
 
-    async def pid(conn: Any) -> int:
-        return int(lost_driver.get_server_pid())
+    real_backend = fast.backend
+
+    async def backend(conn: Any) -> fast.Backend | None:
+        return await real_backend(lost)
 
     real_committed = Committer._committed
 
@@ -426,7 +429,7 @@ async def test_a_lost_statement_still_waiting_for_a_lock_is_ended_before_the_rea
         assert await committer.run(delivery_unit("r1", OUTBOX))  # from the locked head; remembered after
         await blocker.execute(text("SELECT 1 FROM outbox WHERE message_id = 'r2' FOR UPDATE"))
         monkeypatch.setattr(fast, "_run", run)
-        monkeypatch.setattr(fast, "backend_pid", pid)
+        monkeypatch.setattr(fast, "backend", backend)
         monkeypatch.setattr(committer_module.Committer, "_committed", committed)
         results = await asyncio.gather(committer.run(delivery_unit("r2", OUTBOX)), committer.run(record_only("x")))
     finally:
@@ -438,6 +441,30 @@ async def test_a_lost_statement_still_waiting_for_a_lock_is_ended_before_the_rea
     await engine.dispose()
     assert subjects(entries).count("user:x") == 1, subjects(entries)
     assert results[0] is True, results
+
+
+async def test_the_read_back_leaves_alone_a_later_process_given_the_lost_ones_pid(pg_url: str) -> None:
+    """After a restart of the server, or once the lost process ended by itself, its pid may be another session's:
+    the read-back ends a process only if its start time is the lost one's too. Before, it ended whatever process
+    had the pid."""
+    await run_migrations(pg_url)
+    engine = make_engine(pg_url)
+    try:
+        other = await engine.connect()  # a session of the same role that happens to have the pid now
+        current = await fast.backend(other)
+        assert current is not None
+        earlier = fast.Backend(current.pid, current.started - timedelta(hours=1))
+        async with engine.connect() as conn:
+            await asyncio.wait_for(committer_module._ended(conn, earlier), 5)
+        assert (await other.execute(text("SELECT 1"))).scalar_one() == 1  # still alive
+        async with engine.connect() as conn:  # the process itself is ended, and waited for
+            await asyncio.wait_for(committer_module._ended(conn, current), 5)
+        with pytest.raises(DBAPIError):
+            await other.execute(text("SELECT 1"))
+        await other.invalidate()
+        await other.close()
+    finally:
+        await engine.dispose()
 
 
 async def test_a_final_statement_the_database_refused_is_run_again_without_a_read_back(
@@ -458,8 +485,8 @@ async def test_a_final_statement_the_database_refused_is_run_again_without_a_rea
             raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
         return await real(driver, sql, args, **kw)
 
-    async def ended(conn: Any, pid: int) -> None:
-        read_back.append(pid)
+    async def ended(conn: Any, lost: fast.Backend) -> None:
+        read_back.append(lost.pid)
 
     try:
         assert await committer.run(unit("a")) == 0
