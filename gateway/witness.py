@@ -67,6 +67,7 @@ MAX_HELD_SIZE = 2**63 - 1  # peer_checkpoints.size is a signed 64-bit integer
 # checks of one checkpoint against what another replica stored meanwhile before giving it up to a newer one
 STORE_ATTEMPTS = 4
 RECEIPT_NOTES_HELD = 256  # checkpoint notes opened for receipts and remembered (a peer's group commit shares one)
+RECEIPTS_OWED = 256  # receipts per peer whose check failed, kept to check again with the next checkpoint
 
 
 class WitnessError(ComityError):
@@ -158,6 +159,8 @@ class Witness:
         self.min_interval = MIN_INTERVAL
         # (peer, note, kids of the keys it may be signed by) -> its checkpoint, opened and verified
         self._receipt_notes: dict[tuple[str, str, tuple[str, ...]], Checkpoint] = {}
+        # peer -> receipts whose check failed, by message id: checked again after every check of that peer that holds
+        self._owed: dict[str, dict[str, Receipt]] = {}
         self.log = get_logger(component="witness")
 
     async def receipt_checkpoint(self, peer: str, receipt: Receipt, signed_about: datetime) -> Checkpoint:
@@ -228,12 +231,50 @@ class Witness:
                 return
             self._last[peer] = loop.time()
             try:
-                await self.check(peer, *pending)
-                self._forgive(peer)
+                checkpoint = await self.check(peer, *pending)
             except _UNCOOPERATIVE as exc:
+                self._owe(peer, pending[1])
                 await self._failed(peer, exc)
             except Exception as exc:  # our own database or directory: nothing to hold against the peer
+                self._owe(peer, pending[1])
                 self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
+            else:
+                # a peer is forgiven its failed checks only once it has backed every receipt it owes: failing the
+                # check of one chosen receipt, whatever else it answers, must not leave that receipt unchecked
+                if checkpoint is None or await self._settle_owed(peer, checkpoint):  # None: the alarm is raised
+                    self._forgive(peer)
+
+    def _owe(self, peer: str, receipt: Receipt | None) -> None:
+        """Keep ``receipt``, whose check failed, to check again; the oldest goes beyond RECEIPTS_OWED (a peer that
+        fails that many is counted toward ``proof-unavailable`` all the while)."""
+        if receipt is None:
+            return
+        owed = self._owed.setdefault(peer, {})
+        owed.pop(receipt.message_id, None)
+        owed[receipt.message_id] = receipt
+        if len(owed) > RECEIPTS_OWED:
+            dropped = owed.pop(next(iter(owed)))
+            self.log.warning("witness_receipt_dropped", peer=peer, message_id=dropped.message_id)
+
+    async def _settle_owed(self, peer: str, checkpoint: Checkpoint) -> bool:
+        """Check the receipts ``peer`` owes against ``checkpoint`` (verified, consistent with what we hold), in the
+        order they failed; whether none is owed any more. The first that fails again is counted and ends the round."""
+        owed = self._owed.get(peer, {})
+        for message_id, receipt in list(owed.items()):
+            if receipt.ledger_index >= checkpoint.size:  # an older checkpoint than the receipt's: not this round
+                continue
+            try:
+                await self._check_receipt(peer, checkpoint, receipt)
+            except _UNCOOPERATIVE as exc:
+                await self._failed(peer, exc)
+                return False
+            except Exception as exc:  # our own database: tried again next round, not held against the peer
+                self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
+                return False
+            del owed[message_id]  # checked: backed, or the alarm is raised
+        if not owed:
+            self._owed.pop(peer, None)
+        return not owed
 
     async def _failed(self, peer: str, exc: Exception) -> None:
         """A check failed by the peer's doing. A peer that keeps failing to back its checkpoints is treated like one
@@ -263,7 +304,9 @@ class Witness:
         for counts in (self._failures, self._since, self._stale_count, self._stale_since):
             counts.pop(peer, None)
 
-    async def check(self, peer: str, note: str, receipt: Receipt | None = None) -> None:
+    async def check(self, peer: str, note: str, receipt: Receipt | None = None) -> Checkpoint | None:
+        """Check ``note`` (and ``receipt``, which carried it) of ``peer``; the checkpoint, verified and consistent
+        with what we hold, or None once an alarm is raised."""
         gw = self.gw
         # signed in the group commit that signed the receipt, by a key valid then (decision 76); a polled checkpoint
         # carries no time and may be as old as the peer's last append: any listed key
@@ -275,7 +318,7 @@ class Witness:
             held = await WitnessState.latest(conn, peer)
         for _ in range(STORE_ATTEMPTS):
             if not await self._consistent(peer, checkpoint, held):
-                return
+                return None
             if held is not None and checkpoint.size <= held.size:
                 break  # nothing new to keep
             # new: keep it and cosign it, whatever its receipt shows, unless another replica kept a checkpoint of
@@ -300,8 +343,9 @@ class Witness:
             # but this one is still checked against the last of them: a fork that agreed with every earlier one
             # must not pass because the one it contradicts was stored last (decision 145)
             if not await self._consistent(peer, checkpoint, held):
-                return
+                return None
         await self._check_receipt(peer, checkpoint, receipt)
+        return checkpoint
 
     async def _consistent(self, peer: str, checkpoint: Checkpoint, held: PeerCheckpoint | None) -> bool:
         """Whether ``checkpoint`` (verified) is consistent with the one we hold of ``peer``; if not, the alarm is

@@ -897,6 +897,46 @@ async def test_the_sender_checks_that_a_receipt_names_its_messages_reception(pai
             assert not await WitnessState.open_alarms(conn)
 
 
+@pytest.mark.parametrize("dodge", ["once", "always"])
+async def test_a_receipt_whose_check_failed_is_checked_again_with_the_next_checkpoint(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, dodge: str
+) -> None:
+    """A peer that drops the connection when asked for one chosen receipt's entry, and answers everything else, no
+    longer leaves that receipt unchecked: it is asked for again with each later checkpoint, and the peer is not
+    forgiven its failed checks until it shows it. Before, the failed check dropped the receipt, and the next good
+    check wiped the count, so no alarm ever came."""
+    from gateway import witness
+
+    await exchange(pair)  # the first checkpoint is held
+    sender = pair.ar.running.sender.witness if pair.ar.running else None
+    assert sender is not None
+    real = witness.Witness._fetch_receipt_proof
+    asked: list[int] = []
+    target: list[int] = []
+
+    async def fetch(self: witness.Witness, peer: str, index: int, size: int) -> Any:
+        asked.append(index)
+        target[:] = target or [index]  # the first receipt asked for once armed
+        if index == target[0] and (dodge == "always" or asked.count(index) == 1):
+            raise aiohttp.ServerDisconnectedError()
+        return await real(self, peer, index, size)
+
+    monkeypatch.setattr(witness.Witness, "_fetch_receipt_proof", fetch)
+    monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
+    await exchange(pair)
+    assert list(sender._owed["au.ag"]) and sender._failures["au.ag"] == 1
+    for _ in range(witness.MAX_PROOF_FAILURES - 1):
+        await exchange(pair)
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = [(a.peer, a.reason) for a in await WitnessState.open_alarms(conn)]
+    if dodge == "once":  # asked again with the next checkpoint, shown, and the count wiped
+        assert asked.count(target[0]) == 2
+        assert not sender._owed and not sender._failures and not alarms
+    else:
+        assert asked.count(target[0]) == witness.MAX_PROOF_FAILURES
+        assert alarms == [("au.ag", "proof-unavailable")] and pair.ar.gw.blocked_peers == {"au.ag"}
+
+
 async def test_the_entry_backing_a_receipt_is_read_as_the_auditor_reads_it(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
