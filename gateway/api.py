@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 
-from gateway.auth import PUBLIC_AUTH_PATHS, check_scope, required_scope
+from gateway.auth import CASE_CHANGES, PUBLIC_AUTH_PATHS, check_scope, required_scope
 from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import BODY_ERRORS, GATEWAY, malformed_body
@@ -83,10 +83,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if required_scope(request) == "content:open" and is_message_id(target):
             # an attempt to open content without the right is evidence too
             await ledger_refusal(gw, EventType.OPEN_REFUSED, f"user:{user.username}", refused, message_id=target)
+        await _ledger_case_change_refused(request, user, refused)
         raise
     request[USER] = user
     _check_path_ids(request)
-    return await handler(request)
+    try:
+        return await handler(request)
+    except AccessRefused as refused:
+        await _ledger_case_change_refused(request, user, refused)
+        raise
+
+
+async def _ledger_case_change_refused(request: web.Request, user: User, refused: ComityError) -> None:
+    """A refused change of a case (its work, its assignments) is evidence, as a refused opening is: ledgered as
+    ``case.refused`` with what it tried, if the id could name a case, whatever else the answer says."""
+    resource = request.match_info.route.resource
+    attempt = None if resource is None else CASE_CHANGES.get((request.method, resource.canonical))
+    target = request.match_info.get("id", "")
+    if attempt is not None and is_message_id(target):
+        gw = request.app[GATEWAY]
+        await ledger_refusal(
+            gw, EventType.CASE_REFUSED, f"user:{user.username}", refused, message_id=target, state=attempt
+        )
 
 
 def _check_path_ids(request: web.Request) -> None:

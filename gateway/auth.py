@@ -101,6 +101,20 @@ ROUTE_SCOPES: Mapping[tuple[str, str], str | None] = MappingProxyType(
     }
 )
 
+# the routes that change a case (its work, its assignments) -> what a refused call tried: a refusal, by the scope
+# check or by the case's access rules, is ledgered as case.refused with this state (gateway/api.py auth_middleware)
+CASE_CHANGES: Mapping[tuple[str, str], str] = MappingProxyType(
+    {
+        ("PUT", "/v1/cases/{id}/next-action"): "next-action",
+        ("POST", "/v1/cases/{id}/flags"): "flag-set",
+        ("DELETE", "/v1/cases/{id}/flags/{flag}"): "flag-cleared",
+        ("POST", "/v1/cases/{id}/dates"): "date-added",
+        ("POST", "/v1/cases/{id}/dates/{item}/done"): "date-done",
+        ("POST", "/v1/cases/{id}/assign"): "assigned",
+        ("POST", "/v1/cases/{id}/unassign"): "unassigned",
+    }
+)
+
 
 class ScopeMissing(ComityError):
     code = "forbidden"

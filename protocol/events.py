@@ -44,6 +44,9 @@ class EventType(enum.StrEnum):
     # an urgent request made (to) or received (from) orally, art. 46(14) (state = made | received, subject =
     # due:<date> of its written confirmation), or confirmed in writing (state = confirmed, related_id = the request)
     CASE_ORAL_REQUEST = "case.oral_request"
+    # a user was refused a change of a case's work or assignments (reason = problem code, state = what was tried:
+    # next-action, flag-set, flag-cleared, date-added, date-done, assigned, unassigned; message_id = case)
+    CASE_REFUSED = "case.refused"
     CONSULTATION_CONVERTED = "consultation.converted"  # a thread became a formal request (related_id = the request)
     REQUEST_CHECK_OVERRIDDEN = "request.check_overridden"  # a supervisor sent an incomplete request (reason signed)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)

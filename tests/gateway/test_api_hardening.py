@@ -259,6 +259,20 @@ async def test_what_a_user_may_not_act_on_is_answered_as_what_does_not_exist(pai
                 assert answers[0][0] in (400, 403, 404), (who, method, path, answers)  # never acted upon
                 compared += 1
     assert compared == 2 * (len(case_routes) + len(thread_routes) + 8)
+    # each attempt to change the case or its assignments is ledgered as such (decision 148): otto lacks the scope to
+    # assign, sid the unit and clearance for everything; an id that names nothing is ledgered only when the scope
+    # refused it, before any lookup (as an opening is)
+    refused = [e for e in await ledger(pair.au.gw) if e["type"] == "case.refused"]
+    assert sorted((e["message_id"], e["actor"], e["state"]) for e in refused if e["message_id"] == nothing) == [
+        (nothing, "user:otto", "assigned"),
+        (nothing, "user:otto", "unassigned"),
+    ]
+    tried = {(e["actor"], e["state"]) for e in refused if e["message_id"] == case_id}
+    assert tried == {
+        (f"user:{who}", state)
+        for who in ("otto", "sid")
+        for state in ("next-action", "flag-set", "assigned", "unassigned")
+    }
 
 
 async def test_a_broken_multipart_submission_is_a_typed_refusal(pair: Pair) -> None:

@@ -229,7 +229,7 @@ async def test_an_officer_works_a_case_and_sees_only_its_own_lists(
         await close_sessions(olga, otto)
 
 
-async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
+async def test_refusals_write_nothing_and_ledger_only_attempts_on_a_case(pair: Pair) -> None:
     _, case_id = await incoming_case(pair)
     olga = await officer(pair, "olga", case_id)
     otto = await officer(pair, "otto")  # not assigned
@@ -327,13 +327,25 @@ async def test_refusals_write_nothing_and_ledger_nothing(pair: Pair) -> None:
             kwargs = {} if body is None else {"json": body}
             status, answer = await side.call(method, path, **kwargs)
             assert_problem(status, answer, code=code, secrets=[mark])
-        # nothing ledgered but the attempts to read the work, which needs what opening content needs and is evidence
-        # like any attempt to open content: by scope (gateway/api.py auth_middleware), or by clearance or
-        # assignment (decision 123); refused changes of it are not
-        added = [(e["type"], e["actor"], e.get("reason"), e["message_id"]) for e in (await ledger(pair.au.gw))[before:]]
-        assert added == [
-            ("message.open_refused", f"user:{name}", "forbidden", case_id) for name in ("otto", "uma", "audrey")
+        # nothing ledgered but the attempts on the case by someone who may not act on it: reading the work needs what
+        # opening content needs and is evidence like any attempt to open content (decision 123); so are attempts to
+        # change it or its assignments (decision 148), refused by scope (gateway/api.py auth_middleware), clearance
+        # or assignment, and answered as if there were no case; a change refused for what it asks for is not
+        added = [
+            (e["type"], e["actor"], e.get("reason"), e["message_id"], e.get("state"))
+            for e in (await ledger(pair.au.gw))[before:]
         ]
+        assert added == [
+            ("case.refused", "user:otto", "forbidden", case_id, "date-added"),
+            ("case.refused", "user:otto", "forbidden", case_id, "next-action"),
+            ("message.open_refused", "user:otto", "forbidden", case_id, None),
+            ("case.refused", "user:uma", "forbidden", case_id, "flag-set"),
+            ("message.open_refused", "user:uma", "forbidden", case_id, None),
+            ("message.open_refused", "user:audrey", "forbidden", case_id, None),
+            ("case.refused", "user:audrey", "forbidden", case_id, "date-added"),
+            ("case.refused", "user:olga", "forbidden", case_id, "unassigned"),
+        ]
+        assert mark not in str(await ledger(pair.au.gw))
         status, work = await olga.call("GET", f"/v1/cases/{case_id}/work")
         assert work["dates"] == [] and work["flags"] == [] and work["next_action"] is None, work
     finally:
@@ -386,6 +398,7 @@ async def test_an_oral_urgent_request_opens_a_task_closed_by_linking_the_written
             ("case.assigned", None),
             ("case.date", "added"),
             ("message.open_refused", None),  # otto's read of the work (decision 123)
+            ("case.refused", "date-done"),  # olga's link to a request whose case she may not act on (decision 148)
             ("case.date", "done"),
             ("case.oral_request", "confirmed"),
         ]
