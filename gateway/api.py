@@ -17,6 +17,8 @@ from gateway.auth import CASE_CHANGES, PUBLIC_AUTH_PATHS, check_scope, required_
 from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import BODY_ERRORS, GATEWAY, malformed_body
+from gateway.files import FileStoreFailed
+from gateway.logs import get_logger
 from gateway.params import bounded_param
 from gateway.policy import (
     AccessRefused,
@@ -319,8 +321,11 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in chunks:
             await response.write(chunk)
-    except ComityError:
-        # the stream failed authentication after headers were sent: abort so the client sees a truncated body
+    except (ComityError, FileStoreFailed) as failed:
+        # the stream failed authentication, or the disk failed, after the headers were sent: no problem document can
+        # follow them, so the connection is closed and the client sees a truncated body
+        reason = failed.reason if isinstance(failed, FileStoreFailed) else failed.code
+        get_logger(message_id=request.match_info["id"]).warning("attachment_download_cut", error=reason)
         if request.transport is not None:
             request.transport.close()
         return response

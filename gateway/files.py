@@ -17,18 +17,19 @@ from typing import TypeVar
 
 from gateway.logs import get_logger
 
-__all__ = ["AttachmentFile", "FileStoreFailed", "read_chunks", "remove_quietly"]
+__all__ = ["AttachmentFile", "FileStoreFailed", "read_chunks", "readable", "remove_quietly"]
 
 READ_SIZE = 1 << 20
 _T = TypeVar("_T")
 
 
 class FileStoreFailed(Exception):
-    """The file system failed while an attachment was stored; ``reason`` is the errno's name (never a path)."""
+    """The file system failed while an attachment was stored or read; ``reason`` is the errno's name (never a
+    path)."""
 
-    def __init__(self, error: OSError) -> None:
+    def __init__(self, error: OSError, doing: str = "storing") -> None:
         self.reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
-        super().__init__(f"storing an attachment failed ({self.reason})")
+        super().__init__(f"{doing} an attachment failed ({self.reason})")
 
 
 def _on_disk(operation: Callable[[], _T]) -> _T:
@@ -91,3 +92,13 @@ async def read_chunks(path: Path, size: int = READ_SIZE) -> AsyncIterator[bytes]
     with path.open("rb") as handle:
         while chunk := handle.read(size):
             yield chunk
+
+
+def readable(path: Path) -> None:
+    """Raise :class:`FileStoreFailed` unless the file can be opened for reading now (a missing attachments directory
+    after a restore, a permission): checked before a download is answered or ledgered."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise FileStoreFailed(error, "reading") from error

@@ -15,7 +15,7 @@ from crypto.attachments import AttachmentDecryptor
 from crypto.envelope import OpenedEnvelope, open_envelope
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
-from gateway.files import read_chunks
+from gateway.files import FileStoreFailed, read_chunks, readable
 from gateway.policy import check_opening, ledger_refusal, refuse_case_access
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import EventType
@@ -110,15 +110,26 @@ async def attachment_stream(
         rows = {row.position: row for row in await Messages.attachments(conn, message_id)}
     if position not in rows:
         raise NotFound(f"message {message_id} has no stored attachment {position}")
-    await _ledger_opening(gw, user, message_id, "attachment")
     path = gw.settings.attachments_path / opened.row.direction / rows[position].path
+    readable(path)  # a file that is missing or unreadable is answered 503, and opens nothing
+    await _ledger_opening(gw, user, message_id, "attachment")
 
     async def plaintext() -> AsyncIterator[bytes]:
-        decryptor = AttachmentDecryptor(ref)
-        async for chunk in read_chunks(path):
-            if data := decryptor.push(chunk):
-                yield data
+        # each chunk is authenticated before it is returned, but size and both digests only at finish(): the last
+        # chunk is held back until then, so an attachment that is not what the signed manifest says is never served
+        # whole (the download is cut short instead)
+        decryptor, held = AttachmentDecryptor(ref), b""
+        try:
+            async for chunk in read_chunks(path):
+                if data := decryptor.push(chunk):
+                    if held:
+                        yield held
+                    held = data
+        except OSError as error:  # the disk failed under the download: cut short, as a failed chunk is
+            raise FileStoreFailed(error, "reading") from error
         decryptor.finish()
+        if held:
+            yield held
 
     return ref, plaintext()
 

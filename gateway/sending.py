@@ -55,6 +55,11 @@ class NewAttachment:
             raise InvalidMessage("an attachment's file name must have 1 to 255 characters")
         if not 1 <= len(self.media_type) <= 127:
             raise InvalidMessage("an attachment's media type must have 1 to 127 characters")
+        for text in (self.name, self.media_type):  # a byte that is not UTF-8 reaches us as a lone surrogate
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidMessage("an attachment's file name and media type must be UTF-8 text") from None
 
 
 @dataclass(frozen=True)

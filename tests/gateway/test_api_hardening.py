@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 from typing import Any
 
@@ -308,6 +310,102 @@ async def test_asking_for_an_attachment_that_is_not_there_opens_nothing(pair: Pa
     assert status == 200 and data == b"%PDF evidence"
     opened = [(e["type"], e["actor"], e["message_id"], e["purpose"]) for e in await ledger(pair.au.gw, before)]
     assert opened == [("message.opened", "user:bruce", body["id"], "attachment")]
+
+
+async def _raw_get(side: Side, path: str) -> bytes:
+    """Everything the API writes back on one connection to one GET, read until it closes or goes quiet."""
+    from urllib.parse import urlsplit
+
+    address = urlsplit(side.api)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {side.token}\r\n\r\n".encode())
+    await writer.drain()
+    raw = b""
+    with contextlib.suppress(TimeoutError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 2):
+            raw += chunk
+    writer.close()
+    return raw
+
+
+async def test_an_attachment_the_disk_cannot_give_back_is_a_503_or_a_cut_download_and_no_opening(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored file that is gone (a restore without the attachments directory) is answered 503 before anything is
+    ledgered; a disk failing under the download cuts it short. Before, the API sent 200 and its headers, then the
+    middleware's 500 document on the same connection: its first bytes were saved as the file, the rest was read
+    as the next response, and the ledger recorded an opening of content nobody could read."""
+    from gateway import files, reading
+
+    status, body = await post_form(pair.ar, "/v1/messages", REQUEST, b"%PDF evidence", "evidence.pdf")
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    path = f"/v1/messages/{body['id']}/attachments/0"
+    stored = list((pair.au.gw.settings.attachments_path / "in").iterdir())
+    kept = {file: file.read_bytes() for file in stored}
+    for file in stored:
+        file.unlink()
+    before = len(await ledger(pair.au.gw))
+    raw = await _raw_get(pair.au, path)
+    assert raw.startswith(b"HTTP/1.1 503 ") and raw.count(b"HTTP/1.1 ") == 1, raw
+    assert b"store-unavailable" in raw and b"attachments" not in raw  # the errno's name, never a path
+    assert await ledger(pair.au.gw, before) == []
+    for file, data in kept.items():
+        file.write_bytes(data)
+
+    real = files.read_chunks
+
+    async def failing(path: Any, *args: Any) -> Any:
+        async for chunk in real(path, *args):
+            yield chunk
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(reading, "read_chunks", failing)
+    raw = await _raw_get(pair.au, path)
+    head, _, served = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and raw.count(b"HTTP/1.1 ") == 1, raw
+    assert b"Content-Length: 13" in head and len(served) < 13, raw  # cut short, and nothing after it
+    monkeypatch.setattr(reading, "read_chunks", real)
+    status, data = await pair.au.call("GET", path)
+    assert status == 200 and data == b"%PDF evidence"
+
+
+async def test_an_attachment_that_is_not_what_its_signed_manifest_says_is_never_served_whole(pair: Pair) -> None:
+    """A peer's manifest names a plaintext SHA-256 its bytes do not have, with every size and the ciphertext digest
+    right and every chunk authentic: the receiver, which does not decrypt on arrival (decision 6), receipts it, and
+    the officer's download must fail (protocol.md 8.1). Before, the last chunk went out as soon as it authenticated,
+    before size and digests were checked, so the whole file was served and looked complete."""
+    hostile = hostile_towards(pair.ar, pair.au)
+    attachment = make_attachment(b"the real records")
+    ref = attachment.ref.model_copy(update={"sha256": "0" * 64})
+    payload = hostile.payload(attachments=[ref.model_dump()])
+    answer = await hostile.post_multipart(hostile.seal(payload), [attachment.ciphertext])
+    assert answer.status == 200, answer.raw
+    raw = await _raw_get(pair.au, f"/v1/messages/{payload.id}/attachments/0")
+    head, _, served = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 16" in head, raw
+    assert served == b"", raw  # the one chunk was held back, and the connection closed
+    honest = make_attachment(b"the real records")
+    payload = hostile.payload(attachments=[honest.ref.model_dump()])
+    assert (await hostile.post_multipart(hostile.seal(payload), [honest.ciphertext])).status == 200
+    assert (await pair.au.call("GET", f"/v1/messages/{payload.id}/attachments/0")) == (200, b"the real records")
+
+
+async def test_a_file_name_that_is_not_utf8_is_refused_before_it_is_encrypted(pair: Pair) -> None:
+    """Decision 143's rule for names the signed manifest cannot carry: refused as the submission is read, never as
+    `attachment-corrupt` (tampering) after the whole upload was encrypted. A byte that is not UTF-8 in a form
+    part's file name reaches the gateway as a lone surrogate, which passed the length check."""
+    boundary = "XyZboundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\nContent-Type: application/json\r\n\r\n'
+    body = (head + json.dumps(REQUEST) + f"\r\n--{boundary}\r\n").encode() + (
+        b'Content-Disposition: form-data; name="attachment"; filename="a\xffb.pdf"\r\n'
+        b"Content-Type: application/pdf\r\n\r\n" + b"x" * 5000 + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, answer = await pair.ar.call(
+        "POST", "/v1/messages", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert_problem(status, answer, code="invalid-message")
+    assert attachment_files(pair.ar.gw) == ()
 
 
 async def test_a_consent_names_a_third_authority(pair: Pair) -> None:
