@@ -408,8 +408,36 @@ class Witness:
         except EntryError as exc:
             await self._alarm(peer, "receipt-unbacked", f"{what}, which is not a valid ledger entry: it {exc}")
             return
-        expected = (EventType.RECEIVED, receipt.message_id, receipt.envelope_sha256, self.gw.authority_id, peer)
-        if (event.type, event.message_id, event.envelope_sha256, event.from_, event.to) != expected:
+        async with self.gw.reader.connect() as conn:
+            sent = await Messages.get(conn, receipt.message_id)
+        us = self.gw.authority_id
+        # the reception of our message as we sent it, at the time the receipt signs: an entry dated otherwise, or
+        # recording another kind, marking or reply link, would give the peer's auditors another account of it
+        expected = (
+            EventType.RECEIVED,
+            receipt.message_id,
+            receipt.envelope_sha256,
+            us,
+            peer,
+            f"peer:{us}",
+            parse_time(receipt.received_at),
+            sent.kind,
+            sent.marking.to_json(),
+            sent.in_reply_to,
+        )
+        recorded = (
+            event.type,
+            event.message_id,
+            event.envelope_sha256,
+            event.from_,
+            event.to,
+            event.actor,
+            parse_time(event.time),
+            None if event.kind is None else event.kind.value,
+            None if event.marking is None else event.marking.to_json(),
+            event.in_reply_to,
+        )
+        if recorded != expected:
             await self._alarm(peer, "receipt-unbacked", f"{what}, which records something else")
             return
         await self._remember_served(peer)

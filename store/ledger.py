@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol import merkle
 from protocol.checkpoint import SERVED_COSIGNATURES
+from protocol.events import EventType
 from store.db import transaction_locks
 from store.facts import delete_fact, read_fact, write_fact
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
@@ -68,10 +69,14 @@ class LedgerReader:
 
     @staticmethod
     async def index_of_message(conn: AsyncConnection, message_id: str) -> int | None:
-        """The first entry about ``message_id`` (its submission or reception)."""
+        """The entry of ``message_id``'s submission or reception: not a refusal of an envelope that claimed the id
+        first (a peer's bogus envelope, a transient refusal), nor any later event about it."""
         query = (
             select(ledger_entries.c.idx)
-            .where(ledger_entries.c.message_id == message_id)
+            .where(
+                ledger_entries.c.message_id == message_id,
+                ledger_entries.c.type.in_([EventType.SUBMITTED.value, EventType.RECEIVED.value]),
+            )
             .order_by(ledger_entries.c.idx)
             .limit(1)
         )

@@ -628,13 +628,17 @@ async def test_integer_query_parameters_are_ascii_decimal_only(pair: Pair) -> No
                 assert_problem(status, body, code="invalid-message")
 
 
-async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_signed(pair: Pair) -> None:
+async def test_checkpoints_and_cosignatures_count_only_under_a_key_valid_when_signed(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Decision 76: a checkpoint is verified under the peer's signing keys valid around the time of the receipt that
     carried it, a cosignature under those valid around its own cosigned time; a key the directory lists, but not
     for then, does not count."""
     message_id = await exchange(pair)
     witness = pair.ar.running.sender.witness if pair.ar.running else None
     assert witness is not None
+    # the receipts below are re-dated to probe the keys: their entry, dated by the real one, is not checked
+    monkeypatch.setattr(witness, "_check_receipt", lambda *_: _async(None))
     receipt = await _held_receipt(pair, message_id)
     skew = timedelta(seconds=pair.ar.gw.settings.max_clock_skew_seconds)
     (au_key,) = [key for key in pair.ar.gw.peer("au.ag").keys if key.use == "sig"]
@@ -969,6 +973,39 @@ async def test_the_entry_backing_a_receipt_is_read_as_the_auditor_reads_it(
         assert "which is not a valid ledger entry" in alarms[0].detail and refused in alarms[0].detail
         config = str(pair.ar.provisioned.config)
         await asyncio.to_thread(comity, "peer", "clear", "au.ag", "--operator", "oscar", "--config", config)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"time": "2020-01-01T00:00:00.000000Z"},  # ledgered at another time than the receipt's signed received_at
+        {"marking": {"caveats": [], "level": "UNCLASSIFIED"}},  # under another marking than the one sent
+        {"kind": "consultation"},  # as another kind of message
+        {"in_reply_to": "0f8fad5b-d9cb-469f-a165-70867728950e"},  # as a reply to something else
+        {"actor": "system"},  # as if nobody had sent it
+    ],
+)
+async def test_a_receipt_backed_by_an_entry_that_records_another_reception_is_an_alarm(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+) -> None:
+    """9.6: the entry behind a receipt must record our message's reception as we sent it, at the time the receipt
+    signs. Before, only its type, id, digest and parties were compared, so a peer could sign "received at T" and
+    ledger another time, or a STRICTLY CONFIDENTIAL request as UNCLASSIFIED or as a consultation, unseen."""
+    message = await exchange(pair)
+    witness = pair.ar.running.sender.witness if pair.ar.running else None
+    assert witness is not None
+    receipt = await _held_receipt(pair, message)
+    fetched = await witness._fetch_receipt_proof("au.ag", receipt.ledger_index, int(receipt.checkpoint.split("\n")[1]))
+    assert isinstance(fetched, tuple)
+    honest = LedgerEvent.parse(json.loads(fetched[0]))
+    assert honest.time == receipt.received_at  # an honest receiver ledgers the time it signs
+    for served, alarmed in ((fetched[0], False), (LedgerEvent.parse({**honest.to_json(), **change}).to_bytes(), True)):
+        monkeypatch.setattr(witness, "_fetch_receipt_proof", lambda *_, served=served: _async((served, [])))
+        checkpoint = Checkpoint("comity-ledger/au.ag", 1, merkle.leaf_hash(served))
+        await witness._check_receipt("au.ag", checkpoint, receipt.model_copy(update={"ledger_index": 0}))
+        async with pair.ar.gw.engine.connect() as conn:
+            alarms = await WitnessState.open_alarms(conn)
+        assert [(a.peer, a.reason) for a in alarms] == ([("au.ag", "receipt-unbacked")] if alarmed else [])
 
 
 async def _async(value: Any) -> Any:

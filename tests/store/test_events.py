@@ -135,3 +135,33 @@ async def test_a_batch_its_checkpoint_and_the_queued_rows_are_one_statement_on_p
             assert (await conn.execute(select(checkpoints.c.size, checkpoints.c.note))).all() == [(3, "a signed note")]
     finally:
         await engine.dispose()
+
+
+async def test_the_entry_proved_for_a_message_id_is_its_submission_or_reception(db_url: str) -> None:
+    """GET /v1/ledger/proofs/inclusion?message_id= proves the message's reception (or submission). Before, it proved
+    the first entry naming the id: a refusal of a bogus envelope a peer sent under the id first."""
+    from store.ledger import LedgerReader
+
+    message_id = "0b0d8a3e-6c35-4c5d-9a4b-4f1c2b7d3e01"
+    common = {"time": "2026-11-28T07:40:00.000000Z", "actor": "peer:au.ag", "message_id": message_id, "from": "au.ag"}
+    refused = {**common, "type": EventType.REFUSED.value, "envelope_sha256": "1" * 64, "reason": "signature-invalid"}
+    received = {
+        **common,
+        "type": EventType.RECEIVED.value,
+        "to": "ar.mj",
+        "kind": "request",
+        "envelope_sha256": "2" * 64,
+        "marking": {"caveats": [], "level": "CONFIDENTIAL"},
+    }
+    opened = {**common, "type": EventType.OPENED.value, "actor": "user:olga", "purpose": "review"}
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            log = EventLog(for_update=not is_sqlite(db_url))
+            indexes = await log.append_many(conn, [LedgerEvent.parse(e) for e in (refused, received, opened)])
+        async with engine.connect() as conn:
+            assert await LedgerReader.index_of_message(conn, message_id) == indexes[1]
+            assert await LedgerReader.index_of_message(conn, "0f8fad5b-d9cb-469f-a165-70867728950e") is None
+    finally:
+        await engine.dispose()
