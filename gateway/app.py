@@ -32,7 +32,7 @@ from gateway.problems import problem_middleware, problem_response
 from gateway.requests import run_pending_status_answers
 from gateway.stats_api import stats_routes
 from gateway.sweeper import Sweeper
-from gateway.tls import server_context
+from gateway.tls import check_own_certificate, server_context
 from store.db import checkpoint_wal, is_sqlite
 from store.errors import outage_name
 from store.ledger import WitnessState
@@ -158,6 +158,8 @@ class RunningGateway:
 
 async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGateway:
     settings = gw.settings
+    if not settings.dev_plain_http:  # before anything is served or recorded
+        check_own_certificate(gw.directory, gw.authority_id, settings.tls_cert_path, gw.clock())
     # a checkpoint of the ledger as it starts: peers and auditors always find one (then the checkpointer's ticks)
     await gw.commit(_checkpoint_tick)
     federation = web.AppRunner(build_federation_app(gw), handle_signals=False, shutdown_timeout=10)
@@ -251,7 +253,11 @@ def settle_heap() -> int:
 
 async def serve_forever(gw: Gateway) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # the served process only: in-process tests keep the default
-    running = await start_gateway(gw)
+    try:
+        running = await start_gateway(gw)
+    except BaseException:  # refused to serve (a certificate peers would refuse, say): the one-line error follows
+        await gw.close()
+        raise
     get_logger(authority=gw.authority_id).info("heap_settled", frozen=settle_heap())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

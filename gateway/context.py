@@ -301,8 +301,9 @@ class Gateway:
                     f"directory serial {serial} is lower than {current}, which another replica installed meanwhile; "
                     "install that directory here too"
                 )
-            if current == self.directory.serial:
-                return await done(None)  # another replica installed this one meanwhile: its record stands
+            if current == self.directory.serial:  # another replica installed this serial meanwhile: the same document?
+                await _same_document(tx.conn, self.directory.serial, _digest(self.directory))
+                return await done(None)
             await write_fact(tx.conn, DIRECTORY_SERIAL, self.directory.serial)
             await write_fact(
                 tx.conn, DIRECTORY_DIGEST, {"serial": self.directory.serial, "sha256": _digest(self.directory)}
@@ -341,12 +342,7 @@ class Gateway:
         serial, digest = self.directory.serial, _digest(self.directory)
 
         async def unit(tx: Tx) -> Finish[None]:
-            installed = await read_fact(tx.conn, DIRECTORY_DIGEST)
-            if isinstance(installed, dict) and installed.get("serial") == serial and installed.get("sha256") != digest:
-                raise DirectoryRolledBack(
-                    f"directory serial {serial} differs from the directory installed under serial {serial}: a "
-                    f"directory changes only under a new serial; ask the directory operator for serial {serial + 1}"
-                )
+            installed = await _same_document(tx.conn, serial, digest)
             if installed is None:  # installed before this version kept its digest
                 await write_fact(tx.conn, DIRECTORY_DIGEST, {"serial": serial, "sha256": digest})
             if await read_fact(tx.conn, DIRECTORY_FACTS) is None:
@@ -360,6 +356,18 @@ class Gateway:
         if self.reader.sync_engine is not self.engine.sync_engine:
             await self.reader.dispose()
         await self.engine.dispose()
+
+
+async def _same_document(conn: AsyncConnection, serial: int, digest: str) -> Any:
+    """Raise unless the directory document recorded as installed under ``serial`` (if any) is the one of ``digest``
+    (decision 97); the record, or None if none is kept."""
+    installed = await read_fact(conn, DIRECTORY_DIGEST)
+    if isinstance(installed, dict) and installed.get("serial") == serial and installed.get("sha256") != digest:
+        raise DirectoryRolledBack(
+            f"directory serial {serial} differs from the directory installed under serial {serial}: a "
+            f"directory changes only under a new serial; ask the directory operator for serial {serial + 1}"
+        )
+    return installed
 
 
 async def _check_schema(conn: AsyncConnection) -> None:

@@ -8,13 +8,53 @@ the directory lists for the peer it calls, so a connection to anyone else fails 
 
 from __future__ import annotations
 
+import errno
 import ssl
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from config.directory import AuthorityEntry, Directory
-from crypto.tls import certificate_pin
+from cryptography import x509
 
-__all__ = ["client_context", "peer_pin", "server_context"]
+from config.directory import AuthorityEntry, Directory
+from config.errors import ConfigError
+from crypto.errors import ProfileViolation
+from crypto.tls import cert_der, certificate_pin
+from gateway.logs import get_logger
+
+__all__ = ["EXPIRY_WARNING", "check_own_certificate", "client_context", "peer_pin", "server_context"]
+
+EXPIRY_WARNING = timedelta(days=30)  # a certificate that expires sooner is served with a warning at every start
+
+
+def check_own_certificate(directory: Directory, own_id: str, cert_file: Path, now: datetime) -> None:
+    """Refuse to serve a certificate every peer would refuse in the handshake, which would otherwise show only as
+    deliveries retried forever: one our directory entry does not pin, or one outside its validity; warn when it
+    expires within EXPIRY_WARNING."""
+    try:
+        pem = cert_file.read_bytes()
+        pin, cert = certificate_pin(pem), x509.load_der_x509_certificate(cert_der(pem))
+    except OSError as error:
+        reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        raise ConfigError(f"the TLS certificate {cert_file} cannot be read ({reason})") from None
+    except ProfileViolation as error:
+        raise ConfigError(f"the TLS certificate {cert_file} is not usable: {error}") from None
+    listed = {entry.id: entry for entry in directory.authorities}
+    if own_id in listed and listed[own_id].tls_pin != pin:
+        raise ConfigError(
+            f"the TLS certificate {cert_file} ({pin}) is not the one directory serial {directory.serial} pins for "
+            f"{own_id} ({listed[own_id].tls_pin}): peers would refuse every connection; install the published "
+            "certificate, or publish this one under a new serial"
+        )
+    starts, ends = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if not starts <= now <= ends:
+        when = f"expired on {ends:%Y-%m-%d}" if now > ends else f"is valid only from {starts:%Y-%m-%d %H:%M} UTC"
+        raise ConfigError(
+            f"the TLS certificate {cert_file} {when}: peers would refuse every connection; it must be replaced "
+            "and published under a new directory serial (docs/operations.md, 'TLS certificates')"
+        )
+    if ends - now < EXPIRY_WARNING:
+        get_logger(authority=own_id).warning("tls_certificate_expiring", expires_at=f"{ends:%Y-%m-%dT%H:%M:%SZ}")
 
 
 def _pem(entry: AuthorityEntry) -> str:

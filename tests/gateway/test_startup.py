@@ -189,3 +189,72 @@ async def test_a_directory_changed_under_the_same_serial_is_refused(provisioned:
     gw = await load(side)
     assert gw.directory.serial == 1
     await gw.close()
+
+
+async def test_a_replica_installing_a_serial_another_installed_meanwhile_checks_it_is_the_same_document(
+    provisioned: list[Provisioned],
+) -> None:
+    """Decision 97 when two replicas start at once: this one read no installed serial, then another installed the
+    same serial from another document before this one's install. The install sees the serial and must compare the
+    documents; before, it returned, and the two replicas ran on two documents of one serial."""
+    from gateway.context import DIRECTORY_DIGEST, DIRECTORY_SERIAL
+    from store.facts import read_fact, write_fact
+
+    gw = await load(provisioned[0])
+    try:
+        async with gw.engine.begin() as conn:  # the other replica's install, of another document under serial 1
+            recorded = await read_fact(conn, DIRECTORY_DIGEST)
+            await write_fact(conn, DIRECTORY_SERIAL, 1)
+            await write_fact(conn, DIRECTORY_DIGEST, {"serial": 1, "sha256": "f" * 64})
+        with pytest.raises(DirectoryRolledBack, match="serial 1 differs from the directory installed under serial 1"):
+            await gw._install_directory()
+        async with gw.engine.begin() as conn:  # the same document: its record stands, nothing more is installed
+            await write_fact(conn, DIRECTORY_DIGEST, recorded)
+        entries = select(func.count()).select_from(ledger_entries)
+        async with gw.engine.connect() as conn:
+            count = (await conn.execute(entries)).scalar_one()
+        await gw._install_directory()
+        async with gw.engine.connect() as conn:
+            assert (await conn.execute(entries)).scalar_one() == count
+    finally:
+        await gw.close()
+
+
+async def test_a_tls_certificate_peers_would_refuse_is_not_served(provisioned: list[Provisioned]) -> None:
+    """A certificate that the gateway's own directory entry does not pin (a restored backup, a copied data
+    directory), or that is outside its validity (every certificate `comity init` makes expires within 825 days),
+    fails every handshake with every peer. Before, the gateway started and reported ready, and deliveries were
+    retried forever as ClientOSError; now it refuses to serve, naming the certificate and what is wrong, and warns a
+    month before the certificate expires."""
+    from cryptography import x509
+
+    from crypto.tls import cert_der, generate_tls_identity
+    from gateway.app import start_gateway
+    from gateway.tls import EXPIRY_WARNING, check_own_certificate
+
+    side = provisioned[0]
+    gw = await load(side)
+    cert_file = gw.settings.tls_cert_path
+    published = cert_file.read_bytes()
+    cert = x509.load_der_x509_certificate(cert_der(published))
+    try:
+        with structlog.testing.capture_logs() as logged:
+            check_own_certificate(gw.directory, "ar.mj", cert_file, gw.clock())  # the published one, in date
+            assert logged == []
+            check_own_certificate(gw.directory, "ar.mj", cert_file, cert.not_valid_after_utc - EXPIRY_WARNING / 2)
+        assert [entry["event"] for entry in logged] == ["tls_certificate_expiring"]
+        for moment, said in (
+            (cert.not_valid_after_utc + timedelta(seconds=1), "expired on"),
+            (cert.not_valid_before_utc - timedelta(seconds=1), "is valid only from"),
+        ):
+            with pytest.raises(ConfigError, match=said):
+                check_own_certificate(gw.directory, "ar.mj", cert_file, moment)
+        cert_file.write_bytes(generate_tls_identity("ar.mj", ["127.0.0.1"], None).cert_pem)
+        with pytest.raises(ConfigError, match=r"is not the one directory serial 1 pins for ar\.mj"):
+            await start_gateway(gw)
+        cert_file.unlink()
+        with pytest.raises(ConfigError, match="cannot be read"):
+            await start_gateway(gw)
+    finally:
+        cert_file.write_bytes(published)
+        await gw.close()
