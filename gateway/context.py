@@ -47,7 +47,7 @@ from protocol.markings import MarkingScheme
 from protocol.timefmt import parse_time
 from store.db import is_sqlite, make_engine, make_reader
 from store.events import EventLog
-from store.facts import read_fact, write_fact
+from store.facts import claim_fact, read_fact, read_facts, write_fact
 from store.ledger import WitnessState
 from store.messages import Messages, Seen
 from store.outbox import Outbox
@@ -91,6 +91,8 @@ class Gateway:
     blocked_peers: set[str] = field(default_factory=set)
     # our signing keys that an earlier installed directory did not list: not before then, if another key can sign
     signing_earliest: dict[str, datetime] = field(default_factory=dict)
+    # peer -> every signing key (by kid) a directory installed here listed for it (decision 152)
+    signing_ever: dict[str, dict[str, OKPKey]] = field(default_factory=dict)
     # peer -> when we last receipted a new envelope of its (whom the witness polls and what it expects, decision 78)
     peers_heard: dict[str, datetime] = field(default_factory=dict)
     # message id -> set when the delivery of it now being received ends: a second one waits (gateway/receiving.py)
@@ -152,6 +154,15 @@ class Gateway:
                 f"an operator must investigate and run 'comity peer clear {authority_id}'"
             )
         return entry
+
+    def stored_sender_keys(self, peer: str) -> dict[str, OKPKey]:
+        """The keys to check a stored envelope of ``peer`` against: every signing key a directory installed here
+        listed for it. Received, it was verified under the directory of its day; a later one that drops the key, or
+        the authority, must not make what was received unreadable (decision 152)."""
+        keys = dict(self.signing_ever.get(peer, {}))
+        if peer in {entry.id for entry in self.directory.authorities}:
+            keys.update(self.directory.authority(peer).all_signing_keys())
+        return keys
 
     def check_directory(self) -> None:
         if parse_time(self.directory.expires_at) <= self.clock():
@@ -280,6 +291,7 @@ class Gateway:
                 await gateway._install_directory()
             else:
                 await gateway._remember_directory()  # the same serial: the same document, or a refusal
+            gateway.signing_ever = await gateway._remember_peer_keys()
             async with engine.connect() as conn:
                 gateway.blocked_peers = {alarm.peer for alarm in await WitnessState.open_alarms(conn)}
                 earliest = await read_fact(conn, SIGNING_EARLIEST) or {}
@@ -334,6 +346,30 @@ class Gateway:
         own = self.directory.authority(self.authority_id).keys if self.authority_id in listed else []
         signing = sorted(key.kid for key in own if key.use == "sig") if own else None
         return own, {"expires_at": self.directory.expires_at, "signing": signing}
+
+    async def _remember_peer_keys(self) -> dict[str, dict[str, OKPKey]]:
+        """Add the peers' signing keys of the directory we run with to those remembered from every directory
+        installed before (one fact per peer, merged under its row lock, so replicas starting at once lose none),
+        and return them all."""
+        listed = {
+            entry.id: {key.kid: key.jwk for key in entry.keys if key.use == "sig"}
+            for entry in self.directory.authorities
+            if entry.id != self.authority_id
+        }
+        async with self.reader.connect() as conn:
+            remembered: dict[str, dict[str, Any]] = await read_facts(conn, PEER_SIGNING_KEYS)
+        for peer, keys in listed.items():
+            if keys.keys() <= remembered.get(peer, {}).keys():
+                continue
+            async with self.transaction() as conn:
+                await claim_fact(conn, PEER_SIGNING_KEYS + peer, {})
+                merged = {**await read_fact(conn, PEER_SIGNING_KEYS + peer, lock=True), **keys}
+                await write_fact(conn, PEER_SIGNING_KEYS + peer, merged)
+            remembered[peer] = merged
+        return {
+            peer: {kid: import_public_jwk(jwk, use="sig") for kid, jwk in keys.items()}
+            for peer, keys in remembered.items()
+        }
 
     async def _remember_directory(self) -> None:
         """The serial installed already: the document must be the one installed under it (decision 97), and the
@@ -412,6 +448,7 @@ def _tls_password(settings: Settings, keys: AuthorityKeys) -> bytes:
 
 DIRECTORY_SERIAL = "directory_serial"  # the highest directory serial installed (no roll-back below it)
 DIRECTORY_DIGEST = "directory_sha256"  # {"serial", "sha256"}: the document installed under that serial
+PEER_SIGNING_KEYS = "peer_signing_keys:"  # + a peer's id: {kid: public JWK} of its signing keys ever listed here
 
 
 def _digest(directory: Directory) -> str:

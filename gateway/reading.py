@@ -58,7 +58,7 @@ def decrypt_row(gw: Gateway, row: MessageRow) -> OpenedEnvelope:
     return open_envelope(
         row.sealed,
         recipient_keys=gw.recipient_keys(),
-        sender_keys=gw.directory.authority(row.peer).all_signing_keys(),
+        sender_keys=gw.stored_sender_keys(row.peer),
         expected_recipient=gw.authority_id,
         max_bytes=max(len(row.sealed), gw.settings.max_envelope_bytes),
         stored=True,

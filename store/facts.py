@@ -12,13 +12,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.tables import settings_state
 
-__all__ = ["claim_fact", "delete_fact", "read_fact", "write_fact"]
+__all__ = ["claim_fact", "delete_fact", "read_fact", "read_facts", "write_fact"]
 
 
-async def read_fact(conn: AsyncConnection, key: str) -> Any:
-    """The JSON value stored under ``key``, or None."""
-    value = (await conn.execute(select(settings_state.c.value).where(settings_state.c.key == key))).scalar_one_or_none()
+async def read_fact(conn: AsyncConnection, key: str, *, lock: bool = False) -> Any:
+    """The JSON value stored under ``key``, or None; with ``lock``, its row stays locked until the caller's
+    transaction ends (PostgreSQL; SQLite's writers are one at a time anyway)."""
+    query = select(settings_state.c.value).where(settings_state.c.key == key)
+    value = (await conn.execute(query.with_for_update() if lock else query)).scalar_one_or_none()
     return None if value is None else json.loads(value)
+
+
+async def read_facts(conn: AsyncConnection, prefix: str) -> dict[str, Any]:
+    """Every JSON value stored under a key that starts with ``prefix``, by the rest of the key."""
+    query = select(settings_state.c.key, settings_state.c.value).where(
+        settings_state.c.key.startswith(prefix, autoescape=True)
+    )
+    return {row.key[len(prefix) :]: json.loads(row.value) for row in await conn.execute(query)}
 
 
 async def write_fact(conn: AsyncConnection, key: str, value: Any) -> None:

@@ -539,3 +539,46 @@ def test_serving_keys_from_an_immutable_directory(tmp_path: Path) -> None:
         assert [entry["event"] for entry in logs] == ["keys_lock_unavailable"]
     finally:
         subprocess.run(["chattr", "-i", str(mount)], check=True)
+
+
+async def test_what_was_received_stays_readable_when_a_later_directory_drops_its_key_or_its_sender(
+    pair: Pair,
+) -> None:
+    """A stored envelope is verified again when it is opened. Against the directory installed now alone, a serial
+    that replaced the sender's signing key (the only way to revoke one, security.md section 2), or no longer lists
+    the sender at all, made everything received before unreadable: 401 unknown-key, 404 unknown-authority. The
+    keys every directory installed here listed are remembered (decision 152)."""
+    from config.directory_model import Directory, _parse
+
+    message_id = await send_and_open(pair, "verified and receipted under the first key")
+    entry = load_authority_entry((pair.ar.provisioned.data_dir / "entry.json").read_bytes()).to_json()
+    entry["keys"] = [key for key in entry["keys"] if key["use"] != "sig"] + [
+        {
+            "use": "sig",
+            "jwk": public_jwk(generate_signing_key()),
+            "not_before": format_time(pair.au.gw.clock()),
+            "not_after": None,
+        }
+    ]
+    path = pair.workdir / "ar-entry-2.json"
+    path.write_text(json.dumps(entry))
+    await asyncio.to_thread(publish, pair, path, (pair.au,), 90)
+    await restart(pair.au)
+    assert pair.au.gw.directory.serial == 2
+    assert (
+        pair.au.gw.directory.authority("ar.mj")
+        .all_signing_keys()
+        .keys()
+        .isdisjoint(pair.ar.gw.own_signing_keys().keys())
+    )
+    status, body = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
+    assert status == 200 and body["content"]["text"] == "verified and receipted under the first key", body
+
+    directory = pair.au.gw.directory.to_json()  # a later serial without ar.mj at all, as a restart would install it
+    directory["authorities"] = [entry for entry in directory["authorities"] if entry["id"] != "ar.mj"]
+    pair.au.gw.directory = _parse(Directory, directory)
+    status, body = await pair.au.call("POST", f"/v1/messages/{message_id}/open", json={"purpose": "review"})
+    assert status == 200, body
+    async with pair.au.gw.engine.connect() as conn:  # what is remembered: public keys, by peer
+        remembered = await read_fact(conn, "peer_signing_keys:ar.mj")
+    assert set(pair.ar.gw.own_signing_keys()) < set(remembered) and all("d" not in jwk for jwk in remembered.values())

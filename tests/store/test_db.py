@@ -108,3 +108,20 @@ async def test_migrations_report_the_revision_reached_and_never_go_down(db_url: 
     with pytest.raises(StoreError, match="unknown revision '9999'"):
         await run_migrations(db_url, "9999")
     assert await run_migrations(db_url) == HEAD_REVISION  # nothing was changed
+
+
+async def test_facts_are_read_by_a_literal_prefix(db_url: str) -> None:
+    """read_facts takes the prefix as it is written: its '_' and '%' are not LIKE wildcards."""
+    from store.facts import read_facts
+
+    await run_migrations(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            for key, value in (("peer_keys:a", 1), ("peer_keys:b.c", {"k": 2}), ("peerXkeys:d", 3), ("peer_keys", 4)):
+                await write_fact(conn, key, value)
+        async with engine.connect() as conn:
+            assert await read_facts(conn, "peer_keys:") == {"a": 1, "b.c": {"k": 2}}
+            assert await read_facts(conn, "50%") == {}
+    finally:
+        await engine.dispose()
