@@ -176,13 +176,20 @@ def _offences(request: Request) -> ChecklistItem:
     return _item("offences", label, blocking=required, hard=hard)
 
 
+def _sought(request: Request) -> frozenset[AssistanceSought]:
+    """What a request asks for, as the 46(15) rules read it: what it lists, or what its type implies. Nothing for an
+    extradition, whose type says what it seeks, or for spontaneous information, which asks for nothing (art. 46(4)):
+    what they list under assistance_sought waives or requires nothing."""
+    if request.type in _EXTRADITION or request.type is RequestType.SPONTANEOUS_INFORMATION:
+        return frozenset()
+    return frozenset(request.assistance_sought) or _CORE_ASSISTANCE.get(request.type, frozenset())
+
+
 def _facts(request: Request) -> ChecklistItem:
     label = "summary of the relevant facts"
     # art. 46(15)(c) waives the facts for a request to serve judicial documents: what it asks for decides, not its
-    # type (a service request that also asks for a search needs them; another that asks only for service does not);
-    # an extradition's type says what it seeks, so what it lists under assistance_sought waives nothing
-    sought = set(request.assistance_sought) or _CORE_ASSISTANCE.get(request.type, frozenset())
-    if request.type not in _EXTRADITION and sought == {AssistanceSought.SERVICE_OF_DOCUMENTS}:
+    # type (a service request that also asks for a search needs them; another that asks only for service does not)
+    if _sought(request) == {AssistanceSought.SERVICE_OF_DOCUMENTS}:
         return _not_applicable("46(15)(c)", label, "not required to serve judicial documents")
     hard = []
     if _blank(request.summary_of_facts):
@@ -215,20 +222,24 @@ def _persons(request: Request) -> ChecklistItem:
     label = "identity, location and nationality of any person concerned"
     if request.type in _EXTRADITION:
         return _not_applicable("46(15)(e)", label, "the person sought is checked under art. 44(1)")
-    serving = request.type is RequestType.SERVICE_OF_DOCUMENTS
-    problems = []
+    # 46(15)(e) says "where possible": only serving documents, whatever the request's type, is impossible without
+    # the addressee and where to find them; every other detail warns
+    serving = AssistanceSought.SERVICE_OF_DOCUMENTS in _sought(request)
+    needed, problems = [], []
     if not request.persons:
         problems.append("the persons concerned, where possible")
-    if serving and not any(person.role is PersonRole.ADDRESSEE for person in request.persons):
-        problems.append("the addressee of the documents (role 'addressee')")
+    addressees = [person for person in request.persons if person.role is PersonRole.ADDRESSEE]
+    if serving and not addressees:
+        needed.append("the addressee of the documents (role 'addressee')")
+    elif serving and all(_blank(person.name) or _blank(person.location) for person in addressees):
+        needed.append("the addressee's name and where the documents are to be served (location)")
     for index, person in enumerate(request.persons, start=1):
         lacking = [name for name in ("name", "location") if _blank(getattr(person, name))]
         if person.role is not PersonRole.LEGAL_PERSON and _blank(person.nationality):
             lacking.append("nationality")
         if lacking:
             problems.append(f"person {index} ({person.role.value}): {', '.join(lacking)}")
-    # 46(15)(e) says "where possible"; serving documents is impossible without the addressee and an address
-    return _item("46(15)(e)", label, blocking=serving, hard=problems)
+    return _item("46(15)(e)", label, blocking=serving, hard=needed, soft=problems)
 
 
 def _purpose(request: Request) -> ChecklistItem:

@@ -46,8 +46,11 @@ def build_timeline(message_id: str, entries: Iterable[Mapping[str, Any]]) -> lis
         if entry.get("message_id") != message_id:
             continue
         kind = entry.get("type")
-        if kind == "case.state_changed" and entry.get("state") == "closed":
-            name = "closed"  # the case this message opened was closed (docs/ledger.md: Comity writes no message.closed)
+        if kind == "case.state_changed" and entry.get("state") in ("acknowledged", "closed"):
+            # the case this message opened moved: acknowledged through the life cycle (POST /v1/cases/{id}/events,
+            # or the peer's status report), which statistics count as the acknowledgement too; or closed
+            # (docs/ledger.md: Comity writes no message.closed)
+            name = str(entry["state"])
         elif kind in _MILESTONES:
             name = _MILESTONES[str(kind)]
         else:

@@ -363,3 +363,36 @@ def test_the_facts_are_waived_for_what_serves_documents_only_whatever_the_type()
         extradition = example_request(kind).to_json()
         extradition |= {"assistance_sought": ["service-of-documents"], "summary_of_facts": ""}
         assert "46(15)(c)" in [item.element for item in check_request(Request.parse(extradition)).blocking], kind
+
+
+def test_spontaneous_information_needs_its_facts_whatever_it_lists_as_sought() -> None:
+    """Spontaneous information (art. 46(4)) asks for nothing: its assistance_sought is not checked (46(15)(d) does
+    not apply), so it must waive nothing either. Listing service-of-documents there waived the summary of facts,
+    and a transmission with no information in it passed as complete."""
+    bare = changed(RequestType.SPONTANEOUS_INFORMATION, summary_of_facts="")
+    assert status(check_request(bare, SPAIN), "46(15)(c)") is ItemStatus.MISSING
+    listed = changed(
+        RequestType.SPONTANEOUS_INFORMATION, summary_of_facts="", assistance_sought=["service-of-documents"]
+    )
+    checklist = check_request(listed, SPAIN)
+    assert status(checklist, "46(15)(c)") is ItemStatus.MISSING and not checklist.complete, checklist.render()
+
+
+def test_serving_documents_needs_the_addressee_whatever_the_type_and_only_where_possible_details_warn() -> None:
+    """46(15)(e) asks for persons' details "where possible"; serving documents is impossible without the addressee's
+    name and where to serve them. What decides is what the request asks for (as for the facts, decision 144): a
+    criminal request asking only for service passed with nobody to serve; and a service request was blocked by an
+    addressee's unknown nationality."""
+    only_service = changed(
+        RequestType.MLA_CRIMINAL, assistance_sought=["service-of-documents"], summary_of_facts="", persons=[]
+    )
+    checklist = check_request(only_service, SPAIN)
+    assert blocking_ids(checklist) == ["46(15)(e)"] and "addressee" in checklist.item("46(15)(e)").what_to_add
+    addressee = example_request(RequestType.SERVICE_OF_DOCUMENTS).persons[0].model_dump(mode="json")
+    assert addressee["role"] == "addressee"
+    stateless = changed(RequestType.SERVICE_OF_DOCUMENTS, persons=[{**addressee, "nationality": ""}])
+    checklist = check_request(stateless, SPAIN)
+    assert checklist.complete and status(checklist, "46(15)(e)") is ItemStatus.WARNING, checklist.render()
+    for missing in ("name", "location"):
+        nowhere = changed(RequestType.SERVICE_OF_DOCUMENTS, persons=[{**addressee, missing: ""}])
+        assert blocking_ids(check_request(nowhere, SPAIN)) == ["46(15)(e)"], missing
