@@ -32,6 +32,7 @@ from protocol.errors import ComityError, error_code
 from protocol.events import EventType
 from protocol.receipts import RECEIPT_SKEW
 from protocol.timefmt import parse_time
+from store.case_stats import CaseStats
 from store.delivery import record_delivery
 from store.messages import AttachmentRow, Messages
 from store.outbox import OutboxItem
@@ -383,6 +384,8 @@ class OutboxSender:
             tx.record(EventType.DELIVERY_FAILED, "system", message_id=item.message_id, to=item.peer, reason=code)
             # the peer's signed answer is kept as a receipt is: evidence of why the message did not go (decision 98)
             await Messages.update(tx.conn, item.message_id, state="refused", receipt=token)
+            # a request the peer never took is no request made: out of the statistics (its case stays, as sent)
+            await CaseStats.forget(tx.conn, item.message_id)
             return await done(True)
 
         if not await self.gw.commit(unit):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.events import EventType
@@ -100,6 +100,12 @@ class CaseStats:
             )
         if times is not None:
             await CaseStats.write_waits(conn, case_id, times)
+
+    @staticmethod
+    async def forget(conn: AsyncConnection, case_id: str) -> None:
+        """Take a case out of the statistics: a request the peer refused for good never reached it, so it is no
+        request made (nothing if ``case_id`` is no request's case)."""
+        await conn.execute(delete(case_stats).where(case_stats.c.case_id == case_id))
 
     @staticmethod
     async def assigned(conn: AsyncConnection, case_id: str, user_id: int) -> None:

@@ -9,6 +9,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -241,3 +242,36 @@ async def test_a_refusal_counts_its_grounds_on_both_sides_and_officer_figures_ar
     assert result.exit_code == 0 and "by-refusal-ground" in result.output and mark not in result.output
     result = await asyncio.to_thread(command, "by-year", "--from", "yesterday")
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "'from'" in result.output
+
+
+async def test_a_request_the_peer_refused_for_good_is_no_request_made(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request the peer's gateway refused for good (message.delivery_failed) never reached it: no case exists
+    on its side. Ours counted it as a request made, open, pending and, once its deadline passed, overdue for ever,
+    and twice once the officer sent it again. It leaves the statistics; its case and message stay on record."""
+    from gateway import receiving
+    from protocol.errors import InvalidMessage
+
+    async def refuse(gw: Any, opened: Any) -> Any:
+        raise InvalidMessage("refused for good")
+
+    counted = await send_request(pair, canary_request("counted"))
+    monkeypatch.setattr(receiving, "_answer_context", refuse)
+    draft = {"to": "au.ag", "kind": "request", "marking": MARKING, "content": {"request": canary_request("r")}}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=draft)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "refused")
+    assert await case_state(pair.ar, body["id"]) == ("sent", None)
+    async with pair.ar.gw.engine.connect() as conn:
+        rows = (await conn.execute(select(case_stats.c.case_id))).scalars().all()
+    assert rows == [counted]
+    supervisor = await as_user(pair.ar, ("sam", "supervisor"))
+    try:
+        status, stats = await supervisor.call("GET", "/v1/stats?direction=outgoing")
+    finally:
+        await close_sessions(supervisor)
+    assert status == 200, stats
+    assert stats["statistics"]["open-closed"]["rows"] == [{"direction": "outgoing", "status": "open", "count": 1}], (
+        stats
+    )
