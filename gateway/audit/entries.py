@@ -23,11 +23,13 @@ from protocol.messages import MessageKind, parse_strict_json
 
 __all__ = [
     "G_ACTOR",
+    "G_ENVELOPE",
     "G_IN_REPLY_TO",
     "G_KIND",
     "G_MESSAGE_ID",
     "G_PEER_TIME",
     "G_TIME",
+    "G_TO",
     "G_TYPE",
     "EntryError",
     "Fields",
@@ -76,7 +78,7 @@ _CAVEAT = rb'"[a-z0-9][a-z0-9.-]{0,47}(?::[0-9A-Za-z.-]{1,32})?"'
 # members in RFC 8785 order (UTF-16 code units; all ASCII here, so plain byte order)
 _PATTERN = re.compile(
     rb'\{"actor":"(?P<actor>system|user:[a-z0-9._-]{1,64}|peer:' + _AUTHORITY + rb')"'
-    rb'(?:,"envelope_sha256":"[0-9a-f]{64}")?'
+    rb'(?:,"envelope_sha256":"(?P<envelope>[0-9a-f]{64})")?'
     rb'(?:,"from":"' + _AUTHORITY + rb'")?'
     rb'(?:,"in_reply_to":"(?P<in_reply_to>' + _FREE + rb'*)")?'
     rb'(?:,"kind":"(?P<kind>' + _KINDS + rb')")?'
@@ -91,14 +93,15 @@ _PATTERN = re.compile(
     rb'(?:,"state":"[a-z0-9_-]{1,32}")?'
     rb'(?:,"subject":"[a-z0-9._:-]{1,80}")?'
     rb',"time":"(?P<time>' + _time(b"late_day") + rb')"'
-    rb'(?:,"to":"' + _AUTHORITY + rb'")?'
+    rb'(?:,"to":"(?P<to>' + _AUTHORITY + rb')")?'
     rb',"type":"(?P<type>' + _TYPES + rb')"'
     rb',"v":1\}'
 )
 _FAST = _PATTERN.fullmatch
 _GROUPS = _PATTERN.groupindex
-G_ACTOR, G_IN_REPLY_TO, G_KIND, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE = (
-    _GROUPS[name] for name in ("actor", "in_reply_to", "kind", "message_id", "peer_time", "time", "type")
+G_ACTOR, G_ENVELOPE, G_IN_REPLY_TO, G_KIND, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TO, G_TYPE = (
+    _GROUPS[name]
+    for name in ("actor", "envelope", "in_reply_to", "kind", "message_id", "peer_time", "time", "to", "type")
 )
 _MORE_CAVEATS, _LATE_DAY, _LATE_PEER_DAY = (_GROUPS[name] for name in ("more_caveats", "late_day", "late_peer_day"))
 
@@ -156,11 +159,13 @@ def check_entry_slow(entry: bytes) -> SlowFields:
     return SlowFields(
         {
             G_ACTOR: event.actor.encode("utf-8"),
+            G_ENVELOPE: enc(event.envelope_sha256),
             G_IN_REPLY_TO: enc(event.in_reply_to),
             G_KIND: enc(event.kind.value if event.kind is not None else None),
             G_MESSAGE_ID: enc(event.message_id),
             G_PEER_TIME: enc(event.peer_time),
             G_TIME: event.time.encode("ascii"),
+            G_TO: enc(event.to),
             G_TYPE: event.type.value.encode("ascii"),
         }
     )

@@ -14,7 +14,8 @@ microseconds), whose byte order is time order.
 The rules (``docs/ledger.md``, "Invariants"):
 
 1. a message id is submitted at most once and received at most once;
-2. ``message.sent`` follows a ``message.submitted`` of the same message, not earlier in time;
+2. ``message.sent`` follows a ``message.submitted`` of the same message, not earlier in time; it and its
+   ``message.receipt_recorded`` name the envelope digest and the recipient the submission named (where both do);
 3. ``message.receipt_recorded`` follows its ``message.sent``, not earlier in time, and the receiver's signed receive
    time (``peer_time``) is not earlier than the submission minus the allowed clock skew (300 s): not the sending
    time, since the receipt of a redelivery whose first answer was lost carries the first delivery's time;
@@ -36,7 +37,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.audit.entries import G_ACTOR, G_IN_REPLY_TO, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE, Fields
+from gateway.audit.entries import (
+    G_ACTOR,
+    G_ENVELOPE,
+    G_IN_REPLY_TO,
+    G_MESSAGE_ID,
+    G_PEER_TIME,
+    G_TIME,
+    G_TO,
+    G_TYPE,
+    Fields,
+)
 from protocol.receipts import RECEIPT_SKEW
 
 __all__ = ["CLOCK_SKEW", "InvariantError", "TimelineChecker"]
@@ -59,11 +70,13 @@ _CODES = {
 class _Message:
     """What the checker remembers of an open message: times (ledger time strings) and entry indexes."""
 
-    __slots__ = ("received", "received_at", "sent", "submitted", "submitted_at")
+    __slots__ = ("digest", "received", "received_at", "sent", "submitted", "submitted_at", "to")
 
     def __init__(self) -> None:
         self.submitted: bytes | None = None
         self.submitted_at = -1
+        self.digest: bytes | None = None  # the envelope and the recipient it was submitted as, and to
+        self.to: bytes | None = None
         self.sent: bytes | None = None
         self.received: bytes | None = None
         self.received_at = -1
@@ -128,6 +141,7 @@ class TimelineChecker:
             elif state.submitted is not None:
                 raise _error(index, message, f"submitted a second time (first at entry {state.submitted_at})")
             state.submitted, state.submitted_at = time, index
+            state.digest, state.to = fields.group(G_ENVELOPE), fields.group(G_TO)
         elif code == _RECEIVED:
             if state is None:
                 self._open[message] = state = _Message()
@@ -153,11 +167,13 @@ class TimelineChecker:
                 raise _error(
                     index, message, f"sent at {_text(time)}, before its submission at {_text(state.submitted)}"
                 )
+            _as_submitted(index, message, state, fields, "sent")
             state.sent = time
         elif code == _RECEIPT:
             if state is None or state.sent is None:
                 raise _error(index, message, "receipt recorded, but never sent before in this ledger")
             sent = state.sent
+            _as_submitted(index, message, state, fields, "receipt recorded")
             if time < sent:
                 raise _error(index, message, f"receipt recorded at {_text(time)}, before it was sent at {_text(sent)}")
             peer_time = fields.group(G_PEER_TIME)
@@ -206,3 +222,17 @@ class TimelineChecker:
 
 def _error(index: int, message: bytes, what: str) -> InvariantError:
     return InvariantError(f"entry {index}: message {_text(message)} {what}")
+
+
+def _as_submitted(index: int, message: bytes, state: _Message, fields: Fields, what: str) -> None:
+    """A message is sent, and its receipt recorded, as the envelope it was submitted as and to the authority it was
+    submitted to (each compared where both entries name it)."""
+    for group, submitted, name in ((G_ENVELOPE, state.digest, "envelope"), (G_TO, state.to, "recipient")):
+        value = fields.group(group)
+        if value is not None and submitted is not None and value != submitted:
+            raise _error(
+                index,
+                message,
+                f"{what} with {name} {_text(value)}, not the {_text(submitted)} it was submitted with "
+                f"(entry {state.submitted_at})",
+            )

@@ -23,11 +23,13 @@ from gateway.audit import AuditFailure, AuditState, DatabaseSource, HttpSource, 
 from gateway.audit.entries import (
     _FAST,
     G_ACTOR,
+    G_ENVELOPE,
     G_IN_REPLY_TO,
     G_KIND,
     G_MESSAGE_ID,
     G_PEER_TIME,
     G_TIME,
+    G_TO,
     G_TYPE,
     EntryError,
     check_entry,
@@ -74,7 +76,8 @@ def _verdict(check: Any, entry: bytes) -> tuple[bytes | None, ...] | str:
         fields = check(entry)
     except EntryError:
         return "refused"
-    return tuple(fields.group(i) for i in (G_ACTOR, G_IN_REPLY_TO, G_KIND, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TYPE))
+    groups = (G_ACTOR, G_ENVELOPE, G_IN_REPLY_TO, G_KIND, G_MESSAGE_ID, G_PEER_TIME, G_TIME, G_TO, G_TYPE)
+    return tuple(fields.group(i) for i in groups)
 
 
 EXTRA_EVENTS = [
@@ -340,6 +343,28 @@ def _event(type_: str, second: int, actor: str = "system", **fields: Any) -> dic
 def test_invariant_violations(documents: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(InvariantError, match=message):
         _feed(documents)
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"envelope_sha256": "2" * 64}, "sent with envelope 2{64}, not the 1{64} it was submitted with"),
+        ({"to": "zz.other"}, "sent with recipient zz.other, not the au.ag it was submitted with"),
+    ],
+)
+def test_a_message_is_sent_as_and_to_what_it_was_submitted_as(changed: dict[str, Any], message: str) -> None:
+    """An operator who swaps a submitted message's stored envelope, or its outbox row's peer, before it goes has the
+    honest gateway ledger the substitute as sent and receipted: the ledger holds the contradiction, and the audit
+    now reads it (invariant 2). Before, it compared only times."""
+    submitted = _event("message.submitted", 1, "user:olga", kind="request", to="au.ag", envelope_sha256="1" * 64)
+    submitted |= {"from": "ar.mj", "marking": {"caveats": [], "level": "CONFIDENTIAL"}}
+    common = {"to": "au.ag", "envelope_sha256": "1" * 64}
+    receipt = _event("message.receipt_recorded", 3, peer_time="2026-11-28T07:40:02.000000Z", **common)
+    _feed([submitted, _event("message.sent", 2, **common), receipt])  # as submitted: holds
+    with pytest.raises(InvariantError, match=message):
+        _feed([submitted, _event("message.sent", 2, **(common | changed))])
+    with pytest.raises(InvariantError, match=message.replace("sent", "receipt recorded", 1)):
+        _feed([submitted, _event("message.sent", 2, **common), {**receipt, **changed}])
 
 
 def _at(document: dict[str, Any], time: str) -> dict[str, Any]:
