@@ -143,6 +143,9 @@ class Notifier:
                 if not await self._lead():
                     break
                 renewed = loop.time()
+            async with gw.reader.connect() as conn:  # done, closed or notified since the scan read it: not sent
+                if not await CaseWork.still_to_notify(conn, item.id, stage):
+                    continue
             refusals, _ = self._refused.get((item.id, stage), (0, 0.0))
             try:
                 await self.deliver(notification(gw, item, stage))

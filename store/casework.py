@@ -204,6 +204,16 @@ class CaseWork:
         return [(item, Stage.OVERDUE if item.due < today else Stage.DUE_SOON) for item in found]
 
     @staticmethod
+    async def still_to_notify(conn: AsyncConnection, item_id: int, stage: Stage) -> bool:
+        """Whether the item is still open, of a case not closed, and not yet notified at ``stage``: read again just
+        before its notification goes out, since a scan's list may be minutes old."""
+        column = case_dates.c.notified_overdue_at if stage is Stage.OVERDUE else case_dates.c.notified_soon_at
+        query = select(case_dates.c.id).where(
+            case_dates.c.id == item_id, case_dates.c.done_at.is_(None), column.is_(None), _case_open()
+        )
+        return (await conn.execute(query)).first() is not None
+
+    @staticmethod
     async def mark_notified(conn: AsyncConnection, item_id: int, stage: Stage, now: datetime) -> None:
         column = "notified_overdue_at" if stage is Stage.OVERDUE else "notified_soon_at"
         values = {column: now}
