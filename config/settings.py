@@ -32,6 +32,7 @@ from pydantic_settings import (
 from config.errors import ConfigError
 from protocol.errors import InvalidMessage
 from protocol.messages import validate_authority_id
+from protocol.receipts import MAX_CLOCK_SKEW
 
 __all__ = [
     "CONFIG_ENV",
@@ -120,7 +121,8 @@ class Settings(BaseSettings):
     directory_key_file: Path = Path("directory-key.jwk")
     attachments_dir: Path = Path("attachments")
     dev_plain_http: bool = False
-    max_clock_skew_seconds: int = Field(default=300, ge=0, le=86400)
+    # at most MAX_CLOCK_SKEW: a receiver allowing more would receipt what every sender and auditor refuses
+    max_clock_skew_seconds: int = Field(default=300, ge=0, le=int(MAX_CLOCK_SKEW.total_seconds()))
     # at most MAX_MESSAGE_AGE_SECONDS: the gateway adds it to now and subtracts it from now (datetime's range)
     max_message_age_seconds: int = Field(default=30 * 86400, ge=60, le=MAX_MESSAGE_AGE_SECONDS)
     max_envelope_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)

@@ -16,12 +16,17 @@ from pydantic import Field, field_validator
 from protocol.messages import StrictModel, canonical_json, validate_authority_id, validate_message_id
 from protocol.timefmt import TIME_SHAPE
 
-__all__ = ["RECEIPT_SKEW", "Receipt", "Refusal", "rfc3339_utc"]
+__all__ = ["MAX_CLOCK_SKEW", "RECEIPT_SKEW", "Receipt", "Refusal", "rfc3339_utc"]
 
+# the most a receiver may let a message's iat lie ahead of its clock (the max_clock_skew_seconds setting's bound),
+# and so the most its signed receive time may lie before the sealing (iat is whole seconds, compared with whole
+# seconds: the receive time is at least iat minus the skew)
+MAX_CLOCK_SKEW = timedelta(seconds=300)
 # a receipt's signed receive time may be at most this before the message's submission (the sender checks it before
-# recording the receipt, the auditor's timeline invariants after); how far ahead it may be is the sender's
-# max_message_age_seconds (gateway/outbox.py)
-RECEIPT_SKEW = timedelta(seconds=300)
+# recording the receipt, the auditor's timeline invariants after): what any receiver may allow, plus a minute for
+# the time between the sealing and the commit of the submission, so that no receiver keeping to its setting signs
+# a receipt every sender refuses (decision 157); how far ahead it may be is the sender's max_message_age_seconds
+RECEIPT_SKEW = MAX_CLOCK_SKEW + timedelta(seconds=60)
 
 
 def rfc3339_utc(value: str) -> str:

@@ -48,11 +48,11 @@ from gateway.audit.entries import (
     G_TYPE,
     Fields,
 )
-from protocol.receipts import RECEIPT_SKEW
+from protocol.receipts import MAX_CLOCK_SKEW, RECEIPT_SKEW
 
 __all__ = ["CLOCK_SKEW", "InvariantError", "TimelineChecker"]
 
-CLOCK_SKEW = RECEIPT_SKEW
+CLOCK_SKEW = MAX_CLOCK_SKEW  # how far an entry may be dated before those appended before it
 
 _SUBMITTED, _SENT, _RECEIPT, _RECEIVED, _ACK, _OPENED, _ANSWERED, _CLOSED = range(8)
 _CODES = {
@@ -182,12 +182,12 @@ class TimelineChecker:
             # a receipt re-sent for a redelivery (the first answer was lost) carries the first delivery's time,
             # which may be long before this "sent"; never before the submission, though (decision 91)
             submitted = state.submitted
-            if submitted is not None and _seconds(peer_time) < _seconds(submitted) - CLOCK_SKEW:
+            if submitted is not None and _seconds(peer_time) < _seconds(submitted) - RECEIPT_SKEW:
                 raise _error(
                     index,
                     message,
                     f"the receiver signed a receive time {_text(peer_time)} more than "
-                    f"{int(CLOCK_SKEW.total_seconds())} s before it was submitted at {_text(submitted)}",
+                    f"{int(RECEIPT_SKEW.total_seconds())} s before it was submitted at {_text(submitted)}",
                 )
         elif code == _CLOSED:
             self._open.pop(message, None)

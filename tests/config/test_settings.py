@@ -186,6 +186,8 @@ def test_sample_configuration_loads(tmp_path: Path) -> None:
             str(315360001),
             "max_message_age_seconds: Input should be less than or equal",
         ),
+        # a receiver allowing more receipts what every sender and auditor refuses (decision 157)
+        ("COMITY_MAX_CLOCK_SKEW_SECONDS", "301", "max_clock_skew_seconds: Input should be less than or equal to 300"),
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "", "notify_webhook_secret: must be at least 16"),
         ("COMITY_NOTIFY_WEBHOOK_SECRET", "short", "notify_webhook_secret"),
         # the notifier POSTed to these at every interval and failed each time, without a word at start

@@ -385,13 +385,48 @@ async def test_a_receipt_dated_before_the_submission_is_not_recorded(pair: Pair)
     assert pair.ar.running is not None
     sender: OutboxSender = pair.ar.running.sender
     peer = pair.ar.gw.peer("au.ag")
-    for submitted, refused in ((received + timedelta(seconds=299), False), (received + timedelta(seconds=301), True)):
+    # the bound is the most any receiver may allow (300 s) and a minute for rounding and the commit (decision 157)
+    for submitted, refused in ((received + timedelta(seconds=359), False), (received + timedelta(seconds=361), True)):
         item = OutboxItem(message_id, "au.ag", 0, submitted)
         if refused:
             with pytest.raises(DeliveryError, match="out of the message's life"):
                 await sender._record_receipt(peer, row.envelope_sha256, item, row.receipt, received)
         else:  # within the skew: recorded, which here finds the message delivered already and changes nothing
             await sender._record_receipt(peer, row.envelope_sha256, item, row.receipt, received)
+
+
+async def test_a_receipt_a_receiver_signs_within_its_skew_is_one_the_sender_records(pair: Pair) -> None:
+    """Decision 157: the receiver compares iat (whole seconds) with its clock in whole seconds, and the sender
+    compared the receipt's time with the exact commit of the submission, with the same 300 s: with the sender's
+    clock 300.2 s ahead, most envelopes were received and receipted, and their receipts refused by the sender for
+    ever (retried, each time the same receipt), the peer holding what our ledger says never arrived. Every
+    envelope is now either refused as stale or delivered; none is received there and queued here."""
+    from datetime import UTC, datetime
+
+    await pair.ar.stop()
+    await pair.ar.start(outbox_initial_backoff=0.1, outbox_max_backoff=0.2)
+    pair.ar.gw.clock = lambda: datetime.now(UTC) + timedelta(seconds=300.2)
+    ids = []
+    for _ in range(6):
+        status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
+        assert status == 202, body
+        ids.append(body["id"])
+        await asyncio.sleep(0.17)  # spread over a second: iat rounds into the receiver's window 4 times in 5
+
+    async def settled() -> dict[str, str]:
+        async with pair.ar.gw.engine.connect() as conn:
+            found = select(messages.c.id, messages.c.state).where(messages.c.id.in_(ids))
+            return {row.id: row.state for row in await conn.execute(found)}
+
+    for _ in range(100):
+        ours = await settled()
+        if all(state in ("delivered", "refused") for state in ours.values()):
+            break
+        await asyncio.sleep(0.1)
+    async with pair.au.gw.engine.connect() as conn:
+        theirs = set((await conn.execute(select(messages.c.id).where(messages.c.id.in_(ids)))).scalars())
+    assert {i: ours[i] for i in ids} == {i: "delivered" if i in theirs else "refused" for i in ids}
+    assert theirs, "none passed the receiver's check: the case this test is about did not happen"
 
 
 async def test_the_witness_counts_what_it_cannot_parse_or_hold_against_the_peer(pair: Pair) -> None:
