@@ -76,6 +76,13 @@ class AttachmentFile:
 
         def commit() -> Path:
             self.partial.replace(self.final)
+            # the rename is an entry of the directory: synced too, before the row naming the file can commit, so
+            # that a power loss cannot leave a stored message whose file is still under its partial name
+            directory = os.open(self.final.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
             return self.final
 
         return _on_disk(commit)
