@@ -50,6 +50,7 @@ from protocol.stats import facets_of_content
 from protocol.timefmt import format_time
 from store.case_stats import ANSWER_MILESTONES, CaseStats
 from store.cases import Cases, Consents
+from store.errors import StoreUnavailable
 from store.messages import AttachmentRow, MessageRow, Messages
 
 __all__ = ["AttachmentParts", "EnvelopeRefused", "Received", "receive_envelope", "refuse"]
@@ -155,6 +156,10 @@ async def receive_envelope(gw: Gateway, *, peer_id: str | None, sealed: bytes, n
                     known = await Messages.seen(conn, header.id)
                 if known is not None and known.direction == "in" and known.envelope_sha256 == digest and known.receipt:
                     return Received(known.receipt, True, header.id)
+                if known is None:  # another row's key, written at once by another delivery: not a replay, try again
+                    raise StoreUnavailable(
+                        "a concurrent delivery wrote a row this one needs; deliver it again"
+                    ) from None
                 raise ReplayedMessage(f"message id {header.id} was already used for another envelope") from None
     except ComityError as error:
         # an unauthenticated client gets a signed refusal but no ledger entry: it must not grow our ledger

@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import fast
@@ -182,19 +184,19 @@ class Consents:
     async def record(
         conn: AsyncConnection, message_id: str, recipient: str, granted_by: str, consent_id: str, now: datetime
     ) -> None:
-        existing = select(consents.c.message_id).where(
-            consents.c.message_id == message_id, consents.c.recipient == recipient
+        """Record the consent unless one for that message and recipient is recorded already: one statement, so that
+        two consents received at once by two replicas do not collide on the key."""
+        upsert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+        statement = upsert(consents).values(
+            message_id=message_id,
+            recipient=recipient,
+            granted_by=granted_by,
+            consent_message_id=consent_id,
+            received_at=now,
         )
-        if (await conn.execute(existing)).first() is None:
-            await conn.execute(
-                insert(consents).values(
-                    message_id=message_id,
-                    recipient=recipient,
-                    granted_by=granted_by,
-                    consent_message_id=consent_id,
-                    received_at=now,
-                )
-            )
+        await conn.execute(
+            statement.on_conflict_do_nothing(index_elements=[consents.c.message_id, consents.c.recipient])
+        )
 
     @staticmethod
     async def granted(conn: AsyncConnection, message_id: str, recipient: str) -> bool:

@@ -486,6 +486,33 @@ async def test_duplicate_delivery_gets_the_same_receipt(pair: Pair, hostile: Hos
         assert await stored(pair.au.gw) == after_first  # no second row, no ledger entry at all
 
 
+async def test_a_key_conflict_that_is_not_the_message_id_is_retried_not_refused_for_good(
+    pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that hits another row's key written at once by another delivery (two consents for one message and
+    recipient at two replicas, say) is not a replay of the message id: it was refused for good as replayed-message,
+    a genuine message lost. It is now a 503 the sender retries, with nothing stored or ledgered."""
+    from sqlalchemy.exc import IntegrityError
+
+    real, calls = receiving._commit, []
+
+    async def conflicting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO consents ...", {}, Exception("duplicate key value"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(receiving, "_commit", conflicting)
+    before = await stored(pair.au.gw)
+    sealed = hostile.seal(hostile.payload())
+    answer = await hostile.post(sealed)
+    assert answer.status == 503 and answer.document["code"] == "store-unavailable", answer.raw
+    assert "refusal" not in answer.document
+    assert await stored(pair.au.gw) == before
+    again = await hostile.post(sealed)
+    assert again.status == 200 and "receipt" in again.document, again.raw
+
+
 @dataclass(frozen=True)
 class _AccreditedForUnclassifiedOnly(MarkingScheme):
     """As if a new directory had narrowed the receiver's accreditation to the lowest level."""

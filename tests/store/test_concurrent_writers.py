@@ -74,6 +74,36 @@ async def test_a_cosignature_posted_twice_at_once_is_kept_once(engine: AsyncEngi
         assert (await conn.execute(select(cosignatures.c.line))).scalars().all() == ["— first"]
 
 
+async def test_two_consents_for_the_same_message_and_recipient_at_once_keep_the_first(engine: AsyncEngine) -> None:
+    """Two replicas receiving two consents for one message and one recipient at once: each looked for a consent,
+    found none and inserted, and the second's key violation became a final replayed-message refusal of a genuine
+    consent. The insert now does nothing on a conflict."""
+    from store.cases import Consents
+    from store.tables import consents
+
+    message = "0b0d8a3e-6c35-4c5d-9a4b-4f1c2b7d3e01"
+    first_inserted, release_first = asyncio.Event(), asyncio.Event()
+
+    async def record(consent_id: str, hold: bool) -> None:
+        if not hold:
+            await first_inserted.wait()
+        async with engine.begin() as conn:
+            await Consents.record(conn, message, "br.mjsp", "ar.mj", consent_id, NOW)
+            if hold:
+                first_inserted.set()
+                await release_first.wait()
+
+    async def release_soon() -> None:
+        await first_inserted.wait()
+        await asyncio.sleep(0.3)  # the second now waits (PostgreSQL: on the key; SQLite: on BEGIN IMMEDIATE)
+        release_first.set()
+
+    results = await asyncio.gather(record("c-1", True), record("c-2", False), release_soon(), return_exceptions=True)
+    assert list(results) == [None, None, None], results
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(consents.c.consent_message_id))).scalars().all() == ["c-1"]
+
+
 async def test_a_login_and_a_group_commit_naming_the_same_user_do_not_deadlock(pg_engine: AsyncEngine) -> None:
     """A login locks its user's row, then appends to the ledger (the head's lock); a group commit holds the head and
     inserts a row naming that user, whose foreign-key check needs a key-share lock on the same row. With FOR UPDATE
