@@ -1,12 +1,13 @@
-"""Case work: next action, flags, critical dates and tasks, oral urgent requests (art. 46(14)), and the lists of
-overdue and upcoming items (docs/requests.md, "Case work").
+"""Case work: next action, flags, critical dates and tasks, oral urgent requests (art. 46(14)), and the lists of overdue
+and upcoming items (docs/requests.md, "Case work").
 
 Who may act: what case events need (gateway/policy.py ``refuse_case_access``): an officer or supervisor cleared for
 the marking the case is held under (its opening message's, or its oral request's) and assigned to the case or
-supervising its unit. A refusal changes nothing and is not ledgered (case work is notes and dates, never a message;
-a refused case event, which would send one, is). Every change is one group commit with its ledger events, which
-carry kinds, dates and ids only: notes and next actions stay in the case tables (store/casework.py) and are never
-logged.
+supervising its unit. A refusal changes nothing. A change refused because the caller may not act on the case (by
+scope, clearance or assignment) is ledgered as ``case.refused`` by the API's middleware (decision 148), a read of the
+work as ``message.open_refused``; one refused for what it asks for is not ledgered. Every change is one group commit
+with its ledger events, which carry kinds, dates and ids only: notes and next actions stay in the case tables
+(store/casework.py) and are never logged.
 """
 
 from __future__ import annotations

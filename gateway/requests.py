@@ -311,13 +311,20 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
         return
     if report.at is not None and last is not None and report.at <= last:  # overtaken by a later transition
         log.info("status_report_stale", state=report.state.value)
+        reached = min(report.at, now)
         await CaseStats.moved(
-            tx.conn,
-            case_id,
-            report.state.value,
-            min(report.at, now),
-            refusal_grounds=report.refusal_grounds,
-            milestones_only=True,
+            tx.conn, case_id, report.state.value, reached, refusal_grounds=report.refusal_grounds, milestones_only=True
+        )
+        # ledgered too, marked as not moving the case, with the time the milestone takes: what statistics count, an
+        # auditor's timeline shows (decision 160)
+        tx.record(
+            EventType.CASE_STATE,
+            f"peer:{peer}",
+            at=now,
+            message_id=case_id,
+            state=report.state.value,
+            reason="overtaken",
+            peer_time=format_time(reached),
         )
         return
     if report.side is None or not reachable(State(current), report.event, report.state, report.side):

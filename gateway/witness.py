@@ -257,14 +257,17 @@ class Witness:
             self.log.warning("witness_receipt_dropped", peer=peer, message_id=dropped.message_id)
 
     async def _settle_owed(self, peer: str, checkpoint: Checkpoint) -> bool:
-        """Check the receipts ``peer`` owes against ``checkpoint`` (verified, consistent with what we hold), in the
-        order they failed; whether none is owed any more. The first that fails again is counted and ends the round."""
+        """Check the receipts ``peer`` owes against ``checkpoint`` (verified, consistent with what we hold), or, for
+        one beyond it (the peer serving less than it signed in that receipt), against the receipt's own checkpoint
+        again, consistency proof and all; in the order they failed. Whether none is owed any more. The first that
+        fails again is counted and ends the round."""
         owed = self._owed.get(peer, {})
         for message_id, receipt in list(owed.items()):
-            if receipt.ledger_index >= checkpoint.size:  # an older checkpoint than the receipt's: not this round
-                continue
             try:
-                await self._check_receipt(peer, checkpoint, receipt)
+                if receipt.ledger_index < checkpoint.size:
+                    await self._check_receipt(peer, checkpoint, receipt)
+                else:  # the peer serves less than the receipt's own checkpoint: check that one again, proofs and all
+                    await self.check(peer, receipt.checkpoint, receipt)
             except _UNCOOPERATIVE as exc:
                 await self._failed(peer, exc)
                 return False

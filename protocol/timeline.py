@@ -55,7 +55,9 @@ def build_timeline(message_id: str, entries: Iterable[Mapping[str, Any]]) -> lis
             name = _MILESTONES[str(kind)]
         else:
             continue
-        found.setdefault(name, (parse_time(str(entry["time"])), str(entry["actor"])))
+        # a peer's report recorded after a later one (reason overtaken) took the milestone at the time it gives
+        at = entry["peer_time"] if kind == "case.state_changed" and "peer_time" in entry else entry["time"]
+        found.setdefault(name, (parse_time(str(at)), str(entry["actor"])))
         if name == "receipted" and "peer_time" in entry:
             found.setdefault("received", (parse_time(str(entry["peer_time"])), f"peer:{entry.get('to', '?')}"))
     ordered = sorted(found.items(), key=lambda item: (item[1][0], list(_MILESTONES.values()).index(item[0])))

@@ -101,6 +101,34 @@ async def test_a_report_overtaken_by_a_later_one_still_gives_the_statistics_its_
     assert row.executed_at is not None and row.closed_at is not None and row.executed_at <= row.closed_at, row
 
 
+async def test_an_overtaken_acknowledgement_is_ledgered_and_on_the_timeline_as_statistics_count_it(pair: Pair) -> None:
+    """'under_review' overtakes 'acknowledged': the statistics take the acknowledgement's time from the overtaken
+    report, and the ledger had nothing of it, so no timeline showed where the statistics' wait ends. It is ledgered
+    as a case.state_changed marked overtaken (the case does not move) at the time the milestone takes."""
+    case_id = await send_complete(pair)
+    await asyncio.sleep(1.5)
+    acknowledged_at = pair.au.gw.clock() - timedelta(seconds=1)
+    reviewed_at = acknowledged_at + timedelta(milliseconds=500)
+    await report_from_au(
+        pair, case_id, {"state": "under_review", "event": "begin_review", "at": format_time(reviewed_at)}
+    )
+    await report_from_au(
+        pair, case_id, {"state": "acknowledged", "event": "acknowledge", "at": format_time(acknowledged_at)}
+    )
+    assert (await case_state(pair.ar, case_id))[0] == "under_review"
+    async with pair.ar.gw.reader.connect() as conn:
+        counted = (await conn.execute(select(case_stats.c.acknowledged_at))).scalar_one()
+    moves = [e for e in await ledger(pair.ar.gw) if e["type"] == "case.state_changed" and e["message_id"] == case_id]
+    assert [(e["state"], e.get("reason"), e.get("peer_time")) for e in moves] == [
+        ("under_review", None, None),
+        ("acknowledged", "overtaken", format_time(counted)),
+    ]
+    status, timeline = await pair.ar.call("GET", f"/v1/messages/{case_id}/timeline")
+    assert status == 200, timeline
+    shown = {m["name"]: m["time"] for m in timeline["milestones"]}
+    assert shown["acknowledged"] == format_time(counted), timeline
+
+
 async def test_a_request_sent_in_reply_to_another_opens_a_case_of_its_own(pair: Pair) -> None:
     """Decision 144: an extradition request following an earlier request joined that request's case on both sides,
     with no life cycle and no statistics of its own: the requested side could never acknowledge it."""

@@ -976,6 +976,49 @@ async def test_a_receipt_whose_check_failed_is_checked_again_with_the_next_check
         assert alarms == [("au.ag", "proof-unavailable")] and pair.ar.gw.blocked_peers == {"au.ag"}
 
 
+@pytest.mark.parametrize("dodge", ["once", "always"])
+async def test_an_owed_receipt_beyond_what_the_peer_serves_is_checked_against_its_own_checkpoint(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, dodge: str
+) -> None:
+    """The peer drops the consistency request of the check its receipt carries (so nothing newer is stored), then
+    answers every poll with the checkpoint we hold, smaller than the one it signed in that receipt: the owed
+    receipt was skipped at every round, counted nowhere, never asked for again. It is now checked against its own
+    checkpoint again: shown once the peer answers, or counted until the alarm."""
+    from gateway import witness
+
+    await exchange(pair)  # a first checkpoint of au.ag is held
+    sender = pair.ar.running.sender.witness if pair.ar.running else None
+    assert sender is not None
+    async with pair.ar.gw.engine.connect() as conn:
+        held = await WitnessState.latest(conn, "au.ag")
+    assert held is not None
+    real_get = witness.Witness._get
+    dropped: list[str] = []
+
+    async def get(self: witness.Witness, peer: str, path: str) -> Any:
+        if path == witness.CHECKPOINT_PATH:
+            return 200, held.note.encode()  # never a newer one than we hold
+        if path.startswith(witness.CONSISTENCY_PATH) and (dodge == "always" or not dropped):
+            dropped.append(path)
+            raise aiohttp.ServerDisconnectedError()
+        return await real_get(self, peer, path)
+
+    monkeypatch.setattr(witness.Witness, "_get", get)
+    monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
+    await exchange(pair)
+    (receipt,) = sender._owed["au.ag"].values()
+    assert receipt.ledger_index >= held.size and sender._failures["au.ag"] == 1
+    for _ in range(witness.MAX_PROOF_FAILURES):  # polls, each answered with what we hold
+        sender.observe("au.ag", held.note)
+        await sender.idle()
+    async with pair.ar.gw.engine.connect() as conn:
+        alarms = [(a.peer, a.reason) for a in await WitnessState.open_alarms(conn)]
+    if dodge == "once":
+        assert not sender._owed and not sender._failures and not alarms
+    else:
+        assert alarms == [("au.ag", "proof-unavailable")]
+
+
 async def test_the_entry_backing_a_receipt_is_read_as_the_auditor_reads_it(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
