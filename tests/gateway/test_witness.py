@@ -1019,19 +1019,24 @@ async def test_an_owed_receipt_beyond_what_the_peer_serves_is_checked_against_it
         assert alarms == [("au.ag", "proof-unavailable")]
 
 
-async def test_the_entry_backing_a_receipt_is_read_as_the_auditor_reads_it(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """9.6: the entry a receipt names must be a valid ledger entry by the auditor's definition (strict JSON, RFC 8785
-    canonical bytes): plain json.loads took a duplicate member's last value, so an entry the peer's auditors refuse,
-    or read as another event, backed the receipt."""
+async def _receipt_and_its_entry(pair: Pair) -> tuple[Any, Receipt, bytes]:
+    """After an exchange: the sender's witness, the receipt it holds, and the entry the peer serves for it (9.6)."""
     message = await exchange(pair)
     witness = pair.ar.running.sender.witness if pair.ar.running else None
     assert witness is not None
     receipt = await _held_receipt(pair, message)
     fetched = await witness._fetch_receipt_proof("au.ag", receipt.ledger_index, int(receipt.checkpoint.split("\n")[1]))
     assert isinstance(fetched, tuple)
-    entry = fetched[0]
+    return witness, receipt, fetched[0]
+
+
+async def test_the_entry_backing_a_receipt_is_read_as_the_auditor_reads_it(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9.6: the entry a receipt names must be a valid ledger entry by the auditor's definition (strict JSON, RFC 8785
+    canonical bytes): plain json.loads took a duplicate member's last value, so an entry the peer's auditors refuse,
+    or read as another event, backed the receipt."""
+    witness, receipt, entry = await _receipt_and_its_entry(pair)
     assert b'"type":"message.received"' in entry
     variants = {
         entry: None,  # the honest entry, alone in a tree of its own: backs the receipt
@@ -1069,15 +1074,10 @@ async def test_a_receipt_backed_by_an_entry_that_records_another_reception_is_an
     """9.6: the entry behind a receipt must record our message's reception as we sent it, at the time the receipt
     signs. Before, only its type, id, digest and parties were compared, so a peer could sign "received at T" and
     ledger another time, or a STRICTLY CONFIDENTIAL request as UNCLASSIFIED or as a consultation, unseen."""
-    message = await exchange(pair)
-    witness = pair.ar.running.sender.witness if pair.ar.running else None
-    assert witness is not None
-    receipt = await _held_receipt(pair, message)
-    fetched = await witness._fetch_receipt_proof("au.ag", receipt.ledger_index, int(receipt.checkpoint.split("\n")[1]))
-    assert isinstance(fetched, tuple)
-    honest = LedgerEvent.parse(json.loads(fetched[0]))
+    witness, receipt, entry = await _receipt_and_its_entry(pair)
+    honest = LedgerEvent.parse(json.loads(entry))
     assert honest.time == receipt.received_at  # an honest receiver ledgers the time it signs
-    for served, alarmed in ((fetched[0], False), (LedgerEvent.parse({**honest.to_json(), **change}).to_bytes(), True)):
+    for served, alarmed in ((entry, False), (LedgerEvent.parse({**honest.to_json(), **change}).to_bytes(), True)):
         monkeypatch.setattr(witness, "_fetch_receipt_proof", lambda *_, served=served: _async((served, [])))
         checkpoint = Checkpoint("comity-ledger/au.ag", 1, merkle.leaf_hash(served))
         await witness._check_receipt("au.ag", checkpoint, receipt.model_copy(update={"ledger_index": 0}))
