@@ -186,19 +186,29 @@ async def login(
     assert stored is not None
     # same password, current parameters: not a password change, so not ledgered
     rehashed = await asyncio.to_thread(hasher.hash, password) if needs_rehash(stored, hasher) else None
-    async with engine.begin() as conn:
-        user = await user_by_name(conn, name, lock=True)  # a disable or password change in flight is waited for
-        if user.disabled or user.password_hash != stored:
-            raise LoginFailed("the user name or password is wrong")  # changed while we verified
-        await conn.execute(
-            delete(login_attempts).where(or_(login_attempts.c.id == attempt, login_attempts.c.username_sha256 == key))
-        )
-        if rehashed is not None:
-            await update_user(conn, user, password_hash=rehashed)
-        issued = await Tokens.issue(
-            conn, user, now, label="login", expires_at=now + ttl, scopes=scopes, actor=f"user:{user.username}"
-        )
-    return user, issued
+    for _ in range(2):
+        async with engine.begin() as conn:
+            user = await user_by_name(conn, name, lock=True)  # a disable or password change in flight is waited for
+            if user.disabled:
+                raise LoginFailed("the user name or password is wrong")
+            if user.password_hash == stored:
+                await conn.execute(
+                    delete(login_attempts).where(
+                        or_(login_attempts.c.id == attempt, login_attempts.c.username_sha256 == key)
+                    )
+                )
+                if rehashed is not None:
+                    await update_user(conn, user, password_hash=rehashed)
+                issued = await Tokens.issue(
+                    conn, user, now, label="login", expires_at=now + ttl, scopes=scopes, actor=f"user:{user.username}"
+                )
+                return user, issued
+        # the hash changed while we verified: a password change, or a concurrent login's rehash of the same password
+        # after the parameters changed (decision 161); the new hash decides, checked outside the row's lock, once
+        stored, rehashed = user.password_hash, None
+        if stored is None or not await asyncio.to_thread(_verify_or_dummy, stored, password, hasher):
+            break
+    raise LoginFailed("the user name or password is wrong")
 
 
 async def _throttle_wait(conn: AsyncConnection, match: Any, limit: int, throttle: Throttle, now: datetime) -> float:

@@ -320,6 +320,56 @@ async def test_login_issues_a_12_hour_token_and_rehashes_old_parameters(
     assert issued.scopes == ROLE_SCOPES["supervisor"]
 
 
+async def test_a_hash_changed_during_a_login_decides_by_whether_the_password_still_verifies(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two logins at once right after the hashing parameters were raised: the first rehashed the password, and the
+    second, which had verified against the old hash, was told its right password was wrong (decision 161). A
+    password changed meanwhile still fails the login."""
+    import store.logins
+
+    old = PasswordHasher(time_cost=2, memory_cost=8, parallelism=1, hash_len=16, salt_len=16, type=Type.ID)
+    monkeypatch.setattr(store.users, "PASSWORD_HASHER", old)
+    async with engine.begin() as conn:
+        await Users.create(conn, "alice", "officer", T0, password=PASSWORD)
+    monkeypatch.setattr(store.users, "PASSWORD_HASHER", CHEAP)
+
+    async def attempt(source: str) -> str:
+        try:
+            await Users.login(engine, "alice", PASSWORD, source, T0)
+        except LoginFailed:
+            return "failed"
+        return "ok"
+
+    assert list(await asyncio.gather(attempt("10.0.0.1"), attempt("10.0.0.2"))) == ["ok", "ok"]
+
+    real = store.logins._verify_or_dummy
+    changed: list[int] = []
+
+    def verify_then_change(*args: Any) -> bool:
+        verified = real(*args)
+        if not changed:  # the administrator sets a new password while this login verifies the old one
+            changed.append(1)
+            asyncio.run_coroutine_threadsafe(_set_password(engine, "alice", PASSWORD + " 2"), loop).result()
+        return verified
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(store.logins, "_verify_or_dummy", verify_then_change)
+    assert await attempt("10.0.0.3") == "failed"
+    monkeypatch.setattr(store.logins, "_verify_or_dummy", real)
+    assert await attempt("10.0.0.4") == "failed" and await _login_ok(engine, PASSWORD + " 2")
+
+
+async def _set_password(engine: AsyncEngine, name: str, password: str) -> None:
+    async with engine.begin() as conn:
+        await Users.set_password(conn, name, password, T0, actor="user:root")
+
+
+async def _login_ok(engine: AsyncEngine, password: str) -> bool:
+    user, _ = await Users.login(engine, "alice", password, "10.0.0.5", T0)
+    return user.username == "alice"
+
+
 async def test_unknown_and_passwordless_users_cost_a_verification_and_fail_alike(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
