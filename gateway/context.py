@@ -55,7 +55,7 @@ from store.tokens import Tokens
 
 __all__ = ["Gateway", "PeerBlocked", "utcnow"]
 
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 T = TypeVar("T")
 
 

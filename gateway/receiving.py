@@ -43,7 +43,7 @@ from protocol.content import Consent, Forwarded, confidentiality_answer, consent
 from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.lifecycle import Side
-from protocol.markings import asks_confidentiality
+from protocol.markings import asks_confidentiality, embargo_until
 from protocol.messages import MessageKind, check_freshness
 from protocol.receipts import Receipt, Refusal
 from protocol.stats import facets_of_content
@@ -363,6 +363,7 @@ async def _commit(
                     at=now,
                     state="received",
                     facets=facets_of_content(payload.content),
+                    hidden_until=embargo_until(payload.marking),
                 )
         index = tx.record_message(EventType.RECEIVED, actor, payload, digest, at=now)
         if context.consultation is not None:

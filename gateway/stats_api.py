@@ -67,11 +67,11 @@ def _min_cell(gw: Gateway, user: User, filters: Filters) -> int:
 
 
 async def _tables(gw: Gateway, statistics: list[Statistic], filters: Filters, min_cell: int) -> list[StatTable]:
-    today = gw.today()
+    today, utc_day = gw.today(), gw.clock().date()
     async with gw.reader.connect() as conn:
-        tables = [await compute(conn, statistic, filters, today=today) for statistic in statistics]
+        tables = [await compute(conn, statistic, filters, today=today, utc_day=utc_day) for statistic in statistics]
         if min_cell > 1:
-            cases = await population(conn, filters)
+            cases = await population(conn, filters, utc_day=utc_day)
             tables = [suppress(table, min_cell, cases) for table in tables]
     return tables
 

@@ -8,7 +8,7 @@ acknowledgement, answer, execution, outcome and closure count (a later one chang
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -61,8 +61,10 @@ class CaseStats:
         state: str,
         facets: Facets,
         officer_id: int | None = None,
+        hidden_until: date | None = None,
     ) -> None:
-        """The row of a case a request opened (``at``: the time of message.submitted or message.received)."""
+        """The row of a case a request opened (``at``: the time of message.submitted or message.received);
+        ``hidden_until``: a received request's embargo date, until which no statistic counts it (decision 162)."""
         row = {
             "case_id": case_id,
             "direction": direction,
@@ -81,6 +83,7 @@ class CaseStats:
             "state": state,
             "officer_id": officer_id,
             "start_at": at if direction == "in" else None,
+            "hidden_until": hidden_until,
         }
         await fast.insert(conn, case_stats, row, _OPEN)
 

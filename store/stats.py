@@ -69,8 +69,10 @@ def _has_code(column: Any, bits: Sequence[str], code: str) -> ColumnElement[bool
     return column.op("&")(1 << bits.index(code)) != 0  # type: ignore[no-any-return]
 
 
-def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = []
+def _conditions(filters: Filters, utc_day: date) -> list[ColumnElement[bool]]:
+    # a received request under an embargo still running (the UTC date binds both sides) counts nowhere: its coded
+    # facets come from content its users may not see yet (decision 162)
+    where: list[ColumnElement[bool]] = [or_(cs.c.hidden_until.is_(None), cs.c.hidden_until <= utc_day)]
     f = filters
     if f.direction is not None:
         where.append(cs.c.direction == f.direction)
@@ -129,9 +131,12 @@ def _counted(rows: Sequence[Any], *, none: str = _UNKNOWN) -> list[tuple[Any, ..
     return sorted(out, key=_sort_key)
 
 
-async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters, *, today: date) -> StatTable:
-    """One statistic under ``filters``; ``today`` (the authority's date: time_zone) decides what is overdue."""
-    where = _conditions(filters)
+async def compute(
+    conn: AsyncConnection, statistic: Statistic, filters: Filters, *, today: date, utc_day: date | None = None
+) -> StatTable:
+    """One statistic under ``filters``; ``today`` (the authority's date: time_zone) decides what is overdue,
+    ``utc_day`` (default ``today``) which embargoes still run."""
+    where = _conditions(filters, utc_day or today)
     direction = cs.c.direction
     if statistic in _COLUMN_KEYS:
         key = _COLUMN_KEYS[statistic]
@@ -186,10 +191,10 @@ async def compute(conn: AsyncConnection, statistic: Statistic, filters: Filters,
     raise AssertionError(statistic)  # pragma: no cover - every statistic is handled above
 
 
-async def population(conn: AsyncConnection, filters: Filters) -> dict[str, int]:
+async def population(conn: AsyncConnection, filters: Filters, *, utc_day: date) -> dict[str, int]:
     """The cases a statistic under ``filters`` is drawn from, per direction name: those matching the filters other
     than the ones on what a request says (:func:`protocol.stats.population_filters`; decision 114)."""
-    query = select(cs.c.direction, func.count()).where(*_conditions(population_filters(filters)))
+    query = select(cs.c.direction, func.count()).where(*_conditions(population_filters(filters), utc_day))
     return {_DIRECTION[row[0]]: int(row[1]) for row in await conn.execute(query.group_by(cs.c.direction))}
 
 

@@ -238,6 +238,8 @@ case_stats = Table(
     Column("wait_acknowledge_ms", BigInteger, nullable=True),
     Column("wait_first_answer_ms", BigInteger, nullable=True),
     Column("wait_execution_ms", BigInteger, nullable=True),
+    # a received request under an embargo: its date; every statistic leaves the case out until then (decision 162)
+    Column("hidden_until", Date, nullable=True),
     Index("ix_case_stats_direction_year", "direction", "year"),
     Index("ix_case_stats_direction_opened", "direction", "opened_at"),
     Index("ix_case_stats_counterpart", "counterpart"),

@@ -7,7 +7,7 @@ Without NAME every statistic is printed. Filters as in the API (``--from 2025 --
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -36,11 +36,12 @@ _OPTIONS = {
 }
 
 
-async def _compute(settings: Settings, names: list[Statistic], filters: Filters, today: date) -> list[StatTable]:
+async def _compute(settings: Settings, names: list[Statistic], filters: Filters, now: datetime) -> list[StatTable]:
     engine = make_engine(settings.database_dsn, pool_size=1)
+    today, utc_day = settings.today(now), now.date()
     try:
         async with engine.connect() as conn:
-            return [await compute(conn, name, filters, today=today) for name in names]
+            return [await compute(conn, name, filters, today=today, utc_day=utc_day) for name in names]
     finally:
         await engine.dispose()
 
@@ -73,7 +74,7 @@ def stats(name: str | None, output: str, config_file: Path | None, **given: str 
     if output == "csv" and len(names) != 1:
         raise CommandError("--format csv prints one statistic: name it, e.g. 'comity stats by-year --format csv'")
     settings = settings_from(config_file)
-    tables = run(_compute(settings, names, filters, settings.today(datetime.now(UTC))))
+    tables = run(_compute(settings, names, filters, datetime.now(UTC)))
     if output == "csv":
         click.echo(to_csv(tables[0]), nl=False)
     elif output == "json":

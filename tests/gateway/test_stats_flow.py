@@ -275,3 +275,35 @@ async def test_a_request_the_peer_refused_for_good_is_no_request_made(
     assert stats["statistics"]["open-closed"]["rows"] == [{"direction": "outgoing", "status": "open", "count": 1}], (
         stats
     )
+
+
+async def test_a_request_under_embargo_counts_in_no_statistic_until_its_date(pair: Pair) -> None:
+    """The statistics counted a received request's coded facets on arrival, while its embargo kept the content
+    closed to the receiving side's users: a supervisor refused the request learnt its type, offences and legal basis
+    from them. It now counts nowhere until the embargo's date, and from then on as any other."""
+    from datetime import UTC
+
+    from sqlalchemy import update
+
+    from tests.gateway.test_markings import tomorrow
+
+    request = example_request(RequestType.EXTRADITION).to_json()
+    marking = {"level": "CONFIDENTIAL", "caveats": sorted(["uncac-46-20", f"embargo:{tomorrow().isoformat()}"])}
+    draft = {"to": "au.ag", "kind": "request", "marking": marking, "content": {"request": request}}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=draft)
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    status, refused = await pair.au.call("POST", f"/v1/messages/{body['id']}/open", json={"purpose": "review"})
+    assert status == 403 and refused["code"] == "embargoed", refused
+
+    async def incoming() -> dict[str, Any]:
+        status, answer = await pair.au.call("GET", "/v1/stats?direction=incoming")
+        assert status == 200, answer
+        return {name: table["rows"] for name, table in answer["statistics"].items() if table["rows"]}
+
+    assert {name: rows for name, rows in (await incoming()).items() if name not in ("overdue", "durations")} == {}
+    async with pair.au.gw.engine.begin() as conn:  # the embargo's date is kept with the facets; then it comes
+        assert (await conn.execute(select(case_stats.c.hidden_until))).scalar_one() == tomorrow()
+        await conn.execute(update(case_stats).values(hidden_until=datetime.now(UTC).date()))
+    shown = await incoming()
+    assert shown["by-type"] == [{"direction": "incoming", "type": "extradition", "count": 1}], shown
