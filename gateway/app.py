@@ -162,7 +162,9 @@ async def start_gateway(gw: Gateway, *, run_outbox: bool = True) -> RunningGatew
         check_own_certificate(gw.directory, gw.authority_id, settings.tls_cert_path, gw.clock())
     # a checkpoint of the ledger as it starts: peers and auditors always find one (then the checkpointer's ticks)
     await gw.commit(_checkpoint_tick)
-    federation = web.AppRunner(build_federation_app(gw), handle_signals=False, shutdown_timeout=10)
+    federation = web.AppRunner(
+        build_federation_app(gw), handle_signals=False, shutdown_timeout=10, auto_decompress=False
+    )
     api = web.AppRunner(build_api_app(gw), handle_signals=False, shutdown_timeout=10)
     await federation.setup()
     await api.setup()

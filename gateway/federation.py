@@ -216,7 +216,8 @@ async def _read_envelope(
 ) -> tuple[bytes, AttachmentParts]:
     """The envelope's bytes (also left in ``read``), and how to get the attachment parts that follow it. The
     caller's deadline bounds the envelope's reads; ``idle`` bounds each read of the parts after it."""
-    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    codings = [c.strip().lower() for h in request.headers.getall("Content-Encoding", []) for c in h.split(",")]
+    if any(coding != "identity" for coding in codings):
         raise InvalidMessage("send the body without a Content-Encoding")  # no decompression on our side
     if request.content_type == "application/jose":
         return await _read_limited(_stream_chunks(request), limit, read), _no_more_parts

@@ -406,6 +406,37 @@ async def test_a_compressed_body_is_refused_before_it_is_read(pair: Pair, hostil
     assert refusal.envelope_sha256 == EMPTY_SHA256 and "Content-Encoding" in refusal.reason
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "Content-Encoding: identity\r\nContent-Encoding: gzip\r\n",  # the check read the first, aiohttp the last
+        "Content-Encoding: identity, gzip\r\n",
+        "Content-Encoding: gzip\r\nContent-Encoding: identity\r\n",
+    ],
+)
+async def test_no_content_encoding_header_gets_a_body_inflated(pair: Pair, hostile: HostilePeer, headers: str) -> None:
+    """Check 3 read the first Content-Encoding header only, and aiohttp inflated the body by the last one: a gzip
+    body behind "identity" was inflated, verified, receipted and stored, so a peer could have a part of zeros, a
+    thousandth of its size on the wire, written to our disk in full. Every value is now read, and the federation
+    server never inflates a body whatever its headers."""
+    before = await stored(pair.au.gw)
+    body = gzip.compress(hostile.seal(hostile.payload()))
+    address = urlsplit(hostile.url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port, ssl=hostile.ssl_context)
+    try:
+        head = (
+            f"POST /federation/v1/envelopes HTTP/1.1\r\nHost: {address.netloc}\r\n"
+            f"Content-Type: application/jose\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(read_answer(reader), 10)
+    finally:
+        writer.close()
+    assert (answer.status, answer.document["code"]) == (400, "invalid-message"), answer.raw[:300]
+    assert (await stored(pair.au.gw)).messages == before.messages
+
+
 async def test_a_slow_disk_of_ours_is_not_counted_as_the_peers_stall(
     pair: Pair, hostile: HostilePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
