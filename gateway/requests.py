@@ -28,7 +28,7 @@ from gateway.consultations import consultation_on_record
 from gateway.context import Gateway
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
-from gateway.policy import case_marking, ledger_submit_refusal, refuse_case_access
+from gateway.policy import Embargoed, case_marking, ledger_submit_refusal, refuse_case_access
 from protocol.checklist import IncompleteRequest, check_request
 from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import EventType
@@ -47,7 +47,7 @@ from protocol.lifecycle import (
     parse_state,
     reachable,
 )
-from protocol.markings import MarkingRefused, caveat_name
+from protocol.markings import MarkingRefused, caveat_name, embargo_until
 from protocol.messages import Marking, MessageKind
 from protocol.requests import CAVEAT_ASKS, Request, RequestType, required_caveats
 from protocol.stats import Facets, facets_of
@@ -194,6 +194,14 @@ async def apply_case_event(gw: Gateway, user: User, case_id: str, body: dict[str
         raise InvalidMessage("'consultation_id' must be a string")
     refusal, postponement = _refusal(body.get("refusal")), _postponement(body.get("postponement"))
     case, side, peer, marking = await _case_and_side(gw, user, case_id)
+    embargo = embargo_until(marking)
+    if event in (Event.REFUSE, Event.POSTPONE) and side is Side.REQUESTED and embargo and gw.clock().date() < embargo:
+        # what may ground a refusal or a postponement depends on the request's type and content, which its users may
+        # not see yet: checked, and answered, it would tell them (decision 164)
+        refused = Embargoed(f"the request is under embargo until {embargo.isoformat()}: not to {event.value} yet")
+        report = MessageKind.STATUS_REPORT
+        await ledger_submit_refusal(gw, f"user:{user.username}", refused, to=peer, kind=report, marking=marking)
+        raise refused
     if consultation is not None or event in (Event.REFUSE, Event.POSTPONE):
         # art. 46(26): a thread with the counterpart about the case is the consultation on record
         consultation = await consultation_on_record(gw, user, case_id, peer, consultation)

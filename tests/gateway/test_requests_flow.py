@@ -373,3 +373,33 @@ async def test_an_automatic_answer_our_checks_refuse_is_tried_once_per_process(
     for _ in range(3):
         assert await answer_pending_status_queries(pair.au.gw, min_age=0) == 0
     assert tried == [body["id"]]
+
+
+async def test_a_request_under_embargo_is_not_refused_or_postponed_until_its_date(pair: Pair) -> None:
+    """The grounds a refusal or postponement may give depend on the request's type, which its content says: the
+    requested side checked them against it and answered, e.g., that 46(21)(a) is no ground to refuse an extradition
+    request, to a supervisor refused the content under embargo. Refusing or postponing now waits for the date,
+    ledgered as a refused status report; other moves go on."""
+    from tests.gateway.test_markings import ledger, tomorrow
+
+    request = example_request(RequestType.EXTRADITION).to_json()
+    marking = {"level": "CONFIDENTIAL", "caveats": sorted(["uncac-46-20", f"embargo:{tomorrow().isoformat()}"])}
+    draft = {"to": "au.ag", "kind": "request", "marking": marking, "content": {"request": request}}
+    status, body = await pair.ar.call("POST", "/v1/messages", json=draft)
+    assert status == 202, body
+    request_id = body["id"]
+    await wait_for(pair.ar, request_id, "delivered")
+    for event in ("acknowledge", "begin_review"):
+        status, body = await pair.au.call("POST", f"/v1/cases/{request_id}/events", json={"event": event})
+        assert status == 200, body
+    before = len(await ledger(pair.au.gw))
+    for move in (
+        {"event": "refuse", "refusal": {"grounds": ["46(21)(a)"], "reasons": "x"}},
+        {"event": "postpone", "postponement": {"interfered_proceeding": "an inquiry", "reasons": "x"}},
+    ):
+        status, body = await pair.au.call("POST", f"/v1/cases/{request_id}/events", json=move)
+        assert (status, body["code"]) == (403, "embargoed"), body
+        assert "extradition" not in str(body) and "44(" not in str(body), body
+    refused = [e.get("reason") for e in (await ledger(pair.au.gw))[before:] if e["type"] == "message.submit_refused"]
+    assert refused == ["embargoed", "embargoed"]
+    assert (await case_state(pair.au, request_id))[0] == "under_review"
