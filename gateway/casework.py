@@ -38,6 +38,7 @@ from protocol.events import EventType
 from protocol.lifecycle import State
 from protocol.messages import Marking, MessageKind, validate_authority_id, validate_message_id
 from protocol.timefmt import format_time
+from store.accounts import CONTENT_OPEN
 from store.cases import Case, Cases
 from store.casework import CaseDate, CaseWork
 from store.errors import Conflict, NotFound
@@ -307,7 +308,10 @@ async def complete_date(gw: Gateway, user: User, case_id: str, item_id: int, bod
         finished = CaseDate(
             item_id, case_id, item.kind, item.due, item.note, item.created_by, item.created_at, now, user.username
         )
-        return await done({**date_json(finished, gw.today(now)), "written_request": written})
+        shown = date_json(finished, gw.today(now))
+        if CONTENT_OPEN not in user.scopes:  # notes are read like content (decision 165): not through a change
+            shown["note"] = None
+        return await done({**shown, "written_request": written})
 
     return await gw.commit(unit)
 

@@ -16,18 +16,21 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api import _json, _read_json, _summary, _user, read_submission
+from gateway.auth import check_scope
 from gateway.consultations import ConsultationConverted, default_about
 from gateway.context import Gateway
 from gateway.federation import GATEWAY
 from gateway.params import bounded_param
-from gateway.policy import AccessRefused, check_case_access, ledger_submit_refusal, running_embargo
+from gateway.policy import AccessRefused, check_case_access, ledger_refusal, ledger_submit_refusal, running_embargo
 from gateway.reading import LIST_PAGE, open_message, visible_ids
 from gateway.sending import Draft, submit_message
 from protocol.consultations import CONSULTATION_MEMBER
-from protocol.errors import InvalidMessage
+from protocol.errors import ComityError, InvalidMessage
+from protocol.events import EventType
 from protocol.markings import MarkingRefused
 from protocol.messages import Marking, MessageKind, new_message_id, validate_message_id
 from protocol.timefmt import format_time
+from store.accounts import CONTENT_OPEN
 from store.consultations import Consultations, DraftChecks, Thread
 from store.messages import MessageRow, Messages
 from store.users import User
@@ -206,6 +209,14 @@ async def convert(request: web.Request) -> web.Response:
     if source is not None:
         if source not in {row.id for row in rows}:
             raise InvalidMessage(f"message {source} is not part of consultation {thread.id}")
+        try:  # the draft is content: taking it decrypts it, as opening does (decision 165)
+            check_scope(user, CONTENT_OPEN)
+        except ComityError as scope_missing:
+            actor = f"user:{user.username}"
+            await ledger_refusal(
+                gw, EventType.OPEN_REFUSED, actor, scope_missing, message_id=source, purpose="conversion"
+            )
+            raise
         opened = await open_message(gw, user, source, "conversion")
         member = opened.envelope.payload.content.get(CONSULTATION_MEMBER)
         formal = member.get("draft_request") if isinstance(member, dict) else None
@@ -290,7 +301,7 @@ async def get_thread(request: web.Request) -> web.Response:
     (thread,) = await _hide_requests(gw, user, [thread])
     async with gw.reader.connect() as conn:
         # the checklists come from drafts' content: only for a token that may open content
-        checks = await DraftChecks.for_thread(conn, thread.id) if reviewer and "content:open" in user.scopes else {}
+        checks = await DraftChecks.for_thread(conn, thread.id) if reviewer and CONTENT_OPEN in user.scopes else {}
     messages = []
     for row in rows:
         summary = _summary(row)

@@ -27,6 +27,7 @@ from protocol.errors import ComityError, InvalidMessage
 from protocol.events import ANSWER_EFFECTS, EventType
 from protocol.markings import MarkingRefused, asks_confidentiality, embargo_until, limits_onward
 from protocol.messages import Marking, MessageKind, is_message_id
+from store.accounts import CONTENT_OPEN
 from store.cases import Case, Cases, Consents
 from store.casework import CaseWork
 from store.messages import MessageRow, Messages
@@ -196,6 +197,8 @@ async def _forwarded(
 ) -> list[dict[str, Any]]:
     from gateway.reading import decrypt_row  # reading imports this module
 
+    if CONTENT_OPEN not in user.scopes:  # forwarding decrypts what it carries on, as opening does (decision 165)
+        raise AccessRefused(f"forwarding content needs a token with the {CONTENT_OPEN!r} scope")
     items = []
     for message_id in forwards:
         row = await Messages.get(conn, message_id)

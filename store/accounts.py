@@ -29,6 +29,7 @@ from store.events import EventLog
 from store.tables import users
 
 __all__ = [
+    "CONTENT_OPEN",
     "DEFAULT_CLEARANCE",
     "ROLES",
     "ROLE_SCOPES",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 ROLES = ("officer", "supervisor", "auditor", "admin")
+CONTENT_OPEN = "content:open"  # what every route or step that decrypts content, or shows what it says, needs
 SCOPES = (
     "messages:read",
     "messages:write",

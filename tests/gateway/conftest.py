@@ -134,11 +134,21 @@ def metrics_token(config: Path) -> str:
 
     from gateway.cli import main
 
-    runner = CliRunner()
-    result = runner.invoke(main, ["user", "create", "prometheus", "--role", "auditor", "--config", str(config)])
+    result = CliRunner().invoke(main, ["user", "create", "prometheus", "--role", "auditor", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    args = ["user", "token", "prometheus", "--scope", "metrics:read", "--days", "1", "--config", str(config)]
-    result = runner.invoke(main, args)
+    return scoped_token(config, "prometheus", "metrics:read")
+
+
+def scoped_token(config: Path, username: str, *scopes: str) -> str:
+    """A one-day token of an existing user limited to ``scopes``, with the real command."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    args = ["user", "token", username, "--days", "1", "--config", str(config)]
+    for scope in scopes:
+        args += ["--scope", scope]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1]
 

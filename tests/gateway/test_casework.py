@@ -352,6 +352,32 @@ async def test_refusals_write_nothing_and_ledger_only_attempts_on_a_case(pair: P
         await close_sessions(olga, otto, uma, auditor)
 
 
+async def test_a_token_without_content_open_gets_no_note_from_marking_a_date_done(pair: Pair) -> None:
+    """Notes are read like content, through content:open routes only (decision 34): marking a date done needs
+    messages:write, and its answer gave the note another officer wrote (decision 165)."""
+    from tests.gateway.conftest import scoped_token
+    from tests.gateway.test_markings import with_token
+
+    _, case_id = await incoming_case(pair)
+    olga = await officer(pair, "olga", case_id)
+    writer = with_token(
+        pair.au, await asyncio.to_thread(scoped_token, pair.au.provisioned.config, "olga", "messages:write")
+    )
+    mark = canary()
+    dates = f"/v1/cases/{case_id}/dates"
+    try:
+        status, first = await olga.call("POST", dates, json={"kind": "hearing", "due": day(3), "note": f"w {mark}"})
+        assert status == 201, first
+        status, second = await olga.call("POST", dates, json={"kind": "deadline", "due": day(4), "note": f"d {mark}"})
+        assert status == 201, second
+        status, done = await writer.call("POST", f"{dates}/{first['id']}/done", json={})
+        assert status == 200 and done["note"] is None and mark not in str(done), done
+        status, done = await olga.call("POST", f"{dates}/{second['id']}/done", json={})  # content:open: shown
+        assert status == 200 and done["note"] == f"d {mark}", done
+    finally:
+        await close_sessions(olga, writer)
+
+
 async def test_an_oral_urgent_request_opens_a_task_closed_by_linking_the_written_request(pair: Pair) -> None:
     olga = await officer(pair, "olga")
     mark = canary()

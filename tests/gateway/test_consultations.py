@@ -576,3 +576,39 @@ async def test_an_unseen_case_gives_a_thread_about_it_no_marking_of_its_own(trio
         assert answers[0] == answers[1] and answers[0][1] == "invalid-message", answers
     finally:
         await close_sessions(eve)
+
+
+async def test_taking_a_shared_draft_or_forwarding_content_needs_content_open(pair: Pair) -> None:
+    """Converting a thread from a shared draft decrypts the draft, and forwarding a message decrypts its content:
+    both went with messages:write alone, so a token that may not open content had the draft opened in its name and
+    its checklist answered, which decision 123 shows only to tokens that may (decision 165). Both are refused now,
+    the conversion ledgered as a refused opening and the forward as a refused submission."""
+    import asyncio
+
+    from tests.gateway.conftest import scoped_token
+    from tests.gateway.test_markings import with_token
+
+    draft = {**blank_request(RequestType.EXTRADITION).to_json(), "confidentiality_requested": True}
+    first = {"to": "ar.mj", "marking": MARKING, "content": {"text": "a draft"}, "draft_request": draft}
+    status, started = await pair.au.call("POST", "/v1/consultations", json=first)
+    assert status == 202, started
+    thread_id = started["id"]
+    await wait_for(pair.au, thread_id, "delivered")
+    await close_sessions(await as_user(pair.ar, ("sam", "supervisor")))
+    sam = with_token(
+        pair.ar, await asyncio.to_thread(scoped_token, pair.ar.provisioned.config, "sam", "messages:write")
+    )
+    try:
+        before = len(await ledger(pair.ar.gw))
+        status, body = await sam.call("POST", f"/v1/consultations/{thread_id}/convert", json={"from_draft": thread_id})
+        assert (status, body["code"]) == (403, "forbidden") and "checklist" not in body, body
+        onward = {"to": "au.ag", "marking": MARKING, "content": {"text": "see below"}, "forwards": [thread_id]}
+        status, body = await sam.call("POST", "/v1/messages", json=onward)
+        assert (status, body["code"]) == (403, "forbidden"), body
+        added = [(e["type"], e.get("actor"), e.get("purpose")) for e in (await ledger(pair.ar.gw))[before:]]
+        assert added == [
+            ("message.open_refused", "user:sam", "conversion"),
+            ("message.submit_refused", "user:sam", None),
+        ], added
+    finally:
+        await close_sessions(sam)

@@ -152,7 +152,12 @@ async def as_user(base: Side, config_user: tuple[str, str], **options: Any) -> S
     """A user created on ``base``'s gateway with the real command (``(name, role)``), with a session of its own on
     the same running gateway; close it with ``side.session.close()``."""
     name, role = config_user
-    token = await asyncio.to_thread(issue_token, base.provisioned.config, name, role, **options)
+    return with_token(base, await asyncio.to_thread(issue_token, base.provisioned.config, name, role, **options))
+
+
+def with_token(base: Side, token: str) -> Side:
+    """``base``'s running gateway, called with ``token`` in a session of its own; close it with
+    :func:`close_sessions`."""
     side = Side(base.provisioned, token, base.running)
     side.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
     return side
