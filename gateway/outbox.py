@@ -33,6 +33,7 @@ from protocol.events import EventType
 from protocol.receipts import RECEIPT_SKEW
 from protocol.timefmt import parse_time
 from store.case_stats import CaseStats
+from store.consultations import Consultations
 from store.delivery import record_delivery
 from store.messages import AttachmentRow, Messages
 from store.outbox import OutboxItem
@@ -384,8 +385,12 @@ class OutboxSender:
             tx.record(EventType.DELIVERY_FAILED, "system", message_id=item.message_id, to=item.peer, reason=code)
             # the peer's signed answer is kept as a receipt is: evidence of why the message did not go (decision 98)
             await Messages.update(tx.conn, item.message_id, state="refused", receipt=token)
-            # a request the peer never took is no request made: out of the statistics (its case stays, as sent)
+            # a request the peer never took is no request made: out of the statistics (its case stays, as sent), and
+            # a thread converted into it is open again, as the peer still holds it (decision 166)
             await CaseStats.forget(tx.conn, item.message_id)
+            thread = await Consultations.reopen(tx.conn, item.message_id)
+            if thread is not None:
+                tx.record(EventType.CONSULTATION_REOPENED, "system", message_id=thread, related_id=item.message_id)
             return await done(True)
 
         if not await self.gw.commit(unit):

@@ -48,6 +48,8 @@ class EventType(enum.StrEnum):
     # next-action, flag-set, flag-cleared, date-added, date-done, assigned, unassigned; message_id = case)
     CASE_REFUSED = "case.refused"
     CONSULTATION_CONVERTED = "consultation.converted"  # a thread became a formal request (related_id = the request)
+    # the peer refused that request for good: the thread is open again (related_id = the refused request)
+    CONSULTATION_REOPENED = "consultation.reopened"
     REQUEST_CHECK_OVERRIDDEN = "request.check_overridden"  # a supervisor sent an incomplete request (reason signed)
     PEER_ALARM = "peer.alarm"  # a counterpart's ledger forked or was rewritten (from = the peer, reason)
     PEER_ALARM_CLEARED = "peer.alarm_cleared"  # an operator cleared it (actor, from = the peer)

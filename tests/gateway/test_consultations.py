@@ -612,3 +612,33 @@ async def test_taking_a_shared_draft_or_forwarding_content_needs_content_open(pa
         ], added
     finally:
         await close_sessions(sam)
+
+
+async def test_a_conversion_the_peer_refuses_for_good_opens_the_thread_again(pair: Pair) -> None:
+    """The sending side marks a thread converted with the request's commit; when the peer refused that request for
+    good, the thread stayed converted here and open there, and every later conversion was 409 for ever. The refusal
+    now opens it again, ledgered (decision 166), and the next conversion goes."""
+    from datetime import timedelta
+
+    thread_id = await start_thread(pair.ar, content={"text": "Shall we?"})
+    formal = example_request(RequestType.MLA_CRIMINAL).to_json()
+    real = pair.au.gw.clock
+    pair.au.gw.clock = lambda: real() + timedelta(days=31)  # it arrives too old: a final refusal, as any other
+    try:
+        status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+        assert status == 202, body
+        refused = body["id"]
+        await wait_for(pair.ar, refused, "refused")
+    finally:
+        pair.au.gw.clock = real
+    for side in (pair.ar, pair.au):
+        shown = await thread(side, thread_id)
+        assert (shown["state"], shown["converted_request_id"]) == ("open", None), shown
+    reopened = [e for e in await ledger(pair.ar.gw) if e["type"] == "consultation.reopened"]
+    assert [(e["message_id"], e["related_id"], e["actor"]) for e in reopened] == [(thread_id, refused, "system")]
+    status, body = await pair.ar.call("POST", f"/v1/consultations/{thread_id}/convert", json={"request": formal})
+    assert status == 202, body
+    await wait_for(pair.ar, body["id"], "delivered")
+    for side in (pair.ar, pair.au):
+        shown = await thread(side, thread_id)
+        assert (shown["state"], shown["converted_request_id"]) == ("converted", body["id"]), shown
