@@ -79,16 +79,23 @@ def _message_id(body: dict[str, Any], name: str) -> str | None:
 
 
 async def _hide_requests(gw: Gateway, user: User, threads: list[Thread]) -> list[Thread]:
-    """A converted thread names its formal request only to whoever may know that request exists (decision 94): it
-    may be marked above the thread, or sit in a case she is not assigned to."""
-    converted = [thread.converted_request_id for thread in threads if thread.converted_request_id is not None]
-    if not converted:
+    """A thread names the formal request it was converted into, and the case it is about, only to whoever may know
+    that request or case exists (decisions 94, 167): either may be marked above the thread, or sit in a case she is
+    not assigned to."""
+    named = {
+        case_id for thread in threads for case_id in (thread.converted_request_id, thread.about_case_id) if case_id
+    }
+    if not named:
         return threads
-    shown = await visible_ids(gw, user, converted)
+    shown = await visible_ids(gw, user, sorted(named))
+
+    def seen(case_id: str | None) -> str | None:
+        return case_id if case_id in shown else None
+
     return [
-        thread
-        if thread.converted_request_id is None or thread.converted_request_id in shown
-        else dataclasses.replace(thread, converted_request_id=None)
+        dataclasses.replace(
+            thread, converted_request_id=seen(thread.converted_request_id), about_case_id=seen(thread.about_case_id)
+        )
         for thread in threads
     ]
 
@@ -271,16 +278,16 @@ async def list_threads(request: web.Request) -> web.Response:
             threads = await Consultations.visible_to(conn, user, limit=limit, offset=offset, about=about, state=state)
         else:  # of the threads assigned to her or her unit, those she is cleared for; limit and offset count those
             threads = []
-            start = 0
+            after = ""  # in pages of ids, which a message arriving meanwhile cannot reorder (decision 167)
             while True:
                 batch = await Consultations.visible_to(
-                    conn, user, limit=LIST_PAGE, offset=start, about=about, state=state
+                    conn, user, limit=LIST_PAGE, about=about, state=state, after_id=after
                 )
                 cleared = [t for t in batch if t.marking is not None and user.cleared_for(t.marking, gw.scheme)]
                 threads.extend(await _as_seen_by(gw, user, conn, cleared))
                 if len(batch) < LIST_PAGE:
                     break
-                start += LIST_PAGE
+                after = batch[-1].id
             # newest first by the last message she may see: a reply marked above her clearance neither shows its
             # time nor moves its thread up the list (decision 121)
             threads.sort(key=lambda thread: (-thread.last_message_at.timestamp(), thread.id))

@@ -133,12 +133,15 @@ class Consultations:
         user: User,
         *,
         limit: int,
-        offset: int,
+        offset: int = 0,
         about: str | None = None,
         state: str | None = None,
+        after_id: str | None = None,
     ) -> list[Thread]:
         """Threads an officer is assigned to, or that a supervisor's unit holds (or nobody was assigned yet);
-        auditors and admins see every thread's metadata. Optionally only those about a case, or in a state."""
+        auditors and admins see every thread's metadata. Optionally only those about a case, or in a state. Newest
+        first; with ``after_id``, in order of id from after it instead: pages that a message arriving meanwhile
+        cannot reorder (a caller reading every thread sorts them itself)."""
         assigned = consultations.c.id.in_(
             select(case_assignments.c.case_id).where(case_assignments.c.user_id == user.id)
         )
@@ -155,14 +158,12 @@ class Consultations:
             filters.append(consultations.c.about_case_id == about)
         if state is not None:
             filters.append(consultations.c.state == state)
-        query = (
-            _threads()
-            .where(and_(*filters))
-            .order_by(consultations.c.last_message_at.desc(), consultations.c.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        return [_thread(row) for row in await conn.execute(query)]
+        query = _threads().where(and_(*filters))
+        if after_id is not None:
+            query = query.where(consultations.c.id > after_id).order_by(consultations.c.id)
+        else:
+            query = query.order_by(consultations.c.last_message_at.desc(), consultations.c.id).offset(offset)
+        return [_thread(row) for row in await conn.execute(query.limit(limit))]
 
     @staticmethod
     async def about_case(conn: AsyncConnection, case_id: str, peer: str) -> list[Thread]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from gateway.cli.request import example_request
@@ -642,3 +643,60 @@ async def test_a_conversion_the_peer_refuses_for_good_opens_the_thread_again(pai
     for side in (pair.ar, pair.au):
         shown = await thread(side, thread_id)
         assert (shown["state"], shown["converted_request_id"]) == ("converted", body["id"]), shown
+
+
+async def test_a_reply_arriving_while_a_list_is_read_neither_skips_nor_repeats_a_thread(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An officer's list is read in pages of LIST_PAGE threads (500), which were ordered by the time of their last
+    message: a reply arriving between two pages moved its thread into a page already read, so it was left out and
+    another thread came twice. The pages now go by id, which nothing changes (decision 167)."""
+    import gateway.consultations_api as consultations_api
+    from store.consultations import Consultations
+
+    threads = [await start_thread(pair.ar, content={"text": str(n)}) for n in range(4)]
+    monkeypatch.setattr(consultations_api, "LIST_PAGE", 2)
+    real, calls = Consultations.visible_to, []
+
+    async def visible_to(conn: Any, user: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # between two pages of one listing, a reply comes into the thread started first
+            await reply(pair.au, threads[0], content={"text": "late"})
+
+            async def arrived() -> bool:
+                return len((await thread(pair.ar, threads[0]))["messages"]) == 2
+
+            await until(arrived)
+        return await real(conn, user, **kwargs)
+
+    monkeypatch.setattr(Consultations, "visible_to", staticmethod(visible_to))
+    status, body = await pair.ar.call("GET", "/v1/consultations")
+    assert status == 200, body
+    listed = [t["id"] for t in body["consultations"]]
+    assert len(calls) >= 2 and sorted(listed) == sorted(threads), listed
+
+
+async def test_a_thread_names_the_case_it_is_about_only_to_whoever_may_know_that_case(pair: Pair) -> None:
+    """A converted thread's request was hidden from an officer who may not know it (decision 94), but the case it is
+    about was named to every officer on the thread: assigned to the thread and not to the case, she learnt that a
+    request to that peer exists, under its id, while asking for it answered 404 (decision 167)."""
+    case_id = await send_complete(pair)
+    first = {"to": "ar.mj", "marking": MARKING, "about": case_id, "content": {}}
+    status, answer = await pair.au.call("POST", "/v1/consultations", json=first)
+    assert status == 202, answer
+    thread_id = answer["id"]
+    await wait_for(pair.au, thread_id, "delivered")
+    sam = await as_user(pair.ar, ("sam", "supervisor"))
+    dave = await as_user(pair.ar, ("dave", "officer"))
+    try:
+        status, body = await sam.call("POST", f"/v1/cases/{thread_id}/assign", json={"username": "dave"})
+        assert status == 200, body
+        assert (await dave.call("GET", f"/v1/messages/{case_id}"))[0] == 404
+        status, body = await dave.call("GET", f"/v1/consultations/{thread_id}")
+        assert status == 200 and body["about"] is None, body
+        status, listed = await dave.call("GET", "/v1/consultations")
+        assert status == 200 and [t["about"] for t in listed["consultations"]] == [None], listed
+        status, body = await pair.ar.call("GET", f"/v1/consultations/{thread_id}")  # one who may: named
+        assert status == 200 and body["about"] == case_id, body
+    finally:
+        await close_sessions(sam, dave)
