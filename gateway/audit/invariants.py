@@ -17,8 +17,9 @@ The rules (``docs/ledger.md``, "Invariants"):
 2. ``message.sent`` follows a ``message.submitted`` of the same message, not earlier in time; it and its
    ``message.receipt_recorded`` name the envelope digest and the recipient the submission named (where both do);
 3. ``message.receipt_recorded`` follows its ``message.sent``, not earlier in time, and the receiver's signed receive
-   time (``peer_time``) is not earlier than the submission minus the allowed clock skew (300 s): not the sending
-   time, since the receipt of a redelivery whose first answer was lost carries the first delivery's time;
+   time (``peer_time``) is not earlier than the submission minus 360 s (the clock skew a receiver may allow and a
+   minute, decision 157): not the sending time, since the receipt of a redelivery whose first answer was lost
+   carries the first delivery's time;
 4. a user of this gateway acknowledges or answers only a message received here, not before it was received; a user
    opens only a message received or submitted here, not before that;
 5. a peer's acknowledgement or answer (actor ``peer:...``) concerns a message submitted here, not before it was
