@@ -48,9 +48,25 @@ def remove_quietly(path: Path) -> None:
         get_logger().warning("attachment_file_not_removed", error=errno.errorcode.get(error.errno or 0, "OSError"))
 
 
+def _sync_directory(directory: Path) -> None:
+    """Sync ``directory`` itself: the entries made or renamed in it survive a power loss."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _make_directory(directory: Path) -> None:
+    """Make ``directory`` if it is not there, and sync its parent, whose entry it is (decision 158)."""
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        _sync_directory(directory.parent)
+
+
 class AttachmentFile:
     def __init__(self, directory: Path, name: str) -> None:
-        _on_disk(lambda: directory.mkdir(parents=True, exist_ok=True))
+        _on_disk(lambda: _make_directory(directory))
         self.final = directory / name
         self.partial = directory / (name + ".part")
         self._file = _on_disk(lambda: self.partial.open("wb"))
@@ -78,11 +94,7 @@ class AttachmentFile:
             self.partial.replace(self.final)
             # the rename is an entry of the directory: synced too, before the row naming the file can commit, so
             # that a power loss cannot leave a stored message whose file is still under its partial name
-            directory = os.open(self.final.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            _sync_directory(self.final.parent)
             return self.final
 
         return _on_disk(commit)

@@ -319,7 +319,10 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
         return
     if report.at is not None and last is not None and report.at <= last:  # overtaken by a later transition
         log.info("status_report_stale", state=report.state.value)
-        reached = min(report.at, now)
+        # no later than now, and no earlier than our request was submitted: a report dated years back must not put
+        # the milestone before the request on the timeline (statistics clamp the wait at 0 anyway)
+        opened = await Messages.get(tx.conn, case_id)
+        reached = min(max(report.at, opened.created_at), now)
         await CaseStats.moved(
             tx.conn, case_id, report.state.value, reached, refusal_grounds=report.refusal_grounds, milestones_only=True
         )

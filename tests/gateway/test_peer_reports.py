@@ -129,6 +129,28 @@ async def test_an_overtaken_acknowledgement_is_ledgered_and_on_the_timeline_as_s
     assert shown["acknowledged"] == format_time(counted), timeline
 
 
+async def test_an_overtaken_report_cannot_date_its_milestone_before_the_request(pair: Pair) -> None:
+    """A report's time has no lower bound of its own: an overtaken 'acknowledged' dated ten years back put the
+    acknowledgement before the request's submission on the timeline. Its milestone is now no earlier than the
+    submission, on the timeline, in the ledger and in the statistics alike."""
+    case_id = await send_complete(pair)
+    await asyncio.sleep(1.5)
+    reviewed_at = pair.au.gw.clock() - timedelta(seconds=1)
+    await report_from_au(
+        pair, case_id, {"state": "under_review", "event": "begin_review", "at": format_time(reviewed_at)}
+    )
+    long_ago = reviewed_at - timedelta(days=3650)
+    await report_from_au(pair, case_id, {"state": "acknowledged", "event": "acknowledge", "at": format_time(long_ago)})
+    status, timeline = await pair.ar.call("GET", f"/v1/messages/{case_id}/timeline")
+    assert status == 200, timeline
+    shown = {m["name"]: m["time"] for m in timeline["milestones"]}
+    assert timeline["milestones"][0]["name"] == "submitted", timeline
+    assert shown["acknowledged"] == shown["submitted"], timeline
+    async with pair.ar.gw.reader.connect() as conn:
+        counted = (await conn.execute(select(case_stats.c.acknowledged_at))).scalar_one()
+    assert format_time(counted) == shown["acknowledged"]
+
+
 async def test_a_request_sent_in_reply_to_another_opens_a_case_of_its_own(pair: Pair) -> None:
     """Decision 144: an extradition request following an earlier request joined that request's case on both sides,
     with no life cycle and no statistics of its own: the requested side could never acknowledge it."""
