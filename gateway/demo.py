@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +229,25 @@ def fresh_workdir(workdir: Path) -> None:
     (workdir / DEMO_MARKER).write_text("made by 'comity demo': the next run removes this directory\n")
 
 
+@contextlib.contextmanager
+def _without_settings_from_the_environment() -> Iterator[None]:
+    """The demo makes its own authorities, with their own files: none of the operator's ``COMITY_*`` variables (a
+    database URL, a port, a passphrase file) may reach them, or the demo would write into what they name."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("COMITY_")}
+    for name in saved:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name.startswith("COMITY_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
 def run_demo(workdir: Path, say: Callable[[str], None] = print) -> None:
     fresh_workdir(workdir)
     configure_logging("warning")
     started = time.monotonic()
-    asyncio.run(_run(workdir.absolute(), say))
+    with _without_settings_from_the_environment():
+        asyncio.run(_run(workdir.absolute(), say))
     say(f"Demo finished in {time.monotonic() - started:.1f} s; files are in {workdir}/")

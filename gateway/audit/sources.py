@@ -345,6 +345,7 @@ class HttpSource:
     has_stored_tree = False
 
     def __init__(self, url: str, token: str, *, timeout: float = 120) -> None:
+        _check_url(url)
         self.base = url.rstrip("/")
         self.name = self.base
         self._token = token
@@ -467,8 +468,24 @@ class HttpSource:
                     yield start + offset, entry
 
 
+def _check_url(url: str) -> None:
+    """An auditor API address: http or https, a host, a port if any in range, and no user or password, which the
+    URL would carry into every message naming it (decision 95). Refused without repeating it."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        usable = False
+    if not usable:
+        raise SourceError("--url must be an http:// or https:// address with a host and no user name or password")
+
+
 def _failure(exc: BaseException) -> str:
-    """An HTTP client failure in one line: its type, and its text if it has one."""
+    """An HTTP client failure in one line: its type, and its text if it has one (not for an address aiohttp
+    refused, whose text is the address)."""
+    if isinstance(exc, aiohttp.InvalidURL):
+        return type(exc).__name__
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

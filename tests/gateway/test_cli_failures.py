@@ -134,6 +134,22 @@ def test_an_unexpected_error_is_one_line_without_its_details(tmp_path: Path) -> 
     assert result.exit_code != 0 and not isinstance(result.exception, SystemExit)  # the traceback, on request
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://auditor:S3CRETPW@127.0.0.1:notaport/",  # aiohttp's refusal of it repeated the whole address
+        "ftp://auditor:S3CRETPW@127.0.0.1/",
+        "https://auditor:S3CRETPW@127.0.0.1:8080/",  # well formed: it would be named in every line of the report
+    ],
+)
+def test_an_auditor_url_with_a_password_is_refused_without_repeating_it(url: str) -> None:
+    """Decision 95: an error never shows what may hold a secret, a URL with its password included."""
+    line = fails(
+        "audit", "export", "--url", url, "--format", "jsonl", env={**ENV, "COMITY_AUDIT_TOKEN": "cmt_" + "a" * 43}
+    )
+    assert line == "comity: --url must be an http:// or https:// address with a host and no user name or password"
+
+
 def test_the_passphrase_from_the_file_named_by_the_file_variable(tmp_path: Path) -> None:
     """COMITY_PASSPHRASE_FILE (a container secret) is read by the commands themselves, trailing newlines dropped as
     docker/entrypoint.sh drops them; COMITY_DIRECTORY_PASSPHRASE_FILE likewise."""

@@ -38,6 +38,29 @@ def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
         assert milestone in out.split("9. The acknowledgement timeline")[1]
 
 
+def test_demo_ignores_the_operators_settings_in_the_environment(tmp_path: Path) -> None:
+    """The demo read the operator's COMITY_* variables: with COMITY_DATABASE_URL set (as the compose file sets it in
+    every gateway container) it created its users, ledger entries and directory record in that database, and the
+    real gateway then refused to start; a passphrase file or a port stopped it. It now sets them all aside."""
+    import os
+
+    operators = tmp_path / "operators.db"
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("the operator's passphrase")
+    env = {
+        **os.environ,
+        "COMITY_DATABASE_URL": f"sqlite+aiosqlite:///{operators}",
+        "COMITY_PASSPHRASE_FILE": str(passphrase),
+        "COMITY_API_PORT": "18080",
+    }
+    comity = Path(sys.executable).parent / "comity"
+    result = subprocess.run(
+        [str(comity), "demo", "--workdir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Demo finished" in result.stdout and not operators.exists()
+
+
 def _no_scenario(monkeypatch: pytest.MonkeyPatch) -> None:
     import gateway.demo
 
