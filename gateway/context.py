@@ -253,11 +253,6 @@ class Gateway:
         async with self.engine.begin() as conn:
             yield conn
 
-    def stream_reader(self) -> AsyncEngine:
-        """For long reads (an auditor streaming the ledger): never blocks a writer. PostgreSQL needs a transaction
-        for a server-side cursor, and its snapshot blocks no one; SQLite's reader pool takes no lock at all."""
-        return self.reader if is_sqlite(self.settings.database_dsn) else self.engine
-
     async def commit(self, unit: Unit[T]) -> T:
         """Run ``unit`` in the next group commit (gateway/committer.py): its rows and events commit together."""
         return await self.committer.run(unit)

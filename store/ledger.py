@@ -3,7 +3,7 @@ witness state kept about counterparts' ledgers (verified checkpoints, alarms).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,16 +83,14 @@ class LedgerReader:
         return (await conn.execute(query)).scalar_one_or_none()
 
     @staticmethod
-    async def entries(conn: AsyncConnection, start: int, end: int) -> AsyncIterator[bytes]:
+    async def entry_page(conn: AsyncConnection, start: int, end: int) -> list[bytes]:
+        """The entries from ``start`` to ``end`` (excluded), in order, read at once."""
         query = (
             select(ledger_entries.c.entry)
             .where(ledger_entries.c.idx >= start, ledger_entries.c.idx < end)
             .order_by(ledger_entries.c.idx)
-            .execution_options(yield_per=2000)
         )
-        result = await conn.stream(query)
-        async for row in result:
-            yield bytes(row.entry)
+        return [bytes(row.entry) for row in await conn.execute(query)]
 
     @staticmethod
     async def checkpoint_notes(conn: AsyncConnection, after: int, limit: int) -> list[tuple[int, str]]:

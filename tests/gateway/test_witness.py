@@ -226,28 +226,39 @@ async def test_a_checkpoint_of_the_empty_tree_is_consistent_exactly_when_its_roo
     assert [(a.peer, a.reason) for a in alarms] == [("au.ag", "ledger-rewritten")]
 
 
-async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(pair: Pair) -> None:
-    """A slow auditor holds a ledger stream open mid-way; deliveries and their ledger entries carry on."""
-    from store.ledger import LedgerReader
+async def test_an_auditor_reading_the_ledger_does_not_block_deliveries(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An auditor that stops reading `GET /v1/ledger/entries` mid-way holds its socket, and no database connection:
+    the stream held one across every write, so clients that stalled (a socket's buffers full) could take the whole
+    pool and stop every commit (decision 170). Deliveries and their ledger entries carry on meanwhile."""
+    from aiohttp import web
+
+    from gateway import ledger_api
 
     await exchange(pair)
     gw = pair.au.gw
-    async with gw.stream_reader().connect() as conn:
-        stream = LedgerReader.entries(conn, 0, 10_000)
-        first = await anext(stream)  # the auditor has started and pauses here
-        assert json.loads(first)["type"]
-        # meanwhile a delivery is received, committed, ledgered and receipted on au.ag
-        message_id = await asyncio.wait_for(exchange(pair), timeout=20)
-        async with gw.reader.connect() as other:
-            types = [
-                r.type
-                for r in await other.execute(
-                    select(ledger_entries.c.type).where(ledger_entries.c.message_id == message_id)
-                )
-            ]
-        assert "message.received" in types
-        async for _ in stream:  # the auditor resumes and finishes
-            pass
+    monkeypatch.setattr(ledger_api, "ENTRIES_PAGE", 1)
+    real, stalled, resume = web.StreamResponse.write, asyncio.Event(), asyncio.Event()
+
+    async def write(self: web.StreamResponse, data: bytes) -> None:
+        if data and not stalled.is_set():  # the client stops reading after the first page
+            stalled.set()
+            await resume.wait()
+        await real(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", write)
+    reading = asyncio.create_task(pair.au.call("GET", "/v1/ledger/entries?start=0&end=10000"))
+    await asyncio.wait_for(stalled.wait(), 10)
+    held = [engine.sync_engine.pool.checkedout() for engine in {gw.engine, gw.reader}]  # type: ignore[attr-defined]
+    message_id = await asyncio.wait_for(exchange(pair), timeout=20)  # received, committed, ledgered, receipted
+    async with gw.reader.connect() as other:
+        query = select(ledger_entries.c.type).where(ledger_entries.c.message_id == message_id)
+        assert "message.received" in [r.type for r in await other.execute(query)]
+    resume.set()
+    status, body = await reading
+    assert held == [0] * len(held), held
+    assert status == 200 and all(json.loads(line)["type"] for line in body.decode().splitlines())
 
 
 @pytest.mark.parametrize("how", ["proof-refused", "connection-dropped"])
