@@ -13,7 +13,7 @@ microseconds), whose byte order is time order.
 
 The rules (``docs/ledger.md``, "Invariants"):
 
-1. a message id is submitted at most once and received at most once;
+1. a message id is submitted at most once and received at most once, and never both;
 2. ``message.sent`` follows a ``message.submitted`` of the same message, not earlier in time; it and its
    ``message.receipt_recorded`` name the envelope digest and the recipient the submission named (where both do);
 3. ``message.receipt_recorded`` follows its ``message.sent``, not earlier in time, and the receiver's signed receive
@@ -141,6 +141,8 @@ class TimelineChecker:
                 self._open[message] = state = _Message()
             elif state.submitted is not None:
                 raise _error(index, message, f"submitted a second time (first at entry {state.submitted_at})")
+            elif state.received is not None:  # an id is ours or a peer's, never both (decision 171)
+                raise _error(index, message, f"submitted here, but received here at entry {state.received_at}")
             state.submitted, state.submitted_at = time, index
             state.digest, state.to = fields.group(G_ENVELOPE), fields.group(G_TO)
         elif code == _RECEIVED:
@@ -148,6 +150,8 @@ class TimelineChecker:
                 self._open[message] = state = _Message()
             elif state.received is not None:
                 raise _error(index, message, f"received a second time (first at entry {state.received_at})")
+            elif state.submitted is not None:
+                raise _error(index, message, f"received here, but submitted here at entry {state.submitted_at}")
             state.received, state.received_at = time, index
             self._answered_unseen.pop(message, None)  # the peer's own message, whose reply came first: no more
             request = fields.group(G_IN_REPLY_TO)
