@@ -10,13 +10,15 @@ before must still be the root at that size. The file holds, per origin::
      "directory_serials": {"<directory key kid>": 7}}
 
 and the highest directory serial seen per pinned directory key (an older directory is refused). It is written
-atomically (temporary file, then rename) and only after a run in which the whole log verified: a run that then
-fails ``--max-unwitnessed`` has saved it (only witnessing lags; decision 106).
+atomically (temporary file, then rename), merged under a lock file with what another run saved meanwhile, and only
+after a run in which the whole log verified: a run that then fails ``--max-unwitnessed`` has saved it (only
+witnessing lags; decision 106).
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import tempfile
@@ -60,8 +62,10 @@ class AuditState:
 
     def last(self, origin: str) -> Verified | None:
         entry = self._data["logs"].get(origin)
-        if entry is None:
-            return None
+        return None if entry is None else AuditState._entry(origin, entry)
+
+    @staticmethod
+    def _entry(origin: str, entry: Any) -> Verified:
         try:
             return Verified(
                 int(entry["size"]), base64.b64decode(entry["root"]), str(entry["note"]), entry["verified_at"]
@@ -88,9 +92,34 @@ class AuditState:
         serials[directory_kid] = max(int(serials.get(directory_kid, 0)), directory_serial)
 
     def save(self) -> None:
+        """Write the state, merged with what the file holds now: another run that finished meanwhile may have
+        saved a larger log, which must not be rolled back (decision 172). One run at a time, under a lock file."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._merge(AuditState(self.path)._data)
+            self._write()
+
+    def _merge(self, saved: dict[str, Any]) -> None:
+        """Keep, per log, the larger of this run's and the file's checkpoints (the same root if the same size), and
+        the higher directory serial."""
+        for origin, entry in saved["logs"].items():
+            theirs, ours = AuditState._entry(origin, entry), self.last(origin)
+            if ours is not None and theirs.size == ours.size and theirs.root != ours.root:
+                raise StateError(
+                    f"another run saved a different root for {origin} at size {ours.size}: the log was forked or "
+                    "rewritten; the state file is left as it is"
+                )
+            if ours is None or theirs.size > ours.size:
+                self._data["logs"][origin] = entry
+        serials = self._data["directory_serials"]
+        for kid, serial in saved["directory_serials"].items():
+            serials[kid] = max(int(serials.get(kid, 0)), int(serial))
+
+    def _write(self) -> None:
+        assert self.path is not None
         fd, tmp = tempfile.mkstemp(prefix=".audit-state-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -631,3 +631,28 @@ async def test_audit_two_live_gateways(pair: Pair, tmp_path: Path) -> None:
     shown = await asyncio.to_thread(_cli, [*args, "--token-file", str(files[0]), "--token-file", str(files[1])])
     assert shown.exit_code == 0, shown.output
     assert "comity-ledger/ar.mj" in shown.stdout and "comity-ledger/au.ag" in shown.stdout
+
+
+def test_overlapping_runs_never_roll_the_state_file_back(tmp_path: Path) -> None:
+    """Two runs of `comity audit verify` at once (cron jobs overlapping on a large log): the one that started
+    earlier, with the smaller log, saved last and put the state file back to it, after which a log truncated and
+    regrown past it passed. Saving now merges with the file under a lock (decision 172)."""
+    from gateway.audit import AuditState
+    from gateway.audit.state import StateError, Verified
+
+    path = tmp_path / "audit-state.json"
+    origin, at = "comity-ledger/ar.mj", "2026-11-28T07:40:00.000000Z"
+    early, late = AuditState(path), AuditState(path)  # both read the file before either saves
+    early.remember(origin, Verified(100, b"\x01" * 32, "note 100", at), "kid", 1)
+    late.remember(origin, Verified(200, b"\x02" * 32, "note 200", at), "kid", 2)
+    late.save()
+    early.save()
+    kept = AuditState(path).last(origin)
+    assert kept is not None and (kept.size, kept.root) == (200, b"\x02" * 32)
+    assert AuditState(path).directory_serial("kid") == 2
+    other = AuditState(tmp_path / "elsewhere.json")  # a run that saw another root at the same size: a fork
+    other.path = path
+    other.remember(origin, Verified(200, b"\x03" * 32, "note 200'", at), "kid", 2)
+    with pytest.raises(StateError, match=r"different root for comity-ledger/ar\.mj at size 200"):
+        other.save()
+    assert AuditState(path).last(origin) == kept
