@@ -362,6 +362,10 @@ class Directory(StrictModel):
     def _by_pin(self) -> dict[str, AuthorityEntry]:
         return {entry.tls_pin: entry for entry in self.authorities}
 
+    def get(self, authority_id: str) -> AuthorityEntry | None:
+        """The entry of ``authority_id``, or None if the directory does not list it."""
+        return self._by_id.get(authority_id)
+
     def authority(self, authority_id: str) -> AuthorityEntry:
         """The entry of ``authority_id``; ``UnknownAuthority`` if the directory does not list it."""
         entry = self._by_id.get(authority_id)

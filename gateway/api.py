@@ -43,6 +43,7 @@ from protocol.messages import (
 )
 from protocol.timefmt import format_time
 from protocol.timeline import build_timeline
+from store.accounts import CONTENT_OPEN
 from store.cases import Cases
 from store.errors import NotFound
 from store.messages import MessageRow, Messages
@@ -82,7 +83,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         check_scope(user, required_scope(request))  # every route names its scope (gateway/auth.py)
     except ComityError as refused:
         target = request.match_info.get("id", "")
-        if required_scope(request) == "content:open" and is_message_id(target):
+        if required_scope(request) == CONTENT_OPEN and is_message_id(target):
             # an attempt to open content without the right is evidence too
             await ledger_refusal(gw, EventType.OPEN_REFUSED, f"user:{user.username}", refused, message_id=target)
         await _ledger_case_change_refused(request, user, refused)

@@ -160,9 +160,8 @@ class Gateway:
         listed for it. Received, it was verified under the directory of its day; a later one that drops the key, or
         the authority, must not make what was received unreadable (decision 152)."""
         keys = dict(self.signing_ever.get(peer, {}))
-        if peer in {entry.id for entry in self.directory.authorities}:
-            keys.update(self.directory.authority(peer).all_signing_keys())
-        return keys
+        listed = self.directory.get(peer)
+        return keys if listed is None else keys | listed.all_signing_keys()
 
     def check_directory(self) -> None:
         if parse_time(self.directory.expires_at) <= self.clock():
@@ -337,8 +336,8 @@ class Gateway:
     def _directory_facts(self) -> tuple[list[DirectoryKey], dict[str, Any]]:
         """Our entry's keys in the installed directory, and what to remember of it: its expiry and our signing kids
         (``None`` when it does not list us: counterparts holding it cannot reach us anyway)."""
-        listed = {entry.id for entry in self.directory.authorities}
-        own = self.directory.authority(self.authority_id).keys if self.authority_id in listed else []
+        entry = self.directory.get(self.authority_id)
+        own = entry.keys if entry is not None else []
         signing = sorted(key.kid for key in own if key.use == "sig") if own else None
         return own, {"expires_at": self.directory.expires_at, "signing": signing}
 

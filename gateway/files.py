@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from gateway.logs import get_logger
 
-__all__ = ["AttachmentFile", "FileStoreFailed", "read_chunks", "readable", "remove_quietly"]
+__all__ = ["AttachmentFile", "FileStoreFailed", "read_chunks", "readable", "remove_quietly", "sync_directory"]
 
 READ_SIZE = 1 << 20
 _T = TypeVar("_T")
@@ -48,8 +48,8 @@ def remove_quietly(path: Path) -> None:
         get_logger().warning("attachment_file_not_removed", error=errno.errorcode.get(error.errno or 0, "OSError"))
 
 
-def _sync_directory(directory: Path) -> None:
-    """Sync ``directory`` itself: the entries made or renamed in it survive a power loss."""
+def sync_directory(directory: Path) -> None:
+    """Sync ``directory`` itself: the entries made, renamed or replaced in it survive a power loss."""
     handle = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(handle)
@@ -61,7 +61,7 @@ def _make_directory(directory: Path) -> None:
     """Make ``directory`` if it is not there, and sync its parent, whose entry it is (decision 158)."""
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
-        _sync_directory(directory.parent)
+        sync_directory(directory.parent)
 
 
 class AttachmentFile:
@@ -94,7 +94,7 @@ class AttachmentFile:
             self.partial.replace(self.final)
             # the rename is an entry of the directory: synced too, before the row naming the file can commit, so
             # that a power loss cannot leave a stored message whose file is still under its partial name
-            _sync_directory(self.final.parent)
+            sync_directory(self.final.parent)
             return self.final
 
         return _on_disk(commit)

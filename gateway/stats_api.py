@@ -31,13 +31,13 @@ from protocol.stats import (
     suppress,
     to_csv,
 )
+from store.accounts import CONTENT_OPEN
 from store.stats import compute, population
 from store.users import User
 
 __all__ = ["OFFICER_SCOPE", "STATS_OPENAPI_PATHS", "stats_routes"]
 
 OFFICER_SCOPE = "cases:assign"
-CONTENT_SCOPE = "content:open"
 _FORMATS = ("json", "csv")
 
 
@@ -56,7 +56,7 @@ def _officer_check(user: User, statistic: Statistic | None, filters: Filters) ->
 def _min_cell(gw: Gateway, user: User, filters: Filters) -> int:
     """The smallest count ``user`` is shown (decision 114): ``stats_min_cell`` for a reader who may not open
     content (an auditor), who also gets periods no finer than a month; 1 (every count) for a supervisor."""
-    if CONTENT_SCOPE in user.scopes:
+    if CONTENT_OPEN in user.scopes:
         return 1
     min_cell = gw.settings.stats_min_cell
     if min_cell > 1 and filters.days:

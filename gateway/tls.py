@@ -39,11 +39,11 @@ def check_own_certificate(directory: Directory, own_id: str, cert_file: Path, no
         raise ConfigError(f"the TLS certificate {cert_file} cannot be read ({reason})") from None
     except ProfileViolation as error:
         raise ConfigError(f"the TLS certificate {cert_file} is not usable: {error}") from None
-    listed = {entry.id: entry for entry in directory.authorities}
-    if own_id in listed and listed[own_id].tls_pin != pin:
+    own = directory.get(own_id)
+    if own is not None and own.tls_pin != pin:
         raise ConfigError(
             f"the TLS certificate {cert_file} ({pin}) is not the one directory serial {directory.serial} pins for "
-            f"{own_id} ({listed[own_id].tls_pin}): peers would refuse every connection; install the published "
+            f"{own_id} ({own.tls_pin}): peers would refuse every connection; install the published "
             "certificate, or publish this one under a new serial"
         )
     starts, ends = cert.not_valid_before_utc, cert.not_valid_after_utc

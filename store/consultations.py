@@ -112,19 +112,13 @@ class Consultations:
     async def reopen(conn: AsyncConnection, request_id: str) -> str | None:
         """Open again the thread converted into ``request_id`` (the peer refused that request for good: it was never
         made); the thread's id, or None if no thread was converted into it."""
-        found = (
-            await conn.execute(
-                select(consultations.c.id).where(
-                    consultations.c.converted_request_id == request_id, consultations.c.state == "converted"
-                )
-            )
-        ).scalar_one_or_none()
-        if found is not None:
-            await conn.execute(
-                consultations.update()
-                .where(consultations.c.id == found, consultations.c.state == "converted")
-                .values(state="open", converted_request_id=None)
-            )
+        reopened = (
+            consultations.update()
+            .where(consultations.c.converted_request_id == request_id, consultations.c.state == "converted")
+            .values(state="open", converted_request_id=None)
+            .returning(consultations.c.id)
+        )
+        found: str | None = (await conn.execute(reopened)).scalar_one_or_none()
         return found
 
     @staticmethod

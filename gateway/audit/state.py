@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.files import sync_directory
+
 __all__ = ["AuditState", "StateError", "Verified", "default_state_path"]
 
 
@@ -128,11 +130,7 @@ class AuditState:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a crash: the next run compares with this one
-            finally:
-                os.close(directory)
+            sync_directory(self.path.parent)  # the rename itself survives a crash: the next run compares with it
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

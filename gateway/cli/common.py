@@ -12,6 +12,7 @@ from typing import IO, Any, Final, ParamSpec, TypeVar
 import click
 
 from crypto.keys import KdfParams
+from gateway.files import sync_directory
 from protocol.errors import ComityError
 from store.errors import outage_name
 
@@ -189,8 +190,4 @@ def replace_file(path: Path, data: bytes, *, private: bool = False) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power loss, in the order of the calls
-    finally:
-        os.close(directory)
+    sync_directory(path.parent)  # the rename itself survives a power loss, in the order of the calls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from sqlalchemy import select
 
 from config.settings import load_settings
@@ -126,6 +128,15 @@ def issue_token(
     result = CliRunner().invoke(main, [*args, "--token-days", "1", "--config", str(config)])
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1]
+
+
+async def serve_locally(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    """``app`` served on a free loopback port: its runner (clean it up) and the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def metrics_token(config: Path) -> str:

@@ -22,7 +22,7 @@ from protocol.casework import Stage
 from protocol.timefmt import format_time
 from store.casework import CaseWork
 from store.facts import write_fact
-from tests.gateway.conftest import Pair
+from tests.gateway.conftest import Pair, serve_locally
 from tests.gateway.test_casework import MARKING, day, incoming_case, officer
 from tests.gateway.test_logs_no_secrets import log_buffer  # noqa: F401 (a fixture)
 from tests.gateway.test_markings import canary, close_sessions
@@ -70,11 +70,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     app = web.Application()
     app.router.add_post("/hook", hook)
     app.router.add_post("/moved", moved)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_locally(app)
     state.url = f"http://127.0.0.1:{port}/hook"
     try:
         yield state

@@ -101,20 +101,25 @@ async def test_a_report_overtaken_by_a_later_one_still_gives_the_statistics_its_
     assert row.executed_at is not None and row.closed_at is not None and row.executed_at <= row.closed_at, row
 
 
+async def _acknowledgement_overtaken(pair: Pair, earlier: timedelta) -> str:
+    """A request whose requested side reports 'under_review', then an 'acknowledged' dated ``earlier`` than that:
+    the case's id."""
+    case_id = await send_complete(pair)
+    await asyncio.sleep(1.5)  # both transitions after the request was sent, and before the reports are made
+    reviewed_at = pair.au.gw.clock() - timedelta(milliseconds=500)
+    for state, event, at in (
+        ("under_review", "begin_review", reviewed_at),
+        ("acknowledged", "acknowledge", reviewed_at - earlier),
+    ):
+        await report_from_au(pair, case_id, {"state": state, "event": event, "at": format_time(at)})
+    return case_id
+
+
 async def test_an_overtaken_acknowledgement_is_ledgered_and_on_the_timeline_as_statistics_count_it(pair: Pair) -> None:
     """'under_review' overtakes 'acknowledged': the statistics take the acknowledgement's time from the overtaken
     report, and the ledger had nothing of it, so no timeline showed where the statistics' wait ends. It is ledgered
     as a case.state_changed marked overtaken (the case does not move) at the time the milestone takes."""
-    case_id = await send_complete(pair)
-    await asyncio.sleep(1.5)
-    acknowledged_at = pair.au.gw.clock() - timedelta(seconds=1)
-    reviewed_at = acknowledged_at + timedelta(milliseconds=500)
-    await report_from_au(
-        pair, case_id, {"state": "under_review", "event": "begin_review", "at": format_time(reviewed_at)}
-    )
-    await report_from_au(
-        pair, case_id, {"state": "acknowledged", "event": "acknowledge", "at": format_time(acknowledged_at)}
-    )
+    case_id = await _acknowledgement_overtaken(pair, timedelta(milliseconds=500))
     assert (await case_state(pair.ar, case_id))[0] == "under_review"
     async with pair.ar.gw.reader.connect() as conn:
         counted = (await conn.execute(select(case_stats.c.acknowledged_at))).scalar_one()
@@ -133,14 +138,7 @@ async def test_an_overtaken_report_cannot_date_its_milestone_before_the_request(
     """A report's time has no lower bound of its own: an overtaken 'acknowledged' dated ten years back put the
     acknowledgement before the request's submission on the timeline. Its milestone is now no earlier than the
     submission, on the timeline, in the ledger and in the statistics alike."""
-    case_id = await send_complete(pair)
-    await asyncio.sleep(1.5)
-    reviewed_at = pair.au.gw.clock() - timedelta(seconds=1)
-    await report_from_au(
-        pair, case_id, {"state": "under_review", "event": "begin_review", "at": format_time(reviewed_at)}
-    )
-    long_ago = reviewed_at - timedelta(days=3650)
-    await report_from_au(pair, case_id, {"state": "acknowledged", "event": "acknowledge", "at": format_time(long_ago)})
+    case_id = await _acknowledgement_overtaken(pair, timedelta(days=3650))
     status, timeline = await pair.ar.call("GET", f"/v1/messages/{case_id}/timeline")
     assert status == 200, timeline
     shown = {m["name"]: m["time"] for m in timeline["milestones"]}

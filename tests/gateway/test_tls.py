@@ -13,7 +13,7 @@ from aiohttp import web
 
 from crypto.tls import generate_tls_identity
 from gateway.tls import client_context
-from tests.gateway.conftest import Pair
+from tests.gateway.conftest import Pair, serve_locally
 
 
 async def _serve(identity_dir: Path, cert: bytes, key: bytes) -> tuple[web.AppRunner, int, list[bytes]]:
@@ -30,11 +30,7 @@ async def _serve(identity_dir: Path, cert: bytes, key: bytes) -> tuple[web.AppRu
 
     app = web.Application()
     app.router.add_post("/federation/v1/envelopes", accept)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_locally(app, server)
     return runner, port, bodies
 
 

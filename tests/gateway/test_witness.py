@@ -46,7 +46,7 @@ from store.tables import (
     peer_checkpoints,
 )
 from tests.conftest import DatabaseFactory
-from tests.gateway.conftest import Pair, Side, comity, issue_token, running_pair
+from tests.gateway.conftest import Pair, Side, comity, issue_token, running_pair, serve_locally
 from tests.gateway.test_exchange import REQUEST, wait_for
 from tests.gateway.test_markings import assert_problem, hostile_towards
 
@@ -1319,11 +1319,7 @@ async def test_a_proof_trickled_byte_by_byte_fails_the_check_within_the_poll_tim
 
     app = web.Application()
     app.router.add_get("/federation/v1/consistency", trickle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_locally(app)
     entry = SimpleNamespace(id="au.ag", endpoint=f"http://127.0.0.1:{port}", tls_pin="x")
     settings = SimpleNamespace(dev_plain_http=True, outbox_connections_per_peer=8)
     gw = SimpleNamespace(settings=settings, authority_id="ar.mj", directory=SimpleNamespace(authority=lambda _: entry))
