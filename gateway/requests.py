@@ -321,7 +321,7 @@ async def record_peer_status(tx: Tx, case_id: str, report: StatusReport, peer: s
         log.info("status_report_stale", state=report.state.value)
         # no later than now, and no earlier than our request was submitted: a report dated years back must not put
         # the milestone before the request on the timeline (statistics clamp the wait at 0 anyway)
-        opened = await Messages.get(tx.conn, case_id)
+        (opened,) = await Messages.find_many(tx.conn, [case_id])  # its metadata, not its envelopes
         reached = min(max(report.at, opened.created_at), now)
         await CaseStats.moved(
             tx.conn, case_id, report.state.value, reached, refusal_grounds=report.refusal_grounds, milestones_only=True

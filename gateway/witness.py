@@ -411,8 +411,8 @@ class Witness:
         except EntryError as exc:
             await self._alarm(peer, "receipt-unbacked", f"{what}, which is not a valid ledger entry: it {exc}")
             return
-        async with self.gw.reader.connect() as conn:
-            sent = await Messages.get(conn, receipt.message_id)
+        async with self.gw.reader.connect() as conn:  # its metadata, not its envelopes
+            (sent,) = await Messages.find_many(conn, [receipt.message_id])
         us = self.gw.authority_id
         # the reception of our message as we sent it, at the time the receipt signs: an entry dated otherwise, or
         # recording another kind, marking or reply link, would give the peer's auditors another account of it
