@@ -29,6 +29,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.skeleton
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.stats --cases 100000 --backend postgresql
 
