@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from joserfc.jwk import OKPKey
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from config.errors import (
     DirectoryExpired,
@@ -184,6 +185,11 @@ class AuthorityEntry(StrictModel):
     endpoint: str = Field(max_length=2048)
     tls_cert: str = Field(min_length=1, max_length=65536)
     tls_pin: str
+    # a TLS rollover (`comity keys rotate-tls`): the certificate that will replace tls_cert. Peers accept either
+    # until the entry is published with it as tls_cert; both members or neither, never null (left out, the entry's
+    # bytes and so the signed directory are as they were before rollovers existed)
+    tls_next_cert: str | None = Field(default=None, min_length=1, max_length=65536)
+    tls_next_pin: str | None = None
     keys: list[DirectoryKey] = Field(min_length=2, max_length=64)
     accreditation: Accreditation
     languages: list[str] = Field(min_length=1, max_length=32)
@@ -245,11 +251,18 @@ class AuthorityEntry(StrictModel):
             raise ValueError("endpoint must use https (plain http only on a loopback host, for development)")
         return value
 
-    @field_validator("tls_pin")
+    @field_validator("tls_next_cert", "tls_next_pin", mode="before")
     @classmethod
-    def _pin(cls, value: str) -> str:
+    def _left_out_not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must be left out, not null")
+        return value
+
+    @field_validator("tls_pin", "tls_next_pin")
+    @classmethod
+    def _pin(cls, value: str, info: ValidationInfo) -> str:
         if not _PIN_RE.fullmatch(value):
-            raise ValueError("tls_pin must be 'sha256:' and 64 lowercase hex digits")
+            raise ValueError(f"{info.field_name} must be 'sha256:' and 64 lowercase hex digits")
         return value
 
     @field_validator("languages")
@@ -266,13 +279,13 @@ class AuthorityEntry(StrictModel):
     def _consistent(self) -> Self:
         if self.country != self.id[:2].upper():
             raise ValueError(f"country must be {self.id[:2].upper()!r}, the prefix of the authority id")
-        try:
-            der = base64.b64decode(self.tls_cert, validate=True)
-            x509.load_der_x509_certificate(der)
-        except (binascii.Error, ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
-            raise ValueError("tls_cert must be a DER X.509 certificate in standard base64") from None
-        if certificate_pin(der) != self.tls_pin:
-            raise ValueError("tls_pin does not match tls_cert; recompute it from the certificate")
+        _check_certificate(self.tls_cert, self.tls_pin, "tls_cert", "tls_pin")
+        if (self.tls_next_cert is None) != (self.tls_next_pin is None):
+            raise ValueError("tls_next_cert and tls_next_pin go together")
+        if self.tls_next_cert is not None and self.tls_next_pin is not None:
+            _check_certificate(self.tls_next_cert, self.tls_next_pin, "tls_next_cert", "tls_next_pin")
+            if self.tls_next_pin == self.tls_pin:
+                raise ValueError("tls_next_cert must be another certificate than tls_cert")
         kids = [key.kid for key in self.keys]
         if len(set(kids)) != len(kids):
             raise ValueError("keys must not list the same kid twice")
@@ -280,6 +293,24 @@ class AuthorityEntry(StrictModel):
         if uses != {"sig", "enc"}:
             raise ValueError("keys must include at least one signing ('sig') and one encryption ('enc') key")
         return self
+
+    @property
+    def tls_certs(self) -> tuple[str, ...]:
+        """The certificates (standard base64 DER) a peer accepts from this authority's gateway: the current one,
+        and during a rollover the next one."""
+        return (self.tls_cert,) if self.tls_next_cert is None else (self.tls_cert, self.tls_next_cert)
+
+    @property
+    def tls_pins(self) -> tuple[str, ...]:
+        """The pins of :attr:`tls_certs`, in the same order."""
+        return (self.tls_pin,) if self.tls_next_pin is None else (self.tls_pin, self.tls_next_pin)
+
+    @cached_property
+    def tls_not_after(self) -> datetime:
+        """Until when a peer can reach this gateway: the latest end of validity of :attr:`tls_certs`."""
+        return max(
+            x509.load_der_x509_certificate(base64.b64decode(cert)).not_valid_after_utc for cert in self.tls_certs
+        )
 
     def signing_keys_at(self, when: datetime) -> dict[str, OKPKey]:
         """Every signing key valid at ``when``, by kid (during a rotation both the old and the new key)."""
@@ -308,7 +339,25 @@ class AuthorityEntry(StrictModel):
         return max(valid, key=lambda key: key.not_before).key
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        for name in ("tls_next_cert", "tls_next_pin"):  # left out when absent, never null
+            if data[name] is None:
+                del data[name]
+        return data
+
+    def to_file(self) -> bytes:
+        """The entry as ``entry.json`` holds it: indented JSON for people to read."""
+        return json.dumps(self.to_json(), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _check_certificate(cert: str, pin: str, cert_name: str, pin_name: str) -> None:
+    try:
+        der = base64.b64decode(cert, validate=True)
+        x509.load_der_x509_certificate(der)
+    except (binascii.Error, ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
+        raise ValueError(f"{cert_name} must be a DER X.509 certificate in standard base64") from None
+    if certificate_pin(der) != pin:
+        raise ValueError(f"{pin_name} does not match {cert_name}; recompute it from the certificate")
 
 
 class Directory(StrictModel):
@@ -339,7 +388,7 @@ class Directory(StrictModel):
         ids = [entry.id for entry in self.authorities]
         if ids != sorted(set(ids)):
             raise ValueError("authorities must be sorted by id, each id once")
-        pins = [entry.tls_pin for entry in self.authorities]
+        pins = [pin for entry in self.authorities for pin in entry.tls_pins]
         if len(set(pins)) != len(pins):
             raise ValueError("two authorities share a TLS certificate; each gateway needs its own")
         # a key listed under two authorities would have senders to one seal to the other's key, and signatures by
@@ -360,7 +409,7 @@ class Directory(StrictModel):
 
     @cached_property
     def _by_pin(self) -> dict[str, AuthorityEntry]:
-        return {entry.tls_pin: entry for entry in self.authorities}
+        return {pin: entry for entry in self.authorities for pin in entry.tls_pins}
 
     def get(self, authority_id: str) -> AuthorityEntry | None:
         """The entry of ``authority_id``, or None if the directory does not list it."""
@@ -398,7 +447,9 @@ class Directory(StrictModel):
         return _parse(Directory, {**self.to_json(), "issued_at": stamp})
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude={"authorities"})
+        data["authorities"] = [entry.to_json() for entry in self.authorities]
+        return data
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())

@@ -36,6 +36,7 @@ __all__ = [
     "PIN_PREFIX",
     "TlsIdentity",
     "cert_der",
+    "certificate_hosts",
     "certificate_pin",
     "generate_tls_identity",
     "key_pem_password",
@@ -188,3 +189,15 @@ def cert_der(cert: bytes) -> bytes:
 def certificate_pin(cert: bytes) -> str:
     """The pin the directory publishes: ``sha256:`` and the lowercase hex SHA-256 of the DER certificate."""
     return PIN_PREFIX + hashlib.sha256(cert_der(cert)).hexdigest()
+
+
+def certificate_hosts(cert: bytes) -> list[str]:
+    """The host names and IP addresses a certificate is for (its subjectAltName), as :func:`generate_tls_identity`
+    takes them: what a renewed certificate must serve again. ``ProfileViolation`` when it names none."""
+    parsed = x509.load_der_x509_certificate(cert_der(cert))
+    try:
+        names = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ProfileViolation("the certificate names no host (no subjectAltName)") from None
+    hosts = [str(address) for address in names.get_values_for_type(x509.IPAddress)]
+    return hosts + names.get_values_for_type(x509.DNSName)

@@ -95,7 +95,7 @@ class OutboxSender:
     def __init__(self, gw: Gateway, *, concurrency: int = 32) -> None:
         self.gw = gw
         self.concurrency = concurrency
-        self._sessions: dict[tuple[str, str, str], aiohttp.ClientSession] = {}  # by peer, endpoint and TLS pin
+        self._sessions: dict[tuple[str, str, tuple[str, ...]], aiohttp.ClientSession] = {}  # by peer, endpoint, pins
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()  # every delivery running: claimed ones and direct ones
         # the claimed ones alone, which ``concurrency`` limits: direct deliveries, which have no limit of their own
@@ -237,7 +237,7 @@ class OutboxSender:
         settings = self.gw.settings
         if not peer.endpoint.startswith("https://") and not settings.dev_plain_http:
             raise DeliveryError(f"{peer.id} has a plain-HTTP endpoint and the development flag is off")
-        key = (peer.id, peer.endpoint, peer.tls_pin)
+        key = (peer.id, peer.endpoint, peer.tls_pins)
         session = self._sessions.get(key)
         if session is None:
             ssl_context: Any = False

@@ -40,10 +40,10 @@ def check_own_certificate(directory: Directory, own_id: str, cert_file: Path, no
     except ProfileViolation as error:
         raise ConfigError(f"the TLS certificate {cert_file} is not usable: {error}") from None
     own = directory.get(own_id)
-    if own is not None and own.tls_pin != pin:
+    if own is not None and pin not in own.tls_pins:
         raise ConfigError(
-            f"the TLS certificate {cert_file} ({pin}) is not the one directory serial {directory.serial} pins for "
-            f"{own_id} ({own.tls_pin}): peers would refuse every connection; install the published "
+            f"the TLS certificate {cert_file} ({pin}) is not one directory serial {directory.serial} pins for "
+            f"{own_id} ({', '.join(own.tls_pins)}): peers would refuse every connection; install the published "
             "certificate, or publish this one under a new serial"
         )
     starts, ends = cert.not_valid_before_utc, cert.not_valid_after_utc
@@ -58,9 +58,12 @@ def check_own_certificate(directory: Directory, own_id: str, cert_file: Path, no
 
 
 def _pem(entry: AuthorityEntry) -> str:
-    body = entry.tls_cert
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    """Every certificate the entry pins (two during a rollover), PEM."""
+    blocks = []
+    for body in entry.tls_certs:
+        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+        blocks.append("-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n")
+    return "".join(blocks)
 
 
 def _base(protocol: int, cert_file: str, key_file: str, password: bytes) -> ssl.SSLContext:

@@ -24,6 +24,7 @@ from config.directory import (
     load_authority_entry,
     load_directory_draft,
     load_directory_key,
+    parse_time,
     sign_directory,
     signed_serial,
     verify_directory,
@@ -138,14 +139,22 @@ def add(draft_path: Path, entry_path: Path, replace: bool) -> None:
 @click.option("--key", "key_path", required=True, type=_existing_file, help="Sealed directory key (from keygen).")
 @click.option("--out", required=True, type=_new_file, help="Signed directory to write, e.g. directory.jws.")
 @click.option("--replace", is_flag=True, help="Replace an existing --out holding a lower serial than DRAFT.")
+@click.option(
+    "--allow-expiring-tls",
+    is_flag=True,
+    help="Sign although a listed TLS certificate expires before the directory does (a warning for each).",
+)
 @reports_errors
-def sign(draft_path: Path, key_path: Path, out: Path, replace: bool) -> None:
+def sign(draft_path: Path, key_path: Path, out: Path, replace: bool, allow_expiring_tls: bool) -> None:
     """Sign DRAFT, issued now; the passphrase comes from COMITY_DIRECTORY_PASSPHRASE or a prompt.
 
     OUT must not exist, unless --replace is given and OUT is no signed directory of DRAFT's serial or a higher one.
+    Every listed gateway's TLS certificate (the later one during a rollover) must be valid until the directory
+    expires, unless --allow-expiring-tls is given.
     """
     draft = load_directory_draft(draft_path.read_bytes())
     _check_out(out, draft, key_path=key_path, draft_path=draft_path, replace=replace)
+    _check_tls_validity(draft, allow=allow_expiring_tls)
     passphrase = read_passphrase(DIRECTORY_PASSPHRASE_ENV, confirm=False, what="directory key passphrase")
     keys = unseal_keys(key_path.read_bytes(), passphrase)
     signing_key = keys.get(_KEY_NAME)
@@ -162,6 +171,30 @@ def sign(draft_path: Path, key_path: Path, out: Path, replace: bool) -> None:
         f"signed directory serial {signed.serial} with {len(signed.authorities)} authorities, "
         f"expires {signed.expires_at}, key kid {key_id(signing_key)}: {out}"
     )
+
+
+def _expiring_tls(directory: Directory) -> list[str]:
+    """One line for each listed gateway that peers could no longer reach before ``directory`` expires."""
+    expires = parse_time(directory.expires_at)
+    return [
+        f"the TLS certificate of {entry.id} expires at {format_time(entry.tls_not_after)}, before the directory "
+        f"({directory.expires_at}): peers would refuse every connection to it from then on"
+        for entry in directory.authorities
+        if entry.tls_not_after < expires
+    ]
+
+
+def _check_tls_validity(draft: Directory, *, allow: bool) -> None:
+    expiring = _expiring_tls(draft)
+    if expiring and not allow:
+        more = f" (and {len(expiring) - 1} more)" if len(expiring) > 1 else ""
+        raise CommandError(
+            f"{expiring[0]}{more}. Have its certificate replaced ('comity keys rotate-tls') and its entry added "
+            "again, or make a draft that expires by then ('comity directory new --expires-in-days'), or give "
+            "--allow-expiring-tls; nothing was signed"
+        )
+    for line in expiring:
+        click.echo(f"warning: {line}", err=True)
 
 
 def _check_out(out: Path, draft: Directory, *, key_path: Path, draft_path: Path, replace: bool) -> None:
@@ -188,9 +221,10 @@ def _summary(signed: Directory) -> list[str]:
         f"{len(signed.authorities)} authorities"
     ]
     for entry in signed.authorities:
+        rollover = f" (rollover to {entry.tls_next_pin})" if entry.tls_next_pin else ""
         lines.append(
             f"  {entry.id}  {entry.country}  {entry.name}  {entry.endpoint}  {','.join(entry.roles)}  "
-            f"accredited to {entry.accreditation.max_level}"
+            f"accredited to {entry.accreditation.max_level}  TLS until {format_time(entry.tls_not_after)}{rollover}"
         )
     return lines
 
@@ -205,6 +239,8 @@ def verify(directory_path: Path, key_path: Path, min_serial: int) -> None:
     signed = verify_directory(directory_path.read_bytes(), _pinned_key(key_path), now=_now(), min_serial=min_serial)
     for line in _summary(signed):
         click.echo(line)
+    for line in _expiring_tls(signed):
+        click.echo(f"warning: {line}", err=True)
 
 
 @directory.command()

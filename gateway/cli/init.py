@@ -169,7 +169,7 @@ def init(
             (targets["cert"], tls.cert_pem, False),
             # private: an operator adds database_url or notify_webhook_secret to it
             (targets["settings"], settings_toml(values, header=header).encode("utf-8"), True),
-            (targets["entry"], entry.model_dump_json(indent=2).encode("utf-8") + b"\n", False),
+            (targets["entry"], entry.to_file(), False),
         ]
     )
 

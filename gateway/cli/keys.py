@@ -1,4 +1,5 @@
-"""``comity keys``: list an authority's keys, and rotate its signing, encryption or archive key.
+"""``comity keys``: list an authority's keys, rotate its signing, encryption or archive key, and replace its TLS
+certificate (``rotate-tls``, below).
 
 A rotation writes a fresh key into ``keys.sealed`` (same passphrase, same argon2id parameters) and keeps the one it
 replaces, retired: to open what was sealed to it, or to sign with until the new signing key is valid. Rotating the
@@ -12,8 +13,10 @@ Restart the gateway (every replica) to use the new key set (docs/operations.md, 
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 import click
+from cryptography import x509
 from joserfc.jwk import OKPKey
 
 from config.directory import load_authority_entry, read_directory
@@ -37,8 +41,8 @@ from crypto.keys import (
     tls_key_password,
     tls_key_passwords,
 )
-from crypto.tls import reencrypt_key_pem
-from gateway.cli.common import CommandError, read_passphrase, replace_file, reports_errors
+from crypto.tls import cert_der, certificate_hosts, certificate_pin, generate_tls_identity, reencrypt_key_pem
+from gateway.cli.common import CommandError, read_passphrase, replace_file, reports_errors, write_new_files
 from gateway.cli.init import ENTRY_FILE
 from gateway.cli.runtime import config_option, settings_from
 from gateway.logs import get_logger
@@ -49,7 +53,8 @@ __all__ = ["keys", "keys_in_use"]
 
 @click.group()
 def keys() -> None:
-    """An authority's private keys: list them, rotate the signing, the encryption or the archive key."""
+    """An authority's private keys: list them, rotate the signing, the encryption or the archive key, replace the
+    TLS certificate."""
 
 
 def _unseal_file(path: Path) -> tuple[bytes, bytes, AuthorityKeys]:
@@ -187,7 +192,7 @@ def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
         use: Literal["sig", "enc"] = "enc" if role == "encryption" else "sig"
         fresh = DirectoryKey(use=use, jwk=public_jwk(getattr(rotated, role)), not_before=format_time(takes_over))
         published = _entry_with(entry, fresh, role, getattr(held, role), format_time(cutoff_at), now)
-        entry_bytes = published.model_dump_json(indent=2).encode()
+        entry_bytes = published.to_file()
         load_authority_entry(entry_bytes)  # the whole entry still validates before anything is written
     tls_before = tls_after = b""
     if role == "signing":  # the TLS key's password is derived from the signing key (crypto/keys.py)
@@ -212,7 +217,7 @@ def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
     replace_file(path, resealed, private=True)
     try:
         if entry_bytes is not None:
-            replace_file(entry_path, entry_bytes + b"\n")
+            replace_file(entry_path, entry_bytes)
         if role == "signing":
             replace_file(settings.tls_key_path, tls_after, private=True)
     except OSError as exc:
@@ -271,3 +276,126 @@ def _directory_expiry(settings: Settings, now: datetime) -> datetime:
     except ConfigError as exc:
         click.echo(f"note: no installed directory to keep the old keys valid through ({exc.code})", err=True)
         return now
+
+
+# -- the TLS certificate ------------------------------------------------------------------------------------------
+
+
+def _next_paths(settings: Settings) -> tuple[Path, Path]:
+    """Where a prepared rollover keeps the next certificate and its key: beside the current ones, ``.next`` added."""
+    cert, key = settings.tls_cert_path, settings.tls_key_path
+    return cert.with_name(f"{cert.stem}.next{cert.suffix}"), key.with_name(f"{key.stem}.next{key.suffix}")
+
+
+def _entry(settings: Settings) -> tuple[Path, bytes, AuthorityEntry]:
+    entry_path = settings.data_dir / ENTRY_FILE
+    try:
+        data = entry_path.read_bytes()
+    except FileNotFoundError:
+        raise CommandError(f"{entry_path} is missing: the certificate must be published in the entry") from None
+    return entry_path, data, load_authority_entry(data)
+
+
+def _with_tls(entry: AuthorityEntry, **members: str | None) -> AuthorityEntry:
+    """``entry`` with its TLS members set (None: left out), validated as a whole."""
+    document = {**entry.to_json(), **members}
+    kept = {name: value for name, value in document.items() if value is not None}
+    return load_authority_entry(json.dumps(kept).encode())
+
+
+def _b64(cert_pem: bytes) -> str:
+    return base64.b64encode(cert_der(cert_pem)).decode("ascii")
+
+
+@keys.command(name="rotate-tls")
+@click.option(
+    "--activate",
+    is_flag=True,
+    help="Put the prepared certificate in place of the current one; the installed directory must pin it already.",
+)
+@config_option
+@reports_errors
+def rotate_tls(activate: bool, config_file: Path | None) -> None:
+    """Replace the gateway's TLS certificate without a break in federation (decision 174).
+
+    First, with the gateway running, make the next certificate and key (beside the current ones, '.next' added) and
+    list the certificate in entry.json as the entry's next one; send entry.json to the directory operator. A
+    directory that lists it has peers accept either certificate. Once every counterpart has installed that directory,
+    stop the gateway, run this again with --activate, and start the gateway: it now presents the new certificate.
+    The next directory can then publish the new certificate alone.
+    """
+    settings = settings_from(config_file)
+    if activate:
+        with _locked(settings.keys_path):
+            _activate_tls(settings)
+    else:
+        _prepare_tls(settings)
+
+
+def _prepare_tls(settings: Settings) -> None:
+    _, _, held = _unseal_file(settings.keys_path)
+    entry_path, entry_before, entry = _entry(settings)
+    cert_next, key_next = _next_paths(settings)
+    if cert_next.exists() or key_next.exists():
+        raise CommandError(
+            f"{cert_next.name} or {key_next.name} exists: a rollover is prepared already. Finish it with "
+            f"'comity keys rotate-tls --activate', or remove both files to prepare another"
+        )
+    current = settings.tls_cert_path.read_bytes()
+    if certificate_pin(current) != entry.tls_pin:
+        raise CommandError(
+            f"{settings.tls_cert_path} is not the certificate {ENTRY_FILE} publishes ({entry.tls_pin}); "
+            "nothing was written"
+        )
+    identity = generate_tls_identity(entry.id, certificate_hosts(current), tls_key_password(held))
+    pin = certificate_pin(identity.cert_pem)
+    published = _with_tls(entry, tls_next_cert=_b64(identity.cert_pem), tls_next_pin=pin)
+    write_new_files([(key_next, identity.key_pem, True), (cert_next, identity.cert_pem, False)])
+    if entry_path.read_bytes() != entry_before:
+        for path in (cert_next, key_next):
+            path.unlink()
+        raise CommandError(f"{ENTRY_FILE} changed meanwhile; nothing was written: run it again")
+    replace_file(entry_path, published.to_file())
+    expires = x509.load_der_x509_certificate(cert_der(identity.cert_pem)).not_valid_after_utc
+    click.echo(f"next TLS certificate {pin}, valid until {expires:%Y-%m-%d}: {cert_next}")
+    click.echo(
+        f"next: send {ENTRY_FILE} to the directory operator ('comity directory add DRAFT {ENTRY_FILE} --replace', "
+        "then sign); once every counterpart has installed that directory, stop the gateway, run 'comity keys "
+        "rotate-tls --activate' and start it"
+    )
+
+
+def _activate_tls(settings: Settings) -> None:
+    _, _, held = _unseal_file(settings.keys_path)
+    cert_next, key_next = _next_paths(settings)
+    try:
+        next_pem, next_key = cert_next.read_bytes(), key_next.read_bytes()
+    except FileNotFoundError as exc:
+        raise CommandError(
+            f"no rollover is prepared ({exc.filename} is missing): run 'comity keys rotate-tls' first"
+        ) from None
+    pin = certificate_pin(next_pem)
+    directory = read_directory(settings, now=datetime.now(UTC))
+    own = directory.get(settings.authority_id)
+    if own is None or pin not in own.tls_pins:
+        raise CommandError(
+            f"the installed directory (serial {directory.serial}) does not pin the next certificate {pin} for "
+            f"{settings.authority_id}: peers holding it would refuse every connection. Publish {ENTRY_FILE} in a "
+            "new directory, install it here and at every counterpart, then activate; nothing was written"
+        )
+    entry_path, _, entry = _entry(settings)
+    published = _with_tls(entry, tls_cert=_b64(next_pem), tls_pin=pin, tls_next_cert=None, tls_next_pin=None)
+    # under the current TLS password: a signing rotation since the rollover was prepared changed it
+    key_after = reencrypt_key_pem(next_key, tls_key_passwords(held), tls_key_password(held))
+    old_pin = certificate_pin(settings.tls_cert_path.read_bytes())
+    # a crash between these writes leaves the .next files: running this again writes them all once more
+    replace_file(settings.tls_key_path, key_after, private=True)
+    replace_file(settings.tls_cert_path, next_pem)
+    replace_file(entry_path, published.to_file())
+    for path in (cert_next, key_next):
+        path.unlink()
+    click.echo(f"TLS certificate {pin} in place of {old_pin}")
+    click.echo(
+        f"next: start the gateway; send {ENTRY_FILE} to the directory operator, whose next directory publishes the "
+        "new certificate alone"
+    )

@@ -44,7 +44,7 @@ from config.errors import (
 from config.settings import Settings
 from crypto.errors import UnknownKey
 from crypto.keys import generate_authority_keys, generate_encryption_key, generate_signing_key, key_id, public_jwk
-from crypto.tls import certificate_pin, generate_tls_identity
+from crypto.tls import cert_der, certificate_pin, generate_tls_identity
 from protocol.messages import canonical_json
 
 NOW = datetime(2026, 11, 28, 7, 40, tzinfo=UTC)
@@ -134,6 +134,26 @@ def test_sign_verify_round_trip() -> None:
     assert verified.authority("es.mj").endpoint == "https://127.0.0.1:9443"
     assert verified.by_tls_pin(AR["tls_pin"]) == verified.authority("ar.mj")
     assert verified.by_tls_pin("sha256:" + "0" * 64) is None
+
+
+def test_an_entry_in_a_tls_rollover_pins_both_certificates() -> None:
+    later = generate_tls_identity("ar.mj", ["127.0.0.1"], None, now=NOW + timedelta(days=300)).cert_pem
+    rollover = {"tls_next_cert": base64.b64encode(cert_der(later)).decode(), "tls_next_pin": certificate_pin(later)}
+    document = with_ar(**rollover)
+    token = sign_directory(Directory.model_validate(document), DIRECTORY_KEY)
+    assert base64.urlsafe_b64decode(token.split(".")[1] + "==") == canonical_json(document)
+    verified = verify(token)
+    ar = verified.authority("ar.mj")
+    assert ar.tls_pins == (AR["tls_pin"], rollover["tls_next_pin"])
+    assert ar.tls_certs == (AR["tls_cert"], rollover["tls_next_cert"])
+    # a peer presenting either certificate is ar.mj; the next certificate is valid 300 days longer
+    assert verified.by_tls_pin(AR["tls_pin"]) == ar == verified.by_tls_pin(rollover["tls_next_pin"])
+    assert ar.tls_not_after - verified.authority("es.mj").tls_not_after == timedelta(days=300)
+    assert load_authority_entry(ar.to_file()) == ar
+    # the entry without its rollover: the members are left out, not null
+    plain = verified.authority("es.mj")
+    assert "tls_next_cert" not in plain.to_json() and b"tls_next" not in plain.to_file()
+    assert plain.tls_pins == (ES["tls_pin"],)
 
 
 def test_a_directory_of_every_state_party_signs_and_verifies() -> None:
@@ -288,6 +308,7 @@ def private_jwk_document() -> dict[str, Any]:
 
 
 OTHER_CERT = generate_tls_identity("ar.mj", ["127.0.0.1"], None, now=NOW).cert_pem
+NEXT = {"tls_next_cert": base64.b64encode(cert_der(OTHER_CERT)).decode(), "tls_next_pin": certificate_pin(OTHER_CERT)}
 
 
 @pytest.mark.parametrize(
@@ -299,6 +320,13 @@ OTHER_CERT = generate_tls_identity("ar.mj", ["127.0.0.1"], None, now=NOW).cert_p
         (with_ar(tls_pin=certificate_pin(OTHER_CERT)), "tls_pin does not match tls_cert"),
         (with_ar(tls_pin="sha1:abcd"), "tls_pin must be 'sha256:'"),
         (with_ar(tls_cert="bm90IGEgY2VydA=="), "tls_cert must be a DER X.509 certificate"),
+        (with_ar(tls_next_cert=NEXT["tls_next_cert"]), "tls_next_cert and tls_next_pin go together"),
+        (with_ar(tls_next_pin=NEXT["tls_next_pin"]), "tls_next_cert and tls_next_pin go together"),
+        (with_ar(tls_next_cert=None, tls_next_pin=None), "tls_next_cert: must be left out, not null"),
+        (with_ar(**NEXT | {"tls_next_pin": AR["tls_pin"]}), "tls_next_pin does not match tls_next_cert"),
+        (with_ar(tls_next_cert=AR["tls_cert"], tls_next_pin=AR["tls_pin"]), "must be another certificate than"),
+        (with_ar(tls_next_cert="bm90IGEgY2VydA==", tls_next_pin=AR["tls_pin"]), "tls_next_cert must be a DER X.509"),
+        (with_ar(tls_next_cert=ES["tls_cert"], tls_next_pin=ES["tls_pin"]), "two authorities share a TLS cert"),
         (private_jwk_document(), "private key member"),
         (with_ar(country="ES"), "country must be 'AR', the prefix of the authority id"),
         (with_ar(country="ar"), "country must be an ISO 3166-1 alpha-2 code in upper case"),

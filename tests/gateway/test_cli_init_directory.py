@@ -19,6 +19,7 @@ from joserfc.jwk import OKPKey
 from config.directory import load_directory_draft, verify_directory
 from config.settings import load_settings
 from crypto.keys import AuthorityKeys, key_id, tls_key_password, unseal_keys
+from crypto.tls import cert_der, certificate_pin, generate_tls_identity
 from gateway.cli import main
 
 PASSPHRASE = "correct horse battery staple"
@@ -369,3 +370,37 @@ def test_init_refuses_a_name_that_would_print_as_two_lines(tmp_path: Path) -> No
     )  # fmt: skip
     assert line == "comity: AuthorityEntry: name: must not contain control characters or line breaks"
     assert not target.exists()
+
+
+def test_sign_refuses_a_tls_certificate_that_expires_before_the_directory(workspace: Path, tmp_path: Path) -> None:
+    # es.mj's certificate replaced by one valid for 10 days, in a draft that expires in 30
+    entry = json.loads((workspace / "es" / "entry.json").read_bytes())
+    short = generate_tls_identity("es.mj", ["127.0.0.1"], None, valid_days=10)
+    entry |= {
+        "tls_cert": base64.b64encode(cert_der(short.cert_pem)).decode(),
+        "tls_pin": certificate_pin(short.cert_pem),
+    }
+    (tmp_path / "es-entry.json").write_text(json.dumps(entry))
+    draft, signed = tmp_path / "draft.json", tmp_path / "directory.jws"
+    ok("directory", "new", "--out", draft, "--expires-in-days", "30")
+    ok("directory", "add", draft, workspace / "ar" / "entry.json")
+    ok("directory", "add", draft, tmp_path / "es-entry.json")
+    line = fails("directory", "sign", draft, "--key", workspace / "dirkey.sealed", "--out", signed)
+    assert "the TLS certificate of es.mj expires at " in line and "before the directory" in line
+    assert "comity keys rotate-tls" in line and "--allow-expiring-tls" in line
+    assert not signed.exists()
+
+    # signed when the operator says so, with a warning; verify repeats the warning
+    result = ok(
+        "directory", "sign", draft, "--key", workspace / "dirkey.sealed", "--out", signed, "--allow-expiring-tls"
+    )
+    assert result.stderr.startswith("warning: the TLS certificate of es.mj expires at ")
+    result = ok("directory", "verify", signed, "--key", workspace / "dirkey.sealed.pub.jwk")
+    assert "warning: the TLS certificate of es.mj" in result.stderr and "ar.mj" not in result.stderr
+    # a draft that expires before the certificate signs without a word
+    ok("directory", "new", "--out", tmp_path / "short.json", "--expires-in-days", "5")
+    ok("directory", "add", tmp_path / "short.json", tmp_path / "es-entry.json")
+    result = ok(
+        "directory", "sign", tmp_path / "short.json", "--key", workspace / "dirkey.sealed", "--out", tmp_path / "s.jws"
+    )
+    assert result.stderr == ""

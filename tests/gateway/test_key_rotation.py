@@ -27,13 +27,14 @@ from config.directory import load_authority_entry
 from crypto.envelope import read_routing_header
 from crypto.keys import AuthorityKeys, generate_signing_key, key_id, public_jwk, tls_key_passwords
 from crypto.receipts import verify_refusal
-from crypto.tls import key_pem_password
+from crypto.tls import certificate_pin, key_pem_password
 from gateway.cli import main
 from gateway.cli.common import CommandError
 from gateway.cli.keys import _locked, keys_in_use
 from gateway.context import DIRECTORY_FACTS, SIGNING_EARLIEST, defer_new_signing_keys
 from gateway.provision import comity
 from gateway.reading import decrypt_row
+from gateway.tls import client_context
 from protocol.timefmt import format_time, parse_time
 from store.facts import read_fact
 from store.messages import MessageRow
@@ -582,3 +583,59 @@ async def test_what_was_received_stays_readable_when_a_later_directory_drops_its
     async with pair.au.gw.engine.connect() as conn:  # what is remembered: public keys, by peer
         remembered = await read_fact(conn, "peer_signing_keys:ar.mj")
     assert set(pair.ar.gw.own_signing_keys()) < set(remembered) and all("d" not in jwk for jwk in remembered.values())
+
+
+async def _presented_pin(client: Side, server: Side) -> str:
+    """The pin of the certificate ``server`` presents to ``client``'s outbox context (its installed directory)."""
+    settings, gw = client.gw.settings, client.gw
+    context = client_context(
+        gw.peer(server.gw.authority_id), str(settings.tls_cert_path), str(settings.tls_key_path), gw.tls_password
+    )
+    _, writer = await asyncio.open_connection("127.0.0.1", server.provisioned.federation_port, ssl=context)
+    try:
+        return certificate_pin(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+    finally:
+        writer.close()
+
+
+async def test_replacing_the_tls_certificate_without_a_break(pair: Pair) -> None:
+    settings = pair.au.gw.settings
+    entry_path = settings.data_dir / "entry.json"
+    cert_next = settings.tls_cert_path.with_name("cert.next.pem")
+    old_pin = certificate_pin(settings.tls_cert_path.read_bytes())
+
+    # prepared while au serves: the next certificate beside the current one, listed in the entry as its next
+    output = await asyncio.to_thread(run_keys, pair.au, "rotate-tls")
+    new_pin = certificate_pin(cert_next.read_bytes())
+    assert new_pin in output and new_pin != old_pin
+    assert cert_next.with_name("key.next.pem").stat().st_mode & 0o777 == 0o600
+    assert load_authority_entry(entry_path.read_bytes()).tls_pins == (old_pin, new_pin)
+    again = CliRunner().invoke(main, ["keys", "rotate-tls", "--config", str(pair.au.provisioned.config)])
+    assert again.exit_code == 1 and "a rollover is prepared already" in again.stderr
+
+    # activating before the installed directory pins it is refused, and writes nothing
+    await pair.au.stop()
+    early = CliRunner().invoke(main, ["keys", "rotate-tls", "--activate", "--config", str(pair.au.provisioned.config)])
+    assert early.exit_code == 1 and "does not pin the next certificate" in early.stderr
+    assert certificate_pin(settings.tls_cert_path.read_bytes()) == old_pin and cert_next.exists()
+
+    # the directory operator publishes the entry; with it installed, ar accepts either certificate of au's
+    await asyncio.to_thread(publish, pair, entry_path, (pair.ar, pair.au))
+    await pair.au.start()
+    await restart(pair.ar)
+    assert await _presented_pin(pair.ar, pair.au) == old_pin
+    await send_and_open(pair, "before the switch")
+
+    await pair.au.stop()
+    output = await asyncio.to_thread(run_keys, pair.au, "rotate-tls", "--activate")
+    assert f"TLS certificate {new_pin} in place of {old_pin}" in output
+    assert certificate_pin(settings.tls_cert_path.read_bytes()) == new_pin and not cert_next.exists()
+    assert load_authority_entry(entry_path.read_bytes()).tls_pins == (new_pin,)
+    await pair.au.start()
+
+    # au now presents the new certificate; ar, which never restarted since, delivers to it and takes au's deliveries
+    assert await _presented_pin(pair.ar, pair.au) == new_pin
+    await send_and_open(pair, "after the switch")
+    status, body = await pair.au.call("POST", "/v1/messages", json={**REQUEST, "to": "ar.mj"})
+    assert status == 202, body
+    await wait_for(pair.au, body["id"], "delivered")

@@ -1320,7 +1320,7 @@ async def test_a_proof_trickled_byte_by_byte_fails_the_check_within_the_poll_tim
     app = web.Application()
     app.router.add_get("/federation/v1/consistency", trickle)
     runner, port = await serve_locally(app)
-    entry = SimpleNamespace(id="au.ag", endpoint=f"http://127.0.0.1:{port}", tls_pin="x")
+    entry = SimpleNamespace(id="au.ag", endpoint=f"http://127.0.0.1:{port}", tls_pins=("x",))
     settings = SimpleNamespace(dev_plain_http=True, outbox_connections_per_peer=8)
     gw = SimpleNamespace(settings=settings, authority_id="ar.mj", directory=SimpleNamespace(authority=lambda _: entry))
     sender: Any = SimpleNamespace(gw=gw, _sessions={})  # the outbox's own session factory and its timeouts
