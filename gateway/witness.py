@@ -159,8 +159,6 @@ class Witness:
         self.min_interval = MIN_INTERVAL
         # (peer, note, kids of the keys it may be signed by) -> its checkpoint, opened and verified
         self._receipt_notes: dict[tuple[str, str, tuple[str, ...]], Checkpoint] = {}
-        # peer -> receipts whose check failed, by message id: checked again after every check of that peer that holds
-        self._owed: dict[str, dict[str, Receipt]] = {}
         self.log = get_logger(component="witness")
 
     async def receipt_checkpoint(self, peer: str, receipt: Receipt, signed_about: datetime) -> Checkpoint:
@@ -233,10 +231,10 @@ class Witness:
             try:
                 checkpoint = await self.check(peer, *pending)
             except _UNCOOPERATIVE as exc:
-                self._owe(peer, pending[1])
+                await self._owe(peer, pending[1])
                 await self._failed(peer, exc)
             except Exception as exc:  # our own database or directory: nothing to hold against the peer
-                self._owe(peer, pending[1])
+                await self._owe(peer, pending[1])
                 self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
             else:
                 # a peer is forgiven its failed checks only once it has backed every receipt it owes: failing the
@@ -244,25 +242,37 @@ class Witness:
                 if checkpoint is None or await self._settle_owed(peer, checkpoint):  # None: the alarm is raised
                     self._forgive(peer)
 
-    def _owe(self, peer: str, receipt: Receipt | None) -> None:
-        """Keep ``receipt``, whose check failed, to check again; the oldest goes beyond RECEIPTS_OWED (a peer that
-        fails that many is counted toward ``proof-unavailable`` all the while)."""
+    async def _owe(self, peer: str, receipt: Receipt | None) -> None:
+        """Keep ``receipt``, whose check failed, to check again, in the database, so that a restart does not forget
+        it (decision 176); the oldest goes beyond RECEIPTS_OWED (a peer that fails that many is counted toward
+        ``proof-unavailable`` all the while)."""
         if receipt is None:
             return
-        owed = self._owed.setdefault(peer, {})
-        owed.pop(receipt.message_id, None)
-        owed[receipt.message_id] = receipt
-        if len(owed) > RECEIPTS_OWED:
-            dropped = owed.pop(next(iter(owed)))
-            self.log.warning("witness_receipt_dropped", peer=peer, message_id=dropped.message_id)
+        try:
+            async with self.gw.transaction() as conn:
+                dropped = await WitnessState.owe_receipt(conn, peer, json.loads(receipt.to_bytes()), RECEIPTS_OWED)
+        except Exception as exc:  # our own database: the failure is still counted against the peer
+            self.log.error("witness_receipt_not_kept", peer=peer, message_id=receipt.message_id, error=error_code(exc))
+            return
+        for message_id in dropped:
+            self.log.warning("witness_receipt_dropped", peer=peer, message_id=message_id)
 
     async def _settle_owed(self, peer: str, checkpoint: Checkpoint) -> bool:
         """Check the receipts ``peer`` owes against ``checkpoint`` (verified, consistent with what we hold), or, for
         one beyond it (the peer serving less than it signed in that receipt), against the receipt's own checkpoint
         again, consistency proof and all; in the order they failed. Whether none is owed any more. The first that
-        fails again is counted and ends the round."""
-        owed = self._owed.get(peer, {})
-        for message_id, receipt in list(owed.items()):
+        fails again is counted and ends the round; those checked before it are settled."""
+        try:
+            async with self.gw.reader.connect() as conn:
+                owed = [Receipt.parse(item) for item in await WitnessState.owed_receipts(conn, peer)]
+        except Exception as exc:  # our own database: tried again next round, not held against the peer
+            self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
+            return False
+        if not owed:
+            return True
+        settled: list[str] = []
+        backed = True
+        for receipt in owed:
             try:
                 if receipt.ledger_index < checkpoint.size:
                     await self._check_receipt(peer, checkpoint, receipt)
@@ -270,14 +280,22 @@ class Witness:
                     await self.check(peer, receipt.checkpoint, receipt)
             except _UNCOOPERATIVE as exc:
                 await self._failed(peer, exc)
-                return False
+                backed = False
+                break
             except Exception as exc:  # our own database: tried again next round, not held against the peer
                 self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
-                return False
-            del owed[message_id]  # checked: backed, or the alarm is raised
-        if not owed:
-            self._owed.pop(peer, None)
-        return not owed
+                backed = False
+                break
+            settled.append(receipt.message_id)  # checked: backed, or the alarm is raised
+        if not settled:
+            return False
+        try:
+            async with self.gw.transaction() as conn:
+                remaining = await WitnessState.settle_receipts(conn, peer, settled)
+        except Exception as exc:
+            self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
+            return False
+        return backed and not remaining
 
     async def _failed(self, peer: str, exc: Exception) -> None:
         """A check failed by the peer's doing. A peer that keeps failing to back its checkpoints is treated like one

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -241,6 +242,7 @@ class WitnessState:
         )
         if forget_history and result.rowcount:
             await conn.execute(delete(peer_checkpoints).where(peer_checkpoints.c.peer == peer))
+            await delete_fact(conn, _owed_key(peer))  # their entries were checked against the history forgotten
         if forget_receipt_proofs and result.rowcount:
             await delete_fact(conn, _served_key(peer))
         return int(result.rowcount)
@@ -255,6 +257,39 @@ class WitnessState:
     async def remember_receipt_proofs(conn: AsyncConnection, peer: str) -> None:
         await write_fact(conn, _served_key(peer), True)
 
+    @staticmethod
+    async def owed_receipts(conn: AsyncConnection, peer: str) -> list[dict[str, Any]]:
+        """The receipts of ``peer`` whose witness check failed, as JSON, oldest failure first (decision 176)."""
+        return list(await read_fact(conn, _owed_key(peer)) or [])
+
+    @staticmethod
+    async def owe_receipt(conn: AsyncConnection, peer: str, receipt: dict[str, Any], limit: int) -> list[str]:
+        """Keep ``receipt`` (JSON) owed by ``peer``, last in the list (once per message id), and at most ``limit``
+        of them: the message ids of the oldest, dropped beyond it. Replicas add and settle one at a time."""
+        owed = await read_fact(conn, _owed_key(peer), lock=True) or []
+        owed = [item for item in owed if item["message_id"] != receipt["message_id"]] + [receipt]
+        await write_fact(conn, _owed_key(peer), owed[-limit:])
+        return [str(item["message_id"]) for item in owed[:-limit]]
+
+    @staticmethod
+    async def settle_receipts(conn: AsyncConnection, peer: str, message_ids: Sequence[str]) -> int:
+        """Forget the receipts of ``message_ids`` owed by ``peer`` (checked since); how many it still owes."""
+        settled = set(message_ids)
+        owed = [
+            item
+            for item in await read_fact(conn, _owed_key(peer), lock=True) or []
+            if item["message_id"] not in settled
+        ]
+        if owed:
+            await write_fact(conn, _owed_key(peer), owed)
+        else:
+            await delete_fact(conn, _owed_key(peer))
+        return len(owed)
+
 
 def _served_key(peer: str) -> str:
     return f"receipt_proofs_served:{peer}"
+
+
+def _owed_key(peer: str) -> str:
+    return f"witness_owed:{peer}"

@@ -974,14 +974,14 @@ async def test_a_receipt_whose_check_failed_is_checked_again_with_the_next_check
     monkeypatch.setattr(witness.Witness, "_fetch_receipt_proof", fetch)
     monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
     await exchange(pair)
-    assert list(sender._owed["au.ag"]) and sender._failures["au.ag"] == 1
+    assert len(await _owed(pair.ar)) == 1 and sender._failures["au.ag"] == 1
     for _ in range(witness.MAX_PROOF_FAILURES - 1):
         await exchange(pair)
     async with pair.ar.gw.engine.connect() as conn:
         alarms = [(a.peer, a.reason) for a in await WitnessState.open_alarms(conn)]
     if dodge == "once":  # asked again with the next checkpoint, shown, and the count wiped
         assert asked.count(target[0]) == 2
-        assert not sender._owed and not sender._failures and not alarms
+        assert not await _owed(pair.ar) and not sender._failures and not alarms
     else:
         assert asked.count(target[0]) == witness.MAX_PROOF_FAILURES
         assert alarms == [("au.ag", "proof-unavailable")] and pair.ar.gw.blocked_peers == {"au.ag"}
@@ -1017,7 +1017,7 @@ async def test_an_owed_receipt_beyond_what_the_peer_serves_is_checked_against_it
     monkeypatch.setattr(witness.Witness, "_get", get)
     monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
     await exchange(pair)
-    (receipt,) = sender._owed["au.ag"].values()
+    (receipt,) = await _owed(pair.ar)
     assert receipt.ledger_index >= held.size and sender._failures["au.ag"] == 1
     for _ in range(witness.MAX_PROOF_FAILURES):  # polls, each answered with what we hold
         sender.observe("au.ag", held.note)
@@ -1025,9 +1025,55 @@ async def test_an_owed_receipt_beyond_what_the_peer_serves_is_checked_against_it
     async with pair.ar.gw.engine.connect() as conn:
         alarms = [(a.peer, a.reason) for a in await WitnessState.open_alarms(conn)]
     if dodge == "once":
-        assert not sender._owed and not sender._failures and not alarms
+        assert not await _owed(pair.ar) and not sender._failures and not alarms
     else:
         assert alarms == [("au.ag", "proof-unavailable")]
+
+
+async def _owed(side: Side) -> list[Receipt]:
+    """The receipts of au.ag that ``side``'s witness keeps to check again."""
+    async with side.gw.engine.connect() as conn:
+        return [Receipt.parse(item) for item in await WitnessState.owed_receipts(conn, "au.ag")]
+
+
+async def test_a_receipt_owed_is_checked_again_after_a_restart_and_forgotten_with_the_history(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receipts a peer owes are kept in the database (decision 176): a restart of our gateway between the failed
+    check and the next checkpoint no longer forgets them. Forgetting the peer's history forgets them too."""
+    from gateway import witness
+
+    await exchange(pair)
+    real = witness.Witness._fetch_receipt_proof
+    asked: list[int] = []
+
+    async def fetch(self: witness.Witness, peer: str, index: int, size: int) -> Any:
+        asked.append(index)
+        if len(asked) == 1:
+            raise aiohttp.ServerDisconnectedError()
+        return await real(self, peer, index, size)
+
+    monkeypatch.setattr(witness.Witness, "_fetch_receipt_proof", fetch)
+    await exchange(pair)
+    (owed,) = await _owed(pair.ar)
+    assert owed.ledger_index == asked[0]
+    await pair.ar.stop()
+    await pair.ar.start()
+    await exchange(pair)  # the next checkpoint: the owed receipt's entry is asked for again, shown, and settled
+    assert asked.count(owed.ledger_index) == 2
+    assert await _owed(pair.ar) == []
+
+    # owed again, then the operator accepts a changed history: what it owed against the old one goes with it
+    asked.clear()
+    await exchange(pair)
+    assert len(await _owed(pair.ar)) == 1
+    async with pair.ar.gw.transaction() as conn:
+        await WitnessState.raise_alarm(conn, "au.ag", "fork", "a test", pair.ar.gw.clock())
+    config = str(pair.ar.provisioned.config)
+    await asyncio.to_thread(
+        comity, "peer", "clear", "au.ag", "--operator", "oscar", "--forget-history", "--config", config
+    )
+    assert await _owed(pair.ar) == []
 
 
 async def _receipt_and_its_entry(pair: Pair) -> tuple[Any, Receipt, bytes]:
