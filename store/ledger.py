@@ -17,7 +17,7 @@ from protocol import merkle
 from protocol.checkpoint import SERVED_COSIGNATURES
 from protocol.events import EventType
 from store.db import transaction_locks
-from store.facts import delete_fact, read_fact, write_fact
+from store.facts import claim_fact, delete_fact, read_fact, write_fact
 from store.tables import checkpoints, cosignatures, ledger_entries, ledger_nodes, peer_alarms, peer_checkpoints
 
 __all__ = ["Alarm", "LedgerReader", "PeerCheckpoint", "WitnessState"]
@@ -266,6 +266,7 @@ class WitnessState:
     async def owe_receipt(conn: AsyncConnection, peer: str, receipt: dict[str, Any], limit: int) -> list[str]:
         """Keep ``receipt`` (JSON) owed by ``peer``, last in the list (once per message id), and at most ``limit``
         of them: the message ids of the oldest, dropped beyond it. Replicas add and settle one at a time."""
+        await claim_fact(conn, _owed_key(peer), [])  # a row to lock, even for the first: two firsts wait in turn
         owed = await read_fact(conn, _owed_key(peer), lock=True) or []
         owed = [item for item in owed if item["message_id"] != receipt["message_id"]] + [receipt]
         await write_fact(conn, _owed_key(peer), owed[-limit:])
