@@ -195,6 +195,16 @@ def _check_tls_validity(draft: Directory, *, allow: bool) -> None:
         )
     for line in expiring:
         click.echo(f"warning: {line}", err=True)
+    for entry in draft.authorities:
+        if entry.tls_next_pin is not None:
+            click.echo(f"note: {entry.id} {_ROLLOVER_NOTE}", err=True)
+
+
+# members a gateway of an earlier version does not know: its strict schema refuses the whole directory (decision 174)
+_ROLLOVER_NOTE = (
+    "is in a TLS certificate rollover (tls_next_cert): gateways of a Comity version from before 'comity keys "
+    "rotate-tls' refuse a directory that lists one, so every counterpart must run a later version first"
+)
 
 
 def _check_out(out: Path, draft: Directory, *, key_path: Path, draft_path: Path, replace: bool) -> None:

@@ -1,5 +1,5 @@
 """``comity keys``: list an authority's keys, rotate its signing, encryption or archive key, and replace its TLS
-certificate (``rotate-tls``, below).
+certificate (``rotate-tls``: the next certificate pinned beside the current one first, then put in its place).
 
 A rotation writes a fresh key into ``keys.sealed`` (same passphrase, same argon2id parameters) and keeps the one it
 replaces, retired: to open what was sealed to it, or to sign with until the new signing key is valid. Rotating the
@@ -358,6 +358,10 @@ def _prepare_tls(settings: Settings) -> None:
     replace_file(entry_path, published.to_file())
     expires = x509.load_der_x509_certificate(cert_der(identity.cert_pem)).not_valid_after_utc
     click.echo(f"next TLS certificate {pin}, valid until {expires:%Y-%m-%d}: {cert_next}")
+    click.echo(
+        "note: gateways of a Comity version from before 'comity keys rotate-tls' refuse a directory that lists a next "
+        "certificate: every counterpart must run a later version before the directory operator publishes it"
+    )
     click.echo(
         f"next: send {ENTRY_FILE} to the directory operator ('comity directory add DRAFT {ENTRY_FILE} --replace', "
         "then sign); once every counterpart has installed that directory, stop the gateway, run 'comity keys "

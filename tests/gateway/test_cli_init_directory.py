@@ -404,3 +404,18 @@ def test_sign_refuses_a_tls_certificate_that_expires_before_the_directory(worksp
         "directory", "sign", tmp_path / "short.json", "--key", workspace / "dirkey.sealed", "--out", tmp_path / "s.jws"
     )
     assert result.stderr == ""
+
+
+def test_sign_notes_an_entry_in_a_tls_rollover(workspace: Path, tmp_path: Path) -> None:
+    entry = json.loads((workspace / "es" / "entry.json").read_bytes())
+    later = generate_tls_identity("es.mj", ["127.0.0.1"], None)
+    entry |= {"tls_next_cert": base64.b64encode(cert_der(later.cert_pem)).decode()}
+    entry["tls_next_pin"] = certificate_pin(later.cert_pem)
+    (tmp_path / "es-entry.json").write_text(json.dumps(entry))
+    draft = tmp_path / "draft.json"
+    ok("directory", "new", "--out", draft, "--expires-in-days", "30")
+    ok("directory", "add", draft, workspace / "ar" / "entry.json")
+    ok("directory", "add", draft, tmp_path / "es-entry.json")
+    result = ok("directory", "sign", draft, "--key", workspace / "dirkey.sealed", "--out", tmp_path / "d.jws")
+    (note,) = result.stderr.splitlines()
+    assert note.startswith("note: es.mj is in a TLS certificate rollover") and "every counterpart" in note
