@@ -303,7 +303,9 @@ class SkeletonResult:
     stored: dict[str, int]  # rows at the end: envelopes the sender holds receipted, the receiver holds, ledger rows
 
 
-async def _drive(api: str, text: str, messages: int, clients: int) -> float:
+async def _drive(api: str, text: str, messages: int, clients: int, meter: CpuMeter) -> float:
+    """Warm up (a first envelope per client: connections, TLS, statements), then start ``meter`` and send
+    ``messages`` from ``clients`` closed-loop clients; the seconds that took."""
     body = request_body("au.ag", text)
     remaining = messages
 
@@ -321,7 +323,8 @@ async def _drive(api: str, text: str, messages: int, clients: int) -> float:
                 remaining -= 1
                 await one()
 
-        await asyncio.gather(*(one() for _ in range(clients)))  # warm: connections, TLS, statements
+        await asyncio.gather(*(one() for _ in range(clients)))
+        meter.start()
         started = time.monotonic()
         await asyncio.gather(*(client() for _ in range(clients)))
         return time.monotonic() - started
@@ -351,8 +354,7 @@ async def run_skeleton(*, messages: int, clients: int, raw_seconds: float = 5.0)
             )
             jose = jose_cost()
             meter = CpuMeter({"receiver": processes[0].pid, "sender": processes[1].pid}, postgres=True)
-            meter.start()
-            seconds = await _drive(f"http://127.0.0.1:{sender_port}", text, messages, clients)
+            seconds = await _drive(f"http://127.0.0.1:{sender_port}", text, messages, clients, meter)
             cpu = meter.stop()
             stored = await _stored(schemas)
     finally:

@@ -30,7 +30,7 @@ from gateway.limits import read_capped
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from protocol.checkpoint import Checkpoint, CheckpointError, check_ledger_checkpoint, ledger_origin
-from protocol.errors import ComityError, error_code
+from protocol.errors import ComityError, InvalidMessage, error_code
 from protocol.events import EventType
 from protocol.merkle import EMPTY_ROOT, MerkleError, leaf_hash, verify_consistency, verify_inclusion
 from protocol.receipts import Receipt
@@ -159,6 +159,9 @@ class Witness:
         self.min_interval = MIN_INTERVAL
         # (peer, note, kids of the keys it may be signed by) -> its checkpoint, opened and verified
         self._receipt_notes: dict[tuple[str, str, tuple[str, ...]], Checkpoint] = {}
+        # peer -> owed receipts our database has not taken yet, by message id (decision 176): the peer is not
+        # forgiven while any is left
+        self._unkept: dict[str, dict[str, Receipt]] = {}
         self.log = get_logger(component="witness")
 
     async def receipt_checkpoint(self, peer: str, receipt: Receipt, signed_about: datetime) -> Checkpoint:
@@ -248,29 +251,58 @@ class Witness:
         ``proof-unavailable`` all the while)."""
         if receipt is None:
             return
+        unkept = self._unkept.setdefault(peer, {})
+        unkept.pop(receipt.message_id, None)
+        unkept[receipt.message_id] = receipt
+        if len(unkept) > RECEIPTS_OWED:
+            dropped = unkept.pop(next(iter(unkept)))
+            self.log.warning("witness_receipt_dropped", peer=peer, message_id=dropped.message_id)
+        await self._keep(peer)
+
+    async def _keep(self, peer: str) -> bool:
+        """Write the receipts owed by ``peer`` that the database has not taken yet; whether none is left. Until then
+        they wait in memory, and the peer is not forgiven."""
+        unkept = self._unkept.get(peer)
+        if not unkept:
+            return True
+        dropped: list[str] = []
         try:
             async with self.gw.transaction() as conn:
-                dropped = await WitnessState.owe_receipt(conn, peer, json.loads(receipt.to_bytes()), RECEIPTS_OWED)
-        except Exception as exc:  # our own database: the failure is still counted against the peer
-            self.log.error("witness_receipt_not_kept", peer=peer, message_id=receipt.message_id, error=error_code(exc))
-            return
+                for receipt in unkept.values():
+                    owed = json.loads(receipt.to_bytes())
+                    dropped += await WitnessState.owe_receipt(conn, peer, owed, RECEIPTS_OWED)
+        except Exception as exc:  # our own database: tried again with the next check of the peer
+            self.log.error("witness_receipt_not_kept", peer=peer, receipts=len(unkept), error=error_code(exc))
+            return False
+        del self._unkept[peer]
         for message_id in dropped:
             self.log.warning("witness_receipt_dropped", peer=peer, message_id=message_id)
+        return True
 
     async def _settle_owed(self, peer: str, checkpoint: Checkpoint) -> bool:
         """Check the receipts ``peer`` owes against ``checkpoint`` (verified, consistent with what we hold), or, for
         one beyond it (the peer serving less than it signed in that receipt), against the receipt's own checkpoint
         again, consistency proof and all; in the order they failed. Whether none is owed any more. The first that
-        fails again is counted and ends the round; those checked before it are settled."""
+        fails again is counted and ends the round; those checked before it are settled. Receipts not yet written
+        keep the peer unforgiven."""
+        if not await self._keep(peer):
+            return False
         try:
             async with self.gw.reader.connect() as conn:
-                owed = [Receipt.parse(item) for item in await WitnessState.owed_receipts(conn, peer)]
+                stored = await WitnessState.owed_receipts(conn, peer)
         except Exception as exc:  # our own database: tried again next round, not held against the peer
             self.log.warning("witness_check_failed", peer=peer, error=error_code(exc))
             return False
-        if not owed:
+        if not stored:
             return True
         settled: list[str] = []
+        owed: list[Receipt] = []
+        for item in stored:
+            try:
+                owed.append(Receipt.parse(item))
+            except InvalidMessage:  # a damaged row, or a format of another version: left out, not a wedge
+                self.log.error("witness_owed_malformed", peer=peer)
+                settled.append(item["message_id"])
         backed = True
         for receipt in owed:
             try:

@@ -260,14 +260,14 @@ class WitnessState:
     @staticmethod
     async def owed_receipts(conn: AsyncConnection, peer: str) -> list[dict[str, Any]]:
         """The receipts of ``peer`` whose witness check failed, as JSON, oldest failure first (decision 176)."""
-        return list(await read_fact(conn, _owed_key(peer)) or [])
+        return _owed_list(await read_fact(conn, _owed_key(peer)))
 
     @staticmethod
     async def owe_receipt(conn: AsyncConnection, peer: str, receipt: dict[str, Any], limit: int) -> list[str]:
         """Keep ``receipt`` (JSON) owed by ``peer``, last in the list (once per message id), and at most ``limit``
         of them: the message ids of the oldest, dropped beyond it. Replicas add and settle one at a time."""
         await claim_fact(conn, _owed_key(peer), [])  # a row to lock, even for the first: two firsts wait in turn
-        owed = await read_fact(conn, _owed_key(peer), lock=True) or []
+        owed = _owed_list(await read_fact(conn, _owed_key(peer), lock=True))
         owed = [item for item in owed if item["message_id"] != receipt["message_id"]] + [receipt]
         await write_fact(conn, _owed_key(peer), owed[-limit:])
         return [str(item["message_id"]) for item in owed[:-limit]]
@@ -278,7 +278,7 @@ class WitnessState:
         settled = set(message_ids)
         owed = [
             item
-            for item in await read_fact(conn, _owed_key(peer), lock=True) or []
+            for item in _owed_list(await read_fact(conn, _owed_key(peer), lock=True))
             if item["message_id"] not in settled
         ]
         if owed:
@@ -290,6 +290,14 @@ class WitnessState:
 
 def _served_key(peer: str) -> str:
     return f"receipt_proofs_served:{peer}"
+
+
+def _owed_list(value: Any) -> list[dict[str, Any]]:
+    """The owed receipts a stored value holds: a list of objects, each with a message id; anything else in it (a
+    damaged row) is left out, and out of the next write."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict) and isinstance(item.get("message_id"), str)]
 
 
 def _owed_key(peer: str) -> str:

@@ -7,13 +7,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from joserfc import jwe, jws
 from joserfc.jwk import OKPKey
 
+from bench.procs import CpuMeter
 from bench.schemas import PG_ADMIN_DSN, create_schema, drop_schemas
 from bench.skeleton import create_tables, provision, receiver_app, run_skeleton
 from crypto.envelope import DEFAULT_MAX_ENVELOPE_BYTES
@@ -104,3 +107,27 @@ async def test_a_small_run_seals_sends_stores_receipts_and_ledgers_every_envelop
     assert {"sender", "receiver", "postgres", "bench"} <= set(result.cpu_ms_per_message)
     assert result.exchange_ms > result.jose_ms > 0
     assert result.capacity == pytest.approx((os.cpu_count() or 1) * 1000 / result.exchange_ms, rel=0.01)
+
+
+async def test_the_warm_up_is_not_metered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The meter starts after each client's first envelope, as bench.run meters its flat-out phase after a warm-up
+    (a review's finding: the warm-up's connections and handshakes were counted per envelope)."""
+    require_postgres()
+    submitted: list[str] = []
+    at_start: list[int] = []
+    real_post, real_start = aiohttp.ClientSession.post, CpuMeter.start
+
+    def post(self: aiohttp.ClientSession, url: Any, **kwargs: Any) -> Any:
+        if str(url).endswith("/v1/messages"):
+            submitted.append(str(url))
+        return real_post(self, url, **kwargs)
+
+    def start(self: CpuMeter) -> None:
+        at_start.append(len(submitted))
+        real_start(self)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "post", post)
+    monkeypatch.setattr(CpuMeter, "start", start)
+    result = await run_skeleton(messages=40, clients=4, raw_seconds=0.5)
+    assert result.stored["sender_envelopes"] == 44 and len(submitted) == 44
+    assert at_start == [4]  # metered from the first envelope after the four of the warm-up

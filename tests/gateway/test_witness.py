@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from sqlalchemy import delete, select, update
 
 from crypto.note import NoteError, NoteSigner, open_checkpoint, open_note, sign_note
@@ -34,6 +35,7 @@ from protocol.checkpoint import Checkpoint, CheckpointError
 from protocol.events import LedgerEvent
 from protocol.receipts import Receipt
 from protocol.timefmt import format_time, parse_time
+from store.facts import read_fact
 from store.ledger import PeerCheckpoint, WitnessState
 from store.tables import (
     checkpoints,
@@ -1410,3 +1412,78 @@ async def test_a_peer_whose_store_fails_for_a_few_seconds_is_not_blocked(
     async with pair.ar.gw.engine.connect() as conn:
         assert await WitnessState.open_alarms(conn) == []
     assert "au.ag" not in pair.ar.gw.blocked_peers
+
+
+async def test_a_receipt_our_database_could_not_keep_still_keeps_the_peer_unforgiven(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer drops the connection whenever asked for one receipt's entry, and our database fails the first write
+    of that owed receipt: the receipt waits in memory, is written with the next check, asked for again, and the
+    peer's failures keep counting (a review's finding: it used to be lost, and the peer forgiven)."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway import witness
+
+    await exchange(pair)
+    sender = pair.ar.running.sender.witness if pair.ar.running else None
+    assert sender is not None
+    real = witness.Witness._fetch_receipt_proof
+    asked: list[int] = []
+
+    async def fetch(self: witness.Witness, peer: str, index: int, size: int) -> Any:
+        asked.append(index)
+        if index == asked[0]:
+            raise aiohttp.ServerDisconnectedError()
+        return await real(self, peer, index, size)
+
+    real_owe = WitnessState.owe_receipt
+    writes: list[str] = []
+
+    async def owe(conn: Any, peer: str, receipt: Any, limit: int) -> list[str]:
+        writes.append(receipt["message_id"])
+        if len(writes) == 1:
+            raise OperationalError("UPDATE settings_state", {}, Exception("database is locked"))
+        return await real_owe(conn, peer, receipt, limit)
+
+    monkeypatch.setattr(witness.Witness, "_fetch_receipt_proof", fetch)
+    monkeypatch.setattr(WitnessState, "owe_receipt", staticmethod(owe))
+    monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
+    await exchange(pair)
+    assert sender._failures["au.ag"] == 1 and await _owed(pair.ar) == []  # not kept: in memory only
+    await exchange(pair)
+    (owed,) = await _owed(pair.ar)
+    assert owed.ledger_index == asked[0] and asked.count(asked[0]) == 2
+    assert sender._failures["au.ag"] == 2 and not sender._unkept
+
+
+async def test_a_damaged_owed_list_does_not_stop_the_witness(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored entry that is no receipt (a damaged row, another version's format) is dropped with an error log;
+    the receipts owed beside it are still checked again, and the peer forgiven once it shows them."""
+    from gateway import witness
+    from store.facts import write_fact
+
+    await exchange(pair)
+    sender = pair.ar.running.sender.witness if pair.ar.running else None
+    assert sender is not None
+    async with pair.ar.gw.transaction() as conn:
+        await write_fact(conn, "witness_owed:au.ag", [{"message_id": "not-a-receipt"}, "garbage", {"no": "id"}])
+    real = witness.Witness._fetch_receipt_proof
+    asked: list[int] = []
+
+    async def fetch(self: witness.Witness, peer: str, index: int, size: int) -> Any:
+        asked.append(index)
+        if asked.count(asked[0]) == 1 and index == asked[0]:
+            raise aiohttp.ServerDisconnectedError()
+        return await real(self, peer, index, size)
+
+    monkeypatch.setattr(witness.Witness, "_fetch_receipt_proof", fetch)
+    monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
+    with structlog.testing.capture_logs() as logs:
+        await exchange(pair)
+        assert sender._failures["au.ag"] == 1
+        await exchange(pair)
+    assert asked.count(asked[0]) == 2 and not sender._failures
+    assert await _owed(pair.ar) == []
+    assert any(log["event"] == "witness_owed_malformed" for log in logs)
+    async with pair.ar.gw.engine.connect() as conn:
+        assert await read_fact(conn, "witness_owed:au.ag") is None
