@@ -144,7 +144,8 @@ async def run(args: argparse.Namespace) -> None:
     counts = {"sender": Counts(), "receiver": Counts()}
     try:
         for side, provisioned in (("sender", ar), ("receiver", au)):
-            gw = await Gateway.load(load_settings(provisioned.config), PASSPHRASE.encode())
+            settings = load_settings(provisioned.config).model_copy(update={"api_requests_per_minute": 0})
+            gw = await Gateway.load(settings, PASSPHRASE.encode())  # one officer at any rate (decision 177)
             counts[side].attach(gw.engine)
             if gw.reader.sync_engine.pool is not gw.engine.sync_engine.pool:  # PostgreSQL: one pool, one dispatch
                 counts[side].attach(gw.reader, writer=False)  # SQLite's reader pool: no BEGIN ever sent

@@ -192,7 +192,8 @@ class GatewayProcess:
         return self.proc.pid
 
     def start(self, code: CodeSource, log_level: str) -> None:
-        env = code.env(COMITY_PASSPHRASE=PASSPHRASE, COMITY_LOG_LEVEL=log_level)
+        # the load driver is one officer submitting hundreds a second: no per-user API limit (decision 177)
+        env = code.env(COMITY_PASSPHRASE=PASSPHRASE, COMITY_LOG_LEVEL=log_level, COMITY_API_REQUESTS_PER_MINUTE="0")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 code.comity("serve", "--config", str(self.provisioned.config)),

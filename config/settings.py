@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     outbox_initial_backoff: float = Field(default=0.5, gt=0, le=86400)
     outbox_max_backoff: float = Field(default=300.0, gt=0, le=86400)
     outbox_connections_per_peer: int = Field(default=128, ge=1, le=1024)
+    # API requests of one user (all her tokens): a bucket of this many, refilled at this rate per minute; beyond,
+    # 429 rate-limited; a rate of 0 sets no limit (gateway/api.py, decision 177)
+    api_request_burst: int = Field(default=600, ge=1, le=1_000_000)
+    api_requests_per_minute: float = Field(default=6000.0, ge=0, le=10_000_000)
     # refusals of one peer we ledger: a bucket of this many, refilled at this rate; beyond, 429 (gateway/limits.py)
     peer_refusal_burst: int = Field(default=300, ge=1, le=1_000_000)
     peer_refusals_per_minute: float = Field(default=60.0, gt=0, le=1_000_000)

@@ -7,6 +7,7 @@ checks that the document and the router agree. Errors are problem+json (gateway/
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from gateway.casework_api import casework_routes
 from gateway.committer import Finish, Tx, done
 from gateway.federation import BODY_ERRORS, GATEWAY, malformed_body
 from gateway.files import FileStoreFailed
+from gateway.limits import RateLimited, TokenBuckets
 from gateway.logs import get_logger
 from gateway.params import bounded_param
 from gateway.policy import (
@@ -28,6 +30,7 @@ from gateway.policy import (
     ledger_refusal,
     ledger_submit_refusal,
 )
+from gateway.problems import problem_response
 from gateway.reading import attachment_stream, message_events, open_message, visible_box, visible_message
 from gateway.requests import apply_case_event
 from gateway.sending import Draft, NewAttachment, submit_message
@@ -79,6 +82,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     user = None if digest is None else Tokens.user_of(await gw.tokens_seen.get(digest), gw.clock())
     if user is None:
         raise Unauthenticated("the token is unknown, expired or revoked")
+    if gw.api_budget is not None and (wait := gw.api_budget.take(user.username)):
+        return _rate_limited(gw.api_budget, user, wait)
     try:
         check_scope(user, required_scope(request))  # every route names its scope (gateway/auth.py)
     except ComityError as refused:
@@ -95,6 +100,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except AccessRefused as refused:
         await _ledger_case_change_refused(request, user, refused)
         raise
+
+
+def _rate_limited(budget: TokenBuckets, user: User, wait: float) -> web.Response:
+    """429 before anything else is looked at (the route's scope included: a refused opening would be ledgered)."""
+    seconds = math.ceil(wait)
+    if budget.starts_limit(user.username):
+        get_logger().warning("api_rate_limited", user=user.username, retry_after=seconds)
+    limit = budget.per_minute
+    response = problem_response(
+        RateLimited.code, f"more than {limit:g} requests a minute from this user; try again in {seconds} s", status=429
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 async def _ledger_case_change_refused(request: web.Request, user: User, refused: ComityError) -> None:

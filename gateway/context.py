@@ -37,7 +37,7 @@ from crypto.note import CosignatureSigner, NoteSigner, sign_note
 from crypto.tls import key_pem_password
 from gateway.coalesce import Coalescer
 from gateway.committer import Committer, Finish, Tx, Unit, done
-from gateway.limits import DELIVERY_WAIT_SECONDS, DeliverySlots, RefusalBudget
+from gateway.limits import DELIVERY_WAIT_SECONDS, DeliverySlots, TokenBuckets
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from protocol.checkpoint import ledger_origin
@@ -129,7 +129,9 @@ class Gateway:
         self.tokens_seen: Coalescer[str, Mapping[str, Any]] = Coalescer(self._tokens_by_digest)
         self.ids_seen: Coalescer[str, Seen] = Coalescer(self._messages_seen)
         # how many ledgered refusals each peer may still cost us (gateway/limits.py)
-        self.refusal_budget = RefusalBudget(self.settings.peer_refusals_per_minute, self.settings.peer_refusal_burst)
+        self.refusal_budget = TokenBuckets(self.settings.peer_refusals_per_minute, self.settings.peer_refusal_burst)
+        rate, burst = self.settings.api_requests_per_minute, self.settings.api_request_burst
+        self.api_budget = TokenBuckets(rate, burst) if rate else None  # per user (decision 177)
         # how many of each peer's deliveries are read and checked at once (gateway/limits.py)
         self.delivery_slots = DeliverySlots(self.settings.peer_deliveries_at_once, DELIVERY_WAIT_SECONDS)
 

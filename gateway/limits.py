@@ -31,7 +31,8 @@ __all__ = [
     "BodyStalled",
     "Busy",
     "DeliverySlots",
-    "RefusalBudget",
+    "RateLimited",
+    "TokenBuckets",
     "TooManyRefusals",
     "read_capped",
 ]
@@ -76,10 +77,14 @@ class _Bucket:
     limited: bool = False  # answered 429 since it last had a token: log the start of a limitation once
 
 
-class RefusalBudget:
+class TokenBuckets:
+    """A token bucket per key (a peer's refusals; a user's API requests, decision 177): at most ``burst`` tokens,
+    refilled at ``per_minute``."""
+
     def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         if per_minute <= 0 or burst < 1:
-            raise ValueError("the refusal budget needs a positive rate and a burst of at least one")
+            raise ValueError("a token bucket needs a positive rate and a burst of at least one")
+        self.per_minute = per_minute
         self._rate = per_minute / 60.0
         self._burst = float(burst)
         self._clock = clock
@@ -120,6 +125,13 @@ class RefusalBudget:
         bucket = self._bucket(peer)
         first, bucket.limited = not bucket.limited, True
         return first
+
+
+class RateLimited(ComityError):
+    """A user sent API requests faster than ``api_requests_per_minute`` allows: answered 429 with ``Retry-After``,
+    before the route's scope is checked, so nothing is done and nothing ledgered."""
+
+    code = "rate-limited"
 
 
 class Busy(ComityError):

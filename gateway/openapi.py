@@ -8,6 +8,7 @@ tests/gateway/test_api.py fails when a route is served but not documented, or do
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from gateway.auth import AUTH_OPENAPI_PATHS
@@ -170,6 +171,21 @@ def _consultation_paths() -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
+    return _rate_limited(_document())
+
+
+def _rate_limited(document: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that takes a bearer token may answer 429 ``rate-limited`` (decision 177). On a copy: the
+    paths of other modules are shared constants."""
+    document = copy.deepcopy(document)
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            if operation.get("security") != []:
+                operation["responses"].setdefault("429", _PROBLEM)
+    return document
+
+
+def _document() -> dict[str, Any]:
     message_ref = {"$ref": "#/components/schemas/MessageSummary"}
     return {
         "openapi": "3.1.0",

@@ -64,6 +64,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "consultation-converted": (409, "Consultation already converted into a formal request"),
     "postponement-reason-required": (422, "A postponement needs the proceeding it would interfere with (art. 46(25))"),
     "login-throttled": (429, "Too many failed logins"),
+    "rate-limited": (429, "Too many requests from this user"),
     "too-many-refusals": (429, "Too many refused envelopes from this peer"),
     "busy": (503, "Too many deliveries from this peer at once"),
     "read-timeout": (408, "The body did not arrive in time"),

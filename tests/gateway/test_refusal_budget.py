@@ -18,7 +18,7 @@ import pytest
 import structlog
 from sqlalchemy import select
 
-from gateway.limits import RefusalBudget
+from gateway.limits import TokenBuckets
 from gateway.logs import configure_logging
 from gateway.outbox import _retry_after, not_before
 from store.tables import outbox
@@ -43,7 +43,7 @@ class Clock:
 
 def test_a_peer_may_spend_its_burst_then_one_refusal_per_refill() -> None:
     clock = Clock()
-    budget = RefusalBudget(per_minute=6, burst=3, clock=clock)  # one token every 10 s
+    budget = TokenBuckets(per_minute=6, burst=3, clock=clock)  # one token every 10 s
     assert [budget.take("ar.mj") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert budget.take("ar.mj") == pytest.approx(10.0)  # nothing taken: the wait stays what it was
     assert budget.take("ar.mj") == pytest.approx(10.0)
@@ -62,7 +62,7 @@ def test_a_peer_may_spend_its_burst_then_one_refusal_per_refill() -> None:
 def test_deliveries_in_flight_hold_their_tokens_and_give_them_back_unless_refused() -> None:
     """A token is taken when a delivery is let in, so no more deliveries than the peer holds tokens can end in a
     refusal, however many it opens at once; a receipt (or our own failure) gives the token back."""
-    budget = RefusalBudget(per_minute=60, burst=2, clock=Clock())
+    budget = TokenBuckets(per_minute=60, burst=2, clock=Clock())
     assert [budget.take("ar.mj") for _ in range(2)] == [0.0, 0.0]  # two deliveries in flight
     assert budget.take("ar.mj") > 0  # a third is turned away, whatever the first two become
     budget.give_back("ar.mj")  # the first was receipted
@@ -74,7 +74,7 @@ def test_deliveries_in_flight_hold_their_tokens_and_give_them_back_unless_refuse
 
 def test_a_limitation_is_announced_once_until_the_peer_has_a_token_again() -> None:
     clock = Clock()
-    budget = RefusalBudget(per_minute=60, burst=1, clock=clock)
+    budget = TokenBuckets(per_minute=60, burst=1, clock=clock)
     assert budget.take("ar.mj") == 0.0
     assert budget.take("ar.mj") > 0
     assert budget.starts_limit("ar.mj") is True
@@ -114,7 +114,7 @@ def test_the_outbox_waits_at_least_retry_after_spread_above_it_and_never_beyond_
 @pytest.mark.parametrize(("per_minute", "burst"), [(0, 1), (-1, 1), (1, 0)])
 def test_a_budget_needs_a_rate_and_a_burst(per_minute: float, burst: int) -> None:
     with pytest.raises(ValueError, match="positive rate and a burst"):
-        RefusalBudget(per_minute=per_minute, burst=burst)
+        TokenBuckets(per_minute=per_minute, burst=burst)
 
 
 # --- over the network -------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ async def test_a_peer_past_its_refusals_is_turned_away_unparsed_and_nothing_is_l
 
 async def test_the_sender_waits_as_told_and_delivers_once_the_peer_has_a_token_again(pair: Pair) -> None:
     clock = Clock()
-    pair.au.gw.refusal_budget = RefusalBudget(per_minute=6, burst=1, clock=clock)
+    pair.au.gw.refusal_budget = TokenBuckets(per_minute=6, burst=1, clock=clock)
     assert pair.au.gw.refusal_budget.take("ar.mj") == 0.0  # ar.mj just spent its only refusal
     await restart(pair.ar, outbox_initial_backoff=0.05, outbox_max_backoff=30)
     status, body = await pair.ar.call("POST", "/v1/messages", json=REQUEST)
