@@ -339,6 +339,18 @@ class MissingEntry(UnreadableEntry):
 HTTP_BATCH = 20_000  # the API serves at most 100,000 per call
 
 
+RATE_LIMITED_ATTEMPTS = 8  # answers 429 with a usable Retry-After waited out before one counts as a failure
+MAX_RATE_LIMITED_WAIT = 60.0  # seconds: a longer Retry-After is not waited for
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """The seconds a 429's ``Retry-After`` asks to wait, if it gives a small whole number of them."""
+    value = response.headers.get("Retry-After", "")
+    if not value.isdigit() or int(value) > MAX_RATE_LIMITED_WAIT:
+        return None
+    return float(value)
+
+
 class HttpSource:
     """The gateway's auditor API (``docs/ledger.md``, "Auditor API"), with a bearer token."""
 
@@ -363,10 +375,16 @@ class HttpSource:
 
     async def _get(self, path: str, params: dict[str, Any]) -> aiohttp.ClientResponse:
         assert self._session is not None
-        try:
-            response = await self._session.get(self.base + path, params={k: str(v) for k, v in params.items()})
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SourceError(f"GET {path}: {_failure(exc)}") from None
+        for attempt in range(RATE_LIMITED_ATTEMPTS):
+            try:
+                response = await self._session.get(self.base + path, params={k: str(v) for k, v in params.items()})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise SourceError(f"GET {path}: {_failure(exc)}") from None
+            wait = _retry_after(response) if response.status == 429 else None
+            if wait is None or attempt == RATE_LIMITED_ATTEMPTS - 1:
+                break
+            response.release()  # the user's API budget is spent (decision 177): wait as the gateway says
+            await asyncio.sleep(wait)
         if response.status != 200:
             detail = ""
             try:

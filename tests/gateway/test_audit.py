@@ -36,7 +36,7 @@ from gateway.audit.entries import (
     check_entry_slow,
 )
 from gateway.audit.invariants import InvariantError, TimelineChecker
-from gateway.audit.sources import SourceError
+from gateway.audit.sources import RATE_LIMITED_ATTEMPTS, SourceError
 from gateway.audit.tree import BatchTree
 from protocol.checkpoint import Checkpoint, ledger_origin
 from protocol.events import LedgerEvent
@@ -656,3 +656,39 @@ def test_overlapping_runs_never_roll_the_state_file_back(tmp_path: Path) -> None
     with pytest.raises(StateError, match=r"different root for comity-ledger/ar\.mj at size 200"):
         other.save()
     assert AuditState(path).last(origin) == kept
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "limited", "answered"),
+    [("0", 2, 200), ("0", 99, 429), ("3600", 1, 429), ("soon", 1, 429)],
+)
+async def test_the_api_source_waits_out_a_rate_limit_it_is_told_how_long_to_wait_for(
+    retry_after: str, limited: int, answered: int
+) -> None:
+    """The gateway limits each user's API requests (decision 177): an audit through the API waits as long as a 429's
+    Retry-After says, up to a minute and eight answers, rather than failing a long audit half way."""
+    calls: list[int] = []
+
+    async def checkpoint(request: web.Request) -> web.Response:
+        calls.append(1)
+        if len(calls) <= limited:
+            return web.json_response({"code": "rate-limited"}, status=429, headers={"Retry-After": retry_after})
+        return web.json_response({"size": 0, "note": _note()})
+
+    app = web.Application()
+    app.router.add_get("/v1/ledger/checkpoint", checkpoint)
+    server = TestServer(app)
+    await server.start_server()
+    source = HttpSource(str(server.make_url("")), "token")
+    await source.open()
+    try:
+        if answered == 200:
+            assert (await source.snapshot()).total == 0
+            assert len(calls) == limited + 1
+        else:
+            with pytest.raises(SourceError, match="answered HTTP 429"):
+                await source.snapshot()
+            assert len(calls) == min(limited, RATE_LIMITED_ATTEMPTS)
+    finally:
+        await source.close()
+        await server.close()
