@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 __all__ = ["main"]
 
@@ -36,6 +37,10 @@ class _LazyGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except NoArgsIsHelpError:  # a group named without a command: its help, as click shows it
+            raise
+        except click.UsageError as exc:  # a subcommand's command line, parsed in here
+            raise _one_line(exc) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
@@ -49,6 +54,16 @@ class _LazyGroup(click.Group):
                 "run again with COMITY_DEBUG=1 to see them"
             ) from None
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # the top level's own command line
+            raise _one_line(exc) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 
@@ -60,6 +75,15 @@ class _LazyGroup(click.Group):
         command: Any = getattr(importlib.import_module(module_name), attribute)
         assert isinstance(command, click.Command)
         return command
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    """A command line click refused (an unknown option, a value out of range, a file that does not exist), as one
+    line ``comity: <message>``, exit code 2, instead of click's usage block."""
+    from gateway.cli.common import CommandLineError
+
+    where = exc.ctx.command_path if exc.ctx is not None else "comity"
+    return CommandLineError(f"{exc.format_message().rstrip('.')}; see '{where} --help'")
 
 
 @click.group(cls=_LazyGroup)

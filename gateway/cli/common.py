@@ -20,6 +20,7 @@ __all__ = [
     "FAST_KDF",
     "MIN_NEW_PASSPHRASE",
     "CommandError",
+    "CommandLineError",
     "ensure_private_dir",
     "one_line",
     "read_passphrase",
@@ -52,6 +53,12 @@ class CommandError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"comity: {self.format_message()}", err=True, file=file)
+
+
+class CommandLineError(CommandError):
+    """A command line that could not be parsed (click's usage errors), as one line; exit code 2."""
+
+    exit_code = 2
 
 
 def reports_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -237,3 +237,34 @@ def test_a_new_key_passphrase_has_at_least_twelve_characters(tmp_path: Path) -> 
     assert line == "comity: the directory key passphrase must have at least 12 characters, as a user's password"
     assert not key.exists()
     assert run(*_init_args(data_dir), env={**ENV, "COMITY_PASSPHRASE": "x" * 12}).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (
+            ["keys", "rotate", "bogus"],
+            "comity: Invalid value for '{signing|encryption|archive}': 'bogus' is not one of",
+        ),
+        (["--bogus"], "comity: No such option '--bogus'; see '"),
+        (["nosuch"], "comity: No such command 'nosuch'; see '"),
+        (
+            ["directory", "verify", "missing.jws", "--key", "missing.jwk"],
+            "comity: Invalid value for '--key': File 'mis",
+        ),
+        (["user", "create", "alice", "--token-days", "400"], "comity: Invalid value for '--token-days': 400 is not"),
+    ],
+)
+def test_a_command_line_click_refuses_is_one_line_too(args: list[str], start: str, tmp_path: Path) -> None:
+    """An unknown option, a value out of range or a file that does not exist is one line, exit code 2 (a review of
+    the docs found click's usage block instead)."""
+    result = run(*args, "--config", tmp_path / "none.toml") if args[0] == "user" else run(*args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(start) and line.endswith("--help'"), line
+    assert result.stdout == ""
+
+
+def test_a_group_named_without_a_command_shows_its_help() -> None:
+    result = run("keys")
+    assert result.exit_code == 2 and "rotate-tls" in result.output and not result.output.startswith("comity:")
