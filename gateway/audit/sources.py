@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -346,7 +347,8 @@ MAX_RATE_LIMITED_WAIT = 60.0  # seconds: a longer Retry-After is not waited for
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     """The seconds a 429's ``Retry-After`` asks to wait, if it gives a small whole number of them."""
     value = response.headers.get("Retry-After", "")
-    if not value.isdigit() or int(value) > MAX_RATE_LIMITED_WAIT:
+    # ASCII digits, a few of them: str.isdigit takes '²' and int() refuses 4,301 digits, both a crash here
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) > MAX_RATE_LIMITED_WAIT:
         return None
     return float(value)
 

@@ -660,7 +660,7 @@ def test_overlapping_runs_never_roll_the_state_file_back(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("retry_after", "limited", "answered"),
-    [("0", 2, 200), ("0", 99, 429), ("3600", 1, 429), ("soon", 1, 429)],
+    [("0", 2, 200), ("0", 99, 429), ("3600", 1, 429), ("soon", 1, 429), ("\u00b2", 1, 429), ("9" * 5000, 1, 429)],
 )
 async def test_the_api_source_waits_out_a_rate_limit_it_is_told_how_long_to_wait_for(
     retry_after: str, limited: int, answered: int
