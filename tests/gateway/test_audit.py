@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
 import random
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -246,12 +248,19 @@ async def _audit_hostile(latest: Any, listed: list[Any] | None = None, served: l
     app.router.add_get("/v1/ledger/checkpoint", checkpoint)
     app.router.add_get("/v1/ledger/checkpoints", checkpoints)
     app.router.add_get("/v1/ledger/entries", entries)
+    async with _api_source(app) as source:
+        return await verify_ledger(source, trust(), AuditState(None))
+
+
+@contextlib.asynccontextmanager
+async def _api_source(app: web.Application) -> AsyncIterator[HttpSource]:
+    """An API source opened on ``app``, served on loopback for the block."""
     server = TestServer(app)
     await server.start_server()
     source = HttpSource(str(server.make_url("")), "token")
     await source.open()
     try:
-        return await verify_ledger(source, trust(), AuditState(None))
+        yield source
     finally:
         await source.close()
         await server.close()
@@ -677,11 +686,7 @@ async def test_the_api_source_waits_out_a_rate_limit_it_is_told_how_long_to_wait
 
     app = web.Application()
     app.router.add_get("/v1/ledger/checkpoint", checkpoint)
-    server = TestServer(app)
-    await server.start_server()
-    source = HttpSource(str(server.make_url("")), "token")
-    await source.open()
-    try:
+    async with _api_source(app) as source:
         if answered == 200:
             assert (await source.snapshot()).total == 0
             assert len(calls) == limited + 1
@@ -689,6 +694,3 @@ async def test_the_api_source_waits_out_a_rate_limit_it_is_told_how_long_to_wait
             with pytest.raises(SourceError, match="answered HTTP 429"):
                 await source.snapshot()
             assert len(calls) == min(limited, RATE_LIMITED_ATTEMPTS)
-    finally:
-        await source.close()
-        await server.close()
