@@ -35,6 +35,7 @@ __all__ = [
     "TokenBuckets",
     "TooManyRefusals",
     "read_capped",
+    "retry_after_seconds",
 ]
 
 
@@ -62,6 +63,12 @@ class BodyStalled(Exception):
     them again."""
 
     peer: str | None = None  # the authenticated peer, once known (for the log line)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Delay-seconds of a ``Retry-After`` header (RFC 9110 10.2.3); None for anything else, an HTTP date included
+    (ASCII digits only: ``str.isdigit`` alone takes '²')."""
+    return float(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 class TooManyRefusals(ComityError):

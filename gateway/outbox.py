@@ -22,7 +22,7 @@ from crypto.receipts import verify_receipt, verify_refusal
 from gateway.committer import Finish, Tx, done
 from gateway.context import Gateway
 from gateway.files import read_chunks
-from gateway.limits import MIN_ATTACHMENT_RATE, read_capped
+from gateway.limits import MIN_ATTACHMENT_RATE, read_capped, retry_after_seconds
 from gateway.logs import get_logger
 from gateway.loops import stop_if_cancelled
 from gateway.tls import client_context
@@ -70,8 +70,8 @@ class DeliveryError(ComityError):
 
 
 def _retry_after(value: str | None) -> float:
-    """Delay-seconds of a Retry-After header (RFC 9110 10.2.3); 0 for anything else, an HTTP date included."""
-    return float(value) if value is not None and value.isascii() and value.isdigit() else 0.0
+    """Delay-seconds of a Retry-After header; 0 for anything else, an HTTP date included."""
+    return retry_after_seconds(value) or 0.0
 
 
 def retry_delay(attempts: int, initial: float, maximum: float, jitter: Callable[[], float] = random.random) -> float:

@@ -265,12 +265,10 @@ class Witness:
         unkept = self._unkept.get(peer)
         if not unkept:
             return True
-        dropped: list[str] = []
+        owed = [json.loads(receipt.to_bytes()) for receipt in unkept.values()]
         try:
             async with self.gw.transaction() as conn:
-                for receipt in unkept.values():
-                    owed = json.loads(receipt.to_bytes())
-                    dropped += await WitnessState.owe_receipt(conn, peer, owed, RECEIPTS_OWED)
+                dropped = await WitnessState.owe_receipts(conn, peer, owed, RECEIPTS_OWED)
         except Exception as exc:  # our own database: tried again with the next check of the peer
             self.log.error("witness_receipt_not_kept", peer=peer, receipts=len(unkept), error=error_code(exc))
             return False

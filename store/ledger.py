@@ -263,12 +263,16 @@ class WitnessState:
         return _owed_list(await read_fact(conn, _owed_key(peer)))
 
     @staticmethod
-    async def owe_receipt(conn: AsyncConnection, peer: str, receipt: dict[str, Any], limit: int) -> list[str]:
-        """Keep ``receipt`` (JSON) owed by ``peer``, last in the list (once per message id), and at most ``limit``
-        of them: the message ids of the oldest, dropped beyond it. Replicas add and settle one at a time."""
+    async def owe_receipts(
+        conn: AsyncConnection, peer: str, receipts: Sequence[dict[str, Any]], limit: int
+    ) -> list[str]:
+        """Keep ``receipts`` (JSON) owed by ``peer``, last in the list in their order (once per message id), and at
+        most ``limit`` of them: the message ids of the oldest, dropped beyond it. Replicas add and settle one at a
+        time."""
         await claim_fact(conn, _owed_key(peer), [])  # a row to lock, even for the first: two firsts wait in turn
+        added = {receipt["message_id"] for receipt in receipts}
         owed = _owed_list(await read_fact(conn, _owed_key(peer), lock=True))
-        owed = [item for item in owed if item["message_id"] != receipt["message_id"]] + [receipt]
+        owed = [item for item in owed if item["message_id"] not in added] + list(receipts)
         await write_fact(conn, _owed_key(peer), owed[-limit:])
         return [str(item["message_id"]) for item in owed[:-limit]]
 

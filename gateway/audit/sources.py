@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from crypto.note import NoteError, add_signatures
+from gateway.limits import retry_after_seconds
 from protocol import merkle
 from protocol.checkpoint import SERVED_COSIGNATURES
 from store.db import is_sqlite, split_schema
@@ -344,15 +344,6 @@ RATE_LIMITED_ATTEMPTS = 8  # answers 429 with a usable Retry-After waited out be
 MAX_RATE_LIMITED_WAIT = 60.0  # seconds: a longer Retry-After is not waited for
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    """The seconds a 429's ``Retry-After`` asks to wait, if it gives a small whole number of them."""
-    value = response.headers.get("Retry-After", "")
-    # ASCII digits, a few of them: str.isdigit takes '²' and int() refuses 4,301 digits, both a crash here
-    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) > MAX_RATE_LIMITED_WAIT:
-        return None
-    return float(value)
-
-
 class HttpSource:
     """The gateway's auditor API (``docs/ledger.md``, "Auditor API"), with a bearer token."""
 
@@ -382,8 +373,8 @@ class HttpSource:
                 response = await self._session.get(self.base + path, params={k: str(v) for k, v in params.items()})
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise SourceError(f"GET {path}: {_failure(exc)}") from None
-            wait = _retry_after(response) if response.status == 429 else None
-            if wait is None or attempt == RATE_LIMITED_ATTEMPTS - 1:
+            wait = retry_after_seconds(response.headers.get("Retry-After")) if response.status == 429 else None
+            if wait is None or wait > MAX_RATE_LIMITED_WAIT or attempt == RATE_LIMITED_ATTEMPTS - 1:
                 break
             response.release()  # the user's API budget is spent (decision 177): wait as the gateway says
             await asyncio.sleep(wait)

@@ -176,10 +176,7 @@ def _rotate(settings: Settings, role: Rotating, overlap_days: int) -> None:
     entry_before = b""
     takes_over = now
     if role in ("encryption", "signing"):
-        if not entry_path.exists():
-            raise CommandError(f"{entry_path} is missing: the new {role} key must be published in the entry")
-        entry_before = entry_path.read_bytes()
-        entry = load_authority_entry(entry_before)
+        entry_path, entry_before, entry = _entry(settings, f"the new {role} key")
         # counterparts use the directory they hold until it expires: they seal to the old encryption keys and verify
         # us under the old signing keys so long. A new encryption key is valid at once (we open both); a new signing
         # key only from then (we sign with one key at a time, decision 73), the old ones overlap_days longer.
@@ -287,12 +284,14 @@ def _next_paths(settings: Settings) -> tuple[Path, Path]:
     return cert.with_name(f"{cert.stem}.next{cert.suffix}"), key.with_name(f"{key.stem}.next{key.suffix}")
 
 
-def _entry(settings: Settings) -> tuple[Path, bytes, AuthorityEntry]:
+def _entry(settings: Settings, what: str) -> tuple[Path, bytes, AuthorityEntry]:
+    """``entry.json``: its path, its bytes as read (to tell whether it changed meanwhile) and the entry; ``what`` is
+    to be published in it."""
     entry_path = settings.data_dir / ENTRY_FILE
     try:
         data = entry_path.read_bytes()
     except FileNotFoundError:
-        raise CommandError(f"{entry_path} is missing: the certificate must be published in the entry") from None
+        raise CommandError(f"{entry_path} is missing: {what} must be published in the entry") from None
     return entry_path, data, load_authority_entry(data)
 
 
@@ -334,7 +333,7 @@ def rotate_tls(activate: bool, config_file: Path | None) -> None:
 
 def _prepare_tls(settings: Settings) -> None:
     _, _, held = _unseal_file(settings.keys_path)
-    entry_path, entry_before, entry = _entry(settings)
+    entry_path, entry_before, entry = _entry(settings, "the certificate")
     cert_next, key_next = _next_paths(settings)
     if cert_next.exists() or key_next.exists():
         raise CommandError(
@@ -387,7 +386,7 @@ def _activate_tls(settings: Settings) -> None:
             f"{settings.authority_id}: peers holding it would refuse every connection. Publish {ENTRY_FILE} in a "
             "new directory, install it here and at every counterpart, then activate; nothing was written"
         )
-    entry_path, _, entry = _entry(settings)
+    entry_path, _, entry = _entry(settings, "the certificate")
     published = _with_tls(entry, tls_cert=_b64(next_pem), tls_pin=pin, tls_next_cert=None, tls_next_pin=None)
     # under the current TLS password: a signing rotation since the rollover was prepared changed it
     key_after = reencrypt_key_pem(next_key, tls_key_passwords(held), tls_key_password(held))

@@ -1436,17 +1436,17 @@ async def test_a_receipt_our_database_could_not_keep_still_keeps_the_peer_unforg
             raise aiohttp.ServerDisconnectedError()
         return await real(self, peer, index, size)
 
-    real_owe = WitnessState.owe_receipt
+    real_owe = WitnessState.owe_receipts
     writes: list[str] = []
 
-    async def owe(conn: Any, peer: str, receipt: Any, limit: int) -> list[str]:
-        writes.append(receipt["message_id"])
+    async def owe(conn: Any, peer: str, receipts: Any, limit: int) -> list[str]:
+        writes.extend(receipt["message_id"] for receipt in receipts)
         if len(writes) == 1:
             raise OperationalError("UPDATE settings_state", {}, Exception("database is locked"))
-        return await real_owe(conn, peer, receipt, limit)
+        return await real_owe(conn, peer, receipts, limit)
 
     monkeypatch.setattr(witness.Witness, "_fetch_receipt_proof", fetch)
-    monkeypatch.setattr(WitnessState, "owe_receipt", staticmethod(owe))
+    monkeypatch.setattr(WitnessState, "owe_receipts", staticmethod(owe))
     monkeypatch.setattr(witness, "TRANSPORT_GRACE", 0.0)
     await exchange(pair)
     assert sender._failures["au.ag"] == 1 and await _owed(pair.ar) == []  # not kept: in memory only

@@ -16,7 +16,7 @@ def _receipt(number: int) -> dict[str, object]:
 
 async def _owe(engine: AsyncEngine, number: int, limit: int = 256) -> list[str]:
     async with engine.begin() as conn:
-        return await WitnessState.owe_receipt(conn, "au.ag", _receipt(number), limit)
+        return await WitnessState.owe_receipts(conn, "au.ag", [_receipt(number)], limit)
 
 
 async def _owed(engine: AsyncEngine) -> list[str]:
